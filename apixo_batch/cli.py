@@ -1,0 +1,179 @@
+"""The ``apixo-batch`` command line: parse, then call the Python API. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED_JOBS = 1
+EXIT_INVALID = 2
+EXIT_FATAL_API = 3
+EXIT_INTERRUPTED = 130
+
+MAX_CONCURRENT_CAP = 999
+RPM_CAP = 9_999
+
+
+def _bounded_int(name: str, low: int, high: int) -> type[int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be between {low} and {high}, got {value}"
+            )
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
+def _positive_float(name: str) -> type[float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be greater than 0, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits 2 on bad usage already, which is our "invalid command line" code.
+    pass
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-concurrent",
+        type=_bounded_int("--max-concurrent", 1, MAX_CONCURRENT_CAP),
+        default=900,
+        help="tasks in flight at once (at most 999; default 900)",
+    )
+    p.add_argument(
+        "--rpm",
+        type=_bounded_int("--rpm", 1, RPM_CAP),
+        default=9_000,
+        help="API requests per minute (at most 9,999; default 9,000)",
+    )
+
+
+def _add_api(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", default=None, help="API base URL [APIXO_BASE_URL]")
+    p.add_argument(
+        "--api-key-file", default=None, help="read the API key from this file [APIXO_API_KEY]"
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("jobfile", help="the campaign's job file (YAML)")
+    p.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    p.add_argument("--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request and retry")
+    p.add_argument(
+        "--time-scale",
+        type=_positive_float("--time-scale"),
+        default=1.0,
+        help="multiply every built-in wait (first poll, poll interval, backoff)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="apixo-batch",
+        description="Turn a job file of video generations into MP4 files through APIXO.",
+    )
+    parser.add_argument("--version", action="version", version=f"apixo-batch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the campaign to the end")
+    _add_common(run)
+    _add_api(run)
+    _add_limits(run)
+    run.add_argument("--callback-url", default=None, help="public URL APIXO posts results to")
+    run.add_argument("--listen", default=None, help="HOST:PORT of the built-in callback receiver")
+    run.add_argument(
+        "--budget", type=_positive_float("--budget"), default=None, help="spend cap in USD"
+    )
+    run.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="submit even when the balance cannot cover the whole campaign",
+    )
+    run.add_argument(
+        "--max-wait",
+        type=_positive_float("--max-wait"),
+        default=30.0,
+        help="minutes to follow one task in this run before leaving it pending",
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="submit again jobs whose task failed"
+    )
+
+    plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
+    plan.add_argument("jobfile")
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    _add_limits(plan)
+
+    status = sub.add_parser("status", help="what the journal knows")
+    _add_common(status)
+
+    download = sub.add_parser("download", help="fetch results not on disk yet")
+    _add_common(download)
+    _add_api(download)
+    _add_limits(download)
+    download.add_argument(
+        "--max-wait",
+        type=_positive_float("--max-wait"),
+        default=30.0,
+        help="minutes to follow tasks still running",
+    )
+
+    sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=_bounded_int("--port", 0, 65535), default=8787)
+    sim.add_argument("--time-scale", type=_positive_float("--time-scale"), default=1.0)
+    sim.add_argument("--config", default=None, help="simulator settings (YAML)")
+    sim.add_argument(
+        "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command: str = args.command
+    if command == "plan":
+        from .plan import plan_command
+
+        return plan_command(args)
+    if command == "simulate":
+        from .simulator import simulate_command
+
+        return simulate_command(args)
+    if command in ("run", "status", "download"):
+        from .commands import campaign_command
+
+        return campaign_command(args)
+    print(f"unknown command {command}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The APIXO HTTP client: submit, status, balance.
+
+One call, one request: no retries, no rate limiting here. The engine decides
+when to call and what to do with an error (see ``limits`` and ``retry``).
+Every error answer becomes a leaf of :mod:`apixo_batch.errors`; the JSON
+``code`` is honoured whatever the HTTP status says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+
+from .errors import TransportError, api_error_for
+from .secret import ApiKey, redact
+
+__all__ = ["DEFAULT_BASE_URL", "ApixoClient", "TaskStatus", "parse_task_payload"]
+
+DEFAULT_BASE_URL = "https://api.apixo.ai/api/v1"
+
+TaskState = Literal["pending", "processing", "success", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """What APIXO says about one task (a status answer or a callback body)."""
+
+    task_id: str
+    state: TaskState
+    result_urls: tuple[str, ...] = ()
+    fail_code: str | None = None
+    fail_msg: str | None = None
+    create_time_ms: int | None = None
+    complete_time_ms: int | None = None
+    cost_time_ms: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("success", "failed")
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def parse_task_payload(body: Mapping[str, Any], *, endpoint: str = "status") -> TaskStatus:
+    """Turn a ``{code, message, data}`` status answer or callback body into a TaskStatus.
+
+    Raises the matching :class:`ApiError` when ``code`` is not 200, and
+    :class:`TransportError` when the body does not have the documented shape.
+    """
+    code = _int_or_none(body.get("code"))
+    message = str(body.get("message", ""))
+    if code != 200:
+        raise api_error_for(code if code is not None else 500, message, endpoint=endpoint)
+    data = body.get("data")
+    if not isinstance(data, Mapping):
+        raise TransportError(f"{endpoint}: answer has no data object")
+    task_id = data.get("taskId")
+    state = data.get("state")
+    if not isinstance(task_id, str) or state not in ("pending", "processing", "success", "failed"):
+        raise TransportError(f"{endpoint}: answer lacks taskId or a known state ({state!r})")
+    urls: tuple[str, ...] = ()
+    if state == "success":
+        raw = data.get("resultJson")
+        try:
+            # resultJson is a JSON *string*; tolerate an already-decoded object as well.
+            result: Any = json.loads(raw) if isinstance(raw, str) else raw
+            found = result["resultUrls"]
+            urls = tuple(str(u) for u in found)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TransportError(
+                f"{endpoint}: task {task_id} succeeded but resultJson "
+                f"is unreadable ({type(exc).__name__})"
+            ) from None
+        if not urls:
+            raise TransportError(f"{endpoint}: task {task_id} succeeded with no resultUrls")
+    fail_code = data.get("failCode")
+    fail_msg = data.get("failMsg")
+    return TaskStatus(
+        task_id=task_id,
+        state=state,
+        result_urls=urls,
+        fail_code=str(fail_code) if fail_code is not None else None,
+        fail_msg=str(fail_msg) if fail_msg is not None else None,
+        create_time_ms=_int_or_none(data.get("createTime")),
+        complete_time_ms=_int_or_none(data.get("completeTime")),
+        cost_time_ms=_int_or_none(data.get("costTime")),
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ApixoClient:
+    """A thin async client for the APIXO video API.
+
+    Use as an async context manager, or call :meth:`close`. ``session`` may be
+    given to share a connection pool; the client then does not close it.
+    """
+
+    def __init__(
+        self,
+        api_key: ApiKey,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        connections: int = 100,
+    ) -> None:
+        self._key = api_key
+        self.base_url = base_url.rstrip("/")
+        self._own_session = session is None
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
+        self._connections = connections
+
+    def __repr__(self) -> str:
+        return f"ApixoClient(base_url={self.base_url!r}, api_key={self._key!r})"
+
+    async def __aenter__(self) -> ApixoClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._own_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": self._key.bearer(), "Accept": "application/json"}
+        url = self.base_url + path
+        try:
+            async with self._get_session().request(
+                method, url, params=params, json=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            detail = redact(str(exc), self._key) or type(exc).__name__
+            raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}") from None
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            if status != 200:
+                text = raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+                raise api_error_for(
+                    status, redact(text, self._key), endpoint=endpoint, retry_after=retry_after
+                )
+            raise TransportError(f"{endpoint}: answer is not a JSON object")
+        code = _int_or_none(parsed.get("code"))
+        message = redact(str(parsed.get("message", "")), self._key)
+        # An error in either place is an error: the HTTP status or the JSON code.
+        effective = status if status != 200 else (code if code is not None else 200)
+        if status == 200 and code is not None and code != 200:
+            effective = code
+        if effective != 200:
+            raise api_error_for(
+                effective, message or f"HTTP {status}", endpoint=endpoint, retry_after=retry_after
+            )
+        return parsed
+
+    async def submit(
+        self,
+        model: str,
+        inp: Mapping[str, Any],
+        *,
+        request_type: Literal["async", "callback"] = "async",
+        callback_url: str | None = None,
+        provider: str = "auto",
+    ) -> str:
+        """Create a task; returns its task id."""
+        body: dict[str, Any] = {
+            "request_type": request_type,
+            "provider": provider,
+            "input": dict(inp),
+        }
+        if request_type == "callback":
+            if not callback_url:
+                raise ValueError("callback mode needs a callback_url")
+            body["callback_url"] = callback_url
+        answer = await self._call("POST", f"/generateTask/{model}", endpoint="submit", body=body)
+        data = answer.get("data")
+        task_id = data.get("taskId") if isinstance(data, Mapping) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise TransportError("submit: answer has no data.taskId")
+        return task_id
+
+    async def status(self, model: str, task_id: str) -> TaskStatus:
+        """The task's current state (and results once it has them)."""
+        answer = await self._call(
+            "GET", f"/statusTask/{model}", endpoint="status", params={"taskId": task_id}
+        )
+        return parse_task_payload(answer, endpoint="status")
+
+    async def balance(self) -> float:
+        """Remaining account balance in US dollars."""
+        answer = await self._call("GET", "/apikeys/current-balance", endpoint="balance")
+        data = answer.get("data")
+        if isinstance(data, bool) or not isinstance(data, int | float | str):
+            raise TransportError("balance: answer has no numeric data")
+        try:
+            return float(data)
+        except ValueError:
+            raise TransportError("balance: answer has no numeric data") from None

@@ -1,0 +1,109 @@
+"""The one place apixo-batch reads time and sleeps.
+
+The scheduler, the request bucket, backoff and expiry all take a :class:`Clock`.
+Production code uses :class:`SystemClock`; tests use :class:`FakeClock`, which
+jumps instead of sleeping, so a test "waits" minutes in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Monotonic time for waits, wall time for timestamps, and a sleep."""
+
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that only moves when told to (``advance``) or when every sleeper waits.
+
+    ``sleep`` parks the caller until the clock reaches its deadline. ``advance(dt)``
+    moves time forward and wakes, in deadline order, everyone due.
+    ``run_until_idle`` hops straight to the next deadline whenever every other
+    task is blocked, like trio's autojump clock.
+    """
+
+    def __init__(self, start: float = 1_000.0, wall_start: float = 1_767_965_610.0) -> None:
+        self._now = start
+        self._wall_offset = wall_start - start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return self._now + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def next_deadline(self) -> float | None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)  # cancelled sleepers
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, waking sleepers in order as time passes."""
+        target = self._now + seconds
+        while True:
+            deadline = self.next_deadline()
+            if deadline is None or deadline > target:
+                break
+            self._now = max(self._now, deadline)
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+            await _settle()
+        self._now = target
+        await _settle()
+
+    async def run_until_idle(self, limit: float = 86_400.0) -> None:
+        """Jump from deadline to deadline until nobody sleeps (or ``limit`` seconds passed)."""
+        end = self._now + limit
+        while True:
+            await _settle()
+            deadline = self.next_deadline()
+            if deadline is None or deadline > end:
+                return
+            await self.advance(deadline - self._now)
+
+
+async def _settle(rounds: int = 20) -> None:
+    # Give woken tasks a few loop turns to run up to their next await.
+    for _ in range(rounds):
+        await asyncio.sleep(0)
