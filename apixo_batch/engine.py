@@ -1,0 +1,775 @@
+"""The engine: wires journal, limits, client, poll scheduler and downloader for one run.
+
+It owns every task it starts (one task group); shutdown flows from
+:meth:`Engine.request_stop` or from the work running out. Its invariants:
+
+1. a task id is committed to the journal before anything else happens with it;
+2. a job with a task id is never submitted again (unless ``retry_failed``);
+3. every API request passes the one :class:`~apixo_batch.limits.RequestBucket`;
+4. fatal answers stop submits, never the polls and downloads of paid work;
+5. files land whole (see :mod:`apixo_batch.download`);
+6. time comes from the injected clock only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from functools import partial
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+
+from .catalog import RESULT_TTL_S, get_model
+from .client import ApixoClient, TaskStatus
+from .clock import Clock, SystemClock
+from .download import download_file
+from .errors import (
+    ApiError,
+    ApixoError,
+    DownloadError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ResultExpired,
+    ServerError,
+    TransportError,
+)
+from .events import Event, EventKind, EventSink
+from .jobs import Campaign
+from .journal import AsyncJournal, JobRow, JobState, Journal, NewJob, SyncResult
+from .limits import ConcurrencyLimit, Priority, RequestBucket
+from .retry import Backoff
+from .scheduler import CompletionModel, PollScheduler, Tracked
+from .secret import ApiKey
+
+__all__ = ["Engine", "RunOptions", "RunResult"]
+
+S = JobState
+Mode = Literal["run", "download"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run can be told (the CLI maps its flags onto this)."""
+
+    base_url: str = "https://api.apixo.ai/api/v1"
+    state_path: Path | None = None
+    max_concurrent: int = 900
+    rpm: int = 9_000
+    time_scale: float = 1.0
+    callback_url: str | None = None
+    budget: float | None = None
+    allow_partial: bool = False
+    max_wait_min: float = 30.0
+    retry_failed: bool = False
+    download_concurrency: int = 16
+    #: seconds an interrupted run waits for submit answers already on the wire
+    stop_grace_s: float = 3.0
+    mode: Mode = "run"
+
+
+@dataclass
+class RunResult:
+    """What a run did and how it ended."""
+
+    exit_code: int
+    counts: dict[str, int]
+    submitted: int = 0
+    possibly_duplicated: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    wall_s: float = 0.0
+    spent_usd: float = 0.0
+    unknown_price_jobs: int = 0
+    fatal: str | None = None
+    stop_reason: str | None = None
+    interrupted: bool = False
+    input_changed: list[str] = field(default_factory=list)
+    arrived: dict[str, int] = field(default_factory=dict)
+    fail_codes: dict[str, list[str]] = field(default_factory=dict)
+    manifest: Path | None = None
+    output_dir: Path | None = None
+
+
+def clock_key(model: str, inp: dict[str, Any]) -> str:
+    """Completion times are learned per model and what drives its clock."""
+    return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
+
+
+class Engine:
+    """Runs one campaign to the end (or to a stop), resumable from its journal."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        api_key: ApiKey | None,
+        options: RunOptions,
+        *,
+        clock: Clock | None = None,
+        on_event: EventSink | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.campaign = campaign
+        self.options = options
+        self.clock = clock or SystemClock()
+        self._emit_to = on_event
+        self._key = api_key
+        self._session = session
+        self.output_dir = campaign.output_dir
+        self.state_path = options.state_path or self.output_dir / ".apixo-batch.sqlite"
+        self.bucket = RequestBucket(options.rpm, self.clock)
+        self.concurrency = ConcurrencyLimit(options.max_concurrent)
+        self.completions = CompletionModel()
+        self.scheduler = PollScheduler(
+            clock=self.clock,
+            poll=self._poll,
+            completions=self.completions,
+            time_scale=options.time_scale,
+            is_tight=self._budget_is_tight,
+        )
+        self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
+        self._journal: AsyncJournal | None = None
+        self._client: ApixoClient | None = None
+        self._downloads: asyncio.Queue[JobRow] = asyncio.Queue()
+        self._downloading = 0
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._stop_submits: str | None = None
+        self._fatal: ApiError | None = None
+        self._interrupted = False
+        self._submitter_done = False
+        self._submitter_blocked = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self._submits_in_progress = 0
+        self._submitted = 0
+        self._retries = 0
+        self._requests = 0
+        self._spent = 0.0
+        self._unknown_price = 0
+        self._seen_running: set[str] = set()
+        self._started_mono = 0.0
+        self._fatal_stops_all = False
+        self._preflight_refused = False
+
+    # -- public -------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop as an interrupt does: no new submits, answers on the wire journaled, exit 130."""
+        self._interrupted = True
+        self._stop.set()
+
+    async def run(self) -> RunResult:
+        """Run to the end; returns the result (the manifest is written either way)."""
+        self._started_mono = self.clock.monotonic()
+        journal = Journal(self.state_path)
+        self._journal = AsyncJournal(journal)
+        try:
+            return await self._run()
+        finally:
+            await self._journal.close()
+
+    # -- helpers ------------------------------------------------------------
+    def _emit(self, kind: EventKind, job_id: str | None = None, **data: Any) -> None:
+        if self._emit_to is not None:
+            self._emit_to(Event(kind, self.clock.wall(), job_id, data))
+
+    @property
+    def journal(self) -> AsyncJournal:
+        assert self._journal is not None
+        return self._journal
+
+    @property
+    def client(self) -> ApixoClient:
+        assert self._client is not None
+        return self._client
+
+    def _budget_is_tight(self) -> bool:
+        # Callers queue behind the bucket: every poll now costs a submit later.
+        return self.bucket.pressure > 2
+
+    async def _request(self, priority: int, call: Callable[[], Awaitable[Any]]) -> Any:
+        await self.bucket.acquire(priority)
+        self._requests += 1
+        return await call()
+
+    def _new_jobs(self) -> Any:
+        for job in self.campaign.iter_jobs():
+            spec = get_model(job.model)
+            cost = spec.cost(job.input, self.campaign.prices) if spec else None
+            yield NewJob(
+                id=job.id,
+                idx=job.index,
+                model=job.model,
+                provider=job.provider,
+                input_json=json.dumps(dict(job.input), sort_keys=True, ensure_ascii=False),
+                input_hash=job.input_hash,
+                filename=job.filename,
+                cost_usd=cost,
+            )
+
+    # -- the run ------------------------------------------------------------
+    async def _run(self) -> RunResult:
+        now = self.clock.wall()
+        synced: SyncResult = await self.journal.read(lambda j: j.sync(self._new_jobs(), now))
+        for job_id in synced.changed_after_submit or []:
+            self._emit(
+                "warning",
+                job_id,
+                message=(
+                    f"job {job_id}: its input changed after it was submitted; the paid task "
+                    "follows the submitted input. Give the job a new id to generate the new one."
+                ),
+            )
+        recovered = await self.journal.read(lambda j: j.recover_interrupted_submits(now))
+        if recovered:
+            self._emit(
+                "warning",
+                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
+                "(counted as possibly duplicated)",
+            )
+        if self.options.retry_failed and self.options.mode == "run":
+            await self.journal.read(lambda j: j.requeue_failed(now))
+        totals = await self.journal.read(lambda j: j.totals())
+        self._spent = totals["spent_known_usd"]
+
+        in_flight = await self.journal.read(lambda j: j.in_states([S.SUBMITTED]))
+        queued_cost, unknown, queued = await self.journal.read(lambda j: j.queued_cost())
+        counts = await self.journal.read(lambda j: j.counts())
+        self._emit(
+            "started",
+            jobs=sum(counts.values()),
+            queued=queued if self.options.mode == "run" else 0,
+            in_flight=len(in_flight),
+            to_download=counts.get(S.SUCCEEDED.value, 0),
+            done=counts.get(S.DONE.value, 0),
+            estimated_cost_usd=round(queued_cost, 4),
+            unknown_price_jobs=unknown,
+        )
+        needs_api = bool(in_flight) or (self.options.mode == "run" and queued > 0)
+        if needs_api and self._key is None:
+            raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+
+        if not needs_api and counts.get(S.SUCCEEDED.value, 0) == 0:
+            return await self._finish_run(synced)  # nothing to do: zero requests
+
+        async with contextlib.AsyncExitStack() as stack:
+            if needs_api:
+                assert self._key is not None
+                self._client = ApixoClient(
+                    self._key,
+                    self.options.base_url,
+                    session=self._session,
+                    connections=min(256, self.options.max_concurrent + 8),
+                )
+                stack.push_async_callback(self._client.close)
+            dl_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
+                connector=aiohttp.TCPConnector(limit=self.options.download_concurrency),
+            )
+            stack.push_async_callback(dl_session.close)
+
+            if self.options.mode == "run" and queued > 0:
+                proceed = await self._preflight(queued_cost, unknown, queued)
+                if not proceed:
+                    return await self._finish_run(synced)
+            await self._work(in_flight, dl_session, submit=self.options.mode == "run")
+        return await self._finish_run(synced)
+
+    async def _preflight(self, cost: float, unknown: int, queued: int) -> bool:
+        """Read the balance before the first submit; refuse when it cannot cover the rest."""
+        try:
+            balance: float = await self._request(Priority.CONTROL, self.client.balance)
+        except ApiError as exc:
+            if exc.fatal:
+                self._fatal = exc
+                self._stop_submits = f"the API refused: {exc}"
+                self._emit("stopped", reason=self._stop_submits)
+                return False
+            self._emit("warning", message=f"could not read the balance ({exc}); going on")
+            return True
+        except (TransportError, ApixoError) as exc:
+            self._emit("warning", message=f"could not read the balance ({exc}); going on")
+            return True
+        note = f" (+{unknown} job(s) of unknown price)" if unknown else ""
+        if cost > balance and not self.options.allow_partial:
+            self._stop_submits = (
+                f"balance ${balance:.2f} cannot cover the estimated ${cost:.2f}{note} of the "
+                f"{queued} job(s) left; nothing submitted (use --allow-partial to submit anyway)"
+            )
+            self._emit("stopped", reason=self._stop_submits, balance_usd=balance)
+            self._preflight_refused = True
+            return False
+        self._emit("warning", message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note}")
+        return True
+
+    async def _work(
+        self, in_flight: list[JobRow], dl_session: aiohttp.ClientSession, *, submit: bool
+    ) -> None:
+        now_wall, now_mono = self.clock.wall(), self.clock.monotonic()
+        for row in in_flight:
+            self.concurrency.adopt()
+            self._track(row, now_wall, now_mono, adopted=True)
+        async with asyncio.TaskGroup() as tg:
+            workers = [
+                tg.create_task(self._download_worker(dl_session))
+                for _ in range(self.options.download_concurrency)
+            ]
+            feeder = tg.create_task(self._feed_downloads())
+            sched = tg.create_task(self.scheduler.run())
+            submitter = tg.create_task(self._submitter(tg)) if submit else None
+            if submitter is None:
+                self._submitter_done = True
+            watcher = tg.create_task(self._watch_idle(feeder))
+            stop_wait = tg.create_task(self._stop.wait())
+            await asyncio.wait({watcher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            self._stopping = True
+            if submitter is not None:
+                submitter.cancel()
+            if self._sending:
+                # Answers already on the wire reach the journal before we go.
+                await asyncio.wait(set(self._sending), timeout=self.options.stop_grace_s)
+            for task in (*workers, feeder, sched, watcher, stop_wait, *self._sending):
+                task.cancel()
+            self.scheduler.close()
+
+    async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
+        while True:
+            await self.clock.sleep(0.05 * min(1.0, max(self.options.time_scale, 0.02)))
+            downloads_idle = feeder.done() and self._downloads.empty() and self._downloading == 0
+            nothing_tracked = self.scheduler.tracked == 0 and self._submits_in_progress == 0
+            if nothing_tracked and downloads_idle:
+                if self._submitter_done:
+                    return
+                if self._submitter_blocked:
+                    # Every permit is held by a task we stopped following (max-wait):
+                    # nothing can free one in this run.
+                    self._stop_submits = self._stop_submits or (
+                        "tasks past --max-wait hold every concurrency slot"
+                    )
+                    return
+            if self._fatal is not None and self._fatal_stops_all:
+                return
+
+    # -- submitting ---------------------------------------------------------
+    async def _submitter(self, tg: asyncio.TaskGroup) -> None:
+        after = -1
+        unknown_warned = False
+        try:
+            while self._stop_submits is None and not self._stopping:
+                page = await self.journal.read(
+                    partial(Journal.page, states=[S.QUEUED], after_idx=after, limit=500)
+                )
+                if not page:
+                    break
+                for row in page:
+                    after = row.idx
+                    if self._stop_submits is not None or self._stopping:
+                        break
+                    if self.options.budget is not None:
+                        if row.cost_usd is None:
+                            self._unknown_price += 1
+                            if not unknown_warned:
+                                unknown_warned = True
+                                self._emit(
+                                    "warning",
+                                    message="jobs of unknown price are not submitted under "
+                                    "--budget (add their price to the job file's prices:)",
+                                )
+                            continue
+                        if self._spent + row.cost_usd > self.options.budget + 1e-9:
+                            self._stop_submits = (
+                                f"--budget ${self.options.budget:.2f} reached (estimated spend "
+                                f"${self._spent:.2f}); the remaining jobs stay pending"
+                            )
+                            self._emit("stopped", reason=self._stop_submits)
+                            break
+                        self._spent += row.cost_usd
+                    self._submitter_blocked = True
+                    await self.concurrency.acquire()
+                    self._submitter_blocked = False
+                    if self._stop_submits is not None or self._stopping:
+                        self.concurrency.release()
+                        break
+                    self._submits_in_progress += 1
+                    tg.create_task(self._submit_one(row))
+        finally:
+            self._submitter_blocked = False
+            self._submitter_done = True
+
+    async def _submit_one(self, row: JobRow) -> None:
+        attempt = 0
+        ambiguous = False
+        request_type: Literal["async", "callback"] = (
+            "callback" if self.options.callback_url else "async"
+        )
+        marked = False
+        try:
+            while True:
+                await self.bucket.acquire(Priority.SUBMIT)
+                if self._stopping or self._stop_submits is not None:
+                    if marked:
+                        await self.journal.transition(
+                            row.id, S.QUEUED, self.clock.wall(), possibly_duplicated=int(ambiguous)
+                        )
+                    self.concurrency.release()
+                    return
+                if not marked:
+                    await self.journal.transition(
+                        row.id, S.SUBMITTING, self.clock.wall(), attempts=row.attempts + 1
+                    )
+                    marked = True
+                self._requests += 1
+                send = asyncio.ensure_future(
+                    self.client.submit(
+                        row.model,
+                        row.input,
+                        request_type=request_type,
+                        callback_url=self.options.callback_url,
+                        provider=row.provider,
+                    )
+                )
+                try:
+                    task_id = await self._on_the_wire(send)
+                except RateLimited as exc:
+                    self.bucket.rate_limited(exc.retry_after, self.options.time_scale)
+                    attempt += 1
+                    self._retries += 1
+                    self._emit("rate-limited", row.id, retry_after=exc.retry_after)
+                    await self.clock.sleep(self.backoff.delay(min(attempt, 6), exc.retry_after))
+                    continue
+                except (ServerError, TransportError) as exc:
+                    # A reset or gateway timeout may hide a created task: flag it.
+                    if isinstance(exc, TransportError) or (
+                        isinstance(exc, ServerError) and exc.status in (502, 504)
+                    ):
+                        ambiguous = True
+                    attempt += 1
+                    self._retries += 1
+                    if self.backoff.gives_up(attempt):
+                        await self._fail_submit(row, "SUBMIT_ERROR", str(exc), ambiguous)
+                        return
+                    self._emit("retried", row.id, call="submit", attempt=attempt, error=str(exc))
+                    await self.clock.sleep(self.backoff.delay(attempt))
+                    continue
+                except ApiError as exc:
+                    if exc.fatal:
+                        self._fatal = self._fatal or exc
+                        if self._stop_submits is None:
+                            self._stop_submits = f"the API refused a submit: {exc}"
+                            self._emit("stopped", reason=self._stop_submits)
+                        await self.journal.transition(
+                            row.id, S.QUEUED, self.clock.wall(), possibly_duplicated=int(ambiguous)
+                        )
+                        self.concurrency.release()
+                        return
+                    code = (
+                        "INPUT_REJECTED"
+                        if isinstance(exc, InvalidRequest)
+                        else (
+                            "MODEL_NOT_FOUND" if isinstance(exc, NotFound) else f"HTTP_{exc.status}"
+                        )
+                    )
+                    await self._fail_submit(row, code, exc.api_message, ambiguous)
+                    return
+                now = self.clock.wall()
+                # Invariant 1: the task id is durable before anything else happens with it.
+                await self.journal.transition(
+                    row.id,
+                    S.SUBMITTED,
+                    now,
+                    task_id=task_id,
+                    submitted_at=now,
+                    request_type=request_type,
+                    possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+                    fail_code=None,
+                    fail_msg=None,
+                )
+                self._submitted += 1
+                self._emit("submitted", row.id, task_id=task_id, model=row.model)
+                fresh = await self.journal.read(lambda j: j.get(row.id))
+                assert fresh is not None
+                self._track(fresh, now, self.clock.monotonic(), adopted=False)
+                return
+        finally:
+            self._submits_in_progress -= 1
+
+    async def _on_the_wire(self, send: asyncio.Future[str]) -> str:
+        """Await a sent submit; an interrupt waits briefly for its answer rather than drop it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sending.add(task)
+        try:
+            return await send
+        finally:
+            self._sending.discard(task)
+
+    async def _fail_submit(self, row: JobRow, code: str, message: str, ambiguous: bool) -> None:
+        await self.journal.transition(
+            row.id,
+            S.FAILED,
+            self.clock.wall(),
+            fail_code=code,
+            fail_msg=message[:500],
+            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+        )
+        self.concurrency.release()
+        self._emit("failed", row.id, fail_code=code, fail_msg=message[:500])
+
+    # -- following tasks ----------------------------------------------------
+    def _track(self, row: JobRow, now_wall: float, now_mono: float, *, adopted: bool) -> None:
+        spec = get_model(row.model)
+        inp = row.input
+        if spec is None or row.task_id is None:
+            raise ApixoError(f"job {row.id}: model {row.model!r} is not in the catalog")
+        mc = spec.clock(inp)
+        age = max(0.0, now_wall - (row.submitted_at or now_wall))
+        tracked = Tracked(
+            job_id=row.id,
+            task_id=row.task_id,
+            model=row.model,
+            clock_key=clock_key(row.model, inp),
+            model_clock=mc,
+            submitted_at=now_mono - age,
+            followed_since=now_mono,
+            callback_mode=row.request_type == "callback" and not adopted,
+        )
+        due = None
+        if adopted:
+            # Resuming: the first poll comes as soon as the task could plausibly be done.
+            first = (
+                tracked.submitted_at + self.scheduler.first_delay(tracked) * self.options.time_scale
+            )
+            due = max(now_mono, first)
+        self.scheduler.add(tracked, due=due)
+
+    async def _poll(self, t: Tracked) -> bool:
+        if self._stopping:
+            return False
+        if self.clock.monotonic() - t.followed_since > self.options.max_wait_min * 60.0:
+            self._emit(
+                "pending",
+                t.job_id,
+                task_id=t.task_id,
+                message=f"still running after --max-wait {self.options.max_wait_min:g} min; "
+                "left pending for the next run or `download`",
+            )
+            return True  # stop following in this run; its permit stays taken
+        try:
+            status: TaskStatus = await self._request(
+                Priority.STATUS, lambda: self.client.status(t.model, t.task_id)
+            )
+        except RateLimited as exc:
+            self.bucket.rate_limited(exc.retry_after, self.options.time_scale)
+            self._emit("rate-limited", t.job_id, retry_after=exc.retry_after)
+            return False
+        except (ServerError, TransportError) as exc:
+            self._retries += 1
+            self._emit("retried", t.job_id, call="status", error=str(exc))
+            return False
+        except ApiError as exc:
+            if exc.fatal:
+                # Without a working key nothing more can be learned in this run.
+                self._fatal = self._fatal or exc
+                self._fatal_stops_all = True
+                self._stop_submits = self._stop_submits or f"the API refused a poll: {exc}"
+                self._stop.set()
+                return False
+            self._retries += 1
+            self._emit("retried", t.job_id, call="status", error=str(exc))
+            return False
+        if not status.finished:
+            if t.job_id not in self._seen_running and status.state == "processing":
+                self._seen_running.add(t.job_id)
+                self._emit("running", t.job_id, task_id=t.task_id)
+            return False
+        await self._finished(t, status, via="poll")
+        return True
+
+    async def _finished(self, t: Tracked, status: TaskStatus, *, via: str) -> None:
+        now = self.clock.wall()
+        self._seen_running.discard(t.job_id)
+        cost_ms = status.cost_time_ms
+        if status.state == "success":
+            completed = (status.complete_time_ms / 1000.0) if status.complete_time_ms else now
+            await self.journal.transition(
+                t.job_id,
+                S.SUCCEEDED,
+                now,
+                result_urls=list(status.result_urls),
+                completed_at=completed,
+                expires_at=completed + RESULT_TTL_S * self.options.time_scale,
+                cost_time_ms=cost_ms,
+                arrived_via=via,
+            )
+            self._emit(
+                "succeeded", t.job_id, task_id=t.task_id, via=via, urls=len(status.result_urls)
+            )
+            seconds = (
+                cost_ms / 1000.0 if cost_ms else self.clock.monotonic() - t.submitted_at
+            ) / self.options.time_scale
+            self.completions.add(t.clock_key, seconds)
+            await self.journal.write(lambda j: j.record_completion(t.clock_key, seconds, now))
+            row = await self.journal.read(lambda j: j.get(t.job_id))
+            if row is not None:
+                self._downloads.put_nowait(row)
+        else:
+            await self.journal.transition(
+                t.job_id,
+                S.FAILED,
+                now,
+                fail_code=status.fail_code or "UNKNOWN",
+                fail_msg=status.fail_msg or "",
+                completed_at=(status.complete_time_ms or 0) / 1000.0 or now,
+                arrived_via=via,
+            )
+            self._emit(
+                "failed",
+                t.job_id,
+                task_id=t.task_id,
+                fail_code=status.fail_code,
+                fail_msg=status.fail_msg,
+            )
+        self.concurrency.release()
+
+    # -- downloading --------------------------------------------------------
+    async def _feed_downloads(self) -> None:
+        after = -1
+        while True:
+            page = await self.journal.read(
+                partial(Journal.page, states=[S.SUCCEEDED], after_idx=after, limit=200)
+            )
+            if not page:
+                return
+            for row in page:
+                after = row.idx
+                while self._downloads.qsize() > 500:
+                    await self.clock.sleep(0.05)
+                self._downloads.put_nowait(row)
+
+    async def _download_worker(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            row = await self._downloads.get()
+            self._downloading += 1
+            try:
+                await self._download(row, session)
+            finally:
+                self._downloading -= 1
+
+    def _dest(self, filename: str, n: int) -> Path:
+        if n == 0:
+            return self.output_dir / filename
+        p = Path(filename)
+        return self.output_dir / f"{p.stem}-{n + 1}{p.suffix}"
+
+    async def _download(self, row: JobRow, session: aiohttp.ClientSession) -> None:
+        files: list[str] = []
+        hashes: list[str] = []
+        total = 0
+        try:
+            for n, url in enumerate(row.result_urls):
+                dest = self._dest(row.filename, n)
+                got = await download_file(
+                    session,
+                    url,
+                    dest,
+                    clock=self.clock,
+                    backoff=Backoff(
+                        base=0.5, cap=30.0, max_attempts=6, time_scale=self.options.time_scale
+                    ),
+                )
+                files.append(str(dest.relative_to(self.output_dir)))
+                hashes.append(got.sha256)
+                total += got.bytes
+        except ResultExpired as exc:
+            await self.journal.transition(
+                row.id, S.EXPIRED, self.clock.wall(), fail_code="RESULT_EXPIRED", fail_msg=str(exc)
+            )
+            self._emit("expired", row.id, message=str(exc))
+            return
+        except DownloadError as exc:
+            self._retries += 1
+            self._emit(
+                "retried",
+                row.id,
+                call="download",
+                error=f"{exc}; left for `apixo-batch download`",
+            )
+            return
+        await self.journal.transition(
+            row.id, S.DONE, self.clock.wall(), files=files, bytes=total, sha256=hashes
+        )
+        self._emit("downloaded", row.id, files=files, bytes=total)
+
+    # -- the end --------------------------------------------------------------
+    async def _finish_run(self, synced: SyncResult) -> RunResult:
+        from .report import write_manifest
+
+        manifest = await self.journal.read(
+            lambda j: write_manifest(j, self.output_dir / "manifest.jsonl")
+        )
+        counts = manifest.counts
+        totals = await self.journal.read(lambda j: j.totals())
+        if self._interrupted:
+            code = 130
+        elif self._fatal is not None or self._preflight_refused:
+            code = 3
+        elif counts.get("done", 0) == sum(counts.values()):
+            code = 0
+        else:
+            code = 1
+        stats = self.bucket.statistics()
+        result = RunResult(
+            exit_code=code,
+            counts=counts,
+            submitted=self._submitted,
+            possibly_duplicated=int(totals["possibly_duplicated"]),
+            requests=self._requests,
+            rate_limited=stats.rate_limited,
+            retries=self._retries,
+            wall_s=self.clock.monotonic() - self._started_mono,
+            spent_usd=totals["spent_known_usd"],
+            unknown_price_jobs=int(totals["spent_unknown_jobs"]),
+            fatal=str(self._fatal) if self._fatal else None,
+            stop_reason=self._stop_submits,
+            interrupted=self._interrupted,
+            input_changed=list(synced.changed_after_submit or []),
+            arrived=manifest.arrived,
+            fail_codes=manifest.fail_codes,
+            manifest=manifest.path,
+            output_dir=self.output_dir,
+        )
+        self._emit("summary", **summary_dict(result))
+        return result
+
+
+def summary_dict(r: RunResult) -> dict[str, Any]:
+    """The final summary as plain JSON-able data (``--json`` and embedders)."""
+    jobs = sum(r.counts.values())
+    return {
+        "exit_code": r.exit_code,
+        "counts": r.counts,
+        "jobs": jobs,
+        "submitted": r.submitted,
+        "possibly_duplicated": r.possibly_duplicated,
+        "requests": r.requests,
+        "requests_per_task": round(r.requests / r.submitted, 3) if r.submitted else None,
+        "rate_limited": r.rate_limited,
+        "retries": r.retries,
+        "wall_s": round(r.wall_s, 3),
+        "spent_usd": round(r.spent_usd, 4),
+        "unknown_price_jobs": r.unknown_price_jobs,
+        "fatal": r.fatal,
+        "stop_reason": r.stop_reason,
+        "interrupted": r.interrupted,
+        "input_changed": r.input_changed,
+        "arrived": r.arrived,
+        "fail_codes": {k: v[:5] for k, v in r.fail_codes.items()},
+        "manifest": str(r.manifest) if r.manifest else None,
+        "output_dir": str(r.output_dir) if r.output_dir else None,
+    }

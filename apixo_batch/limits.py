@@ -1,0 +1,240 @@
+"""The two limits every API call passes: tasks in flight and requests per minute.
+
+Both share one small interface (``acquire`` / ``release`` / ``statistics``) so
+the engine asks "may I?" in one place, aiometer-style.
+
+The request bucket is *paced*: it holds at most ``burst`` requests and drips
+at ``(rpm - burst) / 60`` per second, so no sliding 60-second window can ever
+see more than ``rpm`` requests (burst + 60 s of drip = rpm). A bucket sized to
+a whole minute would let up to twice ``rpm`` through in its first minute.
+The leaky-bucket arithmetic is aiolimiter's; only its time source is swapped
+for the injected clock, and waiting is done here so that waiters are served by
+priority (submits are never starved by polls, nor polls by submits: the engine
+picks the priority per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiolimiter import AsyncLimiter
+
+from .clock import Clock
+
+__all__ = [
+    "BucketStats",
+    "ConcurrencyLimit",
+    "ConcurrencyStats",
+    "Limit",
+    "Priority",
+    "RequestBucket",
+]
+
+
+class Limit(Protocol):
+    async def acquire(self, priority: int = 0) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Priority:
+    """Lower goes first."""
+
+    CONTROL = 0  # balance check
+    STATUS = 1  # a poll that may free a concurrency slot
+    SUBMIT = 2
+
+
+class _ClockedLimiter(AsyncLimiter):
+    """aiolimiter's bucket with time read from our clock and an adjustable drip rate."""
+
+    def __init__(self, max_rate: float, rate_per_sec: float, clock: Clock) -> None:
+        super().__init__(max_rate, max_rate / rate_per_sec)
+        self._clock = clock
+        self.drip = rate_per_sec
+
+    def _leak(self) -> None:
+        now = self._clock.monotonic()
+        if self._level:
+            self._level = max(self._level - (now - self._last_check) * self.drip, 0.0)
+        self._last_check = now
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStats:
+    rpm: int
+    effective_rpm: float
+    granted: int
+    waiting: int
+    rate_limited: int
+    paused_for: float
+
+
+class RequestBucket:
+    """Paced request bucket shared by every API call (submit, status, balance)."""
+
+    def __init__(self, rpm: int, clock: Clock, *, burst: float | None = None) -> None:
+        if rpm < 1:
+            raise ValueError("rpm must be at least 1")
+        self.rpm = rpm
+        self._clock = clock
+        # A second of burst at most (and never more than 50 requests): enough to
+        # start quickly, small enough that the drip stays close to rpm / 60.
+        self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 60.0))
+        self._base_drip = max(rpm - self.burst, 1.0) / 60.0
+        self._limiter = _ClockedLimiter(self.burst, self._base_drip, clock)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._busy = False
+        self._paused_until = 0.0
+        self._granted = 0
+        self._rate_limited = 0
+        self._recover_at = 0.0
+
+    async def acquire(self, priority: int = Priority.STATUS) -> None:
+        """Wait for one request's worth of budget; lower ``priority`` values are served first."""
+        if self._busy or self._waiters:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._hand_over()  # we were handed the turn: pass it on
+                raise
+        else:
+            self._busy = True
+        try:
+            await self._wait_for_capacity()
+            await self._limiter.acquire()
+            self._granted += 1
+        finally:
+            self._hand_over()
+
+    async def _wait_for_capacity(self) -> None:
+        while True:
+            now = self._clock.monotonic()
+            if now < self._paused_until:
+                await self._clock.sleep(self._paused_until - now)
+                continue
+            self._maybe_recover(now)
+            if self._limiter.has_capacity():
+                return
+            # Less than one token short: one token's drip time is always enough.
+            await self._clock.sleep(1.0 / self._limiter.drip)
+
+    def _hand_over(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._busy = False
+
+    def release(self) -> None:
+        """Requests are spent, not returned: nothing to do."""
+
+    def rate_limited(self, retry_after: float | None, time_scale: float = 1.0) -> None:
+        """A 429 came back: pause everyone, and drip slower for a while (AIMD)."""
+        now = self._clock.monotonic()
+        self._rate_limited += 1
+        pause = retry_after if retry_after is not None else 1.0
+        self._paused_until = max(self._paused_until, now + pause * time_scale)
+        self._limiter.drip = max(self._limiter.drip * 0.8, self._base_drip * 0.25)
+        self._recover_at = now + 10.0
+
+    def _maybe_recover(self, now: float) -> None:
+        # Additive recovery: back towards the configured rate, 5% every 10 s without a 429.
+        if self._limiter.drip < self._base_drip and now >= self._recover_at:
+            self._limiter.drip = min(self._base_drip, self._limiter.drip + self._base_drip * 0.05)
+            self._recover_at = now + 10.0
+
+    @property
+    def pressure(self) -> int:
+        """How many callers are queued behind the bucket right now."""
+        return len(self._waiters) + (1 if self._busy else 0)
+
+    def statistics(self) -> BucketStats:
+        return BucketStats(
+            rpm=self.rpm,
+            effective_rpm=(self._limiter.drip * 60.0) + self.burst,
+            granted=self._granted,
+            waiting=len(self._waiters),
+            rate_limited=self._rate_limited,
+            paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyStats:
+    limit: int
+    in_flight: int
+    peak: int
+    waiting: int
+
+
+class ConcurrencyLimit:
+    """Tasks in flight at APIXO: a permit is taken before submit, returned when the task ends.
+
+    A released permit is handed straight to the longest waiter, so a burst of
+    new acquirers cannot overtake it and the count never passes the limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the concurrency limit must be at least 1")
+        self.limit = limit
+        self._in_flight = 0
+        self._peak = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self._in_flight < self.limit and not self._waiters:
+            self._take()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the permit was already ours: give it back
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def adopt(self) -> None:
+        """Count a task already in flight (from an earlier run), even past the limit."""
+        self._take()
+
+    def _take(self) -> None:
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+
+    def release(self) -> None:
+        if self._in_flight <= 0:
+            raise RuntimeError("released more concurrency permits than taken")
+        self._in_flight -= 1
+        while self._waiters and self._in_flight < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._take()
+                fut.set_result(None)
+                return
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def statistics(self) -> ConcurrencyStats:
+        return ConcurrencyStats(
+            limit=self.limit,
+            in_flight=self._in_flight,
+            peak=self._peak,
+            waiting=len(self._waiters),
+        )

@@ -1,0 +1,153 @@
+"""What a run shows and leaves behind: the manifest, the summary, event lines.
+
+The manifest is written from the journal, in job-file order, atomically
+(temp file, fsync, rename), at the end of every run and on interrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from .events import Event
+from .journal import JobRow, JobState, Journal
+
+__all__ = [
+    "ManifestInfo",
+    "manifest_entry",
+    "manifest_state",
+    "render_summary",
+    "write_manifest",
+]
+
+
+def manifest_state(state: JobState) -> str:
+    """The four states a manifest knows: done, failed, expired, pending."""
+    if state in (JobState.DONE, JobState.FAILED, JobState.EXPIRED):
+        return state.value
+    return "pending"
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def manifest_entry(row: JobRow) -> dict[str, Any]:
+    """One job's line in manifest.jsonl."""
+    entry: dict[str, Any] = {
+        "id": row.id,
+        "model": row.model,
+        "state": manifest_state(row.state),
+        "task_id": row.task_id,
+        "files": list(row.files),
+        "bytes": row.bytes,
+        "sha256": list(row.sha256),
+        "fail_code": row.fail_code,
+        "fail_msg": row.fail_msg,
+        "cost_time_ms": row.cost_time_ms,
+        "result_urls": list(row.result_urls),
+        "expires_at": _iso(row.expires_at),
+        "estimated_cost_usd": row.cost_usd,
+        "arrived_via": row.arrived_via,
+        "possibly_duplicated": row.possibly_duplicated,
+    }
+    if not row.in_file:
+        entry["in_job_file"] = False
+    if row.changed_input_hash:
+        entry["input_changed_after_submit"] = True
+    return entry
+
+
+@dataclass
+class ManifestInfo:
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    arrived: dict[str, int] = field(default_factory=dict)
+    fail_codes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
+    """Write ``path`` atomically from the journal; returns counts for the summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter({"done": 0, "failed": 0, "expired": 0, "pending": 0})
+    arrived: Counter[str] = Counter()
+    fails: dict[str, list[str]] = defaultdict(list)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row in journal.iter_all():
+                if not row.in_file and row.task_id is None:
+                    continue  # removed from the file before it cost anything
+                entry = manifest_entry(row)
+                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                counts[entry["state"]] += 1
+                if row.arrived_via:
+                    arrived[row.arrived_via] += 1
+                if entry["state"] in ("failed", "expired"):
+                    fails[row.fail_code or "UNKNOWN"].append(row.id)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ManifestInfo(path, dict(counts), dict(arrived), dict(fails))
+
+
+def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
+    """The plain end-of-run summary for people (stderr)."""
+    out = out or sys.stderr
+    counts = summary.get("counts", {})
+    line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "failed", "expired", "pending"))
+    print(f"\napixo-batch: {summary.get('jobs', 0)} jobs: {line}", file=out)
+    rpt = summary.get("requests_per_task")
+    print(
+        f"  submitted {summary.get('submitted', 0)} this run, "
+        f"{summary.get('requests', 0)} API requests"
+        + (f" ({rpt} per task)" if rpt is not None else "")
+        + f", {summary.get('rate_limited', 0)} rate-limited, {summary.get('retries', 0)} retried, "
+        f"{summary.get('wall_s', 0)} s",
+        file=out,
+    )
+    spent = summary.get("spent_usd", 0.0)
+    unknown = summary.get("unknown_price_jobs", 0)
+    cost = f"  estimated spend ${spent:.2f}"
+    if unknown:
+        cost += f" + {unknown} job(s) of unknown price"
+    print(cost, file=out)
+    if summary.get("possibly_duplicated"):
+        print(
+            f"  {summary['possibly_duplicated']} job(s) possibly submitted twice "
+            "(a submit was cut off before its answer was journaled)",
+            file=out,
+        )
+    arrived = summary.get("arrived") or {}
+    if arrived:
+        print(
+            "  results arrived by " + ", ".join(f"{k}: {v}" for k, v in arrived.items()), file=out
+        )
+    for code, ids in (summary.get("fail_codes") or {}).items():
+        more = "" if len(ids) < 5 else ", ..."
+        print(f"  {code}: {', '.join(ids)}{more}", file=out)
+    for job in summary.get("input_changed") or []:
+        print(f"  warning: job {job} changed after it was submitted", file=out)
+    if summary.get("stop_reason"):
+        print(f"  stopped submitting: {summary['stop_reason']}", file=out)
+    if summary.get("interrupted"):
+        print("  interrupted: run the same command again to resume", file=out)
+    if summary.get("manifest"):
+        print(f"  files in {summary.get('output_dir')}, manifest {summary['manifest']}", file=out)
+
+
+def event_line(event: Event) -> str:
+    """One ``--json`` line."""
+    return json.dumps(event.as_dict(), ensure_ascii=False, default=str)

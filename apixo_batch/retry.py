@@ -1,0 +1,43 @@
+"""Backoff policy: how long to wait before trying again, and when to stop.
+
+A value object; the caller sleeps on its own injected clock. ``time_scale``
+multiplies every delay (``--time-scale``), ``jitter`` spreads retries so a
+thousand tasks hit by the same 502 do not come back in the same millisecond.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+__all__ = ["Backoff"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, capped, honouring Retry-After."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    max_attempts: int = 8
+    jitter: float = 0.5  # fraction of the delay that is randomized
+    time_scale: float = 1.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def scaled(self, time_scale: float) -> Backoff:
+        return replace(self, time_scale=time_scale)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` counts from 1)."""
+        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        spread = raw * self.jitter
+        wait = raw - spread + self.rng.random() * spread * 2 if spread else raw
+        if retry_after is not None:
+            # The server knows best; jitter on top so a crowd does not return at once.
+            wait = max(wait, retry_after)
+        return wait * self.time_scale
+
+    def gives_up(self, attempt: int) -> bool:
+        """True when ``attempt`` failures are enough to stop trying."""
+        return attempt >= self.max_attempts

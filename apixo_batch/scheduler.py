@@ -1,0 +1,235 @@
+"""The poll scheduler: one timer heap for every task in flight.
+
+No sleeping loop per task: one loop owns the timers, wakes when the earliest
+poll is due, and hands due tasks to the engine's poll function. Because it
+sees every timer, it can decide where the request budget goes:
+
+* when the bucket has room, it polls on the model's clock (first poll at the
+  earliest typical completion, then the model's interval) so completions are
+  seen within seconds;
+* when the bucket is the bottleneck, it waits until a task is very likely done
+  (the upper end of the learned or documented completion time) and stretches
+  the interval, so each request is more likely to find a finished task and
+  submits are not starved.
+
+Completion times are learned per clock key (model + duration/resolution) from
+``costTime`` and observed completions; the engine persists them in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import heapq
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .catalog import Clock as ModelClock
+from .clock import Clock
+
+__all__ = ["CompletionModel", "PollScheduler", "SchedulerStats", "Tracked"]
+
+
+@dataclass(eq=False)
+class Tracked:
+    """One task the scheduler follows."""
+
+    job_id: str
+    task_id: str
+    model: str
+    clock_key: str
+    model_clock: ModelClock
+    submitted_at: float  # monotonic, when the task was created (or adopted)
+    followed_since: float  # monotonic, when this run started following it
+    polls: int = 0
+    callback_mode: bool = False
+    done: bool = False
+
+
+class CompletionModel:
+    """Completion times (unscaled seconds) per clock key: documented first, learned later."""
+
+    def __init__(self, min_samples: int = 20, keep: int = 500) -> None:
+        self._samples: dict[str, collections.deque[float]] = {}
+        self._sorted: dict[str, list[float]] = {}
+        self.min_samples = min_samples
+        self.keep = keep
+
+    def add(self, key: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        dq = self._samples.setdefault(key, collections.deque(maxlen=self.keep))
+        if len(dq) == dq.maxlen:
+            old = dq[0]
+            lst = self._sorted[key]
+            del lst[bisect.bisect_left(lst, old)]
+        dq.append(seconds)
+        bisect.insort(self._sorted.setdefault(key, []), seconds)
+
+    def samples(self, key: str) -> int:
+        return len(self._samples.get(key, ()))
+
+    def quantile(self, key: str, q: float, fallback: ModelClock) -> float:
+        """The q-quantile of completion time; the documented range until enough is learned."""
+        lst = self._sorted.get(key)
+        if not lst or len(lst) < self.min_samples:
+            return fallback.typical_min + q * (fallback.typical_max - fallback.typical_min)
+        pos = min(len(lst) - 1, max(0, round(q * (len(lst) - 1))))
+        return lst[pos]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    tracked: int
+    polls: int
+    polls_in_progress: int
+    tight: bool
+
+
+PollFn = Callable[[Tracked], Awaitable[bool]]
+
+
+@dataclass
+class PollScheduler:
+    """Owns every poll timer; calls ``poll(tracked)`` when one is due.
+
+    ``poll`` returns True when the task is finished (the scheduler forgets it)
+    and False to have it polled again later.
+    """
+
+    clock: Clock
+    poll: PollFn
+    completions: CompletionModel
+    time_scale: float = 1.0
+    is_tight: Callable[[], bool] = lambda: False
+    max_parallel: int = 256
+    #: in callback mode a poll is only a safety net: wait this long past typical_max
+    callback_margin: float = 60.0
+    _heap: list[tuple[float, int, Tracked]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _by_task: dict[str, Tracked] = field(default_factory=dict)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _closed: bool = False
+    _polls: int = 0
+    _running: int = 0
+
+    # -- timing policy ------------------------------------------------------
+    def first_delay(self, t: Tracked) -> float:
+        """Unscaled seconds from creation to the first poll."""
+        mc = t.model_clock
+        if t.callback_mode:
+            return mc.typical_max + self.callback_margin
+        if self.is_tight():
+            # Budget is short: poll where almost every task of this kind is done.
+            return self.completions.quantile(t.clock_key, 0.95, mc)
+        learned = self.completions.samples(t.clock_key) >= self.completions.min_samples
+        if learned:
+            return self.completions.quantile(t.clock_key, 0.10, mc)
+        return mc.first_poll
+
+    def next_delay(self, t: Tracked) -> float:
+        """Unscaled seconds from a not-finished poll to the next one."""
+        mc = t.model_clock
+        if t.callback_mode:
+            return max(mc.interval * 2, 15.0)
+        if self.is_tight():
+            return mc.interval * 2
+        # Loose budget: poll a little faster than the docs so completions are seen promptly.
+        return max(1.0, mc.interval * 0.6)
+
+    # -- tracking -----------------------------------------------------------
+    def add(self, t: Tracked, *, due: float | None = None) -> None:
+        """Follow ``t``; its first poll is at ``due`` (monotonic) or from the policy."""
+        if due is None:
+            due = t.submitted_at + self.first_delay(t) * self.time_scale
+        self._by_task[t.task_id] = t
+        self._push(due, t)
+
+    def _push(self, due: float, t: Tracked) -> None:
+        was_first = not self._heap or due < self._heap[0][0]
+        heapq.heappush(self._heap, (due, next(self._seq), t))
+        if was_first:
+            self._wakeup.set()
+
+    def forget(self, task_id: str) -> Tracked | None:
+        """Stop following a task (its result arrived some other way)."""
+        t = self._by_task.pop(task_id, None)
+        if t is not None:
+            t.done = True  # its heap entry is skipped when it comes up
+        return t
+
+    def get(self, task_id: str) -> Tracked | None:
+        return self._by_task.get(task_id)
+
+    def poll_soon(self, task_id: str) -> None:
+        """Poll this task now (e.g. a callback said it ended: confirm with a status call)."""
+        t = self._by_task.get(task_id)
+        if t is not None:
+            self._push(self.clock.monotonic(), t)
+
+    @property
+    def tracked(self) -> int:
+        return len(self._by_task)
+
+    def tracked_tasks(self) -> list[Tracked]:
+        return list(self._by_task.values())
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    # -- the loop -----------------------------------------------------------
+    async def run(self) -> None:
+        """Poll due tasks until :meth:`close`; owns its poll tasks in a task group."""
+        slots = asyncio.Semaphore(self.max_parallel)
+        async with asyncio.TaskGroup() as tg:
+            while not self._closed:
+                now = self.clock.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, t = heapq.heappop(self._heap)
+                    if t.done or self._by_task.get(t.task_id) is not t:
+                        continue
+                    await slots.acquire()
+                    tg.create_task(self._poll_one(t, slots))
+                    now = self.clock.monotonic()
+                if self._closed:
+                    break
+                self._wakeup.clear()
+                delay = self._heap[0][0] - now if self._heap else None
+                await self._sleep_or_wake(delay)
+
+    async def _sleep_or_wake(self, delay: float | None) -> None:
+        waiter = asyncio.ensure_future(self._wakeup.wait())
+        if delay is None:
+            await waiter
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, sleeper):
+                fut.cancel()
+
+    async def _poll_one(self, t: Tracked, slots: asyncio.Semaphore) -> None:
+        self._running += 1
+        try:
+            t.polls += 1
+            self._polls += 1
+            finished = await self.poll(t)
+        finally:
+            self._running -= 1
+            slots.release()
+        if finished:
+            self.forget(t.task_id)
+        elif not t.done and self._by_task.get(t.task_id) is t:
+            self._push(self.clock.monotonic() + self.next_delay(t) * self.time_scale, t)
+
+    def statistics(self) -> SchedulerStats:
+        return SchedulerStats(
+            tracked=len(self._by_task),
+            polls=self._polls,
+            polls_in_progress=self._running,
+            tight=self.is_tight(),
+        )
