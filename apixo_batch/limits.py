@@ -4,8 +4,8 @@ Both share one small interface (``acquire`` / ``release`` / ``statistics``) so
 the engine asks "may I?" in one place, aiometer-style.
 
 The request bucket is *paced*: it holds at most ``burst`` requests and drips
-at ``(rpm - burst) / 60`` per second, so no sliding 60-second window can ever
-see more than ``rpm`` requests (burst + 60 s of drip = rpm). A bucket sized to
+at ``(rpm - burst - margin) / 60`` per second, so no sliding 60-second window
+can ever see more than ``rpm`` requests (burst + 60 s of drip < rpm). A bucket sized to
 a whole minute would let up to twice ``rpm`` through in its first minute.
 The leaky-bucket arithmetic is aiolimiter's; only its time source is swapped
 for the injected clock, and waiting is done here so that waiters are served by
@@ -86,7 +86,10 @@ class RequestBucket:
         # A second of burst at most (and never more than 50 requests): enough to
         # start quickly, small enough that the drip stays close to rpm / 60.
         self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 60.0))
-        self._base_drip = max(rpm - self.burst, 1.0) / 60.0
+        # Half a percent of headroom: a token is taken a moment before its request
+        # leaves, and those moments jitter; the margin keeps any window under rpm.
+        margin = max(1.0, rpm * 0.005)
+        self._base_drip = max(rpm - self.burst - margin, 1.0) / 60.0
         self._limiter = _ClockedLimiter(self.burst, self._base_drip, clock)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()

@@ -1,0 +1,402 @@
+"""Stream one result file to disk: into ``<file>.part``, verified, then renamed.
+
+A file at its final name is always whole (invariant 5): bytes land in
+``<dest>.part``, are hashed as they stream, checked against the announced
+length and the MP4 ``ftyp`` box, fsynced, and only then renamed over ``dest``.
+
+A dropped connection keeps the ``.part`` and resumes it with an HTTP Range
+request; a ``.part`` left by a crashed run is re-hashed and resumed the same
+way. Memory stays bounded (about two chunks) whatever the file size.
+
+Result URLs live on APIXO's file host, not the API: requests carry no
+Authorization header, and a session that would add one is refused. Signed URLs
+may hold tokens in their query string, so messages and logs name the URL
+without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+from yarl import URL
+
+from .clock import Clock
+from .errors import DownloadError, IntegrityError, ResultExpired
+from .retry import Backoff
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+__all__ = ["DEFAULT_DOWNLOAD_BACKOFF", "Downloaded", "download_file"]
+
+log = logging.getLogger(__name__)
+
+#: retry policy when the caller gives none: about a minute of patience in all
+DEFAULT_DOWNLOAD_BACKOFF = Backoff(base=0.5, cap=30.0, max_attempts=6)
+
+# No total limit: a large file on a slow link may take long. A stalled socket
+# (nothing read for a minute) is what counts as a timeout, and is resumed.
+_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=60.0)
+_EXPIRED = frozenset({403, 404, 410})
+_RETRY_STATUSES = frozenset({408, 425, 429})
+# An ftyp box holds at least a major brand and a minor version; real ones are
+# a few dozen bytes. Anything outside this is not the start of an MP4.
+_FTYP_MIN, _FTYP_MAX = 16, 4096
+_HEAD = 8
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
+_QUERY = re.compile(r"\?[^\s'\"<>]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """A file that landed whole at its final path."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    resumed: int  # how many times a Range resume was used
+
+
+class _Retry(Exception):
+    """Transient trouble: keep the .part, wait, and try again."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+async def download_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    *,
+    clock: Clock,
+    backoff: Backoff | None = None,
+    chunk_size: int = 1 << 20,
+) -> Downloaded:
+    """Download ``url`` to ``dest`` through ``dest.part``; resume, verify, rename atomically.
+
+    Raises :class:`ResultExpired` (403/404/410: the URL is gone) or
+    :class:`IntegrityError` (empty, wrong length, not an MP4), both after
+    deleting the ``.part``; and :class:`DownloadError` once ``backoff`` gives
+    up on 5xx/429/transport trouble, keeping the ``.part`` for a later resume.
+    An existing ``dest`` is overwritten. ``session`` must not carry credentials.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    _refuse_credentials(session)
+    dest = Path(dest)
+    try:
+        return await _download(
+            session,
+            url,
+            dest,
+            clock,
+            backoff if backoff is not None else DEFAULT_DOWNLOAD_BACKOFF,
+            chunk_size,
+        )
+    except OSError as exc:
+        # Our own disk (full, read-only, permissions): the caller sees one error family.
+        raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+async def _download(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    clock: Clock,
+    policy: Backoff,
+    chunk_size: int,
+) -> Downloaded:
+    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+    part = await _Part.open(dest.with_name(dest.name + ".part"), chunk_size)
+    transfer = _Transfer(session, url, part, chunk_size)
+    try:
+        failures = 0
+        while True:
+            before = part.size
+            try:
+                await transfer.attempt()
+                break
+            except _Retry as trouble:
+                # Patience is for trouble that makes no progress: a flaky link
+                # that still delivers bytes each time is followed to the end.
+                failures = 1 if part.size > before else failures + 1
+                if policy.gives_up(failures):
+                    kept = f"; {part.size} bytes kept for a later resume" if part.size else ""
+                    raise DownloadError(
+                        f"{transfer.where}: gave up after {failures} attempts "
+                        f"({trouble.reason}){kept}"
+                    ) from None
+                wait = policy.delay(failures, trouble.retry_after)
+                log.debug("download %s: %s; retrying in %.1fs", transfer.where, trouble, wait)
+                await clock.sleep(wait)
+        transfer.verify_complete()
+        await asyncio.to_thread(part.commit, dest)
+    except (ResultExpired, IntegrityError):
+        part.discard()
+        raise
+    except BaseException:
+        part.close_keeping_bytes()
+        raise
+    return Downloaded(path=dest, bytes=part.size, sha256=part.hexdigest, resumed=transfer.resumed)
+
+
+class _Transfer:
+    """One URL's HTTP side: requests, status handling, Range bookkeeping."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, part: _Part, chunk_size: int
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.where = _describe(url)
+        self.part = part
+        self.chunk_size = chunk_size
+        self.resumed = 0
+        self.total: int | None = None
+        # A strong validator from an earlier answer: resume only the same file.
+        self.etag: str | None = None
+
+    async def attempt(self) -> None:
+        """One request; returns when the body is complete, raises _Retry on transient trouble."""
+        offset = self.part.size
+        headers = {"Accept-Encoding": "identity"}  # byte ranges of the file itself
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if self.etag:
+                headers["If-Range"] = self.etag
+        try:
+            async with self.session.get(self.url, headers=headers, timeout=_TIMEOUT) as resp:
+                if not self._start(resp, offset):
+                    return
+                async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    self.part.append(chunk, self.where)
+                    if self.total is not None and self.part.size > self.total:
+                        raise IntegrityError(
+                            f"{self.where}: more bytes than the announced {self.total}"
+                        )
+        except aiohttp.InvalidURL:
+            raise DownloadError(f"{self.where}: not a usable URL") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retry(f"{type(exc).__name__}: {_scrub(str(exc))}".rstrip(": ")) from None
+        if self.total is not None and self.part.size < self.total:
+            raise _Retry(f"body ended at {self.part.size} of {self.total} bytes")
+
+    def _start(self, resp: aiohttp.ClientResponse, offset: int) -> bool:
+        """Judge the status line; False when the .part already holds the whole file."""
+        status = resp.status
+        if status in _EXPIRED:
+            raise ResultExpired(
+                f"result URL expired or gone (HTTP {status}): {self.where}; "
+                "the result can no longer be downloaded"
+            )
+        if status == 416 and offset:
+            # Our .part is at least as long as the file: whole if the sizes agree.
+            _, total = _content_range(resp.headers.get("Content-Range"))
+            if total == offset:
+                self.total = total
+                return False
+            self.part.reset()
+            raise _Retry(f"range not satisfiable at {offset} bytes; starting over")
+        if status == 206 and offset:
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            if start != offset:
+                self.part.reset()
+                raise _Retry(f"server resumed at byte {start}, not {offset}; starting over")
+            length = resp.content_length
+            self.total = (
+                total if total is not None else (offset + length if length is not None else None)
+            )
+            self.resumed += 1
+        elif status == 200:
+            if offset:
+                # Range ignored (or the file changed under If-Range): take it from the top.
+                self.part.reset()
+            self.total = resp.content_length
+        elif status in _RETRY_STATUSES or status >= 500:
+            raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+        else:
+            raise DownloadError(f"{self.where}: unexpected HTTP {status}")
+        etag = resp.headers.get("ETag")
+        self.etag = etag if etag and not etag.startswith("W/") else None
+        return True
+
+    def verify_complete(self) -> None:
+        """The whole body is here: refuse an empty, short or non-MP4 one."""
+        size = self.part.size
+        if self.total is not None and size != self.total:
+            raise IntegrityError(f"{self.where}: got {size} bytes, expected {self.total}")
+        problem = _ftyp_problem(self.part.head, size)
+        if problem:
+            raise IntegrityError(f"{self.where}: {problem}")
+
+
+class _Part:
+    """The ``.part`` file, its running SHA-256 and its first bytes."""
+
+    def __init__(self, path: Path, file: io.FileIO, size: int, hasher: _Hash, head: bytes) -> None:
+        self.path = path
+        self._file: io.FileIO | None = file
+        self.size = size
+        self._hasher = hasher
+        self.head = head
+
+    @classmethod
+    async def open(cls, path: Path, chunk_size: int) -> _Part:
+        """Open (creating or continuing) ``path``; an existing one is re-hashed first."""
+        return await asyncio.to_thread(cls._open_sync, path, chunk_size)
+
+    @classmethod
+    def _open_sync(cls, path: Path, chunk_size: int) -> _Part:
+        hasher = hashlib.sha256()
+        size = 0
+        head = b""
+        try:
+            with path.open("rb") as existing:
+                while chunk := existing.read(chunk_size):
+                    hasher.update(chunk)
+                    if len(head) < _HEAD:
+                        head += chunk[: _HEAD - len(head)]
+                    size += len(chunk)
+        except FileNotFoundError:
+            pass
+        if size and len(head) >= _HEAD and _ftyp_problem(head, None):
+            # Left by an earlier run but not the start of an MP4: not worth resuming.
+            hasher, size, head = hashlib.sha256(), 0, b""
+        # Unbuffered: chunks are large already, and bytes counted are bytes on disk.
+        file = path.open("r+b" if path.exists() else "wb", buffering=0)
+        file.truncate(size)
+        file.seek(size)
+        return cls(path, file, size, hasher, head)
+
+    @property
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def append(self, chunk: bytes, where: str) -> None:
+        """Write, hash and count one chunk; check the ftyp box as soon as it is here."""
+        if self._file is None:
+            raise RuntimeError("the .part file is closed")
+        if len(self.head) < _HEAD:
+            self.head += chunk[: _HEAD - len(self.head)]
+            if len(self.head) == _HEAD:
+                problem = _ftyp_problem(self.head, None)
+                if problem:
+                    raise IntegrityError(f"{where}: {problem}")
+        view = memoryview(chunk)
+        while view:
+            view = view[self._file.write(view) or 0 :]
+        self._hasher.update(chunk)
+        self.size += len(chunk)
+
+    def reset(self) -> None:
+        """Start over from byte zero."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate(0)
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+
+    def commit(self, dest: Path) -> None:
+        """Flush and fsync the bytes, rename over ``dest``, fsync the directory (blocking)."""
+        if self._file is None:
+            raise RuntimeError("the .part file is closed")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self.path, dest)
+        _fsync_dir(dest.parent)
+
+    def discard(self) -> None:
+        """Close and delete: the bytes are worthless (URL gone, not the promised file)."""
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def close_keeping_bytes(self) -> None:
+        """Close, keeping what arrived for a later resume (an empty file helps nobody)."""
+        self._close()
+        if self.size == 0:
+            self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _ftyp_problem(head: bytes, size: int | None) -> str | None:
+    """Why ``head`` is not the start of an MP4, or None when it is."""
+    if len(head) < _HEAD:
+        return "empty body" if not head else f"only {len(head)} bytes: not an MP4"
+    if head[4:8] != b"ftyp":
+        return "not an MP4 (no 'ftyp' box at the start)"
+    box = int.from_bytes(head[:4], "big")
+    if not _FTYP_MIN <= box <= _FTYP_MAX:
+        return f"not an MP4 (implausible 'ftyp' box size {box})"
+    if size is not None and box > size:
+        return f"only {size} bytes: shorter than its own 'ftyp' box"
+    return None
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from ``Content-Range``; None for what it does not say."""
+    match = _CONTENT_RANGE.match(value or "")
+    if not match:
+        return None, None
+    start, _, total = match.groups()
+    return (int(start) if start else None), (int(total) if total and total != "*" else None)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: backoff decides, we do not read the wall clock here
+
+
+def _describe(url: str) -> str:
+    """The URL without query, fragment or user info: safe to print and log."""
+    try:
+        return str(URL(url).with_query(None).with_fragment(None).with_user(None))
+    except (TypeError, ValueError):
+        return "<unparsable URL>"
+
+
+def _scrub(text: str) -> str:
+    # aiohttp messages may quote the URL; its query string may hold a signature.
+    return _QUERY.sub("?…", text)
+
+
+def _refuse_credentials(session: aiohttp.ClientSession) -> None:
+    if "Authorization" in session.headers or session.auth is not None:
+        raise ValueError(
+            "the download session carries credentials; result files must be "
+            "fetched without the API key (use a separate session)"
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; not every platform or filesystem allows it.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,408 @@
+"""The campaign: the job file's settings checked, its jobs validated in one streaming pass."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from ..catalog import MODELS, Clock, ModelSpec, all_input_keys
+from ..errors import JobFileError
+from ._base import (
+    PROVIDERS,
+    TOP_KEYS,
+    Issues,
+    Job,
+    JobGroup,
+    check_filename,
+    check_id,
+    input_hash,
+    short,
+)
+from ._resolve import Defaults, Expanded, Matrix, Resolver, parse_matrix
+from ._rows import ROW_SUFFIXES, read_rows
+from ._yamlfile import read_yaml
+
+__all__ = ["Campaign", "load_campaign"]
+
+DEFAULT_FILENAME = "{id}.mp4"
+_TEMPLATE_FIELDS = ("id", "model", "index")
+
+PriceTable = Mapping[str, float | Mapping[str, float]]
+_GroupKey = tuple[str, str, int, str, Clock]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What it takes to stream the jobs again: listed jobs, the rows file, the merge rules."""
+
+    display: str
+    listed: tuple[tuple[object, str], ...]
+    rows_path: Path | None
+    rows_display: str
+    default_model: str | None
+    resolver: Resolver
+    template: str
+
+    def expand(self, issues: Issues) -> Iterator[tuple[int, Expanded, str]]:
+        """(index, job, rendered file name) for every job in file order."""
+        raw_jobs: Iterator[tuple[object, str]] = iter(self.listed)
+        if self.rows_path is not None:
+            rows = read_rows(self.rows_path, self.rows_display, self.default_model, issues)
+            raw_jobs = itertools.chain(raw_jobs, rows)
+        index = 0
+        template = self.template
+        for raw, source in raw_jobs:
+            for job in self.resolver.resolve(raw, source, issues):
+                yield index, job, template.format(id=job.id, model=job.model, index=index)
+                index += 1
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated job file. Jobs are streamed by :meth:`iter_jobs`, never all held at once."""
+
+    name: str
+    #: the job file
+    path: Path
+    #: absolute; from ``output.dir`` relative to the job file, or the override
+    output_dir: Path
+    filename_template: str
+    #: the job file's price table (model -> USD per output second, or -> {variant: USD})
+    prices: PriceTable
+    job_count: int
+    #: job counts by model, mode, duration and price tier, in order of first appearance
+    groups: tuple[JobGroup, ...] = ()
+    _source: _Source | None = field(default=None, repr=False, compare=False)
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job in file order, validated again as the jobs_file is read again.
+
+        Raises JobFileError if the files changed since loading and a job no
+        longer passes.
+        """
+        if self._source is None:
+            return
+        issues = Issues()
+        for index, job, filename in self._source.expand(issues):
+            if issues:
+                break
+            yield Job(
+                id=job.id,
+                index=index,
+                model=job.model,
+                provider=job.provider,
+                input=job.input,
+                input_hash=input_hash(job.model, job.provider, job.input),
+                filename=filename,
+                source=job.source,
+            )
+        if issues:
+            raise issues.error(self._source.display)
+
+
+def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Campaign:
+    """Read and validate a job file and its jobs_file.
+
+    Everything is checked before anything is returned: the file's shape,
+    every job against its model, unique ids and output file names. Raises
+    :class:`JobFileError` listing every problem found (the first 200, and
+    how many more). ``out_dir`` overrides ``output.dir`` (relative to the
+    current directory, as on a command line).
+    """
+    job_file = Path(path).absolute()
+    display = job_file.name
+    issues = Issues()
+    data, job_lines = read_yaml(job_file, display, issues)
+    if issues:
+        raise issues.error(display)
+    if data is None:
+        raise _one(display, "", "the job file is empty")
+    if not isinstance(data, dict):
+        raise _one(display, "", f"the job file must be a mapping, got {type(data).__name__}")
+
+    for key in data:
+        if key not in TOP_KEYS:
+            issues.add(display, str(key), f"unknown top-level key (allowed: {', '.join(TOP_KEYS)})")
+    name = _name(data, job_file, display, issues)
+    base = job_file.parent
+    output = _mapping(data.get("output"), display, "output", ("dir", "filename"), issues)
+    out_text = _text(output.get("dir"), display, "output.dir", issues) or f"out/{name}"
+    output_dir = Path(out_dir).resolve() if out_dir is not None else (base / out_text).resolve()
+    template = _template(output.get("filename", DEFAULT_FILENAME), display, issues)
+    defaults = _defaults(data.get("defaults"), display, issues)
+    matrix: Matrix = ()
+    if data.get("matrix") is not None:
+        matrix = parse_matrix(data["matrix"], display, "matrix", issues)
+    prices = _prices(data.get("prices"), display, issues)
+    listed = _listed(data.get("jobs"), display, job_lines, issues)
+    rows_path, rows_display = _rows_file(data.get("jobs_file"), base, display, issues)
+
+    source = _Source(
+        display=display,
+        listed=listed,
+        rows_path=rows_path,
+        rows_display=rows_display,
+        default_model=defaults.model,
+        resolver=Resolver(defaults, matrix),
+        template=template or DEFAULT_FILENAME,
+    )
+    count, groups = _check_jobs(source, bool(template), issues)
+    if issues:
+        raise issues.error(display)
+    return Campaign(
+        name=name,
+        path=job_file,
+        output_dir=output_dir,
+        filename_template=source.template,
+        prices=prices,
+        job_count=count,
+        groups=groups,
+        _source=source,
+    )
+
+
+def _check_jobs(
+    source: _Source, check_files: bool, issues: Issues
+) -> tuple[int, tuple[JobGroup, ...]]:
+    """The streaming pass: ids and file names unique, jobs counted by group."""
+    # Only ids and file names are kept, so a 100,000-row file stays small in memory.
+    ids: dict[str, str] = {}
+    files: dict[str, str] = {}
+    groups: dict[_GroupKey, list[Any]] = {}
+    count = 0
+    for _, job, filename in source.expand(issues):
+        count += 1
+        where = f"job {job.id!r} ({job.source})"
+        first = ids.get(job.id)
+        if first is not None:
+            issues.add(where, "id", f"duplicate id (first used by {first})")
+            continue
+        ids[job.id] = job.source
+        if check_files:
+            problem = check_filename(filename)
+            if problem is not None:
+                issues.add(where, "output.filename", problem)
+            # Case-folded: "A.mp4" and "a.mp4" are one file on macOS and Windows.
+            other = files.setdefault(filename.casefold(), job.id)
+            if other != job.id:
+                issues.add(where, "output.filename", f"{filename!r} is also job {other!r}'s file")
+        if job.valid:
+            spec = MODELS[job.model]
+            inp = job.input
+            key = (
+                job.model,
+                inp["mode"],
+                inp["duration"],
+                spec.price_variant(inp),
+                spec.clock(inp),
+            )
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [1, inp]
+            else:
+                group[0] += 1
+    if count == 0 and not issues:
+        issues.add(source.display, "jobs", "no jobs: give a jobs list, a jobs_file, or both")
+    return count, tuple(
+        JobGroup(model, mode, duration, tier, clock, n, sample)
+        for (model, mode, duration, tier, clock), (n, sample) in groups.items()
+    )
+
+
+def _one(where: str, field_name: str, message: str) -> JobFileError:
+    issues = Issues()
+    issues.add(where, field_name, message)
+    return issues.error(where)
+
+
+def _name(data: Mapping[Any, Any], job_file: Path, display: str, issues: Issues) -> str:
+    name = data.get("name")
+    if name is None:
+        return job_file.stem
+    # The name is the default output folder, so it follows the rules of an id.
+    problem = check_id(name)
+    if problem is not None:
+        issues.add(display, "name", problem)
+        return job_file.stem
+    return str(name)
+
+
+def _mapping(
+    value: object, where: str, name: str, allowed: tuple[str, ...], issues: Issues
+) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        issues.add(where, name, f"must be a mapping ({', '.join(allowed)})")
+        return {}
+    for key in value:
+        if key not in allowed:
+            issues.add(where, f"{name}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+    return value
+
+
+def _text(value: object, where: str, name: str, issues: Issues) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        issues.add(where, name, f"must be a non-empty string, got {short(value)}")
+        return None
+    return value
+
+
+def _template(value: object, where: str, issues: Issues) -> str | None:
+    """The checked filename template, or None when it is unusable (reported once)."""
+    template = _text(value, where, "output.filename", issues)
+    if template is None:
+        return None
+    try:
+        for _, field_name, _, _ in string.Formatter().parse(template):
+            if field_name is not None and field_name not in _TEMPLATE_FIELDS:
+                issues.add(
+                    where,
+                    "output.filename",
+                    f"unknown placeholder {{{field_name}}} (use {{id}}, {{model}}, {{index}})",
+                )
+                return None
+        sample = template.format(id="job-id", model="model", index=0)
+    except (ValueError, TypeError) as exc:
+        issues.add(where, "output.filename", f"bad template {template!r}: {exc}")
+        return None
+    problem = check_filename(sample)
+    if problem is not None:
+        issues.add(where, "output.filename", f"{template!r} renders to {problem}")
+        return None
+    return template
+
+
+def _defaults(value: object, where: str, issues: Issues) -> Defaults:
+    section = _mapping(value, where, "defaults", ("model", "provider", "input"), issues)
+    model = section.get("model")
+    broken = False
+    if model is not None and (not isinstance(model, str) or model not in MODELS):
+        known = ", ".join(MODELS)
+        issues.add(where, "defaults.model", f"unknown model {short(model)} (known: {known})")
+        model, broken = None, True
+    provider = section.get("provider")
+    if provider is None:
+        provider = "auto"
+    elif provider not in PROVIDERS:
+        issues.add(
+            where, "defaults.provider", f"got {short(provider)}, expected auto, value or official"
+        )
+        provider = "auto"
+    inp = section.get("input")
+    clean: dict[str, Any] = {}
+    if inp is not None and not isinstance(inp, dict):
+        issues.add(where, "defaults.input", "must be a mapping of input keys to values")
+    elif inp is not None:
+        known_keys = all_input_keys()
+        for key, item in inp.items():
+            if key not in known_keys:
+                issues.add(
+                    where, f"defaults.input.{key}", "unknown key (not an input of any model)"
+                )
+            elif item is not None:
+                clean[key] = item
+    return Defaults(model=model, model_broken=broken, provider=str(provider), input=clean)
+
+
+def _prices(value: object, where: str, issues: Issues) -> dict[str, float | dict[str, float]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        issues.add(where, "prices", "must map a model to a price or to {variant: price}")
+        return {}
+    table: dict[str, float | dict[str, float]] = {}
+    for model, entry in value.items():
+        name = f"prices.{model}"
+        spec = MODELS.get(model) if isinstance(model, str) else None
+        if spec is None:
+            issues.add(where, name, f"unknown model (known: {', '.join(MODELS)})")
+        elif isinstance(entry, dict):
+            tiers = _price_tiers(spec)
+            by_tier: dict[str, float] = {}
+            for tier, price in entry.items():
+                if tier not in tiers:
+                    allowed = ", ".join(sorted(tiers))
+                    issues.add(where, f"{name}.{tier}", f"unknown variant (allowed: {allowed})")
+                elif (checked := _price(price, where, f"{name}.{tier}", issues)) is not None:
+                    by_tier[str(tier)] = checked
+            table[model] = by_tier
+        elif (checked := _price(entry, where, name, issues)) is not None:
+            table[model] = checked
+    return table
+
+
+def _price(value: object, where: str, name: str, issues: Issues) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        issues.add(where, name, f"must be a number (USD per output second), got {short(value)}")
+        return None
+    if value < 0:
+        issues.add(where, name, f"must not be negative, got {value}")
+        return None
+    return float(value)
+
+
+@cache
+def _price_tiers(spec: ModelSpec) -> frozenset[str]:
+    """The price variants a model's inputs can select, plus "default".
+
+    The catalog knows a variant only as a function of the input, so every
+    combination of the model's finite-valued inputs is tried.
+    """
+    choices: list[tuple[str, tuple[Any, ...]]] = []
+    for key, info in spec.input_model.model_fields.items():
+        values = _finite_values(info.annotation)
+        if values:
+            choices.append((key, values))
+    keys = [key for key, _ in choices]
+    tiers = {"default"}
+    for combo in itertools.product(*(values for _, values in choices)):
+        tiers.add(spec.price_variant(dict(zip(keys, combo, strict=True))))
+    return frozenset(tiers)
+
+
+def _finite_values(annotation: Any) -> tuple[Any, ...]:
+    if annotation is bool:
+        return (True, False)
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if len(args) == 1 and args[0] is not annotation:
+        return _finite_values(args[0])
+    return ()
+
+
+def _listed(
+    value: object, display: str, lines: list[int], issues: Issues
+) -> tuple[tuple[object, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        issues.add(display, "jobs", "must be a list of jobs")
+        return ()
+    return tuple(
+        (raw, f"{display} job {i + 1}" + (f" (line {lines[i]})" if i < len(lines) else ""))
+        for i, raw in enumerate(value)
+    )
+
+
+def _rows_file(value: object, base: Path, display: str, issues: Issues) -> tuple[Path | None, str]:
+    text = _text(value, display, "jobs_file", issues)
+    if text is None:
+        return None, ""
+    path = base / text
+    if path.suffix.lower() not in ROW_SUFFIXES:
+        issues.add(display, "jobs_file", f"{text!r}: expected a .csv or .jsonl file")
+        return None, text
+    if not path.is_file():
+        issues.add(display, "jobs_file", f"{text!r} not found (looked for {path})")
+        return None, text
+    return path, text

@@ -1,0 +1,349 @@
+"""The simulated APIXO service: routes, handlers, and the accessors tests read.
+
+Routes (all JSON answers are ``{"code", "message", "data"}`` with the HTTP
+status equal to ``code``):
+
+- ``POST /api/v1/generateTask/{model}``   submit
+- ``GET  /api/v1/statusTask/{model}?taskId=``   status
+- ``GET  /api/v1/apikeys/current-balance``   balance
+- ``GET  /files/{task_id}/{n}.mp4``   result files (see :mod:`.files`)
+- ``GET  /_sim/stats``, ``POST /_sim/finish/{task_id}``, ``POST /_sim/expire/{task_id}``
+
+Choices where the docs are silent: the documented "Insufficient credits" body
+is sent with HTTP 400 (its JSON code); an empty balance answers 402; a submit
+answered by a 5xx or a reset creates no task (``submit_lost_rate`` is the
+knob for "task created, answer lost"); a slow request whose client has gone
+by the time it is processed is dropped without effect; unknown top-level
+body keys are refused with 400, like unknown input keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ..catalog import get_model, validate_input
+from .callbacks import CallbackSender
+from .config import SimConfig
+from .files import OUTCOME, FileRoute, drop_connection
+from .gate import FaultPlan, RollingWindow, key_matches, retry_after_header
+from .media import Mp4Content
+from .stats import SimStats, input_key
+from .tasks import SimTask, TaskBook, loop_time
+
+__all__ = ["Simulator"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ROUTE_LABELS = {
+    "submit": "POST /generateTask",
+    "status": "GET /statusTask",
+    "balance": "GET /apikeys/current-balance",
+    "api_other": "API /other",
+    "file": "GET /files",
+    "stats": "GET /_sim/stats",
+    "finish": "POST /_sim/finish",
+    "expire": "POST /_sim/expire",
+}
+_BODY_KEYS = frozenset({"request_type", "callback_url", "provider", "input"})
+_PROVIDERS = frozenset({"auto", "value", "official"})
+_FAULT_MESSAGES = {
+    "500": "Internal server error",
+    "502": "Bad gateway: upstream provider error",
+    "504": "Gateway timeout: upstream provider did not answer",
+}
+
+
+def _answer(code: int, message: str, data: Any = None, **headers: str) -> web.Response:
+    body = json.dumps({"code": code, "message": message, "data": data}, separators=(",", ":"))
+    return web.Response(
+        status=code, text=body, content_type="application/json", headers=headers or None
+    )
+
+
+class Simulator:
+    """One simulated APIXO account and service; serve :attr:`app` with aiohttp.
+
+    ``url`` and ``base_url`` are filled in by :func:`run_simulator` once listening.
+    """
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config if config is not None else SimConfig()
+        cfg = self.config
+        self._key = cfg.resolved_api_key()
+        self._stats = SimStats()
+        self._book = TaskBook(cfg, self._on_finish)
+        self._callbacks = CallbackSender(cfg, self._stats)
+        self._window = RollingWindow(cfg.rpm_limit, cfg.rpm_window_s)
+        self._faults = FaultPlan(cfg)
+        self._files = FileRoute(cfg, self._stats, self._faults, self._book.tasks, self._book.settle)
+        self._balance_micro = round(cfg.balance * 1e6)
+        self.url = ""
+        self.base_url = ""
+        self.app = self._build_app()
+
+    def __repr__(self) -> str:
+        return f"Simulator(url={self.url!r}, tasks={len(self._book.tasks)})"
+
+    # --- the aiohttp application -------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        @web.middleware
+        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._observe(request, handler)
+
+        app = web.Application(middlewares=[observe])
+        add = app.router
+        add.add_post("/api/v1/generateTask/{model}", self._gated(self._submit), name="submit")
+        add.add_get("/api/v1/statusTask/{model}", self._gated(self._status), name="status")
+        add.add_get("/api/v1/apikeys/current-balance", self._gated(self._balance), name="balance")
+        add.add_route("*", "/api/v1/{tail:.*}", self._gated(self._no_route), name="api_other")
+        add.add_get("/files/{task_id}/{name}", self._files.handle, name="file")
+        add.add_get("/_sim/stats", self._stats_route, name="stats")
+        add.add_post("/_sim/finish/{task_id}", self._finish_route, name="finish")
+        add.add_post("/_sim/expire/{task_id}", self._expire_route, name="expire")
+        return app
+
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every request by route and by how it ended."""
+        route = request.match_info.route.name
+        label = _ROUTE_LABELS.get(route or "", f"{request.method} <unmatched>")
+        if route == "file" and request.method == "HEAD":
+            label = "HEAD /files"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            self._stats.record(label, str(exc.status))
+            raise
+        self._stats.record(label, request.get(OUTCOME) or str(resp.status))
+        return resp
+
+    def _gated(self, handler: Handler) -> Handler:
+        """Wrap an API handler in auth, the rolling rate limit and fault injection."""
+
+        async def gated(request: web.Request) -> web.StreamResponse:
+            if not key_matches(request.headers.get("Authorization"), self._key):
+                return _answer(401, "Invalid or missing API Key")
+            wait = self._window.admit(loop_time())
+            if wait is not None:
+                self._stats.rate_limited_rpm += 1
+                return _answer(
+                    429, "Rate limit exceeded", **{"Retry-After": retry_after_header(wait)}
+                )
+            if self._faults.slow():
+                self._stats.faults["slow"] += 1
+                await asyncio.sleep(self.config.slow_delay_s)
+                if request.transport is None or request.transport.is_closing():
+                    return drop_connection(request, "client_gone", reset=False)
+            fault = self._faults.api_fault()
+            if fault == "reset":
+                self._stats.faults["reset"] += 1
+                return drop_connection(request, "reset", reset=True)
+            if fault is not None:
+                self._stats.faults[fault] += 1
+                return _answer(int(fault), _FAULT_MESSAGES[fault])
+            return await handler(request)
+
+        return gated
+
+    # --- API handlers ------------------------------------------------------------------
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        spec = get_model(model)
+        if spec is None:
+            return _answer(404, f"Model not found: {model}")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return _answer(400, "Invalid JSON body")
+        problem = _check_body(body)
+        if problem:
+            return _answer(400, problem)
+        inp, issues = validate_input(model, body["input"])
+        if issues:
+            return _answer(400, "; ".join(f"{i.field}: {i.message}" for i in issues))
+
+        cfg = self.config
+        if cfg.insufficient_after is not None and (
+            self._stats.submits_accepted >= cfg.insufficient_after
+        ):
+            return _answer(400, "Insufficient credits")
+        cost = self.price_of(model, inp)
+        cost_micro = round(cost * 1e6)
+        if cost_micro > self._balance_micro:
+            return _answer(402, "Insufficient balance")
+        self._book.settle()
+        if self._book.running >= cfg.concurrency_limit:
+            self._stats.rate_limited_concurrency += 1
+            return _answer(429, "Concurrent task limit exceeded")
+
+        request_type = body.get("request_type", "async")
+        task = self._book.create(
+            model=model,
+            inp=inp,
+            request_type=request_type,
+            callback_url=body.get("callback_url") if request_type == "callback" else None,
+            provider=body.get("provider", "auto"),
+            origin=f"{request.scheme}://{request.host}",
+            cost=cost,
+        )
+        self._balance_micro -= cost_micro
+        self._stats.note_submit(input_key(model, inp))
+        self._stats.max_concurrent_tasks = max(self._stats.max_concurrent_tasks, self._book.running)
+        if self._faults.lose_submit_answer():
+            self._stats.faults["lost_submit"] += 1
+            return drop_connection(request, "reset", reset=True)
+        return _answer(200, "success", {"taskId": task.task_id})
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        if get_model(model) is None:
+            return _answer(404, f"Model not found: {model}")
+        task_id = request.query.get("taskId", "")
+        if not task_id:
+            return _answer(400, "taskId is required")
+        self._book.settle()
+        task = self._book.tasks.get(task_id)
+        if task is None or task.model != model:
+            return _answer(404, "task not found")
+        return _answer(200, "success", task.status_data(loop_time(), self._book.wall_ms))
+
+    async def _balance(self, request: web.Request) -> web.StreamResponse:
+        return _answer(200, "success", self.balance)
+
+    async def _no_route(self, request: web.Request) -> web.StreamResponse:
+        return _answer(404, "Not Found")
+
+    # --- /_sim/* -----------------------------------------------------------------------
+
+    async def _stats_route(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.stats())
+
+    async def _finish_route(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        if task_id not in self._book.tasks:
+            return _answer(404, "task not found")
+        self.finish_now(task_id)
+        return _answer(200, "success", {"taskId": task_id})
+
+    async def _expire_route(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        if task_id not in self._book.tasks:
+            return _answer(404, "task not found")
+        self.expire_now(task_id)
+        return _answer(200, "success", {"taskId": task_id})
+
+    # --- task ends ---------------------------------------------------------------------
+
+    def _on_finish(self, task: SimTask) -> None:
+        if task.outcome == "success":
+            self._stats.tasks_succeeded += 1
+        else:
+            self._stats.tasks_failed += 1
+        if task.request_type == "callback" and task.callback_url:
+            data = task.status_data(task.ends_at, self._book.wall_ms)
+            self._callbacks.send(
+                task.callback_url, {"code": 200, "message": "success", "data": data}
+            )
+
+    # --- in-process accessors ----------------------------------------------------------
+
+    @property
+    def tasks(self) -> dict[str, SimTask]:
+        """Every task created, by id (read-only use, please)."""
+        return self._book.tasks
+
+    @property
+    def balance(self) -> float:
+        """Remaining balance in USD."""
+        return self._balance_micro / 1e6
+
+    def price_of(self, model: str, inp: Mapping[str, Any]) -> float:
+        """What one submit of this input costs here: catalog price, else the config's."""
+        spec = get_model(model)
+        if spec is None:
+            raise KeyError(model)
+        per_second = spec.price_per_second(inp, self.config.prices)
+        if per_second is None:
+            per_second = self.config.prices.get("default", 0.07)
+        return per_second * float(inp.get("duration", 5))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as a JSON-able dict (the same as ``GET /_sim/stats``)."""
+        self._book.settle()
+        return self._stats.snapshot(
+            concurrent_tasks=self._book.running,
+            balance=self.balance,
+            spent=round(self.config.balance - self.balance, 6),
+            callbacks_pending=self._callbacks.pending,
+        )
+
+    def submits_for(self, model: str, inp: Mapping[str, Any]) -> int:
+        """How many accepted submits had exactly this (normalized) input."""
+        clean, _ = validate_input(model, inp)
+        return self._stats.submits_by_input.get(input_key(model, clean), 0)
+
+    def content(self, url_or_task_id: str, index: int = 0) -> Mp4Content:
+        """The bytes behind a result URL (or a task id and result index)."""
+        if "/files/" in url_or_task_id:
+            task_id, _, name = url_or_task_id.split("/files/", 1)[1].partition("/")
+            index = int(name.split(".", 1)[0])
+        else:
+            task_id = url_or_task_id
+        return self._files.content(task_id, index)
+
+    def expected_bytes(self, url_or_task_id: str, index: int = 0) -> bytes:
+        """The whole file a download of this result must produce."""
+        return self.content(url_or_task_id, index).read()
+
+    def expected_sha256(self, url_or_task_id: str, index: int = 0) -> str:
+        """Hex SHA-256 of that file."""
+        return self.content(url_or_task_id, index).sha256()
+
+    def expected_size(self, url_or_task_id: str, index: int = 0) -> int:
+        """Its length in bytes."""
+        return self.content(url_or_task_id, index).size
+
+    def finish_now(self, task_id: str) -> SimTask:
+        """End a task now with its planned outcome (its callback leaves now)."""
+        return self._book.finish_now(task_id)
+
+    def expire_now(self, task_id: str) -> None:
+        """Make a task's result URLs answer 410 from now on (finishing it first if needed)."""
+        self._book.expire_now(task_id)
+
+    async def drain_callbacks(self) -> None:
+        """Wait until every callback has been delivered or given up."""
+        await self._callbacks.drain()
+
+    async def close(self) -> None:
+        """Stop timers and callback deliveries (the server is stopped by its runner)."""
+        self._book.close()
+        await self._callbacks.close()
+
+
+def _check_body(body: Any) -> str | None:
+    """What is wrong with a submit body's envelope (the input is checked by the catalog)."""
+    if not isinstance(body, dict):
+        return "Request body must be a JSON object"
+    unknown = sorted(set(body) - _BODY_KEYS)
+    if unknown:
+        return f"Unknown field(s): {', '.join(unknown)}"
+    request_type = body.get("request_type", "async")
+    if request_type not in ("async", "callback"):
+        return "request_type must be async or callback"
+    if request_type == "callback":
+        url = body.get("callback_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return "callback_url is required when request_type=callback"
+    provider = body.get("provider", "auto")
+    if not isinstance(provider, str) or provider not in _PROVIDERS:
+        return "provider must be auto, value or official"
+    if not isinstance(body.get("input"), dict):
+        return "input is required and must be an object"
+    return None

@@ -1,0 +1,125 @@
+"""Every knob of the simulator, with defaults that behave like the real APIXO.
+
+Durations that describe the *service* (generation times, result expiry,
+callback timeout and retry delays) are given in APIXO seconds and multiplied
+by ``time_scale``. Durations that describe the *network or the account*
+(``rpm_window_s``, ``slow_delay_s``, ``duration_override_s``) are real seconds:
+a client's HTTP timeout and its request bucket are not scaled either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["DEFAULT_API_KEY", "SimConfig"]
+
+DEFAULT_API_KEY = "sim-key"
+
+#: a probability
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SimConfig(BaseModel):
+    """Settings of one simulated APIXO account and service (see ``docs/simulate.md``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- account -----------------------------------------------------------------------
+    #: the one key accepted; None means $APIXO_API_KEY, else "sim-key"
+    api_key: str | None = Field(default=None, repr=False)
+    #: starting balance in USD; each accepted submit draws down its price
+    balance: float = Field(default=1000.0, ge=0.0)
+    #: per-output-second price for models whose price the docs do not publish
+    #: (``{"kling-2-1": 0.09}``; ``"default"`` covers every other unknown one);
+    #: an entry for a model with a published price overrides it
+    prices: dict[str, float] = Field(default_factory=lambda: {"default": 0.07})
+    #: after this many accepted submits, every submit answers "Insufficient credits"
+    insufficient_after: int | None = Field(default=None, ge=0)
+
+    # --- time and randomness -----------------------------------------------------------
+    time_scale: float = Field(default=1.0, gt=0.0)
+    seed: int = 0
+    #: generation takes uniform(lo, hi) real seconds, ignoring model clocks and time_scale
+    duration_override_s: tuple[float, float] | None = None
+
+    # --- limits (per key) --------------------------------------------------------------
+    rpm_limit: int = Field(default=10_000, ge=1)
+    rpm_window_s: float = Field(default=60.0, gt=0.0)
+    #: tasks pending or processing at once; a submit over it gets 429
+    concurrency_limit: int = Field(default=1_000, ge=1)
+
+    # --- task outcomes -----------------------------------------------------------------
+    #: a prompt containing one of these (case-insensitive) ends failed
+    fail_words: list[str] = Field(default_factory=lambda: ["forbidden-word", "nsfw"])
+    #: an image URL containing this ends failed with INVALID_IMAGE_URL
+    bad_image_pattern: str = "unreachable"
+
+    # --- API faults (submit, status, balance; never /_sim/*) ---------------------------
+    error_rate_500: Rate = 0.0
+    error_rate_502: Rate = 0.0
+    error_rate_504: Rate = 0.0
+    #: requests whose connection is reset without an answer (no task is created)
+    reset_rate: Rate = 0.0
+    #: submits that create the task but whose answer is lost to a reset
+    submit_lost_rate: Rate = 0.0
+    slow_rate: Rate = 0.0
+    #: real seconds a slow answer waits before being processed
+    slow_delay_s: float = Field(default=5.0, ge=0.0)
+
+    # --- result files ------------------------------------------------------------------
+    file_size: int = Field(default=256 * 1024, ge=64)
+    results_per_task: int = Field(default=1, ge=1, le=16)
+    #: responses that promise the full Content-Length but close after part of the body
+    truncate_rate: Rate = 0.0
+    #: file requests answered with a 5xx
+    file_error_rate: Rate = 0.0
+    #: result URLs answer 410 this long after completion (scaled)
+    expiry_s: float = Field(default=15 * 24 * 3600.0, gt=0.0)
+
+    # --- callbacks ---------------------------------------------------------------------
+    callback_drop_rate: Rate = 0.0
+    callback_duplicate_rate: Rate = 0.0
+    #: extra wait before a callback is sent (scaled)
+    callback_delay_s: float = Field(default=0.0, ge=0.0)
+    #: the receiver must answer within this (scaled; never below 0.2 real seconds)
+    callback_timeout_s: float = Field(default=30.0, gt=0.0)
+    callback_retries: int = Field(default=3, ge=0)
+    #: retry k (from 1) waits callback_retry_base_s * 3**(k-1) (scaled)
+    callback_retry_base_s: float = Field(default=5.0, ge=0.0)
+    callback_concurrency: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SimConfig:
+        fault_sum = self.reset_rate + self.error_rate_500 + self.error_rate_502
+        if fault_sum + self.error_rate_504 > 1.0:
+            raise ValueError("reset_rate + error_rate_500/502/504 must not exceed 1")
+        if self.duration_override_s is not None:
+            lo, hi = self.duration_override_s
+            if not 0.0 <= lo <= hi:
+                raise ValueError("duration_override_s must be (lo, hi) with 0 <= lo <= hi")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> SimConfig:
+        """Load settings from a YAML mapping; ``overrides`` win over the file."""
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the simulator config must be a YAML mapping")
+        return cls.model_validate({**raw, **overrides})
+
+    def resolved_api_key(self) -> str:
+        """The key the simulator accepts: the configured one, $APIXO_API_KEY, or sim-key."""
+        if self.api_key:
+            return self.api_key
+        return os.environ.get("APIXO_API_KEY", "").strip() or DEFAULT_API_KEY
+
+    def scaled(self, seconds: float) -> float:
+        """Real seconds for a duration of the simulated service."""
+        return seconds * self.time_scale

@@ -1,0 +1,110 @@
+"""What stands in front of every API route: the key, the rate limit, the faults.
+
+Order, as a real gateway would do it: authenticate (a 401 does not count
+against the limit), count the request in the rolling window (429 with
+Retry-After when full; a refused request does not count, so Retry-After tells
+the truth), then maybe inject a fault. Faults are drawn from their own seeded
+generator, so turning one knob does not change the draws of another.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import random
+from collections import deque
+from typing import Literal
+
+from .config import SimConfig
+
+__all__ = ["Fault", "FaultPlan", "RollingWindow", "key_matches"]
+
+Fault = Literal["reset", "500", "502", "504"]
+
+
+def key_matches(header: str | None, key: str) -> bool:
+    """Whether an Authorization header carries exactly ``Bearer <key>``."""
+    if not header:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+class RollingWindow:
+    """At most ``limit`` events in any ``window`` seconds: a deque of their times."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        """Record an event at ``now``; or, when full, return seconds until one slot frees."""
+        times = self._times
+        horizon = now - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) >= self.limit:
+            return times[0] - horizon
+        times.append(now)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+
+def retry_after_header(wait: float) -> str:
+    """Whole seconds, at least 1, never early."""
+    return str(max(1, math.ceil(wait)))
+
+
+class FaultPlan:
+    """Seeded draws of the configured API and file faults."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self._config = config
+        self._api = random.Random(f"{config.seed}:api-faults")
+        self._slow = random.Random(f"{config.seed}:slow")
+        self._lost = random.Random(f"{config.seed}:lost")
+        self._files = random.Random(f"{config.seed}:file-faults")
+
+    def api_fault(self) -> Fault | None:
+        """reset, 500, 502, 504, or None for a normal answer."""
+        cfg = self._config
+        if not (cfg.reset_rate or cfg.error_rate_500 or cfg.error_rate_502 or cfg.error_rate_504):
+            return None
+        draw = self._api.random()
+        table: tuple[tuple[Fault, float], ...] = (
+            ("reset", cfg.reset_rate),
+            ("500", cfg.error_rate_500),
+            ("502", cfg.error_rate_502),
+            ("504", cfg.error_rate_504),
+        )
+        for fault, rate in table:
+            if draw < rate:
+                return fault
+            draw -= rate
+        return None
+
+    def slow(self) -> bool:
+        rate = self._config.slow_rate
+        return bool(rate) and self._slow.random() < rate
+
+    def lose_submit_answer(self) -> bool:
+        rate = self._config.submit_lost_rate
+        return bool(rate) and self._lost.random() < rate
+
+    def file_error(self) -> int | None:
+        rate = self._config.file_error_rate
+        if rate and self._files.random() < rate:
+            return self._files.choice((500, 502, 503))
+        return None
+
+    def truncate_at(self, length: int) -> int | None:
+        """Where to cut a body of ``length`` bytes, or None to send it whole."""
+        rate = self._config.truncate_rate
+        if length < 2 or not rate or self._files.random() >= rate:
+            return None
+        return max(1, min(length - 1, int(length * self._files.uniform(0.1, 0.9))))

@@ -1,0 +1,245 @@
+"""Simulated tasks: how long each one takes, how it ends, what status answers say.
+
+A task's state is a function of the time: pending until ``started_at``,
+processing until ``ends_at``, then its outcome. Nothing ticks per task while
+it runs; :class:`TaskBook` finishes tasks from a heap of end times, both on a
+timer (so callbacks leave on time) and before every request (so the
+concurrency count and the answers are exact to the millisecond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..catalog import get_model
+from .config import SimConfig
+
+__all__ = ["FAIL_MESSAGES", "SimTask", "TaskBook", "loop_time"]
+
+Outcome = Literal["success", "failed"]
+
+#: failMsg for each failCode the simulator produces (texts from apixo-docs)
+FAIL_MESSAGES = {
+    "CONTENT_VIOLATION": "Content does not meet safety guidelines",
+    "SensitiveContentDetected": (
+        "The input or output was flagged as sensitive. Please try again with different inputs."
+    ),
+    "INVALID_IMAGE_URL": "Cannot access provided image URL",
+}
+
+
+def loop_time() -> float:
+    """The running loop's clock (time.monotonic outside a loop: the same clock)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+@dataclass(slots=True, eq=False)
+class SimTask:
+    """One task: what was asked, when it runs, how it ends. Times are loop seconds."""
+
+    task_id: str
+    model: str
+    input: dict[str, Any]
+    request_type: str
+    callback_url: str | None
+    provider: str
+    origin: str  # scheme://host:port the submit came in on; result URLs point there
+    cost: float
+    created_at: float
+    started_at: float
+    ends_at: float
+    outcome: Outcome
+    fail_code: str | None
+    create_ms: int
+    results: int
+    finished: bool = False
+    complete_ms: int | None = None
+    expires_at: float = math.inf
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def state_at(self, now: float) -> str:
+        """pending, processing, success or failed at loop time ``now``."""
+        if self.finished or now >= self.ends_at:
+            return self.outcome
+        return "processing" if now >= self.started_at else "pending"
+
+    @property
+    def state(self) -> str:
+        """The state now."""
+        return self.state_at(loop_time())
+
+    @property
+    def result_urls(self) -> list[str]:
+        if self.outcome != "success":
+            return []
+        return [f"{self.origin}/files/{self.task_id}/{n}.mp4" for n in range(self.results)]
+
+    def status_data(self, now: float, wall_ms: Callable[[float], int]) -> dict[str, Any]:
+        """The ``data`` object of a status answer (or callback) at loop time ``now``."""
+        state = self.state_at(now)
+        data: dict[str, Any] = {"taskId": self.task_id, "state": state}
+        if state == "success":
+            result = {"resultUrls": self.result_urls}
+            data["resultJson"] = json.dumps(result, separators=(",", ":"))
+        elif state == "failed":
+            data["failCode"] = self.fail_code
+            data["failMsg"] = FAIL_MESSAGES.get(self.fail_code or "", "Generation failed")
+        data["createTime"] = self.create_ms
+        if state in ("success", "failed"):
+            complete = self.complete_ms if self.complete_ms is not None else wall_ms(self.ends_at)
+            data["completeTime"] = complete
+            if state == "success":
+                data["costTime"] = complete - self.create_ms
+        return data
+
+
+class TaskBook:
+    """All tasks of one simulator, their timing, and the count of those still running."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        on_finish: Callable[[SimTask], None],
+    ) -> None:
+        self.config = config
+        self.tasks: dict[str, SimTask] = {}
+        self.running = 0
+        self._on_finish = on_finish
+        self._rng = random.Random(f"{config.seed}:tasks")
+        self._heap: list[tuple[float, int, SimTask]] = []
+        self._seq = itertools.count()
+        self._anchor: tuple[float, float] | None = None
+        self.closed = False
+
+    # --- time ----------------------------------------------------------------------------
+
+    def wall_ms(self, at: float) -> int:
+        """Unix milliseconds of loop time ``at`` (anchored once, so ms stay consistent)."""
+        if self._anchor is None:
+            self._anchor = (loop_time(), time.time())
+        loop0, wall0 = self._anchor
+        return int((wall0 + at - loop0) * 1000)
+
+    def _duration(self, model: str, inp: Mapping[str, Any]) -> float:
+        override = self.config.duration_override_s
+        if override is not None:
+            return self._rng.uniform(*override)
+        spec = get_model(model)
+        assert spec is not None  # the submit handler refused unknown models
+        clock = spec.clock(inp)
+        return self.config.scaled(self._rng.uniform(clock.typical_min, clock.typical_max))
+
+    def _outcome(self, model: str, inp: Mapping[str, Any]) -> tuple[Outcome, str | None]:
+        pattern = self.config.bad_image_pattern
+        if pattern and any(pattern in str(url) for url in inp.get("image_urls") or ()):
+            return "failed", "INVALID_IMAGE_URL"
+        prompt = str(inp.get("prompt", "")).lower()
+        if any(word and word.lower() in prompt for word in self.config.fail_words):
+            # kling-2-6's page documents its own code for the same thing.
+            code = "SensitiveContentDetected" if model == "kling-2-6" else "CONTENT_VIOLATION"
+            return "failed", code
+        return "success", None
+
+    def _new_id(self) -> str:
+        while True:
+            task_id = f"task_{self._rng.getrandbits(64):016x}"
+            if task_id not in self.tasks:
+                return task_id
+
+    # --- life of a task ------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        model: str,
+        inp: dict[str, Any],
+        request_type: str,
+        callback_url: str | None,
+        provider: str,
+        origin: str,
+        cost: float,
+    ) -> SimTask:
+        """A new task, pending from now, finishing after its model's typical time."""
+        now = loop_time()
+        duration = self._duration(model, inp)
+        outcome, fail_code = self._outcome(model, inp)
+        task = SimTask(
+            task_id=self._new_id(),
+            model=model,
+            input=inp,
+            request_type=request_type,
+            callback_url=callback_url,
+            provider=provider,
+            origin=origin,
+            cost=cost,
+            created_at=now,
+            # Queued for the first 5-20 % of its time, like a provider queue.
+            started_at=now + duration * self._rng.uniform(0.05, 0.2),
+            ends_at=now + duration,
+            outcome=outcome,
+            fail_code=fail_code,
+            create_ms=self.wall_ms(now),
+            results=self.config.results_per_task,
+        )
+        self.tasks[task.task_id] = task
+        self.running += 1
+        heapq.heappush(self._heap, (task.ends_at, next(self._seq), task))
+        task.timer = asyncio.get_running_loop().call_at(task.ends_at, self.settle)
+        return task
+
+    def settle(self) -> None:
+        """Finish every task whose end time has come."""
+        if self.closed:
+            return
+        now = loop_time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, task = heapq.heappop(heap)
+            self._finish(task)
+
+    def _finish(self, task: SimTask) -> None:
+        if task.finished:
+            return
+        task.finished = True
+        task.complete_ms = self.wall_ms(task.ends_at)
+        task.expires_at = task.ends_at + self.config.scaled(self.config.expiry_s)
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        self.running -= 1
+        self._on_finish(task)
+
+    def finish_now(self, task_id: str) -> SimTask:
+        """End the task at once with its planned outcome (tests)."""
+        task = self.tasks[task_id]
+        if not task.finished:
+            now = loop_time()
+            task.started_at = min(task.started_at, now)
+            task.ends_at = now
+            self._finish(task)
+        return task
+
+    def expire_now(self, task_id: str) -> None:
+        """Make the task's result URLs answer 410 from now on."""
+        task = self.finish_now(task_id)
+        task.expires_at = loop_time()
+
+    def close(self) -> None:
+        """Stop all timers; tasks stay readable."""
+        self.closed = True
+        for task in self.tasks.values():
+            if task.timer is not None:
+                task.timer.cancel()
+                task.timer = None

@@ -1,0 +1,63 @@
+"""Shared fixtures. Kept small: anything used by one test module lives in that module."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aioresponses import CallbackResult, aioresponses
+
+from simfixture import *  # noqa: F403  (the `simulator` factory fixture)
+
+
+class _StubStreamWriter:
+    """Stands in for the request writer aiohttp >= 3.14 hands every ClientResponse."""
+
+    output_size = 0
+
+
+class _CompatResponse(ClientResponse):
+    """A ClientResponse that aioresponses 0.7.9 can build under aiohttp >= 3.14.
+
+    Remove this class (and the ``_CompatAioresponses`` subclass below) once an
+    aioresponses release passes ``stream_writer`` itself, i.e. supports
+    aiohttp >= 3.14; aiohttp must not be pinned below 3.14 (security fix).
+    """
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _StubStreamWriter())
+        super().__init__(method, url, **kwargs)
+
+
+class _CompatAioresponses(aioresponses):  # type: ignore[misc]
+    """aioresponses whose every mocked answer, callbacks included, uses ``_CompatResponse``."""
+
+    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:
+        if kwargs.get("response_class") is None:
+            kwargs["response_class"] = _CompatResponse
+        callback = kwargs.get("callback")
+        if callback is not None:
+            kwargs["callback"] = _compat_callback(callback)
+        super().add(url, method, **kwargs)
+
+
+def _compat_callback(callback: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapped(url: Any, **kwargs: Any) -> Any:
+        result = callback(url, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, CallbackResult) and result.response_class is None:
+            result.response_class = _CompatResponse
+        return result
+
+    return wrapped
+
+
+@pytest.fixture
+def mock_api() -> Iterator[aioresponses]:
+    """aioresponses, patched to work with aiohttp >= 3.14 (see ``_CompatResponse``)."""
+    with _CompatAioresponses() as mocked:
+        yield mocked
