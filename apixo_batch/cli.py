@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=_bounded_int("--port", 0, 65535), default=8787)
-    sim.add_argument("--time-scale", type=_positive_float("--time-scale"), default=1.0)
+    sim.add_argument(
+        "--time-scale",
+        type=_positive_float("--time-scale"),
+        default=None,
+        help="multiply every generation time and expiry (default: the config's, else 1.0)",
+    )
     sim.add_argument("--config", default=None, help="simulator settings (YAML)")
     sim.add_argument(
         "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"

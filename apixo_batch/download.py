@@ -6,7 +6,7 @@ length and the MP4 ``ftyp`` box, fsynced, and only then renamed over ``dest``.
 
 A dropped connection keeps the ``.part`` and resumes it with an HTTP Range
 request; a ``.part`` left by a crashed run is re-hashed and resumed the same
-way. Memory stays bounded (about two chunks) whatever the file size.
+way. Memory stays bounded (a few chunks) whatever the file size.
 
 Result URLs live on APIXO's file host, not the API: requests carry no
 Authorization header, and a session that would add one is refused. Signed URLs
@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,7 @@ _RETRY_STATUSES = frozenset({408, 425, 429})
 # a few dozen bytes. Anything outside this is not the start of an MP4.
 _FTYP_MIN, _FTYP_MAX = 16, 4096
 _HEAD = 8
+_WRITEBACK_EVERY = 8 << 20
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
 _QUERY = re.compile(r"\?[^\s'\"<>]*")
 
@@ -180,18 +182,55 @@ class _Transfer:
             async with self.session.get(self.url, headers=headers, timeout=_TIMEOUT) as resp:
                 if not self._start(resp, offset):
                     return
-                async for chunk in resp.content.iter_chunked(self.chunk_size):
-                    self.part.append(chunk, self.where)
-                    if self.total is not None and self.part.size > self.total:
-                        raise IntegrityError(
-                            f"{self.where}: more bytes than the announced {self.total}"
-                        )
+                await self._stream(resp)
         except aiohttp.InvalidURL:
             raise DownloadError(f"{self.where}: not a usable URL") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Retry(f"{type(exc).__name__}: {_scrub(str(exc))}".rstrip(": ")) from None
         if self.total is not None and self.part.size < self.total:
             raise _Retry(f"body ended at {self.part.size} of {self.total} bytes")
+
+    async def _stream(self, resp: aiohttp.ClientResponse) -> None:
+        """Copy the body into the .part: the loop receives while a thread writes and hashes.
+
+        Pieces are handed over in batches of about ``chunk_size`` bytes, one
+        batch in flight at most, so the event loop never hashes and memory
+        stays at a few chunks.
+        """
+        received = self.part.size
+        batch: list[bytes] = []
+        batched = 0
+        writing: asyncio.Future[None] | None = None
+        try:
+            async for piece in resp.content.iter_chunked(self.chunk_size):
+                received += len(piece)
+                if self.total is not None and received > self.total:
+                    raise IntegrityError(
+                        f"{self.where}: more bytes than the announced {self.total}"
+                    )
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= self.chunk_size:
+                    if writing is not None:
+                        # Shielded: cancelling us must not orphan a half-done write.
+                        await asyncio.shield(writing)
+                    writing = asyncio.ensure_future(
+                        asyncio.to_thread(self.part.append, batch, self.where)
+                    )
+                    batch, batched = [], 0
+            if writing is not None:
+                await asyncio.shield(writing)
+        except BaseException as exc:
+            await _settle(writing)
+            failed = None if writing is None or writing.cancelled() else writing.exception()
+            if isinstance(failed, IntegrityError):
+                raise failed from None  # bad bytes outrank a dropped connection
+            if failed is None and not isinstance(exc, IntegrityError):
+                # Dropped or cancelled: what did arrive is good; land it, in
+                # order, so that a resume starts after it.
+                self.part.append(batch, self.where)
+            raise
+        self.part.append(batch, self.where)
 
     def _start(self, resp: aiohttp.ClientResponse, offset: int) -> bool:
         """Judge the status line; False when the .part already holds the whole file."""
@@ -242,6 +281,12 @@ class _Transfer:
             raise IntegrityError(f"{self.where}: {problem}")
 
 
+async def _settle(writing: asyncio.Future[None] | None) -> None:
+    """Wait until a write in flight has finished, whatever its outcome."""
+    if writing is not None and not writing.done():
+        await asyncio.wait([writing])
+
+
 class _Part:
     """The ``.part`` file, its running SHA-256 and its first bytes."""
 
@@ -251,6 +296,10 @@ class _Part:
         self.size = size
         self._hasher = hasher
         self.head = head
+        # Chunks are written from a worker thread; closing must never race a write
+        # (a closed descriptor's number may already belong to another file).
+        self._lock = threading.Lock()
+        self._advised = size
 
     @classmethod
     async def open(cls, path: Path, chunk_size: int) -> _Part:
@@ -284,39 +333,60 @@ class _Part:
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
-    def append(self, chunk: bytes, where: str) -> None:
-        """Write, hash and count one chunk; check the ftyp box as soon as it is here."""
-        if self._file is None:
-            raise RuntimeError("the .part file is closed")
-        if len(self.head) < _HEAD:
-            self.head += chunk[: _HEAD - len(self.head)]
-            if len(self.head) == _HEAD:
-                problem = _ftyp_problem(self.head, None)
-                if problem:
-                    raise IntegrityError(f"{where}: {problem}")
-        view = memoryview(chunk)
-        while view:
-            view = view[self._file.write(view) or 0 :]
-        self._hasher.update(chunk)
-        self.size += len(chunk)
+    def append(self, pieces: list[bytes], where: str) -> None:
+        """Write, hash and count pieces in order; check the ftyp box as soon as it is here."""
+        with self._lock:
+            if self._file is None:
+                raise RuntimeError("the .part file is closed")
+            for piece in pieces:
+                if len(self.head) < _HEAD:
+                    self.head += piece[: _HEAD - len(self.head)]
+                    problem = _ftyp_problem(self.head, None) if len(self.head) == _HEAD else None
+                    if problem:
+                        raise IntegrityError(f"{where}: {problem}")
+                view = memoryview(piece)
+                while view:
+                    view = view[self._file.write(view) or 0 :]
+                self._hasher.update(piece)
+                self.size += len(piece)
+            if self.size - self._advised >= _WRITEBACK_EVERY:
+                self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        # Ask the kernel to start writing what we have (and not to keep it
+        # cached): the fsync at the end then has little left to wait for.
+        if self._file is None or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(
+                self._file.fileno(),
+                self._advised,
+                self.size - self._advised,
+                os.POSIX_FADV_DONTNEED,
+            )
+        except OSError:
+            pass
+        self._advised = self.size
 
     def reset(self) -> None:
         """Start over from byte zero."""
-        if self._file is not None:
-            self._file.seek(0)
-            self._file.truncate(0)
-        self._hasher = hashlib.sha256()
-        self.size = 0
-        self.head = b""
+        with self._lock:
+            if self._file is not None:
+                self._file.seek(0)
+                self._file.truncate(0)
+            self._hasher = hashlib.sha256()
+            self.size = 0
+            self.head = b""
+            self._advised = 0
 
     def commit(self, dest: Path) -> None:
-        """Flush and fsync the bytes, rename over ``dest``, fsync the directory (blocking)."""
-        if self._file is None:
-            raise RuntimeError("the .part file is closed")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        """Fsync the bytes, rename over ``dest``, fsync the directory (blocking)."""
+        with self._lock:
+            if self._file is None:
+                raise RuntimeError("the .part file is closed")
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
         os.replace(self.path, dest)
         _fsync_dir(dest.parent)
 
@@ -332,9 +402,10 @@ class _Part:
             self.path.unlink(missing_ok=True)
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def _ftyp_problem(head: bytes, size: int | None) -> str | None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from functools import partial
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +132,7 @@ class Engine:
             completions=self.completions,
             time_scale=options.time_scale,
             is_tight=self._budget_is_tight,
+            poll_rate=self._poll_rate,
         )
         self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
         self._journal: AsyncJournal | None = None
@@ -189,9 +190,14 @@ class Engine:
         assert self._client is not None
         return self._client
 
+    def _poll_rate(self) -> float:
+        # Polls may use what submits leave: most of the bucket while submits run.
+        share = 0.6 if not self._submitter_done else 0.9
+        return self.bucket.statistics().effective_rpm / 60.0 * share
+
     def _budget_is_tight(self) -> bool:
-        # Callers queue behind the bucket: every poll now costs a submit later.
-        return self.bucket.pressure > 2
+        # Requests are the bottleneck: every early poll now costs a submit later.
+        return self.bucket.is_tight()
 
     async def _request(self, priority: int, call: Callable[[], Awaitable[Any]]) -> Any:
         await self.bucket.acquire(priority)

@@ -46,8 +46,11 @@ class Priority:
     """Lower goes first."""
 
     CONTROL = 0  # balance check
-    STATUS = 1  # a poll that may free a concurrency slot
-    SUBMIT = 2
+    # Submits go before polls: a submit starts paid work, and the concurrency cap
+    # already brakes them, so polls get the rest; the scheduler keeps polls
+    # within what is left (see PollScheduler.poll_rate).
+    SUBMIT = 1
+    STATUS = 2
 
 
 class _ClockedLimiter(AsyncLimiter):
@@ -98,6 +101,8 @@ class RequestBucket:
         self._granted = 0
         self._rate_limited = 0
         self._recover_at = 0.0
+        # grants per whole second over the last few seconds, for utilization()
+        self._recent: collections.deque[list[float]] = collections.deque()
 
     async def acquire(self, priority: int = Priority.STATUS) -> None:
         """Wait for one request's worth of budget; lower ``priority`` values are served first."""
@@ -116,6 +121,7 @@ class RequestBucket:
             await self._wait_for_capacity()
             await self._limiter.acquire()
             self._granted += 1
+            self._count_grant()
         finally:
             self._hand_over()
 
@@ -161,6 +167,29 @@ class RequestBucket:
     def pressure(self) -> int:
         """How many callers are queued behind the bucket right now."""
         return len(self._waiters) + (1 if self._busy else 0)
+
+    def _count_grant(self) -> None:
+        second = float(int(self._clock.monotonic()))
+        if self._recent and self._recent[-1][0] == second:
+            self._recent[-1][1] += 1
+        else:
+            self._recent.append([second, 1.0])
+            while len(self._recent) > 16:
+                self._recent.popleft()
+
+    def backlog_s(self) -> float:
+        """Seconds of requests already queued behind the bucket."""
+        return self.pressure / self._limiter.drip
+
+    def utilization(self, window_s: int = 10) -> float:
+        """Share of the bucket's rate used over the last ``window_s`` whole seconds."""
+        now = int(self._clock.monotonic())
+        used = sum(c for sec, c in self._recent if now - window_s <= sec < now)
+        return used / (self._limiter.drip * window_s)
+
+    def is_tight(self) -> bool:
+        """True when requests, not tasks, are the bottleneck: polls should be sparing."""
+        return self.backlog_s() > 1.0 or self.utilization() > 0.9
 
     def statistics(self) -> BucketStats:
         return BucketStats(

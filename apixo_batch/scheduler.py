@@ -104,6 +104,8 @@ class PollScheduler:
     completions: CompletionModel
     time_scale: float = 1.0
     is_tight: Callable[[], bool] = lambda: False
+    #: requests per second (real time) that polls may use; None means unlimited
+    poll_rate: Callable[[], float | None] = lambda: None
     max_parallel: int = 256
     #: in callback mode a poll is only a safety net: wait this long past typical_max
     callback_margin: float = 60.0
@@ -114,16 +116,14 @@ class PollScheduler:
     _closed: bool = False
     _polls: int = 0
     _running: int = 0
+    _active: int = 0  # tracked tasks past their first poll: they share the poll budget
 
     # -- timing policy ------------------------------------------------------
     def first_delay(self, t: Tracked) -> float:
-        """Unscaled seconds from creation to the first poll."""
+        """Unscaled seconds from creation to the first poll (when the budget allows)."""
         mc = t.model_clock
         if t.callback_mode:
             return mc.typical_max + self.callback_margin
-        if self.is_tight():
-            # Budget is short: poll where almost every task of this kind is done.
-            return self.completions.quantile(t.clock_key, 0.95, mc)
         learned = self.completions.samples(t.clock_key) >= self.completions.min_samples
         if learned:
             return self.completions.quantile(t.clock_key, 0.10, mc)
@@ -138,6 +138,25 @@ class PollScheduler:
             return mc.interval * 2
         # Loose budget: poll a little faster than the docs so completions are seen promptly.
         return max(1.0, mc.interval * 0.6)
+
+    def _spacing(self, t: Tracked) -> float:
+        """Real seconds to the next poll: the policy's delay, stretched to fit the budget."""
+        delay = self.next_delay(t) * self.time_scale
+        rate = self.poll_rate()
+        if rate:
+            # Every active task polled once per `spacing` must fit in the poll budget.
+            delay = max(delay, self._active / rate)
+        return delay
+
+    def _deferred_due(self, t: Tracked, now: float) -> float | None:
+        """When requests are short, a first poll waits until the task is very likely done."""
+        if t.polls or t.callback_mode or not self.is_tight():
+            return None
+        due = (
+            t.submitted_at
+            + self.completions.quantile(t.clock_key, 0.95, t.model_clock) * self.time_scale
+        )
+        return due if due > now else None
 
     # -- tracking -----------------------------------------------------------
     def add(self, t: Tracked, *, due: float | None = None) -> None:
@@ -158,6 +177,8 @@ class PollScheduler:
         t = self._by_task.pop(task_id, None)
         if t is not None:
             t.done = True  # its heap entry is skipped when it comes up
+            if t.polls:
+                self._active -= 1
         return t
 
     def get(self, task_id: str) -> Tracked | None:
@@ -191,6 +212,10 @@ class PollScheduler:
                     _, _, t = heapq.heappop(self._heap)
                     if t.done or self._by_task.get(t.task_id) is not t:
                         continue
+                    later = self._deferred_due(t, now)
+                    if later is not None:
+                        self._push(later, t)
+                        continue
                     await slots.acquire()
                     tg.create_task(self._poll_one(t, slots))
                     now = self.clock.monotonic()
@@ -216,6 +241,8 @@ class PollScheduler:
         self._running += 1
         try:
             t.polls += 1
+            if t.polls == 1:
+                self._active += 1
             self._polls += 1
             finished = await self.poll(t)
         finally:
@@ -224,7 +251,7 @@ class PollScheduler:
         if finished:
             self.forget(t.task_id)
         elif not t.done and self._by_task.get(t.task_id) is t:
-            self._push(self.clock.monotonic() + self.next_delay(t) * self.time_scale, t)
+            self._push(self.clock.monotonic() + self._spacing(t), t)
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(

@@ -127,7 +127,8 @@ async def test_server_error_faults_answer_in_error_shape_and_create_nothing(
     simulator: SimulatorFactory, http: aiohttp.ClientSession, code: int
 ) -> None:
     """A 5xx fault answers {code: 5xx, message, data: null} and a faulted submit creates no task."""
-    sim = await simulator(**{f"error_rate_{code}": 1.0})
+    knobs: dict[str, Any] = {f"error_rate_{code}": 1.0}
+    sim = await simulator(**knobs)
     answer = await submit(http, sim)
     assert answer[0] == code
     assert answer[1]["code"] == code and answer[1]["data"] is None
@@ -221,3 +222,23 @@ async def test_sim_routes_are_never_faulted_or_limited(
         async with http.get(f"{sim.url}/_sim/stats") as resp:
             assert resp.status == 200
             assert (await resp.json())["api_requests_total"] == 1
+
+
+async def test_knobs_can_change_on_a_running_simulator(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """Limits, faults and the balance may be changed mid-test on sim.config / sim.balance."""
+    sim = await simulator(duration_override_s=SLOW)
+    assert (await submit(http, sim))[0] == 200
+    sim.config.rpm_limit = 2
+    assert (await balance(http, sim))[0] == 200
+    assert (await balance(http, sim))[0] == 429  # the window holds two requests
+    sim.config.rpm_limit = 100
+    sim.config.error_rate_504 = 1.0
+    assert (await balance(http, sim))[0] == 504
+    sim.config.error_rate_504 = 0.0
+    sim.balance = 0.1
+    assert (await submit(http, sim))[0] == 402
+    assert sim.stats()["spent"] == pytest.approx(0.30)
+    with pytest.raises(ValueError):
+        sim.config.reset_rate = 2.0

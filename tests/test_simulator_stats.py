@@ -150,6 +150,49 @@ async def test_sim_finish_and_expire_routes(
         assert resp.status == 404
 
 
+async def test_finish_all_ends_every_running_task(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """finish_all ends what is still running, with each task's planned outcome."""
+    sim = await simulator(duration_override_s=(30.0, 30.0))
+    for inp in (A, B, {**A, "prompt": "nsfw"}):
+        await submit(http, sim, inp)
+    assert sim.finish_all() == 3
+    assert sim.finish_all() == 0
+    assert sorted(t.state for t in sim.tasks.values()) == ["failed", "success", "success"]
+    stats = sim.stats()
+    assert (stats["tasks_succeeded"], stats["tasks_failed"], stats["concurrent_tasks"]) == (2, 1, 0)
+
+
+async def test_a_many_task_rehearsal_runs_in_moments(simulator: SimulatorFactory) -> None:
+    """400 submit-and-poll jobs at concurrency 50 finish fast and leave exact counters."""
+    sim = await simulator(time_scale=0.001)  # 30-120 s generations take 30-120 ms
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(i: int) -> str:
+            _, sub, _ = await submit(http, sim, {**A, "prompt": f"scene {i}"})
+            task_id: str = sub["data"]["taskId"]
+            while True:
+                _, st, _ = await api_call(
+                    http,
+                    "GET",
+                    f"{sim.base_url}/statusTask/kling-2-6",
+                    params={"taskId": task_id},
+                )
+                if st["data"]["state"] == "success":
+                    return task_id
+                await asyncio.sleep(0.02)
+
+        done = await asyncio.gather(*(one(i) for i in range(400)))
+    stats = sim.stats()
+    assert len(set(done)) == 400
+    assert stats["tasks_created"] == stats["tasks_succeeded"] == 400
+    assert stats["duplicate_submits"] == 0 and stats["concurrent_tasks"] == 0
+    assert stats["requests"]["POST /generateTask"] == {"200": 400}
+    assert stats["balance"] == pytest.approx(1000.0 - 400 * 0.30)
+
+
 def test_config_from_yaml_with_overrides(tmp_path: Path) -> None:
     """A YAML mapping loads every knob; keyword overrides win over the file."""
     path = tmp_path / "sim.yaml"

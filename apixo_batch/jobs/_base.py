@@ -60,7 +60,11 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class JobGroup:
-    """Jobs that cost and take the same: same model, mode, duration, price tier and clock."""
+    """Jobs that cost and take the same: same model, mode, duration and price tier.
+
+    The catalog's clocks depend on nothing else (duration, and resolution,
+    which is wan-2-5's tier), so one clock serves the whole group.
+    """
 
     model: str
     mode: str

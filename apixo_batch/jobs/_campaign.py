@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from ..catalog import MODELS, Clock, ModelSpec, all_input_keys
+from ..catalog import MODELS, ModelSpec, all_input_keys
 from ..errors import JobFileError
 from ._base import (
     PROVIDERS,
@@ -34,7 +34,7 @@ DEFAULT_FILENAME = "{id}.mp4"
 _TEMPLATE_FIELDS = ("id", "model", "index")
 
 PriceTable = Mapping[str, float | Mapping[str, float]]
-_GroupKey = tuple[str, str, int, str, Clock]
+_GroupKey = tuple[str, str, int, str]
 
 
 @dataclass(frozen=True)
@@ -178,30 +178,24 @@ def _check_jobs(
     count = 0
     for _, job, filename in source.expand(issues):
         count += 1
-        where = f"job {job.id!r} ({job.source})"
         first = ids.get(job.id)
         if first is not None:
-            issues.add(where, "id", f"duplicate id (first used by {first})")
+            issues.add(_at(job), "id", f"duplicate id (first used by {first})")
             continue
         ids[job.id] = job.source
         if check_files:
             problem = check_filename(filename)
             if problem is not None:
-                issues.add(where, "output.filename", problem)
+                issues.add(_at(job), "output.filename", problem)
             # Case-folded: "A.mp4" and "a.mp4" are one file on macOS and Windows.
             other = files.setdefault(filename.casefold(), job.id)
             if other != job.id:
-                issues.add(where, "output.filename", f"{filename!r} is also job {other!r}'s file")
+                message = f"{filename!r} is also job {other!r}'s file"
+                issues.add(_at(job), "output.filename", message)
         if job.valid:
-            spec = MODELS[job.model]
             inp = job.input
-            key = (
-                job.model,
-                inp["mode"],
-                inp["duration"],
-                spec.price_variant(inp),
-                spec.clock(inp),
-            )
+            tier = MODELS[job.model].price_variant(inp)
+            key = (job.model, inp["mode"], inp["duration"], tier)
             group = groups.get(key)
             if group is None:
                 groups[key] = [1, inp]
@@ -210,9 +204,13 @@ def _check_jobs(
     if count == 0 and not issues:
         issues.add(source.display, "jobs", "no jobs: give a jobs list, a jobs_file, or both")
     return count, tuple(
-        JobGroup(model, mode, duration, tier, clock, n, sample)
-        for (model, mode, duration, tier, clock), (n, sample) in groups.items()
+        JobGroup(model, mode, duration, tier, MODELS[model].clock(sample), n, sample)
+        for (model, mode, duration, tier), (n, sample) in groups.items()
     )
+
+
+def _at(job: Expanded) -> str:
+    return f"job {job.id!r} ({job.source})"
 
 
 def _one(where: str, field_name: str, message: str) -> JobFileError:
@@ -389,7 +387,7 @@ def _listed(
         issues.add(display, "jobs", "must be a list of jobs")
         return ()
     return tuple(
-        (raw, f"{display} job {i + 1}" + (f" (line {lines[i]})" if i < len(lines) else ""))
+        (raw, f"{display} job {i + 1}" + (f", line {lines[i]}" if i < len(lines) else ""))
         for i, raw in enumerate(value)
     )
 

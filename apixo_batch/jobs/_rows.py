@@ -93,23 +93,31 @@ def _csv_rows(
     provider_at = names.index("provider") if "provider" in names else None
     width = len(names)
 
+    # Which converter each column needs depends on the row's model: worked out once per model.
+    plans: dict[str, list[tuple[int, str, Converter]]] = {}
     # Row numbers count the header as row 1, as a spreadsheet shows them.
     for number, row in enumerate(reader, 2):
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
+        if not row or (not row[0].strip() and not "".join(row).strip()):
+            continue  # a blank line, or a spreadsheet's empty row
         where = f"{display} row {number}"
         if len(row) != width:
             issues.add(where, "", f"{len(row)} cells, the header has {width}")
             continue
         model = row[model_at].strip() if model_at is not None else ""
         effective = model or default_model or ""
-        # Unknown models share one table, so junk in the model column cannot grow the cache.
-        convert = _converters(effective if effective in MODELS else "")
+        if effective not in MODELS:
+            effective = ""  # unknown models share one plan: junk cannot grow the table
+        plan = plans.get(effective)
+        if plan is None:
+            convert = _converters(effective)
+            plan = plans[effective] = [(i, key, convert.get(key, _text)) for i, key in columns]
         inp: dict[str, Any] = {}
-        for i, key in columns:
-            value = convert.get(key, _text)(row[i])
-            if value is not _EMPTY:
-                inp[key] = value
+        for i, key, fn in plan:
+            cell = row[i]
+            if cell:
+                value = fn(cell)
+                if value is not _EMPTY:
+                    inp[key] = value
         job: dict[str, Any] = {"id": row[id_at].strip(), "input": inp}
         if model:
             job["model"] = model

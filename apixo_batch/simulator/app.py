@@ -78,10 +78,11 @@ class Simulator:
         self._stats = SimStats()
         self._book = TaskBook(cfg, self._on_finish)
         self._callbacks = CallbackSender(cfg, self._stats)
-        self._window = RollingWindow(cfg.rpm_limit, cfg.rpm_window_s)
+        self._window = RollingWindow()
         self._faults = FaultPlan(cfg)
         self._files = FileRoute(cfg, self._stats, self._faults, self._book.tasks, self._book.settle)
         self._balance_micro = round(cfg.balance * 1e6)
+        self._spent_micro = 0
         self.url = ""
         self.base_url = ""
         self.app = self._build_app()
@@ -119,6 +120,9 @@ class Simulator:
         except web.HTTPException as exc:
             self._stats.record(label, str(exc.status))
             raise
+        except Exception:
+            self._stats.record(label, "500")  # aiohttp answers an unhandled error with 500
+            raise
         self._stats.record(label, request.get(OUTCOME) or str(resp.status))
         return resp
 
@@ -128,7 +132,8 @@ class Simulator:
         async def gated(request: web.Request) -> web.StreamResponse:
             if not key_matches(request.headers.get("Authorization"), self._key):
                 return _answer(401, "Invalid or missing API Key")
-            wait = self._window.admit(loop_time())
+            cfg = self.config
+            wait = self._window.admit(loop_time(), cfg.rpm_limit, cfg.rpm_window_s)
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
                 return _answer(
@@ -193,6 +198,7 @@ class Simulator:
             cost=cost,
         )
         self._balance_micro -= cost_micro
+        self._spent_micro += cost_micro
         self._stats.note_submit(input_key(model, inp))
         self._stats.max_concurrent_tasks = max(self._stats.max_concurrent_tasks, self._book.running)
         if self._faults.lose_submit_answer():
@@ -260,8 +266,12 @@ class Simulator:
 
     @property
     def balance(self) -> float:
-        """Remaining balance in USD."""
+        """Remaining balance in USD (assignable, to top up or drain an account mid-test)."""
         return self._balance_micro / 1e6
+
+    @balance.setter
+    def balance(self, usd: float) -> None:
+        self._balance_micro = round(usd * 1e6)
 
     def price_of(self, model: str, inp: Mapping[str, Any]) -> float:
         """What one submit of this input costs here: catalog price, else the config's."""
@@ -279,7 +289,7 @@ class Simulator:
         return self._stats.snapshot(
             concurrent_tasks=self._book.running,
             balance=self.balance,
-            spent=round(self.config.balance - self.balance, 6),
+            spent=self._spent_micro / 1e6,
             callbacks_pending=self._callbacks.pending,
         )
 
@@ -312,6 +322,13 @@ class Simulator:
     def finish_now(self, task_id: str) -> SimTask:
         """End a task now with its planned outcome (its callback leaves now)."""
         return self._book.finish_now(task_id)
+
+    def finish_all(self) -> int:
+        """End every running task now (tests that do not want to wait); returns how many."""
+        running = [t.task_id for t in self._book.tasks.values() if not t.finished]
+        for task_id in running:
+            self._book.finish_now(task_id)
+        return len(running)
 
     def expire_now(self, task_id: str) -> None:
         """Make a task's result URLs answer 410 from now on (finishing it first if needed)."""

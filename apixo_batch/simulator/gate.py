@@ -17,7 +17,7 @@ from typing import Literal
 
 from .config import SimConfig
 
-__all__ = ["Fault", "FaultPlan", "RollingWindow", "key_matches"]
+__all__ = ["Fault", "FaultPlan", "RollingWindow", "key_matches", "retry_after_header"]
 
 Fault = Literal["reset", "500", "502", "504"]
 
@@ -33,20 +33,22 @@ def key_matches(header: str | None, key: str) -> bool:
 
 
 class RollingWindow:
-    """At most ``limit`` events in any ``window`` seconds: a deque of their times."""
+    """At most ``limit`` events in any ``window`` seconds: a deque of their times.
 
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
+    The limit and window are passed on every call, so a test may change them
+    on a running simulator's config.
+    """
+
+    def __init__(self) -> None:
         self._times: deque[float] = deque()
 
-    def admit(self, now: float) -> float | None:
+    def admit(self, now: float, limit: int, window: float) -> float | None:
         """Record an event at ``now``; or, when full, return seconds until one slot frees."""
         times = self._times
-        horizon = now - self.window
+        horizon = now - window
         while times and times[0] <= horizon:
             times.popleft()
-        if len(times) >= self.limit:
+        if len(times) >= limit:
             return times[0] - horizon
         times.append(now)
         return None

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .app import Simulator
-from .config import SimConfig
+from .config import DEFAULT_API_KEY, SimConfig
 
 __all__ = ["run_simulator", "simulate_command"]
 
@@ -73,7 +73,7 @@ def _key_source(args: argparse.Namespace, config: SimConfig) -> str:
         return "--api-key"
     if config.api_key:
         return "the config file's api_key"
-    if config.resolved_api_key() != "sim-key":
+    if config.resolved_api_key() != DEFAULT_API_KEY:
         return "$APIXO_API_KEY"
     return "the built-in default key (docs/simulate.md)"
 

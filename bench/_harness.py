@@ -1,0 +1,169 @@
+"""Shared plumbing for benchmarks: a simulator subprocess and a measured CLI run.
+
+The simulator runs in its own process (as the real API would be elsewhere), so
+the figures of the engine process are its own: CPU from ``os.wait4`` on the
+engine's pid alone, peak RSS from its ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KEY = "sim-bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sim:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/api/v1"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_sim/stats", timeout=10) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+
+
+@contextmanager
+def simulator(workdir: Path, **config: Any) -> Iterator[Sim]:
+    """An ``apixo-batch simulate`` subprocess with these SimConfig knobs."""
+    port = free_port()
+    cfg = workdir / f"sim-{port}.yaml"
+    cfg.write_text(yaml.safe_dump({"api_key": KEY, **config}), encoding="utf-8")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "apixo_batch",
+            "simulate",
+            "--port",
+            str(port),
+            "--config",
+            str(cfg),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sim = Sim(f"http://127.0.0.1:{port}", proc)
+    try:
+        end = time.monotonic() + 15
+        while True:
+            try:
+                sim.stats()
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+        yield sim
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@dataclass
+class Measured:
+    code: int
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+
+    def steady_rate(self, kind: str = "succeeded", warmup_s: float = 0.0) -> float:
+        """Events of ``kind`` per second between the end of warm-up and the last submit."""
+        subs = [e["at"] for e in self.events if e["event"] == "submitted"]
+        if not subs:
+            return 0.0
+        start, end = subs[0] + warmup_s, subs[-1]
+        hits = [e for e in self.events if e["event"] == kind and start <= e["at"] <= end]
+        return len(hits) / (end - start) if end > start else 0.0
+
+
+def run_engine(sim: Sim, job_file: Path, *args: str) -> Measured:
+    """Run ``apixo-batch run JOBFILE ARGS --json`` and measure that process alone."""
+    env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
+    out = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apixo_batch", "run", str(job_file), "--json", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    summary: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    for line in out.read().decode().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            events.append(event)
+            if event.get("event") == "summary":
+                summary = event
+    return Measured(
+        code=proc.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        max_rss_mb=usage.ru_maxrss / 1024,
+        summary=summary,
+        events=events,
+    )
+
+
+def campaign(workdir: Path, n: int, *, model: str = "kling-2-6", duration: int = 5) -> Path:
+    """A job file of ``n`` text-to-video jobs, written as a CSV jobs_file."""
+    csv = workdir / "jobs.csv"
+    with csv.open("w", encoding="utf-8") as f:
+        f.write("id,prompt\n")
+        for i in range(n):
+            f.write(f"job-{i:06d},benchmark scene {i}\n")
+    inp: dict[str, Any] = {"mode": "text-to-video", "duration": duration}
+    if model == "kling-2-6":
+        inp["sound"] = False
+    if model == "wan-2-5":
+        inp["resolution"] = "720p"
+    doc = {
+        "name": "bench",
+        "output": {"dir": "out", "filename": "{id}.mp4"},
+        "defaults": {"model": model, "input": inp},
+        "jobs_file": "jobs.csv",
+    }
+    path = workdir / "campaign.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="apixo-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

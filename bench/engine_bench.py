@@ -1,0 +1,123 @@
+"""Engine benchmarks against the simulator (issue 4): prints figures, asserts nothing.
+
+    python bench/engine_bench.py [rate concurrency overhead bigfile]
+
+rate         600 jobs, --rpm 3000, --max-concurrent 200, generations of ~0.5-0.7 s:
+             tasks/s against the bound (rpm/60)/2, requests per task, 429s.
+concurrency  --max-concurrent 100, generations of 5-7 s, rpm not binding:
+             tasks/s against max_concurrent / mean generation time.
+overhead     2,000 jobs with up to 999 in flight: engine CPU s per 1,000 tasks, peak RSS.
+bigfile      one 300 MB result through the engine: peak RSS and MB/s against curl.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import campaign, run_engine, simulator, workdir  # noqa: E402
+
+
+def rate() -> None:
+    with workdir() as wd:
+        job_file = campaign(wd, 600)
+        with simulator(wd, time_scale=0.01, rpm_limit=3000, concurrency_limit=200) as sim:
+            m = run_engine(
+                sim, job_file, "--rpm", "3000", "--max-concurrent", "200", "--time-scale", "0.01"
+            )
+            stats = sim.stats()
+    bound = (3000 / 60) / 2
+    tps = 600 / m.wall_s
+    steady = m.steady_rate(warmup_s=1.0)
+    print(
+        f"rate-bound    600 jobs in {m.wall_s:.1f} s = {tps:.1f} tasks/s overall, "
+        f"{steady:.1f} steady; bound {bound:.1f} -> {tps / bound:.2f} overall, "
+        f"{steady / bound:.2f} steady; {stats['api_requests_total'] / 600:.2f} requests/task; "
+        f"{stats['rate_limited']} x 429; exit {m.code}"
+    )
+
+
+def concurrency() -> None:
+    n, limit = 600, 100
+    with workdir() as wd:
+        job_file = campaign(wd, n)
+        with simulator(wd, time_scale=0.1, concurrency_limit=limit) as sim:
+            m = run_engine(
+                sim,
+                job_file,
+                "--max-concurrent",
+                str(limit),
+                "--rpm",
+                "9999",
+                "--time-scale",
+                "0.1",
+            )
+            stats = sim.stats()
+    mean_gen = 6.0  # kling-2-6 5 s: 50-70 s documented, x 0.1
+    bound = limit / mean_gen
+    tps = n / m.wall_s
+    # Steady state: after the first wave could have finished, until the last submit
+    # (the overall figure also pays the ramp-up and the drain of the last wave).
+    steady = m.steady_rate(warmup_s=7.0)
+    print(
+        f"concurrency   {n} jobs in {m.wall_s:.1f} s = {tps:.1f} tasks/s overall, "
+        f"{steady:.1f} steady; bound {bound:.1f} -> {tps / bound:.2f} overall, "
+        f"{steady / bound:.2f} steady; peak in flight {stats['max_concurrent_tasks']}; "
+        f"{stats['api_requests_total'] / n:.2f} requests/task; exit {m.code}"
+    )
+
+
+def overhead() -> None:
+    n = 2000
+    with workdir() as wd:
+        job_file = campaign(wd, n)
+        with simulator(wd, time_scale=0.05, file_size=64 * 1024) as sim:
+            m = run_engine(
+                sim, job_file, "--max-concurrent", "999", "--rpm", "9999", "--time-scale", "0.05"
+            )
+            stats = sim.stats()
+    print(
+        f"overhead      {n} jobs in {m.wall_s:.1f} s; engine CPU {m.cpu_s:.1f} s = "
+        f"{m.cpu_s / n * 1000:.2f} s per 1,000 tasks; peak RSS {m.max_rss_mb:.0f} MB; "
+        f"peak in flight {stats['max_concurrent_tasks']}; {stats['rate_limited']} x 429; "
+        f"exit {m.code}"
+    )
+
+
+def bigfile() -> None:
+    size = 300 * 1024 * 1024
+    with workdir() as wd:
+        job_file = campaign(wd, 1)
+        with simulator(wd, time_scale=0.01, file_size=size) as sim:
+            t0 = time.monotonic()
+            m = run_engine(sim, job_file, "--time-scale", "0.01")
+            total = time.monotonic() - t0
+            entry = json.loads((wd / "out" / "manifest.jsonl").read_text().splitlines()[0])
+            url = entry["result_urls"][0]
+            engine_s = total  # includes submit + one poll (~0.7 s of generation)
+            curl_s = None
+            if shutil.which("curl"):
+                t1 = time.monotonic()
+                subprocess.run(["curl", "-s", "-o", str(wd / "curl.mp4"), url], check=True)
+                curl_s = time.monotonic() - t1
+    mb = size / 1e6
+    line = (
+        f"bigfile       300 MB result: run {engine_s:.1f} s ({mb / engine_s:.0f} MB/s incl. "
+        f"generation), peak RSS {m.max_rss_mb:.0f} MB, state {entry['state']}"
+    )
+    if curl_s:
+        line += f"; curl -o {curl_s:.1f} s ({mb / curl_s:.0f} MB/s)"
+    print(line)
+
+
+SCENARIOS = {"rate": rate, "concurrency": concurrency, "overhead": overhead, "bigfile": bigfile}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or list(SCENARIOS):
+        SCENARIOS[name]()
