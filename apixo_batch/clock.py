@@ -80,6 +80,7 @@ class FakeClock:
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking sleepers in order as time passes."""
         target = self._now + seconds
+        await _settle()  # let runnable tasks act (e.g. cancel a timer) before time moves
         while True:
             deadline = self.next_deadline()
             if deadline is None or deadline > target:

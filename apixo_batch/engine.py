@@ -222,6 +222,10 @@ class Engine:
     # -- the run ------------------------------------------------------------
     async def _run(self) -> RunResult:
         now = self.clock.wall()
+        # Recover and requeue before syncing, so an input edited meanwhile is the one sent.
+        recovered = await self.journal.read(lambda j: j.recover_interrupted_submits(now))
+        if self.options.retry_failed and self.options.mode == "run":
+            await self.journal.read(lambda j: j.requeue_failed(now))
         synced: SyncResult = await self.journal.read(lambda j: j.sync(self._new_jobs(), now))
         for job_id in synced.changed_after_submit or []:
             self._emit(
@@ -232,15 +236,12 @@ class Engine:
                     "follows the submitted input. Give the job a new id to generate the new one."
                 ),
             )
-        recovered = await self.journal.read(lambda j: j.recover_interrupted_submits(now))
         if recovered:
             self._emit(
                 "warning",
                 message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
                 "(counted as possibly duplicated)",
             )
-        if self.options.retry_failed and self.options.mode == "run":
-            await self.journal.read(lambda j: j.requeue_failed(now))
         totals = await self.journal.read(lambda j: j.totals())
         self._spent = totals["spent_known_usd"]
 

@@ -335,10 +335,12 @@ class Journal:
                     )
                     result.unchanged += 1
                 elif task_id is None and state in (S.QUEUED.value, S.FAILED.value):
-                    # Never paid for under the old input: the new input simply replaces it.
+                    # Never paid for under the old input: the new input simply replaces it
+                    # (and an input the API rejected gets its chance once it is fixed).
                     db.execute(
                         "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
                         "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, "
+                        "state='queued', fail_code=NULL, fail_msg=NULL, "
                         "updated_at=? WHERE id=?",
                         (
                             j.idx,
@@ -419,18 +421,20 @@ class Journal:
     def iter_all(self, batch: int = 2000) -> Iterator[JobRow]:
         """Every job, file jobs in file order first, then jobs no longer in the file."""
         for in_file in (1, 0):
-            last = -1
+            # Page on (idx, id): jobs dropped from different versions of the file may
+            # share an idx, and a tie on a page boundary must not be skipped.
+            last_idx, last_id = -1, ""
             while True:
                 rows = self._db.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE in_file=? AND idx > ? "
-                    "ORDER BY idx LIMIT ?",
-                    (in_file, last, batch),
+                    f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE in_file=? AND "
+                    "(idx > ? OR (idx = ? AND id > ?)) ORDER BY idx, id LIMIT ?",
+                    (in_file, last_idx, last_idx, last_id, batch),
                 ).fetchall()
                 if not rows:
                     break
                 for r in rows:
                     yield JobRow.from_sql(r)
-                last = int(rows[-1][1])
+                last_idx, last_id = int(rows[-1][1]), str(rows[-1][0])
 
     def counts(self) -> dict[str, int]:
         return {
@@ -511,10 +515,14 @@ class Journal:
         results: list[Any] = []
         with self.transaction():
             for op in ops:
+                # A savepoint per op: one failing write must not undo another's task id.
+                self._db.execute("SAVEPOINT op")
                 try:
                     results.append(op(self))
-                except JournalError as exc:
+                except Exception as exc:
+                    self._db.execute("ROLLBACK TO op")
                     results.append(exc)
+                self._db.execute("RELEASE op")
         return results
 
 

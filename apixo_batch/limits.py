@@ -67,6 +67,12 @@ class _ClockedLimiter(AsyncLimiter):
             self._level = max(self._level - (now - self._last_check) * self.drip, 0.0)
         self._last_check = now
 
+    def has_capacity(self, amount: float = 1) -> bool:
+        self._leak()
+        # Float rounding may leave the level a hair above a whole token after exactly one
+        # token's drip time; without the epsilon that costs a second full wait.
+        return self._level + amount <= self.max_rate + 1e-9
+
 
 @dataclass(frozen=True, slots=True)
 class BucketStats:

@@ -46,6 +46,10 @@ class Tracked:
     polls: int = 0
     callback_mode: bool = False
     done: bool = False
+    #: the sequence number of the one live timer; older heap entries are stale
+    timer: int = -1
+    #: poll at the next chance, whatever the budget (poll_soon)
+    urgent: bool = False
 
 
 class CompletionModel:
@@ -150,7 +154,7 @@ class PollScheduler:
 
     def _deferred_due(self, t: Tracked, now: float) -> float | None:
         """When requests are short, a first poll waits until the task is very likely done."""
-        if t.polls or t.callback_mode or not self.is_tight():
+        if t.polls or t.callback_mode or t.urgent or not self.is_tight():
             return None
         due = (
             t.submitted_at
@@ -168,7 +172,8 @@ class PollScheduler:
 
     def _push(self, due: float, t: Tracked) -> None:
         was_first = not self._heap or due < self._heap[0][0]
-        heapq.heappush(self._heap, (due, next(self._seq), t))
+        t.timer = next(self._seq)
+        heapq.heappush(self._heap, (due, t.timer, t))
         if was_first:
             self._wakeup.set()
 
@@ -188,6 +193,7 @@ class PollScheduler:
         """Poll this task now (e.g. a callback said it ended: confirm with a status call)."""
         t = self._by_task.get(task_id)
         if t is not None:
+            t.urgent = True
             self._push(self.clock.monotonic(), t)
 
     @property
@@ -209,8 +215,8 @@ class PollScheduler:
             while not self._closed:
                 now = self.clock.monotonic()
                 while self._heap and self._heap[0][0] <= now:
-                    _, _, t = heapq.heappop(self._heap)
-                    if t.done or self._by_task.get(t.task_id) is not t:
+                    _, seq, t = heapq.heappop(self._heap)
+                    if t.done or seq != t.timer or self._by_task.get(t.task_id) is not t:
                         continue
                     later = self._deferred_due(t, now)
                     if later is not None:
@@ -241,6 +247,7 @@ class PollScheduler:
         self._running += 1
         try:
             t.polls += 1
+            t.urgent = False
             if t.polls == 1:
                 self._active += 1
             self._polls += 1

@@ -473,11 +473,6 @@ def test_iter_all_yields_file_order_then_removed_jobs(journal: Journal) -> None:
     assert [r.id for r in journal.iter_all()] == ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: journal.py iter_all pages on `idx > last`; jobs removed from different file "
-    "versions can share an idx, and a tie split across a batch boundary is skipped",
-)
 def test_iter_all_keeps_removed_jobs_that_share_an_idx(journal: Journal) -> None:
     """Removed jobs from different versions of the file may share an idx; none is skipped."""
     journal.sync([_job(1, idx=0), _job(2, idx=1)], NOW)
@@ -778,11 +773,6 @@ async def test_async_cancelled_follower_does_not_strand_the_others(
     await async_journal.transition("job-1", S.SUBMITTED, NOW, task_id="t-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: journal.py execute_batch isolates only JournalError; any other exception "
-    "from one op (e.g. sqlite3.IntegrityError) rolls back and fails every co-batched writer",
-)
 async def test_async_integrity_error_fails_only_its_caller(
     journal: Journal, async_journal: AsyncJournal
 ) -> None:

@@ -172,12 +172,6 @@ async def test_bucket_sliding_minute_holds_for_other_rates(rpm: int, seconds: fl
     assert bucket.statistics().granted >= len(stamps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: limits.py _wait_for_capacity sleeps exactly one token's drip time, but float "
-    "rounding can leave the level 1e-16 short; with burst 1 (rpm < 120) the level then hits 0 "
-    "and the lost leak halves throughput",
-)
 async def test_bucket_with_burst_one_sustains_its_paced_rate() -> None:
     """rpm=30 (burst 1): five saturated minutes grant ≈ burst + drip × 300, not half of it."""
     clock = FakeClock(start=START)

@@ -392,11 +392,6 @@ async def test_poll_soon_polls_immediately(
     assert spy.times("task-1") == [START + 5.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scheduler.py _deferred_due (working tree) also defers a poll_soon entry of a "
-    "not-yet-polled task to the 0.95 quantile when the budget is tight",
-)
 async def test_poll_soon_polls_immediately_even_when_tight(
     clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
 ) -> None:
@@ -409,11 +404,6 @@ async def test_poll_soon_polls_immediately_even_when_tight(
     assert spy.times("task-1") == [START + 5.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scheduler.py poll_soon pushes a second heap entry and the old timer stays "
-    "valid, so the task is polled at both times from then on (double poll rate)",
-)
 async def test_poll_soon_replaces_the_pending_timer(
     clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
 ) -> None:

@@ -54,7 +54,7 @@ class Job:
     input_hash: str
     #: output file name, relative to the campaign's output directory
     filename: str
-    #: where the job came from, for messages: "jobs.yaml job 3 (line 12)", "prompts.csv row 12"
+    #: where the job came from, for messages: "jobs.yaml job 3, line 12", "prompts.csv row 12"
     source: str
 
 

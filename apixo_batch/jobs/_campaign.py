@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from ..catalog import MODELS, ModelSpec, all_input_keys
+from ..catalog import MODELS, all_input_keys
 from ..errors import JobFileError
 from ._base import (
     PROVIDERS,
@@ -324,7 +324,7 @@ def _prices(value: object, where: str, issues: Issues) -> dict[str, float | dict
         if spec is None:
             issues.add(where, name, f"unknown model (known: {', '.join(MODELS)})")
         elif isinstance(entry, dict):
-            tiers = _price_tiers(spec)
+            tiers = _price_tiers(spec.name)
             by_tier: dict[str, float] = {}
             for tier, price in entry.items():
                 if tier not in tiers:
@@ -349,12 +349,13 @@ def _price(value: object, where: str, name: str, issues: Issues) -> float | None
 
 
 @cache
-def _price_tiers(spec: ModelSpec) -> frozenset[str]:
+def _price_tiers(model: str) -> frozenset[str]:
     """The price variants a model's inputs can select, plus "default".
 
     The catalog knows a variant only as a function of the input, so every
     combination of the model's finite-valued inputs is tried.
     """
+    spec = MODELS[model]
     choices: list[tuple[str, tuple[Any, ...]]] = []
     for key, info in spec.input_model.model_fields.items():
         values = _finite_values(info.annotation)

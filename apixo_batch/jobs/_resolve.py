@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -28,9 +28,11 @@ Matrix = tuple[tuple[str, tuple[Any, ...]], ...]
 
 _MISSING: Any = object()
 _NO_MATRIX: list[tuple[str, dict[str, Any]]] = [("", {})]
+_NO_NULLS: frozenset[str] = frozenset()
 _SUFFIX_MAX = 24  # characters of one value in an id suffix
 _NOT_SAFE = re.compile(r"[^A-Za-z0-9.]+")
 _DOTS = re.compile(r"\.{2,}")
+_RATIO = re.compile(r"(?<=\d):(?=\d)")
 _JOB_KEYS = frozenset(JOB_KEYS)
 
 
@@ -85,7 +87,7 @@ def _suffix_part(key: str, value: Any, position: int) -> str:
     if isinstance(value, bool):
         name = key.replace("_", "-")
         return name if value else f"no-{name}"
-    text = _DOTS.sub(".", _NOT_SAFE.sub("-", str(value).replace(":", "x"))).strip("-.")
+    text = _DOTS.sub(".", _NOT_SAFE.sub("-", _RATIO.sub("x", str(value)))).strip("-.")
     text = text[:_SUFFIX_MAX].rstrip("-.")
     return text or str(position + 1)
 
@@ -129,43 +131,48 @@ class Resolver:
             return []
         job_id = raw.get("id")
         id_problem = check_id(job_id)
+        # Messages name the job by id once the id is usable, else by where it was written.
+        # Built only when there is something to report: most jobs have nothing.
+        where = source if id_problem is not None else None
         if id_problem is not None:
             issues.add(source, "id", id_problem)
-
-        def at(suffix: str = "") -> str:
-            # Built only when there is something to report: most jobs have nothing.
-            if id_problem is not None:
-                return source
-            return f"job {f'{job_id}{suffix}'!r} ({source})"
 
         before = issues.total
         if not raw.keys() <= _JOB_KEYS:
             for key in raw:
                 if key not in _JOB_KEYS:
                     allowed = ", ".join(JOB_KEYS)
-                    issues.add(at(), str(key), f"unknown job key (allowed: {allowed})")
+                    message = f"unknown job key (allowed: {allowed})"
+                    issues.add(where or _at(job_id, source), str(key), message)
 
         defaults = self._defaults
         model = raw.get("model")
         if model is None:
             model = defaults.model
             if model is None and not defaults.model_broken:
-                issues.add(at(), "model", "required (there is no defaults.model)")
-        spec = MODELS.get(model) if isinstance(model, str) else None
+                message = "required (there is no defaults.model)"
+                issues.add(where or _at(job_id, source), "model", message)
+        spec = MODELS.get(model) if type(model) is str else None
         if spec is None and model is not None:
-            known = ", ".join(MODELS)
-            issues.add(at(), "model", f"unknown model {short(model)} (known: {known})")
+            message = f"unknown model {short(model)} (known: {', '.join(MODELS)})"
+            issues.add(where or _at(job_id, source), "model", message)
 
         provider = raw.get("provider")
         if provider is None:
             provider = defaults.provider
         elif provider not in PROVIDERS:
-            issues.add(at(), "provider", f"got {short(provider)}, expected auto, value or official")
+            message = f"got {short(provider)}, expected auto, value or official"
+            issues.add(where or _at(job_id, source), "provider", message)
 
-        written, nulls = self._written_input(raw.get("input"), at, issues)
+        value = raw.get("input")
+        written: dict[str, Any] | None
+        if type(value) is dict and value.keys() <= self._known and None not in value.values():
+            written, nulls = dict(value), _NO_NULLS  # the common case, checked in C
+        else:
+            written, nulls = self._written_input(value, where or _at(job_id, source), issues)
         own: Matrix = ()
         if raw.get("matrix") is not None:
-            own = parse_matrix(raw["matrix"], at(), "matrix", issues)
+            own = parse_matrix(raw["matrix"], where or _at(job_id, source), "matrix", issues)
         if spec is None or written is None:
             return []
 
@@ -186,22 +193,23 @@ class Resolver:
         out: list[Expanded] = []
         for suffix, overrides in _combos(matrix):
             # The job's own keys first, so a stored input reads like the job as written.
-            # With no matrix, ``written`` is this call's own dict: filled in place.
+            # With no matrix, ``written`` is this call's own copy: filled in place.
             merged = {**written, **overrides} if overrides else written
             from_defaults: list[str] = []
-            for key, value in self._defaults_for(spec, merged.get("mode", default_mode)):
+            for key, item in self._defaults_for(spec, merged.get("mode", default_mode)):
                 if key not in merged and key not in nulls:
-                    merged[key] = value
+                    merged[key] = item
                     from_defaults.append(key)
             normalized, problems = validate_input(spec.name, merged)
-            if problems:
-                for problem in problems:
-                    issues.add(at(suffix), problem.field, _explain(problem, merged, from_defaults))
             full_id = f"{job_id}{suffix}"
-            if suffix and len(full_id) > MAX_ID_LENGTH:
-                issues.add(
-                    at(suffix), "id", f"with its matrix suffix over {MAX_ID_LENGTH} characters"
-                )
+            if problems or (suffix and len(full_id) > MAX_ID_LENGTH):
+                job_where = where or _at(full_id, source)
+                for problem in problems:
+                    message = _explain(problem, merged, from_defaults)
+                    issues.add(job_where, problem.field, message)
+                if len(full_id) > MAX_ID_LENGTH:
+                    message = f"with its matrix suffix over {MAX_ID_LENGTH} characters"
+                    issues.add(job_where, "id", message)
             if id_problem is None:
                 valid = clean and not problems
                 out.append(Expanded(full_id, spec.name, provider, normalized, source, valid))
@@ -220,26 +228,30 @@ class Resolver:
         return items
 
     def _written_input(
-        self, value: object, at: Callable[[], str], issues: Issues
-    ) -> tuple[dict[str, Any] | None, set[str]]:
+        self, value: object, where: str, issues: Issues
+    ) -> tuple[dict[str, Any] | None, frozenset[str]]:
         """The job's own input without its nulls, and the keys it sets to null."""
         if value is None:
-            return {}, set()
+            return {}, _NO_NULLS
         if not isinstance(value, dict):
-            issues.add(at(), "input", "must be a mapping of input keys to values")
-            return None, set()
+            issues.add(where, "input", "must be a mapping of input keys to values")
+            return None, _NO_NULLS
         written: dict[str, Any] = {}
         nulls: set[str] = set()
         for key, item in value.items():
             if type(key) is not str:
-                issues.add(at(), f"input.{key}", "input keys must be strings")
+                issues.add(where, f"input.{key}", "input keys must be strings")
             elif item is not None:
-                written[key] = item
+                written[key] = item  # an unknown key is left to the model's strict check
             elif key in self._known:
                 nulls.add(key)
             else:
-                issues.add(at(), f"input.{key}", "unknown key (not an input of any model)")
-        return written, nulls
+                issues.add(where, f"input.{key}", "unknown key (not an input of any model)")
+        return written, frozenset(nulls)
+
+
+def _at(job_id: object, source: str) -> str:
+    return f"job {job_id!r} ({source})"
 
 
 def _mode(value: object) -> str | None:
