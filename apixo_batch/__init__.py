@@ -1,28 +1,103 @@
-"""apixo-batch: turn a job file of video generations into MP4 files through APIXO."""
+"""apixo-batch: turn a job file of video generations into MP4 files through APIXO.
 
-from .catalog import MODELS, ModelSpec, get_model, validate_input
-from .client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
-from .clock import Clock, FakeClock, SystemClock
-from .errors import *  # noqa: F403
-from .errors import __all__ as _errors_all
-from .secret import ApiKey, load_api_key
+The public names are re-exported here and imported lazily, so that ``plan``
+(which needs no network) does not pay for importing aiohttp.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "MODELS",
-    "ApiKey",
-    "ApixoClient",
-    "Clock",
-    "FakeClock",
-    "ModelSpec",
-    "SystemClock",
-    "TaskStatus",
-    "__version__",
-    "get_model",
-    "load_api_key",
-    "parse_task_payload",
-    "validate_input",
-    *_errors_all,
-]
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "MODELS": "catalog",
+    "ModelSpec": "catalog",
+    "get_model": "catalog",
+    "validate_input": "catalog",
+    "DEFAULT_BASE_URL": "client",
+    "ApixoClient": "client",
+    "TaskStatus": "client",
+    "parse_task_payload": "client",
+    "Clock": "clock",
+    "FakeClock": "clock",
+    "SystemClock": "clock",
+    "Downloaded": "download",
+    "download_file": "download",
+    "Engine": "engine",
+    "RunOptions": "engine",
+    "RunResult": "engine",
+    "Event": "events",
+    "Campaign": "jobs",
+    "Job": "jobs",
+    "load_campaign": "jobs",
+    "make_plan": "plan",
+    "ApiKey": "secret",
+    "load_api_key": "secret",
+    "run_campaign": "api",
+    "stream_campaign": "api",
+    "ApixoError": "errors",
+    "ApiError": "errors",
+    "AuthError": "errors",
+    "DownloadError": "errors",
+    "FieldIssue": "errors",
+    "Forbidden": "errors",
+    "InsufficientBalance": "errors",
+    "IntegrityError": "errors",
+    "InvalidRequest": "errors",
+    "JobFileError": "errors",
+    "JournalError": "errors",
+    "NotFound": "errors",
+    "RateLimited": "errors",
+    "ResultExpired": "errors",
+    "ServerError": "errors",
+    "TransportError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'apixo_batch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .api import run_campaign, stream_campaign
+    from .catalog import MODELS, ModelSpec, get_model, validate_input
+    from .client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
+    from .clock import Clock, FakeClock, SystemClock
+    from .download import Downloaded, download_file
+    from .engine import Engine, RunOptions, RunResult
+    from .errors import (
+        ApiError,
+        ApixoError,
+        AuthError,
+        DownloadError,
+        FieldIssue,
+        Forbidden,
+        InsufficientBalance,
+        IntegrityError,
+        InvalidRequest,
+        JobFileError,
+        JournalError,
+        NotFound,
+        RateLimited,
+        ResultExpired,
+        ServerError,
+        TransportError,
+    )
+    from .events import Event
+    from .jobs import Campaign, Job, load_campaign
+    from .plan import make_plan
+    from .secret import ApiKey, load_api_key

@@ -9,9 +9,9 @@ Every error answer becomes a leaf of :mod:`apixo_batch.errors`; the JSON
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -78,6 +78,8 @@ def parse_task_payload(body: Mapping[str, Any], *, endpoint: str = "status") -> 
             # resultJson is a JSON *string*; tolerate an already-decoded object as well.
             result: Any = json.loads(raw) if isinstance(raw, str) else raw
             found = result["resultUrls"]
+            if not isinstance(found, list) or not all(isinstance(u, str) and u for u in found):
+                raise TypeError("resultUrls is not a list of URLs")
             urls = tuple(str(u) for u in found)
         except (ValueError, TypeError, KeyError) as exc:
             raise TransportError(
@@ -101,18 +103,18 @@ def parse_task_payload(body: Mapping[str, Any], *, endpoint: str = "status") -> 
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form); None when absent or odd.
+
+    The HTTP-date form is not honoured: it would need the wall clock here, and the
+    caller's backoff is a sound fallback.
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
         return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class ApixoClient:

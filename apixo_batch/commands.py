@@ -17,6 +17,7 @@ from .errors import ApixoError, JobFileError, JournalError
 from .events import Event
 from .jobs import Campaign, load_campaign
 from .journal import JobState, Journal
+from .receiver import parse_listen
 from .report import event_line, render_summary
 from .secret import ApiKey, load_api_key, redact
 
@@ -104,6 +105,13 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     if bool(callback_url) != bool(listen):
         _err("callback mode needs both --callback-url (public URL) and --listen HOST:PORT")
         return 2
+    listen_at = None
+    if listen:
+        try:
+            listen_at = parse_listen(listen)
+        except ValueError as exc:
+            _err(str(exc))
+            return 2
     options = RunOptions(
         base_url=args.base_url or os.environ.get("APIXO_BASE_URL") or DEFAULT_BASE_URL,
         state_path=_state_path(args, campaign),
@@ -111,6 +119,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         rpm=args.rpm,
         time_scale=args.time_scale,
         callback_url=callback_url,
+        listen=listen_at,
         budget=getattr(args, "budget", None),
         allow_partial=getattr(args, "allow_partial", False),
         max_wait_min=args.max_wait,

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import threading
@@ -90,9 +91,11 @@ async def download_file(
 
     Raises :class:`ResultExpired` (403/404/410: the URL is gone) or
     :class:`IntegrityError` (empty, wrong length, not an MP4), both after
-    deleting the ``.part``; and :class:`DownloadError` once ``backoff`` gives
-    up on 5xx/429/transport trouble, keeping the ``.part`` for a later resume.
-    An existing ``dest`` is overwritten. ``session`` must not carry credentials.
+    deleting the ``.part``; :class:`DownloadError` once ``backoff`` gives up on
+    5xx/429/transport trouble (or at once on another 4xx, or when the disk
+    refuses), keeping the ``.part`` for a later resume. Waits run on ``clock``.
+    An existing ``dest`` is overwritten. ``session`` must carry no credentials
+    (ValueError otherwise): result URLs never get the API key.
     """
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
@@ -433,9 +436,11 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
 
 def _retry_after(value: str | None) -> float | None:
     try:
-        return max(0.0, float(value)) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None  # an HTTP date: backoff decides, we do not read the wall clock here
+    # "inf" parses as a float; nobody should sleep on it.
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def _describe(url: str) -> str:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from .events import Event, EventKind, EventSink
 from .jobs import Campaign
 from .journal import AsyncJournal, JobRow, JobState, Journal, NewJob, SyncResult
 from .limits import ConcurrencyLimit, Priority, RequestBucket
+from .receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from .retry import Backoff
 from .scheduler import CompletionModel, PollScheduler, Tracked
 from .secret import ApiKey
@@ -63,6 +64,8 @@ class RunOptions:
     rpm: int = 9_000
     time_scale: float = 1.0
     callback_url: str | None = None
+    #: (host, port) of the built-in callback receiver; required with callback_url
+    listen: tuple[str, int] | None = None
     budget: float | None = None
     allow_partial: bool = False
     max_wait_min: float = 30.0
@@ -95,6 +98,15 @@ class RunResult:
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     manifest: Path | None = None
     output_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """A result to bring to disk."""
+
+    id: str
+    filename: str
+    result_urls: tuple[str, ...]
 
 
 def clock_key(model: str, inp: dict[str, Any]) -> str:
@@ -135,9 +147,12 @@ class Engine:
             poll_rate=self._poll_rate,
         )
         self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
+        self._download_backoff = Backoff(
+            base=0.5, cap=30.0, max_attempts=6, time_scale=options.time_scale
+        )
         self._journal: AsyncJournal | None = None
         self._client: ApixoClient | None = None
-        self._downloads: asyncio.Queue[JobRow] = asyncio.Queue()
+        self._downloads: asyncio.Queue[_Fetch] = asyncio.Queue()
         self._downloading = 0
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
@@ -158,6 +173,11 @@ class Engine:
         self._started_mono = 0.0
         self._fatal_stops_all = False
         self._preflight_refused = False
+        self._callback_url: str | None = None  # the public URL with the token: never printed
+        self._receiver: CallbackReceiver | None = None
+        self._early: dict[str, TaskStatus] = {}
+        self._settling = 0  # results being recorded: the run is not idle meanwhile
+        self._early_seen: dict[str, asyncio.Event] = {}
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -281,12 +301,56 @@ class Engine:
             )
             stack.push_async_callback(dl_session.close)
 
+            if self.options.callback_url and self.options.listen and needs_api:
+                await self._start_receiver(stack)
             if self.options.mode == "run" and queued > 0:
                 proceed = await self._preflight(queued_cost, unknown, queued)
                 if not proceed:
                     return await self._finish_run(synced)
             await self._work(in_flight, dl_session, submit=self.options.mode == "run")
         return await self._finish_run(synced)
+
+    async def _start_receiver(self, stack: contextlib.AsyncExitStack) -> None:
+        """Listen for callbacks; the token is made once per campaign and kept in the journal."""
+        assert self.options.callback_url and self.options.listen
+        token = await self.journal.read(lambda j: j.get_meta("callback_token"))
+        if token is None:
+            token = new_token()
+            await self.journal.write(lambda j: j.set_meta_in_tx("callback_token", token))
+        self._callback_url = callback_url_with_token(self.options.callback_url, token)
+        host, port = self.options.listen
+        self._receiver = CallbackReceiver(host, port, token, self._on_callback)
+        await self._receiver.start()
+        stack.push_async_callback(self._receiver.stop)
+
+    async def _on_callback(self, status: TaskStatus) -> HandlerResult:
+        """A callback passed the token check: settle its task, or wait briefly for it."""
+        t = self.scheduler.get(status.task_id)
+        if t is None:
+            row = await self.journal.read(lambda j: j.by_task(status.task_id))
+            if row is not None:
+                return "duplicate"  # already settled (or adopted later): nothing to do
+            if self._submits_in_progress == 0:
+                return "unknown"
+            # The submit answer may still be on its way to the journal: hold the
+            # callback for it rather than lose it (the submit path picks it up).
+            seen = self._early_seen.setdefault(status.task_id, asyncio.Event())
+            self._early[status.task_id] = status
+            try:
+                await asyncio.wait_for(seen.wait(), timeout=5.0)
+            except TimeoutError:
+                self._early.pop(status.task_id, None)
+                return "unknown"
+            finally:
+                self._early_seen.pop(status.task_id, None)
+            return "accepted"
+        if not status.finished:
+            return "accepted"
+        if t.settled:
+            return "duplicate"
+        await self._finished(t, status, via="callback")
+        self.scheduler.forget(t.task_id)
+        return "accepted"
 
     async def _preflight(self, cost: float, unknown: int, queued: int) -> bool:
         """Read the balance before the first submit; refuse when it cannot cover the rest."""
@@ -349,7 +413,11 @@ class Engine:
         while True:
             await self.clock.sleep(0.05 * min(1.0, max(self.options.time_scale, 0.02)))
             downloads_idle = feeder.done() and self._downloads.empty() and self._downloading == 0
-            nothing_tracked = self.scheduler.tracked == 0 and self._submits_in_progress == 0
+            nothing_tracked = (
+                self.scheduler.tracked == 0
+                and self._submits_in_progress == 0
+                and self._settling == 0
+            )
             if nothing_tracked and downloads_idle:
                 if self._submitter_done:
                     return
@@ -412,9 +480,7 @@ class Engine:
     async def _submit_one(self, row: JobRow) -> None:
         attempt = 0
         ambiguous = False
-        request_type: Literal["async", "callback"] = (
-            "callback" if self.options.callback_url else "async"
-        )
+        request_type: Literal["async", "callback"] = "callback" if self._callback_url else "async"
         marked = False
         try:
             while True:
@@ -437,7 +503,7 @@ class Engine:
                         row.model,
                         row.input,
                         request_type=request_type,
-                        callback_url=self.options.callback_url,
+                        callback_url=self._callback_url,
                         provider=row.provider,
                     )
                 )
@@ -499,9 +565,13 @@ class Engine:
                 )
                 self._submitted += 1
                 self._emit("submitted", row.id, task_id=task_id, model=row.model)
-                fresh = await self.journal.read(lambda j: j.get(row.id))
-                assert fresh is not None
-                self._track(fresh, now, self.clock.monotonic(), adopted=False)
+                fresh = replace(row, task_id=task_id, submitted_at=now, request_type=request_type)
+                tracked = self._track(fresh, now, self.clock.monotonic(), adopted=False)
+                early = self._early.pop(task_id, None)
+                if early is not None:
+                    await self._finished(tracked, early, via="callback")
+                    self.scheduler.forget(task_id)
+                    self._early_seen[task_id].set()
                 return
         finally:
             self._submits_in_progress -= 1
@@ -529,7 +599,7 @@ class Engine:
         self._emit("failed", row.id, fail_code=code, fail_msg=message[:500])
 
     # -- following tasks ----------------------------------------------------
-    def _track(self, row: JobRow, now_wall: float, now_mono: float, *, adopted: bool) -> None:
+    def _track(self, row: JobRow, now_wall: float, now_mono: float, *, adopted: bool) -> Tracked:
         spec = get_model(row.model)
         inp = row.input
         if spec is None or row.task_id is None:
@@ -538,6 +608,7 @@ class Engine:
         age = max(0.0, now_wall - (row.submitted_at or now_wall))
         tracked = Tracked(
             job_id=row.id,
+            filename=row.filename,
             task_id=row.task_id,
             model=row.model,
             clock_key=clock_key(row.model, inp),
@@ -554,6 +625,7 @@ class Engine:
             )
             due = max(now_mono, first)
         self.scheduler.add(tracked, due=due)
+        return tracked
 
     async def _poll(self, t: Tracked) -> bool:
         if self._stopping:
@@ -599,32 +671,45 @@ class Engine:
         return True
 
     async def _finished(self, t: Tracked, status: TaskStatus, *, via: str) -> None:
+        if t.settled:
+            return  # a callback and a poll raced: the first one settles it
+        t.settled = True
+        self._settling += 1
+        try:
+            await self._settle(t, status, via)
+        finally:
+            self._settling -= 1
+
+    async def _settle(self, t: Tracked, status: TaskStatus, via: str) -> None:
         now = self.clock.wall()
         self._seen_running.discard(t.job_id)
         cost_ms = status.cost_time_ms
         if status.state == "success":
             completed = (status.complete_time_ms / 1000.0) if status.complete_time_ms else now
-            await self.journal.transition(
-                t.job_id,
-                S.SUCCEEDED,
-                now,
-                result_urls=list(status.result_urls),
-                completed_at=completed,
-                expires_at=completed + RESULT_TTL_S * self.options.time_scale,
-                cost_time_ms=cost_ms,
-                arrived_via=via,
-            )
-            self._emit(
-                "succeeded", t.job_id, task_id=t.task_id, via=via, urls=len(status.result_urls)
-            )
             seconds = (
                 cost_ms / 1000.0 if cost_ms else self.clock.monotonic() - t.submitted_at
             ) / self.options.time_scale
-            self.completions.add(t.clock_key, seconds)
-            await self.journal.write(lambda j: j.record_completion(t.clock_key, seconds, now))
-            row = await self.journal.read(lambda j: j.get(t.job_id))
-            if row is not None:
-                self._downloads.put_nowait(row)
+            key = t.clock_key
+
+            def succeed(j: Journal) -> None:
+                j.transition(
+                    t.job_id,
+                    S.SUCCEEDED,
+                    now,
+                    result_urls=list(status.result_urls),
+                    completed_at=completed,
+                    expires_at=completed + RESULT_TTL_S * self.options.time_scale,
+                    cost_time_ms=cost_ms,
+                    arrived_via=via,
+                )
+                j.record_completion(key, seconds, now)
+
+            await self.journal.write(succeed)
+            self._emit(
+                "succeeded", t.job_id, task_id=t.task_id, via=via, urls=len(status.result_urls)
+            )
+            self.completions.add(key, seconds)
+            self._downloads.put_nowait(_Fetch(t.job_id, t.filename, status.result_urls))
         else:
             await self.journal.transition(
                 t.job_id,
@@ -657,7 +742,7 @@ class Engine:
                 after = row.idx
                 while self._downloads.qsize() > 500:
                     await self.clock.sleep(0.05)
-                self._downloads.put_nowait(row)
+                self._downloads.put_nowait(_Fetch(row.id, row.filename, row.result_urls))
 
     async def _download_worker(self, session: aiohttp.ClientSession) -> None:
         while True:
@@ -674,7 +759,7 @@ class Engine:
         p = Path(filename)
         return self.output_dir / f"{p.stem}-{n + 1}{p.suffix}"
 
-    async def _download(self, row: JobRow, session: aiohttp.ClientSession) -> None:
+    async def _download(self, row: _Fetch, session: aiohttp.ClientSession) -> None:
         files: list[str] = []
         hashes: list[str] = []
         total = 0
@@ -682,13 +767,7 @@ class Engine:
             for n, url in enumerate(row.result_urls):
                 dest = self._dest(row.filename, n)
                 got = await download_file(
-                    session,
-                    url,
-                    dest,
-                    clock=self.clock,
-                    backoff=Backoff(
-                        base=0.5, cap=30.0, max_attempts=6, time_scale=self.options.time_scale
-                    ),
+                    session, url, dest, clock=self.clock, backoff=self._download_backoff
                 )
                 files.append(str(dest.relative_to(self.output_dir)))
                 hashes.append(got.sha256)

@@ -272,8 +272,12 @@ class Journal:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        with self.transaction():
+            self.set_meta_in_tx(key, value)
+
+    def set_meta_in_tx(self, key: str, value: str) -> None:
+        """Set a meta value inside a transaction the caller holds (AsyncJournal.write)."""
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # -- sync with the job file -----------------------------------------------
     def sync(self, jobs: Iterable[NewJob], now: float, batch: int = 2000) -> SyncResult:

@@ -33,8 +33,9 @@ class Backoff:
         raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
         spread = raw * self.jitter
         wait = raw - spread + self.rng.random() * spread * 2 if spread else raw
+        wait = min(wait, self.cap)
         if retry_after is not None:
-            # The server knows best; jitter on top so a crowd does not return at once.
+            # The server knows best: never come back before it says.
             wait = max(wait, retry_after)
         return wait * self.time_scale
 

@@ -44,8 +44,11 @@ class Tracked:
     submitted_at: float  # monotonic, when the task was created (or adopted)
     followed_since: float  # monotonic, when this run started following it
     polls: int = 0
+    filename: str = ""  # where its result goes, relative to the output dir
     callback_mode: bool = False
     done: bool = False
+    #: its final state was recorded (by a poll or a callback): never twice
+    settled: bool = False
     #: the sequence number of the one live timer; older heap entries are stale
     timer: int = -1
     #: poll at the next chance, whatever the budget (poll_soon)

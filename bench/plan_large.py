@@ -70,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         _generator().write(folder / "prompts.csv", args.rows)
         size_mb = (folder / "prompts.csv").stat().st_size / 1e6
-        print(
-            f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s"
-        )
+        took = time.perf_counter() - started
+        print(f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {took:.1f} s")
         job_file = folder / "bench.yaml"
         job_file.write_text(JOB_FILE, encoding="utf-8")
 
@@ -90,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     best, worst = min(times), max(times)
     ok = best <= TARGET_S and rss_mb <= TARGET_MB
     print(
-        f"plan, {args.rows:,} rows: best {best:.2f} s, worst {worst:.2f} s (target {TARGET_S:.0f} s); "
+        f"plan, {args.rows:,} rows: best {best:.2f} s, worst {worst:.2f} s "
+        f"(target {TARGET_S:.0f} s); "
         f"peak RSS {rss_mb:.0f} MB (target {TARGET_MB:.0f} MB): {'OK' if ok else 'MISSED'}"
     )
     return 0 if ok else 1

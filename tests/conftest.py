@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
-
-from simfixture import *  # noqa: F403  (the `simulator` factory fixture)
+from simfixture import *  # noqa: F403  (simulator factory fixture, tests/simfixture.py)
 
 
 class _StubStreamWriter:

@@ -200,11 +200,9 @@ CLOCKS = [
 def test_clock_matches_the_docs(
     model: str, inp: dict[str, Any], advice: float, interval: float, lo: float, hi: float
 ) -> None:
-    """Typical times and poll interval per duration/resolution, as each model page gives them.
-
-    The first poll is no earlier than the page's advice and no later than the
-    earliest typical finish (a later first poll for longer videos saves requests).
-    """
+    """Typical times, poll interval and a first poll between the docs' advice and typical_min."""
+    # The catalog may poll longer videos later than the page's one-size advice
+    # (saves requests), but never after the earliest typical finish.
     clock = _spec(model).clock(inp)
     assert (clock.typical_min, clock.typical_max) == (lo, hi)
     assert clock.interval == interval
@@ -242,7 +240,12 @@ def _happy_inputs() -> dict[str, list[dict[str, Any]]]:
             },
         ],
         "kling-2-1": [
-            {"mode": "standard-image-to-video", "prompt": "a cat", "duration": 5, "image_urls": [IMG]},
+            {
+                "mode": "standard-image-to-video",
+                "prompt": "a cat",
+                "duration": 5,
+                "image_urls": [IMG],
+            },
             {
                 "mode": "pro-image-to-video",
                 "prompt": "from start to end frame",
@@ -252,8 +255,12 @@ def _happy_inputs() -> dict[str, list[dict[str, Any]]]:
                 "cfg_scale": 0.5,
             },
             {"mode": "master-text-to-video", "prompt": "a lighthouse in a storm", "duration": 5},
-            {"mode": "master-image-to-video", "prompt": "slow push in", "duration": 10,
-             "image_urls": [IMG]},
+            {
+                "mode": "master-image-to-video",
+                "prompt": "slow push in",
+                "duration": 10,
+                "image_urls": [IMG],
+            },
         ],
         "kling-2-6": [
             {
@@ -321,8 +328,13 @@ def test_happy_inputs_cover_every_mode() -> None:
 
 def test_none_values_are_dropped_and_order_kept() -> None:
     """Normalized input leaves out None values and keeps the caller's key order."""
-    inp = {"prompt": "p", "negative_prompt": None, "duration": 5, "mode": "text-to-video",
-           "sound": False}
+    inp = {
+        "prompt": "p",
+        "negative_prompt": None,
+        "duration": 5,
+        "mode": "text-to-video",
+        "sound": False,
+    }
     clean, issues = validate_input("kling-2-6", inp)
     assert issues == []
     assert list(clean) == ["prompt", "duration", "mode", "sound"]
@@ -344,9 +356,7 @@ def test_unknown_model_is_reported_on_the_model_field() -> None:
 
 def test_kling_2_6_requires_sound() -> None:
     """sound has no default on kling-2-6: leaving it out is an error."""
-    _, issues = validate_input(
-        "kling-2-6", {"mode": "text-to-video", "prompt": "p", "duration": 5}
-    )
+    _, issues = validate_input("kling-2-6", {"mode": "text-to-video", "prompt": "p", "duration": 5})
     assert [(i.field, i.message) for i in issues] == [("input.sound", "required")]
 
 
@@ -425,8 +435,13 @@ def test_image_count_per_mode(model: str, mode: str, images: list[str], message:
 
 def test_image_url_must_be_http() -> None:
     """Each image URL is checked and named by its index."""
-    inp = {"mode": "image-to-video", "prompt": "p", "duration": 5, "sound": True,
-           "image_urls": [IMG, "ftp://example.com/x.jpg"]}
+    inp = {
+        "mode": "image-to-video",
+        "prompt": "p",
+        "duration": 5,
+        "sound": True,
+        "image_urls": [IMG, "ftp://example.com/x.jpg"],
+    }
     assert _fields("kling-2-6", inp) == ["input.image_urls[1]"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from apixo_batch.client import ApixoClient, parse_task_payload
@@ -186,9 +186,7 @@ async def test_status_pending(client: ApixoClient, mock_api: aioresponses) -> No
     assert (status.state, status.finished) == ("pending", False)
 
 
-async def test_status_sends_task_id_and_bearer(
-    client: ApixoClient, mock_api: aioresponses
-) -> None:
+async def test_status_sends_task_id_and_bearer(client: ApixoClient, mock_api: aioresponses) -> None:
     """The task id travels as the taskId query parameter, with the Bearer header."""
     mock_api.get(STATUS_URL, payload=PROCESSING)
     await client.status(MODEL, "task_12345678")
@@ -257,10 +255,6 @@ async def test_status_success_with_unreadable_result_json_is_transport_error(
         await client.status(MODEL, "task_12345678")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.parse_task_payload iterates a string resultUrls character by character",
-)
 async def test_status_success_with_string_result_urls_is_transport_error(
     client: ApixoClient, mock_api: aioresponses
 ) -> None:
@@ -281,6 +275,20 @@ async def test_status_with_unknown_state_is_transport_error(
     mock_api.get(STATUS_URL, payload=_status_body({"taskId": "task_12345678", "state": "done"}))
     with pytest.raises(TransportError, match="state"):
         await client.status(MODEL, "task_12345678")
+
+
+async def test_status_follows_a_task_to_success(
+    client: ApixoClient, mock_api: aioresponses
+) -> None:
+    """Successive polls see processing, then success (answers built by a mock callback)."""
+    answers = [PROCESSING, SUCCESS]
+
+    def answer(url: URL, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=answers.pop(0))
+
+    mock_api.get(STATUS_URL, callback=answer, repeat=True)
+    states = [(await client.status(MODEL, "task_12345678")).state for _ in range(2)]
+    assert states == ["processing", "success"]
 
 
 def test_parse_task_payload_reads_a_callback_body() -> None:
@@ -396,6 +404,16 @@ async def test_rate_limited_without_usable_retry_after(
     """A missing or unreadable Retry-After leaves retry_after None (backoff decides)."""
     headers = {"Retry-After": header} if header else None
     mock_api.post(SUBMIT_URL, status=429, body="", headers=headers)
+    with pytest.raises(RateLimited) as info:
+        await client.submit(MODEL, T2V_INPUT)
+    assert info.value.retry_after is None
+
+
+async def test_rate_limited_with_infinite_retry_after_is_ignored(
+    client: ApixoClient, mock_api: aioresponses
+) -> None:
+    """A non-finite Retry-After is unusable and leaves retry_after None."""
+    mock_api.post(SUBMIT_URL, status=429, body="", headers={"Retry-After": "inf"})
     with pytest.raises(RateLimited) as info:
         await client.submit(MODEL, T2V_INPUT)
     assert info.value.retry_after is None

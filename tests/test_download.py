@@ -328,11 +328,13 @@ async def test_existing_complete_part_finishes_on_416(
     tmp_path: Path,
 ) -> None:
     """A .part that is already whole (crash before the rename) is verified and renamed."""
-    _, url = host
+    files, url = host
     dest = tmp_path / "video.mp4"
     _part(dest).write_bytes(BODY)
     result = await _get(session, url, dest, clock)
     _assert_whole(result, dest)
+    assert [h.get("Range") for h in files.seen] == [f"bytes={len(BODY)}-"]
+    assert result.resumed == 0
 
 
 async def test_existing_part_longer_than_file_starts_over(
@@ -611,3 +613,31 @@ async def test_cancelled_download_keeps_its_part(
     kept = _part(dest).read_bytes()
     assert BODY.startswith(kept) and landed <= len(kept) <= 60_000
     assert not dest.exists()
+
+
+async def test_infinite_retry_after_does_not_stall(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+) -> None:
+    """A non-finite Retry-After is ignored: backoff decides the wait."""
+    files, url = host
+    files.statuses = {1: 503}
+    files.headers = {"Retry-After": "inf"}
+    dest = tmp_path / "video.mp4"
+    _assert_whole(await _get(session, url, dest, clock), dest)
+    assert clock.sleeps == [1.0]
+
+
+async def test_unwritable_destination_is_download_error(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+) -> None:
+    """Our own disk refusing (here: the folder is a file) is a DownloadError, not an OSError."""
+    _, url = host
+    (tmp_path / "out").write_text("a file where a folder should be")
+    with pytest.raises(DownloadError, match="cannot write"):
+        await _get(session, url, tmp_path / "out" / "video.mp4", clock)

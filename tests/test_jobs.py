@@ -1,4 +1,4 @@
-"""The job file loader: every invalid file is refused with the job and field named; valid ones load."""
+"""The job file loader: invalid files are refused naming job and field; valid ones load."""
 
 from __future__ import annotations
 
@@ -528,13 +528,13 @@ def test_matrix_suffix_for_booleans_and_long_text(tmp_path: Path) -> None:
     text = HEAD + _job(
         "a",
         T2V,
-        "    matrix: {sound: [true, false], prompt: ['A dog/cat: running fast through the park', b]}\n",
+        "    matrix: {sound: [true, false], prompt: ['A dog/cat: running fast in the park', b]}\n",
     )
     ids = [job.id for job in _jobs(_load(tmp_path, text))]
     assert ids == [
-        "a-sound-A-dog-cat-running-fast-t",
+        "a-sound-A-dog-cat-running-fast-i",
         "a-sound-b",
-        "a-no-sound-A-dog-cat-running-fast-t",
+        "a-no-sound-A-dog-cat-running-fast-i",
         "a-no-sound-b",
     ]
 
@@ -588,7 +588,7 @@ def test_iter_jobs_raises_when_the_rows_file_went_bad(tmp_path: Path) -> None:
     text = HEAD.replace("jobs:\n", "jobs_file: rows.csv\n")
     campaign = _load(tmp_path, text, {"rows.csv": "id,mode,prompt\nr1,text-to-video,x\n"})
     (tmp_path / "rows.csv").write_text("id,mode,prompt,duration\nr1,text-to-video,x,7\n")
-    with pytest.raises(JobFileError, match="rows.csv row 2"):
+    with pytest.raises(JobFileError, match=r"rows\.csv row 2"):
         list(campaign.iter_jobs())
 
 
@@ -630,3 +630,16 @@ def test_example_large_campaign_loads() -> None:
     campaign = load_campaign(REPO / "jobs" / "large.yaml")
     assert campaign.job_count == 3_000
     assert sum(group.count for group in campaign.groups) == 3_000
+
+
+def test_job_opts_out_of_top_level_matrix_with_null(tmp_path: Path) -> None:
+    """A job setting a top-level matrix key to null in its input is not expanded on it."""
+    text = "matrix: {cfg_scale: [0.2, 0.8]}\n" + HEAD + _job("a", T2V)
+    text += _job("b", "{mode: text-to-video, prompt: x, cfg_scale: null}")
+    assert [job.id for job in _jobs(_load(tmp_path, text))] == ["a-0.2", "a-0.8", "b"]
+
+
+def test_file_names_differing_only_in_case_collide(tmp_path: Path) -> None:
+    """Ids 'Clip' and 'clip' would share one file on macOS and Windows: refused."""
+    message = _error(tmp_path, HEAD + _job("Clip", T2V) + _job("clip", T2V))
+    assert "job 'clip' (campaign.yaml job 2, line 8) field 'output.filename'" in message

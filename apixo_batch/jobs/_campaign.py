@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from ..catalog import MODELS, all_input_keys
+from ..catalog import MODELS, PriceTable, all_input_keys
 from ..errors import JobFileError
 from ._base import (
     PROVIDERS,
@@ -33,7 +33,6 @@ __all__ = ["Campaign", "load_campaign"]
 DEFAULT_FILENAME = "{id}.mp4"
 _TEMPLATE_FIELDS = ("id", "model", "index")
 
-PriceTable = Mapping[str, float | Mapping[str, float]]
 _GroupKey = tuple[str, str, int, str]
 
 

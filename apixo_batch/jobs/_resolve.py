@@ -216,7 +216,9 @@ class Resolver:
         return out
 
     def _defaults_for(self, spec: ModelSpec, mode: object) -> tuple[tuple[str, Any], ...]:
-        key = (spec.name, _mode(mode))
+        # A mode the model does not have refuses nothing (validation reports it) and must
+        # not add a cache entry: a file full of junk modes cannot grow the table.
+        key = (spec.name, mode if type(mode) is str and mode in spec.modes else None)
         items = self._shared.get(key)
         if items is None:
             items = tuple(
