@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import campaign, run_engine, simulator, workdir  # noqa: E402
+from _harness import campaign, run_engine, simulator, workdir
 
 
 def rate() -> None:

@@ -202,22 +202,20 @@ async def start_cli(sim: Simulator, *args: str, key: str = SIM_KEY) -> asyncio.s
     )
 
 
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 60.0) -> CliResult:
+async def finish(proc: asyncio.subprocess.Process, limit: float = 60.0) -> CliResult:
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
-        raise AssertionError(f"CLI did not finish in {timeout}s; stderr:\n{err.decode()}") from None
+        raise AssertionError(f"CLI did not finish in {limit}s; stderr:\n{err.decode()}") from None
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
 
 
-async def run_cli(
-    sim: Simulator, *args: str, key: str = SIM_KEY, timeout: float = 60.0
-) -> CliResult:
+async def run_cli(sim: Simulator, *args: str, key: str = SIM_KEY, limit: float = 60.0) -> CliResult:
     """Run ``apixo-batch ARGS`` against ``sim`` to the end."""
-    return await finish(await start_cli(sim, *args, key=key), timeout)
+    return await finish(await start_cli(sim, *args, key=key), limit)
 
 
 async def kill_when(

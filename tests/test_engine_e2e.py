@@ -77,7 +77,7 @@ async def test_request_rate_paced_under_every_window(simulator, tmp_path: Path) 
         time_scale=0.01, rpm_limit=345, rpm_window_s=6.0, duration_override_s=(0.05, 0.1)
     )
     job_file = write_campaign(tmp_path, simple_jobs(250))
-    res = await run_cli(sim, "run", str(job_file), *FAST, "--rpm", "3000", timeout=90)
+    res = await run_cli(sim, "run", str(job_file), *FAST, "--rpm", "3000", limit=90)
     assert res.code == 0, res.stderr
     stats = sim.stats()
     assert stats["rate_limited"] == 0
@@ -138,7 +138,7 @@ async def test_sigterm_exits_130_fast_with_manifest_then_resumes(simulator, tmp_
     await kill_when(proc, lambda: sim.stats()["submits_accepted"] >= 10, sig=signal.SIGTERM)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    res = await finish(proc, timeout=10)
+    res = await finish(proc, limit=10)
     assert loop.time() - t0 < 5.0
     assert res.code == 130, res.stderr
     manifest = read_manifest(tmp_path / "out")
