@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+
+from rich.console import Console
 
 from .client import DEFAULT_BASE_URL
 from .engine import Engine, RunOptions, RunResult, summary_dict
@@ -17,6 +19,7 @@ from .errors import ApixoError, JobFileError, JournalError
 from .events import Event
 from .jobs import Campaign, load_campaign
 from .journal import JobState, Journal
+from .progress import LiveView, PlainView, Tally
 from .receiver import parse_listen
 from .report import event_line, render_summary
 from .secret import ApiKey, load_api_key, redact
@@ -31,43 +34,63 @@ def _err(message: str) -> None:
 
 
 class _Printer:
-    """Events to the terminal: JSON lines on stdout, or short plain lines on stderr."""
+    """Events to the terminal: JSON lines on stdout, or progress and short lines on stderr.
+
+    stderr a terminal: a live rich view (``NO_COLOR`` drops the colours, not the view).
+    Otherwise (cron, CI): a plain status line every 10 s and one line per failure,
+    no escape codes. ``-q``: failures and the summary only. ``-v``: every event.
+    """
 
     def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool, key: ApiKey | None) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
         self.key = key
-        self.out: IO[str] = sys.stdout
-        self._last_status = 0.0
-        self.counts: dict[str, int] = {}
+        self.tally = Tally()
+        self._view: LiveView | PlainView | None = None
+        self._console: Console | None = None
+
+    def attach(self, stats: Callable[[], dict[str, object]]) -> None:
+        """Start the progress view for an engine (its statistics() feed the rpm and spend)."""
+        if self.json_mode or self.quiet:
+            return
+        if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+            self._console = Console(stderr=True)
+            self._view = LiveView(self.tally, stats, self._console)
+        else:
+            self._view = PlainView(self.tally, stats, sys.stderr, interval=10.0)
+        self._view.start()
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view.stop()
+            self._view = None
+
+    def _say(self, text: str) -> None:
+        text = redact(text, self.key)
+        if self._console is not None:
+            self._console.print(text, markup=False, highlight=False)
+        else:
+            _err(text)
 
     def __call__(self, event: Event) -> None:
-        self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+        self.tally(event)
         if self.json_mode:
-            print(redact(event_line(event), self.key), file=self.out, flush=True)
+            print(redact(event_line(event), self.key), file=sys.stdout, flush=True)
             return
         d = event.data
         if event.kind in ("warning", "stopped"):
-            _err(redact(str(d.get("message") or d.get("reason")), self.key))
-        elif event.kind in ("failed", "expired") and not self.quiet:
+            self._say(str(d.get("message") or d.get("reason")))
+        elif event.kind == "preflight" and not self.quiet:
+            self._say(str(d.get("message")))
+        elif event.kind in ("failed", "expired"):
             why = d.get("fail_code") or ""
             msg = d.get("fail_msg") or d.get("message") or ""
-            _err(f"{event.kind}: {event.job_id} {why} {msg}".rstrip())
+            self._say(f"{event.kind}: {event.job_id} {why} {msg}".rstrip())
         elif event.kind == "pending" and not self.quiet:
-            _err(f"pending: {event.job_id}: {d.get('message', '')}")
+            self._say(f"pending: {event.job_id}: {d.get('message', '')}")
         elif self.verbose and event.kind != "summary":
-            _err(redact(event_line(event), self.key))
-        elif event.kind not in ("summary", "started") and not self.quiet:
-            now = time.monotonic()
-            if now - self._last_status >= 5.0:
-                self._last_status = now
-                c = self.counts
-                _err(
-                    f"submitted {c.get('submitted', 0)}, done {c.get('downloaded', 0)}, "
-                    f"failed {c.get('failed', 0)}, retries {c.get('retried', 0)}, "
-                    f"429s {c.get('rate-limited', 0)}"
-                )
+            self._say(event_line(event))
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -129,14 +152,18 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     if args.command == "download":
         _warn_expiring(options.state_path, options.time_scale)
+    engine = Engine(campaign, key, options, on_event=printer)
+    printer.attach(engine.statistics)
     try:
-        result = asyncio.run(_drive(Engine(campaign, key, options, on_event=printer)))
+        result = asyncio.run(_drive(engine))
     except JournalError as exc:
         _err(str(exc))
         return 2
     except ApixoError as exc:
         _err(redact(str(exc), key))
         return 2
+    finally:
+        printer.close()
     if not args.json:
         render_summary(summary_dict(result))
     return result.exit_code

@@ -96,6 +96,7 @@ class RunResult:
     input_changed: list[str] = field(default_factory=list)
     arrived: dict[str, int] = field(default_factory=dict)
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     manifest: Path | None = None
     output_dir: Path | None = None
 
@@ -105,6 +106,7 @@ class _Fetch:
     """A result to bring to disk."""
 
     id: str
+    model: str
     filename: str
     result_urls: tuple[str, ...]
 
@@ -167,7 +169,8 @@ class Engine:
         self._submitted = 0
         self._retries = 0
         self._requests = 0
-        self._spent = 0.0
+        self._spent = 0.0  # estimated USD of every task submitted, this run and before
+        self._committed = 0.0  # _spent plus submits under way: what --budget checks
         self._unknown_price = 0
         self._seen_running: set[str] = set()
         self._started_mono = 0.0
@@ -194,6 +197,23 @@ class Engine:
             return await self._run()
         finally:
             await self._journal.close()
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot for progress displays: requests, limits, in flight, spend."""
+        bucket = self.bucket.statistics()
+        conc = self.concurrency.statistics()
+        return {
+            "requests": self._requests,
+            "rpm_limit": self.options.rpm,
+            "rate_limited": bucket.rate_limited,
+            "in_flight": conc.in_flight,
+            "max_concurrent": conc.limit,
+            "peak_in_flight": conc.peak,
+            "downloading": self._downloading + self._downloads.qsize(),
+            "spent_usd": self._spent,
+            "budget_usd": self.options.budget,
+            "stop_reason": self._stop_submits,
+        }
 
     # -- helpers ------------------------------------------------------------
     def _emit(self, kind: EventKind, job_id: str | None = None, **data: Any) -> None:
@@ -263,13 +283,20 @@ class Engine:
                 "(counted as possibly duplicated)",
             )
         totals = await self.journal.read(lambda j: j.totals())
-        self._spent = totals["spent_known_usd"]
+        self._spent = self._committed = totals["spent_known_usd"]
+        # Yesterday's completion times: today's first polls start informed.
+        for key, samples in (await self.journal.read(lambda j: j.learned_completions())).items():
+            for seconds in samples:
+                self.completions.add(key, seconds)
 
         in_flight = await self.journal.read(lambda j: j.in_states([S.SUBMITTED]))
         queued_cost, unknown, queued = await self.journal.read(lambda j: j.queued_cost())
         counts = await self.journal.read(lambda j: j.counts())
+        per_model = await self.journal.read(lambda j: j.counts_by_model())
         self._emit(
             "started",
+            per_model=per_model,
+            spent_usd=round(self._spent, 4),
             jobs=sum(counts.values()),
             queued=queued if self.options.mode == "run" else 0,
             in_flight=len(in_flight),
@@ -376,7 +403,13 @@ class Engine:
             self._emit("stopped", reason=self._stop_submits, balance_usd=balance)
             self._preflight_refused = True
             return False
-        self._emit("warning", message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note}")
+        self._emit(
+            "preflight",
+            message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",
+            balance_usd=balance,
+            estimated_usd=round(cost, 4),
+            unknown_price_jobs=unknown,
+        )
         return True
 
     async def _work(
@@ -457,14 +490,14 @@ class Engine:
                                     "--budget (add their price to the job file's prices:)",
                                 )
                             continue
-                        if self._spent + row.cost_usd > self.options.budget + 1e-9:
+                        if self._committed + row.cost_usd > self.options.budget + 1e-9:
                             self._stop_submits = (
                                 f"--budget ${self.options.budget:.2f} reached (estimated spend "
-                                f"${self._spent:.2f}); the remaining jobs stay pending"
+                                f"${self._committed:.2f}); the remaining jobs stay pending"
                             )
                             self._emit("stopped", reason=self._stop_submits)
                             break
-                        self._spent += row.cost_usd
+                        self._committed += row.cost_usd
                     self._submitter_blocked = True
                     await self.concurrency.acquire()
                     self._submitter_blocked = False
@@ -564,6 +597,7 @@ class Engine:
                     fail_msg=None,
                 )
                 self._submitted += 1
+                self._spent += row.cost_usd or 0.0
                 self._emit("submitted", row.id, task_id=task_id, model=row.model)
                 fresh = replace(row, task_id=task_id, submitted_at=now, request_type=request_type)
                 tracked = self._track(fresh, now, self.clock.monotonic(), adopted=False)
@@ -596,7 +630,7 @@ class Engine:
             possibly_duplicated=int(row.possibly_duplicated or ambiguous),
         )
         self.concurrency.release()
-        self._emit("failed", row.id, fail_code=code, fail_msg=message[:500])
+        self._emit("failed", row.id, model=row.model, fail_code=code, fail_msg=message[:500])
 
     # -- following tasks ----------------------------------------------------
     def _track(self, row: JobRow, now_wall: float, now_mono: float, *, adopted: bool) -> Tracked:
@@ -635,6 +669,7 @@ class Engine:
                 "pending",
                 t.job_id,
                 task_id=t.task_id,
+                model=t.model,
                 message=f"still running after --max-wait {self.options.max_wait_min:g} min; "
                 "left pending for the next run or `download`",
             )
@@ -665,7 +700,7 @@ class Engine:
         if not status.finished:
             if t.job_id not in self._seen_running and status.state == "processing":
                 self._seen_running.add(t.job_id)
-                self._emit("running", t.job_id, task_id=t.task_id)
+                self._emit("running", t.job_id, task_id=t.task_id, model=t.model)
             return False
         await self._finished(t, status, via="poll")
         return True
@@ -706,10 +741,15 @@ class Engine:
 
             await self.journal.write(succeed)
             self._emit(
-                "succeeded", t.job_id, task_id=t.task_id, via=via, urls=len(status.result_urls)
+                "succeeded",
+                t.job_id,
+                task_id=t.task_id,
+                model=t.model,
+                via=via,
+                urls=len(status.result_urls),
             )
             self.completions.add(key, seconds)
-            self._downloads.put_nowait(_Fetch(t.job_id, t.filename, status.result_urls))
+            self._downloads.put_nowait(_Fetch(t.job_id, t.model, t.filename, status.result_urls))
         else:
             await self.journal.transition(
                 t.job_id,
@@ -724,6 +764,7 @@ class Engine:
                 "failed",
                 t.job_id,
                 task_id=t.task_id,
+                model=t.model,
                 fail_code=status.fail_code,
                 fail_msg=status.fail_msg,
             )
@@ -742,7 +783,7 @@ class Engine:
                 after = row.idx
                 while self._downloads.qsize() > 500:
                     await self.clock.sleep(0.05)
-                self._downloads.put_nowait(_Fetch(row.id, row.filename, row.result_urls))
+                self._downloads.put_nowait(_Fetch(row.id, row.model, row.filename, row.result_urls))
 
     async def _download_worker(self, session: aiohttp.ClientSession) -> None:
         while True:
@@ -776,7 +817,7 @@ class Engine:
             await self.journal.transition(
                 row.id, S.EXPIRED, self.clock.wall(), fail_code="RESULT_EXPIRED", fail_msg=str(exc)
             )
-            self._emit("expired", row.id, message=str(exc))
+            self._emit("expired", row.id, model=row.model, message=str(exc))
             return
         except DownloadError as exc:
             self._retries += 1
@@ -790,7 +831,7 @@ class Engine:
         await self.journal.transition(
             row.id, S.DONE, self.clock.wall(), files=files, bytes=total, sha256=hashes
         )
-        self._emit("downloaded", row.id, files=files, bytes=total)
+        self._emit("downloaded", row.id, model=row.model, files=files, bytes=total)
 
     # -- the end --------------------------------------------------------------
     async def _finish_run(self, synced: SyncResult) -> RunResult:
@@ -827,6 +868,7 @@ class Engine:
             input_changed=list(synced.changed_after_submit or []),
             arrived=manifest.arrived,
             fail_codes=manifest.fail_codes,
+            per_model=manifest.per_model,
             manifest=manifest.path,
             output_dir=self.output_dir,
         )
@@ -856,6 +898,8 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "input_changed": r.input_changed,
         "arrived": r.arrived,
         "fail_codes": {k: v[:5] for k, v in r.fail_codes.items()},
+        "fail_counts": {k: len(v) for k, v in r.fail_codes.items()},
+        "per_model": r.per_model,
         "manifest": str(r.manifest) if r.manifest else None,
         "output_dir": str(r.output_dir) if r.output_dir else None,
     }

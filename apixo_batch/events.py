@@ -11,6 +11,7 @@ __all__ = ["Event", "EventKind", "EventSink", "QueueSink"]
 
 EventKind = Literal[
     "started",  # the run began: counts of what is to do
+    "preflight",  # the balance was read before the first submit
     "submitted",  # a task id was journaled
     "running",  # a poll saw the task processing for the first time
     "succeeded",  # result URLs are known

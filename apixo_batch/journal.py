@@ -449,6 +449,16 @@ class Journal:
             )
         }
 
+    def counts_by_model(self) -> dict[str, dict[str, int]]:
+        """Jobs per model and state (for progress rows)."""
+        out: dict[str, dict[str, int]] = {}
+        for model, state, n in self._db.execute(
+            "SELECT model, state, count(*) FROM jobs WHERE in_file=1 OR task_id IS NOT NULL "
+            "GROUP BY model, state"
+        ):
+            out.setdefault(str(model), {})[str(state)] = int(n)
+        return out
+
     def totals(self) -> dict[str, float]:
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(possibly_duplicated), 0), "
@@ -513,6 +523,27 @@ class Journal:
             (clock_key, limit),
         ).fetchall()
         return [float(r[0]) for r in rows]
+
+    def learned_completions(self, keep: int = 500) -> dict[str, list[float]]:
+        """The latest completion times per clock key (oldest first); older ones are pruned."""
+        out: dict[str, list[float]] = {}
+        keys = [r[0] for r in self._db.execute("SELECT DISTINCT clock_key FROM completions")]
+        with self.transaction() as db:
+            for key in keys:
+                rows = db.execute(
+                    "SELECT seconds, at FROM completions WHERE clock_key=? "
+                    "ORDER BY at DESC, rowid DESC LIMIT ?",
+                    (key, keep),
+                ).fetchall()
+                out[key] = [float(r[0]) for r in reversed(rows)]
+                if len(rows) == keep:
+                    db.execute(
+                        "DELETE FROM completions WHERE clock_key=? AND rowid NOT IN "
+                        "(SELECT rowid FROM completions WHERE clock_key=? "
+                        "ORDER BY at DESC, rowid DESC LIMIT ?)",
+                        (key, key, keep),
+                    )
+        return out
 
     def execute_batch(self, ops: Sequence[Callable[[Journal], Any]]) -> list[Any]:
         """Run several write operations in one transaction (one commit, one fsync)."""

@@ -73,6 +73,7 @@ class ManifestInfo:
     counts: dict[str, int] = field(default_factory=dict)
     arrived: dict[str, int] = field(default_factory=dict)
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
@@ -81,6 +82,7 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
     counts: Counter[str] = Counter({"done": 0, "failed": 0, "expired": 0, "pending": 0})
     arrived: Counter[str] = Counter()
     fails: dict[str, list[str]] = defaultdict(list)
+    per_model: dict[str, Counter[str]] = defaultdict(Counter)
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -90,6 +92,7 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
                 entry = manifest_entry(row)
                 out.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 counts[entry["state"]] += 1
+                per_model[row.model][entry["state"]] += 1
                 if row.arrived_via:
                     arrived[row.arrived_via] += 1
                 if entry["state"] in ("failed", "expired"):
@@ -100,7 +103,9 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return ManifestInfo(path, dict(counts), dict(arrived), dict(fails))
+    return ManifestInfo(
+        path, dict(counts), dict(arrived), dict(fails), {m: dict(c) for m, c in per_model.items()}
+    )
 
 
 def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
@@ -118,6 +123,16 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         f"{summary.get('wall_s', 0)} s",
         file=out,
     )
+    per_model = summary.get("per_model") or {}
+    if len(per_model) > 1 or any(set(c) - {"done"} for c in per_model.values()):
+        width = max(len(m) for m in per_model)
+        states = ("done", "failed", "expired", "pending")
+        print("  " + "model".ljust(width) + "".join(f"{s:>9}" for s in states), file=out)
+        for model in sorted(per_model):
+            c = per_model[model]
+            print(
+                "  " + model.ljust(width) + "".join(f"{c.get(s, 0):>9}" for s in states), file=out
+            )
     spent = summary.get("spent_usd", 0.0)
     unknown = summary.get("unknown_price_jobs", 0)
     cost = f"  estimated spend ${spent:.2f}"
@@ -135,9 +150,11 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         print(
             "  results arrived by " + ", ".join(f"{k}: {v}" for k, v in arrived.items()), file=out
         )
+    counts_by_code = summary.get("fail_counts") or {}
     for code, ids in (summary.get("fail_codes") or {}).items():
-        more = "" if len(ids) < 5 else ", ..."
-        print(f"  {code}: {', '.join(ids)}{more}", file=out)
+        n = counts_by_code.get(code, len(ids))
+        more = f", ... ({n} in all)" if n > len(ids) else ""
+        print(f"  {code} x{n}: {', '.join(ids)}{more}", file=out)
     for job in summary.get("input_changed") or []:
         print(f"  warning: job {job} changed after it was submitted", file=out)
     if summary.get("stop_reason"):
