@@ -164,7 +164,9 @@ class Engine:
         self._interrupted = False
         self._submitter_done = False
         self._submitter_blocked = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()  # submits whose request is out
+        self._submit_tasks: set[asyncio.Task[None]] = set()
+        self._journaling: set[asyncio.Future[None]] = set()  # task ids being committed
         self._submits_in_progress = 0
         self._submitted = 0
         self._retries = 0
@@ -438,9 +440,12 @@ class Engine:
             if self._sending:
                 # Answers already on the wire reach the journal before we go.
                 await asyncio.wait(set(self._sending), timeout=self.options.stop_grace_s)
-            for task in (*workers, feeder, sched, watcher, stop_wait, *self._sending):
+            # The rest wait for the bucket or a backoff: nothing of theirs is on the wire.
+            for task in (*workers, feeder, sched, watcher, stop_wait, *self._submit_tasks):
                 task.cancel()
             self.scheduler.close()
+            if self._journaling:
+                await asyncio.wait(set(self._journaling))
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
         while True:
@@ -505,7 +510,9 @@ class Engine:
                         self.concurrency.release()
                         break
                     self._submits_in_progress += 1
-                    tg.create_task(self._submit_one(row))
+                    task = tg.create_task(self._submit_one(row))
+                    self._submit_tasks.add(task)
+                    task.add_done_callback(self._submit_tasks.discard)
         finally:
             self._submitter_blocked = False
             self._submitter_done = True
@@ -585,17 +592,23 @@ class Engine:
                     return
                 now = self.clock.wall()
                 # Invariant 1: the task id is durable before anything else happens with it.
-                await self.journal.transition(
-                    row.id,
-                    S.SUBMITTED,
-                    now,
-                    task_id=task_id,
-                    submitted_at=now,
-                    request_type=request_type,
-                    possibly_duplicated=int(row.possibly_duplicated or ambiguous),
-                    fail_code=None,
-                    fail_msg=None,
+                # Shielded and awaited at shutdown: an interrupt must not lose a paid id.
+                write = asyncio.ensure_future(
+                    self.journal.transition(
+                        row.id,
+                        S.SUBMITTED,
+                        now,
+                        task_id=task_id,
+                        submitted_at=now,
+                        request_type=request_type,
+                        possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+                        fail_code=None,
+                        fail_msg=None,
+                    )
                 )
+                self._journaling.add(write)
+                write.add_done_callback(self._journaling.discard)
+                await asyncio.shield(write)
                 self._submitted += 1
                 self._spent += row.cost_usd or 0.0
                 self._emit("submitted", row.id, task_id=task_id, model=row.model)
