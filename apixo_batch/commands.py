@@ -20,7 +20,7 @@ from .events import Event
 from .jobs import Campaign, load_campaign
 from .journal import JobState, Journal
 from .progress import LiveView, PlainView, Tally
-from .receiver import parse_listen
+from .receiver import callback_url_with_token, new_token, parse_listen
 from .report import event_line, render_summary
 from .secret import ApiKey, load_api_key, redact
 
@@ -129,9 +129,10 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         _err("callback mode needs both --callback-url (public URL) and --listen HOST:PORT")
         return 2
     listen_at = None
-    if listen:
+    if listen and callback_url:
         try:
             listen_at = parse_listen(listen)
+            callback_url_with_token(callback_url, new_token())  # validates the URL
         except ValueError as exc:
             _err(str(exc))
             return 2

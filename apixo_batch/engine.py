@@ -159,7 +159,8 @@ class Engine:
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
-        self._stop_submits: str | None = None
+        self._stop_submits: str | None = None  # submitting must stop (fatal, refusal)
+        self._budget_reached: str | None = None  # admission stopped at --budget
         self._fatal: ApiError | None = None
         self._interrupted = False
         self._submitter_done = False
@@ -214,7 +215,7 @@ class Engine:
             "downloading": self._downloading + self._downloads.qsize(),
             "spent_usd": self._spent,
             "budget_usd": self.options.budget,
-            "stop_reason": self._stop_submits,
+            "stop_reason": self._stop_submits or self._budget_reached,
         }
 
     # -- helpers ------------------------------------------------------------
@@ -346,10 +347,13 @@ class Engine:
         if token is None:
             token = new_token()
             await self.journal.write(lambda j: j.set_meta_in_tx("callback_token", token))
-        self._callback_url = callback_url_with_token(self.options.callback_url, token)
         host, port = self.options.listen
-        self._receiver = CallbackReceiver(host, port, token, self._on_callback)
-        await self._receiver.start()
+        try:
+            self._callback_url = callback_url_with_token(self.options.callback_url, token)
+            self._receiver = CallbackReceiver(host, port, token, self._on_callback)
+            await self._receiver.start()
+        except (OSError, ValueError) as exc:
+            raise ApixoError(f"callback mode: {exc}") from None
         stack.push_async_callback(self._receiver.stop)
 
     async def _on_callback(self, status: TaskStatus) -> HandlerResult:
@@ -361,6 +365,8 @@ class Engine:
                 return "duplicate"  # already settled (or adopted later): nothing to do
             if self._submits_in_progress == 0:
                 return "unknown"
+            if not status.finished:
+                return "accepted"  # nothing to settle; the final callback or a poll will come
             # The submit answer may still be on its way to the journal: hold the
             # callback for it rather than lose it (the submit path picks it up).
             seen = self._early_seen.setdefault(status.task_id, asyncio.Event())
@@ -397,7 +403,10 @@ class Engine:
             self._emit("warning", message=f"could not read the balance ({exc}); going on")
             return True
         note = f" (+{unknown} job(s) of unknown price)" if unknown else ""
-        if cost > balance and not self.options.allow_partial:
+        if self.options.budget is not None:
+            # This run may spend no more than what the budget has left.
+            cost = min(cost, max(0.0, self.options.budget - self._spent))
+        if cost > balance + 1e-9 and not self.options.allow_partial:
             self._stop_submits = (
                 f"balance ${balance:.2f} cannot cover the estimated ${cost:.2f}{note} of the "
                 f"{queued} job(s) left; nothing submitted (use --allow-partial to submit anyway)"
@@ -496,12 +505,13 @@ class Engine:
                                 )
                             continue
                         if self._committed + row.cost_usd > self.options.budget + 1e-9:
-                            self._stop_submits = (
+                            # Only admission stops: submits already admitted fit the budget.
+                            self._budget_reached = (
                                 f"--budget ${self.options.budget:.2f} reached (estimated spend "
                                 f"${self._committed:.2f}); the remaining jobs stay pending"
                             )
-                            self._emit("stopped", reason=self._stop_submits)
-                            break
+                            self._emit("stopped", reason=self._budget_reached)
+                            return
                         self._committed += row.cost_usd
                     self._submitter_blocked = True
                     await self.concurrency.acquire()
@@ -876,7 +886,7 @@ class Engine:
             spent_usd=totals["spent_known_usd"],
             unknown_price_jobs=int(totals["spent_unknown_jobs"]),
             fatal=str(self._fatal) if self._fatal else None,
-            stop_reason=self._stop_submits,
+            stop_reason=self._stop_submits or self._budget_reached,
             interrupted=self._interrupted,
             input_changed=list(synced.changed_after_submit or []),
             arrived=manifest.arrived,
