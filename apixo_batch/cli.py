@@ -85,7 +85,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every request and retry")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="every event as a JSON line on stderr"
+    )
     p.add_argument(
         "--time-scale",
         type=_positive_float("--time-scale"),

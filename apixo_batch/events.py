@@ -20,9 +20,9 @@ EventKind = Literal[
     "expired",  # the result URL is gone
     "retried",  # a transient error; the call will be tried again
     "rate-limited",  # a 429: the bucket slowed down
-    "pending",  # left in flight at the end of the run (max-wait, stop)
+    "pending",  # a task still running past --max-wait: left for the next run
     "warning",  # something the operator should know (balance unread, input changed)
-    "stopped",  # submitting stopped: fatal answer, budget, signal
+    "stopped",  # submitting stopped: fatal answer to a submit, pre-flight refusal, budget
     "summary",  # the final summary
 ]
 

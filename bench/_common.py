@@ -28,6 +28,7 @@ class Proc:
     cpu_s: float
     max_rss_mb: float
     stopped: bool  # SIGTERM was sent at the end of the slice
+    started_at: float  # Unix seconds when the process was spawned
     lines: list[dict[str, Any]] = field(default_factory=list)  # JSON lines of stdout
 
 
@@ -36,12 +37,14 @@ def measure(
 ) -> Proc:
     """Run ``cmd``; SIGTERM it after ``stop_after_s``; CPU and peak RSS of that process only."""
     out = tempfile.TemporaryFile()
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL)
     stopped = False
     while True:
         # WNOHANG keeps the child's rusage for us (Popen.poll() would reap it and lose it).
-        pid, status, usage = os.wait4(proc.pid, 0 if stopped or stop_after_s is None else os.WNOHANG)
+        pid, status, usage = os.wait4(
+            proc.pid, 0 if stopped or stop_after_s is None else os.WNOHANG
+        )
         if pid:
             break
         if stop_after_s is not None and time.monotonic() - t0 >= stop_after_s:
@@ -52,15 +55,14 @@ def measure(
     wall = time.monotonic() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
-    lines = [
-        json.loads(line) for line in out.read().decode().splitlines() if line.startswith("{")
-    ]
+    lines = [json.loads(line) for line in out.read().decode().splitlines() if line.startswith("{")]
     return Proc(
         code=proc.returncode,
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
         max_rss_mb=usage.ru_maxrss / 1024,
         stopped=stopped,
+        started_at=started_at,
         lines=lines,
     )
 

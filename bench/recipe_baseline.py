@@ -36,7 +36,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.key}"}
     scale = args.time_scale
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     slots = asyncio.Semaphore(args.max_concurrent)
 
     async def call(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
@@ -100,7 +99,9 @@ def main() -> None:
     parser.add_argument("--max-concurrent", type=int, default=100)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--out", default="out-baseline")
-    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    print(json.dumps(asyncio.run(run(args))))
 
 
 if __name__ == "__main__":
