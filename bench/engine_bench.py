@@ -77,9 +77,10 @@ def overhead() -> None:
     n = 2000
     with workdir() as wd:
         job_file = campaign(wd, n)
-        with simulator(wd, time_scale=0.05, file_size=64 * 1024) as sim:
+        # Generations of 15-21 s keep about 999 tasks in flight at once.
+        with simulator(wd, time_scale=0.3, file_size=64 * 1024) as sim:
             m = run_engine(
-                sim, job_file, "--max-concurrent", "999", "--rpm", "9999", "--time-scale", "0.05"
+                sim, job_file, "--max-concurrent", "999", "--rpm", "9999", "--time-scale", "0.3"
             )
             stats = sim.stats()
     print(

@@ -1,0 +1,192 @@
+"""The embedding API in-process against the simulator: run_campaign and stream_campaign."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+from e2e import SIM_KEY, assert_byte_exact, read_manifest, simple_jobs, write_campaign
+
+from apixo_batch import (
+    ApiKey,
+    ApixoError,
+    Event,
+    JobFileError,
+    JournalError,
+    RunResult,
+    run_campaign,
+    stream_campaign,
+)
+from apixo_batch.journal import JobState, Journal
+
+
+def opts(sim) -> dict[str, object]:
+    return {"api_key": SIM_KEY, "base_url": sim.base_url, "time_scale": 0.01}
+
+
+async def test_run_campaign_returns_a_run_result(simulator, tmp_path: Path) -> None:
+    """run_campaign runs to the end: exit 0, counts, manifest and files byte-exact."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(4))
+    result = await run_campaign(job_file, **opts(sim))
+    assert isinstance(result, RunResult)
+    assert result.exit_code == 0
+    assert result.counts == {"done": 4, "failed": 0, "expired": 0, "pending": 0}
+    assert result.submitted == 4 and result.possibly_duplicated == 0
+    assert result.requests >= 5 and not result.interrupted and result.fatal is None
+    assert result.spent_usd == pytest.approx(1.2)
+    assert result.manifest == (tmp_path / "out" / "manifest.jsonl").resolve()
+    assert result.output_dir == (tmp_path / "out").resolve()
+    for entry in read_manifest(tmp_path / "out"):
+        assert_byte_exact(sim, tmp_path / "out", entry)
+    assert sim.stats()["submits_accepted"] == 4
+
+
+async def test_run_campaign_reports_events_and_resumes(simulator, tmp_path: Path) -> None:
+    """on_event sees every event; a second call finds everything done and sends no request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    seen: list[Event] = []
+    first = await run_campaign(job_file, on_event=seen.append, **opts(sim))
+    assert first.exit_code == 0
+    assert seen[0].kind == "started" and seen[-1].kind == "summary"
+    assert len([e.job_id for e in seen if e.kind == "downloaded"]) == 3
+    assert seen[-1].data["exit_code"] == 0
+    before = sim.stats()["requests_total"]
+    again = await run_campaign(job_file, api_key=ApiKey(SIM_KEY), base_url=sim.base_url)
+    assert again.exit_code == 0 and again.submitted == 0 and again.requests == 0
+    assert sim.stats()["requests_total"] == before
+
+
+async def test_run_campaign_out_dir_overrides_the_job_file(simulator, tmp_path: Path) -> None:
+    """out_dir puts files, manifest and journal in another folder."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    elsewhere = tmp_path / "elsewhere"
+    result = await run_campaign(job_file, out_dir=elsewhere, **opts(sim))
+    assert result.exit_code == 0
+    assert result.output_dir == elsewhere.resolve()
+    assert (elsewhere / "job-0000.mp4").exists() and (elsewhere / ".apixo-batch.sqlite").exists()
+    assert not (tmp_path / "out").exists()
+
+
+async def test_stream_campaign_yields_events_ending_with_summary(simulator, tmp_path: Path) -> None:
+    """stream_campaign yields every event as it happens; the last one is the summary."""
+    sim = await simulator(time_scale=0.01)
+    jobs = simple_jobs(3)
+    job_file = write_campaign(tmp_path, jobs)
+    events = [e async for e in stream_campaign(job_file, **opts(sim))]
+    assert events[0].kind == "started"
+    assert events[-1].kind == "summary"
+    assert [e for e in events if e.kind == "summary"] == [events[-1]]
+    summary = events[-1].data
+    assert summary["exit_code"] == 0 and summary["counts"]["done"] == 3
+    for job in jobs:
+        kinds = [e.kind for e in events if e.job_id == job["id"]]
+        assert kinds[0] == "submitted" and kinds[-2:] == ["succeeded", "downloaded"]
+    assert all(isinstance(e.at, float) for e in events)
+
+
+async def test_leaving_stream_early_stops_cleanly_then_resumes(simulator, tmp_path: Path) -> None:
+    """Closing the stream mid-run stops it (manifest written, journal free); a rerun finishes
+    without submitting any job twice."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(1.0, 1.5))
+    jobs = simple_jobs(20)
+    job_file = write_campaign(tmp_path, jobs)
+    submitted = 0
+    async with contextlib.aclosing(
+        stream_campaign(job_file, max_concurrent=5, **opts(sim))
+    ) as stream:
+        async for event in stream:
+            submitted += event.kind == "submitted"
+            if submitted == 5:
+                break
+    # The run is over: the journal is free, nothing is left `submitting`.
+    journal = Journal(tmp_path / "out" / ".apixo-batch.sqlite")
+    try:
+        rows = journal.in_states(list(JobState))
+        assert not [r for r in rows if r.state == JobState.SUBMITTING]
+        with_task = [r for r in rows if r.task_id]
+        assert len(with_task) >= 5
+    finally:
+        journal.close()
+    manifest = read_manifest(tmp_path / "out")
+    assert len(manifest) == 20
+    assert {e["state"] for e in manifest} == {"pending"}
+    assert len(sim.tasks) == len(with_task)
+    result = await run_campaign(job_file, **opts(sim))
+    assert result.exit_code == 0
+    assert result.submitted == 20 - len(with_task)
+    stats = sim.stats()
+    assert stats["submits_accepted"] == 20 and stats["duplicate_submits"] == 0
+    for entry in read_manifest(tmp_path / "out"):
+        assert_byte_exact(sim, tmp_path / "out", entry)
+
+
+async def test_break_without_aclosing_still_stops_the_run(simulator, tmp_path: Path) -> None:
+    """A plain `break` (the generator closed by the event loop) also stops the run soon."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(1.0, 1.5))
+    job_file = write_campaign(tmp_path, simple_jobs(20))
+    async for event in stream_campaign(job_file, max_concurrent=5, **opts(sim)):
+        if event.kind == "submitted":
+            break
+    # The event loop's async-generator finalizer closes the stream shortly: the run
+    # stops and lets go of its journal.
+    state = tmp_path / "out" / ".apixo-batch.sqlite"
+    for _ in range(500):
+        try:
+            Journal(state).close()
+            break
+        except JournalError:
+            await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the run did not stop after the loop was left")
+    await asyncio.sleep(0.05)
+    assert (tmp_path / "out" / "manifest.jsonl").exists()
+    assert sim.stats()["submits_accepted"] <= 5  # --max-concurrent 5, tasks take >= 1 s
+    result = await run_campaign(job_file, **opts(sim))
+    assert result.exit_code == 0
+    assert sim.stats()["duplicate_submits"] == 0
+
+
+async def test_invalid_job_file_raises_job_file_error(simulator, tmp_path: Path) -> None:
+    """An invalid job file raises JobFileError naming job and field; no request is sent."""
+    sim = await simulator(time_scale=0.01)
+    jobs = simple_jobs(2)
+    jobs[1]["input"]["duration"] = 7
+    job_file = write_campaign(tmp_path, jobs)
+    with pytest.raises(JobFileError) as caught:
+        await run_campaign(job_file, **opts(sim))
+    assert "job-0001" in str(caught.value) and "duration" in str(caught.value)
+    assert caught.value.issues
+    with pytest.raises(JobFileError):
+        async for _ in stream_campaign(job_file, **opts(sim)):
+            pass
+    with pytest.raises(JobFileError):
+        await run_campaign(tmp_path / "missing.yaml", **opts(sim))
+    assert sim.stats()["requests_total"] == 0
+
+
+async def test_missing_api_key_raises_before_any_request(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No api_key and no APIXO_API_KEY: ApixoError naming the variable, nothing sent."""
+    monkeypatch.delenv("APIXO_API_KEY", raising=False)
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(1))
+    with pytest.raises(ApixoError, match="APIXO_API_KEY"):
+        await run_campaign(job_file, base_url=sim.base_url, time_scale=0.01)
+    assert sim.stats()["requests_total"] == 0
+
+
+async def test_wrong_key_is_a_result_not_an_exception(simulator, tmp_path: Path) -> None:
+    """A refused key ends with exit_code 3 and a `fatal` reason that does not hold the key."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    wrong = "sk-live-EMBEDDED-WRONG-KEY-00000000"
+    result = await run_campaign(job_file, api_key=wrong, base_url=sim.base_url, time_scale=0.01)
+    assert result.exit_code == 3
+    assert result.fatal and wrong not in result.fatal
+    assert sim.stats()["submits_accepted"] == 0

@@ -1,0 +1,406 @@
+"""run, status, plan and download as people and scripts see them: text, exit codes, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from e2e import (
+    SIM_KEY,
+    CliResult,
+    assert_byte_exact,
+    cli_env,
+    finish,
+    read_manifest,
+    run_cli,
+    simple_jobs,
+    write_campaign,
+)
+
+from apixo_batch.simulator import Simulator
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["--time-scale", "0.01"]
+ESC = "\x1b["
+
+
+def plain_env(sim: Simulator, *, key: str | None = SIM_KEY, **extra: str) -> dict[str, str]:
+    """The CLI's environment: a colour-capable TERM, no NO_COLOR / FORCE_COLOR unless given."""
+    env = cli_env(sim, key or "unused")
+    for name in ("NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "COLUMNS"):
+        env.pop(name, None)
+    if key is None:
+        del env["APIXO_API_KEY"]
+    env["TERM"] = "xterm-256color"
+    env.update(extra)
+    return env
+
+
+async def run_env(*args: str, env: dict[str, str], limit: float = 60.0) -> CliResult:
+    """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "apixo_batch",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    return await finish(proc, limit)
+
+
+async def run_on_terminal(*args: str, env: dict[str, str], limit: float = 60.0) -> tuple[int, str]:
+    """``apixo-batch ARGS`` with stdout and stderr on a pseudo-terminal: (exit code, screen)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+    screen = bytearray()
+    closed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def drain() -> None:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every writer is gone
+            data = b""
+        if data:
+            screen.extend(data)
+        else:
+            loop.remove_reader(master)
+            closed.set()
+
+    loop.add_reader(master, drain)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "apixo_batch",
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        code = await asyncio.wait_for(proc.wait(), limit)
+        await asyncio.wait_for(closed.wait(), 10)
+    finally:
+        loop.remove_reader(master)
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return code, screen.decode("utf-8", "replace")
+
+
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def colour_codes(text: str) -> list[str]:
+    """Every SGR escape in ``text`` that sets a foreground or background colour."""
+    found = []
+    for match in _SGR.finditer(text):
+        params = [int(p) if p else 0 for p in match.group(1).split(";")]
+        i = 0
+        while i < len(params):
+            p = params[i]
+            if p in (38, 48) or 30 <= p <= 37 or 40 <= p <= 47 or 90 <= p <= 97 or 100 <= p <= 107:
+                found.append(match.group(0))
+                break
+            i += 1
+    return found
+
+
+def with_one_failure(n: int) -> list[dict[str, object]]:
+    jobs = simple_jobs(n)
+    jobs[-1]["input"]["prompt"] = "an nsfw scene"
+    return jobs
+
+
+# --- no escape codes in pipes; NO_COLOR ------------------------------------------------
+
+
+async def test_piped_output_has_no_escape_codes(simulator, tmp_path: Path) -> None:
+    """stdout and stderr are pipes: run, status, plan and download print no escape codes."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, with_one_failure(4)))
+    env = plain_env(sim)
+    results = {
+        "plan": await run_env("plan", job_file, env=env),
+        "run": await run_env("run", job_file, *FAST, env=env),
+        "status": await run_env("status", job_file, env=env),
+        "download": await run_env("download", job_file, *FAST, env=env),
+        "run -v": await run_env("run", job_file, *FAST, "-v", env=env),
+    }
+    assert results["plan"].code == 0 and results["status"].code == 0
+    assert results["run"].code == 1  # the nsfw job failed
+    assert "failed: job-0003 SensitiveContentDetected" in results["run"].stderr
+    assert "4 jobs: 3 done, 1 failed" in results["run"].stderr
+    for name, res in results.items():
+        assert ESC not in res.stdout and ESC not in res.stderr, name
+        assert "\x1b" not in res.stdout + res.stderr, name
+
+
+async def test_no_color_drops_colours_on_a_terminal(simulator, tmp_path: Path) -> None:
+    """On a terminal the live view is coloured; with NO_COLOR set, run and plan print none."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, with_one_failure(4)))
+    code, screen = await run_on_terminal(
+        "run", job_file, *FAST, "--out", str(tmp_path / "a"), env=plain_env(sim)
+    )
+    assert code == 1, screen
+    assert colour_codes(screen), "a terminal without NO_COLOR should get colours (control)"
+    nc = plain_env(sim, NO_COLOR="1")
+    code, screen = await run_on_terminal(
+        "run", job_file, *FAST, "--out", str(tmp_path / "b"), env=nc
+    )
+    assert code == 1, screen
+    assert "4 jobs: 3 done, 1 failed" in screen
+    assert colour_codes(screen) == []
+    code, screen = await run_on_terminal("plan", job_file, env=nc)
+    assert code == 0 and "kling-2-6" in screen
+    assert colour_codes(screen) == []
+    code, screen = await run_on_terminal("status", job_file, "--out", str(tmp_path / "b"), env=nc)
+    assert code == 0 and "done" in screen
+    assert colour_codes(screen) == []
+
+
+# --- -q ----------------------------------------------------------------------------------
+
+
+async def test_quiet_prints_only_errors_and_the_summary(simulator, tmp_path: Path) -> None:
+    """-q: the failure line and the summary on stderr, nothing else; stdout empty."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, with_one_failure(3)))
+    res = await run_env("run", job_file, *FAST, "-q", env=plain_env(sim))
+    assert res.code == 1
+    assert res.stdout == ""
+    head, sep, summary = res.stderr.partition("\napixo-batch: 3 jobs: 2 done, 1 failed")
+    assert sep, res.stderr
+    assert "balance" not in head
+    assert [line for line in head.splitlines() if line] == [
+        line for line in head.splitlines() if line.startswith("apixo-batch: failed: job-0002")
+    ]
+    assert len([line for line in head.splitlines() if line]) == 1
+    assert "manifest" in summary
+
+
+async def test_quiet_clean_run_prints_just_the_summary(simulator, tmp_path: Path) -> None:
+    """-q on a run without trouble: stderr is the summary alone."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(2)))
+    res = await run_env("run", job_file, *FAST, "-q", env=plain_env(sim))
+    assert res.code == 0, res.stderr
+    assert res.stdout == ""
+    assert res.stderr.lstrip("\n").startswith("apixo-batch: 2 jobs: 2 done, 0 failed")
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+async def test_status_before_any_run_exits_1_and_creates_nothing(simulator, tmp_path: Path) -> None:
+    """`status` on a campaign that never ran: exit 1, says so, leaves no journal behind."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(2)))
+    res = await run_env("status", job_file, env=plain_env(sim))
+    assert res.code == 1
+    assert "has not run yet" in res.stderr
+    assert res.stdout == ""
+    assert not (tmp_path / "out" / ".apixo-batch.sqlite").exists()
+    as_json = await run_env("status", job_file, "--json", env=plain_env(sim))
+    assert as_json.code == 1 and as_json.stdout == ""
+    assert sim.stats()["requests_total"] == 0
+
+
+async def test_status_after_run_shows_counts_without_requests(simulator, tmp_path: Path) -> None:
+    """After a run `status` shows counts per state (text and --json) and sends no request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, with_one_failure(4)))
+    assert (await run_cli(sim, "run", job_file, *FAST)).code == 1
+    before = sim.stats()["requests_total"]
+    res = await run_env("status", job_file, env=plain_env(sim))
+    assert res.code == 0, res.stderr
+    counts = dict(re.findall(r"^\s+(\w+)\s+(\d+)\s*$", res.stdout, re.MULTILINE))
+    assert counts == {"done": "3", "failed": "1"}
+    as_json = await run_env("status", job_file, "--json", env=plain_env(sim))
+    assert as_json.code == 0
+    doc = json.loads(as_json.stdout)
+    assert doc["counts"] == {"done": 3, "failed": 1}
+    assert doc["in_flight"] == [] and doc["not_downloaded"] == []
+    assert doc["possibly_duplicated"] == 0
+    assert sim.stats()["requests_total"] == before
+
+
+async def test_status_json_lists_tasks_left_in_flight(simulator, tmp_path: Path) -> None:
+    """A task left pending by --max-wait shows in `status --json` in_flight with its task id."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(3.0, 3.0))
+    job_file = str(write_campaign(tmp_path, simple_jobs(1)))
+    res = await run_cli(sim, "run", job_file, *FAST, "--json", "--max-wait", "0.005")
+    assert res.code == 1, res.stderr
+    [entry] = read_manifest(tmp_path / "out")
+    doc = json.loads((await run_env("status", job_file, "--json", env=plain_env(sim))).stdout)
+    assert doc["in_flight"] == [{"id": "job-0000", "task_id": entry["task_id"]}]
+    text = await run_env("status", job_file, env=plain_env(sim))
+    assert "in flight" in text.stdout
+
+
+async def test_status_lists_results_not_downloaded_then_download_gets_them(
+    simulator, tmp_path: Path
+) -> None:
+    """Results the file host refused: `status` lists them with their expiry; `download`
+    later brings them home byte-exact without a single API submit."""
+    sim = await simulator(time_scale=0.01, file_error_rate=1.0)
+    job_file = str(write_campaign(tmp_path, simple_jobs(2)))
+    res = await run_cli(sim, "run", job_file, *FAST, "--json")
+    assert res.code == 1, res.stderr
+    assert {e["state"] for e in read_manifest(tmp_path / "out")} == {"pending"}
+    doc = json.loads((await run_env("status", job_file, "--json", env=plain_env(sim))).stdout)
+    assert doc["counts"] == {"succeeded": 2}
+    assert [w["id"] for w in doc["not_downloaded"]] == ["job-0000", "job-0001"]
+    assert all(w["expires_in_s"] > 0 for w in doc["not_downloaded"])
+    text = (await run_env("status", job_file, env=plain_env(sim))).stdout
+    assert "2 result(s) not downloaded yet" in text
+    assert re.search(r"job-0000: expires in [0-9.]+ h", text), text
+    sim.config.file_error_rate = 0.0
+    submits = sim.stats()["submits_accepted"]
+    dl = await run_env("download", job_file, *FAST, env=plain_env(sim))
+    assert dl.code == 0, dl.stderr
+    assert sim.stats()["submits_accepted"] == submits
+    for entry in read_manifest(tmp_path / "out"):
+        assert_byte_exact(sim, tmp_path / "out", entry)
+
+
+# --- download ----------------------------------------------------------------------------
+
+
+async def test_download_with_nothing_left_sends_no_request(simulator, tmp_path: Path) -> None:
+    """`download` after a finished run: exit 0, not one request of any kind."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(3)))
+    assert (await run_cli(sim, "run", job_file, *FAST)).code == 0
+    before = sim.stats()["requests_total"]
+    res = await run_env("download", job_file, *FAST, env=plain_env(sim))
+    assert res.code == 0, res.stderr
+    assert sim.stats()["requests_total"] == before
+
+
+async def test_download_never_submits(simulator, tmp_path: Path) -> None:
+    """`download` on a campaign never run submits nothing: all pending, exit 1, no request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(3)))
+    res = await run_env("download", job_file, *FAST, env=plain_env(sim, key=None))
+    assert res.code == 1, res.stderr
+    assert sim.stats()["requests_total"] == 0
+    assert {e["state"] for e in read_manifest(tmp_path / "out")} == {"pending"}
+
+
+# --- refusals before any request ---------------------------------------------------------
+
+
+async def test_run_without_api_key_exits_2_and_sends_nothing(simulator, tmp_path: Path) -> None:
+    """No APIXO_API_KEY and no --api-key-file: exit 2, a message naming the variable."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(2)))
+    res = await run_env("run", job_file, *FAST, env=plain_env(sim, key=None))
+    assert res.code == 2
+    assert "APIXO_API_KEY" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert sim.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--callback-url", "http://127.0.0.1:9/cb"],
+        ["--listen", "127.0.0.1:0"],
+    ],
+    ids=["callback-url-alone", "listen-alone"],
+)
+async def test_callback_flags_need_each_other(simulator, tmp_path: Path, flags: list[str]) -> None:
+    """--callback-url without --listen (or the reverse): exit 2, said clearly, no request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(1)))
+    res = await run_env("run", job_file, *FAST, *flags, env=plain_env(sim))
+    assert res.code == 2
+    assert "--callback-url" in res.stderr and "--listen" in res.stderr
+    assert sim.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-concurrent", "1000"),
+        ("--rpm", "10000"),
+        ("--max-concurrent", "0"),
+        ("--rpm", "many"),
+        ("--time-scale", "0"),
+        ("--budget", "-1"),
+    ],
+)
+async def test_out_of_range_options_exit_2(
+    simulator, tmp_path: Path, flag: str, value: str
+) -> None:
+    """Options past the API's limits or malformed: argparse exits 2 naming the option."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(1)))
+    res = await run_env("run", job_file, flag, value, env=plain_env(sim))
+    assert res.code == 2
+    assert flag in res.stderr
+    assert sim.stats()["requests_total"] == 0
+    assert not (tmp_path / "out").exists()
+
+
+# --- --api-key-file ----------------------------------------------------------------------
+
+
+async def test_api_key_file_works_and_is_never_printed(simulator, tmp_path: Path) -> None:
+    """--api-key-file supplies the key; neither it nor a wrong one shows in output or files."""
+    key = "sk-live-FROM-A-FILE-abcdef0123456789"
+    sim = await simulator(time_scale=0.01, api_key=key)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(key + "\n", encoding="utf-8")
+    job_file = str(write_campaign(tmp_path, simple_jobs(2)))
+    env = plain_env(sim, key=None)
+    res = await run_env("run", job_file, *FAST, "-v", "--api-key-file", str(key_file), env=env)
+    assert res.code == 0, res.stderr
+    assert sim.stats()["submits_accepted"] == 2
+    wrong = "sk-live-WRONG-FILE-KEY-9876543210"
+    key_file.write_text(wrong, encoding="utf-8")
+    other = tmp_path / "other"
+    other.mkdir()
+    other_job = str(write_campaign(other, simple_jobs(2)))
+    bad = await run_env("run", other_job, *FAST, "-v", "--api-key-file", str(key_file), env=env)
+    assert bad.code == 3
+    bad_json = await run_env(
+        "run", other_job, *FAST, "--json", "--api-key-file", str(key_file), env=env
+    )
+    assert bad_json.code == 3
+    for out in (res, bad, bad_json):
+        assert key not in out.stdout + out.stderr
+        assert wrong not in out.stdout + out.stderr
+    for path in [*(tmp_path / "out").rglob("*"), *(other / "out").rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert key.encode() not in data and wrong.encode() not in data, path
+
+
+async def test_missing_api_key_file_exits_2(simulator, tmp_path: Path) -> None:
+    """An --api-key-file that cannot be read: exit 2 with a message, no request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(1)))
+    missing = str(tmp_path / "no-such-key.txt")
+    res = await run_env("run", job_file, "--api-key-file", missing, env=plain_env(sim))
+    assert res.code == 2
+    assert "--api-key-file" in res.stderr
+    assert sim.stats()["requests_total"] == 0
