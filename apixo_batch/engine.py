@@ -111,6 +111,10 @@ class _Fetch:
     result_urls: tuple[str, ...]
 
 
+#: consecutive 404s to a status call before a task counts as gone
+NOT_FOUND_GIVE_UP = 5
+
+
 def clock_key(model: str, inp: dict[str, Any]) -> str:
     """Completion times are learned per model and what drives its clock."""
     return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
@@ -717,9 +721,22 @@ class Engine:
                 self._stop_submits = self._stop_submits or f"the API refused a poll: {exc}"
                 self._stop.set()
                 return False
+            if isinstance(exc, NotFound):
+                t.not_found += 1
+                if t.not_found >= NOT_FOUND_GIVE_UP:
+                    # Asked again and again, APIXO says the task does not exist: provably gone.
+                    gone = TaskStatus(
+                        task_id=t.task_id,
+                        state="failed",
+                        fail_code="TASK_NOT_FOUND",
+                        fail_msg=f"APIXO answered 404 for this task {t.not_found} times",
+                    )
+                    await self._finished(t, gone, via="poll")
+                    return True
             self._retries += 1
             self._emit("retried", t.job_id, call="status", error=str(exc))
             return False
+        t.not_found = 0
         if not status.finished:
             if t.job_id not in self._seen_running and status.state == "processing":
                 self._seen_running.add(t.job_id)

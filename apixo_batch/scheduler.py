@@ -53,6 +53,8 @@ class Tracked:
     timer: int = -1
     #: poll at the next chance, whatever the budget (poll_soon)
     urgent: bool = False
+    #: consecutive 404 answers to its status call
+    not_found: int = 0
 
 
 class CompletionModel:

@@ -301,3 +301,21 @@ async def test_invalid_job_file_exits_2_without_requests(simulator, tmp_path: Pa
     assert res.code == 2
     assert "job-0000" in res.stderr and "duration" in res.stderr
     assert sim.stats()["requests_total"] == 0
+
+
+async def test_task_unknown_to_the_api_ends_failed_not_polled_forever(
+    simulator, tmp_path: Path
+) -> None:
+    """A journaled task the API no longer knows (404 again and again) ends failed, clearly."""
+    first = await simulator(time_scale=0.01, duration_override_s=(5.0, 5.0))
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    proc = await start_cli(first, "run", str(job_file), *FAST)
+    await kill_when(proc, lambda: first.stats()["submits_accepted"] >= 2)
+    await finish(proc)
+    other = await simulator(time_scale=0.01)  # a different API: it never saw those tasks
+    res = await run_cli(other, "run", str(job_file), *FAST)
+    assert res.code == 1, res.stderr
+    manifest = read_manifest(tmp_path / "out")
+    assert {e["fail_code"] for e in manifest} == {"TASK_NOT_FOUND"}
+    assert all(e["task_id"] for e in manifest)
+    assert other.stats()["submits_accepted"] == 0  # never resubmitted
