@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -484,52 +484,51 @@ class Engine:
 
     # -- submitting ---------------------------------------------------------
     async def _submitter(self, tg: asyncio.TaskGroup) -> None:
-        after = -1
-        unknown_warned = False
+        """Admit queued jobs in file order, one concurrency permit each, until told to stop."""
         try:
-            while self._stop_submits is None and not self._stopping:
-                page = await self.journal.read(
-                    partial(Journal.page, states=[S.QUEUED], after_idx=after, limit=500)
-                )
-                if not page:
-                    break
-                for row in page:
-                    after = row.idx
-                    if self._stop_submits is not None or self._stopping:
+            rows = self._rows_in(S.QUEUED, limit=500, file_only=True)
+            async with contextlib.aclosing(rows):
+                async for row in rows:
+                    if not await self._admit(row, tg):
                         break
-                    if self.options.budget is not None:
-                        if row.cost_usd is None:
-                            self._unknown_price += 1
-                            if not unknown_warned:
-                                unknown_warned = True
-                                self._emit(
-                                    "warning",
-                                    message="jobs of unknown price are not submitted under "
-                                    "--budget (add their price to the job file's prices:)",
-                                )
-                            continue
-                        if self._committed + row.cost_usd > self.options.budget + 1e-9:
-                            # Only admission stops: submits already admitted fit the budget.
-                            self._budget_reached = (
-                                f"--budget ${self.options.budget:.2f} reached (estimated spend "
-                                f"${self._committed:.2f}); the remaining jobs stay pending"
-                            )
-                            self._emit("stopped", reason=self._budget_reached)
-                            return
-                        self._committed += row.cost_usd
-                    self._submitter_blocked = True
-                    await self.concurrency.acquire()
-                    self._submitter_blocked = False
-                    if self._stop_submits is not None or self._stopping:
-                        self.concurrency.release()
-                        break
-                    self._submits_in_progress += 1
-                    task = tg.create_task(self._submit_one(row))
-                    self._submit_tasks.add(task)
-                    task.add_done_callback(self._submit_tasks.discard)
         finally:
             self._submitter_blocked = False
             self._submitter_done = True
+
+    async def _admit(self, row: JobRow, tg: asyncio.TaskGroup) -> bool:
+        """Start ``row``'s submit if budget and limits allow; False means stop admitting."""
+        if self._stop_submits is not None or self._stopping:
+            return False
+        if self.options.budget is not None:
+            if row.cost_usd is None:
+                self._unknown_price += 1
+                if self._unknown_price == 1:
+                    self._emit(
+                        "warning",
+                        message="jobs of unknown price are not submitted under "
+                        "--budget (add their price to the job file's prices:)",
+                    )
+                return True
+            if self._committed + row.cost_usd > self.options.budget + 1e-9:
+                # Only admission stops: submits already admitted fit the budget.
+                self._budget_reached = (
+                    f"--budget ${self.options.budget:.2f} reached (estimated spend "
+                    f"${self._committed:.2f}); the remaining jobs stay pending"
+                )
+                self._emit("stopped", reason=self._budget_reached)
+                return False
+            self._committed += row.cost_usd
+        self._submitter_blocked = True
+        await self.concurrency.acquire()
+        self._submitter_blocked = False
+        if self._stop_submits is not None or self._stopping:
+            self.concurrency.release()
+            return False
+        self._submits_in_progress += 1
+        task = tg.create_task(self._submit_one(row))
+        self._submit_tasks.add(task)
+        task.add_done_callback(self._submit_tasks.discard)
+        return True
 
     async def _submit_one(self, row: JobRow) -> None:
         attempt = 0
@@ -635,6 +634,9 @@ class Engine:
                     self._early_seen[task_id].set()
                 return
         finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self._sending.discard(current)
             self._submits_in_progress -= 1
 
     async def _on_the_wire(self, send: asyncio.Future[str]) -> str:
@@ -644,8 +646,11 @@ class Engine:
         self._sending.add(task)
         try:
             return await send
-        finally:
+        except BaseException:
             self._sending.discard(task)
+            raise
+        # On success the task stays in _sending until _submit_one has journaled the id
+        # and emitted "submitted": an interrupt waits for that too (see _submit_one).
 
     async def _fail_submit(self, row: JobRow, code: str, message: str, ambiguous: bool) -> None:
         await self.journal.transition(
@@ -811,19 +816,33 @@ class Engine:
         self.concurrency.release()
 
     # -- downloading --------------------------------------------------------
-    async def _feed_downloads(self) -> None:
-        after = -1
+    async def _rows_in(
+        self, state: JobState, *, limit: int, file_only: bool
+    ) -> AsyncGenerator[JobRow, None]:
+        """Jobs in ``state``, in file order, read from the journal a page at a time."""
+        after_idx, after_id = -1, None
         while True:
             page = await self.journal.read(
-                partial(Journal.page, states=[S.SUCCEEDED], after_idx=after, limit=200)
+                partial(
+                    Journal.page,
+                    states=[state],
+                    after_idx=after_idx,
+                    after_id=after_id,
+                    limit=limit,
+                    file_only=file_only,
+                )
             )
             if not page:
                 return
             for row in page:
-                after = row.idx
-                while self._downloads.qsize() > 500:
-                    await self.clock.sleep(0.05)
-                self._downloads.put_nowait(_Fetch(row.id, row.model, row.filename, row.result_urls))
+                after_idx, after_id = row.idx, row.id
+                yield row
+
+    async def _feed_downloads(self) -> None:
+        async for row in self._rows_in(S.SUCCEEDED, limit=200, file_only=False):
+            while self._downloads.qsize() > 500:
+                await self.clock.sleep(0.05)
+            self._downloads.put_nowait(_Fetch(row.id, row.model, row.filename, row.result_urls))
 
     async def _download_worker(self, session: aiohttp.ClientSession) -> None:
         while True:

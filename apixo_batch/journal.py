@@ -98,7 +98,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, idx);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_task_idx ON jobs (task_id) WHERE task_id IS NOT NULL;
+-- Not UNIQUE on purpose: should the API ever hand out a task id twice, both paid
+-- tasks must still be journaled (a constraint error would lose the second one).
+CREATE INDEX IF NOT EXISTS jobs_task_idx ON jobs (task_id) WHERE task_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_history (
     task_id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -402,13 +404,28 @@ class Journal:
         ).fetchone()
         return None if row is None else JobRow.from_sql(row)
 
-    def page(self, states: Sequence[JobState], after_idx: int, limit: int) -> list[JobRow]:
-        """Up to ``limit`` jobs in the given states, in file order, after ``after_idx``."""
+    def page(
+        self,
+        states: Sequence[JobState],
+        after_idx: int,
+        limit: int,
+        *,
+        after_id: str | None = None,
+        file_only: bool = True,
+    ) -> list[JobRow]:
+        """Up to ``limit`` jobs in the given states, in file order, after (``after_idx``,
+        ``after_id``). ``file_only=False`` includes jobs no longer in the job file (paid
+        work is followed whatever the file says now)."""
         marks = ",".join("?" * len(states))
+        scope = "AND in_file=1 " if file_only else ""
+        # Without after_id: strictly after the idx. With it: after (idx, id), so that
+        # removed jobs sharing an idx with a file job are not skipped.
+        tie = "" if after_id is None else "OR (idx = ? AND id > ?)"
+        tie_args: tuple[Any, ...] = () if after_id is None else (after_idx, after_id)
         rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({marks}) AND idx > ? "
-            "AND in_file=1 ORDER BY idx LIMIT ?",
-            (*[s.value for s in states], after_idx, limit),
+            f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({marks}) "
+            f"AND (idx > ? {tie}) {scope}ORDER BY idx, id LIMIT ?",
+            (*[s.value for s in states], after_idx, *tie_args, limit),
         ).fetchall()
         return [JobRow.from_sql(r) for r in rows]
 
@@ -461,16 +478,20 @@ class Journal:
 
     def totals(self) -> dict[str, float]:
         row = self._db.execute(
-            "SELECT count(*), coalesce(sum(possibly_duplicated), 0), "
-            "coalesce(sum(CASE WHEN task_id IS NOT NULL THEN coalesce(cost_usd, 0) END), 0), "
-            "coalesce(sum(CASE WHEN task_id IS NOT NULL AND cost_usd IS NULL THEN 1 END), 0) "
-            "FROM jobs"
+            "SELECT count(*), coalesce(sum(possibly_duplicated), 0) FROM jobs"
+        ).fetchone()
+        # Every task ever journaled was paid for, also the first task of a job that
+        # --retry-failed sent again (its task_id is cleared; its history row stays).
+        paid = self._db.execute(
+            "SELECT coalesce(sum(coalesce(j.cost_usd, 0)), 0), "
+            "count(DISTINCT CASE WHEN j.cost_usd IS NULL THEN j.id END) "
+            "FROM task_history h JOIN jobs j ON j.id = h.job_id"
         ).fetchone()
         return {
             "jobs": float(row[0]),
             "possibly_duplicated": float(row[1]),
-            "spent_known_usd": float(row[2]),
-            "spent_unknown_jobs": float(row[3]),
+            "spent_known_usd": float(paid[0]),
+            "spent_unknown_jobs": float(paid[1]),
         }
 
     def queued_cost(self) -> tuple[float, int, int]:

@@ -45,7 +45,7 @@ class Workload:
 WORKLOADS = {
     "short": Workload(600, 200, {}, "600 jobs: fewer requests than one minute's limit"),
     "rpm3000": Workload(1500, 200, {"rpm_limit": 3000}, "1,500 jobs, sim rpm limit 3,000"),
-    "conc900": Workload(4000, 900, {}, "4,000 jobs, 900 in flight, rpm 10,000"),
+    "conc900": Workload(9000, 900, {}, "9,000 jobs, rpm limit 10,000"),
     "bigfiles": Workload(
         40,
         200,

@@ -159,11 +159,6 @@ async def test_preflight_compares_balance_with_what_the_budget_allows(
     assert "budget" in res.summary["stop_reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --retry-failed clears the failed job's task_id, so the spend already paid "
-    "for its first task drops out of journal.totals() and --budget is overrun",
-)
 async def test_retry_failed_counts_the_first_paid_attempt(simulator, tmp_path: Path) -> None:
     """A failed task was paid for: --retry-failed under the same budget cannot pay again."""
     sim = await simulator(time_scale=0.01)

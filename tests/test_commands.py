@@ -12,6 +12,7 @@ import struct
 import sys
 import termios
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import (
@@ -122,7 +123,7 @@ def colour_codes(text: str) -> list[str]:
     return found
 
 
-def with_one_failure(n: int) -> list[dict[str, object]]:
+def with_one_failure(n: int) -> list[dict[str, Any]]:
     jobs = simple_jobs(n)
     jobs[-1]["input"]["prompt"] = "an nsfw scene"
     return jobs
@@ -189,10 +190,8 @@ async def test_quiet_prints_only_errors_and_the_summary(simulator, tmp_path: Pat
     head, sep, summary = res.stderr.partition("\napixo-batch: 3 jobs: 2 done, 1 failed")
     assert sep, res.stderr
     assert "balance" not in head
-    assert [line for line in head.splitlines() if line] == [
-        line for line in head.splitlines() if line.startswith("apixo-batch: failed: job-0002")
-    ]
-    assert len([line for line in head.splitlines() if line]) == 1
+    [line] = [line for line in head.splitlines() if line]
+    assert line.startswith("apixo-batch: failed: job-0002 SensitiveContentDetected")
     assert "manifest" in summary
 
 
@@ -395,12 +394,17 @@ async def test_api_key_file_works_and_is_never_printed(simulator, tmp_path: Path
             assert key.encode() not in data and wrong.encode() not in data, path
 
 
-async def test_missing_api_key_file_exits_2(simulator, tmp_path: Path) -> None:
-    """An --api-key-file that cannot be read: exit 2 with a message, no request."""
+async def test_unreadable_or_empty_api_key_file_exits_2(simulator, tmp_path: Path) -> None:
+    """An --api-key-file that is missing or empty: exit 2 with a message, no request."""
     sim = await simulator(time_scale=0.01)
     job_file = str(write_campaign(tmp_path, simple_jobs(1)))
     missing = str(tmp_path / "no-such-key.txt")
     res = await run_env("run", job_file, "--api-key-file", missing, env=plain_env(sim))
     assert res.code == 2
     assert "--api-key-file" in res.stderr
+    empty = tmp_path / "empty-key.txt"
+    empty.write_text("\n", encoding="utf-8")
+    res = await run_env("run", job_file, "--api-key-file", str(empty), env=plain_env(sim))
+    assert res.code == 2
+    assert "--api-key-file" in res.stderr and "empty" in res.stderr
     assert sim.stats()["requests_total"] == 0

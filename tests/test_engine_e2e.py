@@ -314,7 +314,8 @@ async def test_task_unknown_to_the_api_ends_failed_not_polled_forever(
     await finish(proc)
     other = await simulator(time_scale=0.01)  # a different API: it never saw those tasks
     res = await run_cli(other, "run", str(job_file), *FAST)
-    assert res.code == 1, res.stderr
+    assert res.code == 1, res.stderr + res.stdout
+    assert (tmp_path / "out" / "manifest.jsonl").exists(), res.stderr + res.stdout
     manifest = read_manifest(tmp_path / "out")
     assert {e["fail_code"] for e in manifest} == {"TASK_NOT_FOUND"}
     assert all(e["task_id"] for e in manifest)

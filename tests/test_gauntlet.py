@@ -11,6 +11,7 @@ and every job the simulator saw submitted more than once is flagged
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from collections import defaultdict
@@ -87,6 +88,10 @@ async def test_ten_kills_under_faults_lose_nothing_and_pay_once(simulator, tmp_p
     assert kills == KILLS
     progress = sim.stats()
     assert 0 < progress["submits_accepted"] < JOBS + progress["duplicate_submits"]
+    # The journal a kill -9 left behind is readable (and no longer locked).
+    status = await run_cli(sim, "status", job_file, "--json")
+    assert status.code == 0, status.stderr
+    assert sum(json.loads(status.stdout)["counts"].values()) == JOBS
 
     final = await run_cli(sim, "run", job_file, *FAST, "--max-concurrent", "10", limit=60)
     assert final.code == 0, final.stderr + final.stdout[-3000:]

@@ -784,7 +784,10 @@ async def test_async_integrity_error_fails_only_its_caller(
     gate = threading.Event()
     leader, _ = await _blocked_leader(async_journal, gate)
     good = asyncio.create_task(async_journal.transition("job-1", S.SUBMITTED, NOW, task_id="t-1"))
-    dup = asyncio.create_task(async_journal.transition("job-2", S.SUBMITTED, NOW, task_id="t-dup"))
+    # NOT NULL broken on purpose: an sqlite3.IntegrityError from inside the batch.
+    dup = asyncio.create_task(
+        async_journal.transition("job-2", S.SUBMITTED, NOW, task_id="t-2", input_hash=None)
+    )
     await asyncio.sleep(0)
     gate.set()
     await leader

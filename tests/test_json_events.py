@@ -232,7 +232,30 @@ async def test_interrupt_still_ends_the_stream_with_a_summary(simulator, tmp_pat
     assert events[-1]["event"] == "summary"
     assert events[-1]["interrupted"] is True and events[-1]["exit_code"] == 130
     assert events[-1]["counts"]["pending"] == 6
-    assert len([e for e in events if e["event"] == "submitted"]) == 6
+
+
+async def test_interrupt_reports_every_journaled_submit(simulator, tmp_path: Path) -> None:
+    """SIGTERM right after a burst of submits: every task id journaled has its `submitted`
+    event, and the summary counts it."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(3.0, 3.0))
+    for attempt in range(5):  # the window is narrow: five bursts make a miss unlikely
+        root = tmp_path / f"round-{attempt}"
+        root.mkdir()
+        jobs = simple_jobs(20, prefix=f"r{attempt}")
+        job_file = write_campaign(root, jobs)
+        before = sim.stats()["submits_accepted"]
+        proc = await start_cli(sim, "run", str(job_file), *FAST)
+        await kill_when(
+            proc, lambda b=before: sim.stats()["submits_accepted"] >= b + 20, sig=signal.SIGTERM
+        )
+        res = await finish(proc, limit=20)
+        assert res.code == 130, res.stderr
+        events = parse_stream(res.stdout)
+        journaled = {e["id"] for e in read_manifest(root / "out") if e["task_id"]}
+        announced = {e["job"] for e in events if e["event"] == "submitted"}
+        assert journaled == {j["id"] for j in jobs}  # no paid task id was lost
+        assert announced == journaled, sorted(journaled - announced)
+        assert events[-1]["submitted"] == len(journaled)
 
 
 async def test_task_past_max_wait_emits_pending(simulator, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -154,7 +155,9 @@ class TaskBook:
 
     def _new_id(self) -> str:
         while True:
-            task_id = f"task_{self._rng.getrandbits(64):016x}"
+            # Random whatever the seed: task ids are unique across simulators (and
+            # restarts), as the real API's are; only faults and timings are seeded.
+            task_id = f"task_{secrets.token_hex(8)}"
             if task_id not in self.tasks:
                 return task_id
 
