@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,19 @@ async def kill_when(
             raise AssertionError("the moment to kill never came")
         await asyncio.sleep(0.01)
     proc.send_signal(sig)
+
+
+def journaled_task_ids(out_dir: Path) -> int:
+    """How many jobs have a task id in the journal right now (read beside the running CLI)."""
+    path = out_dir / ".apixo-batch.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
+            row = db.execute("SELECT count(*) FROM jobs WHERE task_id IS NOT NULL").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
 
 
 def read_manifest(out_dir: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 from e2e import (
     assert_byte_exact,
     finish,
+    journaled_task_ids,
     kill_when,
     read_manifest,
     run_cli,
@@ -84,7 +85,7 @@ async def test_forged_callbacks_rejected_and_change_nothing(simulator, tmp_path:
     port = free_port()
     job_file = write_campaign(tmp_path, simple_jobs(2))
     proc = await start_cli(sim, "run", str(job_file), *FAST, *callback_args(port))
-    await kill_when(proc, lambda: sim.stats()["submits_accepted"] >= 2, sig=0)
+    await kill_when(proc, lambda: journaled_task_ids(tmp_path / "out") >= 2, sig=0)
     journal = Journal(tmp_path / "out" / ".apixo-batch.sqlite", lock=False)
     token = journal.get_meta("callback_token")
     assert token
@@ -132,7 +133,8 @@ async def test_restart_while_callbacks_due_recovers_every_result(simulator, tmp_
     port = free_port()
     job_file = write_campaign(tmp_path, simple_jobs(12))
     proc = await start_cli(sim, "run", str(job_file), *FAST, *callback_args(port))
-    await kill_when(proc, lambda: sim.stats()["submits_accepted"] >= 12)
+    # Killed once every task id is journaled: the callbacks then have nowhere to go.
+    await kill_when(proc, lambda: journaled_task_ids(tmp_path / "out") >= 12)
     await finish(proc)
     res = await run_cli(sim, "run", str(job_file), *FAST, *callback_args(port))
     assert res.code == 0, res.stderr + res.stdout[-3000:]

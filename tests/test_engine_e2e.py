@@ -11,6 +11,7 @@ from e2e import (
     ALL_MODES,
     assert_byte_exact,
     finish,
+    journaled_task_ids,
     kill_when,
     read_manifest,
     run_cli,
@@ -310,7 +311,7 @@ async def test_task_unknown_to_the_api_ends_failed_not_polled_forever(
     first = await simulator(time_scale=0.01, duration_override_s=(5.0, 5.0))
     job_file = write_campaign(tmp_path, simple_jobs(2))
     proc = await start_cli(first, "run", str(job_file), *FAST)
-    await kill_when(proc, lambda: first.stats()["submits_accepted"] >= 2)
+    await kill_when(proc, lambda: journaled_task_ids(tmp_path / "out") >= 2)
     await finish(proc)
     other = await simulator(time_scale=0.01)  # a different API: it never saw those tasks
     res = await run_cli(other, "run", str(job_file), *FAST)
