@@ -151,6 +151,7 @@ class Engine:
             time_scale=options.time_scale,
             is_tight=self._budget_is_tight,
             poll_rate=self._poll_rate,
+            min_gap=0.01,
         )
         self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
         self._download_backoff = Backoff(
@@ -462,7 +463,7 @@ class Engine:
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
         while True:
-            await self.clock.sleep(0.05 * min(1.0, max(self.options.time_scale, 0.02)))
+            await self.clock.sleep(0.05)
             downloads_idle = feeder.done() and self._downloads.empty() and self._downloading == 0
             nothing_tracked = (
                 self.scheduler.tracked == 0

@@ -118,6 +118,9 @@ class PollScheduler:
     max_parallel: int = 256
     #: in callback mode a poll is only a safety net: wait this long past typical_max
     callback_margin: float = 60.0
+    #: never wake more often than this (seconds): timers due close together are served
+    #: in one wake-up, a few milliseconds late rather than one loop turn each
+    min_gap: float = 0.0
     _heap: list[tuple[float, int, Tracked]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _by_task: dict[str, Tracked] = field(default_factory=dict)
@@ -233,7 +236,7 @@ class PollScheduler:
                 if self._closed:
                     break
                 self._wakeup.clear()
-                delay = self._heap[0][0] - now if self._heap else None
+                delay = max(self._heap[0][0] - now, self.min_gap) if self._heap else None
                 await self._sleep_or_wake(delay)
 
     async def _sleep_or_wake(self, delay: float | None) -> None:
