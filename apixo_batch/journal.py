@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, idx);
+CREATE INDEX IF NOT EXISTS jobs_order_idx ON jobs (in_file, idx, id);
 -- Not UNIQUE on purpose: should the API ever hand out a task id twice, both paid
 -- tasks must still be journaled (a constraint error would lose the second one).
 CREATE INDEX IF NOT EXISTS jobs_task_idx ON jobs (task_id) WHERE task_id IS NOT NULL;
@@ -160,35 +161,29 @@ class JobRow:
 
     @classmethod
     def from_sql(cls, row: Sequence[Any]) -> JobRow:
-        d = dict(zip(_COLUMNS, row, strict=True))
+        """A row selected with the columns in ``_COLUMNS`` order (hot: 100k per manifest)."""
+        (
+            id_, idx, model, provider, input_json, input_hash, filename, cost_usd, in_file,
+            state, task_id, request_type, attempts, dup, changed, submitted_at, completed_at,
+            result_urls, expires_at, files, bytes_, sha256, fail_code, fail_msg, cost_time_ms,
+            arrived_via,
+        ) = row  # fmt: skip
         return cls(
-            id=d["id"],
-            idx=d["idx"],
-            model=d["model"],
-            provider=d["provider"],
-            input_json=d["input_json"],
-            input_hash=d["input_hash"],
-            filename=d["filename"],
-            cost_usd=d["cost_usd"],
-            in_file=bool(d["in_file"]),
-            state=JobState(d["state"]),
-            task_id=d["task_id"],
-            request_type=d["request_type"],
-            attempts=d["attempts"],
-            possibly_duplicated=bool(d["possibly_duplicated"]),
-            changed_input_hash=d["changed_input_hash"],
-            submitted_at=d["submitted_at"],
-            completed_at=d["completed_at"],
-            result_urls=tuple(json.loads(d["result_urls"] or "[]")),
-            expires_at=d["expires_at"],
-            files=tuple(json.loads(d["files"] or "[]")),
-            bytes=d["bytes"],
-            sha256=tuple(json.loads(d["sha256"] or "[]")),
-            fail_code=d["fail_code"],
-            fail_msg=d["fail_msg"],
-            cost_time_ms=d["cost_time_ms"],
-            arrived_via=d["arrived_via"],
-        )
+            id_, idx, model, provider, input_json, input_hash, filename, cost_usd,
+            bool(in_file), _STATES[state], task_id, request_type, attempts, bool(dup), changed,
+            submitted_at, completed_at, _json_list(result_urls), expires_at, _json_list(files),
+            bytes_, _json_list(sha256), fail_code, fail_msg, cost_time_ms, arrived_via,
+        )  # fmt: skip
+
+
+_STATES = {s.value: s for s in JobState}
+
+
+def _json_list(text: str | None) -> tuple[str, ...]:
+    # Most rows hold no list yet: skip the JSON parser for them.
+    if not text or text == "[]":
+        return ()
+    return tuple(json.loads(text))
 
 
 @dataclass(frozen=True, slots=True)
