@@ -45,7 +45,7 @@ def main() -> int:
     job_file = ROOT / "jobs" / "campaign.yaml"
     out_dir = ROOT / "out" / "demo"
     print(f"$ apixo-batch plan {job_file.relative_to(ROOT)}", flush=True)
-    subprocess.run([*cli, "plan", str(job_file)], check=False)
+    subprocess.run([*cli, "plan", str(job_file)], check=True)
     sim = subprocess.Popen(
         [*cli, "simulate", "--port", str(port), "--time-scale", TIME_SCALE], env=env
     )
