@@ -188,6 +188,7 @@ class Engine:
         self._receiver: CallbackReceiver | None = None
         self._early: dict[str, TaskStatus] = {}
         self._settling = 0  # results being recorded: the run is not idle meanwhile
+        self._enqueued: set[str] = set()  # jobs handed to the downloader in this run
         self._early_seen: dict[str, asyncio.Event] = {}
 
     # -- public -------------------------------------------------------------
@@ -447,19 +448,33 @@ class Engine:
                 self._submitter_done = True
             watcher = tg.create_task(self._watch_idle(feeder))
             stop_wait = tg.create_task(self._stop.wait())
-            await asyncio.wait({watcher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            self._stopping = True
-            if submitter is not None:
-                submitter.cancel()
-            if self._sending:
-                # Answers already on the wire reach the journal before we go.
-                await asyncio.wait(set(self._sending), timeout=self.options.stop_grace_s)
-            # The rest wait for the bucket or a backoff: nothing of theirs is on the wire.
-            for task in (*workers, feeder, sched, watcher, stop_wait, *self._submit_tasks):
-                task.cancel()
-            self.scheduler.close()
-            if self._journaling:
-                await asyncio.wait(set(self._journaling))
+            try:
+                await asyncio.wait({watcher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await self._wind_down(
+                    [*workers, feeder, sched, watcher, stop_wait],
+                    submitter,
+                )
+
+    async def _wind_down(
+        self, tasks: list[asyncio.Task[Any]], submitter: asyncio.Task[None] | None
+    ) -> None:
+        """Stop in order: no new submits, answers on the wire journaled, the rest cancelled."""
+        self._stopping = True
+        if submitter is not None:
+            submitter.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.stop_grace_s
+        # Submits sent before the stop get until the deadline to be answered and journaled
+        # (a loop, not one snapshot: a send may have started as the stop came).
+        while self._sending and loop.time() < deadline:
+            await asyncio.wait(set(self._sending), timeout=deadline - loop.time())
+        # The rest wait for the bucket or a backoff: nothing of theirs is on the wire.
+        for task in (*tasks, *self._submit_tasks):
+            task.cancel()
+        self.scheduler.close()
+        while self._journaling:
+            await asyncio.wait(set(self._journaling))
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
         while True:
@@ -542,7 +557,10 @@ class Engine:
                 if self._stopping or self._stop_submits is not None:
                     if marked:
                         await self.journal.transition(
-                            row.id, S.QUEUED, self.clock.wall(), possibly_duplicated=int(ambiguous)
+                            row.id,
+                            S.QUEUED,
+                            self.clock.wall(),
+                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
                         )
                     self.concurrency.release()
                     return
@@ -551,6 +569,16 @@ class Engine:
                         row.id, S.SUBMITTING, self.clock.wall(), attempts=row.attempts + 1
                     )
                     marked = True
+                    if self._stopping or self._stop_submits is not None:
+                        # Stopped while the mark was being written: nothing was sent yet.
+                        await self.journal.transition(
+                            row.id,
+                            S.QUEUED,
+                            self.clock.wall(),
+                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+                        )
+                        self.concurrency.release()
+                        return
                 self._requests += 1
                 send = asyncio.ensure_future(
                     self.client.submit(
@@ -563,6 +591,13 @@ class Engine:
                 )
                 try:
                     task_id = await self._on_the_wire(send)
+                except asyncio.CancelledError:
+                    if send.done() and not send.cancelled() and send.exception() is None:
+                        # The answer came in the same turn as the cancel: keep the paid id.
+                        await asyncio.shield(
+                            self._record_task_id(row, send.result(), request_type, ambiguous)
+                        )
+                    raise
                 except RateLimited as exc:
                     self.bucket.rate_limited(exc.retry_after, self.options.time_scale)
                     attempt += 1
@@ -591,7 +626,10 @@ class Engine:
                             self._stop_submits = f"the API refused a submit: {exc}"
                             self._emit("stopped", reason=self._stop_submits)
                         await self.journal.transition(
-                            row.id, S.QUEUED, self.clock.wall(), possibly_duplicated=int(ambiguous)
+                            row.id,
+                            S.QUEUED,
+                            self.clock.wall(),
+                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
                         )
                         self.concurrency.release()
                         return
@@ -605,24 +643,7 @@ class Engine:
                     await self._fail_submit(row, code, exc.api_message, ambiguous)
                     return
                 now = self.clock.wall()
-                # Invariant 1: the task id is durable before anything else happens with it.
-                # Shielded and awaited at shutdown: an interrupt must not lose a paid id.
-                write = asyncio.ensure_future(
-                    self.journal.transition(
-                        row.id,
-                        S.SUBMITTED,
-                        now,
-                        task_id=task_id,
-                        submitted_at=now,
-                        request_type=request_type,
-                        possibly_duplicated=int(row.possibly_duplicated or ambiguous),
-                        fail_code=None,
-                        fail_msg=None,
-                    )
-                )
-                self._journaling.add(write)
-                write.add_done_callback(self._journaling.discard)
-                await asyncio.shield(write)
+                await asyncio.shield(self._record_task_id(row, task_id, request_type, ambiguous))
                 self._submitted += 1
                 self._spent += row.cost_usd or 0.0
                 self._emit("submitted", row.id, task_id=task_id, model=row.model)
@@ -632,13 +653,38 @@ class Engine:
                 if early is not None:
                     await self._finished(tracked, early, via="callback")
                     self.scheduler.forget(task_id)
-                    self._early_seen[task_id].set()
+                    seen = self._early_seen.get(task_id)
+                    if seen is not None:  # the callback may have stopped waiting already
+                        seen.set()
                 return
         finally:
             current = asyncio.current_task()
             if current is not None:
                 self._sending.discard(current)
             self._submits_in_progress -= 1
+
+    def _record_task_id(
+        self, row: JobRow, task_id: str, request_type: str, ambiguous: bool
+    ) -> asyncio.Future[None]:
+        """Commit a task id (invariant 1). The write is its own task, tracked and awaited
+        at shutdown, so that no interrupt can stop a paid id from reaching the journal."""
+        now = self.clock.wall()
+        write = asyncio.ensure_future(
+            self.journal.transition(
+                row.id,
+                S.SUBMITTED,
+                now,
+                task_id=task_id,
+                submitted_at=now,
+                request_type=request_type,
+                possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+                fail_code=None,
+                fail_msg=None,
+            )
+        )
+        self._journaling.add(write)
+        write.add_done_callback(self._journaling.discard)
+        return write
 
     async def _on_the_wire(self, send: asyncio.Future[str]) -> str:
         """Await a sent submit; an interrupt waits briefly for its answer rather than drop it."""
@@ -795,7 +841,7 @@ class Engine:
                 urls=len(status.result_urls),
             )
             self.completions.add(key, seconds)
-            self._downloads.put_nowait(_Fetch(t.job_id, t.model, t.filename, status.result_urls))
+            self._enqueue(_Fetch(t.job_id, t.model, t.filename, status.result_urls))
         else:
             await self.journal.transition(
                 t.job_id,
@@ -845,12 +891,22 @@ class Engine:
                 await self.clock.sleep(0.05)
             self._downloads.put_nowait(_Fetch(row.id, row.model, row.filename, row.result_urls))
 
+    def _enqueue(self, fetch: _Fetch) -> None:
+        # The feeder pages through `succeeded` rows while fresh successes arrive: once each.
+        if fetch.id not in self._enqueued:
+            self._enqueued.add(fetch.id)
+            self._downloads.put_nowait(fetch)
+
     async def _download_worker(self, session: aiohttp.ClientSession) -> None:
         while True:
             row = await self._downloads.get()
             self._downloading += 1
             try:
                 await self._download(row, session)
+            except Exception as exc:
+                # One result's trouble must not tear the run down: it stays `succeeded`
+                # for `download` or the next run.
+                self._emit("warning", row.id, message=f"download of {row.id} failed: {exc}")
             finally:
                 self._downloading -= 1
 
