@@ -495,7 +495,9 @@ class Engine:
                         "tasks past --max-wait hold every concurrency slot"
                     )
                     return
-            if self._fatal is not None and self._fatal_stops_all:
+            if self._fatal_stops_all and downloads_idle and self._submits_in_progress == 0:
+                # The key no longer works: polls are pointless, but the files of what
+                # already succeeded need no key and were allowed to land first.
                 return
 
     # -- submitting ---------------------------------------------------------
@@ -741,8 +743,8 @@ class Engine:
         return tracked
 
     async def _poll(self, t: Tracked) -> bool:
-        if self._stopping:
-            return False
+        if self._stopping or self._fatal_stops_all:
+            return False  # no request: the run is ending
         if self.clock.monotonic() - t.followed_since > self.options.max_wait_min * 60.0:
             self._emit(
                 "pending",
@@ -771,7 +773,6 @@ class Engine:
                 self._fatal = self._fatal or exc
                 self._fatal_stops_all = True
                 self._stop_submits = self._stop_submits or f"the API refused a poll: {exc}"
-                self._stop.set()
                 return False
             if isinstance(exc, NotFound):
                 t.not_found += 1

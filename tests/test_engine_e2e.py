@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from e2e import (
     ALL_MODES,
+    SIM_KEY,
     assert_byte_exact,
     finish,
     journaled_task_ids,
@@ -321,3 +322,20 @@ async def test_task_unknown_to_the_api_ends_failed_not_polled_forever(
     assert {e["fail_code"] for e in manifest} == {"TASK_NOT_FOUND"}
     assert all(e["task_id"] for e in manifest)
     assert other.stats()["submits_accepted"] == 0  # never resubmitted
+
+
+async def test_key_revoked_mid_run_exits_3_and_keeps_everything(simulator, tmp_path: Path) -> None:
+    """A key revoked while tasks run: exit 3, tasks left pending with their ids, resumable."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(3.0, 3.0))
+    job_file = write_campaign(tmp_path, simple_jobs(4))
+    proc = await start_cli(sim, "run", str(job_file), *FAST)
+    await kill_when(proc, lambda: journaled_task_ids(tmp_path / "out") >= 4, sig=0)
+    sim.set_api_key("sim-some-other-key")  # the key is revoked: every request gets 401
+    res = await finish(proc)
+    assert res.code == 3, res.stderr + res.stdout[-2000:]
+    manifest = read_manifest(tmp_path / "out")
+    assert all(e["state"] == "pending" and e["task_id"] for e in manifest)
+    sim.set_api_key(SIM_KEY)
+    again = await run_cli(sim, "run", str(job_file), *FAST)
+    assert again.code == 0, again.stderr
+    assert sim.stats()["submits_accepted"] == 4

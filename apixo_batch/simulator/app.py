@@ -259,6 +259,10 @@ class Simulator:
 
     # --- in-process accessors ----------------------------------------------------------
 
+    def set_api_key(self, key: str) -> None:
+        """Accept only ``key`` from now on (a key revoked or rotated mid-run)."""
+        self._key = key
+
     @property
     def tasks(self) -> dict[str, SimTask]:
         """Every task created, by id (read-only use, please)."""
