@@ -9,7 +9,6 @@ Every error answer becomes a leaf of :mod:`apixo_batch.errors`; the JSON
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import aiohttp
 
 from .errors import TransportError, api_error_for
+from .retry import parse_retry_after
 from .secret import ApiKey, redact
 
 __all__ = ["DEFAULT_BASE_URL", "ApixoClient", "TaskStatus", "parse_task_payload"]
@@ -102,21 +102,6 @@ def parse_task_payload(body: Mapping[str, Any], *, endpoint: str = "status") -> 
     )
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form); None when absent or odd.
-
-    The HTTP-date form is not honoured: it would need the wall clock here, and the
-    caller's backoff is a sound fallback.
-    """
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
 class ApixoClient:
     """A thin async client for the APIXO video API.
 
@@ -178,7 +163,7 @@ class ApixoClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = redact(str(exc), self._key) or type(exc).__name__
             raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}") from None

@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import math
 import os
 import re
 import threading
@@ -33,7 +32,7 @@ from yarl import URL
 
 from .clock import Clock
 from .errors import DownloadError, IntegrityError, ResultExpired
-from .retry import Backoff
+from .retry import Backoff, parse_retry_after
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -267,7 +266,7 @@ class _Transfer:
                 self.part.reset()
             self.total = resp.content_length
         elif status in _RETRY_STATUSES or status >= 500:
-            raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            raise _Retry(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         else:
             raise DownloadError(f"{self.where}: unexpected HTTP {status}")
         etag = resp.headers.get("ETag")
@@ -432,15 +431,6 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
         return None, None
     start, _, total = match.groups()
     return (int(start) if start else None), (int(total) if total and total != "*" else None)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None  # an HTTP date: backoff decides, we do not read the wall clock here
-    # "inf" parses as a float; nobody should sleep on it.
-    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def _describe(url: str) -> str:

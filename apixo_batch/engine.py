@@ -242,7 +242,7 @@ class Engine:
     def _poll_rate(self) -> float:
         # Polls may use what submits leave: most of the bucket while submits run.
         share = 0.6 if not self._submitter_done else 0.9
-        return self.bucket.statistics().effective_rpm / 60.0 * share
+        return self.bucket.rate_per_s * share
 
     def _budget_is_tight(self) -> bool:
         # Requests are the bottleneck: every early poll now costs a submit later.
@@ -557,14 +557,7 @@ class Engine:
             while True:
                 await self.bucket.acquire(Priority.SUBMIT)
                 if self._stopping or self._stop_submits is not None:
-                    if marked:
-                        await self.journal.transition(
-                            row.id,
-                            S.QUEUED,
-                            self.clock.wall(),
-                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
-                        )
-                    self.concurrency.release()
+                    await self._hand_back(row, marked=marked, ambiguous=ambiguous)
                     return
                 if not marked:
                     await self.journal.transition(
@@ -573,13 +566,7 @@ class Engine:
                     marked = True
                     if self._stopping or self._stop_submits is not None:
                         # Stopped while the mark was being written: nothing was sent yet.
-                        await self.journal.transition(
-                            row.id,
-                            S.QUEUED,
-                            self.clock.wall(),
-                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
-                        )
-                        self.concurrency.release()
+                        await self._hand_back(row, marked=True, ambiguous=ambiguous)
                         return
                 self._requests += 1
                 send = asyncio.ensure_future(
@@ -627,13 +614,7 @@ class Engine:
                         if self._stop_submits is None:
                             self._stop_submits = f"the API refused a submit: {exc}"
                             self._emit("stopped", reason=self._stop_submits)
-                        await self.journal.transition(
-                            row.id,
-                            S.QUEUED,
-                            self.clock.wall(),
-                            possibly_duplicated=int(row.possibly_duplicated or ambiguous),
-                        )
-                        self.concurrency.release()
+                        await self._hand_back(row, marked=True, ambiguous=ambiguous)
                         return
                     code = (
                         "INPUT_REJECTED"
@@ -664,6 +645,17 @@ class Engine:
             if current is not None:
                 self._sending.discard(current)
             self._submits_in_progress -= 1
+
+    async def _hand_back(self, row: JobRow, *, marked: bool, ambiguous: bool) -> None:
+        """An admitted job goes back to the queue unsent (or sent without a task id)."""
+        if marked:
+            await self.journal.transition(
+                row.id,
+                S.QUEUED,
+                self.clock.wall(),
+                possibly_duplicated=int(row.possibly_duplicated or ambiguous),
+            )
+        self.concurrency.release()
 
     def _record_task_id(
         self, row: JobRow, task_id: str, request_type: str, ambiguous: bool

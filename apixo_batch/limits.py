@@ -174,6 +174,11 @@ class RequestBucket:
         """How many callers are queued behind the bucket right now."""
         return len(self._waiters) + (1 if self._busy else 0)
 
+    @property
+    def rate_per_s(self) -> float:
+        """Requests a second the bucket grants now (after any 429 slow-down)."""
+        return self._limiter.drip + self.burst / 60.0
+
     def _count_grant(self) -> None:
         second = float(int(self._clock.monotonic()))
         if self._recent and self._recent[-1][0] == second:
@@ -200,7 +205,7 @@ class RequestBucket:
     def statistics(self) -> BucketStats:
         return BucketStats(
             rpm=self.rpm,
-            effective_rpm=(self._limiter.drip * 60.0) + self.burst,
+            effective_rpm=self.rate_per_s * 60.0,
             granted=self._granted,
             waiting=len(self._waiters),
             rate_limited=self._rate_limited,

@@ -7,10 +7,11 @@ thousand tasks hit by the same 502 do not come back in the same millisecond.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, replace
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "parse_retry_after"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +43,18 @@ class Backoff:
     def gives_up(self, attempt: int) -> bool:
         """True when ``attempt`` failures are enough to stop trying."""
         return attempt >= self.max_attempts
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form); None when absent or odd.
+
+    The HTTP-date form is not honoured: it would need the wall clock here, and the
+    caller's backoff is a sound fallback. "inf" parses as a float; nobody sleeps on it.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
