@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import runtime
 from .client import DEFAULT_BASE_URL
 from .engine import Engine, RunOptions, RunResult, summary_dict
 from .errors import ApixoError, JobFileError, JournalError
@@ -156,7 +157,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     engine = Engine(campaign, key, options, on_event=printer)
     printer.attach(engine.statistics)
     try:
-        result = asyncio.run(_drive(engine))
+        result = runtime.run(_drive(engine))
     except JournalError as exc:
         _err(str(exc))
         return 2

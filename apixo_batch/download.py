@@ -4,9 +4,14 @@ A file at its final name is always whole (invariant 5): bytes land in
 ``<dest>.part``, are hashed as they stream, checked against the announced
 length and the MP4 ``ftyp`` box, fsynced, and only then renamed over ``dest``.
 
-A dropped connection keeps the ``.part`` and resumes it with an HTTP Range
+A dropped connection keeps what arrived and resumes it with an HTTP Range
 request; a ``.part`` left by a crashed run is re-hashed and resumed the same
 way. Memory stays bounded (a few chunks) whatever the file size.
+
+Disk work runs in worker threads, and as few hops there as possible: the last
+batch is written together with the fsync and the rename. A ``fresh`` download
+(the caller knows no ``.part`` is worth resuming) does not touch the disk
+before the body is in: a file smaller than ``chunk_size`` lands in one hop.
 
 Result URLs live on APIXO's file host, not the API: requests carry no
 Authorization header, and a session that would add one is refused. Signed URLs
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import os
 import re
@@ -85,6 +89,7 @@ async def download_file(
     clock: Clock,
     backoff: Backoff | None = None,
     chunk_size: int = 1 << 20,
+    fresh: bool = False,
 ) -> Downloaded:
     """Download ``url`` to ``dest`` through ``dest.part``; resume, verify, rename atomically.
 
@@ -95,6 +100,10 @@ async def download_file(
     refuses), keeping the ``.part`` for a later resume. Waits run on ``clock``.
     An existing ``dest`` is overwritten. ``session`` must carry no credentials
     (ValueError otherwise): result URLs never get the API key.
+
+    ``fresh=True`` promises that no ``.part`` from an earlier run is worth
+    resuming (the result was produced in this very run): nothing is read
+    before the request, and a ``.part`` in the way is overwritten, not continued.
     """
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
@@ -108,6 +117,7 @@ async def download_file(
             clock,
             backoff if backoff is not None else DEFAULT_DOWNLOAD_BACKOFF,
             chunk_size,
+            fresh,
         )
     except OSError as exc:
         # Our own disk (full, read-only, permissions): the caller sees one error family.
@@ -121,9 +131,10 @@ async def _download(
     clock: Clock,
     policy: Backoff,
     chunk_size: int,
+    fresh: bool,
 ) -> Downloaded:
-    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-    part = await _Part.open(dest.with_name(dest.name + ".part"), chunk_size)
+    path = dest.with_name(dest.name + ".part")
+    part = _Part.fresh(path, chunk_size) if fresh else await _Part.open(path, chunk_size)
     transfer = _Transfer(session, url, part, chunk_size)
     try:
         failures = 0
@@ -146,6 +157,7 @@ async def _download(
                 log.debug("download %s: %s; retrying in %.1fs", transfer.where, trouble, wait)
                 await clock.sleep(wait)
         transfer.verify_complete()
+        # One hop: the last batch, fsync, rename, fsync of the folder.
         await asyncio.to_thread(part.commit, dest)
     except (ResultExpired, IntegrityError):
         part.discard()
@@ -193,15 +205,16 @@ class _Transfer:
             raise _Retry(f"body ended at {self.part.size} of {self.total} bytes")
 
     async def _stream(self, resp: aiohttp.ClientResponse) -> None:
-        """Copy the body into the .part: the loop receives while a thread writes and hashes.
+        """Take the body into the part: the loop receives while a thread writes and hashes.
 
-        Pieces are handed over in batches of about ``chunk_size`` bytes, one
-        batch in flight at most, so the event loop never hashes and memory
-        stays at a few chunks.
+        Pieces are buffered until about ``chunk_size`` bytes are there, then
+        handed to a thread as one batch, one batch in flight at most, so the
+        event loop never hashes and memory stays at a few chunks. The last
+        batch stays buffered for the commit. What arrived before trouble stays
+        buffered too, and counts: a resume starts after it.
         """
-        received = self.part.size
-        batch: list[bytes] = []
-        batched = 0
+        part = self.part
+        received = part.size
         writing: asyncio.Future[None] | None = None
         try:
             async for piece in resp.content.iter_chunked(self.chunk_size):
@@ -210,32 +223,23 @@ class _Transfer:
                     raise IntegrityError(
                         f"{self.where}: more bytes than the announced {self.total}"
                     )
-                batch.append(piece)
-                batched += len(piece)
-                if batched >= self.chunk_size:
+                # A full batch goes to disk now, unless it ends the body (the commit writes it).
+                if part.add(piece, self.where) and received != self.total:
                     if writing is not None:
                         # Shielded: cancelling us must not orphan a half-done write.
                         await asyncio.shield(writing)
-                    writing = asyncio.ensure_future(
-                        asyncio.to_thread(self.part.append, batch, self.where)
-                    )
-                    batch, batched = [], 0
+                    writing = asyncio.ensure_future(asyncio.to_thread(part.write, part.take()))
             if writing is not None:
                 await asyncio.shield(writing)
         except BaseException as exc:
             await _settle(writing)
             failed = None if writing is None or writing.cancelled() else writing.exception()
-            if isinstance(failed, IntegrityError):
-                raise failed from None  # bad bytes outrank a dropped connection
-            if failed is None and not isinstance(exc, IntegrityError):
-                # Dropped or cancelled: what did arrive is good; land it, in
-                # order, so that a resume starts after it.
-                self.part.append(batch, self.where)
+            if failed is not None and not isinstance(exc, asyncio.CancelledError):
+                raise failed from None  # the disk refusing outranks a dropped connection
             raise
-        self.part.append(batch, self.where)
 
     def _start(self, resp: aiohttp.ClientResponse, offset: int) -> bool:
-        """Judge the status line; False when the .part already holds the whole file."""
+        """Judge the status line; False when the part already holds the whole file."""
         status = resp.status
         if status in _EXPIRED:
             raise ResultExpired(
@@ -243,7 +247,7 @@ class _Transfer:
                 "the result can no longer be downloaded"
             )
         if status == 416 and offset:
-            # Our .part is at least as long as the file: whole if the sizes agree.
+            # Our part is at least as long as the file: whole if the sizes agree.
             _, total = _content_range(resp.headers.get("Content-Range"))
             if total == offset:
                 self.total = total
@@ -290,18 +294,37 @@ async def _settle(writing: asyncio.Future[None] | None) -> None:
 
 
 class _Part:
-    """The ``.part`` file, its running SHA-256 and its first bytes."""
+    """The ``.part`` file, the bytes not yet in it, its running SHA-256 and its first bytes.
 
-    def __init__(self, path: Path, file: io.FileIO, size: int, hasher: _Hash, head: bytes) -> None:
+    ``size`` counts every byte received (on disk, being written, or still
+    buffered); the event loop adds pieces, worker threads write and hash
+    them. A fresh part creates its file only when the first batch is written
+    (truncating whatever was there), mkdir included.
+    """
+
+    def __init__(
+        self, path: Path, chunk_size: int, fd: int | None, size: int, hasher: _Hash, head: bytes
+    ) -> None:
         self.path = path
-        self._file: io.FileIO | None = file
         self.size = size
-        self._hasher = hasher
         self.head = head
-        # Chunks are written from a worker thread; closing must never race a write
+        self._chunk_size = chunk_size
+        self._fd = fd
+        self._hasher = hasher
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._written = size  # bytes in the file, all hashed
+        self._advised = size
+        # Batches are written from a worker thread; closing must never race a write
         # (a closed descriptor's number may already belong to another file).
         self._lock = threading.Lock()
-        self._advised = size
+        self._sealed = False  # committed or closed: no more writes
+        self._broken = False  # a write failed: the file may end mid-batch
+
+    @classmethod
+    def fresh(cls, path: Path, chunk_size: int) -> _Part:
+        """A part with nothing on disk yet (no I/O)."""
+        return cls(path, chunk_size, None, 0, hashlib.sha256(), b"")
 
     @classmethod
     async def open(cls, path: Path, chunk_size: int) -> _Part:
@@ -325,89 +348,147 @@ class _Part:
         if size and len(head) >= _HEAD and _ftyp_problem(head, None):
             # Left by an earlier run but not the start of an MP4: not worth resuming.
             hasher, size, head = hashlib.sha256(), 0, b""
-        # Unbuffered: chunks are large already, and bytes counted are bytes on disk.
-        file = path.open("r+b" if path.exists() else "wb", buffering=0)
-        file.truncate(size)
-        file.seek(size)
-        return cls(path, file, size, hasher, head)
+        fd = _open_creating(path, os.O_RDWR | os.O_CREAT)
+        try:
+            os.ftruncate(fd, size)
+            os.lseek(fd, size, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, chunk_size, fd, size, hasher, head)
 
     @property
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
-    def append(self, pieces: list[bytes], where: str) -> None:
-        """Write, hash and count pieces in order; check the ftyp box as soon as it is here."""
+    def add(self, piece: bytes, where: str) -> bool:
+        """Buffer a piece (event loop); True once a batch is ready for :meth:`take`.
+
+        The ftyp box is checked as soon as its first bytes are here, before
+        anything is written.
+        """
+        if len(self.head) < _HEAD:
+            self.head += piece[: _HEAD - len(self.head)]
+            problem = _ftyp_problem(self.head, None) if len(self.head) == _HEAD else None
+            if problem:
+                raise IntegrityError(f"{where}: {problem}")
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        self.size += len(piece)
+        return self._pending_bytes >= self._chunk_size
+
+    def take(self) -> list[bytes]:
+        """The buffered pieces, for :meth:`write` (event loop)."""
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        return batch
+
+    def write(self, pieces: list[bytes]) -> None:
+        """Write and hash a batch, creating the file if it is not there yet (blocking)."""
         with self._lock:
-            if self._file is None:
+            if self._sealed:
                 raise RuntimeError("the .part file is closed")
-            for piece in pieces:
-                if len(self.head) < _HEAD:
-                    self.head += piece[: _HEAD - len(self.head)]
-                    problem = _ftyp_problem(self.head, None) if len(self.head) == _HEAD else None
-                    if problem:
-                        raise IntegrityError(f"{where}: {problem}")
-                view = memoryview(piece)
-                while view:
-                    view = view[self._file.write(view) or 0 :]
-                self._hasher.update(piece)
-                self.size += len(piece)
-            if self.size - self._advised >= _WRITEBACK_EVERY:
-                self._start_writeback()
-
-    def _start_writeback(self) -> None:
-        # Ask the kernel to start writing what we have (and not to keep it
-        # cached): the fsync at the end then has little left to wait for.
-        if self._file is None or not hasattr(os, "posix_fadvise"):
-            return
-        try:
-            os.posix_fadvise(
-                self._file.fileno(),
-                self._advised,
-                self.size - self._advised,
-                os.POSIX_FADV_DONTNEED,
-            )
-        except OSError:
-            pass
-        self._advised = self.size
-
-    def reset(self) -> None:
-        """Start over from byte zero."""
-        with self._lock:
-            if self._file is not None:
-                self._file.seek(0)
-                self._file.truncate(0)
-            self._hasher = hashlib.sha256()
-            self.size = 0
-            self.head = b""
-            self._advised = 0
+            fd = self._fd if self._fd is not None else self._create()
+            self._write(fd, pieces)
+            if self._written - self._advised >= _WRITEBACK_EVERY:
+                self._start_writeback(fd)
 
     def commit(self, dest: Path) -> None:
-        """Fsync the bytes, rename over ``dest``, fsync the directory (blocking)."""
+        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking)."""
         with self._lock:
-            if self._file is None:
+            if self._sealed:
                 raise RuntimeError("the .part file is closed")
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            self._sealed = True
+            pieces = self.take()
+            fd = self._fd if self._fd is not None else self._create()
+            try:
+                self._write(fd, pieces)
+                if self._written != self.size:
+                    raise RuntimeError(f"{self._written} bytes written of {self.size}")
+                os.fsync(fd)
+            finally:
+                self._fd = None
+                os.close(fd)
         os.replace(self.path, dest)
         _fsync_dir(dest.parent)
 
+    def _create(self) -> int:
+        # Lock held. A fresh part's file: whatever an earlier run left is overwritten.
+        self._fd = _open_creating(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        return self._fd
+
+    def _write(self, fd: int, pieces: list[bytes]) -> None:
+        # Lock held. Bytes counted and hashed are bytes in the file, in order.
+        try:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
+                self._hasher.update(piece)
+                self._written += len(piece)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _start_writeback(self, fd: int) -> None:
+        # Ask the kernel to start writing what we have (and not to keep it
+        # cached): the fsync at the end then has little left to wait for.
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(
+                fd, self._advised, self._written - self._advised, os.POSIX_FADV_DONTNEED
+            )
+        except OSError:
+            pass
+        self._advised = self._written
+
+    def reset(self) -> None:
+        """Start over from byte zero (event loop, no write in flight)."""
+        with self._lock:
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+            self.take()
+            self._hasher = hashlib.sha256()
+            self.size = self._written = self._advised = 0
+            self.head = b""
+
     def discard(self) -> None:
         """Close and delete: the bytes are worthless (URL gone, not the promised file)."""
-        self._close()
+        with self._lock:
+            self._sealed = True
+            self.take()
+            self._close()
         self.path.unlink(missing_ok=True)
 
     def close_keeping_bytes(self) -> None:
-        """Close, keeping what arrived for a later resume (an empty file helps nobody)."""
-        self._close()
-        if self.size == 0:
+        """Land what is buffered and close, keeping it for a later resume.
+
+        An empty file helps nobody: it is deleted (as is a ``.part`` left by
+        an earlier run that a fresh part never got to overwrite).
+        """
+        with self._lock:
+            if self._sealed:
+                return  # committed (or committing) already
+            self._sealed = True
+            pieces = self.take()
+            try:
+                if pieces and not self._broken:
+                    self._write(self._fd if self._fd is not None else self._create(), pieces)
+            except OSError as exc:
+                # Keep the caller's exception; what is on disk is still a prefix.
+                log.debug("cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc)
+            finally:
+                self._close()
+            empty = self._written == 0
+        if empty:
             self.path.unlink(missing_ok=True)
 
     def _close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        # Lock held.
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def _ftyp_problem(head: bytes, size: int | None) -> str | None:
@@ -452,6 +533,16 @@ def _refuse_credentials(session: aiohttp.ClientSession) -> None:
             "the download session carries credentials; result files must be "
             "fetched without the API key (use a separate session)"
         )
+
+
+def _open_creating(path: Path, flags: int) -> int:
+    """``os.open`` with O_CREAT, making missing parent folders first (blocking)."""
+    try:
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        # Cheaper than a mkdir before every file: folders are usually there already.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o666)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -109,6 +109,8 @@ class _Fetch:
     model: str
     filename: str
     result_urls: tuple[str, ...]
+    #: succeeded in this run: no .part of an earlier run can be waiting for it
+    fresh: bool = False
 
 
 #: consecutive 404s to a status call before a task counts as gone
@@ -834,7 +836,7 @@ class Engine:
                 urls=len(status.result_urls),
             )
             self.completions.add(key, seconds)
-            self._enqueue(_Fetch(t.job_id, t.model, t.filename, status.result_urls))
+            self._enqueue(_Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True))
         else:
             await self.journal.transition(
                 t.job_id,
@@ -882,7 +884,7 @@ class Engine:
         async for row in self._rows_in(S.SUCCEEDED, limit=200, file_only=False):
             while self._downloads.qsize() > 500:
                 await self.clock.sleep(0.05)
-            self._downloads.put_nowait(_Fetch(row.id, row.model, row.filename, row.result_urls))
+            self._enqueue(_Fetch(row.id, row.model, row.filename, row.result_urls))
 
     def _enqueue(self, fetch: _Fetch) -> None:
         # The feeder pages through `succeeded` rows while fresh successes arrive: once each.
@@ -917,7 +919,12 @@ class Engine:
             for n, url in enumerate(row.result_urls):
                 dest = self._dest(row.filename, n)
                 got = await download_file(
-                    session, url, dest, clock=self.clock, backoff=self._download_backoff
+                    session,
+                    url,
+                    dest,
+                    clock=self.clock,
+                    backoff=self._download_backoff,
+                    fresh=row.fresh,
                 )
                 files.append(str(dest.relative_to(self.output_dir)))
                 hashes.append(got.sha256)

@@ -6,9 +6,10 @@ import asyncio
 import hashlib
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -132,15 +133,52 @@ def clock() -> RecordingClock:
     return RecordingClock()
 
 
+@dataclass
+class Hops:
+    """What download_file handed to worker threads: one name per hop, and batch sizes."""
+
+    calls: list[str] = field(default_factory=list)
+    #: bytes in each batch written before the commit
+    batches: list[int] = field(default_factory=list)
+
+
+_T = TypeVar("_T")
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
+    """Count the download module's asyncio.to_thread hops (they still run for real)."""
+    record = Hops()
+    real = asyncio.to_thread
+
+    async def counting(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        name = getattr(func, "__qualname__", "")
+        if name.startswith("_Part."):
+            record.calls.append(name.removeprefix("_Part."))
+            if name == "_Part.write":
+                record.batches.append(sum(len(piece) for piece in args[0]))
+        return await real(func, *args, **kwargs)
+
+    # download.py calls asyncio.to_thread through the module: patched for this test only.
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    return record
+
+
 def _part(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
 async def _get(
-    session: aiohttp.ClientSession, url: str, dest: Path, clock: RecordingClock, **kw: int
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    clock: RecordingClock,
+    *,
+    fresh: bool = False,
+    chunk_size: int = CHUNK,
 ) -> Downloaded:
     return await download_file(
-        session, url, dest, clock=clock, backoff=BACKOFF, chunk_size=CHUNK, **kw
+        session, url, dest, clock=clock, backoff=BACKOFF, chunk_size=chunk_size, fresh=fresh
     )
 
 
@@ -161,16 +199,18 @@ def _assert_whole(result: Downloaded, dest: Path, body: bytes = BODY) -> None:
 # --- the happy path ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_downloads_whole_file(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """A normal body lands byte-exact at dest with its SHA-256; no .part is left."""
     files, url = host
     dest = tmp_path / "video.mp4"
-    result = await _get(session, url, dest, clock)
+    result = await _get(session, url, dest, clock, fresh=fresh)
     _assert_whole(result, dest)
     assert result.resumed == 0
     assert clock.sleeps == []
@@ -210,42 +250,48 @@ async def test_session_with_credentials_is_refused(
     assert files.seen == []
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_creates_parent_directories(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Missing folders on the way to dest are created."""
     _, url = host
     dest = tmp_path / "out" / "spring" / "video.mp4"
-    _assert_whole(await _get(session, url, dest, clock), dest)
+    _assert_whole(await _get(session, url, dest, clock, fresh=fresh), dest)
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_overwrites_existing_dest(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """An existing file at dest is replaced (skipping is the caller's decision)."""
     _, url = host
     dest = tmp_path / "video.mp4"
     dest.write_bytes(b"an older, different file")
-    _assert_whole(await _get(session, url, dest, clock), dest)
+    _assert_whole(await _get(session, url, dest, clock, fresh=fresh), dest)
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_chunked_body_without_length(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """A chunked body (no Content-Length) is taken whole as the server ends it."""
     files, url = host
     files.chunked = True
     dest = tmp_path / "video.mp4"
-    _assert_whole(await _get(session, url, dest, clock), dest)
+    _assert_whole(await _get(session, url, dest, clock, fresh=fresh), dest)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 1 << 20])
@@ -267,17 +313,19 @@ async def test_any_chunk_size_gives_the_same_file(
 # --- resuming ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_truncated_transfer_resumes_with_range(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Dropped twice mid-body, the download resumes from where it stopped, byte-exact."""
     files, url = host
     files.cuts = [70_000, 100_000]
     dest = tmp_path / "video.mp4"
-    result = await _get(session, url, dest, clock)
+    result = await _get(session, url, dest, clock, fresh=fresh)
     _assert_whole(result, dest)
     assert result.resumed == 2
     first, second = (_range_start(h) for h in files.seen[1:])
@@ -288,18 +336,20 @@ async def test_truncated_transfer_resumes_with_range(
     assert len(clock.sleeps) == 2  # waited on the injected clock before each resume
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_server_ignoring_range_restarts_from_zero(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """A 200 answer to a Range request restarts the file (and the hash) from byte zero."""
     files, url = host
     files.ranges = False
     files.cuts = [120_000]
     dest = tmp_path / "video.mp4"
-    result = await _get(session, url, dest, clock)
+    result = await _get(session, url, dest, clock, fresh=fresh)
     _assert_whole(result, dest)
     assert result.resumed == 0
     assert 0 < _range_start(files.seen[1]) <= 120_000
@@ -365,29 +415,35 @@ async def test_existing_non_mp4_part_is_not_resumed(
     assert [h.get("Range") for h in files.seen] == [None]
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_if_range_guards_a_resume_with_the_etag(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """With a strong ETag from the first answer, the resume asks for the same file only."""
     files, url = host
     files.headers = {"ETag": '"v1-abc"'}
     files.cuts = [10_000]
-    _assert_whole(await _get(session, url, tmp_path / "video.mp4", clock), tmp_path / "video.mp4")
+    _assert_whole(
+        await _get(session, url, tmp_path / "video.mp4", clock, fresh=fresh), tmp_path / "video.mp4"
+    )
     assert files.seen[1].get("If-Range") == '"v1-abc"'
 
 
 # --- the URL is gone -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 @pytest.mark.parametrize("status", [403, 404, 410])
 async def test_expired_url_raises_result_expired(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
     status: int,
 ) -> None:
     """403/404/410 end at once with ResultExpired naming host and path, never the query."""
@@ -395,7 +451,7 @@ async def test_expired_url_raises_result_expired(
     files.statuses = {1: status}
     dest = tmp_path / "video.mp4"
     with pytest.raises(ResultExpired) as info:
-        await _get(session, url, dest, clock)
+        await _get(session, url, dest, clock, fresh=fresh)
     message = str(info.value)
     assert PATH in message and "127.0.0.1" in message
     assert "s3cr3t" not in message and "?" not in message
@@ -404,11 +460,13 @@ async def test_expired_url_raises_result_expired(
     assert len(files.seen) == 1
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_expired_url_deletes_a_resumable_part(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Once the URL is gone, the bytes of a half-done earlier attempt are worthless."""
     files, url = host
@@ -416,13 +474,14 @@ async def test_expired_url_deletes_a_resumable_part(
     dest = tmp_path / "video.mp4"
     _part(dest).write_bytes(BODY[:1000])
     with pytest.raises(ResultExpired):
-        await _get(session, url, dest, clock)
+        await _get(session, url, dest, clock, fresh=fresh)
     assert not dest.exists() and not _part(dest).exists()
 
 
 # --- not the promised file ----------------------------------------------------
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -440,6 +499,7 @@ async def test_body_that_is_not_an_mp4_is_integrity_error(
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
     body: bytes,
 ) -> None:
     """An empty, tiny or non-MP4 body raises IntegrityError and leaves nothing on disk."""
@@ -447,7 +507,7 @@ async def test_body_that_is_not_an_mp4_is_integrity_error(
     files.body = body
     dest = tmp_path / "video.mp4"
     with pytest.raises(IntegrityError) as info:
-        await _get(session, url, dest, clock)
+        await _get(session, url, dest, clock, fresh=fresh)
     assert "s3cr3t" not in str(info.value)
     assert not dest.exists() and not _part(dest).exists()
     assert len(files.seen) == 1  # not retried: the host will say the same again
@@ -472,18 +532,20 @@ async def test_non_mp4_body_leaves_an_older_dest_alone(
 # --- persistent trouble ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_persistent_500_gives_up_after_max_attempts(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """5xx is retried with growing waits, then DownloadError; no empty .part is left."""
     files, url = host
     files.status_from = (1, 500)
     dest = tmp_path / "video.mp4"
     with pytest.raises(DownloadError) as info:
-        await _get(session, url, dest, clock)
+        await _get(session, url, dest, clock, fresh=fresh)
     assert type(info.value) is DownloadError
     assert "s3cr3t" not in str(info.value)
     assert len(files.seen) == BACKOFF.max_attempts
@@ -509,11 +571,13 @@ async def test_persistent_500_keeps_an_existing_part(
     assert not dest.exists()
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_persistent_500_after_a_drop_keeps_what_landed(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Bytes written before the link dropped stay in .part, in order, never at dest."""
     files, url = host
@@ -521,7 +585,7 @@ async def test_persistent_500_after_a_drop_keeps_what_landed(
     files.status_from = (2, 502)
     dest = tmp_path / "video.mp4"
     with pytest.raises(DownloadError):
-        await _get(session, url, dest, clock)
+        await _get(session, url, dest, clock, fresh=fresh)
     kept = _part(dest).read_bytes() if _part(dest).exists() else b""
     assert BODY.startswith(kept) and len(kept) <= 40_000
     assert not dest.exists()
@@ -592,17 +656,19 @@ async def test_unreachable_host_gives_up_with_download_error(
     assert not _part(dest).exists()
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_cancelled_download_keeps_its_part(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Cancelling mid-body (shutdown) keeps the bytes so far; nothing appears at dest."""
     files, url = host
     files.stall_at = 60_000
     dest = tmp_path / "video.mp4"
-    task = asyncio.create_task(_get(session, url, dest, clock))
+    task = asyncio.create_task(_get(session, url, dest, clock, fresh=fresh))
     # All but the last partial batch is on disk once this much has landed.
     landed = 60_000 - CHUNK + 1
     while not _part(dest).exists() or _part(dest).stat().st_size < landed:  # noqa: ASYNC110 (polls the disk)
@@ -630,14 +696,172 @@ async def test_infinite_retry_after_does_not_stall(
     assert clock.sleeps == [1.0]
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
 async def test_unwritable_destination_is_download_error(
     host: tuple[FileHost, str],
     session: aiohttp.ClientSession,
     clock: RecordingClock,
     tmp_path: Path,
+    fresh: bool,
 ) -> None:
     """Our own disk refusing (here: the folder is a file) is a DownloadError, not an OSError."""
     _, url = host
     (tmp_path / "out").write_text("a file where a folder should be")
     with pytest.raises(DownloadError, match="cannot write"):
-        await _get(session, url, tmp_path / "out" / "video.mp4", clock)
+        await _get(session, url, tmp_path / "out" / "video.mp4", clock, fresh=fresh)
+
+
+# --- fresh results: few hops to the disk --------------------------------------
+
+
+async def test_fresh_small_file_lands_in_one_hop(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    hops: Hops,
+) -> None:
+    """A fresh body smaller than chunk_size: mkdir, write, fsync, rename in one thread hop."""
+    files, url = host
+    dest = tmp_path / "new" / "folder" / "video.mp4"
+    result = await _get(session, url, dest, clock, fresh=True, chunk_size=1 << 20)
+    _assert_whole(result, dest)
+    assert hops.calls == ["commit"]
+    assert result.resumed == 0 and len(files.seen) == 1
+
+
+async def test_resumable_small_file_takes_two_hops(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    hops: Hops,
+) -> None:
+    """Without fresh: one hop to look for a .part (mkdir included), one to land the file."""
+    _, url = host
+    dest = tmp_path / "new" / "video.mp4"
+    result = await _get(session, url, dest, clock, chunk_size=1 << 20)
+    _assert_whole(result, dest)
+    assert hops.calls == ["_open_sync", "commit"]
+
+
+@pytest.mark.parametrize("stale", [1_000, len(BODY) + 100_000], ids=["shorter", "longer"])
+@pytest.mark.parametrize("chunk_size", [CHUNK, 1 << 20], ids=["streamed", "one-hop"])
+async def test_fresh_overwrites_a_stale_part(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    stale: int,
+    chunk_size: int,
+) -> None:
+    """A .part in the way of a fresh download is replaced from byte zero, never continued."""
+    files, url = host
+    dest = tmp_path / "video.mp4"
+    # MP4-looking, so a resumable download would have continued it.
+    _part(dest).write_bytes((FTYP + b"\xee" * stale)[:stale])
+    result = await _get(session, url, dest, clock, fresh=True, chunk_size=chunk_size)
+    _assert_whole(result, dest)
+    assert [h.get("Range") for h in files.seen] == [None]
+
+
+async def test_fresh_large_body_streams_through_the_part(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    hops: Hops,
+) -> None:
+    """Past chunk_size a fresh body goes to disk batch by batch: bounded memory, same file."""
+    files, url = host
+    files.body = FTYP + random.Random(5).randbytes(1_000_000)
+    chunk = 64 * 1024
+    dest = tmp_path / "video.mp4"
+    result = await _get(session, url, dest, clock, fresh=True, chunk_size=chunk)
+    _assert_whole(result, dest, files.body)
+    assert hops.calls[-1] == "commit"
+    assert set(hops.calls[:-1]) == {"write"}
+    assert len(hops.batches) >= len(files.body) // (2 * chunk)
+    assert max(hops.batches) <= 2 * chunk
+    assert len(files.body) - sum(hops.batches) <= 2 * chunk  # what the commit wrote
+
+
+async def test_fresh_truncated_transfer_resumes_from_memory(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    hops: Hops,
+) -> None:
+    """Bytes buffered before a drop count: the resume asks for the rest, still one hop."""
+    files, url = host
+    files.cuts = [100_000]
+    dest = tmp_path / "video.mp4"
+    result = await _get(session, url, dest, clock, fresh=True, chunk_size=1 << 20)
+    _assert_whole(result, dest)
+    assert result.resumed == 1
+    assert "Range" not in files.seen[0]
+    assert 0 < _range_start(files.seen[1]) <= 100_000
+    assert hops.calls == ["commit"]
+    assert len(clock.sleeps) == 1
+
+
+async def test_fresh_bytes_in_memory_are_kept_on_giving_up(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+) -> None:
+    """Giving up lands the buffered bytes in .part; a later resumable run continues them."""
+    files, url = host
+    files.cuts = [40_000]
+    files.status_from = (2, 502)
+    dest = tmp_path / "video.mp4"
+    with pytest.raises(DownloadError, match="bytes kept"):
+        await _get(session, url, dest, clock, fresh=True, chunk_size=1 << 20)
+    kept = _part(dest).read_bytes()
+    assert 0 < len(kept) <= 40_000 and BODY.startswith(kept)
+    assert not dest.exists()
+    files.status_from = None
+    result = await _get(session, url, dest, clock)
+    _assert_whole(result, dest)
+    assert result.resumed == 1
+    assert files.seen[-1].get("Range") == f"bytes={len(kept)}-"
+
+
+async def test_fresh_giving_up_with_nothing_removes_a_stale_part(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+) -> None:
+    """Fresh promised the stale .part is worthless: with nothing new to keep, it goes."""
+    files, url = host
+    files.status_from = (1, 503)
+    dest = tmp_path / "video.mp4"
+    _part(dest).write_bytes(BODY[:5_000])
+    with pytest.raises(DownloadError) as info:
+        await _get(session, url, dest, clock, fresh=True)
+    assert "kept" not in str(info.value)
+    assert not _part(dest).exists() and not dest.exists()
+
+
+@pytest.mark.parametrize("chunk_size", [CHUNK, 1 << 20], ids=["streamed", "one-hop"])
+async def test_fresh_non_mp4_is_refused_before_any_write(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    hops: Hops,
+    chunk_size: int,
+) -> None:
+    """A long non-MP4 body is refused on its first bytes: no hop, no .part, no dest."""
+    files, url = host
+    files.body = b"<html>" + b"x" * 600_000 + b"</html>"
+    dest = tmp_path / "video.mp4"
+    _part(dest).write_bytes(BODY[:5_000])
+    with pytest.raises(IntegrityError, match="not an MP4"):
+        await _get(session, url, dest, clock, fresh=True, chunk_size=chunk_size)
+    assert hops.calls == []
+    assert not dest.exists() and not _part(dest).exists()
+    assert len(files.seen) == 1

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from pydantic import ValidationError
 
+from .. import runtime
 from .app import Simulator
 from .config import DEFAULT_API_KEY, SimConfig
 
@@ -113,7 +114,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(config, args.host, args.port, _key_source(args, config)))
+        runtime.run(_serve(config, args.host, args.port, _key_source(args, config)))
     except OSError as exc:
         print(
             f"simulate: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
