@@ -27,7 +27,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,13 +178,18 @@ class _Transfer:
     ) -> None:
         self.session = session
         self.url = url
-        self.where = _describe(url)
         self.part = part
         self.chunk_size = chunk_size
         self.resumed = 0
         self.total: int | None = None
         # A strong validator from an earlier answer: resume only the same file.
         self.etag: str | None = None
+
+    @cached_property
+    def where(self) -> str:
+        # Parsing the URL costs more than the rest of a small download's loop work:
+        # only messages need it.
+        return _describe(self.url)
 
     async def attempt(self) -> None:
         """One request; returns when the body is complete, raises _Retry on transient trouble."""
@@ -224,7 +231,7 @@ class _Transfer:
                         f"{self.where}: more bytes than the announced {self.total}"
                     )
                 # A full batch goes to disk now, unless it ends the body (the commit writes it).
-                if part.add(piece, self.where) and received != self.total:
+                if part.add(piece, lambda: self.where) and received != self.total:
                     if writing is not None:
                         # Shielded: cancelling us must not orphan a half-done write.
                         await asyncio.shield(writing)
@@ -361,7 +368,7 @@ class _Part:
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
-    def add(self, piece: bytes, where: str) -> bool:
+    def add(self, piece: bytes, where: Callable[[], str]) -> bool:
         """Buffer a piece (event loop); True once a batch is ready for :meth:`take`.
 
         The ftyp box is checked as soon as its first bytes are here, before
@@ -371,7 +378,7 @@ class _Part:
             self.head += piece[: _HEAD - len(self.head)]
             problem = _ftyp_problem(self.head, None) if len(self.head) == _HEAD else None
             if problem:
-                raise IntegrityError(f"{where}: {problem}")
+                raise IntegrityError(f"{where()}: {problem}")
         self._pending.append(piece)
         self._pending_bytes += len(piece)
         self.size += len(piece)

@@ -826,7 +826,8 @@ class Engine:
                 )
                 j.record_completion(key, seconds, now)
 
-            await self.journal.write(succeed)
+            # Not durable: after a power loss the task is simply polled again.
+            await self.journal.write(succeed, durable=False)
             self._emit(
                 "succeeded",
                 t.job_id,
@@ -944,8 +945,15 @@ class Engine:
                 error=f"{exc}; left for `apixo-batch download`",
             )
             return
+        # Not durable: after a power loss the file is verified or fetched again.
         await self.journal.transition(
-            row.id, S.DONE, self.clock.wall(), files=files, bytes=total, sha256=hashes
+            row.id,
+            S.DONE,
+            self.clock.wall(),
+            durable=False,
+            files=files,
+            bytes=total,
+            sha256=hashes,
         )
         self._emit("downloaded", row.id, model=row.model, files=files, bytes=total)
 

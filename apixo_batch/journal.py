@@ -16,9 +16,24 @@ answer not journaled): on restart those jobs go back to ``queued`` flagged
 *possibly duplicated*. Transitions live in :data:`TRANSITIONS`; the journal
 refuses anything else.
 
-The connection is used from one worker thread; the engine talks to it through
-:class:`AsyncJournal`, which batches concurrent writes into one transaction
-(group commit) so 150 submits a second cost a handful of fsyncs, not 150.
+The connection is used from one thread; the engine talks to it through
+:class:`AsyncJournal`, whose own thread takes every operation queued since its
+last pass and commits the consecutive writes among them as one transaction
+(group commit), then hands all the results back to the event loop at once.
+
+Durability. Every commit is durable by default (``synchronous=FULL``: the WAL
+is fsynced before COMMIT returns). A write may say ``durable=False``; a
+transaction made only of such writes commits with ``synchronous=NORMAL``,
+which in WAL mode survives a kill -9 or a crash of the process (the commit is
+in the WAL file, in the OS's page cache) and may lose only the last commits
+on a power loss or an OS crash, never corrupt the database. Any durable write
+in a transaction makes that commit FULL. The engine uses ``durable=False``
+only where a lost commit costs nothing paid: the ``succeeded`` transition with
+its completion sample (after a power loss the job is back to ``submitted`` and
+its task is polled again) and ``done`` (back to ``succeeded``: the result is
+downloaded again while its URL lives). ``submitting`` and the task id
+(``submitted``) stay durable: losing them would forget, or pay twice for, a
+submitted task.
 """
 
 from __future__ import annotations
@@ -29,9 +44,10 @@ import enum
 import fcntl
 import json
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +80,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.FAILED: frozenset({S.QUEUED}),
     S.DONE: frozenset(),
     S.EXPIRED: frozenset(),
+}
+
+# The reverse of TRANSITIONS, as SQL: the states from which each state may be entered
+# (one UPDATE ... WHERE state IN (...) checks and applies a transition at once).
+_LEGAL_FROM_SQL: dict[JobState, str] = {
+    new: ", ".join(f"'{old.value}'" for old in JobState if new in TRANSITIONS[old])
+    for new in JobState
 }
 
 _SCHEMA = """
@@ -223,6 +246,7 @@ class Journal:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._synchronous_full = True  # what the connection is set to now
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         with self.transaction():
@@ -259,9 +283,29 @@ class Journal:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (disk full, I/O error) may leave the transaction open:
+            # close it, or every later BEGIN would fail too.
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # SQLite rolls some errors (I/O, disk full) back itself: nothing left to undo then.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _use_synchronous(self, *, full: bool) -> None:
+        """FULL (fsync every commit) or NORMAL; outside a transaction, only on a change."""
+        if full != self._synchronous_full:
+            self._db.execute("PRAGMA synchronous=FULL" if full else "PRAGMA synchronous=NORMAL")
+            self._synchronous_full = full
 
     # -- meta ---------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -501,31 +545,55 @@ class Journal:
 
     # -- writes ---------------------------------------------------------------
     def transition(self, job_id: str, new: JobState, now: float, **fields: Any) -> None:
-        """Move one job to ``new``, setting ``fields``; refuse an illegal change."""
+        """Move one job to ``new``, setting ``fields``; refuse an illegal change.
+
+        One UPDATE restricted to the states ``new`` may be entered from (plus, for the
+        task id of a submit, its ``task_history`` row); the current state is read only
+        to explain a refusal."""
+        sets = ["state=?", "updated_at=?"]
+        values: list[Any] = [new.value, now]
+        bad_column: str | None = None
+        for key, value in fields.items():
+            if key not in _COLUMNS or key in ("id", "state"):
+                bad_column = key
+                break
+            if isinstance(value, tuple | list):
+                value = json.dumps(list(value))
+            sets.append(f"{key}=?")
+            values.append(value)
+        if bad_column is not None:
+            self._check_transition(job_id, new)  # the same error precedence as ever
+            raise JournalError(f"unknown journal column {bad_column!r}")
+        values.append(job_id)
+        assignments = ", ".join(sets)
+        if new is S.SUBMITTED and "task_id" in fields:
+            # The first answer of a submit: the paid task also goes to task_history.
+            cur = self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id=? AND state='submitting'", values
+            )
+            if cur.rowcount:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO task_history(task_id, job_id, input_hash, "
+                    "submitted_at) SELECT ?, id, input_hash, ? FROM jobs WHERE id=?",
+                    (fields["task_id"], now, job_id),
+                )
+                return
+        cur = self._db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=? AND state IN ({_LEGAL_FROM_SQL[new]})",
+            values,
+        )
+        if cur.rowcount == 0:
+            self._check_transition(job_id, new)
+            raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
+
+    def _check_transition(self, job_id: str, new: JobState) -> None:
+        """Raise the JournalError that refuses moving ``job_id`` to ``new``, if any."""
         row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise JournalError(f"job {job_id!r} is not in the journal")
         old = JobState(row[0])
         if new not in TRANSITIONS[old]:
             raise JournalError(f"job {job_id!r}: illegal state change {old} -> {new}")
-        sets = ["state=?", "updated_at=?"]
-        values: list[Any] = [new.value, now]
-        for key, value in fields.items():
-            if key not in _COLUMNS or key in ("id", "state"):
-                raise JournalError(f"unknown journal column {key!r}")
-            if isinstance(value, tuple | list):
-                value = json.dumps(list(value))
-            sets.append(f"{key}=?")
-            values.append(value)
-        values.append(job_id)
-        self._db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", values)
-        if new is S.SUBMITTED and "task_id" in fields and old is S.SUBMITTING:
-            r = self._db.execute("SELECT input_hash FROM jobs WHERE id=?", (job_id,)).fetchone()
-            self._db.execute(
-                "INSERT OR IGNORE INTO task_history(task_id, job_id, input_hash, submitted_at) "
-                "VALUES (?,?,?,?)",
-                (fields["task_id"], job_id, r[0], now),
-            )
 
     def record_completion(self, clock_key: str, seconds: float, now: float) -> None:
         self._db.execute(
@@ -561,8 +629,28 @@ class Journal:
                     )
         return out
 
-    def execute_batch(self, ops: Sequence[Callable[[Journal], Any]]) -> list[Any]:
-        """Run several write operations in one transaction (one commit, one fsync)."""
+    def execute_batch(
+        self, ops: Sequence[Callable[[Journal], Any]], *, durable: bool = True
+    ) -> list[Any]:
+        """Run several write operations in one transaction (one commit, one fsync).
+
+        Returns each op's result, or the exception it raised, in order: a failing op is
+        rolled back alone (a savepoint each; a lone op needs none, the transaction is its
+        savepoint). ``durable=False`` commits with ``synchronous=NORMAL`` (see the module
+        docstring). A failing COMMIT raises (nothing of the batch is committed)."""
+        self._use_synchronous(full=durable)
+        if len(ops) == 1:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = ops[0](self)
+            except Exception as exc:
+                self._rollback()
+                return [exc]
+            except BaseException:
+                self._rollback()
+                raise
+            self._commit()
+            return [result]
         results: list[Any] = []
         with self.transaction():
             for op in ops:
@@ -577,68 +665,216 @@ class Journal:
         return results
 
 
+_READ, _WRITE, _CLOSE = 0, 1, 2
+# (kind, op, the caller's future, durable); the close sentinel carries neither op nor future.
+_Item = tuple[int, Callable[[Journal], Any] | None, asyncio.Future[Any] | None, bool]
+# (future, succeeded, result or exception): what one delivery hands back to the loop.
+_Outcome = tuple[asyncio.Future[Any], bool, Any]
+
+
 class AsyncJournal:
-    """The journal seen from the event loop: one worker thread, group-committed writes."""
+    """The journal seen from the event loop: one thread owns the connection.
 
-    def __init__(self, journal: Journal) -> None:
+    ``read``, ``write`` and ``transition`` queue their operation *when called* and
+    return a future. The journal thread takes every operation queued since its last
+    pass (up to ``max_drain``), runs them in arrival order, each run of consecutive
+    writes as one transaction (one commit: group commit) and each read between them
+    (so a read queued after a write sees it), then hands all the results to the
+    event loop in one callback.
+
+    Cancelling a caller does not cancel its operation: once ``write`` has returned,
+    the op runs and commits even if the awaiting task is cancelled (its future then
+    simply gets no result). The engine relies on this: a task id the API answered
+    reaches the journal even when the run is interrupted, and ``close`` runs every
+    operation queued before it.
+
+    An op that raises fails its own caller only (a savepoint per op); a failing
+    COMMIT fails every op of that transaction. Should the thread itself die (a bug),
+    pending and later callers get a :class:`JournalError` instead of waiting forever.
+    """
+
+    def __init__(self, journal: Journal, *, max_drain: int = 1000) -> None:
         self.sync = journal
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._pending: list[tuple[Callable[[Journal], Any], asyncio.Future[Any]]] = []
-        self._flushing: asyncio.Future[None] | None = None
-        self._lock = asyncio.Lock()
+        self._max_drain = max_drain
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Orders enqueues against closing and dying: nothing is queued after the close
+        # sentinel, nor after the thread's last look at the queue when it dies.
+        self._gate = threading.Lock()
+        self._closing = False
+        self._finished = False
+        self._died: BaseException | None = None
+        self._close_waiters: list[asyncio.Future[None]] = []
+        self._thread = threading.Thread(target=self._serve, name="apixo-journal", daemon=True)
+        self._thread.start()
 
-    async def read(self, fn: Callable[[Journal], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self.sync)
+    # -- the event loop's side ----------------------------------------------
+    def read(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the journal thread, after every operation queued before it."""
+        return self._submit(_READ, fn, True)
 
-    async def write(self, op: Callable[[Journal], T]) -> T:
-        """Apply ``op`` and commit; concurrent writers share one transaction."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append((op, fut))
-        async with self._lock:
-            if not fut.done() and self._pending:
-                batch, self._pending = self._pending, []
-                inner = loop.run_in_executor(
-                    self._executor, self.sync.execute_batch, [o for o, _ in batch]
-                )
-                try:
-                    # Shielded: a cancelled leader must not strand the writers it carries.
-                    results = await asyncio.shield(inner)
-                except asyncio.CancelledError:
-                    self._resolve(batch, await _outcome(inner))
-                    raise
-                except Exception as exc:
-                    self._resolve(batch, exc)
-                else:
-                    self._resolve(batch, results)
-        return await fut
+    def write(self, op: Callable[[Journal], T], *, durable: bool = True) -> asyncio.Future[T]:
+        """Apply ``op`` and commit; writes queued together share one transaction.
 
-    @staticmethod
-    def _resolve(
-        batch: list[tuple[Callable[[Journal], Any], asyncio.Future[Any]]],
-        outcome: list[Any] | BaseException,
-    ) -> None:
-        for i, (_, f) in enumerate(batch):
-            if f.done():
-                continue
-            res = outcome if isinstance(outcome, BaseException) else outcome[i]
-            if isinstance(res, BaseException):
-                f.set_exception(res)
-            else:
-                f.set_result(res)
+        Queued at once (not at the first await); it runs and commits even if the caller
+        is cancelled. ``durable=False``: see the module docstring."""
+        return self._submit(_WRITE, op, durable)
 
-    async def transition(self, job_id: str, new: JobState, now: float, **fields: Any) -> None:
-        await self.write(lambda j: j.transition(job_id, new, now, **fields))
+    def transition(
+        self, job_id: str, new: JobState, now: float, *, durable: bool = True, **fields: Any
+    ) -> asyncio.Future[None]:
+        """:meth:`Journal.transition` as a write (queued at once, like :meth:`write`)."""
+        return self._submit(_WRITE, lambda j: j.transition(job_id, new, now, **fields), durable)
 
     async def close(self) -> None:
+        """Run everything queued so far, close the journal (freeing its lock), stop the
+        thread. Later reads and writes raise :class:`JournalError`; closing again is a
+        no-op (or raises, like everything else, if the thread died)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.sync.close)
-        self._executor.shutdown(wait=True)
+        with self._gate:
+            finished = self._finished
+            if not finished:
+                done: asyncio.Future[None] = loop.create_future()
+                self._close_waiters.append(done)
+                if not self._closing:
+                    self._closing = True
+                    self._queue.put((_CLOSE, None, None, False))
+        if finished:
+            if self._died is not None:
+                raise self._unusable()
+            return
+        await done
+        # The thread posted its last results and is returning: a join takes microseconds.
+        self._thread.join(timeout=1.0)
+
+    def _submit(
+        self, kind: int, op: Callable[[Journal], Any], durable: bool
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._gate:
+            if self._closing or self._died is not None:
+                raise self._unusable()
+            self._queue.put((kind, op, fut, durable))
+        return fut
+
+    def _unusable(self) -> JournalError:
+        if self._died is None:
+            return JournalError(f"the journal {self.sync.path} is closed")
+        error = JournalError(
+            f"the journal thread stopped unexpectedly ({self._died!r}); "
+            "the run cannot record anything more"
+        )
+        error.__cause__ = self._died
+        return error
+
+    # -- the journal thread ---------------------------------------------------
+    def _serve(self) -> None:
+        batch: list[_Item] = []
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while len(batch) < self._max_drain:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._process(batch):
+                    return
+                batch = []
+        except BaseException as exc:  # a bug: fail everyone rather than hang them
+            self._die(exc, batch)
+
+    def _process(self, batch: list[_Item]) -> bool:
+        """Run one drained batch in order; True once the close sentinel was handled."""
+        out: list[_Outcome] = []
+        writes: list[_Item] = []
+        closing = False
+        for item in batch:
+            kind, op, fut, _ = item
+            if kind == _WRITE:
+                writes.append(item)
+                continue
+            if writes:
+                self._commit(writes, out)
+                writes = []
+            if kind == _CLOSE:
+                closing = True
+                break
+            assert op is not None and fut is not None
+            self.sync._use_synchronous(full=True)  # a read that writes stays durable
+            try:
+                out.append((fut, True, op(self.sync)))
+            except Exception as exc:
+                out.append((fut, False, exc))
+        if writes:
+            self._commit(writes, out)
+        if closing:
+            error: Exception | None = None
+            try:
+                self.sync.close()
+            except Exception as exc:
+                error = exc
+            with self._gate:
+                self._finished = True
+                waiters, self._close_waiters = self._close_waiters, []
+            out.extend((w, error is None, error) for w in waiters)
+        self._post(out)
+        return closing
+
+    def _commit(self, writes: list[_Item], out: list[_Outcome]) -> None:
+        ops: list[Callable[[Journal], Any]] = []
+        durable = False
+        for _, op, _, item_durable in writes:
+            assert op is not None
+            ops.append(op)
+            durable = durable or item_durable
+        try:
+            results = self.sync.execute_batch(ops, durable=durable)
+        except Exception as exc:  # BEGIN or COMMIT failed: the whole transaction did
+            results = [exc] * len(ops)
+        for (_, _, fut, _), result in zip(writes, results, strict=True):
+            assert fut is not None
+            out.append((fut, not isinstance(result, BaseException), result))
+
+    def _die(self, exc: BaseException, batch: list[_Item]) -> None:
+        with contextlib.suppress(Exception):
+            self.sync._rollback()
+        with contextlib.suppress(Exception):
+            self.sync.close()  # frees the lock: a new run can take over
+        with self._gate:
+            self._died = exc
+            self._finished = True
+            waiters, self._close_waiters = self._close_waiters, []
+        # Nothing more can be queued now: fail what is.
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        futures = [fut for _, _, fut, _ in batch if fut is not None]
+        self._post([(f, False, self._unusable()) for f in (*futures, *waiters)])
+
+    @staticmethod
+    def _post(out: list[_Outcome]) -> None:
+        """Hand the outcomes to their loop(s): one callback per loop for the whole batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in out:
+            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, outcomes in by_loop.items():
+            # A closed loop has nobody left to wait; the ops are committed regardless.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, outcomes)
 
 
-async def _outcome(fut: asyncio.Future[list[Any]]) -> list[Any] | BaseException:
-    try:
-        return await fut
-    except BaseException as exc:  # handed to every waiting writer
-        return exc
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """On the event loop: resolve each future, skipping those already done (cancelled)."""
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            if isinstance(value, StopIteration):  # a future refuses StopIteration
+                error = RuntimeError(f"journal operation raised {value!r}")
+                error.__cause__ = value
+                value = error
+            fut.set_exception(value)
