@@ -24,6 +24,7 @@ def benchmarks(quick: bool) -> list[list[str]]:
     repeat = "1" if quick else "3"
     return [
         ["engine_bench.py"],
+        ["cpu_by_thread.py"],
         ["callback_bench.py", "--repeat", repeat],
         ["callback_bench.py", "--repeat", repeat, "--time-scale", "0.1"],
         ["compare.py", "--repeat", repeat, *(["short", "rpm3000", "bigfiles"] if quick else [])],
