@@ -115,6 +115,11 @@ class _Fetch:
 
 #: consecutive 404s to a status call before a task counts as gone
 NOT_FOUND_GIVE_UP = 5
+#: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
+#: fewer loop wake-ups per request, for at most this much more wait of one already queued
+REQUEST_TICK_S = 0.1
+#: unscaled seconds: poll timers due this close together are served in one wake-up
+POLL_GAP_S = 0.1
 
 
 def clock_key(model: str, inp: dict[str, Any]) -> str:
@@ -143,7 +148,7 @@ class Engine:
         self._session = session
         self.output_dir = campaign.output_dir
         self.state_path = options.state_path or self.output_dir / ".apixo-batch.sqlite"
-        self.bucket = RequestBucket(options.rpm, self.clock)
+        self.bucket = RequestBucket(options.rpm, self.clock, tick=REQUEST_TICK_S)
         self.concurrency = ConcurrencyLimit(options.max_concurrent)
         self.completions = CompletionModel()
         self.scheduler = PollScheduler(
@@ -153,7 +158,7 @@ class Engine:
             time_scale=options.time_scale,
             is_tight=self._budget_is_tight,
             poll_rate=self._poll_rate,
-            min_gap=0.01,
+            min_gap=max(0.01, POLL_GAP_S * options.time_scale),
         )
         self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
         self._download_backoff = Backoff(

@@ -11,6 +11,12 @@ The leaky-bucket arithmetic is aiolimiter's; only its time source is swapped
 for the injected clock, and waiting is done here so that waiters are served by
 priority (submits are never starved by polls, nor polls by submits: the engine
 picks the priority per call).
+
+With a ``tick``, a caller that finds the bucket empty waits for a tick's worth
+of tokens rather than one, so rate-bound requests leave in small groups and one
+loop wake-up serves several of them: at 166 requests/s, aiohttp requests sent one
+at a time cost about 700 µs of CPU each, in groups of 16 about 220 µs. The tick
+only lengthens waits; no grant exceeds the bucket, so the window bound holds.
 """
 
 from __future__ import annotations
@@ -87,7 +93,9 @@ class BucketStats:
 class RequestBucket:
     """Paced request bucket shared by every API call (submit, status, balance)."""
 
-    def __init__(self, rpm: int, clock: Clock, *, burst: float | None = None) -> None:
+    def __init__(
+        self, rpm: int, clock: Clock, *, burst: float | None = None, tick: float = 0.0
+    ) -> None:
         if rpm < 1:
             raise ValueError("rpm must be at least 1")
         self.rpm = rpm
@@ -100,6 +108,8 @@ class RequestBucket:
         margin = max(1.0, rpm * 0.005)
         self._base_drip = max(rpm - self.burst - margin, 1.0) / 60.0
         self._limiter = _ClockedLimiter(self.burst, self._base_drip, clock)
+        #: seconds of drip an empty bucket waits for, so that grants come in groups
+        self.tick = tick
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._busy = False
@@ -140,8 +150,10 @@ class RequestBucket:
             self._maybe_recover(now)
             if self._limiter.has_capacity():
                 return
-            # Less than one token short: one token's drip time is always enough.
-            await self._clock.sleep(1.0 / self._limiter.drip)
+            # Less than one token short: one token's drip time is always enough. A tick
+            # waits longer, but never past half the bucket: drip beyond a full bucket is lost.
+            drip = self._limiter.drip
+            await self._clock.sleep(max(1.0, min(self.tick * drip, self.burst / 2)) / drip)
 
     def _hand_over(self) -> None:
         while self._waiters:
