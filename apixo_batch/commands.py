@@ -50,6 +50,7 @@ class _Printer:
         self.tally = Tally()
         self._view: LiveView | PlainView | None = None
         self._console: Console | None = None
+        self._flush_pending = False
 
     def attach(self, stats: Callable[[], dict[str, object]]) -> None:
         """Start the progress view for an engine (its statistics() feed the rpm and spend)."""
@@ -63,9 +64,27 @@ class _Printer:
         self._view.start()
 
     def close(self) -> None:
+        self._flush()
         if self._view is not None:
             self._view.stop()
             self._view = None
+
+    def _flush_soon(self) -> None:
+        # Events of one loop turn leave in one write; a reader still gets each line
+        # within that turn, and no write is made per event.
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        sys.stdout.flush()
 
     def _say(self, text: str) -> None:
         text = redact(text, self.key)
@@ -77,7 +96,8 @@ class _Printer:
     def __call__(self, event: Event) -> None:
         self.tally(event)
         if self.json_mode:
-            print(redact(event_line(event), self.key), file=sys.stdout, flush=True)
+            sys.stdout.write(redact(event_line(event), self.key) + "\n")
+            self._flush_soon()
             return
         d = event.data
         if event.kind in ("warning", "stopped"):

@@ -165,6 +165,10 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         print(f"  files in {summary.get('output_dir')}, manifest {summary['manifest']}", file=out)
 
 
+_EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def event_line(event: Event) -> str:
     """One ``--json`` line."""
-    return json.dumps(event.as_dict(), ensure_ascii=False, default=str)
+    # One encoder for every event: json.dumps builds a new one per call when given options.
+    return _EVENT_ENCODER.encode(event.as_dict())

@@ -408,3 +408,56 @@ async def test_unreadable_or_empty_api_key_file_exits_2(simulator, tmp_path: Pat
     assert res.code == 2
     assert "--api-key-file" in res.stderr and "empty" in res.stderr
     assert sim.stats()["requests_total"] == 0
+
+
+class _CountingOut:
+    """A stdout that records what reached the reader: only flushed text counts."""
+
+    def __init__(self) -> None:
+        self.buffered: list[str] = []
+        self.flushed: list[str] = []
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.buffered.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed.append("".join(self.buffered))
+        self.buffered.clear()
+
+
+async def test_json_events_of_one_loop_turn_leave_in_one_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--json: events emitted in one loop turn reach the reader together, by the next turn."""
+    from apixo_batch.commands import _Printer
+    from apixo_batch.events import Event
+
+    out = _CountingOut()
+    monkeypatch.setattr(sys, "stdout", out)
+    printer = _Printer(json_mode=True, quiet=False, verbose=False, key=None)
+    for i in range(5):
+        printer(Event("submitted", 1.0, f"job-{i}", {"task_id": f"t{i}"}))
+    assert out.flushes == 0  # nothing written per event
+    await asyncio.sleep(0)
+    assert out.flushes == 1
+    lines = out.flushed[0].splitlines()
+    assert [json.loads(line)["job"] for line in lines] == [f"job-{i}" for i in range(5)]
+    printer(Event("summary", 2.0))
+    printer.close()  # the last line is not left in the buffer at exit
+    assert json.loads(out.flushed[-1])["event"] == "summary"
+
+
+def test_json_event_outside_a_loop_is_flushed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event emitted with no loop running (before or after a run) is written immediately."""
+    from apixo_batch.commands import _Printer
+    from apixo_batch.events import Event
+
+    out = _CountingOut()
+    monkeypatch.setattr(sys, "stdout", out)
+    printer = _Printer(json_mode=True, quiet=False, verbose=False, key=None)
+    printer(Event("warning", 1.0, None, {"message": "x"}))
+    assert out.flushes == 1
+    assert json.loads(out.flushed[0])["message"] == "x"
