@@ -635,22 +635,31 @@ class Journal:
         """Run several write operations in one transaction (one commit, one fsync).
 
         Returns each op's result, or the exception it raised, in order: a failing op is
-        rolled back alone (a savepoint each; a lone op needs none, the transaction is its
-        savepoint). ``durable=False`` commits with ``synchronous=NORMAL`` (see the module
-        docstring). A failing COMMIT raises (nothing of the batch is committed)."""
+        rolled back alone. ``durable=False`` commits with ``synchronous=NORMAL`` (see
+        the module docstring). A failing COMMIT raises (nothing of the batch is committed).
+
+        The batch first runs without savepoints (each costs two statements per op, and
+        the thread gives up the GIL around every statement); only if an op raises is it
+        rolled back and run again with a savepoint per op. An op may therefore run twice:
+        it must act on the journal alone."""
         self._use_synchronous(full=durable)
-        if len(ops) == 1:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = ops[0](self)
-            except Exception as exc:
-                self._rollback()
-                return [exc]
-            except BaseException:
-                self._rollback()
-                raise
-            self._commit()
-            return [result]
+        self._db.execute("BEGIN IMMEDIATE")
+        results: list[Any] = []
+        try:
+            for op in ops:
+                results.append(op(self))
+        except Exception as exc:
+            self._rollback()
+            if len(ops) == 1:
+                return [exc]  # the transaction was its savepoint
+            return self._execute_each(ops)
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+        return results
+
+    def _execute_each(self, ops: Sequence[Callable[[Journal], Any]]) -> list[Any]:
         results: list[Any] = []
         with self.transaction():
             for op in ops:
@@ -675,9 +684,11 @@ _Outcome = tuple[asyncio.Future[Any], bool, Any]
 class AsyncJournal:
     """The journal seen from the event loop: one thread owns the connection.
 
-    ``read``, ``write`` and ``transition`` queue their operation *when called* and
-    return a future. The journal thread takes every operation queued since its last
-    pass (up to ``max_drain``), runs them in arrival order, each run of consecutive
+    ``read``, ``write`` and ``transition`` take their operation *when called* and
+    return a future; the operations of one event-loop turn are handed to the thread
+    together as the turn ends (one wake-up of the thread per turn, not per operation).
+    The journal thread takes every operation handed over since its last pass (up to
+    about ``max_drain``), runs them in arrival order, each run of consecutive
     writes as one transaction (one commit: group commit) and each read between them
     (so a read queued after a write sees it), then hands all the results to the
     event loop in one callback.
@@ -696,7 +707,7 @@ class AsyncJournal:
     def __init__(self, journal: Journal, *, max_drain: int = 1000) -> None:
         self.sync = journal
         self._max_drain = max_drain
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item]] = queue.SimpleQueue()
         # Orders enqueues against closing and dying: nothing is queued after the close
         # sentinel, nor after the thread's last look at the queue when it dies.
         self._gate = threading.Lock()
@@ -704,6 +715,9 @@ class AsyncJournal:
         self._finished = False
         self._died: BaseException | None = None
         self._close_waiters: list[asyncio.Future[None]] = []
+        # Operations of the current loop turn: handed over together when the turn ends,
+        # so the thread wakes (and commits) once per turn, not once per operation.
+        self._turn: list[_Item] = []
         self._thread = threading.Thread(target=self._serve, name="apixo-journal", daemon=True)
         self._thread.start()
 
@@ -737,7 +751,8 @@ class AsyncJournal:
                 self._close_waiters.append(done)
                 if not self._closing:
                     self._closing = True
-                    self._queue.put((_CLOSE, None, None, False))
+                    self._hand_over_turn()
+                    self._queue.put([(_CLOSE, None, None, False)])
         if finished:
             if self._died is not None:
                 raise self._unusable()
@@ -749,12 +764,33 @@ class AsyncJournal:
     def _submit(
         self, kind: int, op: Callable[[Journal], Any], durable: bool
     ) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         with self._gate:
             if self._closing or self._died is not None:
                 raise self._unusable()
-            self._queue.put((kind, op, fut, durable))
+            if not self._turn:
+                loop.call_soon(self._end_of_turn)
+            self._turn.append((kind, op, fut, durable))
         return fut
+
+    def _end_of_turn(self) -> None:
+        with self._gate:
+            self._hand_over_turn()
+
+    def _hand_over_turn(self) -> None:
+        # Under the gate. One queue item per turn; the thread unpacks it in order.
+        if not self._turn:
+            return
+        turn, self._turn = self._turn, []
+        if self._died is None:
+            self._queue.put(turn)
+            return
+        # The thread died during this turn: nobody will read the queue again.
+        error = self._unusable()
+        for _, _, fut, _ in turn:
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
 
     def _unusable(self) -> JournalError:
         if self._died is None:
@@ -771,10 +807,10 @@ class AsyncJournal:
         batch: list[_Item] = []
         try:
             while True:
-                batch = [self._queue.get()]
+                batch = self._queue.get()
                 while len(batch) < self._max_drain:
                     try:
-                        batch.append(self._queue.get_nowait())
+                        batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 if self._process(batch):
@@ -847,7 +883,7 @@ class AsyncJournal:
         # Nothing more can be queued now: fail what is.
         while True:
             try:
-                batch.append(self._queue.get_nowait())
+                batch.extend(self._queue.get_nowait())
             except queue.Empty:
                 break
         futures = [fut for _, _, fut, _ in batch if fut is not None]

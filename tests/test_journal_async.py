@@ -138,6 +138,18 @@ async def test_writes_queued_behind_a_commit_are_one_transaction(
     assert spy.batches == [(1, True), (30, True)]
 
 
+async def test_writes_of_one_loop_turn_reach_an_idle_thread_as_one_transaction(
+    journal: Journal, aj: AsyncJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread is idle; 30 writes made in one loop turn still commit together (the
+    turn is handed over when it ends, not op by op), and a later turn is its own."""
+    spy = _Spy(journal, monkeypatch)
+    await asyncio.gather(*[aj.write(_complete(i)) for i in range(30)])
+    await aj.write(_complete(30))
+    assert spy.batches == [(30, True), (1, True)]
+    assert _completions(journal) == [float(i) for i in range(31)]
+
+
 async def test_read_queued_after_writes_sees_them_and_order_is_kept(
     journal: Journal, aj: AsyncJournal
 ) -> None:
@@ -215,6 +227,42 @@ async def test_failing_op_in_a_shared_transaction_fails_alone(
     assert str(results[4]) == "job 'job-0': illegal state change submitting -> done"
     assert journal.counts() == {"submitting": 5}
     assert journal.recent_completions("bad") == []
+
+
+async def test_a_batch_that_succeeds_runs_no_savepoints(
+    journal: Journal, aj: AsyncJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Savepoints are only for a batch in which an op fails: 20 good writes are
+    BEGIN, 20 statements, COMMIT."""
+    spy = _Spy(journal, monkeypatch)
+    statements: list[str] = []
+    await aj.read(lambda j: j._db.set_trace_callback(statements.append))
+    await asyncio.gather(*[aj.write(_complete(i)) for i in range(20)])
+    await aj.read(lambda j: j._db.set_trace_callback(None))
+    assert spy.batches == [(20, True)]
+    assert not [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
+    assert sum(1 for s in statements if s.startswith("INSERT INTO completions")) == 20
+    assert statements.count("COMMIT") == 1
+    assert _completions(journal) == [float(i) for i in range(20)]
+
+
+async def test_a_failing_op_reruns_the_good_ones_once_each(
+    journal: Journal, aj: AsyncJournal
+) -> None:
+    """After a failure the batch is rolled back and rerun with savepoints: every good op's
+    effect is committed exactly once (no doubles from the first try)."""
+    futs = [aj.write(_complete(i)) for i in range(3)]
+
+    def fail(j: Journal) -> None:
+        raise ValueError("boom")
+
+    futs.append(aj.write(fail))
+    futs += [aj.write(_complete(i)) for i in range(3, 6)]
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert [type(x).__name__ for x in results] == ["NoneType"] * 3 + ["ValueError"] + [
+        "NoneType"
+    ] * 3
+    assert _completions(journal) == [float(i) for i in range(6)]
 
 
 async def test_single_failing_op_commits_nothing_and_journal_goes_on(
@@ -302,6 +350,32 @@ async def test_dead_thread_fails_pending_and_later_callers(tmp_path: Path) -> No
         await aj.close()
     again = Journal(tmp_path / "state.db")  # the lock was released
     again.close()
+
+
+@pytest.mark.timeout(20)
+async def test_ops_of_the_turn_in_which_the_thread_dies_fail_rather_than_hang(
+    tmp_path: Path,
+) -> None:
+    """Writes made in the loop turn during which the thread dies are failed when that
+    turn is handed over: nobody is left to run them, and nobody waits forever."""
+    journal = Journal(tmp_path / "state.db")
+    aj = AsyncJournal(journal)
+    blocker = _Blocker()
+    held = await blocker.hold(aj)
+
+    def kill(j: Journal) -> None:
+        raise _ThreadKiller
+
+    killing = aj.write(kill)
+    await asyncio.sleep(0)  # that turn is handed over: the kill is queued
+    late = aj.write(lambda j: j.get_meta("schema"))  # still in this turn
+    blocker.gate.set()
+    aj._thread.join(timeout=10)  # the thread dies while `late` waits for the turn's end
+    assert not aj._thread.is_alive()
+    results = await asyncio.gather(held, killing, late, return_exceptions=True)
+    assert results[0] == "released"
+    assert all(isinstance(x, JournalError) for x in results[1:]), results
+    Journal(tmp_path / "state.db").close()  # the lock was released
 
 
 @pytest.mark.timeout(20)
