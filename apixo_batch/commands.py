@@ -10,8 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from . import runtime
 from .client import DEFAULT_BASE_URL
@@ -24,6 +23,9 @@ from .progress import LiveView, PlainView, Tally
 from .receiver import callback_url_with_token, new_token, parse_listen
 from .report import event_line, render_summary
 from .secret import ApiKey, load_api_key, redact
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["campaign_command"]
 
@@ -57,6 +59,8 @@ class _Printer:
         if self.json_mode or self.quiet:
             return
         if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+            from rich.console import Console
+
             self._console = Console(stderr=True)
             self._view = LiveView(self.tally, stats, self._console)
         else:

@@ -13,15 +13,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any
 
 from .events import Event
+
+if TYPE_CHECKING:
+    # rich is imported by LiveView itself: cron, CI and --json runs never draw it.
+    from rich.console import Console, Group
 
 __all__ = ["LiveView", "PlainView", "Tally"]
 
@@ -189,12 +187,19 @@ class LiveView:
     def __init__(self, tally: Tally, stats: StatsFn, console: Console) -> None:
         self.tally = tally
         self.stats = stats
+        from rich.live import Live
+
         self.console = console
         self._live = Live(
             get_renderable=self.render, console=console, refresh_per_second=4, transient=False
         )
 
     def render(self) -> Group:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
         stats = self.stats()
         table = Table(box=None, pad_edge=False, expand=False)
         for col in ("model", "", "done", "failed", "in flight", "downloading", "queued"):

@@ -43,13 +43,15 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
-
-from aiohttp import web
 
 from .client import TaskStatus, parse_task_payload
 from .errors import ApixoError
+
+if TYPE_CHECKING:
+    # aiohttp's server side is imported when a receiver starts: polling runs never need it.
+    from aiohttp import web
 
 __all__ = [
     "CallbackReceiver",
@@ -156,6 +158,8 @@ class ReceiverStats:
 
 
 def _answer(status: int, message: str) -> web.Response:
+    from aiohttp import web
+
     return web.json_response({"code": status, "message": message}, status=status)
 
 
@@ -211,6 +215,8 @@ class CallbackReceiver:
         """Bind and start serving (``port`` 0 picks a free port; see :attr:`port`)."""
         if self._runner is not None:
             raise RuntimeError("the callback receiver is already started")
+        from aiohttp import web
+
         app = web.Application(client_max_size=self._max_body)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # access_log=None: aiohttp's access log would print every path, token included.

@@ -461,3 +461,17 @@ def test_json_event_outside_a_loop_is_flushed_at_once(monkeypatch: pytest.Monkey
     printer(Event("warning", 1.0, None, {"message": "x"}))
     assert out.flushes == 1
     assert json.loads(out.flushed[0])["message"] == "x"
+
+
+def test_command_line_imports_neither_rich_nor_aiohttp_server_until_needed() -> None:
+    """Every CLI process pays its imports: the live view's rich and the callback
+    receiver's aiohttp.web are imported only by a run that draws or listens."""
+    import subprocess
+
+    code = (
+        "import sys, apixo_batch.cli, apixo_batch.commands; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' "
+        "or m.startswith('aiohttp.web')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
