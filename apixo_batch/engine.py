@@ -484,8 +484,12 @@ class Engine:
             await asyncio.wait(set(self._journaling))
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
+        busy_every = max(0.05, 0.5 * self.options.time_scale)
         while True:
-            await self.clock.sleep(0.05)
+            # With many tasks still followed the run cannot be about to end: look less often
+            # (every wake-up costs CPU); near the end, every 50 ms.
+            busy = self.scheduler.tracked + self._downloading >= 10
+            await self.clock.sleep(busy_every if busy else 0.05)
             downloads_idle = feeder.done() and self._downloads.empty() and self._downloading == 0
             nothing_tracked = (
                 self.scheduler.tracked == 0

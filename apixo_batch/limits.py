@@ -119,6 +119,9 @@ class RequestBucket:
         self._recover_at = 0.0
         # grants per whole second over the last few seconds, for utilization()
         self._recent: collections.deque[list[float]] = collections.deque()
+        # (second, window) -> grants in the window: only whole past seconds count, so the
+        # sum is fixed until the second changes, and polls ask for it several times a task
+        self._used: tuple[int, int, float] = (-1, 0, 0.0)
 
     async def acquire(self, priority: int = Priority.STATUS) -> None:
         """Wait for one request's worth of budget; lower ``priority`` values are served first."""
@@ -207,7 +210,10 @@ class RequestBucket:
     def utilization(self, window_s: int = 10) -> float:
         """Share of the bucket's rate used over the last ``window_s`` whole seconds."""
         now = int(self._clock.monotonic())
-        used = sum(c for sec, c in self._recent if now - window_s <= sec < now)
+        second, window, used = self._used
+        if (second, window) != (now, window_s):
+            used = sum(c for sec, c in self._recent if now - window_s <= sec < now)
+            self._used = (now, window_s, used)
         return used / (self._limiter.drip * window_s)
 
     def is_tight(self) -> bool:

@@ -590,3 +590,23 @@ def test_concurrency_release_more_than_taken_raises() -> None:
     with pytest.raises(RuntimeError, match="released more"):
         limit.release()
     assert limit.in_flight == 0
+
+
+async def test_bucket_utilization_counts_whole_past_seconds() -> None:
+    """utilization() is the share of the drip used over the last whole seconds; grants of
+    the running second count once it is over (the value is fixed within a second)."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(6_000, clock)  # burst 50
+    for _ in range(30):
+        await bucket.acquire()
+    assert bucket.utilization() == 0.0  # the current second is not over
+    await clock.advance(0.5)
+    for _ in range(10):
+        await bucket.acquire()
+    assert bucket.utilization() == 0.0  # still the same second: the cached value holds
+    await clock.advance(0.6)
+    expected = 40 / (bucket.rate_per_s - bucket.burst / 60.0) / 10
+    assert bucket.utilization() == pytest.approx(expected)
+    assert bucket.utilization(window_s=1) == pytest.approx(expected * 10)
+    await clock.advance(10.0)
+    assert bucket.utilization() == 0.0  # the grants left the window
