@@ -12,8 +12,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from .errors import TransportError, api_error_for
 from .retry import parse_retry_after
@@ -124,6 +126,10 @@ class ApixoClient:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
         self._connections = connections
+        self._headers = {"Authorization": api_key.bearer(), "Accept": "application/json"}
+        # Status calls are most of the traffic: their URL is parsed once per model and
+        # only the (quoted) task id is added per call, not re-encoded through yarl.
+        self._status_urls: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ApixoClient(base_url={self.base_url!r}, api_key={self._key!r})"
@@ -152,21 +158,20 @@ class ApixoClient:
     async def _call(
         self,
         method: str,
-        path: str,
+        url: str | URL,
         *,
         endpoint: str,
-        params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        headers = {"Authorization": self._key.bearer(), "Accept": "application/json"}
-        url = self.base_url + path
         try:
             async with self._get_session().request(
-                method, url, params=params, json=body, headers=headers, timeout=self._timeout
+                method, url, json=body, headers=self._headers, timeout=self._timeout
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = (
+                    None if status == 200 else parse_retry_after(resp.headers.get("Retry-After"))
+                )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = redact(str(exc), self._key) or type(exc).__name__
             raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}") from None
@@ -182,12 +187,12 @@ class ApixoClient:
                 )
             raise TransportError(f"{endpoint}: answer is not a JSON object")
         code = _int_or_none(parsed.get("code"))
-        message = redact(str(parsed.get("message", "")), self._key)
         # An error in either place is an error: the HTTP status or the JSON code.
         effective = status if status != 200 else (code if code is not None else 200)
         if status == 200 and code is not None and code != 200:
             effective = code
         if effective != 200:
+            message = redact(str(parsed.get("message", "")), self._key)
             raise api_error_for(
                 effective, message or f"HTTP {status}", endpoint=endpoint, retry_after=retry_after
             )
@@ -212,7 +217,9 @@ class ApixoClient:
             if not callback_url:
                 raise ValueError("callback mode needs a callback_url")
             body["callback_url"] = callback_url
-        answer = await self._call("POST", f"/generateTask/{model}", endpoint="submit", body=body)
+        answer = await self._call(
+            "POST", f"{self.base_url}/generateTask/{model}", endpoint="submit", body=body
+        )
         data = answer.get("data")
         task_id = data.get("taskId") if isinstance(data, Mapping) else None
         if not isinstance(task_id, str) or not task_id:
@@ -221,14 +228,19 @@ class ApixoClient:
 
     async def status(self, model: str, task_id: str) -> TaskStatus:
         """The task's current state (and results once it has them)."""
-        answer = await self._call(
-            "GET", f"/statusTask/{model}", endpoint="status", params={"taskId": task_id}
-        )
+        base = self._status_urls.get(model)
+        if base is None:
+            base = str(URL(f"{self.base_url}/statusTask/{model}").with_query(taskId=""))
+            self._status_urls[model] = base
+        url = URL(base + quote(task_id, safe=""), encoded=True)
+        answer = await self._call("GET", url, endpoint="status")
         return parse_task_payload(answer, endpoint="status")
 
     async def balance(self) -> float:
         """Remaining account balance in US dollars."""
-        answer = await self._call("GET", "/apikeys/current-balance", endpoint="balance")
+        answer = await self._call(
+            "GET", f"{self.base_url}/apikeys/current-balance", endpoint="balance"
+        )
         data = answer.get("data")
         if isinstance(data, bool) or not isinstance(data, int | float | str):
             raise TransportError("balance: answer has no numeric data")

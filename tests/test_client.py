@@ -190,9 +190,26 @@ async def test_status_sends_task_id_and_bearer(client: ApixoClient, mock_api: ai
     """The task id travels as the taskId query parameter, with the Bearer header."""
     mock_api.get(STATUS_URL, payload=PROCESSING)
     await client.status(MODEL, "task_12345678")
-    (call,) = _calls(mock_api, "GET", STATUS_URL)
-    assert call.kwargs["params"] == {"taskId": "task_12345678"}
-    assert call.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    (((method, url), calls),) = mock_api.requests.items()
+    assert (method, url.path, dict(url.query)) == (
+        "GET",
+        f"/api/v1/statusTask/{MODEL}",
+        {"taskId": "task_12345678"},
+    )
+    assert calls[0].kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_status_quotes_a_task_id_with_reserved_characters(
+    client: ApixoClient, mock_api: aioresponses
+) -> None:
+    """The task id is quoted into the query: it arrives whole, and cannot add parameters."""
+    odd = "t/1 2?x=&y=é#z"
+    body = _status_body({"taskId": odd, "state": "pending"})
+    mock_api.get(URL(f"{BASE}/statusTask/{MODEL}").with_query(taskId=odd), payload=body)
+    status = await client.status(MODEL, odd)
+    ((_, url),) = mock_api.requests
+    assert dict(url.query) == {"taskId": odd}
+    assert status.task_id == odd
 
 
 async def test_status_success_parses_result_json_string(
