@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .limits import MAX_CONCURRENT_CAP, RPM_CAP
 
 __all__ = ["build_parser", "main"]
 
@@ -15,9 +16,6 @@ EXIT_FAILED_JOBS = 1
 EXIT_INVALID = 2
 EXIT_FATAL_API = 3
 EXIT_INTERRUPTED = 130
-
-MAX_CONCURRENT_CAP = 999
-RPM_CAP = 9_999
 
 
 def _bounded_int(name: str, low: int, high: int) -> type[int]:

@@ -42,7 +42,7 @@ from .errors import (
 from .events import Event, EventKind, EventSink
 from .jobs import Campaign
 from .journal import AsyncJournal, JobRow, JobState, Journal, NewJob, SyncResult
-from .limits import ConcurrencyLimit, Priority, RequestBucket
+from .limits import MAX_CONCURRENT_CAP, RPM_CAP, ConcurrencyLimit, Priority, RequestBucket
 from .receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from .retry import Backoff
 from .scheduler import CompletionModel, PollScheduler, Tracked
@@ -56,7 +56,11 @@ Mode = Literal["run", "download"]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything a run can be told (the CLI maps its flags onto this)."""
+    """Everything a run can be told (the CLI maps its flags onto this).
+
+    Values the CLI would refuse are refused here too (ValueError naming the
+    field), so an embedder cannot run above the API's limits by accident.
+    """
 
     base_url: str = "https://api.apixo.ai/api/v1"
     state_path: Path | None = None
@@ -74,6 +78,33 @@ class RunOptions:
     #: seconds an interrupted run waits for submit answers already on the wire
     stop_grace_s: float = 3.0
     mode: Mode = "run"
+
+    def __post_init__(self) -> None:
+        def whole(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"RunOptions.{name}: a whole number is needed, not {value!r}")
+            if value < low or (high is not None and value > high):
+                bound = f"from {low} to {high:,}" if high is not None else f"at least {low}"
+                raise ValueError(f"RunOptions.{name}: {value:,} is out of range ({bound})")
+
+        def positive(name: str, *, zero: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or value != value or value < 0 or (value == 0 and not zero):
+                need = "zero or more" if zero else "more than zero"
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a number {need}")
+
+        whole("max_concurrent", 1, MAX_CONCURRENT_CAP)
+        whole("rpm", 1, RPM_CAP)
+        whole("download_concurrency", 1)
+        positive("time_scale")
+        positive("max_wait_min")
+        positive("stop_grace_s", zero=True)
+        if self.budget is not None:
+            positive("budget")
+        if self.mode not in ("run", "download"):
+            raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
 
 
 @dataclass

@@ -32,7 +32,13 @@ from aiolimiter import AsyncLimiter
 
 from .clock import Clock
 
+#: the API allows 1,000 tasks in flight and 10,000 requests a minute: stay strictly under
+MAX_CONCURRENT_CAP = 999
+RPM_CAP = 9_999
+
 __all__ = [
+    "MAX_CONCURRENT_CAP",
+    "RPM_CAP",
     "BucketStats",
     "ConcurrencyLimit",
     "ConcurrencyStats",

@@ -190,3 +190,40 @@ async def test_wrong_key_is_a_result_not_an_exception(simulator, tmp_path: Path)
     assert result.exit_code == 3
     assert result.fatal and wrong not in result.fatal
     assert sim.stats()["submits_accepted"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("max_concurrent", 1000, "1,000 is out of range (from 1 to 999)"),
+        ("max_concurrent", 0, "0 is out of range (from 1 to 999)"),
+        ("rpm", 10_000, "10,000 is out of range (from 1 to 9,999)"),
+        ("rpm", 2.5, "a whole number is needed, not 2.5"),
+        ("download_concurrency", 0, "0 is out of range (at least 1)"),
+        ("time_scale", 0, "0 is not a number more than zero"),
+        ("time_scale", float("nan"), "nan is not a number more than zero"),
+        ("max_wait_min", -1.0, "-1.0 is not a number more than zero"),
+        ("stop_grace_s", -0.5, "-0.5 is not a number zero or more"),
+        ("budget", 0.0, "0.0 is not a number more than zero"),
+        ("mode", "fetch", "'fetch' is neither 'run' nor 'download'"),
+    ],
+)
+async def test_run_campaign_refuses_options_the_cli_would_refuse(
+    simulator, tmp_path: Path, field: str, value: object, says: str
+) -> None:
+    """Above the API's limits or out of range: ValueError naming the field, before any request."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    with pytest.raises(ValueError, match=rf"^RunOptions\.{field}: ") as caught:
+        await run_campaign(job_file, **{**opts(sim), field: value})
+    assert says in str(caught.value)
+    assert sim.stats()["requests_total"] == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_run_campaign_runs_at_the_caps(simulator, tmp_path: Path) -> None:
+    """999 in flight and 9,999 requests a minute are the highest accepted values."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    result = await run_campaign(job_file, max_concurrent=999, rpm=9_999, **opts(sim))
+    assert result.exit_code == 0 and result.counts["done"] == 2
