@@ -18,7 +18,7 @@ from .engine import Engine, RunOptions, RunResult, summary_dict
 from .errors import ApixoError, JobFileError, JournalError
 from .events import Event
 from .jobs import Campaign, load_campaign
-from .journal import JobState, Journal
+from .journal import JobRow, JobState, Journal
 from .progress import LiveView, PlainView, Tally
 from .receiver import callback_url_with_token, new_token, parse_listen
 from .report import event_line, render_summary
@@ -242,6 +242,12 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
     finally:
         journal.close()
     now = time.time()
+    # The same threshold as `download`'s warning, so the two agree on what is in danger.
+    warn_s = EXPIRY_WARN_S * args.time_scale
+
+    def soon(r: JobRow) -> bool:
+        return r.expires_at is not None and r.expires_at - now < warn_s
+
     if args.json:
         print(
             _json.dumps(
@@ -254,6 +260,7 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
                             "id": r.id,
                             "expires_at": r.expires_at,
                             "expires_in_s": (round(r.expires_at - now) if r.expires_at else None),
+                            "expires_soon": soon(r),
                         }
                         for r in waiting
                     ],
@@ -274,6 +281,6 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
         print(f"  {len(waiting)} result(s) not downloaded yet:")
         for r in sorted(waiting, key=lambda r: r.expires_at or 0)[:50]:
             left = ((r.expires_at or now) - now) / 3600
-            flag = "  EXPIRES SOON" if left < 48 else ""
+            flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: expires in {left:.1f} h{flag}")
     return 0

@@ -271,6 +271,14 @@ async def test_status_lists_results_not_downloaded_then_download_gets_them(
     text = (await run_env("status", job_file, env=plain_env(sim))).stdout
     assert "2 result(s) not downloaded yet" in text
     assert re.search(r"job-0000: expires in [0-9.]+ h", text), text
+    # 15 days x 0.01 = 3.6 h left: under 48 h, but not under 48 h x 0.01, the scale the
+    # run used; status and download's warning agree on which one applies.
+    assert text.count("EXPIRES SOON") == 2
+    scaled = await run_env("status", job_file, *FAST, "--json", env=plain_env(sim))
+    assert [w["expires_soon"] for w in json.loads(scaled.stdout)["not_downloaded"]] == [False] * 2
+    assert (
+        "EXPIRES SOON" not in (await run_env("status", job_file, *FAST, env=plain_env(sim))).stdout
+    )
     sim.config.file_error_rate = 0.0
     submits = sim.stats()["submits_accepted"]
     dl = await run_env("download", job_file, *FAST, env=plain_env(sim))
