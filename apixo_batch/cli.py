@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from . import __version__
-from .limits import MAX_CONCURRENT_CAP, RPM_CAP
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +58,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_limits(p: argparse.ArgumentParser) -> None:
+    # Here, not at the top: importing the limits imports asyncio, and until main() has
+    # installed its SIGTERM handler every millisecond of start-up is a window.
+    from .limits import MAX_CONCURRENT_CAP, RPM_CAP
+
     p.add_argument(
         "--max-concurrent",
         type=_bounded_int("--max-concurrent", 1, MAX_CONCURRENT_CAP),
@@ -161,7 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _terminate_is_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, until a command installs its own.
+
+    A run installs handlers that stop submits and write the manifest; before that
+    (imports, loading the job file, syncing the journal) nothing has been sent, and
+    a CI cancel then should still end in 130 with a message, not a signal death.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _terminate_is_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print("apixo-batch: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
     if command == "plan":
@@ -175,7 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("run", "status", "download"):
         from .commands import campaign_command
 
-        return campaign_command(args)
+        try:
+            return campaign_command(args)
+        except KeyboardInterrupt:
+            # Outside the run itself (whose handlers stop it cleanly): nothing is on the wire.
+            print(
+                "apixo-batch: interrupted outside the run; nothing was sent meanwhile, "
+                "and the same command goes on from the journal",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     print(f"unknown command {command}", file=sys.stderr)
     return EXIT_INVALID
 

@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import sys
 import termios
@@ -21,12 +22,15 @@ from e2e import (
     assert_byte_exact,
     cli_env,
     finish,
+    kill_when,
     read_manifest,
     run_cli,
     simple_jobs,
+    start_cli,
     write_campaign,
 )
 
+from apixo_batch import cli
 from apixo_batch.simulator import Simulator
 
 pytestmark = pytest.mark.e2e
@@ -483,3 +487,59 @@ def test_command_line_imports_neither_rich_nor_aiohttp_server_until_needed() -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- signals outside the run -------------------------------------------------------------
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads SigCgt from /proc")
+async def test_sigterm_while_the_cli_starts_exits_130_and_sends_nothing(
+    simulator, tmp_path: Path
+) -> None:
+    """SIGTERM as soon as the CLI can catch it (still importing, before the run): exit 130
+    with a message, no traceback, not one request; the same command then runs to the end."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(3)))
+    proc = await start_cli(sim, "run", job_file, *FAST)
+    await kill_when(proc, lambda: _catches(proc.pid, signal.SIGTERM), sig=signal.SIGTERM)
+    res = await finish(proc)
+    assert res.code == 130, res.stderr
+    assert res.stderr.startswith("apixo-batch: interrupted") and "Traceback" not in res.stderr
+    assert sim.stats()["requests_total"] == 0
+    again = await run_cli(sim, "run", job_file, *FAST)
+    assert again.code == 0, again.stderr
+    assert sim.stats()["submits_accepted"] == 3
+
+
+def test_main_puts_back_the_sigterm_handler_it_found(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() turns SIGTERM into an interrupt only while it runs: an embedder's own
+    handler is not called meanwhile, and is back afterwards."""
+    seen: list[int] = []
+
+    def embedders(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    def terminated(args: object) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # a no-op syscall: the handler runs before the next line
+        raise AssertionError("SIGTERM did not interrupt")
+
+    previous = signal.signal(signal.SIGTERM, embedders)
+    try:
+        monkeypatch.setattr("apixo_batch.commands.campaign_command", terminated)
+        assert cli.main(["status", "jobs/campaign.yaml"]) == 130
+        assert signal.getsignal(signal.SIGTERM) is embedders
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == []
+    assert "interrupted" in capsys.readouterr().err
