@@ -228,6 +228,8 @@ class Engine:
         self._settling = 0  # results being recorded: the run is not idle meanwhile
         self._enqueued: set[str] = set()  # jobs handed to the downloader in this run
         self._early_seen: dict[str, asyncio.Event] = {}
+        #: every job's file name, casefolded; read once, when a task first has several results
+        self._base_names: set[str] | None = None
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -952,10 +954,38 @@ class Engine:
         p = Path(filename)
         return self.output_dir / f"{p.stem}-{n + 1}{p.suffix}"
 
+    async def _clashes(self, row: _Fetch) -> list[tuple[str, str]]:
+        """(file, its owner) for each extra result whose ``-N`` name is another job's file."""
+        if self._base_names is None:
+            names = await self.journal.read(lambda j: j.filenames())
+            self._base_names = {name.casefold() for name in names}
+        extra = [self._dest(row.filename, n).name for n in range(1, len(row.result_urls))]
+        taken = [name for name in extra if name.casefold() in self._base_names]
+        if not taken:
+            return []
+        owners = await self.journal.read(lambda j: j.owners_of(taken))
+        return [(name, owners.get(name.casefold(), "?")) for name in taken]
+
     async def _download(self, row: _Fetch, session: aiohttp.ClientSession) -> None:
         files: list[str] = []
         hashes: list[str] = []
         total = 0
+        clashes = await self._clashes(row) if len(row.result_urls) > 1 else []
+        if clashes:
+            # Overwriting would lose a paid result: this one waits, with its URLs journaled,
+            # until the user renames one of the two.
+            named = ", ".join(f"{name} (job {owner}'s file)" for name, owner in clashes)
+            self._emit(
+                "warning",
+                row.id,
+                message=(
+                    f"job {row.id}: its extra results would be written over {named}; nothing "
+                    "was downloaded. Change output.filename so the names differ (e.g. "
+                    "'{id}_.mp4'), then run `apixo-batch download`: the result stays "
+                    "downloadable until its URLs expire"
+                ),
+            )
+            return
         try:
             for n, url in enumerate(row.result_urls):
                 dest = self._dest(row.filename, n)

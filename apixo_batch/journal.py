@@ -437,6 +437,19 @@ class Journal:
         ).fetchone()
         return None if row is None else JobRow.from_sql(row)
 
+    def filenames(self) -> list[str]:
+        """Every job's output file name, jobs no longer in the job file included."""
+        return [name for (name,) in self._db.execute("SELECT filename FROM jobs")]
+
+    def owners_of(self, names: Sequence[str]) -> dict[str, str]:
+        """{casefolded file name: id of the job whose file it is} for these names."""
+        wanted = {name.casefold() for name in names}
+        return {
+            name.casefold(): job_id
+            for job_id, name in self._db.execute("SELECT id, filename FROM jobs")
+            if name.casefold() in wanted
+        }
+
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE task_id=?", (task_id,)

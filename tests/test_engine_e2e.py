@@ -54,6 +54,34 @@ async def test_second_result_url_gets_suffix(simulator, tmp_path: Path) -> None:
         assert_byte_exact(sim, tmp_path / "out", entry)
 
 
+async def test_extra_result_never_overwrites_another_jobs_file(simulator, tmp_path: Path) -> None:
+    """Job `a`'s second result would be `a-2.mp4`, job `a-2`'s file: it is not written
+    over it; `a` waits with a warning naming both, and once the template is changed
+    `download` brings it home without a new submit."""
+    sim = await simulator(time_scale=0.01, results_per_task=2)
+    jobs = simple_jobs(2)
+    jobs[0]["id"], jobs[1]["id"] = "a", "a-2"
+    job_file = write_campaign(tmp_path, jobs)
+    res = await run_cli(sim, "run", str(job_file), *FAST)
+    assert res.code == 1, res.stderr
+    by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
+    assert by_id["a"]["state"] == "pending"
+    assert by_id["a-2"]["files"] == ["a-2.mp4", "a-2-2.mp4"]
+    assert_byte_exact(sim, tmp_path / "out", by_id["a-2"])
+    [warning] = [e for e in res.events if e["event"] == "warning" and e.get("job") == "a"]
+    assert "a-2.mp4 (job a-2's file)" in warning["message"]
+    assert "output.filename" in warning["message"]
+
+    write_campaign(tmp_path, jobs, output={"dir": "out", "filename": "{id}_.mp4"})
+    again = await run_cli(sim, "download", str(job_file), *FAST)
+    assert again.code == 0, again.stderr
+    by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
+    assert by_id["a"]["files"] == ["a_.mp4", "a_-2.mp4"]
+    for entry in by_id.values():
+        assert_byte_exact(sim, tmp_path / "out", entry)
+    assert sim.stats()["submits_accepted"] == 2
+
+
 async def test_limits_never_exceeded(simulator, tmp_path: Path) -> None:
     """With the simulator's limits equal to the flags: peak in flight <= flag, zero 429s."""
     sim = await simulator(

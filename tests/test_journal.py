@@ -165,6 +165,16 @@ def test_sync_adds_new_jobs_as_queued(journal: Journal) -> None:
     assert journal.get("missing") is None
 
 
+def test_filenames_and_their_owners_include_jobs_gone_from_the_file(journal: Journal) -> None:
+    """Every job's file name, and who owns a name whatever its case: a job dropped from the
+    job file still owns its file."""
+    journal.sync([_job(i) for i in range(3)], NOW)
+    journal.sync([_job(0), _job(1)], NOW)
+    assert sorted(journal.filenames()) == ["job-0.mp4", "job-1.mp4", "job-2.mp4"]
+    assert journal.owners_of(["JOB-2.mp4", "job-9.mp4"]) == {"job-2.mp4": "job-2"}
+    assert journal.owners_of([]) == {}
+
+
 def test_sync_again_is_idempotent(journal: Journal) -> None:
     """Syncing the same file twice changes nothing and reports every job unchanged."""
     jobs = [_job(i) for i in range(5)]
