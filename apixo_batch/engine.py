@@ -228,8 +228,10 @@ class Engine:
         self._settling = 0  # results being recorded: the run is not idle meanwhile
         self._enqueued: set[str] = set()  # jobs handed to the downloader in this run
         self._early_seen: dict[str, asyncio.Event] = {}
-        #: every job's file name, casefolded; read once, when a task first has several results
-        self._base_names: set[str] | None = None
+        #: who holds each file name (Journal.file_owners): read once, at the first download,
+        #: through one shared journal read, then kept up to date with what lands
+        self._owners: dict[str, tuple[str, ...]] | None = None
+        self._owners_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -955,22 +957,39 @@ class Engine:
         return self.output_dir / f"{p.stem}-{n + 1}{p.suffix}"
 
     async def _clashes(self, row: _Fetch) -> list[tuple[str, str]]:
-        """(file, its owner) for each extra result whose ``-N`` name is another job's file."""
-        if self._base_names is None:
-            names = await self.journal.read(lambda j: j.filenames())
-            self._base_names = {name.casefold() for name in names}
-        extra = [self._dest(row.filename, n).name for n in range(1, len(row.result_urls))]
-        taken = [name for name in extra if name.casefold() in self._base_names]
-        if not taken:
-            return []
-        owners = await self.journal.read(lambda j: j.owners_of(taken))
-        return [(name, owners.get(name.casefold(), "?")) for name in taken]
+        """(file, its holder) for each file of ``row`` that another job holds.
+
+        Both ways: ``row``'s extra results (``<name>-2.mp4``) against other jobs' names,
+        and ``row``'s own name against what other jobs landed (a job ``a-2`` added after
+        job ``a`` landed ``a-2.mp4`` as its second result), in this run or an earlier one.
+        """
+        if self._owners is None:
+            if self._owners_read is None:
+                self._owners_read = self.journal.read(lambda j: j.file_owners())
+            # Shielded: a worker cancelled while waiting must not cancel the others' read.
+            self._owners = await asyncio.shield(self._owners_read)
+        clashes: list[tuple[str, str]] = []
+        for n in range(len(row.result_urls)):
+            name = self._dest(row.filename, n).name
+            others = [o for o in self._owners.get(name.casefold(), ()) if o != row.id]
+            if others:
+                clashes.append((name, others[0]))
+        return clashes
+
+    def _hold(self, job_id: str, names: list[str]) -> None:
+        if self._owners is None:
+            return
+        for name in names:
+            key = name.casefold()
+            have = self._owners.get(key, ())
+            if job_id not in have:
+                self._owners[key] = (*have, job_id)
 
     async def _download(self, row: _Fetch, session: aiohttp.ClientSession) -> None:
         files: list[str] = []
         hashes: list[str] = []
         total = 0
-        clashes = await self._clashes(row) if len(row.result_urls) > 1 else []
+        clashes = await self._clashes(row)
         if clashes:
             # Overwriting would lose a paid result: this one waits, with its URLs journaled,
             # until the user renames one of the two.
@@ -979,7 +998,7 @@ class Engine:
                 "warning",
                 row.id,
                 message=(
-                    f"job {row.id}: its extra results would be written over {named}; nothing "
+                    f"job {row.id}: its results would be written over {named}; nothing "
                     "was downloaded. Change output.filename so the names differ (e.g. "
                     "'{id}_.mp4'), then run `apixo-batch download`: the result stays "
                     "downloadable until its URLs expire"
@@ -998,6 +1017,7 @@ class Engine:
                     fresh=row.fresh,
                 )
                 files.append(str(dest.relative_to(self.output_dir)))
+                self._hold(row.id, [dest.name])
                 hashes.append(got.sha256)
                 total += got.bytes
         except ResultExpired as exc:

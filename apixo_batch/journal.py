@@ -437,18 +437,30 @@ class Journal:
         ).fetchone()
         return None if row is None else JobRow.from_sql(row)
 
-    def filenames(self) -> list[str]:
-        """Every job's output file name, jobs no longer in the job file included."""
-        return [name for (name,) in self._db.execute("SELECT filename FROM jobs")]
+    def file_owners(self) -> dict[str, tuple[str, ...]]:
+        """{casefolded file name: the jobs it belongs to} for every name a job holds.
 
-    def owners_of(self, names: Sequence[str]) -> dict[str, str]:
-        """{casefolded file name: id of the job whose file it is} for these names."""
-        wanted = {name.casefold() for name in names}
-        return {
-            name.casefold(): job_id
-            for job_id, name in self._db.execute("SELECT id, filename FROM jobs")
-            if name.casefold() in wanted
-        }
+        A job holds the files journaled as landed, under whatever template named
+        them, and its output name while it is in the job file or has a task (paid:
+        its result may still land), gone from the file or not. A name held by two
+        jobs lists both.
+        """
+        owners: dict[str, tuple[str, ...]] = {}
+
+        def hold(name: str, job_id: str) -> None:
+            key = name.casefold()
+            have = owners.get(key, ())
+            if job_id not in have:
+                owners[key] = (*have, job_id)
+
+        for job_id, filename, files, in_file, task_id in self._db.execute(
+            "SELECT id, filename, files, in_file, task_id FROM jobs"
+        ):
+            if in_file or task_id is not None:
+                hold(filename, job_id)
+            for name in _json_list(files):
+                hold(name, job_id)
+        return owners
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(

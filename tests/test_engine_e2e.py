@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import (
@@ -72,14 +73,55 @@ async def test_extra_result_never_overwrites_another_jobs_file(simulator, tmp_pa
     assert "a-2.mp4 (job a-2's file)" in warning["message"]
     assert "output.filename" in warning["message"]
 
-    write_campaign(tmp_path, jobs, output={"dir": "out", "filename": "{id}_.mp4"})
-    again = await run_cli(sim, "download", str(job_file), *FAST)
-    assert again.code == 0, again.stderr
-    by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
+    by_id = await _rename_and_download(sim, tmp_path, jobs, job_file)
     assert by_id["a"]["files"] == ["a_.mp4", "a_-2.mp4"]
     for entry in by_id.values():
         assert_byte_exact(sim, tmp_path / "out", entry)
+
+
+async def test_new_jobs_file_never_overwrites_an_earlier_jobs_extra_result(
+    simulator, tmp_path: Path
+) -> None:
+    """Job `take` landed `take-2.mp4` as its second result; job `take-2`, added to the
+    file later, would write its own result there: it waits instead, with a warning
+    naming both, and `take`'s paid file stays as it was."""
+    sim = await simulator(time_scale=0.01, results_per_task=2)
+    jobs = simple_jobs(1)
+    jobs[0]["id"] = "take"
+    job_file = write_campaign(tmp_path, jobs)
+    first = await run_cli(sim, "run", str(job_file), *FAST)
+    assert first.code == 0, first.stderr
+    [take] = read_manifest(tmp_path / "out")
+    assert take["files"] == ["take.mp4", "take-2.mp4"]
+    second_result = (tmp_path / "out" / "take-2.mp4").read_bytes()
+
+    jobs.append({**simple_jobs(2)[1], "id": "take-2"})
+    write_campaign(tmp_path, jobs)
+    res = await run_cli(sim, "run", str(job_file), *FAST)
+    assert res.code == 1, res.stderr
+    assert (tmp_path / "out" / "take-2.mp4").read_bytes() == second_result
+    by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
+    assert by_id["take-2"]["state"] == "pending"
+    assert_byte_exact(sim, tmp_path / "out", by_id["take"])
+    [warning] = [e for e in res.events if e["event"] == "warning" and e.get("job") == "take-2"]
+    assert "take-2.mp4 (job take's file)" in warning["message"]
+
+    by_id = await _rename_and_download(sim, tmp_path, jobs, job_file)
+    assert by_id["take-2"]["files"] == ["take-2_.mp4", "take-2_-2.mp4"]
+    assert_byte_exact(sim, tmp_path / "out", by_id["take-2"])
+    assert (tmp_path / "out" / "take-2.mp4").read_bytes() == second_result
+
+
+async def _rename_and_download(
+    sim: Any, tmp_path: Path, jobs: list[dict[str, Any]], job_file: Path
+) -> dict[str, dict[str, Any]]:
+    """The fix the clash warning gives: a template whose names differ, then `download`,
+    which brings the waiting result home without a new submit (2 jobs, 2 submits)."""
+    write_campaign(tmp_path, jobs, output={"dir": "out", "filename": "{id}_.mp4"})
+    again = await run_cli(sim, "download", str(job_file), *FAST)
+    assert again.code == 0, again.stderr
     assert sim.stats()["submits_accepted"] == 2
+    return {e["id"]: e for e in read_manifest(tmp_path / "out")}
 
 
 async def test_limits_never_exceeded(simulator, tmp_path: Path) -> None:

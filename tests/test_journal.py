@@ -165,14 +165,23 @@ def test_sync_adds_new_jobs_as_queued(journal: Journal) -> None:
     assert journal.get("missing") is None
 
 
-def test_filenames_and_their_owners_include_jobs_gone_from_the_file(journal: Journal) -> None:
-    """Every job's file name, and who owns a name whatever its case: a job dropped from the
-    job file still owns its file."""
-    journal.sync([_job(i) for i in range(3)], NOW)
-    journal.sync([_job(0), _job(1)], NOW)
-    assert sorted(journal.filenames()) == ["job-0.mp4", "job-1.mp4", "job-2.mp4"]
-    assert journal.owners_of(["JOB-2.mp4", "job-9.mp4"]) == {"job-2.mp4": "job-2"}
-    assert journal.owners_of([]) == {}
+def test_file_owners_are_what_jobs_landed_or_may_still_land(journal: Journal) -> None:
+    """A job holds the files it landed and, while in the file or paid for, its output name;
+    a job dropped from the file before it was submitted holds nothing; case is ignored."""
+    journal.sync([_job(i) for i in range(4)], NOW)
+    _submit(journal, "job-1", "t-1")
+    _submit(journal, "job-2", "t-2")
+    journal.transition("job-2", S.SUCCEEDED, NOW, result_urls=["u1", "u2"])
+    journal.transition("job-2", S.DONE, NOW, files=["Job-2.mp4", "job-2-2.mp4"])
+    # job-1 (paid, still running), job-2 (landed) and job-3 (never submitted) leave the file.
+    journal.sync([_job(0), _job(5)], NOW)
+    journal._db.execute("UPDATE jobs SET filename='job-2-2.mp4' WHERE id='job-5'")
+    assert journal.file_owners() == {
+        "job-0.mp4": ("job-0",),
+        "job-1.mp4": ("job-1",),
+        "job-2.mp4": ("job-2",),
+        "job-2-2.mp4": ("job-2", "job-5"),
+    }
 
 
 def test_sync_again_is_idempotent(journal: Journal) -> None:
