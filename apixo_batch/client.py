@@ -169,9 +169,8 @@ class ApixoClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                retry_after = (
-                    None if status == 200 else parse_retry_after(resp.headers.get("Retry-After"))
-                )
+                # Parsed only for an error answer (a 200 may carry an error code too).
+                retry_header = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = redact(str(exc), self._key) or type(exc).__name__
             raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}") from None
@@ -183,7 +182,10 @@ class ApixoClient:
             if status != 200:
                 text = raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
                 raise api_error_for(
-                    status, redact(text, self._key), endpoint=endpoint, retry_after=retry_after
+                    status,
+                    redact(text, self._key),
+                    endpoint=endpoint,
+                    retry_after=parse_retry_after(retry_header),
                 )
             raise TransportError(f"{endpoint}: answer is not a JSON object")
         code = _int_or_none(parsed.get("code"))
@@ -194,7 +196,10 @@ class ApixoClient:
         if effective != 200:
             message = redact(str(parsed.get("message", "")), self._key)
             raise api_error_for(
-                effective, message or f"HTTP {status}", endpoint=endpoint, retry_after=retry_after
+                effective,
+                message or f"HTTP {status}",
+                endpoint=endpoint,
+                retry_after=parse_retry_after(retry_header),
             )
         return parsed
 

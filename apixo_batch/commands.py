@@ -197,13 +197,20 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
 
 async def _drive(engine: Engine) -> RunResult:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    # remove_signal_handler leaves SIG_DFL behind (SIGTERM would then kill the process
+    # while the summary is printed): what was there before is put back instead.
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
         loop.add_signal_handler(sig, engine.request_stop)
     try:
         return await engine.run()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
+            handler = previous[sig]
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _warn_expiring(state: Path | None, time_scale: float) -> None:

@@ -402,12 +402,14 @@ async def test_error_code_maps_to_its_leaf(
     assert (info.value.fatal, info.value.retryable) == (fatal, retryable)
 
 
+@pytest.mark.parametrize("http_status", [429, 200])
 async def test_rate_limited_carries_retry_after(
-    client: ApixoClient, mock_api: aioresponses
+    client: ApixoClient, mock_api: aioresponses, http_status: int
 ) -> None:
-    """429 with Retry-After: RateLimited, retryable, with the server's delay in seconds."""
+    """429 with Retry-After: RateLimited, retryable, with the server's delay in seconds;
+    the same when the 429 is only in the JSON code of an HTTP 200."""
     body = {"code": 429, "message": "Rate limit exceeded", "data": None}
-    mock_api.post(SUBMIT_URL, status=429, payload=body, headers={"Retry-After": "7"})
+    mock_api.post(SUBMIT_URL, status=http_status, payload=body, headers={"Retry-After": "7"})
     with pytest.raises(RateLimited) as info:
         await client.submit(MODEL, T2V_INPUT)
     assert info.value.retry_after == 7.0

@@ -543,3 +543,48 @@ def test_main_puts_back_the_sigterm_handler_it_found(
         signal.signal(signal.SIGTERM, previous)
     assert seen == []
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_run_puts_back_the_signal_handlers_it_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the run's own handlers come off, SIGTERM is an interrupt again (exit 130 while
+    the summary prints), not SIG_DFL (death by signal), which is what the loop leaves."""
+    from apixo_batch import runtime
+    from apixo_batch.commands import _drive
+
+    class Finished:
+        def request_stop(self) -> None:
+            raise AssertionError("no signal was sent")
+
+        async def run(self) -> str:
+            return "result"
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        assert runtime.run(_drive(Finished())) == "result"  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_main_leaves_sigterm_alone_when_the_handler_it_found_is_not_pythons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """signal.signal answers None for a handler set outside Python: nothing to put back,
+    and the command's own exit code comes through (no TypeError)."""
+    real = signal.signal
+    calls: list[object] = []
+
+    def fake(signum: int, handler: object) -> object:
+        calls.append(handler)
+        real(signum, handler)  # type: ignore[arg-type]
+        return None
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("apixo_batch.cli.signal.signal", fake)
+    monkeypatch.setattr("apixo_batch.commands.campaign_command", lambda args: 7)
+    try:
+        assert cli.main(["status", "jobs/campaign.yaml"]) == 7
+        assert calls == [signal.default_int_handler]
+    finally:
+        real(signal.SIGTERM, before)
