@@ -19,13 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import KEY, campaign, simulator, workdir
+from _harness import KEY, campaign, disk, simulator, workdir
 
 
 def main(n: int, ts: str) -> None:
     tick = os.sysconf("SC_CLK_TCK")
     with workdir() as wd:
         job_file = campaign(wd, n)
+        where = disk(wd)
         with simulator(wd, time_scale=float(ts), file_size=64 << 10) as sim:
             env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
             cmd = [sys.executable, "-m", "apixo_batch", "run", str(job_file), "--json"]
@@ -51,7 +52,7 @@ def main(n: int, ts: str) -> None:
     print(
         f"cpu-by-thread {n} jobs in {wall:.1f} s, exit {proc.returncode}; "
         f"{requests / n:.2f} API requests/task; CPU {total:.1f} s = {total / n * 1000:.2f} s "
-        "per 1,000 tasks (sampled every 0.1 s)"
+        f"per 1,000 tasks (sampled every 0.1 s); {where}"
     )
     for label, user, system in sorted(last.values(), key=lambda r: -(r[1] + r[2])):
         if user + system >= 0.05:

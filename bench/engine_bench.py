@@ -1,12 +1,14 @@
 """Engine benchmarks against the simulator (issue 4): prints figures, asserts nothing.
 
-    python bench/engine_bench.py [rate concurrency overhead bigfile]
+    python bench/engine_bench.py [rate concurrency overhead bigfile] [--repeat N]
 
 rate         600 jobs, --rpm 3000, --max-concurrent 200, generations of ~0.5-0.7 s:
              tasks/s against the bound (rpm/60)/2, requests per task, 429s.
 concurrency  --max-concurrent 100, generations of 5-7 s, rpm not binding:
              tasks/s against max_concurrent / mean generation time.
-overhead     2,000 jobs with up to 999 in flight: engine CPU s per 1,000 tasks, peak RSS.
+overhead     2,000 jobs with up to 999 in flight: engine CPU s per 1,000 tasks, peak RSS;
+             the file system of the run is named (it shows in the CPU, see _harness.disk).
+             Runs move by about 10 % from one to the next: --repeat 3 for a median.
 bigfile      one 300 MB result through the engine: peak RSS and MB/s against curl.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import campaign, run_engine, simulator, workdir
+from _harness import campaign, disk, run_engine, simulator, workdir
 
 
 def rate() -> None:
@@ -73,9 +76,10 @@ def concurrency() -> None:
     )
 
 
-def overhead() -> None:
+def overhead() -> float:
     n = 2000
     with workdir() as wd:
+        where = disk(wd)
         job_file = campaign(wd, n)
         # Generations of 15-21 s keep about 999 tasks in flight at once.
         with simulator(wd, time_scale=0.3, file_size=64 * 1024) as sim:
@@ -91,8 +95,9 @@ def overhead() -> None:
         f"{m.cpu_s / n * 1000:.2f} s per 1,000 tasks; of it {fixed.cpu_s:.2f} s once per run "
         f"(the rerun, exit {fixed.code}), {per_task:.2f} s per 1,000 tasks beyond; "
         f"peak RSS {m.max_rss_mb:.0f} MB; peak in flight {stats['max_concurrent_tasks']}; "
-        f"{stats['rate_limited']} x 429; exit {m.code}"
+        f"{stats['rate_limited']} x 429; exit {m.code}; {where}"
     )
+    return m.cpu_s / n * 1000
 
 
 def bigfile() -> None:
@@ -129,6 +134,22 @@ def bigfile() -> None:
 
 SCENARIOS = {"rate": rate, "concurrency": concurrency, "overhead": overhead, "bigfile": bigfile}
 
+
+def main(argv: list[str]) -> None:
+    repeat = 1
+    if "--repeat" in argv:
+        at = argv.index("--repeat")
+        repeat = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
+    for name in argv or list(SCENARIOS):
+        per_1000 = [SCENARIOS[name]() for _ in range(repeat)]
+        if name == "overhead" and repeat > 1:
+            figures = sorted(f for f in per_1000 if f is not None)
+            print(
+                f"overhead      median of {repeat} runs: {statistics.median(figures):.2f} s "
+                f"per 1,000 tasks (runs: {', '.join(f'{f:.2f}' for f in figures)})"
+            )
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or list(SCENARIOS):
-        SCENARIOS[name]()
+    main(sys.argv[1:])
