@@ -1,6 +1,6 @@
 """Engine benchmarks against the simulator (issue 4): prints figures, asserts nothing.
 
-    python bench/engine_bench.py [rate concurrency overhead bigfile] [--repeat N]
+    python bench/engine_bench.py [rate concurrency overhead bigfile] [--repeat N] [--jobs N]
 
 rate         600 jobs, --rpm 3000, --max-concurrent 200, generations of ~0.5-0.7 s:
              tasks/s against the bound (rpm/60)/2, requests per task, 429s.
@@ -8,12 +8,14 @@ concurrency  --max-concurrent 100, generations of 5-7 s, rpm not binding:
              tasks/s against max_concurrent / mean generation time.
 overhead     2,000 jobs with up to 999 in flight: engine CPU s per 1,000 tasks, peak RSS;
              the file system of the run is named (it shows in the CPU, see _harness.disk).
-             Runs move by about 10 % from one to the next: --repeat 3 for a median.
+             Runs move by about 10 % from one to the next: --repeat 3 for a median;
+             --jobs N for a larger campaign (the once-per-run CPU weighs less).
 bigfile      one 300 MB result through the engine: peak RSS and MB/s against curl.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -76,13 +78,13 @@ def concurrency() -> None:
     )
 
 
-def overhead() -> float:
-    n = 2000
+def overhead(n: int = 2000) -> float:
     with workdir() as wd:
         where = disk(wd)
         job_file = campaign(wd, n)
         # Generations of 15-21 s keep about 999 tasks in flight at once.
-        with simulator(wd, time_scale=0.3, file_size=64 * 1024) as sim:
+        # A balance for any --jobs: the pre-flight check must not refuse the campaign.
+        with simulator(wd, time_scale=0.3, file_size=64 * 1024, balance=n * 10.0) as sim:
             flags = ("--max-concurrent", "999", "--rpm", "9999", "--time-scale", "0.3")
             m = run_engine(sim, job_file, *flags)
             stats = sim.stats()
@@ -135,14 +137,19 @@ def bigfile() -> None:
 SCENARIOS = {"rate": rate, "concurrency": concurrency, "overhead": overhead, "bigfile": bigfile}
 
 
+def _option(argv: list[str], flag: str, default: int) -> tuple[int, list[str]]:
+    if flag not in argv:
+        return default, argv
+    at = argv.index(flag)
+    return int(argv[at + 1]), argv[:at] + argv[at + 2 :]
+
+
 def main(argv: list[str]) -> None:
-    repeat = 1
-    if "--repeat" in argv:
-        at = argv.index("--repeat")
-        repeat = int(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
+    repeat, argv = _option(argv, "--repeat", 1)
+    jobs, argv = _option(argv, "--jobs", 2000)
     for name in argv or list(SCENARIOS):
-        per_1000 = [SCENARIOS[name]() for _ in range(repeat)]
+        run = functools.partial(overhead, jobs) if name == "overhead" else SCENARIOS[name]
+        per_1000 = [run() for _ in range(repeat)]
         if name == "overhead" and repeat > 1:
             figures = sorted(f for f in per_1000 if f is not None)
             print(
