@@ -227,10 +227,21 @@ def _warn_expiring(state: Path | None, time_scale: float) -> None:
     finally:
         journal.close()
     if soon:
-        _err(f"WARNING: {len(soon)} result(s) expire within 48 hours; downloading them first:")
+        hours = EXPIRY_WARN_S * time_scale / 3600
+        within = (
+            f"{hours:.3g} hours" if time_scale == 1 else f"{hours:.3g} hours (48 h x --time-scale)"
+        )
+        _err(f"WARNING: {len(soon)} result(s) expire within {within}; downloading them first:")
         for r in soon[:20]:
-            left = max(0.0, (r.expires_at or now) - now) / 3600
-            _err(f"  {r.id}: {left:.1f} h left")
+            _err(f"  {r.id}: {time_left(r.expires_at, now)}")
+
+
+def time_left(expires_at: float | None, now: float) -> str:
+    """When a result URL expires, for people: a journal without the time says so."""
+    if expires_at is None:
+        return "expiry unknown"
+    hours = (expires_at - now) / 3600
+    return f"expires in {hours:.1f} h" if hours > 0 else f"expired {-hours:.1f} h ago"
 
 
 def _status(args: argparse.Namespace, campaign: Campaign) -> int:
@@ -287,7 +298,6 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
     if waiting:
         print(f"  {len(waiting)} result(s) not downloaded yet:")
         for r in sorted(waiting, key=lambda r: r.expires_at or 0)[:50]:
-            left = ((r.expires_at or now) - now) / 3600
             flag = "  EXPIRES SOON" if soon(r) else ""
-            print(f"    {r.id}: expires in {left:.1f} h{flag}")
+            print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
     return 0

@@ -588,3 +588,46 @@ def test_main_leaves_sigterm_alone_when_the_handler_it_found_is_not_pythons(
         assert calls == [signal.default_int_handler]
     finally:
         real(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "text"),
+    [
+        (None, "expiry unknown"),
+        (1_000 + 5_400, "expires in 1.5 h"),
+        (1_000 - 7_200, "expired 2.0 h ago"),
+    ],
+)
+def test_time_left_says_unknown_and_past_expiries_plainly(
+    expires_at: float | None, text: str
+) -> None:
+    """No '0.0 h' for an expiry the journal does not have, nor a negative one."""
+    from apixo_batch.commands import time_left
+
+    assert time_left(expires_at, 1_000.0) == text
+
+
+def test_download_warning_names_the_scaled_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --time-scale 0.01 the warning threshold is 48 h x 0.01, and it says so."""
+    import hashlib
+    import time
+
+    from apixo_batch.commands import _warn_expiring
+    from apixo_batch.journal import JobState, Journal, NewJob
+
+    path = tmp_path / "state.sqlite"
+    journal = Journal(path)
+    now = time.time()
+    text = json.dumps({"prompt": "x"})
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    journal.sync([NewJob("a", 0, "kling-2-6", "auto", text, digest, "a.mp4", 0.3)], now)
+    journal.transition("a", JobState.SUBMITTING, now)
+    journal.transition("a", JobState.SUBMITTED, now, task_id="t-a", submitted_at=now)
+    journal.transition("a", JobState.SUCCEEDED, now, result_urls=["u"], expires_at=now + 1_000)
+    journal.close()
+    _warn_expiring(path, 0.01)
+    err = capsys.readouterr().err
+    assert "1 result(s) expire within 0.48 hours (48 h x --time-scale)" in err
+    assert re.search(r"a: expires in 0\.[23] h", err), err
