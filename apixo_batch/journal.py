@@ -441,10 +441,11 @@ class Journal:
         """{casefolded file name: the jobs it belongs to} for every name a job holds.
 
         A job holds the files journaled as landed, under whatever template named
-        them, and its output name while it is in the job file or has a task (paid:
-        its result may still land), gone from the file or not. A name held by two
-        jobs lists both.
+        them, and its output name while it is in the job file or its paid task may
+        still bring a result (submitted or succeeded), gone from the file or not. A
+        name held by two jobs lists both.
         """
+        may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
         owners: dict[str, tuple[str, ...]] = {}
 
         def hold(name: str, job_id: str) -> None:
@@ -453,10 +454,10 @@ class Journal:
             if job_id not in have:
                 owners[key] = (*have, job_id)
 
-        for job_id, filename, files, in_file, task_id in self._db.execute(
-            "SELECT id, filename, files, in_file, task_id FROM jobs"
+        for job_id, filename, files, in_file, state in self._db.execute(
+            "SELECT id, filename, files, in_file, state FROM jobs"
         ):
-            if in_file or task_id is not None:
+            if in_file or state in may_land:
                 hold(filename, job_id)
             for name in _json_list(files):
                 hold(name, job_id)

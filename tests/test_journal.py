@@ -166,14 +166,18 @@ def test_sync_adds_new_jobs_as_queued(journal: Journal) -> None:
 
 
 def test_file_owners_are_what_jobs_landed_or_may_still_land(journal: Journal) -> None:
-    """A job holds the files it landed and, while in the file or paid for, its output name;
-    a job dropped from the file before it was submitted holds nothing; case is ignored."""
-    journal.sync([_job(i) for i in range(4)], NOW)
+    """A job holds the files it landed and, while in the file or its task may still bring
+    a result, its output name; a job dropped from the file before it was submitted, or
+    whose task failed, holds nothing; case is ignored."""
+    journal.sync([_job(i) for i in range(5)], NOW)
     _submit(journal, "job-1", "t-1")
     _submit(journal, "job-2", "t-2")
     journal.transition("job-2", S.SUCCEEDED, NOW, result_urls=["u1", "u2"])
     journal.transition("job-2", S.DONE, NOW, files=["Job-2.mp4", "job-2-2.mp4"])
-    # job-1 (paid, still running), job-2 (landed) and job-3 (never submitted) leave the file.
+    _submit(journal, "job-4", "t-4")
+    journal.transition("job-4", S.FAILED, NOW, fail_code="X", fail_msg="no")
+    # job-1 (paid, still running), job-2 (landed), job-3 (never submitted) and job-4
+    # (failed) leave the file.
     journal.sync([_job(0), _job(5)], NOW)
     journal._db.execute("UPDATE jobs SET filename='job-2-2.mp4' WHERE id='job-5'")
     assert journal.file_owners() == {
