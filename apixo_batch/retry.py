@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 __all__ = ["Backoff", "parse_retry_after"]
 
@@ -45,16 +48,27 @@ class Backoff:
         return attempt >= self.max_attempts
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form); None when absent or odd.
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header, in either of its forms; None when absent or odd.
 
-    The HTTP-date form is not honoured: it would need the wall clock here, and the
-    caller's backoff is a sound fallback. "inf" parses as a float; nobody sleeps on it.
+    An HTTP-date counts from ``now`` (Unix seconds; the wall clock when None): the
+    server names a moment, and the wait starts when its answer is read. A moment
+    already past is 0. "inf" parses as a float; nobody sleeps on it.
     """
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
+        return _seconds_until(value, now)
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _seconds_until(http_date: str, now: float | None) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT; "-0000" parses as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

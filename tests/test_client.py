@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -414,6 +416,18 @@ async def test_rate_limited_carries_retry_after(
         await client.submit(MODEL, T2V_INPUT)
     assert info.value.retry_after == 7.0
     assert info.value.retryable and not info.value.fatal
+
+
+async def test_rate_limited_honours_a_retry_after_date(
+    client: ApixoClient, mock_api: aioresponses
+) -> None:
+    """Retry-After as an HTTP-date: the seconds from now until then."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    body = {"code": 429, "message": "Rate limit exceeded", "data": None}
+    mock_api.post(SUBMIT_URL, status=429, payload=body, headers={"Retry-After": when})
+    with pytest.raises(RateLimited) as info:
+        await client.submit(MODEL, T2V_INPUT)
+    assert info.value.retry_after is not None and 25.0 < info.value.retry_after <= 30.0
 
 
 @pytest.mark.parametrize("header", [None, "soon"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from apixo_batch.retry import Backoff
+from apixo_batch.retry import Backoff, parse_retry_after
 
 
 def _seeded(**kwargs: Any) -> Backoff:
@@ -107,3 +107,31 @@ def test_defaults_are_sane() -> None:
     assert backoff.max_attempts > 1
     assert not backoff.gives_up(1)
     assert 0 < backoff.delay(1) <= backoff.delay(100) <= backoff.cap * (1 + backoff.jitter)
+
+
+NOW = 1_767_965_610.0  # Fri, 09 Jan 2026 13:33:30 GMT
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("Fri, 09 Jan 2026 13:35:00 GMT", 90.0),  # HTTP-date: 90 s after NOW
+        ("Fri, 09 Jan 2026 13:35:00 -0000", 90.0),  # parses as naive: still GMT
+        ("Fri, 09 Jan 2026 13:30:00 GMT", 0.0),  # already past
+        ("Friday, 09-Jan-26 13:35:00 GMT", 90.0),  # the obsolete RFC 850 form
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("inf", None),
+        ("nan", None),
+        ("Fri, 32 Jan 2026 13:35:00 GMT", None),
+    ],
+)
+def test_parse_retry_after_reads_seconds_and_http_dates(
+    header: str | None, seconds: float | None
+) -> None:
+    """Both forms of the header; what is neither leaves the decision to backoff."""
+    assert parse_retry_after(header, now=NOW) == seconds
