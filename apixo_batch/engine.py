@@ -41,7 +41,15 @@ from .errors import (
 )
 from .events import Event, EventKind, EventSink
 from .jobs import Campaign
-from .journal import AsyncJournal, JobRow, JobState, Journal, NewJob, SyncResult
+from .journal import (
+    AsyncJournal,
+    JobRow,
+    JobState,
+    Journal,
+    NewJob,
+    SyncResult,
+    result_filename,
+)
 from .limits import MAX_CONCURRENT_CAP, RPM_CAP, ConcurrencyLimit, Priority, RequestBucket
 from .receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from .retry import Backoff
@@ -951,10 +959,7 @@ class Engine:
                 self._downloading -= 1
 
     def _dest(self, filename: str, n: int) -> Path:
-        if n == 0:
-            return self.output_dir / filename
-        p = Path(filename)
-        return self.output_dir / f"{p.stem}-{n + 1}{p.suffix}"
+        return self.output_dir / result_filename(filename, n)
 
     async def _clashes(self, row: _Fetch) -> list[tuple[str, str]]:
         """(file, its holder) for each file of ``row`` that another job holds.
@@ -966,8 +971,14 @@ class Engine:
         if self._owners is None:
             if self._owners_read is None:
                 self._owners_read = self.journal.read(lambda j: j.file_owners())
-            # Shielded: a worker cancelled while waiting must not cancel the others' read.
-            self._owners = await asyncio.shield(self._owners_read)
+            read = self._owners_read
+            try:
+                # Shielded: a worker cancelled while waiting must not cancel the others' read.
+                self._owners = await asyncio.shield(read)
+            except Exception:
+                if read.done() and self._owners_read is read:
+                    self._owners_read = None  # a failed read is tried again, not kept
+                raise
         clashes: list[tuple[str, str]] = []
         for n in range(len(row.result_urls)):
             name = self._dest(row.filename, n).name
@@ -975,6 +986,12 @@ class Engine:
             if others:
                 clashes.append((name, others[0]))
         return clashes
+
+    @staticmethod
+    def _landed(files: list[str], hashes: list[str], total: int) -> dict[str, Any]:
+        # Results that landed before a later one failed or expired stay journaled as the
+        # job's files: they are paid for, and no other job may write over them.
+        return {"files": files, "bytes": total, "sha256": hashes} if files else {}
 
     def _hold(self, job_id: str, names: list[str]) -> None:
         if self._owners is None:
@@ -1000,7 +1017,8 @@ class Engine:
                 message=(
                     f"job {row.id}: its results would be written over {named}; nothing "
                     "was downloaded. Change output.filename so the names differ (e.g. "
-                    "'{id}_.mp4'), then run `apixo-batch download`: the result stays "
+                    "'{id}_.mp4'; a job gone from the job file keeps its names until it "
+                    "is back in it), then run `apixo-batch download`: the result stays "
                     "downloadable until its URLs expire"
                 ),
             )
@@ -1022,11 +1040,24 @@ class Engine:
                 total += got.bytes
         except ResultExpired as exc:
             await self.journal.transition(
-                row.id, S.EXPIRED, self.clock.wall(), fail_code="RESULT_EXPIRED", fail_msg=str(exc)
+                row.id,
+                S.EXPIRED,
+                self.clock.wall(),
+                fail_code="RESULT_EXPIRED",
+                fail_msg=str(exc),
+                **self._landed(files, hashes, total),
             )
             self._emit("expired", row.id, model=row.model, message=str(exc))
             return
         except DownloadError as exc:
+            if files:
+                await self.journal.transition(
+                    row.id,
+                    S.SUCCEEDED,
+                    self.clock.wall(),
+                    durable=False,
+                    **self._landed(files, hashes, total),
+                )
             self._retries += 1
             self._emit(
                 "retried",

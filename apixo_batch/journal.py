@@ -54,7 +54,15 @@ from typing import Any, TypeVar
 
 from .errors import JournalError
 
-__all__ = ["TRANSITIONS", "AsyncJournal", "JobRow", "JobState", "Journal", "SyncResult"]
+__all__ = [
+    "TRANSITIONS",
+    "AsyncJournal",
+    "JobRow",
+    "JobState",
+    "Journal",
+    "SyncResult",
+    "result_filename",
+]
 
 T = TypeVar("T")
 
@@ -200,6 +208,14 @@ class JobRow:
 
 
 _STATES = {s.value: s for s in JobState}
+
+
+def result_filename(filename: str, n: int) -> str:
+    """The file of a job's result number ``n`` (from 0): ``x.mp4``, ``x-2.mp4``, ``x-3.mp4``."""
+    if n == 0:
+        return filename
+    stem, dot, suffix = filename.rpartition(".")
+    return f"{stem}-{n + 1}.{suffix}" if dot and stem else f"{filename}-{n + 1}"
 
 
 def _json_list(text: str | None) -> tuple[str, ...]:

@@ -227,3 +227,46 @@ async def test_run_campaign_runs_at_the_caps(simulator, tmp_path: Path) -> None:
     job_file = write_campaign(tmp_path, simple_jobs(2))
     result = await run_campaign(job_file, max_concurrent=999, rpm=9_999, **opts(sim))
     assert result.exit_code == 0 and result.counts["done"] == 2
+
+
+@pytest.mark.parametrize("trouble", ["expired", "failed"])
+async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trouble: str
+) -> None:
+    """Job x's first result lands, then its second URL expires (or its download gives
+    up): x keeps the landed file journaled as its own, so a job that takes that name
+    later (template `{index}.mp4`, a job inserted above x) waits instead of writing
+    over a paid file."""
+    import apixo_batch.engine as engine_module
+    from apixo_batch.download import DownloadError
+
+    sim = await simulator(time_scale=0.01, results_per_task=2)
+    real_download = engine_module.download_file
+
+    async def trouble_after_the_first(session, url, dest, **kwargs):  # type: ignore[no-untyped-def]
+        if not url.endswith("/0.mp4") and trouble == "failed":
+            raise DownloadError(f"{url}: gave up after 8 attempts (HTTP 503)")
+        got = await real_download(session, url, dest, **kwargs)
+        if trouble == "expired":
+            sim.expire_now(url.rsplit("/", 2)[-2])  # /files/<task id>/<n>.mp4
+        return got
+
+    monkeypatch.setattr(engine_module, "download_file", trouble_after_the_first)
+    out = {"dir": "out", "filename": "{index}.mp4"}
+    x = {**simple_jobs(1)[0], "id": "x"}
+    job_file = write_campaign(tmp_path, [x], output=out)
+    first = await run_campaign(job_file, **opts(sim))
+    assert first.exit_code == 1
+    [entry] = read_manifest(tmp_path / "out")
+    state = "expired" if trouble == "expired" else "pending"
+    assert (entry["state"], entry["files"]) == (state, ["0.mp4"])
+    paid = (tmp_path / "out" / "0.mp4").read_bytes()
+
+    monkeypatch.setattr(engine_module, "download_file", real_download)
+    write_campaign(tmp_path, [{**simple_jobs(2)[1], "id": "new"}, x], output=out)
+    seen: list[Event] = []
+    second = await run_campaign(job_file, on_event=seen.append, **opts(sim))
+    assert second.exit_code == 1
+    assert (tmp_path / "out" / "0.mp4").read_bytes() == paid
+    [warning] = [e for e in seen if e.kind == "warning" and e.job_id == "new"]
+    assert "0.mp4 (job x's file)" in warning.data["message"]

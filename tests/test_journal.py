@@ -188,6 +188,17 @@ def test_file_owners_are_what_jobs_landed_or_may_still_land(journal: Journal) ->
     }
 
 
+def test_a_succeeded_job_holds_the_results_it_landed_so_far(journal: Journal) -> None:
+    """A download that failed after a first result landed leaves the job succeeded with
+    that file journaled: it holds it, in the file or not; not the names yet to land."""
+    journal.sync([_job(0)], NOW)
+    _submit(journal, "job-0", "t-0")
+    journal.transition("job-0", S.SUCCEEDED, NOW, result_urls=["u1", "u2", "u3"])
+    journal.transition("job-0", S.SUCCEEDED, NOW, files=["job-0.mp4", "job-0-2.mp4"])
+    journal.sync([], NOW)
+    assert journal.file_owners() == {"job-0.mp4": ("job-0",), "job-0-2.mp4": ("job-0",)}
+
+
 def test_sync_again_is_idempotent(journal: Journal) -> None:
     """Syncing the same file twice changes nothing and reports every job unchanged."""
     jobs = [_job(i) for i in range(5)]
