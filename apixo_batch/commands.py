@@ -241,6 +241,8 @@ def time_left(expires_at: float | None, now: float) -> str:
     if expires_at is None:
         return "expiry unknown"
     hours = (expires_at - now) / 3600
+    if abs(hours) < 0.05:
+        return "expires now" if hours > 0 else "expired just now"
     return f"expires in {hours:.1f} h" if hours > 0 else f"expired {-hours:.1f} h ago"
 
 

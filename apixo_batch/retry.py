@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-__all__ = ["Backoff", "parse_retry_after"]
+__all__ = ["MAX_RETRY_AFTER_S", "Backoff", "parse_retry_after"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,27 +48,35 @@ class Backoff:
         return attempt >= self.max_attempts
 
 
+#: the longest Retry-After obeyed: a bigger one (a server's clock or a typo) would stall the
+#: whole run, every request waiting behind the paused bucket
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header, in either of its forms; None when absent or odd.
 
     An HTTP-date counts from ``now`` (Unix seconds; the wall clock when None): the
-    server names a moment, and the wait starts when its answer is read. A moment
-    already past is 0. "inf" parses as a float; nobody sleeps on it.
+    server names a moment of the real world, and the wait starts when its answer is
+    read. A moment already past says nothing usable (the server's clock may be
+    behind ours): None, like a missing header. Waits are capped at an hour.
+    "inf" parses as a float; nobody sleeps on it.
     """
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return _seconds_until(value, now)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        until = _seconds_until(value, now)
+        return None if until is None or until <= 0 else min(until, MAX_RETRY_AFTER_S)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
 def _seconds_until(http_date: str, now: float | None) -> float | None:
     try:
         when = parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # HTTP dates are GMT; "-0000" parses as naive
         when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return when.timestamp() - (time.time() if now is None else now)

@@ -186,8 +186,13 @@ def disk(path: Path) -> str:
         return "unknown file system"
     dev, mnt, kind = best
     text = f"{kind} on {dev} ({mnt})"
-    if kind == "ext4" and dev.startswith("/dev/"):
-        journaled = any(Path("/proc/fs/jbd2").glob(f"{Path(dev).name}-*"))
+    if kind == "ext4":
+        # jbd2 names the journal after the kernel's block device, which /dev/root or
+        # /dev/mapper/* names are not: ask the kernel which device holds the path.
+        st = os.stat(where)
+        block = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+        name = block.resolve().name if block.exists() else Path(dev).name
+        journaled = any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
         text += ", with a journal" if journaled else ", no journal"
     return text
 

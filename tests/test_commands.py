@@ -596,6 +596,8 @@ def test_main_leaves_sigterm_alone_when_the_handler_it_found_is_not_pythons(
         (None, "expiry unknown"),
         (1_000 + 5_400, "expires in 1.5 h"),
         (1_000 - 7_200, "expired 2.0 h ago"),
+        (1_000 + 60, "expires now"),
+        (1_000.0, "expired just now"),
     ],
 )
 def test_time_left_says_unknown_and_past_expiries_plainly(

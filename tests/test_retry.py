@@ -120,7 +120,10 @@ NOW = 1_767_965_610.0  # Fri, 09 Jan 2026 13:33:30 GMT
         ("-3", 0.0),
         ("Fri, 09 Jan 2026 13:35:00 GMT", 90.0),  # HTTP-date: 90 s after NOW
         ("Fri, 09 Jan 2026 13:35:00 -0000", 90.0),  # parses as naive: still GMT
-        ("Fri, 09 Jan 2026 13:30:00 GMT", 0.0),  # already past
+        ("Fri, 09 Jan 2026 13:30:00 GMT", None),  # already past: the server's clock is behind
+        ("Fri, 09 Jan 2026 13:33:30 GMT", None),  # now
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),  # capped: never a stalled run
+        ("1e12", 3600.0),
         ("Friday, 09-Jan-26 13:35:00 GMT", 90.0),  # the obsolete RFC 850 form
         (None, None),
         ("", None),
