@@ -164,8 +164,8 @@ def reference_cpu_ms() -> float:
     """CPU milliseconds of a fixed pure-Python workload (best of 5), printed beside CPU figures.
 
     The project's VMs change speed from one session to the next and, by up to 20 %,
-    within one: the same engine code measured 3.04 and 3.66 s per 1,000 tasks an hour
-    apart. Figures taken with different reference times compare only after scaling.
+    within one: the same engine code measured 3.04 and 3.61 s per 1,000 tasks an hour
+    apart. A reference time that moved says the machine did, not the engine.
     """
 
     def once() -> float:
