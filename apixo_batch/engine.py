@@ -48,6 +48,7 @@ from .journal import (
     Journal,
     NewJob,
     SyncResult,
+    hold_name,
     result_filename,
 )
 from .limits import MAX_CONCURRENT_CAP, RPM_CAP, ConcurrencyLimit, Priority, RequestBucket
@@ -981,7 +982,7 @@ class Engine:
                 raise
         clashes: list[tuple[str, str]] = []
         for n in range(len(row.result_urls)):
-            name = self._dest(row.filename, n).name
+            name = result_filename(row.filename, n)
             others = [o for o in self._owners.get(name.casefold(), ()) if o != row.id]
             if others:
                 clashes.append((name, others[0]))
@@ -992,15 +993,6 @@ class Engine:
         # Results that landed before a later one failed or expired stay journaled as the
         # job's files: they are paid for, and no other job may write over them.
         return {"files": files, "bytes": total, "sha256": hashes} if files else {}
-
-    def _hold(self, job_id: str, names: list[str]) -> None:
-        if self._owners is None:
-            return
-        for name in names:
-            key = name.casefold()
-            have = self._owners.get(key, ())
-            if job_id not in have:
-                self._owners[key] = (*have, job_id)
 
     async def _download(self, row: _Fetch, session: aiohttp.ClientSession) -> None:
         files: list[str] = []
@@ -1035,7 +1027,8 @@ class Engine:
                     fresh=row.fresh,
                 )
                 files.append(str(dest.relative_to(self.output_dir)))
-                self._hold(row.id, [dest.name])
+                if self._owners is not None:
+                    hold_name(self._owners, dest.name, row.id)
                 hashes.append(got.sha256)
                 total += got.bytes
         except ResultExpired as exc:

@@ -61,6 +61,7 @@ __all__ = [
     "JobState",
     "Journal",
     "SyncResult",
+    "hold_name",
     "result_filename",
 ]
 
@@ -216,6 +217,14 @@ def result_filename(filename: str, n: int) -> str:
         return filename
     stem, dot, suffix = filename.rpartition(".")
     return f"{stem}-{n + 1}.{suffix}" if dot and stem else f"{filename}-{n + 1}"
+
+
+def hold_name(owners: dict[str, tuple[str, ...]], name: str, job_id: str) -> None:
+    """Record in ``owners`` (see :meth:`Journal.file_owners`) that ``job_id`` holds ``name``."""
+    key = name.casefold()
+    have = owners.get(key, ())
+    if job_id not in have:
+        owners[key] = (*have, job_id)
 
 
 def _json_list(text: str | None) -> tuple[str, ...]:
@@ -463,20 +472,13 @@ class Journal:
         """
         may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
         owners: dict[str, tuple[str, ...]] = {}
-
-        def hold(name: str, job_id: str) -> None:
-            key = name.casefold()
-            have = owners.get(key, ())
-            if job_id not in have:
-                owners[key] = (*have, job_id)
-
         for job_id, filename, files, in_file, state in self._db.execute(
             "SELECT id, filename, files, in_file, state FROM jobs"
         ):
             if in_file or state in may_land:
-                hold(filename, job_id)
+                hold_name(owners, filename, job_id)
             for name in _json_list(files):
-                hold(name, job_id)
+                hold_name(owners, name, job_id)
         return owners
 
     def by_task(self, task_id: str) -> JobRow | None:

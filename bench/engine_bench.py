@@ -15,15 +15,16 @@ bigfile      one 300 MB result through the engine: peak RSS and MB/s against cur
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
-import functools
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -147,26 +148,32 @@ def bigfile() -> None:
     print(line)
 
 
-SCENARIOS = {"rate": rate, "concurrency": concurrency, "overhead": overhead, "bigfile": bigfile}
-
-
-def _option(argv: list[str], flag: str, default: int) -> tuple[int, list[str]]:
-    if flag not in argv:
-        return default, argv
-    at = argv.index(flag)
-    return int(argv[at + 1]), argv[:at] + argv[at + 2 :]
+SCENARIOS: dict[str, Callable[[], object]] = {
+    "rate": rate,
+    "concurrency": concurrency,
+    "overhead": overhead,
+    "bigfile": bigfile,
+}
 
 
 def main(argv: list[str]) -> None:
-    repeat, argv = _option(argv, "--repeat", 1)
-    jobs, argv = _option(argv, "--jobs", 2000)
-    for name in argv or list(SCENARIOS):
-        run = functools.partial(overhead, jobs) if name == "overhead" else SCENARIOS[name]
-        per_1000 = [run() for _ in range(repeat)]
-        if name == "overhead" and repeat > 1:
-            figures = sorted(f for f in per_1000 if f is not None)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs of the overhead scenario")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+    for name in args.scenarios or list(SCENARIOS):
+        if name != "overhead":
+            for _ in range(args.repeat):
+                SCENARIOS[name]()
+            continue
+        figures = sorted(overhead(args.jobs) for _ in range(args.repeat))
+        if args.repeat > 1:
             print(
-                f"overhead      median of {repeat} runs: {statistics.median(figures):.2f} s "
+                f"overhead      median of {args.repeat} runs: {statistics.median(figures):.2f} s "
                 f"per 1,000 tasks (runs: {', '.join(f'{f:.2f}' for f in figures)})"
             )
 
