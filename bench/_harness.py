@@ -181,6 +181,24 @@ def reference_cpu_ms() -> float:
     return min(once() for _ in range(5))
 
 
+def engine_code() -> str:
+    """Where the engine processes of this benchmark import ``apixo_batch`` from.
+
+    They run ``python -m apixo_batch`` with this process's environment and working
+    directory, and ``-m`` puts the working directory first on ``sys.path``: started
+    from inside a checkout, a benchmark measures that checkout, whatever
+    ``PYTHONPATH`` says. Printed beside CPU figures so each names the code it
+    measured (bench/ab.py compares two revisions safely).
+    """
+    found = subprocess.run(
+        [sys.executable, "-c", "import apixo_batch; print(apixo_batch.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return str(Path(found).parent)
+
+
 def disk(path: Path) -> str:
     """The file system under ``path``, as benchmark figures should state it (Linux).
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import KEY, campaign, disk, reference_cpu_ms, simulator, workdir
+from _harness import KEY, campaign, disk, engine_code, reference_cpu_ms, simulator, workdir
 
 
 def main(n: int, ts: str) -> None:
@@ -53,7 +53,7 @@ def main(n: int, ts: str) -> None:
         f"cpu-by-thread {n} jobs in {wall:.1f} s, exit {proc.returncode}; "
         f"{requests / n:.2f} API requests/task; CPU {total:.1f} s = {total / n * 1000:.2f} s "
         f"per 1,000 tasks (sampled every 0.1 s); {where}; "
-        f"reference loop {reference_cpu_ms():.0f} ms CPU"
+        f"reference loop {reference_cpu_ms():.0f} ms CPU; engine code {engine_code()}"
     )
     for label, user, system in sorted(last.values(), key=lambda r: -(r[1] + r[2])):
         if user + system >= 0.05:

@@ -29,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import campaign, disk, reference_cpu_ms, run_engine, simulator, workdir
+from _harness import (
+    campaign,
+    disk,
+    engine_code,
+    reference_cpu_ms,
+    run_engine,
+    simulator,
+    workdir,
+)
 
 # Work directories are deleted when the benchmark ends, not after each run: on ext4
 # without a journal, deleting a run's 2,000 files makes the next run's file creations
@@ -111,7 +119,7 @@ def overhead(n: int = 2000) -> float:
         f"(the rerun, exit {fixed.code}), {per_task:.2f} s per 1,000 tasks beyond; "
         f"peak RSS {m.max_rss_mb:.0f} MB; peak in flight {stats['max_concurrent_tasks']}; "
         f"{stats['rate_limited']} x 429; exit {m.code}; {where}; "
-        f"reference loop {reference_cpu_ms():.0f} ms CPU"
+        f"reference loop {reference_cpu_ms():.0f} ms CPU; engine code {engine_code()}"
     )
     return m.cpu_s / n * 1000
 
