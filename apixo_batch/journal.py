@@ -466,16 +466,19 @@ class Journal:
         """{casefolded file name: the jobs it belongs to} for every name a job holds.
 
         A job holds the files journaled as landed, under whatever template named
-        them, and its output name while it is in the job file or its paid task may
-        still bring a result (submitted or succeeded), gone from the file or not. A
-        name held by two jobs lists both.
+        them, and its output name while it may still write there: its paid task may
+        still bring a result (submitted or succeeded), gone from the file or not, or
+        it is in the job file and not finished (done and expired jobs write nothing
+        more: after a template change, their new name is free). A name held by two
+        jobs lists both.
         """
         may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
+        finished = (JobState.DONE.value, JobState.EXPIRED.value)
         owners: dict[str, tuple[str, ...]] = {}
         for job_id, filename, files, in_file, state in self._db.execute(
             "SELECT id, filename, files, in_file, state FROM jobs"
         ):
-            if in_file or state in may_land:
+            if state in may_land or (in_file and state not in finished):
                 hold_name(owners, filename, job_id)
             for name in _json_list(files):
                 hold_name(owners, name, job_id)

@@ -188,6 +188,24 @@ def test_file_owners_are_what_jobs_landed_or_may_still_land(journal: Journal) ->
     }
 
 
+def test_a_finished_job_holds_what_it_landed_not_the_name_a_new_template_gives_it(
+    journal: Journal,
+) -> None:
+    """Done and expired jobs write nothing more: after the output template changed they
+    hold the files they landed, not their new names; a failed job in the file may be
+    retried (--retry-failed) and keeps its name."""
+    journal.sync([_job(i) for i in range(3)], NOW)
+    for i in range(3):
+        _submit(journal, f"job-{i}", f"t-{i}")
+    for i in range(2):
+        journal.transition(f"job-{i}", S.SUCCEEDED, NOW, result_urls=["u1"])
+    journal.transition("job-0", S.DONE, NOW, files=["job-0.mp4"])
+    journal.transition("job-1", S.EXPIRED, NOW, fail_code="RESULT_EXPIRED", fail_msg="gone")
+    journal.transition("job-2", S.FAILED, NOW, fail_code="X", fail_msg="no")
+    journal._db.execute("UPDATE jobs SET filename='clip-' || idx || '.mp4'")
+    assert journal.file_owners() == {"job-0.mp4": ("job-0",), "clip-2.mp4": ("job-2",)}
+
+
 def test_a_succeeded_job_holds_the_results_it_landed_so_far(journal: Journal) -> None:
     """A download that failed after a first result landed leaves the job succeeded with
     that file journaled: it holds it, in the file or not; not the names yet to land."""
