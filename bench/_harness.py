@@ -186,7 +186,7 @@ def engine_code() -> str:
 
     They run ``python -m apixo_batch`` with this process's environment and working
     directory, and ``-m`` puts the working directory first on ``sys.path``: started
-    from inside a checkout, a benchmark measures that checkout, whatever
+    from a checkout's root directory, a benchmark measures that checkout, whatever
     ``PYTHONPATH`` says. Printed beside CPU figures so each names the code it
     measured (bench/ab.py compares two revisions safely).
     """

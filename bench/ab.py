@@ -132,7 +132,8 @@ def _check_imports(side: Side, cwd: Path) -> None:
         sys.exit(f"side {side.label} ({side.rev}) would run {where}, not its own code: stopped")
 
 
-def _run(side: Side, jobs: int, cwd: Path) -> str:
+def _run(side: Side, jobs: int, cwd: Path) -> tuple[float, float, str]:
+    """One engine_bench overhead run: (s per 1,000 tasks, reference loop ms, its line)."""
     out = subprocess.run(
         [sys.executable, str(HERE / "engine_bench.py"), "overhead", "--jobs", str(jobs)],
         env=_env(side.tree),
@@ -147,14 +148,7 @@ def _run(side: Side, jobs: int, cwd: Path) -> str:
         sys.exit(f"side {side.label}: engine_bench exited {out.returncode}:\n{out.stderr[-2000:]}")
     if not exits or any(code != "0" for code in exits):
         sys.exit(f"side {side.label}: the engine did not exit 0, its CPU says nothing:\n{line}")
-    return line
-
-
-def _record(side: Side, line: str) -> None:
-    figure, reference = _PER_1000.search(line), _REFERENCE.search(line)
-    assert figure is not None and reference is not None  # _run checked
-    side.figures.append(float(figure.group(1)))
-    side.references.append(float(reference.group(1)))
+    return float(figure.group(1)), float(reference.group(1)), line
 
 
 def _simulators_differ(a: str | None, b: str | None) -> bool:
@@ -199,8 +193,9 @@ def main(argv: list[str]) -> None:
             _run(sides[0], args.jobs, neutral)
         for n in range(1, args.rounds + 1):
             for side in sides if n % 2 else sides[::-1]:
-                line = _run(side, args.jobs, neutral)
-                _record(side, line)
+                figure, reference, line = _run(side, args.jobs, neutral)
+                side.figures.append(figure)
+                side.references.append(reference)
                 print(
                     f"{side.label} {side.rev} run {n}: {side.figures[-1]:.2f} s per 1,000 tasks "
                     f"(reference loop {side.references[-1]:.0f} ms); {line}",
