@@ -158,8 +158,14 @@ NOT_FOUND_GIVE_UP = 5
 #: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
 #: fewer loop wake-ups per request, for at most this much more wait of one already queued
 REQUEST_TICK_S = 0.1
-#: unscaled seconds: poll timers due this close together are served in one wake-up
-POLL_GAP_S = 0.1
+#: unscaled seconds between two rounds of polls: the scheduler wakes at most once per
+#: round and sends every poll due by then, plus those due within half a round (so a
+#: task polled in one round is in the next one too, whatever its answer took). With
+#: the budget loose a task is polled every 3 s (every model's documented interval is
+#: 5 s), so rounds of this length see a completion about as soon as polls spread
+#: evenly would. Requests sent together cost less CPU per request than the same
+#: requests one wake-up each (README, Performance).
+POLL_GAP_S = 3.0
 
 
 def clock_key(model: str, inp: dict[str, Any]) -> str:
@@ -199,6 +205,7 @@ class Engine:
             is_tight=self._budget_is_tight,
             poll_rate=self._poll_rate,
             min_gap=max(0.01, POLL_GAP_S * options.time_scale),
+            early=POLL_GAP_S * options.time_scale / 2,
         )
         self.backoff = Backoff(base=1.0, cap=60.0, max_attempts=8, time_scale=options.time_scale)
         self._download_backoff = Backoff(

@@ -118,9 +118,13 @@ class PollScheduler:
     max_parallel: int = 256
     #: in callback mode a poll is only a safety net: wait this long past typical_max
     callback_margin: float = 60.0
-    #: never wake more often than this (seconds): timers due close together are served
-    #: in one wake-up, a few milliseconds late rather than one loop turn each
+    #: never wake more often than this (seconds): polls go out in rounds, one wake-up
+    #: each, rather than one loop turn per timer
     min_gap: float = 0.0
+    #: a round also takes the polls due up to this long after it (seconds): a task
+    #: polled in one round is due again a poll's answer time after the next round
+    #: would start, and without this slack it would wait for the round after
+    early: float = 0.0
     _heap: list[tuple[float, int, Tracked]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _by_task: dict[str, Tracked] = field(default_factory=dict)
@@ -222,11 +226,11 @@ class PollScheduler:
         async with asyncio.TaskGroup() as tg:
             while not self._closed:
                 now = self.clock.monotonic()
-                while self._heap and self._heap[0][0] <= now:
+                while self._heap and self._heap[0][0] <= now + self.early:
                     _, seq, t = heapq.heappop(self._heap)
                     if t.done or seq != t.timer or self._by_task.get(t.task_id) is not t:
                         continue
-                    later = self._deferred_due(t, now)
+                    later = self._deferred_due(t, now + self.early)
                     if later is not None:
                         self._push(later, t)
                         continue

@@ -68,7 +68,8 @@ async def make_scheduler(
 
     def make(**kwargs: object) -> PollScheduler:
         kwargs.setdefault("completions", CompletionModel())
-        sched = PollScheduler(clock=clock, poll=spy, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("poll", spy)
+        sched = PollScheduler(clock=clock, **kwargs)  # type: ignore[arg-type]
         running.append((sched, asyncio.create_task(sched.run())))
         return sched
 
@@ -559,3 +560,61 @@ async def test_adding_an_earlier_task_wakes_the_loop(
     await clock.advance(2.0)
     assert spy.times("task-soon") == [START + 12.0]
     assert spy.times("task-late") == []
+
+
+# -- rounds -------------------------------------------------------------------
+
+
+async def test_polls_go_out_in_rounds(
+    clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """A round starts when a poll is due and takes the polls due within ``early``;
+    the next round is at least ``min_gap`` later. No poll leaves more than ``early``
+    before its time, nor more than ``min_gap`` after it."""
+    sched = make_scheduler(min_gap=3.0, early=1.5)
+    due = {"a": 10.0, "b": 11.0, "c": 12.4, "d": 14.0}
+    for name, at in due.items():
+        spy.finish_on[f"task-{name}"] = 1
+        sched.add(_task(name, clock), due=START + at)
+    await _run_until(clock, lambda: sched.tracked == 0)
+    polled = {tid.removeprefix("task-"): at - START for tid, at in spy.calls}
+    assert polled == pytest.approx({"a": 10.0, "b": 10.0, "c": 13.0, "d": 13.0})
+    for name, at in polled.items():
+        assert due[name] - 1.5 <= at <= due[name] + 3.0
+
+
+async def test_a_round_keeps_its_tasks_together_whatever_their_answer_times(
+    clock: FakeClock, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """Tasks polled in one round are due again at slightly different times (their
+    answers took different times); the next round takes them all, not just the first.
+    Without ``early`` the others would wait a whole round more."""
+    calls: list[tuple[str, float]] = []
+    answer_s = {"task-0": 0.0, "task-1": 0.2, "task-2": 0.4}
+
+    async def poll(t: Tracked) -> bool:
+        calls.append((t.task_id, clock.monotonic()))
+        await clock.sleep(answer_s[t.task_id])
+        return t.polls >= 2
+
+    sched = make_scheduler(poll=poll, min_gap=3.0, early=1.5)
+    for n in range(3):
+        sched.add(_task(n, clock), due=START + 10.0)
+    await _run_until(clock, lambda: sched.tracked == 0)
+    # next_delay when loose: max(1, 10 * 0.6) = 6 s after each answer.
+    assert sorted(at - START for _, at in calls) == pytest.approx([10.0] * 3 + [16.0] * 3)
+
+
+async def test_poll_soon_is_not_held_back_by_the_round(
+    clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """A confirmation asked for with poll_soon goes out at once, even right after a round."""
+    sched = make_scheduler(min_gap=3.0, early=1.5)
+    sched.add(_task(1, clock), due=START + 10.0)
+    sched.add(_task(2, clock), due=START + 100.0)
+    await clock.advance(10.0)
+    assert spy.times("task-1") == [START + 10.0]
+    await clock.advance(0.5)
+    sched.poll_soon("task-2")
+    await _settle()
+    assert spy.times("task-2") == [START + 10.5]
