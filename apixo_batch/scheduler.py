@@ -23,6 +23,7 @@ import bisect
 import collections
 import heapq
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -182,11 +183,11 @@ class PollScheduler:
         self._by_task[t.task_id] = t
         self._push(due, t)
 
-    def _push(self, due: float, t: Tracked) -> None:
+    def _push(self, due: float, t: Tracked, *, now: bool = False) -> None:
         was_first = not self._heap or due < self._heap[0][0]
         t.timer = next(self._seq)
         heapq.heappush(self._heap, (due, t.timer, t))
-        if was_first:
+        if was_first or now:
             self._wakeup.set()
 
     def forget(self, task_id: str) -> Tracked | None:
@@ -206,7 +207,7 @@ class PollScheduler:
         t = self._by_task.get(task_id)
         if t is not None:
             t.urgent = True
-            self._push(self.clock.monotonic(), t)
+            self._push(self.clock.monotonic(), t, now=True)
 
     @property
     def tracked(self) -> int:
@@ -223,24 +224,44 @@ class PollScheduler:
     async def run(self) -> None:
         """Poll due tasks until :meth:`close`; owns its poll tasks in a task group."""
         slots = asyncio.Semaphore(self.max_parallel)
+        last_round = -math.inf
         async with asyncio.TaskGroup() as tg:
             while not self._closed:
                 now = self.clock.monotonic()
-                while self._heap and self._heap[0][0] <= now + self.early:
-                    _, seq, t = heapq.heappop(self._heap)
+                # Fixed for the round: a round slowed by busy slots still ends, and a
+                # task it polled is not taken again ahead of time within it.
+                horizon = now + self.early
+                if self._heap and self._heap[0][0] <= horizon:
+                    last_round = now
+                first_of_round = next(self._seq)
+                held: list[tuple[float, int, Tracked]] = []
+                while self._heap and self._heap[0][0] <= max(horizon, now):
+                    due, seq, t = heapq.heappop(self._heap)
                     if t.done or seq != t.timer or self._by_task.get(t.task_id) is not t:
                         continue
-                    later = self._deferred_due(t, now + self.early)
+                    if seq > first_of_round and due > now:
+                        # Polled in this round already (slots were busy): not early twice.
+                        held.append((due, seq, t))
+                        continue
+                    later = self._deferred_due(t, max(horizon, now))
                     if later is not None:
                         self._push(later, t)
                         continue
                     await slots.acquire()
                     tg.create_task(self._poll_one(t, slots))
                     now = self.clock.monotonic()
+                for entry in held:
+                    heapq.heappush(self._heap, entry)
                 if self._closed:
                     break
                 self._wakeup.clear()
-                delay = max(self._heap[0][0] - now, self.min_gap) if self._heap else None
+                # Rounds are min_gap apart counted from the last one, so a wake-up in
+                # between (a new task, poll_soon) does not push the next one back.
+                delay = (
+                    max(self._heap[0][0] - now, last_round + self.min_gap - now)
+                    if self._heap
+                    else None
+                )
                 await self._sleep_or_wake(delay)
 
     async def _sleep_or_wake(self, delay: float | None) -> None:
@@ -270,7 +291,11 @@ class PollScheduler:
         if finished:
             self.forget(t.task_id)
         elif not t.done and self._by_task.get(t.task_id) is t:
-            self._push(self.clock.monotonic() + self._spacing(t), t)
+            spacing = self._spacing(t)
+            if spacing > self.next_delay(t) * self.time_scale:
+                # Stretched to fit the budget: a round must not take it early.
+                spacing += self.early
+            self._push(self.clock.monotonic() + spacing, t)
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(

@@ -611,10 +611,35 @@ async def test_poll_soon_is_not_held_back_by_the_round(
     """A confirmation asked for with poll_soon goes out at once, even right after a round."""
     sched = make_scheduler(min_gap=3.0, early=1.5)
     sched.add(_task(1, clock), due=START + 10.0)
-    sched.add(_task(2, clock), due=START + 100.0)
+    sched.add(_task(2, clock), due=START + 11.8)  # not in the round at 10: the next is at 13
     await clock.advance(10.0)
     assert spy.times("task-1") == [START + 10.0]
-    await clock.advance(0.5)
+    assert spy.times("task-2") == []
+    await clock.advance(2.0)
     sched.poll_soon("task-2")
     await _settle()
-    assert spy.times("task-2") == [START + 10.5]
+    assert spy.times("task-2") == [START + 12.0]
+
+
+async def test_a_round_slowed_by_busy_slots_polls_each_task_once(
+    clock: FakeClock, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """With more polls due than slots, a task answered early in a round and due again
+    within its slack is not polled a second time in that round, and the round ends."""
+    calls: list[tuple[str, float]] = []
+
+    async def poll(t: Tracked) -> bool:
+        calls.append((t.task_id, clock.monotonic()))
+        await clock.sleep(0.1)
+        return t.polls >= 3
+
+    fast = ModelClock(first_poll=10.0, interval=2.0, typical_min=10.0, typical_max=20.0)
+    sched = make_scheduler(poll=poll, min_gap=3.0, early=1.5, max_parallel=2)
+    for n in range(3):
+        sched.add(_task(n, clock, model_clock=fast), due=START + 10.0)
+    await _run_until(clock, lambda: sched.tracked == 0)
+    for n in range(3):
+        times = [at for tid, at in calls if tid == f"task-{n}"]
+        assert len(times) == 3
+        # next_delay when loose: max(1, 2 * 0.6) = 1.2 s; never sooner than that.
+        assert all(b - a >= 1.2 - 1e-9 for a, b in itertools.pairwise(times))
