@@ -161,8 +161,12 @@ class PollScheduler:
         delay = self.next_delay(t) * self.time_scale
         rate = self.poll_rate()
         if rate:
-            # Every active task polled once per `spacing` must fit in the poll budget.
-            delay = max(delay, self._active / rate)
+            # Every active task polled once per `spacing` must fit in the poll budget;
+            # a round takes polls up to `early` ahead, so a stretched one is pushed
+            # that much later and never goes out before its budgeted time.
+            budgeted = self._active / rate
+            if budgeted > delay:
+                return budgeted + self.early
         return delay
 
     def _deferred_due(self, t: Tracked, now: float) -> float | None:
@@ -183,11 +187,11 @@ class PollScheduler:
         self._by_task[t.task_id] = t
         self._push(due, t)
 
-    def _push(self, due: float, t: Tracked, *, now: bool = False) -> None:
+    def _push(self, due: float, t: Tracked, *, wake: bool = False) -> None:
         was_first = not self._heap or due < self._heap[0][0]
         t.timer = next(self._seq)
         heapq.heappush(self._heap, (due, t.timer, t))
-        if was_first or now:
+        if was_first or wake:
             self._wakeup.set()
 
     def forget(self, task_id: str) -> Tracked | None:
@@ -207,7 +211,7 @@ class PollScheduler:
         t = self._by_task.get(task_id)
         if t is not None:
             t.urgent = True
-            self._push(self.clock.monotonic(), t, now=True)
+            self._push(self.clock.monotonic(), t, wake=True)
 
     @property
     def tracked(self) -> int:
@@ -235,7 +239,7 @@ class PollScheduler:
                     last_round = now
                 first_of_round = next(self._seq)
                 held: list[tuple[float, int, Tracked]] = []
-                while self._heap and self._heap[0][0] <= max(horizon, now):
+                while self._heap and self._heap[0][0] <= (limit := max(horizon, now)):
                     due, seq, t = heapq.heappop(self._heap)
                     if t.done or seq != t.timer or self._by_task.get(t.task_id) is not t:
                         continue
@@ -243,7 +247,7 @@ class PollScheduler:
                         # Polled in this round already (slots were busy): not early twice.
                         held.append((due, seq, t))
                         continue
-                    later = self._deferred_due(t, max(horizon, now))
+                    later = self._deferred_due(t, limit)
                     if later is not None:
                         self._push(later, t)
                         continue
@@ -291,11 +295,7 @@ class PollScheduler:
         if finished:
             self.forget(t.task_id)
         elif not t.done and self._by_task.get(t.task_id) is t:
-            spacing = self._spacing(t)
-            if spacing > self.next_delay(t) * self.time_scale:
-                # Stretched to fit the budget: a round must not take it early.
-                spacing += self.early
-            self._push(self.clock.monotonic() + spacing, t)
+            self._push(self.clock.monotonic() + self._spacing(t), t)
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(
