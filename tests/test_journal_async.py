@@ -150,6 +150,45 @@ async def test_writes_of_one_loop_turn_reach_an_idle_thread_as_one_transaction(
     assert _completions(journal) == [float(i) for i in range(31)]
 
 
+async def test_commit_delay_lets_writes_of_later_turns_join_the_transaction(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a commit delay, a write made 10 ms after another (another loop turn, the
+    thread already awake) is committed with it, in one transaction."""
+    spy = _Spy(journal, monkeypatch)
+    aj = AsyncJournal(journal, commit_delay=1.0)
+    try:
+        first = aj.write(_complete(0))
+        await asyncio.sleep(0.01)
+        second = aj.write(_complete(1), durable=False)
+        await asyncio.gather(first, second)
+        assert await aj.read(_completions) == [0.0, 1.0]
+    finally:
+        await aj.close()
+    assert spy.batches == [(2, True)]
+
+
+async def test_commit_delay_never_holds_back_a_read_or_the_close(journal: Journal) -> None:
+    """A pass that starts with a read goes at once (a write queued in the same turn goes
+    with it); a read or the close queued while a pass of writes waits ends the wait."""
+    aj = AsyncJournal(journal, commit_delay=60.0)
+    try:
+        aj.write(_complete(0))
+        assert await asyncio.wait_for(aj.read(_completions), timeout=10) == [0.0]
+        aj.write(_complete(1))
+        await asyncio.sleep(0.05)  # the thread now waits with that write alone
+        assert await asyncio.wait_for(aj.read(_completions), timeout=10) == [0.0, 1.0]
+        aj.write(_complete(2))
+        await asyncio.sleep(0.05)
+    finally:
+        await asyncio.wait_for(aj.close(), timeout=10)
+    again = Journal(journal.path)
+    try:
+        assert _completions(again) == [0.0, 1.0, 2.0]
+    finally:
+        again.close()
+
+
 async def test_read_queued_after_writes_sees_them_and_order_is_kept(
     journal: Journal, aj: AsyncJournal
 ) -> None:
