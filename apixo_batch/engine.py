@@ -549,9 +549,11 @@ class Engine:
             await asyncio.wait(set(self._journaling))
 
     def _note_progress(self) -> None:
-        """A task or a download ended: near the end of the run, wake _watch_idle."""
-        # Twice the threshold: the task being settled is still followed at this moment.
-        if self.scheduler.tracked + self._downloading < 2 * _BUSY:
+        """A task, a submit or a download ended: if the run may be ending, wake _watch_idle."""
+        # At most the threshold, not under it: a task being settled or left pending is
+        # still followed at this moment. Once the key is refused, the run ends with
+        # tasks still followed, as soon as its submits and downloads are done.
+        if self._fatal_stops_all or self.scheduler.tracked + self._downloading <= _BUSY:
             self._maybe_idle.set()
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
@@ -743,6 +745,7 @@ class Engine:
             if current is not None:
                 self._sending.discard(current)
             self._submits_in_progress -= 1
+            self._note_progress()
 
     async def _hand_back(self, row: JobRow, *, marked: bool, ambiguous: bool) -> None:
         """An admitted job goes back to the queue unsent (or sent without a task id)."""

@@ -743,9 +743,11 @@ class AsyncJournal:
     ``commit_delay`` (seconds, real time): a pass that starts with writes only waits
     that long before it takes what is queued, so the writes of the next few turns
     join its transaction. Each write then waits up to that much longer, for far
-    fewer commits, fsyncs and wake-ups of both threads per write. A pass that
-    starts with a read (someone waiting to go on) or the close does not wait, and
-    a read or the close queued during the wait ends it.
+    fewer commits, fsyncs and wake-ups of both threads per write. Only a pass that
+    found the queue empty waits; a pass holding a read (someone waiting to go on)
+    or the close does not, and a read or the close handed over during the wait
+    ends it. The wait is in real time, outside the injected clock: it is a
+    batching window of the thread, not a wait of the engine's logic.
 
     Cancelling a caller does not cancel its operation: once ``write`` has returned,
     the op runs and commits even if the awaiting task is cancelled (its future then
@@ -776,6 +778,7 @@ class AsyncJournal:
         # Operations of the current loop turn: handed over together when the turn ends,
         # so the thread wakes (and commits) once per turn, not once per operation.
         self._turn: list[_Item] = []
+        self._turn_reads = False  # the current turn holds a read: its hand-over hurries
         self._thread = threading.Thread(target=self._serve, name="apixo-journal", daemon=True)
         self._thread.start()
 
@@ -831,8 +834,8 @@ class AsyncJournal:
             if not self._turn:
                 loop.call_soon(self._end_of_turn)
             self._turn.append((kind, op, fut, durable))
-        if kind == _READ and self._commit_delay:
-            self._hurry.set()
+            if kind == _READ:
+                self._turn_reads = True
         return fut
 
     def _end_of_turn(self) -> None:
@@ -846,6 +849,9 @@ class AsyncJournal:
         turn, self._turn = self._turn, []
         if self._died is None:
             self._queue.put(turn)
+            if self._turn_reads:
+                self._turn_reads = False
+                self._hurry.set()  # after the put: see _serve
             return
         # The thread died during this turn: nobody will read the queue again.
         error = self._unusable()
@@ -868,22 +874,31 @@ class AsyncJournal:
         batch: list[_Item] = []
         try:
             while True:
-                # Cleared before the pass: a read or close queued from now on ends its wait
-                # (one queued earlier may end the next wait early: harmless).
-                self._hurry.clear()
                 batch = self._queue.get()
-                if self._commit_delay and all(item[0] == _WRITE for item in batch):
+                # Cleared before the queue is looked at again: a read or the close handed
+                # over from now on either is in the drain or ends the wait (it is set
+                # after the put).
+                self._hurry.clear()
+                backlog = self._drain(batch)
+                if self._commit_delay and not backlog and all(item[0] == _WRITE for item in batch):
                     self._hurry.wait(self._commit_delay)
-                while len(batch) < self._max_drain:
-                    try:
-                        batch.extend(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                    self._drain(batch)
                 if self._process(batch):
                     return
                 batch = []
         except BaseException as exc:  # a bug: fail everyone rather than hang them
             self._die(exc, batch)
+
+    def _drain(self, batch: list[_Item]) -> bool:
+        """Add what is queued (up to about ``max_drain``); True if there was anything."""
+        found = False
+        while len(batch) < self._max_drain:
+            try:
+                batch.extend(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            found = True
+        return found
 
     def _process(self, batch: list[_Item]) -> bool:
         """Run one drained batch in order; True once the close sentinel was handled."""

@@ -16,6 +16,7 @@ import pytest
 from e2e import SIM_KEY, simple_jobs, write_campaign
 
 from apixo_batch import Event, RunResult, engine, run_campaign
+from apixo_batch.client import ApixoClient
 
 JOBS = 3 * engine._BUSY  # enough to be "busy": the signalled path is the one taken
 
@@ -94,3 +95,55 @@ async def test_a_busy_run_ends_when_the_key_is_revoked(
     assert result.exit_code == 3
     assert result.counts["pending"] == JOBS
     assert no_safety_net
+
+
+async def test_a_run_whose_key_is_refused_ends_when_its_last_download_lands(
+    simulator, tmp_path: Path, no_safety_net: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is refused while most tasks are still followed (they stay followed: no
+    poll can end them) and a download is under way: its landing ends the run."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(0.05, 5.0))
+    real = engine.Engine._download
+
+    async def slow_download(self: engine.Engine, row: Any, session: Any) -> None:
+        await asyncio.sleep(0.5)
+        await real(self, row, session)
+
+    monkeypatch.setattr(engine.Engine, "_download", slow_download)
+
+    def revoke_at_the_first_success(event: Event) -> None:
+        if event.kind == "succeeded":
+            sim.set_api_key("sim-some-other-key")
+
+    result = await _run(sim, tmp_path, on_event=revoke_at_the_first_success)
+    assert result.exit_code == 3
+    assert result.counts["done"] >= 1 and result.counts["pending"] >= 2 * engine._BUSY
+
+
+async def test_a_run_whose_key_is_refused_ends_when_its_last_submit_returns(
+    simulator, tmp_path: Path, no_safety_net: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is refused while the last submit is still on the wire: its answer (a
+    refusal, the job handed back) ends the run."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(5.0, 5.0))
+    real = ApixoClient.submit
+    last = f"scene number {JOBS - 1}"
+
+    async def slow_last_submit(self: ApixoClient, model: str, inp: Any, **kw: Any) -> str:
+        if inp.get("prompt") == last:
+            await asyncio.sleep(1.0)
+        return await real(self, model, inp, **kw)
+
+    monkeypatch.setattr(ApixoClient, "submit", slow_last_submit)
+    submitted: list[str | None] = []
+
+    def revoke_before_the_last_answer(event: Event) -> None:
+        if event.kind == "submitted":
+            submitted.append(event.job_id)
+            if len(submitted) == JOBS - 1:
+                sim.set_api_key("sim-some-other-key")
+
+    result = await _run(sim, tmp_path, on_event=revoke_before_the_last_answer)
+    assert result.exit_code == 3
+    assert result.counts["pending"] == JOBS
+    assert result.submitted == JOBS - 1

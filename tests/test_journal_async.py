@@ -189,6 +189,27 @@ async def test_commit_delay_never_holds_back_a_read_or_the_close(journal: Journa
         again.close()
 
 
+async def test_commit_delay_never_holds_a_read_queued_during_a_busy_pass(
+    journal: Journal,
+) -> None:
+    """The thread is busy; a turn of writes and then a turn with a read are handed
+    over meanwhile. The next pass finds both queued: it goes at once, read included."""
+    aj = AsyncJournal(journal, commit_delay=60.0)
+    blocker = _Blocker()
+    try:
+        held = aj.read(blocker)  # a read: its own pass does not wait
+        await asyncio.to_thread(blocker.entered.wait, 30)
+        aj.write(_complete(0))
+        await asyncio.sleep(0)  # the write's turn is handed over alone
+        read = aj.read(_completions)
+        await asyncio.sleep(0)
+        blocker.gate.set()
+        assert await held == "released"
+        assert await asyncio.wait_for(read, timeout=10) == [0.0]
+    finally:
+        await asyncio.wait_for(aj.close(), timeout=10)
+
+
 async def test_read_queued_after_writes_sees_them_and_order_is_kept(
     journal: Journal, aj: AsyncJournal
 ) -> None:
