@@ -13,7 +13,7 @@ import itertools
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "sleep_or_wake"]
 
 
 class Clock(Protocol):
@@ -24,6 +24,24 @@ class Clock(Protocol):
     def wall(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float | None) -> None:
+    """Sleep on ``clock`` until ``seconds`` have passed or ``event`` is set (None: until set).
+
+    Not ``asyncio.timeout``: that one runs on the loop's time, not the injected clock."""
+    if event.is_set():
+        return
+    waiter = asyncio.ensure_future(event.wait())
+    if seconds is None:
+        await waiter
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
 
 
 class SystemClock:

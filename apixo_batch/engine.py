@@ -26,7 +26,7 @@ import aiohttp
 
 from .catalog import RESULT_TTL_S, get_model
 from .client import ApixoClient, TaskStatus
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, sleep_or_wake
 from .download import download_file
 from .errors import (
     ApiError,
@@ -548,12 +548,16 @@ class Engine:
         while self._journaling:
             await asyncio.wait(set(self._journaling))
 
+    def _in_hand(self) -> int:
+        """Tasks followed plus downloads under way: the run cannot end while any are."""
+        return self.scheduler.tracked + self._downloading
+
     def _note_progress(self) -> None:
         """A task, a submit or a download ended: if the run may be ending, wake _watch_idle."""
         # At most the threshold, not under it: a task being settled or left pending is
         # still followed at this moment. Once the key is refused, the run ends with
         # tasks still followed, as soon as its submits and downloads are done.
-        if self._fatal_stops_all or self.scheduler.tracked + self._downloading <= _BUSY:
+        if self._fatal_stops_all or self._in_hand() <= _BUSY:
             self._maybe_idle.set()
 
     async def _watch_idle(self, feeder: asyncio.Task[None]) -> None:
@@ -562,8 +566,8 @@ class Engine:
             # With many tasks still followed the run cannot be about to end: wait to be
             # told (_note_progress), with a long timeout as a safety net; near the end,
             # look every 50 ms.
-            if self.scheduler.tracked + self._downloading >= _BUSY:
-                await self._wait_for_progress(busy_every)
+            if self._in_hand() >= _BUSY:
+                await sleep_or_wake(self.clock, self._maybe_idle, busy_every)
             else:
                 await self.clock.sleep(0.05)
             self._maybe_idle.clear()
@@ -587,18 +591,6 @@ class Engine:
                 # The key no longer works: polls are pointless, but the files of what
                 # already succeeded need no key and were allowed to land first.
                 return
-
-    async def _wait_for_progress(self, at_most: float) -> None:
-        # Not asyncio.timeout: the wait runs on the injected clock.
-        if self._maybe_idle.is_set():
-            return
-        waiter = asyncio.ensure_future(self._maybe_idle.wait())
-        sleeper = asyncio.ensure_future(self.clock.sleep(at_most))
-        try:
-            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
 
     # -- submitting ---------------------------------------------------------
     async def _submitter(self, tg: asyncio.TaskGroup) -> None:
@@ -866,7 +858,7 @@ class Engine:
                 # Without a working key nothing more can be learned in this run.
                 self._fatal = self._fatal or exc
                 self._fatal_stops_all = True
-                self._maybe_idle.set()
+                self._note_progress()
                 self._stop_submits = self._stop_submits or f"the API refused a poll: {exc}"
                 return False
             if isinstance(exc, NotFound):

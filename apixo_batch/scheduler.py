@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .catalog import Clock as ModelClock
-from .clock import Clock
+from .clock import Clock, sleep_or_wake
 
 __all__ = ["CompletionModel", "PollScheduler", "SchedulerStats", "Tracked"]
 
@@ -266,19 +266,7 @@ class PollScheduler:
                     if self._heap
                     else None
                 )
-                await self._sleep_or_wake(delay)
-
-    async def _sleep_or_wake(self, delay: float | None) -> None:
-        waiter = asyncio.ensure_future(self._wakeup.wait())
-        if delay is None:
-            await waiter
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        try:
-            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (waiter, sleeper):
-                fut.cancel()
+                await sleep_or_wake(self.clock, self._wakeup, delay)
 
     async def _poll_one(self, t: Tracked, slots: asyncio.Semaphore) -> None:
         self._running += 1

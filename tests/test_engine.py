@@ -17,6 +17,7 @@ from e2e import SIM_KEY, simple_jobs, write_campaign
 
 from apixo_batch import Event, RunResult, engine, run_campaign
 from apixo_batch.client import ApixoClient
+from apixo_batch.clock import Clock
 
 JOBS = 3 * engine._BUSY  # enough to be "busy": the signalled path is the one taken
 
@@ -26,13 +27,14 @@ def no_safety_net(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Push the busy-time look out of reach; record each busy wait's timeout."""
     monkeypatch.setattr(engine, "IDLE_CHECK_BUSY_S", 1e6)
     waits: list[float] = []
-    real = engine.Engine._wait_for_progress
+    real = engine.sleep_or_wake
 
-    async def spy(self: engine.Engine, at_most: float) -> None:
-        waits.append(at_most)
-        await real(self, at_most)
+    async def spy(clock: Clock, event: asyncio.Event, seconds: float | None) -> None:
+        assert seconds is not None
+        waits.append(seconds)
+        await real(clock, event, seconds)
 
-    monkeypatch.setattr(engine.Engine, "_wait_for_progress", spy)
+    monkeypatch.setattr(engine, "sleep_or_wake", spy)
     return waits
 
 
