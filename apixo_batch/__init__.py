@@ -26,9 +26,11 @@ _EXPORTS: dict[str, str] = {
     "SystemClock": "clock",
     "Downloaded": "download",
     "download_file": "download",
-    "Engine": "engine",
-    "RunOptions": "engine",
-    "RunResult": "engine",
+    "Engine": "pipeline",
+    "ExitCode": "exitcodes",
+    "RunOptions": "pipeline",
+    "RunResult": "pipeline",
+    "Supervisor": "pipeline",
     "Event": "events",
     "Campaign": "jobs",
     "Job": "jobs",
@@ -70,6 +72,7 @@ __all__ = [
     "Downloaded",
     "Engine",
     "Event",
+    "ExitCode",
     "FakeClock",
     "FieldIssue",
     "Forbidden",
@@ -86,6 +89,7 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "ServerError",
+    "Supervisor",
     "SystemClock",
     "TaskStatus",
     "TransportError",
@@ -121,7 +125,6 @@ if TYPE_CHECKING:
     from .client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
     from .clock import Clock, FakeClock, SystemClock
     from .download import Downloaded, download_file
-    from .engine import Engine, RunOptions, RunResult
     from .errors import (
         ApiError,
         ApixoError,
@@ -141,6 +144,8 @@ if TYPE_CHECKING:
         TransportError,
     )
     from .events import Event
+    from .exitcodes import ExitCode
     from .jobs import Campaign, Job, load_campaign
+    from .pipeline import Engine, RunOptions, RunResult, Supervisor
     from .plan import make_plan
     from .secret import ApiKey, load_api_key

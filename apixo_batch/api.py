@@ -26,18 +26,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .client import DEFAULT_BASE_URL
 from .clock import Clock
-from .engine import Engine, RunOptions, RunResult
+from .defaults import DEFAULT_BASE_URL
 from .events import Event, EventSink, QueueSink
-from .jobs import load_campaign
+from .jobs import Campaign, load_campaign
+from .pipeline import Engine, RunOptions, RunResult
 from .secret import ApiKey, load_api_key
 
 __all__ = ["build_engine", "run_campaign", "stream_campaign"]
 
 
 def build_engine(
-    job_file: str | Path,
+    job_file: str | Path | Campaign,
     *,
     api_key: ApiKey | str | None = None,
     out_dir: str | Path | None = None,
@@ -45,8 +45,12 @@ def build_engine(
     clock: Clock | None = None,
     **options: Any,
 ) -> Engine:
-    """An :class:`Engine` for ``job_file``; ``options`` are :class:`RunOptions` fields."""
-    campaign = load_campaign(job_file, out_dir=out_dir)
+    """An :class:`Engine` for ``job_file`` (a path, or a campaign already loaded);
+    ``options`` are :class:`RunOptions` fields."""
+    if isinstance(job_file, Campaign):
+        campaign = job_file
+    else:
+        campaign = load_campaign(job_file, out_dir=out_dir)
     key = ApiKey(api_key) if isinstance(api_key, str) else (api_key or load_api_key())
     options.setdefault("base_url", os.environ.get("APIXO_BASE_URL") or DEFAULT_BASE_URL)
     if "state_path" in options and options["state_path"] is not None:

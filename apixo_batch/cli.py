@@ -10,14 +10,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from . import __version__
+from .exitcodes import ExitCode
 
 __all__ = ["build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED_JOBS = 1
-EXIT_INVALID = 2
-EXIT_FATAL_API = 3
-EXIT_INTERRUPTED = 130
 
 
 def _bounded_int(name: str, low: int, high: int) -> type[int]:
@@ -193,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _main(argv)
         except KeyboardInterrupt:
             print("apixo-batch: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -219,9 +214,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 "and the same command goes on from the journal",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
     print(f"unknown command {command}", file=sys.stderr)
-    return EXIT_INVALID
+    return ExitCode.INVALID
 
 
 if __name__ == "__main__":

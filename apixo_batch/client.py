@@ -1,15 +1,18 @@
 """The APIXO HTTP client: submit, status, balance.
 
-One call, one request: no retries, no rate limiting here. The engine decides
-when to call and what to do with an error (see ``limits`` and ``retry``).
-Every error answer becomes a leaf of :mod:`apixo_batch.errors`; the JSON
-``code`` is honoured whatever the HTTP status says.
+One call, one request, and every request passes the client's one
+:class:`~apixo_batch.limits.RequestBucket` first (invariant 3: by construction,
+nothing can call the API around it); a 429 answer slows that bucket down
+before it is raised. No retries here: the stages decide when to call again and
+what to do with an error (see ``retry``). Every error answer becomes a leaf of
+:mod:`apixo_batch.errors`; the JSON ``code`` is honoured whatever the HTTP
+status says.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -17,13 +20,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from .errors import TransportError, api_error_for
+from .clock import SystemClock
+from .defaults import DEFAULT_BASE_URL
+from .errors import RateLimited, TransportError, api_error_for
+from .limits import RPM_CAP, Priority, RequestBucket
 from .retry import parse_retry_after
 from .secret import ApiKey, redact
 
 __all__ = ["DEFAULT_BASE_URL", "ApixoClient", "TaskStatus", "parse_task_payload"]
-
-DEFAULT_BASE_URL = "https://api.apixo.ai/api/v1"
 
 TaskState = Literal["pending", "processing", "success", "failed"]
 
@@ -109,6 +113,8 @@ class ApixoClient:
 
     Use as an async context manager, or call :meth:`close`. ``session`` may be
     given to share a connection pool; the client then does not close it.
+    ``bucket`` paces every request (default: the API's own limit on the real
+    clock); :attr:`bucket` counts what was sent.
     """
 
     def __init__(
@@ -119,8 +125,10 @@ class ApixoClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         connections: int = 100,
+        bucket: RequestBucket | None = None,
     ) -> None:
         self._key = api_key
+        self.bucket = bucket if bucket is not None else RequestBucket(RPM_CAP, SystemClock())
         self.base_url = base_url.rstrip("/")
         self._own_session = session is None
         self._session = session
@@ -161,7 +169,26 @@ class ApixoClient:
         url: str | URL,
         *,
         endpoint: str,
+        priority: int,
         body: Mapping[str, Any] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        await self.bucket.acquire(priority)
+        if before_send is not None:
+            await before_send()  # may raise: then nothing is sent
+        try:
+            return await self._send(method, url, endpoint=endpoint, body=body)
+        except RateLimited as exc:
+            self.bucket.rate_limited(exc.retry_after)
+            raise
+
+    async def _send(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        endpoint: str,
+        body: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         try:
             async with self._get_session().request(
@@ -211,8 +238,13 @@ class ApixoClient:
         request_type: Literal["async", "callback"] = "async",
         callback_url: str | None = None,
         provider: str = "auto",
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
-        """Create a task; returns its task id."""
+        """Create a task; returns its task id.
+
+        ``before_send`` is awaited once the bucket has granted the request and just
+        before it leaves (the submitter journals its mark there); if it raises,
+        nothing is sent."""
         body: dict[str, Any] = {
             "request_type": request_type,
             "provider": provider,
@@ -223,7 +255,12 @@ class ApixoClient:
                 raise ValueError("callback mode needs a callback_url")
             body["callback_url"] = callback_url
         answer = await self._call(
-            "POST", f"{self.base_url}/generateTask/{model}", endpoint="submit", body=body
+            "POST",
+            f"{self.base_url}/generateTask/{model}",
+            endpoint="submit",
+            priority=Priority.SUBMIT,
+            body=body,
+            before_send=before_send,
         )
         data = answer.get("data")
         task_id = data.get("taskId") if isinstance(data, Mapping) else None
@@ -238,13 +275,16 @@ class ApixoClient:
             base = str(URL(f"{self.base_url}/statusTask/{model}").with_query(taskId=""))
             self._status_urls[model] = base
         url = URL(base + quote(task_id, safe=""), encoded=True)
-        answer = await self._call("GET", url, endpoint="status")
+        answer = await self._call("GET", url, endpoint="status", priority=Priority.STATUS)
         return parse_task_payload(answer, endpoint="status")
 
     async def balance(self) -> float:
         """Remaining account balance in US dollars."""
         answer = await self._call(
-            "GET", f"{self.base_url}/apikeys/current-balance", endpoint="balance"
+            "GET",
+            f"{self.base_url}/apikeys/current-balance",
+            endpoint="balance",
+            priority=Priority.CONTROL,
         )
         data = answer.get("data")
         if isinstance(data, bool) or not isinstance(data, int | float | str):

@@ -11,9 +11,9 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "sleep_or_wake"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "sleep_or_wake", "wait_until"]
 
 
 class Clock(Protocol):
@@ -42,6 +42,23 @@ async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float | Non
     finally:
         waiter.cancel()
         sleeper.cancel()
+
+
+async def wait_until(clock: Clock, aws: set[asyncio.Future[Any]], deadline: float) -> bool:
+    """Wait on ``clock`` until one of ``aws`` is done or ``deadline`` (monotonic) passes.
+
+    True if one is done. The futures are not cancelled; the wait for time is."""
+    if any(f.done() for f in aws):
+        return True
+    remaining = deadline - clock.monotonic()
+    if remaining <= 0:
+        return False
+    sleeper = asyncio.ensure_future(clock.sleep(remaining))
+    try:
+        await asyncio.wait({*aws, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+    return any(f.done() for f in aws)
 
 
 class SystemClock:

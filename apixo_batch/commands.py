@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import runtime
-from .client import DEFAULT_BASE_URL
-from .engine import Engine, RunOptions, RunResult, summary_dict
+from .api import build_engine
+from .defaults import state_path
 from .errors import ApixoError, JobFileError, JournalError
 from .events import Event
+from .exitcodes import ExitCode
 from .jobs import Campaign, load_campaign
 from .journal import JobRow, JobState, Journal
+from .pipeline import Engine, RunResult, summary_dict
 from .progress import LiveView, PlainView, Tally
 from .receiver import callback_url_with_token, new_token, parse_listen
 from .report import event_line, render_summary
@@ -125,7 +127,7 @@ def _load(args: argparse.Namespace) -> Campaign:
 def _state_path(args: argparse.Namespace, campaign: Campaign) -> Path:
     if args.state:
         return Path(args.state).resolve()
-    return campaign.output_dir / ".apixo-batch.sqlite"
+    return state_path(campaign.output_dir)
 
 
 def campaign_command(args: argparse.Namespace) -> int:
@@ -133,10 +135,10 @@ def campaign_command(args: argparse.Namespace) -> int:
         campaign = _load(args)
     except JobFileError as exc:
         _err(str(exc))
-        return 2
+        return ExitCode.INVALID
     except OSError as exc:
         _err(f"cannot read the job file: {exc}")
-        return 2
+        return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
     return _run(args, campaign)
@@ -147,12 +149,12 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         key = load_api_key(args.api_key_file)
     except (OSError, ValueError) as exc:
         _err(f"cannot read --api-key-file: {exc}")
-        return 2
+        return ExitCode.INVALID
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
         _err("callback mode needs both --callback-url (public URL) and --listen HOST:PORT")
-        return 2
+        return ExitCode.INVALID
     listen_at = None
     if listen and callback_url:
         try:
@@ -160,9 +162,12 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
             callback_url_with_token(callback_url, new_token())  # validates the URL
         except ValueError as exc:
             _err(str(exc))
-            return 2
-    options = RunOptions(
-        base_url=args.base_url or os.environ.get("APIXO_BASE_URL") or DEFAULT_BASE_URL,
+            return ExitCode.INVALID
+    printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
+    engine = build_engine(
+        campaign,
+        api_key=key,
+        on_event=printer,
         state_path=_state_path(args, campaign),
         max_concurrent=args.max_concurrent,
         rpm=args.rpm,
@@ -174,20 +179,19 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         max_wait_min=args.max_wait,
         retry_failed=getattr(args, "retry_failed", False),
         mode="download" if args.command == "download" else "run",
+        **({"base_url": args.base_url} if args.base_url else {}),
     )
-    printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     if args.command == "download":
-        _warn_expiring(options.state_path, options.time_scale)
-    engine = Engine(campaign, key, options, on_event=printer)
+        _warn_expiring(engine.state_path, args.time_scale)
     printer.attach(engine.statistics)
     try:
         result = runtime.run(_drive(engine))
     except JournalError as exc:
         _err(str(exc))
-        return 2
+        return ExitCode.INVALID
     except ApixoError as exc:
         _err(redact(str(exc), key))
-        return 2
+        return ExitCode.INVALID
     finally:
         printer.close()
     if not args.json:
@@ -252,7 +256,7 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
     state = _state_path(args, campaign)
     if not state.exists():
         _err(f"no journal at {state}: this campaign has not run yet")
-        return 1
+        return ExitCode.FAILED_JOBS
     journal = Journal(state, lock=False)
     try:
         counts = journal.counts()
@@ -287,7 +291,7 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
                 }
             )
         )
-        return 0
+        return ExitCode.OK
     print(f"{campaign.name}: journal {state}")
     for st in JobState:
         if counts.get(st.value):
@@ -302,4 +306,4 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
         for r in sorted(waiting, key=lambda r: r.expires_at or 0)[:50]:
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
-    return 0
+    return ExitCode.OK

@@ -37,18 +37,16 @@ import aiohttp
 from yarl import URL
 
 from .clock import Clock
+from .defaults import DOWNLOAD_BACKOFF
 from .errors import DownloadError, IntegrityError, ResultExpired
 from .retry import Backoff, parse_retry_after
 
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-__all__ = ["DEFAULT_DOWNLOAD_BACKOFF", "Downloaded", "download_file"]
+__all__ = ["Downloaded", "download_file"]
 
 log = logging.getLogger(__name__)
-
-#: retry policy when the caller gives none: about a minute of patience in all
-DEFAULT_DOWNLOAD_BACKOFF = Backoff(base=0.5, cap=30.0, max_attempts=6)
 
 # No total limit: a large file on a slow link may take long. A stalled socket
 # (nothing read for a minute) is what counts as a timeout, and is resumed.
@@ -117,7 +115,7 @@ async def download_file(
             url,
             dest,
             clock,
-            backoff if backoff is not None else DEFAULT_DOWNLOAD_BACKOFF,
+            backoff if backoff is not None else DOWNLOAD_BACKOFF,
             chunk_size,
             fresh,
         )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Event", "EventKind", "EventSink", "QueueSink"]
+if TYPE_CHECKING:
+    from .clock import Clock
+
+__all__ = ["Emitter", "Event", "EventKind", "EventSink", "QueueSink"]
 
 EventKind = Literal[
     "started",  # the run began: counts of what is to do
@@ -43,6 +46,20 @@ class Event:
 
 
 EventSink = Callable[[Event], None]
+
+
+class Emitter:
+    """What the stages of a run call to tell: stamps each event with the run's clock."""
+
+    __slots__ = ("_clock", "_sink")
+
+    def __init__(self, sink: EventSink | None, clock: Clock) -> None:
+        self._sink = sink
+        self._clock = clock
+
+    def __call__(self, kind: EventKind, job_id: str | None = None, **data: Any) -> None:
+        if self._sink is not None:
+            self._sink(Event(kind, self._clock.wall(), job_id, data))
 
 
 class QueueSink:

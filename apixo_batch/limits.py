@@ -45,6 +45,8 @@ __all__ = [
     "Limit",
     "Priority",
     "RequestBucket",
+    "SlotsClosed",
+    "SlotsStranded",
 ]
 
 
@@ -100,12 +102,20 @@ class RequestBucket:
     """Paced request bucket shared by every API call (submit, status, balance)."""
 
     def __init__(
-        self, rpm: int, clock: Clock, *, burst: float | None = None, tick: float = 0.0
+        self,
+        rpm: int,
+        clock: Clock,
+        *,
+        burst: float | None = None,
+        tick: float = 0.0,
+        time_scale: float = 1.0,
     ) -> None:
         if rpm < 1:
             raise ValueError("rpm must be at least 1")
         self.rpm = rpm
         self._clock = clock
+        #: multiplies the pause a 429 imposes (``--time-scale``)
+        self.time_scale = time_scale
         # A second of burst at most (and never more than 50 requests): enough to
         # start quickly, small enough that the drip stays close to rpm / 60.
         self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 60.0))
@@ -175,8 +185,10 @@ class RequestBucket:
     def release(self) -> None:
         """Requests are spent, not returned: nothing to do."""
 
-    def rate_limited(self, retry_after: float | None, time_scale: float = 1.0) -> None:
+    def rate_limited(self, retry_after: float | None, time_scale: float | None = None) -> None:
         """A 429 came back: pause everyone, and drip slower for a while (AIMD)."""
+        if time_scale is None:
+            time_scale = self.time_scale
         now = self._clock.monotonic()
         self._rate_limited += 1
         pause = retry_after if retry_after is not None else 1.0
@@ -243,6 +255,15 @@ class ConcurrencyStats:
     in_flight: int
     peak: int
     waiting: int
+    stranded: int = 0
+
+
+class SlotsClosed(Exception):
+    """No permit will be handed out any more: admission has stopped."""
+
+
+class SlotsStranded(SlotsClosed):
+    """Every permit is held by a task this run no longer follows: none can come back."""
 
 
 class ConcurrencyLimit:
@@ -250,6 +271,9 @@ class ConcurrencyLimit:
 
     A released permit is handed straight to the longest waiter, so a burst of
     new acquirers cannot overtake it and the count never passes the limit.
+    A permit whose task is left running (``--max-wait``) is *stranded*: it stays
+    taken (the task still runs at APIXO), and once every permit is stranded no
+    waiter can ever be served, so they are told (:class:`SlotsStranded`).
     """
 
     def __init__(self, limit: int) -> None:
@@ -257,13 +281,20 @@ class ConcurrencyLimit:
             raise ValueError("the concurrency limit must be at least 1")
         self.limit = limit
         self._in_flight = 0
+        self._stranded = 0
         self._peak = 0
+        self._closed: SlotsClosed | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self, priority: int = 0) -> None:
+        """Take a permit; raises :class:`SlotsClosed` once none will come."""
+        if self._closed is not None:
+            raise self._closed
         if self._in_flight < self.limit and not self._waiters:
             self._take()
             return
+        if self._hopeless():
+            raise SlotsStranded()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
@@ -278,6 +309,27 @@ class ConcurrencyLimit:
     def adopt(self) -> None:
         """Count a task already in flight (from an earlier run), even past the limit."""
         self._take()
+
+    def close(self) -> None:
+        """Hand out no more permits: every waiter, and every later acquire, raises."""
+        self._fail_waiters(SlotsClosed())
+
+    def strand(self) -> None:
+        """A permit's task is no longer followed in this run; its permit stays taken."""
+        self._stranded += 1
+        if self._hopeless():
+            self._fail_waiters(SlotsStranded())
+
+    def _hopeless(self) -> bool:
+        return self._in_flight >= self.limit and self._stranded >= self._in_flight
+
+    def _fail_waiters(self, error: SlotsClosed) -> None:
+        if self._closed is None:
+            self._closed = error
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
 
     def _take(self) -> None:
         self._in_flight += 1
@@ -304,4 +356,5 @@ class ConcurrencyLimit:
             in_flight=self._in_flight,
             peak=self._peak,
             waiting=len(self._waiters),
+            stranded=self._stranded,
         )

@@ -20,6 +20,7 @@ from typing import Any, Literal, TextIO
 
 from .catalog import MODELS, Clock, PriceTable
 from .errors import JobFileError
+from .exitcodes import ExitCode
 from .jobs import Campaign, JobGroup, load_campaign
 
 __all__ = [
@@ -237,7 +238,7 @@ def plan_command(args: argparse.Namespace) -> int:
         campaign = load_campaign(args.jobfile, out_dir=getattr(args, "out", None))
     except JobFileError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return ExitCode.INVALID
     plan = make_plan(campaign, max_concurrent=args.max_concurrent, rpm=args.rpm)
     if args.json:
         print(json.dumps(plan.to_dict(), ensure_ascii=False))
@@ -245,7 +246,7 @@ def plan_command(args: argparse.Namespace) -> int:
         _print_rich(plan, sys.stdout)
     else:
         sys.stdout.write(format_text(plan))
-    return 0
+    return ExitCode.OK
 
 
 _HEADERS = ("model", "mode", "duration", "tier", "jobs", "output", "price/s", "cost")

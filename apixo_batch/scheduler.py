@@ -126,6 +126,8 @@ class PollScheduler:
     #: polled in one round is due again a poll's answer time after the next round
     #: would start, and without this slack it would wait for the round after
     early: float = 0.0
+    #: called when the last task followed is forgotten: nothing is followed any more
+    on_empty: Callable[[], None] | None = None
     _heap: list[tuple[float, int, Tracked]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _by_task: dict[str, Tracked] = field(default_factory=dict)
@@ -201,6 +203,8 @@ class PollScheduler:
             t.done = True  # its heap entry is skipped when it comes up
             if t.polls:
                 self._active -= 1
+            if not self._by_task and self.on_empty is not None:
+                self.on_empty()
         return t
 
     def get(self, task_id: str) -> Tracked | None:

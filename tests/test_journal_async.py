@@ -153,19 +153,39 @@ async def test_writes_of_one_loop_turn_reach_an_idle_thread_as_one_transaction(
 async def test_commit_delay_lets_writes_of_later_turns_join_the_transaction(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a commit delay, a write made 10 ms after another (another loop turn, the
-    thread already awake) is committed with it, in one transaction."""
+    """With a commit delay, a write whose loss costs nothing, made 10 ms after another
+    (another loop turn, the thread already awake), is committed with it, in one
+    transaction."""
     spy = _Spy(journal, monkeypatch)
     aj = AsyncJournal(journal, commit_delay=1.0)
     try:
-        first = aj.write(_complete(0))
+        first = aj.write(_complete(0), durable=False)
         await asyncio.sleep(0.01)
         second = aj.write(_complete(1), durable=False)
         await asyncio.gather(first, second)
         assert await aj.read(_completions) == [0.0, 1.0]
     finally:
         await aj.close()
-    assert spy.batches == [(2, True)]
+    assert spy.batches == [(2, False)]
+
+
+async def test_commit_delay_never_holds_back_a_durable_write(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable write (a task id) is committed at once, alone, however long the delay;
+    one handed over while a pass of non-durable writes waits ends that wait, and both
+    commit together, durably."""
+    spy = _Spy(journal, monkeypatch)
+    aj = AsyncJournal(journal, commit_delay=60.0)
+    try:
+        await asyncio.wait_for(aj.write(_complete(0)), timeout=10)
+        lazy = aj.write(_complete(1), durable=False)
+        await asyncio.sleep(0.05)  # the thread now waits with that write alone
+        urgent = aj.write(_complete(2))
+        await asyncio.wait_for(asyncio.gather(lazy, urgent), timeout=10)
+    finally:
+        await asyncio.wait_for(aj.close(), timeout=10)
+    assert spy.batches == [(1, True), (2, True)]
 
 
 async def test_commit_delay_never_holds_back_a_read_or_the_close(journal: Journal) -> None:
@@ -173,12 +193,12 @@ async def test_commit_delay_never_holds_back_a_read_or_the_close(journal: Journa
     with it); a read or the close queued while a pass of writes waits ends the wait."""
     aj = AsyncJournal(journal, commit_delay=60.0)
     try:
-        aj.write(_complete(0))
+        aj.write(_complete(0), durable=False)
         assert await asyncio.wait_for(aj.read(_completions), timeout=10) == [0.0]
-        aj.write(_complete(1))
+        aj.write(_complete(1), durable=False)
         await asyncio.sleep(0.05)  # the thread now waits with that write alone
         assert await asyncio.wait_for(aj.read(_completions), timeout=10) == [0.0, 1.0]
-        aj.write(_complete(2))
+        aj.write(_complete(2), durable=False)
         await asyncio.sleep(0.05)
     finally:
         await asyncio.wait_for(aj.close(), timeout=10)
@@ -199,7 +219,7 @@ async def test_commit_delay_never_holds_a_read_queued_during_a_busy_pass(
     try:
         held = aj.read(blocker)  # a read: its own pass does not wait
         await asyncio.to_thread(blocker.entered.wait, 30)
-        aj.write(_complete(0))
+        aj.write(_complete(0), durable=False)
         await asyncio.sleep(0)  # the write's turn is handed over alone
         read = aj.read(_completions)
         await asyncio.sleep(0)

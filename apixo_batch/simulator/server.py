@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .. import runtime
+from ..exitcodes import ExitCode
 from .app import Simulator
 from .config import DEFAULT_API_KEY, SimConfig
 
@@ -109,15 +110,15 @@ def simulate_command(args: argparse.Namespace) -> int:
         config = _load_config(args)
     except ValidationError as exc:
         print(f"simulate: invalid settings: {_describe(exc)}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID
     except (OSError, ValueError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID
     try:
         runtime.run(_serve(config, args.host, args.port, _key_source(args, config)))
     except OSError as exc:
         print(
             f"simulate: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
-        return 1
-    return 0
+        return ExitCode.FAILED_JOBS
+    return ExitCode.OK

@@ -1,0 +1,36 @@
+"""Defaults defined once: the CLI, the Python API and the run all read them here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .retry import Backoff
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DOWNLOAD_BACKOFF",
+    "MAX_CONCURRENT",
+    "MAX_WAIT_MIN",
+    "RPM",
+    "STATE_FILE",
+    "SUBMIT_BACKOFF",
+    "state_path",
+]
+
+DEFAULT_BASE_URL = "https://api.apixo.ai/api/v1"
+#: tasks in flight and requests a minute: a tenth under the API's documented limits
+MAX_CONCURRENT = 900
+RPM = 9_000
+#: minutes one task is followed in a run before it is left pending for the next
+MAX_WAIT_MIN = 30.0
+#: the journal's file name in the output folder, unless --state says otherwise
+STATE_FILE = ".apixo-batch.sqlite"
+#: submits and polls: about four minutes of patience before a submit gives up
+SUBMIT_BACKOFF = Backoff(base=1.0, cap=60.0, max_attempts=8)
+#: file downloads: about a minute of patience before a result is left for `download`
+DOWNLOAD_BACKOFF = Backoff(base=0.5, cap=30.0, max_attempts=6)
+
+
+def state_path(output_dir: Path) -> Path:
+    """Where a campaign's journal lives when --state does not say."""
+    return output_dir / STATE_FILE

@@ -1,0 +1,26 @@
+"""The exit status of every command, in one place (SPEC section 2)."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ExitCode"]
+
+
+class ExitCode(enum.IntEnum):
+    """What ``apixo-batch`` exits with; a run's :class:`~apixo_batch.RunResult` carries one."""
+
+    #: every job done (downloaded)
+    OK = 0
+    #: the run finished but some jobs failed or expired, or were left pending
+    FAILED_JOBS = 1
+    #: the job file, the command line or a path is invalid (and no request was sent)
+    INVALID = 2
+    #: a fatal API answer (bad key, no balance, no access) stopped the run; it resumes
+    FATAL_API = 3
+    #: the local disk or the journal failed during the run (sysexits' EX_IOERR)
+    IO_ERROR = 74
+    #: the API or the file host stayed unreachable past the run's patience (EX_TEMPFAIL)
+    TEMP_FAIL = 75
+    #: interrupted (SIGINT/SIGTERM); resumable the same way
+    INTERRUPTED = 130

@@ -1,0 +1,287 @@
+"""The ledger: what the stages of a run may ask of the journal, one named method each.
+
+Every method is one operation on the journal's thread (or inline, in tests:
+:class:`~.thread.InlineJournal`), stamped with the injected clock's wall time.
+Writes are queued when called, not at the first await, and commit even if the
+caller is cancelled. Which writes are durable is decided here, once:
+
+* ``mark_submitting`` and ``record_task_id`` are durable and never wait for
+  company (invariant 1: a task id is committed as soon as its answer is read);
+* ``hand_back`` and ``fail_submit`` are durable (a job must not be lost between
+  queued and failed);
+* ``record_success``, ``record_done`` and ``record_partial`` are not: after a
+  power loss the task is polled, or the file fetched, again while its URL lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..clock import Clock
+from .reconcile import NewJob, SyncResult
+from .rows import JobRow
+from .states import JobState
+from .store import Journal
+from .thread import JournalExecutor
+
+if TYPE_CHECKING:
+    from ..report import ManifestInfo
+
+__all__ = ["Landed", "Ledger", "Totals"]
+
+S = JobState
+
+
+def _landed(files: Sequence[str], hashes: Sequence[str], total: int) -> dict[str, Any]:
+    # Results that landed before a later one failed or expired stay journaled as the
+    # job's files: they are paid for, and no other job may write over them.
+    return {"files": list(files), "bytes": total, "sha256": list(hashes)} if files else {}
+
+
+class Landed:
+    """The files of one job that are on disk so far (paths relative to the output folder)."""
+
+    __slots__ = ("bytes", "files", "sha256")
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.sha256: list[str] = []
+        self.bytes = 0
+
+    def add(self, file: str, sha256: str, size: int) -> None:
+        self.files.append(file)
+        self.sha256.append(sha256)
+        self.bytes += size
+
+
+class Totals:
+    """Spend and doubt over the whole journal (this run and every one before)."""
+
+    __slots__ = ("jobs", "possibly_duplicated", "spent_known_usd", "spent_unknown_jobs")
+
+    def __init__(self, raw: dict[str, float]) -> None:
+        self.jobs = int(raw["jobs"])
+        self.possibly_duplicated = int(raw["possibly_duplicated"])
+        self.spent_known_usd = raw["spent_known_usd"]
+        self.spent_unknown_jobs = int(raw["spent_unknown_jobs"])
+
+
+class Ledger:
+    """Typed access to the journal for the stages of a run."""
+
+    def __init__(self, executor: JournalExecutor, clock: Clock) -> None:
+        self._j = executor
+        self._clock = clock
+
+    @property
+    def path(self) -> Path:
+        return self._j.sync.path
+
+    async def close(self) -> None:
+        await self._j.close()
+
+    # -- the start of a run -------------------------------------------------
+    async def reconcile(
+        self, jobs: Iterable[NewJob], *, retry_failed: bool
+    ) -> tuple[int, SyncResult]:
+        """Crash leftovers back to the queue, then the job file synced in (the input edited
+        meanwhile is the one sent). Returns (submits cut off by a crash, the sync)."""
+        now = self._clock.wall()
+        recovered = await self._j.read(lambda j: j.recover_interrupted_submits(now))
+        if retry_failed:
+            await self._j.read(lambda j: j.requeue_failed(now))
+        synced = await self._j.read(lambda j: j.sync(jobs, now))
+        return recovered, synced
+
+    async def totals(self) -> Totals:
+        return Totals(await self._j.read(Journal.totals))
+
+    async def learned_completions(self) -> dict[str, list[float]]:
+        return await self._j.read(lambda j: j.learned_completions())
+
+    async def in_flight(self) -> list[JobRow]:
+        """Every job with a task that may still be running (adopted from an earlier run)."""
+        return await self._j.read(lambda j: j.in_states([S.SUBMITTED]))
+
+    async def queued_cost(self) -> tuple[float, int, int]:
+        return await self._j.read(Journal.queued_cost)
+
+    async def counts(self) -> dict[str, int]:
+        return await self._j.read(Journal.counts)
+
+    async def counts_by_model(self) -> dict[str, dict[str, int]]:
+        return await self._j.read(Journal.counts_by_model)
+
+    async def callback_token(self, new: str) -> str:
+        """The campaign's callback token: made once (``new``), kept for every later run."""
+        token = await self._j.read(lambda j: j.get_meta("callback_token"))
+        if token is None:
+            await self._j.write(lambda j: j.set_meta_in_tx("callback_token", new))
+            token = new
+        return token
+
+    # -- reads during the run -----------------------------------------------
+    async def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
+        """Jobs in ``state``, in file order, read a page at a time (bounded memory)."""
+        after_idx, after_id = -1, None
+        while True:
+            rows = await self._j.read(
+                partial(
+                    Journal.page,
+                    states=[state],
+                    after_idx=after_idx,
+                    after_id=after_id,
+                    limit=page,
+                    file_only=file_only,
+                )
+            )
+            if not rows:
+                return
+            for row in rows:
+                after_idx, after_id = row.idx, row.id
+                yield row
+
+    def by_task(self, task_id: str) -> asyncio.Future[JobRow | None]:
+        return self._j.read(lambda j: j.by_task(task_id))
+
+    def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
+        return self._j.read(Journal.file_owners)
+
+    # -- the submitter's writes ---------------------------------------------
+    def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:
+        """The request is about to leave: from here a crash leaves doubt."""
+        return self._transition(job_id, S.SUBMITTING, attempts=attempts)
+
+    def record_task_id(
+        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+    ) -> asyncio.Future[None]:
+        """The paid task's id: committed at once, alone if need be (invariant 1)."""
+        now = self._clock.wall()
+        return self._transition(
+            job_id,
+            S.SUBMITTED,
+            now=now,
+            task_id=task_id,
+            submitted_at=now,
+            request_type=request_type,
+            possibly_duplicated=int(possibly_duplicated),
+            fail_code=None,
+            fail_msg=None,
+        )
+
+    def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        """A marked job goes back to the queue unsent (or sent with no task id known)."""
+        return self._transition(job_id, S.QUEUED, possibly_duplicated=int(possibly_duplicated))
+
+    def fail_submit(
+        self, job_id: str, code: str, message: str, possibly_duplicated: bool
+    ) -> asyncio.Future[None]:
+        return self._transition(
+            job_id,
+            S.FAILED,
+            fail_code=code,
+            fail_msg=message,
+            possibly_duplicated=int(possibly_duplicated),
+        )
+
+    # -- the follower's writes ----------------------------------------------
+    def record_success(
+        self,
+        job_id: str,
+        *,
+        result_urls: Sequence[str],
+        completed_at: float,
+        expires_at: float,
+        cost_time_ms: int | None,
+        via: str,
+        clock_key: str,
+        seconds: float,
+    ) -> asyncio.Future[None]:
+        """Result URLs known, with the completion time learned (one transaction)."""
+        now = self._clock.wall()
+
+        def succeed(j: Journal) -> None:
+            j.transition(
+                job_id,
+                S.SUCCEEDED,
+                now,
+                result_urls=list(result_urls),
+                completed_at=completed_at,
+                expires_at=expires_at,
+                cost_time_ms=cost_time_ms,
+                arrived_via=via,
+            )
+            j.record_completion(clock_key, seconds, now)
+
+        return self._j.write(succeed, durable=False)
+
+    def record_failure(
+        self, job_id: str, *, fail_code: str, fail_msg: str, completed_at: float, via: str
+    ) -> asyncio.Future[None]:
+        return self._transition(
+            job_id,
+            S.FAILED,
+            fail_code=fail_code,
+            fail_msg=fail_msg,
+            completed_at=completed_at,
+            arrived_via=via,
+        )
+
+    # -- the lander's writes ------------------------------------------------
+    def record_done(self, job_id: str, landed: Landed) -> asyncio.Future[None]:
+        return self._transition(
+            job_id,
+            S.DONE,
+            durable=False,
+            files=landed.files,
+            bytes=landed.bytes,
+            sha256=landed.sha256,
+        )
+
+    def record_partial(self, job_id: str, landed: Landed) -> asyncio.Future[None] | None:
+        """Some results landed, a later one did not (left for ``download``); None if none."""
+        if not landed.files:
+            return None
+        return self._transition(
+            job_id,
+            S.SUCCEEDED,
+            durable=False,
+            **_landed(landed.files, landed.sha256, landed.bytes),
+        )
+
+    def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
+        return self._transition(
+            job_id,
+            S.EXPIRED,
+            fail_code="RESULT_EXPIRED",
+            fail_msg=message,
+            **_landed(landed.files, landed.sha256, landed.bytes),
+        )
+
+    # -- the end ------------------------------------------------------------
+    async def write_manifest(self, path: Path) -> ManifestInfo:
+        from ..report import write_manifest
+
+        return await self._j.read(lambda j: write_manifest(j, path))
+
+    def _transition(
+        self,
+        job_id: str,
+        new: JobState,
+        *,
+        now: float | None = None,
+        durable: bool = True,
+        **fields: Any,
+    ) -> asyncio.Future[None]:
+        at = self._clock.wall() if now is None else now
+        return self._j.write(lambda j: j.transition(job_id, new, at, **fields), durable=durable)
+
+
+def input_json(inp: dict[str, Any]) -> str:
+    """A job's input as the journal stores it (sorted keys: the same input, the same text)."""
+    return json.dumps(inp, sort_keys=True, ensure_ascii=False)

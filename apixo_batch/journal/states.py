@@ -1,0 +1,58 @@
+"""The states of a job and the one table of legal changes between them.
+
+States (stored as text in the journal)::
+
+    queued ─▶ submitting ─▶ submitted ─▶ succeeded ─▶ done
+                 │  │            │            └──────▶ expired
+                 │  └─▶ queued   └──▶ failed ─(--retry-failed)─▶ queued
+                 └─────▶ failed (input rejected)
+
+``submitting`` marks the only window where a crash leaves doubt (request sent,
+answer not journaled): on restart those jobs go back to ``queued`` flagged
+*possibly duplicated*. The journal applies a change only from the states
+:data:`TRANSITIONS` allows, in the same UPDATE (:data:`LEGAL_FROM_SQL`).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["LEGAL_FROM_SQL", "STATES", "TRANSITIONS", "JobState", "illegal_change"]
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+S = JobState
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.SUBMITTING}),
+    S.SUBMITTING: frozenset({S.SUBMITTED, S.QUEUED, S.FAILED}),
+    S.SUBMITTED: frozenset({S.SUBMITTED, S.SUCCEEDED, S.FAILED}),
+    S.SUCCEEDED: frozenset({S.SUCCEEDED, S.DONE, S.EXPIRED}),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.DONE: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+
+# The reverse of TRANSITIONS, as SQL: the states from which each state may be entered
+# (one UPDATE ... WHERE state IN (...) checks and applies a transition at once).
+LEGAL_FROM_SQL: dict[JobState, str] = {
+    new: ", ".join(f"'{old.value}'" for old in JobState if new in TRANSITIONS[old])
+    for new in JobState
+}
+
+STATES = {s.value: s for s in JobState}
+
+
+def illegal_change(job_id: str, old: JobState, new: JobState) -> str | None:
+    """Why moving ``job_id`` from ``old`` to ``new`` is refused, or None if it is legal."""
+    if new in TRANSITIONS[old]:
+        return None
+    return f"job {job_id!r}: illegal state change {old} -> {new}"

@@ -1,0 +1,214 @@
+"""The journal: one SQLite row per job, the single source of truth across runs.
+
+Every state change lands here first (:meth:`Journal.transition`, which refuses
+what :mod:`.states` does not allow). The task id of a submit is committed
+durably before the run does anything else with it, so a kill -9, a reboot or a
+CI cancel never forgets a paid task. The connection, its lock and durability
+are :mod:`.connection`'s; following the job file is :mod:`.reconcile`'s;
+completion times are :mod:`.learned`'s. Here: the reads, spend accounting and
+the state change itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import JournalError
+from .learned import LearnedClocks
+from .naming import hold_name
+from .reconcile import Reconcile
+from .rows import COLUMNS, JobRow, json_list
+from .states import LEGAL_FROM_SQL, JobState, illegal_change
+
+__all__ = ["Journal"]
+
+S = JobState
+_SELECT = ", ".join(COLUMNS)
+
+
+class Journal(Reconcile, LearnedClocks):
+    """Synchronous journal on one SQLite connection. Not thread-safe: one thread uses it."""
+
+    # -- reads ----------------------------------------------------------------
+    def get(self, job_id: str) -> JobRow | None:
+        row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else JobRow.from_sql(row)
+
+    def file_owners(self) -> dict[str, tuple[str, ...]]:
+        """{casefolded file name: the jobs it belongs to} for every name a job holds.
+
+        A job holds the files journaled as landed, under whatever template named
+        them, and its output name while it may still write there: its paid task may
+        still bring a result (submitted or succeeded), gone from the file or not, or
+        it is in the job file and not finished (done and expired jobs write nothing
+        more: after a template change, their new name is free). A name held by two
+        jobs lists both.
+        """
+        may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
+        finished = (JobState.DONE.value, JobState.EXPIRED.value)
+        owners: dict[str, tuple[str, ...]] = {}
+        for job_id, filename, files, in_file, state in self._db.execute(
+            "SELECT id, filename, files, in_file, state FROM jobs"
+        ):
+            if state in may_land or (in_file and state not in finished):
+                hold_name(owners, filename, job_id)
+            for name in json_list(files):
+                hold_name(owners, name, job_id)
+        return owners
+
+    def by_task(self, task_id: str) -> JobRow | None:
+        row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
+        return None if row is None else JobRow.from_sql(row)
+
+    def page(
+        self,
+        states: Sequence[JobState],
+        after_idx: int,
+        limit: int,
+        *,
+        after_id: str | None = None,
+        file_only: bool = True,
+    ) -> list[JobRow]:
+        """Up to ``limit`` jobs in the given states, in file order, after (``after_idx``,
+        ``after_id``). ``file_only=False`` includes jobs no longer in the job file (paid
+        work is followed whatever the file says now)."""
+        marks = ",".join("?" * len(states))
+        scope = "AND in_file=1 " if file_only else ""
+        # Without after_id: strictly after the idx. With it: after (idx, id), so that
+        # removed jobs sharing an idx with a file job are not skipped.
+        tie = "" if after_id is None else "OR (idx = ? AND id > ?)"
+        tie_args: tuple[Any, ...] = () if after_id is None else (after_idx, after_id)
+        rows = self._db.execute(
+            f"SELECT {_SELECT} FROM jobs WHERE state IN ({marks}) "
+            f"AND (idx > ? {tie}) {scope}ORDER BY idx, id LIMIT ?",
+            (*[s.value for s in states], after_idx, *tie_args, limit),
+        ).fetchall()
+        return [JobRow.from_sql(r) for r in rows]
+
+    def in_states(self, states: Sequence[JobState]) -> list[JobRow]:
+        """Every job in these states, file jobs first (bounded by what is in flight)."""
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(
+            f"SELECT {_SELECT} FROM jobs WHERE state IN ({marks}) ORDER BY in_file DESC, idx",
+            tuple(s.value for s in states),
+        ).fetchall()
+        return [JobRow.from_sql(r) for r in rows]
+
+    def iter_all(self, batch: int = 2000) -> Iterator[JobRow]:
+        """Every job, file jobs in file order first, then jobs no longer in the file."""
+        for in_file in (1, 0):
+            # Page on (idx, id): jobs dropped from different versions of the file may
+            # share an idx, and a tie on a page boundary must not be skipped.
+            last_idx, last_id = -1, ""
+            while True:
+                rows = self._db.execute(
+                    f"SELECT {_SELECT} FROM jobs WHERE in_file=? AND "
+                    "(idx > ? OR (idx = ? AND id > ?)) ORDER BY idx, id LIMIT ?",
+                    (in_file, last_idx, last_idx, last_id, batch),
+                ).fetchall()
+                if not rows:
+                    break
+                for r in rows:
+                    yield JobRow.from_sql(r)
+                last_idx, last_id = int(rows[-1][1]), str(rows[-1][0])
+
+    def counts(self) -> dict[str, int]:
+        return {
+            str(state): int(n)
+            for state, n in self._db.execute(
+                "SELECT state, count(*) FROM jobs WHERE in_file=1 OR task_id IS NOT NULL "
+                "GROUP BY state"
+            )
+        }
+
+    def counts_by_model(self) -> dict[str, dict[str, int]]:
+        """Jobs per model and state (for progress rows)."""
+        out: dict[str, dict[str, int]] = {}
+        for model, state, n in self._db.execute(
+            "SELECT model, state, count(*) FROM jobs WHERE in_file=1 OR task_id IS NOT NULL "
+            "GROUP BY model, state"
+        ):
+            out.setdefault(str(model), {})[str(state)] = int(n)
+        return out
+
+    def totals(self) -> dict[str, float]:
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(possibly_duplicated), 0) FROM jobs"
+        ).fetchone()
+        # Every task ever journaled was paid for, also the first task of a job that
+        # --retry-failed sent again (its task_id is cleared; its history row stays).
+        paid = self._db.execute(
+            "SELECT coalesce(sum(coalesce(j.cost_usd, 0)), 0), "
+            "count(DISTINCT CASE WHEN j.cost_usd IS NULL THEN j.id END) "
+            "FROM task_history h JOIN jobs j ON j.id = h.job_id"
+        ).fetchone()
+        return {
+            "jobs": float(row[0]),
+            "possibly_duplicated": float(row[1]),
+            "spent_known_usd": float(paid[0]),
+            "spent_unknown_jobs": float(paid[1]),
+        }
+
+    def queued_cost(self) -> tuple[float, int, int]:
+        """(known estimated USD, jobs of unknown price, jobs) of what is left to submit."""
+        row = self._db.execute(
+            "SELECT coalesce(sum(cost_usd), 0), "
+            "coalesce(sum(CASE WHEN cost_usd IS NULL THEN 1 END), 0), count(*) "
+            "FROM jobs WHERE state=? AND in_file=1",
+            (S.QUEUED.value,),
+        ).fetchone()
+        return float(row[0]), int(row[1]), int(row[2])
+
+    # -- writes ---------------------------------------------------------------
+    def transition(self, job_id: str, new: JobState, now: float, **fields: Any) -> None:
+        """Move one job to ``new``, setting ``fields``; refuse an illegal change.
+
+        One UPDATE restricted to the states ``new`` may be entered from (plus, for the
+        task id of a submit, its ``task_history`` row); the current state is read only
+        to explain a refusal."""
+        sets = ["state=?", "updated_at=?"]
+        values: list[Any] = [new.value, now]
+        bad_column: str | None = None
+        for key, value in fields.items():
+            if key not in COLUMNS or key in ("id", "state"):
+                bad_column = key
+                break
+            if isinstance(value, tuple | list):
+                value = json.dumps(list(value))
+            sets.append(f"{key}=?")
+            values.append(value)
+        if bad_column is not None:
+            self._check_transition(job_id, new)  # the same error precedence as ever
+            raise JournalError(f"unknown journal column {bad_column!r}")
+        values.append(job_id)
+        assignments = ", ".join(sets)
+        if new is S.SUBMITTED and "task_id" in fields:
+            # The first answer of a submit: the paid task also goes to task_history.
+            cur = self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id=? AND state='submitting'", values
+            )
+            if cur.rowcount:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO task_history(task_id, job_id, input_hash, "
+                    "submitted_at) SELECT ?, id, input_hash, ? FROM jobs WHERE id=?",
+                    (fields["task_id"], now, job_id),
+                )
+                return
+        cur = self._db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=? AND state IN ({LEGAL_FROM_SQL[new]})",
+            values,
+        )
+        if cur.rowcount == 0:
+            self._check_transition(job_id, new)
+            raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
+
+    def _check_transition(self, job_id: str, new: JobState) -> None:
+        """Raise the JournalError that refuses moving ``job_id`` to ``new``, if any."""
+        row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"job {job_id!r} is not in the journal")
+        refusal = illegal_change(job_id, JobState(row[0]), new)
+        if refusal is not None:
+            raise JournalError(refusal)

@@ -1,0 +1,345 @@
+"""The follower: every task in flight, until its end is known; then its slot is free.
+
+Tasks come from the submitter's stream (and, at the start, from the journal:
+tasks adopted from an earlier run). The poll scheduler decides when each is
+polled; in callback mode the receiver's deliveries settle tasks and polls are
+the safety net. A callback may come before its submit's answer has been
+journaled: it is held as an *early* callback (a future) until the task
+arrives on the stream, or for a few seconds at most.
+
+A task's end is journaled (``succeeded`` with its result URLs, or ``failed``),
+its slot released, and a success handed to the lander. A task still running
+after ``--max-wait`` is left pending (its slot stranded). The follower ends
+when its input has closed and nothing is followed, or at once when the key is
+refused (a poll can learn nothing more); closing its stream ends the lander's
+input from this side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ..catalog import RESULT_TTL_S, get_model
+from ..client import ApixoClient, TaskStatus
+from ..clock import Clock, wait_until
+from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
+from ..events import Emitter
+from ..journal import JobRow, Ledger
+from ..limits import ConcurrencyLimit
+from ..receiver import HandlerResult
+from ..scheduler import CompletionModel, PollScheduler, Tracked
+from .admission import Permit
+from .lander import Fetch
+from .stop import Level, Stop, StopKind, Stops
+from .submitter import Submitted
+
+__all__ = ["Follower", "clock_key"]
+
+S_SUBMITTED = "submitted"
+#: consecutive 404s to a status call before a task counts as gone
+NOT_FOUND_GIVE_UP = 5
+#: unscaled seconds between two rounds of polls: the scheduler wakes at most once per
+#: round and sends every poll due by then, plus those due within half a round. With
+#: the budget loose a task is polled every 3 s (every model's documented interval is
+#: 5 s), so rounds of this length see a completion about as soon as polls spread
+#: evenly would, for fewer wake-ups (docs/contributing.md, Benchmarks)
+POLL_GAP_S = 3.0
+#: seconds (injected clock, unscaled: it bounds our own journal commit, not APIXO) an
+#: early callback waits for its submit's task id before it is answered "unknown"
+EARLY_CALLBACK_WAIT_S = 5.0
+
+
+def clock_key(model: str, inp: dict[str, Any]) -> str:
+    """Completion times are learned per model and what drives its clock."""
+    return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
+
+
+class Follower:
+    """Follows tasks to their end; releases their slots; hands successes to the lander."""
+
+    def __init__(
+        self,
+        client: ApixoClient,
+        ledger: Ledger,
+        *,
+        clock: Clock,
+        stops: Stops,
+        emit: Emitter,
+        slots: ConcurrencyLimit,
+        completions: CompletionModel,
+        time_scale: float,
+        max_wait_min: float,
+        submits_under_way: Callable[[], int],
+    ) -> None:
+        self._client = client
+        self._ledger = ledger
+        self._clock = clock
+        self._stops = stops
+        self._emit = emit
+        self._slots = slots
+        self.completions = completions
+        self._time_scale = time_scale
+        self._max_wait_s = max_wait_min * 60.0
+        self._submits_under_way = submits_under_way
+        self.scheduler = PollScheduler(
+            clock=clock,
+            poll=self._poll,
+            completions=completions,
+            time_scale=time_scale,
+            is_tight=client.bucket.is_tight,
+            poll_rate=self._poll_rate,
+            min_gap=max(0.01, POLL_GAP_S * time_scale),
+            early=POLL_GAP_S * time_scale / 2,
+            on_empty=self._maybe_done,
+        )
+        self._permits: dict[str, Permit] = {}
+        self._early: dict[str, tuple[TaskStatus, asyncio.Future[None]]] = {}
+        self._seen_running: set[str] = set()
+        self._out: ObjectSendStream[Fetch] | None = None
+        self._input_open = True
+        self._halted = False
+        self._done = asyncio.Event()  # input closed and nothing followed, or halted
+        self.retries = 0
+        stops.on(Level.FOLLOW, self._halt)
+
+    @property
+    def tracked(self) -> int:
+        return self.scheduler.tracked
+
+    def adopt(self, rows: list[JobRow]) -> None:
+        """Tasks an earlier run submitted: followed again, their slots counted (even past
+        the limit), the first poll as soon as each could plausibly be done."""
+        now_wall, now_mono = self._clock.wall(), self._clock.monotonic()
+        for row in rows:
+            self._slots.adopt()
+            self._track(row, Permit(self._slots), now_wall, now_mono, adopted=True)
+
+    async def run(
+        self, submitted: ObjectReceiveStream[Submitted], out: ObjectSendStream[Fetch]
+    ) -> None:
+        self._out = out
+        async with out, submitted, asyncio.TaskGroup() as tg:
+            polling = tg.create_task(self.scheduler.run())
+            try:
+                async for item in submitted:
+                    await self._take(item)
+                self._input_open = False
+                self._maybe_done()
+                await self._done.wait()
+            finally:
+                self.scheduler.close()
+                # A poll still out is for a task settled some other way, or the run is
+                # stopping: its answer is not needed.
+                polling.cancel()
+
+    def _halt(self) -> None:
+        """The key is refused, or the run is interrupted: no more polls."""
+        self._halted = True
+        self.scheduler.close()
+        self._done.set()
+
+    def _maybe_done(self) -> None:
+        if not self._input_open and self.scheduler.tracked == 0:
+            self._done.set()
+
+    def _poll_rate(self) -> float:
+        # Polls may use what submits leave: most of the bucket once submits are over.
+        share = 0.6 if self._input_open else 0.9
+        return self._client.bucket.rate_per_s * share
+
+    async def _take(self, item: Submitted) -> None:
+        if self._halted:
+            return  # journaled `submitted`: the next run follows it
+        row = item.row
+        t = self._track(row, item.permit, self._clock.wall(), item.at_mono, adopted=False)
+        early = self._early.pop(t.task_id, None)
+        if early is not None:
+            status, seen = early
+            if await self._finished(t, status, via="callback"):
+                self.scheduler.forget(t.task_id)
+            if not seen.done():
+                seen.set_result(None)
+
+    def _track(
+        self, row: JobRow, permit: Permit, now_wall: float, now_mono: float, *, adopted: bool
+    ) -> Tracked:
+        spec = get_model(row.model)
+        inp = row.input
+        if spec is None or row.task_id is None:
+            raise ApixoError(f"job {row.id}: model {row.model!r} is not in the catalog")
+        age = max(0.0, now_wall - (row.submitted_at or now_wall))
+        tracked = Tracked(
+            job_id=row.id,
+            filename=row.filename,
+            task_id=row.task_id,
+            model=row.model,
+            clock_key=clock_key(row.model, inp),
+            model_clock=spec.clock(inp),
+            submitted_at=now_mono - age,
+            followed_since=now_mono,
+            callback_mode=row.request_type == "callback" and not adopted,
+        )
+        self._permits[tracked.task_id] = permit
+        due = None
+        if adopted:
+            # Resuming: the first poll comes as soon as the task could plausibly be done.
+            first = tracked.submitted_at + self.scheduler.first_delay(tracked) * self._time_scale
+            due = max(now_mono, first)
+        self.scheduler.add(tracked, due=due)
+        return tracked
+
+    # -- polls ----------------------------------------------------------------
+    async def _poll(self, t: Tracked) -> bool:
+        """One poll of ``t``; True when it is no longer to be followed."""
+        if self._halted or t.settled:
+            return False  # no request: the run is ending, or a callback is settling it
+        if self._clock.monotonic() - t.followed_since > self._max_wait_s:
+            self._emit(
+                "pending",
+                t.job_id,
+                task_id=t.task_id,
+                model=t.model,
+                message=f"still running after --max-wait {self._max_wait_s / 60:g} min; "
+                "left pending for the next run or `download`",
+            )
+            self._permits.pop(t.task_id).strand()
+            return True
+        try:
+            status = await self._client.status(t.model, t.task_id)
+        except RateLimited as exc:
+            self._emit("rate-limited", t.job_id, retry_after=exc.retry_after)
+            return False
+        except (ServerError, TransportError) as exc:
+            self.retries += 1
+            self._emit("retried", t.job_id, call="status", error=str(exc))
+            return False
+        except ApiError as exc:
+            return await self._poll_refused(t, exc)
+        t.not_found = 0
+        if not status.finished:
+            if t.job_id not in self._seen_running and status.state == "processing":
+                self._seen_running.add(t.job_id)
+                self._emit("running", t.job_id, task_id=t.task_id, model=t.model)
+            return False
+        return await self._finished(t, status, via="poll")
+
+    async def _poll_refused(self, t: Tracked, exc: ApiError) -> bool:
+        if exc.fatal:
+            # Without a working key nothing more can be learned in this run.
+            self._stops.request(
+                Stop(StopKind.KEY_REFUSED, f"the API refused a poll: {exc}", fatal=str(exc))
+            )
+            return False
+        if isinstance(exc, NotFound):
+            t.not_found += 1
+            if t.not_found >= NOT_FOUND_GIVE_UP:
+                # Asked again and again, APIXO says the task does not exist: provably gone.
+                gone = TaskStatus(
+                    task_id=t.task_id,
+                    state="failed",
+                    fail_code="TASK_NOT_FOUND",
+                    fail_msg=f"APIXO answered 404 for this task {t.not_found} times",
+                )
+                return await self._finished(t, gone, via="poll")
+        self.retries += 1
+        self._emit("retried", t.job_id, call="status", error=str(exc))
+        return False
+
+    # -- callbacks ------------------------------------------------------------
+    async def on_callback(self, status: TaskStatus) -> HandlerResult:
+        """A callback passed the token check: settle its task, or hold it for its submit."""
+        t = self.scheduler.get(status.task_id)
+        if t is None:
+            row = await self._ledger.by_task(status.task_id)
+            under_way = self._submits_under_way() > 0
+            if row is not None and not (under_way and row.state.value == S_SUBMITTED):
+                return "duplicate"  # already settled (or left pending): nothing to do
+            if not under_way:
+                return "unknown"
+            if not status.finished:
+                return "accepted"  # nothing to settle; the final callback or a poll will come
+            return await self._hold_early(status)
+        if not status.finished:
+            return "accepted"
+        if t.settled:
+            return "duplicate"
+        if await self._finished(t, status, via="callback"):
+            self.scheduler.forget(t.task_id)
+        return "accepted"
+
+    async def _hold_early(self, status: TaskStatus) -> HandlerResult:
+        """The submit's answer may still be on its way to the journal: wait for it rather
+        than lose the callback (the task's arrival on the stream settles it)."""
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._early[status.task_id] = (status, seen)
+        deadline = self._clock.monotonic() + EARLY_CALLBACK_WAIT_S
+        try:
+            if not await wait_until(self._clock, {seen}, deadline):
+                return "unknown"
+        finally:
+            if self._early.get(status.task_id, (None, None))[1] is seen:
+                del self._early[status.task_id]
+        return "accepted"
+
+    # -- the end of a task ----------------------------------------------------
+    async def _finished(self, t: Tracked, status: TaskStatus, *, via: str) -> bool:
+        """Settle ``t`` once; False if a callback and a poll raced and the other won."""
+        if t.settled:
+            return False
+        t.settled = True
+        self._seen_running.discard(t.job_id)
+        if status.state == "success":
+            await self._succeeded(t, status, via)
+        else:
+            await self._ledger.record_failure(
+                t.job_id,
+                fail_code=status.fail_code or "UNKNOWN",
+                fail_msg=status.fail_msg or "",
+                completed_at=(status.complete_time_ms or 0) / 1000.0 or self._clock.wall(),
+                via=via,
+            )
+            self._emit(
+                "failed",
+                t.job_id,
+                task_id=t.task_id,
+                model=t.model,
+                fail_code=status.fail_code,
+                fail_msg=status.fail_msg,
+            )
+            self._permits.pop(t.task_id).release()
+        return True
+
+    async def _succeeded(self, t: Tracked, status: TaskStatus, via: str) -> None:
+        now = self._clock.wall()
+        cost_ms = status.cost_time_ms
+        completed = (status.complete_time_ms / 1000.0) if status.complete_time_ms else now
+        seconds = (
+            cost_ms / 1000.0 if cost_ms else self._clock.monotonic() - t.submitted_at
+        ) / self._time_scale
+        await self._ledger.record_success(
+            t.job_id,
+            result_urls=status.result_urls,
+            completed_at=completed,
+            expires_at=completed + RESULT_TTL_S * self._time_scale,
+            cost_time_ms=cost_ms,
+            via=via,
+            clock_key=t.clock_key,
+            seconds=seconds,
+        )
+        self._emit(
+            "succeeded",
+            t.job_id,
+            task_id=t.task_id,
+            model=t.model,
+            via=via,
+            urls=len(status.result_urls),
+        )
+        self.completions.add(t.clock_key, seconds)
+        # The slot first: the next submit need not wait for the hand-over to the lander.
+        self._permits.pop(t.task_id).release()
+        assert self._out is not None
+        await self._out.send(Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True))

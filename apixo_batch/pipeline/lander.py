@@ -1,0 +1,175 @@
+"""The lander: results brought to disk, whole and verified, and journaled ``done``.
+
+Its input is one stream with two senders: the follower (results that succeeded
+in this run) and a feeder that pages through the journal's ``succeeded`` jobs
+(results an earlier run did not bring home). The stream ends when both have
+closed; the lander ends when its workers have landed what was in it.
+
+Downloads have their own concurrency (``download_concurrency`` workers), not
+API tokens: a file host is not the API. Each file streams to a ``.part``, is
+hashed and checked, fsynced and renamed (:mod:`apixo_batch.download`). A file
+name another job holds is never written over (the one :class:`FileRegistry`,
+read from the journal at the first download and kept up to date here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ..clock import Clock
+from ..download import download_file
+from ..errors import DownloadError, ResultExpired
+from ..events import Emitter
+from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
+from ..retry import Backoff
+
+__all__ = ["Fetch", "Lander"]
+
+#: journal rows read per page by the feeder; the stream's bound keeps it ahead of
+#: the workers by at most that much
+FEED_PAGE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A result to bring to disk."""
+
+    id: str
+    model: str
+    filename: str
+    result_urls: tuple[str, ...]
+    #: succeeded in this run: no .part of an earlier run can be waiting for it
+    fresh: bool = False
+
+
+class Lander:
+    """Download workers over one stream of :class:`Fetch`."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        session: aiohttp.ClientSession,
+        *,
+        output_dir: Path,
+        clock: Clock,
+        emit: Emitter,
+        backoff: Backoff,
+        workers: int,
+    ) -> None:
+        self._ledger = ledger
+        self._session = session
+        self._output_dir = output_dir
+        self._clock = clock
+        self._emit = emit
+        self._backoff = backoff
+        self._workers = workers
+        self._taken: set[str] = set()  # jobs fetched in this run: each once
+        self._registry: FileRegistry | None = None
+        self._registry_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
+        self.busy = 0
+        self.retries = 0
+
+    async def feed(self, out: ObjectSendStream[Fetch]) -> None:
+        """Results journaled ``succeeded`` (by this run or before), in file order."""
+        async with out:
+            rows = self._ledger.rows(JobState.SUCCEEDED, page=FEED_PAGE, file_only=False)
+            async for row in rows:
+                await out.send(Fetch(row.id, row.model, row.filename, row.result_urls))
+
+    async def run(self, fetches: ObjectReceiveStream[Fetch]) -> None:
+        async with fetches, asyncio.TaskGroup() as tg:
+            for _ in range(self._workers):
+                tg.create_task(self._worker(fetches))
+
+    async def _worker(self, fetches: ObjectReceiveStream[Fetch]) -> None:
+        async for fetch in fetches:
+            # The feeder pages through `succeeded` rows while fresh successes arrive.
+            if fetch.id in self._taken:
+                continue
+            self._taken.add(fetch.id)
+            self.busy += 1
+            try:
+                await self._land(fetch)
+            except Exception as exc:
+                # One result's trouble must not tear the run down: it stays `succeeded`
+                # for `download` or the next run.
+                self._emit("warning", fetch.id, message=f"download of {fetch.id} failed: {exc}")
+            finally:
+                self.busy -= 1
+
+    async def _files(self) -> FileRegistry:
+        """The registry, read once through one shared journal read."""
+        if self._registry is None:
+            if self._registry_read is None:
+                self._registry_read = self._ledger.file_owners()
+            read = self._registry_read
+            try:
+                # Shielded: a worker cancelled while waiting must not cancel the others' read.
+                owners = await asyncio.shield(read)
+            except Exception:
+                if read.done() and self._registry_read is read:
+                    self._registry_read = None  # a failed read is tried again, not kept
+                raise
+            if self._registry is None:
+                self._registry = FileRegistry(owners)
+        return self._registry
+
+    async def _land(self, fetch: Fetch) -> None:
+        files = await self._files()
+        clashes = files.clashes(fetch.id, fetch.filename, len(fetch.result_urls))
+        if clashes:
+            # Overwriting would lose a paid result: this one waits, with its URLs journaled,
+            # until the user renames one of the two.
+            named = ", ".join(f"{name} (job {owner}'s file)" for name, owner in clashes)
+            self._emit(
+                "warning",
+                fetch.id,
+                message=(
+                    f"job {fetch.id}: its results would be written over {named}; nothing "
+                    "was downloaded. Change output.filename so the names differ (e.g. "
+                    "'{id}_.mp4'; a job gone from the job file keeps its names until it "
+                    "is back in it), then run `apixo-batch download`: the result stays "
+                    "downloadable until its URLs expire"
+                ),
+            )
+            return
+        landed = Landed()
+        try:
+            for n, url in enumerate(fetch.result_urls):
+                dest = self._output_dir / result_filename(fetch.filename, n)
+                got = await download_file(
+                    self._session,
+                    url,
+                    dest,
+                    clock=self._clock,
+                    backoff=self._backoff,
+                    fresh=fetch.fresh,
+                )
+                landed.add(str(dest.relative_to(self._output_dir)), got.sha256, got.bytes)
+                files.hold(dest.name, fetch.id)
+        except ResultExpired as exc:
+            await self._ledger.record_expired(fetch.id, str(exc), landed)
+            self._emit("expired", fetch.id, model=fetch.model, message=str(exc))
+            return
+        except DownloadError as exc:
+            partial = self._ledger.record_partial(fetch.id, landed)
+            if partial is not None:
+                await partial
+            self.retries += 1
+            self._emit(
+                "retried",
+                fetch.id,
+                call="download",
+                error=f"{exc}; left for `apixo-batch download`",
+            )
+            return
+        # Not durable: after a power loss the file is verified or fetched again.
+        await self._ledger.record_done(fetch.id, landed)
+        self._emit(
+            "downloaded", fetch.id, model=fetch.model, files=landed.files, bytes=landed.bytes
+        )

@@ -1,0 +1,122 @@
+"""What a run can be told (:class:`RunOptions`) and what it tells back (:class:`RunResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, RPM
+from ..exitcodes import ExitCode
+from ..limits import MAX_CONCURRENT_CAP, RPM_CAP
+
+__all__ = ["Mode", "RunOptions", "RunResult", "summary_dict"]
+
+Mode = Literal["run", "download"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run can be told (the CLI maps its flags onto this).
+
+    Values the CLI would refuse are refused here too (ValueError naming the
+    field), so an embedder cannot run above the API's limits by accident.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    state_path: Path | None = None
+    max_concurrent: int = MAX_CONCURRENT
+    rpm: int = RPM
+    time_scale: float = 1.0
+    callback_url: str | None = None
+    #: (host, port) of the built-in callback receiver; required with callback_url
+    listen: tuple[str, int] | None = None
+    budget: float | None = None
+    allow_partial: bool = False
+    max_wait_min: float = MAX_WAIT_MIN
+    retry_failed: bool = False
+    download_concurrency: int = 16
+    #: seconds an interrupted run waits for submit answers already on the wire
+    stop_grace_s: float = 3.0
+    mode: Mode = "run"
+
+    def __post_init__(self) -> None:
+        def whole(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"RunOptions.{name}: a whole number is needed, not {value!r}")
+            if value < low or (high is not None and value > high):
+                bound = f"from {low} to {high:,}" if high is not None else f"at least {low}"
+                raise ValueError(f"RunOptions.{name}: {value:,} is out of range ({bound})")
+
+        def positive(name: str, *, zero: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or value != value or value < 0 or (value == 0 and not zero):
+                need = "zero or more" if zero else "more than zero"
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a number {need}")
+
+        whole("max_concurrent", 1, MAX_CONCURRENT_CAP)
+        whole("rpm", 1, RPM_CAP)
+        whole("download_concurrency", 1)
+        positive("time_scale")
+        positive("max_wait_min")
+        positive("stop_grace_s", zero=True)
+        if self.budget is not None:
+            positive("budget")
+        if self.mode not in ("run", "download"):
+            raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
+
+
+@dataclass
+class RunResult:
+    """What a run did and how it ended."""
+
+    exit_code: ExitCode
+    counts: dict[str, int]
+    submitted: int = 0
+    possibly_duplicated: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    wall_s: float = 0.0
+    spent_usd: float = 0.0
+    unknown_price_jobs: int = 0
+    fatal: str | None = None
+    stop_reason: str | None = None
+    interrupted: bool = False
+    input_changed: list[str] = field(default_factory=list)
+    arrived: dict[str, int] = field(default_factory=dict)
+    fail_codes: dict[str, list[str]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    manifest: Path | None = None
+    output_dir: Path | None = None
+
+
+def summary_dict(r: RunResult) -> dict[str, Any]:
+    """The final summary as plain JSON-able data (``--json`` and embedders)."""
+    jobs = sum(r.counts.values())
+    return {
+        "exit_code": int(r.exit_code),
+        "counts": r.counts,
+        "jobs": jobs,
+        "submitted": r.submitted,
+        "possibly_duplicated": r.possibly_duplicated,
+        "requests": r.requests,
+        "requests_per_task": round(r.requests / r.submitted, 3) if r.submitted else None,
+        "rate_limited": r.rate_limited,
+        "retries": r.retries,
+        "wall_s": round(r.wall_s, 3),
+        "spent_usd": round(r.spent_usd, 4),
+        "unknown_price_jobs": r.unknown_price_jobs,
+        "fatal": r.fatal,
+        "stop_reason": r.stop_reason,
+        "interrupted": r.interrupted,
+        "input_changed": r.input_changed,
+        "arrived": r.arrived,
+        "fail_codes": {k: v[:5] for k, v in r.fail_codes.items()},
+        "fail_counts": {k: len(v) for k, v in r.fail_codes.items()},
+        "per_model": r.per_model,
+        "manifest": str(r.manifest) if r.manifest else None,
+        "output_dir": str(r.output_dir) if r.output_dir else None,
+    }

@@ -1,0 +1,56 @@
+"""Before the first submit: read the balance, refuse when it cannot cover what is left."""
+
+from __future__ import annotations
+
+from ..client import ApixoClient
+from ..errors import ApiError, ApixoError, TransportError
+from ..events import Emitter
+from .stop import Stop, StopKind
+
+__all__ = ["preflight"]
+
+
+async def preflight(
+    client: ApixoClient,
+    emit: Emitter,
+    *,
+    cost: float,
+    unknown: int,
+    queued: int,
+    budget_left: float | None,
+    allow_partial: bool,
+) -> Stop | None:
+    """The stop that keeps every submit from leaving, or None to go on.
+
+    ``cost`` is the estimated USD of the ``queued`` jobs of known price; ``budget_left``
+    caps what this run may spend. A balance that cannot be read is said and ignored."""
+    try:
+        balance = await client.balance()
+    except ApiError as exc:
+        if exc.fatal:
+            reason = f"the API refused: {exc}"
+            emit("stopped", reason=reason)
+            return Stop(StopKind.FATAL, reason, fatal=str(exc))
+        emit("warning", message=f"could not read the balance ({exc}); going on")
+        return None
+    except (TransportError, ApixoError) as exc:
+        emit("warning", message=f"could not read the balance ({exc}); going on")
+        return None
+    note = f" (+{unknown} job(s) of unknown price)" if unknown else ""
+    if budget_left is not None:
+        cost = min(cost, max(0.0, budget_left))
+    if cost > balance + 1e-9 and not allow_partial:
+        reason = (
+            f"balance ${balance:.2f} cannot cover the estimated ${cost:.2f}{note} of the "
+            f"{queued} job(s) left; nothing submitted (use --allow-partial to submit anyway)"
+        )
+        emit("stopped", reason=reason, balance_usd=balance)
+        return Stop(StopKind.REFUSED, reason)
+    emit(
+        "preflight",
+        message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",
+        balance_usd=balance,
+        estimated_usd=round(cost, 4),
+        unknown_price_jobs=unknown,
+    )
+    return None

@@ -1,0 +1,278 @@
+"""The submitter: each admitted job's submit on the wire, its task id made durable at once.
+
+For one job: the bucket grants a request (inside the client), the job is
+marked ``submitting`` (durable: from here a crash leaves doubt), the request
+leaves, and the task id it answers is committed before anything else happens
+with it (invariant 1), then handed to the follower. Transient trouble (429,
+5xx, resets) is retried with backoff; a reset or a gateway timeout may hide a
+created task, so the job is flagged *possibly duplicated*. An answer that
+refuses the input fails the job; a fatal answer (key, balance, access) stops
+the run's submits and hands the job back to the queue.
+
+Stopping: once submits must stop, every submit not on the wire goes back to
+the queue at once; a submit on the wire gets its answer journaled (the
+supervisor gives those the grace of an interrupt). The stream to the follower
+closes when the admission stream has closed and every submit has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ..client import ApixoClient
+from ..clock import Clock, wait_until
+from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
+from ..events import Emitter
+from ..journal import JobRow, Ledger
+from ..retry import Backoff
+from .admission import Admitted, Permit
+from .stop import Level, Stop, StopKind, Stops
+
+__all__ = ["Submitted", "Submitter"]
+
+RequestType = Literal["async", "callback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A job whose task id is journaled; its permit now belongs to the follower."""
+
+    row: JobRow
+    permit: Permit
+    at_mono: float
+
+
+class _NotSent(Exception):
+    """Raised before a request leaves, when submits have stopped: nothing was sent."""
+
+
+class Submitter:
+    """Submits admitted jobs, each in a task of its own, and passes on their task ids."""
+
+    def __init__(
+        self,
+        client: ApixoClient,
+        ledger: Ledger,
+        *,
+        clock: Clock,
+        stops: Stops,
+        emit: Emitter,
+        backoff: Backoff,
+        callback_url: str | None,
+    ) -> None:
+        self._client = client
+        self._ledger = ledger
+        self._clock = clock
+        self._stops = stops
+        self._emit = emit
+        self._backoff = backoff
+        self._callback_url = callback_url
+        self._request_type: RequestType = "callback" if callback_url else "async"
+        self._waiting: set[asyncio.Task[None]] = set()  # nothing of theirs is on the wire
+        self._sending: set[asyncio.Task[None]] = set()  # request out, answer not journaled
+        self.submitted = 0
+        self.retries = 0
+        self.spent_usd = 0.0
+        stops.on(Level.SUBMITS, self._halt)
+
+    @property
+    def under_way(self) -> int:
+        """Submits admitted and not yet ended (a callback may come before their task id)."""
+        return len(self._waiting) + len(self._sending)
+
+    async def run(
+        self, admitted: ObjectReceiveStream[Admitted], out: ObjectSendStream[Submitted]
+    ) -> None:
+        async with out, admitted, asyncio.TaskGroup() as tg:
+            async for item in admitted:
+                task = tg.create_task(self._submit(item, out))
+                self._waiting.add(task)
+                task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._waiting.discard(task)
+        self._sending.discard(task)
+
+    def _halt(self) -> None:
+        """Submits must stop: those not on the wire go back to the queue now."""
+        for task in list(self._waiting):
+            task.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds (injected clock) for the submits on the wire."""
+        deadline = self._clock.monotonic() + grace
+        while self._sending and self._clock.monotonic() < deadline:
+            await wait_until(self._clock, set(self._sending), deadline)
+
+    # -- one submit -------------------------------------------------------
+    async def _submit(self, item: Admitted, out: ObjectSendStream[Submitted]) -> None:
+        row, permit = item.row, item.permit
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Attempt(row)
+        try:
+            task_id = await self._send_until_answered(state, task)
+            if task_id is None:  # the job failed: its slot is free
+                permit.release()
+                return
+            # Invariant 1: nothing happens with the id before it is committed. Shielded:
+            # an interrupt now still lets the commit land (it runs regardless).
+            assert state.recording is not None
+            await asyncio.shield(state.recording)
+        except _NotSent:
+            await self._hand_back(state, permit)
+            return
+        except asyncio.CancelledError:
+            if state.recording is None:
+                _observe(self._hand_back(state, permit))
+            raise
+        now = self._clock.wall()
+        self.submitted += 1
+        self.spent_usd += row.cost_usd or 0.0
+        self._emit("submitted", row.id, task_id=task_id, model=row.model)
+        fresh = replace(row, task_id=task_id, submitted_at=now, request_type=self._request_type)
+        await out.send(Submitted(fresh, permit, self._clock.monotonic()))
+
+    async def _send_until_answered(self, state: _Attempt, task: asyncio.Task[None]) -> str | None:
+        """The task id (its commit queued: ``state.recording``), or None once the job failed.
+
+        Raises :class:`_NotSent` when submits have stopped and the job goes back."""
+        row = state.row
+        while True:
+            send = asyncio.ensure_future(
+                self._client.submit(
+                    row.model,
+                    row.input,
+                    request_type=self._request_type,
+                    callback_url=self._callback_url,
+                    provider=row.provider,
+                    before_send=lambda: self._before_send(state, task),
+                )
+            )
+            try:
+                task_id = await send
+            except asyncio.CancelledError:
+                if send.done() and not send.cancelled() and send.exception() is None:
+                    # The answer came in the same turn as the cancel: keep the paid id.
+                    self._record(state, send.result())
+                raise
+            except RateLimited as exc:
+                state.on_wire = False
+                state.attempt += 1
+                self.retries += 1
+                self._emit("rate-limited", row.id, retry_after=exc.retry_after)
+                await self._pause(task, self._backoff.delay(min(state.attempt, 6), exc.retry_after))
+                continue
+            except (ServerError, TransportError) as exc:
+                if state.on_wire and (isinstance(exc, TransportError) or exc.status in (502, 504)):
+                    state.ambiguous = True  # a reset or gateway timeout may hide a created task
+                state.on_wire = False
+                state.attempt += 1
+                self.retries += 1
+                if self._backoff.gives_up(state.attempt):
+                    await self._fail(state, "SUBMIT_ERROR", str(exc))
+                    return None
+                self._emit("retried", row.id, call="submit", attempt=state.attempt, error=str(exc))
+                await self._pause(task, self._backoff.delay(state.attempt))
+                continue
+            except ApiError as exc:
+                state.on_wire = False
+                if exc.fatal:
+                    reason = f"the API refused a submit: {exc}"
+                    if self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc))):
+                        self._emit("stopped", reason=reason)
+                    raise _NotSent() from None
+                await self._fail(state, _fail_code(exc), exc.api_message)
+                return None
+            self._record(state, task_id)
+            return task_id
+
+    async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+        """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
+        if self._stops.reached(Level.SUBMITS):
+            raise _NotSent()
+        if not state.marked:
+            # Marked before the await: the write is queued now and lands even if a stop
+            # cancels this wait, so the hand-back (queued after it) must undo it.
+            state.marked = True
+            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            if self._stops.reached(Level.SUBMITS):
+                raise _NotSent()  # stopped while the mark was written: nothing sent yet
+        # From here the request is on the wire: a stop waits for its answer.
+        state.on_wire = True
+        self._waiting.discard(task)
+        self._sending.add(task)
+
+    async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
+        """A backoff: nothing of this submit is on the wire meanwhile."""
+        self._sending.discard(task)
+        self._waiting.add(task)
+        if self._stops.reached(Level.SUBMITS):
+            raise _NotSent()
+        await self._clock.sleep(seconds)
+
+    def _record(self, state: _Attempt, task_id: str) -> None:
+        # Queued at once and committed even if this task is cancelled (AsyncJournal); a
+        # durable write is never held back to gather company.
+        state.on_wire = False
+        state.recording = self._ledger.record_task_id(
+            state.row.id, task_id, self._request_type, state.possibly_duplicated
+        )
+
+    def _hand_back(self, state: _Attempt, permit: Permit) -> asyncio.Future[None]:
+        """An admitted job goes back to the queue unsent (or sent with no answer known)."""
+        permit.release()
+        if state.marked:
+            # Cut off on the wire (an interrupt past the grace): a task may exist.
+            dup = state.possibly_duplicated or state.on_wire
+            return self._ledger.hand_back(state.row.id, dup)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def _fail(self, state: _Attempt, code: str, message: str) -> None:
+        row = state.row
+        await self._ledger.fail_submit(row.id, code, message[:500], state.possibly_duplicated)
+        self._emit("failed", row.id, model=row.model, fail_code=code, fail_msg=message[:500])
+
+
+class _Attempt:
+    """What one job's submit has been through so far."""
+
+    __slots__ = ("ambiguous", "attempt", "marked", "on_wire", "recording", "row")
+
+    def __init__(self, row: JobRow) -> None:
+        self.row = row
+        self.attempt = 0
+        self.ambiguous = False  # an earlier attempt may have created a task
+        self.marked = False  # `submitting` is (being) journaled
+        self.on_wire = False  # a request is out and its answer not read
+        self.recording: asyncio.Future[None] | None = None  # the task id's commit
+
+    @property
+    def possibly_duplicated(self) -> bool:
+        return self.row.possibly_duplicated or self.ambiguous
+
+
+def _fail_code(exc: ApiError) -> str:
+    if isinstance(exc, InvalidRequest):
+        return "INPUT_REJECTED"
+    if isinstance(exc, NotFound):
+        return "MODEL_NOT_FOUND"
+    return f"HTTP_{exc.status}"
+
+
+def _observe(fut: asyncio.Future[None]) -> None:
+    """A write queued and not awaited: its failure is told, never left unretrieved."""
+
+    def done(f: asyncio.Future[None]) -> None:
+        if not f.cancelled():
+            with contextlib.suppress(Exception):
+                f.exception()
+
+    fut.add_done_callback(done)

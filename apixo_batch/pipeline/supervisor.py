@@ -1,0 +1,383 @@
+"""The supervisor: one run of a campaign, from the journal's reconciliation to the manifest.
+
+It opens the resources (journal, API client with its request bucket, download
+session, callback receiver), reconciles the journal with the job file, reads
+the balance before the first submit, then runs the stages in one task group::
+
+    Admission ──▶ Submitter ──▶ Follower ──▶ Lander
+                                    ▲           ▲
+                     callbacks ─────┘   feeder ─┘ (results of earlier runs)
+
+Each stage ends when its input stream has closed and its own work is done,
+and closes its output stream as it returns: the run ends because the last
+stage returned. Why it stops early is one list of :class:`~.stop.Stop` values
+(:class:`~.stop.Stops`), from which the exit code follows. An interrupt stops
+admission, gives the submits on the wire ``stop_grace_s`` to be answered and
+journaled, then cancels what is left (polls, downloads: their ``.part`` files
+stay for the next run); the manifest is written either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..catalog import get_model
+from ..client import ApixoClient
+from ..clock import Clock, SystemClock
+from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
+from ..errors import ApixoError
+from ..events import Emitter, EventSink
+from ..jobs import Campaign
+from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, NewJob, SyncResult
+from ..limits import ConcurrencyLimit, RequestBucket
+from ..receiver import CallbackReceiver, callback_url_with_token, new_token
+from ..scheduler import CompletionModel
+from ..secret import ApiKey
+from .admission import Admission, Admitted, BudgetMeter
+from .follower import Follower
+from .lander import Fetch, Lander
+from .options import RunOptions, RunResult, summary_dict
+from .preflight import preflight
+from .stop import Stop, StopKind, Stops
+from .submitter import Submitted, Submitter
+
+__all__ = ["Supervisor"]
+
+S = JobState
+#: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
+#: fewer loop wake-ups per request, for at most this much more wait of one already queued
+REQUEST_TICK_S = 0.1
+#: real seconds the journal thread lets writes whose loss costs nothing (``succeeded``,
+#: ``done``) gather before it commits them together; durable ones never wait
+COMMIT_DELAY_S = 0.02
+#: queued jobs read from the journal per page by admission
+ADMIT_PAGE = 500
+
+
+class Supervisor:
+    """Runs one campaign to the end (or to a stop), resumable from its journal."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        api_key: ApiKey | None,
+        options: RunOptions,
+        *,
+        clock: Clock | None = None,
+        on_event: EventSink | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.campaign = campaign
+        self.options = options
+        self.clock = clock or SystemClock()
+        self._emit = Emitter(on_event, self.clock)
+        self._key = api_key
+        self._session = session
+        self.output_dir = campaign.output_dir
+        self.state_path = options.state_path or state_path(self.output_dir)
+        self.stops = Stops()
+        self.bucket = RequestBucket(
+            options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
+        )
+        self.slots = ConcurrencyLimit(options.max_concurrent)
+        self.completions = CompletionModel()
+        self._submitter: Submitter | None = None
+        self._follower: Follower | None = None
+        self._lander: Lander | None = None
+        self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
+        self._spent_before = 0.0
+        self._interrupt = asyncio.Event()
+
+    # -- public -------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop as an interrupt does: no new submits, answers on the wire journaled, exit 130."""
+        self.stops.request(Stop(StopKind.INTERRUPTED, "interrupted"))
+        self._interrupt.set()
+
+    async def run(self) -> RunResult:
+        """Run to the end; returns the result (the manifest is written either way)."""
+        started = self.clock.monotonic()
+        journal = AsyncJournal(Journal(self.state_path), commit_delay=COMMIT_DELAY_S)
+        ledger = Ledger(journal, self.clock)
+        try:
+            synced = await self._run(ledger)
+            return await self._finish(ledger, synced, started)
+        finally:
+            await ledger.close()
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot for progress displays: requests, limits, in flight, spend."""
+        bucket = self.bucket.statistics()
+        slots = self.slots.statistics()
+        queued = self._fetches.statistics().current_buffer_used if self._fetches else 0
+        busy = self._lander.busy if self._lander else 0
+        submitted = self._submitter.spent_usd if self._submitter else 0.0
+        return {
+            "requests": bucket.granted,
+            "rpm_limit": self.options.rpm,
+            "rate_limited": bucket.rate_limited,
+            "in_flight": slots.in_flight,
+            "max_concurrent": slots.limit,
+            "peak_in_flight": slots.peak,
+            "downloading": busy + queued,
+            "spent_usd": self._spent_before + submitted,
+            "budget_usd": self.options.budget,
+            "stop_reason": self.stops.reason,
+        }
+
+    # -- the run ------------------------------------------------------------
+    async def _run(self, ledger: Ledger) -> SyncResult:
+        run_mode = self.options.mode == "run"
+        recovered, synced = await ledger.reconcile(
+            self._new_jobs(), retry_failed=self.options.retry_failed and run_mode
+        )
+        for job_id in synced.changed_after_submit or []:
+            self._emit(
+                "warning",
+                job_id,
+                message=(
+                    f"job {job_id}: its input changed after it was submitted; the paid task "
+                    "follows the submitted input. Give the job a new id to generate the new one."
+                ),
+            )
+        if recovered:
+            self._emit(
+                "warning",
+                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
+                "(counted as possibly duplicated)",
+            )
+        self._spent_before = (await ledger.totals()).spent_known_usd
+        # Yesterday's completion times: today's first polls start informed.
+        for key, samples in (await ledger.learned_completions()).items():
+            for seconds in samples:
+                self.completions.add(key, seconds)
+        in_flight = await ledger.in_flight()
+        queued_cost, unknown, queued = await ledger.queued_cost()
+        counts = await ledger.counts()
+        self._emit(
+            "started",
+            per_model=await ledger.counts_by_model(),
+            spent_usd=round(self._spent_before, 4),
+            jobs=sum(counts.values()),
+            queued=queued if run_mode else 0,
+            in_flight=len(in_flight),
+            to_download=counts.get(S.SUCCEEDED.value, 0),
+            done=counts.get(S.DONE.value, 0),
+            estimated_cost_usd=round(queued_cost, 4),
+            unknown_price_jobs=unknown,
+        )
+        submit = run_mode and queued > 0
+        needs_api = bool(in_flight) or submit
+        if needs_api and self._key is None:
+            raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+        if not needs_api and counts.get(S.SUCCEEDED.value, 0) == 0:
+            return synced  # nothing to do: zero requests
+        async with contextlib.AsyncExitStack() as stack:
+            client = None
+            if needs_api:
+                assert self._key is not None
+                client = ApixoClient(
+                    self._key,
+                    self.options.base_url,
+                    session=self._session,
+                    connections=min(256, self.options.max_concurrent + 8),
+                    bucket=self.bucket,
+                )
+                stack.push_async_callback(client.close)
+            downloads = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
+                connector=aiohttp.TCPConnector(limit=self.options.download_concurrency),
+            )
+            stack.push_async_callback(downloads.close)
+            callback_url = await self._start_receiver(ledger, stack) if needs_api else None
+            self._build(ledger, client, downloads, callback_url)
+            if submit:
+                assert client is not None
+                stop = await preflight(
+                    client,
+                    self._emit,
+                    cost=queued_cost,
+                    unknown=unknown,
+                    queued=queued,
+                    budget_left=None
+                    if self.options.budget is None
+                    else self.options.budget - self._spent_before,
+                    allow_partial=self.options.allow_partial,
+                )
+                if stop is not None:
+                    self.stops.request(stop)
+                    return synced
+            await self._pipeline(ledger, in_flight, submit=submit)
+        return synced
+
+    def _build(
+        self,
+        ledger: Ledger,
+        client: ApixoClient | None,
+        downloads: aiohttp.ClientSession,
+        callback_url: str | None,
+    ) -> None:
+        o = self.options
+        common = {"clock": self.clock, "stops": self.stops, "emit": self._emit}
+        if client is not None:
+            self._submitter = Submitter(
+                client,
+                ledger,
+                backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
+                callback_url=callback_url,
+                **common,  # type: ignore[arg-type]
+            )
+            submitter = self._submitter
+            self._follower = Follower(
+                client,
+                ledger,
+                slots=self.slots,
+                completions=self.completions,
+                time_scale=o.time_scale,
+                max_wait_min=o.max_wait_min,
+                submits_under_way=lambda: submitter.under_way,
+                **common,  # type: ignore[arg-type]
+            )
+        self._lander = Lander(
+            ledger,
+            downloads,
+            output_dir=self.output_dir,
+            clock=self.clock,
+            emit=self._emit,
+            backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
+            workers=o.download_concurrency,
+        )
+
+    async def _pipeline(self, ledger: Ledger, in_flight: list[JobRow], *, submit: bool) -> None:
+        """The stages, until the last one returns or an interrupt has had its grace."""
+        work = asyncio.ensure_future(self._stages(ledger, in_flight, submit=submit))
+        interrupted = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            await asyncio.wait({work, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and self._submitter is not None:
+                # Interrupted: submits on the wire get the grace to be answered and
+                # journaled; the rest waits for the bucket or a backoff, or is a poll or
+                # a download whose .part stays for the next run.
+                await self._submitter.drain(self.options.stop_grace_s)
+        finally:
+            interrupted.cancel()
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+
+    async def _stages(self, ledger: Ledger, in_flight: list[JobRow], *, submit: bool) -> None:
+        """One task group; each stage closes its output stream as it returns."""
+        lander = self._lander
+        assert lander is not None
+        admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](0)
+        # Bounded by the slots already: a submit never waits on the follower.
+        submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](
+            self.options.max_concurrent
+        )
+        fetch_tx, fetch_rx = anyio.create_memory_object_stream[Fetch](
+            max(500, self.options.max_concurrent)
+        )
+        self._fetches = fetch_rx
+        feeder_tx = fetch_tx.clone()
+        async with asyncio.TaskGroup() as tg:
+            if self._follower is not None:
+                self._follower.adopt(in_flight)
+                tg.create_task(self._follower.run(submitted_rx, fetch_tx))
+            else:
+                submitted_rx.close()
+                fetch_tx.close()
+            if submit and self._submitter is not None:
+                admission = Admission(
+                    ledger.rows(S.QUEUED, page=ADMIT_PAGE, file_only=True),
+                    budget=BudgetMeter(self.options.budget, self._spent_before, self._emit),
+                    slots=self.slots,
+                    stops=self.stops,
+                    emit=self._emit,
+                )
+                tg.create_task(admission.run(admitted_tx))
+                tg.create_task(self._submitter.run(admitted_rx, submitted_tx))
+            else:
+                admitted_tx.close()
+                admitted_rx.close()
+                submitted_tx.close()
+            tg.create_task(lander.feed(feeder_tx))
+            tg.create_task(lander.run(fetch_rx))
+
+    async def _start_receiver(self, ledger: Ledger, stack: contextlib.AsyncExitStack) -> str | None:
+        """Listen for callbacks; the token is made once per campaign and kept in the journal.
+
+        Returns the public URL with the token (never printed), or None in polling mode."""
+        o = self.options
+        if not (o.callback_url and o.listen):
+            return None
+        token = await ledger.callback_token(new_token())
+        host, port = o.listen
+        try:
+            url = callback_url_with_token(o.callback_url, token)
+            receiver = CallbackReceiver(host, port, token, self._on_callback)
+            await receiver.start()
+        except (OSError, ValueError) as exc:
+            raise ApixoError(f"callback mode: {exc}") from None
+        stack.push_async_callback(receiver.stop)
+        return url
+
+    async def _on_callback(self, status: Any) -> Any:
+        # The receiver starts before the stages are built: deliveries go to the follower.
+        if self._follower is None:
+            return "unknown"
+        return await self._follower.on_callback(status)
+
+    def _new_jobs(self) -> Iterator[NewJob]:
+        for job in self.campaign.iter_jobs():
+            spec = get_model(job.model)
+            cost = spec.cost(job.input, self.campaign.prices) if spec else None
+            yield NewJob(
+                id=job.id,
+                idx=job.index,
+                model=job.model,
+                provider=job.provider,
+                input_json=json.dumps(dict(job.input), sort_keys=True, ensure_ascii=False),
+                input_hash=job.input_hash,
+                filename=job.filename,
+                cost_usd=cost,
+            )
+
+    # -- the end --------------------------------------------------------------
+    async def _finish(self, ledger: Ledger, synced: SyncResult, started: float) -> RunResult:
+        manifest = await ledger.write_manifest(self.output_dir / "manifest.jsonl")
+        counts = manifest.counts
+        totals = await ledger.totals()
+        bucket = self.bucket.statistics()
+        stages = [s for s in (self._submitter, self._follower, self._lander) if s is not None]
+        result = RunResult(
+            exit_code=self.stops.exit_code(counts.get("done", 0) == sum(counts.values())),
+            counts=counts,
+            submitted=self._submitter.submitted if self._submitter else 0,
+            possibly_duplicated=totals.possibly_duplicated,
+            requests=bucket.granted,
+            rate_limited=bucket.rate_limited,
+            retries=sum(s.retries for s in stages),
+            wall_s=self.clock.monotonic() - started,
+            spent_usd=totals.spent_known_usd,
+            unknown_price_jobs=totals.spent_unknown_jobs,
+            fatal=self.stops.fatal,
+            stop_reason=self.stops.reason,
+            interrupted=self.stops.interrupted,
+            input_changed=list(synced.changed_after_submit or []),
+            arrived=manifest.arrived,
+            fail_codes=manifest.fail_codes,
+            per_model=manifest.per_model,
+            manifest=manifest.path,
+            output_dir=self.output_dir,
+        )
+        self._emit("summary", **summary_dict(result))
+        return result
