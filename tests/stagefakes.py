@@ -1,0 +1,186 @@
+"""Fakes for driving one stage of the pipeline on a FakeClock (arq's burst mode, trio's clock).
+
+* :class:`FakeApi`: the client's three calls, through a real RequestBucket on the fake
+  clock; tasks end after a set time; faults are queued per call.
+* :func:`memory_ledger`: a real :class:`Ledger` over an in-memory SQLite journal whose
+  operations run inline (no thread: every answer is there at a known turn).
+* :func:`drive`: runs a coroutine to its end, jumping the clock whenever every task
+  waits, so a test "waits" minutes in milliseconds and then asserts on counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from apixo_batch.client import TaskStatus
+from apixo_batch.clock import FakeClock
+from apixo_batch.events import Emitter, Event
+from apixo_batch.journal import InlineJournal, JobRow, JobState, Journal, Ledger, NewJob
+from apixo_batch.limits import Priority, RequestBucket
+
+T = TypeVar("T")
+
+INPUT = {"mode": "text-to-video", "prompt": "a fox", "duration": 5, "sound": False}
+
+
+@dataclass
+class FakeTask:
+    task_id: str
+    model: str
+    input: dict[str, Any]
+    ends_at: float
+    fail: bool = False
+
+
+@dataclass
+class FakeApi:
+    """Stands in for ApixoClient: ``submit``, ``status``, ``balance`` and its ``bucket``."""
+
+    clock: FakeClock
+    rpm: int = 9_000
+    #: seconds (fake clock) from submit to the task's end
+    duration: float = 30.0
+    balance_usd: float = 1_000.0
+    #: exceptions to raise, in order, instead of answering (per call kind)
+    submit_faults: list[BaseException] = field(default_factory=list)
+    status_faults: list[BaseException] = field(default_factory=list)
+    #: seconds (fake clock) a submit's answer takes to come back
+    submit_latency: float = 0.0
+    tasks: dict[str, FakeTask] = field(default_factory=dict)
+    submits: int = 0
+    polls: int = 0
+    sent: list[str] = field(default_factory=list)  # job prompts whose submit left
+    bucket: RequestBucket = field(init=False)
+    _ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.bucket = RequestBucket(self.rpm, self.clock)
+
+    async def submit(
+        self,
+        model: str,
+        inp: dict[str, Any],
+        *,
+        request_type: str = "async",
+        callback_url: str | None = None,
+        provider: str = "auto",
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> str:
+        await self.bucket.acquire(Priority.SUBMIT)
+        if before_send is not None:
+            await before_send()
+        self.submits += 1
+        self.sent.append(str(inp.get("prompt")))
+        if self.submit_latency:
+            await self.clock.sleep(self.submit_latency)
+        if self.submit_faults:
+            raise self.submit_faults.pop(0)
+        task_id = f"task-{next(iter(self._ids))}"
+        self.tasks[task_id] = FakeTask(
+            task_id, model, dict(inp), self.clock.monotonic() + self.duration,
+            fail="forbidden" in str(inp.get("prompt")),
+        )  # fmt: skip
+        return task_id
+
+    async def status(self, model: str, task_id: str) -> TaskStatus:
+        await self.bucket.acquire(Priority.STATUS)
+        self.polls += 1
+        if self.status_faults:
+            raise self.status_faults.pop(0)
+        return self.answer(task_id)
+
+    def answer(self, task_id: str) -> TaskStatus:
+        """What a status call (or a callback) would say about ``task_id`` now."""
+        task = self.tasks[task_id]
+        if self.clock.monotonic() < task.ends_at:
+            return TaskStatus(task_id=task_id, state="processing")
+        if task.fail:
+            return TaskStatus(task_id, "failed", fail_code="NSFW", fail_msg="rejected")
+        return TaskStatus(
+            task_id,
+            "success",
+            result_urls=(f"http://127.0.0.1:9/files/{task_id}/0.mp4",),
+            cost_time_ms=int(self.duration * 1000),
+        )
+
+    async def balance(self) -> float:
+        await self.bucket.acquire(Priority.CONTROL)
+        return self.balance_usd
+
+
+def new_job(i: int, *, cost: float | None = 0.3, prompt: str | None = None) -> NewJob:
+    inp = {**INPUT, "prompt": prompt or f"scene {i}"}
+    return NewJob(
+        id=f"job-{i}",
+        idx=i,
+        model="kling-2-6",
+        provider="auto",
+        input_json=json.dumps(inp, sort_keys=True),
+        input_hash=f"hash-{i}-{inp['prompt']}",
+        filename=f"job-{i}.mp4",
+        cost_usd=cost,
+    )
+
+
+async def memory_ledger(clock: FakeClock, jobs: Iterable[NewJob] = ()) -> Ledger:
+    """A Ledger over an in-memory journal holding ``jobs`` (queued)."""
+    journal = Journal(":memory:", lock=False)
+    journal.sync(jobs, clock.wall())
+    return Ledger(InlineJournal(journal), clock)
+
+
+def row(ledger: Ledger, job_id: str) -> JobRow:
+    """The job's row as the journal has it now (the inline journal answers at once)."""
+    found = ledger_journal(ledger).get(job_id)
+    assert found is not None
+    return found
+
+
+def ledger_journal(ledger: Ledger) -> Journal:
+    return ledger._j.sync  # the tests' window into the in-memory store
+
+
+def queued_rows(ledger: Ledger) -> list[JobRow]:
+    return ledger_journal(ledger).in_states([JobState.QUEUED])
+
+
+class Recorder:
+    """An event sink that keeps every event; ``kinds()`` and ``of(kind)`` read it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def emitter(self, clock: FakeClock) -> Emitter:
+        return Emitter(self, clock)
+
+    def of(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+
+async def drive(clock: FakeClock, main: Coroutine[Any, Any, T], limit: float = 86_400.0) -> T:
+    """Run ``main`` to its end, jumping the clock to the next deadline whenever all wait."""
+    task = asyncio.ensure_future(main)
+    end = clock.monotonic() + limit
+    while not task.done():
+        await clock.run_until_idle(limit=0)  # let runnable tasks act first
+        if task.done():
+            break
+        deadline = clock.next_deadline()
+        if deadline is None or deadline > end:
+            # Nobody sleeps on the clock: what is left waits on something else (a stream).
+            for _ in range(50):
+                await asyncio.sleep(0)
+            if task.done() or clock.next_deadline() is not None:
+                continue
+            task.cancel()
+            raise AssertionError("stuck: nothing sleeps on the clock and the stage has not ended")
+        await clock.advance(deadline - clock.monotonic())
+    return task.result()
