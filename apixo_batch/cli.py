@@ -55,19 +55,20 @@ class _Parser(argparse.ArgumentParser):
 def _add_limits(p: argparse.ArgumentParser) -> None:
     # Here, not at the top: importing the limits imports asyncio, and until main() has
     # installed its SIGTERM handler every millisecond of start-up is a window.
+    from .defaults import MAX_CONCURRENT, RPM
     from .limits import MAX_CONCURRENT_CAP, RPM_CAP
 
     p.add_argument(
         "--max-concurrent",
         type=_bounded_int("--max-concurrent", 1, MAX_CONCURRENT_CAP),
-        default=900,
-        help="tasks in flight at once (at most 999; default 900)",
+        default=MAX_CONCURRENT,
+        help=f"tasks in flight at once (at most {MAX_CONCURRENT_CAP}; default {MAX_CONCURRENT})",
     )
     p.add_argument(
         "--rpm",
         type=_bounded_int("--rpm", 1, RPM_CAP),
-        default=9_000,
-        help="API requests per minute (at most 9,999; default 9,000)",
+        default=RPM,
+        help=f"API requests per minute (at most {RPM_CAP:,}; default {RPM:,})",
     )
 
 
@@ -79,9 +80,11 @@ def _add_api(p: argparse.ArgumentParser) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from .defaults import STATE_FILE  # here, not at the top: see _add_limits
+
     p.add_argument("jobfile", help="the campaign's job file (YAML)")
     p.add_argument("--out", default=None, help="output folder (overrides the job file)")
-    p.add_argument("--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)")
+    p.add_argument("--state", default=None, help=f"journal path (default <out>/{STATE_FILE})")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
     p.add_argument(
@@ -96,6 +99,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .defaults import MAX_WAIT_MIN  # here, not at the top: see _add_limits
+
     parser = _Parser(
         prog="apixo-batch",
         description="Turn a job file of video generations into MP4 files through APIXO.",
@@ -120,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-wait",
         type=_positive_float("--max-wait"),
-        default=30.0,
+        default=MAX_WAIT_MIN,
         help="minutes to follow one task in this run before leaving it pending",
     )
     run.add_argument(
@@ -142,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "--max-wait",
         type=_positive_float("--max-wait"),
-        default=30.0,
+        default=MAX_WAIT_MIN,
         help="minutes to follow tasks still running",
     )
 

@@ -22,12 +22,8 @@ without it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import re
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,10 +35,11 @@ from yarl import URL
 from .clock import Clock
 from .defaults import DOWNLOAD_BACKOFF
 from .errors import DownloadError, IntegrityError, ResultExpired
+from .partfile import PartFile, ftyp_problem
 from .retry import Backoff, parse_retry_after
 
 if TYPE_CHECKING:
-    from hashlib import _Hash
+    pass
 
 __all__ = ["Downloaded", "download_file"]
 
@@ -53,11 +50,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=60.0)
 _EXPIRED = frozenset({403, 404, 410})
 _RETRY_STATUSES = frozenset({408, 425, 429})
-# An ftyp box holds at least a major brand and a minor version; real ones are
-# a few dozen bytes. Anything outside this is not the start of an MP4.
-_FTYP_MIN, _FTYP_MAX = 16, 4096
-_HEAD = 8
-_WRITEBACK_EVERY = 8 << 20
+
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
 _QUERY = re.compile(r"\?[^\s'\"<>]*")
 
@@ -134,7 +127,7 @@ async def _download(
     fresh: bool,
 ) -> Downloaded:
     path = dest.with_name(dest.name + ".part")
-    part = _Part.fresh(path, chunk_size) if fresh else await _Part.open(path, chunk_size)
+    part = PartFile.fresh(path, chunk_size) if fresh else await PartFile.open(path, chunk_size)
     transfer = _Transfer(session, url, part, chunk_size)
     try:
         failures = 0
@@ -172,7 +165,7 @@ class _Transfer:
     """One URL's HTTP side: requests, status handling, Range bookkeeping."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, part: _Part, chunk_size: int
+        self, session: aiohttp.ClientSession, url: str, part: PartFile, chunk_size: int
     ) -> None:
         self.session = session
         self.url = url
@@ -287,7 +280,7 @@ class _Transfer:
         size = self.part.size
         if self.total is not None and size != self.total:
             raise IntegrityError(f"{self.where}: got {size} bytes, expected {self.total}")
-        problem = _ftyp_problem(self.part.head, size)
+        problem = ftyp_problem(self.part.head, size)
         if problem:
             raise IntegrityError(f"{self.where}: {problem}")
 
@@ -296,218 +289,6 @@ async def _settle(writing: asyncio.Future[None] | None) -> None:
     """Wait until a write in flight has finished, whatever its outcome."""
     if writing is not None and not writing.done():
         await asyncio.wait([writing])
-
-
-class _Part:
-    """The ``.part`` file, the bytes not yet in it, its running SHA-256 and its first bytes.
-
-    ``size`` counts every byte received (on disk, being written, or still
-    buffered); the event loop adds pieces, worker threads write and hash
-    them. A fresh part creates its file only when the first batch is written
-    (truncating whatever was there), mkdir included.
-    """
-
-    def __init__(
-        self, path: Path, chunk_size: int, fd: int | None, size: int, hasher: _Hash, head: bytes
-    ) -> None:
-        self.path = path
-        self.size = size
-        self.head = head
-        self._chunk_size = chunk_size
-        self._fd = fd
-        self._hasher = hasher
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._written = size  # bytes in the file, all hashed
-        self._advised = size
-        # Batches are written from a worker thread; closing must never race a write
-        # (a closed descriptor's number may already belong to another file).
-        self._lock = threading.Lock()
-        self._sealed = False  # committed or closed: no more writes
-        self._broken = False  # a write failed: the file may end mid-batch
-
-    @classmethod
-    def fresh(cls, path: Path, chunk_size: int) -> _Part:
-        """A part with nothing on disk yet (no I/O)."""
-        return cls(path, chunk_size, None, 0, hashlib.sha256(), b"")
-
-    @classmethod
-    async def open(cls, path: Path, chunk_size: int) -> _Part:
-        """Open (creating or continuing) ``path``; an existing one is re-hashed first."""
-        return await asyncio.to_thread(cls._open_sync, path, chunk_size)
-
-    @classmethod
-    def _open_sync(cls, path: Path, chunk_size: int) -> _Part:
-        hasher = hashlib.sha256()
-        size = 0
-        head = b""
-        try:
-            with path.open("rb") as existing:
-                while chunk := existing.read(chunk_size):
-                    hasher.update(chunk)
-                    if len(head) < _HEAD:
-                        head += chunk[: _HEAD - len(head)]
-                    size += len(chunk)
-        except FileNotFoundError:
-            pass
-        if size and len(head) >= _HEAD and _ftyp_problem(head, None):
-            # Left by an earlier run but not the start of an MP4: not worth resuming.
-            hasher, size, head = hashlib.sha256(), 0, b""
-        fd = _open_creating(path, os.O_RDWR | os.O_CREAT)
-        try:
-            os.ftruncate(fd, size)
-            os.lseek(fd, size, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, chunk_size, fd, size, hasher, head)
-
-    @property
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-    def add(self, piece: bytes, where: Callable[[], str]) -> bool:
-        """Buffer a piece (event loop); True once a batch is ready for :meth:`take`.
-
-        The ftyp box is checked as soon as its first bytes are here, before
-        anything is written.
-        """
-        if len(self.head) < _HEAD:
-            self.head += piece[: _HEAD - len(self.head)]
-            problem = _ftyp_problem(self.head, None) if len(self.head) == _HEAD else None
-            if problem:
-                raise IntegrityError(f"{where()}: {problem}")
-        self._pending.append(piece)
-        self._pending_bytes += len(piece)
-        self.size += len(piece)
-        return self._pending_bytes >= self._chunk_size
-
-    def take(self) -> list[bytes]:
-        """The buffered pieces, for :meth:`write` (event loop)."""
-        batch, self._pending, self._pending_bytes = self._pending, [], 0
-        return batch
-
-    def write(self, pieces: list[bytes]) -> None:
-        """Write and hash a batch, creating the file if it is not there yet (blocking)."""
-        with self._lock:
-            if self._sealed:
-                raise RuntimeError("the .part file is closed")
-            fd = self._fd if self._fd is not None else self._create()
-            self._write(fd, pieces)
-            if self._written - self._advised >= _WRITEBACK_EVERY:
-                self._start_writeback(fd)
-
-    def commit(self, dest: Path) -> None:
-        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking)."""
-        with self._lock:
-            if self._sealed:
-                raise RuntimeError("the .part file is closed")
-            self._sealed = True
-            pieces = self.take()
-            fd = self._fd if self._fd is not None else self._create()
-            try:
-                self._write(fd, pieces)
-                if self._written != self.size:
-                    raise RuntimeError(f"{self._written} bytes written of {self.size}")
-                os.fsync(fd)
-            finally:
-                self._fd = None
-                os.close(fd)
-        os.replace(self.path, dest)
-        _fsync_dir(dest.parent)
-
-    def _create(self) -> int:
-        # Lock held. A fresh part's file: whatever an earlier run left is overwritten.
-        self._fd = _open_creating(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        return self._fd
-
-    def _write(self, fd: int, pieces: list[bytes]) -> None:
-        # Lock held. Bytes counted and hashed are bytes in the file, in order.
-        try:
-            for piece in pieces:
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view) :]
-                self._hasher.update(piece)
-                self._written += len(piece)
-        except BaseException:
-            self._broken = True
-            raise
-
-    def _start_writeback(self, fd: int) -> None:
-        # Ask the kernel to start writing what we have (and not to keep it
-        # cached): the fsync at the end then has little left to wait for.
-        if not hasattr(os, "posix_fadvise"):
-            return
-        try:
-            os.posix_fadvise(
-                fd, self._advised, self._written - self._advised, os.POSIX_FADV_DONTNEED
-            )
-        except OSError:
-            pass
-        self._advised = self._written
-
-    def reset(self) -> None:
-        """Start over from byte zero (event loop, no write in flight)."""
-        with self._lock:
-            if self._fd is not None:
-                os.ftruncate(self._fd, 0)
-                os.lseek(self._fd, 0, os.SEEK_SET)
-            self.take()
-            self._hasher = hashlib.sha256()
-            self.size = self._written = self._advised = 0
-            self.head = b""
-
-    def discard(self) -> None:
-        """Close and delete: the bytes are worthless (URL gone, not the promised file)."""
-        with self._lock:
-            self._sealed = True
-            self.take()
-            self._close()
-        self.path.unlink(missing_ok=True)
-
-    def close_keeping_bytes(self) -> None:
-        """Land what is buffered and close, keeping it for a later resume.
-
-        An empty file helps nobody: it is deleted (as is a ``.part`` left by
-        an earlier run that a fresh part never got to overwrite).
-        """
-        with self._lock:
-            if self._sealed:
-                return  # committed (or committing) already
-            self._sealed = True
-            pieces = self.take()
-            try:
-                if pieces and not self._broken:
-                    self._write(self._fd if self._fd is not None else self._create(), pieces)
-            except OSError as exc:
-                # Keep the caller's exception; what is on disk is still a prefix.
-                log.debug("cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc)
-            finally:
-                self._close()
-            empty = self._written == 0
-        if empty:
-            self.path.unlink(missing_ok=True)
-
-    def _close(self) -> None:
-        # Lock held.
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def _ftyp_problem(head: bytes, size: int | None) -> str | None:
-    """Why ``head`` is not the start of an MP4, or None when it is."""
-    if len(head) < _HEAD:
-        return "empty body" if not head else f"only {len(head)} bytes: not an MP4"
-    if head[4:8] != b"ftyp":
-        return "not an MP4 (no 'ftyp' box at the start)"
-    box = int.from_bytes(head[:4], "big")
-    if not _FTYP_MIN <= box <= _FTYP_MAX:
-        return f"not an MP4 (implausible 'ftyp' box size {box})"
-    if size is not None and box > size:
-        return f"only {size} bytes: shorter than its own 'ftyp' box"
-    return None
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -538,27 +319,3 @@ def _refuse_credentials(session: aiohttp.ClientSession) -> None:
             "the download session carries credentials; result files must be "
             "fetched without the API key (use a separate session)"
         )
-
-
-def _open_creating(path: Path, flags: int) -> int:
-    """``os.open`` with O_CREAT, making missing parent folders first (blocking)."""
-    try:
-        return os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        # Cheaper than a mkdir before every file: folders are usually there already.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o666)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; not every platform or filesystem allows it.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

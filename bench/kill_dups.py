@@ -112,7 +112,7 @@ def main() -> int:
             f"(max {r.final['max_submits_per_input']} per input), flagged possibly_duplicated "
             f"{r.summary.get('possibly_duplicated', '-')}; second run exit {r.code}, "
             f"{r.final['submits_accepted']} submits for {r.final['distinct_inputs']} inputs"
-            + ("" if ok else f"  FAILED {r.error}")
+            + ("" if ok else f"  FAILED {r.error} counts {r.summary.get('counts')}")
         )
     print(
         f"total: {dups} duplicate submits, {flagged} flagged possibly_duplicated "

@@ -153,9 +153,9 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
 
     async def counting(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         name = getattr(func, "__qualname__", "")
-        if name.startswith("_Part."):
-            record.calls.append(name.removeprefix("_Part."))
-            if name == "_Part.write":
+        if name.startswith("PartFile."):
+            record.calls.append(name.removeprefix("PartFile."))
+            if name == "PartFile.write":
                 record.batches.append(sum(len(piece) for piece in args[0]))
         return await real(func, *args, **kwargs)
 
