@@ -557,3 +557,54 @@ def test_client_repr_hides_key() -> None:
     assert KEY not in repr(api)
     assert KEY not in str(api)
     assert BASE in repr(api)
+
+
+# --- the request bucket, inside the client --------------------------------------------
+
+
+async def test_every_call_passes_the_clients_one_bucket(mock_api: aioresponses) -> None:
+    """Submit, status and balance each take one grant of the bucket the client was given,
+    in priority order when they queue; request counts are read from it."""
+    from apixo_batch.clock import FakeClock
+    from apixo_batch.limits import RequestBucket
+
+    bucket = RequestBucket(600, FakeClock(), burst=5)
+    mock_api.post(SUBMIT_URL, payload=SUBMIT_OK)
+    mock_api.get(STATUS_URL, payload=_status_body({"taskId": "task_12345678", "state": "pending"}))
+    mock_api.get(BALANCE_URL, payload=BALANCE_OK)
+    async with ApixoClient(ApiKey(KEY), BASE, bucket=bucket) as api:
+        await api.submit(MODEL, T2V_INPUT)
+        await api.status(MODEL, "task_12345678")
+        await api.balance()
+    assert bucket.statistics().granted == 3
+
+
+async def test_a_429_slows_the_bucket_before_it_is_raised(mock_api: aioresponses) -> None:
+    """The client tells its bucket about a 429 (pause for Retry-After x time scale)."""
+    from apixo_batch.clock import FakeClock
+    from apixo_batch.limits import RequestBucket
+
+    bucket = RequestBucket(600, FakeClock(), time_scale=0.5)
+    body = {"code": 429, "message": "Rate limit exceeded", "data": None}
+    mock_api.get(BALANCE_URL, status=429, payload=body, headers={"Retry-After": "8"})
+    async with ApixoClient(ApiKey(KEY), BASE, bucket=bucket) as api:
+        with pytest.raises(RateLimited):
+            await api.balance()
+    stats = bucket.statistics()
+    assert stats.rate_limited == 1 and stats.paused_for == pytest.approx(4.0)
+
+
+async def test_before_send_can_keep_a_submit_from_leaving(mock_api: aioresponses) -> None:
+    """A before_send hook that raises means nothing is sent (the grant is spent)."""
+
+    class Stopped(Exception):
+        pass
+
+    async def refuse() -> None:
+        raise Stopped
+
+    mock_api.post(SUBMIT_URL, payload=SUBMIT_OK)
+    async with ApixoClient(ApiKey(KEY), BASE) as api:
+        with pytest.raises(Stopped):
+            await api.submit(MODEL, T2V_INPUT, before_send=refuse)
+    assert _calls(mock_api, "POST", SUBMIT_URL) == []

@@ -28,7 +28,7 @@ from ..client import ApixoClient, TaskStatus
 from ..clock import Clock, wait_until
 from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
-from ..journal import JobRow, Ledger
+from ..journal import JobRow, JobState, Ledger
 from ..limits import ConcurrencyLimit
 from ..receiver import HandlerResult
 from ..scheduler import CompletionModel, PollScheduler, Tracked
@@ -39,7 +39,6 @@ from .submitter import Submitted
 
 __all__ = ["Follower", "clock_key"]
 
-S_SUBMITTED = "submitted"
 #: consecutive 404s to a status call before a task counts as gone
 NOT_FOUND_GIVE_UP = 5
 #: unscaled seconds between two rounds of polls: the scheduler wakes at most once per
@@ -256,7 +255,7 @@ class Follower:
         if t is None:
             row = await self._ledger.by_task(status.task_id)
             under_way = self._submits_under_way() > 0
-            if row is not None and not (under_way and row.state.value == S_SUBMITTED):
+            if row is not None and not (under_way and row.state is JobState.SUBMITTED):
                 return "duplicate"  # already settled (or left pending): nothing to do
             if not under_way:
                 return "unknown"
