@@ -1,8 +1,9 @@
 """Admission: queued jobs become permits to submit, in the order jobs should start.
 
 Meters compose, aiometer-style: each job passes every meter in turn, and a
-meter may let it through, skip it, or end admission. The budget meter holds
-the estimated spend; the slot meter holds the concurrency permit, which
+meter may let it through, skip it, or end admission (what earlier meters
+granted it is then given back). The budget meter holds the estimated spend;
+the slot meter, always last, holds the concurrency permit, which
 travels with the job through the submitter to the follower, who releases it
 when the task ends (or strands it when the task is left running past
 ``--max-wait``). Admission ends when its rows run out, when a meter ends it,
@@ -12,9 +13,9 @@ stream ends the submitter.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from anyio.abc import ObjectSendStream
 
@@ -23,7 +24,7 @@ from ..journal import JobRow
 from ..limits import ConcurrencyLimit, SlotsClosed, SlotsStranded
 from .stop import Level, Stop, StopKind, Stops
 
-__all__ = ["Admission", "Admitted", "BudgetMeter", "Permit", "Verdict"]
+__all__ = ["Admission", "Admitted", "BudgetMeter", "Meter", "Permit", "SlotMeter", "Verdict"]
 
 
 class Permit:
@@ -56,10 +57,31 @@ class Admitted:
     permit: Permit
 
 
-class Verdict(enum.Enum):
-    ADMIT = "admit"
-    SKIP = "skip"  # this job may not start, later ones may
-    END = "end"  # no job starts any more
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A meter's answer for one job: let it through, skip it, or end admission."""
+
+    kind: Literal["admit", "skip", "end"]
+    #: why admission ends (with ``end``); None: it ends because the run stops anyway
+    stop: Stop | None = None
+    #: say so with a "stopped" event
+    announce: bool = False
+
+
+ADMIT = Verdict("admit")
+SKIP = Verdict("skip")
+
+
+class Meter(Protocol):
+    """One limit on starting jobs (aiometer's meters): asked for every job, in order."""
+
+    async def admit(self, row: JobRow) -> Verdict:
+        """May ``row`` start? May wait (for a slot); takes what it grants."""
+        ...
+
+    def undo(self, row: JobRow) -> None:
+        """Give back what :meth:`admit` granted ``row``: a later meter refused it."""
+        ...
 
 
 class BudgetMeter:
@@ -75,9 +97,9 @@ class BudgetMeter:
         self._emit = emit
         self._unknown = 0
 
-    def check(self, row: JobRow) -> tuple[Verdict, str | None]:
+    async def admit(self, row: JobRow) -> Verdict:
         if self.budget is None:
-            return Verdict.ADMIT, None
+            return ADMIT
         if row.cost_usd is None:
             self._unknown += 1
             if self._unknown == 1:
@@ -86,36 +108,68 @@ class BudgetMeter:
                     message="jobs of unknown price are not submitted under "
                     "--budget (add their price to the job file's prices:)",
                 )
-            return Verdict.SKIP, None
+            return SKIP
         if self.committed + row.cost_usd > self.budget + 1e-9:
             # Only admission stops: submits already admitted fit the budget.
-            return Verdict.END, (
+            reason = (
                 f"--budget ${self.budget:.2f} reached (estimated spend "
                 f"${self.committed:.2f}); the remaining jobs stay pending"
             )
+            return Verdict("end", Stop(StopKind.BUDGET, reason), announce=True)
         self.committed += row.cost_usd
-        return Verdict.ADMIT, None
+        return ADMIT
+
+    def undo(self, row: JobRow) -> None:
+        if self.budget is not None and row.cost_usd is not None:
+            self.committed -= row.cost_usd
+
+
+class SlotMeter:
+    """A concurrency slot per job: waits for one; ends admission once none can come."""
+
+    def __init__(self, slots: ConcurrencyLimit) -> None:
+        self.slots = slots
+
+    async def admit(self, row: JobRow) -> Verdict:
+        try:
+            await self.slots.acquire()
+        except SlotsStranded:
+            reason = "tasks past --max-wait hold every concurrency slot"
+            return Verdict("end", Stop(StopKind.STRANDED, reason))
+        except SlotsClosed:
+            return Verdict("end")
+        return ADMIT
+
+    def undo(self, row: JobRow) -> None:
+        self.slots.release()
+
+    def permit(self) -> Permit:
+        """The slot just granted, as the permit that travels with the job."""
+        return Permit(self.slots)
 
 
 class Admission:
-    """Turns ``rows`` (in start order) into :class:`Admitted` jobs on ``out``."""
+    """Turns ``rows`` (in start order) into :class:`Admitted` jobs on ``out``.
+
+    Every job passes each of ``meters`` in turn, then the slot meter, whose permit
+    travels with it."""
 
     def __init__(
         self,
         rows: AsyncIterator[JobRow],
         *,
-        budget: BudgetMeter,
-        slots: ConcurrencyLimit,
+        meters: Sequence[Meter],
+        slots: SlotMeter,
         stops: Stops,
         emit: Emitter,
     ) -> None:
         self._rows = rows
-        self.budget = budget
+        self._meters = [*meters, slots]
         self._slots = slots
         self._stops = stops
         self._emit = emit
         # A stop closes the slots: a wait for one ends at once, and no more are taken.
-        stops.on(Level.ADMISSION, slots.close)
+        stops.on(Level.ADMISSION, slots.slots.close)
 
     async def run(self, out: ObjectSendStream[Admitted]) -> None:
         async with out:
@@ -130,26 +184,22 @@ class Admission:
 
     async def _admit(self, row: JobRow, out: ObjectSendStream[Admitted]) -> bool:
         """Send ``row`` on, skip it, or end admission (False)."""
-        if self._stops.reached(Level.ADMISSION):
+        for n, meter in enumerate(self._meters):
+            if self._stops.reached(Level.ADMISSION):
+                verdict = Verdict("end")
+            else:
+                verdict = await meter.admit(row)
+            if verdict.kind == "admit":
+                continue
+            for granted in reversed(self._meters[:n]):
+                granted.undo(row)
+            if verdict.kind == "skip":
+                return True
+            if verdict.stop is not None:
+                if self._stops.request(verdict.stop) and verdict.announce:
+                    self._emit("stopped", reason=verdict.stop.reason)
             return False
-        verdict, reason = self.budget.check(row)
-        if verdict is Verdict.SKIP:
-            return True
-        if verdict is Verdict.END:
-            assert reason is not None
-            if self._stops.request(Stop(StopKind.BUDGET, reason)):
-                self._emit("stopped", reason=reason)
-            return False
-        try:
-            await self._slots.acquire()
-        except SlotsStranded:
-            self._stops.request(
-                Stop(StopKind.STRANDED, "tasks past --max-wait hold every concurrency slot")
-            )
-            return False
-        except SlotsClosed:
-            return False
-        permit = Permit(self._slots)
+        permit = self._slots.permit()
         try:
             await out.send(Admitted(row, permit))
         except BaseException:

@@ -41,7 +41,7 @@ from ..limits import ConcurrencyLimit, RequestBucket
 from ..receiver import CallbackReceiver, callback_url_with_token, new_token
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
-from .admission import Admission, Admitted, BudgetMeter
+from .admission import Admission, Admitted, BudgetMeter, SlotMeter
 from .follower import Follower
 from .lander import Fetch, Lander
 from .options import RunOptions, RunResult, summary_dict
@@ -298,8 +298,8 @@ class Supervisor:
             if submit and self._submitter is not None:
                 admission = Admission(
                     ledger.rows(S.QUEUED, page=ADMIT_PAGE, file_only=True),
-                    budget=BudgetMeter(self.options.budget, self._spent_before, self._emit),
-                    slots=self.slots,
+                    meters=[BudgetMeter(self.options.budget, self._spent_before, self._emit)],
+                    slots=SlotMeter(self.slots),
                     stops=self.stops,
                     emit=self._emit,
                 )
