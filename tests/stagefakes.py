@@ -6,6 +6,8 @@
   operations run inline (no thread: every answer is there at a known turn).
 * :func:`drive`: runs a coroutine to its end, jumping the clock whenever every task
   waits, so a test "waits" minutes in milliseconds and then asserts on counters.
+* :func:`submitted_row`, :func:`succeeded_row`: a job journaled as the submitter, or
+  the follower, leaves it (for the stages downstream).
 """
 
 from __future__ import annotations
@@ -147,6 +149,34 @@ def ledger_journal(ledger: Ledger) -> Journal:
 
 def queued_rows(ledger: Ledger) -> list[JobRow]:
     return ledger_journal(ledger).in_states([JobState.QUEUED])
+
+
+async def submitted_row(
+    ledger: Ledger, job_id: str, task_id: str, *, request_type: str = "async"
+) -> JobRow:
+    """Journal ``job_id`` as the submitter does (``submitting``, then its task id)."""
+    await ledger.mark_submitting(job_id, 1)
+    await ledger.record_task_id(job_id, task_id, request_type, False)
+    return row(ledger, job_id)
+
+
+async def succeeded_row(
+    ledger: Ledger, clock: FakeClock, job_id: str, urls: Iterable[str]
+) -> JobRow:
+    """Journal ``job_id`` as the follower leaves a success: ``succeeded`` with ``urls``."""
+    await submitted_row(ledger, job_id, f"task-of-{job_id}")
+    now = clock.wall()
+    await ledger.record_success(
+        job_id,
+        result_urls=tuple(urls),
+        completed_at=now,
+        expires_at=now + 86_400.0,
+        cost_time_ms=None,
+        via="poll",
+        clock_key="kling-2-6:5:",
+        seconds=30.0,
+    )
+    return row(ledger, job_id)
 
 
 class Recorder:

@@ -34,9 +34,7 @@ async def _run(sim: Any, tmp_path: Path, *, prompt: str = "", **options: Any) ->
     return await asyncio.wait_for(run, timeout=30)
 
 
-async def test_a_busy_run_ends_when_its_last_download_lands(
-    simulator, tmp_path: Path
-) -> None:
+async def test_a_busy_run_ends_when_its_last_download_lands(simulator, tmp_path: Path) -> None:
     sim = await simulator(time_scale=0.01)
     result = await _run(sim, tmp_path)
     assert result.exit_code == ExitCode.OK
@@ -64,9 +62,7 @@ async def test_a_busy_run_ends_without_a_download(
     assert result.counts[end_state] == JOBS
 
 
-async def test_a_busy_run_ends_when_the_key_is_revoked(
-    simulator, tmp_path: Path
-) -> None:
+async def test_a_busy_run_ends_when_the_key_is_revoked(simulator, tmp_path: Path) -> None:
     sim = await simulator(time_scale=0.01, duration_override_s=(3.0, 3.0))
     submitted: list[str | None] = []
 

@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..catalog import RESULT_TTL_S, get_model
@@ -255,8 +256,13 @@ class Follower:
         if t is None:
             row = await self._ledger.by_task(status.task_id)
             under_way = self._submits_under_way() > 0
-            if row is not None and not (under_way and row.state is JobState.SUBMITTED):
-                return "duplicate"  # already settled (or left pending): nothing to do
+            if row is not None:
+                # Journaled but not followed: settled already, left pending, or its task
+                # id is still on its way here (a submit, or the stream from the submitter).
+                on_its_way = row.state is JobState.SUBMITTED and (under_way or self._input_open)
+                if not (on_its_way and status.finished):
+                    return "duplicate"
+                return await self._hold_early(status)
             if not under_way:
                 return "unknown"
             if not status.finished:
@@ -341,4 +347,10 @@ class Follower:
         # The slot first: the next submit need not wait for the hand-over to the lander.
         self._permits.pop(t.task_id).release()
         assert self._out is not None
-        await self._out.send(Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True))
+        fetch = Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True)
+        try:
+            await self._out.send(fetch)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # A callback after the follower ended (key refused, interrupt): the result is
+            # journaled `succeeded`, for `download` or the next run.
+            pass

@@ -1,0 +1,143 @@
+"""Why a run stops: the levels stops reach, the reactions they start, the exit code."""
+
+from __future__ import annotations
+
+import pytest
+
+from apixo_batch.exitcodes import ExitCode
+from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
+
+BUDGET = Stop(StopKind.BUDGET, "--budget $1.00 reached")
+STRANDED = Stop(StopKind.STRANDED, "tasks past --max-wait hold every concurrency slot")
+FATAL = Stop(StopKind.FATAL, "the API refused a submit: 402", fatal="APIXO 402: no credits")
+REFUSED = Stop(StopKind.REFUSED, "the balance does not cover the jobs")
+KEY_REFUSED = Stop(StopKind.KEY_REFUSED, "the API refused a poll: 401", fatal="APIXO 401: key")
+INTERRUPTED = Stop(StopKind.INTERRUPTED, "interrupted")
+
+
+def _counter(stops: Stops, level: Level, calls: list[Level]) -> None:
+    stops.on(level, lambda: calls.append(level))
+
+
+def test_a_reaction_runs_once_when_its_level_is_first_reached() -> None:
+    """Each reaction runs at the first stop reaching its level, and never again."""
+    stops = Stops()
+    calls: list[Level] = []
+    for level in Level:
+        _counter(stops, level, calls)
+    stops.request(BUDGET)
+    assert calls == [Level.ADMISSION]
+    stops.request(STRANDED)  # the same level again: nothing new
+    assert calls == [Level.ADMISSION]
+    stops.request(KEY_REFUSED)  # skips SUBMITS on its way to FOLLOW: both react, in order
+    assert calls == [Level.ADMISSION, Level.SUBMITS, Level.FOLLOW]
+    stops.request(FATAL)  # below the level reached: nothing
+    stops.request(INTERRUPTED)
+    stops.request(INTERRUPTED)
+    assert calls == [Level.ADMISSION, Level.SUBMITS, Level.FOLLOW, Level.ALL]
+
+
+def test_a_reaction_registered_after_its_level_runs_at_once() -> None:
+    """Registered once its level is reached: it runs at once; above it: it waits."""
+    stops = Stops()
+    stops.request(FATAL)
+    calls: list[Level] = []
+    _counter(stops, Level.ADMISSION, calls)
+    _counter(stops, Level.SUBMITS, calls)
+    assert calls == [Level.ADMISSION, Level.SUBMITS]
+    _counter(stops, Level.FOLLOW, calls)
+    assert calls == [Level.ADMISSION, Level.SUBMITS]
+    stops.request(KEY_REFUSED)
+    stops.request(INTERRUPTED)
+    assert calls == [Level.ADMISSION, Level.SUBMITS, Level.FOLLOW]
+
+
+def test_request_is_true_only_when_a_new_level_is_reached() -> None:
+    """request() says whether the stop went further than every stop before it."""
+    stops = Stops()
+    answers = [stops.request(s) for s in (BUDGET, STRANDED, FATAL, REFUSED, BUDGET, INTERRUPTED)]
+    assert answers == [True, False, True, False, False, True]
+    assert stops.request(KEY_REFUSED) is False  # ALL is above FOLLOW
+    # Every stop is kept, in the order it came, whatever the answer.
+    assert [s.kind for s in stops.all] == [
+        StopKind.BUDGET,
+        StopKind.STRANDED,
+        StopKind.FATAL,
+        StopKind.REFUSED,
+        StopKind.BUDGET,
+        StopKind.INTERRUPTED,
+        StopKind.KEY_REFUSED,
+    ]
+
+
+def test_reached_follows_the_highest_level() -> None:
+    """reached(level) holds for every level up to the highest a stop reached."""
+    stops = Stops()
+    assert not any(stops.reached(level) for level in Level)
+    stops.request(FATAL)
+    assert [stops.reached(level) for level in Level] == [True, True, False, False]
+    stops.request(BUDGET)
+    assert not stops.reached(Level.FOLLOW)
+
+
+@pytest.mark.parametrize("order", [(FATAL, INTERRUPTED), (INTERRUPTED, FATAL)])
+def test_an_interrupt_exits_130_over_a_fatal_answer(order: tuple[Stop, Stop]) -> None:
+    """Interrupted (130) outranks a fatal answer (3), whichever came first."""
+    stops = Stops()
+    for stop in order:
+        stops.request(stop)
+    assert stops.exit_code(all_done=True) is ExitCode.INTERRUPTED
+    assert stops.exit_code(all_done=False) is ExitCode.INTERRUPTED
+    assert stops.interrupted
+
+
+@pytest.mark.parametrize("stop", [FATAL, REFUSED, KEY_REFUSED])
+def test_a_refusal_exits_3_even_with_every_job_done(stop: Stop) -> None:
+    """A refusal forces 3 over a budget stop, even when every job is done."""
+    stops = Stops()
+    stops.request(BUDGET)
+    stops.request(stop)
+    assert stops.exit_code(all_done=True) is ExitCode.FATAL_API
+    assert not stops.interrupted
+
+
+@pytest.mark.parametrize("stop", [None, BUDGET, STRANDED])
+def test_budget_and_stranded_leave_the_exit_code_to_the_jobs(stop: Stop | None) -> None:
+    """No stop, a budget or stranded slots: 0 when every job is done, 1 otherwise."""
+    stops = Stops()
+    if stop is not None:
+        stops.request(stop)
+    assert stops.exit_code(all_done=True) is ExitCode.OK
+    assert stops.exit_code(all_done=False) is ExitCode.FAILED_JOBS
+    assert (ExitCode.OK, ExitCode.FAILED_JOBS) == (0, 1)
+
+
+def test_reason_prefers_a_refusal_over_the_budget() -> None:
+    """The budget came first, the refusal later: the refusal is the reason told."""
+    stops = Stops()
+    assert stops.reason is None
+    stops.request(BUDGET)
+    assert stops.reason == BUDGET.reason
+    stops.request(FATAL)
+    stops.request(KEY_REFUSED)
+    assert stops.reason == FATAL.reason  # the first refusal
+
+
+def test_an_interrupt_is_no_reason_to_stop_submitting() -> None:
+    """An interrupt is not told as the reason; a later stranded stop is."""
+    stops = Stops()
+    stops.request(INTERRUPTED)
+    assert stops.reason is None
+    stops.request(STRANDED)
+    assert stops.reason == STRANDED.reason
+
+
+def test_fatal_is_the_first_api_refusal() -> None:
+    """``fatal`` is the API's words of the first stop that carries them."""
+    stops = Stops()
+    stops.request(BUDGET)
+    stops.request(REFUSED)  # a refusal of our own (pre-flight): no API words
+    assert stops.fatal is None
+    stops.request(FATAL)
+    stops.request(KEY_REFUSED)
+    assert stops.fatal == "APIXO 402: no credits"
