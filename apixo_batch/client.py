@@ -176,6 +176,7 @@ class ApixoClient:
         await self.bucket.acquire(priority)
         if before_send is not None:
             await before_send()  # may raise: then nothing is sent
+        self.bucket.sent()
         try:
             return await self._send(method, url, endpoint=endpoint, body=body)
         except RateLimited as exc:

@@ -93,6 +93,8 @@ class BucketStats:
     rpm: int
     effective_rpm: float
     granted: int
+    #: requests that left (a grant whose caller then stopped sends nothing)
+    sent: int
     waiting: int
     rate_limited: int
     paused_for: float
@@ -131,6 +133,7 @@ class RequestBucket:
         self._busy = False
         self._paused_until = 0.0
         self._granted = 0
+        self._sent = 0
         self._rate_limited = 0
         self._recover_at = 0.0
         # grants per whole second over the last few seconds, for utilization()
@@ -184,6 +187,10 @@ class RequestBucket:
 
     def release(self) -> None:
         """Requests are spent, not returned: nothing to do."""
+
+    def sent(self) -> None:
+        """A granted request left (the client calls this): what request counts read."""
+        self._sent += 1
 
     def rate_limited(self, retry_after: float | None, time_scale: float | None = None) -> None:
         """A 429 came back: pause everyone, and drip slower for a while (AIMD)."""
@@ -243,6 +250,7 @@ class RequestBucket:
             rpm=self.rpm,
             effective_rpm=self.rate_per_s * 60.0,
             granted=self._granted,
+            sent=self._sent,
             waiting=len(self._waiters),
             rate_limited=self._rate_limited,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
@@ -345,6 +353,10 @@ class ConcurrencyLimit:
                 self._take()
                 fut.set_result(None)
                 return
+        # Adopted tasks may hold more than the limit: one ending can leave only
+        # stranded permits behind, and then the waiters must be told.
+        if self._waiters and self._hopeless():
+            self._fail_waiters(SlotsStranded())
 
     @property
     def in_flight(self) -> int:

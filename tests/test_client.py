@@ -576,7 +576,7 @@ async def test_every_call_passes_the_clients_one_bucket(mock_api: aioresponses) 
         await api.submit(MODEL, T2V_INPUT)
         await api.status(MODEL, "task_12345678")
         await api.balance()
-    assert bucket.statistics().granted == 3
+    assert bucket.statistics().granted == bucket.statistics().sent == 3
 
 
 async def test_a_429_slows_the_bucket_before_it_is_raised(mock_api: aioresponses) -> None:
@@ -608,3 +608,4 @@ async def test_before_send_can_keep_a_submit_from_leaving(mock_api: aioresponses
         with pytest.raises(Stopped):
             await api.submit(MODEL, T2V_INPUT, before_send=refuse)
     assert _calls(mock_api, "POST", SUBMIT_URL) == []
+    assert (api.bucket.statistics().granted, api.bucket.statistics().sent) == (1, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -370,3 +371,71 @@ async def test_a_callback_after_the_key_was_refused_is_answered_cleanly() -> Non
     await clock.advance(100.0)  # the task ends at APIXO, which calls back
     answer = await follower.on_callback(api.answer(r.task_id))
     assert answer in ("accepted", "duplicate")
+
+
+async def test_a_callback_whose_journal_write_fails_is_settled_by_a_later_poll() -> None:
+    """The journal refuses the callback's `succeeded` write (the receiver answers 500): the
+    task stays followed, the next poll settles it, and the follower ends."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, duration=20.0)
+    slots = ConcurrencyLimit(5)
+    follower, _, _ = _follower(api, ledger, clock, slots)
+    r = await _task(api, ledger, "job-0", "callback")
+    assert r.task_id is not None
+    real = ledger.record_success
+    calls = [0]
+
+    def failing_once(job_id: str, **kw: Any) -> asyncio.Future[None]:
+        calls[0] += 1
+        if calls[0] == 1:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_exception(OSError("disk I/O error"))
+            return fut
+        return real(job_id, **kw)
+
+    ledger.record_success = failing_once  # type: ignore[method-assign]
+    tx, rx, out_tx, out_rx = _streams()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follower.run(rx, out_tx))
+            with tx:
+                await tx.send(await _handed(slots, r, clock))
+                await clock.sleep(25.0)
+                with pytest.raises(OSError):
+                    await follower.on_callback(api.answer(r.task_id))
+
+    with out_rx:
+        await drive(clock, main())
+        fetched = [f.id async for f in out_rx]
+    assert calls[0] == 2 and api.polls >= 1 and fetched == ["job-0"]
+    assert row(ledger, "job-0").state is JobState.SUCCEEDED and slots.in_flight == 0
+
+
+async def test_a_callback_for_a_task_left_pending_is_a_duplicate_at_once() -> None:
+    """A task left at --max-wait while submits still run: its callback is not held."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, duration=10_000.0)
+    slots = ConcurrencyLimit(5)
+    follower, _, _ = _follower(api, ledger, clock, slots, max_wait_min=1.0, under_way=lambda: 1)
+    r = await _task(api, ledger, "job-0", "callback")
+    assert r.task_id is not None
+    tx, rx, out_tx, out_rx = _streams()
+
+    async def main() -> str:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follower.run(rx, out_tx))
+            with tx:
+                await tx.send(await _handed(slots, r, clock))
+                await clock.sleep(600.0)  # past --max-wait: left pending
+                assert follower.tracked == 0
+                api.tasks[r.task_id].ends_at = clock.monotonic()
+                started = clock.monotonic()
+                answer = await follower.on_callback(api.answer(r.task_id))
+                assert clock.monotonic() == started
+        return answer
+
+    with out_rx:
+        assert await drive(clock, main()) == "duplicate"

@@ -610,3 +610,23 @@ async def test_bucket_utilization_counts_whole_past_seconds() -> None:
     assert bucket.utilization(window_s=1) == pytest.approx(expected * 10)
     await clock.advance(10.0)
     assert bucket.utilization() == 0.0  # the grants left the window
+
+
+async def test_concurrency_waiters_hear_when_the_last_live_permit_is_released() -> None:
+    """Adopted past the limit, two stranded, then the third task ends: only stranded
+    permits are left, so the waiter is told (SlotsStranded) instead of waiting forever."""
+    from apixo_batch.limits import SlotsStranded
+
+    limit = ConcurrencyLimit(2)
+    for _ in range(3):
+        limit.adopt()
+    limit.strand()
+    limit.strand()
+    waiter = asyncio.ensure_future(limit.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    limit.release()
+    with pytest.raises(SlotsStranded):
+        await waiter
+    with pytest.raises(SlotsStranded):
+        await limit.acquire()

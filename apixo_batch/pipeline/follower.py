@@ -99,6 +99,7 @@ class Follower:
         self._permits: dict[str, Permit] = {}
         self._early: dict[str, tuple[TaskStatus, asyncio.Future[None]]] = {}
         self._seen_running: set[str] = set()
+        self._left: set[str] = set()  # tasks left pending at --max-wait in this run
         self._out: ObjectSendStream[Fetch] | None = None
         self._input_open = True
         self._halted = False
@@ -207,6 +208,7 @@ class Follower:
                 "left pending for the next run or `download`",
             )
             self._permits.pop(t.task_id).strand()
+            self._left.add(t.task_id)
             return True
         try:
             status = await self._client.status(t.model, t.task_id)
@@ -253,8 +255,13 @@ class Follower:
     async def on_callback(self, status: TaskStatus) -> HandlerResult:
         """A callback passed the token check: settle its task, or hold it for its submit."""
         t = self.scheduler.get(status.task_id)
+        row: JobRow | None = None
         if t is None:
+            if status.task_id in self._left:
+                return "duplicate"  # left pending at --max-wait: the next run follows it
             row = await self._ledger.by_task(status.task_id)
+            t = self.scheduler.get(status.task_id)  # it may have arrived meanwhile
+        if t is None:
             under_way = self._submits_under_way() > 0
             if row is not None:
                 # Journaled but not followed: settled already, left pending, or its task
@@ -296,6 +303,15 @@ class Follower:
         if t.settled:
             return False
         t.settled = True
+        try:
+            await self._settle(t, status, via)
+        except BaseException:
+            # Not journaled (the journal failed): a later poll or callback tries again.
+            t.settled = False
+            raise
+        return True
+
+    async def _settle(self, t: Tracked, status: TaskStatus, via: str) -> None:
         self._seen_running.discard(t.job_id)
         if status.state == "success":
             await self._succeeded(t, status, via)
@@ -316,7 +332,6 @@ class Follower:
                 fail_msg=status.fail_msg,
             )
             self._permits.pop(t.task_id).release()
-        return True
 
     async def _succeeded(self, t: Tracked, status: TaskStatus, via: str) -> None:
         now = self._clock.wall()

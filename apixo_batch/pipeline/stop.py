@@ -104,6 +104,12 @@ class Stops:
         return None
 
     @property
+    def submits_stopped_by(self) -> Stop | None:
+        """The first stop that stopped submits for a reason other than an interrupt."""
+        kinds = (StopKind.REFUSED, StopKind.FATAL, StopKind.KEY_REFUSED, StopKind.STRANDED)
+        return next((s for s in self.all if s.kind in kinds), None)
+
+    @property
     def fatal(self) -> str | None:
         return next((s.fatal for s in self.all if s.fatal), None)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -106,8 +106,11 @@ class Submitter:
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds (injected clock) for the submits on the wire."""
         deadline = self._clock.monotonic() + grace
-        while self._sending and self._clock.monotonic() < deadline:
-            await wait_until(self._clock, set(self._sending), deadline)
+        while True:
+            # A task just done is still in the set until its done-callback has run.
+            out: set[asyncio.Future[Any]] = {t for t in self._sending if not t.done()}
+            if not out or not await wait_until(self._clock, out, deadline):
+                return
 
     # -- one submit -------------------------------------------------------
     async def _submit(self, item: Admitted, out: ObjectSendStream[Submitted]) -> None:
@@ -128,15 +131,21 @@ class Submitter:
             await self._hand_back(state, permit)
             return
         except asyncio.CancelledError:
-            if state.recording is None:
+            if state.recording is not None:
+                # The id is paid and its commit queued (it lands even now): say so.
+                self._announce(row, state)
+            elif not state.failed:
                 _observe(self._hand_back(state, permit))
             raise
+        self._announce(row, state)
         now = self._clock.wall()
-        self.submitted += 1
-        self.spent_usd += row.cost_usd or 0.0
-        self._emit("submitted", row.id, task_id=task_id, model=row.model)
         fresh = replace(row, task_id=task_id, submitted_at=now, request_type=self._request_type)
         await out.send(Submitted(fresh, permit, self._clock.monotonic()))
+
+    def _announce(self, row: JobRow, state: _Attempt) -> None:
+        self.submitted += 1
+        self.spent_usd += row.cost_usd or 0.0
+        self._emit("submitted", row.id, task_id=state.task_id, model=row.model)
 
     async def _send_until_answered(self, state: _Attempt, task: asyncio.Task[None]) -> str | None:
         """The task id (its commit queued: ``state.recording``), or None once the job failed.
@@ -184,7 +193,9 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    if self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc))):
+                    first = self._stops.submits_stopped_by is None
+                    self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
+                    if first:
                         self._emit("stopped", reason=reason)
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
@@ -220,6 +231,7 @@ class Submitter:
         # Queued at once and committed even if this task is cancelled (AsyncJournal); a
         # durable write is never held back to gather company.
         state.on_wire = False
+        state.task_id = task_id
         state.recording = self._ledger.record_task_id(
             state.row.id, task_id, self._request_type, state.possibly_duplicated
         )
@@ -237,6 +249,7 @@ class Submitter:
 
     async def _fail(self, state: _Attempt, code: str, message: str) -> None:
         row = state.row
+        state.failed = True  # queued now: a cancel from here on must not hand it back
         await self._ledger.fail_submit(row.id, code, message[:500], state.possibly_duplicated)
         self._emit("failed", row.id, model=row.model, fail_code=code, fail_msg=message[:500])
 
@@ -244,7 +257,16 @@ class Submitter:
 class _Attempt:
     """What one job's submit has been through so far."""
 
-    __slots__ = ("ambiguous", "attempt", "marked", "on_wire", "recording", "row")
+    __slots__ = (
+        "ambiguous",
+        "attempt",
+        "failed",
+        "marked",
+        "on_wire",
+        "recording",
+        "row",
+        "task_id",
+    )
 
     def __init__(self, row: JobRow) -> None:
         self.row = row
@@ -253,6 +275,8 @@ class _Attempt:
         self.marked = False  # `submitting` is (being) journaled
         self.on_wire = False  # a request is out and its answer not read
         self.recording: asyncio.Future[None] | None = None  # the task id's commit
+        self.task_id: str | None = None
+        self.failed = False  # its failure is (being) journaled
 
     @property
     def possibly_duplicated(self) -> bool:

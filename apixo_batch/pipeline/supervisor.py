@@ -121,7 +121,7 @@ class Supervisor:
         busy = self._lander.busy if self._lander else 0
         submitted = self._submitter.spent_usd if self._submitter else 0.0
         return {
-            "requests": bucket.granted,
+            "requests": bucket.sent,
             "rpm_limit": self.options.rpm,
             "rate_limited": bucket.rate_limited,
             "in_flight": slots.in_flight,
@@ -197,8 +197,11 @@ class Supervisor:
                 connector=aiohttp.TCPConnector(limit=self.options.download_concurrency),
             )
             stack.push_async_callback(downloads.close)
-            callback_url = await self._start_receiver(ledger, stack) if needs_api else None
-            self._build(ledger, client, downloads, callback_url)
+            token = await self._callback_token(ledger) if needs_api else None
+            self._build(ledger, client, downloads, token, in_flight)
+            if token is not None:
+                # After the stages exist: a callback for an adopted task finds it followed.
+                await self._listen(token, stack)
             if submit:
                 assert client is not None
                 stop = await preflight(
@@ -215,7 +218,7 @@ class Supervisor:
                 if stop is not None:
                     self.stops.request(stop)
                     return synced
-            await self._pipeline(ledger, in_flight, submit=submit)
+            await self._pipeline(ledger, submit=submit)
         return synced
 
     def _build(
@@ -223,9 +226,13 @@ class Supervisor:
         ledger: Ledger,
         client: ApixoClient | None,
         downloads: aiohttp.ClientSession,
-        callback_url: str | None,
+        token: str | None,
+        in_flight: list[JobRow],
     ) -> None:
         o = self.options
+        callback_url = None
+        if token is not None and o.callback_url:
+            callback_url = callback_url_with_token(o.callback_url, token)
         common = {"clock": self.clock, "stops": self.stops, "emit": self._emit}
         if client is not None:
             self._submitter = Submitter(
@@ -246,6 +253,7 @@ class Supervisor:
                 submits_under_way=lambda: submitter.under_way,
                 **common,  # type: ignore[arg-type]
             )
+            self._follower.adopt(in_flight)
         self._lander = Lander(
             ledger,
             downloads,
@@ -256,9 +264,9 @@ class Supervisor:
             workers=o.download_concurrency,
         )
 
-    async def _pipeline(self, ledger: Ledger, in_flight: list[JobRow], *, submit: bool) -> None:
+    async def _pipeline(self, ledger: Ledger, *, submit: bool) -> None:
         """The stages, until the last one returns or an interrupt has had its grace."""
-        work = asyncio.ensure_future(self._stages(ledger, in_flight, submit=submit))
+        work = asyncio.ensure_future(self._stages(ledger, submit=submit))
         interrupted = asyncio.ensure_future(self._interrupt.wait())
         try:
             await asyncio.wait({work, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -274,7 +282,7 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
 
-    async def _stages(self, ledger: Ledger, in_flight: list[JobRow], *, submit: bool) -> None:
+    async def _stages(self, ledger: Ledger, *, submit: bool) -> None:
         """One task group; each stage closes its output stream as it returns."""
         lander = self._lander
         assert lander is not None
@@ -290,7 +298,6 @@ class Supervisor:
         feeder_tx = fetch_tx.clone()
         async with asyncio.TaskGroup() as tg:
             if self._follower is not None:
-                self._follower.adopt(in_flight)
                 tg.create_task(self._follower.run(submitted_rx, fetch_tx))
             else:
                 submitted_rx.close()
@@ -312,23 +319,28 @@ class Supervisor:
             tg.create_task(lander.feed(feeder_tx))
             tg.create_task(lander.run(fetch_rx))
 
-    async def _start_receiver(self, ledger: Ledger, stack: contextlib.AsyncExitStack) -> str | None:
-        """Listen for callbacks; the token is made once per campaign and kept in the journal.
-
-        Returns the public URL with the token (never printed), or None in polling mode."""
+    async def _callback_token(self, ledger: Ledger) -> str | None:
+        """Callback mode: the campaign's token, made once and kept in the journal."""
         o = self.options
         if not (o.callback_url and o.listen):
             return None
         token = await ledger.callback_token(new_token())
-        host, port = o.listen
         try:
-            url = callback_url_with_token(o.callback_url, token)
+            callback_url_with_token(o.callback_url, token)
+        except ValueError as exc:
+            raise ApixoError(f"callback mode: {exc}") from None
+        return token
+
+    async def _listen(self, token: str, stack: contextlib.AsyncExitStack) -> None:
+        """Start the receiver; it stops when the run's resources close."""
+        assert self.options.listen is not None
+        host, port = self.options.listen
+        try:
             receiver = CallbackReceiver(host, port, token, self._on_callback)
             await receiver.start()
         except (OSError, ValueError) as exc:
             raise ApixoError(f"callback mode: {exc}") from None
         stack.push_async_callback(receiver.stop)
-        return url
 
     async def _on_callback(self, status: Any) -> Any:
         # The receiver starts before the stages are built: deliveries go to the follower.
@@ -363,7 +375,7 @@ class Supervisor:
             counts=counts,
             submitted=self._submitter.submitted if self._submitter else 0,
             possibly_duplicated=totals.possibly_duplicated,
-            requests=bucket.granted,
+            requests=bucket.sent,
             rate_limited=bucket.rate_limited,
             retries=sum(s.retries for s in stages),
             wall_s=self.clock.monotonic() - started,
