@@ -173,14 +173,20 @@ class ApixoClient:
         body: Mapping[str, Any] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        await self.bucket.acquire(priority)
+        ticket = await self.bucket.acquire(priority)
         if before_send is not None:
             await before_send()  # may raise: then nothing is sent
         self.bucket.sent()
         try:
             return await self._send(method, url, endpoint=endpoint, body=body)
         except RateLimited as exc:
-            self.bucket.rate_limited(exc.retry_after)
+            # A submit refused while requests run well under their limit is the account's
+            # slot limit speaking (whatever its message says): the rate is not to blame.
+            says_rate = "rate" in exc.api_message.lower()
+            if endpoint == "submit" and not says_rate and self.bucket.utilization() < 0.5:
+                exc.slots = True
+            if not exc.slots:
+                self.bucket.rate_limited(exc.retry_after, ticket=ticket)
             raise
 
     async def _send(

@@ -130,6 +130,8 @@ class RateLimited(ApiError):
     ) -> None:
         super().__init__(status, message, endpoint=endpoint)
         self.retry_after = retry_after
+        #: the account's slot limit, not its request rate (the client decides, see there)
+        self.slots = "concurren" in message.lower()
 
 
 class ServerError(ApiError):

@@ -132,11 +132,15 @@ def status_line(tally: Tally, stats: dict[str, Any]) -> str:
     t = tally.total()
     elapsed = time.monotonic() - tally.started_at
     rpm = stats.get("requests", 0) / elapsed * 60 if elapsed > 1 else 0.0
+    learned = stats.get("learned_rpm")
+    account = f" (account ~{learned:,.0f})" if learned else ""
+    window, limit = stats.get("slot_window"), stats.get("max_concurrent")
+    slots = f" of {window:,} slots" if window and limit and window < limit else ""
     return (
-        f"done {t.done}, failed {t.failed + t.expired}, in flight {t.in_flight}, "
+        f"done {t.done}, failed {t.failed + t.expired}, in flight {t.in_flight}{slots}, "
         f"downloading {t.downloading}, queued {t.queued} | {_fmt_eta(tally.eta_s())} | "
-        f"{rpm:,.0f}/{stats.get('rpm_limit', 0):,} rpm | 429s {stats.get('rate_limited', 0)} | "
-        f"spent ~${stats.get('spent_usd', 0.0):,.2f}"
+        f"{rpm:,.0f}/{stats.get('rpm_limit', 0):,} rpm{account} | "
+        f"429s {stats.get('rate_limited', 0)} | spent ~${stats.get('spent_usd', 0.0):,.2f}"
     )
 
 

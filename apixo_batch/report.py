@@ -123,6 +123,18 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         f"{summary.get('wall_s', 0)} s",
         file=out,
     )
+    if summary.get("learned_rpm"):
+        print(
+            f"  the account answered 429 above ~{summary['learned_rpm']:,} requests/min: "
+            "the next run starts just under it",
+            file=out,
+        )
+    if summary.get("learned_slots"):
+        print(
+            f"  the account held about {summary['learned_slots']:,} tasks at once "
+            "(submits over it were answered 429 and waited for a slot)",
+            file=out,
+        )
     per_model = summary.get("per_model") or {}
     if len(per_model) > 1 or any(set(c) - {"done"} for c in per_model.values()):
         width = max(len(m) for m in per_model)

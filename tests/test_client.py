@@ -580,7 +580,8 @@ async def test_every_call_passes_the_clients_one_bucket(mock_api: aioresponses) 
 
 
 async def test_a_429_slows_the_bucket_before_it_is_raised(mock_api: aioresponses) -> None:
-    """The client tells its bucket about a 429 (pause for Retry-After x time scale)."""
+    """The client tells its bucket about a 429: a pause for Retry-After, as given (the
+    server's own time), and one decrease of the rate for the episode."""
     from apixo_batch.clock import FakeClock
     from apixo_batch.limits import RequestBucket
 
@@ -591,7 +592,8 @@ async def test_a_429_slows_the_bucket_before_it_is_raised(mock_api: aioresponses
         with pytest.raises(RateLimited):
             await api.balance()
     stats = bucket.statistics()
-    assert stats.rate_limited == 1 and stats.paused_for == pytest.approx(4.0)
+    assert stats.rate_limited == 1 and stats.paused_for == pytest.approx(8.0)
+    assert stats.episodes == 1
 
 
 async def test_before_send_can_keep_a_submit_from_leaving(mock_api: aioresponses) -> None:
@@ -609,3 +611,24 @@ async def test_before_send_can_keep_a_submit_from_leaving(mock_api: aioresponses
             await api.submit(MODEL, T2V_INPUT, before_send=refuse)
     assert _calls(mock_api, "POST", SUBMIT_URL) == []
     assert (api.bucket.statistics().granted, api.bucket.statistics().sent) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("message", "slots"),
+    [("Concurrent task limit exceeded", True), ("Rate limit exceeded", False)],
+)
+async def test_a_submit_429_for_the_slots_leaves_the_request_rate_alone(
+    mock_api: aioresponses, message: str, slots: bool
+) -> None:
+    """A 429 that says concurrency is the account's slot limit: the bucket is not slowed."""
+    from apixo_batch.clock import FakeClock
+    from apixo_batch.limits import RequestBucket
+
+    bucket = RequestBucket(600, FakeClock())
+    body = {"code": 429, "message": message, "data": None}
+    mock_api.post(SUBMIT_URL, status=429, payload=body)
+    async with ApixoClient(ApiKey(KEY), BASE, bucket=bucket) as api:
+        with pytest.raises(RateLimited) as info:
+            await api.submit(MODEL, T2V_INPUT)
+    assert info.value.slots is slots
+    assert bucket.statistics().episodes == (0 if slots else 1)

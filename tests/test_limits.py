@@ -95,10 +95,10 @@ def test_bucket_refuses_rpm_below_one() -> None:
         RequestBucket(0, FakeClock())
 
 
-def test_bucket_burst_is_about_one_second_and_capped() -> None:
-    """The default burst is rpm/60 (at least 1, at most 50): a second's worth, never a minute's."""
+def test_bucket_burst_is_about_half_a_second_and_capped() -> None:
+    """The default burst is rpm/120 (at least 1, at most 50): half a second's worth."""
     clock = FakeClock()
-    assert RequestBucket(600, clock).burst == 10.0
+    assert RequestBucket(600, clock).burst == 5.0
     assert RequestBucket(30, clock).burst == 1.0
     assert RequestBucket(60_000, clock).burst == 50.0
     assert RequestBucket(600, clock, burst=3).burst == 3
@@ -312,33 +312,41 @@ async def test_bucket_rate_limited_pauses_everyone_for_retry_after() -> None:
     assert bucket.statistics().paused_for == 0.0
 
 
-async def test_bucket_rate_limited_pause_is_scaled() -> None:
-    """The Retry-After pause is multiplied by time_scale (the simulator runs time faster)."""
+async def test_bucket_retry_after_is_the_servers_time_the_default_pause_is_scaled() -> None:
+    """A Retry-After is obeyed as given (the account's windows are real time); without
+    one the pause is one second x time_scale."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(600, clock, time_scale=0.25)
+    bucket.rate_limited(retry_after=2.0)
+    assert bucket.statistics().paused_for == pytest.approx(2.0)
+    other = RequestBucket(600, clock, time_scale=0.25)
+    other.rate_limited(None)
+    assert other.statistics().paused_for == pytest.approx(0.25)
+    other.rate_limited(None, time_scale=3.0)
+    assert other.statistics().paused_for == pytest.approx(3.0)  # the longer pause wins
+
+
+async def test_bucket_one_decrease_per_congestion_episode() -> None:
+    """The 429s answered to requests granted before the decrease are one signal: the rate
+    drops once; a 429 to a request granted after it opens the next episode."""
     clock = FakeClock(start=START)
     bucket = RequestBucket(600, clock)
-    stamps: list[float] = []
-    async with _workers(20, _granting(bucket, clock, stamps)):
-        await _run_for(clock, 5.0)
-        hit = clock.monotonic()
-        bucket.rate_limited(retry_after=2.0, time_scale=0.25)
-        assert bucket.statistics().paused_for == pytest.approx(0.5)
-        await _run_for(clock, 5.0)
-    assert _count(stamps, hit, hit + 0.5) == 0
-    assert _count(stamps, hit + 0.5, hit + 1.0) > 0
+    tickets = [await bucket.acquire() for _ in range(5)]
+    top = bucket.statistics().effective_rpm
+    for t in tickets:
+        bucket.rate_limited(0.0, ticket=t)
+    once = bucket.statistics()
+    assert (once.episodes, once.rate_limited) == (1, 5)
+    assert once.effective_rpm == pytest.approx((top - bucket.burst) * 0.8 + bucket.burst)
+    pending = asyncio.ensure_future(bucket.acquire())
+    await clock.run_until_idle()
+    bucket.rate_limited(0.0, ticket=await pending)
+    assert bucket.statistics().episodes == 2
 
 
-async def test_bucket_rate_limited_without_retry_after_pauses_one_second() -> None:
-    """A 429 without Retry-After pauses for one (scaled) second."""
-    clock = FakeClock(start=START)
-    bucket = RequestBucket(600, clock)
-    bucket.rate_limited(None)
-    assert bucket.statistics().paused_for == pytest.approx(1.0)
-    bucket.rate_limited(None, time_scale=3.0)
-    assert bucket.statistics().paused_for == pytest.approx(3.0)  # the longer pause wins
-
-
-async def test_bucket_rate_limited_slows_down_then_recovers() -> None:
-    """After a 429 the effective rate drops (multiplicative) and climbs back (additive)."""
+async def test_bucket_rate_limited_slows_down_then_probes_back() -> None:
+    """After a 429 the rate drops by a fifth, then climbs back: fast, slowly near the rate
+    that overshot, and fully to the configured rate within about a minute."""
     clock = FakeClock(start=START)
     bucket = RequestBucket(600, clock)
     configured = bucket.statistics().effective_rpm
@@ -347,30 +355,54 @@ async def test_bucket_rate_limited_slows_down_then_recovers() -> None:
         await _run_for(clock, 60.0)
         before = _count(stamps, START + 30.0, START + 60.0)
         hit = clock.monotonic()
-        bucket.rate_limited(retry_after=2.0)
+        bucket.rate_limited(retry_after=0.0)
         slowed = bucket.statistics().effective_rpm
-        assert slowed < configured * 0.9
-        await _run_for(clock, 8.0)
-        assert bucket.statistics().effective_rpm == pytest.approx(slowed)  # no recovery yet
-        await _run_for(clock, 200.0)
+        assert slowed < configured * 0.85
+        await _run_for(clock, 10.0)
+        near = bucket.statistics().effective_rpm
+        assert slowed < near < configured  # probing, slowly near the old ceiling
+        await _run_for(clock, 60.0)
         recovered = bucket.statistics().effective_rpm
-    during = _count(stamps, hit + 3.0, hit + 9.0) / 6.0
-    after = _count(stamps, hit + 150.0, hit + 210.0) / 60.0
+        await _run_for(clock, 60.0)
+    during = _count(stamps, hit + 1.0, hit + 4.0) / 3.0
+    after = _count(stamps, hit + 70.0, hit + 130.0) / 60.0
     assert during < 0.9 * before / 30.0
     assert after >= 0.95 * before / 30.0
     assert recovered == pytest.approx(configured)
+    assert bucket.statistics().learned_rpm == pytest.approx(configured, rel=0.01)
     assert _max_in_window(stamps) <= 600
 
 
-async def test_bucket_repeated_429s_have_a_floor() -> None:
-    """Many 429s in a row slow the drip to a quarter of the configured rate, no further."""
+async def test_bucket_repeated_new_episodes_have_a_floor() -> None:
+    """429s that each open an episode (no ticket) slow the drip to 5 % of the rate, no further."""
     clock = FakeClock(start=START)
     bucket = RequestBucket(600, clock)
     base_drip_rpm = bucket.statistics().effective_rpm - bucket.burst
     for _ in range(50):
         bucket.rate_limited(retry_after=0.0)
-    assert bucket.statistics().effective_rpm == pytest.approx(base_drip_rpm * 0.25 + bucket.burst)
+    assert bucket.statistics().effective_rpm == pytest.approx(base_drip_rpm * 0.05 + bucket.burst)
     assert bucket.statistics().rate_limited == 50
+
+
+async def test_bucket_told_90_percent_never_overfills_a_5_second_window() -> None:
+    """Told 90 % of a limit enforced over 5 s windows (2,700 of 3,000 a minute, so 250
+    per 5 s): no 5 s window of grants holds more than that, burst included."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(2_700, clock)
+    stamps: list[float] = []
+    async with _workers(40, _granting(bucket, clock, stamps)):
+        await _run_for(clock, 120.0)
+    assert _max_in_window(stamps, width=5.0) <= 3_000 * 5 / 60
+    assert _max_in_window(stamps) <= 2_700
+
+
+async def test_bucket_starts_under_a_learned_rate() -> None:
+    """A rate an earlier run learned (3,000 a minute, told 9,000): this one starts just
+    under it, not at --rpm."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(9_000, clock, learned_rpm=3_000)
+    assert 2_400 < bucket.statistics().effective_rpm <= 3_000
+    assert bucket.statistics().learned_rpm == pytest.approx(3_000)
 
 
 async def test_bucket_cancelled_waiter_does_not_wedge_the_bucket() -> None:
@@ -544,7 +576,7 @@ async def test_concurrency_cancelled_waiter_does_not_leak_a_permit() -> None:
     assert cancelled.cancelled()
     assert limit.in_flight == 1
     limit.release()
-    assert limit.statistics() == ConcurrencyStats(limit=1, in_flight=0, peak=1, waiting=0)
+    assert limit.statistics() == ConcurrencyStats(limit=1, in_flight=0, peak=1, waiting=0, window=1)
 
 
 async def test_concurrency_waiter_cancelled_after_hand_over_returns_the_permit() -> None:
@@ -630,3 +662,70 @@ async def test_concurrency_waiters_hear_when_the_last_live_permit_is_released() 
         await waiter
     with pytest.raises(SlotsStranded):
         await limit.acquire()
+
+
+# -- the slot window ------------------------------------------------------------
+
+
+async def test_slot_window_starts_small_and_grows_one_per_task_created() -> None:
+    """Slow start: 32 permits at first, one more for each task created, up to the limit."""
+    from apixo_batch.limits.slots import SLOW_START
+
+    limit = ConcurrencyLimit(100)
+    for _ in range(SLOW_START):
+        await limit.acquire()
+    blocked = asyncio.ensure_future(limit.acquire())
+    await _settle()
+    assert not blocked.done() and limit.statistics().window == SLOW_START
+    limit.running()
+    await _settle()
+    assert blocked.done() and limit.statistics().window == SLOW_START + 1
+    for _ in range(500):
+        limit.running()
+    assert limit.statistics().window == 100
+
+
+async def test_slot_window_closes_to_the_tasks_that_exist_and_hands_freed_slots_to_retries() -> (
+    None
+):
+    """A submit refused for slots: the window closes to the tasks created; the refused
+    submit keeps its permit and gets the next slot a task frees, before admission."""
+    limit = ConcurrencyLimit(10)
+    for _ in range(5):
+        await limit.acquire()
+        limit.running()
+    await limit.acquire()  # the submit about to be refused
+    limit.full()
+    assert limit.statistics().window == 5
+    retry = asyncio.ensure_future(limit.freed())
+    admission = asyncio.ensure_future(limit.acquire())
+    await _settle()
+    assert not retry.done() and not admission.done()
+    limit.release(running=True)  # a task ended
+    await _settle()
+    assert retry.done() and not admission.done()
+    admission.cancel()
+    await _settle()
+    # Past slow start the window opens by a slot per window's worth of tasks created.
+    for _ in range(5):
+        limit.running()  # a submit got its task id...
+        limit.release(running=True)  # ...and another task ended: still 4 or 5 exist
+    assert limit.statistics().window == 5  # a fifth of a slot per task: not a whole one yet
+    limit.running()
+    assert limit.statistics().window == 6
+
+
+async def test_a_refused_submit_hears_when_no_task_can_free_a_slot() -> None:
+    """Every task that exists is stranded: a retry waiting for a freed slot is told."""
+    from apixo_batch.limits import SlotsStranded
+
+    limit = ConcurrencyLimit(10)
+    await limit.acquire()
+    limit.running()
+    await limit.acquire()
+    limit.full()
+    retry = asyncio.ensure_future(limit.freed())
+    await _settle()
+    limit.strand()
+    with pytest.raises(SlotsStranded):
+        await retry

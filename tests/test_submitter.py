@@ -175,3 +175,46 @@ async def test_drain_waits_for_submits_on_the_wire_within_the_grace(latency: flo
     assert stored.state is JobState.SUBMITTED  # the answer on the wire was kept
     with out_rx:
         assert [s.row.id async for s in out_rx] == ["job-0"]
+
+
+async def test_a_submit_refused_for_the_accounts_slots_waits_for_a_task_to_end() -> None:
+    """A 429 for the slots: not re-sent until a task ends (one retry per slot freed), then
+    sent once; the request rate is not slowed."""
+    from apixo_batch.errors import RateLimited
+
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    full = RateLimited(429, "Concurrent task limit exceeded")
+    api = FakeApi(clock, submit_faults=[full])
+    slots = ConcurrencyLimit(10)
+    other = Permit(slots)  # a task of the account's, running
+    await slots.acquire()
+    other.running()
+    submitter = Submitter(
+        api,  # type: ignore[arg-type]
+        ledger,
+        clock=clock,
+        stops=Stops(),
+        emit=Recorder().emitter(clock),
+        backoff=FAST,
+        callback_url=None,
+    )
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submitter.run, admitted_rx, out_tx)
+            await clock.sleep(30.0)
+            assert api.submits == 1  # refused once, then waiting: no re-send
+            other.release()  # the other task ends
+            await clock.sleep(1.0)
+            assert api.submits == 2
+
+    await drive(clock, main())
+    with out_rx:
+        assert [s.row.id async for s in out_rx] == ["job-0"]
+    assert slots.statistics().shrinks == 1 and api.bucket.statistics().episodes == 0

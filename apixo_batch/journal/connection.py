@@ -115,6 +115,9 @@ class Connection:
         with self.transaction():
             self.set_meta_in_tx(key, value)
 
+    def delete_meta_in_tx(self, key: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE key=?", (key,))
+
     def set_meta_in_tx(self, key: str, value: str) -> None:
         """Set a meta value inside a transaction the caller holds (AsyncJournal.write)."""
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

@@ -125,6 +125,26 @@ class Ledger:
             token = new
         return token
 
+    async def learned_rpm(self, account: str) -> float | None:
+        """The request rate an earlier run learned for this key and base URL (a digest)."""
+        value = await self._j.read(lambda j: j.get_meta(f"learned_rpm:{account}"))
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+    def remember_rpm(self, account: str, rpm: float | None) -> asyncio.Future[None]:
+        """Keep (or, with None, forget) the rate this run learned, for the next run."""
+        key = f"learned_rpm:{account}"
+
+        def keep(j: Journal) -> None:
+            if rpm is None:
+                j.delete_meta_in_tx(key)
+            else:
+                j.set_meta_in_tx(key, f"{rpm:.1f}")
+
+        return self._j.write(keep, durable=False)
+
     # -- reads during the run -----------------------------------------------
     async def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
         """Jobs in ``state``, in file order, read a page at a time (bounded memory)."""

@@ -30,17 +30,30 @@ __all__ = ["Admission", "Admitted", "BudgetMeter", "Meter", "Permit", "SlotMeter
 class Permit:
     """One concurrency slot, taken for one job; released (or stranded) exactly once."""
 
-    __slots__ = ("_limit", "_used")
+    __slots__ = ("_limit", "_running", "_used")
 
-    def __init__(self, limit: ConcurrencyLimit) -> None:
+    def __init__(self, limit: ConcurrencyLimit, *, running: bool = False) -> None:
         self._limit = limit
         self._used = False
+        self._running = running  # its task exists at APIXO
+
+    def running(self) -> None:
+        """Its task exists now (a task id came back): it holds one of the account's slots."""
+        if not self._running:
+            self._running = True
+            self._limit.running()
 
     def release(self) -> None:
         """The task ended, or was never created: the slot is free again."""
         if not self._used:
             self._used = True
-            self._limit.release()
+            self._limit.release(running=self._running)
+
+    async def wait_for_a_slot(self) -> None:
+        """The account's slots are full (a 429 on submit): keep this permit and wait until a
+        task ends and frees one. Raises :class:`SlotsClosed` once none will come."""
+        self._limit.full()
+        await self._limit.freed()
 
     def strand(self) -> None:
         """The task still runs at APIXO but is no longer followed: its slot stays taken."""

@@ -117,7 +117,7 @@ class Follower:
         now_wall, now_mono = self._clock.wall(), self._clock.monotonic()
         for row in rows:
             self._slots.adopt()
-            self._track(row, Permit(self._slots), now_wall, now_mono, adopted=True)
+            self._track(row, Permit(self._slots, running=True), now_wall, now_mono, adopted=True)
 
     async def run(
         self, submitted: ObjectReceiveStream[Submitted], out: ObjectSendStream[Fetch]

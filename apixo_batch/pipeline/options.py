@@ -78,6 +78,10 @@ class RunResult:
     possibly_duplicated: int = 0
     requests: int = 0
     rate_limited: int = 0
+    #: the request rate (a minute's worth) that last overshot the account's limit
+    learned_rpm: float | None = None
+    #: the slot window the account allowed (a submit was refused for slots), if smaller
+    learned_slots: int | None = None
     retries: int = 0
     wall_s: float = 0.0
     spent_usd: float = 0.0
@@ -105,6 +109,8 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "requests": r.requests,
         "requests_per_task": round(r.requests / r.submitted, 3) if r.submitted else None,
         "rate_limited": r.rate_limited,
+        "learned_rpm": round(r.learned_rpm) if r.learned_rpm is not None else None,
+        "learned_slots": r.learned_slots,
         "retries": r.retries,
         "wall_s": round(r.wall_s, 3),
         "spent_usd": round(r.spent_usd, 4),

@@ -29,6 +29,7 @@ from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
+from ..limits import SlotsClosed
 from ..retry import Backoff
 from .admission import Admitted, Permit
 from .stop import Level, Stop, StopKind, Stops
@@ -119,7 +120,7 @@ class Submitter:
         assert task is not None
         state = _Attempt(row)
         try:
-            task_id = await self._send_until_answered(state, task)
+            task_id = await self._send_until_answered(state, task, permit)
             if task_id is None:  # the job failed: its slot is free
                 permit.release()
                 return
@@ -127,6 +128,7 @@ class Submitter:
             # an interrupt now still lets the commit land (it runs regardless).
             assert state.recording is not None
             await asyncio.shield(state.recording)
+            permit.running()
         except _NotSent:
             await self._hand_back(state, permit)
             return
@@ -147,7 +149,9 @@ class Submitter:
         self.spent_usd += row.cost_usd or 0.0
         self._emit("submitted", row.id, task_id=state.task_id, model=row.model)
 
-    async def _send_until_answered(self, state: _Attempt, task: asyncio.Task[None]) -> str | None:
+    async def _send_until_answered(
+        self, state: _Attempt, task: asyncio.Task[None], permit: Permit
+    ) -> str | None:
         """The task id (its commit queued: ``state.recording``), or None once the job failed.
 
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
@@ -171,11 +175,15 @@ class Submitter:
                     self._record(state, send.result())
                 raise
             except RateLimited as exc:
+                # Nothing was created. The client has slowed and paused the bucket for a
+                # rate 429, which paces the next attempt; for the account's slot limit the
+                # submit waits in line until a slot frees.
                 state.on_wire = False
                 state.attempt += 1
                 self.retries += 1
-                self._emit("rate-limited", row.id, retry_after=exc.retry_after)
-                await self._pause(task, self._backoff.delay(min(state.attempt, 6), exc.retry_after))
+                self._emit("rate-limited", row.id, retry_after=exc.retry_after, slots=exc.slots)
+                if exc.slots:
+                    await self._wait_for_a_slot(task, permit)
                 continue
             except (ServerError, TransportError) as exc:
                 if state.on_wire and (isinstance(exc, TransportError) or exc.status in (502, 504)):
@@ -226,6 +234,16 @@ class Submitter:
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
         await self._clock.sleep(seconds)
+
+    async def _wait_for_a_slot(self, task: asyncio.Task[None], permit: Permit) -> None:
+        self._sending.discard(task)
+        self._waiting.add(task)
+        if self._stops.reached(Level.SUBMITS):
+            raise _NotSent()
+        try:
+            await permit.wait_for_a_slot()
+        except SlotsClosed:
+            raise _NotSent() from None
 
     def _record(self, state: _Attempt, task_id: str) -> None:
         # Queued at once and committed even if this task is cancelled (AsyncJournal); a

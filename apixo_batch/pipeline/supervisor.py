@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -124,8 +125,11 @@ class Supervisor:
             "requests": bucket.sent,
             "rpm_limit": self.options.rpm,
             "rate_limited": bucket.rate_limited,
+            "effective_rpm": bucket.effective_rpm,
+            "learned_rpm": bucket.learned_rpm,
             "in_flight": slots.in_flight,
             "max_concurrent": slots.limit,
+            "slot_window": slots.window,
             "peak_in_flight": slots.peak,
             "downloading": busy + queued,
             "spent_usd": self._spent_before + submitted,
@@ -155,6 +159,9 @@ class Supervisor:
                 "(counted as possibly duplicated)",
             )
         self._spent_before = (await ledger.totals()).spent_known_usd
+        if self._key is not None:
+            # Where an earlier run found this account's real rate: start just under it.
+            self.bucket.start_under(await ledger.learned_rpm(self._account()))
         # Yesterday's completion times: today's first polls start informed.
         for key, samples in (await ledger.learned_completions()).items():
             for seconds in samples:
@@ -364,7 +371,18 @@ class Supervisor:
             )
 
     # -- the end --------------------------------------------------------------
+    def _account(self) -> str:
+        """The key and base URL as a digest: what learned limits belong to (never the key)."""
+        assert self._key is not None
+        raw = f"{self._key.reveal()}\0{self.options.base_url}".encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
     async def _finish(self, ledger: Ledger, synced: SyncResult, started: float) -> RunResult:
+        if self._key is not None and self.bucket.statistics().sent:
+            control = self.bucket.control
+            # A run that met no limit at the full rate leaves no ceiling behind.
+            clear = control.episodes == 0 and control.rate >= control.top
+            await ledger.remember_rpm(self._account(), None if clear else self.bucket.learned_rpm)
         manifest = await ledger.write_manifest(self.output_dir / "manifest.jsonl")
         counts = manifest.counts
         totals = await ledger.totals()
@@ -377,6 +395,8 @@ class Supervisor:
             possibly_duplicated=totals.possibly_duplicated,
             requests=bucket.sent,
             rate_limited=bucket.rate_limited,
+            learned_rpm=bucket.learned_rpm,
+            learned_slots=self.slots.cap if self.slots.statistics().shrinks else None,
             retries=sum(s.retries for s in stages),
             wall_s=self.clock.monotonic() - started,
             spent_usd=totals.spent_known_usd,

@@ -1,22 +1,27 @@
-"""The two limits every API call passes: tasks in flight and requests per minute.
+"""The request bucket every API call passes (inside the client), paced and congestion-aware.
 
-Both share one small interface (``acquire`` / ``release`` / ``statistics``) so
-the engine asks "may I?" in one place, aiometer-style.
-
-The request bucket is *paced*: it holds at most ``burst`` requests and drips
-at ``(rpm - burst - margin) / 60`` per second, so no sliding 60-second window
-can ever see more than ``rpm`` requests (burst + 60 s of drip < rpm). A bucket sized to
-a whole minute would let up to twice ``rpm`` through in its first minute.
+The bucket is *paced*: it holds at most ``burst`` requests and drips at the
+allowed rate, at most ``(rpm - burst - margin) / 60`` per second, so no
+sliding 60-second window can ever see more than ``rpm`` requests. The burst is
+half a second's worth (at most 50): an account that enforces its limit over
+windows as short as 5 s sees at most burst + 5 s of drip, which stays under
+its share even when the engine is told 90 % of the real limit. A bucket sized
+to a whole minute would let up to twice ``rpm`` through in its first minute.
 The leaky-bucket arithmetic is aiolimiter's; only its time source is swapped
 for the injected clock, and waiting is done here so that waiters are served by
-priority (submits are never starved by polls, nor polls by submits: the engine
+priority (submits are never starved by polls, nor polls by submits: the caller
 picks the priority per call).
+
+The allowed rate is :class:`~.congestion.RateControl`'s: a 429 ends a
+congestion episode with one decrease, then the rate probes back up. A 429's
+Retry-After pauses every caller for that long (the server's own time: not
+multiplied by ``--time-scale``).
 
 With a ``tick``, a caller that finds the bucket empty waits for a tick's worth
 of tokens rather than one, so rate-bound requests leave in small groups and one
-loop wake-up serves several of them: at 166 requests/s, aiohttp requests sent one
-at a time cost about 700 µs of CPU each, in groups of 16 about 220 µs. The tick
-only lengthens waits; no grant exceeds the bucket, so the window bound holds.
+loop wake-up serves several of them (bench/request_cost.py measures the cost
+of a request sent alone and in a group). The tick only lengthens waits; no
+grant exceeds the bucket, so the window bound holds.
 """
 
 from __future__ import annotations
@@ -30,24 +35,10 @@ from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
-from .clock import Clock
+from ..clock import Clock
+from .congestion import RateControl
 
-#: the API allows 1,000 tasks in flight and 10,000 requests a minute: stay strictly under
-MAX_CONCURRENT_CAP = 999
-RPM_CAP = 9_999
-
-__all__ = [
-    "MAX_CONCURRENT_CAP",
-    "RPM_CAP",
-    "BucketStats",
-    "ConcurrencyLimit",
-    "ConcurrencyStats",
-    "Limit",
-    "Priority",
-    "RequestBucket",
-    "SlotsClosed",
-    "SlotsStranded",
-]
+__all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
 
 
 class Limit(Protocol):
@@ -77,9 +68,15 @@ class _ClockedLimiter(AsyncLimiter):
 
     def _leak(self) -> None:
         now = self._clock.monotonic()
-        if self._level:
+        # Before _last_check (an emptied bucket's pause) nothing leaks yet.
+        if self._level and now > self._last_check:
             self._level = max(self._level - (now - self._last_check) * self.drip, 0.0)
-        self._last_check = now
+        self._last_check = max(now, self._last_check)
+
+    def empty_until(self, when: float) -> None:
+        """No capacity until ``when``; then tokens drip from an empty bucket."""
+        self._level = self.max_rate
+        self._last_check = max(self._last_check, when)
 
     def has_capacity(self, amount: float = 1) -> bool:
         self._leak()
@@ -98,6 +95,9 @@ class BucketStats:
     waiting: int
     rate_limited: int
     paused_for: float
+    #: congestion episodes (one decrease each) and the rate that last overshot
+    episodes: int = 0
+    learned_rpm: float | None = None
 
 
 class RequestBucket:
@@ -111,21 +111,24 @@ class RequestBucket:
         burst: float | None = None,
         tick: float = 0.0,
         time_scale: float = 1.0,
+        learned_rpm: float | None = None,
     ) -> None:
         if rpm < 1:
             raise ValueError("rpm must be at least 1")
         self.rpm = rpm
         self._clock = clock
-        #: multiplies the pause a 429 imposes (``--time-scale``)
+        #: multiplies the pause of a 429 that names no Retry-After (``--time-scale``)
         self.time_scale = time_scale
-        # A second of burst at most (and never more than 50 requests): enough to
-        # start quickly, small enough that the drip stays close to rpm / 60.
-        self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 60.0))
+        # Half a second of burst at most (and never more than 50 requests): enough to
+        # start quickly, small enough for limits enforced over 5 s windows (module doc).
+        self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 120.0))
         # Half a percent of headroom: a token is taken a moment before its request
         # leaves, and those moments jitter; the margin keeps any window under rpm.
         margin = max(1.0, rpm * 0.005)
         self._base_drip = max(rpm - self.burst - margin, 1.0) / 60.0
-        self._limiter = _ClockedLimiter(self.burst, self._base_drip, clock)
+        ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
+        self.control = RateControl(self._base_drip, clock.monotonic(), ceiling=ceiling)
+        self._limiter = _ClockedLimiter(self.burst, self.control.rate, clock)
         #: seconds of drip an empty bucket waits for, so that grants come in groups
         self.tick = tick
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -135,15 +138,17 @@ class RequestBucket:
         self._granted = 0
         self._sent = 0
         self._rate_limited = 0
-        self._recover_at = 0.0
         # grants per whole second over the last few seconds, for utilization()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
         # sum is fixed until the second changes, and polls ask for it several times a task
         self._used: tuple[int, int, float] = (-1, 0, 0.0)
 
-    async def acquire(self, priority: int = Priority.STATUS) -> None:
-        """Wait for one request's worth of budget; lower ``priority`` values are served first."""
+    async def acquire(self, priority: int = Priority.STATUS) -> int:
+        """Wait for one request's worth of budget; lower ``priority`` values are served first.
+
+        Returns the grant's ticket (its number): a 429 to that request names it, so
+        that the answers to one overshoot count as one congestion episode."""
         if self._busy or self._waiters:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             heapq.heappush(self._waiters, (priority, next(self._seq), fut))
@@ -160,6 +165,7 @@ class RequestBucket:
             await self._limiter.acquire()
             self._granted += 1
             self._count_grant()
+            return self._granted
         finally:
             self._hand_over()
 
@@ -169,7 +175,7 @@ class RequestBucket:
             if now < self._paused_until:
                 await self._clock.sleep(self._paused_until - now)
                 continue
-            self._maybe_recover(now)
+            self._limiter.drip = self.control.current(now)
             if self._limiter.has_capacity():
                 return
             # Less than one token short: one token's drip time is always enough. A tick
@@ -192,22 +198,42 @@ class RequestBucket:
         """A granted request left (the client calls this): what request counts read."""
         self._sent += 1
 
-    def rate_limited(self, retry_after: float | None, time_scale: float | None = None) -> None:
-        """A 429 came back: pause everyone, and drip slower for a while (AIMD)."""
-        if time_scale is None:
-            time_scale = self.time_scale
+    def rate_limited(
+        self,
+        retry_after: float | None,
+        time_scale: float | None = None,
+        *,
+        ticket: int | None = None,
+    ) -> None:
+        """A 429 came back (to the request granted as ``ticket``): pause everyone for its
+        Retry-After, and, once per congestion episode, drip slower (see ``congestion``).
+
+        Retry-After is the server's time and is obeyed as given; without one the pause
+        is one second x ``time_scale``. A ticket of None counts as a new episode."""
         now = self._clock.monotonic()
         self._rate_limited += 1
-        pause = retry_after if retry_after is not None else 1.0
-        self._paused_until = max(self._paused_until, now + pause * time_scale)
-        self._limiter.drip = max(self._limiter.drip * 0.8, self._base_drip * 0.25)
-        self._recover_at = now + 10.0
+        if retry_after is None:
+            pause = 1.0 * (self.time_scale if time_scale is None else time_scale)
+        else:
+            pause = retry_after
+        self._paused_until = max(self._paused_until, now + pause)
+        if self.control.congested(ticket, self._granted, now):
+            self._limiter.drip = self.control.rate
+            # No burst after an episode: the bucket starts full (no capacity) at the end
+            # of the pause and drips from there, at the lower rate.
+            self._limiter.empty_until(self._paused_until)
 
-    def _maybe_recover(self, now: float) -> None:
-        # Additive recovery: back towards the configured rate, 5% every 10 s without a 429.
-        if self._limiter.drip < self._base_drip and now >= self._recover_at:
-            self._limiter.drip = min(self._base_drip, self._limiter.drip + self._base_drip * 0.05)
-            self._recover_at = now + 10.0
+    def start_under(self, learned_rpm: float | None) -> None:
+        """Begin just under a rate an earlier run learned for this key (before any grant)."""
+        ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
+        self.control = RateControl(self._base_drip, self._clock.monotonic(), ceiling=ceiling)
+        self._limiter.drip = self.control.rate
+
+    @property
+    def learned_rpm(self) -> float | None:
+        """The rate (a minute's worth) that last overshot the account's limit, if any."""
+        c = self.control.ceiling
+        return None if c is None else c * 60.0 + self.burst
 
     @property
     def pressure(self) -> int:
@@ -253,120 +279,7 @@ class RequestBucket:
             sent=self._sent,
             waiting=len(self._waiters),
             rate_limited=self._rate_limited,
+            episodes=self.control.episodes,
+            learned_rpm=self.learned_rpm,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ConcurrencyStats:
-    limit: int
-    in_flight: int
-    peak: int
-    waiting: int
-    stranded: int = 0
-
-
-class SlotsClosed(Exception):
-    """No permit will be handed out any more: admission has stopped."""
-
-
-class SlotsStranded(SlotsClosed):
-    """Every permit is held by a task this run no longer follows: none can come back."""
-
-
-class ConcurrencyLimit:
-    """Tasks in flight at APIXO: a permit is taken before submit, returned when the task ends.
-
-    A released permit is handed straight to the longest waiter, so a burst of
-    new acquirers cannot overtake it and the count never passes the limit.
-    A permit whose task is left running (``--max-wait``) is *stranded*: it stays
-    taken (the task still runs at APIXO), and once every permit is stranded no
-    waiter can ever be served, so they are told (:class:`SlotsStranded`).
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("the concurrency limit must be at least 1")
-        self.limit = limit
-        self._in_flight = 0
-        self._stranded = 0
-        self._peak = 0
-        self._closed: SlotsClosed | None = None
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self, priority: int = 0) -> None:
-        """Take a permit; raises :class:`SlotsClosed` once none will come."""
-        if self._closed is not None:
-            raise self._closed
-        if self._in_flight < self.limit and not self._waiters:
-            self._take()
-            return
-        if self._hopeless():
-            raise SlotsStranded()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the permit was already ours: give it back
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    def adopt(self) -> None:
-        """Count a task already in flight (from an earlier run), even past the limit."""
-        self._take()
-
-    def close(self) -> None:
-        """Hand out no more permits: every waiter, and every later acquire, raises."""
-        self._fail_waiters(SlotsClosed())
-
-    def strand(self) -> None:
-        """A permit's task is no longer followed in this run; its permit stays taken."""
-        self._stranded += 1
-        if self._hopeless():
-            self._fail_waiters(SlotsStranded())
-
-    def _hopeless(self) -> bool:
-        return self._in_flight >= self.limit and self._stranded >= self._in_flight
-
-    def _fail_waiters(self, error: SlotsClosed) -> None:
-        if self._closed is None:
-            self._closed = error
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(error)
-
-    def _take(self) -> None:
-        self._in_flight += 1
-        self._peak = max(self._peak, self._in_flight)
-
-    def release(self) -> None:
-        if self._in_flight <= 0:
-            raise RuntimeError("released more concurrency permits than taken")
-        self._in_flight -= 1
-        while self._waiters and self._in_flight < self.limit:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self._take()
-                fut.set_result(None)
-                return
-        # Adopted tasks may hold more than the limit: one ending can leave only
-        # stranded permits behind, and then the waiters must be told.
-        if self._waiters and self._hopeless():
-            self._fail_waiters(SlotsStranded())
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def statistics(self) -> ConcurrencyStats:
-        return ConcurrencyStats(
-            limit=self.limit,
-            in_flight=self._in_flight,
-            peak=self._peak,
-            waiting=len(self._waiters),
-            stranded=self._stranded,
         )

@@ -1,0 +1,79 @@
+"""Congestion control for the request rate: what a 429 teaches, and how to probe back.
+
+APIXO says its limits "can vary by account, API key, and route": ``--rpm`` is
+an upper bound, not the account's real rate. So the rate is steered the way
+TCP steers a window, with one twist from CUBIC:
+
+* **one multiplicative decrease per congestion episode.** The 429s answered to
+  requests granted before the decrease are echoes of the same overshoot, not
+  new signals: a grant ticket tells them apart.
+* **additive increase**, every second (network time: the account's windows are
+  real time, whatever ``--time-scale`` says): fast (2 % of ``--rpm``) while
+  well below the last rate that overshot, slow (0.3 % of it) near or above it
+  for half a minute, then fast again: the limit may have moved.
+
+The rate that overshot (the *ceiling*) is what a later run starts just under.
+Time is the caller's (the bucket's injected clock).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["RateControl"]
+
+#: the multiplicative decrease of one episode
+BETA = 0.8
+#: seconds between two additive steps
+PROBE_S = 1.0
+#: step far from the ceiling, as a share of the top rate
+FAST = 0.02
+#: step near the ceiling (within NEAR of it, or above), as a share of the ceiling
+SLOW = 0.003
+NEAR = 0.9
+#: seconds a ceiling keeps the probe slow
+MEMORY_S = 30.0
+#: the rate never drops below this share of the top rate
+FLOOR = 0.05
+
+
+class RateControl:
+    """The allowed rate (per second), between ``FLOOR`` x ``top`` and ``top``."""
+
+    def __init__(self, top: float, now: float, *, ceiling: float | None = None) -> None:
+        self.top = top
+        #: the rate of the last overshoot, learned in this run or given by an earlier one
+        self.ceiling = ceiling if ceiling is not None and ceiling < top else None
+        self.rate = top if self.ceiling is None else max(top * FLOOR, NEAR * self.ceiling)
+        self._ceiling_at = now if self.ceiling is not None else -math.inf
+        self._next_probe = now + PROBE_S
+        self._episode_end = -1  # grant tickets up to this one belong to the last episode
+        self.episodes = 0
+
+    def congested(self, ticket: int | None, granted: int, now: float) -> bool:
+        """A 429 to the request granted as ``ticket`` (``granted`` so far): True if it
+        opened a new episode (and the rate went down)."""
+        if ticket is not None and ticket <= self._episode_end:
+            return False
+        self.ceiling = self.rate
+        self._ceiling_at = now
+        self.rate = max(self.rate * BETA, self.top * FLOOR)
+        self._episode_end = granted
+        self._next_probe = now + PROBE_S
+        self.episodes += 1
+        return True
+
+    def current(self, now: float) -> float:
+        """The rate allowed now, after the probing steps due by ``now``."""
+        while self.rate < self.top and now >= self._next_probe:
+            self.rate = min(self.top, self.rate + self._step(self._next_probe))
+            self._next_probe += PROBE_S
+        if self.rate >= self.top:
+            self._next_probe = max(self._next_probe, now)
+        return self.rate
+
+    def _step(self, at: float) -> float:
+        c = self.ceiling
+        if c is not None and at - self._ceiling_at < MEMORY_S and self.rate >= NEAR * c:
+            return SLOW * c
+        return FAST * self.top

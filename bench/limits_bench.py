@@ -1,0 +1,108 @@
+"""The account's real limits lower than the engine was told (issue 18): ratios, 429s. Asserts nothing.
+
+Each case is a fresh simulator (its own account limits) and one `apixo-batch run` against it:
+
+* ``rate90``: the account allows 3,000 requests a minute over 5 s windows; the engine is
+  told 2,700 (90 %). Wanted: 0 answers 429.
+* ``rate-lower``: the same account; the engine is told 9,000. Wanted: at least 0.85 of the
+  account's bound (its requests a minute), at most 3 % of requests answered 429.
+* ``slots-lower``: the account holds 100 tasks at once; the engine is told 900; the
+  docs' generation times (Kling 2.6, 5 s: 50-70 s) at ``--time-scale 0.05``. Wanted: at
+  least 0.95 of the account's slots busy in steady state, at most 0.1 answers 429 per task.
+
+The account's bound for a rate case is its limit x the run's wall time (every request
+the run needed, at the account's pace); slots busy is the time-average of tasks running
+at the simulator between the first and the last submit, over the account's slots.
+
+    cd /tmp && PYTHONPATH=/work/main /work/main/.venv/bin/python /work/main/bench/limits_bench.py [case ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _harness import campaign, engine_code, run_engine, simulator, workdir  # noqa: E402
+
+CASES: dict[str, dict[str, Any]] = {
+    "rate90": {
+        "sim": {"rpm_limit": 250, "rpm_window_s": 5.0},
+        "args": ["--rpm", "2700", "--max-concurrent", "900"],
+        "jobs": 600,
+        "scale": 0.02,
+    },
+    "rate-lower": {
+        "sim": {"rpm_limit": 250, "rpm_window_s": 5.0},
+        "args": ["--rpm", "9000", "--max-concurrent", "900"],
+        "jobs": 600,
+        "scale": 0.02,
+    },
+    "slots-lower": {
+        "sim": {"concurrency_limit": 100},
+        "args": ["--max-concurrent", "900"],
+        "jobs": 1500,
+        "scale": 0.05,
+    },
+}
+
+
+def _busy(sim: Any, stop: list[bool], samples: list[tuple[float, int]]) -> None:
+    while not stop:
+        samples.append((time.monotonic(), int(sim.stats().get("concurrent_tasks", 0))))
+        time.sleep(0.05)
+
+
+def one(name: str) -> str:
+    import threading
+
+    case = CASES[name]
+    cfg = {"time_scale": case["scale"], "balance": 1e9, "file_size": 64 << 10, **case["sim"]}
+    with workdir() as wd:
+        job_file = campaign(wd, case["jobs"])
+        with simulator(wd, **cfg) as sim:
+            stop: list[bool] = []
+            samples: list[tuple[float, int]] = []
+            watcher = threading.Thread(target=_busy, args=(sim, stop, samples), daemon=True)
+            watcher.start()
+            m = run_engine(sim, job_file, "--time-scale", str(case["scale"]), *case["args"])
+            stop.append(True)
+            watcher.join()
+            stats = sim.stats()
+    s = m.summary
+    requests = stats["api_requests_total"]
+    limited = stats["rate_limited"]
+    line = (
+        f"{name}: exit {m.code}, {s.get('counts')}, wall {m.wall_s:.1f} s, "
+        f"{requests} requests ({requests / case['jobs']:.2f}/task), 429s {limited} "
+        f"({limited / max(requests, 1):.1%} of requests, {limited / case['jobs']:.3f}/task), "
+        f"learned rpm {s.get('learned_rpm')}, learned slots {s.get('learned_slots')}"
+    )
+    if "rpm_limit" in case["sim"]:
+        per_s = case["sim"]["rpm_limit"] / case["sim"]["rpm_window_s"]
+        # Requests the run needed, at the account's pace: its lower bound of wall time.
+        accepted = requests - limited
+        line += f"; account bound ratio {accepted / per_s / m.wall_s:.2f}"
+    else:
+        limit = case["sim"]["concurrency_limit"]
+        subs = [e["at"] for e in m.events if e["event"] == "submitted"]
+        t0, t1 = time.time() - (time.monotonic() - samples[0][0]), 0.0
+        lo, hi = subs[int(len(subs) * 0.1)], subs[-1]
+        steady = [n for t, n in samples if lo <= t0 + (t - samples[0][0]) <= hi]
+        t1 = sum(steady) / max(len(steady), 1)
+        line += f"; slots busy in steady state {t1 / limit:.3f} ({len(steady)} samples)"
+    return line
+
+
+def main(argv: list[str]) -> None:
+    print(f"engine code: {engine_code()}")
+    for name in argv or list(CASES):
+        print(one(name), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
