@@ -1,4 +1,4 @@
-"""The account's real limits lower than the engine was told (issue 18): ratios, 429s. Asserts nothing.
+"""Account limits lower than the engine was told (issue 18): ratios and 429s. Asserts nothing.
 
 Each case is a fresh simulator (its own account limits) and one `apixo-batch run` against it:
 
@@ -14,7 +14,8 @@ The account's bound for a rate case is its limit x the run's wall time (every re
 the run needed, at the account's pace); slots busy is the time-average of tasks running
 at the simulator between the first and the last submit, over the account's slots.
 
-    cd /tmp && PYTHONPATH=/work/main /work/main/.venv/bin/python /work/main/bench/limits_bench.py [case ...]
+    cd /tmp && PYTHONPATH=/work/main /work/main/.venv/bin/python \
+        /work/main/bench/limits_bench.py [case ...]
 """
 
 from __future__ import annotations
@@ -89,12 +90,14 @@ def one(name: str) -> str:
         line += f"; account bound ratio {accepted / per_s / m.wall_s:.2f}"
     else:
         limit = case["sim"]["concurrency_limit"]
+        # Steady state: from the tenth of the submits to the last one (event times are
+        # wall clock; the samples are monotonic, converted with one offset).
         subs = [e["at"] for e in m.events if e["event"] == "submitted"]
-        t0, t1 = time.time() - (time.monotonic() - samples[0][0]), 0.0
-        lo, hi = subs[int(len(subs) * 0.1)], subs[-1]
-        steady = [n for t, n in samples if lo <= t0 + (t - samples[0][0]) <= hi]
-        t1 = sum(steady) / max(len(steady), 1)
-        line += f"; slots busy in steady state {t1 / limit:.3f} ({len(steady)} samples)"
+        offset = time.time() - time.monotonic()
+        lo, hi = subs[len(subs) // 10], subs[-1]
+        steady = [n for t, n in samples if lo <= t + offset <= hi]
+        busy = sum(steady) / max(len(steady), 1)
+        line += f"; slots busy in steady state {busy / limit:.3f} ({len(steady)} samples)"
     return line
 
 
