@@ -207,7 +207,9 @@ class ApixoClient:
                 retry_header = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = redact(str(exc), self._key) or type(exc).__name__
-            raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}") from None
+            # No connection was made (refused, no such host, TLS handshake): nothing left.
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}", sent=sent) from None
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:

@@ -141,9 +141,16 @@ class ServerError(ApiError):
 
 
 class TransportError(ApixoError):
-    """The request did not get a usable answer: reset, timeout, unparsable body."""
+    """The request did not get a usable answer: reset, timeout, unparsable body.
+
+    ``sent`` is False when the request provably never left (the connection was refused,
+    the name did not resolve): a submit then cannot have created a task."""
 
     retryable = True
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class DownloadError(ApixoError):

@@ -632,3 +632,17 @@ async def test_a_submit_429_for_the_slots_leaves_the_request_rate_alone(
             await api.submit(MODEL, T2V_INPUT)
     assert info.value.slots is slots
     assert bucket.statistics().episodes == (0 if slots else 1)
+
+
+async def test_a_refused_connection_says_nothing_was_sent() -> None:
+    """Connection refused (nothing listens on the port): TransportError with sent=False."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with ApixoClient(ApiKey(KEY), f"http://127.0.0.1:{port}/api/v1") as api:
+        with pytest.raises(TransportError) as info:
+            await api.submit(MODEL, T2V_INPUT)
+    assert info.value.sent is False
+    assert KEY not in str(info.value)

@@ -543,6 +543,20 @@ def test_recover_interrupted_submits(journal: Journal) -> None:
     assert journal.totals()["possibly_duplicated"] == 2
 
 
+def test_jobs_failed_only_for_an_unanswered_submit_are_queued_again(journal: Journal) -> None:
+    """SUBMIT_ERROR with no task id (an earlier version gave up on transient trouble):
+    queued again, doubt kept; a job failed for a reason of its own stays failed."""
+    journal.sync([_job(i) for i in range(3)], NOW)
+    for job_id, code, dup in (("job-0", "SUBMIT_ERROR", 1), ("job-1", "INPUT_REJECTED", 0)):
+        journal.transition(job_id, S.SUBMITTING, NOW)
+        journal.transition(job_id, S.FAILED, NOW, fail_code=code, possibly_duplicated=dup)
+    assert journal.requeue_unanswered_submits(NOW + 1) == 1
+    rows = {r.id: r for r in journal.iter_all()}
+    assert (rows["job-0"].state, rows["job-0"].fail_code) == (S.QUEUED, None)
+    assert rows["job-0"].possibly_duplicated
+    assert (rows["job-1"].state, rows["job-1"].fail_code) == (S.FAILED, "INPUT_REJECTED")
+
+
 def test_requeue_failed(journal: Journal) -> None:
     """--retry-failed: failed jobs in the file become queued again, task and failure cleared."""
     journal.sync([_job(i) for i in range(3)], NOW)

@@ -218,3 +218,15 @@ async def test_a_submit_refused_for_the_accounts_slots_waits_for_a_task_to_end()
     with out_rx:
         assert [s.row.id async for s in out_rx] == ["job-0"]
     assert slots.statistics().shrinks == 1 and api.bucket.statistics().episodes == 0
+
+
+async def test_a_refused_connection_is_retried_without_doubt() -> None:
+    """Nothing listened (connection refused): nothing can have been created, so the job
+    that is then submitted is not flagged possibly duplicated."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    refused = TransportError("submit: ClientConnectorError: refused", sent=False)
+    api = FakeApi(clock, submit_faults=[refused, refused])
+    _, got, _, _ = await _run(api, ledger, clock, 1)
+    assert len(got) == 1 and api.submits == 3
+    assert not row(ledger, "job-0").possibly_duplicated

@@ -93,6 +93,7 @@ class Ledger:
         meanwhile is the one sent). Returns (submits cut off by a crash, the sync)."""
         now = self._clock.wall()
         recovered = await self._j.read(lambda j: j.recover_interrupted_submits(now))
+        await self._j.read(lambda j: j.requeue_unanswered_submits(now))
         if retry_failed:
             await self._j.read(lambda j: j.requeue_failed(now))
         synced = await self._j.read(lambda j: j.sync(jobs, now))

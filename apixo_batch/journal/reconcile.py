@@ -137,6 +137,18 @@ class Reconcile(Connection):
                     assert result.changed_after_submit is not None
                     result.changed_after_submit.append(j.id)
 
+    def requeue_unanswered_submits(self, now: float) -> int:
+        """Jobs an earlier version failed only because their submit never got an answer
+        (``SUBMIT_ERROR``, no task id): a transient reason, so they are queued again, their
+        doubt kept (``possibly_duplicated``), without --retry-failed."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state=?, fail_code=NULL, fail_msg=NULL, updated_at=? "
+                "WHERE state=? AND fail_code='SUBMIT_ERROR' AND task_id IS NULL",
+                (S.QUEUED.value, now, S.FAILED.value),
+            )
+            return cur.rowcount
+
     def recover_interrupted_submits(self, now: float) -> int:
         """Jobs left ``submitting`` by a crash: back to ``queued``, flagged possibly duplicated."""
         with self.transaction() as db:

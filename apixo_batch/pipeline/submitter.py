@@ -186,8 +186,11 @@ class Submitter:
                     await self._wait_for_a_slot(task, permit)
                 continue
             except (ServerError, TransportError) as exc:
-                if state.on_wire and (isinstance(exc, TransportError) or exc.status in (502, 504)):
-                    state.ambiguous = True  # a reset or gateway timeout may hide a created task
+                # A reset or a gateway timeout may hide a created task; a refused
+                # connection sent nothing.
+                unclear = exc.sent if isinstance(exc, TransportError) else exc.status in (502, 504)
+                if state.on_wire and unclear:
+                    state.ambiguous = True
                 state.on_wire = False
                 state.attempt += 1
                 self.retries += 1
