@@ -6,6 +6,8 @@ Each case is a fresh simulator (its own account limits) and one `apixo-batch run
   told 2,700 (90 %). Wanted: 0 answers 429.
 * ``rate-lower``: the same account; the engine is told 9,000. Wanted: at least 0.85 of the
   account's bound (its requests a minute), at most 3 % of requests answered 429.
+* ``slots-told``: the same account, the engine told its real limit (100): the reference
+  for slots busy (what polling's detection delay leaves idle at this scale).
 * ``slots-lower``: the account holds 100 tasks at once; the engine is told 900; the
   docs' generation times (Kling 2.6, 5 s: 50-70 s) at ``--time-scale 0.05``. Wanted: at
   least 0.95 of the account's slots busy in steady state, at most 0.1 answers 429 per task.
@@ -46,6 +48,12 @@ CASES: dict[str, dict[str, Any]] = {
     "slots-lower": {
         "sim": {"concurrency_limit": 100},
         "args": ["--max-concurrent", "900"],
+        "jobs": 1500,
+        "scale": 0.05,
+    },
+    "slots-told": {
+        "sim": {"concurrency_limit": 100},
+        "args": ["--max-concurrent", "100"],
         "jobs": 1500,
         "scale": 0.05,
     },

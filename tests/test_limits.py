@@ -729,3 +729,22 @@ async def test_a_refused_submit_hears_when_no_task_can_free_a_slot() -> None:
     limit.strand()
     with pytest.raises(SlotsStranded):
         await retry
+
+
+async def test_bucket_rate_does_not_climb_while_demand_is_below_it() -> None:
+    """After an episode, a trickle of requests (far below the allowed rate) does not make
+    the rate climb back to --rpm: only a rate that binds is probed."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(600, clock)
+    bucket.rate_limited(retry_after=0.0)
+    slowed = bucket.statistics().effective_rpm
+
+    async def trickle() -> None:
+        for _ in range(12):
+            await bucket.acquire()
+            await clock.sleep(10.0)
+
+    task = asyncio.ensure_future(trickle())
+    await clock.run_until_idle()
+    await task
+    assert bucket.statistics().effective_rpm == pytest.approx(slowed)

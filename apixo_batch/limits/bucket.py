@@ -170,14 +170,18 @@ class RequestBucket:
             self._hand_over()
 
     async def _wait_for_capacity(self) -> None:
+        waited = False
         while True:
             now = self._clock.monotonic()
             if now < self._paused_until:
                 await self._clock.sleep(self._paused_until - now)
                 continue
-            self._limiter.drip = self.control.current(now)
+            # The rate binds when callers wait for it: only then may it climb.
+            bound = waited or bool(self._waiters)
+            self._limiter.drip = self.control.current(now, bound=bound)
             if self._limiter.has_capacity():
                 return
+            waited = True
             # Less than one token short: one token's drip time is always enough. A tick
             # waits longer, but never past half the bucket: drip beyond a full bucket is lost.
             drip = self._limiter.drip

@@ -63,8 +63,15 @@ class RateControl:
         self.episodes += 1
         return True
 
-    def current(self, now: float) -> float:
-        """The rate allowed now, after the probing steps due by ``now``."""
+    def current(self, now: float, *, bound: bool = True) -> float:
+        """The rate allowed now, after the probing steps due by ``now``.
+
+        ``bound``: callers are waiting for the rate (it binds). While it does not (fewer
+        requests than allowed), it does not climb: a rate never used teaches nothing, and
+        a burst of demand later would overshoot from there (RFC 7661's reasoning)."""
+        if not bound:
+            self._next_probe = max(self._next_probe, now + PROBE_S)
+            return self.rate
         while self.rate < self.top and now >= self._next_probe:
             self.rate = min(self.top, self.rate + self._step(self._next_probe))
             self._next_probe += PROBE_S
