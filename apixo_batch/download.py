@@ -68,10 +68,13 @@ class Downloaded:
 class _Retry(Exception):
     """Transient trouble: keep the .part, wait, and try again."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no connection could be made
 
 
 async def download_file(
@@ -144,7 +147,8 @@ async def _download(
                     kept = f"; {part.size} bytes kept for a later resume" if part.size else ""
                     raise DownloadError(
                         f"{transfer.where}: gave up after {failures} attempts "
-                        f"({trouble.reason}){kept}"
+                        f"({trouble.reason}){kept}",
+                        unreachable=trouble.unreachable,
                     ) from None
                 wait = policy.delay(failures, trouble.retry_after)
                 log.debug("download %s: %s; retrying in %.1fs", transfer.where, trouble, wait)
@@ -198,7 +202,10 @@ class _Transfer:
         except aiohttp.InvalidURL:
             raise DownloadError(f"{self.where}: not a usable URL") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Retry(f"{type(exc).__name__}: {_scrub(str(exc))}".rstrip(": ")) from None
+            reason = f"{type(exc).__name__}: {_scrub(str(exc))}".rstrip(": ")
+            raise _Retry(
+                reason, unreachable=isinstance(exc, aiohttp.ClientConnectorError)
+            ) from None
         if self.total is not None and self.part.size < self.total:
             raise _Retry(f"body ended at {self.part.size} of {self.total} bytes")
 

@@ -154,9 +154,16 @@ class TransportError(ApixoError):
 
 
 class DownloadError(ApixoError):
-    """A result file could not be fetched whole."""
+    """A result file could not be fetched whole.
+
+    ``unreachable``: the last attempts could not even connect to the file host (an
+    outage): worth trying again later in the same run."""
 
     retryable = True
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class ResultExpired(DownloadError):

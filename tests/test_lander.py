@@ -338,3 +338,50 @@ async def test_the_feeder_sends_every_succeeded_job_in_file_order(tmp_path: Path
     assert [f.id for f in got] == ["job-0", "job-2", "job-3"]
     assert all(not f.fresh for f in got)
     assert got[0].result_urls == _urls("job-0")
+
+
+class _Outage:
+    """The file host refuses connections for the first ``n`` attempts of every URL."""
+
+    def __init__(self, host: FakeHost, n: int) -> None:
+        self.host, self.n = host, n
+        self.seen: dict[str, int] = {}
+
+    async def __call__(self, session: Any, url: str, dest: Path, **kw: Any) -> Downloaded:
+        self.seen[url] = self.seen.get(url, 0) + 1
+        if self.seen[url] <= self.n:
+            await kw["clock"].sleep(1.0)
+            raise DownloadError(f"{url}: gave up (ClientConnectorError)", unreachable=True)
+        return await self.host(session, url, dest, **kw)
+
+
+@pytest.mark.parametrize(("patience", "landed"), [(600.0, True), (5.0, False)])
+async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch, patience: float, landed: bool
+) -> None:
+    """Connections refused (an outage): the result is tried again, resuming, within the
+    run's patience, and lands; past it, it is left `succeeded` for `download`."""
+    outage = _Outage(host, n=4)
+    monkeypatch.setattr("apixo_batch.pipeline.lander.download_file", outage)
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    events = Recorder()
+    lander = Lander(
+        ledger,
+        None,  # type: ignore[arg-type]
+        output_dir=tmp_path,
+        clock=clock,
+        emit=events.emitter(clock),
+        backoff=FAST,
+        workers=1,
+        patience_s=patience,
+    )
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    state = row(ledger, "job-0").state
+    assert state is (JobState.DONE if landed else JobState.SUCCEEDED)
+    if landed:
+        assert outage.seen[_urls("job-0")[0]] == 5
+        assert host.calls[-1][2] is False  # resumed, not started over
+    else:
+        assert events.of("retried") and outage.seen[_urls("job-0")[0]] < 5

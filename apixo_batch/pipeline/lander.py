@@ -22,7 +22,7 @@ import aiohttp
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..clock import Clock
-from ..download import download_file
+from ..download import Downloaded, download_file
 from ..errors import DownloadError, ResultExpired
 from ..events import Emitter
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
@@ -60,6 +60,7 @@ class Lander:
         emit: Emitter,
         backoff: Backoff,
         workers: int,
+        patience_s: float = 30 * 60.0,
     ) -> None:
         self._ledger = ledger
         self._session = session
@@ -68,11 +69,33 @@ class Lander:
         self._emit = emit
         self._backoff = backoff
         self._workers = workers
+        #: seconds a result whose host cannot be reached is tried again in this run
+        self._patience_s = patience_s
         self._taken: set[str] = set()  # jobs fetched in this run: each once
         self._registry: FileRegistry | None = None
         self._registry_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
         self.busy = 0
         self.retries = 0
+
+    async def _download(self, url: str, dest: Path, *, fresh: bool) -> Downloaded:
+        """One file; while its host cannot even be reached (an outage), tried again in
+        this run, every backoff cap, for as long as the run's patience lasts."""
+        unreachable_since: float | None = None
+        while True:
+            try:
+                return await download_file(
+                    self._session, url, dest, clock=self._clock, backoff=self._backoff, fresh=fresh
+                )
+            except DownloadError as exc:
+                if not exc.unreachable:
+                    raise
+                now = self._clock.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                if now - unreachable_since >= self._patience_s:
+                    raise
+            fresh = False  # what arrived before the outage is resumed
+            await self._clock.sleep(self._backoff.delay(self._backoff.max_attempts))
 
     async def feed(self, out: ObjectSendStream[Fetch]) -> None:
         """Results journaled ``succeeded`` (by this run or before), in file order."""
@@ -142,14 +165,7 @@ class Lander:
         try:
             for n, url in enumerate(fetch.result_urls):
                 dest = self._output_dir / result_filename(fetch.filename, n)
-                got = await download_file(
-                    self._session,
-                    url,
-                    dest,
-                    clock=self._clock,
-                    backoff=self._backoff,
-                    fresh=fetch.fresh,
-                )
+                got = await self._download(url, dest, fresh=fetch.fresh)
                 landed.add(str(dest.relative_to(self._output_dir)), got.sha256, got.bytes)
                 files.hold(dest.name, fetch.id)
         except ResultExpired as exc:

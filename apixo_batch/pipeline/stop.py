@@ -8,7 +8,8 @@ first reached (a reaction registered with :meth:`Stops.on`):
 level          what halts                                             kinds
 =============  =====================================================  ==========
 ``ADMISSION``  no new job is admitted                                 budget, stranded
-``SUBMITS``    and submits not yet on the wire go back to the queue   refused, fatal
+``SUBMITS``    and submits not yet on the wire go back to the queue   refused, fatal,
+                                                                      unreachable
 ``FOLLOW``     and polls stop (tasks are left pending)                key-refused
 ``ALL``        and, after the grace, everything else (downloads)      interrupted
 =============  =====================================================  ==========
@@ -43,6 +44,7 @@ class StopKind(enum.Enum):
     STRANDED = ("stranded", Level.ADMISSION, None)
     REFUSED = ("refused", Level.SUBMITS, ExitCode.FATAL_API)
     FATAL = ("fatal", Level.SUBMITS, ExitCode.FATAL_API)
+    UNREACHABLE = ("unreachable", Level.SUBMITS, ExitCode.TEMP_FAIL)
     KEY_REFUSED = ("key-refused", Level.FOLLOW, ExitCode.FATAL_API)
     INTERRUPTED = ("interrupted", Level.ALL, ExitCode.INTERRUPTED)
 
@@ -106,7 +108,13 @@ class Stops:
     @property
     def submits_stopped_by(self) -> Stop | None:
         """The first stop that stopped submits for a reason other than an interrupt."""
-        kinds = (StopKind.REFUSED, StopKind.FATAL, StopKind.KEY_REFUSED, StopKind.STRANDED)
+        kinds = (
+            StopKind.REFUSED,
+            StopKind.FATAL,
+            StopKind.UNREACHABLE,
+            StopKind.KEY_REFUSED,
+            StopKind.STRANDED,
+        )
         return next((s for s in self.all if s.kind in kinds), None)
 
     @property

@@ -65,6 +65,7 @@ class Submitter:
         emit: Emitter,
         backoff: Backoff,
         callback_url: str | None,
+        patience_s: float = 30 * 60.0,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -72,6 +73,8 @@ class Submitter:
         self._stops = stops
         self._emit = emit
         self._backoff = backoff
+        #: seconds without any answer from the API after which submits stop (exit 75)
+        self._patience_s = patience_s
         self._callback_url = callback_url
         self._request_type: RequestType = "callback" if callback_url else "async"
         self._waiting: set[asyncio.Task[None]] = set()  # nothing of theirs is on the wire
@@ -179,6 +182,7 @@ class Submitter:
                 # rate 429, which paces the next attempt; for the account's slot limit the
                 # submit waits in line until a slot frees.
                 state.on_wire = False
+                state.unanswered_since = None
                 state.attempt += 1
                 self.retries += 1
                 self._emit("rate-limited", row.id, retry_after=exc.retry_after, slots=exc.slots)
@@ -194,11 +198,19 @@ class Submitter:
                 state.on_wire = False
                 state.attempt += 1
                 self.retries += 1
-                if self._backoff.gives_up(state.attempt):
+                if not isinstance(exc, TransportError):
+                    state.unanswered_since = None  # the API answered (an error)
+                if isinstance(exc, TransportError):
+                    # No answer at all: the API (or the way there) is down. That is no
+                    # reason of the job's own: it waits, with capped backoff, for as
+                    # long as the run's patience lasts, then the run stops (exit 75).
+                    self._unreachable(state)
+                elif self._backoff.gives_up(state.attempt):
                     await self._fail(state, "SUBMIT_ERROR", str(exc))
                     return None
                 self._emit("retried", row.id, call="submit", attempt=state.attempt, error=str(exc))
-                await self._pause(task, self._backoff.delay(state.attempt))
+                attempt = min(state.attempt, self._backoff.max_attempts)
+                await self._pause(task, self._backoff.delay(attempt))
                 continue
             except ApiError as exc:
                 state.on_wire = False
@@ -213,6 +225,24 @@ class Submitter:
                 return None
             self._record(state, task_id)
             return task_id
+
+    def _unreachable(self, state: _Attempt) -> None:
+        """Count this submit's time without an answer; past the patience, stop submits."""
+        now = self._clock.monotonic()
+        if state.unanswered_since is None:
+            state.unanswered_since = now
+        if now - state.unanswered_since < self._patience_s:
+            return
+        minutes = self._patience_s / 60.0
+        reason = (
+            f"the API gave no answer for {minutes:g} min; nothing was lost: "
+            "the same command resumes"
+        )
+        first = self._stops.submits_stopped_by is None
+        self._stops.request(Stop(StopKind.UNREACHABLE, reason))
+        if first:
+            self._emit("stopped", reason=reason)
+        raise _NotSent()
 
     async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
@@ -287,6 +317,7 @@ class _Attempt:
         "recording",
         "row",
         "task_id",
+        "unanswered_since",
     )
 
     def __init__(self, row: JobRow) -> None:
@@ -298,6 +329,7 @@ class _Attempt:
         self.recording: asyncio.Future[None] | None = None  # the task id's commit
         self.task_id: str | None = None
         self.failed = False  # its failure is (being) journaled
+        self.unanswered_since: float | None = None  # first attempt of a run with no answer
 
     @property
     def possibly_duplicated(self) -> bool:

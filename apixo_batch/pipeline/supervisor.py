@@ -247,6 +247,7 @@ class Supervisor:
                 ledger,
                 backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
                 callback_url=callback_url,
+                patience_s=o.max_wait_min * 60.0,
                 **common,  # type: ignore[arg-type]
             )
             submitter = self._submitter
@@ -269,6 +270,7 @@ class Supervisor:
             emit=self._emit,
             backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
             workers=o.download_concurrency,
+            patience_s=o.max_wait_min * 60.0,
         )
 
     async def _pipeline(self, ledger: Ledger, *, submit: bool) -> None:

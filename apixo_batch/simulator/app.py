@@ -76,6 +76,8 @@ class Simulator:
         cfg = self.config
         self._key = cfg.resolved_api_key()
         self._stats = SimStats()
+        #: outage windows begun so far (``outages``)
+        self.outages_seen = 0
         self._book = TaskBook(cfg, self._on_finish)
         self._callbacks = CallbackSender(cfg, self._stats)
         self._window = RollingWindow()

@@ -67,6 +67,10 @@ class SimConfig(BaseModel):
     reset_rate: Rate = 0.0
     #: submits that create the task but whose answer is lost to a reset
     submit_lost_rate: Rate = 0.0
+    #: network outages: (start, length) in real seconds from the simulator's start;
+    #: meanwhile every connection is refused (API, files and /_sim/* alike) and open
+    #: ones are closed, as when a host or its network is gone
+    outages: list[tuple[float, float]] = Field(default_factory=list)
     slow_rate: Rate = 0.0
     #: real seconds a slow answer waits before being processed
     slow_delay_s: float = Field(default=5.0, ge=0.0)

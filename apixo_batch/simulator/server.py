@@ -34,17 +34,42 @@ async def run_simulator(
     sim = Simulator(config)
     runner = web.AppRunner(sim.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
+    outages: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
         bound_port = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         sim.url = f"http://{shown}:{bound_port}"
         sim.base_url = sim.url + "/api/v1"
+        if sim.config.outages:
+            outages = asyncio.ensure_future(_outages(sim, runner, site, host, bound_port))
         yield sim
     finally:
+        if outages is not None:
+            outages.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outages
         await sim.close()
         await runner.cleanup()
+
+
+async def _outages(
+    sim: Simulator, runner: web.AppRunner, site: web.TCPSite, host: str, port: int
+) -> None:
+    """Refuse every connection during each configured window (``outages``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for start, length in sorted(sim.config.outages):
+        await asyncio.sleep(max(0.0, started + start - loop.time()))
+        await site.stop()  # no more connections are accepted...
+        if runner.server is not None:
+            for conn in list(runner.server.connections):
+                conn.force_close()  # ...and the open ones are closed, answers and all
+        sim.outages_seen += 1
+        await asyncio.sleep(max(0.0, started + start + length - loop.time()))
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
 
 
 def _load_config(args: argparse.Namespace) -> SimConfig:
