@@ -20,9 +20,10 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from .breaker import Breaker
 from .clock import SystemClock
 from .defaults import DEFAULT_BASE_URL
-from .errors import RateLimited, TransportError, api_error_for
+from .errors import ApiError, RateLimited, TransportError, api_error_for
 from .limits import RPM_CAP, Priority, RequestBucket
 from .retry import parse_retry_after
 from .secret import ApiKey, redact
@@ -129,6 +130,9 @@ class ApixoClient:
     ) -> None:
         self._key = api_key
         self.bucket = bucket if bucket is not None else RequestBucket(RPM_CAP, SystemClock())
+        scale = self.bucket.time_scale
+        #: while the API gives no answer at all, calls wait and one probes (see breaker)
+        self.breaker = Breaker(self.bucket.clock, base=1.0 * scale, cap=60.0 * scale)
         self.base_url = base_url.rstrip("/")
         self._own_session = session is None
         self._session = session
@@ -173,21 +177,51 @@ class ApixoClient:
         body: Mapping[str, Any] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
+        probe = await self.breaker.admit()
+        try:
+            return await self._through_the_bucket(
+                method, url, endpoint, priority, body, before_send, probe
+            )
+        finally:
+            if probe:
+                self.breaker.forget_probe()  # no outcome came (stopped, cancelled)
+
+    async def _through_the_bucket(
+        self,
+        method: str,
+        url: str | URL,
+        endpoint: str,
+        priority: int,
+        body: Mapping[str, Any] | None,
+        before_send: Callable[[], Awaitable[None]] | None,
+        probe: bool,
+    ) -> dict[str, Any]:
         ticket = await self.bucket.acquire(priority)
         if before_send is not None:
             await before_send()  # may raise: then nothing is sent
         self.bucket.sent()
         try:
-            return await self._send(method, url, endpoint=endpoint, body=body)
-        except RateLimited as exc:
-            # A submit refused while requests run well under their limit is the account's
-            # slot limit speaking (whatever its message says): the rate is not to blame.
-            says_rate = "rate" in exc.api_message.lower()
-            if endpoint == "submit" and not says_rate and self.bucket.utilization() < 0.5:
-                exc.slots = True
-            if not exc.slots:
-                self.bucket.rate_limited(exc.retry_after, ticket=ticket)
+            answer = await self._send(method, url, endpoint=endpoint, body=body)
+        except TransportError:
+            self.breaker.no_answer(probe)
             raise
+        except ApiError as exc:
+            self.breaker.answered(probe)
+            if isinstance(exc, RateLimited):
+                self._limited(exc, endpoint, ticket)
+            raise
+        self.breaker.answered(probe)
+        return answer
+
+    def _limited(self, exc: RateLimited, endpoint: str, ticket: int) -> None:
+        """A 429: the request rate's, or (a submit's) the account's slots."""
+        # A submit refused while requests run well under their limit is the account's
+        # slot limit speaking (whatever its message says): the rate is not to blame.
+        says_rate = "rate" in exc.api_message.lower()
+        if endpoint == "submit" and not says_rate and self.bucket.utilization() < 0.5:
+            exc.slots = True
+        if not exc.slots:
+            self.bucket.rate_limited(exc.retry_after, ticket=ticket)
 
     async def _send(
         self,

@@ -240,6 +240,10 @@ class RequestBucket:
         return None if c is None else c * 60.0 + self.burst
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def pressure(self) -> int:
         """How many callers are queued behind the bucket right now."""
         return len(self._waiters) + (1 if self._busy else 0)

@@ -198,6 +198,8 @@ class Supervisor:
                     connections=min(256, self.options.max_concurrent + 8),
                     bucket=self.bucket,
                 )
+                client.breaker.patience = self.options.max_wait_min * 60.0
+                client.breaker.on_change = self._outage_news
                 stack.push_async_callback(client.close)
             downloads = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
@@ -328,6 +330,16 @@ class Supervisor:
             tg.create_task(lander.feed(feeder_tx))
             tg.create_task(lander.run(fetch_rx))
 
+    def _outage_news(self, opened: bool, silent_s: float) -> None:
+        """The API stopped, or resumed, answering: said once each, in plain words."""
+        if opened:
+            message = (
+                f"API unreachable (no answer for {_duration(silent_s)}); retrying, nothing lost"
+            )
+        else:
+            message = f"API answering again after {_duration(silent_s)} without an answer"
+        self._emit("warning", message=message)
+
     async def _callback_token(self, ledger: Ledger) -> str | None:
         """Callback mode: the campaign's token, made once and kept in the journal."""
         o = self.options
@@ -415,3 +427,11 @@ class Supervisor:
         )
         self._emit("summary", **summary_dict(result))
         return result
+
+
+def _duration(seconds: float) -> str:
+    """``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
