@@ -334,7 +334,8 @@ class Supervisor:
         """The API stopped, or resumed, answering: said once each, in plain words."""
         if opened:
             message = (
-                f"API unreachable (no answer for {_duration(silent_s)}); retrying, nothing lost"
+                "API unreachable: no answer to the last calls; retrying with backoff "
+                f"for up to --max-wait ({self.options.max_wait_min:g} min), nothing lost"
             )
         else:
             message = f"API answering again after {_duration(silent_s)} without an answer"
