@@ -6,6 +6,9 @@ Each case is a fresh simulator (its own account limits) and one `apixo-batch run
   told 2,700 (90 %). Wanted: 0 answers 429.
 * ``rate-lower``: the same account; the engine is told 9,000. Wanted: at least 0.85 of the
   account's bound (its requests a minute), at most 3 % of requests answered 429.
+* ``outage``: every connection refused for 15 s (5 minutes at ``--time-scale 0.05``)
+  from 4 s after the simulator starts, mid-campaign. Wanted: exit 0, every job done,
+  none failed, duplicates only for submits that were on the wire.
 * ``slots-told``: the same account, the engine told its real limit (100): the reference
   for slots busy (what polling's detection delay leaves idle at this scale).
 * ``slots-lower``: the account holds 100 tasks at once; the engine is told 900; the
@@ -57,12 +60,21 @@ CASES: dict[str, dict[str, Any]] = {
         "jobs": 1500,
         "scale": 0.05,
     },
+    "outage": {
+        "sim": {"outages": [[4.0, 15.0]]},
+        "args": ["--max-concurrent", "200"],
+        "jobs": 600,
+        "scale": 0.05,
+    },
 }
 
 
 def _busy(sim: Any, stop: list[bool], samples: list[tuple[float, int]]) -> None:
     while not stop:
-        samples.append((time.monotonic(), int(sim.stats().get("concurrent_tasks", 0))))
+        try:
+            samples.append((time.monotonic(), int(sim.stats().get("concurrent_tasks", 0))))
+        except OSError:
+            pass  # the simulator's outage: its stats are unreachable too
         time.sleep(0.05)
 
 
@@ -91,7 +103,12 @@ def one(name: str) -> str:
         f"({limited / max(requests, 1):.1%} of requests, {limited / case['jobs']:.3f}/task), "
         f"learned rpm {s.get('learned_rpm')}, learned slots {s.get('learned_slots')}"
     )
-    if "rpm_limit" in case["sim"]:
+    if "outages" in case["sim"]:
+        line += (
+            f"; duplicate submits {stats['duplicate_submits']}, flagged possibly_duplicated "
+            f"{s.get('possibly_duplicated')}, stop reason {s.get('stop_reason')}"
+        )
+    elif "rpm_limit" in case["sim"]:
         per_s = case["sim"]["rpm_limit"] / case["sim"]["rpm_window_s"]
         # Requests the run needed, at the account's pace: its lower bound of wall time.
         accepted = requests - limited
