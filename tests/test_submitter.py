@@ -18,6 +18,18 @@ from apixo_batch.retry import Backoff
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
 
+def _submitter(api: FakeApi, ledger: Ledger, clock: FakeClock, stops: Stops) -> Submitter:
+    return Submitter(
+        api,  # type: ignore[arg-type]
+        ledger,
+        clock=clock,
+        stops=stops,
+        emit=Recorder().emitter(clock),
+        backoff=FAST,
+        callback_url=None,
+    )
+
+
 async def _run(
     api: FakeApi, ledger: Ledger, clock: FakeClock, n: int, stops: Stops | None = None
 ) -> tuple[Submitter, list[Submitted], Recorder, ConcurrencyLimit]:
@@ -145,15 +157,7 @@ async def test_drain_waits_for_submits_on_the_wire_within_the_grace(latency: flo
     ledger = await memory_ledger(clock, [new_job(0)])
     api = FakeApi(clock, submit_latency=latency)
     stops = Stops()
-    submitter = Submitter(
-        api,  # type: ignore[arg-type]
-        ledger,
-        clock=clock,
-        stops=stops,
-        emit=Recorder().emitter(clock),
-        backoff=FAST,
-        callback_url=None,
-    )
+    submitter = _submitter(api, ledger, clock, stops)
     slots = ConcurrencyLimit(1)
     await slots.acquire()
     admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
@@ -190,15 +194,7 @@ async def test_a_submit_refused_for_the_accounts_slots_waits_for_a_task_to_end()
     other = Permit(slots)  # a task of the account's, running
     await slots.acquire()
     other.running()
-    submitter = Submitter(
-        api,  # type: ignore[arg-type]
-        ledger,
-        clock=clock,
-        stops=Stops(),
-        emit=Recorder().emitter(clock),
-        backoff=FAST,
-        callback_url=None,
-    )
+    submitter = _submitter(api, ledger, clock, Stops())
     await slots.acquire()
     admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
     out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)

@@ -141,29 +141,26 @@ class Reconcile(Connection):
         """Jobs an earlier version failed only because their submit never got an answer
         (``SUBMIT_ERROR``, no task id): a transient reason, so they are queued again, their
         doubt kept (``possibly_duplicated``), without --retry-failed."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state=?, fail_code=NULL, fail_msg=NULL, updated_at=? "
-                "WHERE state=? AND fail_code='SUBMIT_ERROR' AND task_id IS NULL",
-                (S.QUEUED.value, now, S.FAILED.value),
-            )
-            return cur.rowcount
+        return self._requeue(
+            "fail_code=NULL, fail_msg=NULL",
+            "state='failed' AND fail_code='SUBMIT_ERROR' AND task_id IS NULL",
+            now,
+        )
 
     def recover_interrupted_submits(self, now: float) -> int:
         """Jobs left ``submitting`` by a crash: back to ``queued``, flagged possibly duplicated."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state=?, possibly_duplicated=1, updated_at=? WHERE state=?",
-                (S.QUEUED.value, now, S.SUBMITTING.value),
-            )
-            return cur.rowcount
+        return self._requeue("possibly_duplicated=1", "state='submitting'", now)
 
     def requeue_failed(self, now: float) -> int:
         """``--retry-failed``: failed jobs become submittable again (it costs money again)."""
+        return self._requeue(
+            "task_id=NULL, fail_code=NULL, fail_msg=NULL", "state='failed' AND in_file=1", now
+        )
+
+    def _requeue(self, sets: str, where: str, now: float) -> int:
+        """Jobs matching ``where`` back to ``queued`` with ``sets``; how many."""
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE jobs SET state=?, task_id=NULL, fail_code=NULL, fail_msg=NULL, "
-                "updated_at=? WHERE state=? AND in_file=1",
-                (S.QUEUED.value, now, S.FAILED.value),
+                f"UPDATE jobs SET state='queued', {sets}, updated_at=? WHERE {where}", (now,)
             )
             return cur.rowcount
