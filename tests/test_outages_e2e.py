@@ -62,3 +62,33 @@ async def test_an_api_unreachable_past_the_patience_stops_with_exit_75(
     assert again.code == 0, again.stderr
     assert again.summary["counts"]["done"] == 5
     assert sim.stats()["duplicate_submits"] == 0
+
+
+async def test_an_account_that_holds_fewer_slots_than_told(simulator, tmp_path: Path) -> None:
+    """The account holds 10 tasks, the engine is told 100: every job done (none left
+    behind by a refused submit), few 429s (the window learns the account's slots: about
+    one probe per window's worth of tasks), and the summary says what it learned."""
+    sim = await simulator(time_scale=0.01, concurrency_limit=10, duration_override_s=(0.2, 0.3))
+    job_file = write_campaign(tmp_path, simple_jobs(80))
+    res = await run_cli(sim, "run", str(job_file), *FAST, "--max-concurrent", "100", limit=60)
+    assert res.code == 0, res.stderr
+    assert res.summary["counts"]["done"] == 80
+    stats = sim.stats()
+    assert stats["max_concurrent_tasks"] <= 10 and stats["duplicate_submits"] == 0
+    assert stats["rate_limited"] <= 0.4 * 80  # the code before: about one per job
+    assert res.summary["learned_slots"] is not None and res.summary["learned_slots"] <= 20
+
+
+async def test_an_account_rate_lower_than_told(simulator, tmp_path: Path) -> None:
+    """The account allows 60 requests per 5 s, the engine is told 9,000 a minute: done,
+    a few 429s while the rate comes down (one decrease per episode), and the rate
+    that overshot is reported (and kept in the journal for the next run)."""
+    sim = await simulator(
+        time_scale=0.01, rpm_limit=60, rpm_window_s=5.0, duration_override_s=(0.05, 0.1)
+    )
+    job_file = write_campaign(tmp_path, simple_jobs(60))
+    first = await run_cli(sim, "run", str(job_file), *FAST, limit=60)
+    assert first.code == 0, first.stderr
+    limited = sim.stats()["rate_limited"]
+    assert limited <= 0.2 * sim.stats()["requests_total"]
+    assert first.summary["learned_rpm"] is not None and first.summary["learned_rpm"] < 9_000

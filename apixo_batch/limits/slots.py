@@ -9,7 +9,7 @@ from dataclasses import dataclass
 __all__ = ["SLOW_START", "ConcurrencyLimit", "ConcurrencyStats", "SlotsClosed", "SlotsStranded"]
 
 #: the slot window a run starts with, before tasks are created
-SLOW_START = 32
+SLOW_START = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +131,10 @@ class ConcurrencyLimit:
 
     async def freed(self) -> None:
         """Wait for the next task to end (a refused submit keeps its permit meanwhile, and
-        takes that task's slot: one retry per slot freed). Raises :class:`SlotsStranded`
-        when no task that could end is left."""
+        takes that task's slot: one retry per slot freed); at once when no task of this
+        run exists. Raises :class:`SlotsStranded` when every task is stranded."""
+        if self._running == 0:
+            return  # none of this run's tasks holds a slot: the account's may be free now
         if self._running <= self._stranded:
             raise SlotsStranded()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
