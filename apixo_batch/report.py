@@ -21,6 +21,7 @@ from .journal import JobRow, JobState, Journal
 
 __all__ = [
     "ManifestInfo",
+    "human_duration",
     "manifest_entry",
     "manifest_state",
     "render_summary",
@@ -106,6 +107,14 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
     return ManifestInfo(
         path, dict(counts), dict(arrived), dict(fails), {m: dict(c) for m, c in per_model.items()}
     )
+
+
+def human_duration(seconds: float) -> str:
+    """``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:

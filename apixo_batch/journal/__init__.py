@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .ledger import Landed, Ledger, Totals
 from .naming import FileRegistry, hold_name, result_filename
-from .reconcile import NewJob, SyncResult
+from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import JobRow
 from .states import TRANSITIONS, JobState
 from .store import Journal
@@ -40,5 +40,6 @@ __all__ = [
     "SyncResult",
     "Totals",
     "hold_name",
+    "jobs_of",
     "result_filename",
 ]

@@ -9,13 +9,19 @@ the file keeps its row (``in_file=0``): its paid work is still followed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..catalog import get_model
 from .connection import Connection
 from .states import JobState
 
-__all__ = ["NewJob", "Reconcile", "SyncResult"]
+if TYPE_CHECKING:
+    from ..jobs import Campaign
+
+__all__ = ["NewJob", "Reconcile", "SyncResult", "jobs_of"]
 
 S = JobState
 
@@ -41,6 +47,22 @@ class SyncResult:
     updated: int = 0  # input changed before any submit: the new input is used
     changed_after_submit: list[str] | None = None  # ids whose paid task follows the old input
     dropped_from_file: int = 0
+
+
+def jobs_of(campaign: Campaign) -> Iterator[NewJob]:
+    """What the job file says of each job, priced, in file order (streamed)."""
+    for job in campaign.iter_jobs():
+        spec = get_model(job.model)
+        yield NewJob(
+            id=job.id,
+            idx=job.index,
+            model=job.model,
+            provider=job.provider,
+            input_json=json.dumps(dict(job.input), sort_keys=True, ensure_ascii=False),
+            input_hash=job.input_hash,
+            filename=job.filename,
+            cost_usd=spec.cost(job.input, campaign.prices) if spec else None,
+        )
 
 
 class Reconcile(Connection):

@@ -22,24 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..catalog import get_model
 from ..client import ApixoClient
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
 from ..jobs import Campaign
-from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, NewJob, SyncResult
+from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
 from ..receiver import CallbackReceiver, callback_url_with_token, new_token
+from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter
@@ -141,7 +139,7 @@ class Supervisor:
     async def _run(self, ledger: Ledger) -> SyncResult:
         run_mode = self.options.mode == "run"
         recovered, synced = await ledger.reconcile(
-            self._new_jobs(), retry_failed=self.options.retry_failed and run_mode
+            jobs_of(self.campaign), retry_failed=self.options.retry_failed and run_mode
         )
         for job_id in synced.changed_after_submit or []:
             self._emit(
@@ -338,7 +336,7 @@ class Supervisor:
                 f"for up to --max-wait ({self.options.max_wait_min:g} min), nothing lost"
             )
         else:
-            message = f"API answering again after {_duration(silent_s)} without an answer"
+            message = f"API answering again after {human_duration(silent_s)} without an answer"
         self._emit("warning", message=message)
 
     async def _callback_token(self, ledger: Ledger) -> str | None:
@@ -369,21 +367,6 @@ class Supervisor:
         if self._follower is None:
             return "unknown"
         return await self._follower.on_callback(status)
-
-    def _new_jobs(self) -> Iterator[NewJob]:
-        for job in self.campaign.iter_jobs():
-            spec = get_model(job.model)
-            cost = spec.cost(job.input, self.campaign.prices) if spec else None
-            yield NewJob(
-                id=job.id,
-                idx=job.index,
-                model=job.model,
-                provider=job.provider,
-                input_json=json.dumps(dict(job.input), sort_keys=True, ensure_ascii=False),
-                input_hash=job.input_hash,
-                filename=job.filename,
-                cost_usd=cost,
-            )
 
     # -- the end --------------------------------------------------------------
     def _account(self) -> str:
@@ -428,11 +411,3 @@ class Supervisor:
         )
         self._emit("summary", **summary_dict(result))
         return result
-
-
-def _duration(seconds: float) -> str:
-    """``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
