@@ -93,7 +93,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
 
 
 def _lander(
-    ledger: Ledger, clock: FakeClock, out: Path, workers: int = 2
+    ledger: Ledger, clock: FakeClock, out: Path, workers: int = 2, patience_s: float = 1800.0
 ) -> tuple[Lander, Recorder]:
     events = Recorder()
     lander = Lander(
@@ -104,6 +104,7 @@ def _lander(
         emit=events.emitter(clock),
         backoff=FAST,
         workers=workers,
+        patience_s=patience_s,
     )
     return lander, events
 
@@ -366,17 +367,7 @@ async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(0)])
     await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
-    events = Recorder()
-    lander = Lander(
-        ledger,
-        None,  # type: ignore[arg-type]
-        output_dir=tmp_path,
-        clock=clock,
-        emit=events.emitter(clock),
-        backoff=FAST,
-        workers=1,
-        patience_s=patience,
-    )
+    lander, events = _lander(ledger, clock, tmp_path, workers=1, patience_s=patience)
     await _land(lander, clock, [_fetch(ledger, "job-0")])
     state = row(ledger, "job-0").state
     assert state is (JobState.DONE if landed else JobState.SUCCEEDED)

@@ -16,7 +16,6 @@ caller is cancelled. Which writes are durable is decided here, once:
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -301,8 +300,3 @@ class Ledger:
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
         return self._j.write(lambda j: j.transition(job_id, new, at, **fields), durable=durable)
-
-
-def input_json(inp: dict[str, Any]) -> str:
-    """A job's input as the journal stores it (sorted keys: the same input, the same text)."""
-    return json.dumps(inp, sort_keys=True, ensure_ascii=False)

@@ -28,7 +28,7 @@ import aiohttp
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..client import ApixoClient
+from ..client import ApixoClient, TaskStatus
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
@@ -36,7 +36,7 @@ from ..events import Emitter, EventSink
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
-from ..receiver import CallbackReceiver, callback_url_with_token, new_token
+from ..receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
@@ -240,7 +240,6 @@ class Supervisor:
         callback_url = None
         if token is not None and o.callback_url:
             callback_url = callback_url_with_token(o.callback_url, token)
-        common = {"clock": self.clock, "stops": self.stops, "emit": self._emit}
         if client is not None:
             self._submitter = Submitter(
                 client,
@@ -248,7 +247,9 @@ class Supervisor:
                 backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
                 callback_url=callback_url,
                 patience_s=o.max_wait_min * 60.0,
-                **common,  # type: ignore[arg-type]
+                clock=self.clock,
+                stops=self.stops,
+                emit=self._emit,
             )
             submitter = self._submitter
             self._follower = Follower(
@@ -259,7 +260,9 @@ class Supervisor:
                 time_scale=o.time_scale,
                 max_wait_min=o.max_wait_min,
                 submits_under_way=lambda: submitter.under_way,
-                **common,  # type: ignore[arg-type]
+                clock=self.clock,
+                stops=self.stops,
+                emit=self._emit,
             )
             self._follower.adopt(in_flight)
         self._lander = Lander(
@@ -362,7 +365,7 @@ class Supervisor:
             raise ApixoError(f"callback mode: {exc}") from None
         stack.push_async_callback(receiver.stop)
 
-    async def _on_callback(self, status: Any) -> Any:
+    async def _on_callback(self, status: TaskStatus) -> HandlerResult:
         # The receiver starts before the stages are built: deliveries go to the follower.
         if self._follower is None:
             return "unknown"
