@@ -1,4 +1,4 @@
-"""Small helpers shared by compare.py, callback_bench.py and scaling.py.
+"""Small helpers shared by compare.py, cpu_compare.py, callback_bench.py and scaling.py.
 
 ``measure`` runs any command as a child and measures that process alone with
 ``os.wait4`` (CPU s, peak RSS), optionally sending SIGTERM after a time slice;

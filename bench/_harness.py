@@ -243,3 +243,68 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _mixed_inputs() -> list[tuple[str, dict[str, Any]]]:
+    """Every model and mode of the catalog, at each duration (and Wan's resolutions)."""
+    image = {"image_urls": ["https://example.com/bench/frame.jpg"]}
+    combos: list[tuple[str, dict[str, Any]]] = []
+    for duration in (5, 10):
+        for mode in ("text-to-video", "image-to-video"):
+            extra = image if mode == "image-to-video" else {}
+            combos.append(("kling-2-5-turbo-pro", {"mode": mode, "duration": duration, **extra}))
+            combos.append(
+                ("kling-2-6", {"mode": mode, "duration": duration, "sound": False, **extra})
+            )
+        for mode in ("standard", "pro", "master"):
+            combos.append(
+                ("kling-2-1", {"mode": f"{mode}-image-to-video", "duration": duration, **image})
+            )
+        combos.append(("kling-2-1", {"mode": "master-text-to-video", "duration": duration}))
+    for resolution in ("720p", "1080p"):
+        for mode in ("text-to-video", "image-to-video"):
+            extra = image if mode == "image-to-video" else {}
+            combos.append(
+                ("wan-2-5", {"mode": mode, "duration": 5, "resolution": resolution, **extra})
+            )
+    return combos
+
+
+def mixed_campaign(workdir: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
+    """``n`` jobs over every model and mode in a seeded random order: (job file for
+    apixo-batch, the same jobs as JSONL for the recipe, each with its documented first
+    poll)."""
+    import random
+
+    from apixo_batch.catalog import get_model
+
+    combos = _mixed_inputs()
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        model, inp = rng.choice(combos)
+        rows.append((f"job-{i:06d}", model, {**inp, "prompt": f"benchmark scene {i}"}))
+    engine_rows = workdir / "jobs.jsonl"
+    recipe_rows = workdir / "recipe.jsonl"
+    with engine_rows.open("w", encoding="utf-8") as e, recipe_rows.open("w", encoding="utf-8") as r:
+        for job_id, model, inp in rows:
+            e.write(json.dumps({"id": job_id, "model": model, "input": inp}) + "\n")
+            spec = get_model(model)
+            assert spec is not None
+            first = spec.clock(inp).first_poll
+            r.write(json.dumps({"model": model, "input": inp, "first_poll": first}) + "\n")
+    doc = {
+        "name": "bench-mixed",
+        "output": {"dir": "out", "filename": "{id}.mp4"},
+        "jobs_file": "jobs.jsonl",
+    }
+    path = workdir / "campaign.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path, recipe_rows
+
+
+def task_timings(sim: Sim) -> dict[str, Any]:
+    """``GET /_sim/tasks``: each task's [created, ended, seen] in seconds."""
+    with urllib.request.urlopen(sim.url + "/_sim/tasks", timeout=30) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data

@@ -1,128 +1,171 @@
-"""apixo-batch against the docs' recipe (bench/recipe_baseline.py) on the same workloads (issue 7).
+"""A campaign bound by the account's slots: apixo-batch (polling, callback) and the docs' recipe.
 
-For every workload and side, a fresh simulator subprocess with the same
-SimConfig, then the client as another subprocess, measured alone with
-os.wait4 (CPU s, peak RSS); the simulator's /_sim/stats give the requests it
-answered (429s included), the 429s and the peak of tasks in flight. Prints a
-Markdown table: tasks/s, requests/task, 429s, peak RSS, CPU s, wall s
-(median of --repeat runs, range in brackets).
+Issue 19. The real account's shape, shrunk faithfully: 50 slots instead of 1,000,
+``--time-scale 0.05``, every model and mode of the catalog in a seeded random order
+at the docs' generation times (the simulator's), and the request budget per task
+of 1,000 slots and 10,000 requests a minute (the simulator's limit is that budget
+at this scale and slot count: 10,000 real requests a minute). Each side runs alone
+against a fresh simulator with the same seed; the simulator's ``/_sim/tasks`` gives
+every task's creation, end and the moment its client learned the end, from which:
 
-    .venv/bin/python bench/compare.py [--repeat 3] [short rpm3000 conc900 bigfiles]
+* **slots busy in steady state**: the time-average of tasks running at the
+  simulator over the account's slots, from the moment the first wave has been
+  submitted (the slots-th task created) to the last submit;
+* **lower bound / wall time**: the campaign's lower bound (its generation seconds
+  over the slots, or its longest generation if longer) over the client process's
+  wall time (start-up included);
+* **requests per task**: every API request the simulator answered (429s included)
+  over the jobs;
+* detection delay (end at the simulator to the client knowing it) p50/p90, and for
+  apixo-batch the slot turnaround it reports (end known to the next submit leaving).
 
-Caveat, printed too: time_scale 0.01 shrinks every wait 100x but the simulator's
-rpm window stays 60 real seconds, so a poll every 5 s becomes one every 0.05 s
-against an unchanged limit: the recipe hits 429s that it would reach at real
-speed only with ~100x the jobs in flight. bigfiles uses 32 MB files: with 8 MB
-ones the local simulator serves downloads nearly one after another, so whole-file
-reads never pile up (recipe peak RSS 53-57 MB for 80 x 8 MB).
+    cd /tmp && PYTHONPATH=/work/main /work/main/.venv/bin/python \\
+        /work/main/bench/compare.py [--jobs 800] [--repeat 1] [polling callback recipe]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import Proc, engine_cmd, load, measure, med  # noqa: E402
-from _harness import KEY, campaign, simulator, workdir  # noqa: E402
+from _common import engine_cmd, load, measure, pct  # noqa: E402
+from _harness import (  # noqa: E402
+    KEY,
+    free_port,
+    mixed_campaign,
+    simulator,
+    task_timings,
+    workdir,
+)
 
-SCALE = 0.01
-
-
-@dataclass(frozen=True)
-class Workload:
-    jobs: int
-    max_concurrent: int
-    sim: dict[str, Any]
-    note: str
-
-
-WORKLOADS = {
-    "short": Workload(600, 200, {}, "600 jobs: fewer requests than one minute's limit"),
-    "rpm3000": Workload(1500, 200, {"rpm_limit": 3000}, "1,500 jobs, sim rpm limit 3,000"),
-    "conc900": Workload(9000, 900, {}, "9,000 jobs, rpm limit 10,000"),
-    "bigfiles": Workload(
-        40,
-        200,
-        {"file_size": 32 << 20, "duration_override_s": [0.6, 0.65]},
-        "40 jobs x 32 MB files, all ending within 50 ms",
-    ),
-}
+SCALE = 0.05
+SLOTS = 50
+#: 10,000 requests a minute for 1,000 slots, for 50 slots at 0.05 of real time
+RPM = round(10_000 * SLOTS / 1_000 / SCALE)
+SIDES = ("polling", "callback", "recipe")
 
 
-def one(name: str, w: Workload, side: str) -> tuple[Proc, dict[str, Any]]:
-    cfg = {"time_scale": SCALE, "balance": 1e9, "file_size": 64 << 10, **w.sim}
-    rpm = int(cfg.get("rpm_limit", 10_000)) - 1
+def busy_and_bound(timings: dict[str, Any], slots: int) -> dict[str, float]:
+    """Slots busy in steady state, the lower bound and detection delays, from task lives."""
+    tasks = [t for t in timings["tasks"] if t[1] is not None]
+    created = sorted(t[0] for t in tasks)
+    generation = [t[1] - t[0] for t in tasks]
+    lo, hi = created[min(slots, len(created)) - 1], created[-1]
+    # Running tasks over [lo, hi]: the overlap of each task's life with the window.
+    overlap = sum(max(0.0, min(end, hi) - max(start, lo)) for start, end, _ in tasks)
+    busy = overlap / (slots * (hi - lo)) if hi > lo else float("nan")
+    seen = [t[2] - t[1] for t in tasks if t[2] is not None]
+    return {
+        "busy": busy,
+        "bound_s": max(sum(generation) / slots, max(generation)),
+        "detect_p50": pct(seen, 0.5) / SCALE,
+        "detect_p90": pct(seen, 0.9) / SCALE,
+    }
+
+
+def one(side: str, jobs: int) -> dict[str, Any]:
+    cfg = {
+        "time_scale": SCALE,
+        "balance": 1e9,
+        "file_size": 64 << 10,
+        "concurrency_limit": SLOTS,
+        "rpm_limit": RPM,
+        "seed": 19,
+    }
     with workdir() as wd:
-        job_file = campaign(wd, w.jobs)
+        job_file, recipe_rows = mixed_campaign(wd, jobs)
         with simulator(wd, **cfg) as sim:
+            env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
             if side == "recipe":
                 cmd = [sys.executable, str(HERE / "recipe_baseline.py"), "--base-url"]
-                cmd += [sim.base_url, "--key", KEY, "--jobs", str(w.jobs), "--max-concurrent"]
-                cmd += [str(w.max_concurrent), "--time-scale", str(SCALE), "--out", str(wd / "b")]
-                env = None
+                cmd += [sim.base_url, "--key", KEY, "--jobs-file", str(recipe_rows)]
+                cmd += ["--max-concurrent", str(SLOTS), "--time-scale", str(SCALE)]
+                cmd += ["--out", str(wd / "b")]
             else:
-                cmd = engine_cmd(job_file, "--max-concurrent", str(w.max_concurrent))
-                cmd += ["--rpm", str(min(rpm, 9999)), "--time-scale", str(SCALE)]
-                env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
+                cmd = engine_cmd(job_file, "--max-concurrent", str(SLOTS))
+                cmd += ["--time-scale", str(SCALE)]
+                if side == "callback":
+                    port = free_port()
+                    cmd += ["--callback-url", f"http://127.0.0.1:{port}/hook"]
+                    cmd += ["--listen", f"127.0.0.1:{port}"]
             proc = measure(cmd, env)
-            return proc, sim.stats()
+            stats = sim.stats()
+            timings = task_timings(sim)
+    summary = proc.lines[-1] if proc.lines else {}
+    done = summary.get("counts", {}).get("done") if "counts" in summary else summary.get("done")
+    out = busy_and_bound(timings, SLOTS)
+    turnaround = summary.get("slot_turnaround_s") or {}
+    return {
+        **out,
+        "done": done,
+        "ratio": out["bound_s"] / proc.wall_s,
+        "wall_s": proc.wall_s,
+        "per_task": stats["api_requests_total"] / jobs,
+        "429s": stats["rate_limited"],
+        "cpu_s": proc.cpu_s,
+        "turn_p50": turnaround.get("p50"),
+        "turn_p90": turnaround.get("p90"),
+        "planned_s": summary.get("planned_wall_s"),
+    }
 
 
-def done_of(proc: Proc) -> int:
-    last = proc.lines[-1] if proc.lines else {}
-    if "counts" in last:  # apixo-batch's summary event
-        return int(last["counts"].get("done", 0))
-    return int(last.get("done", 0))
+def _fmt(values: list[Any], fmt: str) -> str:
+    nums = [v for v in values if isinstance(v, (int, float))]
+    if not nums:
+        return "-"
+    mid = fmt.format(statistics.median(nums))
+    return mid if len(nums) == 1 else f"{mid} ({fmt.format(min(nums))}-{fmt.format(max(nums))})"
 
 
-def main(argv: list[str]) -> None:
-    repeat = 1
-    if argv[:1] == ["--repeat"]:
-        repeat, argv = int(argv[1]), argv[2:]
-    names = argv or list(WORKLOADS)
-    print(f"## apixo-batch vs the docs' recipe (time_scale {SCALE}, {repeat} run(s) each)\n")
-    print(f"{load()} at start\n")
-    rows = []
-    for name in names:
-        w = WORKLOADS[name]
-        for side in ("recipe", "apixo-batch"):
-            runs = [one(name, w, side) for _ in range(repeat)]
-            procs = [p for p, _ in runs]
-            stats = [s for _, s in runs]
-            done = [done_of(p) for p in procs]
-            rows.append(
-                [
-                    f"{name}: {w.note}, --max-concurrent {w.max_concurrent}",
-                    side,
-                    f"{min(done)}/{w.jobs}",
-                    med([d / p.wall_s for d, p in zip(done, procs, strict=True)]),
-                    med([s["api_requests_total"] / w.jobs for s in stats], "{:.2f}"),
-                    med([float(s["rate_limited"]) for s in stats], "{:.0f}"),
-                    str(max(s["max_concurrent_tasks"] for s in stats)),
-                    med([p.max_rss_mb for p in procs], "{:.0f}"),
-                    med([p.cpu_s for p in procs]),
-                    med([p.wall_s for p in procs]),
-                ]
-            )
-            print(f"  done {name} / {side}: {load()}", file=sys.stderr)
-    head = "workload | client | done | tasks/s | requests/task | 429s | peak in flight"
-    head += " | peak RSS MB | CPU s | wall s"
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=800)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("sides", nargs="*", default=list(SIDES))
+    args = parser.parse_args()
+    print(
+        f"## {args.jobs} jobs, every model and mode, {SLOTS} slots, rpm {RPM} (real), "
+        f"time_scale {SCALE}, {args.repeat} run(s) each; {load()}\n"
+    )
+    head = (
+        "client | slots busy in steady state | lower bound / wall time | requests per task | "
+        "429s | done | detection p50/p90 s | slot turnaround p50/p90 s | wall s | CPU s"
+    )
     print("| " + head + " |")
     print("|" + "---|" * (head.count("|") + 1))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print(f"\n{load()} at end. Median (min-max). apixo-batch runs with --rpm = sim limit - 1.")
-    print("requests/task counts every API request the simulator answered, 429s included;")
-    print("tasks/s = files on disk / wall s of the client process (start-up included).")
-    print(__doc__.split("Caveat, printed too: ")[1].strip() if __doc__ else "")
-    print("\nReproduce: .venv/bin/python bench/compare.py --repeat", repeat, " ".join(names))
+    for side in args.sides:
+        runs = [one(side, args.jobs) for _ in range(args.repeat)]
+
+        def col(key: str, fmt: str, runs: list[dict[str, Any]] = runs) -> str:
+            return _fmt([r[key] for r in runs], fmt)
+
+        name = "the docs recipe" if side == "recipe" else f"apixo-batch, {side}"
+        row = [
+            name,
+            col("busy", "{:.3f}"),
+            col("ratio", "{:.3f}"),
+            col("per_task", "{:.2f}"),
+            col("429s", "{:.0f}"),
+            col("done", "{:.0f}"),
+            f"{col('detect_p50', '{:.2f}')} / {col('detect_p90', '{:.2f}')}",
+            f"{col('turn_p50', '{:.3f}')} / {col('turn_p90', '{:.3f}')}",
+            col("wall_s", "{:.1f}"),
+            col("cpu_s", "{:.1f}"),
+        ]
+        print("| " + " | ".join(row) + " |", flush=True)
+    print(
+        "\nDetection and turnaround in unscaled seconds (real ones / time_scale); "
+        "wall and CPU in real seconds of the client process."
+    )
+    print("Reproduce: .venv/bin/python bench/compare.py", *sys.argv[1:])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

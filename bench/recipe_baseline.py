@@ -11,6 +11,10 @@ wait is multiplied by ``--time-scale`` so it can run against the simulator.
     .venv/bin/python bench/recipe_baseline.py --base-url http://127.0.0.1:8787/api/v1 \\
         --key sim-key --jobs 200 --max-concurrent 200 --time-scale 0.01 --out /tmp/x
 
+``--jobs-file`` takes a JSONL file of ``{"model", "input", "first_poll"}`` objects
+instead (bench/compare.py's mixed campaign): each job waits its own model's
+documented first poll, then polls every 5 s like the others.
+
 Prints one JSON line: done, failed, requests, 429s, wall_s.
 """
 
@@ -48,28 +52,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 return await resp.json()
 
+    jobs: list[dict[str, Any]] = [
+        {
+            "model": MODEL,
+            "first_poll": FIRST_POLL_S,
+            "input": {
+                "mode": "text-to-video",
+                "prompt": f"benchmark scene {i}",
+                "duration": 5,
+                "sound": False,
+            },
+        }
+        for i in range(args.jobs)
+    ]
+    if args.jobs_file:
+        lines = Path(args.jobs_file).read_text(encoding="utf-8").splitlines()
+        jobs = [json.loads(line) for line in lines if line.strip()]
+
     async def job(session: aiohttp.ClientSession, i: int) -> None:
         async with slots:
-            body = {
-                "request_type": "async",
-                "input": {
-                    "mode": "text-to-video",
-                    "prompt": f"benchmark scene {i}",
-                    "duration": 5,
-                    "sound": False,
-                },
-            }
-            answer = await call(session, "POST", f"{args.base_url}/generateTask/{MODEL}", json=body)
+            spec = jobs[i]
+            model = spec["model"]
+            body = {"request_type": "async", "input": spec["input"]}
+            answer = await call(session, "POST", f"{args.base_url}/generateTask/{model}", json=body)
             if answer.get("code") != 200:
                 counts["failed"] += 1
                 return
             task_id = answer["data"]["taskId"]
-            await asyncio.sleep(FIRST_POLL_S * scale)
+            await asyncio.sleep(float(spec["first_poll"]) * scale)
             while True:
                 status = await call(
                     session,
                     "GET",
-                    f"{args.base_url}/statusTask/{MODEL}",
+                    f"{args.base_url}/statusTask/{model}",
                     params={"taskId": task_id},
                 )
                 data = status.get("data") or {}
@@ -87,7 +102,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:  # aiohttp's defaults, as most scripts do
-        await asyncio.gather(*(job(session, i) for i in range(args.jobs)))
+        await asyncio.gather(*(job(session, i) for i in range(len(jobs))))
     return {**counts, "wall_s": round(time.monotonic() - started, 3)}
 
 
@@ -96,6 +111,7 @@ def main() -> None:
     parser.add_argument("--base-url", required=True, help="API base URL, ending in /api/v1")
     parser.add_argument("--key", required=True)
     parser.add_argument("--jobs", type=int, default=100, help="kling-2-6 text-to-video 5 s jobs")
+    parser.add_argument("--jobs-file", help="JSONL of {model, input, first_poll}: replaces --jobs")
     parser.add_argument("--max-concurrent", type=int, default=100)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--out", default="out-baseline")

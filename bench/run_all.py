@@ -3,7 +3,7 @@
 Each benchmark is a subprocess (``sys.executable``) with a header before it;
 a failing one does not stop the others, and the exit status is 1 when any
 failed. ``--quick`` shortens scaling.py (no 10,000-job run, no 100,000-job
-slice), leaves out compare.py's 9,000-job workload, and runs compare.py and
+slice), leaves out cpu_compare.py's 9,000-job workload, and runs cpu_compare.py and
 callback_bench.py once per side instead of three times.
 
     .venv/bin/python bench/run_all.py [--quick]
@@ -27,7 +27,7 @@ def benchmarks(quick: bool) -> list[list[str]]:
         ["cpu_by_thread.py"],
         ["callback_bench.py", "--repeat", repeat],
         ["callback_bench.py", "--repeat", repeat, "--time-scale", "0.1"],
-        ["compare.py", "--repeat", repeat, *(["short", "rpm3000", "bigfiles"] if quick else [])],
+        ["cpu_compare.py", "--repeat", repeat, *(["short", "rpm3000", "bigfiles"] if quick else [])],
         ["plan_large.py"],
         ["sim_throughput.py"],
         ["download_large.py"],

@@ -46,6 +46,7 @@ _ROUTE_LABELS = {
     "api_other": "API /other",
     "file": "GET /files",
     "stats": "GET /_sim/stats",
+    "tasks": "GET /_sim/tasks",
     "finish": "POST /_sim/finish",
     "expire": "POST /_sim/expire",
 }
@@ -107,6 +108,7 @@ class Simulator:
         add.add_route("*", "/api/v1/{tail:.*}", self._gated(self._no_route), name="api_other")
         add.add_get("/files/{task_id}/{name}", self._files.handle, name="file")
         add.add_get("/_sim/stats", self._stats_route, name="stats")
+        add.add_get("/_sim/tasks", self._tasks_route, name="tasks")
         add.add_post("/_sim/finish/{task_id}", self._finish_route, name="finish")
         add.add_post("/_sim/expire/{task_id}", self._expire_route, name="expire")
         return app
@@ -219,7 +221,11 @@ class Simulator:
         task = self._book.tasks.get(task_id)
         if task is None or task.model != model:
             return _answer(404, "task not found")
-        return _answer(200, "success", task.status_data(loop_time(), self._book.wall_ms))
+        now = loop_time()
+        data = task.status_data(now, self._book.wall_ms)
+        if task.seen_at is None and task.finished:
+            task.seen_at = now
+        return _answer(200, "success", data)
 
     async def _balance(self, request: web.Request) -> web.StreamResponse:
         return _answer(200, "success", self.balance)
@@ -231,6 +237,10 @@ class Simulator:
 
     async def _stats_route(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
+
+    async def _tasks_route(self, request: web.Request) -> web.StreamResponse:
+        self._book.settle()
+        return web.json_response(self._book.timings())
 
     async def _finish_route(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
@@ -256,7 +266,9 @@ class Simulator:
         if task.request_type == "callback" and task.callback_url:
             data = task.status_data(task.ends_at, self._book.wall_ms)
             self._callbacks.send(
-                task.callback_url, {"code": 200, "message": "success", "data": data}
+                task.callback_url,
+                {"code": 200, "message": "success", "data": data},
+                delivered=lambda: _seen(task),
             )
 
     # --- in-process accessors ----------------------------------------------------------
@@ -370,3 +382,8 @@ def _check_body(body: Any) -> str | None:
     if not isinstance(body.get("input"), dict):
         return "input is required and must be an object"
     return None
+
+
+def _seen(task: SimTask) -> None:
+    if task.seen_at is None:
+        task.seen_at = loop_time()

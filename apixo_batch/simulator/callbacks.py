@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -43,8 +44,11 @@ class CallbackSender:
         """Deliveries not finished yet (waiting, sending or between retries)."""
         return len(self._inflight)
 
-    def send(self, url: str, payload: dict[str, Any]) -> None:
-        """Start delivering ``payload`` to ``url`` in the background."""
+    def send(
+        self, url: str, payload: dict[str, Any], delivered: Callable[[], None] | None = None
+    ) -> None:
+        """Start delivering ``payload`` to ``url`` in the background; ``delivered`` is called
+        once a copy was answered 2xx."""
         if self._closed:
             return
         cfg = self._config
@@ -56,7 +60,7 @@ class CallbackSender:
             self._stats.callbacks_duplicated += 1
         body = json.dumps(payload, separators=(",", ":")).encode()
         for _ in range(copies):
-            task = asyncio.get_running_loop().create_task(self._deliver(url, body))
+            task = asyncio.get_running_loop().create_task(self._deliver(url, body, delivered))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
@@ -65,7 +69,9 @@ class CallbackSender:
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
-    async def _deliver(self, url: str, body: bytes) -> None:
+    async def _deliver(
+        self, url: str, body: bytes, delivered: Callable[[], None] | None
+    ) -> None:
         cfg = self._config
         if cfg.callback_delay_s:
             await asyncio.sleep(cfg.scaled(cfg.callback_delay_s))
@@ -77,6 +83,8 @@ class CallbackSender:
                 await asyncio.sleep(cfg.scaled(cfg.callback_retry_base_s * 3 ** (attempt - 1)))
             if await self._attempt(url, body, timeout):
                 self._stats.callbacks_delivered += 1
+                if delivered is not None:
+                    delivered()
                 return
         self._stats.callbacks_failed += 1
 

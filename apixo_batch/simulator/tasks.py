@@ -68,6 +68,9 @@ class SimTask:
     finished: bool = False
     complete_ms: int | None = None
     expires_at: float = math.inf
+    #: when the client first learned the end: a status answer that showed it, or the
+    #: callback's delivery (benchmarks measure detection delay and slots busy from it)
+    seen_at: float | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def state_at(self, now: float) -> str:
@@ -238,6 +241,26 @@ class TaskBook:
         """Make the task's result URLs answer 410 from now on."""
         task = self.finish_now(task_id)
         task.expires_at = loop_time()
+
+    def timings(self) -> dict[str, Any]:
+        """Each task's life in loop seconds since the first submit: created, ended, seen.
+
+        Slots busy, the campaign's lower bound and the detection delay all follow from
+        these (``GET /_sim/tasks``); ``ended`` is None while a task runs."""
+        if not self.tasks:
+            return {"now": 0.0, "tasks": []}
+        t0 = min(t.created_at for t in self.tasks.values())
+
+        def rel(at: float | None) -> float | None:
+            return None if at is None else round(at - t0, 4)
+
+        return {
+            "now": rel(loop_time()),
+            "tasks": [
+                [rel(t.created_at), rel(t.ends_at if t.finished else None), rel(t.seen_at)]
+                for t in self.tasks.values()
+            ],
+        }
 
     def close(self) -> None:
         """Stop all timers; tasks stay readable."""
