@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from . import __version__
+from .defaults import ORDERS
 from .exitcodes import ExitCode
 
 __all__ = ["build_parser", "main"]
@@ -50,6 +51,16 @@ def _positive_float(name: str) -> type[float]:
 class _Parser(argparse.ArgumentParser):
     # argparse exits 2 on bad usage already, which is our "invalid command line" code.
     pass
+
+
+def _add_order(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="longest",
+        help="which queued jobs start first: the longest expected generations (the "
+        "campaign ends sooner), or the job file's order (a priority list) [default: longest]",
+    )
 
 
 def _add_limits(p: argparse.ArgumentParser) -> None:
@@ -131,11 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retry-failed", action="store_true", help="submit again jobs whose task failed"
     )
+    _add_order(run)
 
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
     plan.add_argument("jobfile")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     _add_limits(plan)
+    _add_order(plan)
 
     status = sub.add_parser("status", help="what the journal knows")
     _add_common(status)

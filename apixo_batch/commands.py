@@ -178,6 +178,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         allow_partial=getattr(args, "allow_partial", False),
         max_wait_min=args.max_wait,
         retry_failed=getattr(args, "retry_failed", False),
+        order=getattr(args, "order", "longest"),
         mode="download" if args.command == "download" else "run",
         **({"base_url": args.base_url} if args.base_url else {}),
     )

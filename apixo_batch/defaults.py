@@ -11,6 +11,7 @@ __all__ = [
     "DOWNLOAD_BACKOFF",
     "MAX_CONCURRENT",
     "MAX_WAIT_MIN",
+    "ORDERS",
     "RPM",
     "STATE_FILE",
     "SUBMIT_BACKOFF",
@@ -21,6 +22,9 @@ DEFAULT_BASE_URL = "https://api.apixo.ai/api/v1"
 #: tasks in flight and requests a minute: a tenth under the API's documented limits
 MAX_CONCURRENT = 900
 RPM = 9_000
+#: which queued jobs start first: the longest expected generations (so that the last
+#: wave is short and slots are not left idle while a long one ends), or file order
+ORDERS = ("longest", "file")
 #: minutes one task is followed in a run before it is left pending for the next
 MAX_WAIT_MIN = 30.0
 #: the journal's file name in the output folder, unless --state says otherwise

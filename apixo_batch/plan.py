@@ -21,6 +21,7 @@ from typing import Any, Literal, TextIO
 from .catalog import MODELS, Clock, PriceTable
 from .errors import JobFileError
 from .exitcodes import ExitCode
+from .forecast import Kind, forecast, in_start_order
 from .jobs import Campaign, JobGroup, load_campaign
 
 __all__ = [
@@ -84,9 +85,12 @@ class Plan:
     rate_bound_s: float
     #: no run ends before its slowest task does
     longest_task_s: float
-    #: the largest of the three bounds
+    #: the forecast (:mod:`~.forecast`): jobs started in ``order`` on the first free
+    #: slot within the rate, each holding its slot for its generation and detection
     wall_time_s: float
+    #: the largest of the three bounds: what sets the wall time
     bound: Bound
+    order: str = "longest"
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``plan --json`` prints)."""
@@ -126,6 +130,7 @@ class Plan:
                 "requests": self.requests,
                 "max_concurrent": self.max_concurrent,
                 "rpm": self.rpm,
+                "order": self.order,
             },
         }
 
@@ -154,8 +159,9 @@ def _group_cost(group: JobGroup, prices: PriceTable) -> float | None:
     return None if cost is None else cost * group.count
 
 
-def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int) -> Plan:
-    """The plan's figures for ``max_concurrent`` tasks in flight and ``rpm`` requests a minute."""
+def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int, order: str = "longest") -> Plan:
+    """The plan's figures for ``max_concurrent`` tasks in flight and ``rpm`` requests a minute,
+    jobs started in ``order`` (``longest`` or ``file``)."""
     rows = tuple(_row(group, campaign.prices) for group in _catalog_order(campaign.groups))
     task_seconds = sum(row.mean_task_s * row.jobs for row in rows)
     requests = sum(row.requests_per_task * row.jobs for row in rows)
@@ -185,9 +191,22 @@ def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int) -> Plan:
         concurrency_bound_s=concurrency_s,
         rate_bound_s=rate_s,
         longest_task_s=longest_s,
-        wall_time_s=bounds[bound],
+        wall_time_s=forecast(
+            in_start_order(_runs(campaign, order), None, order=order),
+            slots=max_concurrent,
+            rpm=rpm,
+        ).wall_s,
         bound=bound,
+        order=order,
     )
+
+
+def _runs(campaign: Campaign, order: str) -> Iterable[tuple[Kind, int]]:
+    """The campaign's jobs as (kind, jobs in a row) in file order: by group when the order
+    does not depend on the file's (a group's jobs are alike), else job by job."""
+    if order == "longest":
+        return [((g.model, g.sample_input), g.count) for g in campaign.groups]
+    return (((job.model, job.input), 1) for job in campaign.iter_jobs())
 
 
 def _catalog_order(groups: Iterable[JobGroup]) -> list[JobGroup]:
@@ -239,7 +258,12 @@ def plan_command(args: argparse.Namespace) -> int:
     except JobFileError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.INVALID
-    plan = make_plan(campaign, max_concurrent=args.max_concurrent, rpm=args.rpm)
+    plan = make_plan(
+        campaign,
+        max_concurrent=args.max_concurrent,
+        rpm=args.rpm,
+        order=getattr(args, "order", "longest"),
+    )
     if args.json:
         print(json.dumps(plan.to_dict(), ensure_ascii=False))
     elif sys.stdout.isatty():
@@ -350,7 +374,8 @@ def _summary_lines(plan: Plan) -> list[str]:
         "longest task": "the longest single task",
     }[plan.bound]
     lines += [
-        f"Estimated time: about {_duration(plan.wall_time_s)}, set by {reason}",
+        f"Estimated time: about {_duration(plan.wall_time_s)}, set by {reason}"
+        f" ({'longest generations first' if plan.order == 'longest' else 'file order'})",
         f"  concurrency:  {_duration(plan.concurrency_bound_s)}"
         f"  (task time / {plan.max_concurrent:,} in flight)",
         f"  request rate: {_duration(plan.rate_bound_s)}"

@@ -110,10 +110,13 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
 
 
 def human_duration(seconds: float) -> str:
-    """``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
+    """``2 h 5 min``, ``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes} min"
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
@@ -128,10 +131,19 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         f"  submitted {summary.get('submitted', 0)} this run, "
         f"{summary.get('requests', 0)} API requests"
         + (f" ({rpt} per task)" if rpt is not None else "")
-        + f", {summary.get('rate_limited', 0)} rate-limited, {summary.get('retries', 0)} retried, "
-        f"{summary.get('wall_s', 0)} s",
+        + f", {summary.get('rate_limited', 0)} rate-limited, {summary.get('retries', 0)} retried",
         file=out,
     )
+    took = f"  took {human_duration(float(summary.get('wall_s') or 0.0))}"
+    if summary.get("planned_wall_s") is not None:
+        took += f", planned {human_duration(float(summary['planned_wall_s']))}"
+    turnaround = summary.get("slot_turnaround_s")
+    if turnaround:
+        took += (
+            f"; a freed slot's next submit left after {turnaround['p50']:.3f} s "
+            f"(p50), {turnaround['p90']:.3f} s (p90)"
+        )
+    print(took, file=out)
     if summary.get("learned_rpm"):
         print(
             f"  the account answered 429 above ~{summary['learned_rpm']:,} requests/min: "

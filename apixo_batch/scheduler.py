@@ -4,9 +4,10 @@ No sleeping loop per task: one loop owns the timers, wakes when the earliest
 poll is due, and hands due tasks to the engine's poll function. Because it
 sees every timer, it can decide where the request budget goes:
 
-* when the bucket has room, it polls on the model's clock (first poll at the
-  earliest typical completion, then the model's interval) so completions are
-  seen within seconds;
+* when the bucket has room, it polls each task at equal steps of probability
+  over its completion-time distribution (learned, or the documented window),
+  as many polls as the docs' cadence would spend, so completions are seen
+  sooner for no more requests;
 * when the bucket is the bottleneck, it waits until a task is very likely done
   (the upper end of the learned or documented completion time) and stretches
   the interval, so each request is more likely to find a finished task and
@@ -24,13 +25,37 @@ import collections
 import heapq
 import itertools
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .catalog import Clock as ModelClock
 from .clock import Clock, sleep_or_wake
 
-__all__ = ["CompletionModel", "PollScheduler", "SchedulerStats", "Tracked"]
+__all__ = [
+    "CompletionModel",
+    "PollScheduler",
+    "SchedulerStats",
+    "Tracked",
+    "clock_key",
+    "poll_step",
+]
+
+
+def clock_key(model: str, inp: Mapping[str, Any]) -> str:
+    """Completion times are learned per model and what drives its clock."""
+    return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
+
+
+def poll_step(width: float, interval: float) -> float:
+    """The share of a completion-time distribution ``width`` seconds wide between two polls.
+
+    The docs' cadence (wait the earliest typical completion, then poll every
+    ``interval``) spends about ``width / interval + 2`` polls on a task whose end falls
+    anywhere in the window, one of them wasted at its start: the same number of polls
+    at equal steps of probability sees each end sooner (mean delay
+    ``width / (2 (width / interval + 2))`` instead of ``interval / 2``)."""
+    return 1.0 / (max(0.0, width) / interval + 2.0)
 
 
 @dataclass(eq=False)
@@ -56,6 +81,10 @@ class Tracked:
     urgent: bool = False
     #: consecutive 404 answers to its status call
     not_found: int = 0
+    #: the step of its completion-time distribution its next poll is due on
+    step: int = 0
+    #: monotonic, when its end became known (a poll's answer or a callback)
+    known_at: float = 0.0
 
 
 class CompletionModel:
@@ -138,29 +167,62 @@ class PollScheduler:
     _active: int = 0  # tracked tasks past their first poll: they share the poll budget
 
     # -- timing policy ------------------------------------------------------
+    def _step(self, t: Tracked) -> float:
+        """:func:`poll_step` over the task's learned spread, or its documented window."""
+        mc = t.model_clock
+        learned = self.completions.samples(t.clock_key) >= self.completions.min_samples
+        if learned:
+            lo = self.completions.quantile(t.clock_key, 0.02, mc)
+            hi = self.completions.quantile(t.clock_key, 0.98, mc)
+            width = (hi - lo) / 0.96
+        else:
+            width = mc.typical_max - mc.typical_min
+        return poll_step(width, mc.interval)
+
+    def _on_quantiles(self, t: Tracked, elapsed: float, *, take: bool = True) -> float | None:
+        """Unscaled seconds from creation to the next poll on the distribution's steps:
+        past ``elapsed`` and past the step its last poll was due on (a poll taken a little
+        early by its round is not repeated); None once the task outlived the distribution.
+        ``take`` records the step as the one its next poll is due on."""
+        step = self._step(t)
+        k = t.step + 1
+        while k * step <= 1.0 + 1e-9:
+            at = self.completions.quantile(t.clock_key, min(1.0, k * step), t.model_clock)
+            if at > elapsed + 1e-9:
+                if take:
+                    t.step = k
+                return at
+            k += 1
+        if take:
+            t.step = k
+        return None
+
     def first_delay(self, t: Tracked) -> float:
         """Unscaled seconds from creation to the first poll (when the budget allows)."""
         mc = t.model_clock
         if t.callback_mode:
             return mc.typical_max + self.callback_margin
-        learned = self.completions.samples(t.clock_key) >= self.completions.min_samples
-        if learned:
-            return self.completions.quantile(t.clock_key, 0.10, mc)
-        return mc.first_poll
+        return self.completions.quantile(t.clock_key, self._step(t), mc)
 
     def next_delay(self, t: Tracked) -> float:
-        """Unscaled seconds from a not-finished poll to the next one."""
+        """Unscaled seconds from a not-finished poll to the next one, off the steps: in
+        callback mode, with requests short, or once the task outlived its distribution."""
         mc = t.model_clock
         if t.callback_mode:
             return max(mc.interval * 2, 15.0)
         if self.is_tight():
             return mc.interval * 2
-        # Loose budget: poll a little faster than the docs so completions are seen promptly.
+        # Late for its kind: a little faster than the docs so its end is seen promptly.
         return max(1.0, mc.interval * 0.6)
 
-    def _spacing(self, t: Tracked) -> float:
-        """Real seconds to the next poll: the policy's delay, stretched to fit the budget."""
+    def _next_due(self, t: Tracked, now: float) -> float:
+        """Monotonic time of the next poll after an unfinished one at ``now``."""
         delay = self.next_delay(t) * self.time_scale
+        if not t.callback_mode and not self.is_tight():
+            elapsed = (now - t.submitted_at) / self.time_scale
+            at = self._on_quantiles(t, elapsed, take=True)
+            if at is not None:
+                delay = (at - elapsed) * self.time_scale
         rate = self.poll_rate()
         if rate:
             # Every active task polled once per `spacing` must fit in the poll budget;
@@ -168,8 +230,8 @@ class PollScheduler:
             # that much later and never goes out before its budgeted time.
             budgeted = self._active / rate
             if budgeted > delay:
-                return budgeted + self.early
-        return delay
+                return now + budgeted + self.early
+        return now + delay
 
     def _deferred_due(self, t: Tracked, now: float) -> float | None:
         """When requests are short, a first poll waits until the task is very likely done."""
@@ -186,6 +248,7 @@ class PollScheduler:
         """Follow ``t``; its first poll is at ``due`` (monotonic) or from the policy."""
         if due is None:
             due = t.submitted_at + self.first_delay(t) * self.time_scale
+            t.step = 1  # the first step's poll
         self._by_task[t.task_id] = t
         self._push(due, t)
 
@@ -287,7 +350,7 @@ class PollScheduler:
         if finished:
             self.forget(t.task_id)
         elif not t.done and self._by_task.get(t.task_id) is t:
-            self._push(self.clock.monotonic() + self._spacing(t), t)
+            self._push(self._next_due(t, self.clock.monotonic()), t)
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(

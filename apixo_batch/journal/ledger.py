@@ -16,7 +16,7 @@ caller is cancelled. Which writes are durable is decided here, once:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,6 +165,42 @@ class Ledger:
             for row in rows:
                 after_idx, after_id = row.idx, row.id
                 yield row
+
+    async def queued_longest_first(
+        self, expected_s: Callable[[str, dict[str, Any]], float], *, page: int
+    ) -> AsyncIterator[JobRow]:
+        """Queued file jobs, the longest expected generation first: kind by kind (model,
+        duration, resolution), by ``expected_s(model, {duration, resolution})`` from the
+        longest, in file order within a kind and between kinds of equal expectation.
+        Read a page at a time (bounded memory)."""
+        kinds = await self._j.read(Journal.queued_kinds)
+
+        def expectation(kind: tuple[str, Any, Any, int]) -> tuple[float, int]:
+            model, duration, resolution, first = kind
+            drives = {"duration": duration, "resolution": resolution}
+            inp = {k: v for k, v in drives.items() if v is not None}
+            return (-expected_s(model, inp), first)
+
+        for model, duration, resolution, _ in sorted(kinds, key=expectation):
+            after_idx, after_id = -1, ""
+            while True:
+                rows = await self._j.read(
+                    partial(
+                        Journal.queued_page_of_kind,
+                        kind=(model, duration, resolution),
+                        after_idx=after_idx,
+                        after_id=after_id,
+                        limit=page,
+                    )
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    after_idx, after_id = row.idx, row.id
+                    yield row
+
+    async def queued_runs(self) -> list[tuple[tuple[str, dict[str, Any]], int]]:
+        return await self._j.read(Journal.queued_runs)
 
     def by_task(self, task_id: str) -> asyncio.Future[JobRow | None]:
         return self._j.read(lambda j: j.by_task(task_id))

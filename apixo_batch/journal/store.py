@@ -87,6 +87,53 @@ class Journal(Reconcile, LearnedClocks):
         ).fetchall()
         return [JobRow.from_sql(r) for r in rows]
 
+    def queued_kinds(self) -> list[tuple[str, Any, Any, int]]:
+        """The kinds of queued file jobs by what drives their generation time: (model,
+        duration, resolution, the file position of the first), in file order."""
+        rows = self._db.execute(
+            "SELECT model, json_extract(input_json, '$.duration') AS d, "
+            "json_extract(input_json, '$.resolution') AS r, MIN(idx) FROM jobs "
+            "WHERE state=? AND in_file=1 GROUP BY model, d, r ORDER BY MIN(idx)",
+            (JobState.QUEUED.value,),
+        ).fetchall()
+        return [(str(m), d, r, int(first)) for m, d, r, first in rows]
+
+    def queued_runs(self) -> list[tuple[tuple[str, dict[str, Any]], int]]:
+        """Queued file jobs in file order as runs of one kind: ((model, {duration,
+        resolution}), jobs in a row). What a forecast needs, in little memory."""
+        runs: list[tuple[tuple[str, dict[str, Any]], int]] = []
+        last: tuple[Any, ...] | None = None
+        for model, duration, resolution in self._db.execute(
+            "SELECT model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution') FROM jobs "
+            "WHERE state=? AND in_file=1 ORDER BY idx, id",
+            (JobState.QUEUED.value,),
+        ):
+            kind = (model, duration, resolution)
+            if kind == last:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+                continue
+            last = kind
+            drives = {"duration": duration, "resolution": resolution}
+            runs.append(((str(model), {k: v for k, v in drives.items() if v is not None}), 1))
+        return runs
+
+    def queued_page_of_kind(
+        self, kind: tuple[str, Any, Any], after_idx: int, after_id: str, limit: int
+    ) -> list[JobRow]:
+        """Up to ``limit`` queued file jobs of one kind (``queued_kinds``), in file order,
+        after (``after_idx``, ``after_id``)."""
+        model, duration, resolution = kind
+        rows = self._db.execute(
+            f"SELECT {_SELECT} FROM jobs WHERE state=? AND in_file=1 AND model=? "
+            "AND json_extract(input_json, '$.duration') IS ? "
+            "AND json_extract(input_json, '$.resolution') IS ? "
+            "AND (idx > ? OR (idx = ? AND id > ?)) ORDER BY idx, id LIMIT ?",
+            (JobState.QUEUED.value, model, duration, resolution, after_idx, after_idx, after_id,
+             limit),
+        ).fetchall()  # fmt: skip
+        return [JobRow.from_sql(r) for r in rows]
+
     def in_states(self, states: Sequence[JobState]) -> list[JobRow]:
         """Every job in these states, file jobs first (bounded by what is in flight)."""
         marks = ",".join("?" * len(states))

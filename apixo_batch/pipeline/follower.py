@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -32,30 +31,26 @@ from ..events import Emitter
 from ..journal import JobRow, JobState, Ledger
 from ..limits import ConcurrencyLimit
 from ..receiver import HandlerResult
-from ..scheduler import CompletionModel, PollScheduler, Tracked
+from ..scheduler import CompletionModel, PollScheduler, Tracked, clock_key
 from .admission import Permit
 from .lander import Fetch
 from .stop import Level, Stop, StopKind, Stops
 from .submitter import Submitted
+from .turnaround import Turnaround
 
-__all__ = ["Follower", "clock_key"]
+__all__ = ["Follower"]
 
 #: consecutive 404s to a status call before a task counts as gone
 NOT_FOUND_GIVE_UP = 5
 #: unscaled seconds between two rounds of polls: the scheduler wakes at most once per
-#: round and sends every poll due by then, plus those due within half a round. With
-#: the budget loose a task is polled every 3 s (every model's documented interval is
-#: 5 s), so rounds of this length see a completion about as soon as polls spread
-#: evenly would, for fewer wake-ups (docs/contributing.md, Benchmarks)
-POLL_GAP_S = 3.0
+#: round and sends every poll due by then, plus those due within half a round. Polls
+#: land on a task's steps a few seconds apart, so a round of a second moves them by
+#: half a second at most while bounding wake-ups (bench/compare.py measures the
+#: detection delay this leaves)
+POLL_GAP_S = 1.0
 #: seconds (injected clock, unscaled: it bounds our own journal commit, not APIXO) an
 #: early callback waits for its submit's task id before it is answered "unknown"
 EARLY_CALLBACK_WAIT_S = 5.0
-
-
-def clock_key(model: str, inp: dict[str, Any]) -> str:
-    """Completion times are learned per model and what drives its clock."""
-    return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
 
 
 class Follower:
@@ -74,6 +69,7 @@ class Follower:
         time_scale: float,
         max_wait_min: float,
         submits_under_way: Callable[[], int],
+        turnaround: Turnaround | None = None,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -85,6 +81,7 @@ class Follower:
         self._time_scale = time_scale
         self._max_wait_s = max_wait_min * 60.0
         self._submits_under_way = submits_under_way
+        self._turnaround = turnaround or Turnaround()
         self.scheduler = PollScheduler(
             clock=clock,
             poll=self._poll,
@@ -303,6 +300,8 @@ class Follower:
         if t.settled:
             return False
         t.settled = True
+        # Its end is known now (the answer was just read, or the callback just came).
+        t.known_at = self._clock.monotonic()
         try:
             await self._settle(t, status, via)
         except BaseException:
@@ -311,18 +310,28 @@ class Follower:
             raise
         return True
 
+    def _free(self, t: Tracked) -> None:
+        """The task has ended at APIXO: its slot goes to the next submit now, before the
+        journal's commit (the task is polled again if that commit is lost)."""
+        permit = self._permits.pop(t.task_id, None)
+        if permit is not None:
+            self._turnaround.ended(t.known_at)
+            permit.release()
+
     async def _settle(self, t: Tracked, status: TaskStatus, via: str) -> None:
         self._seen_running.discard(t.job_id)
         if status.state == "success":
             await self._succeeded(t, status, via)
         else:
-            await self._ledger.record_failure(
+            written = self._ledger.record_failure(
                 t.job_id,
                 fail_code=status.fail_code or "UNKNOWN",
                 fail_msg=status.fail_msg or "",
                 completed_at=(status.complete_time_ms or 0) / 1000.0 or self._clock.wall(),
                 via=via,
             )
+            self._free(t)
+            await written
             self._emit(
                 "failed",
                 t.job_id,
@@ -331,7 +340,6 @@ class Follower:
                 fail_code=status.fail_code,
                 fail_msg=status.fail_msg,
             )
-            self._permits.pop(t.task_id).release()
 
     async def _succeeded(self, t: Tracked, status: TaskStatus, via: str) -> None:
         now = self._clock.wall()
@@ -340,7 +348,7 @@ class Follower:
         seconds = (
             cost_ms / 1000.0 if cost_ms else self._clock.monotonic() - t.submitted_at
         ) / self._time_scale
-        await self._ledger.record_success(
+        written = self._ledger.record_success(
             t.job_id,
             result_urls=status.result_urls,
             completed_at=completed,
@@ -350,6 +358,9 @@ class Follower:
             clock_key=t.clock_key,
             seconds=seconds,
         )
+        self._free(t)
+        self.completions.add(t.clock_key, seconds)
+        await written
         self._emit(
             "succeeded",
             t.job_id,
@@ -358,9 +369,6 @@ class Follower:
             via=via,
             urls=len(status.result_urls),
         )
-        self.completions.add(t.clock_key, seconds)
-        # The slot first: the next submit need not wait for the hand-over to the lander.
-        self._permits.pop(t.task_id).release()
         assert self._out is not None
         fetch = Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True)
         try:

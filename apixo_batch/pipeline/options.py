@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, RPM
+from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
 from ..exitcodes import ExitCode
 from ..limits import MAX_CONCURRENT_CAP, RPM_CAP
+from .turnaround import TurnaroundStats
 
-__all__ = ["Mode", "RunOptions", "RunResult", "summary_dict"]
+__all__ = ["Mode", "Order", "RunOptions", "RunResult", "summary_dict"]
 
 Mode = Literal["run", "download"]
+Order = Literal["longest", "file"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class RunOptions:
     #: seconds an interrupted run waits for submit answers already on the wire
     stop_grace_s: float = 3.0
     mode: Mode = "run"
+    #: which queued jobs start first (``defaults.ORDERS``)
+    order: Order = "longest"
 
     def __post_init__(self) -> None:
         def whole(name: str, low: int, high: int | None = None) -> None:
@@ -64,6 +68,8 @@ class RunOptions:
         positive("stop_grace_s", zero=True)
         if self.budget is not None:
             positive("budget")
+        if self.order not in ORDERS:
+            raise ValueError(f"RunOptions.order: {self.order!r} is neither 'longest' nor 'file'")
         if self.mode not in ("run", "download"):
             raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
 
@@ -82,6 +88,10 @@ class RunResult:
     learned_rpm: float | None = None
     #: the slot window the account allowed (a submit was refused for slots), if smaller
     learned_slots: int | None = None
+    #: end known to the next submit leaving (seconds of the run's clock)
+    slot_turnaround: TurnaroundStats | None = None
+    #: the wall time predicted at the start for the jobs queued then (``plan``'s model)
+    planned_wall_s: float | None = None
     retries: int = 0
     wall_s: float = 0.0
     spent_usd: float = 0.0
@@ -111,8 +121,10 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "rate_limited": r.rate_limited,
         "learned_rpm": round(r.learned_rpm) if r.learned_rpm is not None else None,
         "learned_slots": r.learned_slots,
+        "slot_turnaround_s": _turnaround(r.slot_turnaround),
         "retries": r.retries,
         "wall_s": round(r.wall_s, 3),
+        "planned_wall_s": round(r.planned_wall_s, 1) if r.planned_wall_s is not None else None,
         "spent_usd": round(r.spent_usd, 4),
         "unknown_price_jobs": r.unknown_price_jobs,
         "fatal": r.fatal,
@@ -125,4 +137,15 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "per_model": r.per_model,
         "manifest": str(r.manifest) if r.manifest else None,
         "output_dir": str(r.output_dir) if r.output_dir else None,
+    }
+
+
+def _turnaround(t: TurnaroundStats | None) -> dict[str, Any] | None:
+    if t is None or not t.count:
+        return None
+    return {
+        "count": t.count,
+        "p50": round(t.p50 or 0.0, 4),
+        "p90": round(t.p90 or 0.0, 4),
+        "max": round(t.max or 0.0, 4),
     }

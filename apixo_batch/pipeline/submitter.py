@@ -33,6 +33,7 @@ from ..limits import SlotsClosed
 from ..retry import Backoff
 from .admission import Admitted, Permit
 from .stop import Level, Stop, StopKind, Stops
+from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
 
@@ -66,6 +67,7 @@ class Submitter:
         backoff: Backoff,
         callback_url: str | None,
         patience_s: float = 30 * 60.0,
+        turnaround: Turnaround | None = None,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -76,6 +78,7 @@ class Submitter:
         #: seconds without any answer from the API after which submits stop (exit 75)
         self._patience_s = patience_s
         self._callback_url = callback_url
+        self._turnaround = turnaround or Turnaround()
         self._request_type: RequestType = "callback" if callback_url else "async"
         self._waiting: set[asyncio.Task[None]] = set()  # nothing of theirs is on the wire
         self._sending: set[asyncio.Task[None]] = set()  # request out, answer not journaled
@@ -256,6 +259,9 @@ class Submitter:
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
+        if not state.on_wire_before:
+            state.on_wire_before = True
+            self._turnaround.left(self._clock.monotonic())
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
@@ -314,6 +320,7 @@ class _Attempt:
         "failed",
         "marked",
         "on_wire",
+        "on_wire_before",
         "recording",
         "row",
         "task_id",
@@ -326,6 +333,7 @@ class _Attempt:
         self.ambiguous = False  # an earlier attempt may have created a task
         self.marked = False  # `submitting` is (being) journaled
         self.on_wire = False  # a request is out and its answer not read
+        self.on_wire_before = False  # its first attempt left (a slot's turnaround ended)
         self.recording: asyncio.Future[None] | None = None  # the task id's commit
         self.task_id: str | None = None
         self.failed = False  # its failure is (being) journaled

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -33,6 +35,7 @@ from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
+from ..forecast import expected_generation_s, forecast, in_start_order
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
@@ -47,6 +50,7 @@ from .options import RunOptions, RunResult, summary_dict
 from .preflight import preflight
 from .stop import Stop, StopKind, Stops
 from .submitter import Submitted, Submitter
+from .turnaround import Turnaround
 
 __all__ = ["Supervisor"]
 
@@ -88,6 +92,9 @@ class Supervisor:
         )
         self.slots = ConcurrencyLimit(options.max_concurrent)
         self.completions = CompletionModel()
+        self.turnaround = Turnaround()
+        #: the queued jobs' predicted wall time (this run's clock), once known
+        self.planned_wall_s: float | None = None
         self._submitter: Submitter | None = None
         self._follower: Follower | None = None
         self._lander: Lander | None = None
@@ -167,6 +174,8 @@ class Supervisor:
         in_flight = await ledger.in_flight()
         queued_cost, unknown, queued = await ledger.queued_cost()
         counts = await ledger.counts()
+        if run_mode and queued:
+            self.planned_wall_s = await self._plan(ledger)
         self._emit(
             "started",
             per_model=await ledger.counts_by_model(),
@@ -178,6 +187,7 @@ class Supervisor:
             done=counts.get(S.DONE.value, 0),
             estimated_cost_usd=round(queued_cost, 4),
             unknown_price_jobs=unknown,
+            planned_wall_s=_rounded(self.planned_wall_s),
         )
         submit = run_mode and queued > 0
         needs_api = bool(in_flight) or submit
@@ -247,6 +257,7 @@ class Supervisor:
                 backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
                 callback_url=callback_url,
                 patience_s=o.max_wait_min * 60.0,
+                turnaround=self.turnaround,
                 clock=self.clock,
                 stops=self.stops,
                 emit=self._emit,
@@ -260,6 +271,7 @@ class Supervisor:
                 time_scale=o.time_scale,
                 max_wait_min=o.max_wait_min,
                 submits_under_way=lambda: submitter.under_way,
+                turnaround=self.turnaround,
                 clock=self.clock,
                 stops=self.stops,
                 emit=self._emit,
@@ -316,7 +328,7 @@ class Supervisor:
                 fetch_tx.close()
             if submit and self._submitter is not None:
                 admission = Admission(
-                    ledger.rows(S.QUEUED, page=ADMIT_PAGE, file_only=True),
+                    self._queued(ledger),
                     meters=[BudgetMeter(self.options.budget, self._spent_before, self._emit)],
                     slots=SlotMeter(self.slots),
                     stops=self.stops,
@@ -330,6 +342,29 @@ class Supervisor:
                 submitted_tx.close()
             tg.create_task(lander.feed(feeder_tx))
             tg.create_task(lander.run(fetch_rx))
+
+    async def _plan(self, ledger: Ledger) -> float:
+        """The queued jobs' wall time as ``plan`` predicts it (seconds of this run's clock),
+        with what this account and journal have taught: completion times, the rate."""
+        o = self.options
+        shapes = in_start_order(
+            await ledger.queued_runs(),
+            self.completions,
+            order=o.order,
+            callback=o.callback_url is not None,
+        )
+        rpm = min(float(o.rpm), self.bucket.rate_per_s * 60.0)
+        # The rate is real requests a minute; a scaled run's clocks are faster.
+        told = forecast(shapes, slots=o.max_concurrent, rpm=rpm * o.time_scale, startup_s=0.0)
+        return told.wall_s * o.time_scale
+
+    def _queued(self, ledger: Ledger) -> AsyncIterator[JobRow]:
+        """Queued jobs in the order they should start (``--order``)."""
+        if self.options.order == "file":
+            return ledger.rows(S.QUEUED, page=ADMIT_PAGE, file_only=True)
+        return ledger.queued_longest_first(
+            partial(expected_generation_s, self.completions), page=ADMIT_PAGE
+        )
 
     def _outage_news(self, opened: bool, silent_s: float) -> None:
         """The API stopped, or resumed, answering: said once each, in plain words."""
@@ -398,6 +433,8 @@ class Supervisor:
             rate_limited=bucket.rate_limited,
             learned_rpm=bucket.learned_rpm,
             learned_slots=self.slots.cap if self.slots.statistics().shrinks else None,
+            slot_turnaround=self.turnaround.statistics(),
+            planned_wall_s=self.planned_wall_s,
             retries=sum(s.retries for s in stages),
             wall_s=self.clock.monotonic() - started,
             spent_usd=totals.spent_known_usd,
@@ -414,3 +451,7 @@ class Supervisor:
         )
         self._emit("summary", **summary_dict(result))
         return result
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

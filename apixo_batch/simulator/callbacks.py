@@ -69,9 +69,7 @@ class CallbackSender:
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
-    async def _deliver(
-        self, url: str, body: bytes, delivered: Callable[[], None] | None
-    ) -> None:
+    async def _deliver(self, url: str, body: bytes, delivered: Callable[[], None] | None) -> None:
         cfg = self._config
         if cfg.callback_delay_s:
             await asyncio.sleep(cfg.scaled(cfg.callback_delay_s))
