@@ -65,9 +65,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for i in range(args.jobs)
     ]
-    if args.jobs_file:
-        lines = Path(args.jobs_file).read_text(encoding="utf-8").splitlines()
-        jobs = [json.loads(line) for line in lines if line.strip()]
+    if args.jobs_rows:
+        jobs = args.jobs_rows
 
     async def job(session: aiohttp.ClientSession, i: int) -> None:
         async with slots:
@@ -116,6 +115,10 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--out", default="out-baseline")
     args = parser.parse_args()
+    args.jobs_rows = None
+    if args.jobs_file:
+        lines = Path(args.jobs_file).read_text(encoding="utf-8").splitlines()
+        args.jobs_rows = [json.loads(line) for line in lines if line.strip()]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(json.dumps(asyncio.run(run(args))))
 

@@ -27,7 +27,12 @@ def benchmarks(quick: bool) -> list[list[str]]:
         ["cpu_by_thread.py"],
         ["callback_bench.py", "--repeat", repeat],
         ["callback_bench.py", "--repeat", repeat, "--time-scale", "0.1"],
-        ["cpu_compare.py", "--repeat", repeat, *(["short", "rpm3000", "bigfiles"] if quick else [])],
+        [
+            "cpu_compare.py",
+            "--repeat",
+            repeat,
+            *(["short", "rpm3000", "bigfiles"] if quick else []),
+        ],
         ["plan_large.py"],
         ["sim_throughput.py"],
         ["download_large.py"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 
 import anyio
 import pytest
@@ -11,10 +12,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from stagefakes import Recorder, drive, memory_ledger, new_job
 
 from apixo_batch.clock import FakeClock
-from apixo_batch.journal import JobRow, JobState, Ledger
+from apixo_batch.forecast import expected_generation_s
+from apixo_batch.journal import JobRow, JobState, Ledger, NewJob
 from apixo_batch.limits import ConcurrencyLimit
 from apixo_batch.pipeline.admission import Admission, Admitted, BudgetMeter, SlotMeter
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
+from apixo_batch.scheduler import CompletionModel
 
 
 class _Rows:
@@ -294,3 +297,75 @@ async def test_a_stop_before_admission_admits_nothing() -> None:
     stops.request(Stop(StopKind.INTERRUPTED, "interrupted"))
     assert await _admit_all(admission, clock) == []
     assert slots.statistics().peak == 0 and rows.closed
+
+
+# -- the order jobs start in (issue 19) -------------------------------------------
+
+
+def _kind_job(i: int, model: str, inp: dict[str, object]) -> NewJob:
+    import json
+
+    full = {"prompt": f"scene {i}", **inp}
+    return NewJob(
+        id=f"job-{i}",
+        idx=i,
+        model=model,
+        provider="auto",
+        input_json=json.dumps(full, sort_keys=True),
+        input_hash=f"hash-{i}",
+        filename=f"job-{i}.mp4",
+        cost_usd=None,
+    )
+
+
+async def test_queued_longest_first_is_by_expected_generation_and_stable_within_a_kind() -> None:
+    """Kinds (model, duration, resolution) from the longest expected generation down, each in
+    file order; kinds that expect the same keep their file order; pages do not lose any."""
+    clock = FakeClock()
+    t2v = {"mode": "text-to-video"}
+    jobs = [
+        _kind_job(0, "kling-2-5-turbo-pro", {**t2v, "duration": 5}),  # 37.5 s
+        _kind_job(1, "kling-2-1", {"mode": "master-text-to-video", "duration": 10}),  # 105 s
+        _kind_job(2, "kling-2-5-turbo-pro", {**t2v, "duration": 5}),
+        _kind_job(3, "wan-2-5", {**t2v, "duration": 5, "resolution": "720p"}),  # 60 s
+        _kind_job(4, "kling-2-6", {**t2v, "duration": 5, "sound": False}),  # 60 s
+        _kind_job(5, "kling-2-1", {"mode": "master-text-to-video", "duration": 10}),
+        _kind_job(6, "wan-2-5", {**t2v, "duration": 5, "resolution": "1080p"}),  # 80 s
+    ]
+    ledger = await memory_ledger(clock, jobs)
+    completions = CompletionModel()
+    rows = [
+        r.id
+        async for r in ledger.queued_longest_first(
+            partial(expected_generation_s, completions), page=1
+        )
+    ]
+    assert rows == ["job-1", "job-5", "job-6", "job-3", "job-4", "job-0", "job-2"]
+    # Learned times reorder the kinds: this account's kling-2-5 jobs take 200 s.
+    for _ in range(completions.min_samples):
+        completions.add("kling-2-5-turbo-pro:5:", 200.0)
+    rows = [
+        r.id
+        async for r in ledger.queued_longest_first(
+            partial(expected_generation_s, completions), page=2
+        )
+    ]
+    assert rows[:2] == ["job-0", "job-2"]
+
+
+async def test_queued_runs_give_the_file_order_in_runs_of_a_kind() -> None:
+    """What the forecast of a file-order run reads: consecutive jobs of one kind as one run."""
+    clock = FakeClock()
+    t2v = {"mode": "text-to-video", "duration": 5}
+    jobs = [
+        _kind_job(0, "kling-2-5-turbo-pro", t2v),
+        _kind_job(1, "kling-2-5-turbo-pro", t2v),
+        _kind_job(2, "wan-2-5", {**t2v, "resolution": "720p"}),
+        _kind_job(3, "kling-2-5-turbo-pro", t2v),
+    ]
+    ledger = await memory_ledger(clock, jobs)
+    assert await ledger.queued_runs() == [
+        (("kling-2-5-turbo-pro", {"duration": 5}), 2),
+        (("wan-2-5", {"duration": 5, "resolution": "720p"}), 1),
+        (("kling-2-5-turbo-pro", {"duration": 5}), 1),
+    ]

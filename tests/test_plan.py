@@ -9,6 +9,7 @@ import pytest
 
 from apixo_batch.catalog import MODELS
 from apixo_batch.cli import main
+from apixo_batch.forecast import task_shape
 from apixo_batch.jobs import load_campaign
 from apixo_batch.plan import estimate_cost, format_text, make_plan, requests_per_task
 
@@ -69,17 +70,65 @@ def test_requests_per_task_follow_the_clock() -> None:
     [(900, 9000, "longest task"), (1, 9000, "concurrency"), (900, 1, "rate")],
     ids=["few-jobs", "one-at-a-time", "one-request-a-minute"],
 )
-def test_wall_time_takes_the_largest_bound(
+def test_the_bounds_name_what_sets_the_wall_time(
     small: Path, max_concurrent: int, rpm: int, bound: str
 ) -> None:
-    """The estimate is the largest of the concurrency, rate and longest-task bounds."""
+    """The bounds explain the forecast: the largest names what sets it."""
     plan = make_plan(load_campaign(small), max_concurrent=max_concurrent, rpm=rpm)
     assert plan.bound == bound
-    assert plan.wall_time_s == max(plan.concurrency_bound_s, plan.rate_bound_s, plan.longest_task_s)
     # kling-2-6 5 s: 60 s mean; wan-2-5 1080p: 80 s; kling-2-1 5 s: 75 s.
     assert plan.concurrency_bound_s == pytest.approx((60 + 80 + 75) / max_concurrent)
     assert plan.rate_bound_s == pytest.approx(plan.requests / rpm * 60)
     assert plan.longest_task_s == 90.0
+
+
+def test_wall_time_is_the_forecast_of_jobs_on_their_slots(small: Path) -> None:
+    """One slot: the tasks one after another (generation and the time to see each end), plus
+    a second of start-up; many slots: the slowest one's; one request a minute: each task's
+    requests space the submits a minute each."""
+    shapes = [
+        task_shape(None, "kling-2-6", {"duration": 5}, callback=False),
+        task_shape(None, "wan-2-5", {"duration": 10, "resolution": "1080p"}, callback=False),
+        task_shape(None, "kling-2-1", {"duration": 5}, callback=False),
+    ]
+    campaign = load_campaign(small)
+    one = make_plan(campaign, max_concurrent=1, rpm=9000)
+    assert one.wall_time_s == pytest.approx(sum(s.slot_s for s in shapes) + 1.0, rel=1e-3)
+    many = make_plan(campaign, max_concurrent=900, rpm=9000)
+    assert many.wall_time_s == pytest.approx(max(s.slot_s for s in shapes) + 1.0, rel=1e-3)
+    slow = make_plan(campaign, max_concurrent=900, rpm=1)
+    # Longest first: wan (80 s), kling-2-1 (75 s), kling-2-6 (60 s).
+    wan, k21, k26 = shapes[1], shapes[2], shapes[0]
+    last_start = (wan.requests + k21.requests) * 60.0
+    assert slow.wall_time_s == pytest.approx(
+        max(wan.slot_s, wan.requests * 60 + k21.slot_s, last_start + k26.slot_s) + 1.0
+    )
+
+
+def test_longest_first_ends_sooner_than_file_order_when_the_long_job_comes_last(
+    tmp_path: Path,
+) -> None:
+    """Two slots, two short jobs then a long one: in file order the long one waits for a
+    short one; longest first it starts at once and the short ones share the other slot."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: c\noutput: {dir: out}\njobs:\n"
+        "  - {id: a, model: kling-2-5-turbo-pro, input: {mode: text-to-video, prompt: a, "
+        "duration: 5}}\n"
+        "  - {id: b, model: kling-2-5-turbo-pro, input: {mode: text-to-video, prompt: b, "
+        "duration: 5}}\n"
+        "  - {id: c, model: kling-2-1, input: {mode: master-text-to-video, prompt: c, "
+        "duration: 10}}\n",
+        encoding="utf-8",
+    )
+    campaign = load_campaign(path)
+    longest = make_plan(campaign, max_concurrent=2, rpm=9000, order="longest")
+    in_file = make_plan(campaign, max_concurrent=2, rpm=9000, order="file")
+    short = task_shape(None, "kling-2-5-turbo-pro", {"duration": 5}, callback=False).slot_s
+    long = task_shape(None, "kling-2-1", {"duration": 10}, callback=False).slot_s
+    assert longest.wall_time_s == pytest.approx(max(long, 2 * short) + 1.0, rel=1e-3)
+    assert in_file.wall_time_s == pytest.approx(short + long + 1.0, rel=1e-3)
+    assert longest.to_dict()["wall_time"]["order"] == "longest"
 
 
 def test_plan_command_prints_plain_text(small: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from apixo_batch.scheduler import CompletionModel, PollScheduler, SchedulerStats
 
 START = 1_000.0
 MC = ModelClock(first_poll=30.0, interval=10.0, typical_min=40.0, typical_max=120.0)
+#: a window of no width: one poll at 30 s, then every 0.6 x interval (the loop's tests)
+LOOP_MC = ModelClock(first_poll=30.0, interval=10.0, typical_min=30.0, typical_max=30.0)
 KEY = "veo3:8s"
 
 
@@ -86,7 +89,7 @@ def _task(
     clock: FakeClock,
     *,
     submitted_at: float | None = None,
-    model_clock: ModelClock = MC,
+    model_clock: ModelClock = LOOP_MC,
     callback_mode: bool = False,
     key: str = KEY,
 ) -> Tracked:
@@ -220,14 +223,16 @@ async def test_tight_budget_stretches_the_interval(
 async def test_learned_completions_move_the_first_poll(
     clock: FakeClock, make_scheduler: Callable[..., PollScheduler]
 ) -> None:
-    """After min_samples completions of a clock key, its first poll is the learned 0.10 quantile."""
+    """After min_samples completions of a clock key, its first poll is the first step of the
+    learned distribution: 50..69 s is about 20 s wide, so 1/(20/10 + 2) of it (the 0.25
+    quantile, 55 s), where the documented window of no width put it at 30 s."""
     completions = CompletionModel(min_samples=20)
     sched = make_scheduler(completions=completions)
     t = _task(1, clock)
     _learned(completions, [float(v) for v in range(50, 69)])  # 19: not yet
     assert sched.first_delay(t) == 30.0
     completions.add(KEY, 69.0)
-    assert sched.first_delay(t) == 52.0
+    assert sched.first_delay(t) == 55.0
     # Other clock keys are not affected by what this key learned.
     assert sched.first_delay(_task(2, clock, key="other")) == 30.0
 
@@ -237,7 +242,7 @@ async def test_callback_mode_polls_only_as_a_safety_net(
 ) -> None:
     """callback_mode: first poll at typical_max + callback_margin, then every ≥ 15 s."""
     sched = make_scheduler(callback_margin=45.0, is_tight=lambda: True)
-    t = _task(1, clock, callback_mode=True)
+    t = _task(1, clock, callback_mode=True, model_clock=MC)
     assert sched.first_delay(t) == 165.0
     assert sched.next_delay(t) == 20.0
     quick = _task(2, clock, callback_mode=True, model_clock=ModelClock(5.0, 2.0, 5.0, 10.0))
@@ -304,7 +309,7 @@ async def test_tight_first_poll_waits_for_the_095_quantile(
     """Tight, nothing learned: first poll at the documented 0.95 point, next 2 × interval later."""
     spy.finish_on["task-1"] = 2
     sched = make_scheduler(is_tight=lambda: True)
-    sched.add(_task(1, clock))
+    sched.add(_task(1, clock, model_clock=MC))
     await clock.advance(115.9)
     assert spy.calls == []
     await _run_until(clock, lambda: sched.tracked == 0)
@@ -314,13 +319,13 @@ async def test_tight_first_poll_waits_for_the_095_quantile(
 async def test_learned_first_poll_in_the_loop(
     clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
 ) -> None:
-    """With ≥ min_samples learned, the loop's first poll is at the learned 0.10 quantile."""
+    """With ≥ min_samples learned, the loop's first poll is at the learned first step."""
     completions = CompletionModel(min_samples=20)
     _learned(completions, [float(v) for v in range(50, 70)])
     sched = make_scheduler(completions=completions)
     sched.add(_task(1, clock))
     await _run_until(clock, lambda: bool(spy.calls))
-    assert spy.times("task-1")[0] == START + 52.0
+    assert spy.times("task-1")[0] == START + 55.0
 
 
 async def test_tight_learned_first_poll_waits_for_the_learned_095_quantile(
@@ -341,7 +346,7 @@ async def test_callback_mode_first_poll_in_the_loop(
 ) -> None:
     """callback_mode: nothing polled until typical_max + callback_margin."""
     sched = make_scheduler(callback_margin=60.0)
-    sched.add(_task(1, clock, callback_mode=True))
+    sched.add(_task(1, clock, callback_mode=True, model_clock=MC))
     await clock.advance(179.0)
     assert spy.calls == []
     await _run_until(clock, lambda: bool(spy.calls))
@@ -408,16 +413,15 @@ async def test_poll_soon_polls_immediately_even_when_tight(
 async def test_poll_soon_replaces_the_pending_timer(
     clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
 ) -> None:
-    """After poll_soon the task has one timer: polls continue every next_delay, no extras."""
+    """After poll_soon the task has one timer: its polls go on as planned, no extras."""
     sched = make_scheduler()
     sched.add(_task(1, clock))  # due at +30
     await clock.advance(5.0)
-    sched.poll_soon("task-1")  # polled at +5, next at +11, +17, ...
+    sched.poll_soon("task-1")  # polled at +5; the planned one at +30, then +36, +42, ...
     await _settle()
     await clock.advance(60.0)
     times = spy.times("task-1")
-    assert times == pytest.approx([START + 5.0 + 6.0 * i for i in range(len(times))])
-    assert len(times) == 11
+    assert times == pytest.approx([START + 5.0] + [START + 30.0 + 6.0 * i for i in range(6)])
 
 
 async def test_finished_poll_drops_the_task(
@@ -599,7 +603,8 @@ async def test_a_round_keeps_its_tasks_together_whatever_their_answer_times(
 
     sched = make_scheduler(poll=poll, min_gap=3.0, early=1.5)
     for n in range(3):
-        sched.add(_task(n, clock), due=START + 10.0)
+        # Past their window: the next poll is next_delay after each answer.
+        sched.add(_task(n, clock, submitted_at=START - 100.0), due=START + 10.0)
     await _run_until(clock, lambda: sched.tracked == 0)
     # next_delay when loose: max(1, 10 * 0.6) = 6 s after each answer.
     assert sorted(at - START for _, at in calls) == pytest.approx([10.0] * 3 + [16.0] * 3)
@@ -643,3 +648,66 @@ async def test_a_round_slowed_by_busy_slots_polls_each_task_once(
         assert len(times) == 3
         # next_delay when loose: max(1, 2 * 0.6) = 1.2 s; never sooner than that.
         assert all(b - a >= 1.2 - 1e-9 for a, b in itertools.pairwise(times))
+
+
+# -- polls on equal steps of probability (issue 19) -----------------------------
+
+
+async def test_polls_land_on_equal_steps_of_the_documented_window(
+    clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """40-120 s polled every 10 s by the docs' cadence: 80/10 + 2 = 10 steps of 8 s over the
+    window (48, 56, ... 120 s), then every 0.6 x interval for a task that outlived it."""
+    spy.finish_on["task-1"] = 12
+    sched = make_scheduler()
+    sched.add(_task(1, clock, model_clock=MC))
+    await _run_until(clock, lambda: sched.tracked == 0)
+    expected = [48.0 + 8.0 * k for k in range(10)] + [126.0, 132.0]
+    assert [at - START for at in spy.times("task-1")] == pytest.approx(expected)
+
+
+async def test_a_poll_its_round_took_early_is_not_repeated_at_the_same_step(
+    clock: FakeClock, spy: PollSpy, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """A round takes polls up to ``early`` ahead: the next poll is the following step, not the
+    step the early poll was due on."""
+    spy.finish_on["task-1"] = 3
+    sched = make_scheduler(min_gap=3.0, early=1.5)
+    sched.add(_task(0, clock, model_clock=MC), due=START + 47.0)  # opens a round at 47
+    sched.add(_task(1, clock, model_clock=MC))  # due at 48: taken by the round at 47
+    await _run_until(clock, lambda: sched.tracked == 1)
+    times = [at - START for at in spy.times("task-1")]
+    assert times[0] == pytest.approx(47.0)
+    assert all(b - a > 5.0 for a, b in itertools.pairwise(times)), times
+
+
+async def test_steps_cost_no_more_polls_than_the_docs_cadence_and_see_ends_sooner(
+    clock: FakeClock, make_scheduler: Callable[..., PollScheduler]
+) -> None:
+    """200 tasks ending anywhere in their documented window: the steps spend no more polls
+    than 'wait the earliest completion, then every interval', and see each end sooner."""
+    import random
+
+    rng = random.Random(19)
+    ends = {f"task-{n}": rng.uniform(MC.typical_min, MC.typical_max) for n in range(200)}
+    seen: dict[str, float] = {}
+    polls: collections.Counter[str] = collections.Counter()
+
+    async def poll(t: Tracked) -> bool:
+        polls[t.task_id] += 1
+        if clock.monotonic() - START >= ends[t.task_id]:
+            seen[t.task_id] = clock.monotonic() - START
+            return True
+        return False
+
+    sched = make_scheduler(poll=poll)
+    for n in range(200):
+        sched.add(_task(n, clock, model_clock=MC))
+    await _run_until(clock, lambda: sched.tracked == 0)
+    ours_polls = sum(polls.values()) / 200
+    ours_delay = sum(seen[k] - ends[k] for k in ends) / 200
+    # The docs' cadence, for the same ends: first poll at 40 s, then every 10 s.
+    docs_polls = sum(1 + math.ceil((e - 40.0) / 10.0) for e in ends.values()) / 200
+    docs_delay = sum(40.0 + 10.0 * math.ceil((e - 40.0) / 10.0) - e for e in ends.values()) / 200
+    assert ours_polls <= docs_polls + 0.05, (ours_polls, docs_polls)
+    assert ours_delay < 0.85 * docs_delay, (ours_delay, docs_delay)
