@@ -308,3 +308,28 @@ def task_timings(sim: Sim) -> dict[str, Any]:
     with urllib.request.urlopen(sim.url + "/_sim/tasks", timeout=30) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def busy_and_bound(timings: dict[str, Any], slots: int, scale: float) -> dict[str, float]:
+    """From ``task_timings``: slots busy in steady state (the time-average of tasks running
+    over ``slots``, from the slots-th task created to the last one), the campaign's lower
+    bound (real seconds) and the detection delays (unscaled seconds)."""
+    tasks = [t for t in timings["tasks"] if t[1] is not None]
+    created = sorted(t[0] for t in tasks)
+    generation = [t[1] - t[0] for t in tasks]
+    lo, hi = created[min(slots, len(created)) - 1], created[-1]
+    # Running tasks over [lo, hi]: the overlap of each task's life with the window.
+    overlap = sum(max(0.0, min(end, hi) - max(start, lo)) for start, end, _ in tasks)
+    busy = overlap / (slots * (hi - lo)) if hi > lo else float("nan")
+    seen = [t[2] - t[1] for t in tasks if t[2] is not None]
+    return {
+        "busy": busy,
+        "bound_s": max(sum(generation) / slots, max(generation)),
+        "detect_p50": _pct(seen, 0.5) / scale,
+        "detect_p90": _pct(seen, 0.9) / scale,
+    }

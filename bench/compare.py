@@ -35,9 +35,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import engine_cmd, load, measure, pct  # noqa: E402
+from _common import engine_cmd, load, measure  # noqa: E402
 from _harness import (  # noqa: E402
     KEY,
+    busy_and_bound,
     free_port,
     mixed_campaign,
     simulator,
@@ -50,24 +51,6 @@ SLOTS = 50
 #: 10,000 requests a minute for 1,000 slots, for 50 slots at 0.05 of real time
 RPM = round(10_000 * SLOTS / 1_000 / SCALE)
 SIDES = ("polling", "callback", "recipe")
-
-
-def busy_and_bound(timings: dict[str, Any], slots: int) -> dict[str, float]:
-    """Slots busy in steady state, the lower bound and detection delays, from task lives."""
-    tasks = [t for t in timings["tasks"] if t[1] is not None]
-    created = sorted(t[0] for t in tasks)
-    generation = [t[1] - t[0] for t in tasks]
-    lo, hi = created[min(slots, len(created)) - 1], created[-1]
-    # Running tasks over [lo, hi]: the overlap of each task's life with the window.
-    overlap = sum(max(0.0, min(end, hi) - max(start, lo)) for start, end, _ in tasks)
-    busy = overlap / (slots * (hi - lo)) if hi > lo else float("nan")
-    seen = [t[2] - t[1] for t in tasks if t[2] is not None]
-    return {
-        "busy": busy,
-        "bound_s": max(sum(generation) / slots, max(generation)),
-        "detect_p50": pct(seen, 0.5) / SCALE,
-        "detect_p90": pct(seen, 0.9) / SCALE,
-    }
 
 
 def one(side: str, jobs: int) -> dict[str, Any]:
@@ -100,7 +83,7 @@ def one(side: str, jobs: int) -> dict[str, Any]:
             timings = task_timings(sim)
     summary = proc.lines[-1] if proc.lines else {}
     done = summary.get("counts", {}).get("done") if "counts" in summary else summary.get("done")
-    out = busy_and_bound(timings, SLOTS)
+    out = busy_and_bound(timings, SLOTS, SCALE)
     turnaround = summary.get("slot_turnaround_s") or {}
     return {
         **out,

@@ -36,7 +36,7 @@ from typing import Protocol
 from aiolimiter import AsyncLimiter
 
 from ..clock import Clock
-from .congestion import RateControl
+from .congestion import BETA, RateControl
 
 __all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
 
@@ -138,6 +138,7 @@ class RequestBucket:
         self._granted = 0
         self._sent = 0
         self._rate_limited = 0
+        self._learned: float | None = learned_rpm
         # grants per whole second over the last few seconds, for utilization()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
@@ -222,6 +223,12 @@ class RequestBucket:
             pause = retry_after
         self._paused_until = max(self._paused_until, now + pause)
         if self.control.congested(ticket, self._granted, now):
+            # What the account accepted just before it said no is a safer rate to start
+            # the next run under than the rate that overshot: over short windows a burst
+            # overshoots at a rate well above the account's.
+            accepted = self._recent_rpm(now)
+            overshot = self.control.rate / BETA * 60.0 + self.burst
+            self._learned = overshot if accepted is None else min(overshot, accepted)
             self._limiter.drip = self.control.rate
             # No burst after an episode: the bucket starts full (no capacity) at the end
             # of the pause and drips from there, at the lower rate.
@@ -232,12 +239,25 @@ class RequestBucket:
         ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
         self.control = RateControl(self._base_drip, self._clock.monotonic(), ceiling=ceiling)
         self._limiter.drip = self.control.rate
+        self._learned = learned_rpm
 
     @property
     def learned_rpm(self) -> float | None:
-        """The rate (a minute's worth) that last overshot the account's limit, if any."""
-        c = self.control.ceiling
-        return None if c is None else c * 60.0 + self.burst
+        """The account's rate as learned (a minute's worth): what it accepted in the seconds
+        before this run's last 429, else what an earlier run learned; None if nothing is."""
+        return self._learned
+
+    def _recent_rpm(self, now: float) -> float | None:
+        """Requests granted a minute, over the last whole seconds (up to 10); None if fewer
+        than 3 whole seconds are known."""
+        second = int(now)
+        if not self._recent:
+            return None
+        span = min(10, second - int(self._recent[0][0]))
+        if span < 3:
+            return None
+        used = sum(c for sec, c in self._recent if second - span <= sec < second)
+        return used / span * 60.0
 
     @property
     def clock(self) -> Clock:

@@ -145,8 +145,11 @@ class Follower:
             self._done.set()
 
     def _poll_rate(self) -> float:
-        # Polls may use what submits leave: most of the bucket once submits are over.
-        share = 0.6 if self._input_open else 0.9
+        # Polls may use what submits leave: most of the bucket once submits are over, or
+        # while every slot is taken (a submit then waits for an end, not for a request:
+        # one per task ending, and the bucket serves submits first anyway).
+        slots_bind = self._slots.in_flight >= self._slots.cap
+        share = 0.9 if not self._input_open or slots_bind else 0.6
         return self._client.bucket.rate_per_s * share
 
     async def _take(self, item: Submitted) -> None:
