@@ -19,7 +19,16 @@ from typing import Any
 from .catalog import get_model
 from .scheduler import CompletionModel, clock_key, poll_step
 
-__all__ = ["Forecast", "Kind", "TaskShape", "expected_generation_s", "forecast", "task_shape"]
+__all__ = [
+    "Forecast",
+    "Kind",
+    "TaskShape",
+    "expected_generation_s",
+    "forecast",
+    "forecast_run",
+    "in_start_order",
+    "task_shape",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +137,20 @@ def in_start_order(
         shape = task_shape(completions, model, inp, callback=callback)
         for _ in range(count):
             yield shape
+
+
+def forecast_run(
+    runs: Iterable[tuple[Kind, int]],
+    completions: CompletionModel,
+    *,
+    order: str,
+    callback: bool,
+    slots: int,
+    rpm: float,
+    time_scale: float,
+) -> float:
+    """A run's queued jobs' wall time, in the run's own seconds: ``rpm`` is real requests
+    a minute, and a run at ``time_scale`` sees every APIXO time shrunk by it."""
+    shapes = in_start_order(runs, completions, order=order, callback=callback)
+    told = forecast(shapes, slots=slots, rpm=rpm * time_scale, startup_s=0.0)
+    return told.wall_s * time_scale

@@ -21,6 +21,7 @@ from apixo_batch.pipeline.follower import EARLY_CALLBACK_WAIT_S, Follower
 from apixo_batch.pipeline.lander import Fetch
 from apixo_batch.pipeline.stop import Level, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted
+from apixo_batch.pipeline.turnaround import Turnaround
 from apixo_batch.scheduler import CompletionModel
 
 
@@ -32,6 +33,7 @@ def _follower(
     *,
     max_wait_min: float = 30.0,
     under_way: Callable[[], int] = lambda: 0,
+    turnaround: Turnaround | None = None,
 ) -> tuple[Follower, Stops, Recorder]:
     stops = Stops()
     events = Recorder()
@@ -46,6 +48,7 @@ def _follower(
         time_scale=1.0,
         max_wait_min=max_wait_min,
         submits_under_way=under_way,
+        turnaround=turnaround,
     )
     return follower, stops, events
 
@@ -439,3 +442,52 @@ async def test_a_callback_for_a_task_left_pending_is_a_duplicate_at_once() -> No
 
     with out_rx:
         assert await drive(clock, main()) == "duplicate"
+
+
+async def test_a_tasks_slot_is_free_before_its_end_is_committed() -> None:
+    """The next submit need not wait for the journal: the slot is released as soon as the
+    end is known, while the `succeeded` write is still out; the end is told to the
+    turnaround recorder at the moment it became known."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, duration=20.0)
+    slots = ConcurrencyLimit(5)
+    turnaround = Turnaround()
+    follower, _, _ = _follower(api, ledger, clock, slots, turnaround=turnaround)
+    r = await _task(api, ledger, "job-0", "callback")
+    assert r.task_id is not None
+    real = ledger.record_success
+    held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    in_flight_while_writing: list[int] = []
+
+    def slow_write(job_id: str, **kw: Any) -> asyncio.Future[None]:
+        async def later() -> None:
+            in_flight_while_writing.append(slots.in_flight)
+            await held
+            await real(job_id, **kw)
+
+        return asyncio.ensure_future(later())
+
+    ledger.record_success = slow_write  # type: ignore[method-assign]
+    tx, rx, out_tx, out_rx = _streams()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follower.run(rx, out_tx))
+            with tx:
+                await tx.send(await _handed(slots, r, clock))
+                await clock.sleep(25.0)
+                answered = tg.create_task(follower.on_callback(api.answer(r.task_id)))
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert slots.in_flight == 0 and not answered.done()
+                ended_at = clock.monotonic()
+                turnaround.left(ended_at + 0.25)  # the next submit leaves
+                held.set_result(None)
+                assert await answered == "accepted"
+        assert turnaround.statistics().p50 == pytest.approx(0.25)
+
+    with out_rx:
+        await drive(clock, main())
+    assert in_flight_while_writing == [0]
+    assert row(ledger, "job-0").state is JobState.SUCCEEDED

@@ -35,7 +35,7 @@ from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
-from ..forecast import expected_generation_s, forecast, in_start_order
+from ..forecast import expected_generation_s, forecast_run
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
@@ -175,7 +175,16 @@ class Supervisor:
         queued_cost, unknown, queued = await ledger.queued_cost()
         counts = await ledger.counts()
         if run_mode and queued:
-            self.planned_wall_s = await self._plan(ledger)
+            o = self.options
+            self.planned_wall_s = forecast_run(
+                await ledger.queued_runs(),
+                self.completions,
+                order=o.order,
+                callback=o.callback_url is not None,
+                slots=o.max_concurrent,
+                rpm=min(float(o.rpm), self.bucket.rate_per_s * 60.0),
+                time_scale=o.time_scale,
+            )
         self._emit(
             "started",
             per_model=await ledger.counts_by_model(),
@@ -187,7 +196,7 @@ class Supervisor:
             done=counts.get(S.DONE.value, 0),
             estimated_cost_usd=round(queued_cost, 4),
             unknown_price_jobs=unknown,
-            planned_wall_s=_rounded(self.planned_wall_s),
+            planned_wall_s=self.planned_wall_s and round(self.planned_wall_s, 1),
         )
         submit = run_mode and queued > 0
         needs_api = bool(in_flight) or submit
@@ -343,21 +352,6 @@ class Supervisor:
             tg.create_task(lander.feed(feeder_tx))
             tg.create_task(lander.run(fetch_rx))
 
-    async def _plan(self, ledger: Ledger) -> float:
-        """The queued jobs' wall time as ``plan`` predicts it (seconds of this run's clock),
-        with what this account and journal have taught: completion times, the rate."""
-        o = self.options
-        shapes = in_start_order(
-            await ledger.queued_runs(),
-            self.completions,
-            order=o.order,
-            callback=o.callback_url is not None,
-        )
-        rpm = min(float(o.rpm), self.bucket.rate_per_s * 60.0)
-        # The rate is real requests a minute; a scaled run's clocks are faster.
-        told = forecast(shapes, slots=o.max_concurrent, rpm=rpm * o.time_scale, startup_s=0.0)
-        return told.wall_s * o.time_scale
-
     def _queued(self, ledger: Ledger) -> AsyncIterator[JobRow]:
         """Queued jobs in the order they should start (``--order``)."""
         if self.options.order == "file":
@@ -451,7 +445,3 @@ class Supervisor:
         )
         self._emit("summary", **summary_dict(result))
         return result
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
