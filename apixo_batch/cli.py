@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 from . import __version__
 from .defaults import ORDERS
@@ -40,8 +42,10 @@ def _positive_float(name: str) -> type[float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be greater than 0, got {value}")
+        if not math.isfinite(value) or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a finite number greater than 0, got {text!r}"
+            )
         return value
 
     parse.__name__ = name
@@ -49,8 +53,10 @@ def _positive_float(name: str) -> type[float]:
 
 
 class _Parser(argparse.ArgumentParser):
-    # argparse exits 2 on bad usage already, which is our "invalid command line" code.
-    pass
+    # argparse exits 2 on bad usage already, which is our "invalid command line" code;
+    # the message is one line that names the option, not the whole usage block.
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_order(p: argparse.ArgumentParser) -> None:
@@ -90,22 +96,42 @@ def _add_api(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
     from .defaults import STATE_FILE  # here, not at the top: see _add_limits
 
     p.add_argument("jobfile", help="the campaign's job file (YAML)")
     p.add_argument("--out", default=None, help="output folder (overrides the job file)")
     p.add_argument("--state", default=None, help=f"journal path (default <out>/{STATE_FILE})")
-    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    if command == "status":
+        p.add_argument("--json", action="store_true", help="the journal's state as one JSON object")
+        p.add_argument("-q", "--quiet", action="store_true", help="accepted; no effect on status")
+        p.add_argument("-v", "--verbose", action="store_true", help="accepted; no effect on status")
+        p.add_argument(
+            "--time-scale",
+            type=_positive_float("--time-scale"),
+            default=1.0,
+            help="multiply the 48 h threshold of 'expires soon' (default 1.0)",
+        )
+        return
     p.add_argument(
-        "-v", "--verbose", action="store_true", help="every event as a JSON line on stderr"
+        "--json", action="store_true", help="JSON lines on stdout: every event, then a summary"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings, failures and the summary"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every event, the summary last, as JSON lines on stderr",
     )
     p.add_argument(
         "--time-scale",
         type=_positive_float("--time-scale"),
         default=1.0,
-        help="multiply every built-in wait (first poll, poll interval, backoff)",
+        help="multiply every built-in wait: first poll, poll interval, backoff, the pause of "
+        "a 429 without Retry-After, the 15-day result expiry; for the simulator "
+        "(default 1.0)",
     )
 
 
@@ -120,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the campaign to the end")
-    _add_common(run)
+    _add_common(run, "run")
     _add_api(run)
     _add_limits(run)
     run.add_argument("--callback-url", default=None, help="public URL APIXO posts results to")
@@ -137,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait",
         type=_positive_float("--max-wait"),
         default=MAX_WAIT_MIN,
-        help="minutes to follow one task in this run before leaving it pending",
+        help="minutes to follow one task in this run before leaving it pending "
+        f"(default {MAX_WAIT_MIN:g})",
     )
     run.add_argument(
         "--retry-failed", action="store_true", help="submit again jobs whose task failed"
@@ -145,28 +172,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_order(run)
 
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
-    plan.add_argument("jobfile")
+    plan.add_argument("jobfile", help="the campaign's job file (YAML)")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     _add_limits(plan)
     _add_order(plan)
 
     status = sub.add_parser("status", help="what the journal knows")
-    _add_common(status)
+    _add_common(status, "status")
 
     download = sub.add_parser("download", help="fetch results not on disk yet")
-    _add_common(download)
+    _add_common(download, "download")
     _add_api(download)
     _add_limits(download)
     download.add_argument(
         "--max-wait",
         type=_positive_float("--max-wait"),
         default=MAX_WAIT_MIN,
-        help="minutes to follow tasks still running",
+        help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
     )
 
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=_bounded_int("--port", 0, 65535), default=8787)
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument(
+        "--port",
+        type=_bounded_int("--port", 0, 65535),
+        default=8787,
+        help="port to listen on; 0 picks a free one (default 8787)",
+    )
     sim.add_argument(
         "--time-scale",
         type=_positive_float("--time-scale"),

@@ -58,7 +58,7 @@ class _Printer:
 
     def attach(self, stats: Callable[[], dict[str, object]]) -> None:
         """Start the progress view for an engine (its statistics() feed the rpm and spend)."""
-        if self.json_mode or self.quiet:
+        if self.json_mode or self.quiet or self.verbose:
             return
         if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
             from rich.console import Console
@@ -74,6 +74,21 @@ class _Printer:
         if self._view is not None:
             self._view.stop()
             self._view = None
+
+    def ended_in_error(self, code: ExitCode, message: str) -> ExitCode:
+        """A run that could not go on: one line on stderr, and with --json a summary as
+        the stream's last line (``exit_code`` and ``error``), as every run ends."""
+        message = redact(message, self.key)
+        summary = {**summary_dict(RunResult(exit_code=code, counts={})), "error": message}
+        line = event_line(Event("summary", time.time(), None, summary))
+        if self.verbose and not self.json_mode:
+            sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
+            return code
+        _err(message)
+        if self.json_mode:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        return code
 
     def _flush_soon(self) -> None:
         # Events of one loop turn leave in one write; a reader still gets each line
@@ -105,6 +120,10 @@ class _Printer:
             sys.stdout.write(redact(event_line(event), self.key) + "\n")
             self._flush_soon()
             return
+        if self.verbose:
+            # -v: every event, the summary last, each a JSON line on stderr and nothing else.
+            sys.stderr.write(redact(event_line(event), self.key) + "\n")
+            return
         d = event.data
         if event.kind in ("warning", "stopped"):
             self._say(str(d.get("message") or d.get("reason")))
@@ -116,8 +135,6 @@ class _Printer:
             self._say(f"{event.kind}: {event.job_id} {why} {msg}".rstrip())
         elif event.kind == "pending" and not self.quiet:
             self._say(f"pending: {event.job_id}: {d.get('message', '')}")
-        elif self.verbose and event.kind != "summary":
-            self._say(event_line(event))
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -188,14 +205,14 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         result = runtime.run(_drive(engine))
     except JournalError as exc:
-        _err(str(exc))
-        return ExitCode.INVALID
+        printer.close()
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
     except ApixoError as exc:
-        _err(redact(str(exc), key))
-        return ExitCode.INVALID
+        printer.close()
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
     finally:
         printer.close()
-    if not args.json:
+    if not args.json and not args.verbose:
         render_summary(summary_dict(result))
     return result.exit_code
 
@@ -256,7 +273,12 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
 
     state = _state_path(args, campaign)
     if not state.exists():
-        _err(f"no journal at {state}: this campaign has not run yet")
+        message = f"no journal at {state}: this campaign has not run yet"
+        if args.json:
+            # The same object as ever, on stdout: a script reads "nothing yet", not a gap.
+            empty: dict[str, object] = {"journal": None, "counts": {}, "possibly_duplicated": 0}
+            print(_json.dumps({**empty, "in_flight": [], "not_downloaded": [], "error": message}))
+        _err(message)
         return ExitCode.FAILED_JOBS
     journal = Journal(state, lock=False)
     try:
@@ -277,6 +299,7 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
         print(
             _json.dumps(
                 {
+                    "journal": str(state),
                     "counts": counts,
                     "possibly_duplicated": int(totals["possibly_duplicated"]),
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],

@@ -130,8 +130,9 @@ def _fmt_eta(eta: float | None) -> str:
 def status_line(tally: Tally, stats: dict[str, Any]) -> str:
     """One plain line: the whole campaign at a glance."""
     t = tally.total()
-    elapsed = time.monotonic() - tally.started_at
-    rpm = stats.get("requests", 0) / elapsed * 60 if elapsed > 1 else 0.0
+    # Requests in the last minute, as the account counts them: an average since the start
+    # would show the first second's burst as a rate above the limit.
+    rpm = float(stats.get("requests_last_minute", 0))
     learned = stats.get("learned_rpm")
     account = f" (account ~{learned:,.0f})" if learned else ""
     window, limit = stats.get("slot_window"), stats.get("max_concurrent")

@@ -7,9 +7,10 @@ The manifest is written from the journal, in job-file order, atomically
 from __future__ import annotations
 
 import json
+import math
 import os
+import secrets
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,8 @@ def manifest_state(state: JobState) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
+    # A journal written by a version that let --time-scale be inf holds inf expiries.
+    if ts is None or not math.isfinite(ts):
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -84,7 +86,10 @@ def write_manifest(journal: Journal, path: Path) -> ManifestInfo:
     arrived: Counter[str] = Counter()
     fails: dict[str, list[str]] = defaultdict(list)
     per_model: dict[str, Counter[str]] = defaultdict(Counter)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its 0600 would make the manifest unreadable to whoever may read the
+    # videos beside it. Created like them, with the process's umask.
+    tmp = str(path.parent / f".manifest-{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for row in journal.iter_all():

@@ -200,11 +200,13 @@ async def test_wrong_key_is_a_result_not_an_exception(simulator, tmp_path: Path)
         ("rpm", 10_000, "10,000 is out of range (from 1 to 9,999)"),
         ("rpm", 2.5, "a whole number is needed, not 2.5"),
         ("download_concurrency", 0, "0 is out of range (at least 1)"),
-        ("time_scale", 0, "0 is not a number more than zero"),
-        ("time_scale", float("nan"), "nan is not a number more than zero"),
-        ("max_wait_min", -1.0, "-1.0 is not a number more than zero"),
-        ("stop_grace_s", -0.5, "-0.5 is not a number zero or more"),
-        ("budget", 0.0, "0.0 is not a number more than zero"),
+        ("time_scale", 0, "0 is not a finite number more than zero"),
+        ("time_scale", float("nan"), "nan is not a finite number more than zero"),
+        ("time_scale", float("inf"), "inf is not a finite number more than zero"),
+        ("order", "random", "'random' is neither 'longest' nor 'file'"),
+        ("max_wait_min", -1.0, "-1.0 is not a finite number more than zero"),
+        ("stop_grace_s", -0.5, "-0.5 is not a finite number zero or more"),
+        ("budget", 0.0, "0.0 is not a finite number more than zero"),
         ("mode", "fetch", "'fetch' is neither 'run' nor 'download'"),
     ],
 )
@@ -270,3 +272,24 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     assert (tmp_path / "out" / "0.mp4").read_bytes() == paid
     [warning] = [e for e in seen if e.kind == "warning" and e.job_id == "new"]
     assert "0.mp4 (job x's file)" in warning.data["message"]
+
+
+async def test_a_stream_left_with_a_bare_break_still_writes_the_manifest(
+    simulator, tmp_path: Path
+) -> None:
+    """No aclosing: `break`, then the embedder's asyncio.run ends at once. The run is
+    cancelled with its loop, and stops as an interrupt does: manifest written, journal free."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(1.0, 1.5))
+    job_file = write_campaign(tmp_path, simple_jobs(10))
+
+    async def embedder() -> None:
+        async for event in stream_campaign(job_file, max_concurrent=3, **opts(sim)):
+            if event.kind == "submitted":
+                break
+
+    # Its own loop (as a script's asyncio.run), while the simulator serves on this one.
+    await asyncio.to_thread(asyncio.run, embedder())
+    manifest = read_manifest(tmp_path / "out")
+    assert [e["id"] for e in manifest] == [j["id"] for j in simple_jobs(10)]
+    journal = Journal(tmp_path / "out" / ".apixo-batch.sqlite")  # not held any more
+    journal.close()

@@ -222,7 +222,10 @@ async def test_status_before_any_run_exits_1_and_creates_nothing(simulator, tmp_
     assert res.stdout == ""
     assert not (tmp_path / "out" / ".apixo-batch.sqlite").exists()
     as_json = await run_env("status", job_file, "--json", env=plain_env(sim))
-    assert as_json.code == 1 and as_json.stdout == ""
+    # --json: still the one object on stdout, saying there is no journal yet.
+    data = json.loads(as_json.stdout)
+    assert as_json.code == 1 and data["journal"] is None and data["counts"] == {}
+    assert "has not run yet" in data["error"]
     assert sim.stats()["requests_total"] == 0
 
 

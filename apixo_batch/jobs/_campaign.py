@@ -126,7 +126,8 @@ def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Cam
         raise _one(display, "", f"the job file must be a mapping, got {type(data).__name__}")
 
     for key in data:
-        if key not in TOP_KEYS:
+        # x-* keys are the file's own (anchors to merge from, notes), as in Compose files.
+        if key not in TOP_KEYS and not str(key).startswith("x-"):
             issues.add(display, str(key), f"unknown top-level key (allowed: {', '.join(TOP_KEYS)})")
     name = _name(data, job_file, display, issues)
     base = job_file.parent

@@ -58,7 +58,9 @@ def _jsonl_rows(lines: Iterator[str], display: str, issues: Issues) -> Iterator[
             continue
         where = f"{display} line {number}"
         try:
-            yield json.loads(line), where
+            # Without its line break: an error at the end of the line is at its column,
+            # not at column 1 of a line that does not exist.
+            yield json.loads(line.rstrip("\r\n")), where
         except json.JSONDecodeError as exc:
             issues.add(where, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,9 +119,15 @@ class JobRow:
         return cls(
             id_, idx, model, provider, input_json, input_hash, filename, cost_usd,
             bool(in_file), STATES[state], task_id, request_type, attempts, bool(dup), changed,
-            submitted_at, completed_at, json_list(result_urls), expires_at, json_list(files),
+            submitted_at, completed_at, json_list(result_urls), _finite(expires_at),
+            json_list(files),
             bytes_, json_list(sha256), fail_code, fail_msg, cost_time_ms, arrived_via,
         )  # fmt: skip
+
+
+def _finite(value: float | None) -> float | None:
+    # Versions that let --time-scale be inf journaled inf expiries: read them as unknown.
+    return value if value is None or math.isfinite(value) else None
 
 
 def json_list(text: str | None) -> tuple[str, ...]:

@@ -139,7 +139,7 @@ class RequestBucket:
         self._sent = 0
         self._rate_limited = 0
         self._learned: float | None = learned_rpm
-        # grants per whole second over the last few seconds, for utilization()
+        # grants per whole second over the last minute, for utilization() and last_minute()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
         # sum is fixed until the second changes, and polls ask for it several times a task
@@ -279,8 +279,14 @@ class RequestBucket:
             self._recent[-1][1] += 1
         else:
             self._recent.append([second, 1.0])
-            while len(self._recent) > 16:
+            while len(self._recent) > 61:
                 self._recent.popleft()
+
+    def last_minute(self) -> int:
+        """Requests granted in the last 60 seconds: what a limit over a minute counts (never
+        above ``rpm``), unlike an average since the start, which the first burst inflates."""
+        now = int(self._clock.monotonic())
+        return int(sum(c for sec, c in self._recent if now - 60 < sec <= now))
 
     def backlog_s(self) -> float:
         """Seconds of requests already queued behind the bucket."""

@@ -77,7 +77,7 @@ class ConcurrencyLimit:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # the permit was already ours: give it back
-            else:
+            elif fut in self._waiters:  # a close may have taken it off already
                 self._waiters.remove(fut)
             raise
 
@@ -144,7 +144,7 @@ class ConcurrencyLimit:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self._pass_on_the_freed_slot()
-            else:
+            elif fut in self._retries:
                 self._retries.remove(fut)
             raise
 

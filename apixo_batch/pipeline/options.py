@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,9 +57,9 @@ class RunOptions:
         def positive(name: str, *, zero: bool = False) -> None:
             value = getattr(self, name)
             ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or value != value or value < 0 or (value == 0 and not zero):
+            if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
                 need = "zero or more" if zero else "more than zero"
-                raise ValueError(f"RunOptions.{name}: {value!r} is not a number {need}")
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a finite number {need}")
 
         whole("max_concurrent", 1, MAX_CONCURRENT_CAP)
         whole("rpm", 1, RPM_CAP)

@@ -114,7 +114,16 @@ class Supervisor:
         journal = AsyncJournal(Journal(self.state_path), commit_delay=COMMIT_DELAY_S)
         ledger = Ledger(journal, self.clock)
         try:
-            synced = await self._run(ledger)
+            try:
+                synced = await self._run(ledger)
+            except asyncio.CancelledError:
+                # Cancelled from outside (a stream_campaign loop left with `break` while its
+                # loop closes, an embedder's cancel): what an interrupt leaves, the
+                # manifest included, then the cancel goes on.
+                self.stops.request(Stop(StopKind.INTERRUPTED, "cancelled"))
+                with contextlib.suppress(Exception):
+                    await ledger.write_manifest(self.output_dir / "manifest.jsonl")
+                raise
             return await self._finish(ledger, synced, started)
         finally:
             await ledger.close()
@@ -128,6 +137,7 @@ class Supervisor:
         submitted = self._submitter.spent_usd if self._submitter else 0.0
         return {
             "requests": bucket.sent,
+            "requests_last_minute": self.bucket.last_minute(),
             "rpm_limit": self.options.rpm,
             "rate_limited": bucket.rate_limited,
             "effective_rpm": bucket.effective_rpm,
@@ -148,21 +158,6 @@ class Supervisor:
         recovered, synced = await ledger.reconcile(
             jobs_of(self.campaign), retry_failed=self.options.retry_failed and run_mode
         )
-        for job_id in synced.changed_after_submit or []:
-            self._emit(
-                "warning",
-                job_id,
-                message=(
-                    f"job {job_id}: its input changed after it was submitted; the paid task "
-                    "follows the submitted input. Give the job a new id to generate the new one."
-                ),
-            )
-        if recovered:
-            self._emit(
-                "warning",
-                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
-                "(counted as possibly duplicated)",
-            )
         self._spent_before = (await ledger.totals()).spent_known_usd
         if self._key is not None:
             # Where an earlier run found this account's real rate: start just under it.
@@ -185,6 +180,11 @@ class Supervisor:
                 rpm=min(float(o.rpm), self.bucket.rate_per_s * 60.0),
                 time_scale=o.time_scale,
             )
+        submit = run_mode and queued > 0
+        needs_api = bool(in_flight) or submit
+        if needs_api and self._key is None:
+            # Before `started`: a run that cannot start says only why.
+            raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
         self._emit(
             "started",
             per_model=await ledger.counts_by_model(),
@@ -198,10 +198,21 @@ class Supervisor:
             unknown_price_jobs=unknown,
             planned_wall_s=self.planned_wall_s and round(self.planned_wall_s, 1),
         )
-        submit = run_mode and queued > 0
-        needs_api = bool(in_flight) or submit
-        if needs_api and self._key is None:
-            raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+        for job_id in synced.changed_after_submit or []:
+            self._emit(
+                "warning",
+                job_id,
+                message=(
+                    f"job {job_id}: its input changed after it was submitted; the paid task "
+                    "follows the submitted input. Give the job a new id to generate the new one."
+                ),
+            )
+        if recovered:
+            self._emit(
+                "warning",
+                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
+                "(counted as possibly duplicated)",
+            )
         if not needs_api and counts.get(S.SUCCEEDED.value, 0) == 0:
             return synced  # nothing to do: zero requests
         async with contextlib.AsyncExitStack() as stack:

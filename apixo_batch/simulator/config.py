@@ -42,7 +42,7 @@ class SimConfig(BaseModel):
     insufficient_after: int | None = Field(default=None, ge=0)
 
     # --- time and randomness -----------------------------------------------------------
-    time_scale: float = Field(default=1.0, gt=0.0)
+    time_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     seed: int = 0
     #: generation takes uniform(lo, hi) real seconds, ignoring model clocks and time_scale
     duration_override_s: tuple[float, float] | None = None
