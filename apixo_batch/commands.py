@@ -181,7 +181,39 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
             _err(str(exc))
             return ExitCode.INVALID
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
-    engine = build_engine(
+    try:
+        engine = _engine(args, campaign, key, printer, callback_url, listen_at)
+    except ApixoError as exc:  # a path that cannot exist, options out of range
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    except ValueError as exc:
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    if args.command == "download":
+        _warn_expiring(engine.state_path, args.time_scale)
+    printer.attach(engine.statistics)
+    try:
+        result = runtime.run(_drive(engine))
+    except JournalError as exc:
+        printer.close()
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    except ApixoError as exc:
+        printer.close()
+        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    finally:
+        printer.close()
+    if not args.json and not args.verbose:
+        render_summary(summary_dict(result))
+    return result.exit_code
+
+
+def _engine(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    key: ApiKey | None,
+    printer: _Printer,
+    callback_url: str | None,
+    listen_at: tuple[str, int] | None,
+) -> Engine:
+    return build_engine(
         campaign,
         api_key=key,
         on_event=printer,
@@ -199,22 +231,6 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         mode="download" if args.command == "download" else "run",
         **({"base_url": args.base_url} if args.base_url else {}),
     )
-    if args.command == "download":
-        _warn_expiring(engine.state_path, args.time_scale)
-    printer.attach(engine.statistics)
-    try:
-        result = runtime.run(_drive(engine))
-    except JournalError as exc:
-        printer.close()
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    except ApixoError as exc:
-        printer.close()
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    finally:
-        printer.close()
-    if not args.json and not args.verbose:
-        render_summary(summary_dict(result))
-    return result.exit_code
 
 
 async def _drive(engine: Engine) -> RunResult:

@@ -117,7 +117,7 @@ async def download_file(
         )
     except OSError as exc:
         # Our own disk (full, read-only, permissions): the caller sees one error family.
-        raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}", local=True) from None
 
 
 async def _download(

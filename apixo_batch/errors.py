@@ -40,9 +40,11 @@ __all__ = [
     "JobFileError",
     "JournalError",
     "NotFound",
+    "PathError",
     "RateLimited",
     "ResultExpired",
     "ServerError",
+    "StorageError",
     "TransportError",
     "api_error_for",
 ]
@@ -157,13 +159,15 @@ class DownloadError(ApixoError):
     """A result file could not be fetched whole.
 
     ``unreachable``: the last attempts could not even connect to the file host (an
-    outage): worth trying again later in the same run."""
+    outage): worth trying again later in the same run. ``local``: our own disk refused
+    the file (full, read-only, permissions), not the host."""
 
     retryable = True
 
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+    def __init__(self, message: str, *, unreachable: bool = False, local: bool = False) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.local = local
 
 
 class ResultExpired(DownloadError):
@@ -178,6 +182,15 @@ class IntegrityError(DownloadError):
 
 class JournalError(ApixoError):
     """The journal refused: locked by another run, or an illegal state change."""
+
+
+class PathError(ApixoError):
+    """An output folder or journal path that cannot exist (a file in the way, no write
+    permission): found before anything is created on disk."""
+
+
+class StorageError(ApixoError):
+    """The disk failed the run (full, read-only, I/O error): names the path and the cause."""
 
 
 def api_error_for(

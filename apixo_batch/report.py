@@ -195,6 +195,12 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         print(f"  {code} x{n}: {', '.join(ids)}{more}", file=out)
     for job in summary.get("input_changed") or []:
         print(f"  warning: job {job} changed after it was submitted", file=out)
+    if summary.get("never_submitted"):
+        print(
+            f"  {summary['never_submitted']} pending job(s) were never submitted: "
+            "`apixo-batch run` submits them (`download` only fetches what was)",
+            file=out,
+        )
     if summary.get("stop_reason"):
         print(f"  stopped submitting: {summary['stop_reason']}", file=out)
     if summary.get("interrupted"):

@@ -643,3 +643,32 @@ def test_file_names_differing_only_in_case_collide(tmp_path: Path) -> None:
     """Ids 'Clip' and 'clip' would share one file on macOS and Windows: refused."""
     message = _error(tmp_path, HEAD + _job("Clip", T2V) + _job("clip", T2V))
     assert "job 'clip' (campaign.yaml job 2, line 8) field 'output.filename'" in message
+
+
+def test_a_jsonl_line_missing_its_brace_names_the_column_where_it_ends(tmp_path: Path) -> None:
+    """The parser's column is on the line itself (not column 1 of the line after it)."""
+    line = '{"id": "a", "input": {"mode": "text-to-video", "prompt": "x"}'
+    body = '{"id": "z", "input": {"mode": "text-to-video", "prompt": "y"}}\n' + line + "\n"
+    text = HEAD.replace("jobs:\n", "jobs_file: rows.jsonl\n")
+    with pytest.raises(JobFileError) as info:
+        _load(tmp_path, text, {"rows.jsonl": body})
+    assert f"line 2: invalid JSON: Expecting ',' delimiter (column {len(line) + 1})" in str(
+        info.value
+    )
+
+
+def test_x_keys_at_the_top_hold_anchors_and_are_ignored(tmp_path: Path) -> None:
+    """As in Compose files: an `x-` key is the file's own, e.g. the anchor jobs merge from."""
+    text = (
+        "name: anchors\n"
+        "x-common: &common {mode: text-to-video, duration: 10, sound: false}\n"
+        "x-note: anything at all\n"
+        "defaults: {model: kling-2-6}\n"
+        "jobs:\n"
+        "  - {id: a, input: {<<: *common, prompt: one}}\n"
+    )
+    [job] = _jobs(_load(tmp_path, text))
+    assert (job.input["duration"], job.input["sound"], job.input["prompt"]) == (10, False, "one")
+    with pytest.raises(JobFileError) as info:
+        _load(tmp_path, text.replace("x-note", "y-note"))
+    assert "y-note" in str(info.value) and "unknown top-level key" in str(info.value)

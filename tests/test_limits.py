@@ -748,3 +748,19 @@ async def test_bucket_rate_does_not_climb_while_demand_is_below_it() -> None:
     await clock.run_until_idle()
     await task
     assert bucket.statistics().effective_rpm == pytest.approx(slowed)
+
+
+async def test_last_minute_counts_what_the_account_counts_and_never_passes_rpm() -> None:
+    """What the progress line shows: grants of the last 60 s, the first burst included,
+    never above --rpm; an average since the start would show more early on."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(600, clock)
+    stamps: list[float] = []
+    seen: list[int] = []
+    async with _workers(20, _granting(bucket, clock, stamps)):
+        for _ in range(24):
+            await _run_for(clock, 5.0)
+            seen.append(bucket.last_minute())
+    assert max(seen) <= 600
+    assert seen[-1] >= 0.95 * 600 * (bucket.statistics().effective_rpm / 600)
+    assert seen[0] == len([t for t in stamps if t < START + 6.0])  # all of the first 5 s

@@ -161,6 +161,10 @@ class Connection:
                 try:
                     results.append(op(self))
                 except Exception as exc:
+                    if not self._db.in_transaction:
+                        # SQLite rolled the whole transaction back (the disk is full): no
+                        # savepoint is left, and no op of the batch stands.
+                        raise
                     self._db.execute("ROLLBACK TO op")
                     results.append(exc)
                 self._db.execute("RELEASE op")

@@ -27,6 +27,7 @@ from ..errors import DownloadError, ResultExpired
 from ..events import Emitter
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..retry import Backoff
+from .stop import Stop, StopKind, Stops
 
 __all__ = ["Fetch", "Lander"]
 
@@ -61,8 +62,11 @@ class Lander:
         backoff: Backoff,
         workers: int,
         patience_s: float = 30 * 60.0,
+        stops: Stops | None = None,
     ) -> None:
         self._ledger = ledger
+        self._stops = stops or Stops()
+        self.left_for_disk = 0  # results not written because our disk refused them
         self._session = session
         self._output_dir = output_dir
         self._clock = clock
@@ -125,6 +129,18 @@ class Lander:
             finally:
                 self.busy -= 1
 
+    def _disk_refused(self, why: str) -> None:
+        """Our disk refused a result: it stays `succeeded` (its URLs journaled) for
+        `download`, and no new work is submitted whose results would need the disk."""
+        self.left_for_disk += 1
+        if self.left_for_disk == 1:
+            reason = (
+                f"{why}: results stay journaled for `apixo-batch download` once there is "
+                "room; no new submits, tasks already paid are still followed"
+            )
+            if self._stops.request(Stop(StopKind.STORAGE, reason)):
+                self._emit("stopped", reason=reason)
+
     async def _files(self) -> FileRegistry:
         """The registry, read once through one shared journal read."""
         if self._registry is None:
@@ -176,6 +192,9 @@ class Lander:
             partial = self._ledger.record_partial(fetch.id, landed)
             if partial is not None:
                 await partial
+            if exc.local:
+                self._disk_refused(str(exc))
+                return
             self.retries += 1
             self._emit(
                 "retried",

@@ -104,6 +104,8 @@ class RunResult:
     arrived: dict[str, int] = field(default_factory=dict)
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: jobs still queued at the end (counted as pending): never submitted, `run` submits them
+    never_submitted: int = 0
     manifest: Path | None = None
     output_dir: Path | None = None
 
@@ -136,6 +138,7 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "fail_codes": {k: v[:5] for k, v in r.fail_codes.items()},
         "fail_counts": {k: len(v) for k, v in r.fail_codes.items()},
         "per_model": r.per_model,
+        "never_submitted": r.never_submitted,
         "manifest": str(r.manifest) if r.manifest else None,
         "output_dir": str(r.output_dir) if r.output_dir else None,
     }

@@ -45,6 +45,8 @@ class StopKind(enum.Enum):
     REFUSED = ("refused", Level.SUBMITS, ExitCode.FATAL_API)
     FATAL = ("fatal", Level.SUBMITS, ExitCode.FATAL_API)
     UNREACHABLE = ("unreachable", Level.SUBMITS, ExitCode.TEMP_FAIL)
+    #: our disk failed (full, read-only, I/O error): no new work whose results need it
+    STORAGE = ("storage", Level.SUBMITS, ExitCode.IO_ERROR)
     KEY_REFUSED = ("key-refused", Level.FOLLOW, ExitCode.FATAL_API)
     INTERRUPTED = ("interrupted", Level.ALL, ExitCode.INTERRUPTED)
 
@@ -112,6 +114,7 @@ class Stops:
             StopKind.REFUSED,
             StopKind.FATAL,
             StopKind.UNREACHABLE,
+            StopKind.STORAGE,
             StopKind.KEY_REFUSED,
             StopKind.STRANDED,
         )

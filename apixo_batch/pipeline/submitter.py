@@ -133,7 +133,19 @@ class Submitter:
             # Invariant 1: nothing happens with the id before it is committed. Shielded:
             # an interrupt now still lets the commit land (it runs regardless).
             assert state.recording is not None
-            await asyncio.shield(state.recording)
+            try:
+                await asyncio.shield(state.recording)
+            except Exception as exc:
+                # The journal refused the id (its disk is full): the one place it can
+                # still be kept is the output, so that nobody pays for it twice.
+                self._emit(
+                    "warning",
+                    row.id,
+                    task_id=task_id,
+                    message=f"job {row.id}: task {task_id} was created, but the journal "
+                    f"could not record it ({exc}); keep this line: the task is paid",
+                )
+                raise
             permit.running()
         except _NotSent:
             await self._hand_back(state, permit)

@@ -37,13 +37,23 @@ from ..errors import ApixoError
 from ..events import Emitter, EventSink
 from ..forecast import expected_generation_s, forecast_run
 from ..jobs import Campaign
-from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
+from ..journal import (
+    AsyncJournal,
+    JobRow,
+    JobState,
+    Journal,
+    Ledger,
+    SyncResult,
+    jobs_of,
+)
 from ..limits import ConcurrencyLimit, RequestBucket
+from ..paths import check_file, check_folder, storage_failure
 from ..receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter
+from .books import close_books
 from .follower import Follower
 from .lander import Fetch, Lander
 from .options import RunOptions, RunResult, summary_dict
@@ -86,6 +96,9 @@ class Supervisor:
         self._session = session
         self.output_dir = campaign.output_dir
         self.state_path = options.state_path or state_path(self.output_dir)
+        # Before anything is created: a path that cannot exist is one line, not a traceback.
+        check_folder(self.output_dir, "output folder")
+        check_file(self.state_path, "journal")
         self.stops = Stops()
         self.bucket = RequestBucket(
             options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
@@ -115,7 +128,15 @@ class Supervisor:
         ledger = Ledger(journal, self.clock)
         try:
             try:
-                synced = await self._run(ledger)
+                synced: SyncResult | None = await self._run(ledger)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # Our disk failed (the journal's, or the results'): one stop that says
+                # where and why, and the run ends as cleanly as the disk allows.
+                self._storage_stop(why)
+                synced = None
             except asyncio.CancelledError:
                 # Cancelled from outside (a stream_campaign loop left with `break` while its
                 # loop closes, an embedder's cancel): what an interrupt leaves, the
@@ -126,7 +147,11 @@ class Supervisor:
                 raise
             return await self._finish(ledger, synced, started)
         finally:
-            await ledger.close()
+            try:
+                await ledger.close()
+            except Exception as exc:
+                if storage_failure(exc) is None:
+                    raise
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot for progress displays: requests, limits, in flight, spend."""
@@ -306,6 +331,7 @@ class Supervisor:
             backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
             workers=o.download_concurrency,
             patience_s=o.max_wait_min * 60.0,
+            stops=self.stops,
         )
 
     async def _pipeline(self, ledger: Ledger, *, submit: bool) -> None:
@@ -412,28 +438,43 @@ class Supervisor:
         return await self._follower.on_callback(status)
 
     # -- the end --------------------------------------------------------------
+    async def _remember_rpm(self, ledger: Ledger) -> None:
+        if self._key is not None and self.bucket.statistics().sent:
+            control = self.bucket.control
+            # A run that met no limit at the full rate leaves no ceiling behind.
+            clear = control.episodes == 0 and control.rate >= control.top
+            await ledger.remember_rpm(self._account(), None if clear else self.bucket.learned_rpm)
+
     def _account(self) -> str:
         """The key and base URL as a digest: what learned limits belong to (never the key)."""
         assert self._key is not None
         raw = f"{self._key.reveal()}\0{self.options.base_url}".encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
-    async def _finish(self, ledger: Ledger, synced: SyncResult, started: float) -> RunResult:
-        if self._key is not None and self.bucket.statistics().sent:
-            control = self.bucket.control
-            # A run that met no limit at the full rate leaves no ceiling behind.
-            clear = control.episodes == 0 and control.rate >= control.top
-            await ledger.remember_rpm(self._account(), None if clear else self.bucket.learned_rpm)
-        manifest = await ledger.write_manifest(self.output_dir / "manifest.jsonl")
-        counts = manifest.counts
-        totals = await ledger.totals()
+    def _storage_stop(self, why: str) -> None:
+        reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
+        if self.stops.request(Stop(StopKind.STORAGE, reason)):
+            self._emit("stopped", reason=reason)
+
+    async def _finish(self, ledger: Ledger, synced: SyncResult | None, started: float) -> RunResult:
+        try:
+            await self._remember_rpm(ledger)
+        except Exception as exc:
+            why = storage_failure(exc)
+            if why is None:
+                raise
+            self._storage_stop(why)
+        books = await close_books(ledger, self.output_dir / "manifest.jsonl")
+        if books.refused is not None:
+            self._storage_stop(books.refused)
+        counts, totals, manifest = books.counts, books.totals, books.manifest
         bucket = self.bucket.statistics()
         stages = [s for s in (self._submitter, self._follower, self._lander) if s is not None]
         result = RunResult(
             exit_code=self.stops.exit_code(counts.get("done", 0) == sum(counts.values())),
             counts=counts,
             submitted=self._submitter.submitted if self._submitter else 0,
-            possibly_duplicated=totals.possibly_duplicated,
+            possibly_duplicated=totals.possibly_duplicated if totals else 0,
             requests=bucket.sent,
             rate_limited=bucket.rate_limited,
             learned_rpm=bucket.learned_rpm,
@@ -442,16 +483,17 @@ class Supervisor:
             planned_wall_s=self.planned_wall_s,
             retries=sum(s.retries for s in stages),
             wall_s=self.clock.monotonic() - started,
-            spent_usd=totals.spent_known_usd,
-            unknown_price_jobs=totals.spent_unknown_jobs,
+            spent_usd=totals.spent_known_usd if totals else 0.0,
+            unknown_price_jobs=totals.spent_unknown_jobs if totals else 0,
             fatal=self.stops.fatal,
             stop_reason=self.stops.reason,
             interrupted=self.stops.interrupted,
-            input_changed=list(synced.changed_after_submit or []),
-            arrived=manifest.arrived,
-            fail_codes=manifest.fail_codes,
-            per_model=manifest.per_model,
-            manifest=manifest.path,
+            input_changed=list(synced.changed_after_submit or []) if synced else [],
+            arrived=books.arrived,
+            fail_codes=books.fail_codes,
+            per_model=books.per_model,
+            never_submitted=books.never_submitted,
+            manifest=manifest.path if manifest else None,
             output_dir=self.output_dir,
         )
         self._emit("summary", **summary_dict(result))

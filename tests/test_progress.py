@@ -1,0 +1,34 @@
+"""The progress line and the CLI's help: what a person reads while a run goes on."""
+
+from __future__ import annotations
+
+import pytest
+
+from apixo_batch import cli
+from apixo_batch.progress import Tally, status_line
+
+
+def test_the_progress_rate_is_the_last_minutes_count_not_an_average_since_the_start() -> None:
+    """A run 30 s old that sent 305 requests under a 600 rpm limit (its first burst
+    included) shows what the account counts: the requests of the last minute, not 610."""
+    line = status_line(Tally(), {"requests": 305, "requests_last_minute": 305, "rpm_limit": 600})
+    assert "305/600 rpm" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "wanted"),
+    [
+        (["status", "--help"], ["one JSON object", "no effect on status", "48 h"]),
+        (["run", "--help"], ["(default 30)", "(default 1.0)", "--order"]),
+        (["simulate", "--help"], ["(default 127.0.0.1)", "(default 8787)"]),
+        (["plan", "--help"], ["the campaign's job file (YAML)", "--order"]),
+    ],
+)
+def test_help_says_what_the_readme_says(
+    argv: list[str], wanted: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    text = " ".join(capsys.readouterr().out.split())
+    for words in wanted:
+        assert words in text, (words, text)
