@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from . import runtime
 from .api import build_engine
 from .defaults import state_path
-from .errors import ApixoError, JobFileError, JournalError
+from .errors import ApixoError, JobFileError, StorageError
 from .events import Event
 from .exitcodes import ExitCode
 from .jobs import Campaign, load_campaign
@@ -187,15 +187,15 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     except ValueError as exc:
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    if args.command == "download":
-        _warn_expiring(engine.state_path, args.time_scale)
     printer.attach(engine.statistics)
     try:
+        if args.command == "download":
+            _warn_expiring(engine.state_path, args.time_scale)
         result = runtime.run(_drive(engine))
-    except JournalError as exc:
+    except StorageError as exc:  # the journal unreadable
         printer.close()
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    except ApixoError as exc:
+        return printer.ended_in_error(ExitCode.IO_ERROR, str(exc))
+    except ApixoError as exc:  # the journal held by another run, no key
         printer.close()
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     finally:
@@ -296,7 +296,13 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
             print(_json.dumps({**empty, "in_flight": [], "not_downloaded": [], "error": message}))
         _err(message)
         return ExitCode.FAILED_JOBS
-    journal = Journal(state, lock=False)
+    try:
+        journal = Journal(state, lock=False)
+    except StorageError as exc:
+        if args.json:
+            print(_json.dumps({"journal": str(state), "counts": {}, "error": str(exc)}))
+        _err(str(exc))
+        return ExitCode.IO_ERROR
     try:
         counts = journal.counts()
         waiting = journal.in_states([JobState.SUCCEEDED])

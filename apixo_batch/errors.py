@@ -39,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "JobFileError",
     "JournalError",
+    "JournalUnreadable",
     "NotFound",
     "PathError",
     "RateLimited",
@@ -191,6 +192,10 @@ class PathError(ApixoError):
 
 class StorageError(ApixoError):
     """The disk failed the run (full, read-only, I/O error): names the path and the cause."""
+
+
+class JournalUnreadable(JournalError, StorageError):
+    """The journal file is there but cannot be opened: not a journal, damaged, unreadable."""
 
 
 def api_error_for(

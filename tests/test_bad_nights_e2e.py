@@ -147,3 +147,20 @@ async def test_download_says_which_pending_jobs_were_never_submitted(
     assert "3 pending job(s) were never submitted: `apixo-batch run` submits them" in res.stderr
     summary = (await run_cli(sim, "download", job_file, *FAST, "--json")).summary
     assert summary["never_submitted"] == 3
+
+
+async def test_a_journal_that_is_not_one_is_a_line_and_exit_74(simulator, tmp_path: Path) -> None:
+    """run, download and status on a damaged journal: one line naming it, exit 74, and
+    the file left as it was (nothing overwritten that could still be recovered)."""
+    sim = await simulator(time_scale=0.01)
+    job_file = str(write_campaign(tmp_path, simple_jobs(1)))
+    out = tmp_path / "out"
+    out.mkdir()
+    damaged = out / ".apixo-batch.sqlite"
+    damaged.write_bytes(b"not a database at all")
+    for command in (["run", *FAST], ["download", *FAST], ["status"]):
+        res = await run_cli(sim, command[0], job_file, *command[1:])
+        assert res.code == 74, (command, res.stderr)
+        _one_clean_line(res.stderr, str(damaged), "cannot be opened")
+    assert damaged.read_bytes() == b"not a database at all"
+    assert sim.stats()["requests_total"] == 0

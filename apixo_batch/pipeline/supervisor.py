@@ -8,20 +8,17 @@ the balance before the first submit, then runs the stages in one task group::
                                     ▲           ▲
                      callbacks ─────┘   feeder ─┘ (results of earlier runs)
 
-Each stage ends when its input stream has closed and its own work is done,
-and closes its output stream as it returns: the run ends because the last
-stage returned. Why it stops early is one list of :class:`~.stop.Stop` values
-(:class:`~.stop.Stops`), from which the exit code follows. An interrupt stops
-admission, gives the submits on the wire ``stop_grace_s`` to be answered and
-journaled, then cancels what is left (polls, downloads: their ``.part`` files
-stay for the next run); the manifest is written either way.
+Each stage ends when its input has closed and its work is done, closing its output
+as it returns. Why a run stops early is one list of :class:`~.stop.Stop` values,
+from which the exit code follows. An interrupt stops admission, gives the submits
+on the wire ``stop_grace_s``, then cancels the rest; the manifest is written either
+way (docs/contributing.md draws all of it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -37,25 +34,19 @@ from ..errors import ApixoError
 from ..events import Emitter, EventSink
 from ..forecast import expected_generation_s, forecast_run
 from ..jobs import Campaign
-from ..journal import (
-    AsyncJournal,
-    JobRow,
-    JobState,
-    Journal,
-    Ledger,
-    SyncResult,
-    jobs_of,
-)
+from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
 from ..paths import check_file, check_folder, storage_failure
-from ..receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
+from ..receiver import HandlerResult, callback_url_with_token
 from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter
 from .books import close_books
+from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
+from .learned import account_of, remember_rate, start_informed
 from .options import RunOptions, RunResult, summary_dict
 from .preflight import preflight
 from .stop import Stop, StopKind, Stops
@@ -93,6 +84,7 @@ class Supervisor:
         self.clock = clock or SystemClock()
         self._emit = Emitter(on_event, self.clock)
         self._key = api_key
+        self._account = None if api_key is None else account_of(api_key, options.base_url)
         self._session = session
         self.output_dir = campaign.output_dir
         self.state_path = options.state_path or state_path(self.output_dir)
@@ -184,13 +176,7 @@ class Supervisor:
             jobs_of(self.campaign), retry_failed=self.options.retry_failed and run_mode
         )
         self._spent_before = (await ledger.totals()).spent_known_usd
-        if self._key is not None:
-            # Where an earlier run found this account's real rate: start just under it.
-            self.bucket.start_under(await ledger.learned_rpm(self._account()))
-        # Yesterday's completion times: today's first polls start informed.
-        for key, samples in (await ledger.learned_completions()).items():
-            for seconds in samples:
-                self.completions.add(key, seconds)
+        await start_informed(ledger, self.bucket, self.completions, self._account)
         in_flight = await ledger.in_flight()
         queued_cost, unknown, queued = await ledger.queued_cost()
         counts = await ledger.counts()
@@ -259,11 +245,11 @@ class Supervisor:
                 connector=aiohttp.TCPConnector(limit=self.options.download_concurrency),
             )
             stack.push_async_callback(downloads.close)
-            token = await self._callback_token(ledger) if needs_api else None
+            token = await callback_token(ledger, self.options) if needs_api else None
             self._build(ledger, client, downloads, token, in_flight)
             if token is not None:
                 # After the stages exist: a callback for an adopted task finds it followed.
-                await self._listen(token, stack)
+                await listen(self.options, token, self._on_callback, stack)
             if submit:
                 assert client is not None
                 stop = await preflight(
@@ -408,48 +394,11 @@ class Supervisor:
             message = f"API answering again after {human_duration(silent_s)} without an answer"
         self._emit("warning", message=message)
 
-    async def _callback_token(self, ledger: Ledger) -> str | None:
-        """Callback mode: the campaign's token, made once and kept in the journal."""
-        o = self.options
-        if not (o.callback_url and o.listen):
-            return None
-        token = await ledger.callback_token(new_token())
-        try:
-            callback_url_with_token(o.callback_url, token)
-        except ValueError as exc:
-            raise ApixoError(f"callback mode: {exc}") from None
-        return token
-
-    async def _listen(self, token: str, stack: contextlib.AsyncExitStack) -> None:
-        """Start the receiver; it stops when the run's resources close."""
-        assert self.options.listen is not None
-        host, port = self.options.listen
-        try:
-            receiver = CallbackReceiver(host, port, token, self._on_callback)
-            await receiver.start()
-        except (OSError, ValueError) as exc:
-            raise ApixoError(f"callback mode: {exc}") from None
-        stack.push_async_callback(receiver.stop)
-
     async def _on_callback(self, status: TaskStatus) -> HandlerResult:
         # The receiver starts before the stages are built: deliveries go to the follower.
         if self._follower is None:
             return "unknown"
         return await self._follower.on_callback(status)
-
-    # -- the end --------------------------------------------------------------
-    async def _remember_rpm(self, ledger: Ledger) -> None:
-        if self._key is not None and self.bucket.statistics().sent:
-            control = self.bucket.control
-            # A run that met no limit at the full rate leaves no ceiling behind.
-            clear = control.episodes == 0 and control.rate >= control.top
-            await ledger.remember_rpm(self._account(), None if clear else self.bucket.learned_rpm)
-
-    def _account(self) -> str:
-        """The key and base URL as a digest: what learned limits belong to (never the key)."""
-        assert self._key is not None
-        raw = f"{self._key.reveal()}\0{self.options.base_url}".encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
 
     def _storage_stop(self, why: str) -> None:
         reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
@@ -458,7 +407,7 @@ class Supervisor:
 
     async def _finish(self, ledger: Ledger, synced: SyncResult | None, started: float) -> RunResult:
         try:
-            await self._remember_rpm(ledger)
+            await remember_rate(ledger, self.bucket, self._account)
         except Exception as exc:
             why = storage_failure(exc)
             if why is None:

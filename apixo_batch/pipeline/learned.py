@@ -1,0 +1,41 @@
+"""What a run starts from and leaves behind for the next: the account's rate, and the
+completion times per clock key, both kept in the journal."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..journal import Ledger
+from ..limits import RequestBucket
+from ..scheduler import CompletionModel
+from ..secret import ApiKey
+
+__all__ = ["account_of", "remember_rate", "start_informed"]
+
+
+def account_of(key: ApiKey, base_url: str) -> str:
+    """The key and base URL as a digest: what learned limits belong to (never the key)."""
+    raw = f"{key.reveal()}\0{base_url}".encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+async def start_informed(
+    ledger: Ledger, bucket: RequestBucket, completions: CompletionModel, account: str | None
+) -> None:
+    """Start just under the rate an earlier run found for this account, and with the
+    completion times earlier runs saw: today's first polls start informed."""
+    if account is not None:
+        bucket.start_under(await ledger.learned_rpm(account))
+    for key, samples in (await ledger.learned_completions()).items():
+        for seconds in samples:
+            completions.add(key, seconds)
+
+
+async def remember_rate(ledger: Ledger, bucket: RequestBucket, account: str | None) -> None:
+    """Keep what this run learned of the account's rate (a run that met no limit at the
+    full rate leaves no ceiling behind)."""
+    if account is None or not bucket.statistics().sent:
+        return
+    control = bucket.control
+    clear = control.episodes == 0 and control.rate >= control.top
+    await ledger.remember_rpm(account, None if clear else bucket.learned_rpm)
