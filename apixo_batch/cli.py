@@ -239,6 +239,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("apixo-batch: interrupted", file=sys.stderr)
             return ExitCode.INTERRUPTED
+        except Exception as exc:
+            return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """What nothing else caught: one line, never a traceback, unless asked for one."""
+    import os
+
+    from .paths import storage_failure
+    from .secret import redact_env
+
+    if os.environ.get("APIXO_BATCH_DEBUG"):
+        raise exc
+    why = storage_failure(exc)
+    if why is not None:
+        print(f"apixo-batch: {redact_env(why)}", file=sys.stderr)
+        return ExitCode.IO_ERROR
+    print(
+        f"apixo-batch: internal error: {type(exc).__name__}: {redact_env(str(exc))} (a bug: "
+        "please report it; APIXO_BATCH_DEBUG=1 shows the traceback). The journal keeps "
+        "what was paid: the same command resumes",
+        file=sys.stderr,
+    )
+    return ExitCode.SOFTWARE
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -18,6 +18,8 @@ class ExitCode(enum.IntEnum):
     INVALID = 2
     #: a fatal API answer (bad key, no balance, no access) stopped the run; it resumes
     FATAL_API = 3
+    #: a bug: an error nothing else caught, told in one line (sysexits' EX_SOFTWARE)
+    SOFTWARE = 70
     #: the local disk or the journal failed during the run (sysexits' EX_IOERR)
     IO_ERROR = 74
     #: the API or the file host stayed unreachable past the run's patience (EX_TEMPFAIL)

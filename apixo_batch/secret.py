@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ApiKey", "load_api_key", "redact"]
+__all__ = ["ApiKey", "load_api_key", "redact", "redact_env"]
 
 _MASK = "***"
 
@@ -60,3 +60,12 @@ def redact(text: str, key: ApiKey | None) -> str:
     if key is None:
         return text
     return text.replace(key.reveal(), _MASK)
+
+
+def redact_env(text: str) -> str:
+    """``text`` without the key of the environment (where no ApiKey is at hand)."""
+    try:
+        key = load_api_key()
+    except (OSError, ValueError):
+        return text
+    return redact(text, key)

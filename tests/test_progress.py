@@ -32,3 +32,24 @@ def test_help_says_what_the_readme_says(
     text = " ".join(capsys.readouterr().out.split())
     for words in wanted:
         assert words in text, (words, text)
+
+
+def test_an_error_nothing_caught_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug is told in one line (the key never in it), exit 70; the traceback only when
+    APIXO_BATCH_DEBUG asks for it."""
+    monkeypatch.setenv("APIXO_API_KEY", "sk-secret-test-key-123")
+
+    def broken(args: object) -> int:
+        raise RuntimeError("boom near sk-secret-test-key-123")
+
+    monkeypatch.setattr("apixo_batch.commands.campaign_command", broken)
+    monkeypatch.delenv("APIXO_BATCH_DEBUG", raising=False)
+    assert cli.main(["status", "jobs/campaign.yaml"]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: boom" in err
+    assert "sk-secret-test-key-123" not in err and "Traceback" not in err
+    monkeypatch.setenv("APIXO_BATCH_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["status", "jobs/campaign.yaml"])
