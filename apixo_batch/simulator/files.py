@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .config import SimConfig
 from .gate import FaultPlan
-from .media import Mp4Content, RangeNotSatisfiable, parse_range
+from .media import Mp4Content, RangeNotSatisfiable, clip_for, parse_range
 from .stats import SimStats
 from .tasks import SimTask, loop_time
 
@@ -67,8 +67,11 @@ class FileRoute:
         self._settle = settle
 
     def content(self, task_id: str, index: int) -> Mp4Content:
-        """The bytes result ``index`` of ``task_id`` has (whether or not it exists)."""
-        return Mp4Content(self._config.seed, task_id, index, self._config.file_size)
+        """The bytes result ``index`` of ``task_id`` has (whether or not it exists): the
+        clip of its duration and aspect ratio, padded to the configured size."""
+        task = self._tasks.get(task_id)
+        clip = clip_for(task.input) if task is not None else None
+        return Mp4Content(self._config.seed, task_id, index, self._config.file_size, clip)
 
     def _find(self, request: web.Request) -> tuple[SimTask, int] | web.Response:
         task_id = request.match_info["task_id"]

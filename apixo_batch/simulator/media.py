@@ -1,20 +1,36 @@
-"""Deterministic MP4 bytes for result files, any byte range on demand.
+"""Deterministic, playable MP4 bytes for result files, any byte range on demand.
 
-A result file is an ``ftyp`` box, an ``mdat`` box header covering the rest of
-the file, then a pseudo-random payload. The payload is cut into 64 KiB blocks,
-block ``b`` being ``SHAKE-128(key || b)`` where the key derives from
-(seed, task id, result index). A block depends on nothing before it, so a
-Range request or a multi-gigabyte file costs one block of memory, and the same
+A result file is a real clip (H.264 in MP4: ``ftyp``, ``moov``, ``mdat``) of the
+task's duration and aspect ratio, shipped with the package (scripts/make_clips.py
+made them), followed by a ``free`` box that pads it to the configured size with a
+pseudo-random payload of its own per task: players skip ``free`` boxes, so every
+result plays, and no two results have the same bytes or checksum. The payload is
+cut into 64 KiB blocks, block ``b`` being ``SHAKE-128(key || b)`` where the key
+derives from (seed, task id, result index). A block depends on nothing before it,
+so a Range request or a multi-gigabyte file costs one block of memory, and the same
 seed gives the same bytes on every machine and Python version.
+
+A configured size smaller than the clip gives the older form: an ``ftyp`` box and
+an ``mdat`` box header over the payload, exactly that size, and not playable.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-__all__ = ["BLOCK", "Mp4Content", "RangeNotSatisfiable", "mp4_header", "parse_range"]
+__all__ = [
+    "BLOCK",
+    "Mp4Content",
+    "RangeNotSatisfiable",
+    "clip_for",
+    "mp4_header",
+    "parse_range",
+]
 
 BLOCK = 64 * 1024
 
@@ -31,19 +47,48 @@ def mp4_header(size: int) -> bytes:
     return _FTYP + struct.pack(">I4sQ", 1, b"mdat", rest)
 
 
+def _free_header(size: int) -> bytes:
+    """A ``free`` box header for a box of ``size`` bytes, header included."""
+    if size < 2**32:
+        return struct.pack(">I4s", size, b"free")
+    return struct.pack(">I4sQ", 1, b"free", size)
+
+
+@functools.cache
+def _clip(name: str) -> bytes:
+    return (importlib.resources.files(__package__) / "clips" / f"{name}.mp4").read_bytes()
+
+
+def clip_for(inp: Mapping[str, Any]) -> bytes:
+    """The playable clip of a task's input: its duration (5 or 10 s) and aspect ratio
+    (16:9 unless it asks for 9:16 or 1:1)."""
+    seconds = 10 if inp.get("duration") == 10 else 5
+    shape = {"9:16": "9x16", "1:1": "1x1"}.get(str(inp.get("aspect_ratio")), "16x9")
+    return _clip(f"{seconds}s-{shape}")
+
+
 class Mp4Content:
     """The bytes of one result file: ``size`` long, a pure function of its identity."""
 
-    __slots__ = ("_header", "_key", "size")
+    __slots__ = ("_header", "_key", "playable", "size")
 
-    def __init__(self, seed: int, task_id: str, index: int, size: int) -> None:
+    def __init__(
+        self, seed: int, task_id: str, index: int, size: int, clip: bytes | None = None
+    ) -> None:
         if size < 64:
             raise ValueError("a result file is at least 64 bytes")
         self.size = size
         self._key = hashlib.blake2b(
             f"{seed}:{task_id}:{index}:{size}".encode(), digest_size=32
         ).digest()
-        self._header = mp4_header(size)
+        # The clip, then a free box over the rest (16 bytes: room for a 64-bit header).
+        self.playable = clip is not None and size >= len(clip) + 16
+        if clip is not None and self.playable:
+            rest = size - len(clip)
+            free = _free_header(rest)
+            self._header = clip + free
+        else:
+            self._header = mp4_header(size)
 
     @property
     def etag(self) -> str:
