@@ -431,3 +431,20 @@ async def test_callback_url_kept_only_in_callback_mode(
     assert callback_task.callback_url == "http://127.0.0.1:9/x"
     assert callback_task.provider == "official"
     assert callback_task.input == T2V["kling-2-6"]
+
+
+async def test_a_source_tag_as_apixos_own_client_sends_it_is_accepted_and_counted(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """@apixo/mcp-server sends an optional top-level `source` string: accepted and counted
+    per tag; not a string, refused; any other unknown top-level field still refused."""
+    sim = await simulator(duration_override_s=SLOW)
+    inp = T2V["kling-2-6"]
+    code, _, _ = await submit(http, sim.base_url, "kling-2-6", inp, source="claude-desktop")
+    assert code == 200
+    assert (await submit(http, sim.base_url, "kling-2-6", inp))[0] == 200
+    code, body, _ = await submit(http, sim.base_url, "kling-2-6", inp, source=7)
+    assert code == 400 and body["message"] == "source must be a string"
+    code, body, _ = await submit(http, sim.base_url, "kling-2-6", inp, sorce="typo")
+    assert code == 400 and body["message"] == "Unknown field(s): sorce"
+    assert sim.stats()["sources"] == {"claude-desktop": 1, "": 1}

@@ -50,7 +50,9 @@ _ROUTE_LABELS = {
     "finish": "POST /_sim/finish",
     "expire": "POST /_sim/expire",
 }
-_BODY_KEYS = frozenset({"request_type", "callback_url", "provider", "input"})
+#: the submit body's top-level fields: the documented four, and ``source``, the free-form
+#: tag APIXO's own client (@apixo/mcp-server) sends when its caller gives one
+_BODY_KEYS = frozenset({"request_type", "callback_url", "provider", "input", "source"})
 _PROVIDERS = frozenset({"auto", "value", "official"})
 _FAULT_MESSAGES = {
     "500": "Internal server error",
@@ -192,6 +194,7 @@ class Simulator:
             return _answer(429, "Concurrent task limit exceeded")
 
         request_type = body.get("request_type", "async")
+        self._stats.note_source(body.get("source"))
         task = self._book.create(
             model=model,
             inp=inp,
@@ -381,6 +384,8 @@ def _check_body(body: Any) -> str | None:
         return "provider must be auto, value or official"
     if not isinstance(body.get("input"), dict):
         return "input is required and must be an object"
+    if "source" in body and not isinstance(body["source"], str):
+        return "source must be a string"
     return None
 
 

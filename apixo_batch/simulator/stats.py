@@ -48,6 +48,8 @@ class SimStats:
         self.file_requests = 0
         self.file_bytes_sent = 0
         self.faults: Counter[str] = Counter()
+        #: accepted submits by their top-level ``source`` tag ("" when none was sent)
+        self.sources: Counter[str] = Counter()
 
     def record(self, route: str, status: str) -> None:
         """One request answered on ``route`` ("POST /generateTask") with ``status``."""
@@ -64,6 +66,10 @@ class SimStats:
         if count > 1:
             self.duplicate_submits += 1
         self.max_submits_per_input = max(self.max_submits_per_input, count)
+
+    def note_source(self, source: str | None) -> None:
+        """The ``source`` tag of a submit that will be accepted (None: none sent)."""
+        self.sources[source or ""] += 1
 
     def snapshot(self, **live: Any) -> dict[str, Any]:
         """A JSON-able copy; ``live`` adds values owned elsewhere (balance, concurrency)."""
@@ -90,5 +96,6 @@ class SimStats:
             "file_requests": self.file_requests,
             "file_bytes_sent": self.file_bytes_sent,
             "faults": dict(self.faults),
+            "sources": dict(self.sources),
             **live,
         }
