@@ -1,7 +1,9 @@
 """The model catalog: what each APIXO video model accepts, how long it takes, what it costs.
 
 Everything model-specific lives in the ``MODELS`` table at the bottom of this
-module, taken from the pages in ``apixo-docs/``. The job loader, the simulator,
+module, taken from APIXO's current model pages (:mod:`.catalog_table` names the
+page of every input and renders the table of docs/models.md; a test holds the two
+to each other). The job loader, the simulator,
 ``plan``, the poll scheduler and the cost estimate all read it, so adding a
 fifth model is one new :class:`ModelSpec` entry.
 
@@ -15,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "MODELS",
@@ -77,7 +79,6 @@ class ModelSpec:
     price_variant: Callable[[Mapping[str, Any]], str]
     #: published prices per output second by variant; missing means unknown
     prices: Mapping[str, float] = field(default_factory=dict)
-    prompt_max: int | None = None
 
     @property
     def input_keys(self) -> frozenset[str]:
@@ -111,9 +112,16 @@ class ModelSpec:
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+def _tenths(value: float) -> float:
+    # "0-1, step 0.1": 0.35 is refused, 0.3 (0.30000000000000004 as a float) is not.
+    if abs(value * 10 - round(value * 10)) > 1e-9:
+        raise ValueError("must be a multiple of 0.1 (0, 0.1, ... 1)")
+    return value
+
+
 Prompt = Annotated[str, Field(min_length=1)]
 Duration = Literal[5, 10]
-Cfg = Annotated[float, Field(ge=0.0, le=1.0)]
+Cfg = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_tenths)]
 ImageUrl = Annotated[str, Field(min_length=1, pattern=r"^https?://\S+$")]
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 
@@ -125,7 +133,7 @@ class Kling25TurboProInput(BaseModel):
     duration: Duration
     aspect_ratio: AspectRatio | None = None
     image_urls: list[ImageUrl] | None = None
-    negative_prompt: str | None = None
+    negative_prompt: Annotated[str, Field(max_length=2500)] | None = None
     cfg_scale: Cfg | None = None
 
 
@@ -137,10 +145,12 @@ class Kling21Input(BaseModel):
         "master-text-to-video",
         "master-image-to-video",
     ]
-    prompt: Prompt
+    prompt: Annotated[str, Field(min_length=1, max_length=5000)]
     duration: Duration
+    #: master-text-to-video only (the other modes take the image's)
+    aspect_ratio: AspectRatio | None = None
     image_urls: list[ImageUrl] | None = None
-    negative_prompt: str | None = None
+    negative_prompt: Annotated[str, Field(max_length=500)] | None = None
     cfg_scale: Cfg | None = None
 
 
@@ -159,12 +169,12 @@ class Kling26Input(BaseModel):
 class Wan25Input(BaseModel):
     model_config = _STRICT
     mode: Literal["text-to-video", "image-to-video"]
-    prompt: Prompt
+    prompt: Annotated[str, Field(min_length=1, max_length=800)]
     duration: Duration
     resolution: Literal["720p", "1080p"]
     aspect_ratio: AspectRatio | None = None
     image_urls: list[ImageUrl] | None = None
-    negative_prompt: str | None = None
+    negative_prompt: Annotated[str, Field(max_length=500)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     enable_prompt_expansion: bool | None = None
 
@@ -186,10 +196,7 @@ def _wan_clock(inp: Mapping[str, Any]) -> Clock:
     return Clock(first_poll=50.0, interval=5.0, typical_min=50.0, typical_max=70.0)
 
 
-_T2V_I2V_12 = {
-    "text-to-video": ModeSpec("text-to-video"),
-    "image-to-video": ModeSpec("image-to-video", 1, 2),
-}
+_NO_ASPECT = frozenset({"aspect_ratio"})  # image modes: the image sets the shape
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -197,21 +204,27 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="kling-2-5-turbo-pro",
             input_model=Kling25TurboProInput,
-            modes=_T2V_I2V_12,
+            modes={
+                "text-to-video": ModeSpec("text-to-video"),
+                "image-to-video": ModeSpec("image-to-video", 1, 2, refuses=_NO_ASPECT),
+            },
             # Docs: 5 s video ~30-45 s, 10 s ~45-60 s; wait 30 s then poll every 5 s.
             clock=_by_duration((30, 45), (45, 60), (30, 45), 5.0),
             price_variant=lambda inp: "default",
             prices={},  # not published in the docs: the user's price table fills it in
-            prompt_max=2500,
         ),
         ModelSpec(
             name="kling-2-1",
             input_model=Kling21Input,
             modes={
-                "standard-image-to-video": ModeSpec("standard-image-to-video", 1, 1),
-                "pro-image-to-video": ModeSpec("pro-image-to-video", 1, 2),
+                "standard-image-to-video": ModeSpec(
+                    "standard-image-to-video", 1, 1, refuses=_NO_ASPECT
+                ),
+                "pro-image-to-video": ModeSpec("pro-image-to-video", 1, 2, refuses=_NO_ASPECT),
                 "master-text-to-video": ModeSpec("master-text-to-video"),
-                "master-image-to-video": ModeSpec("master-image-to-video", 1, 1),
+                "master-image-to-video": ModeSpec(
+                    "master-image-to-video", 1, 1, refuses=_NO_ASPECT
+                ),
             },
             # Docs: 5 s ~60-90 s, 10 s ~90-120 s; wait 60 s then poll every 5 s.
             clock=_by_duration((60, 90), (90, 120), (60, 90), 5.0),
@@ -225,14 +238,13 @@ MODELS: dict[str, ModelSpec] = {
                 "text-to-video": ModeSpec("text-to-video"),
                 # "Aspect ratios 1:1, 9:16, 16:9 for text-to-video": the image sets it otherwise.
                 "image-to-video": ModeSpec(
-                    "image-to-video", 1, 2, refuses=frozenset({"aspect_ratio"})
+                    "image-to-video", 1, 2, refuses=_NO_ASPECT
                 ),
             },
             # Docs: 5 s 50-70 s (first poll 50 s), 10 s 80-100 s (first poll 80 s), every 5-10 s.
             clock=_by_duration((50, 70), (80, 100), (50, 80), 5.0),
             price_variant=lambda inp: "sound" if inp.get("sound") else "silent",
             prices={"silent": 0.06, "sound": 0.12},
-            prompt_max=1000,
         ),
         ModelSpec(
             name="wan-2-5",
@@ -240,7 +252,7 @@ MODELS: dict[str, ModelSpec] = {
             modes={
                 "text-to-video": ModeSpec("text-to-video"),
                 "image-to-video": ModeSpec(
-                    "image-to-video", 1, 1, refuses=frozenset({"aspect_ratio"})
+                    "image-to-video", 1, 1, refuses=_NO_ASPECT
                 ),
             },
             # Docs: 720p ~50-70 s, 1080p ~70-90 s; wait 50 s then poll every 5 s.
