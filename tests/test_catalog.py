@@ -14,6 +14,7 @@ from apixo_batch.catalog import (
     get_model,
     validate_input,
 )
+from apixo_batch.catalog_table import TABLE
 
 IMG = "https://example.com/start.jpg"
 IMG2 = "https://example.com/end.jpg"
@@ -75,10 +76,14 @@ def test_every_model_takes_5_and_10_second_durations(model: str) -> None:
         assert [i.field for i in issues] == ["input.duration"]
 
 
-def test_prompt_limits() -> None:
-    """kling-2-6 takes up to 1000 characters and kling-2-5-turbo-pro up to 2500."""
-    assert _spec("kling-2-6").prompt_max == 1000
-    assert _spec("kling-2-5-turbo-pro").prompt_max == 2500
+@pytest.mark.parametrize(
+    ("model", "most"),
+    [("kling-2-6", 1000), ("kling-2-5-turbo-pro", 2500), ("kling-2-1", 5000), ("wan-2-5", 800)],
+)
+def test_prompt_limits(model: str, most: int) -> None:
+    """The current pages' prompt lengths (docs/models.md has them all)."""
+    doc = next(d for d in TABLE if d.model == model and d.name == "prompt")
+    assert doc.max_length == most
 
 
 def test_result_urls_live_fifteen_days() -> None:

@@ -49,7 +49,7 @@ def test_the_table_and_the_models_know_the_same_inputs() -> None:
 
 
 def test_docs_models_md_holds_the_table() -> None:
-    """docs/models.md shows what the table says (regenerate: python -m apixo_batch.catalog_table)."""
+    """docs/models.md shows the table (python -m apixo_batch.catalog_table prints it)."""
     assert markdown() in (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
 
 

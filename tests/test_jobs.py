@@ -410,7 +410,13 @@ def test_null_removes_a_default_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model", "inp", "kept"),
     [
-        ("kling-2-1", "{mode: master-text-to-video, prompt: x}", False),
+        # APIXO's current kling-2-1 page: aspect ratios "for master-text-to-video only"
+        ("kling-2-1", "{mode: master-text-to-video, prompt: x}", True),
+        (
+            "kling-2-1",
+            "{mode: standard-image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}",
+            False,
+        ),
         (
             "kling-2-6",
             "{mode: image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}",
@@ -418,13 +424,21 @@ def test_null_removes_a_default_key(tmp_path: Path) -> None:
         ),
         ("wan-2-5", "{mode: image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}", False),
         ("kling-2-6", "{mode: text-to-video, prompt: x}", True),
+        # ... and kling-2-5-turbo-pro's: "16:9, 9:16, 1:1 for text-to-video"
         (
             "kling-2-5-turbo-pro",
             "{mode: image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}",
-            True,
+            False,
         ),
     ],
-    ids=["kling-2-1", "kling-2-6-i2v", "wan-i2v", "kling-2-6-t2v", "kling-2-5-i2v"],
+    ids=[
+        "kling-2-1-master-t2v",
+        "kling-2-1-i2v",
+        "kling-2-6-i2v",
+        "wan-i2v",
+        "kling-2-6-t2v",
+        "kling-2-5-i2v",
+    ],  # fmt: skip
 )
 def test_default_key_the_model_does_not_take_is_dropped(
     tmp_path: Path, model: str, inp: str, kept: bool
@@ -542,7 +556,8 @@ def test_matrix_suffix_for_booleans_and_long_text(tmp_path: Path) -> None:
 def test_top_level_matrix_skips_keys_a_model_does_not_take(tmp_path: Path) -> None:
     """A top-level matrix applies to every job, except keys its model or mode does not take."""
     text = 'matrix: {aspect_ratio: ["16:9", "1:1"]}\n' + HEAD + _job("t", T2V)
-    text += _job("k", "{mode: master-text-to-video, prompt: x}", "    model: kling-2-1\n")
+    img = "{mode: standard-image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}"
+    text += _job("k", img, "    model: kling-2-1\n")
     assert [job.id for job in _jobs(_load(tmp_path, text))] == ["t-16x9", "t-1x1", "k"]
 
 
