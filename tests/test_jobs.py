@@ -438,7 +438,7 @@ def test_null_removes_a_default_key(tmp_path: Path) -> None:
         "wan-i2v",
         "kling-2-6-t2v",
         "kling-2-5-i2v",
-    ],  # fmt: skip
+    ],
 )
 def test_default_key_the_model_does_not_take_is_dropped(
     tmp_path: Path, model: str, inp: str, kept: bool
