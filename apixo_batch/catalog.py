@@ -112,6 +112,7 @@ class ModelSpec:
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+
 def _tenths(value: float) -> float:
     # "0-1, step 0.1": 0.35 is refused, 0.3 (0.30000000000000004 as a float) is not.
     if abs(value * 10 - round(value * 10)) > 1e-9:
@@ -237,9 +238,7 @@ MODELS: dict[str, ModelSpec] = {
             modes={
                 "text-to-video": ModeSpec("text-to-video"),
                 # "Aspect ratios 1:1, 9:16, 16:9 for text-to-video": the image sets it otherwise.
-                "image-to-video": ModeSpec(
-                    "image-to-video", 1, 2, refuses=_NO_ASPECT
-                ),
+                "image-to-video": ModeSpec("image-to-video", 1, 2, refuses=_NO_ASPECT),
             },
             # Docs: 5 s 50-70 s (first poll 50 s), 10 s 80-100 s (first poll 80 s), every 5-10 s.
             clock=_by_duration((50, 70), (80, 100), (50, 80), 5.0),
@@ -251,9 +250,7 @@ MODELS: dict[str, ModelSpec] = {
             input_model=Wan25Input,
             modes={
                 "text-to-video": ModeSpec("text-to-video"),
-                "image-to-video": ModeSpec(
-                    "image-to-video", 1, 1, refuses=_NO_ASPECT
-                ),
+                "image-to-video": ModeSpec("image-to-video", 1, 1, refuses=_NO_ASPECT),
             },
             # Docs: 720p ~50-70 s, 1080p ~70-90 s; wait 50 s then poll every 5 s.
             clock=_wan_clock,
