@@ -380,7 +380,7 @@ def _summary_lines(plan: Plan) -> list[str]:
         f"  (task time / {plan.max_concurrent:,} in flight)",
         f"  request rate: {_duration(plan.rate_bound_s)}"
         f"  ({plan.requests:,} requests / {plan.rpm:,} per minute)",
-        f"  longest task: {_duration(plan.longest_task_s)}",
+        f"  longest task: up to {_duration(plan.longest_task_s)}",
         f"Output folder:  {plan.output_dir}",
     ]
     return lines
