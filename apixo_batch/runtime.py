@@ -3,7 +3,8 @@
 uvloop implements the event loop, its timers and its socket transports in C.
 The engine spends most of its own CPU in that machinery (a few loop turns,
 timers and socket reads per request), so the same run costs noticeably less
-CPU on it (see README, "Performance"). It is declared for Linux and macOS;
+CPU on it (`APIXO_BATCH_EVENT_LOOP=asyncio` with bench/engine_bench.py shows how much).
+It is declared for Linux and macOS;
 elsewhere, or with ``APIXO_BATCH_EVENT_LOOP=asyncio`` (to rule it out while
 debugging), the standard loop runs the very same code.
 
