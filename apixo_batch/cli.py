@@ -59,6 +59,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _add_no_review(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-review",
+        dest="review",
+        action="store_false",
+        help="do not write <out>/review.html at the end",
+    )
+
+
 def _add_order(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--order",
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="submit again jobs whose task failed"
     )
     _add_order(run)
+    _add_no_review(run)
 
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
     plan.add_argument("jobfile", help="the campaign's job file (YAML)")
@@ -189,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float("--max-wait"),
         default=MAX_WAIT_MIN,
         help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
+    )
+    _add_no_review(download)
+
+    review = sub.add_parser(
+        "review", help="write <out>/review.html: every job as a card, videos playable"
+    )
+    review.add_argument("jobfile", help="the campaign's job file (YAML)")
+    review.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    review.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
 
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
@@ -276,7 +296,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from .simulator import simulate_command
 
         return simulate_command(args)
-    if command in ("run", "status", "download"):
+    if command in ("run", "status", "download", "review"):
         from .commands import campaign_command
 
         try:

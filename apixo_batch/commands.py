@@ -158,6 +158,8 @@ def campaign_command(args: argparse.Namespace) -> int:
         return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
+    if args.command == "review":
+        return _review(args, campaign)
     return _run(args, campaign)
 
 
@@ -228,6 +230,7 @@ def _engine(
         max_wait_min=args.max_wait,
         retry_failed=getattr(args, "retry_failed", False),
         order=getattr(args, "order", "longest"),
+        review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
         **({"base_url": args.base_url} if args.base_url else {}),
     )
@@ -352,4 +355,27 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
         for r in sorted(waiting, key=lambda r: r.expires_at or 0)[:50]:
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
+    return ExitCode.OK
+
+
+def _review(args: argparse.Namespace, campaign: Campaign) -> int:
+    from .review import write_review
+
+    state = _state_path(args, campaign)
+    if not state.exists():
+        _err(f"no journal at {state}: this campaign has not run yet")
+        return ExitCode.FAILED_JOBS
+    try:
+        journal = Journal(state, lock=False)
+    except StorageError as exc:
+        _err(str(exc))
+        return ExitCode.IO_ERROR
+    try:
+        path = write_review(journal, campaign.output_dir, name=campaign.name, job_file=args.jobfile)
+    except OSError as exc:
+        _err(f"cannot write {campaign.output_dir / 'review.html'}: {exc.strerror or exc}")
+        return ExitCode.IO_ERROR
+    finally:
+        journal.close()
+    print(path)
     return ExitCode.OK

@@ -60,3 +60,13 @@ def mock_api() -> Iterator[aioresponses]:
     """aioresponses, patched to work with aiohttp >= 3.14 (see ``_CompatResponse``)."""
     with _CompatAioresponses() as mocked:
         yield mocked
+
+
+def pytest_report_header(config: object) -> str:
+    """One line at the top of every run: whether the review page is tested in a browser."""
+    from browser import chromium_path, why_no_browser
+
+    why = why_no_browser()
+    if why is None:
+        return f"browser tests: Chromium at {chromium_path()}"
+    return f"browser tests: SKIPPED, {why}"

@@ -325,6 +325,15 @@ class Ledger:
 
         return await self._j.read(lambda j: write_manifest(j, path))
 
+    async def write_review(
+        self, out_dir: Path, *, name: str, job_file: str, summary: dict[str, Any]
+    ) -> Path:
+        from ..review import write_review
+
+        return await self._j.read(
+            lambda j: write_review(j, out_dir, name=name, job_file=job_file, summary=summary)
+        )
+
     def _transition(
         self,
         job_id: str,

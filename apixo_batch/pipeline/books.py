@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..events import Emitter
+from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
 from ..paths import storage_failure
 from ..report import ManifestInfo, manifest_state
 
-__all__ = ["Books", "close_books"]
+__all__ = ["Books", "close_books", "review_page"]
 
 
 @dataclass
@@ -54,3 +57,24 @@ async def close_books(ledger: Ledger, manifest_path: Path) -> Books:
     with contextlib.suppress(Exception):
         books.never_submitted = (await ledger.counts()).get(JobState.QUEUED.value, 0)
     return books
+
+
+async def review_page(
+    ledger: Ledger, campaign: Campaign, out_dir: Path, summary: dict[str, Any], emit: Emitter
+) -> Path | None:
+    """The campaign's review page; a failure to write it costs a warning, not the run."""
+    try:
+        return await ledger.write_review(
+            out_dir, name=campaign.name, job_file=_shown(campaign.path), summary=summary
+        )
+    except Exception as exc:
+        emit("warning", message=f"review.html not written: {exc}")
+        return None
+
+
+def _shown(path: Path) -> str:
+    """The job file as the retry command should name it: relative to here when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

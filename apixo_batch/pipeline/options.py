@@ -44,6 +44,8 @@ class RunOptions:
     mode: Mode = "run"
     #: which queued jobs start first (``defaults.ORDERS``)
     order: Order = "longest"
+    #: write ``<out>/review.html`` at the end (``--no-review`` turns it off)
+    review: bool = True
 
     def __post_init__(self) -> None:
         def whole(name: str, low: int, high: int | None = None) -> None:
@@ -107,6 +109,7 @@ class RunResult:
     #: jobs still queued at the end (counted as pending): never submitted, `run` submits them
     never_submitted: int = 0
     manifest: Path | None = None
+    review: Path | None = None
     output_dir: Path | None = None
 
 
@@ -140,6 +143,7 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "per_model": r.per_model,
         "never_submitted": r.never_submitted,
         "manifest": str(r.manifest) if r.manifest else None,
+        "review": str(r.review) if r.review else None,
         "output_dir": str(r.output_dir) if r.output_dir else None,
     }
 

@@ -42,7 +42,7 @@ from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter
-from .books import close_books
+from .books import close_books, review_page
 from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
@@ -445,5 +445,9 @@ class Supervisor:
             manifest=manifest.path if manifest else None,
             output_dir=self.output_dir,
         )
+        if self.options.review and books.manifest is not None:
+            result.review = await review_page(
+                ledger, self.campaign, self.output_dir, summary_dict(result), self._emit
+            )
         self._emit("summary", **summary_dict(result))
         return result
