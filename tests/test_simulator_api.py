@@ -448,3 +448,25 @@ async def test_a_source_tag_as_apixos_own_client_sends_it_is_accepted_and_counte
     code, body, _ = await submit(http, sim.base_url, "kling-2-6", inp, sorce="typo")
     assert code == 400 and body["message"] == "Unknown field(s): sorce"
     assert sim.stats()["sources"] == {"claude-desktop": 1, "": 1}
+
+
+async def test_a_timer_that_fires_a_moment_early_still_ends_its_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop's timers are whole milliseconds and may fire just before their time: the task
+    due then ends at that settle, not whenever some other request next comes (its callback
+    would leave seconds late, and its slot stay taken)."""
+    from apixo_batch.simulator import SimConfig
+    from apixo_batch.simulator import tasks as sim_tasks
+
+    ended: list[str] = []
+    book = sim_tasks.TaskBook(
+        SimConfig(duration_override_s=(1.0, 1.0)), lambda t: ended.append(t.task_id)
+    )
+    task = book.create(model="kling-2-6", inp=T2V["kling-2-6"], request_type="callback",
+                       callback_url="http://127.0.0.1:9/hook", provider="auto",
+                       origin="http://127.0.0.1:9", cost=0.3)  # fmt: skip
+    monkeypatch.setattr(sim_tasks, "loop_time", lambda: task.ends_at - 0.001)
+    book.settle()
+    assert ended == [task.task_id] and book.running == 0
+    book.close()

@@ -38,6 +38,10 @@ FAIL_MESSAGES = {
 }
 
 
+#: how early a timer may fire and still finish its task (seconds)
+TIMER_SLACK_S = 0.005
+
+
 def loop_time() -> float:
     """The running loop's clock (time.monotonic outside a loop: the same clock)."""
     try:
@@ -209,7 +213,10 @@ class TaskBook:
         """Finish every task whose end time has come."""
         if self.closed:
             return
-        now = loop_time()
+        # A loop's timer may fire a little before its time (uvloop's are whole
+        # milliseconds): a task due within that margin ends now, or its timer would be
+        # spent with the task unfinished until some other request came.
+        now = loop_time() + TIMER_SLACK_S
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, task = heapq.heappop(heap)
