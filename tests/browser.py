@@ -12,8 +12,10 @@ __all__ = ["chromium_path", "why_no_browser"]
 
 def chromium_path() -> str | None:
     """APIXO_CHROMIUM, else chromium or chromium-browser on PATH."""
-    found = os.environ.get("APIXO_CHROMIUM") or shutil.which("chromium")
-    return found or shutil.which("chromium-browser")
+    given = os.environ.get("APIXO_CHROMIUM")
+    if given is not None:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def why_no_browser() -> str | None:

@@ -70,3 +70,12 @@ def pytest_report_header(config: object) -> str:
     if why is None:
         return f"browser tests: Chromium at {chromium_path()}"
     return f"browser tests: SKIPPED, {why}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The same line at the end, where `pytest -q` (make test) shows it too."""
+    from browser import why_no_browser
+
+    why = why_no_browser()
+    if why is not None:
+        terminalreporter.write_line(f"browser tests: SKIPPED, {why}")
