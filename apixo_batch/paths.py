@@ -27,30 +27,30 @@ def _ancestor_problem(path: Path) -> str | None:
     return None
 
 
-def check_folder(path: Path, what: str) -> None:
-    """``path`` is, or can become, a writable folder; else :class:`PathError` naming it."""
+def _check(path: Path, what: str, *, folder: bool) -> None:
     if path.exists():
-        if not path.is_dir():
-            raise PathError(f"{what} {path}: it is a file, not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PathError(f"{what} {path}: the folder is not writable")
+        if path.is_dir() != folder:
+            kind = "a file, not a folder" if folder else "a folder, not a file"
+            raise PathError(f"{what} {path}: it is {kind}")
+        if not os.access(path, (os.W_OK | os.X_OK) if folder else (os.R_OK | os.W_OK)):
+            state = (
+                "the folder is not writable" if folder else "the file is not readable and writable"
+            )
+            raise PathError(f"{what} {path}: {state}")
         return
     problem = _ancestor_problem(path)
     if problem is not None:
         raise PathError(f"{what} {path}: {problem}")
+
+
+def check_folder(path: Path, what: str) -> None:
+    """``path`` is, or can become, a writable folder; else :class:`PathError` naming it."""
+    _check(path, what, folder=True)
 
 
 def check_file(path: Path, what: str) -> None:
     """``path`` is, or can become, a writable file; else :class:`PathError` naming it."""
-    if path.exists():
-        if path.is_dir():
-            raise PathError(f"{what} {path}: it is a folder, not a file")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise PathError(f"{what} {path}: the file is not readable and writable")
-        return
-    problem = _ancestor_problem(path)
-    if problem is not None:
-        raise PathError(f"{what} {path}: {problem}")
+    _check(path, what, folder=False)
 
 
 #: what a disk says when it fails a run: full, over quota, read-only, broken

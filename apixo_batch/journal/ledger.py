@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from .reconcile import NewJob, SyncResult
-from .rows import JobRow
+from .rows import JobRow, clock_drives
 from .states import JobState
 from .store import Journal
 from .thread import JournalExecutor
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from ..report import ManifestInfo
 
 __all__ = ["Landed", "Ledger", "Totals"]
+
+#: the journal read of the page after (idx, id): what ``Ledger._paged`` iterates
+_PageRead = Callable[[int, str | None], Callable[[Journal], list[JobRow]]]
 
 S = JobState
 
@@ -146,25 +149,26 @@ class Ledger:
         return self._j.write(keep, durable=False)
 
     # -- reads during the run -----------------------------------------------
-    async def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
-        """Jobs in ``state``, in file order, read a page at a time (bounded memory)."""
+    async def _paged(self, read: _PageRead) -> AsyncIterator[JobRow]:
+        """Rows a page at a time: ``read(after_idx, after_id)`` is the journal read of the
+        page after that row (bounded memory, whatever the campaign's size)."""
         after_idx, after_id = -1, None
         while True:
-            rows = await self._j.read(
-                partial(
-                    Journal.page,
-                    states=[state],
-                    after_idx=after_idx,
-                    after_id=after_id,
-                    limit=page,
-                    file_only=file_only,
-                )
-            )
+            rows = await self._j.read(read(after_idx, after_id))
             if not rows:
                 return
             for row in rows:
                 after_idx, after_id = row.idx, row.id
                 yield row
+
+    def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
+        """Jobs in ``state``, in file order, read a page at a time."""
+        return self._paged(
+            lambda idx, job_id: partial(
+                Journal.page, states=[state], after_idx=idx, after_id=job_id, limit=page,
+                file_only=file_only,
+            )
+        )  # fmt: skip
 
     async def queued_longest_first(
         self, expected_s: Callable[[str, dict[str, Any]], float], *, page: int
@@ -177,27 +181,20 @@ class Ledger:
 
         def expectation(kind: tuple[str, Any, Any, int]) -> tuple[float, int]:
             model, duration, resolution, first = kind
-            drives = {"duration": duration, "resolution": resolution}
-            inp = {k: v for k, v in drives.items() if v is not None}
-            return (-expected_s(model, inp), first)
+            return (-expected_s(model, clock_drives(duration, resolution)), first)
+
+        def of_kind(kind: tuple[str, Any, Any]) -> _PageRead:
+            def read(idx: int, job_id: str | None) -> Callable[[Journal], list[JobRow]]:
+                return partial(
+                    Journal.queued_page_of_kind, kind=kind, after_idx=idx,
+                    after_id=job_id or "", limit=page,
+                )  # fmt: skip
+
+            return read
 
         for model, duration, resolution, _ in sorted(kinds, key=expectation):
-            after_idx, after_id = -1, ""
-            while True:
-                rows = await self._j.read(
-                    partial(
-                        Journal.queued_page_of_kind,
-                        kind=(model, duration, resolution),
-                        after_idx=after_idx,
-                        after_id=after_id,
-                        limit=page,
-                    )
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    after_idx, after_id = row.idx, row.id
-                    yield row
+            async for row in self._paged(of_kind((model, duration, resolution))):
+                yield row
 
     async def queued_runs(self) -> list[tuple[tuple[str, dict[str, Any]], int]]:
         return await self._j.read(Journal.queued_runs)

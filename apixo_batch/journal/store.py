@@ -19,7 +19,7 @@ from ..errors import JournalError
 from .learned import LearnedClocks
 from .naming import hold_name
 from .reconcile import Reconcile
-from .rows import COLUMNS, JobRow, json_list
+from .rows import COLUMNS, JobRow, clock_drives, json_list
 from .states import LEGAL_FROM_SQL, JobState, illegal_change
 
 __all__ = ["Journal"]
@@ -114,8 +114,7 @@ class Journal(Reconcile, LearnedClocks):
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
                 continue
             last = kind
-            drives = {"duration": duration, "resolution": resolution}
-            runs.append(((str(model), {k: v for k, v in drives.items() if v is not None}), 1))
+            runs.append(((str(model), clock_drives(duration, resolution)), 1))
         return runs
 
     def queued_page_of_kind(
