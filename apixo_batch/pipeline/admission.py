@@ -15,16 +15,42 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, Protocol
 
 from anyio.abc import ObjectSendStream
 
 from ..events import Emitter
-from ..journal import JobRow
+from ..forecast import expected_generation_s
+from ..journal import JobRow, JobState, Ledger
 from ..limits import ConcurrencyLimit, SlotsClosed, SlotsStranded
+from ..scheduler import CompletionModel
 from .stop import Level, Stop, StopKind, Stops
 
-__all__ = ["Admission", "Admitted", "BudgetMeter", "Meter", "Permit", "SlotMeter", "Verdict"]
+__all__ = [
+    "Admission",
+    "Admitted",
+    "BudgetMeter",
+    "Meter",
+    "Permit",
+    "SlotMeter",
+    "Verdict",
+    "in_start_order",
+]
+
+
+#: queued jobs read from the journal per page
+ADMIT_PAGE = 500
+
+
+def in_start_order(
+    ledger: Ledger, order: str, completions: CompletionModel
+) -> AsyncIterator[JobRow]:
+    """Queued jobs in the order they should start (``--order``): the longest expected
+    generations first, or the job file's order."""
+    if order == "file":
+        return ledger.rows(JobState.QUEUED, page=ADMIT_PAGE, file_only=True)
+    return ledger.queued_longest_first(partial(expected_generation_s, completions), page=ADMIT_PAGE)
 
 
 class Permit:

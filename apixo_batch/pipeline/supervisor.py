@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 import aiohttp
@@ -32,7 +30,7 @@ from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
-from ..forecast import expected_generation_s, forecast_run
+from ..forecast import forecast_run
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..limits import ConcurrencyLimit, RequestBucket
@@ -41,7 +39,7 @@ from ..receiver import HandlerResult, callback_url_with_token
 from ..report import human_duration
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
-from .admission import Admission, Admitted, BudgetMeter, SlotMeter
+from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
 from .books import close_books, review_page
 from .callbacks import callback_token, listen
 from .follower import Follower
@@ -62,8 +60,6 @@ REQUEST_TICK_S = 0.1
 #: real seconds the journal thread lets writes whose loss costs nothing (``succeeded``,
 #: ``done``) gather before it commits them together; durable ones never wait
 COMMIT_DELAY_S = 0.02
-#: queued jobs read from the journal per page by admission
-ADMIT_PAGE = 500
 
 
 class Supervisor:
@@ -360,7 +356,7 @@ class Supervisor:
                 fetch_tx.close()
             if submit and self._submitter is not None:
                 admission = Admission(
-                    self._queued(ledger),
+                    in_start_order(ledger, self.options.order, self.completions),
                     meters=[BudgetMeter(self.options.budget, self._spent_before, self._emit)],
                     slots=SlotMeter(self.slots),
                     stops=self.stops,
@@ -374,14 +370,6 @@ class Supervisor:
                 submitted_tx.close()
             tg.create_task(lander.feed(feeder_tx))
             tg.create_task(lander.run(fetch_rx))
-
-    def _queued(self, ledger: Ledger) -> AsyncIterator[JobRow]:
-        """Queued jobs in the order they should start (``--order``)."""
-        if self.options.order == "file":
-            return ledger.rows(S.QUEUED, page=ADMIT_PAGE, file_only=True)
-        return ledger.queued_longest_first(
-            partial(expected_generation_s, self.completions), page=ADMIT_PAGE
-        )
 
     def _outage_news(self, opened: bool, silent_s: float) -> None:
         """The API stopped, or resumed, answering: said once each, in plain words."""
