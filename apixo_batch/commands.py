@@ -185,9 +185,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
         engine = _engine(args, campaign, key, printer, callback_url, listen_at)
-    except ApixoError as exc:  # a path that cannot exist, options out of range
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    except ValueError as exc:
+    except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics)
     try:

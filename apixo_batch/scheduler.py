@@ -179,22 +179,20 @@ class PollScheduler:
             width = mc.typical_max - mc.typical_min
         return poll_step(width, mc.interval)
 
-    def _on_quantiles(self, t: Tracked, elapsed: float, *, take: bool = True) -> float | None:
+    def _on_quantiles(self, t: Tracked, elapsed: float) -> float | None:
         """Unscaled seconds from creation to the next poll on the distribution's steps:
         past ``elapsed`` and past the step its last poll was due on (a poll taken a little
-        early by its round is not repeated); None once the task outlived the distribution.
-        ``take`` records the step as the one its next poll is due on."""
+        early by its round is not repeated), recorded as the task's step; None once the
+        task outlived the distribution."""
         step = self._step(t)
         k = t.step + 1
         while k * step <= 1.0 + 1e-9:
             at = self.completions.quantile(t.clock_key, min(1.0, k * step), t.model_clock)
             if at > elapsed + 1e-9:
-                if take:
-                    t.step = k
+                t.step = k
                 return at
             k += 1
-        if take:
-            t.step = k
+        t.step = k
         return None
 
     def first_delay(self, t: Tracked) -> float:
@@ -220,7 +218,7 @@ class PollScheduler:
         delay = self.next_delay(t) * self.time_scale
         if not t.callback_mode and not self.is_tight():
             elapsed = (now - t.submitted_at) / self.time_scale
-            at = self._on_quantiles(t, elapsed, take=True)
+            at = self._on_quantiles(t, elapsed)
             if at is not None:
                 delay = (at - elapsed) * self.time_scale
         rate = self.poll_rate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -91,6 +91,30 @@ def _streams() -> tuple[
     tx, rx = anyio.create_memory_object_stream[Submitted](10)
     out_tx, out_rx = anyio.create_memory_object_stream[Fetch](10)
     return tx, rx, out_tx, out_rx
+
+
+async def _callback_after_25s(
+    follower: Follower,
+    slots: ConcurrencyLimit,
+    r: JobRow,
+    clock: FakeClock,
+    then: Callable[[asyncio.TaskGroup], Awaitable[None]],
+) -> list[str]:
+    """Follow ``r`` (its task ends at 20 s), then at 25 s run ``then`` (which delivers the
+    callback) beside the follower; returns the job ids handed to the lander."""
+    tx, rx, out_tx, out_rx = _streams()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follower.run(rx, out_tx))
+            with tx:
+                await tx.send(await _handed(slots, r, clock))
+                await clock.sleep(25.0)
+                await then(tg)
+
+    with out_rx:
+        await drive(clock, main())
+        return [f.id async for f in out_rx]
 
 
 async def test_a_task_is_polled_until_it_succeeds_then_handed_to_the_lander() -> None:
@@ -398,20 +422,13 @@ async def test_a_callback_whose_journal_write_fails_is_settled_by_a_later_poll()
         return real(job_id, **kw)
 
     ledger.record_success = failing_once  # type: ignore[method-assign]
-    tx, rx, out_tx, out_rx = _streams()
 
-    async def main() -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(follower.run(rx, out_tx))
-            with tx:
-                await tx.send(await _handed(slots, r, clock))
-                await clock.sleep(25.0)
-                with pytest.raises(OSError):
-                    await follower.on_callback(api.answer(r.task_id))
+    async def refused(tg: asyncio.TaskGroup) -> None:
+        assert r.task_id is not None
+        with pytest.raises(OSError):
+            await follower.on_callback(api.answer(r.task_id))
 
-    with out_rx:
-        await drive(clock, main())
-        fetched = [f.id async for f in out_rx]
+    fetched = await _callback_after_25s(follower, slots, r, clock, refused)
     assert calls[0] == 2 and api.polls >= 1 and fetched == ["job-0"]
     assert row(ledger, "job-0").state is JobState.SUCCEEDED and slots.in_flight == 0
 
@@ -469,25 +486,18 @@ async def test_a_tasks_slot_is_free_before_its_end_is_committed() -> None:
         return asyncio.ensure_future(later())
 
     ledger.record_success = slow_write  # type: ignore[method-assign]
-    tx, rx, out_tx, out_rx = _streams()
 
-    async def main() -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(follower.run(rx, out_tx))
-            with tx:
-                await tx.send(await _handed(slots, r, clock))
-                await clock.sleep(25.0)
-                answered = tg.create_task(follower.on_callback(api.answer(r.task_id)))
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                assert slots.in_flight == 0 and not answered.done()
-                ended_at = clock.monotonic()
-                turnaround.left(ended_at + 0.25)  # the next submit leaves
-                held.set_result(None)
-                assert await answered == "accepted"
-        assert turnaround.statistics().p50 == pytest.approx(0.25)
+    async def while_writing(tg: asyncio.TaskGroup) -> None:
+        assert r.task_id is not None
+        answered = tg.create_task(follower.on_callback(api.answer(r.task_id)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert slots.in_flight == 0 and not answered.done()
+        turnaround.left(clock.monotonic() + 0.25)  # the next submit leaves
+        held.set_result(None)
+        assert await answered == "accepted"
 
-    with out_rx:
-        await drive(clock, main())
+    assert await _callback_after_25s(follower, slots, r, clock, while_writing) == ["job-0"]
+    assert turnaround.statistics().p50 == pytest.approx(0.25)
     assert in_flight_while_writing == [0]
     assert row(ledger, "job-0").state is JobState.SUCCEEDED
