@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -38,10 +39,7 @@ from .errors import DownloadError, IntegrityError, ResultExpired
 from .partfile import PartFile, ftyp_problem
 from .retry import Backoff, parse_retry_after
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["Downloaded", "download_file"]
+__all__ = ["Downloaded", "Received", "Sink", "download_file", "download_to"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +118,28 @@ async def download_file(
         raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}", local=True) from None
 
 
+async def download_to(
+    session: aiohttp.ClientSession,
+    url: str,
+    sink: Sink,
+    *,
+    clock: Clock,
+    backoff: Backoff | None = None,
+    chunk_size: int = 1 << 20,
+) -> Received:
+    """Stream ``url`` into ``sink`` (an object upload, say): resumed, verified, committed.
+
+    The same HTTP side as :func:`download_file` (Range resume, statuses,
+    ``ftyp`` and length checks), the same errors; the sink decides where bytes
+    go and what committing means. ``session`` must carry no credentials.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    _refuse_credentials(session)
+    policy = backoff if backoff is not None else DOWNLOAD_BACKOFF
+    return await _receive(session, url, sink, clock, policy, chunk_size)
+
+
 async def _download(
     session: aiohttp.ClientSession,
     url: str,
@@ -131,20 +151,32 @@ async def _download(
 ) -> Downloaded:
     path = dest.with_name(dest.name + ".part")
     part = PartFile.fresh(path, chunk_size) if fresh else await PartFile.open(path, chunk_size)
-    transfer = _Transfer(session, url, part, chunk_size)
+    got = await _receive(session, url, _FileSink(part, dest), clock, policy, chunk_size)
+    return Downloaded(path=dest, bytes=got.bytes, sha256=got.sha256, resumed=got.resumed)
+
+
+async def _receive(
+    session: aiohttp.ClientSession,
+    url: str,
+    sink: Sink,
+    clock: Clock,
+    policy: Backoff,
+    chunk_size: int,
+) -> Received:
+    transfer = _Transfer(session, url, sink, chunk_size)
     try:
         failures = 0
         while True:
-            before = part.size
+            before = sink.size
             try:
                 await transfer.attempt()
                 break
             except _Retry as trouble:
                 # Patience is for trouble that makes no progress: a flaky link
                 # that still delivers bytes each time is followed to the end.
-                failures = 1 if part.size > before else failures + 1
+                failures = 1 if sink.size > before else failures + 1
                 if policy.gives_up(failures):
-                    kept = f"; {part.size} bytes kept for a later resume" if part.size else ""
+                    kept = f"; {sink.size} bytes kept for a later resume" if sink.size else ""
                     raise DownloadError(
                         f"{transfer.where}: gave up after {failures} attempts "
                         f"({trouble.reason}){kept}",
@@ -154,22 +186,126 @@ async def _download(
                 log.debug("download %s: %s; retrying in %.1fs", transfer.where, trouble, wait)
                 await clock.sleep(wait)
         transfer.verify_complete()
-        # One hop: the last batch, fsync, rename, fsync of the folder.
-        await asyncio.to_thread(part.commit, dest)
+        await sink.commit()
     except (ResultExpired, IntegrityError):
-        part.discard()
+        await sink.discard()
         raise
     except BaseException:
-        part.close_keeping_bytes()
+        await sink.keep()
         raise
-    return Downloaded(path=dest, bytes=part.size, sha256=part.hexdigest, resumed=transfer.resumed)
+    return Received(bytes=sink.size, sha256=sink.hexdigest, resumed=transfer.resumed)
+
+
+class Sink(Protocol):
+    """Where a download's bytes go: a ``.part`` file, or an object upload.
+
+    The event loop calls :meth:`add` for each piece received; when it answers
+    True (a batch is ready, unless the piece ends the body), :meth:`flush`
+    hands the batch on. ``size`` counts every byte received, ``head`` keeps
+    the first ones for the MP4 header check.
+    """
+
+    size: int
+    head: bytes
+
+    @property
+    def hexdigest(self) -> str: ...
+
+    def add(self, piece: bytes, where: Callable[[], str]) -> bool: ...
+
+    async def flush(self) -> None:
+        """Hand the ready batch on; may wait for the one before it (or for memory)."""
+
+    async def drain(self) -> None:
+        """Wait for every batch handed on; raise the first failure."""
+
+    async def quiesce(self) -> BaseException | None:
+        """Wait for batches in flight, whatever their outcome; the first failure, if any."""
+
+    def reset(self) -> None:
+        """Start over from byte zero (the server restarted the body)."""
+
+    async def commit(self) -> None:
+        """The whole verified body: make it appear at its final name."""
+
+    async def discard(self) -> None:
+        """The bytes are worthless (URL gone, not the promised file)."""
+
+    async def keep(self) -> None:
+        """Trouble stopped the download: keep what a later resume can use, drop the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What a sink got and committed."""
+
+    bytes: int
+    sha256: str
+    resumed: int
+
+
+class _FileSink:
+    """A :class:`PartFile` as a sink: batches written and hashed in a worker thread, one
+    in flight at most, so the event loop never hashes and memory stays at a few chunks."""
+
+    def __init__(self, part: PartFile, dest: Path) -> None:
+        self._part = part
+        self._dest = dest
+        self._writing: asyncio.Future[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._part.size
+
+    @property
+    def head(self) -> bytes:
+        return self._part.head
+
+    @property
+    def hexdigest(self) -> str:
+        return self._part.hexdigest
+
+    def add(self, piece: bytes, where: Callable[[], str]) -> bool:
+        return self._part.add(piece, where)
+
+    async def flush(self) -> None:
+        if self._writing is not None:
+            # Shielded: cancelling us must not orphan a half-done write.
+            await asyncio.shield(self._writing)
+        part = self._part
+        self._writing = asyncio.ensure_future(asyncio.to_thread(part.write, part.take()))
+
+    async def drain(self) -> None:
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+
+    async def quiesce(self) -> BaseException | None:
+        writing = self._writing
+        if writing is None:
+            return None
+        if not writing.done():
+            await asyncio.wait([writing])
+        return None if writing.cancelled() else writing.exception()
+
+    def reset(self) -> None:
+        self._part.reset()
+
+    async def commit(self) -> None:
+        # One hop: the last batch, fsync, rename, fsync of the folder.
+        await asyncio.to_thread(self._part.commit, self._dest)
+
+    async def discard(self) -> None:
+        self._part.discard()
+
+    async def keep(self) -> None:
+        self._part.close_keeping_bytes()
 
 
 class _Transfer:
     """One URL's HTTP side: requests, status handling, Range bookkeeping."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, part: PartFile, chunk_size: int
+        self, session: aiohttp.ClientSession, url: str, part: Sink, chunk_size: int
     ) -> None:
         self.session = session
         self.url = url
@@ -210,17 +346,13 @@ class _Transfer:
             raise _Retry(f"body ended at {self.part.size} of {self.total} bytes")
 
     async def _stream(self, resp: aiohttp.ClientResponse) -> None:
-        """Take the body into the part: the loop receives while a thread writes and hashes.
+        """Take the body into the sink, a batch handed on whenever one is ready.
 
-        Pieces are buffered until about ``chunk_size`` bytes are there, then
-        handed to a thread as one batch, one batch in flight at most, so the
-        event loop never hashes and memory stays at a few chunks. The last
-        batch stays buffered for the commit. What arrived before trouble stays
-        buffered too, and counts: a resume starts after it.
+        The last batch stays buffered for the commit. What arrived before trouble
+        stays buffered too, and counts: a resume starts after it.
         """
         part = self.part
         received = part.size
-        writing: asyncio.Future[None] | None = None
         try:
             async for piece in resp.content.iter_chunked(self.chunk_size):
                 received += len(piece)
@@ -228,17 +360,12 @@ class _Transfer:
                     raise IntegrityError(
                         f"{self.where}: more bytes than the announced {self.total}"
                     )
-                # A full batch goes to disk now, unless it ends the body (the commit writes it).
+                # A full batch goes on now, unless it ends the body (the commit takes it).
                 if part.add(piece, lambda: self.where) and received != self.total:
-                    if writing is not None:
-                        # Shielded: cancelling us must not orphan a half-done write.
-                        await asyncio.shield(writing)
-                    writing = asyncio.ensure_future(asyncio.to_thread(part.write, part.take()))
-            if writing is not None:
-                await asyncio.shield(writing)
+                    await part.flush()
+            await part.drain()
         except BaseException as exc:
-            await _settle(writing)
-            failed = None if writing is None or writing.cancelled() else writing.exception()
+            failed = await part.quiesce()
             if failed is not None and not isinstance(exc, asyncio.CancelledError):
                 raise failed from None  # the disk refusing outranks a dropped connection
             raise
@@ -290,12 +417,6 @@ class _Transfer:
         problem = ftyp_problem(self.part.head, size)
         if problem:
             raise IntegrityError(f"{self.where}: {problem}")
-
-
-async def _settle(writing: asyncio.Future[None] | None) -> None:
-    """Wait until a write in flight has finished, whatever its outcome."""
-    if writing is not None and not writing.done():
-        await asyncio.wait([writing])
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
