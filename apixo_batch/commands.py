@@ -29,6 +29,8 @@ from .secret import ApiKey, load_api_key, redact
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .storage.outputs import Output
+
 __all__ = ["campaign_command"]
 
 EXPIRY_WARN_S = 48 * 3600
@@ -144,7 +146,7 @@ def _load(args: argparse.Namespace) -> Campaign:
 def _state_path(args: argparse.Namespace, campaign: Campaign) -> Path:
     if args.state:
         return Path(args.state).resolve()
-    return state_path(campaign.output_dir)
+    return state_path(campaign.output_dir, campaign.path, campaign.name)
 
 
 def campaign_command(args: argparse.Namespace) -> int:
@@ -357,7 +359,8 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
 
 
 def _review(args: argparse.Namespace, campaign: Campaign) -> int:
-    from .review import write_review
+    from .review import REVIEW_FILE, write_review
+    from .storage.outputs import open_output
 
     state = _state_path(args, campaign)
     if not state.exists():
@@ -369,11 +372,28 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         _err(str(exc))
         return ExitCode.IO_ERROR
     try:
-        path = write_review(journal, campaign.output_dir, name=campaign.name, job_file=args.jobfile)
+        output = open_output(campaign.output_dir, state)
+    except ApixoError as exc:  # the s3 extra missing
+        journal.close()
+        _err(str(exc))
+        return ExitCode.INVALID
+    try:
+        path = write_review(journal, output.local_dir, name=campaign.name, job_file=args.jobfile)
     except OSError as exc:
-        _err(f"cannot write {campaign.output_dir / 'review.html'}: {exc.strerror or exc}")
+        _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")
         return ExitCode.IO_ERROR
     finally:
         journal.close()
-    print(path)
+    try:
+        print(runtime.run(_publish(output, REVIEW_FILE, "text/html")))
+    except ApixoError as exc:
+        _err(f"{path} written, not uploaded: {exc}")
+        return ExitCode.IO_ERROR
     return ExitCode.OK
+
+
+async def _publish(output: Output, name: str, content_type: str) -> Path | str:
+    try:
+        return await output.publish(name, content_type)
+    finally:
+        await output.close()

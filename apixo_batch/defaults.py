@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .retry import Backoff
+from .storage.location import S3Location
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -14,6 +15,7 @@ __all__ = [
     "ORDERS",
     "RPM",
     "STATE_FILE",
+    "STATE_FOLDER",
     "SUBMIT_BACKOFF",
     "state_path",
 ]
@@ -29,12 +31,18 @@ ORDERS = ("longest", "file")
 MAX_WAIT_MIN = 30.0
 #: the journal's file name in the output folder, unless --state says otherwise
 STATE_FILE = ".apixo-batch.sqlite"
+#: where the journal of a run to object storage lives: this folder beside the job file
+STATE_FOLDER = ".apixo-batch"
 #: submits and polls: about four minutes of patience before a submit gives up
 SUBMIT_BACKOFF = Backoff(base=1.0, cap=60.0, max_attempts=8)
 #: file downloads: about a minute of patience before a result is left for `download`
 DOWNLOAD_BACKOFF = Backoff(base=0.5, cap=30.0, max_attempts=6)
 
 
-def state_path(output_dir: Path) -> Path:
-    """Where a campaign's journal lives when --state does not say."""
-    return output_dir / STATE_FILE
+def state_path(output: Path | S3Location, job_file: Path, name: str) -> Path:
+    """Where a campaign's journal lives when --state does not say: in its output folder,
+    or, when the output is object storage, in ``.apixo-batch/<name>.sqlite`` beside the
+    job file (the journal is always a local file)."""
+    if isinstance(output, Path):
+        return output / STATE_FILE
+    return job_file.parent / STATE_FOLDER / f"{name}.sqlite"

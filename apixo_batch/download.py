@@ -205,8 +205,11 @@ class Sink(Protocol):
     the first ones for the MP4 header check.
     """
 
-    size: int
-    head: bytes
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def head(self) -> bytes: ...
 
     @property
     def hexdigest(self) -> str: ...

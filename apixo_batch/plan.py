@@ -23,6 +23,7 @@ from .errors import JobFileError
 from .exitcodes import ExitCode
 from .forecast import Kind, forecast, in_start_order
 from .jobs import Campaign, JobGroup, load_campaign
+from .storage.location import Destination
 
 __all__ = [
     "Plan",
@@ -65,7 +66,7 @@ class Plan:
 
     name: str
     job_file: Path
-    output_dir: Path
+    output_dir: Destination
     jobs: int
     rows: tuple[PlanRow, ...]
     output_seconds: int
@@ -381,7 +382,9 @@ def _summary_lines(plan: Plan) -> list[str]:
         f"  request rate: {_duration(plan.rate_bound_s)}"
         f"  ({plan.requests:,} requests / {plan.rpm:,} per minute)",
         f"  longest task: up to {_duration(plan.longest_task_s)}",
-        f"Output folder:  {plan.output_dir}",
+        f"Output folder:  {plan.output_dir}"
+        if isinstance(plan.output_dir, Path)
+        else f"Output:         {plan.output_dir} (object storage)",
     ]
     return lines
 

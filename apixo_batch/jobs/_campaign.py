@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from ..catalog import MODELS, PriceTable, all_input_keys
 from ..errors import JobFileError
+from ..storage.location import Destination, is_s3, parse_s3
 from ._base import (
     PROVIDERS,
     TOP_KEYS,
@@ -69,8 +70,9 @@ class Campaign:
     name: str
     #: the job file
     path: Path
-    #: absolute; from ``output.dir`` relative to the job file, or the override
-    output_dir: Path
+    #: a local folder (absolute; ``output.dir`` relative to the job file, or the override)
+    #: or an S3 location (``s3://BUCKET/PREFIX``)
+    output_dir: Destination
     filename_template: str
     #: the job file's price table (model -> USD per output second, or -> {variant: USD})
     prices: PriceTable
@@ -133,7 +135,7 @@ def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Cam
     base = job_file.parent
     output = _mapping(data.get("output"), display, "output", ("dir", "filename"), issues)
     out_text = _text(output.get("dir"), display, "output.dir", issues) or f"out/{name}"
-    output_dir = Path(out_dir).resolve() if out_dir is not None else (base / out_text).resolve()
+    output_dir = _destination(out_text, out_dir, base, display, issues)
     template = _template(output.get("filename", DEFAULT_FILENAME), display, issues)
     defaults = _defaults(data.get("defaults"), display, issues)
     matrix: Matrix = ()
@@ -211,6 +213,26 @@ def _check_jobs(
 
 def _at(job: Expanded) -> str:
     return f"job {job.id!r} ({job.source})"
+
+
+def _destination(
+    out_text: str, out_dir: str | Path | None, base: Path, display: str, issues: Issues
+) -> Destination:
+    """The output from ``--out`` (relative to here) or ``output.dir`` (to the job file)."""
+    if out_dir is not None:
+        if isinstance(out_dir, str) and is_s3(out_dir):
+            try:
+                return parse_s3(out_dir)
+            except ValueError as exc:
+                raise _one("--out", "", str(exc)) from None
+        return Path(out_dir).resolve()
+    if is_s3(out_text):
+        try:
+            return parse_s3(out_text)
+        except ValueError as exc:
+            issues.add(display, "output.dir", str(exc))
+            return Path(base)
+    return (base / out_text).resolve()
 
 
 def _one(where: str, field_name: str, message: str) -> JobFileError:

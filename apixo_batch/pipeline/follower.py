@@ -373,7 +373,9 @@ class Follower:
             urls=len(status.result_urls),
         )
         assert self._out is not None
-        fetch = Fetch(t.job_id, t.model, t.filename, status.result_urls, fresh=True)
+        fetch = Fetch(
+            t.job_id, t.model, t.filename, status.result_urls, fresh=True, task_id=t.task_id
+        )
         try:
             await self._out.send(fetch)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):

@@ -6,27 +6,28 @@ in this run) and a feeder that pages through the journal's ``succeeded`` jobs
 closed; the lander ends when its workers have landed what was in it.
 
 Downloads have their own concurrency (``download_concurrency`` workers), not
-API tokens: a file host is not the API. Each file streams to a ``.part``, is
-hashed and checked, fsynced and renamed (:mod:`apixo_batch.download`). A file
-name another job holds is never written over (the one :class:`FileRegistry`,
-read from the journal at the first download and kept up to date here).
+API tokens: a file host is not the API. Where a file goes is the run's
+:class:`~apixo_batch.storage.outputs.Output`: a folder (a ``.part`` hashed,
+checked, fsynced and renamed) or object storage (a streamed upload that only
+completes whole). A file name another job holds is never written over (the one
+:class:`FileRegistry`, read from the journal at the first download and kept up
+to date here).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..clock import Clock
-from ..download import Downloaded, download_file
 from ..errors import DownloadError, ResultExpired
 from ..events import Emitter
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..retry import Backoff
+from ..storage.outputs import Incoming, LandedFile, Output
 from .stop import Stop, StopKind, Stops
 
 __all__ = ["Fetch", "Lander"]
@@ -46,6 +47,7 @@ class Fetch:
     result_urls: tuple[str, ...]
     #: succeeded in this run: no .part of an earlier run can be waiting for it
     fresh: bool = False
+    task_id: str | None = None
 
 
 class Lander:
@@ -56,7 +58,7 @@ class Lander:
         ledger: Ledger,
         session: aiohttp.ClientSession,
         *,
-        output_dir: Path,
+        output: Output,
         clock: Clock,
         emit: Emitter,
         backoff: Backoff,
@@ -68,7 +70,7 @@ class Lander:
         self._stops = stops or Stops()
         self.left_for_disk = 0  # results not written because our disk refused them
         self._session = session
-        self._output_dir = output_dir
+        self._output = output
         self._clock = clock
         self._emit = emit
         self._backoff = backoff
@@ -81,14 +83,24 @@ class Lander:
         self.busy = 0
         self.retries = 0
 
-    async def _download(self, url: str, dest: Path, *, fresh: bool) -> Downloaded:
-        """One file; while its host cannot even be reached (an outage), tried again in
-        this run, every backoff cap, for as long as the run's patience lasts."""
+    async def _download(self, fetch: Fetch, url: str, name: str, *, fresh: bool) -> LandedFile:
+        """One file; while its host (or our object store) cannot even be reached (an
+        outage), tried again in this run, every backoff cap, for as long as the run's
+        patience lasts."""
         unreachable_since: float | None = None
         while True:
             try:
-                return await download_file(
-                    self._session, url, dest, clock=self._clock, backoff=self._backoff, fresh=fresh
+                return await self._output.land(
+                    Incoming(
+                        self._session,
+                        url,
+                        name,
+                        fetch.id,
+                        fetch.task_id,
+                        fresh,
+                        self._clock,
+                        self._backoff,
+                    )
                 )
             except DownloadError as exc:
                 if not exc.unreachable:
@@ -106,7 +118,9 @@ class Lander:
         async with out:
             rows = self._ledger.rows(JobState.SUCCEEDED, page=FEED_PAGE, file_only=False)
             async for row in rows:
-                await out.send(Fetch(row.id, row.model, row.filename, row.result_urls))
+                await out.send(
+                    Fetch(row.id, row.model, row.filename, row.result_urls, task_id=row.task_id)
+                )
 
     async def run(self, fetches: ObjectReceiveStream[Fetch]) -> None:
         async with fetches, asyncio.TaskGroup() as tg:
@@ -145,7 +159,7 @@ class Lander:
         """The registry, read once through one shared journal read."""
         if self._registry is None:
             if self._registry_read is None:
-                self._registry_read = self._ledger.file_owners()
+                self._registry_read = asyncio.ensure_future(self._read_registry())
             read = self._registry_read
             try:
                 # Shielded: a worker cancelled while waiting must not cancel the others' read.
@@ -157,6 +171,12 @@ class Lander:
             if self._registry is None:
                 self._registry = FileRegistry(owners)
         return self._registry
+
+    async def _read_registry(self) -> dict[str, tuple[str, ...]]:
+        owners = await self._ledger.file_owners()
+        # Once, before the first result lands: what a killed run left in the output goes.
+        await self._output.prepare(owners)
+        return owners
 
     async def _land(self, fetch: Fetch) -> None:
         files = await self._files()
@@ -178,12 +198,14 @@ class Lander:
             )
             return
         landed = Landed()
+        found = 0
         try:
             for n, url in enumerate(fetch.result_urls):
-                dest = self._output_dir / result_filename(fetch.filename, n)
-                got = await self._download(url, dest, fresh=fetch.fresh)
-                landed.add(str(dest.relative_to(self._output_dir)), got.sha256, got.bytes)
-                files.hold(dest.name, fetch.id)
+                name = result_filename(fetch.filename, n)
+                got = await self._download(fetch, url, name, fresh=fetch.fresh)
+                landed.add(name, got.sha256, got.bytes)
+                found += got.found
+                files.hold(name.rpartition("/")[2], fetch.id)
         except ResultExpired as exc:
             await self._ledger.record_expired(fetch.id, str(exc), landed)
             self._emit("expired", fetch.id, model=fetch.model, message=str(exc))
@@ -205,6 +227,12 @@ class Lander:
             return
         # Not durable: after a power loss the file is verified or fetched again.
         await self._ledger.record_done(fetch.id, landed)
+        extra = {"found": found} if found else {}
         self._emit(
-            "downloaded", fetch.id, model=fetch.model, files=landed.files, bytes=landed.bytes
+            "downloaded",
+            fetch.id,
+            model=fetch.model,
+            files=landed.files,
+            bytes=landed.bytes,
+            **extra,
         )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
 from ..exitcodes import ExitCode
 from ..limits import MAX_CONCURRENT_CAP, RPM_CAP
+from ..storage.location import Destination
 from .turnaround import TurnaroundStats
 
 __all__ = ["Mode", "Order", "RunOptions", "RunResult", "summary_dict"]
@@ -108,9 +109,12 @@ class RunResult:
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     #: jobs still queued at the end (counted as pending): never submitted, `run` submits them
     never_submitted: int = 0
-    manifest: Path | None = None
-    review: Path | None = None
-    output_dir: Path | None = None
+    #: a path, or an ``s3://`` URL when the output is object storage
+    manifest: Path | str | None = None
+    review: Path | str | None = None
+    output_dir: Destination | None = None
+    #: requests made to the output's object store, by call (empty for a folder)
+    store_requests: dict[str, int] = field(default_factory=dict)
 
 
 def summary_dict(r: RunResult) -> dict[str, Any]:
@@ -145,6 +149,7 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "manifest": str(r.manifest) if r.manifest else None,
         "review": str(r.review) if r.review else None,
         "output_dir": str(r.output_dir) if r.output_dir else None,
+        "store_requests": r.store_requests or None,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..client import ApixoClient, TaskStatus
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
-from ..errors import ApixoError
+from ..errors import ApixoError, DownloadError
 from ..events import Emitter, EventSink
 from ..forecast import forecast_run
 from ..jobs import Campaign
@@ -37,8 +38,10 @@ from ..limits import ConcurrencyLimit, RequestBucket
 from ..paths import check_file, check_folder, storage_failure
 from ..receiver import HandlerResult, callback_url_with_token
 from ..report import human_duration
+from ..review import REVIEW_FILE
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
+from ..storage.outputs import open_output
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
 from .books import close_books, review_page
 from .callbacks import callback_token, listen
@@ -54,6 +57,7 @@ from .turnaround import Turnaround
 __all__ = ["Supervisor"]
 
 S = JobState
+MANIFEST = "manifest.jsonl"
 #: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
 #: fewer loop wake-ups per request, for at most this much more wait of one already queued
 REQUEST_TICK_S = 0.1
@@ -83,9 +87,12 @@ class Supervisor:
         self._account = None if api_key is None else account_of(api_key, options.base_url)
         self._session = session
         self.output_dir = campaign.output_dir
-        self.state_path = options.state_path or state_path(self.output_dir)
+        self.state_path = options.state_path or state_path(
+            self.output_dir, campaign.path, campaign.name
+        )
         # Before anything is created: a path that cannot exist is one line, not a traceback.
-        check_folder(self.output_dir, "output folder")
+        self.output = open_output(self.output_dir, self.state_path)
+        check_folder(self.output.local_dir, "output folder")
         check_file(self.state_path, "journal")
         self.stops = Stops()
         self.bucket = RequestBucket(
@@ -131,10 +138,11 @@ class Supervisor:
                 # manifest included, then the cancel goes on.
                 self.stops.request(Stop(StopKind.INTERRUPTED, "cancelled"))
                 with contextlib.suppress(Exception):
-                    await ledger.write_manifest(self.output_dir / "manifest.jsonl")
+                    await ledger.write_manifest(self.output.local_dir / MANIFEST)
                 raise
             return await self._finish(ledger, synced, started)
         finally:
+            await self.output.close()
             try:
                 await ledger.close()
             except Exception as exc:
@@ -222,6 +230,8 @@ class Supervisor:
             )
         if not needs_api and counts.get(S.SUCCEEDED.value, 0) == 0:
             return synced  # nothing to do: zero requests
+        # Before anything is paid: an output that cannot take results is one line.
+        await self.output.check()
         async with contextlib.AsyncExitStack() as stack:
             client = None
             if needs_api:
@@ -307,7 +317,7 @@ class Supervisor:
         self._lander = Lander(
             ledger,
             downloads,
-            output_dir=self.output_dir,
+            output=self.output,
             clock=self.clock,
             emit=self._emit,
             backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
@@ -401,9 +411,12 @@ class Supervisor:
             if why is None:
                 raise
             self._storage_stop(why)
-        books = await close_books(ledger, self.output_dir / "manifest.jsonl")
+        books = await close_books(ledger, self.output.local_dir / MANIFEST)
         if books.refused is not None:
             self._storage_stop(books.refused)
+        manifest_at = await self._publish(
+            MANIFEST if books.manifest else None, "application/x-ndjson"
+        )
         counts, totals, manifest = books.counts, books.totals, books.manifest
         bucket = self.bucket.statistics()
         stages = [s for s in (self._submitter, self._follower, self._lander) if s is not None]
@@ -430,12 +443,27 @@ class Supervisor:
             fail_codes=books.fail_codes,
             per_model=books.per_model,
             never_submitted=books.never_submitted,
-            manifest=manifest.path if manifest else None,
+            manifest=manifest_at if manifest else None,
             output_dir=self.output_dir,
         )
         if self.options.review and books.manifest is not None:
-            result.review = await review_page(
-                ledger, self.campaign, self.output_dir, summary_dict(result), self._emit
+            page = await review_page(
+                ledger, self.campaign, self.output.local_dir, summary_dict(result), self._emit
             )
+            result.review = await self._publish(REVIEW_FILE if page else None, "text/html")
+        result.store_requests = self.output.requests()
+        # An upload refused after the counts were read is a stop too.
+        result.exit_code = self.stops.exit_code(counts.get("done", 0) == sum(counts.values()))
         self._emit("summary", **summary_dict(result))
         return result
+
+    async def _publish(self, name: str | None, content_type: str) -> Path | str | None:
+        """A file written in the output's local folder, made to appear in the output; a
+        store that refuses it stops the run as a full disk would (the journal has all)."""
+        if not name:
+            return None
+        try:
+            return await self.output.publish(name, content_type)
+        except DownloadError as exc:
+            self._storage_stop(f"{name} not uploaded: {exc}")
+            return self.output.local_dir / name
