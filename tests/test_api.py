@@ -239,7 +239,7 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     up): x keeps the landed file journaled as its own, so a job that takes that name
     later (template `{index}.mp4`, a job inserted above x) waits instead of writing
     over a paid file."""
-    import apixo_batch.pipeline.lander as engine_module
+    import apixo_batch.storage.outputs as engine_module
     from apixo_batch.download import DownloadError
 
     sim = await simulator(time_scale=0.01, results_per_task=2)

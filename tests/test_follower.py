@@ -136,7 +136,7 @@ async def test_a_task_is_polled_until_it_succeeds_then_handed_to_the_lander() ->
         (url,),
         "poll",
     )
-    assert fetches == [Fetch("job-0", r.model, r.filename, (url,), fresh=True)]
+    assert fetches == [Fetch("job-0", r.model, r.filename, (url,), fresh=True, task_id=r.task_id)]
     assert slots.in_flight == 0 and follower.tracked == 0
     assert len(events.of("running")) == 1 and len(events.of("succeeded")) == 1
     assert stops.all == []

@@ -26,6 +26,7 @@ from apixo_batch.errors import DownloadError, ResultExpired
 from apixo_batch.journal import JobState, Ledger
 from apixo_batch.pipeline.lander import Fetch, Lander
 from apixo_batch.retry import Backoff
+from apixo_batch.storage.outputs import LocalOutput
 
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
@@ -88,7 +89,7 @@ class FakeHost:
 @pytest.fixture
 def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     fake = FakeHost()
-    monkeypatch.setattr("apixo_batch.pipeline.lander.download_file", fake)
+    monkeypatch.setattr("apixo_batch.storage.outputs.download_file", fake)
     return fake
 
 
@@ -99,7 +100,7 @@ def _lander(
     lander = Lander(
         ledger,
         None,  # type: ignore[arg-type]  # the fake host needs no session
-        output_dir=out,
+        output=LocalOutput(out),
         clock=clock,
         emit=events.emitter(clock),
         backoff=FAST,
@@ -363,7 +364,7 @@ async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
     """Connections refused (an outage): the result is tried again, resuming, within the
     run's patience, and lands; past it, it is left `succeeded` for `download`."""
     outage = _Outage(host, n=4)
-    monkeypatch.setattr("apixo_batch.pipeline.lander.download_file", outage)
+    monkeypatch.setattr("apixo_batch.storage.outputs.download_file", outage)
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(0)])
     await succeeded_row(ledger, clock, "job-0", _urls("job-0"))

@@ -122,11 +122,18 @@ class Ledger:
 
     async def callback_token(self, new: str) -> str:
         """The campaign's callback token: made once (``new``), kept for every later run."""
-        token = await self._j.read(lambda j: j.get_meta("callback_token"))
-        if token is None:
-            await self._j.write(lambda j: j.set_meta_in_tx("callback_token", new))
-            token = new
-        return token
+        return await self._kept("callback_token", new)
+
+    async def output(self, now: str) -> str:
+        """Where this journal's results land: set by its first run (``now``), kept after."""
+        return await self._kept("output", now)
+
+    async def _kept(self, key: str, new: str) -> str:
+        value = await self._j.read(lambda j: j.get_meta(key))
+        if value is None:
+            await self._j.write(lambda j: j.set_meta_in_tx(key, new))
+            value = new
+        return value
 
     async def learned_rpm(self, account: str) -> float | None:
         """The request rate an earlier run learned for this key and base URL (a digest)."""

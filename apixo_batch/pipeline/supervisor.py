@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..client import ApixoClient, TaskStatus
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
-from ..errors import ApixoError, DownloadError
+from ..errors import ApixoError, DownloadError, PathError
 from ..events import Emitter, EventSink
 from ..forecast import forecast_run
 from ..jobs import Campaign
@@ -41,6 +41,7 @@ from ..report import human_duration
 from ..review import REVIEW_FILE
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
+from ..storage.location import S3Location
 from ..storage.outputs import open_output
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
 from .books import close_books, review_page
@@ -176,6 +177,16 @@ class Supervisor:
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> SyncResult:
         run_mode = self.options.mode == "run"
+        if isinstance(self.output_dir, S3Location):
+            # The journal lives beside the job file, not in the output: a new output with
+            # the old journal would call done what was never put there.
+            was = await ledger.output(str(self.output_dir))
+            if was != str(self.output_dir):
+                raise PathError(
+                    f"the journal {self.state_path} is for results in {was}, not "
+                    f"{self.output_dir}: give --state a new journal's path to fill a new "
+                    "output, or keep the output"
+                )
         recovered, synced = await ledger.reconcile(
             jobs_of(self.campaign), retry_failed=self.options.retry_failed and run_mode
         )

@@ -143,6 +143,8 @@ class S3Store:
         except StoreFailure as exc:
             if exc.unreachable:
                 raise StorageError(str(exc)) from None
+            if exc.code in _NOT_FOUND:
+                raise PathError(f"s3://{self.location.bucket}: no such bucket") from None
             raise PathError(str(exc)) from None
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -439,7 +441,7 @@ def _failure(exc: Exception, location: S3Location, key: str | None) -> StoreFail
         code = str(error.get("Code", "")) or str(
             exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
         )
-        message = error.get("Message") or _meaning(code)
+        message = _meaning(code) or error.get("Message")
         return StoreFailure(f"{where}: {code}{': ' + message if message else ''}", code=code)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return StoreFailure(
@@ -456,6 +458,6 @@ def _failure(exc: Exception, location: S3Location, key: str | None) -> StoreFail
 def _meaning(code: str) -> str:
     return {
         "403": "access denied (check the credentials and the bucket's policy)",
-        "404": "no such bucket",
+        "404": "not found",
         "400": "bad request (check the region and endpoint)",
     }.get(code, "")
