@@ -62,20 +62,34 @@ def mock_api() -> Iterator[aioresponses]:
         yield mocked
 
 
-def pytest_report_header(config: object) -> str:
-    """One line at the top of every run: whether the review page is tested in a browser."""
-    from browser import chromium_path, why_no_browser
+def _skipped_suites() -> list[str]:
+    """One line for each suite that needs what this machine lacks."""
+    from browser import why_no_browser
+    from rgw import rgw_missing
 
-    why = why_no_browser()
-    if why is None:
-        return f"browser tests: Chromium at {chromium_path()}"
-    return f"browser tests: SKIPPED, {why}"
+    lines = []
+    if (why := why_no_browser()) is not None:
+        lines.append(f"browser tests: SKIPPED, {why}")
+    if (why := rgw_missing()) is not None:
+        lines.append(f"S3 tests (tests/test_s3_e2e.py): SKIPPED, {why}")
+    return lines
+
+
+def pytest_report_header(config: object) -> list[str]:
+    """At the top of every run: whether the review page is tested in a browser, and the
+    s3:// output against a real S3 server."""
+    from browser import chromium_path, why_no_browser
+    from rgw import rgw_missing
+
+    lines = _skipped_suites()
+    if why_no_browser() is None:
+        lines.append(f"browser tests: Chromium at {chromium_path()}")
+    if rgw_missing() is None:
+        lines.append("S3 tests: Ceph RGW from this machine's packages")
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The same line at the end, where `pytest -q` (make test) shows it too."""
-    from browser import why_no_browser
-
-    why = why_no_browser()
-    if why is not None:
-        terminalreporter.write_line(f"browser tests: SKIPPED, {why}")
+    """The skip lines again at the end, where `pytest -q` (make test) shows them too."""
+    for line in _skipped_suites():
+        terminalreporter.write_line(line)

@@ -112,7 +112,7 @@ def test_a_campaign_owns_its_result_keys_and_nothing_else() -> None:
 def test_part_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("APIXO_BATCH_S3_PART_MIB", raising=False)
     monkeypatch.delenv("APIXO_BATCH_S3_PARTS", raising=False)
-    assert part_settings() == (8 * MIB, 6)
+    assert part_settings() == (8 * MIB, 4)
     monkeypatch.setenv("APIXO_BATCH_S3_PART_MIB", "16")
     monkeypatch.setenv("APIXO_BATCH_S3_PARTS", "2")
     assert part_settings() == (16 * MIB, 2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 #: S3's smallest part (all but the last); 8 MiB is what the AWS CLI uses
-MIN_PART_MIB, PART_MIB, PARTS_IN_FLIGHT = 5, 8, 6
+MIN_PART_MIB, PART_MIB, PARTS_IN_FLIGHT = 5, 8, 4
 #: user metadata (``x-amz-meta-*``) each result carries
 META_SHA256, META_JOB, META_TASK = "sha256", "apixo-job", "apixo-task"
 #: where a result name ends in its index (``x-2.mp4``): the job's name is ``x.mp4``
@@ -53,7 +54,7 @@ _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 def part_settings() -> tuple[int, int]:
-    """(part size in bytes, parts in flight): 8 MiB × 6 unless ``APIXO_BATCH_S3_PART_MIB`` /
+    """(part size in bytes, parts in flight): 8 MiB × 4 unless ``APIXO_BATCH_S3_PART_MIB`` /
     ``APIXO_BATCH_S3_PARTS`` say otherwise (a bad value is one line naming the variable)."""
 
     def read(name: str, default: int, low: int) -> int:
@@ -237,7 +238,7 @@ class ObjectUpload:
         self.size = 0
         self.head = b""
         self._hasher: _Hash = hashlib.sha256()
-        self._buf = bytearray()
+        self._part = io.BytesIO()
         self._held = False  # one buffer of the pool is ours (the one filling)
         self._upload_id: str | None = None
         self._parts: dict[int, str] = {}  # part number -> ETag
@@ -269,9 +270,19 @@ class ObjectUpload:
             problem = ftyp_problem(self.head, None) if len(self.head) == HEAD else None
             if problem:
                 raise IntegrityError(f"{where()}: {problem}")
-        self._buf += piece
+        self._part.write(piece)
         self.size += len(piece)
-        return len(self._buf) >= self._store.part_size
+        return self._part.tell() >= self._store.part_size
+
+    def _take(self) -> io.BytesIO:
+        """The part, rewound; the next starts anew.
+
+        A part is a BytesIO that owns its bytes, so each byte is copied once: botocore
+        would wrap ``bytes`` in a BytesIO that shares them, and aiohttp's read of its
+        buffer would copy them all again."""
+        data, self._part = self._part, io.BytesIO()
+        data.seek(0)
+        return data
 
     async def flush(self) -> None:
         self._raise_failed()
@@ -283,15 +294,19 @@ class ObjectUpload:
                 Metadata=self._metadata,
             )
             self._upload_id = got["UploadId"]
-        data, self._buf = self._buf, bytearray()
-        await asyncio.to_thread(self._hasher.update, data)
+        data = self._take()
+        await asyncio.to_thread(self._hash, data)
         number, self._next = self._next, self._next + 1
         # The filled buffer goes with its part; the next one is taken from the pool.
         self._held = False
         self._sending.append(asyncio.ensure_future(self._send(number, data)))
         await self._take_buffer()
 
-    async def _send(self, number: int, data: bytearray) -> None:
+    def _hash(self, data: io.BytesIO) -> None:
+        with data.getbuffer() as view:
+            self._hasher.update(view)
+
+    async def _send(self, number: int, data: io.BytesIO) -> None:
         upload_id = self._upload_id
         try:
             got = await self._store.call(
@@ -300,7 +315,7 @@ class ObjectUpload:
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=data,
-                ContentLength=len(data),
+                ContentLength=data.getbuffer().nbytes,
             )
             if upload_id == self._upload_id:
                 self._parts[number] = got["ETag"]
@@ -330,7 +345,7 @@ class ObjectUpload:
         if self._upload_id is not None:
             self._stale.append((self._upload_id, self._sending))
         self._upload_id, self._sending, self._parts, self._next = None, [], {}, 1
-        self._buf = bytearray()
+        self._part = io.BytesIO()
         self._hasher = hashlib.sha256()
         self.size = 0
         self.head = b""
@@ -343,21 +358,21 @@ class ObjectUpload:
             await asyncio.shield(self._abort_stale())
 
     async def _commit(self) -> None:
-        data, self._buf = self._buf, bytearray()
+        data = self._take()
         if self._upload_id is None:
             # Smaller than a part: one PutObject, the object appears whole with its metadata.
-            self._hasher.update(data)
+            await asyncio.to_thread(self._hash, data)
             await self._store.call(
                 "put_object",
                 key=self.key,
                 Body=data,
-                ContentLength=len(data),
+                ContentLength=data.getbuffer().nbytes,
                 ContentType="video/mp4",
                 Metadata={**self._metadata, META_SHA256: self.hexdigest},
             )
             return
-        if data:
-            await asyncio.to_thread(self._hasher.update, data)
+        if data.getbuffer().nbytes:
+            await asyncio.to_thread(self._hash, data)
             number, self._next = self._next, self._next + 1
             self._held = False  # the buffer goes with the last part
             self._sending.append(asyncio.ensure_future(self._send(number, data)))
@@ -386,7 +401,7 @@ class ObjectUpload:
 
     async def keep(self) -> None:
         # Nothing of an object upload survives this run: a later run starts over.
-        self._buf = bytearray()
+        self._part = io.BytesIO()
         self._give_buffer()
         if self._upload_id is not None:
             self._stale.append((self._upload_id, self._sending))
