@@ -94,17 +94,35 @@ def ceiling(jobs: int, mb: int) -> float:
     return asyncio.run(go())
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (a thread's affinity is its own)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=300)
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the store's daemons on the last core, the engine and simulator on the others "
+        "(both runs): the store then takes no CPU from the engine, as a remote one would not",
+    )
     a = ap.parse_args()
     why = rgw_missing()
     if why is not None:
         raise SystemExit(f"no S3 server: {why}")
     with workdir() as root:
         gw = start_rgw(root / "rgw", memstore_bytes=(max(a.jobs) * a.mb * MB * 3) + (1 << 30))
+        if a.pin:
+            cores = sorted(os.sched_getaffinity(0))
+            for _, proc in gw._procs:
+                pin(proc.pid, {cores[-1]})
+            os.sched_setaffinity(0, set(cores[:-1]))
+            print(f"store on core {cores[-1]}, engine and simulator on {cores[:-1]}")
         try:
             os.environ.update(
                 AWS_ENDPOINT_URL=gw.endpoint,

@@ -163,9 +163,10 @@ class S3Output:
         metadata = {META_JOB: job_id}
         if task_id is not None:
             metadata[META_TASK] = task_id
-        upload = self.store.upload(key, metadata)
-        await upload.open()
-        got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
+        async with self.store.transfers:
+            upload = self.store.upload(key, metadata)
+            await upload.open()
+            got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
         return LandedFile(got.bytes, got.sha256)
 
     async def publish(self, name: str, content_type: str) -> Path | str:

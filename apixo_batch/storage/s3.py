@@ -99,6 +99,9 @@ class S3Store:
         self.part_size, parts = part_settings()
         #: buffers of one part each, shared by every transfer
         self.pool = asyncio.Semaphore(parts)
+        #: transfers under way: each has a part filling and one on the wire at least, or
+        #: the store would see fewer parts at once than memory allows
+        self.transfers = asyncio.Semaphore(max(1, parts // 2))
         self._parts = parts
         self._client: Any = None
         self._context: Any = None
@@ -239,6 +242,7 @@ class ObjectUpload:
         self.head = b""
         self._hasher: _Hash = hashlib.sha256()
         self._part = io.BytesIO()
+        self._hashing: asyncio.Future[None] | None = None
         self._held = False  # one buffer of the pool is ours (the one filling)
         self._upload_id: str | None = None
         self._parts: dict[int, str] = {}  # part number -> ETag
@@ -295,16 +299,24 @@ class ObjectUpload:
             )
             self._upload_id = got["UploadId"]
         data = self._take()
-        await asyncio.to_thread(self._hash, data)
+        # Hashed in a thread while the next part fills (in order: one hash at a time).
+        await self._hashed()
+        self._hashing = asyncio.ensure_future(asyncio.to_thread(self._hash, self._hasher, data))
         number, self._next = self._next, self._next + 1
         # The filled buffer goes with its part; the next one is taken from the pool.
         self._held = False
         self._sending.append(asyncio.ensure_future(self._send(number, data)))
         await self._take_buffer()
 
-    def _hash(self, data: io.BytesIO) -> None:
+    async def _hashed(self) -> None:
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            await asyncio.shield(hashing)
+
+    @staticmethod
+    def _hash(hasher: _Hash, data: io.BytesIO) -> None:
         with data.getbuffer() as view:
-            self._hasher.update(view)
+            hasher.update(view)
 
     async def _send(self, number: int, data: io.BytesIO) -> None:
         upload_id = self._upload_id
@@ -359,9 +371,10 @@ class ObjectUpload:
 
     async def _commit(self) -> None:
         data = self._take()
+        await self._hashed()
         if self._upload_id is None:
             # Smaller than a part: one PutObject, the object appears whole with its metadata.
-            await asyncio.to_thread(self._hash, data)
+            await asyncio.to_thread(self._hash, self._hasher, data)
             await self._store.call(
                 "put_object",
                 key=self.key,
@@ -372,7 +385,7 @@ class ObjectUpload:
             )
             return
         if data.getbuffer().nbytes:
-            await asyncio.to_thread(self._hash, data)
+            await asyncio.to_thread(self._hash, self._hasher, data)
             number, self._next = self._next, self._next + 1
             self._held = False  # the buffer goes with the last part
             self._sending.append(asyncio.ensure_future(self._send(number, data)))
