@@ -36,6 +36,8 @@ def benchmarks(quick: bool) -> list[list[str]]:
         ["plan_large.py"],
         ["sim_throughput.py"],
         ["download_large.py"],
+        # Needs Ceph's RGW (apt-get install radosgw ceph-mon ceph-osd); says so when missing.
+        ["s3_bench.py", *(["--jobs", "1", "--rounds", "1"] if quick else [])],
         ["scaling.py", *(["--quick"] if quick else [])],
     ]
 

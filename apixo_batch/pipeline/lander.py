@@ -144,13 +144,13 @@ class Lander:
                 self.busy -= 1
 
     def _disk_refused(self, why: str) -> None:
-        """Our disk refused a result: it stays `succeeded` (its URLs journaled) for
-        `download`, and no new work is submitted whose results would need the disk."""
+        """Our disk (or bucket) refused a result: it stays `succeeded` (its URLs journaled)
+        for `download`, and no new work is submitted whose results would need it."""
         self.left_for_disk += 1
         if self.left_for_disk == 1:
             reason = (
-                f"{why}: results stay journaled for `apixo-batch download` once there is "
-                "room; no new submits, tasks already paid are still followed"
+                f"{why}: results stay journaled for `apixo-batch download` once the "
+                "storage takes them again; no new submits, tasks already paid are still followed"
             )
             if self._stops.request(Stop(StopKind.STORAGE, reason)):
                 self._emit("stopped", reason=reason)
