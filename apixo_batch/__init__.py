@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Job": "jobs",
     "load_campaign": "jobs",
     "make_plan": "plan",
+    "S3Location": "storage",
     "ApiKey": "secret",
     "load_api_key": "secret",
     "run_campaign": "api",
@@ -88,6 +89,7 @@ __all__ = [
     "ResultExpired",
     "RunOptions",
     "RunResult",
+    "S3Location",
     "ServerError",
     "Supervisor",
     "SystemClock",
@@ -149,3 +151,4 @@ if TYPE_CHECKING:
     from .pipeline import Engine, RunOptions, RunResult, Supervisor
     from .plan import make_plan
     from .secret import ApiKey, load_api_key
+    from .storage import S3Location
