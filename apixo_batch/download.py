@@ -216,6 +216,9 @@ class Sink(Protocol):
 
     def add(self, piece: bytes, where: Callable[[], str]) -> bool: ...
 
+    async def reserve(self, total: int | None) -> None:
+        """The body is about to stream (``total`` bytes, if known): take what it needs."""
+
     async def flush(self) -> None:
         """Hand the ready batch on; may wait for the one before it (or for memory)."""
 
@@ -270,6 +273,9 @@ class _FileSink:
 
     def add(self, piece: bytes, where: Callable[[], str]) -> bool:
         return self._part.add(piece, where)
+
+    async def reserve(self, total: int | None) -> None:
+        return None  # a file's batches are a few chunks
 
     async def flush(self) -> None:
         if self._writing is not None:
@@ -337,6 +343,7 @@ class _Transfer:
             async with self.session.get(self.url, headers=headers, timeout=_TIMEOUT) as resp:
                 if not self._start(resp, offset):
                     return
+                await self.part.reserve(self.total)
                 await self._stream(resp)
         except aiohttp.InvalidURL:
             raise DownloadError(f"{self.where}: not a usable URL") from None

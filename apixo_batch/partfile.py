@@ -22,7 +22,7 @@ from .errors import IntegrityError
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-__all__ = ["HEAD", "PartFile", "ftyp_problem"]
+__all__ = ["HEAD", "PartFile", "ftyp_problem", "grow_head"]
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ class PartFile:
         anything is written.
         """
         if len(self.head) < HEAD:
-            self.head += piece[: HEAD - len(self.head)]
-            problem = ftyp_problem(self.head, None) if len(self.head) == HEAD else None
-            if problem:
-                raise IntegrityError(f"{where()}: {problem}")
+            self.head = grow_head(self.head, piece, where)
         self._pending.append(piece)
         self._pending_bytes += len(piece)
         self.size += len(piece)
@@ -254,6 +251,16 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def grow_head(head: bytes, piece: bytes, where: Callable[[], str]) -> bytes:
+    """``head`` with the start of ``piece``, up to :data:`HEAD` bytes; IntegrityError as soon
+    as they are there and are not the start of an MP4 (before anything is stored)."""
+    head += piece[: HEAD - len(head)]
+    problem = ftyp_problem(head, None) if len(head) == HEAD else None
+    if problem:
+        raise IntegrityError(f"{where()}: {problem}")
+    return head
 
 
 def ftyp_problem(head: bytes, size: int | None) -> str | None:

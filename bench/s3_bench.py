@@ -77,10 +77,13 @@ def ceiling(jobs: int, mb: int) -> float:
             got = await store.call("create_multipart_upload", key=key)
 
             async def part(i: int) -> None:
-                async with store.pool:
+                held = await store.budget.take(store.part_size)
+                try:
                     await store.call(
                         "upload_part", key=key, UploadId=got["UploadId"], PartNumber=i, Body=body
                     )
+                finally:
+                    store.budget.give(held)
 
             await asyncio.gather(*(part(i) for i in range(1, parts + 1)))
             await store.call("abort_multipart_upload", key=key, UploadId=got["UploadId"])

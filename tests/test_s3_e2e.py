@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from e2e import SIM_KEY, CliResult, cli_env, finish, simple_jobs, write_campaign
@@ -137,7 +138,7 @@ def assert_results_in_bucket(
             assert body == sim.expected_bytes(url)
             head = bucket.meta(prefix + name)
             assert head["Metadata"]["sha256"] == digest
-            assert head["Metadata"]["apixo-job"] == entry["id"]
+            assert unquote(head["Metadata"]["apixo-job"]) == entry["id"]
             assert head["ContentType"] == "video/mp4"
 
 
@@ -192,12 +193,22 @@ async def test_small_results_are_one_put_each(
     simulator: Any, rgw: RGW, bucket: Bucket, tmp_path: Path
 ) -> None:
     sim = await simulator(time_scale=0.01)  # 256 KiB results: below one part
-    job_file = campaign(tmp_path, bucket, 5, prefix="")
+    jobs = simple_jobs(5)
+    jobs[0]["id"] = "vidéo-ünï"  # metadata are HTTP headers: ASCII only, percent-encoded
+    job_file = write_campaign(tmp_path, jobs, output={"dir": f"s3://{bucket.name}"})
     got = await cli(s3_env(sim, rgw), "run", str(job_file), "--time-scale", "0.01", "--json")
     assert got.code == 0, got.stderr
     requests = got.summary["store_requests"]
     assert requests["put_object"] == 5 + 2 and "create_multipart_upload" not in requests
     assert_results_in_bucket(sim, bucket, "", manifest_of(bucket, ""))
+    # Found by its metadata after a crash: the HEAD check decodes what was encoded.
+    with sqlite3.connect(tmp_path / ".apixo-batch" / "e2e.sqlite") as db:
+        db.execute("UPDATE jobs SET state = 'succeeded'")
+    served = sim.stats()["file_requests"]
+    again = await cli(s3_env(sim, rgw), "download", str(job_file), "--time-scale", "0.01", "--json")
+    assert again.code == 0, again.stderr
+    assert sim.stats()["file_requests"] == served
+    assert again.summary["store_requests"]["head_object"] == 5
 
 
 async def test_kill9_mid_upload_is_finished_by_the_next_run_without_a_new_generation(
@@ -328,6 +339,17 @@ async def test_an_output_that_cannot_take_results_costs_one_line_and_nothing_pai
     assert any("s3://no-such-bucket-here" in line and "no such bucket" in line for line in lines)
     assert "Traceback" not in got.stderr
     assert sim.stats()["submits_accepted"] == 0
+
+    # A profile that does not exist: a setting, told in one line.
+    profile = await cli(
+        s3_env(sim, rgw, AWS_PROFILE="no-such-profile"),
+        "run",
+        str(job_file),
+        "--time-scale",
+        "0.01",
+    )
+    assert profile.code == 2, profile.stderr
+    assert "no-such-profile" in profile.stderr and "Traceback" not in profile.stderr
 
     # No store at the endpoint at all: also before any submit.
     down = await cli(

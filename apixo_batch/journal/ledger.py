@@ -124,9 +124,12 @@ class Ledger:
         """The campaign's callback token: made once (``new``), kept for every later run."""
         return await self._kept("callback_token", new)
 
-    async def output(self, now: str) -> str:
-        """Where this journal's results land: set by its first run (``now``), kept after."""
-        return await self._kept("output", now)
+    async def output(self) -> str | None:
+        """Where this journal's results land, once a run found that output usable."""
+        return await self._j.read(lambda j: j.get_meta("output"))
+
+    async def keep_output(self, where: str) -> None:
+        await self._kept("output", where)
 
     async def _kept(self, key: str, new: str) -> str:
         value = await self._j.read(lambda j: j.get_meta(key))

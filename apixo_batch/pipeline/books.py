@@ -4,17 +4,32 @@ disk allows. A disk that refuses is told as one reason, never raised."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import DownloadError, PathError
 from ..events import Emitter
 from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
 from ..paths import storage_failure
 from ..report import ManifestInfo, manifest_state
+from ..review import REVIEW_FILE
+from ..storage.location import Destination, S3Location
+from ..storage.outputs import Output
 
-__all__ = ["Books", "close_books", "review_page"]
+__all__ = [
+    "MANIFEST",
+    "Books",
+    "bind_output",
+    "close_books",
+    "publish",
+    "review_page",
+    "same_output",
+]
+
+MANIFEST = "manifest.jsonl"
 
 
 @dataclass
@@ -29,10 +44,22 @@ class Books:
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     #: file jobs still queued: no task was ever asked for them
     never_submitted: int = 0
+    #: where the manifest is now (a path, or an ``s3://`` URL)
+    manifest_at: Path | str | None = None
 
 
-async def close_books(ledger: Ledger, manifest_path: Path) -> Books:
-    """The manifest, else (the disk refused it) the counts from the journal if it reads."""
+async def close_books(ledger: Ledger, output: Output, refused: Callable[[str], None]) -> Books:
+    """The manifest, written and published in the output, else (the disk refused it) the
+    counts from the journal if it reads. What the storage refused goes to ``refused``."""
+    books = await _count(ledger, output.local_dir / MANIFEST)
+    if books.refused is not None:
+        refused(books.refused)
+    if books.manifest is not None:
+        books.manifest_at = await publish(output, MANIFEST, "application/x-ndjson", refused)
+    return books
+
+
+async def _count(ledger: Ledger, manifest_path: Path) -> Books:
     try:
         manifest = await ledger.write_manifest(manifest_path)
     except Exception as exc:
@@ -60,16 +87,22 @@ async def close_books(ledger: Ledger, manifest_path: Path) -> Books:
 
 
 async def review_page(
-    ledger: Ledger, campaign: Campaign, out_dir: Path, summary: dict[str, Any], emit: Emitter
-) -> Path | None:
-    """The campaign's review page; a failure to write it costs a warning, not the run."""
+    ledger: Ledger, campaign: Campaign, output: Output, summary: dict[str, Any], emit: Emitter
+) -> Path | str | None:
+    """The campaign's review page, written and published in the output; a failure to write
+    or upload it costs a warning, not the run."""
     try:
-        return await ledger.write_review(
-            out_dir, name=campaign.name, job_file=_shown(campaign.path), summary=summary
+        await ledger.write_review(
+            output.local_dir, name=campaign.name, job_file=_shown(campaign.path), summary=summary
         )
     except Exception as exc:
-        emit("warning", message=f"review.html not written: {exc}")
+        emit("warning", message=f"{REVIEW_FILE} not written: {exc}")
         return None
+
+    def refused(why: str) -> None:
+        emit("warning", message=why)
+
+    return await publish(output, REVIEW_FILE, "text/html", refused)
 
 
 def _shown(path: Path) -> str:
@@ -78,3 +111,37 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+async def same_output(ledger: Ledger, where: Destination, journal: Path) -> None:
+    """A journal beside the job file (an ``s3://`` output) fills one output: another one
+    with it would call done what was never put there (PathError, one line)."""
+    if not isinstance(where, S3Location):
+        return
+    was = await ledger.output()
+    if was is not None and was != str(where):
+        raise PathError(
+            f"the journal {journal} is for results in {was}, not {where}: give --state a "
+            "new journal's path to fill a new output, or keep the output"
+        )
+
+
+async def bind_output(ledger: Ledger, where: Destination) -> None:
+    """Once the output answered (a mistyped bucket binds nothing): the journal's now."""
+    if isinstance(where, S3Location):
+        await ledger.keep_output(str(where))
+
+
+async def publish(
+    output: Output, name: str | None, content_type: str, refused: Callable[[str], None]
+) -> Path | str | None:
+    """A file written in the output's local folder, made to appear in the output (its path
+    or URL); a store that refuses it is told to ``refused``, as a full disk would be, and
+    the local copy's path is returned."""
+    if not name:
+        return None
+    try:
+        return await output.publish(name, content_type)
+    except DownloadError as exc:
+        refused(f"{name} not uploaded: {exc}")
+        return output.local_dir / name

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..client import ApixoClient, TaskStatus
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
-from ..errors import ApixoError, DownloadError, PathError
+from ..errors import ApixoError
 from ..events import Emitter, EventSink
 from ..forecast import forecast_run
 from ..jobs import Campaign
@@ -38,13 +37,11 @@ from ..limits import ConcurrencyLimit, RequestBucket
 from ..paths import check_file, check_folder, storage_failure
 from ..receiver import HandlerResult, callback_url_with_token
 from ..report import human_duration
-from ..review import REVIEW_FILE
 from ..scheduler import CompletionModel
 from ..secret import ApiKey
-from ..storage.location import S3Location
 from ..storage.outputs import open_output
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
-from .books import close_books, review_page
+from .books import MANIFEST, bind_output, close_books, review_page, same_output
 from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
@@ -58,7 +55,6 @@ from .turnaround import Turnaround
 __all__ = ["Supervisor"]
 
 S = JobState
-MANIFEST = "manifest.jsonl"
 #: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
 #: fewer loop wake-ups per request, for at most this much more wait of one already queued
 REQUEST_TICK_S = 0.1
@@ -177,16 +173,7 @@ class Supervisor:
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> SyncResult:
         run_mode = self.options.mode == "run"
-        if isinstance(self.output_dir, S3Location):
-            # The journal lives beside the job file, not in the output: a new output with
-            # the old journal would call done what was never put there.
-            was = await ledger.output(str(self.output_dir))
-            if was != str(self.output_dir):
-                raise PathError(
-                    f"the journal {self.state_path} is for results in {was}, not "
-                    f"{self.output_dir}: give --state a new journal's path to fill a new "
-                    "output, or keep the output"
-                )
+        await same_output(ledger, self.output_dir, self.state_path)
         recovered, synced = await ledger.reconcile(
             jobs_of(self.campaign), retry_failed=self.options.retry_failed and run_mode
         )
@@ -243,6 +230,7 @@ class Supervisor:
             return synced  # nothing to do: zero requests
         # Before anything is paid: an output that cannot take results is one line.
         await self.output.check()
+        await bind_output(ledger, self.output_dir)
         async with contextlib.AsyncExitStack() as stack:
             client = None
             if needs_api:
@@ -422,12 +410,7 @@ class Supervisor:
             if why is None:
                 raise
             self._storage_stop(why)
-        books = await close_books(ledger, self.output.local_dir / MANIFEST)
-        if books.refused is not None:
-            self._storage_stop(books.refused)
-        manifest_at = await self._publish(
-            MANIFEST if books.manifest else None, "application/x-ndjson"
-        )
+        books = await close_books(ledger, self.output, self._storage_stop)
         counts, totals, manifest = books.counts, books.totals, books.manifest
         bucket = self.bucket.statistics()
         stages = [s for s in (self._submitter, self._follower, self._lander) if s is not None]
@@ -454,27 +437,13 @@ class Supervisor:
             fail_codes=books.fail_codes,
             per_model=books.per_model,
             never_submitted=books.never_submitted,
-            manifest=manifest_at if manifest else None,
+            manifest=books.manifest_at if manifest else None,
             output_dir=self.output_dir,
         )
         if self.options.review and books.manifest is not None:
-            page = await review_page(
-                ledger, self.campaign, self.output.local_dir, summary_dict(result), self._emit
+            result.review = await review_page(
+                ledger, self.campaign, self.output, summary_dict(result), self._emit
             )
-            result.review = await self._publish(REVIEW_FILE if page else None, "text/html")
         result.store_requests = self.output.requests()
-        # An upload refused after the counts were read is a stop too.
-        result.exit_code = self.stops.exit_code(counts.get("done", 0) == sum(counts.values()))
         self._emit("summary", **summary_dict(result))
         return result
-
-    async def _publish(self, name: str | None, content_type: str) -> Path | str | None:
-        """A file written in the output's local folder, made to appear in the output; a
-        store that refuses it stops the run as a full disk would (the journal has all)."""
-        if not name:
-            return None
-        try:
-            return await self.output.publish(name, content_type)
-        except DownloadError as exc:
-            self._storage_stop(f"{name} not uploaded: {exc}")
-            return self.output.local_dir / name

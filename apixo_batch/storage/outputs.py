@@ -146,7 +146,7 @@ class S3Output:
         await self.store.sweep(owned_by(self.location, owners))
 
     async def land(self, result: Incoming) -> LandedFile:
-        from .s3 import META_JOB, META_TASK
+        from .s3 import META_JOB, META_TASK, metadata
 
         r, job_id, task_id = result, result.job_id, result.task_id
         key = self.location.key(r.name)
@@ -160,13 +160,9 @@ class S3Output:
                 and (task_id is None or info.task == task_id)
             ):
                 return LandedFile(info.size, info.sha256, found=True)
-        metadata = {META_JOB: job_id}
-        if task_id is not None:
-            metadata[META_TASK] = task_id
-        async with self.store.transfers:
-            upload = self.store.upload(key, metadata)
-            await upload.open()
-            got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
+        tags = {META_JOB: job_id} if task_id is None else {META_JOB: job_id, META_TASK: task_id}
+        upload = self.store.upload(key, metadata(**tags))
+        got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
         return LandedFile(got.bytes, got.sha256)
 
     async def publish(self, name: str, content_type: str) -> Path | str:
