@@ -162,7 +162,12 @@ class S3Output:
                 return LandedFile(info.size, info.sha256, found=True)
         tags = {META_JOB: job_id} if task_id is None else {META_JOB: job_id, META_TASK: task_id}
         upload = self.store.upload(key, metadata(**tags))
-        got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
+        await upload.open()
+        try:
+            got = await download_to(r.session, r.url, upload, clock=r.clock, backoff=r.backoff)
+        except BaseException:
+            await upload.keep()  # what it holds goes back, even if the download never began
+            raise
         return LandedFile(got.bytes, got.sha256)
 
     async def publish(self, name: str, content_type: str) -> Path | str:

@@ -103,6 +103,8 @@ class S3Store:
         #: large transfers under way: each has a part filling and one on the wire at
         #: least, or the store would see fewer parts at once than memory allows
         self.large = asyncio.Semaphore(max(1, parts // 2))
+        #: the last result's size was large: the next transfer takes its place up front
+        self.large_seen = False
         self._parts = parts
         self._client: Any = None
         self._context: Any = None

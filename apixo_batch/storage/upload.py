@@ -65,14 +65,26 @@ class ObjectUpload:
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
+    async def open(self) -> None:
+        """Before the download starts: when the last result was large, this one likely is
+        too, and waits for its place without holding a connection open meanwhile."""
+        if self._store.large_seen:
+            await self._store.large.acquire()
+            self._large = True
+
     async def reserve(self, total: int | None) -> None:
         """Memory for the part about to fill, once the body's length is known (and again
         on a resume, which keeps what it holds)."""
         self._total = total
         store = self._store
-        if not self._large and (total is None or total > LARGE_PARTS * store.part_size):
+        large = total is None or total > LARGE_PARTS * store.part_size
+        store.large_seen = large
+        if large and not self._large:
             await store.large.acquire()
             self._large = True
+        elif self._large and not large:
+            self._large = False
+            store.large.release()
         if not self._reserved:
             self._reserved = await store.budget.take(self._need())
 
