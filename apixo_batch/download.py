@@ -36,7 +36,7 @@ from yarl import URL
 from .clock import Clock
 from .defaults import DOWNLOAD_BACKOFF
 from .errors import DownloadError, IntegrityError, ResultExpired
-from .partfile import PartFile, ftyp_problem
+from .partfile import FileSink, PartFile, ftyp_problem
 from .retry import Backoff, parse_retry_after
 
 __all__ = ["Downloaded", "Received", "Sink", "download_file", "download_to"]
@@ -99,23 +99,16 @@ async def download_file(
     resuming (the result was produced in this very run): nothing is read
     before the request, and a ``.part`` in the way is overwritten, not continued.
     """
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    _refuse_credentials(session)
+    _check_arguments(session, chunk_size)
     dest = Path(dest)
     try:
-        return await _download(
-            session,
-            url,
-            dest,
-            clock,
-            backoff if backoff is not None else DOWNLOAD_BACKOFF,
-            chunk_size,
-            fresh,
-        )
+        path = dest.with_name(dest.name + ".part")
+        part = PartFile.fresh(path, chunk_size) if fresh else await PartFile.open(path, chunk_size)
+        got = await _receive(session, url, FileSink(part, dest), clock, backoff, chunk_size)
     except OSError as exc:
         # Our own disk (full, read-only, permissions): the caller sees one error family.
         raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}", local=True) from None
+    return Downloaded(path=dest, bytes=got.bytes, sha256=got.sha256, resumed=got.resumed)
 
 
 async def download_to(
@@ -133,26 +126,15 @@ async def download_to(
     ``ftyp`` and length checks), the same errors; the sink decides where bytes
     go and what committing means. ``session`` must carry no credentials.
     """
+    _check_arguments(session, chunk_size)
+    return await _receive(session, url, sink, clock, backoff, chunk_size)
+
+
+def _check_arguments(session: aiohttp.ClientSession, chunk_size: int) -> None:
+    # Before any I/O.
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     _refuse_credentials(session)
-    policy = backoff if backoff is not None else DOWNLOAD_BACKOFF
-    return await _receive(session, url, sink, clock, policy, chunk_size)
-
-
-async def _download(
-    session: aiohttp.ClientSession,
-    url: str,
-    dest: Path,
-    clock: Clock,
-    policy: Backoff,
-    chunk_size: int,
-    fresh: bool,
-) -> Downloaded:
-    path = dest.with_name(dest.name + ".part")
-    part = PartFile.fresh(path, chunk_size) if fresh else await PartFile.open(path, chunk_size)
-    got = await _receive(session, url, _FileSink(part, dest), clock, policy, chunk_size)
-    return Downloaded(path=dest, bytes=got.bytes, sha256=got.sha256, resumed=got.resumed)
 
 
 async def _receive(
@@ -160,9 +142,10 @@ async def _receive(
     url: str,
     sink: Sink,
     clock: Clock,
-    policy: Backoff,
+    backoff: Backoff | None,
     chunk_size: int,
 ) -> Received:
+    policy = backoff if backoff is not None else DOWNLOAD_BACKOFF
     transfer = _Transfer(session, url, sink, chunk_size)
     try:
         failures = 0
@@ -248,66 +231,6 @@ class Received:
     bytes: int
     sha256: str
     resumed: int
-
-
-class _FileSink:
-    """A :class:`PartFile` as a sink: batches written and hashed in a worker thread, one
-    in flight at most, so the event loop never hashes and memory stays at a few chunks."""
-
-    def __init__(self, part: PartFile, dest: Path) -> None:
-        self._part = part
-        self._dest = dest
-        self._writing: asyncio.Future[None] | None = None
-
-    @property
-    def size(self) -> int:
-        return self._part.size
-
-    @property
-    def head(self) -> bytes:
-        return self._part.head
-
-    @property
-    def hexdigest(self) -> str:
-        return self._part.hexdigest
-
-    def add(self, piece: bytes, where: Callable[[], str]) -> bool:
-        return self._part.add(piece, where)
-
-    async def reserve(self, total: int | None) -> None:
-        return None  # a file's batches are a few chunks
-
-    async def flush(self) -> None:
-        if self._writing is not None:
-            # Shielded: cancelling us must not orphan a half-done write.
-            await asyncio.shield(self._writing)
-        part = self._part
-        self._writing = asyncio.ensure_future(asyncio.to_thread(part.write, part.take()))
-
-    async def drain(self) -> None:
-        if self._writing is not None:
-            await asyncio.shield(self._writing)
-
-    async def quiesce(self) -> BaseException | None:
-        writing = self._writing
-        if writing is None:
-            return None
-        if not writing.done():
-            await asyncio.wait([writing])
-        return None if writing.cancelled() else writing.exception()
-
-    def reset(self) -> None:
-        self._part.reset()
-
-    async def commit(self) -> None:
-        # One hop: the last batch, fsync, rename, fsync of the folder.
-        await asyncio.to_thread(self._part.commit, self._dest)
-
-    async def discard(self) -> None:
-        self._part.discard()
-
-    async def keep(self) -> None:
-        self._part.close_keeping_bytes()
 
 
 class _Transfer:

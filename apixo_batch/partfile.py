@@ -22,7 +22,7 @@ from .errors import IntegrityError
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-__all__ = ["HEAD", "PartFile", "ftyp_problem", "grow_head"]
+__all__ = ["HEAD", "FileSink", "PartFile", "ftyp_problem", "grow_head"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,67 @@ class PartFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+class FileSink:
+    """A :class:`PartFile` as a :class:`~apixo_batch.download.Sink`: batches written and
+    hashed in a worker thread, one in flight at most, so the event loop never hashes and
+    memory stays at a few chunks; committed by one hop (last batch, fsync, rename)."""
+
+    def __init__(self, part: PartFile, dest: Path) -> None:
+        self._part = part
+        self._dest = dest
+        self._writing: asyncio.Future[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._part.size
+
+    @property
+    def head(self) -> bytes:
+        return self._part.head
+
+    @property
+    def hexdigest(self) -> str:
+        return self._part.hexdigest
+
+    def add(self, piece: bytes, where: Callable[[], str]) -> bool:
+        return self._part.add(piece, where)
+
+    async def reserve(self, total: int | None) -> None:
+        return None  # a file's batches are a few chunks
+
+    async def flush(self) -> None:
+        if self._writing is not None:
+            # Shielded: cancelling us must not orphan a half-done write.
+            await asyncio.shield(self._writing)
+        part = self._part
+        self._writing = asyncio.ensure_future(asyncio.to_thread(part.write, part.take()))
+
+    async def drain(self) -> None:
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+
+    async def quiesce(self) -> BaseException | None:
+        writing = self._writing
+        if writing is None:
+            return None
+        if not writing.done():
+            await asyncio.wait([writing])
+        return None if writing.cancelled() else writing.exception()
+
+    def reset(self) -> None:
+        self._part.reset()
+
+    async def commit(self) -> None:
+        # One hop: the last batch, fsync, rename, fsync of the folder.
+        await asyncio.to_thread(self._part.commit, self._dest)
+
+    async def discard(self) -> None:
+        self._part.discard()
+
+    async def keep(self) -> None:
+        self._part.close_keeping_bytes()
 
 
 def _open_creating(path: Path, flags: int) -> int:

@@ -190,17 +190,22 @@ def cli_env(sim: Simulator, key: str = SIM_KEY) -> dict[str, str]:
     return env
 
 
-async def start_cli(sim: Simulator, *args: str, key: str = SIM_KEY) -> asyncio.subprocess.Process:
+async def start_with(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "apixo_batch",
         *args,
-        env=cli_env(sim, key),
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
+
+
+async def start_cli(sim: Simulator, *args: str, key: str = SIM_KEY) -> asyncio.subprocess.Process:
+    return await start_with(cli_env(sim, key), *args)
 
 
 async def finish(proc: asyncio.subprocess.Process, limit: float = 60.0) -> CliResult:

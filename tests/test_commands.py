@@ -27,6 +27,7 @@ from e2e import (
     run_cli,
     simple_jobs,
     start_cli,
+    start_with,
     write_campaign,
 )
 
@@ -53,17 +54,7 @@ def plain_env(sim: Simulator, *, key: str | None = SIM_KEY, **extra: str) -> dic
 
 async def run_env(*args: str, env: dict[str, str], limit: float = 60.0) -> CliResult:
     """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "apixo_batch",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    return await finish(proc, limit)
+    return await finish(await start_with(env, *args), limit)
 
 
 async def run_on_terminal(*args: str, env: dict[str, str], limit: float = 60.0) -> tuple[int, str]:

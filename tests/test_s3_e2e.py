@@ -17,14 +17,13 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from e2e import SIM_KEY, CliResult, cli_env, finish, simple_jobs, write_campaign
+from e2e import SIM_KEY, CliResult, cli_env, finish, simple_jobs, start_with, write_campaign
 from rgw import RGW, rgw_missing, start_rgw
 
 from apixo_batch.simulator import Simulator
@@ -101,21 +100,8 @@ def s3_env(sim: Simulator, server: RGW, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "apixo_batch",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-
-
 async def cli(env: dict[str, str], *args: str) -> CliResult:
-    return await finish(await start(env, *args), 90.0)
+    return await finish(await start_with(env, *args), 90.0)
 
 
 def campaign(tmp_path: Path, bucket: Bucket, jobs: int, prefix: str = "spring/") -> Path:
@@ -217,7 +203,7 @@ async def test_kill9_mid_upload_is_finished_by_the_next_run_without_a_new_genera
     sim = await simulator(time_scale=0.01, file_size=3 * BIG)
     job_file = campaign(tmp_path, bucket, 4)
     env = s3_env(sim, rgw, APIXO_BATCH_S3_PARTS="2")
-    proc = await start(env, "run", str(job_file), "--time-scale", "0.01", "--json")
+    proc = await start_with(env, "run", str(job_file), "--time-scale", "0.01", "--json")
     loop = asyncio.get_running_loop()
     end = loop.time() + 60
     while not bucket.incomplete():
