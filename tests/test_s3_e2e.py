@@ -319,32 +319,27 @@ async def test_an_output_that_cannot_take_results_costs_one_line_and_nothing_pai
     job_file = write_campaign(
         tmp_path, simple_jobs(2), output={"dir": "s3://no-such-bucket-here/x"}
     )
-    got = await cli(s3_env(sim, rgw), "run", str(job_file), "--time-scale", "0.01")
+
+    async def refused(env: dict[str, str]) -> CliResult:
+        """A run whose output cannot take results: one line, no traceback, nothing paid."""
+        got = await cli(env, "run", str(job_file), "--time-scale", "0.01")
+        assert "Traceback" not in got.stderr
+        assert sim.stats()["submits_accepted"] == 0
+        return got
+
+    got = await refused(s3_env(sim, rgw))
     assert got.code == 2
     lines = [line for line in got.stderr.splitlines() if line.strip()]
     assert any("s3://no-such-bucket-here" in line and "no such bucket" in line for line in lines)
-    assert "Traceback" not in got.stderr
-    assert sim.stats()["submits_accepted"] == 0
 
     # A profile that does not exist: a setting, told in one line.
-    profile = await cli(
-        s3_env(sim, rgw, AWS_PROFILE="no-such-profile"),
-        "run",
-        str(job_file),
-        "--time-scale",
-        "0.01",
-    )
+    profile = await refused(s3_env(sim, rgw, AWS_PROFILE="no-such-profile"))
     assert profile.code == 2, profile.stderr
-    assert "no-such-profile" in profile.stderr and "Traceback" not in profile.stderr
+    assert "no-such-profile" in profile.stderr
 
     # No store at the endpoint at all: also before any submit.
-    down = await cli(
-        s3_env(sim, rgw, AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_MAX_ATTEMPTS="1"),
-        "run",
-        str(job_file),
-        "--time-scale",
-        "0.01",
+    down = await refused(
+        s3_env(sim, rgw, AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_MAX_ATTEMPTS="1")
     )
     assert down.code == 74, down.stderr
-    assert "cannot reach the S3 endpoint" in down.stderr and "Traceback" not in down.stderr
-    assert sim.stats()["submits_accepted"] == 0
+    assert "cannot reach the S3 endpoint" in down.stderr

@@ -22,6 +22,9 @@ from ..errors import PathError
 from ..retry import Backoff
 from .location import Destination, S3Location
 
+# Light: the s3 extra (aiobotocore) is imported only when a client is first opened.
+from .s3 import META_JOB, META_TASK, S3Store, metadata, owned_by
+
 __all__ = [
     "Incoming",
     "LandedFile",
@@ -124,8 +127,6 @@ class S3Output:
             raise PathError(
                 f"{location}: s3:// output needs the s3 extra: pip install 'apixo-batch[s3]'"
             )
-        from .s3 import S3Store
-
         self.location = location
         self.store = S3Store(location)
         self._staging = staging
@@ -141,13 +142,9 @@ class S3Output:
         await self.store.check()
 
     async def prepare(self, owners: Mapping[str, tuple[str, ...]]) -> None:
-        from .s3 import owned_by
-
         await self.store.sweep(owned_by(self.location, owners))
 
     async def land(self, result: Incoming) -> LandedFile:
-        from .s3 import META_JOB, META_TASK, metadata
-
         r, job_id, task_id = result, result.job_id, result.task_id
         key = self.location.key(r.name)
         if not r.fresh:
