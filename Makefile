@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check apixo_batch tests bench
 	$(BIN)/ruff format --check apixo_batch tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 DOCS_STAMP := $(VENV)/.docs-installed
 

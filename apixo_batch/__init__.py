@@ -13,19 +13,19 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "MODELS": "catalog",
-    "ModelSpec": "catalog",
-    "get_model": "catalog",
-    "validate_input": "catalog",
-    "DEFAULT_BASE_URL": "client",
-    "ApixoClient": "client",
-    "TaskStatus": "client",
-    "parse_task_payload": "client",
+    "MODELS": "catalog.models",
+    "ModelSpec": "catalog.models",
+    "get_model": "catalog.models",
+    "validate_input": "catalog.models",
+    "DEFAULT_BASE_URL": "apixo.client",
+    "ApixoClient": "apixo.client",
+    "TaskStatus": "apixo.client",
+    "parse_task_payload": "apixo.client",
     "Clock": "clock",
     "FakeClock": "clock",
     "SystemClock": "clock",
-    "Downloaded": "download",
-    "download_file": "download",
+    "Downloaded": "outputs.download",
+    "download_file": "outputs.download",
     "Engine": "pipeline",
     "ExitCode": "exitcodes",
     "RunOptions": "pipeline",
@@ -35,10 +35,10 @@ _EXPORTS: dict[str, str] = {
     "Campaign": "jobs",
     "Job": "jobs",
     "load_campaign": "jobs",
-    "make_plan": "plan",
-    "S3Location": "storage",
-    "ApiKey": "secret",
-    "load_api_key": "secret",
+    "make_plan": "planning.plan",
+    "S3Location": "location",
+    "ApiKey": "apixo.secret",
+    "load_api_key": "apixo.secret",
     "run_campaign": "api",
     "stream_campaign": "api",
     "ApixoError": "errors",
@@ -123,10 +123,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .api import run_campaign, stream_campaign
-    from .catalog import MODELS, ModelSpec, get_model, validate_input
-    from .client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
+    from .apixo.client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
+    from .apixo.secret import ApiKey, load_api_key
+    from .catalog.models import MODELS, ModelSpec, get_model, validate_input
     from .clock import Clock, FakeClock, SystemClock
-    from .download import Downloaded, download_file
     from .errors import (
         ApiError,
         ApixoError,
@@ -148,7 +148,7 @@ if TYPE_CHECKING:
     from .events import Event
     from .exitcodes import ExitCode
     from .jobs import Campaign, Job, load_campaign
+    from .location import S3Location
+    from .outputs.download import Downloaded, download_file
     from .pipeline import Engine, RunOptions, RunResult, Supervisor
-    from .plan import make_plan
-    from .secret import ApiKey, load_api_key
-    from .storage import S3Location
+    from .planning.plan import make_plan

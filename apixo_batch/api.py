@@ -26,12 +26,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from .apixo.secret import ApiKey, load_api_key
 from .clock import Clock
 from .defaults import DEFAULT_BASE_URL
 from .events import Event, EventSink, QueueSink
 from .jobs import Campaign, load_campaign
 from .pipeline import Engine, RunOptions, RunResult
-from .secret import ApiKey, load_api_key
 
 __all__ = ["build_engine", "run_campaign", "stream_campaign"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .location import S3Location
 from .retry import Backoff
-from .storage.location import S3Location
 
 __all__ = [
     "DEFAULT_BASE_URL",

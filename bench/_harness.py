@@ -276,7 +276,7 @@ def mixed_campaign(workdir: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
     poll)."""
     import random
 
-    from apixo_batch.catalog import get_model
+    from apixo_batch.catalog.models import get_model
 
     combos = _mixed_inputs()
     rng = random.Random(seed)

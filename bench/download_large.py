@@ -1,7 +1,7 @@
 """Download a large file from a local server: throughput and peak memory, next to curl.
 
 Serves a deterministic MP4-like body (default 300 MB) from an aiohttp server in
-a subprocess on 127.0.0.1, downloads it with :func:`apixo_batch.download.download_file`,
+a subprocess on 127.0.0.1, downloads it with :func:`apixo_batch.outputs.download.download_file`,
 checks the SHA-256, and prints MB/s and the downloading process's peak RSS;
 then the same URL with ``curl -o /dev/null`` and ``curl -o FILE`` if curl is
 installed. Targets: peak RSS <= 150 MB, throughput >= 0.7 x curl's.
@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from apixo_batch.clock import SystemClock
-from apixo_batch.download import download_file
+from apixo_batch.outputs.download import download_file
 
 MB = 1_000_000
 BLOCK = 1 << 20

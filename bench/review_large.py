@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from apixo_batch.journal import Journal, NewJob
-from apixo_batch.review import write_review
+from apixo_batch.reports.review import write_review
 
 
 def one(n: int) -> str:
@@ -28,7 +28,7 @@ def one(n: int) -> str:
         )  # fmt: skip
         journal.sync(jobs, time.time())
         started = time.process_time()
-        path = write_review(journal, Path(tmp), name="bench", job_file="bench.yaml")
+        path = write_review(journal.iter_all(), Path(tmp), name="bench", job_file="bench.yaml")
         cpu = time.process_time() - started
         size = path.stat().st_size
         journal.close()

@@ -64,8 +64,8 @@ def ceiling(jobs: int, mb: int) -> float:
     import asyncio
     import time
 
-    from apixo_batch.storage import S3Location
-    from apixo_batch.storage.s3 import S3Store
+    from apixo_batch.location import S3Location
+    from apixo_batch.outputs.s3 import S3Store
 
     async def go() -> float:
         store = S3Store(S3Location("bench", "ceiling/"))
@@ -137,7 +137,7 @@ def main() -> None:
 
             s3 = botocore.session.get_session().create_client("s3")
             s3.create_bucket(Bucket="bench")
-            from apixo_batch.storage.s3 import MIB, part_settings
+            from apixo_batch.outputs.s3 import MIB, part_settings
 
             size, inflight = part_settings()
             print(f"{a.mb} MB results; parts of {size // MIB} MiB, {inflight} in flight")

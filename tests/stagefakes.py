@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from apixo_batch.client import TaskStatus
+from apixo_batch.apixo.client import TaskStatus
+from apixo_batch.apixo.limits import Priority, RequestBucket
 from apixo_batch.clock import FakeClock
 from apixo_batch.events import Emitter, Event
 from apixo_batch.journal import InlineJournal, JobRow, JobState, Journal, Ledger, NewJob
-from apixo_batch.limits import Priority, RequestBucket
 
 T = TypeVar("T")
 

@@ -239,8 +239,8 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     up): x keeps the landed file journaled as its own, so a job that takes that name
     later (template `{index}.mp4`, a job inserted above x) waits instead of writing
     over a paid file."""
-    import apixo_batch.storage.outputs as engine_module
-    from apixo_batch.download import DownloadError
+    import apixo_batch.outputs.output as engine_module
+    from apixo_batch.outputs.download import DownloadError
 
     sim = await simulator(time_scale=0.01, results_per_task=2)
     real_download = engine_module.download_file

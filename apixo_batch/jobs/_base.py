@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import Clock
+from ..catalog.models import Clock
 from ..errors import FieldIssue, JobFileError
 
 __all__ = [

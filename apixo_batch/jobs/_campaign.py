@@ -11,9 +11,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from ..catalog import MODELS, PriceTable, all_input_keys
+from ..catalog.models import MODELS, PriceTable, all_input_keys
 from ..errors import JobFileError
-from ..storage.location import Destination, is_s3, parse_s3
+from ..location import Destination, is_s3, parse_s3
 from ._base import (
     PROVIDERS,
     TOP_KEYS,

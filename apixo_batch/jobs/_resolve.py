@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..catalog import MODELS, InputIssue, ModelSpec, accepts, all_input_keys, validate_input
+from ..catalog.models import MODELS, InputIssue, ModelSpec, accepts, all_input_keys, validate_input
 from ._base import JOB_KEYS, MAX_ID_LENGTH, PROVIDERS, Issues, check_id, short
 
 __all__ = ["Defaults", "Expanded", "Matrix", "Resolver", "parse_matrix"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from ..catalog import MODELS, all_input_keys
+from ..catalog.models import MODELS, all_input_keys
 from ._base import Issues
 
 __all__ = ["ROW_SUFFIXES", "read_rows"]

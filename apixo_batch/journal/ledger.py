@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from ..clock import Clock
 from .reconcile import NewJob, SyncResult
@@ -28,15 +28,13 @@ from .states import JobState
 from .store import Journal
 from .thread import JournalExecutor
 
-if TYPE_CHECKING:
-    from ..report import ManifestInfo
-
 __all__ = ["Landed", "Ledger", "Totals"]
 
 #: the journal read of the page after (idx, id): what ``Ledger._paged`` iterates
 _PageRead = Callable[[int, str | None], Callable[[Journal], list[JobRow]]]
 
 S = JobState
+T = TypeVar("T")
 
 
 def _landed(files: Sequence[str], hashes: Sequence[str], total: int) -> dict[str, Any]:
@@ -327,19 +325,10 @@ class Ledger:
         )
 
     # -- the end ------------------------------------------------------------
-    async def write_manifest(self, path: Path) -> ManifestInfo:
-        from ..report import write_manifest
-
-        return await self._j.read(lambda j: write_manifest(j, path))
-
-    async def write_review(
-        self, out_dir: Path, *, name: str, job_file: str, summary: dict[str, Any]
-    ) -> Path:
-        from ..review import write_review
-
-        return await self._j.read(
-            lambda j: write_review(j, out_dir, name=name, job_file=job_file, summary=summary)
-        )
+    async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
+        """``consume(rows)`` on the journal's thread, the rows in file order: how the
+        manifest and the review page are written without a copy of the journal."""
+        return await self._j.read(lambda j: consume(j.iter_all()))
 
     def _transition(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..catalog import get_model
+from ..catalog.models import get_model
 from .connection import Connection
 from .states import JobState
 

@@ -20,11 +20,11 @@ from typing import Literal, Protocol
 
 from anyio.abc import ObjectSendStream
 
+from ..apixo.limits import ConcurrencyLimit, SlotsClosed, SlotsStranded
 from ..events import Emitter
-from ..forecast import expected_generation_s
 from ..journal import JobRow, JobState, Ledger
-from ..limits import ConcurrencyLimit, SlotsClosed, SlotsStranded
-from ..scheduler import CompletionModel
+from ..planning.completion import CompletionModel
+from ..planning.forecast import expected_generation_s
 from .stop import Level, Stop, StopKind, Stops
 
 __all__ = [

@@ -13,11 +13,11 @@ from ..errors import DownloadError, PathError
 from ..events import Emitter
 from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
-from ..paths import storage_failure
-from ..report import ManifestInfo, manifest_state
-from ..review import REVIEW_FILE
-from ..storage.location import Destination, S3Location
-from ..storage.outputs import Output
+from ..location import Destination, S3Location
+from ..outputs.output import Output
+from ..outputs.paths import storage_failure
+from ..reports.manifest import ManifestInfo, manifest_state, write_manifest
+from ..reports.review import REVIEW_FILE, write_review
 
 __all__ = [
     "MANIFEST",
@@ -27,6 +27,7 @@ __all__ = [
     "publish",
     "review_page",
     "same_output",
+    "write_manifest_from",
 ]
 
 MANIFEST = "manifest.jsonl"
@@ -59,9 +60,14 @@ async def close_books(ledger: Ledger, output: Output, refused: Callable[[str], N
     return books
 
 
+async def write_manifest_from(ledger: Ledger, path: Path) -> ManifestInfo:
+    """The manifest written from the journal's rows, on the journal's thread."""
+    return await ledger.read_rows(lambda rows: write_manifest(rows, path))
+
+
 async def _count(ledger: Ledger, manifest_path: Path) -> Books:
     try:
-        manifest = await ledger.write_manifest(manifest_path)
+        manifest = await write_manifest_from(ledger, manifest_path)
     except Exception as exc:
         why = storage_failure(exc)
         if why is None:
@@ -92,8 +98,11 @@ async def review_page(
     """The campaign's review page, written and published in the output; a failure to write
     or upload it costs a warning, not the run."""
     try:
-        await ledger.write_review(
-            output.local_dir, name=campaign.name, job_file=_shown(campaign.path), summary=summary
+        job_file = _shown(campaign.path)
+        await ledger.read_rows(
+            lambda rows: write_review(
+                rows, output.local_dir, name=campaign.name, job_file=job_file, summary=summary
+            )
         )
     except Exception as exc:
         emit("warning", message=f"{REVIEW_FILE} not written: {exc}")

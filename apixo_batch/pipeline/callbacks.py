@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from ..client import TaskStatus
+from ..apixo.client import TaskStatus
+from ..apixo.receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from ..errors import ApixoError
 from ..journal import Ledger
-from ..receiver import CallbackReceiver, HandlerResult, callback_url_with_token, new_token
 from .options import RunOptions
 
 __all__ = ["callback_token", "listen"]

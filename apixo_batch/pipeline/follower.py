@@ -23,17 +23,18 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from ..catalog import RESULT_TTL_S, get_model
-from ..client import ApixoClient, TaskStatus
+from ..apixo.client import ApixoClient, TaskStatus
+from ..apixo.limits import ConcurrencyLimit
+from ..apixo.receiver import HandlerResult
+from ..catalog.models import RESULT_TTL_S, get_model
 from ..clock import Clock, wait_until
 from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, JobState, Ledger
-from ..limits import ConcurrencyLimit
-from ..receiver import HandlerResult
-from ..scheduler import CompletionModel, PollScheduler, Tracked, clock_key
+from ..planning.completion import CompletionModel, clock_key
 from .admission import Permit
 from .lander import Fetch
+from .scheduler import PollScheduler, Tracked
 from .stop import Level, Stop, StopKind, Stops
 from .submitter import Submitted
 from .turnaround import Turnaround

@@ -26,8 +26,8 @@ from ..clock import Clock
 from ..errors import DownloadError, ResultExpired
 from ..events import Emitter
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
+from ..outputs.output import Incoming, LandedFile, Output
 from ..retry import Backoff
-from ..storage.outputs import Incoming, LandedFile, Output
 from .stop import Stop, StopKind, Stops
 
 __all__ = ["Fetch", "Lander"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 
+from ..apixo.limits import RequestBucket
+from ..apixo.secret import ApiKey
 from ..journal import Ledger
-from ..limits import RequestBucket
-from ..scheduler import CompletionModel
-from ..secret import ApiKey
+from ..planning.completion import CompletionModel
 
 __all__ = ["account_of", "remember_rate", "start_informed"]
 

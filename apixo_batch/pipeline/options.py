@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
 from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
 from ..exitcodes import ExitCode
-from ..limits import MAX_CONCURRENT_CAP, RPM_CAP
-from ..storage.location import Destination
+from ..location import Destination
 from .turnaround import TurnaroundStats
 
 __all__ = ["Mode", "Order", "RunOptions", "RunResult", "summary_dict"]

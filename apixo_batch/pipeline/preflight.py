@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..client import ApixoClient
+from ..apixo.client import ApixoClient
 from ..errors import ApiError, ApixoError, TransportError
 from ..events import Emitter
 from .stop import Stop, StopKind

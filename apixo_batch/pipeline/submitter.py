@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from ..client import ApixoClient
+from ..apixo.client import ApixoClient
+from ..apixo.limits import SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
-from ..limits import SlotsClosed
 from ..retry import Backoff
 from .admission import Admitted, Permit
 from .stop import Level, Stop, StopKind, Stops

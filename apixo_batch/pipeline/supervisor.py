@@ -25,23 +25,30 @@ import aiohttp
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..client import ApixoClient, TaskStatus
+from ..apixo.client import ApixoClient, TaskStatus
+from ..apixo.limits import ConcurrencyLimit, RequestBucket
+from ..apixo.receiver import HandlerResult, callback_url_with_token
+from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
-from ..forecast import forecast_run
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
-from ..limits import ConcurrencyLimit, RequestBucket
-from ..paths import check_file, check_folder, storage_failure
-from ..receiver import HandlerResult, callback_url_with_token
-from ..report import human_duration
-from ..scheduler import CompletionModel
-from ..secret import ApiKey
-from ..storage.outputs import open_output
+from ..outputs.output import open_output
+from ..outputs.paths import check_file, check_folder, storage_failure
+from ..planning.completion import CompletionModel
+from ..planning.forecast import forecast_run
+from ..reports.manifest import human_duration
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
-from .books import MANIFEST, bind_output, close_books, review_page, same_output
+from .books import (
+    MANIFEST,
+    bind_output,
+    close_books,
+    review_page,
+    same_output,
+    write_manifest_from,
+)
 from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
@@ -135,7 +142,7 @@ class Supervisor:
                 # manifest included, then the cancel goes on.
                 self.stops.request(Stop(StopKind.INTERRUPTED, "cancelled"))
                 with contextlib.suppress(Exception):
-                    await ledger.write_manifest(self.output.local_dir / MANIFEST)
+                    await write_manifest_from(ledger, self.output.local_dir / MANIFEST)
                 raise
             return await self._finish(ledger, synced, started)
         finally:

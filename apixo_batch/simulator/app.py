@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..catalog import get_model, validate_input
+from ..catalog.models import get_model, validate_input
 from .callbacks import CallbackSender
 from .config import SimConfig
 from .files import OUTCOME, FileRoute, drop_connection

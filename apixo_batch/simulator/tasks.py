@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..catalog import get_model
+from ..catalog.models import get_model
 from .config import SimConfig
 
 __all__ = ["FAIL_MESSAGES", "SimTask", "TaskBook", "loop_time"]

@@ -1,0 +1,317 @@
+"""The ``apixo-batch`` command line: parse, then call the Python API. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+from .. import __version__
+from ..defaults import ORDERS
+from ..exitcodes import ExitCode
+
+__all__ = ["build_parser", "main"]
+
+
+def _bounded_int(name: str, low: int, high: int) -> type[int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be between {low} and {high}, got {value}"
+            )
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
+def _positive_float(name: str) -> type[float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a finite number greater than 0, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits 2 on bad usage already, which is our "invalid command line" code;
+    # the message is one line that names the option, not the whole usage block.
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _add_no_review(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-review",
+        dest="review",
+        action="store_false",
+        help="do not write <out>/review.html at the end",
+    )
+
+
+def _add_order(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="longest",
+        help="which queued jobs start first: the longest expected generations (the "
+        "campaign ends sooner), or the job file's order (a priority list) [default: longest]",
+    )
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    # Here, not at the top: importing the limits imports asyncio, and until main() has
+    # installed its SIGTERM handler every millisecond of start-up is a window.
+    from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
+    from ..defaults import MAX_CONCURRENT, RPM
+
+    p.add_argument(
+        "--max-concurrent",
+        type=_bounded_int("--max-concurrent", 1, MAX_CONCURRENT_CAP),
+        default=MAX_CONCURRENT,
+        help=f"tasks in flight at once (at most {MAX_CONCURRENT_CAP}; default {MAX_CONCURRENT})",
+    )
+    p.add_argument(
+        "--rpm",
+        type=_bounded_int("--rpm", 1, RPM_CAP),
+        default=RPM,
+        help=f"API requests per minute (at most {RPM_CAP:,}; default {RPM:,})",
+    )
+
+
+def _add_api(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", default=None, help="API base URL [APIXO_BASE_URL]")
+    p.add_argument(
+        "--api-key-file", default=None, help="read the API key from this file [APIXO_API_KEY]"
+    )
+
+
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    from ..defaults import STATE_FILE  # here, not at the top: see _add_limits
+
+    p.add_argument("jobfile", help="the campaign's job file (YAML)")
+    p.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    p.add_argument("--state", default=None, help=f"journal path (default <out>/{STATE_FILE})")
+    if command == "status":
+        p.add_argument("--json", action="store_true", help="the journal's state as one JSON object")
+        p.add_argument("-q", "--quiet", action="store_true", help="accepted; no effect on status")
+        p.add_argument("-v", "--verbose", action="store_true", help="accepted; no effect on status")
+        p.add_argument(
+            "--time-scale",
+            type=_positive_float("--time-scale"),
+            default=1.0,
+            help="multiply the 48 h threshold of 'expires soon' (default 1.0)",
+        )
+        return
+    p.add_argument(
+        "--json", action="store_true", help="JSON lines on stdout: every event, then a summary"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings, failures and the summary"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every event, the summary last, as JSON lines on stderr",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=_positive_float("--time-scale"),
+        default=1.0,
+        help="multiply every built-in wait: first poll, poll interval, backoff, the pause of "
+        "a 429 without Retry-After, the 15-day result expiry; for the simulator "
+        "(default 1.0)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..defaults import MAX_WAIT_MIN  # here, not at the top: see _add_limits
+
+    parser = _Parser(
+        prog="apixo-batch",
+        description="Turn a job file of video generations into MP4 files through APIXO.",
+    )
+    parser.add_argument("--version", action="version", version=f"apixo-batch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the campaign to the end")
+    _add_common(run, "run")
+    _add_api(run)
+    _add_limits(run)
+    run.add_argument("--callback-url", default=None, help="public URL APIXO posts results to")
+    run.add_argument("--listen", default=None, help="HOST:PORT of the built-in callback receiver")
+    run.add_argument(
+        "--budget", type=_positive_float("--budget"), default=None, help="spend cap in USD"
+    )
+    run.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="submit even when the balance cannot cover the whole campaign",
+    )
+    run.add_argument(
+        "--max-wait",
+        type=_positive_float("--max-wait"),
+        default=MAX_WAIT_MIN,
+        help="minutes to follow one task in this run before leaving it pending "
+        f"(default {MAX_WAIT_MIN:g})",
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="submit again jobs whose task failed"
+    )
+    _add_order(run)
+    _add_no_review(run)
+
+    plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
+    plan.add_argument("jobfile", help="the campaign's job file (YAML)")
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    _add_limits(plan)
+    _add_order(plan)
+
+    status = sub.add_parser("status", help="what the journal knows")
+    _add_common(status, "status")
+
+    download = sub.add_parser("download", help="fetch results not on disk yet")
+    _add_common(download, "download")
+    _add_api(download)
+    _add_limits(download)
+    download.add_argument(
+        "--max-wait",
+        type=_positive_float("--max-wait"),
+        default=MAX_WAIT_MIN,
+        help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
+    )
+    _add_no_review(download)
+
+    review = sub.add_parser(
+        "review", help="write <out>/review.html: every job as a card, videos playable"
+    )
+    review.add_argument("jobfile", help="the campaign's job file (YAML)")
+    review.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    review.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+
+    sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument(
+        "--port",
+        type=_bounded_int("--port", 0, 65535),
+        default=8787,
+        help="port to listen on; 0 picks a free one (default 8787)",
+    )
+    sim.add_argument(
+        "--time-scale",
+        type=_positive_float("--time-scale"),
+        default=None,
+        help="multiply every generation time and expiry (default: the config's, else 1.0)",
+    )
+    sim.add_argument("--config", default=None, help="simulator settings (YAML)")
+    sim.add_argument(
+        "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"
+    )
+    return parser
+
+
+@contextmanager
+def _terminate_is_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, until a command installs its own.
+
+    A run installs handlers that stop submits and write the manifest; before that
+    (imports, loading the job file, syncing the journal) nothing has been sent, and
+    a CI cancel then should still end in 130 with a message, not a signal death.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        # None: the handler was not set from Python (an embedding host); leave ours.
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with _terminate_is_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print("apixo-batch: interrupted", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except Exception as exc:
+            return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """What nothing else caught: one line, never a traceback, unless asked for one."""
+    import os
+
+    from ..apixo.secret import redact_env
+    from ..outputs.paths import storage_failure
+
+    if os.environ.get("APIXO_BATCH_DEBUG"):
+        raise exc
+    why = storage_failure(exc)
+    if why is not None:
+        print(f"apixo-batch: {redact_env(why)}", file=sys.stderr)
+        return ExitCode.IO_ERROR
+    print(
+        f"apixo-batch: internal error: {type(exc).__name__}: {redact_env(str(exc))} (a bug: "
+        "please report it; APIXO_BATCH_DEBUG=1 shows the traceback). The journal keeps "
+        "what was paid: the same command resumes",
+        file=sys.stderr,
+    )
+    return ExitCode.SOFTWARE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    command: str = args.command
+    if command == "plan":
+        from .plan import plan_command
+
+        return plan_command(args)
+    if command == "simulate":
+        from ..simulator import simulate_command
+
+        return simulate_command(args)
+    if command in ("run", "status", "download", "review"):
+        from .commands import campaign_command
+
+        try:
+            return campaign_command(args)
+        except KeyboardInterrupt:
+            # Outside the run itself (whose handlers stop it cleanly): nothing is on the wire.
+            print(
+                "apixo-batch: interrupted outside the run; nothing was sent meanwhile, "
+                "and the same command goes on from the journal",
+                file=sys.stderr,
+            )
+            return ExitCode.INTERRUPTED
+    print(f"unknown command {command}", file=sys.stderr)
+    return ExitCode.INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

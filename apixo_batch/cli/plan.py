@@ -1,0 +1,190 @@
+"""``apixo-batch plan``: the plan printed as a table on a terminal, as plain aligned text
+in a pipe, or as one JSON object (the figures come from :mod:`apixo_batch.planning.plan`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ..errors import JobFileError
+from ..exitcodes import ExitCode
+from ..jobs import load_campaign
+from ..planning.plan import Plan, make_plan
+
+__all__ = ["format_text", "plan_command"]
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """``apixo-batch plan JOBFILE``: print the plan (exit 0) or the file's problems (exit 2)."""
+    try:
+        campaign = load_campaign(args.jobfile, out_dir=getattr(args, "out", None))
+    except JobFileError as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.INVALID
+    plan = make_plan(
+        campaign,
+        max_concurrent=args.max_concurrent,
+        rpm=args.rpm,
+        order=getattr(args, "order", "longest"),
+    )
+    if args.json:
+        print(json.dumps(plan.to_dict(), ensure_ascii=False))
+    elif sys.stdout.isatty():
+        _print_rich(plan, sys.stdout)
+    else:
+        sys.stdout.write(format_text(plan))
+    return ExitCode.OK
+
+
+_HEADERS = ("model", "mode", "duration", "tier", "jobs", "output", "price/s", "cost")
+_RIGHT = {"duration", "jobs", "output", "price/s", "cost"}
+
+
+def _cells(plan: Plan) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        (
+            row.model,
+            row.mode,
+            f"{row.duration} s",
+            row.tier,
+            f"{row.jobs:,}",
+            f"{row.output_seconds:,} s",
+            "unknown" if row.price_per_second is None else f"${row.price_per_second:.3f}",
+            "unknown" if row.cost_usd is None else _usd(row.cost_usd),
+        )
+        for row in plan.rows
+    ]
+    rows.append(
+        (
+            "total",
+            "",
+            "",
+            "",
+            f"{plan.jobs:,}",
+            f"{plan.output_seconds:,} s",
+            "",
+            # The table keeps it short; the summary below says how many prices are unknown.
+            _usd(plan.known_cost_usd)
+            if not plan.unknown_cost_jobs
+            else f"≥ {_usd(plan.known_cost_usd)}",
+        )
+    )
+    return rows
+
+
+def format_text(plan: Plan) -> str:
+    """The plan as plain aligned text: no colour, no escape codes (for pipes and logs)."""
+    table: list[tuple[str, ...]] = [tuple(h.upper() for h in _HEADERS), *_cells(plan)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
+    lines = [_header_line(plan), ""]
+    for line in table:
+        cells = (
+            cell.rjust(width) if name in _RIGHT else cell.ljust(width)
+            for cell, width, name in zip(line, widths, _HEADERS, strict=True)
+        )
+        lines.append("  ".join(cells).rstrip())
+    lines += ["", *_summary_lines(plan)]
+    return "\n".join(lines) + "\n"
+
+
+def _print_rich(plan: Plan, stream: TextIO) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    # rich turns colour off by itself when NO_COLOR is set.
+    console = Console(file=stream, no_color="NO_COLOR" in os.environ or None)
+    table = Table(title=_header_line(plan), title_justify="left", box=box.SIMPLE_HEAD)
+    for name in _HEADERS:
+        if name in _RIGHT:
+            table.add_column(name, justify="right", no_wrap=True)
+        else:
+            table.add_column(name, no_wrap=True)
+    cells = _cells(plan)
+    for line in cells[:-1]:
+        table.add_row(*line)
+    table.add_section()
+    table.add_row(*cells[-1], style="bold")
+    if (
+        Measurement.get(console, console.options.update_width(10_000), table).maximum
+        > console.width
+    ):
+        # Too narrow for the table: plain columns read better than "standar…" cut short.
+        stream.write(format_text(plan))
+        return
+    console.print(table)
+    for text in _summary_lines(plan):
+        console.print(text, highlight=False, markup=False)
+
+
+def _header_line(plan: Plan) -> str:
+    return f"Campaign {plan.name!r}: {plan.jobs:,} jobs from {_shown(plan.job_file)}"
+
+
+def _summary_lines(plan: Plan) -> list[str]:
+    lines = [
+        f"Output video:   {plan.output_seconds:,} s ({_duration(plan.output_seconds)})"
+        f" in {plan.jobs:,} files",
+        f"Estimated cost: {_cost(plan)}",
+    ]
+    if plan.unknown_price_models:
+        models = ", ".join(plan.unknown_price_models)
+        lines.append(f"                (no published price for {models}: add them under prices:)")
+    reason = {
+        "concurrency": f"the concurrency limit (--max-concurrent {plan.max_concurrent:,})",
+        "rate": f"the request rate (--rpm {plan.rpm:,})",
+        "longest task": "the longest single task",
+    }[plan.bound]
+    lines += [
+        f"Estimated time: about {_duration(plan.wall_time_s)}, set by {reason}"
+        f" ({'longest generations first' if plan.order == 'longest' else 'file order'})",
+        f"  concurrency:  {_duration(plan.concurrency_bound_s)}"
+        f"  (task time / {plan.max_concurrent:,} in flight)",
+        f"  request rate: {_duration(plan.rate_bound_s)}"
+        f"  ({plan.requests:,} requests / {plan.rpm:,} per minute)",
+        f"  longest task: up to {_duration(plan.longest_task_s)}",
+        f"Output folder:  {plan.output_dir}"
+        if isinstance(plan.output_dir, Path)
+        else f"Output:         {plan.output_dir} (object storage)",
+    ]
+    return lines
+
+
+def _cost(plan: Plan) -> str:
+    if plan.unknown_cost_jobs == 0:
+        return _usd(plan.known_cost_usd)
+    jobs = plan.unknown_cost_jobs
+    return (
+        f"≥ {_usd(plan.known_cost_usd)} + {jobs:,} job{'s' if jobs != 1 else ''} of unknown price"
+    )
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def _duration(seconds: float) -> str:
+    """45 s, 2 min 5 s, 3 h 12 min, 2 d 3 h: precise enough for an estimate."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

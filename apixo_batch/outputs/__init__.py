@@ -1,0 +1,1 @@
+"""Where results land: the fetch of a result URL, local ``.part`` files, and object storage."""

@@ -1,0 +1,221 @@
+"""What a run shows and leaves behind: the manifest, the summary, event lines.
+
+The manifest is written from the journal, in job-file order, atomically
+(temp file, fsync, rename), at the end of every run and on interrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ..events import Event
+from ..journal import JobRow, JobState
+
+__all__ = [
+    "ManifestInfo",
+    "human_duration",
+    "manifest_entry",
+    "manifest_state",
+    "render_summary",
+    "write_manifest",
+]
+
+
+def manifest_state(state: JobState) -> str:
+    """The four states a manifest knows: done, failed, expired, pending."""
+    if state in (JobState.DONE, JobState.FAILED, JobState.EXPIRED):
+        return state.value
+    return "pending"
+
+
+def _iso(ts: float | None) -> str | None:
+    # A journal written by a version that let --time-scale be inf holds inf expiries.
+    if ts is None or not math.isfinite(ts):
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def manifest_entry(row: JobRow) -> dict[str, Any]:
+    """One job's line in manifest.jsonl."""
+    entry: dict[str, Any] = {
+        "id": row.id,
+        "model": row.model,
+        "state": manifest_state(row.state),
+        "task_id": row.task_id,
+        "files": list(row.files),
+        "bytes": row.bytes,
+        "sha256": list(row.sha256),
+        "fail_code": row.fail_code,
+        "fail_msg": row.fail_msg,
+        "cost_time_ms": row.cost_time_ms,
+        "result_urls": list(row.result_urls),
+        "expires_at": _iso(row.expires_at),
+        "estimated_cost_usd": row.cost_usd,
+        "arrived_via": row.arrived_via,
+        "possibly_duplicated": row.possibly_duplicated,
+    }
+    if not row.in_file:
+        entry["in_job_file"] = False
+    if row.changed_input_hash:
+        entry["input_changed_after_submit"] = True
+    return entry
+
+
+@dataclass
+class ManifestInfo:
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    arrived: dict[str, int] = field(default_factory=dict)
+    fail_codes: dict[str, list[str]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
+    """Write ``path`` atomically from the journal's rows (file order); returns counts for
+    the summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter({"done": 0, "failed": 0, "expired": 0, "pending": 0})
+    arrived: Counter[str] = Counter()
+    fails: dict[str, list[str]] = defaultdict(list)
+    per_model: dict[str, Counter[str]] = defaultdict(Counter)
+    # Not mkstemp: its 0600 would make the manifest unreadable to whoever may read the
+    # videos beside it. Created like them, with the process's umask.
+    tmp = str(path.parent / f".manifest-{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row in rows:
+                if not row.in_file and row.task_id is None:
+                    continue  # removed from the file before it cost anything
+                entry = manifest_entry(row)
+                # ASCII output keeps json on its C encoder (bench/scaling.py writes 100k rows).
+                out.write(json.dumps(entry) + "\n")
+                counts[entry["state"]] += 1
+                per_model[row.model][entry["state"]] += 1
+                if row.arrived_via:
+                    arrived[row.arrived_via] += 1
+                if entry["state"] in ("failed", "expired"):
+                    fails[row.fail_code or "UNKNOWN"].append(row.id)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ManifestInfo(
+        path, dict(counts), dict(arrived), dict(fails), {m: dict(c) for m, c in per_model.items()}
+    )
+
+
+def human_duration(seconds: float) -> str:
+    """``2 h 5 min``, ``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
+    """The plain end-of-run summary for people (stderr)."""
+    out = out or sys.stderr
+    counts = summary.get("counts", {})
+    line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "failed", "expired", "pending"))
+    print(f"\napixo-batch: {summary.get('jobs', 0)} jobs: {line}", file=out)
+    rpt = summary.get("requests_per_task")
+    print(
+        f"  submitted {summary.get('submitted', 0)} this run, "
+        f"{summary.get('requests', 0)} API requests"
+        + (f" ({rpt} per task)" if rpt is not None else "")
+        + f", {summary.get('rate_limited', 0)} rate-limited, {summary.get('retries', 0)} retried",
+        file=out,
+    )
+    took = f"  took {human_duration(float(summary.get('wall_s') or 0.0))}"
+    if summary.get("planned_wall_s") is not None:
+        took += f", planned {human_duration(float(summary['planned_wall_s']))}"
+    turnaround = summary.get("slot_turnaround_s")
+    if turnaround:
+        took += (
+            f"; a freed slot's next submit left after {turnaround['p50']:.3f} s "
+            f"(p50), {turnaround['p90']:.3f} s (p90)"
+        )
+    print(took, file=out)
+    if summary.get("learned_rpm"):
+        print(
+            f"  the account answered 429 above ~{summary['learned_rpm']:,} requests/min: "
+            "the next run starts just under it",
+            file=out,
+        )
+    if summary.get("learned_slots"):
+        print(
+            f"  the account held about {summary['learned_slots']:,} tasks at once "
+            "(submits over it were answered 429 and waited for a slot)",
+            file=out,
+        )
+    per_model = summary.get("per_model") or {}
+    if len(per_model) > 1 or any(set(c) - {"done"} for c in per_model.values()):
+        width = max(len(m) for m in per_model)
+        states = ("done", "failed", "expired", "pending")
+        print("  " + "model".ljust(width) + "".join(f"{s:>9}" for s in states), file=out)
+        for model in sorted(per_model):
+            c = per_model[model]
+            print(
+                "  " + model.ljust(width) + "".join(f"{c.get(s, 0):>9}" for s in states), file=out
+            )
+    spent = summary.get("spent_usd", 0.0)
+    unknown = summary.get("unknown_price_jobs", 0)
+    cost = f"  estimated spend ${spent:.2f}"
+    if unknown:
+        cost += f" + {unknown} job(s) of unknown price"
+    print(cost, file=out)
+    if summary.get("possibly_duplicated"):
+        print(
+            f"  {summary['possibly_duplicated']} job(s) possibly submitted twice "
+            "(a submit was cut off before its answer was journaled)",
+            file=out,
+        )
+    arrived = summary.get("arrived") or {}
+    if arrived:
+        print(
+            "  results arrived by " + ", ".join(f"{k}: {v}" for k, v in arrived.items()), file=out
+        )
+    counts_by_code = summary.get("fail_counts") or {}
+    for code, ids in (summary.get("fail_codes") or {}).items():
+        n = counts_by_code.get(code, len(ids))
+        more = f", ... ({n} in all)" if n > len(ids) else ""
+        print(f"  {code} x{n}: {', '.join(ids)}{more}", file=out)
+    for job in summary.get("input_changed") or []:
+        print(f"  warning: job {job} changed after it was submitted", file=out)
+    if summary.get("never_submitted"):
+        print(
+            f"  {summary['never_submitted']} pending job(s) were never submitted: "
+            "`apixo-batch run` submits them (`download` only fetches what was)",
+            file=out,
+        )
+    if summary.get("stop_reason"):
+        print(f"  stopped submitting: {summary['stop_reason']}", file=out)
+    if summary.get("interrupted"):
+        print("  interrupted: run the same command again to resume", file=out)
+    if summary.get("manifest"):
+        print(f"  files in {summary.get('output_dir')}, manifest {summary['manifest']}", file=out)
+
+
+_EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def event_line(event: Event) -> str:
+    """One ``--json`` line."""
+    # One encoder for every event: json.dumps builds a new one per call when given options.
+    return _EVENT_ENCODER.encode(event.as_dict())

@@ -1,0 +1,159 @@
+"""The API key never prints, and is loaded only from the environment or a key file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+
+from apixo_batch.apixo.secret import ApiKey, load_api_key, redact
+
+KEY = "sk-live-QX7distinctive-never-print-4242"
+
+
+def test_str_repr_and_format_mask_the_key() -> None:
+    """Every ordinary way of turning the key into text shows a mask."""
+    key = ApiKey(KEY)
+    renderings = [
+        str(key),
+        repr(key),
+        format(key),
+        format(key, ">60"),
+        f"{key}",
+        f"{key!r}",
+        f"{key!s}",
+        f"{key:s}",
+        "%s" % key,  # noqa: UP031  (the old style must be safe too)
+        "%r" % key,  # noqa: UP031
+        "{}".format(key),  # noqa: UP032
+        str([key]),
+        str({"key": key}),
+    ]
+    for text in renderings:
+        assert KEY not in text
+        assert "***" in text
+
+
+def test_logging_the_key_shows_a_mask(caplog: pytest.LogCaptureFixture) -> None:
+    """Logging the key, by %s, %r or in a structure, never writes it."""
+    log = logging.getLogger("apixo_batch.test")
+    key = ApiKey(KEY)
+    with caplog.at_level(logging.DEBUG, logger="apixo_batch.test"):
+        log.info("key=%s", key)
+        log.warning("key=%r", key)
+        log.error("config %s", {"api_key": key})
+    assert len(caplog.records) == 3
+    assert KEY not in caplog.text
+
+
+def test_pickling_is_refused() -> None:
+    """The key cannot be pickled (and so not copied to disk or another process by accident)."""
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(ApiKey(KEY))
+    with pytest.raises(TypeError):
+        copy.deepcopy(ApiKey(KEY))
+
+
+def test_json_serialization_is_refused() -> None:
+    """json.dumps refuses the key rather than writing it into a manifest or journal."""
+    with pytest.raises(TypeError):
+        json.dumps({"key": ApiKey(KEY)})
+
+
+def test_no_instance_dict_exposes_the_value() -> None:
+    """The key is slotted: vars() has nothing to print."""
+    with pytest.raises(TypeError):
+        vars(ApiKey(KEY))
+
+
+def test_reveal_and_bearer_give_the_key() -> None:
+    """Only reveal() and bearer() (for the Authorization header) give the value."""
+    key = ApiKey(KEY)
+    assert key.reveal() == KEY
+    assert key.bearer() == f"Bearer {KEY}"
+
+
+def test_key_is_stripped() -> None:
+    """Surrounding whitespace (a key file's trailing newline) is not part of the key."""
+    assert ApiKey(f"  {KEY}\n").reveal() == KEY
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_empty_key_is_refused(value: str) -> None:
+    """An empty or blank key is an error, not an anonymous request."""
+    with pytest.raises(ValueError, match="empty"):
+        ApiKey(value)
+
+
+def test_equality_and_hash_follow_the_value() -> None:
+    """Two keys with the same value are equal and hash alike; a string is not a key."""
+    assert ApiKey(KEY) == ApiKey(KEY)
+    assert hash(ApiKey(KEY)) == hash(ApiKey(KEY))
+    assert ApiKey(KEY) != ApiKey(KEY + "x")
+    assert ApiKey(KEY) != KEY
+
+
+def test_load_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """APIXO_API_KEY is read (and stripped) when no key file is given."""
+    monkeypatch.setenv("APIXO_API_KEY", f" {KEY} ")
+    key = load_api_key()
+    assert key is not None
+    assert key.reveal() == KEY
+
+
+def test_load_api_key_from_a_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable name can be chosen."""
+    monkeypatch.setenv("OTHER_KEY_VAR", KEY)
+    key = load_api_key(env="OTHER_KEY_VAR")
+    assert key == ApiKey(KEY)
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_load_api_key_missing_is_none(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    """No (or a blank) variable and no file: None, for the CLI to report."""
+    if value is None:
+        monkeypatch.delenv("APIXO_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("APIXO_API_KEY", value)
+    assert load_api_key() is None
+
+
+def test_load_api_key_from_file(tmp_path: Path) -> None:
+    """--api-key-file is read as text, its trailing newline dropped."""
+    path = tmp_path / "apixo.key"
+    path.write_text(KEY + "\n", encoding="utf-8")
+    key = load_api_key(path)
+    assert key is not None
+    assert key.reveal() == KEY
+    assert load_api_key(str(path)) == key
+
+
+def test_key_file_wins_over_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit key file takes precedence over the environment."""
+    monkeypatch.setenv("APIXO_API_KEY", "sk-from-env")
+    path = tmp_path / "apixo.key"
+    path.write_text(KEY, encoding="utf-8")
+    assert load_api_key(path) == ApiKey(KEY)
+
+
+def test_empty_key_file_is_refused(tmp_path: Path) -> None:
+    """A key file holding only whitespace is an error."""
+    path = tmp_path / "apixo.key"
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        load_api_key(path)
+
+
+def test_redact_replaces_every_occurrence() -> None:
+    """redact masks the key wherever it appears in a text."""
+    text = f"Authorization: Bearer {KEY}; again {KEY}"
+    assert redact(text, ApiKey(KEY)) == "Authorization: Bearer ***; again ***"
+
+
+def test_redact_without_key_returns_text() -> None:
+    """With no key there is nothing to hide."""
+    assert redact("plain text", None) == "plain text"

@@ -1,0 +1,379 @@
+"""The lander alone, on a FakeClock: a fake file host in place of download_file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from stagefakes import (
+    Recorder,
+    drive,
+    ledger_journal,
+    memory_ledger,
+    new_job,
+    row,
+    succeeded_row,
+)
+
+from apixo_batch.clock import FakeClock
+from apixo_batch.errors import DownloadError, ResultExpired
+from apixo_batch.journal import JobState, Ledger
+from apixo_batch.outputs.download import Downloaded
+from apixo_batch.outputs.output import LocalOutput
+from apixo_batch.pipeline.lander import Fetch, Lander
+from apixo_batch.retry import Backoff
+
+FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
+
+
+def _urls(job_id: str, n: int = 1) -> tuple[str, ...]:
+    return tuple(f"http://127.0.0.1:9/files/{job_id}/{k}.mp4" for k in range(n))
+
+
+def _content(url: str) -> bytes:
+    return b"\x00\x00\x00\x18ftypmp42" + url.encode()
+
+
+def _write(dest: Path, data: bytes) -> None:
+    dest.write_bytes(data)  # a few bytes to a tmp_path: no need for a thread
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+class FakeHost:
+    """Stands in for ``download_file``: each URL's bytes land at ``dest`` after a second
+    of fake time, unless a fault is set for it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path, bool]] = []
+        self.faults: dict[str, Exception] = {}
+        self.busy = self.peak = 0
+
+    def fetched(self, url: str) -> int:
+        return sum(1 for u, _, _ in self.calls if u == url)
+
+    async def __call__(
+        self,
+        session: Any,
+        url: str,
+        dest: Path,
+        *,
+        clock: FakeClock,
+        backoff: Backoff | None = None,
+        chunk_size: int = 1 << 20,
+        fresh: bool = False,
+    ) -> Downloaded:
+        """``download_file``'s signature (a keyword it does not know would fail here too)."""
+        self.calls.append((url, dest, fresh))
+        self.busy += 1
+        self.peak = max(self.peak, self.busy)
+        try:
+            await clock.sleep(1.0)
+        finally:
+            self.busy -= 1
+        fault = self.faults.get(url)
+        if fault is not None:
+            raise fault
+        data = _content(url)
+        _write(dest, data)
+        return Downloaded(dest, len(data), hashlib.sha256(data).hexdigest(), resumed=0)
+
+
+@pytest.fixture
+def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
+    fake = FakeHost()
+    monkeypatch.setattr("apixo_batch.outputs.output.download_file", fake)
+    return fake
+
+
+def _lander(
+    ledger: Ledger, clock: FakeClock, out: Path, workers: int = 2, patience_s: float = 1800.0
+) -> tuple[Lander, Recorder]:
+    events = Recorder()
+    lander = Lander(
+        ledger,
+        None,  # type: ignore[arg-type]  # the fake host needs no session
+        output=LocalOutput(out),
+        clock=clock,
+        emit=events.emitter(clock),
+        backoff=FAST,
+        workers=workers,
+        patience_s=patience_s,
+    )
+    return lander, events
+
+
+async def _land(lander: Lander, clock: FakeClock, fetches: list[Fetch]) -> None:
+    """Send ``fetches`` as the follower would, close, and run the lander to its end."""
+    tx, rx = anyio.create_memory_object_stream[Fetch](len(fetches))
+    with tx:
+        for f in fetches:
+            tx.send_nowait(f)
+    await drive(clock, lander.run(rx))
+
+
+def _fetch(ledger: Ledger, job_id: str, *, fresh: bool = True) -> Fetch:
+    r = row(ledger, job_id)
+    return Fetch(r.id, r.model, r.filename, r.result_urls, fresh=fresh)
+
+
+async def test_results_land_and_the_job_is_journaled_done(tmp_path: Path, host: FakeHost) -> None:
+    """Every result of the job on disk, under its names; `done` with files, bytes, hashes."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    urls = _urls("job-0", 2)
+    await succeeded_row(ledger, clock, "job-0", urls)
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    stored = row(ledger, "job-0")
+    assert stored.state is JobState.DONE
+    assert stored.files == ("job-0.mp4", "job-0-2.mp4")
+    assert stored.bytes == sum(len(_content(u)) for u in urls)
+    assert stored.sha256 == tuple(hashlib.sha256(_content(u)).hexdigest() for u in urls)
+    assert (tmp_path / "job-0-2.mp4").read_bytes() == _content(urls[1])
+    assert [(u, d.name, fresh) for u, d, fresh in host.calls] == [
+        (urls[0], "job-0.mp4", True),
+        (urls[1], "job-0-2.mp4", True),
+    ]
+    [downloaded] = events.of("downloaded")
+    assert (downloaded.job_id, downloaded.data["files"]) == ("job-0", list(stored.files))
+    assert lander.busy == 0 and lander.retries == 0
+
+
+async def test_the_same_job_from_feeder_and_follower_is_fetched_once(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """The follower's fresh Fetch and the feeder's journal row of the same job: one download."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    for i in range(3):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    lander, events = _lander(ledger, clock, tmp_path, workers=3)
+    tx, rx = anyio.create_memory_object_stream[Fetch](10)
+    feeder_tx = tx.clone()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            with tx:
+                await tx.send(_fetch(ledger, "job-1"))  # the follower's, ahead of the feeder
+                tg.create_task(lander.feed(feeder_tx))
+                tg.create_task(lander.run(rx))
+                await clock.sleep(0.5)  # every worker is busy with a download
+
+    await drive(clock, main())
+    for i in range(3):
+        assert host.fetched(_urls(f"job-{i}")[0]) == 1
+        assert row(ledger, f"job-{i}").state is JobState.DONE
+    fresh = {u.split("/")[-2]: f for u, _, f in host.calls}
+    assert fresh == {"job-0": False, "job-1": True, "job-2": False}  # job-1: the follower's
+    assert events.of("warning") == []
+
+
+async def test_downloads_run_on_as_many_workers_as_configured(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """Five results of a second each on two workers: two at a time, three seconds in all."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(5)])
+    for i in range(5):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    lander, _ = _lander(ledger, clock, tmp_path, workers=2)
+    started = clock.monotonic()
+    await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(5)])
+    assert clock.monotonic() - started == 3.0 and host.peak == 2
+    assert {row(ledger, f"job-{i}").state for i in range(5)} == {JobState.DONE}
+
+
+async def test_a_name_another_job_holds_is_never_written(tmp_path: Path, host: FakeHost) -> None:
+    """Job a's second result would be a-2.mp4, job a-2's name: nothing lands, one warning
+    names both jobs, and job a stays `succeeded`."""
+    clock = FakeClock()
+    jobs = [
+        dataclasses.replace(new_job(0), filename="a.mp4"),
+        dataclasses.replace(new_job(1), filename="a-2.mp4"),
+    ]
+    ledger = await memory_ledger(clock, jobs)
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0", 2))
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    [warning] = events.of("warning")
+    assert warning.job_id == "job-0"
+    assert "job job-0" in warning.data["message"]
+    assert "a-2.mp4 (job job-1's file)" in warning.data["message"]
+    assert host.calls == [] and _listing(tmp_path) == []
+    stored = row(ledger, "job-0")
+    assert (stored.state, stored.files) == (JobState.SUCCEEDED, ())
+    assert events.of("downloaded") == []
+
+
+async def test_an_expired_second_result_journals_expired_keeping_the_first(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """ResultExpired on the second URL: `expired`, the first file kept and journaled."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    urls = _urls("job-0", 2)
+    await succeeded_row(ledger, clock, "job-0", urls)
+    host.faults[urls[1]] = ResultExpired("the file host answered 410 for 1.mp4")
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    stored = row(ledger, "job-0")
+    assert (stored.state, stored.fail_code) == (JobState.EXPIRED, "RESULT_EXPIRED")
+    assert "410" in (stored.fail_msg or "")
+    assert stored.files == ("job-0.mp4",)
+    assert stored.sha256 == (hashlib.sha256(_content(urls[0])).hexdigest(),)
+    assert stored.bytes == len(_content(urls[0]))
+    assert (tmp_path / "job-0.mp4").exists() and not (tmp_path / "job-0-2.mp4").exists()
+    [expired] = events.of("expired")
+    assert expired.job_id == "job-0"
+    assert events.of("downloaded") == [] and lander.retries == 0
+
+
+async def test_a_download_error_leaves_the_job_succeeded_with_what_landed(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """DownloadError on the second URL: still `succeeded`, the first file journaled, and a
+    "retried" event for `download`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    urls = _urls("job-0", 2)
+    await succeeded_row(ledger, clock, "job-0", urls)
+    host.faults[urls[1]] = DownloadError("gave up after 6 attempts (HTTP 503)")
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    stored = row(ledger, "job-0")
+    assert stored.state is JobState.SUCCEEDED and stored.result_urls == urls
+    assert stored.files == ("job-0.mp4",)
+    assert stored.sha256 == (hashlib.sha256(_content(urls[0])).hexdigest(),)
+    [retried] = events.of("retried")
+    assert (retried.job_id, retried.data["call"]) == ("job-0", "download")
+    assert "gave up" in retried.data["error"]
+    assert lander.retries == 1 and events.of("downloaded") == []
+
+
+async def test_a_download_error_on_the_first_result_journals_no_files(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """Nothing landed: the job stays `succeeded` as it was, left for `download`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    urls = _urls("job-0", 2)
+    await succeeded_row(ledger, clock, "job-0", urls)
+    host.faults[urls[0]] = DownloadError("host down")
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    stored = row(ledger, "job-0")
+    assert (stored.state, stored.files) == (JobState.SUCCEEDED, ())
+    assert host.fetched(urls[1]) == 0  # the second is not tried after the first failed
+    assert len(events.of("retried")) == 1
+
+
+async def test_one_results_trouble_does_not_stop_the_others(tmp_path: Path, host: FakeHost) -> None:
+    """An unexpected error in one job's landing: a warning; the other jobs still land."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    for i in range(3):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    host.faults[_urls("job-1")[0]] = RuntimeError("boom")
+    lander, events = _lander(ledger, clock, tmp_path, workers=1)
+    await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(3)])
+    assert [row(ledger, f"job-{i}").state for i in range(3)] == [
+        JobState.DONE,
+        JobState.SUCCEEDED,
+        JobState.DONE,
+    ]
+    [warning] = events.of("warning")
+    assert warning.job_id == "job-1" and "boom" in warning.data["message"]
+
+
+async def test_the_lander_returns_when_both_senders_have_closed(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """One sender closed: the lander still lands what the other sends; both closed: it ends."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(2)])
+    for i in range(2):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    lander, _ = _lander(ledger, clock, tmp_path)
+    follower_tx, rx = anyio.create_memory_object_stream[Fetch](10)
+    feeder_tx = follower_tx.clone()
+
+    async def main() -> None:
+        running = asyncio.ensure_future(lander.run(rx))
+        with follower_tx:
+            feeder_tx.send_nowait(_fetch(ledger, "job-0", fresh=False))
+            feeder_tx.close()
+            await clock.sleep(5.0)
+            assert not running.done()  # the follower's side is still open
+            assert row(ledger, "job-0").state is JobState.DONE
+            await follower_tx.send(_fetch(ledger, "job-1"))
+            await clock.sleep(5.0)
+            assert row(ledger, "job-1").state is JobState.DONE
+            assert not running.done()
+        await clock.sleep(0.1)
+        assert running.done()
+        await running
+
+    await drive(clock, main())
+
+
+async def test_the_feeder_sends_every_succeeded_job_in_file_order(tmp_path: Path) -> None:
+    """The feeder pages through `succeeded` jobs (gone from the file or not), then closes."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(4)])
+    for i in (3, 0, 2):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    ledger_journal(ledger).sync([new_job(i) for i in range(3)], clock.wall())  # job-3 gone
+    assert not row(ledger, "job-3").in_file
+    lander, _ = _lander(ledger, clock, tmp_path)
+    tx, rx = anyio.create_memory_object_stream[Fetch](10)
+    await drive(clock, lander.feed(tx))
+    with rx:
+        got = [f async for f in rx]  # ends: the feeder closed its side
+    assert [f.id for f in got] == ["job-0", "job-2", "job-3"]
+    assert all(not f.fresh for f in got)
+    assert got[0].result_urls == _urls("job-0")
+
+
+class _Outage:
+    """The file host refuses connections for the first ``n`` attempts of every URL."""
+
+    def __init__(self, host: FakeHost, n: int) -> None:
+        self.host, self.n = host, n
+        self.seen: dict[str, int] = {}
+
+    async def __call__(self, session: Any, url: str, dest: Path, **kw: Any) -> Downloaded:
+        self.seen[url] = self.seen.get(url, 0) + 1
+        if self.seen[url] <= self.n:
+            await kw["clock"].sleep(1.0)
+            raise DownloadError(f"{url}: gave up (ClientConnectorError)", unreachable=True)
+        return await self.host(session, url, dest, **kw)
+
+
+@pytest.mark.parametrize(("patience", "landed"), [(600.0, True), (5.0, False)])
+async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch, patience: float, landed: bool
+) -> None:
+    """Connections refused (an outage): the result is tried again, resuming, within the
+    run's patience, and lands; past it, it is left `succeeded` for `download`."""
+    outage = _Outage(host, n=4)
+    monkeypatch.setattr("apixo_batch.outputs.output.download_file", outage)
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    lander, events = _lander(ledger, clock, tmp_path, workers=1, patience_s=patience)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    state = row(ledger, "job-0").state
+    assert state is (JobState.DONE if landed else JobState.SUCCEEDED)
+    if landed:
+        assert outage.seen[_urls("job-0")[0]] == 5
+        assert host.calls[-1][2] is False  # resumed, not started over
+    else:
+        assert events.of("retried") and outage.seen[_urls("job-0")[0]] < 5

@@ -1,0 +1,129 @@
+"""The supervisor in-process against the simulator: a run ends because its stages do.
+
+Nothing watches counters for the end: each stage returns once its input stream has
+closed and its own work is done, and closes its output as it returns. Each way a
+busy run can end (the last download lands, every task fails, every task is left
+pending, the key is refused with downloads or a submit still under way) must end the
+run promptly (a stage left waiting would hang it until the timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e import SIM_KEY, simple_jobs, write_campaign
+
+from apixo_batch import Event, ExitCode, RunResult, run_campaign
+from apixo_batch.apixo.client import ApixoClient
+from apixo_batch.pipeline import lander
+
+JOBS = 30
+
+
+async def _run(sim: Any, tmp_path: Path, *, prompt: str = "", **options: Any) -> RunResult:
+    jobs = simple_jobs(JOBS)
+    for job in jobs:
+        job["input"]["prompt"] += prompt
+    job_file = write_campaign(tmp_path, jobs)
+    run = run_campaign(job_file, api_key=SIM_KEY, base_url=sim.base_url, time_scale=0.01, **options)
+    # Simulated generations take about a second here: a run that has not ended after
+    # 30 s is waiting on something that will not come.
+    return await asyncio.wait_for(run, timeout=30)
+
+
+async def test_a_busy_run_ends_when_its_last_download_lands(simulator, tmp_path: Path) -> None:
+    sim = await simulator(time_scale=0.01)
+    result = await _run(sim, tmp_path)
+    assert result.exit_code == ExitCode.OK
+    assert result.counts["done"] == JOBS
+
+
+@pytest.mark.parametrize(
+    ("sim_knobs", "run_options", "end_state"),
+    [
+        ({}, {"prompt": " forbidden-word"}, "failed"),  # every task ends failed
+        ({"duration_override_s": (30.0, 30.0)}, {"max_wait_min": 0.01}, "pending"),
+    ],
+    ids=["its-last-task-fails", "its-tasks-are-left-pending"],
+)
+async def test_a_busy_run_ends_without_a_download(
+    simulator,
+    tmp_path: Path,
+    sim_knobs: dict[str, Any],
+    run_options: dict[str, Any],
+    end_state: str,
+) -> None:
+    sim = await simulator(time_scale=0.01, **sim_knobs)
+    result = await _run(sim, tmp_path, **run_options)
+    assert result.exit_code == 1
+    assert result.counts[end_state] == JOBS
+
+
+async def test_a_busy_run_ends_when_the_key_is_revoked(simulator, tmp_path: Path) -> None:
+    sim = await simulator(time_scale=0.01, duration_override_s=(3.0, 3.0))
+    submitted: list[str | None] = []
+
+    def revoke_after_the_last_submit(event: Event) -> None:
+        if event.kind == "submitted":
+            submitted.append(event.job_id)
+            if len(submitted) == JOBS:
+                sim.set_api_key("sim-some-other-key")  # every request from now gets 401
+
+    result = await _run(sim, tmp_path, on_event=revoke_after_the_last_submit)
+    assert result.exit_code == 3
+    assert result.counts["pending"] == JOBS
+
+
+async def test_a_run_whose_key_is_refused_ends_when_its_last_download_lands(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is refused while most tasks are still followed (they stay followed: no
+    poll can end them) and a download is under way: its landing ends the run."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(0.05, 5.0))
+    real = lander.Lander._land
+
+    async def slow_download(self: lander.Lander, fetch: lander.Fetch) -> None:
+        await asyncio.sleep(0.5)
+        await real(self, fetch)
+
+    monkeypatch.setattr(lander.Lander, "_land", slow_download)
+
+    def revoke_at_the_first_success(event: Event) -> None:
+        if event.kind == "succeeded":
+            sim.set_api_key("sim-some-other-key")
+
+    result = await _run(sim, tmp_path, on_event=revoke_at_the_first_success)
+    assert result.exit_code == 3
+    assert result.counts["done"] >= 1 and result.counts["pending"] >= 20
+
+
+async def test_a_run_whose_key_is_refused_ends_when_its_last_submit_returns(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is refused while the last submit is still on the wire: its answer (a
+    refusal, the job handed back) ends the run."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(5.0, 5.0))
+    real = ApixoClient.submit
+    last = f"scene number {JOBS - 1}"
+
+    async def slow_last_submit(self: ApixoClient, model: str, inp: Any, **kw: Any) -> str:
+        if inp.get("prompt") == last:
+            await asyncio.sleep(1.0)
+        return await real(self, model, inp, **kw)
+
+    monkeypatch.setattr(ApixoClient, "submit", slow_last_submit)
+    submitted: list[str | None] = []
+
+    def revoke_before_the_last_answer(event: Event) -> None:
+        if event.kind == "submitted":
+            submitted.append(event.job_id)
+            if len(submitted) == JOBS - 1:
+                sim.set_api_key("sim-some-other-key")
+
+    result = await _run(sim, tmp_path, on_event=revoke_before_the_last_answer)
+    assert result.exit_code == 3
+    assert result.counts["pending"] == JOBS
+    assert result.submitted == JOBS - 1
