@@ -135,11 +135,12 @@ class Lander:
             self._taken.add(fetch.id)
             self.busy += 1
             try:
+                # One result's trouble (the host, the store, our disk: a DownloadError) is
+                # handled in _land and leaves it `succeeded` for `download` or the next run.
+                # Anything else is the run's: the journal failing (the supervisor makes it
+                # the storage stop) or a bug, which must end the run once, not be told as
+                # one "download failed" per result.
                 await self._land(fetch)
-            except Exception as exc:
-                # One result's trouble must not tear the run down: it stays `succeeded`
-                # for `download` or the next run.
-                self._emit("warning", fetch.id, message=f"download of {fetch.id} failed: {exc}")
             finally:
                 self.busy -= 1
 

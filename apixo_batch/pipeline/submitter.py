@@ -18,7 +18,6 @@ closes when the admission stream has closed and every submit has ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -155,7 +154,11 @@ class Submitter:
                 # The id is paid and its commit queued (it lands even now): say so.
                 self._announce(row, state)
             elif not state.failed:
-                _observe(self._hand_back(state, permit))
+                # Awaited, so that its failure is told: raised in place of the cancel, it
+                # ends the run (a storage failure as the supervisor's storage stop), as a
+                # failing task-id commit does. Cancelled again meanwhile, the write still
+                # lands (the journal runs what was queued).
+                await self._hand_back(state, permit)
             raise
         self._announce(row, state)
         now = self._clock.wall()
@@ -306,7 +309,8 @@ class Submitter:
         )
 
     def _hand_back(self, state: _Attempt, permit: Permit) -> asyncio.Future[None]:
-        """An admitted job goes back to the queue unsent (or sent with no answer known)."""
+        """An admitted job goes back to the queue unsent (or sent with no answer known): the
+        write is queued now; callers await it, so that its failure is raised, not lost."""
         permit.release()
         if state.marked:
             # Cut off on the wire (an interrupt past the grace): a task may exist.
@@ -362,14 +366,3 @@ def _fail_code(exc: ApiError) -> str:
     if isinstance(exc, NotFound):
         return "MODEL_NOT_FOUND"
     return f"HTTP_{exc.status}"
-
-
-def _observe(fut: asyncio.Future[None]) -> None:
-    """A write queued and not awaited: its failure is told, never left unretrieved."""
-
-    def done(f: asyncio.Future[None]) -> None:
-        if not f.cancelled():
-            with contextlib.suppress(Exception):
-                f.exception()
-
-    fut.add_done_callback(done)

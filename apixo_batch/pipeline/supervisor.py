@@ -434,7 +434,7 @@ class Supervisor:
             planned_wall_s=self.planned_wall_s,
             retries=sum(s.retries for s in stages),
             wall_s=self.clock.monotonic() - started,
-            spent_usd=totals.spent_known_usd if totals else 0.0,
+            spent_usd=totals.spent_known_usd if totals else None,  # unreadable: unknown
             unknown_price_jobs=totals.spent_unknown_jobs if totals else 0,
             fatal=self.stops.fatal,
             stop_reason=self.stops.reason,

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+
 import anyio
 import pytest
 from stagefakes import FakeApi, Recorder, drive, memory_ledger, new_job, queued_rows, row
 
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
-from apixo_batch.errors import AuthError, InvalidRequest, ServerError, TransportError
+from apixo_batch.errors import (
+    AuthError,
+    InvalidRequest,
+    JournalError,
+    ServerError,
+    TransportError,
+)
 from apixo_batch.journal import JobState, Ledger
+from apixo_batch.outputs.paths import storage_failure
 from apixo_batch.pipeline.admission import Admitted, Permit
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted, Submitter
@@ -226,3 +236,54 @@ async def test_a_refused_connection_is_retried_without_doubt() -> None:
     _, got, _, _ = await _run(api, ledger, clock, 1)
     assert len(got) == 1 and api.submits == 3
     assert not row(ledger, "job-0").possibly_duplicated
+
+
+@pytest.mark.parametrize(
+    ("failure", "storage"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (JournalError("job 'job-0' cannot go from submitted to queued"), False),
+    ],
+    ids=["disk-full", "refused"],
+)
+async def test_a_hand_back_that_fails_is_told_not_dropped(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, storage: bool
+) -> None:
+    """A submit marked `submitting` and waiting out a backoff when submits stop goes back
+    to the queue; if the journal fails that write, the failure leaves the submitter (the
+    supervisor makes a storage failure its storage stop, exit 74), instead of the job
+    silently staying `submitting`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    handed_back: list[str] = []
+
+    def hand_back(job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        handed_back.append(job_id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(failure)
+        return fut
+
+    monkeypatch.setattr(ledger, "hand_back", hand_back)
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def stop_during_the_backoff() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(submitter.run(admitted_rx, out_tx))
+            await clock.sleep(0.5)  # the 503 came at once; the backoff lasts a second
+            assert row(ledger, "job-0").state is JobState.SUBMITTING
+            stops.request(Stop(StopKind.FATAL, "refused"))
+
+    with out_rx, pytest.raises(ExceptionGroup) as caught:
+        await drive(clock, stop_during_the_backoff())
+    assert handed_back == ["job-0"] and api.submits == 1
+    assert caught.group_contains(type(failure), depth=None)
+    assert (storage_failure(caught.value) is not None) is storage
+    assert slots.in_flight == 0  # its slot is free all the same
