@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -135,15 +136,7 @@ class Submitter:
             try:
                 await asyncio.shield(state.recording)
             except Exception as exc:
-                # The journal refused the id (its disk is full): the one place it can
-                # still be kept is the output, so that nobody pays for it twice.
-                self._emit(
-                    "warning",
-                    row.id,
-                    task_id=task_id,
-                    message=f"job {row.id}: task {task_id} was created, but the journal "
-                    f"could not record it ({exc}); keep this line: the task is paid",
-                )
+                self._unrecorded(row, task_id, exc)
                 raise
             permit.running()
         except _NotSent:
@@ -151,8 +144,11 @@ class Submitter:
             return
         except asyncio.CancelledError:
             if state.recording is not None:
-                # The id is paid and its commit queued (it lands even now): say so.
+                # The id is paid and its commit queued (it lands even now): say so, and
+                # should the commit fail after all, say that too.
                 self._announce(row, state)
+                paid = state.task_id or ""
+                state.recording.add_done_callback(partial(self._told_if_unrecorded, row, paid))
             elif not state.failed:
                 # Awaited, so that its failure is told: raised in place of the cancel, it
                 # ends the run (a storage failure as the supervisor's storage stop), as a
@@ -319,6 +315,24 @@ class Submitter:
         state.recording = self._ledger.record_task_id(
             state.row.id, task_id, self._request_type, state.possibly_duplicated
         )
+
+    def _unrecorded(self, row: JobRow, task_id: str, exc: BaseException) -> None:
+        """The journal refused a paid task's id (its disk is full): the one place it can
+        still be kept is the output, so that nobody pays for it twice."""
+        self._emit(
+            "warning",
+            row.id,
+            task_id=task_id,
+            message=f"job {row.id}: task {task_id} was created, but the journal "
+            f"could not record it ({exc}); keep this line: the task is paid",
+        )
+
+    def _told_if_unrecorded(
+        self, row: JobRow, task_id: str, recording: asyncio.Future[None]
+    ) -> None:
+        failed = None if recording.cancelled() else recording.exception()
+        if failed is not None:
+            self._unrecorded(row, task_id, failed)
 
     def _hand_back(self, state: _Attempt, permit: Permit) -> asyncio.Future[None]:
         """An admitted job goes back to the queue unsent (or sent with no answer known): the

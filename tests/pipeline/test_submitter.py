@@ -287,3 +287,54 @@ async def test_a_hand_back_that_fails_is_told_not_dropped(
     assert caught.group_contains(type(failure), depth=None)
     assert (storage_failure(caught.value) is not None) is storage
     assert slots.in_flight == 0  # its slot is free all the same
+
+
+async def test_a_paid_id_whose_commit_fails_after_a_cancel_is_told() -> None:
+    """The run is cancelled while a task id's commit is on its way; the commit then fails
+    (the journal's disk is full): the warning that names the paid task still comes, as it
+    does when the commit fails before any cancel, so that nobody pays for it twice."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock)
+    events = Recorder()
+    submitter = Submitter(
+        api,  # type: ignore[arg-type]
+        ledger,
+        clock=clock,
+        stops=Stops(),
+        emit=events.emitter(clock),
+        backoff=FAST,
+        callback_url=None,
+    )
+    commits: list[asyncio.Future[None]] = []
+
+    def record_task_id(*args: object) -> asyncio.Future[None]:
+        commits.append(asyncio.get_running_loop().create_future())
+        return commits[-1]  # on its way: the journal has not answered yet
+
+    ledger.record_task_id = record_task_id  # type: ignore[method-assign]
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def cancel_then_fail_the_commit() -> None:
+        run = asyncio.ensure_future(submitter.run(admitted_rx, out_tx))
+        await clock.sleep(0.5)
+        [commit] = commits
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert len(events.of("submitted")) == 1 and events.of("warning") == []
+        commit.set_exception(sqlite3.OperationalError("database or disk is full"))
+        await asyncio.sleep(0)  # the commit's callbacks run
+
+    with out_rx:
+        await drive(clock, cancel_then_fail_the_commit())
+    [submitted] = events.of("submitted")
+    [warning] = events.of("warning")
+    assert warning.job_id == "job-0" and warning.data["task_id"] == submitted.data["task_id"]
+    assert "could not record it" in warning.data["message"]
+    assert "database or disk is full" in warning.data["message"]
