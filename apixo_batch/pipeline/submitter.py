@@ -30,9 +30,10 @@ from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
+from ..outputs.paths import storage_failure
 from ..retry import Backoff
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -145,7 +146,14 @@ class Submitter:
                     message=f"job {row.id}: task {task_id} was created, but the journal "
                     f"could not record it ({exc}); keep this line: the task is paid",
                 )
-                raise
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # A stop, not an exception: the submits still on the wire get their
+                # answers (and their ids told) instead of being cancelled with this one.
+                self._storage_stop(why)
+                permit.release()
+                return
             permit.running()
         except _NotSent:
             await self._hand_back(state, permit)
@@ -279,7 +287,15 @@ class Submitter:
             # Marked before the await: the write is queued now and lands even if a stop
             # cancels this wait, so the hand-back (queued after it) must undo it.
             state.marked = True
-            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                state.marked = False  # the mark did not land: the job is still queued
+                self._storage_stop(why)
+                raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
@@ -289,6 +305,12 @@ class Submitter:
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
+
+    def _storage_stop(self, why: str) -> None:
+        """The journal's disk refused a write: submits stop, those on the wire finish."""
+        stop = storage_stop(why)
+        if self._stops.request(stop):
+            self._emit("stopped", reason=stop.reason)
 
     async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
         """A backoff: nothing of this submit is on the wire meanwhile."""
