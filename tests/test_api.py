@@ -306,7 +306,7 @@ async def test_a_bug_in_a_run_left_early_still_reaches_the_consumer(
     async def broken(*args: object, **kw: object) -> None:
         raise TypeError("close_books() missing 1 required positional argument: 'refused'")
 
-    monkeypatch.setattr("apixo_batch.pipeline.supervisor.close_books", broken)
+    monkeypatch.setattr("apixo_batch.pipeline.result.close_books", broken)
     with pytest.raises(TypeError, match="close_books"):
         async with contextlib.aclosing(stream_campaign(job_file, **opts(sim))) as stream:
             async for _ in stream:

@@ -1,7 +1,7 @@
 """The APIXO HTTP client: submit, status, balance.
 
 One call, one request, and every request passes the client's one
-:class:`~apixo_batch.limits.RequestBucket` first (invariant 3: by construction,
+:class:`~apixo_batch.apixo.limits.RequestBucket` first (invariant 3: by construction,
 nothing can call the API around it); a 429 answer slows that bucket down
 before it is raised. No retries here: the stages decide when to call again and
 what to do with an error (see ``retry``). Every error answer becomes a leaf of

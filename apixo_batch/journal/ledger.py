@@ -236,8 +236,20 @@ class Ledger:
         )
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
-        """A marked job goes back to the queue unsent (or sent with no task id known)."""
-        return self._transition(job_id, S.QUEUED, possibly_duplicated=int(possibly_duplicated))
+        """A marked job goes back to the queue unsent (or sent with no task id known).
+
+        A job still ``queued`` is left as it is: its mark never landed (the journal refused
+        it, or the submit was cancelled while it was written and it failed), so nothing was
+        sent and nothing is to undo. Any other refusal is raised."""
+        now = self._clock.wall()
+
+        def back(j: Journal) -> None:
+            row = j.get(job_id)
+            if row is not None and row.state is S.QUEUED:
+                return
+            j.transition(job_id, S.QUEUED, now, possibly_duplicated=int(possibly_duplicated))
+
+        return self._j.write(back)
 
     def fail_submit(
         self, job_id: str, code: str, message: str, possibly_duplicated: bool

@@ -30,9 +30,10 @@ from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
+from ..outputs.paths import storage_failure
 from ..retry import Backoff
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -137,10 +138,17 @@ class Submitter:
                 await asyncio.shield(state.recording)
             except Exception as exc:
                 self._unrecorded(row, task_id, exc)
-                raise
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # A stop, not an exception: the submits still on the wire get their
+                # answers (and their ids told) instead of being cancelled with this one.
+                self._storage_stop(why)
+                permit.release()
+                return
             permit.running()
         except _NotSent:
-            await self._hand_back(state, permit)
+            await self._handed_back(state, permit)
             return
         except asyncio.CancelledError:
             if state.recording is not None:
@@ -150,11 +158,9 @@ class Submitter:
                 paid = state.task_id or ""
                 state.recording.add_done_callback(partial(self._told_if_unrecorded, row, paid))
             elif not state.failed:
-                # Awaited, so that its failure is told: raised in place of the cancel, it
-                # ends the run (a storage failure as the supervisor's storage stop), as a
-                # failing task-id commit does. Cancelled again meanwhile, the write still
-                # lands (the journal runs what was queued).
-                await self._hand_back(state, permit)
+                # Awaited, so that its failure is told (see _handed_back); cancelled again
+                # meanwhile, the write still lands (the journal runs what was queued).
+                await self._handed_back(state, permit)
             raise
         self._announce(row, state)
         now = self._clock.wall()
@@ -278,7 +284,15 @@ class Submitter:
             # Marked before the await: the write is queued now and lands even if a stop
             # cancels this wait, so the hand-back (queued after it) must undo it.
             state.marked = True
-            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                state.marked = False  # the mark did not land: the job is still queued
+                self._storage_stop(why)
+                raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
@@ -288,6 +302,12 @@ class Submitter:
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
+
+    def _storage_stop(self, why: str) -> None:
+        """The journal's disk refused a write: submits stop, those on the wire finish."""
+        stop = storage_stop(why)
+        if self._stops.request(stop):
+            self._emit("stopped", reason=stop.reason)
 
     async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
         """A backoff: nothing of this submit is on the wire meanwhile."""
@@ -330,13 +350,30 @@ class Submitter:
     def _told_if_unrecorded(
         self, row: JobRow, task_id: str, recording: asyncio.Future[None]
     ) -> None:
+        """A paid id's commit, left to land by a cancelled submit, failed: told all the same
+        (a cancelled task has no caller left to raise it to)."""
         failed = None if recording.cancelled() else recording.exception()
-        if failed is not None:
-            self._unrecorded(row, task_id, failed)
+        if failed is None:
+            return
+        self._unrecorded(row, task_id, failed)
+        why = storage_failure(failed)
+        if why is not None:
+            self._storage_stop(why)
+
+    async def _handed_back(self, state: _Attempt, permit: Permit) -> None:
+        """The job back in the queue; that write's failure is told: the journal's disk
+        failing is the storage stop (the job stays `submitting`: the next run sends it
+        again, counted as possibly duplicated), anything else goes on as it is."""
+        try:
+            await self._hand_back(state, permit)
+        except Exception as exc:
+            why = storage_failure(exc)
+            if why is None:
+                raise
+            self._storage_stop(why)
 
     def _hand_back(self, state: _Attempt, permit: Permit) -> asyncio.Future[None]:
-        """An admitted job goes back to the queue unsent (or sent with no answer known): the
-        write is queued now; callers await it, so that its failure is raised, not lost."""
+        """An admitted job goes back to the queue unsent (or sent with no answer known)."""
         permit.release()
         if state.marked:
             # Cut off on the wire (an interrupt past the grace): a task may exist.

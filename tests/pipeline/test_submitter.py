@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 from stagefakes import FakeApi, Recorder, drive, memory_ledger, new_job, queued_rows, row
 
 from apixo_batch.apixo.limits import ConcurrencyLimit
@@ -19,7 +22,6 @@ from apixo_batch.errors import (
     TransportError,
 )
 from apixo_batch.journal import JobState, Ledger
-from apixo_batch.outputs.paths import storage_failure
 from apixo_batch.pipeline.admission import Admitted, Permit
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted, Submitter
@@ -238,35 +240,11 @@ async def test_a_refused_connection_is_retried_without_doubt() -> None:
     assert not row(ledger, "job-0").possibly_duplicated
 
 
-@pytest.mark.parametrize(
-    ("failure", "storage"),
-    [
-        (sqlite3.OperationalError("database or disk is full"), True),
-        (JournalError("job 'job-0' cannot go from submitted to queued"), False),
-    ],
-    ids=["disk-full", "refused"],
-)
-async def test_a_hand_back_that_fails_is_told_not_dropped(
-    monkeypatch: pytest.MonkeyPatch, failure: Exception, storage: bool
-) -> None:
-    """A submit marked `submitting` and waiting out a backoff when submits stop goes back
-    to the queue; if the journal fails that write, the failure leaves the submitter (the
-    supervisor makes a storage failure its storage stop, exit 74), instead of the job
-    silently staying `submitting`."""
-    clock = FakeClock()
-    ledger = await memory_ledger(clock, [new_job(0)])
-    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
-    stops = Stops()
-    submitter = _submitter(api, ledger, clock, stops)
-    handed_back: list[str] = []
-
-    def hand_back(job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
-        handed_back.append(job_id)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_exception(failure)
-        return fut
-
-    monkeypatch.setattr(ledger, "hand_back", hand_back)
+async def _one_job_in_a_backoff(
+    ledger: Ledger, submitter: Submitter, clock: FakeClock, stops: Stops
+) -> tuple[Coroutine[Any, Any, None], ConcurrencyLimit, MemoryObjectReceiveStream[Submitted]]:
+    """The first queued job admitted; a coroutine that runs the submitter, lets its first
+    attempt be answered 503 (marked, then in a one-second backoff) and stops submits."""
     slots = ConcurrencyLimit(1)
     await slots.acquire()
     admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
@@ -277,16 +255,104 @@ async def test_a_hand_back_that_fails_is_told_not_dropped(
     async def stop_during_the_backoff() -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(submitter.run(admitted_rx, out_tx))
-            await clock.sleep(0.5)  # the 503 came at once; the backoff lasts a second
-            assert row(ledger, "job-0").state is JobState.SUBMITTING
+            await clock.sleep(0.5)
             stops.request(Stop(StopKind.FATAL, "refused"))
 
-    with out_rx, pytest.raises(ExceptionGroup) as caught:
-        await drive(clock, stop_during_the_backoff())
+    return stop_during_the_backoff(), slots, out_rx
+
+
+def _failing_hand_back(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> list[str]:
+    handed_back: list[str] = []
+
+    def hand_back(job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        handed_back.append(job_id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(failure)
+        return fut
+
+    monkeypatch.setattr(ledger, "hand_back", hand_back)
+    return handed_back
+
+
+async def test_a_hand_back_the_journals_disk_refuses_is_the_storage_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit marked `submitting` and waiting out a backoff when submits stop goes back
+    to the queue; the journal's disk refusing that write is told as the storage stop (exit
+    74), not dropped with the job silently left `submitting`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    handed_back = _failing_hand_back(
+        ledger, monkeypatch, sqlite3.OperationalError("database or disk is full")
+    )
+    run, slots, out_rx = await _one_job_in_a_backoff(ledger, submitter, clock, stops)
+    with out_rx:
+        await drive(clock, run)
     assert handed_back == ["job-0"] and api.submits == 1
-    assert caught.group_contains(type(failure), depth=None)
-    assert (storage_failure(caught.value) is not None) is storage
+    assert [s.kind for s in stops.all] == [StopKind.FATAL, StopKind.STORAGE]
+    [storage] = stops.all[1:]
+    assert "journal cannot be written" in storage.reason and "full" in storage.reason
     assert slots.in_flight == 0  # its slot is free all the same
+
+
+async def test_a_hand_back_the_journal_refuses_otherwise_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any other failure of the hand-back (a refused change: a bug) leaves the submitter,
+    in place of the cancel, and ends the run."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    refusal = JournalError("job 'job-0': illegal state change submitted -> queued")
+    handed_back = _failing_hand_back(ledger, monkeypatch, refusal)
+    run, _, out_rx = await _one_job_in_a_backoff(ledger, submitter, clock, stops)
+    with out_rx, pytest.raises(ExceptionGroup) as caught:
+        await drive(clock, run)
+    assert handed_back == ["job-0"]
+    assert caught.group_contains(JournalError, match="illegal state change", depth=None)
+
+
+async def test_a_submit_whose_mark_never_landed_is_left_queued_by_its_hand_back() -> None:
+    """Submits stop while a job's `submitting` mark is on its way, and the mark never
+    lands: the hand-back finds the job still queued and leaves it so (nothing was sent),
+    instead of refusing "queued -> queued"."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock)
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    marks: list[asyncio.Future[None]] = []
+
+    def mark_submitting(job_id: str, attempts: int) -> asyncio.Future[None]:
+        marks.append(asyncio.get_running_loop().create_future())
+        return marks[-1]  # on its way: the journal has not answered yet
+
+    ledger.mark_submitting = mark_submitting  # type: ignore[method-assign]
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def stop_while_marking() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(submitter.run(admitted_rx, out_tx))
+            await clock.sleep(0.5)
+            assert len(marks) == 1
+            stops.request(Stop(StopKind.FATAL, "refused"))
+
+    with out_rx:
+        await drive(clock, stop_while_marking())
+    assert api.submits == 0 and row(ledger, "job-0").state is JobState.QUEUED
+    assert slots.in_flight == 0
 
 
 async def test_a_paid_id_whose_commit_fails_after_a_cancel_is_told() -> None:
