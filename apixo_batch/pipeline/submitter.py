@@ -231,10 +231,7 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
-                    if first:
-                        self._emit("stopped", reason=reason)
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -253,10 +250,7 @@ class Submitter:
             f"the API gave no answer for {minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
-        if first:
-            self._emit("stopped", reason=reason)
         raise _NotSent()
 
     async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:

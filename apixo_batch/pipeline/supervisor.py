@@ -98,7 +98,7 @@ class Supervisor:
         self.output = open_output(self.output_dir, self.state_path)
         check_folder(self.output.local_dir, "output folder")
         check_file(self.state_path, "journal")
-        self.stops = Stops()
+        self.stops = Stops(self._emit)
         self.bucket = RequestBucket(
             options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
         )
@@ -376,7 +376,6 @@ class Supervisor:
                     meters=[BudgetMeter(self.options.budget, self._spent_before, self._emit)],
                     slots=SlotMeter(self.slots),
                     stops=self.stops,
-                    emit=self._emit,
                 )
                 tg.create_task(admission.run(admitted_tx))
                 tg.create_task(self._submitter.run(admitted_rx, submitted_tx))
@@ -406,8 +405,7 @@ class Supervisor:
 
     def _storage_stop(self, why: str) -> None:
         reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
-        if self.stops.request(Stop(StopKind.STORAGE, reason)):
-            self._emit("stopped", reason=reason)
+        self.stops.request(Stop(StopKind.STORAGE, reason))
 
     async def _finish(self, ledger: Ledger, synced: SyncResult | None, started: float) -> RunResult:
         try:
