@@ -25,7 +25,7 @@ from typing import Any, Literal
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..apixo.client import ApixoClient
-from ..apixo.limits import SlotsClosed
+from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
@@ -175,20 +175,32 @@ class Submitter:
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
         row = state.row
         while True:
-            send = asyncio.ensure_future(
-                self._client.submit(
-                    row.model,
-                    row.input,
-                    request_type=self._request_type,
-                    callback_url=self._callback_url,
-                    provider=row.provider,
-                    before_send=lambda: self._before_send(state, task),
-                )
-            )
+            send: asyncio.Future[str] | None = None
             try:
+                grant = await self._client.grant(Priority.SUBMIT)
+                try:
+                    await self._ready_to_send(state, task)
+                except BaseException:
+                    self._client.unused(grant)  # nothing was sent
+                    raise
+                send = asyncio.ensure_future(
+                    self._client.submit(
+                        row.model,
+                        row.input,
+                        request_type=self._request_type,
+                        callback_url=self._callback_url,
+                        provider=row.provider,
+                        grant=grant,
+                    )
+                )
                 task_id = await send
             except asyncio.CancelledError:
-                if send.done() and not send.cancelled() and send.exception() is None:
+                if (
+                    send is not None
+                    and send.done()
+                    and not send.cancelled()
+                    and send.exception() is None
+                ):
                     # The answer came in the same turn as the cancel: keep the paid id.
                     self._record(state, send.result())
                 raise
@@ -253,7 +265,7 @@ class Submitter:
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
         raise _NotSent()
 
-    async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+    async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()

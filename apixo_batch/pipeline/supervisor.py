@@ -248,9 +248,9 @@ class Supervisor:
                     session=self._session,
                     connections=min(256, self.options.max_concurrent + 8),
                     bucket=self.bucket,
+                    patience=self.options.max_wait_min * 60.0,
+                    on_outage=self._outage_news,
                 )
-                client.breaker.patience = self.options.max_wait_min * 60.0
-                client.breaker.on_change = self._outage_news
                 stack.push_async_callback(client.close)
             downloads = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
@@ -313,7 +313,7 @@ class Supervisor:
                 completions=self.completions,
                 time_scale=o.time_scale,
                 max_wait_min=o.max_wait_min,
-                submits_under_way=lambda: submitter.under_way,
+                submits=submitter,
                 turnaround=self.turnaround,
                 clock=self.clock,
                 stops=self.stops,
