@@ -25,14 +25,15 @@ from typing import Any, Literal
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..apixo.client import ApixoClient
-from ..apixo.limits import SlotsClosed
+from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
+from ..outputs.paths import storage_failure
 from ..retry import Backoff
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -145,7 +146,14 @@ class Submitter:
                     message=f"job {row.id}: task {task_id} was created, but the journal "
                     f"could not record it ({exc}); keep this line: the task is paid",
                 )
-                raise
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # A stop, not an exception: the submits still on the wire get their
+                # answers (and their ids told) instead of being cancelled with this one.
+                self._stops.request(storage_stop(why))
+                permit.release()
+                return
             permit.running()
         except _NotSent:
             await self._hand_back(state, permit)
@@ -175,20 +183,32 @@ class Submitter:
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
         row = state.row
         while True:
-            send = asyncio.ensure_future(
-                self._client.submit(
-                    row.model,
-                    row.input,
-                    request_type=self._request_type,
-                    callback_url=self._callback_url,
-                    provider=row.provider,
-                    before_send=lambda: self._before_send(state, task),
-                )
-            )
+            send: asyncio.Future[str] | None = None
             try:
+                grant = await self._client.grant(Priority.SUBMIT)
+                try:
+                    await self._ready_to_send(state, task)
+                except BaseException:
+                    self._client.unused(grant)  # nothing was sent
+                    raise
+                send = asyncio.ensure_future(
+                    self._client.submit(
+                        row.model,
+                        row.input,
+                        request_type=self._request_type,
+                        callback_url=self._callback_url,
+                        provider=row.provider,
+                        grant=grant,
+                    )
+                )
                 task_id = await send
             except asyncio.CancelledError:
-                if send.done() and not send.cancelled() and send.exception() is None:
+                if (
+                    send is not None
+                    and send.done()
+                    and not send.cancelled()
+                    and send.exception() is None
+                ):
                     # The answer came in the same turn as the cancel: keep the paid id.
                     self._record(state, send.result())
                 raise
@@ -231,10 +251,7 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
-                    if first:
-                        self._emit("stopped", reason=reason)
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -253,13 +270,10 @@ class Submitter:
             f"the API gave no answer for {minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
-        if first:
-            self._emit("stopped", reason=reason)
         raise _NotSent()
 
-    async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+    async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
@@ -267,7 +281,15 @@ class Submitter:
             # Marked before the await: the write is queued now and lands even if a stop
             # cancels this wait, so the hand-back (queued after it) must undo it.
             state.marked = True
-            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                state.marked = False  # the mark did not land: the job is still queued
+                self._stops.request(storage_stop(why))
+                raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
