@@ -146,7 +146,7 @@ def _summary_lines(plan: Plan) -> list[str]:
         f"  concurrency:  {_duration(plan.concurrency_bound_s)}"
         f"  (task time / {plan.max_concurrent:,} in flight)",
         f"  request rate: {_duration(plan.rate_bound_s)}"
-        f"  ({plan.requests:,} requests / {plan.rpm:,} per minute)",
+        f"  ({round(plan.requests):,} requests / {plan.rpm:,} per minute)",
         f"  longest task: up to {_duration(plan.longest_task_s)}",
         f"Output folder:  {plan.output_dir}"
         if isinstance(plan.output_dir, Path)

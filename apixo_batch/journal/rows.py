@@ -10,7 +10,7 @@ from typing import Any
 
 from .states import STATES, JobState
 
-__all__ = ["COLUMNS", "SCHEMA", "SCHEMA_VERSION", "JobRow", "clock_drives", "json_list"]
+__all__ = ["COLUMNS", "SCHEMA", "SCHEMA_VERSION", "JobRow", "json_list"]
 
 SCHEMA_VERSION = 1
 
@@ -123,12 +123,6 @@ class JobRow:
             json_list(files),
             bytes_, json_list(sha256), fail_code, fail_msg, cost_time_ms, arrived_via,
         )  # fmt: skip
-
-
-def clock_drives(duration: Any, resolution: Any) -> dict[str, Any]:
-    """The inputs a model's clock reads, as the journal's JSON holds them (absent: left out)."""
-    drives = {"duration": duration, "resolution": resolution}
-    return {k: v for k, v in drives.items() if v is not None}
 
 
 def _finite(value: float | None) -> float | None:

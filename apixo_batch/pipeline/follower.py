@@ -31,7 +31,8 @@ from ..clock import Clock, wait_until
 from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, JobState, Ledger
-from ..planning.completion import CompletionModel, clock_key
+from ..planning.completion import CompletionModel
+from ..planning.kind import Kind
 from .admission import Permit
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
@@ -179,7 +180,7 @@ class Follower:
             filename=row.filename,
             task_id=row.task_id,
             model=row.model,
-            clock_key=clock_key(row.model, inp),
+            clock_key=Kind.of(row.model, inp).key,
             model_clock=spec.clock(inp),
             submitted_at=now_mono - age,
             followed_since=now_mono,

@@ -13,7 +13,7 @@ sees every timer, it can decide where the request budget goes:
   the interval, so each request is more likely to find a finished task and
   submits are not starved.
 
-Completion times are learned per clock key (model + duration/resolution) from
+Completion times are learned per kind (:attr:`~apixo_batch.planning.kind.Kind.key`) from
 ``costTime`` and observed completions; the engine persists them in the journal.
 """
 
@@ -40,7 +40,7 @@ class Tracked:
     job_id: str
     task_id: str
     model: str
-    clock_key: str
+    clock_key: str  # its kind's key (:attr:`~apixo_batch.planning.kind.Kind.key`)
     model_clock: ModelClock
     submitted_at: float  # monotonic, when the task was created (or adopted)
     followed_since: float  # monotonic, when this run started following it

@@ -40,7 +40,7 @@ from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
 from ..reports.manifest import human_duration
-from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
+from .admission import Admission, Admitted, BudgetMeter, SlotMeter, queued_in_start_order
 from .books import (
     MANIFEST,
     bind_output,
@@ -372,7 +372,7 @@ class Supervisor:
                 fetch_tx.close()
             if submit and self._submitter is not None:
                 admission = Admission(
-                    in_start_order(ledger, self.options.order, self.completions),
+                    queued_in_start_order(ledger, self.options.order, self.completions),
                     meters=[BudgetMeter(self.options.budget, self._spent_before, self._emit)],
                     slots=SlotMeter(self.slots),
                     stops=self.stops,
