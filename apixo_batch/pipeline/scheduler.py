@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..catalog.models import Clock as ModelClock
 from ..clock import Clock, sleep_or_wake
 from ..planning.completion import CompletionModel, poll_step
+from ..retry import Deadline
 
 __all__ = ["PollScheduler", "SchedulerStats", "Tracked"]
 
@@ -43,7 +44,7 @@ class Tracked:
     clock_key: str  # its kind's key (:attr:`~apixo_batch.planning.kind.Kind.key`)
     model_clock: ModelClock
     submitted_at: float  # monotonic, when the task was created (or adopted)
-    followed_since: float  # monotonic, when this run started following it
+    max_wait: Deadline  # --max-wait, from when this run started following it
     polls: int = 0
     filename: str = ""  # where its result goes, relative to the output dir
     callback_mode: bool = False

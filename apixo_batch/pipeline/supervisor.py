@@ -249,7 +249,7 @@ class Supervisor:
                     connections=min(256, self.options.max_concurrent + 8),
                     bucket=self.bucket,
                 )
-                client.breaker.patience = self.options.max_wait_min * 60.0
+                client.breaker.patience = self.options.patience
                 client.breaker.on_change = self._outage_news
                 stack.push_async_callback(client.close)
             downloads = aiohttp.ClientSession(
@@ -299,7 +299,7 @@ class Supervisor:
                 ledger,
                 backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
                 callback_url=callback_url,
-                patience_s=o.max_wait_min * 60.0,
+                patience=o.patience,
                 turnaround=self.turnaround,
                 clock=self.clock,
                 stops=self.stops,
@@ -312,7 +312,7 @@ class Supervisor:
                 slots=self.slots,
                 completions=self.completions,
                 time_scale=o.time_scale,
-                max_wait_min=o.max_wait_min,
+                patience=o.patience,
                 submits_under_way=lambda: submitter.under_way,
                 turnaround=self.turnaround,
                 clock=self.clock,
@@ -328,7 +328,7 @@ class Supervisor:
             emit=self._emit,
             backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
             workers=o.download_concurrency,
-            patience_s=o.max_wait_min * 60.0,
+            patience=o.patience,
             stops=self.stops,
         )
 

@@ -26,7 +26,7 @@ from apixo_batch.journal import JobState, Ledger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
-from apixo_batch.retry import Backoff
+from apixo_batch.retry import Backoff, Patience
 
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
@@ -105,7 +105,7 @@ def _lander(
         emit=events.emitter(clock),
         backoff=FAST,
         workers=workers,
-        patience_s=patience_s,
+        patience=Patience(patience_s),
     )
     return lander, events
 
@@ -377,3 +377,19 @@ async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
         assert host.calls[-1][2] is False  # resumed, not started over
     else:
         assert events.of("retried") and outage.seen[_urls("job-0")[0]] < 5
+
+
+async def test_an_outage_exactly_as_long_as_the_patience_is_waited_through(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lander ends its patience where the breaker and the follower do, strictly past
+    it: refused at 1, 6 and 11 s (10 s of outage, a 10 s patience), it lands at 16 s."""
+    outage = _Outage(host, n=3)
+    monkeypatch.setattr("apixo_batch.outputs.output.download_file", outage)
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    lander, _ = _lander(ledger, clock, tmp_path, workers=1, patience_s=10.0)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert row(ledger, "job-0").state is JobState.DONE
+    assert outage.seen[_urls("job-0")[0]] == 4
