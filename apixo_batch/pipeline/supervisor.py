@@ -29,7 +29,7 @@ from ..apixo.client import ApixoClient, TaskStatus
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..apixo.receiver import HandlerResult, callback_url_with_token
 from ..apixo.secret import ApiKey
-from ..clock import Clock, SystemClock
+from ..clock import Clock, SystemClock, human_duration
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
 from ..errors import ApixoError
 from ..events import Emitter, EventSink
@@ -39,7 +39,6 @@ from ..outputs.output import open_output
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
-from ..reports.manifest import human_duration
 from .admission import Admission, Admitted, BudgetMeter, SlotMeter, queued_in_start_order
 from .books import (
     MANIFEST,
