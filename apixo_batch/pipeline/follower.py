@@ -18,7 +18,7 @@ input from this side.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -57,6 +57,13 @@ POLL_GAP_S = 1.0
 EARLY_CALLBACK_WAIT_S = 5.0
 
 
+class SubmitsUnderWay(Protocol):
+    """What the follower asks of the submitter: may a task id still be on its way?"""
+
+    @property
+    def under_way(self) -> int: ...
+
+
 class Follower:
     """Follows tasks to their end; releases their slots; hands successes to the lander."""
 
@@ -71,7 +78,7 @@ class Follower:
         slots: ConcurrencyLimit,
         completions: CompletionModel,
         time_scale: float,
-        submits_under_way: Callable[[], int],
+        submits: SubmitsUnderWay | None = None,
         patience: Patience = PATIENCE,
         turnaround: Turnaround | None = None,
     ) -> None:
@@ -85,7 +92,7 @@ class Follower:
         self._time_scale = time_scale
         #: --max-wait: how long this run follows one task before leaving it pending
         self._patience = patience
-        self._submits_under_way = submits_under_way
+        self._submits = submits
         self._turnaround = turnaround or Turnaround()
         self.scheduler = PollScheduler(
             clock=clock,
@@ -267,7 +274,7 @@ class Follower:
             row = await self._ledger.by_task(status.task_id)
             t = self.scheduler.get(status.task_id)  # it may have arrived meanwhile
         if t is None:
-            under_way = self._submits_under_way() > 0
+            under_way = self._submits is not None and self._submits.under_way > 0
             if row is not None:
                 # Journaled but not followed: settled already, left pending, or its task
                 # id is still on its way here (a submit, or the stream from the submitter).
