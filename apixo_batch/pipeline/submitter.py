@@ -152,7 +152,7 @@ class Submitter:
                     raise
                 # A stop, not an exception: the submits still on the wire get their
                 # answers (and their ids told) instead of being cancelled with this one.
-                self._storage_stop(why)
+                self._stops.request(storage_stop(why))
                 permit.release()
                 return
             permit.running()
@@ -252,10 +252,7 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
-                    if first:
-                        self._emit("stopped", reason=reason)
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -272,10 +269,7 @@ class Submitter:
             f"the API gave no answer for {self._patience.in_minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
-        if first:
-            self._emit("stopped", reason=reason)
         raise _NotSent()
 
     async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
@@ -293,7 +287,7 @@ class Submitter:
                 if why is None:
                     raise
                 state.marked = False  # the mark did not land: the job is still queued
-                self._storage_stop(why)
+                self._stops.request(storage_stop(why))
                 raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
@@ -304,12 +298,6 @@ class Submitter:
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
-
-    def _storage_stop(self, why: str) -> None:
-        """The journal's disk refused a write: submits stop, those on the wire finish."""
-        stop = storage_stop(why)
-        if self._stops.request(stop):
-            self._emit("stopped", reason=stop.reason)
 
     async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
         """A backoff: nothing of this submit is on the wire meanwhile."""

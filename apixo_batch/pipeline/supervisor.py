@@ -83,7 +83,7 @@ class Supervisor:
         self.output = open_output(self.output_dir, self.state_path)
         check_folder(self.output.local_dir, "output folder")
         check_file(self.state_path, "journal")
-        self.stops = Stops()
+        self.stops = Stops(self._emit)
         self.bucket = RequestBucket(
             options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
         )
@@ -264,6 +264,4 @@ class Supervisor:
         self._emit("warning", message=message)
 
     def _storage_stop(self, why: str) -> None:
-        stop = storage_stop(why)
-        if self.stops.request(stop):
-            self._emit("stopped", reason=stop.reason)
+        self.stops.request(storage_stop(why))
