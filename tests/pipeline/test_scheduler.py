@@ -15,6 +15,7 @@ from apixo_batch.catalog.models import Clock as ModelClock
 from apixo_batch.clock import FakeClock
 from apixo_batch.pipeline.scheduler import PollScheduler, SchedulerStats, Tracked
 from apixo_batch.planning.completion import CompletionModel
+from apixo_batch.retry import Patience
 
 START = 1_000.0
 MC = ModelClock(first_poll=30.0, interval=10.0, typical_min=40.0, typical_max=120.0)
@@ -102,7 +103,7 @@ def _task(
         clock_key=key,
         model_clock=model_clock,
         submitted_at=now if submitted_at is None else submitted_at,
-        followed_since=now,
+        max_wait=Patience(1800.0).start(clock),
         callback_mode=callback_mode,
     )
 
