@@ -28,7 +28,8 @@ from ..apixo.client import ApixoClient
 from ..apixo.limits import SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
-from ..events import Emitter
+from ..events import Emitter, Failed, Retried, Stopped, Throttled, Warned
+from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
 from ..retry import Backoff
 from .admission import Admitted, Permit
@@ -139,11 +140,12 @@ class Submitter:
                 # The journal refused the id (its disk is full): the one place it can
                 # still be kept is the output, so that nobody pays for it twice.
                 self._emit(
-                    "warning",
-                    row.id,
-                    task_id=task_id,
-                    message=f"job {row.id}: task {task_id} was created, but the journal "
-                    f"could not record it ({exc}); keep this line: the task is paid",
+                    Warned(
+                        row.id,
+                        task_id=task_id,
+                        message=f"job {row.id}: task {task_id} was created, but the journal "
+                        f"could not record it ({exc}); keep this line: the task is paid",
+                    )
                 )
                 raise
             permit.running()
@@ -165,7 +167,8 @@ class Submitter:
     def _announce(self, row: JobRow, state: _Attempt) -> None:
         self.submitted += 1
         self.spent_usd += row.cost_usd or 0.0
-        self._emit("submitted", row.id, task_id=state.task_id, model=row.model)
+        assert state.task_id is not None  # announced once its commit is queued
+        self._emit(Journaled(row.id, task_id=state.task_id, model=row.model))
 
     async def _send_until_answered(
         self, state: _Attempt, task: asyncio.Task[None], permit: Permit
@@ -200,7 +203,7 @@ class Submitter:
                 state.unanswered_since = None
                 state.attempt += 1
                 self.retries += 1
-                self._emit("rate-limited", row.id, retry_after=exc.retry_after, slots=exc.slots)
+                self._emit(Throttled(row.id, retry_after=exc.retry_after, slots=exc.slots))
                 if exc.slots:
                     await self._wait_for_a_slot(task, permit)
                 continue
@@ -223,7 +226,7 @@ class Submitter:
                 elif self._backoff.gives_up(state.attempt):
                     await self._fail(state, "SUBMIT_ERROR", str(exc))
                     return None
-                self._emit("retried", row.id, call="submit", attempt=state.attempt, error=str(exc))
+                self._emit(Retried(row.id, call="submit", attempt=state.attempt, error=str(exc)))
                 attempt = min(state.attempt, self._backoff.max_attempts)
                 await self._pause(task, self._backoff.delay(attempt))
                 continue
@@ -234,7 +237,7 @@ class Submitter:
                     first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
                     if first:
-                        self._emit("stopped", reason=reason)
+                        self._emit(Stopped(reason=reason))
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -256,7 +259,7 @@ class Submitter:
         first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
         if first:
-            self._emit("stopped", reason=reason)
+            self._emit(Stopped(reason=reason))
         raise _NotSent()
 
     async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
@@ -320,7 +323,7 @@ class Submitter:
         row = state.row
         state.failed = True  # queued now: a cancel from here on must not hand it back
         await self._ledger.fail_submit(row.id, code, message[:500], state.possibly_duplicated)
-        self._emit("failed", row.id, model=row.model, fail_code=code, fail_msg=message[:500])
+        self._emit(Failed(row.id, model=row.model, fail_code=code, fail_msg=message[:500]))
 
 
 class _Attempt:

@@ -31,8 +31,8 @@ from ..apixo.receiver import HandlerResult, callback_url_with_token
 from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock
 from ..defaults import DOWNLOAD_BACKOFF, SUBMIT_BACKOFF, state_path
-from ..errors import ApixoError
-from ..events import Emitter, EventSink
+from ..errors import MissingApiKey
+from ..events import Emitter, EventSink, Started, Stopped, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, JobRow, JobState, Journal, Ledger, SyncResult, jobs_of
 from ..outputs.output import open_output
@@ -53,7 +53,7 @@ from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
 from .learned import account_of, remember_rate, start_informed
-from .options import RunOptions, RunResult, summary_dict
+from .options import RunOptions, RunResult
 from .preflight import preflight
 from .stop import Stop, StopKind, Stops
 from .submitter import Submitted, Submitter
@@ -204,34 +204,38 @@ class Supervisor:
         needs_api = bool(in_flight) or submit
         if needs_api and self._key is None:
             # Before `started`: a run that cannot start says only why.
-            raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+            raise MissingApiKey("no API key was given (api_key=), and this run has API work")
         self._emit(
-            "started",
-            per_model=await ledger.counts_by_model(),
-            spent_usd=round(self._spent_before, 4),
-            jobs=sum(counts.values()),
-            queued=queued if run_mode else 0,
-            in_flight=len(in_flight),
-            to_download=counts.get(S.SUCCEEDED.value, 0),
-            done=counts.get(S.DONE.value, 0),
-            estimated_cost_usd=round(queued_cost, 4),
-            unknown_price_jobs=unknown,
-            planned_wall_s=self.planned_wall_s and round(self.planned_wall_s, 1),
+            Started(
+                per_model=await ledger.counts_by_model(),
+                spent_usd=round(self._spent_before, 4),
+                jobs=sum(counts.values()),
+                queued=queued if run_mode else 0,
+                in_flight=len(in_flight),
+                to_download=counts.get(S.SUCCEEDED.value, 0),
+                done=counts.get(S.DONE.value, 0),
+                estimated_cost_usd=round(queued_cost, 4),
+                unknown_price_jobs=unknown,
+                planned_wall_s=self.planned_wall_s and round(self.planned_wall_s, 1),
+            )
         )
         for job_id in synced.changed_after_submit or []:
             self._emit(
-                "warning",
-                job_id,
-                message=(
-                    f"job {job_id}: its input changed after it was submitted; the paid task "
-                    "follows the submitted input. Give the job a new id to generate the new one."
-                ),
+                Warned(
+                    job_id,
+                    message=(
+                        f"job {job_id}: its input changed after it was submitted; the paid task "
+                        "follows the submitted input. Give the job a new id to generate the new "
+                        "one."
+                    ),
+                )
             )
         if recovered:
             self._emit(
-                "warning",
-                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
-                "(counted as possibly duplicated)",
+                Warned(
+                    message=f"{recovered} submit(s) were cut off by a crash and will be sent "
+                    "again (counted as possibly duplicated)",
+                )
             )
         if not needs_api and counts.get(S.SUCCEEDED.value, 0) == 0:
             return synced  # nothing to do: zero requests
@@ -396,7 +400,7 @@ class Supervisor:
             )
         else:
             message = f"API answering again after {human_duration(silent_s)} without an answer"
-        self._emit("warning", message=message)
+        self._emit(Warned(message=message))
 
     async def _on_callback(self, status: TaskStatus) -> HandlerResult:
         # The receiver starts before the stages are built: deliveries go to the follower.
@@ -407,7 +411,7 @@ class Supervisor:
     def _storage_stop(self, why: str) -> None:
         reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
         if self.stops.request(Stop(StopKind.STORAGE, reason)):
-            self._emit("stopped", reason=reason)
+            self._emit(Stopped(reason=reason))
 
     async def _finish(self, ledger: Ledger, synced: SyncResult | None, started: float) -> RunResult:
         try:
@@ -449,8 +453,8 @@ class Supervisor:
         )
         if self.options.review and books.manifest is not None:
             result.review = await review_page(
-                ledger, self.campaign, self.output, summary_dict(result), self._emit
+                ledger, self.campaign, self.output, result.summary(), self._emit
             )
         result.store_requests = self.output.requests()
-        self._emit("summary", **summary_dict(result))
+        self._emit(result.summary())
         return result
