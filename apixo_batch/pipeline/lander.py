@@ -7,7 +7,7 @@ closed; the lander ends when its workers have landed what was in it.
 
 Downloads have their own concurrency (``download_concurrency`` workers), not
 API tokens: a file host is not the API. Where a file goes is the run's
-:class:`~apixo_batch.storage.outputs.Output`: a folder (a ``.part`` hashed,
+:class:`~apixo_batch.outputs.output.Output`: a folder (a ``.part`` hashed,
 checked, fsynced and renamed) or object storage (a streamed upload that only
 completes whole). A file name another job holds is never written over (the one
 :class:`FileRegistry`, read from the journal at the first download and kept up

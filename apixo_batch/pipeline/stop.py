@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..exitcodes import ExitCode
 
-__all__ = ["Level", "Stop", "StopKind", "Stops"]
+__all__ = ["Level", "Stop", "StopKind", "Stops", "storage_stop"]
 
 
 class Level(enum.IntEnum):
@@ -62,6 +62,12 @@ class Stop:
     reason: str
     #: the API's refusal, for the summary's ``fatal`` (fatal and key-refused stops)
     fatal: str | None = None
+
+
+def storage_stop(why: str) -> Stop:
+    """Our disk failed (``why`` says where and how): no new work whose results need it."""
+    reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
+    return Stop(StopKind.STORAGE, reason)
 
 
 class Stops:

@@ -25,15 +25,16 @@ from typing import Any, Literal
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..apixo.client import ApixoClient
-from ..apixo.limits import SlotsClosed
+from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter, Failed, Retried, Stopped, Throttled, Warned
 from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
+from ..outputs.paths import storage_failure
 from ..retry import Backoff
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -147,7 +148,14 @@ class Submitter:
                         f"could not record it ({exc}); keep this line: the task is paid",
                     )
                 )
-                raise
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # A stop, not an exception: the submits still on the wire get their
+                # answers (and their ids told) instead of being cancelled with this one.
+                self._storage_stop(why)
+                permit.release()
+                return
             permit.running()
         except _NotSent:
             await self._hand_back(state, permit)
@@ -178,20 +186,32 @@ class Submitter:
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
         row = state.row
         while True:
-            send = asyncio.ensure_future(
-                self._client.submit(
-                    row.model,
-                    row.input,
-                    request_type=self._request_type,
-                    callback_url=self._callback_url,
-                    provider=row.provider,
-                    before_send=lambda: self._before_send(state, task),
-                )
-            )
+            send: asyncio.Future[str] | None = None
             try:
+                grant = await self._client.grant(Priority.SUBMIT)
+                try:
+                    await self._ready_to_send(state, task)
+                except BaseException:
+                    self._client.unused(grant)  # nothing was sent
+                    raise
+                send = asyncio.ensure_future(
+                    self._client.submit(
+                        row.model,
+                        row.input,
+                        request_type=self._request_type,
+                        callback_url=self._callback_url,
+                        provider=row.provider,
+                        grant=grant,
+                    )
+                )
                 task_id = await send
             except asyncio.CancelledError:
-                if send.done() and not send.cancelled() and send.exception() is None:
+                if (
+                    send is not None
+                    and send.done()
+                    and not send.cancelled()
+                    and send.exception() is None
+                ):
                     # The answer came in the same turn as the cancel: keep the paid id.
                     self._record(state, send.result())
                 raise
@@ -262,7 +282,7 @@ class Submitter:
             self._emit(Stopped(reason=reason))
         raise _NotSent()
 
-    async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+    async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
@@ -270,7 +290,15 @@ class Submitter:
             # Marked before the await: the write is queued now and lands even if a stop
             # cancels this wait, so the hand-back (queued after it) must undo it.
             state.marked = True
-            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                state.marked = False  # the mark did not land: the job is still queued
+                self._storage_stop(why)
+                raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
@@ -280,6 +308,12 @@ class Submitter:
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
+
+    def _storage_stop(self, why: str) -> None:
+        """The journal's disk refused a write: submits stop, those on the wire finish."""
+        stop = storage_stop(why)
+        if self._stops.request(stop):
+            self._emit(Stopped(reason=stop.reason))
 
     async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
         """A backoff: nothing of this submit is on the wire meanwhile."""
