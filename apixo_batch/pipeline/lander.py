@@ -24,7 +24,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..clock import Clock
 from ..errors import DownloadError, ResultExpired
-from ..events import Downloaded, Emitter, Expired, Retried, Stopped, Warned
+from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, Output
 from ..retry import Backoff
@@ -67,7 +67,7 @@ class Lander:
         stops: Stops | None = None,
     ) -> None:
         self._ledger = ledger
-        self._stops = stops or Stops()
+        self._stops = stops or Stops(emit)
         self.left_for_disk = 0  # results not written because our disk refused them
         self._session = session
         self._output = output
@@ -152,8 +152,7 @@ class Lander:
                 f"{why}: results stay journaled for `apixo-batch download` once the "
                 "storage takes them again; no new submits, tasks already paid are still followed"
             )
-            if self._stops.request(Stop(StopKind.STORAGE, reason)):
-                self._emit(Stopped(reason=reason))
+            self._stops.request(Stop(StopKind.STORAGE, reason))
 
     async def _files(self) -> FileRegistry:
         """The registry, read once through one shared journal read."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..apixo.client import ApixoClient
 from ..errors import ApiError, ApixoError, TransportError
-from ..events import Emitter, Preflight, Stopped, Warned
+from ..events import Emitter, Preflight, Warned
 from .stop import Stop, StopKind
 
 __all__ = ["preflight"]
@@ -20,7 +20,8 @@ async def preflight(
     budget_left: float | None,
     allow_partial: bool,
 ) -> Stop | None:
-    """The stop that keeps every submit from leaving, or None to go on.
+    """The stop that keeps every submit from leaving (told when the run requests it), or
+    None to go on.
 
     ``cost`` is the estimated USD of the ``queued`` jobs of known price; ``budget_left``
     caps what this run may spend. A balance that cannot be read is said and ignored."""
@@ -29,7 +30,6 @@ async def preflight(
     except ApiError as exc:
         if exc.fatal:
             reason = f"the API refused: {exc}"
-            emit(Stopped(reason=reason))
             return Stop(StopKind.FATAL, reason, fatal=str(exc))
         emit(Warned(message=f"could not read the balance ({exc}); going on"))
         return None
@@ -44,8 +44,7 @@ async def preflight(
             f"balance ${balance:.2f} cannot cover the estimated ${cost:.2f}{note} of the "
             f"{queued} job(s) left; nothing submitted (use --allow-partial to submit anyway)"
         )
-        emit(Stopped(reason=reason, balance_usd=balance))
-        return Stop(StopKind.REFUSED, reason)
+        return Stop(StopKind.REFUSED, reason, balance_usd=balance)
     emit(
         Preflight(
             message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",

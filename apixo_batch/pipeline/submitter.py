@@ -28,7 +28,7 @@ from ..apixo.client import ApixoClient
 from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
-from ..events import Emitter, Failed, Retried, Stopped, Throttled, Warned
+from ..events import Emitter, Failed, Retried, Throttled, Warned
 from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
 from ..outputs.paths import storage_failure
@@ -153,7 +153,7 @@ class Submitter:
                     raise
                 # A stop, not an exception: the submits still on the wire get their
                 # answers (and their ids told) instead of being cancelled with this one.
-                self._storage_stop(why)
+                self._stops.request(storage_stop(why))
                 permit.release()
                 return
             permit.running()
@@ -254,10 +254,7 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
-                    if first:
-                        self._emit(Stopped(reason=reason))
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -276,10 +273,7 @@ class Submitter:
             f"the API gave no answer for {minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
-        if first:
-            self._emit(Stopped(reason=reason))
         raise _NotSent()
 
     async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
@@ -297,7 +291,7 @@ class Submitter:
                 if why is None:
                     raise
                 state.marked = False  # the mark did not land: the job is still queued
-                self._storage_stop(why)
+                self._stops.request(storage_stop(why))
                 raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
@@ -308,12 +302,6 @@ class Submitter:
         state.on_wire = True
         self._waiting.discard(task)
         self._sending.add(task)
-
-    def _storage_stop(self, why: str) -> None:
-        """The journal's disk refused a write: submits stop, those on the wire finish."""
-        stop = storage_stop(why)
-        if self._stops.request(stop):
-            self._emit(Stopped(reason=stop.reason))
 
     async def _pause(self, task: asyncio.Task[None], seconds: float) -> None:
         """A backoff: nothing of this submit is on the wire meanwhile."""

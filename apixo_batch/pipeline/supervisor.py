@@ -28,7 +28,7 @@ from ..apixo.receiver import callback_url_with_token
 from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock
 from ..defaults import state_path
-from ..events import Emitter, EventSink, Stopped, Warned
+from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
 from ..outputs.output import open_output
@@ -84,7 +84,7 @@ class Supervisor:
         self.output = open_output(self.output_dir, self.state_path)
         check_folder(self.output.local_dir, "output folder")
         check_file(self.state_path, "journal")
-        self.stops = Stops()
+        self.stops = Stops(self._emit)
         self.bucket = RequestBucket(
             options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
         )
@@ -265,6 +265,4 @@ class Supervisor:
         self._emit(Warned(message=message))
 
     def _storage_stop(self, why: str) -> None:
-        stop = storage_stop(why)
-        if self.stops.request(stop):
-            self._emit(Stopped(reason=stop.reason))
+        self.stops.request(storage_stop(why))

@@ -167,7 +167,6 @@ class Stages:
                     meters=[BudgetMeter(o.budget, self._spent_before, parts.emit)],
                     slots=SlotMeter(parts.slots),
                     stops=parts.stops,
-                    emit=parts.emit,
                 )
                 tg.create_task(admission.run(admitted_tx))
                 tg.create_task(self.submitter.run(admitted_rx, submitted_tx))

@@ -34,8 +34,8 @@ async def _run(
     api: FakeApi, ledger: Ledger, clock: FakeClock, n: int, stops: Stops | None = None
 ) -> tuple[Submitter, list[Submitted], Recorder, ConcurrencyLimit]:
     """Admit the first ``n`` queued jobs, run the submitter to its end, collect its output."""
-    stops = stops or Stops()
     events = Recorder()
+    stops = stops or Stops(events.emitter(clock))
     slots = ConcurrencyLimit(100)
     submitter = Submitter(
         api,  # type: ignore[arg-type]
@@ -124,11 +124,13 @@ async def test_a_fatal_answer_stops_submits_and_hands_every_unsent_job_back() ->
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(i) for i in range(4)])
     api = FakeApi(clock, submit_latency=1.0, submit_faults=[AuthError(401, "bad key")])
-    stops = Stops()
-    _, got, events, slots = await _run(api, ledger, clock, 4, stops)
+    told = Recorder()
+    stops = Stops(told.emitter(clock))
+    _, got, _, slots = await _run(api, ledger, clock, 4, stops)
     assert stops.reached(Level.SUBMITS) and stops.fatal is not None
     assert [s.kind for s in stops.all] == [StopKind.FATAL]
-    assert len(events.of("stopped")) == 1
+    [stopped] = told.of("stopped")
+    assert stopped.data == {"reason": "the API refused a submit: APIXO 401: bad key"}
     # Submits already on the wire when the refusal came are answered and journaled.
     assert {r.id for r in queued_rows(ledger)} | {s.row.id for s in got} == {
         f"job-{i}" for i in range(4)
