@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "make_plan": "planning.plan",
     "S3Location": "location",
     "ApiKey": "apixo.secret",
-    "load_api_key": "apixo.secret",
+    "load_api_key": "cli.environment",
     "run_campaign": "api",
     "stream_campaign": "api",
     "ApixoError": "errors",
@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "InvalidRequest": "errors",
     "JobFileError": "errors",
     "JournalError": "errors",
+    "MissingApiKey": "errors",
     "NotFound": "errors",
     "RateLimited": "errors",
     "ResultExpired": "errors",
@@ -83,6 +84,7 @@ __all__ = [
     "Job",
     "JobFileError",
     "JournalError",
+    "MissingApiKey",
     "ModelSpec",
     "NotFound",
     "RateLimited",
@@ -124,8 +126,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .api import run_campaign, stream_campaign
     from .apixo.client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
-    from .apixo.secret import ApiKey, load_api_key
+    from .apixo.secret import ApiKey
     from .catalog.models import MODELS, ModelSpec, get_model, validate_input
+    from .cli.environment import load_api_key
     from .clock import Clock, FakeClock, SystemClock
     from .errors import (
         ApiError,
@@ -139,6 +142,7 @@ if TYPE_CHECKING:
         InvalidRequest,
         JobFileError,
         JournalError,
+        MissingApiKey,
         NotFound,
         RateLimited,
         ResultExpired,

@@ -3,32 +3,34 @@
 ::
 
     import asyncio
-    from apixo_batch import run_campaign, stream_campaign
+    from apixo_batch import RunOptions, run_campaign, stream_campaign
 
-    result = asyncio.run(run_campaign("jobs/campaign.yaml", rpm=3000))
+    options = RunOptions(rpm=3000)
+    result = asyncio.run(run_campaign("jobs/campaign.yaml", options, api_key=key))
     print(result.exit_code, result.counts)
 
     async def watch() -> None:
-        async for event in stream_campaign("jobs/campaign.yaml"):
+        async for event in stream_campaign("jobs/campaign.yaml", api_key=key):
             print(event.kind, event.job_id, event.data)
 
-Both read the key from ``APIXO_API_KEY`` unless ``api_key`` is given, load and
-validate the job file (raising :class:`~apixo_batch.errors.JobFileError`),
-and resume from the campaign's journal exactly like ``apixo-batch run``.
+Both load and validate the job file (raising
+:class:`~apixo_batch.errors.JobFileError`) and resume from the campaign's
+journal exactly like ``apixo-batch run``. They read no environment: the key is
+``api_key`` (a run with API work and no key raises
+:class:`~apixo_batch.errors.MissingApiKey`) and the API's URL is
+``RunOptions.base_url``; the CLI maps ``APIXO_API_KEY`` and ``APIXO_BASE_URL``
+onto them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from .apixo.secret import ApiKey, load_api_key
+from .apixo.secret import ApiKey
 from .clock import Clock
-from .defaults import DEFAULT_BASE_URL
 from .errors import ApixoError
 from .events import Event, EventSink, QueueSink
 from .jobs import Campaign, load_campaign
@@ -39,45 +41,42 @@ __all__ = ["build_engine", "run_campaign", "stream_campaign"]
 
 def build_engine(
     job_file: str | Path | Campaign,
+    options: RunOptions | None = None,
     *,
     api_key: ApiKey | str | None = None,
     out_dir: str | Path | None = None,
     on_event: EventSink | None = None,
     clock: Clock | None = None,
-    **options: Any,
 ) -> Engine:
-    """An :class:`Engine` for ``job_file`` (a path, or a campaign already loaded);
-    ``options`` are :class:`RunOptions` fields."""
+    """An :class:`Engine` for ``job_file`` (a path, or a campaign already loaded; then
+    ``out_dir`` is not read), run with ``options`` (the defaults when None)."""
     if isinstance(job_file, Campaign):
         campaign = job_file
     else:
         campaign = load_campaign(job_file, out_dir=out_dir)
-    key = ApiKey(api_key) if isinstance(api_key, str) else (api_key or load_api_key())
-    options.setdefault("base_url", os.environ.get("APIXO_BASE_URL") or DEFAULT_BASE_URL)
-    if "state_path" in options and options["state_path"] is not None:
-        options["state_path"] = Path(options["state_path"])
-    return Engine(campaign, key, RunOptions(**options), clock=clock, on_event=on_event)
+    key = ApiKey(api_key) if isinstance(api_key, str) else api_key
+    return Engine(campaign, key, options or RunOptions(), clock=clock, on_event=on_event)
 
 
 async def run_campaign(
     job_file: str | Path,
+    options: RunOptions | None = None,
     *,
     api_key: ApiKey | str | None = None,
     out_dir: str | Path | None = None,
     on_event: EventSink | None = None,
-    **options: Any,
 ) -> RunResult:
     """Run a campaign to the end (or to a stop) and return what happened."""
-    engine = build_engine(job_file, api_key=api_key, out_dir=out_dir, on_event=on_event, **options)
+    engine = build_engine(job_file, options, api_key=api_key, out_dir=out_dir, on_event=on_event)
     return await engine.run()
 
 
 async def stream_campaign(
     job_file: str | Path,
+    options: RunOptions | None = None,
     *,
     api_key: ApiKey | str | None = None,
     out_dir: str | Path | None = None,
-    **options: Any,
 ) -> AsyncIterator[Event]:
     """Run a campaign, yielding every event as it happens; the last is the ``summary``.
 
@@ -85,7 +84,7 @@ async def stream_campaign(
     answers on the wire journaled, manifest written).
     """
     sink = QueueSink()
-    engine = build_engine(job_file, api_key=api_key, out_dir=out_dir, on_event=sink, **options)
+    engine = build_engine(job_file, options, api_key=api_key, out_dir=out_dir, on_event=sink)
 
     async def drive() -> RunResult:
         try:

@@ -16,7 +16,8 @@
     ├── DownloadError           a result file could not be fetched
     │   ├── ResultExpired       403/404/410 from the file host: the URL is gone
     │   └── IntegrityError      short body, wrong length, not an MP4
-    └── JournalError            the journal refuses (locked, illegal transition)
+    ├── JournalError            the journal refuses (locked, illegal transition)
+    └── MissingApiKey           a run with API work to do was given no key
 
 Leaves carry the context a user needs (job id, field, HTTP status) and never
 the API key: messages are built from API answers and our own text only.
@@ -40,6 +41,7 @@ __all__ = [
     "JobFileError",
     "JournalError",
     "JournalUnreadable",
+    "MissingApiKey",
     "NotFound",
     "PathError",
     "RateLimited",
@@ -183,6 +185,11 @@ class IntegrityError(DownloadError):
 
 class JournalError(ApixoError):
     """The journal refused: locked by another run, or an illegal state change."""
+
+
+class MissingApiKey(ApixoError):
+    """A run has tasks to submit or follow and was given no API key (the CLI names
+    ``APIXO_API_KEY``; the Python API never reads the environment)."""
 
 
 class PathError(ApixoError):

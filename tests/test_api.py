@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import SIM_KEY, assert_byte_exact, read_manifest, simple_jobs, write_campaign
@@ -15,22 +16,27 @@ from apixo_batch import (
     Event,
     JobFileError,
     JournalError,
+    RunOptions,
     RunResult,
     run_campaign,
     stream_campaign,
 )
+from apixo_batch.api import build_engine
+from apixo_batch.defaults import DEFAULT_BASE_URL
+from apixo_batch.errors import MissingApiKey
 from apixo_batch.journal import JobState, Journal
 
 
-def opts(sim) -> dict[str, object]:
-    return {"api_key": SIM_KEY, "base_url": sim.base_url, "time_scale": 0.01}
+def opts(sim, **fields: Any) -> RunOptions:
+    """The options of a run against ``sim``: its URL, its time scale, and ``fields``."""
+    return RunOptions(**{"base_url": sim.base_url, "time_scale": 0.01, **fields})
 
 
 async def test_run_campaign_returns_a_run_result(simulator, tmp_path: Path) -> None:
     """run_campaign runs to the end: exit 0, counts, manifest and files byte-exact."""
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(4))
-    result = await run_campaign(job_file, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert isinstance(result, RunResult)
     assert result.exit_code == 0
     assert result.counts == {"done": 4, "failed": 0, "expired": 0, "pending": 0}
@@ -49,13 +55,13 @@ async def test_run_campaign_reports_events_and_resumes(simulator, tmp_path: Path
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(3))
     seen: list[Event] = []
-    first = await run_campaign(job_file, on_event=seen.append, **opts(sim))
+    first = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, on_event=seen.append)
     assert first.exit_code == 0
     assert seen[0].kind == "started" and seen[-1].kind == "summary"
     assert len([e.job_id for e in seen if e.kind == "downloaded"]) == 3
     assert seen[-1].data["exit_code"] == 0
     before = sim.stats()["requests_total"]
-    again = await run_campaign(job_file, api_key=ApiKey(SIM_KEY), base_url=sim.base_url)
+    again = await run_campaign(job_file, RunOptions(base_url=sim.base_url), api_key=ApiKey(SIM_KEY))
     assert again.exit_code == 0 and again.submitted == 0 and again.requests == 0
     assert sim.stats()["requests_total"] == before
 
@@ -65,7 +71,7 @@ async def test_run_campaign_out_dir_overrides_the_job_file(simulator, tmp_path: 
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(2))
     elsewhere = tmp_path / "elsewhere"
-    result = await run_campaign(job_file, out_dir=elsewhere, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, out_dir=elsewhere)
     assert result.exit_code == 0
     assert result.output_dir == elsewhere.resolve()
     assert (elsewhere / "job-0000.mp4").exists() and (elsewhere / ".apixo-batch.sqlite").exists()
@@ -77,7 +83,7 @@ async def test_stream_campaign_yields_events_ending_with_summary(simulator, tmp_
     sim = await simulator(time_scale=0.01)
     jobs = simple_jobs(3)
     job_file = write_campaign(tmp_path, jobs)
-    events = [e async for e in stream_campaign(job_file, **opts(sim))]
+    events = [e async for e in stream_campaign(job_file, opts(sim), api_key=SIM_KEY)]
     assert events[0].kind == "started"
     assert events[-1].kind == "summary"
     assert [e for e in events if e.kind == "summary"] == [events[-1]]
@@ -97,7 +103,7 @@ async def test_leaving_stream_early_stops_cleanly_then_resumes(simulator, tmp_pa
     job_file = write_campaign(tmp_path, jobs)
     submitted = 0
     async with contextlib.aclosing(
-        stream_campaign(job_file, max_concurrent=5, **opts(sim))
+        stream_campaign(job_file, opts(sim, max_concurrent=5), api_key=SIM_KEY)
     ) as stream:
         async for event in stream:
             submitted += event.kind == "submitted"
@@ -116,7 +122,7 @@ async def test_leaving_stream_early_stops_cleanly_then_resumes(simulator, tmp_pa
     assert len(manifest) == 20
     assert {e["state"] for e in manifest} == {"pending"}
     assert len(sim.tasks) == len(with_task)
-    result = await run_campaign(job_file, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert result.exit_code == 0
     assert result.submitted == 20 - len(with_task)
     stats = sim.stats()
@@ -129,7 +135,7 @@ async def test_break_without_aclosing_still_stops_the_run(simulator, tmp_path: P
     """A plain `break` (the generator closed by the event loop) also stops the run soon."""
     sim = await simulator(time_scale=0.01, duration_override_s=(1.0, 1.5))
     job_file = write_campaign(tmp_path, simple_jobs(20))
-    async for event in stream_campaign(job_file, max_concurrent=5, **opts(sim)):
+    async for event in stream_campaign(job_file, opts(sim, max_concurrent=5), api_key=SIM_KEY):
         if event.kind == "submitted":
             break
     # The event loop's async-generator finalizer closes the stream shortly: the run
@@ -146,7 +152,7 @@ async def test_break_without_aclosing_still_stops_the_run(simulator, tmp_path: P
     await asyncio.sleep(0.05)
     assert (tmp_path / "out" / "manifest.jsonl").exists()
     assert sim.stats()["submits_accepted"] <= 5  # --max-concurrent 5, tasks take >= 1 s
-    result = await run_campaign(job_file, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert result.exit_code == 0
     assert sim.stats()["duplicate_submits"] == 0
 
@@ -158,27 +164,42 @@ async def test_invalid_job_file_raises_job_file_error(simulator, tmp_path: Path)
     jobs[1]["input"]["duration"] = 7
     job_file = write_campaign(tmp_path, jobs)
     with pytest.raises(JobFileError) as caught:
-        await run_campaign(job_file, **opts(sim))
+        await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert "job-0001" in str(caught.value) and "duration" in str(caught.value)
     assert caught.value.issues
     with pytest.raises(JobFileError):
-        async for _ in stream_campaign(job_file, **opts(sim)):
+        async for _ in stream_campaign(job_file, opts(sim), api_key=SIM_KEY):
             pass
     with pytest.raises(JobFileError):
-        await run_campaign(tmp_path / "missing.yaml", **opts(sim))
+        await run_campaign(tmp_path / "missing.yaml", opts(sim), api_key=SIM_KEY)
     assert sim.stats()["requests_total"] == 0
 
 
 async def test_missing_api_key_raises_before_any_request(
     simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No api_key and no APIXO_API_KEY: ApixoError naming the variable, nothing sent."""
-    monkeypatch.delenv("APIXO_API_KEY", raising=False)
+    """No api_key: MissingApiKey before any request, though APIXO_API_KEY holds a good
+    key (the Python API reads no environment)."""
+    monkeypatch.setenv("APIXO_API_KEY", SIM_KEY)
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(1))
-    with pytest.raises(ApixoError, match="APIXO_API_KEY"):
-        await run_campaign(job_file, base_url=sim.base_url, time_scale=0.01)
+    with pytest.raises(ApixoError, match=r"no API key was given \(api_key=\)") as caught:
+        await run_campaign(job_file, opts(sim))
+    assert isinstance(caught.value, MissingApiKey)
     assert sim.stats()["requests_total"] == 0
+
+
+def test_build_engine_takes_its_options_and_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options given are the engine's; none given are the defaults, whatever
+    APIXO_BASE_URL says (only the CLI reads it)."""
+    monkeypatch.setenv("APIXO_BASE_URL", "http://127.0.0.1:9/api/v1")
+    job_file = write_campaign(tmp_path, simple_jobs(1))
+    options = RunOptions(base_url="http://127.0.0.1:8/api/v1", rpm=120)
+    assert build_engine(job_file, options, api_key=SIM_KEY).options is options
+    assert build_engine(job_file, api_key=SIM_KEY).options == RunOptions()
+    assert RunOptions().base_url == DEFAULT_BASE_URL
 
 
 async def test_wrong_key_is_a_result_not_an_exception(simulator, tmp_path: Path) -> None:
@@ -186,7 +207,7 @@ async def test_wrong_key_is_a_result_not_an_exception(simulator, tmp_path: Path)
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(2))
     wrong = "sk-live-EMBEDDED-WRONG-KEY-00000000"
-    result = await run_campaign(job_file, api_key=wrong, base_url=sim.base_url, time_scale=0.01)
+    result = await run_campaign(job_file, opts(sim), api_key=wrong)
     assert result.exit_code == 3
     assert result.fatal and wrong not in result.fatal
     assert sim.stats()["submits_accepted"] == 0
@@ -217,7 +238,7 @@ async def test_run_campaign_refuses_options_the_cli_would_refuse(
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(2))
     with pytest.raises(ValueError, match=rf"^RunOptions\.{field}: ") as caught:
-        await run_campaign(job_file, **{**opts(sim), field: value})
+        await run_campaign(job_file, opts(sim, **{field: value}), api_key=SIM_KEY)
     assert says in str(caught.value)
     assert sim.stats()["requests_total"] == 0
     assert not (tmp_path / "out").exists()
@@ -227,7 +248,7 @@ async def test_run_campaign_runs_at_the_caps(simulator, tmp_path: Path) -> None:
     """999 in flight and 9,999 requests a minute are the highest accepted values."""
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(2))
-    result = await run_campaign(job_file, max_concurrent=999, rpm=9_999, **opts(sim))
+    result = await run_campaign(job_file, opts(sim, max_concurrent=999, rpm=9_999), api_key=SIM_KEY)
     assert result.exit_code == 0 and result.counts["done"] == 2
 
 
@@ -257,7 +278,7 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     out = {"dir": "out", "filename": "{index}.mp4"}
     x = {**simple_jobs(1)[0], "id": "x"}
     job_file = write_campaign(tmp_path, [x], output=out)
-    first = await run_campaign(job_file, **opts(sim))
+    first = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert first.exit_code == 1
     [entry] = read_manifest(tmp_path / "out")
     state = "expired" if trouble == "expired" else "pending"
@@ -267,7 +288,7 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     monkeypatch.setattr(engine_module, "download_file", real_download)
     write_campaign(tmp_path, [{**simple_jobs(2)[1], "id": "new"}, x], output=out)
     seen: list[Event] = []
-    second = await run_campaign(job_file, on_event=seen.append, **opts(sim))
+    second = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, on_event=seen.append)
     assert second.exit_code == 1
     assert (tmp_path / "out" / "0.mp4").read_bytes() == paid
     [warning] = [e for e in seen if e.kind == "warning" and e.job_id == "new"]
@@ -283,7 +304,7 @@ async def test_a_stream_left_with_a_bare_break_still_writes_the_manifest(
     job_file = write_campaign(tmp_path, simple_jobs(10))
 
     async def embedder() -> None:
-        async for event in stream_campaign(job_file, max_concurrent=3, **opts(sim)):
+        async for event in stream_campaign(job_file, opts(sim, max_concurrent=3), api_key=SIM_KEY):
             if event.kind == "submitted":
                 break
 
@@ -308,6 +329,8 @@ async def test_a_bug_in_a_run_left_early_still_reaches_the_consumer(
 
     monkeypatch.setattr("apixo_batch.pipeline.result.close_books", broken)
     with pytest.raises(TypeError, match="close_books"):
-        async with contextlib.aclosing(stream_campaign(job_file, **opts(sim))) as stream:
+        async with contextlib.aclosing(
+            stream_campaign(job_file, opts(sim), api_key=SIM_KEY)
+        ) as stream:
             async for _ in stream:
                 break

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 
 import pytest
 
 from apixo_batch.clock import Clock, FakeClock, SystemClock, human_duration
-from apixo_batch.reports.manifest import render_summary
 
 
 def test_fake_clock_starts_where_told() -> None:
@@ -210,11 +208,3 @@ def test_human_duration_says_two_units_at_most(seconds: float, text: str) -> Non
 def test_human_duration_in_hours_for_expiries() -> None:
     """Expiries count in hours, one decimal."""
     assert human_duration(5_400.0, unit="h") == "1.5 h"
-
-
-def test_the_summary_says_took_and_planned_as_the_docs_quote() -> None:
-    """The summary a run ends with, as docs/commands.md quotes it: whole minutes say no
-    seconds ("41 min", not "41 min 0 s"), in the one voice plan and the progress line use."""
-    out = io.StringIO()
-    render_summary({"jobs": 3, "counts": {}, "wall_s": 41 * 60.0, "planned_wall_s": 39 * 60.0}, out)
-    assert "  took 41 min, planned 39 min\n" in out.getvalue()

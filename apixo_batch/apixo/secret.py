@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-__all__ = ["ApiKey", "load_api_key", "redact", "redact_env"]
+__all__ = ["ApiKey", "redact"]
 
 _MASK = "***"
 
@@ -47,25 +44,8 @@ class ApiKey:
         return hash(("ApiKey", self._value))
 
 
-def load_api_key(key_file: str | Path | None = None, env: str = "APIXO_API_KEY") -> ApiKey | None:
-    """The key from ``--api-key-file`` if given, else from the environment, else None."""
-    if key_file is not None:
-        return ApiKey(Path(key_file).read_text(encoding="utf-8"))
-    value = os.environ.get(env, "").strip()
-    return ApiKey(value) if value else None
-
-
 def redact(text: str, key: ApiKey | None) -> str:
     """``text`` with every occurrence of the key replaced by a mask."""
     if key is None:
         return text
     return text.replace(key.reveal(), _MASK)
-
-
-def redact_env(text: str) -> str:
-    """``text`` without the key of the environment (where no ApiKey is at hand)."""
-    try:
-        key = load_api_key()
-    except (OSError, ValueError):
-        return text
-    return redact(text, key)

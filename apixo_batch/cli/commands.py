@@ -9,22 +9,24 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
-from ..apixo.secret import ApiKey, load_api_key, redact
+from ..apixo.secret import ApiKey, redact
 from ..clock import human_duration
 from ..defaults import state_path
-from ..errors import ApixoError, JobFileError, StorageError
-from ..events import Event
+from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
+from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import JobRow, JobState, Journal
-from ..pipeline import Engine, RunResult, summary_dict
+from ..pipeline import Engine, RunOptions, RunResult
 from ..reports.manifest import event_line, render_summary
+from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally
 
 if TYPE_CHECKING:
@@ -82,8 +84,8 @@ class _Printer:
         """A run that could not go on: one line on stderr, and with --json a summary as
         the stream's last line (``exit_code`` and ``error``), as every run ends."""
         message = redact(message, self.key)
-        summary = {**summary_dict(RunResult(exit_code=code, counts={})), "error": message}
-        line = event_line(Event("summary", time.time(), None, summary))
+        summary = replace(RunResult(code, counts={}).summary(), at=time.time(), error=message)
+        line = event_line(summary)
         if self.verbose and not self.json_mode:
             sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
             return code
@@ -127,17 +129,21 @@ class _Printer:
             # -v: every event, the summary last, each a JSON line on stderr and nothing else.
             sys.stderr.write(redact(event_line(event), self.key) + "\n")
             return
-        d = event.data
-        if event.kind in ("warning", "stopped"):
-            self._say(str(d.get("message") or d.get("reason")))
-        elif event.kind == "preflight" and not self.quiet:
-            self._say(str(d.get("message")))
-        elif event.kind in ("failed", "expired"):
-            why = d.get("fail_code") or ""
-            msg = d.get("fail_msg") or d.get("message") or ""
-            self._say(f"{event.kind}: {event.job_id} {why} {msg}".rstrip())
-        elif event.kind == "pending" and not self.quiet:
-            self._say(f"pending: {event.job_id}: {d.get('message', '')}")
+        if isinstance(event, Warned):
+            self._say(event.message)
+        elif isinstance(event, Stopped):
+            self._say(event.reason)
+        elif isinstance(event, Preflight) and not self.quiet:
+            self._say(event.message)
+        elif isinstance(event, Failed | Expired):
+            why, msg = (
+                (event.fail_code, event.fail_msg)
+                if isinstance(event, Failed)
+                else (None, event.message)
+            )
+            self._say(f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip())
+        elif isinstance(event, Pending) and not self.quiet:
+            self._say(f"pending: {event.job_id}: {event.message}")
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -198,13 +204,18 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except StorageError as exc:  # the journal unreadable
         printer.close()
         return printer.ended_in_error(ExitCode.IO_ERROR, str(exc))
-    except ApixoError as exc:  # the journal held by another run, no key
+    except MissingApiKey:
+        printer.close()
+        return printer.ended_in_error(
+            ExitCode.INVALID, f"{KEY_VAR} is not set (or give --api-key-file)"
+        )
+    except ApixoError as exc:  # the journal held by another run
         printer.close()
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     finally:
         printer.close()
     if not args.json and not args.verbose:
-        render_summary(summary_dict(result))
+        render_summary(result.summary())
     return result.exit_code
 
 
@@ -216,10 +227,8 @@ def _engine(
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
 ) -> Engine:
-    return build_engine(
-        campaign,
-        api_key=key,
-        on_event=printer,
+    options = RunOptions(
+        base_url=base_url(args.base_url),
         state_path=_state_path(args, campaign),
         max_concurrent=args.max_concurrent,
         rpm=args.rpm,
@@ -233,8 +242,8 @@ def _engine(
         order=getattr(args, "order", "longest"),
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
-        **({"base_url": args.base_url} if args.base_url else {}),
     )
+    return build_engine(campaign, options, api_key=key, on_event=printer)
 
 
 async def _drive(engine: Engine) -> RunResult:

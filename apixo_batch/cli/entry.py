@@ -267,8 +267,8 @@ def _unexpected(exc: Exception) -> int:
     """What nothing else caught: one line, never a traceback, unless asked for one."""
     import os
 
-    from ..apixo.secret import redact_env
     from ..outputs.paths import storage_failure
+    from .environment import redact_env
 
     if os.environ.get("APIXO_BATCH_DEBUG"):
         raise exc

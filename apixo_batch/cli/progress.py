@@ -16,7 +16,19 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from ..clock import human_duration
-from ..events import Event
+from ..events import (
+    Downloaded,
+    Event,
+    Expired,
+    Failed,
+    Retried,
+    Started,
+    Stopped,
+    Submitted,
+    Succeeded,
+    Throttled,
+    Warned,
+)
 
 if TYPE_CHECKING:
     # rich is imported by LiveView itself: cron, CI and --json runs never draw it.
@@ -56,49 +68,48 @@ class Tally:
             self._apply(event)
 
     def _apply(self, event: Event) -> None:
-        d = event.data
-        kind = event.kind
-        if kind == "started":
-            for model, states in (d.get("per_model") or {}).items():
+        match event:
+            case Started(per_model=per_model):
+                for model, states in per_model.items():
+                    row = self.rows[model]
+                    row.queued = states.get("queued", 0) + states.get("submitting", 0)
+                    row.in_flight = states.get("submitted", 0)
+                    row.downloading = states.get("succeeded", 0)
+                    row.done = states.get("done", 0)
+                    row.failed = states.get("failed", 0)
+                    row.expired = states.get("expired", 0)
+            case Retried():
+                self.retries += 1
+            case Throttled():
+                self.rate_limited += 1
+            case Warned(message=message) | Stopped(reason=message):
+                self.warnings.append(message)
+            case Submitted(model=model):
                 row = self.rows[model]
-                row.queued = states.get("queued", 0) + states.get("submitting", 0)
-                row.in_flight = states.get("submitted", 0)
-                row.downloading = states.get("succeeded", 0)
-                row.done = states.get("done", 0)
-                row.failed = states.get("failed", 0)
-                row.expired = states.get("expired", 0)
-            return
-        model = d.get("model")
-        if kind in ("retried",):
-            self.retries += 1
-        elif kind == "rate-limited":
-            self.rate_limited += 1
-        elif kind in ("warning", "stopped"):
-            self.warnings.append(str(d.get("message") or d.get("reason") or ""))
-        if not isinstance(model, str):
-            return
-        row = self.rows[model]
-        if kind == "submitted":
-            row.queued = max(0, row.queued - 1)
-            row.in_flight += 1
-        elif kind == "succeeded":
-            row.in_flight = max(0, row.in_flight - 1)
-            row.downloading += 1
-        elif kind == "downloaded":
-            row.downloading = max(0, row.downloading - 1)
-            row.done += 1
-            self.done_this_run += 1
-            if self.first_done_at is None:
-                self.first_done_at = time.monotonic()
-        elif kind == "failed":
-            if "task_id" in d:
-                row.in_flight = max(0, row.in_flight - 1)
-            else:
                 row.queued = max(0, row.queued - 1)
-            row.failed += 1
-        elif kind == "expired":
-            row.downloading = max(0, row.downloading - 1)
-            row.expired += 1
+                row.in_flight += 1
+            case Succeeded(model=model):
+                row = self.rows[model]
+                row.in_flight = max(0, row.in_flight - 1)
+                row.downloading += 1
+            case Downloaded(model=model):
+                row = self.rows[model]
+                row.downloading = max(0, row.downloading - 1)
+                row.done += 1
+                self.done_this_run += 1
+                if self.first_done_at is None:
+                    self.first_done_at = time.monotonic()
+            case Failed(model=model, task_id=task_id):
+                row = self.rows[model]
+                if task_id is not None:
+                    row.in_flight = max(0, row.in_flight - 1)
+                else:
+                    row.queued = max(0, row.queued - 1)
+                row.failed += 1
+            case Expired(model=model):
+                row = self.rows[model]
+                row.downloading = max(0, row.downloading - 1)
+                row.expired += 1
 
     def total(self) -> _Row:
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from anyio.abc import ObjectSendStream
 
 from ..apixo.limits import ConcurrencyLimit, SlotsClosed, SlotsStranded
-from ..events import Emitter
+from ..events import Emitter, Warned
 from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
@@ -143,9 +143,10 @@ class BudgetMeter:
             self._unknown += 1
             if self._unknown == 1:
                 self._emit(
-                    "warning",
-                    message="jobs of unknown price are not submitted under "
-                    "--budget (add their price to the job file's prices:)",
+                    Warned(
+                        message="jobs of unknown price are not submitted under "
+                        "--budget (add their price to the job file's prices:)",
+                    )
                 )
             return SKIP
         if self.committed + row.cost_usd > self.budget + 1e-9:

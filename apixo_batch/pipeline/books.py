@@ -7,10 +7,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import ApixoError, DownloadError, JournalError, PathError
-from ..events import Emitter
+from ..events import Emitter, Summary, Warned
 from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
 from ..location import Destination, S3Location
@@ -105,7 +104,7 @@ def _unless_unreadable() -> Iterator[None]:
 
 
 async def review_page(
-    ledger: Ledger, campaign: Campaign, output: Output, summary: dict[str, Any], emit: Emitter
+    ledger: Ledger, campaign: Campaign, output: Output, summary: Summary, emit: Emitter
 ) -> Path | str | None:
     """The campaign's review page, written and published in the output; a failure to write
     or upload it costs a warning, not the run."""
@@ -120,11 +119,11 @@ async def review_page(
         # The disk or the journal refusing costs the page, told; a bug goes on as it is.
         if not isinstance(exc, OSError | ApixoError) and storage_failure(exc) is None:
             raise
-        emit("warning", message=f"{REVIEW_FILE} not written: {exc}")
+        emit(Warned(message=f"{REVIEW_FILE} not written: {exc}"))
         return None
 
     def refused(why: str) -> None:
-        emit("warning", message=why)
+        emit(Warned(message=why))
 
     return await publish(output, REVIEW_FILE, "text/html", refused)
 

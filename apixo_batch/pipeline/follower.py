@@ -30,7 +30,7 @@ from ..catalog.models import RESULT_TTL_S, get_model
 from ..clock import Clock, wait_until
 from ..defaults import PATIENCE
 from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
-from ..events import Emitter
+from ..events import Emitter, Failed, Pending, Retried, Running, Succeeded, Throttled
 from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.kind import Kind
@@ -212,12 +212,13 @@ class Follower:
             return False  # no request: the run is ending, or a callback is settling it
         if t.max_wait.expired():
             self._emit(
-                "pending",
-                t.job_id,
-                task_id=t.task_id,
-                model=t.model,
-                message=f"still running after --max-wait {self._patience.in_minutes:g} min; "
-                "left pending for the next run or `download`",
+                Pending(
+                    t.job_id,
+                    task_id=t.task_id,
+                    model=t.model,
+                    message=f"still running after --max-wait {self._patience.in_minutes:g} min; "
+                    "left pending for the next run or `download`",
+                )
             )
             self._permits.pop(t.task_id).strand()
             self._left.add(t.task_id)
@@ -225,11 +226,11 @@ class Follower:
         try:
             status = await self._client.status(t.model, t.task_id)
         except RateLimited as exc:
-            self._emit("rate-limited", t.job_id, retry_after=exc.retry_after)
+            self._emit(Throttled(t.job_id, retry_after=exc.retry_after))
             return False
         except (ServerError, TransportError) as exc:
             self.retries += 1
-            self._emit("retried", t.job_id, call="status", error=str(exc))
+            self._emit(Retried(t.job_id, call="status", error=str(exc)))
             return False
         except ApiError as exc:
             return await self._poll_refused(t, exc)
@@ -237,7 +238,7 @@ class Follower:
         if not status.finished:
             if t.job_id not in self._seen_running and status.state == "processing":
                 self._seen_running.add(t.job_id)
-                self._emit("running", t.job_id, task_id=t.task_id, model=t.model)
+                self._emit(Running(t.job_id, task_id=t.task_id, model=t.model))
             return False
         return await self._finished(t, status, via="poll")
 
@@ -260,7 +261,7 @@ class Follower:
                 )
                 return await self._finished(t, gone, via="poll")
         self.retries += 1
-        self._emit("retried", t.job_id, call="status", error=str(exc))
+        self._emit(Retried(t.job_id, call="status", error=str(exc)))
         return False
 
     # -- callbacks ------------------------------------------------------------
@@ -348,12 +349,13 @@ class Follower:
             self._free(t)
             await written
             self._emit(
-                "failed",
-                t.job_id,
-                task_id=t.task_id,
-                model=t.model,
-                fail_code=status.fail_code,
-                fail_msg=status.fail_msg,
+                Failed(
+                    t.job_id,
+                    task_id=t.task_id,
+                    model=t.model,
+                    fail_code=status.fail_code,
+                    fail_msg=status.fail_msg,
+                )
             )
 
     async def _succeeded(self, t: Tracked, status: TaskStatus, via: str) -> None:
@@ -377,12 +379,13 @@ class Follower:
         self.completions.add(t.clock_key, seconds)
         await written
         self._emit(
-            "succeeded",
-            t.job_id,
-            task_id=t.task_id,
-            model=t.model,
-            via=via,
-            urls=len(status.result_urls),
+            Succeeded(
+                t.job_id,
+                task_id=t.task_id,
+                model=t.model,
+                via=via,
+                urls=len(status.result_urls),
+            )
         )
         assert self._out is not None
         fetch = Fetch(

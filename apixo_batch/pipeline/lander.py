@@ -25,7 +25,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from ..clock import Clock
 from ..defaults import PATIENCE
 from ..errors import DownloadError, ResultExpired
-from ..events import Emitter
+from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, Output
 from ..retry import Backoff, Deadline, Patience
@@ -186,15 +186,16 @@ class Lander:
             # until the user renames one of the two.
             named = ", ".join(f"{name} (job {owner}'s file)" for name, owner in clashes)
             self._emit(
-                "warning",
-                fetch.id,
-                message=(
-                    f"job {fetch.id}: its results would be written over {named}; nothing "
-                    "was downloaded. Change output.filename so the names differ (e.g. "
-                    "'{id}_.mp4'; a job gone from the job file keeps its names until it "
-                    "is back in it), then run `apixo-batch download`: the result stays "
-                    "downloadable until its URLs expire"
-                ),
+                Warned(
+                    fetch.id,
+                    message=(
+                        f"job {fetch.id}: its results would be written over {named}; nothing "
+                        "was downloaded. Change output.filename so the names differ (e.g. "
+                        "'{id}_.mp4'; a job gone from the job file keeps its names until it "
+                        "is back in it), then run `apixo-batch download`: the result stays "
+                        "downloadable until its URLs expire"
+                    ),
+                )
             )
             return
         landed = Landed()
@@ -208,7 +209,7 @@ class Lander:
                 files.hold(name.rpartition("/")[2], fetch.id)
         except ResultExpired as exc:
             await self._ledger.record_expired(fetch.id, str(exc), landed)
-            self._emit("expired", fetch.id, model=fetch.model, message=str(exc))
+            self._emit(Expired(fetch.id, model=fetch.model, message=str(exc)))
             return
         except DownloadError as exc:
             partial = self._ledger.record_partial(fetch.id, landed)
@@ -219,20 +220,17 @@ class Lander:
                 return
             self.retries += 1
             self._emit(
-                "retried",
-                fetch.id,
-                call="download",
-                error=f"{exc}; left for `apixo-batch download`",
+                Retried(fetch.id, call="download", error=f"{exc}; left for `apixo-batch download`")
             )
             return
         # Not durable: after a power loss the file is verified or fetched again.
         await self._ledger.record_done(fetch.id, landed)
-        extra = {"found": found} if found else {}
         self._emit(
-            "downloaded",
-            fetch.id,
-            model=fetch.model,
-            files=landed.files,
-            bytes=landed.bytes,
-            **extra,
+            Downloaded(
+                fetch.id,
+                model=fetch.model,
+                files=landed.files,
+                bytes=landed.bytes,
+                found=found or None,
+            )
         )

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
 from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
+from ..events import Summary
 from ..exitcodes import ExitCode
 from ..location import Destination
 from ..retry import Patience
@@ -123,44 +124,51 @@ class RunResult:
     #: requests made to the output's object store, by call (empty for a folder)
     store_requests: dict[str, int] = field(default_factory=dict)
 
+    def summary(self) -> Summary:
+        """The final summary (the ``summary`` event), figures rounded as the JSON shows them."""
+        return Summary(
+            exit_code=int(self.exit_code),
+            counts=self.counts,
+            jobs=sum(self.counts.values()),
+            submitted=self.submitted,
+            possibly_duplicated=self.possibly_duplicated,
+            requests=self.requests,
+            requests_per_task=(
+                round(self.requests / self.submitted, 3) if self.submitted else None
+            ),
+            rate_limited=self.rate_limited,
+            learned_rpm=round(self.learned_rpm) if self.learned_rpm is not None else None,
+            learned_slots=self.learned_slots,
+            slot_turnaround_s=_turnaround(self.slot_turnaround),
+            retries=self.retries,
+            wall_s=round(self.wall_s, 3),
+            planned_wall_s=(
+                round(self.planned_wall_s, 1) if self.planned_wall_s is not None else None
+            ),
+            spent_usd=round(self.spent_usd, 4) if self.spent_usd is not None else None,
+            unknown_price_jobs=self.unknown_price_jobs,
+            fatal=self.fatal,
+            stop_reason=self.stop_reason,
+            interrupted=self.interrupted,
+            input_changed=self.input_changed,
+            arrived=self.arrived,
+            fail_codes={k: v[:5] for k, v in self.fail_codes.items()},
+            fail_counts={k: len(v) for k, v in self.fail_codes.items()},
+            per_model=self.per_model,
+            never_submitted=self.never_submitted,
+            manifest=str(self.manifest) if self.manifest else None,
+            review=str(self.review) if self.review else None,
+            output_dir=str(self.output_dir) if self.output_dir else None,
+            store_requests=self.store_requests or None,
+        )
+
 
 def summary_dict(r: RunResult) -> dict[str, Any]:
     """The final summary as plain JSON-able data (``--json`` and embedders)."""
-    jobs = sum(r.counts.values())
-    return {
-        "exit_code": int(r.exit_code),
-        "counts": r.counts,
-        "jobs": jobs,
-        "submitted": r.submitted,
-        "possibly_duplicated": r.possibly_duplicated,
-        "requests": r.requests,
-        "requests_per_task": round(r.requests / r.submitted, 3) if r.submitted else None,
-        "rate_limited": r.rate_limited,
-        "learned_rpm": round(r.learned_rpm) if r.learned_rpm is not None else None,
-        "learned_slots": r.learned_slots,
-        "slot_turnaround_s": _turnaround(r.slot_turnaround),
-        "retries": r.retries,
-        "wall_s": round(r.wall_s, 3),
-        "planned_wall_s": round(r.planned_wall_s, 1) if r.planned_wall_s is not None else None,
-        "spent_usd": round(r.spent_usd, 4) if r.spent_usd is not None else None,
-        "unknown_price_jobs": r.unknown_price_jobs,
-        "fatal": r.fatal,
-        "stop_reason": r.stop_reason,
-        "interrupted": r.interrupted,
-        "input_changed": r.input_changed,
-        "arrived": r.arrived,
-        "fail_codes": {k: v[:5] for k, v in r.fail_codes.items()},
-        "fail_counts": {k: len(v) for k, v in r.fail_codes.items()},
-        "per_model": r.per_model,
-        "never_submitted": r.never_submitted,
-        "manifest": str(r.manifest) if r.manifest else None,
-        "review": str(r.review) if r.review else None,
-        "output_dir": str(r.output_dir) if r.output_dir else None,
-        "store_requests": r.store_requests or None,
-    }
+    return r.summary().data
 
 
-def _turnaround(t: TurnaroundStats | None) -> dict[str, Any] | None:
+def _turnaround(t: TurnaroundStats | None) -> dict[str, float] | None:
     if t is None or not t.count:
         return None
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..apixo.client import ApixoClient
 from ..errors import ApiError, ApixoError, TransportError
-from ..events import Emitter
+from ..events import Emitter, Preflight, Warned
 from .stop import Stop, StopKind
 
 __all__ = ["preflight"]
@@ -31,10 +31,10 @@ async def preflight(
         if exc.fatal:
             reason = f"the API refused: {exc}"
             return Stop(StopKind.FATAL, reason, fatal=str(exc))
-        emit("warning", message=f"could not read the balance ({exc}); going on")
+        emit(Warned(message=f"could not read the balance ({exc}); going on"))
         return None
     except (TransportError, ApixoError) as exc:
-        emit("warning", message=f"could not read the balance ({exc}); going on")
+        emit(Warned(message=f"could not read the balance ({exc}); going on"))
         return None
     note = f" (+{unknown} job(s) of unknown price)" if unknown else ""
     if budget_left is not None:
@@ -46,10 +46,11 @@ async def preflight(
         )
         return Stop(StopKind.REFUSED, reason, balance_usd=balance)
     emit(
-        "preflight",
-        message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",
-        balance_usd=balance,
-        estimated_usd=round(cost, 4),
-        unknown_price_jobs=unknown,
+        Preflight(
+            message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",
+            balance_usd=balance,
+            estimated_usd=round(cost, 4),
+            unknown_price_jobs=unknown,
+        )
     )
     return None

@@ -12,7 +12,7 @@ from ..outputs.output import Output
 from ..outputs.paths import storage_failure
 from .books import close_books, review_page
 from .learned import remember_rate
-from .options import RunResult, summary_dict
+from .options import RunResult
 from .startup import StartUp
 from .stop import Stops
 from .turnaround import Turnaround
@@ -76,9 +76,7 @@ async def finish(
         output_dir=campaign.output_dir,
     )
     if parts.options.review and books.manifest is not None:
-        result.review = await review_page(
-            ledger, campaign, output, summary_dict(result), parts.emit
-        )
+        result.review = await review_page(ledger, campaign, output, result.summary(), parts.emit)
     result.store_requests = output.requests()
-    parts.emit("summary", **summary_dict(result))
+    parts.emit(result.summary())
     return result

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..apixo.limits import RequestBucket
-from ..errors import ApixoError
-from ..events import Emitter
+from ..errors import MissingApiKey
+from ..events import Emitter, Started, Warned
 from ..jobs import Campaign
 from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..planning.completion import CompletionModel
@@ -62,7 +62,7 @@ async def start_up(
 ) -> StartUp:
     """Reconcile, start informed, forecast; tell ``started`` and what needs a warning.
 
-    Raises :class:`ApixoError` before ``started`` when the work needs the API and no
+    Raises :class:`MissingApiKey` before ``started`` when the work needs the API and no
     key was given: a run that cannot start says only why."""
     run_mode = options.mode == "run"
     recovered, synced = await ledger.reconcile(
@@ -96,33 +96,36 @@ async def start_up(
         submit=run_mode and queued > 0,
     )
     if start.needs_api and not has_key:
-        raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+        raise MissingApiKey("no API key was given (api_key=), and this run has API work")
     emit(
-        "started",
-        per_model=await ledger.counts_by_model(),
-        spent_usd=round(spent_before, 4),
-        jobs=sum(counts.values()),
-        queued=queued if run_mode else 0,
-        in_flight=len(in_flight),
-        to_download=start.to_download,
-        done=counts.get(S.DONE.value, 0),
-        estimated_cost_usd=round(queued_cost, 4),
-        unknown_price_jobs=unknown,
-        planned_wall_s=planned_wall_s and round(planned_wall_s, 1),
+        Started(
+            per_model=await ledger.counts_by_model(),
+            spent_usd=round(spent_before, 4),
+            jobs=sum(counts.values()),
+            queued=queued if run_mode else 0,
+            in_flight=len(in_flight),
+            to_download=start.to_download,
+            done=counts.get(S.DONE.value, 0),
+            estimated_cost_usd=round(queued_cost, 4),
+            unknown_price_jobs=unknown,
+            planned_wall_s=planned_wall_s and round(planned_wall_s, 1),
+        )
     )
     for job_id in synced.changed_after_submit or []:
         emit(
-            "warning",
-            job_id,
-            message=(
-                f"job {job_id}: its input changed after it was submitted; the paid task "
-                "follows the submitted input. Give the job a new id to generate the new one."
-            ),
+            Warned(
+                job_id,
+                message=(
+                    f"job {job_id}: its input changed after it was submitted; the paid task "
+                    "follows the submitted input. Give the job a new id to generate the new one."
+                ),
+            )
         )
     if recovered:
         emit(
-            "warning",
-            message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
-            "(counted as possibly duplicated)",
+            Warned(
+                message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
+                "(counted as possibly duplicated)",
+            )
         )
     return start

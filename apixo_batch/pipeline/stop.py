@@ -53,7 +53,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..events import Emitter
+from ..events import Emitter, Stopped
 from ..exitcodes import ExitCode
 
 __all__ = ["EXIT_PRECEDENCE", "Level", "Stop", "StopKind", "Stops", "storage_stop"]
@@ -137,10 +137,7 @@ class Stops:
         self.all.append(stop)
         if first_of_kind and stop.kind.told and self._emit is not None:
             # Told before the stages react: the reason comes first, its consequences after.
-            if stop.balance_usd is None:
-                self._emit("stopped", reason=stop.reason)
-            else:
-                self._emit("stopped", reason=stop.reason, balance_usd=stop.balance_usd)
+            self._emit(Stopped(reason=stop.reason, balance_usd=stop.balance_usd))
         if stop.kind.level <= self._level:
             return False
         self._level = stop.kind.level

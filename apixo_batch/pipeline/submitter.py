@@ -29,7 +29,8 @@ from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..defaults import PATIENCE
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
-from ..events import Emitter
+from ..events import Emitter, Failed, Retried, Throttled, Warned
+from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
@@ -171,7 +172,8 @@ class Submitter:
     def _announce(self, row: JobRow, state: _Attempt) -> None:
         self.submitted += 1
         self.spent_usd += row.cost_usd or 0.0
-        self._emit("submitted", row.id, task_id=state.task_id, model=row.model)
+        assert state.task_id is not None  # announced once its commit is queued
+        self._emit(Journaled(row.id, task_id=state.task_id, model=row.model))
 
     async def _send_until_answered(
         self, state: _Attempt, task: asyncio.Task[None], permit: Permit
@@ -218,7 +220,7 @@ class Submitter:
                 state.outage = None
                 state.attempt += 1
                 self.retries += 1
-                self._emit("rate-limited", row.id, retry_after=exc.retry_after, slots=exc.slots)
+                self._emit(Throttled(row.id, retry_after=exc.retry_after, slots=exc.slots))
                 if exc.slots:
                     await self._wait_for_a_slot(task, permit)
                 continue
@@ -241,7 +243,7 @@ class Submitter:
                 elif self._backoff.gives_up(state.attempt):
                     await self._fail(state, "SUBMIT_ERROR", str(exc))
                     return None
-                self._emit("retried", row.id, call="submit", attempt=state.attempt, error=str(exc))
+                self._emit(Retried(row.id, call="submit", attempt=state.attempt, error=str(exc)))
                 attempt = min(state.attempt, self._backoff.max_attempts)
                 await self._pause(task, self._backoff.delay(attempt))
                 continue
@@ -327,11 +329,12 @@ class Submitter:
         """The journal refused a paid task's id (its disk is full): the one place it can
         still be kept is the output, so that nobody pays for it twice."""
         self._emit(
-            "warning",
-            row.id,
-            task_id=task_id,
-            message=f"job {row.id}: task {task_id} was created, but the journal "
-            f"could not record it ({exc}); keep this line: the task is paid",
+            Warned(
+                row.id,
+                task_id=task_id,
+                message=f"job {row.id}: task {task_id} was created, but the journal "
+                f"could not record it ({exc}); keep this line: the task is paid",
+            )
         )
 
     def _told_if_unrecorded(
@@ -374,7 +377,7 @@ class Submitter:
         row = state.row
         state.failed = True  # queued now: a cancel from here on must not hand it back
         await self._ledger.fail_submit(row.id, code, message[:500], state.possibly_duplicated)
-        self._emit("failed", row.id, model=row.model, fail_code=code, fail_msg=message[:500])
+        self._emit(Failed(row.id, model=row.model, fail_code=code, fail_msg=message[:500]))
 
 
 class _Attempt:

@@ -28,7 +28,7 @@ from ..apixo.receiver import callback_url_with_token
 from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
-from ..events import Emitter, EventSink
+from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
 from ..outputs.output import open_output
@@ -261,7 +261,7 @@ class Supervisor:
             )
         else:
             message = f"API answering again after {human_duration(silent_s)} without an answer"
-        self._emit("warning", message=message)
+        self._emit(Warned(message=message))
 
     def _storage_stop(self, why: str) -> None:
         self.stops.request(storage_stop(why))

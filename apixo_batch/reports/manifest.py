@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..clock import human_duration
-from ..events import Event
+from ..events import Event, Summary
 from ..journal import JobRow, JobState
 
 __all__ = [
@@ -117,43 +117,43 @@ def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
     )
 
 
-def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
+def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     """The plain end-of-run summary for people (stderr)."""
     out = out or sys.stderr
-    counts = summary.get("counts", {})
+    counts = summary.counts
     line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "failed", "expired", "pending"))
-    print(f"\napixo-batch: {summary.get('jobs', 0)} jobs: {line}", file=out)
-    rpt = summary.get("requests_per_task")
+    print(f"\napixo-batch: {summary.jobs} jobs: {line}", file=out)
+    rpt = summary.requests_per_task
     print(
-        f"  submitted {summary.get('submitted', 0)} this run, "
-        f"{summary.get('requests', 0)} API requests"
+        f"  submitted {summary.submitted} this run, "
+        f"{summary.requests} API requests"
         + (f" ({rpt} per task)" if rpt is not None else "")
-        + f", {summary.get('rate_limited', 0)} rate-limited, {summary.get('retries', 0)} retried",
+        + f", {summary.rate_limited} rate-limited, {summary.retries} retried",
         file=out,
     )
-    took = f"  took {human_duration(float(summary.get('wall_s') or 0.0))}"
-    if summary.get("planned_wall_s") is not None:
-        took += f", planned {human_duration(float(summary['planned_wall_s']))}"
-    turnaround = summary.get("slot_turnaround_s")
+    took = f"  took {human_duration(summary.wall_s)}"
+    if summary.planned_wall_s is not None:
+        took += f", planned {human_duration(summary.planned_wall_s)}"
+    turnaround = summary.slot_turnaround_s
     if turnaround:
         took += (
             f"; a freed slot's next submit left after {turnaround['p50']:.3f} s "
             f"(p50), {turnaround['p90']:.3f} s (p90)"
         )
     print(took, file=out)
-    if summary.get("learned_rpm"):
+    if summary.learned_rpm:
         print(
-            f"  the account answered 429 above ~{summary['learned_rpm']:,} requests/min: "
+            f"  the account answered 429 above ~{summary.learned_rpm:,} requests/min: "
             "the next run starts just under it",
             file=out,
         )
-    if summary.get("learned_slots"):
+    if summary.learned_slots:
         print(
-            f"  the account held about {summary['learned_slots']:,} tasks at once "
+            f"  the account held about {summary.learned_slots:,} tasks at once "
             "(submits over it were answered 429 and waited for a slot)",
             file=out,
         )
-    per_model = summary.get("per_model") or {}
+    per_model = summary.per_model
     if len(per_model) > 1 or any(set(c) - {"done"} for c in per_model.values()):
         width = max(len(m) for m in per_model)
         states = ("done", "failed", "expired", "pending")
@@ -163,8 +163,7 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
             print(
                 "  " + model.ljust(width) + "".join(f"{c.get(s, 0):>9}" for s in states), file=out
             )
-    spent = summary.get("spent_usd", 0.0)
-    unknown = summary.get("unknown_price_jobs", 0)
+    spent, unknown = summary.spent_usd, summary.unknown_price_jobs
     if spent is None:
         cost = "  estimated spend unknown (the journal's totals could not be read)"
     else:
@@ -172,36 +171,35 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
     if unknown:
         cost += f" + {unknown} job(s) of unknown price"
     print(cost, file=out)
-    if summary.get("possibly_duplicated"):
+    if summary.possibly_duplicated:
         print(
-            f"  {summary['possibly_duplicated']} job(s) possibly submitted twice "
+            f"  {summary.possibly_duplicated} job(s) possibly submitted twice "
             "(a submit was cut off before its answer was journaled)",
             file=out,
         )
-    arrived = summary.get("arrived") or {}
-    if arrived:
+    if summary.arrived:
         print(
-            "  results arrived by " + ", ".join(f"{k}: {v}" for k, v in arrived.items()), file=out
+            "  results arrived by " + ", ".join(f"{k}: {v}" for k, v in summary.arrived.items()),
+            file=out,
         )
-    counts_by_code = summary.get("fail_counts") or {}
-    for code, ids in (summary.get("fail_codes") or {}).items():
-        n = counts_by_code.get(code, len(ids))
+    for code, ids in summary.fail_codes.items():
+        n = summary.fail_counts.get(code, len(ids))
         more = f", ... ({n} in all)" if n > len(ids) else ""
         print(f"  {code} x{n}: {', '.join(ids)}{more}", file=out)
-    for job in summary.get("input_changed") or []:
+    for job in summary.input_changed:
         print(f"  warning: job {job} changed after it was submitted", file=out)
-    if summary.get("never_submitted"):
+    if summary.never_submitted:
         print(
-            f"  {summary['never_submitted']} pending job(s) were never submitted: "
+            f"  {summary.never_submitted} pending job(s) were never submitted: "
             "`apixo-batch run` submits them (`download` only fetches what was)",
             file=out,
         )
-    if summary.get("stop_reason"):
-        print(f"  stopped submitting: {summary['stop_reason']}", file=out)
-    if summary.get("interrupted"):
+    if summary.stop_reason:
+        print(f"  stopped submitting: {summary.stop_reason}", file=out)
+    if summary.interrupted:
         print("  interrupted: run the same command again to resume", file=out)
-    if summary.get("manifest"):
-        print(f"  files in {summary.get('output_dir')}, manifest {summary['manifest']}", file=out)
+    if summary.manifest:
+        print(f"  files in {summary.output_dir}, manifest {summary.manifest}", file=out)
 
 
 _EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..events import Summary
 from ..journal import JobRow
 from .manifest import manifest_state
 
@@ -62,7 +63,7 @@ def write_review(
     *,
     name: str,
     job_file: str,
-    summary: dict[str, Any] | None = None,
+    summary: Summary | None = None,
 ) -> Path:
     """Write ``out_dir/review.html`` from the journal (atomically); returns its path."""
     path = out_dir / REVIEW_FILE
@@ -91,9 +92,9 @@ def write_review(
                 "made_at": time.time(),
                 "counts": dict(counts),
                 "spent_usd": round(spent, 4),
-                "wall_s": (summary or {}).get("wall_s"),
-                "learned_rpm": (summary or {}).get("learned_rpm"),
-                "learned_slots": (summary or {}).get("learned_slots"),
+                "wall_s": summary.wall_s if summary else None,
+                "learned_rpm": summary.learned_rpm if summary else None,
+                "learned_slots": summary.learned_slots if summary else None,
             }
             out.write('<script id="meta" type="application/json">')
             out.write(json.dumps(meta).translate(_SCRIPT_SAFE) + "</script>\n")

@@ -1,4 +1,4 @@
-"""The API key never prints, and is loaded only from the environment or a key file."""
+"""The API key never prints; redact masks it in any text."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import copy
 import json
 import logging
 import pickle
-from pathlib import Path
 
 import pytest
 
-from apixo_batch.apixo.secret import ApiKey, load_api_key, redact
+from apixo_batch.apixo.secret import ApiKey, redact
 
 KEY = "sk-live-QX7distinctive-never-print-4242"
 
@@ -95,57 +94,6 @@ def test_equality_and_hash_follow_the_value() -> None:
     assert hash(ApiKey(KEY)) == hash(ApiKey(KEY))
     assert ApiKey(KEY) != ApiKey(KEY + "x")
     assert ApiKey(KEY) != KEY
-
-
-def test_load_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """APIXO_API_KEY is read (and stripped) when no key file is given."""
-    monkeypatch.setenv("APIXO_API_KEY", f" {KEY} ")
-    key = load_api_key()
-    assert key is not None
-    assert key.reveal() == KEY
-
-
-def test_load_api_key_from_a_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The variable name can be chosen."""
-    monkeypatch.setenv("OTHER_KEY_VAR", KEY)
-    key = load_api_key(env="OTHER_KEY_VAR")
-    assert key == ApiKey(KEY)
-
-
-@pytest.mark.parametrize("value", [None, "", "  "])
-def test_load_api_key_missing_is_none(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
-    """No (or a blank) variable and no file: None, for the CLI to report."""
-    if value is None:
-        monkeypatch.delenv("APIXO_API_KEY", raising=False)
-    else:
-        monkeypatch.setenv("APIXO_API_KEY", value)
-    assert load_api_key() is None
-
-
-def test_load_api_key_from_file(tmp_path: Path) -> None:
-    """--api-key-file is read as text, its trailing newline dropped."""
-    path = tmp_path / "apixo.key"
-    path.write_text(KEY + "\n", encoding="utf-8")
-    key = load_api_key(path)
-    assert key is not None
-    assert key.reveal() == KEY
-    assert load_api_key(str(path)) == key
-
-
-def test_key_file_wins_over_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An explicit key file takes precedence over the environment."""
-    monkeypatch.setenv("APIXO_API_KEY", "sk-from-env")
-    path = tmp_path / "apixo.key"
-    path.write_text(KEY, encoding="utf-8")
-    assert load_api_key(path) == ApiKey(KEY)
-
-
-def test_empty_key_file_is_refused(tmp_path: Path) -> None:
-    """A key file holding only whitespace is an error."""
-    path = tmp_path / "apixo.key"
-    path.write_text("\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="empty"):
-        load_api_key(path)
 
 
 def test_redact_replaces_every_occurrence() -> None:

@@ -433,19 +433,20 @@ async def test_json_events_of_one_loop_turn_leave_in_one_flush(
 ) -> None:
     """--json: events emitted in one loop turn reach the reader together, by the next turn."""
     from apixo_batch.cli.commands import _Printer
-    from apixo_batch.events import Event
+    from apixo_batch.events import Submitted
+    from apixo_batch.pipeline import RunResult
 
     out = _CountingOut()
     monkeypatch.setattr(sys, "stdout", out)
     printer = _Printer(json_mode=True, quiet=False, verbose=False, key=None)
     for i in range(5):
-        printer(Event("submitted", 1.0, f"job-{i}", {"task_id": f"t{i}"}))
+        printer(Submitted(f"job-{i}", task_id=f"t{i}", model="kling-2-6", at=1.0))
     assert out.flushes == 0  # nothing written per event
     await asyncio.sleep(0)
     assert out.flushes == 1
     lines = out.flushed[0].splitlines()
     assert [json.loads(line)["job"] for line in lines] == [f"job-{i}" for i in range(5)]
-    printer(Event("summary", 2.0))
+    printer(RunResult(0, counts={}).summary())
     printer.close()  # the last line is not left in the buffer at exit
     assert json.loads(out.flushed[-1])["event"] == "summary"
 
@@ -453,12 +454,12 @@ async def test_json_events_of_one_loop_turn_leave_in_one_flush(
 def test_json_event_outside_a_loop_is_flushed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """An event emitted with no loop running (before or after a run) is written immediately."""
     from apixo_batch.cli.commands import _Printer
-    from apixo_batch.events import Event
+    from apixo_batch.events import Warned
 
     out = _CountingOut()
     monkeypatch.setattr(sys, "stdout", out)
     printer = _Printer(json_mode=True, quiet=False, verbose=False, key=None)
-    printer(Event("warning", 1.0, None, {"message": "x"}))
+    printer(Warned(message="x", at=1.0))
     assert out.flushes == 1
     assert json.loads(out.flushed[0])["message"] == "x"
 
@@ -621,3 +622,38 @@ def test_download_warning_names_the_scaled_threshold(
     err = capsys.readouterr().err
     assert "1 result(s) expire within 0.48 hours (48 h x --time-scale)" in err
     assert re.search(r"a: expires in 0\.[23] h", err), err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_plain_lines_tell_people_what_went_wrong(
+    quiet: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --json: warnings, stops and failures always get a line; the balance
+    check and tasks left pending only when not -q."""
+    from apixo_batch.cli.commands import _Printer
+    from apixo_batch.events import Expired, Failed, Pending, Preflight, Stopped, Warned
+
+    printer = _Printer(json_mode=False, quiet=quiet, verbose=False, key=None)
+    for event in [
+        Preflight(
+            message="balance $9.00", balance_usd=9.0, estimated_usd=1.0, unknown_price_jobs=0
+        ),
+        Warned("j", message="careful"),
+        Stopped(reason="budget reached"),
+        Failed("j", model="m", fail_code="E", fail_msg="bad input"),
+        Failed("k", task_id="t", model="m", fail_code=None, fail_msg=None),
+        Expired("j", model="m", message="gone"),
+        Pending("j", task_id="t", model="m", message="still running"),
+    ]:
+        printer(event)
+    lines = capsys.readouterr().err.splitlines()
+    chatty = ["apixo-batch: balance $9.00"] if not quiet else []
+    assert lines == [
+        *chatty,
+        "apixo-batch: careful",
+        "apixo-batch: budget reached",
+        "apixo-batch: failed: j E bad input",
+        "apixo-batch: failed: k",
+        "apixo-batch: expired: j  gone",
+        *(["apixo-batch: pending: j: still running"] if not quiet else []),
+    ]

@@ -53,3 +53,50 @@ def test_an_error_nothing_caught_is_one_line_and_exit_70(
     monkeypatch.setenv("APIXO_BATCH_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main(["status", "jobs/campaign.yaml"])
+
+
+def test_the_tally_counts_each_model_from_the_events() -> None:
+    """`started` sets the rows from the journal; each later event moves one job along:
+    a failed submit leaves `queued`, a failed task leaves `in flight`."""
+    from apixo_batch.events import (
+        Downloaded,
+        Expired,
+        Failed,
+        Retried,
+        Started,
+        Submitted,
+        Succeeded,
+        Throttled,
+        Warned,
+    )
+
+    tally = Tally()
+    per_model = {"a": {"queued": 3, "submitting": 1, "submitted": 1, "done": 2}, "b": {"queued": 2}}
+    zero = dict.fromkeys(["spent_usd", "jobs", "queued", "in_flight", "to_download", "done"], 0)
+    tally(
+        Started(
+            per_model=per_model,
+            **zero,
+            estimated_cost_usd=0.0,
+            unknown_price_jobs=0,
+            planned_wall_s=None,
+        )
+    )
+    for event in [
+        Submitted("x", task_id="t1", model="a"),
+        Submitted("y", task_id="t2", model="b"),
+        Succeeded("x", task_id="t1", model="a", via="poll", urls=1),
+        Downloaded("x", model="a", files=["x.mp4"], bytes=1),
+        Failed("z", model="b", fail_code="E", fail_msg="no"),
+        Failed("y", task_id="t2", model="b", fail_code="E", fail_msg="no"),
+        Expired("w", model="a", message="gone"),
+        Retried("x", call="status", error="e"),
+        Throttled("x", retry_after=None),
+        Warned(message="careful"),
+    ]:
+        tally(event)
+    a, b = tally.rows["a"], tally.rows["b"]
+    assert (a.queued, a.in_flight, a.downloading, a.done, a.expired) == (3, 1, 0, 3, 1)
+    assert (b.queued, b.in_flight, b.failed) == (0, 0, 2)
+    assert (tally.retries, tally.rate_limited, tally.done_this_run) == (1, 1, 1)
+    assert tally.warnings == ["careful"]

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from e2e import SIM_KEY, read_manifest, simple_jobs, write_campaign
 
-from apixo_batch import run_campaign
+from apixo_batch import RunOptions, run_campaign
 from apixo_batch.exitcodes import ExitCode
 from apixo_batch.journal import Journal
 from apixo_batch.journal.reconcile import Reconcile
 
 
-def opts(sim: Any) -> dict[str, object]:
-    return {"api_key": SIM_KEY, "base_url": sim.base_url, "time_scale": 0.01}
+def opts(sim: Any, **fields: Any) -> RunOptions:
+    return RunOptions(base_url=sim.base_url, time_scale=0.01, **fields)
 
 
 async def test_a_full_journal_disk_stops_the_run_with_74_and_a_rerun_finishes(
@@ -41,13 +41,13 @@ async def test_a_full_journal_disk_stops_the_run_with_74_and_a_rerun_finishes(
 
     monkeypatch.setattr(Reconcile, "sync", sync_then_cap)
     events: list[Any] = []
-    result = await run_campaign(job_file, on_event=events.append, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, on_event=events.append)
     assert result.exit_code == ExitCode.IO_ERROR
     assert result.stop_reason is not None and "journal cannot be written" in result.stop_reason
     assert "full" in result.stop_reason
     lost = {e.data["task_id"] for e in events if e.kind == "warning" and "task_id" in e.data}
     monkeypatch.setattr(Reconcile, "sync", real_sync)  # room again
-    again = await run_campaign(job_file, **opts(sim))
+    again = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert again.exit_code == ExitCode.OK, again.stop_reason
     stats = sim.stats()
     # Every job once, except those whose paid task id the journal could not keep (told).
@@ -70,7 +70,9 @@ async def test_a_full_results_disk_stops_submits_leaves_results_for_download_and
 
     monkeypatch.setattr("apixo_batch.outputs.partfile.PartFile.fresh", no_space)
     events: list[Any] = []
-    result = await run_campaign(job_file, on_event=events.append, max_concurrent=5, **opts(sim))
+    result = await run_campaign(
+        job_file, opts(sim, max_concurrent=5), api_key=SIM_KEY, on_event=events.append
+    )
     assert result.exit_code == ExitCode.IO_ERROR
     assert result.stop_reason is not None and "No space left on device" in result.stop_reason
     assert "apixo-batch download" in result.stop_reason
@@ -81,7 +83,7 @@ async def test_a_full_results_disk_stops_submits_leaves_results_for_download_and
     manifest = read_manifest(tmp_path / "out")
     assert len(manifest) == 30 and {e["state"] for e in manifest} == {"pending"}
     monkeypatch.undo()
-    again = await run_campaign(job_file, **opts(sim))
+    again = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert again.exit_code == ExitCode.OK
     assert sim.stats()["duplicate_submits"] == 0
 
@@ -98,7 +100,7 @@ async def test_a_manifest_the_disk_refuses_is_one_reason_not_a_traceback(
         raise OSError(errno.ENOSPC, "No space left on device", "manifest.jsonl")
 
     monkeypatch.setattr("apixo_batch.pipeline.books.write_manifest", refuse)
-    result = await run_campaign(job_file, **opts(sim))
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)
     assert result.exit_code == ExitCode.IO_ERROR
     assert result.manifest is None and result.counts["done"] == 3
     assert result.stop_reason is not None and "No space left" in result.stop_reason

@@ -17,12 +17,13 @@ from stagefakes import Recorder, memory_ledger, new_job
 from apixo_batch import Event, run_campaign
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import JournalError
+from apixo_batch.exitcodes import ExitCode
 from apixo_batch.jobs import load_campaign
 from apixo_batch.journal import Ledger, Totals
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline import books
 from apixo_batch.pipeline.books import close_books, review_page
-from apixo_batch.pipeline.options import summary_dict
+from apixo_batch.pipeline.options import RunOptions, RunResult
 from apixo_batch.reports.manifest import render_summary
 
 UNREADABLE = [
@@ -87,14 +88,17 @@ async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
     monkeypatch.setattr(Ledger, "totals", unreadable_at_the_end)
     events: list[Event] = []
     run = run_campaign(
-        job_file, api_key=SIM_KEY, base_url=sim.base_url, time_scale=0.01, on_event=events.append
+        job_file,
+        RunOptions(base_url=sim.base_url, time_scale=0.01),
+        api_key=SIM_KEY,
+        on_event=events.append,
     )
     result = await asyncio.wait_for(run, timeout=30)
     assert result.counts["done"] == 3 and result.spent_usd is None
     [summary] = [e for e in events if e.kind == "summary"]
     assert "spent_usd" in summary.data and summary.data["spent_usd"] is None
     text = io.StringIO()
-    render_summary(summary_dict(result), text)
+    render_summary(result.summary(), text)
     assert "estimated spend unknown" in text.getvalue() and "$0.00" not in text.getvalue()
 
 
@@ -102,7 +106,7 @@ def test_a_known_spend_is_shown_in_dollars() -> None:
     """Unknown is only for None: a spend of zero is still $0.00."""
     for spent, shown in ((0.0, "estimated spend $0.00"), (1.2, "estimated spend $1.20")):
         text = io.StringIO()
-        render_summary({"counts": {}, "spent_usd": spent}, text)
+        render_summary(RunResult(ExitCode.OK, {}, spent_usd=spent).summary(), text)
         assert shown in text.getvalue()
 
 

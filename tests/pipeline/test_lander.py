@@ -29,6 +29,7 @@ from apixo_batch.journal import JobState, Landed, Ledger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
+from apixo_batch.pipeline.options import RunOptions
 from apixo_batch.retry import Backoff, Patience
 
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
@@ -421,7 +422,10 @@ async def test_a_bug_in_a_landing_reaches_the_caller_of_a_run_not_exit_1(
     monkeypatch.setattr("apixo_batch.outputs.output.download_file", broken)
     events = Recorder()
     run = run_campaign(
-        job_file, api_key=SIM_KEY, base_url=sim.base_url, time_scale=0.01, on_event=events
+        job_file,
+        RunOptions(base_url=sim.base_url, time_scale=0.01),
+        api_key=SIM_KEY,
+        on_event=events,
     )
     with pytest.raises(ExceptionGroup) as caught:
         await asyncio.wait_for(run, timeout=30)

@@ -16,19 +16,22 @@ from typing import Any
 import pytest
 from e2e import SIM_KEY, simple_jobs, write_campaign
 
-from apixo_batch import Event, ExitCode, RunResult, run_campaign
+from apixo_batch import Event, ExitCode, RunOptions, RunResult, run_campaign
 from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.pipeline import lander
 
 JOBS = 30
 
 
-async def _run(sim: Any, tmp_path: Path, *, prompt: str = "", **options: Any) -> RunResult:
+async def _run(
+    sim: Any, tmp_path: Path, *, prompt: str = "", on_event: Any = None, **fields: Any
+) -> RunResult:
     jobs = simple_jobs(JOBS)
     for job in jobs:
         job["input"]["prompt"] += prompt
     job_file = write_campaign(tmp_path, jobs)
-    run = run_campaign(job_file, api_key=SIM_KEY, base_url=sim.base_url, time_scale=0.01, **options)
+    options = RunOptions(base_url=sim.base_url, time_scale=0.01, **fields)
+    run = run_campaign(job_file, options, api_key=SIM_KEY, on_event=on_event)
     # Simulated generations take about a second here: a run that has not ended after
     # 30 s is waiting on something that will not come.
     return await asyncio.wait_for(run, timeout=30)

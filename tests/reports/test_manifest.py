@@ -1,0 +1,91 @@
+"""The end-of-run summary for people, read from the typed summary."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from apixo_batch.exitcodes import ExitCode
+from apixo_batch.pipeline import RunResult
+from apixo_batch.pipeline.turnaround import TurnaroundStats
+from apixo_batch.reports.manifest import render_summary
+
+
+def test_the_summary_for_people_says_every_figure_a_run_has() -> None:
+    """Counts, requests, times, learned limits, the per-model table, spend, doubts,
+    failure codes (five ids, then the count), stops and where the files are."""
+    result = RunResult(
+        ExitCode.FAILED_JOBS,
+        {"done": 7, "failed": 2, "expired": 1, "pending": 3},
+        submitted=9,
+        possibly_duplicated=1,
+        requests=40,
+        rate_limited=3,
+        learned_rpm=587.6,
+        learned_slots=12,
+        slot_turnaround=TurnaroundStats(count=5, p50=0.01234, p90=0.5, max=1.0),
+        planned_wall_s=3725.44,
+        retries=4,
+        wall_s=7321.27,
+        spent_usd=3.456789,
+        unknown_price_jobs=2,
+        stop_reason="--budget $5.00 reached",
+        interrupted=True,
+        input_changed=["a"],
+        arrived={"poll": 5, "callback": 4},
+        fail_codes={"X": ["a", "b", "c", "d", "e", "f"], "Y": ["g"]},
+        per_model={"kling-2-6": {"done": 5, "failed": 2}, "wan-2-5": {"done": 2, "pending": 3}},
+        never_submitted=2,
+        manifest=Path("/o/manifest.jsonl"),
+        output_dir=None,
+    )
+    out = io.StringIO()
+    render_summary(result.summary(), out)
+    assert out.getvalue().splitlines() == [
+        "",
+        "apixo-batch: 13 jobs: 7 done, 2 failed, 1 expired, 3 pending",
+        "  submitted 9 this run, 40 API requests (4.444 per task), 3 rate-limited, 4 retried",
+        "  took 2 h 2 min, planned 1 h 2 min; a freed slot's next submit left after 0.012 s "
+        "(p50), 0.500 s (p90)",
+        "  the account answered 429 above ~588 requests/min: the next run starts just under it",
+        "  the account held about 12 tasks at once (submits over it were answered 429 and "
+        "waited for a slot)",
+        "  model         done   failed  expired  pending",
+        "  kling-2-6        5        2        0        0",
+        "  wan-2-5          2        0        0        3",
+        "  estimated spend $3.46 + 2 job(s) of unknown price",
+        "  1 job(s) possibly submitted twice (a submit was cut off before its answer was "
+        "journaled)",
+        "  results arrived by poll: 5, callback: 4",
+        "  X x6: a, b, c, d, e, ... (6 in all)",
+        "  Y x1: g",
+        "  warning: job a changed after it was submitted",
+        "  2 pending job(s) were never submitted: `apixo-batch run` submits them (`download` "
+        "only fetches what was)",
+        "  stopped submitting: --budget $5.00 reached",
+        "  interrupted: run the same command again to resume",
+        "  files in None, manifest /o/manifest.jsonl",
+    ]
+
+
+def test_a_quiet_run_summarises_in_three_lines() -> None:
+    """Nothing learned, failed or doubted: jobs, requests, time and spend only."""
+    result = RunResult(ExitCode.OK, {"done": 2}, submitted=2, requests=6, wall_s=4.25)
+    out = io.StringIO()
+    render_summary(result.summary(), out)
+    assert out.getvalue().splitlines() == [
+        "",
+        "apixo-batch: 2 jobs: 2 done, 0 failed, 0 expired, 0 pending",
+        "  submitted 2 this run, 6 API requests (3.0 per task), 0 rate-limited, 0 retried",
+        "  took 4.2 s",
+        "  estimated spend $0.00",
+    ]
+
+
+def test_the_summary_says_took_and_planned_as_the_docs_quote() -> None:
+    """The summary a run ends with, as docs/commands.md quotes it: whole minutes say no
+    seconds ("41 min", not "41 min 0 s"), in the one voice plan and the progress line use."""
+    out = io.StringIO()
+    result = RunResult(ExitCode.OK, {}, wall_s=41 * 60.0, planned_wall_s=39 * 60.0)
+    render_summary(result.summary(), out)
+    assert "  took 41 min, planned 39 min\n" in out.getvalue()
