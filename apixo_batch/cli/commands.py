@@ -23,7 +23,7 @@ from ..events import Event
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import JobRow, JobState, Journal
-from ..pipeline import Engine, RunResult, summary_dict
+from ..pipeline import Engine, RunResult, RunStatistics, summary_dict
 from ..reports.manifest import event_line, render_summary
 from .progress import LiveView, PlainView, Tally, View, shown
 
@@ -60,7 +60,7 @@ class _Printer:
         self._console: Console | None = None
         self._flush_pending = False
 
-    def attach(self, stats: Callable[[], dict[str, object]]) -> None:
+    def attach(self, stats: Callable[[], RunStatistics]) -> None:
         """Make the progress view for an engine (its statistics() feed the rpm and spend)."""
         if self.json_mode or self.quiet or self.verbose:
             return

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from ..clock import Clock
 from ..events import Event
@@ -28,9 +28,11 @@ if TYPE_CHECKING:
     # rich is imported by LiveView itself: cron, CI and --json runs never draw it.
     from rich.console import Console, Group
 
+    from ..pipeline import RunStatistics
+
 __all__ = ["LiveView", "PlainView", "Tally", "View", "shown"]
 
-StatsFn = Callable[[], dict[str, Any]]
+StatsFn = Callable[[], "RunStatistics"]
 
 
 @dataclass
@@ -128,21 +130,20 @@ def _fmt_eta(eta: float | None) -> str:
     return f"ETA {h}:{m:02d}:{s:02d}" if h else f"ETA {m}:{s:02d}"
 
 
-def status_line(tally: Tally, stats: dict[str, Any]) -> str:
+def status_line(tally: Tally, stats: RunStatistics) -> str:
     """One plain line: the whole campaign at a glance."""
     t = tally.total()
+    learned = stats.learned_rpm
+    account = f" (account ~{learned:,.0f})" if learned else ""
+    window, limit = stats.slot_window, stats.max_concurrent
+    slots = f" of {window:,} slots" if window and limit and window < limit else ""
     # Requests in the last minute, as the account counts them: an average since the start
     # would show the first second's burst as a rate above the limit.
-    rpm = float(stats.get("requests_last_minute", 0))
-    learned = stats.get("learned_rpm")
-    account = f" (account ~{learned:,.0f})" if learned else ""
-    window, limit = stats.get("slot_window"), stats.get("max_concurrent")
-    slots = f" of {window:,} slots" if window and limit and window < limit else ""
     return (
         f"done {t.done}, failed {t.failed + t.expired}, in flight {t.in_flight}{slots}, "
         f"downloading {t.downloading}, queued {t.queued} | {_fmt_eta(tally.eta_s())} | "
-        f"{rpm:,.0f}/{stats.get('rpm_limit', 0):,} rpm{account} | "
-        f"429s {stats.get('rate_limited', 0)} | spent ~${stats.get('spent_usd', 0.0):,.2f}"
+        f"{stats.requests_last_minute:,}/{stats.rpm_limit:,} rpm{account} | "
+        f"429s {stats.rate_limited} | spent ~${stats.spent_usd:,.2f}"
     )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import aiohttp
 import anyio
@@ -53,7 +52,7 @@ from .callbacks import callback_token, listen
 from .follower import Follower
 from .lander import Fetch, Lander
 from .learned import account_of, remember_rate, start_informed
-from .options import RunOptions, RunResult, summary_dict
+from .options import RunOptions, RunResult, RunStatistics, summary_dict
 from .preflight import preflight
 from .stop import Stop, StopKind, Stops
 from .submitter import Submitted, Submitter
@@ -153,29 +152,29 @@ class Supervisor:
                 if storage_failure(exc) is None:
                     raise
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> RunStatistics:
         """A snapshot for progress displays: requests, limits, in flight, spend."""
         bucket = self.bucket.statistics()
         slots = self.slots.statistics()
         queued = self._fetches.statistics().current_buffer_used if self._fetches else 0
         busy = self._lander.busy if self._lander else 0
         submitted = self._submitter.spent_usd if self._submitter else 0.0
-        return {
-            "requests": bucket.sent,
-            "requests_last_minute": self.bucket.last_minute(),
-            "rpm_limit": self.options.rpm,
-            "rate_limited": bucket.rate_limited,
-            "effective_rpm": bucket.effective_rpm,
-            "learned_rpm": bucket.learned_rpm,
-            "in_flight": slots.in_flight,
-            "max_concurrent": slots.limit,
-            "slot_window": slots.window,
-            "peak_in_flight": slots.peak,
-            "downloading": busy + queued,
-            "spent_usd": self._spent_before + submitted,
-            "budget_usd": self.options.budget,
-            "stop_reason": self.stops.reason,
-        }
+        return RunStatistics(
+            requests=bucket.sent,
+            requests_last_minute=self.bucket.last_minute(),
+            rpm_limit=self.options.rpm,
+            rate_limited=bucket.rate_limited,
+            effective_rpm=bucket.effective_rpm,
+            learned_rpm=bucket.learned_rpm,
+            in_flight=slots.in_flight,
+            max_concurrent=slots.limit,
+            slot_window=slots.window,
+            peak_in_flight=slots.peak,
+            downloading=busy + queued,
+            spent_usd=self._spent_before + submitted,
+            budget_usd=self.options.budget,
+            stop_reason=self.stops.reason,
+        )
 
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> SyncResult:

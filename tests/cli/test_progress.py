@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -21,14 +22,48 @@ from apixo_batch.cli.progress import Tally, status_line
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import ApixoError
 from apixo_batch.exitcodes import ExitCode
-from apixo_batch.pipeline import RunResult
+from apixo_batch.pipeline import RunResult, RunStatistics
+
+
+def _stats(**changes: Any) -> RunStatistics:
+    """A run's statistics: nothing sent yet, 600 rpm and 30 slots, but for ``changes``."""
+    quiet = RunStatistics(
+        requests=0,
+        requests_last_minute=0,
+        rpm_limit=600,
+        rate_limited=0,
+        effective_rpm=600.0,
+        learned_rpm=None,
+        in_flight=0,
+        max_concurrent=30,
+        slot_window=30,
+        peak_in_flight=0,
+        downloading=0,
+        spent_usd=0.0,
+        budget_usd=None,
+        stop_reason=None,
+    )
+    return dataclasses.replace(quiet, **changes)
 
 
 def test_the_progress_rate_is_the_last_minutes_count_not_an_average_since_the_start() -> None:
     """A run 30 s old that sent 305 requests under a 600 rpm limit (its first burst
     included) shows what the account counts: the requests of the last minute, not 610."""
-    line = status_line(Tally(), {"requests": 305, "requests_last_minute": 305, "rpm_limit": 600})
+    line = status_line(Tally(), _stats(requests=305, requests_last_minute=305))
     assert "305/600 rpm" in line
+
+
+def test_the_status_line_names_what_the_account_taught() -> None:
+    """A learned rate and a slot window below --max-concurrent are shown; 429s and the
+    spend always are."""
+    line = status_line(
+        Tally(),
+        _stats(learned_rpm=480.4, slot_window=12, rate_limited=3, spent_usd=1234.5),
+    )
+    assert "rpm (account ~480)" in line and "in flight 0 of 12 slots" in line
+    assert "429s 3 | spent ~$1,234.50" in line
+    plain = status_line(Tally(), _stats())
+    assert "slots" not in plain and "account" not in plain
 
 
 @pytest.mark.parametrize(
@@ -90,10 +125,9 @@ class _Engine:
         self.interrupt = interrupt
         self.stopped = False
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> RunStatistics:
         self.readers.append(threading.get_ident())
-        spent = 2.5 if self.stopped else 1.5
-        return {"requests_last_minute": 7, "rpm_limit": 600, "spent_usd": spent}
+        return _stats(requests_last_minute=7, spent_usd=2.5 if self.stopped else 1.5)
 
     def request_stop(self) -> None:
         assert self.interrupt, "no signal was sent"
