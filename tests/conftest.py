@@ -71,7 +71,7 @@ def _skipped_suites() -> list[str]:
     if (why := why_no_browser()) is not None:
         lines.append(f"browser tests: SKIPPED, {why}")
     if (why := rgw_missing()) is not None:
-        lines.append(f"S3 tests (tests/test_s3_e2e.py): SKIPPED, {why}")
+        lines.append(f"S3 tests (tests/end_to_end/test_s3_e2e.py): SKIPPED, {why}")
     return lines
 
 
