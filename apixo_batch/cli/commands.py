@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -24,10 +25,10 @@ from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import JobRow, JobState, Journal
-from ..pipeline import Engine, RunOptions, RunResult
+from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
-from .progress import LiveView, PlainView, Tally
+from .progress import LiveView, PlainView, Tally, View, shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,28 +58,26 @@ class _Printer:
         self.verbose = verbose
         self.key = key
         self.tally = Tally()
-        self._view: LiveView | PlainView | None = None
+        #: the progress view, drawn by _drive on the run's loop (None: no view)
+        self.view: View | None = None
         self._console: Console | None = None
         self._flush_pending = False
 
-    def attach(self, stats: Callable[[], dict[str, object]]) -> None:
-        """Start the progress view for an engine (its statistics() feed the rpm and spend)."""
+    def attach(self, stats: Callable[[], RunStatistics]) -> None:
+        """Make the progress view for an engine (its statistics() feed the rpm and spend)."""
         if self.json_mode or self.quiet or self.verbose:
             return
         if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
             from rich.console import Console
 
             self._console = Console(stderr=True)
-            self._view = LiveView(self.tally, stats, self._console)
+            self.view = LiveView(self.tally, stats, self._console)
         else:
-            self._view = PlainView(self.tally, stats, sys.stderr, interval=10.0)
-        self._view.start()
+            self.view = PlainView(self.tally, stats, sys.stderr, interval=10.0)
 
     def close(self) -> None:
         self._flush()
-        if self._view is not None:
-            self._view.stop()
-            self._view = None
+        self.view = None
 
     def ended_in_error(self, code: ExitCode, message: str) -> ExitCode:
         """A run that could not go on: one line on stderr, and with --json a summary as
@@ -200,7 +199,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         if args.command == "download":
             _warn_expiring(engine.state_path, args.time_scale)
-        result = runtime.run(_drive(engine))
+        result = runtime.run(_drive(engine, printer.view))
     except StorageError as exc:  # the journal unreadable
         printer.close()
         return printer.ended_in_error(ExitCode.IO_ERROR, str(exc))
@@ -246,7 +245,7 @@ def _engine(
     return build_engine(campaign, options, api_key=key, on_event=printer)
 
 
-async def _drive(engine: Engine) -> RunResult:
+async def _drive(engine: Engine, view: View | None = None) -> RunResult:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     # remove_signal_handler leaves SIG_DFL behind (SIGTERM would then kill the process
@@ -255,7 +254,8 @@ async def _drive(engine: Engine) -> RunResult:
     for sig in signals:
         loop.add_signal_handler(sig, engine.request_stop)
     try:
-        return await engine.run()
+        async with shown(view, engine.clock) if view else contextlib.nullcontext():
+            return await engine.run()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

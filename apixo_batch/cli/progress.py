@@ -4,18 +4,24 @@
 any front end can use it. :class:`LiveView` draws it with rich when stderr is a
 terminal; :class:`PlainView` prints one status line every few seconds when it
 is not (cron, CI), with no escape codes at all.
+
+Both are drawn by :func:`shown`, a task on the run's own loop that redraws on the
+run's clock: the engine's state is read only on the thread that changes it (rich's
+own refresh thread once iterated the request bucket's deque while the loop appended
+to it, and died of it).
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Protocol
 
-from ..clock import human_duration
+from ..clock import Clock, human_duration
 from ..events import (
     Downloaded,
     Event,
@@ -34,9 +40,11 @@ if TYPE_CHECKING:
     # rich is imported by LiveView itself: cron, CI and --json runs never draw it.
     from rich.console import Console, Group
 
-__all__ = ["LiveView", "PlainView", "Tally"]
+    from ..pipeline import RunStatistics
 
-StatsFn = Callable[[], dict[str, Any]]
+__all__ = ["LiveView", "PlainView", "Tally", "View", "shown"]
+
+StatsFn = Callable[[], "RunStatistics"]
 
 
 @dataclass
@@ -61,13 +69,8 @@ class Tally:
     retries: int = 0
     rate_limited: int = 0
     warnings: list[str] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, event: Event) -> None:
-        with self._lock:
-            self._apply(event)
-
-    def _apply(self, event: Event) -> None:
         match event:
             case Started(per_model=per_model):
                 for model, states in per_model.items():
@@ -112,12 +115,11 @@ class Tally:
                 row.expired += 1
 
     def total(self) -> _Row:
-        with self._lock:
-            out = _Row()
-            for row in self.rows.values():
-                for name in vars(out):
-                    setattr(out, name, getattr(out, name) + getattr(row, name))
-            return out
+        out = _Row()
+        for row in self.rows.values():
+            for name in vars(out):
+                setattr(out, name, getattr(out, name) + getattr(row, name))
+        return out
 
     def eta_s(self) -> float | None:
         """Seconds left at the pace of this run so far, or None before the first result."""
@@ -136,44 +138,59 @@ def _fmt_eta(eta: float | None) -> str:
     return "ETA --" if eta is None else f"ETA {human_duration(int(eta))}"
 
 
-def status_line(tally: Tally, stats: dict[str, Any]) -> str:
+def status_line(tally: Tally, stats: RunStatistics) -> str:
     """One plain line: the whole campaign at a glance."""
     t = tally.total()
+    learned = stats.learned_rpm
+    account = f" (account ~{learned:,.0f})" if learned else ""
+    window, limit = stats.slot_window, stats.max_concurrent
+    slots = f" of {window:,} slots" if window and limit and window < limit else ""
     # Requests in the last minute, as the account counts them: an average since the start
     # would show the first second's burst as a rate above the limit.
-    rpm = float(stats.get("requests_last_minute", 0))
-    learned = stats.get("learned_rpm")
-    account = f" (account ~{learned:,.0f})" if learned else ""
-    window, limit = stats.get("slot_window"), stats.get("max_concurrent")
-    slots = f" of {window:,} slots" if window and limit and window < limit else ""
     return (
         f"done {t.done}, failed {t.failed + t.expired}, in flight {t.in_flight}{slots}, "
         f"downloading {t.downloading}, queued {t.queued} | {_fmt_eta(tally.eta_s())} | "
-        f"{rpm:,.0f}/{stats.get('rpm_limit', 0):,} rpm{account} | "
-        f"429s {stats.get('rate_limited', 0)} | spent ~${stats.get('spent_usd', 0.0):,.2f}"
+        f"{stats.requests_last_minute:,}/{stats.rpm_limit:,} rpm{account} | "
+        f"429s {stats.rate_limited} | spent ~${stats.spent_usd:,.2f}"
     )
 
 
-class _Ticker:
-    """Calls ``tick`` every ``interval`` seconds on a daemon thread until stopped."""
+class View(Protocol):
+    """A progress display: started, redrawn every ``interval`` seconds, stopped."""
 
-    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
-        self._interval = interval
-        self._tick = tick
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+    interval: float
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._tick()
+    def start(self) -> None: ...
 
-    def start(self) -> None:
-        self._thread.start()
+    def refresh(self) -> None: ...
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+    def stop(self) -> None: ...
+
+
+@asynccontextmanager
+async def shown(view: View, clock: Clock) -> AsyncIterator[None]:
+    """Show ``view`` while the body runs, redrawn on ``clock`` by a task of this loop.
+
+    The view stops (its last frame drawn) however the body ends: done, interrupted,
+    failed or cancelled."""
+    view.start()
+    redraws = asyncio.create_task(_redraw(view, clock), name="progress")
+    try:
+        yield
+    finally:
+        redraws.cancel()
+        await asyncio.wait({redraws})  # not `await redraws`: its cancellation is not ours
+        try:
+            view.stop()
+        finally:
+            if not redraws.cancelled():
+                redraws.result()  # a view that broke mid-run says so once the run is over
+
+
+async def _redraw(view: View, clock: Clock) -> None:
+    while True:
+        await clock.sleep(view.interval)
+        view.refresh()
 
 
 class PlainView:
@@ -183,16 +200,16 @@ class PlainView:
         self.tally = tally
         self.stats = stats
         self.out = out
-        self._ticker = _Ticker(interval, self.print_line)
+        self.interval = interval
 
-    def print_line(self) -> None:
+    def refresh(self) -> None:
         print(f"apixo-batch: {status_line(self.tally, self.stats())}", file=self.out, flush=True)
 
     def start(self) -> None:
-        self._ticker.start()
+        pass
 
     def stop(self) -> None:
-        self._ticker.stop()
+        pass
 
 
 class LiveView:
@@ -204,8 +221,10 @@ class LiveView:
         from rich.live import Live
 
         self.console = console
+        self.interval = 0.25
+        # No refresh thread of rich's own: shown() redraws from the loop.
         self._live = Live(
-            get_renderable=self.render, console=console, refresh_per_second=4, transient=False
+            get_renderable=self.render, console=console, auto_refresh=False, transient=False
         )
 
     def render(self) -> Group:
@@ -218,9 +237,7 @@ class LiveView:
         table = Table(box=None, pad_edge=False, expand=False)
         for col in ("model", "", "done", "failed", "in flight", "downloading", "queued"):
             table.add_column(col, justify="left" if col in ("model", "") else "right")
-        with self.tally._lock:
-            rows = sorted(self.tally.rows.items())
-        for model, r in rows:
+        for model, r in sorted(self.tally.rows.items()):
             total = r.queued + r.in_flight + r.downloading + r.done + r.failed + r.expired
             bar = ProgressBar(
                 total=max(total, 1), completed=r.done + r.failed + r.expired, width=24
@@ -240,6 +257,9 @@ class LiveView:
 
     def start(self) -> None:
         self._live.start()
+
+    def refresh(self) -> None:
+        self._live.refresh()
 
     def stop(self) -> None:
         self._live.stop()

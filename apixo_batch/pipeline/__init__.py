@@ -3,7 +3,8 @@
 ====================  ===============================================================
 module                what it holds
 ====================  ===============================================================
-``options``           :class:`RunOptions` (what a run is told), :class:`RunResult`
+``options``           :class:`RunOptions` (what a run is told), :class:`RunStatistics`,
+                      :class:`RunResult`
 ``stop``              why a run stops: :class:`Stop` values, levels, the exit code
 ``admission``         meters (budget, slots) and the permits, in the order jobs start
 ``submitter``         the submit on the wire, the task id durable, retries, doubt
@@ -24,7 +25,7 @@ module                what it holds
 
 from __future__ import annotations
 
-from .options import Mode, RunOptions, RunResult, summary_dict
+from .options import Mode, RunOptions, RunResult, RunStatistics, summary_dict
 from .stop import Level, Stop, StopKind, Stops
 from .supervisor import Supervisor
 
@@ -37,6 +38,7 @@ __all__ = [
     "Mode",
     "RunOptions",
     "RunResult",
+    "RunStatistics",
     "Stop",
     "StopKind",
     "Stops",

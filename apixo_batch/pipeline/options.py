@@ -1,4 +1,5 @@
-"""What a run can be told (:class:`RunOptions`) and what it tells back (:class:`RunResult`)."""
+"""What a run can be told (:class:`RunOptions`), what it shows while it goes on
+(:class:`RunStatistics`) and what it tells back (:class:`RunResult`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..location import Destination
 from ..retry import Patience
 from .turnaround import TurnaroundStats
 
-__all__ = ["Mode", "Order", "RunOptions", "RunResult", "summary_dict"]
+__all__ = ["Mode", "Order", "RunOptions", "RunResult", "RunStatistics", "summary_dict"]
 
 Mode = Literal["run", "download"]
 Order = Literal["longest", "file"]
@@ -83,6 +84,35 @@ class RunOptions:
     def patience(self) -> Patience:
         """``max_wait_min`` as what the stages wait through: a task, an outage."""
         return Patience.minutes(self.max_wait_min)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A snapshot of a run under way, for progress displays (``Engine.statistics()``)."""
+
+    #: requests that left so far
+    requests: int
+    #: requests granted in the last 60 seconds: what the account's per-minute limit counts
+    requests_last_minute: int
+    #: the ``--rpm`` asked for
+    rpm_limit: int
+    rate_limited: int
+    #: the rate the request bucket paces to now (below ``rpm_limit`` after 429s)
+    effective_rpm: float
+    #: the request rate (a minute's worth) that last overshot the account's limit
+    learned_rpm: float | None
+    in_flight: int
+    max_concurrent: int
+    #: the slot window the account allows so far (``max_concurrent`` until a refusal)
+    slot_window: int
+    peak_in_flight: int
+    #: results being downloaded or waiting for a download's turn
+    downloading: int
+    #: known spend, earlier runs of the campaign included
+    spent_usd: float
+    budget_usd: float | None
+    #: why submitting stopped, once it has
+    stop_reason: str | None
 
 
 @dataclass

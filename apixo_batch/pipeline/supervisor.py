@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import aiohttp
 
@@ -37,7 +36,7 @@ from ..planning.completion import CompletionModel
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
 from .callbacks import callback_token, listen
 from .learned import account_of
-from .options import RunOptions, RunResult
+from .options import RunOptions, RunResult, RunStatistics
 from .preflight import preflight
 from .result import finish
 from .startup import StartUp, start_up
@@ -150,29 +149,29 @@ class Supervisor:
                 if storage_failure(exc) is None:
                     raise
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> RunStatistics:
         """A snapshot for progress displays: requests, limits, in flight, spend."""
         bucket = self.bucket.statistics()
         slots = self.slots.statistics()
         stages = self._stages
         submitter = stages.submitter if stages else None
         spent_before = self._start.spent_before if self._start else 0.0
-        return {
-            "requests": bucket.sent,
-            "requests_last_minute": self.bucket.last_minute(),
-            "rpm_limit": self.options.rpm,
-            "rate_limited": bucket.rate_limited,
-            "effective_rpm": bucket.effective_rpm,
-            "learned_rpm": bucket.learned_rpm,
-            "in_flight": slots.in_flight,
-            "max_concurrent": slots.limit,
-            "slot_window": slots.window,
-            "peak_in_flight": slots.peak,
-            "downloading": stages.downloading if stages else 0,
-            "spent_usd": spent_before + (submitter.spent_usd if submitter else 0.0),
-            "budget_usd": self.options.budget,
-            "stop_reason": self.stops.reason,
-        }
+        return RunStatistics(
+            requests=bucket.sent,
+            requests_last_minute=self.bucket.last_minute(),
+            rpm_limit=self.options.rpm,
+            rate_limited=bucket.rate_limited,
+            effective_rpm=bucket.effective_rpm,
+            learned_rpm=bucket.learned_rpm,
+            in_flight=slots.in_flight,
+            max_concurrent=slots.limit,
+            slot_window=slots.window,
+            peak_in_flight=slots.peak,
+            downloading=stages.downloading if stages else 0,
+            spent_usd=spent_before + (submitter.spent_usd if submitter else 0.0),
+            budget_usd=self.options.budget,
+            stop_reason=self.stops.reason,
+        )
 
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> None:

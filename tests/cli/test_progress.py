@@ -2,17 +2,68 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
+import io
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from apixo_batch import runtime
+from apixo_batch.cli import commands, progress
 from apixo_batch.cli import entry as cli
 from apixo_batch.cli.progress import Tally, status_line
+from apixo_batch.clock import FakeClock
+from apixo_batch.errors import ApixoError
+from apixo_batch.exitcodes import ExitCode
+from apixo_batch.pipeline import RunResult, RunStatistics
+
+
+def _stats(**changes: Any) -> RunStatistics:
+    """A run's statistics: nothing sent yet, 600 rpm and 30 slots, but for ``changes``."""
+    quiet = RunStatistics(
+        requests=0,
+        requests_last_minute=0,
+        rpm_limit=600,
+        rate_limited=0,
+        effective_rpm=600.0,
+        learned_rpm=None,
+        in_flight=0,
+        max_concurrent=30,
+        slot_window=30,
+        peak_in_flight=0,
+        downloading=0,
+        spent_usd=0.0,
+        budget_usd=None,
+        stop_reason=None,
+    )
+    return dataclasses.replace(quiet, **changes)
 
 
 def test_the_progress_rate_is_the_last_minutes_count_not_an_average_since_the_start() -> None:
     """A run 30 s old that sent 305 requests under a 600 rpm limit (its first burst
     included) shows what the account counts: the requests of the last minute, not 610."""
-    line = status_line(Tally(), {"requests": 305, "requests_last_minute": 305, "rpm_limit": 600})
+    line = status_line(Tally(), _stats(requests=305, requests_last_minute=305))
     assert "305/600 rpm" in line
+
+
+def test_the_status_line_names_what_the_account_taught() -> None:
+    """A learned rate and a slot window below --max-concurrent are shown; 429s and the
+    spend always are."""
+    line = status_line(
+        Tally(),
+        _stats(learned_rpm=480.4, slot_window=12, rate_limited=3, spent_usd=1234.5),
+    )
+    assert "rpm (account ~480)" in line and "in flight 0 of 12 slots" in line
+    assert "429s 3 | spent ~$1,234.50" in line
+    plain = status_line(Tally(), _stats())
+    assert "slots" not in plain and "account" not in plain
 
 
 @pytest.mark.parametrize(
@@ -100,3 +151,146 @@ def test_the_tally_counts_each_model_from_the_events() -> None:
     assert (b.queued, b.in_flight, b.failed) == (0, 0, 2)
     assert (tally.retries, tally.rate_limited, tally.done_this_run) == (1, 1, 1)
     assert tally.warnings == ["careful"]
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal would be: rich draws its live view on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class _Engine:
+    """Stands in for the engine: notes the thread of every statistics() read, and runs on
+    a fake clock until the view has drawn three times (or a virtual minute has passed).
+    With ``interrupt``, it sends itself SIGINT after the first frame and ends as told."""
+
+    def __init__(self, *, interrupt: bool = False) -> None:
+        self.clock = FakeClock()
+        self.readers: list[int] = []
+        self.loop_thread: int | None = None
+        self.interrupt = interrupt
+        self.stopped = False
+
+    def statistics(self) -> RunStatistics:
+        self.readers.append(threading.get_ident())
+        return _stats(requests_last_minute=7, spent_usd=2.5 if self.stopped else 1.5)
+
+    def request_stop(self) -> None:
+        assert self.interrupt, "no signal was sent"
+        self.stopped = True
+
+    async def run(self) -> RunResult:
+        self.loop_thread = threading.get_ident()
+        end = self.clock.monotonic() + 60.0
+        sent = False
+        while self.clock.monotonic() < end:
+            await self.clock.advance(1.0)
+            if self.stopped:
+                return RunResult(exit_code=ExitCode.INTERRUPTED, counts={}, interrupted=True)
+            if self.interrupt and self.readers and not sent:
+                os.kill(os.getpid(), signal.SIGINT)
+                sent = True
+            if not self.interrupt and len(self.readers) >= 3:
+                break
+        return RunResult(exit_code=ExitCode.OK, counts={"done": 0})
+
+
+def _run_with_view(
+    monkeypatch: pytest.MonkeyPatch, stderr: io.StringIO, engine: _Engine, code: int = ExitCode.OK
+) -> None:
+    monkeypatch.setattr(commands, "_engine", lambda *args: engine)
+    monkeypatch.setattr("sys.stderr", stderr)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("APIXO_API_KEY", raising=False)
+    args = argparse.Namespace(
+        command="run",
+        api_key_file=None,
+        callback_url=None,
+        listen=None,
+        json=False,
+        quiet=False,
+        verbose=False,
+        time_scale=1.0,
+    )
+    campaign: Any = argparse.Namespace(path=Path("jobs.yaml"))
+    assert commands._run(args, campaign) == code
+
+
+@pytest.mark.parametrize("stderr", [_Terminal, io.StringIO], ids=["live", "plain"])
+def test_the_view_reads_the_engines_statistics_on_the_loops_thread_only(
+    monkeypatch: pytest.MonkeyPatch, stderr: type[io.StringIO]
+) -> None:
+    """The view redraws on the run's clock from a task of the run's loop: no other thread
+    reads the engine's state while the loop changes it (a deque iterated from rich's
+    refresh thread raised "deque mutated during iteration" and froze the view)."""
+    out, engine = stderr(), _Engine()
+    _run_with_view(monkeypatch, out, engine)
+    assert len(engine.readers) >= 3
+    assert set(engine.readers) == {engine.loop_thread}
+    assert "7/600 rpm" in out.getvalue() and "spent ~$1.50" in out.getvalue()
+
+
+def test_an_interrupt_ends_the_live_view_with_its_last_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C mid-run: the run winds down, the view draws its last frame (what the stop
+    left) from the loop, gives the cursor and stderr back, and the run exits 130."""
+    out, engine = _Terminal(), _Engine(interrupt=True)
+    _run_with_view(monkeypatch, out, engine, code=ExitCode.INTERRUPTED)
+    screen = out.getvalue()
+    assert "spent ~$1.50" in screen and "spent ~$2.50" in screen
+    assert screen.rindex("spent ~$2.50") < screen.rindex("\x1b[?25h")  # cursor shown after
+    assert set(engine.readers) == {engine.loop_thread}
+    assert sys.stderr is out  # rich's redirection of stderr undone
+
+
+class _Recorder:
+    """A view that notes what it was asked to do."""
+
+    interval = 0.25
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def refresh(self) -> None:
+        self.calls.append("refresh")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises", "cancelled"])
+def test_shown_stops_the_view_and_its_redraws_however_the_body_ends(ending: str) -> None:
+    """Redraws come each interval of the clock; once the body ends, however it ends,
+    the view stops once and no redraw task is left on the loop."""
+    view, clock = _Recorder(), FakeClock()
+
+    async def body(waiting: asyncio.Event) -> None:
+        async with progress.shown(view, clock):
+            await clock.advance(1.0)
+            if ending == "raises":
+                raise ApixoError("the journal is held by another run")
+            if ending == "cancelled":
+                waiting.set()
+                await asyncio.Event().wait()
+
+    async def main() -> tuple[BaseException | None, list[asyncio.Task[Any]]]:
+        waiting = asyncio.Event()
+        task = asyncio.create_task(body(waiting))
+        if ending == "cancelled":
+            reached = asyncio.ensure_future(waiting.wait())
+            await asyncio.wait({task, reached}, return_when=asyncio.FIRST_COMPLETED)
+            reached.cancel()
+            task.cancel()
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        return outcome, [t for t in asyncio.all_tasks() if t.get_name() == "progress"]
+
+    outcome, left = runtime.run(main())
+    assert view.calls == ["start"] + ["refresh"] * 4 + ["stop"]
+    assert left == []
+    expected = {"returns": type(None), "raises": ApixoError, "cancelled": asyncio.CancelledError}
+    assert type(outcome) is expected[ending]

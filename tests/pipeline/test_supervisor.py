@@ -18,7 +18,9 @@ from e2e import SIM_KEY, simple_jobs, write_campaign
 
 from apixo_batch import Event, ExitCode, RunOptions, RunResult, run_campaign
 from apixo_batch.apixo.client import ApixoClient
-from apixo_batch.pipeline import lander
+from apixo_batch.apixo.secret import ApiKey
+from apixo_batch.jobs import load_campaign
+from apixo_batch.pipeline import RunStatistics, Supervisor, lander
 
 JOBS = 30
 
@@ -130,3 +132,24 @@ async def test_a_run_whose_key_is_refused_ends_when_its_last_submit_returns(
     assert result.exit_code == 3
     assert result.counts["pending"] == JOBS
     assert result.submitted == JOBS - 1
+
+
+async def test_statistics_are_a_snapshot_of_the_run_under_way(simulator, tmp_path: Path) -> None:
+    """statistics(), read at every event as a progress view would: a RunStatistics whose
+    requests only grow, never more in flight than the slots, and whose last snapshot
+    agrees with the run's result."""
+    sim = await simulator(time_scale=0.01)
+    campaign = load_campaign(write_campaign(tmp_path, simple_jobs(6)))
+    options = RunOptions(base_url=sim.base_url, time_scale=0.01, max_concurrent=2, rpm=900)
+    seen: list[RunStatistics] = []
+    engine = Supervisor(
+        campaign, ApiKey(SIM_KEY), options, on_event=lambda _: seen.append(engine.statistics())
+    )
+    result = await asyncio.wait_for(engine.run(), timeout=30)
+    last = engine.statistics()
+    assert seen and all(isinstance(s, RunStatistics) for s in [*seen, last])
+    assert [s.requests for s in seen] == sorted(s.requests for s in seen)
+    assert max(s.in_flight for s in seen) <= 2 == last.max_concurrent
+    assert (last.rpm_limit, last.in_flight, last.downloading, last.stop_reason) == (900, 0, 0, None)
+    assert last.requests == result.requests and last.requests_last_minute >= last.requests
+    assert last.spent_usd == pytest.approx(result.spent_usd) and last.spent_usd > 0
