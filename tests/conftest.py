@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,6 +56,26 @@ def _compat_callback(callback: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return wrapped
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
+    """Close the loop looptime makes for a plain (not async) test.
+
+    looptime's plugin asks the loop policy for the test's loop even when the test is
+    not a coroutine, and on Python 3.11 that makes a loop nobody closes: its
+    ResourceWarning then fails whichever later test the garbage collector runs in."""
+    plain = pyfuncitem.get_closest_marker("asyncio") is None
+    try:
+        return (yield)
+    finally:
+        if plain:
+            with warnings.catch_warnings(), contextlib.suppress(RuntimeError):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # (RuntimeError: no loop, e.g. the test ran asyncio.run: nothing to close)
+                stray = asyncio.get_event_loop_policy().get_event_loop()
+                if not stray.is_running():
+                    stray.close()  # still the current loop: the next plain test reuses it
 
 
 @pytest.fixture

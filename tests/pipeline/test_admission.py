@@ -19,6 +19,9 @@ from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.planning.completion import CompletionModel
 from apixo_batch.planning.forecast import expected_generation_s
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 
 class _Rows:
     """The ledger's queued rows, a page of 2 at a time, telling whether it was closed."""

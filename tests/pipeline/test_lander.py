@@ -28,6 +28,9 @@ from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
 from apixo_batch.retry import Backoff
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
 

@@ -15,6 +15,9 @@ from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted, Submitter
 from apixo_batch.retry import Backoff
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
 
