@@ -29,6 +29,7 @@ from typing import Any
 from .apixo.secret import ApiKey, load_api_key
 from .clock import Clock
 from .defaults import DEFAULT_BASE_URL
+from .errors import ApixoError
 from .events import Event, EventSink, QueueSink
 from .jobs import Campaign, load_campaign
 from .pipeline import Engine, RunOptions, RunResult
@@ -103,5 +104,7 @@ async def stream_campaign(
     finally:
         if not task.done():
             engine.request_stop()
-            with contextlib.suppress(Exception):
+            # The consumer has left: a run that could not go on (its settings, its disk) is
+            # no news to it; a bug still is, and goes on to it.
+            with contextlib.suppress(ApixoError, OSError):
                 await task

@@ -2,7 +2,7 @@
 
 The one type the job file, the command line, the plan and the run share for the
 output: :data:`Destination`. Parsing says what is wrong in one line, before any
-request; whether the bucket answers is for :mod:`apixo_batch.storage.s3`.
+request; whether the bucket answers is for :mod:`apixo_batch.outputs.s3`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
 from simfixture import *  # noqa: F403  (simulator factory fixture, tests/simfixture.py)
 
+from apixo_batch.journal import InlineJournal, Journal
+from apixo_batch.pipeline import supervisor
+
 
 class _StubStreamWriter:
     """Stands in for the request writer aiohttp >= 3.14 hands every ClientResponse."""
@@ -79,6 +82,24 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
 
 
 @pytest.fixture
+def inline_run_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[InlineJournal]]:
+    """A whole run's journal answers on the loop's own thread, at once (runs on looptime).
+
+    The journal thread's answers arrive from outside the loop: while the loop waits for
+    one it looks idle, and virtual time would jump to the next timer (a poll, a task's
+    end) at whatever moment the thread happens to be slow."""
+    made: list[InlineJournal] = []
+
+    def inline(journal: Journal, **_: Any) -> InlineJournal:
+        made.append(InlineJournal(journal))
+        return made[-1]
+
+    monkeypatch.setattr(supervisor, "AsyncJournal", inline)
+    yield made
+    assert made, "the run no longer builds its journal in supervisor.py: patch it there"
+
+
+@pytest.fixture
 def mock_api() -> Iterator[aioresponses]:
     """aioresponses, patched to work with aiohttp >= 3.14 (see ``_CompatResponse``)."""
     with _CompatAioresponses() as mocked:
@@ -94,7 +115,7 @@ def _skipped_suites() -> list[str]:
     if (why := why_no_browser()) is not None:
         lines.append(f"browser tests: SKIPPED, {why}")
     if (why := rgw_missing()) is not None:
-        lines.append(f"S3 tests (tests/test_s3_e2e.py): SKIPPED, {why}")
+        lines.append(f"S3 tests (tests/end_to_end/test_s3_e2e.py): SKIPPED, {why}")
     return lines
 
 

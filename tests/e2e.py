@@ -219,6 +219,11 @@ async def finish(proc: asyncio.subprocess.Process, limit: float = 60.0) -> CliRe
     return CliResult(proc.returncode, out.decode(), err.decode())
 
 
+async def run_env(*args: str, env: dict[str, str], limit: float = 60.0) -> CliResult:
+    """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
+    return await finish(await start_with(env, *args), limit)
+
+
 async def run_cli(sim: Simulator, *args: str, key: str = SIM_KEY, limit: float = 60.0) -> CliResult:
     """Run ``apixo-batch ARGS`` against ``sim`` to the end."""
     return await finish(await start_cli(sim, *args, key=key), limit)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from apixo_batch.apixo.client import TaskStatus
+from apixo_batch.apixo.client import Grant, TaskStatus
 from apixo_batch.apixo.limits import Priority, RequestBucket
 from apixo_batch.clock import FakeClock
 from apixo_batch.events import Emitter, Event
@@ -72,11 +72,10 @@ class FakeApi:
         request_type: str = "async",
         callback_url: str | None = None,
         provider: str = "auto",
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        grant: Grant | None = None,
     ) -> str:
-        await self.bucket.acquire(Priority.SUBMIT)
-        if before_send is not None:
-            await before_send()
+        if grant is None:
+            await self.grant(Priority.SUBMIT)
         self.submits += 1
         self.sent.append(str(inp.get("prompt")))
         if self.submit_latency:
@@ -89,6 +88,12 @@ class FakeApi:
             fail="forbidden" in str(inp.get("prompt")),
         )  # fmt: skip
         return task_id
+
+    async def grant(self, priority: int) -> Grant:
+        return Grant(probe=False, ticket=await self.bucket.acquire(priority))
+
+    def unused(self, grant: Grant) -> None:
+        pass
 
     async def status(self, model: str, task_id: str) -> TaskStatus:
         await self.bucket.acquire(Priority.STATUS)

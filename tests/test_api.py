@@ -297,3 +297,21 @@ async def test_a_stream_left_with_a_bare_break_still_writes_the_manifest(
     assert [e["id"] for e in manifest] == [j["id"] for j in simple_jobs(10)]
     journal = Journal(tmp_path / "out" / ".apixo-batch.sqlite")  # not held any more
     journal.close()
+
+
+async def test_a_bug_in_a_run_left_early_still_reaches_the_consumer(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is closed after the first event and the run, stopping, hits a bug: the
+    bug comes out of the stream's close, not swallowed with the stop."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+
+    async def broken(*args: object, **kw: object) -> None:
+        raise TypeError("close_books() missing 1 required positional argument: 'refused'")
+
+    monkeypatch.setattr("apixo_batch.pipeline.result.close_books", broken)
+    with pytest.raises(TypeError, match="close_books"):
+        async with contextlib.aclosing(stream_campaign(job_file, **opts(sim))) as stream:
+            async for _ in stream:
+                break

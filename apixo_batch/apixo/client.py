@@ -1,7 +1,7 @@
 """The APIXO HTTP client: submit, status, balance.
 
 One call, one request, and every request passes the client's one
-:class:`~apixo_batch.limits.RequestBucket` first (invariant 3: by construction,
+:class:`~apixo_batch.apixo.limits.RequestBucket` first (invariant 3: by construction,
 nothing can call the API around it); a 429 answer slows that bucket down
 before it is raised. No retries here: the stages decide when to call again and
 what to do with an error (see ``retry``). Every error answer becomes a leaf of
@@ -12,7 +12,7 @@ status says.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -28,7 +28,7 @@ from .breaker import Breaker
 from .limits import RPM_CAP, Priority, RequestBucket
 from .secret import ApiKey, redact
 
-__all__ = ["DEFAULT_BASE_URL", "ApixoClient", "TaskStatus", "parse_task_payload"]
+__all__ = ["DEFAULT_BASE_URL", "ApixoClient", "Grant", "TaskStatus", "parse_task_payload"]
 
 TaskState = Literal["pending", "processing", "success", "failed"]
 
@@ -49,6 +49,17 @@ class TaskStatus:
     @property
     def finished(self) -> bool:
         return self.state in ("success", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One request let go by the breaker and granted by the bucket, for one call to spend.
+
+    A submit takes its grant first (:meth:`ApixoClient.grant`), journals its mark, and
+    only then sends: the mark is written once the request may leave, never before."""
+
+    probe: bool
+    ticket: int
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -127,12 +138,21 @@ class ApixoClient:
         timeout: float = 30.0,
         connections: int = 100,
         bucket: RequestBucket | None = None,
+        patience: float = 30 * 60.0,
+        on_outage: Callable[[bool, float], None] | None = None,
     ) -> None:
         self._key = api_key
         self.bucket = bucket if bucket is not None else RequestBucket(RPM_CAP, SystemClock())
         scale = self.bucket.time_scale
-        #: while the API gives no answer at all, calls wait and one probes (see breaker)
-        self.breaker = Breaker(self.bucket.clock, base=1.0 * scale, cap=60.0 * scale)
+        #: while the API gives no answer at all, calls wait and one probes (see breaker);
+        #: ``on_outage(open, silent_s)`` hears when that starts and ends
+        self.breaker = Breaker(
+            self.bucket.clock,
+            base=1.0 * scale,
+            cap=60.0 * scale,
+            patience=patience,
+            on_change=on_outage,
+        )
         self.base_url = base_url.rstrip("/")
         self._own_session = session is None
         self._session = session
@@ -167,6 +187,23 @@ class ApixoClient:
             await self._session.close()
             self._session = None
 
+    async def grant(self, priority: int) -> Grant:
+        """Wait until a request may leave: the breaker lets it go, the bucket grants it.
+
+        Spend it on one call, or hand it back unspent with :meth:`unused`."""
+        probe = await self.breaker.admit()
+        try:
+            ticket = await self.bucket.acquire(priority)
+        except BaseException:
+            self.unused(Grant(probe, -1))
+            raise
+        return Grant(probe, ticket)
+
+    def unused(self, grant: Grant) -> None:
+        """A grant that will not be sent: if it was the probe, another call may probe."""
+        if grant.probe:
+            self.breaker.forget_probe()
+
     async def _call(
         self,
         method: str,
@@ -175,42 +212,35 @@ class ApixoClient:
         endpoint: str,
         priority: int,
         body: Mapping[str, Any] | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        grant: Grant | None = None,
     ) -> dict[str, Any]:
-        probe = await self.breaker.admit()
+        if grant is None:
+            grant = await self.grant(priority)
         try:
-            return await self._through_the_bucket(
-                method, url, endpoint, priority, body, before_send, probe
-            )
+            return await self._spend(grant, method, url, endpoint, body)
         finally:
-            if probe:
-                self.breaker.forget_probe()  # no outcome came (stopped, cancelled)
+            self.unused(grant)  # a no-op once the probe's outcome is known
 
-    async def _through_the_bucket(
+    async def _spend(
         self,
+        grant: Grant,
         method: str,
         url: str | URL,
         endpoint: str,
-        priority: int,
         body: Mapping[str, Any] | None,
-        before_send: Callable[[], Awaitable[None]] | None,
-        probe: bool,
     ) -> dict[str, Any]:
-        ticket = await self.bucket.acquire(priority)
-        if before_send is not None:
-            await before_send()  # may raise: then nothing is sent
         self.bucket.sent()
         try:
             answer = await self._send(method, url, endpoint=endpoint, body=body)
         except TransportError:
-            self.breaker.no_answer(probe)
+            self.breaker.no_answer(grant.probe)
             raise
         except ApiError as exc:
-            self.breaker.answered(probe)
+            self.breaker.answered(grant.probe)
             if isinstance(exc, RateLimited):
-                self._limited(exc, endpoint, ticket)
+                self._limited(exc, endpoint, grant.ticket)
             raise
-        self.breaker.answered(probe)
+        self.breaker.answered(grant.probe)
         return answer
 
     def _limited(self, exc: RateLimited, endpoint: str, ticket: int) -> None:
@@ -281,13 +311,12 @@ class ApixoClient:
         request_type: Literal["async", "callback"] = "async",
         callback_url: str | None = None,
         provider: str = "auto",
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        grant: Grant | None = None,
     ) -> str:
         """Create a task; returns its task id.
 
-        ``before_send`` is awaited once the bucket has granted the request and just
-        before it leaves (the submitter journals its mark there); if it raises,
-        nothing is sent."""
+        ``grant``: the request's place, taken beforehand with :meth:`grant` (the
+        submitter journals its mark between the two); else it is taken here."""
         body: dict[str, Any] = {
             "request_type": request_type,
             "provider": provider,
@@ -303,7 +332,7 @@ class ApixoClient:
             endpoint="submit",
             priority=Priority.SUBMIT,
             body=body,
-            before_send=before_send,
+            grant=grant,
         )
         data = answer.get("data")
         task_id = data.get("taskId") if isinstance(data, Mapping) else None

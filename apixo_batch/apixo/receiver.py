@@ -333,6 +333,8 @@ class CallbackReceiver:
             )
             return _answer(503, "busy, retry later")
         except Exception:
+            # A server must answer: the bug is logged with its traceback and counted, APIXO
+            # retries the delivery, and the task's polls are the safety net.
             self._counts["handler_errors"] += 1
             logger.exception("callback for task %s: handler failed", status.task_id)
             return _answer(500, "internal error")

@@ -1,7 +1,7 @@
 """Every documented input of the four models: allowed values, limits, defaults and the page.
 
 This is the table users read (docs/models.md is :func:`markdown` of it) and the one the
-validation in :mod:`.catalog` is held to: tests/catalog/test_catalog_table.py tries every
+validation in :mod:`.models` is held to: tests/catalog/test_catalog_table.py tries every
 limit, choice, range and mode restriction recorded here against ``validate_input``,
 so the table cannot say what the code does not do. Defaults are APIXO's (the API
 applies them; apixo-batch sends only what a job says).

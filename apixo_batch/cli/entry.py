@@ -276,8 +276,11 @@ def _unexpected(exc: Exception) -> int:
     if why is not None:
         print(f"apixo-batch: {redact_env(why)}", file=sys.stderr)
         return ExitCode.IO_ERROR
+    bug: BaseException = exc
+    while isinstance(bug, BaseExceptionGroup):
+        bug = bug.exceptions[0]  # a stage's task group: the bug inside, not the group, is news
     print(
-        f"apixo-batch: internal error: {type(exc).__name__}: {redact_env(str(exc))} (a bug: "
+        f"apixo-batch: internal error: {type(bug).__name__}: {redact_env(str(bug))} (a bug: "
         "please report it; APIXO_BATCH_DEBUG=1 shows the traceback). The journal keeps "
         "what was paid: the same command resumes",
         file=sys.stderr,

@@ -106,6 +106,11 @@ class Campaign:
         if issues:
             raise issues.error(self._source.display)
 
+    def cost(self, job: Job) -> float | None:
+        """What ``job`` costs at the catalog's prices and this file's own (None: unknown)."""
+        spec = MODELS.get(job.model)
+        return spec.cost(job.input, self.prices) if spec else None
+
 
 def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Campaign:
     """Read and validate a job file and its jobs_file.

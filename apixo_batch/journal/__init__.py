@@ -4,11 +4,13 @@
 module           what it holds
 ===============  ==========================================================
 ``states``       the job states and the one table of legal changes
-``rows``         the tables, and :class:`JobRow`
-``connection``   the SQLite connection: lock, transactions, durability
-``reconcile``    the journal brought in line with the job file
+``rows``         the jobs table declared once (:class:`JobRow`), :class:`Change`
+``schema``       the schema's versions and the migrations between them
+``connection``   the SQLite connection: lock, transactions, durability, reads
+``changes``      the state changes, of one job or in bulk, as the table allows
+``reconcile``    the start of a run: leftovers requeued, the job file synced in
 ``learned``      completion times per clock key, kept across runs
-``store``        :class:`Journal`: reads, spend, the state change itself
+``store``        :class:`Journal`: reads and spend
 ``naming``       result file names and the registry of their owners
 ``thread``       :class:`AsyncJournal`: the thread that owns the connection
 ``ledger``       :class:`Ledger`: what the stages of a run may ask, by name
@@ -20,7 +22,7 @@ from __future__ import annotations
 from .ledger import Landed, Ledger, Totals
 from .naming import FileRegistry, hold_name, result_filename
 from .reconcile import NewJob, SyncResult, jobs_of
-from .rows import JobRow
+from .rows import Change, JobRow
 from .states import TRANSITIONS, JobState
 from .store import Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
@@ -28,6 +30,7 @@ from .thread import AsyncJournal, InlineJournal, JournalExecutor
 __all__ = [
     "TRANSITIONS",
     "AsyncJournal",
+    "Change",
     "FileRegistry",
     "InlineJournal",
     "JobRow",

@@ -13,6 +13,12 @@ task is polled again) and ``done`` (back to ``succeeded``: the result is
 downloaded again while its URL lives). ``submitting`` and the task id
 (``submitted``) stay durable: losing them would forget, or pay twice for, a
 submitted task.
+
+Reads cannot write: :meth:`Connection.reading` refuses writes for its span
+(``PRAGMA query_only``), and the journal's executors run every read in it. What
+writes, reconcile and learned values included, goes through a transaction
+(:meth:`Connection.transaction`, :meth:`Connection.execute_batch`), which says
+how durable it is.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from ..errors import JournalError, JournalUnreadable
-from .rows import SCHEMA, SCHEMA_VERSION
+from .schema import migrate
 
 __all__ = ["Connection"]
 
@@ -48,21 +54,22 @@ class Connection:
             self._db.execute("PRAGMA synchronous=FULL")
             self._synchronous_full = True  # what the connection is set to now
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(SCHEMA)
-            with self.transaction():
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+            migrate(self._db, self.path)
         except sqlite3.Error as exc:
-            with contextlib.suppress(Exception):
-                self._db.close()
-            self._release_lock()
+            self._abandon()
             raise JournalUnreadable(
                 f"the journal {self.path} cannot be opened: {exc} (not an apixo-batch "
                 "journal, or damaged); restore it, or move it aside to start the campaign "
                 "over (jobs it knew as paid would then be submitted again)"
             ) from None
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._db.close()
+        self._release_lock()
 
     def _acquire_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -90,7 +97,16 @@ class Connection:
             self._lock_fd = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on leaving (``durable``: see the module docstring).
+
+        Inside another one (a write of :meth:`execute_batch`), a savepoint of it: the
+        outer transaction commits, with its own durability."""
+        if self._db.in_transaction:
+            with self._savepoint():
+                yield self._db
+            return
+        self._use_synchronous(full=durable)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -98,6 +114,39 @@ class Connection:
             self._rollback()
             raise
         self._commit()
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT nested")
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:  # SQLite may have rolled it all back (disk full)
+                self._db.execute("ROLLBACK TO nested")
+                self._db.execute("RELEASE nested")
+            raise
+        self._db.execute("RELEASE nested")
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """A span in which the journal refuses writes (SQLite's ``query_only``): what runs
+        in it is a read. A write raises ``sqlite3.OperationalError`` (SQLITE_READONLY),
+        which :meth:`write_refused` tells apart."""
+        self._db.execute("PRAGMA query_only=ON")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA query_only=OFF")
+
+    def write_refused(self, exc: Exception) -> Exception:
+        """What a read that raised ``exc`` in :meth:`reading` fails with: a write it tried
+        is a bug, told as such (whatever writes goes through a transaction, which says how
+        durable it is), not a read-only disk."""
+        if isinstance(exc, sqlite3.OperationalError) and (
+            exc.sqlite_errorcode == sqlite3.SQLITE_READONLY
+        ):
+            return JournalError(f"a read of the journal {self.path} tried to write: {exc}")
+        return exc
 
     def _commit(self) -> None:
         try:
@@ -158,16 +207,16 @@ class Connection:
             self._rollback()
             if len(ops) == 1:
                 return [exc]  # the transaction was its savepoint
-            return self._execute_each(ops)
+            return self._execute_each(ops, durable=durable)
         except BaseException:
             self._rollback()
             raise
         self._commit()
         return results
 
-    def _execute_each(self, ops: Sequence[Callable[[Self], Any]]) -> list[Any]:
+    def _execute_each(self, ops: Sequence[Callable[[Self], Any]], *, durable: bool) -> list[Any]:
         results: list[Any] = []
-        with self.transaction():
+        with self.transaction(durable=durable):
             for op in ops:
                 # A savepoint per op: one failing write must not undo another's task id.
                 self._db.execute("SAVEPOINT op")

@@ -24,7 +24,8 @@ class LearnedClocks(Connection):
         return [float(r[0]) for r in rows]
 
     def learned_completions(self, keep: int = 500) -> dict[str, list[float]]:
-        """The latest completion times per clock key (oldest first); older ones are pruned."""
+        """The latest completion times per clock key (oldest first); older ones are pruned
+        (a write: it runs in a transaction, never in :meth:`~.Connection.reading`)."""
         out: dict[str, list[float]] = {}
         keys = [r[0] for r in self._db.execute("SELECT DISTINCT clock_key FROM completions")]
         with self.transaction() as db:

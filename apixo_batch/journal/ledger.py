@@ -10,7 +10,11 @@ caller is cancelled. Which writes are durable is decided here, once:
 * ``hand_back`` and ``fail_submit`` are durable (a job must not be lost between
   queued and failed);
 * ``record_success``, ``record_done`` and ``record_partial`` are not: after a
-  power loss the task is polled, or the file fetched, again while its URL lives.
+  power loss the task is polled, or the file fetched, again while its URL lives;
+* ``reconcile`` is durable, in one transaction of its own; the learned rate and
+  the pruning of learned completions are not (an earlier value serves as well).
+
+Reads run where the journal refuses writes (see :mod:`.thread`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from ..clock import Clock
 from .reconcile import NewJob, SyncResult
-from .rows import JobRow, clock_drives
+from .rows import Change, JobRow, clock_drives
 from .states import JobState
 from .store import Journal
 from .thread import JournalExecutor
@@ -37,10 +41,12 @@ S = JobState
 T = TypeVar("T")
 
 
-def _landed(files: Sequence[str], hashes: Sequence[str], total: int) -> dict[str, Any]:
+def _landed(landed: Landed) -> Change:
     # Results that landed before a later one failed or expired stay journaled as the
     # job's files: they are paid for, and no other job may write over them.
-    return {"files": list(files), "bytes": total, "sha256": list(hashes)} if files else {}
+    if not landed.files:
+        return {}
+    return {"files": list(landed.files), "bytes": landed.bytes, "sha256": list(landed.sha256)}
 
 
 class Landed:
@@ -92,18 +98,16 @@ class Ledger:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
         meanwhile is the one sent). Returns (submits cut off by a crash, the sync)."""
         now = self._clock.wall()
-        recovered = await self._j.read(lambda j: j.recover_interrupted_submits(now))
-        await self._j.read(lambda j: j.requeue_unanswered_submits(now))
-        if retry_failed:
-            await self._j.read(lambda j: j.requeue_failed(now))
-        synced = await self._j.read(lambda j: j.sync(jobs, now))
-        return recovered, synced
+        return await self._j.write(
+            lambda j: j.reconcile(jobs, now, retry_failed=retry_failed), alone=True
+        )
 
     async def totals(self) -> Totals:
         return Totals(await self._j.read(Journal.totals))
 
     async def learned_completions(self) -> dict[str, list[float]]:
-        return await self._j.read(lambda j: j.learned_completions())
+        """The completion times earlier runs saw (older ones pruned as they are read)."""
+        return await self._j.write(Journal.learned_completions, durable=False)
 
     async def in_flight(self) -> list[JobRow]:
         """Every job with a task that may still be running (adopted from an earlier run)."""
@@ -230,14 +234,26 @@ class Ledger:
             task_id=task_id,
             submitted_at=now,
             request_type=request_type,
-            possibly_duplicated=int(possibly_duplicated),
+            possibly_duplicated=possibly_duplicated,
             fail_code=None,
             fail_msg=None,
         )
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
-        """A marked job goes back to the queue unsent (or sent with no task id known)."""
-        return self._transition(job_id, S.QUEUED, possibly_duplicated=int(possibly_duplicated))
+        """A marked job goes back to the queue unsent (or sent with no task id known).
+
+        A job still ``queued`` is left as it is: its mark never landed (the journal refused
+        it, or the submit was cancelled while it was written and it failed), so nothing was
+        sent and nothing is to undo. Any other refusal is raised."""
+        now = self._clock.wall()
+
+        def back(j: Journal) -> None:
+            row = j.get(job_id)
+            if row is not None and row.state is S.QUEUED:
+                return
+            j.transition(job_id, S.QUEUED, now, possibly_duplicated=possibly_duplicated)
+
+        return self._j.write(back)
 
     def fail_submit(
         self, job_id: str, code: str, message: str, possibly_duplicated: bool
@@ -247,7 +263,7 @@ class Ledger:
             S.FAILED,
             fail_code=code,
             fail_msg=message,
-            possibly_duplicated=int(possibly_duplicated),
+            possibly_duplicated=possibly_duplicated,
         )
 
     # -- the follower's writes ----------------------------------------------
@@ -308,21 +324,11 @@ class Ledger:
         """Some results landed, a later one did not (left for ``download``); None if none."""
         if not landed.files:
             return None
-        return self._transition(
-            job_id,
-            S.SUCCEEDED,
-            durable=False,
-            **_landed(landed.files, landed.sha256, landed.bytes),
-        )
+        return self._transition(job_id, S.SUCCEEDED, durable=False, **_landed(landed))
 
     def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
-        return self._transition(
-            job_id,
-            S.EXPIRED,
-            fail_code="RESULT_EXPIRED",
-            fail_msg=message,
-            **_landed(landed.files, landed.sha256, landed.bytes),
-        )
+        change: Change = {"fail_code": "RESULT_EXPIRED", "fail_msg": message, **_landed(landed)}
+        return self._transition(job_id, S.EXPIRED, **change)
 
     # -- the end ------------------------------------------------------------
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
@@ -337,7 +343,7 @@ class Ledger:
         *,
         now: float | None = None,
         durable: bool = True,
-        **fields: Any,
+        **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
-        return self._j.write(lambda j: j.transition(job_id, new, at, **fields), durable=durable)
+        return self._j.write(lambda j: j.transition(job_id, new, at, **change), durable=durable)

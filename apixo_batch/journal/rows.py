@@ -1,106 +1,95 @@
-"""The journal's tables, and one job's row as the rest of the program sees it."""
+"""The jobs table, declared once: one job's row as the rest of the program sees it.
+
+:class:`JobRow`'s fields are the table's columns, in order, each with its SQL
+declaration and, where SQL holds it otherwise, how it is read and written. The
+table's ``CREATE TABLE`` (:func:`jobs_table`), the SELECT list (:data:`SELECT`)
+and the row mapping (:meth:`JobRow.from_sql`) are built from them; :class:`Change`
+names what a state change may set.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
 
 from .states import STATES, JobState
 
-__all__ = ["COLUMNS", "SCHEMA", "SCHEMA_VERSION", "JobRow", "clock_drives", "json_list"]
+__all__ = [
+    "CHANGES",
+    "COLUMNS",
+    "SELECT",
+    "Change",
+    "Column",
+    "JobRow",
+    "clock_drives",
+    "jobs_table",
+    "json_list",
+]
 
-SCHEMA_VERSION = 1
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    idx INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    input_json TEXT NOT NULL,
-    input_hash TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    cost_usd REAL,
-    in_file INTEGER NOT NULL DEFAULT 1,
-    state TEXT NOT NULL,
-    task_id TEXT,
-    request_type TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    possibly_duplicated INTEGER NOT NULL DEFAULT 0,
-    changed_input_hash TEXT,
-    submitted_at REAL,
-    completed_at REAL,
-    result_urls TEXT,
-    expires_at REAL,
-    files TEXT,
-    bytes INTEGER,
-    sha256 TEXT,
-    fail_code TEXT,
-    fail_msg TEXT,
-    cost_time_ms INTEGER,
-    arrived_via TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, idx);
-CREATE INDEX IF NOT EXISTS jobs_order_idx ON jobs (in_file, idx, id);
--- Not UNIQUE on purpose: should the API ever hand out a task id twice, both paid
--- tasks must still be journaled (a constraint error would lose the second one).
-CREATE INDEX IF NOT EXISTS jobs_task_idx ON jobs (task_id) WHERE task_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_history (
-    task_id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    input_hash TEXT NOT NULL,
-    submitted_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS completions (
-    clock_key TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS completions_key_idx ON completions (clock_key, at);
-"""
+def json_list(text: str | None) -> tuple[str, ...]:
+    # Most rows hold no list yet: skip the JSON parser for them.
+    if not text or text == "[]":
+        return ()
+    return tuple(json.loads(text))
 
-COLUMNS = (
-    "id idx model provider input_json input_hash filename cost_usd in_file state task_id "
-    "request_type attempts possibly_duplicated changed_input_hash submitted_at completed_at "
-    "result_urls expires_at files bytes sha256 fail_code fail_msg cost_time_ms arrived_via"
-).split()
+
+def _json_text(values: Sequence[str]) -> str:
+    return json.dumps(list(values))
+
+
+def _finite(value: float | None) -> float | None:
+    # Versions that let --time-scale be inf journaled inf expiries: read them as unknown.
+    return value if value is None or math.isfinite(value) else None
+
+
+def _sql(
+    decl: str,
+    read: Callable[[Any], Any] | None = None,
+    write: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """A JobRow field's column: its SQL declaration, and converters where SQL differs."""
+    return {"decl": decl, "read": read, "write": write}
+
+
+_LIST = _sql("TEXT", json_list, _json_text)  # a JSON array of strings
 
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
-    """One job as the journal knows it."""
+    """One job as the journal knows it (each field a column of the ``jobs`` table)."""
 
-    id: str
-    idx: int
-    model: str
-    provider: str
-    input_json: str
-    input_hash: str
-    filename: str
-    cost_usd: float | None
-    in_file: bool
-    state: JobState
-    task_id: str | None
-    request_type: str | None
-    attempts: int
-    possibly_duplicated: bool
-    changed_input_hash: str | None
-    submitted_at: float | None
-    completed_at: float | None
-    result_urls: tuple[str, ...]
-    expires_at: float | None
-    files: tuple[str, ...]
-    bytes: int | None
-    sha256: tuple[str, ...]
-    fail_code: str | None
-    fail_msg: str | None
-    cost_time_ms: int | None
-    arrived_via: str | None
+    id: str = field(metadata=_sql("TEXT PRIMARY KEY"))
+    #: position in file order
+    idx: int = field(metadata=_sql("INTEGER NOT NULL"))
+    model: str = field(metadata=_sql("TEXT NOT NULL"))
+    provider: str = field(metadata=_sql("TEXT NOT NULL"))
+    input_json: str = field(metadata=_sql("TEXT NOT NULL"))
+    input_hash: str = field(metadata=_sql("TEXT NOT NULL"))
+    filename: str = field(metadata=_sql("TEXT NOT NULL"))
+    cost_usd: float | None = field(metadata=_sql("REAL"))
+    in_file: bool = field(metadata=_sql("INTEGER NOT NULL DEFAULT 1", bool))
+    state: JobState = field(metadata=_sql("TEXT NOT NULL", STATES.__getitem__))
+    task_id: str | None = field(metadata=_sql("TEXT"))
+    request_type: str | None = field(metadata=_sql("TEXT"))
+    attempts: int = field(metadata=_sql("INTEGER NOT NULL DEFAULT 0"))
+    possibly_duplicated: bool = field(metadata=_sql("INTEGER NOT NULL DEFAULT 0", bool))
+    #: the job file's input hash while it differs from the one submitted (paid)
+    changed_input_hash: str | None = field(metadata=_sql("TEXT"))
+    submitted_at: float | None = field(metadata=_sql("REAL"))
+    completed_at: float | None = field(metadata=_sql("REAL"))
+    result_urls: tuple[str, ...] = field(metadata=_LIST)
+    expires_at: float | None = field(metadata=_sql("REAL", _finite))
+    files: tuple[str, ...] = field(metadata=_LIST)
+    bytes: int | None = field(metadata=_sql("INTEGER"))
+    sha256: tuple[str, ...] = field(metadata=_LIST)
+    fail_code: str | None = field(metadata=_sql("TEXT"))
+    fail_msg: str | None = field(metadata=_sql("TEXT"))
+    cost_time_ms: int | None = field(metadata=_sql("INTEGER"))
+    arrived_via: str | None = field(metadata=_sql("TEXT"))
 
     @property
     def input(self) -> dict[str, Any]:
@@ -109,35 +98,72 @@ class JobRow:
 
     @classmethod
     def from_sql(cls, row: Sequence[Any]) -> JobRow:
-        """A row selected with the columns in ``COLUMNS`` order (hot: 100k per manifest)."""
-        (
-            id_, idx, model, provider, input_json, input_hash, filename, cost_usd, in_file,
-            state, task_id, request_type, attempts, dup, changed, submitted_at, completed_at,
-            result_urls, expires_at, files, bytes_, sha256, fail_code, fail_msg, cost_time_ms,
-            arrived_via,
-        ) = row  # fmt: skip
-        return cls(
-            id_, idx, model, provider, input_json, input_hash, filename, cost_usd,
-            bool(in_file), STATES[state], task_id, request_type, attempts, bool(dup), changed,
-            submitted_at, completed_at, json_list(result_urls), _finite(expires_at),
-            json_list(files),
-            bytes_, json_list(sha256), fail_code, fail_msg, cost_time_ms, arrived_via,
-        )  # fmt: skip
+        """A row selected with :data:`SELECT` (hot: 100k per manifest, so only the columns
+        SQL holds otherwise are converted)."""
+        values = list(row)
+        for i, read in _READERS:
+            values[i] = read(values[i])
+        return cls(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of the ``jobs`` table."""
+
+    name: str
+    #: its SQL type and constraints
+    decl: str
+    #: SQL value -> JobRow value, where they differ
+    read: Callable[[Any], Any] | None = None
+    #: Python value -> SQL value, where they differ
+    write: Callable[[Any], Any] | None = None
+
+
+COLUMNS: tuple[Column, ...] = (
+    *(Column(f.name, **f.metadata) for f in fields(JobRow)),
+    # The journal's own: every change stamps it; nothing outside the journal reads it.
+    Column("updated_at", "REAL NOT NULL"),
+)
+
+#: the SELECT list that :meth:`JobRow.from_sql` reads
+SELECT = ", ".join(f.name for f in fields(JobRow))
+
+_READERS = tuple((i, c.read) for i, c in enumerate(COLUMNS) if c.read is not None)
+
+
+def jobs_table() -> str:
+    return "CREATE TABLE IF NOT EXISTS jobs ({})".format(
+        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS)
+    )
+
+
+class Change(TypedDict, total=False):
+    """What a state change may set besides the state (a key left out keeps its value)."""
+
+    attempts: int
+    task_id: str | None
+    request_type: str
+    possibly_duplicated: bool
+    submitted_at: float
+    completed_at: float
+    result_urls: Sequence[str]
+    expires_at: float
+    files: Sequence[str]
+    bytes: int
+    sha256: Sequence[str]
+    fail_code: str | None
+    fail_msg: str | None
+    cost_time_ms: int | None
+    arrived_via: str
+
+
+#: every key of :class:`Change`, with how its column stores a value (None: as it is)
+CHANGES: dict[str, Callable[[Any], Any] | None] = {
+    c.name: c.write for c in COLUMNS if c.name in Change.__optional_keys__
+}
 
 
 def clock_drives(duration: Any, resolution: Any) -> dict[str, Any]:
     """The inputs a model's clock reads, as the journal's JSON holds them (absent: left out)."""
     drives = {"duration": duration, "resolution": resolution}
     return {k: v for k, v in drives.items() if v is not None}
-
-
-def _finite(value: float | None) -> float | None:
-    # Versions that let --time-scale be inf journaled inf expiries: read them as unknown.
-    return value if value is None or math.isfinite(value) else None
-
-
-def json_list(text: str | None) -> tuple[str, ...]:
-    # Most rows hold no list yet: skip the JSON parser for them.
-    if not text or text == "[]":
-        return ()
-    return tuple(json.loads(text))

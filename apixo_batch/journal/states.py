@@ -10,7 +10,8 @@ States (stored as text in the journal)::
 ``submitting`` marks the only window where a crash leaves doubt (request sent,
 answer not journaled): on restart those jobs go back to ``queued`` flagged
 *possibly duplicated*. The journal applies a change only from the states
-:data:`TRANSITIONS` allows, in the same UPDATE (:data:`LEGAL_FROM_SQL`).
+:data:`TRANSITIONS` allows: a job's, in the same UPDATE (:data:`LEGAL_FROM_SQL`);
+a bulk change's from-state, checked against the table first (:mod:`.changes`).
 """
 
 from __future__ import annotations

@@ -4,28 +4,26 @@ Every state change lands here first (:meth:`Journal.transition`, which refuses
 what :mod:`.states` does not allow). The task id of a submit is committed
 durably before the run does anything else with it, so a kill -9, a reboot or a
 CI cancel never forgets a paid task. The connection, its lock and durability
-are :mod:`.connection`'s; following the job file is :mod:`.reconcile`'s;
-completion times are :mod:`.learned`'s. Here: the reads, spend accounting and
-the state change itself.
+are :mod:`.connection`'s; the state changes :mod:`.changes`'; following the job
+file is :mod:`.reconcile`'s; completion times are :mod:`.learned`'s. Here: the
+reads and spend accounting.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import JournalError
 from .learned import LearnedClocks
 from .naming import hold_name
 from .reconcile import Reconcile
-from .rows import COLUMNS, JobRow, clock_drives, json_list
-from .states import LEGAL_FROM_SQL, JobState, illegal_change
+from .rows import SELECT as _SELECT
+from .rows import JobRow, clock_drives, json_list
+from .states import JobState
 
 __all__ = ["Journal"]
 
 S = JobState
-_SELECT = ", ".join(COLUMNS)
 
 
 class Journal(Reconcile, LearnedClocks):
@@ -206,55 +204,3 @@ class Journal(Reconcile, LearnedClocks):
             (S.QUEUED.value,),
         ).fetchone()
         return float(row[0]), int(row[1]), int(row[2])
-
-    # -- writes ---------------------------------------------------------------
-    def transition(self, job_id: str, new: JobState, now: float, **fields: Any) -> None:
-        """Move one job to ``new``, setting ``fields``; refuse an illegal change.
-
-        One UPDATE restricted to the states ``new`` may be entered from (plus, for the
-        task id of a submit, its ``task_history`` row); the current state is read only
-        to explain a refusal."""
-        sets = ["state=?", "updated_at=?"]
-        values: list[Any] = [new.value, now]
-        bad_column: str | None = None
-        for key, value in fields.items():
-            if key not in COLUMNS or key in ("id", "state"):
-                bad_column = key
-                break
-            if isinstance(value, tuple | list):
-                value = json.dumps(list(value))
-            sets.append(f"{key}=?")
-            values.append(value)
-        if bad_column is not None:
-            self._check_transition(job_id, new)  # the same error precedence as ever
-            raise JournalError(f"unknown journal column {bad_column!r}")
-        values.append(job_id)
-        assignments = ", ".join(sets)
-        if new is S.SUBMITTED and "task_id" in fields:
-            # The first answer of a submit: the paid task also goes to task_history.
-            cur = self._db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id=? AND state='submitting'", values
-            )
-            if cur.rowcount:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO task_history(task_id, job_id, input_hash, "
-                    "submitted_at) SELECT ?, id, input_hash, ? FROM jobs WHERE id=?",
-                    (fields["task_id"], now, job_id),
-                )
-                return
-        cur = self._db.execute(
-            f"UPDATE jobs SET {assignments} WHERE id=? AND state IN ({LEGAL_FROM_SQL[new]})",
-            values,
-        )
-        if cur.rowcount == 0:
-            self._check_transition(job_id, new)
-            raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
-
-    def _check_transition(self, job_id: str, new: JobState) -> None:
-        """Raise the JournalError that refuses moving ``job_id`` to ``new``, if any."""
-        row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise JournalError(f"job {job_id!r} is not in the journal")
-        refusal = illegal_change(job_id, JobState(row[0]), new)
-        if refusal is not None:
-            raise JournalError(refusal)

@@ -3,6 +3,10 @@
 :class:`AsyncJournal` is the one the run uses; :class:`InlineJournal` runs the
 same operations on the loop's own thread, at once, for tests that drive the
 stages on a fake clock (a real thread's answers would arrive at no fixed turn).
+
+Both run a read where the journal refuses writes (:meth:`~.Connection.reading`):
+a read that tries to write fails with :class:`JournalError`. Whatever writes is
+a ``write``, committed with the durability it asks for.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, Unpack
 
 from ..errors import JournalError
+from .rows import Change
 from .states import JobState
 from .store import Journal
 
@@ -28,11 +33,29 @@ class JournalExecutor(Protocol):
 
     sync: Journal
 
-    def read(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]: ...
+    def read(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
+        """``fn`` run where the journal refuses writes."""
+        ...
 
-    def write(self, op: Callable[[Journal], T], *, durable: bool = True) -> asyncio.Future[T]: ...
+    def write(
+        self, op: Callable[[Journal], T], *, durable: bool = True, alone: bool = False
+    ) -> asyncio.Future[T]:
+        """``op`` applied and committed. ``alone``: in a transaction of its own, run
+        exactly once (an op that consumes an iterator); others may share one and, if
+        one of them fails, run again."""
+        ...
 
     async def close(self) -> None: ...
+
+
+def _read(journal: Journal, fn: Callable[[Journal], Any]) -> tuple[bool, Any]:
+    """(True, what ``fn`` returned) or (False, what it raised), run as a read."""
+    try:
+        with journal.reading():
+            return True, fn(journal)
+    except Exception as exc:
+        # Handed to a future, never raised here: no SQLite error is chained to it.
+        return False, journal.write_refused(exc)
 
 
 class InlineJournal:
@@ -45,13 +68,16 @@ class InlineJournal:
 
     def read(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        try:
-            fut.set_result(fn(self.sync))
-        except Exception as exc:
-            fut.set_exception(exc)
+        ok, value = _read(self.sync, fn)
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
         return fut
 
-    def write(self, op: Callable[[Journal], T], *, durable: bool = True) -> asyncio.Future[T]:
+    def write(
+        self, op: Callable[[Journal], T], *, durable: bool = True, alone: bool = False
+    ) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
             [result] = self.sync.execute_batch([op], durable=durable)
@@ -67,7 +93,7 @@ class InlineJournal:
         self.sync.close()
 
 
-_READ, _WRITE, _CLOSE = 0, 1, 2
+_READ, _WRITE, _WRITE_ALONE, _CLOSE = 0, 1, 2, 3
 # (kind, op, the caller's future, durable: may not wait for company); the close sentinel
 # carries neither op nor future.
 _Item = tuple[int, Callable[[Journal], Any] | None, asyncio.Future[Any] | None, bool]
@@ -135,18 +161,27 @@ class AsyncJournal:
         """Run ``fn`` on the journal thread, after every operation queued before it."""
         return self._submit(_READ, fn, True)
 
-    def write(self, op: Callable[[Journal], T], *, durable: bool = True) -> asyncio.Future[T]:
-        """Apply ``op`` and commit; writes queued together share one transaction.
+    def write(
+        self, op: Callable[[Journal], T], *, durable: bool = True, alone: bool = False
+    ) -> asyncio.Future[T]:
+        """Apply ``op`` and commit; writes queued together share one transaction (unless
+        ``alone``: see :meth:`JournalExecutor.write`).
 
         Queued at once (not at the first await); it runs and commits even if the caller
-        is cancelled. ``durable=False``: see the module docstring."""
-        return self._submit(_WRITE, op, durable)
+        is cancelled. ``durable=False``: see :mod:`.connection`."""
+        return self._submit(_WRITE_ALONE if alone else _WRITE, op, durable)
 
     def transition(
-        self, job_id: str, new: JobState, now: float, *, durable: bool = True, **fields: Any
+        self,
+        job_id: str,
+        new: JobState,
+        now: float,
+        *,
+        durable: bool = True,
+        **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         """:meth:`Journal.transition` as a write (queued at once, like :meth:`write`)."""
-        return self._submit(_WRITE, lambda j: j.transition(job_id, new, now, **fields), durable)
+        return self._submit(_WRITE, lambda j: j.transition(job_id, new, now, **change), durable)
 
     async def close(self) -> None:
         """Run everything queued so far, close the journal (freeing its lock), stop the
@@ -264,12 +299,11 @@ class AsyncJournal:
             if kind == _CLOSE:
                 closing = True
                 break
+            if kind == _WRITE_ALONE:
+                self._commit([item], out)  # a batch of one op never runs it twice
+                continue
             assert op is not None and fut is not None
-            self.sync._use_synchronous(full=True)  # a read that writes stays durable
-            try:
-                out.append((fut, True, op(self.sync)))
-            except Exception as exc:
-                out.append((fut, False, exc))
+            out.append((fut, *_read(self.sync, op)))
         if writes:
             self._commit(writes, out)
         if closing:

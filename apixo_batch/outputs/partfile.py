@@ -1,6 +1,6 @@
 """The ``.part`` file of one download: bytes buffered, written and hashed in worker threads.
 
-Split from :mod:`apixo_batch.download`, which streams into it: a :class:`PartFile`
+Split from :mod:`apixo_batch.outputs.download`, which streams into it: a :class:`PartFile`
 holds the bytes not yet written, the file's running SHA-256 and its first bytes
 (the MP4 header check), and lands it at its final name only through
 :meth:`PartFile.commit` (fsync, rename, fsync of the folder).
@@ -230,7 +230,7 @@ class PartFile:
 
 
 class FileSink:
-    """A :class:`PartFile` as a :class:`~apixo_batch.download.Sink`: batches written and
+    """A :class:`PartFile` as a :class:`~apixo_batch.outputs.download.Sink`: batches written and
     hashed in a worker thread, one in flight at most, so the event loop never hashes and
     memory stays at a few chunks; committed by one hop (last batch, fsync, rename)."""
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import aiohttp
+
 from ..errors import DownloadError, PathError, StorageError
 from ..location import S3Location
 from .budget import ByteBudget
@@ -116,28 +118,35 @@ class S3Store:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._client is None:
-                self._context = _client_context(self._parts)
-                self._client = await self._context.__aenter__()
+                context = _client_context(self._parts)
+                self._client = await context.__aenter__()
+                # Kept once entered: aiobotocore's context cannot exit one that failed to open.
+                self._context = context
         return self._client
 
     async def close(self) -> None:
         context, self._context, self._client = self._context, None, None
         if context is not None:
-            with contextlib.suppress(Exception):
+            # The run's outcome is decided: a store that fails to hang up changes nothing.
+            with contextlib.suppress(*_store_errors()):
                 await context.__aexit__(None, None, None)
 
     async def call(self, op: str, *, key: str | None = None, **params: Any) -> Any:
-        """One S3 call (``op`` as aiobotocore names it) on our bucket; failures are
-        :class:`StoreFailure` naming the bucket, the key and S3's code."""
+        """One S3 call (``op`` as aiobotocore names it) on our bucket; failures of the store
+        (its answers, the way there, its settings) are :class:`StoreFailure` naming the
+        bucket, the key and S3's code. Anything else is a bug and goes on as it is."""
         if key is not None:
             params["Key"] = key
         try:
-            # Inside: a profile that does not exist or an endpoint that is not a URL is a
-            # failure of the store's settings, told in one line, not a bug.
             client = await self._open()
-            self.requests[op] += 1
+        except _store_errors(opening=True) as exc:
+            # A profile that does not exist, an endpoint that is not a URL: the store's
+            # settings, told in one line, not a bug.
+            raise _failure(exc, self.location, key) from None
+        self.requests[op] += 1
+        try:
             return await getattr(client, op)(Bucket=self.location.bucket, **params)
-        except Exception as exc:
+        except _store_errors() as exc:
             raise _failure(exc, self.location, key) from None
 
     # -- what the run asks ------------------------------------------------------
@@ -248,6 +257,21 @@ def _client_context(parts: int) -> Any:
         # A store of one's own answers on one host name: virtual-host buckets would not resolve.
         settings["s3"]["addressing_style"] = "path"
     return get_session().create_client("s3", config=AioConfig(**settings))
+
+
+def _store_errors(*, opening: bool = False) -> tuple[type[Exception], ...]:
+    """What a failing store raises: its answers (botocore's ClientError), botocore's own
+    errors (credentials, profile, endpoint, timeouts), and the connection's (aiohttp,
+    OSError and so TimeoutError); ``opening`` a client, also botocore's ValueError for an
+    endpoint that is not a URL. Read when a call fails: botocore loads with the client."""
+    found: tuple[type[Exception], ...] = (aiohttp.ClientError, OSError)
+    if opening:
+        found += (ValueError,)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - no client could exist without botocore
+        return found
+    return (ClientError, BotoCoreError, *found)
 
 
 def _failure(exc: Exception, location: S3Location, key: str | None) -> StoreFailure:

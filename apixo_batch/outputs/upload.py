@@ -1,4 +1,4 @@
-"""One result streamed into an object: the :class:`~apixo_batch.download.Sink` of an upload.
+"""One result streamed into an object: the :class:`~apixo_batch.outputs.download.Sink` of an upload.
 
 An object appears under its final key only whole: a result no larger than one part
 is one PutObject, a larger one is a multipart upload that only
@@ -32,7 +32,7 @@ LARGE_PARTS = 4
 
 
 class ObjectUpload:
-    """One result on its way into an object: a :class:`~apixo_batch.download.Sink`.
+    """One result on its way into an object: a :class:`~apixo_batch.outputs.download.Sink`.
 
     Each part's bytes are reserved from the store's budget before it fills (the
     size of a part, or what is left of the file when that is less); parts are hashed

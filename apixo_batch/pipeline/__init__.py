@@ -9,8 +9,16 @@ module                what it holds
 ``submitter``         the submit on the wire, the task id durable, retries, doubt
 ``follower``          polls and callbacks until each task's end; releases its slot
 ``lander``            downloads to disk, the file-name registry, ``done``/``expired``
+``scheduler``         the follower's poll timers (one heap)
+``callbacks``         callback mode's token and receiver
+``turnaround``        from a task's end known to the next submit out
+``learned``           the account's rate and completion times, kept for the next run
+``books``             manifest, counts and spend, whatever the disk allows
 ``preflight``         the balance read before the first submit
-``supervisor``        resources, reconciliation, the task group, shutdown, the result
+``startup``           reconcile, start informed, forecast, ``started``
+``wiring``            the stages built and joined by streams, in one task group
+``result``            the books closed, the result, the ``summary``
+``supervisor``        one run's lifetimes: values, journal and output, the network
 ====================  ===============================================================
 """
 

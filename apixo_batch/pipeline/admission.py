@@ -103,8 +103,6 @@ class Verdict:
     kind: Literal["admit", "skip", "end"]
     #: why admission ends (with ``end``); None: it ends because the run stops anyway
     stop: Stop | None = None
-    #: say so with a "stopped" event
-    announce: bool = False
 
 
 ADMIT = Verdict("admit")
@@ -154,7 +152,7 @@ class BudgetMeter:
                 f"--budget ${self.budget:.2f} reached (estimated spend "
                 f"${self.committed:.2f}); the remaining jobs stay pending"
             )
-            return Verdict("end", Stop(StopKind.BUDGET, reason), announce=True)
+            return Verdict("end", Stop(StopKind.BUDGET, reason))
         self.committed += row.cost_usd
         return ADMIT
 
@@ -200,13 +198,11 @@ class Admission:
         meters: Sequence[Meter],
         slots: SlotMeter,
         stops: Stops,
-        emit: Emitter,
     ) -> None:
         self._rows = rows
         self._meters = [*meters, slots]
         self._slots = slots
         self._stops = stops
-        self._emit = emit
         # A stop closes the slots: a wait for one ends at once, and no more are taken.
         stops.on(Level.ADMISSION, slots.slots.close)
 
@@ -235,8 +231,7 @@ class Admission:
             if verdict.kind == "skip":
                 return True
             if verdict.stop is not None:
-                if self._stops.request(verdict.stop) and verdict.announce:
-                    self._emit("stopped", reason=verdict.stop.reason)
+                self._stops.request(verdict.stop)
             return False
         permit = self._slots.permit()
         try:

@@ -4,12 +4,12 @@ disk allows. A disk that refuses is told as one reason, never raised."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DownloadError, PathError
+from ..errors import ApixoError, DownloadError, JournalError, PathError
 from ..events import Emitter
 from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
@@ -73,7 +73,7 @@ async def _count(ledger: Ledger, manifest_path: Path) -> Books:
         if why is None:
             raise
         counts = {"done": 0, "failed": 0, "expired": 0, "pending": 0}
-        with contextlib.suppress(Exception):
+        with _unless_unreadable():
             for state, n in (await ledger.counts()).items():
                 counts[manifest_state(JobState(state))] += n
         books = Books(counts, refused=why)
@@ -85,11 +85,23 @@ async def _count(ledger: Ledger, manifest_path: Path) -> Books:
             fail_codes=manifest.fail_codes,
             per_model=manifest.per_model,
         )
-    with contextlib.suppress(Exception):
+    # Left None (unknown, never $0.00) when the journal cannot be read.
+    with _unless_unreadable():
         books.totals = await ledger.totals()
-    with contextlib.suppress(Exception):
+    with _unless_unreadable():
         books.never_submitted = (await ledger.counts()).get(JobState.QUEUED.value, 0)
     return books
+
+
+@contextlib.contextmanager
+def _unless_unreadable() -> Iterator[None]:
+    """What cannot be read from the journal (its disk failing, the journal refusing) stays
+    unknown; anything else, a bug, goes on as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, JournalError) and storage_failure(exc) is None:
+            raise
 
 
 async def review_page(
@@ -105,6 +117,9 @@ async def review_page(
             )
         )
     except Exception as exc:
+        # The disk or the journal refusing costs the page, told; a bug goes on as it is.
+        if not isinstance(exc, OSError | ApixoError) and storage_failure(exc) is None:
+            raise
         emit("warning", message=f"{REVIEW_FILE} not written: {exc}")
         return None
 

@@ -18,7 +18,7 @@ input from this side.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -54,6 +54,13 @@ POLL_GAP_S = 1.0
 EARLY_CALLBACK_WAIT_S = 5.0
 
 
+class SubmitsUnderWay(Protocol):
+    """What the follower asks of the submitter: may a task id still be on its way?"""
+
+    @property
+    def under_way(self) -> int: ...
+
+
 class Follower:
     """Follows tasks to their end; releases their slots; hands successes to the lander."""
 
@@ -69,7 +76,7 @@ class Follower:
         completions: CompletionModel,
         time_scale: float,
         max_wait_min: float,
-        submits_under_way: Callable[[], int],
+        submits: SubmitsUnderWay | None = None,
         turnaround: Turnaround | None = None,
     ) -> None:
         self._client = client
@@ -81,7 +88,7 @@ class Follower:
         self.completions = completions
         self._time_scale = time_scale
         self._max_wait_s = max_wait_min * 60.0
-        self._submits_under_way = submits_under_way
+        self._submits = submits
         self._turnaround = turnaround or Turnaround()
         self.scheduler = PollScheduler(
             clock=clock,
@@ -263,7 +270,7 @@ class Follower:
             row = await self._ledger.by_task(status.task_id)
             t = self.scheduler.get(status.task_id)  # it may have arrived meanwhile
         if t is None:
-            under_way = self._submits_under_way() > 0
+            under_way = self._submits is not None and self._submits.under_way > 0
             if row is not None:
                 # Journaled but not followed: settled already, left pending, or its task
                 # id is still on its way here (a submit, or the stream from the submitter).

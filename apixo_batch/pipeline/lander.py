@@ -7,7 +7,7 @@ closed; the lander ends when its workers have landed what was in it.
 
 Downloads have their own concurrency (``download_concurrency`` workers), not
 API tokens: a file host is not the API. Where a file goes is the run's
-:class:`~apixo_batch.storage.outputs.Output`: a folder (a ``.part`` hashed,
+:class:`~apixo_batch.outputs.output.Output`: a folder (a ``.part`` hashed,
 checked, fsynced and renamed) or object storage (a streamed upload that only
 completes whole). A file name another job holds is never written over (the one
 :class:`FileRegistry`, read from the journal at the first download and kept up
@@ -67,7 +67,7 @@ class Lander:
         stops: Stops | None = None,
     ) -> None:
         self._ledger = ledger
-        self._stops = stops or Stops()
+        self._stops = stops or Stops(emit)
         self.left_for_disk = 0  # results not written because our disk refused them
         self._session = session
         self._output = output
@@ -135,11 +135,12 @@ class Lander:
             self._taken.add(fetch.id)
             self.busy += 1
             try:
+                # One result's trouble (the host, the store, our disk: a DownloadError) is
+                # handled in _land and leaves it `succeeded` for `download` or the next run.
+                # Anything else is the run's: the journal failing (the supervisor makes it
+                # the storage stop) or a bug, which must end the run once, not be told as
+                # one "download failed" per result.
                 await self._land(fetch)
-            except Exception as exc:
-                # One result's trouble must not tear the run down: it stays `succeeded`
-                # for `download` or the next run.
-                self._emit("warning", fetch.id, message=f"download of {fetch.id} failed: {exc}")
             finally:
                 self.busy -= 1
 
@@ -152,8 +153,7 @@ class Lander:
                 f"{why}: results stay journaled for `apixo-batch download` once the "
                 "storage takes them again; no new submits, tasks already paid are still followed"
             )
-            if self._stops.request(Stop(StopKind.STORAGE, reason)):
-                self._emit("stopped", reason=reason)
+            self._stops.request(Stop(StopKind.STORAGE, reason))
 
     async def _files(self) -> FileRegistry:
         """The registry, read once through one shared journal read."""

@@ -98,7 +98,8 @@ class RunResult:
     planned_wall_s: float | None = None
     retries: int = 0
     wall_s: float = 0.0
-    spent_usd: float = 0.0
+    #: None when the journal's totals could not be read at the end: unknown, not $0
+    spent_usd: float | None = 0.0
     unknown_price_jobs: int = 0
     fatal: str | None = None
     stop_reason: str | None = None
@@ -135,7 +136,7 @@ def summary_dict(r: RunResult) -> dict[str, Any]:
         "retries": r.retries,
         "wall_s": round(r.wall_s, 3),
         "planned_wall_s": round(r.planned_wall_s, 1) if r.planned_wall_s is not None else None,
-        "spent_usd": round(r.spent_usd, 4),
+        "spent_usd": round(r.spent_usd, 4) if r.spent_usd is not None else None,
         "unknown_price_jobs": r.unknown_price_jobs,
         "fatal": r.fatal,
         "stop_reason": r.stop_reason,

@@ -20,7 +20,8 @@ async def preflight(
     budget_left: float | None,
     allow_partial: bool,
 ) -> Stop | None:
-    """The stop that keeps every submit from leaving, or None to go on.
+    """The stop that keeps every submit from leaving (told when the run requests it), or
+    None to go on.
 
     ``cost`` is the estimated USD of the ``queued`` jobs of known price; ``budget_left``
     caps what this run may spend. A balance that cannot be read is said and ignored."""
@@ -29,7 +30,6 @@ async def preflight(
     except ApiError as exc:
         if exc.fatal:
             reason = f"the API refused: {exc}"
-            emit("stopped", reason=reason)
             return Stop(StopKind.FATAL, reason, fatal=str(exc))
         emit("warning", message=f"could not read the balance ({exc}); going on")
         return None
@@ -44,8 +44,7 @@ async def preflight(
             f"balance ${balance:.2f} cannot cover the estimated ${cost:.2f}{note} of the "
             f"{queued} job(s) left; nothing submitted (use --allow-partial to submit anyway)"
         )
-        emit("stopped", reason=reason, balance_usd=balance)
-        return Stop(StopKind.REFUSED, reason)
+        return Stop(StopKind.REFUSED, reason, balance_usd=balance)
     emit(
         "preflight",
         message=f"balance ${balance:.2f}, estimated ${cost:.2f}{note} for {queued} job(s)",

@@ -9,7 +9,8 @@ level          what halts                                             kinds
 =============  =====================================================  ==========
 ``ADMISSION``  no new job is admitted                                 budget, stranded
 ``SUBMITS``    and submits not yet on the wire go back to the queue   refused, fatal,
-                                                                      unreachable
+                                                                      unreachable,
+                                                                      storage
 ``FOLLOW``     and polls stop (tasks are left pending)                key-refused
 ``ALL``        and, after the grace, everything else (downloads)      interrupted
 =============  =====================================================  ==========
@@ -17,6 +18,33 @@ level          what halts                                             kinds
 Fatal answers stop submits, never the polls and downloads of paid work
 (invariant 4), unless the key itself is refused: then no poll can learn
 anything more, but files of what already succeeded still land.
+
+A stop worth telling (budget, refused, fatal, unreachable, storage) is told once,
+as a ``stopped`` event, by :meth:`Stops.request` when its kind first comes; the
+stages only request stops. Stranded slots are told by the tasks left pending, a
+refused poll by the summary's ``fatal``, an interrupt by the one who sent it.
+
+Exit code: several stops may force one, and which wins must not depend on the
+order they came in (CI scripts branch on it). The highest in this list wins;
+without any, the jobs' ends decide:
+
+====  ===================================  ============================================
+code  stop kinds                           why it outranks what follows
+====  ===================================  ============================================
+130   interrupted                          someone chose to end the run: the other stops
+                                           may be its echoes, and a service manager that
+                                           sent SIGTERM expects it
+3     refused, fatal, key-refused          the account (key, balance, access) must be
+                                           fixed by a person: no retry gets past it
+74    storage                              our disk (or bucket) must be fixed, often by
+                                           housekeeping a script can do
+75    unreachable                          nothing to fix: the same command, later
+0/1   budget, stranded, or none            every job done (0) or not (1)
+====  ===================================  ============================================
+
+So for any two stops, in either order: 130 with an interrupt; else 3 with a
+refusal; else 74 with storage; else 75 with unreachable; else 0 or 1. The
+reason the summary tells is the reason of the stop that chose the code.
 """
 
 from __future__ import annotations
@@ -25,9 +53,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..events import Emitter
 from ..exitcodes import ExitCode
 
-__all__ = ["Level", "Stop", "StopKind", "Stops"]
+__all__ = ["EXIT_PRECEDENCE", "Level", "Stop", "StopKind", "Stops", "storage_stop"]
 
 
 class Level(enum.IntEnum):
@@ -38,22 +67,33 @@ class Level(enum.IntEnum):
 
 
 class StopKind(enum.Enum):
-    """A kind of stop: the level it reaches and the exit code it forces (None: counts decide)."""
+    """A kind of stop: the level it reaches, the exit code it forces (None: counts decide)
+    and whether it is told as a ``stopped`` event."""
 
-    BUDGET = ("budget", Level.ADMISSION, None)
-    STRANDED = ("stranded", Level.ADMISSION, None)
-    REFUSED = ("refused", Level.SUBMITS, ExitCode.FATAL_API)
-    FATAL = ("fatal", Level.SUBMITS, ExitCode.FATAL_API)
-    UNREACHABLE = ("unreachable", Level.SUBMITS, ExitCode.TEMP_FAIL)
+    BUDGET = ("budget", Level.ADMISSION, None, True)
+    STRANDED = ("stranded", Level.ADMISSION, None, False)
+    REFUSED = ("refused", Level.SUBMITS, ExitCode.FATAL_API, True)
+    FATAL = ("fatal", Level.SUBMITS, ExitCode.FATAL_API, True)
+    UNREACHABLE = ("unreachable", Level.SUBMITS, ExitCode.TEMP_FAIL, True)
     #: our disk failed (full, read-only, I/O error): no new work whose results need it
-    STORAGE = ("storage", Level.SUBMITS, ExitCode.IO_ERROR)
-    KEY_REFUSED = ("key-refused", Level.FOLLOW, ExitCode.FATAL_API)
-    INTERRUPTED = ("interrupted", Level.ALL, ExitCode.INTERRUPTED)
+    STORAGE = ("storage", Level.SUBMITS, ExitCode.IO_ERROR, True)
+    KEY_REFUSED = ("key-refused", Level.FOLLOW, ExitCode.FATAL_API, False)
+    INTERRUPTED = ("interrupted", Level.ALL, ExitCode.INTERRUPTED, False)
 
-    def __init__(self, label: str, level: Level, exit_code: ExitCode | None) -> None:
+    def __init__(self, label: str, level: Level, exit_code: ExitCode | None, told: bool) -> None:
         self.label = label
         self.level = level
         self.exit_code = exit_code
+        self.told = told
+
+
+#: The exit codes stops force, the one that wins first (the table above says why).
+EXIT_PRECEDENCE: tuple[ExitCode, ...] = (
+    ExitCode.INTERRUPTED,
+    ExitCode.FATAL_API,
+    ExitCode.IO_ERROR,
+    ExitCode.TEMP_FAIL,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +102,24 @@ class Stop:
     reason: str
     #: the API's refusal, for the summary's ``fatal`` (fatal and key-refused stops)
     fatal: str | None = None
+    #: the balance read before the first submit, told with a pre-flight refusal
+    balance_usd: float | None = None
+
+
+def storage_stop(why: str) -> Stop:
+    """Our disk failed (``why`` says where and how): no new work whose results need it."""
+    reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
+    return Stop(StopKind.STORAGE, reason)
 
 
 class Stops:
-    """The stops of one run, in the order they came; stages react to the levels reached."""
+    """The stops of one run, in the order they came; stages react to the levels reached.
 
-    def __init__(self) -> None:
+    ``emit`` is the run's: each stop worth telling is told through it, once."""
+
+    def __init__(self, emit: Emitter | None = None) -> None:
         self.all: list[Stop] = []
+        self._emit = emit
         self._level = 0
         self._reactions: list[tuple[Level, Callable[[], None]]] = []
 
@@ -80,8 +131,16 @@ class Stops:
             self._reactions.append((level, reaction))
 
     def request(self, stop: Stop) -> bool:
-        """Record ``stop``; True if it reached a level not reached before."""
+        """Record ``stop``, tell it if it is the first of a kind worth telling, and start
+        the reactions of the levels it reaches first; True if it reached a new level."""
+        first_of_kind = all(s.kind is not stop.kind for s in self.all)
         self.all.append(stop)
+        if first_of_kind and stop.kind.told and self._emit is not None:
+            # Told before the stages react: the reason comes first, its consequences after.
+            if stop.balance_usd is None:
+                self._emit("stopped", reason=stop.reason)
+            else:
+                self._emit("stopped", reason=stop.reason, balance_usd=stop.balance_usd)
         if stop.kind.level <= self._level:
             return False
         self._level = stop.kind.level
@@ -100,35 +159,24 @@ class Stops:
 
     @property
     def reason(self) -> str | None:
-        """Why submitting stopped, for people: a refusal first, else the budget or slots."""
-        for forced in (True, False):
-            for s in self.all:
-                if s.kind is not StopKind.INTERRUPTED and (s.kind.exit_code is not None) is forced:
+        """Why submitting stopped, for people: the stop whose code the run exits with (the
+        first of equals; an interrupt needs no reason), else the budget or the slots."""
+        stops = [s for s in self.all if s.kind is not StopKind.INTERRUPTED]
+        for code in EXIT_PRECEDENCE:
+            for s in stops:
+                if s.kind.exit_code is code:
                     return s.reason
-        return None
-
-    @property
-    def submits_stopped_by(self) -> Stop | None:
-        """The first stop that stopped submits for a reason other than an interrupt."""
-        kinds = (
-            StopKind.REFUSED,
-            StopKind.FATAL,
-            StopKind.UNREACHABLE,
-            StopKind.STORAGE,
-            StopKind.KEY_REFUSED,
-            StopKind.STRANDED,
-        )
-        return next((s for s in self.all if s.kind in kinds), None)
+        return stops[0].reason if stops else None
 
     @property
     def fatal(self) -> str | None:
         return next((s.fatal for s in self.all if s.fatal), None)
 
     def exit_code(self, all_done: bool) -> ExitCode:
-        """From the most severe stop; without one that forces a code, from the jobs' ends."""
-        forced = [s.kind for s in self.all if s.kind.exit_code is not None]
-        if forced:
-            code = max(forced, key=lambda k: k.level).exit_code
-            assert code is not None
-            return code
+        """The first code of :data:`EXIT_PRECEDENCE` a stop forces, whatever the order the
+        stops came in; without one, from the jobs' ends."""
+        forced = {s.kind.exit_code for s in self.all}
+        for code in EXIT_PRECEDENCE:
+            if code in forced:
+                return code
         return ExitCode.OK if all_done else ExitCode.FAILED_JOBS

@@ -18,21 +18,22 @@ closes when the admission stream has closed and every submit has ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..apixo.client import ApixoClient
-from ..apixo.limits import SlotsClosed
+from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
+from ..outputs.paths import storage_failure
 from ..retry import Backoff
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -136,26 +137,30 @@ class Submitter:
             try:
                 await asyncio.shield(state.recording)
             except Exception as exc:
-                # The journal refused the id (its disk is full): the one place it can
-                # still be kept is the output, so that nobody pays for it twice.
-                self._emit(
-                    "warning",
-                    row.id,
-                    task_id=task_id,
-                    message=f"job {row.id}: task {task_id} was created, but the journal "
-                    f"could not record it ({exc}); keep this line: the task is paid",
-                )
-                raise
+                self._unrecorded(row, task_id, exc)
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                # A stop, not an exception: the submits still on the wire get their
+                # answers (and their ids told) instead of being cancelled with this one.
+                self._stops.request(storage_stop(why))
+                permit.release()
+                return
             permit.running()
         except _NotSent:
-            await self._hand_back(state, permit)
+            await self._handed_back(state, permit)
             return
         except asyncio.CancelledError:
             if state.recording is not None:
-                # The id is paid and its commit queued (it lands even now): say so.
+                # The id is paid and its commit queued (it lands even now): say so, and
+                # should the commit fail after all, say that too.
                 self._announce(row, state)
+                paid = state.task_id or ""
+                state.recording.add_done_callback(partial(self._told_if_unrecorded, row, paid))
             elif not state.failed:
-                _observe(self._hand_back(state, permit))
+                # Awaited, so that its failure is told (see _handed_back); cancelled again
+                # meanwhile, the write still lands (the journal runs what was queued).
+                await self._handed_back(state, permit)
             raise
         self._announce(row, state)
         now = self._clock.wall()
@@ -175,20 +180,32 @@ class Submitter:
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
         row = state.row
         while True:
-            send = asyncio.ensure_future(
-                self._client.submit(
-                    row.model,
-                    row.input,
-                    request_type=self._request_type,
-                    callback_url=self._callback_url,
-                    provider=row.provider,
-                    before_send=lambda: self._before_send(state, task),
-                )
-            )
+            send: asyncio.Future[str] | None = None
             try:
+                grant = await self._client.grant(Priority.SUBMIT)
+                try:
+                    await self._ready_to_send(state, task)
+                except BaseException:
+                    self._client.unused(grant)  # nothing was sent
+                    raise
+                send = asyncio.ensure_future(
+                    self._client.submit(
+                        row.model,
+                        row.input,
+                        request_type=self._request_type,
+                        callback_url=self._callback_url,
+                        provider=row.provider,
+                        grant=grant,
+                    )
+                )
                 task_id = await send
             except asyncio.CancelledError:
-                if send.done() and not send.cancelled() and send.exception() is None:
+                if (
+                    send is not None
+                    and send.done()
+                    and not send.cancelled()
+                    and send.exception() is None
+                ):
                     # The answer came in the same turn as the cancel: keep the paid id.
                     self._record(state, send.result())
                 raise
@@ -231,10 +248,7 @@ class Submitter:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
-                    first = self._stops.submits_stopped_by is None
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
-                    if first:
-                        self._emit("stopped", reason=reason)
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -253,13 +267,10 @@ class Submitter:
             f"the API gave no answer for {minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        first = self._stops.submits_stopped_by is None
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
-        if first:
-            self._emit("stopped", reason=reason)
         raise _NotSent()
 
-    async def _before_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+    async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
@@ -267,7 +278,15 @@ class Submitter:
             # Marked before the await: the write is queued now and lands even if a stop
             # cancels this wait, so the hand-back (queued after it) must undo it.
             state.marked = True
-            await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                state.marked = False  # the mark did not land: the job is still queued
+                self._stops.request(storage_stop(why))
+                raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
         # From here the request is on the wire: a stop waits for its answer.
@@ -304,6 +323,42 @@ class Submitter:
         state.recording = self._ledger.record_task_id(
             state.row.id, task_id, self._request_type, state.possibly_duplicated
         )
+
+    def _unrecorded(self, row: JobRow, task_id: str, exc: BaseException) -> None:
+        """The journal refused a paid task's id (its disk is full): the one place it can
+        still be kept is the output, so that nobody pays for it twice."""
+        self._emit(
+            "warning",
+            row.id,
+            task_id=task_id,
+            message=f"job {row.id}: task {task_id} was created, but the journal "
+            f"could not record it ({exc}); keep this line: the task is paid",
+        )
+
+    def _told_if_unrecorded(
+        self, row: JobRow, task_id: str, recording: asyncio.Future[None]
+    ) -> None:
+        """A paid id's commit, left to land by a cancelled submit, failed: told all the same
+        (a cancelled task has no caller left to raise it to)."""
+        failed = None if recording.cancelled() else recording.exception()
+        if failed is None:
+            return
+        self._unrecorded(row, task_id, failed)
+        why = storage_failure(failed)
+        if why is not None:
+            self._stops.request(storage_stop(why))
+
+    async def _handed_back(self, state: _Attempt, permit: Permit) -> None:
+        """The job back in the queue; that write's failure is told: the journal's disk
+        failing is the storage stop (the job stays `submitting`: the next run sends it
+        again, counted as possibly duplicated), anything else goes on as it is."""
+        try:
+            await self._hand_back(state, permit)
+        except Exception as exc:
+            why = storage_failure(exc)
+            if why is None:
+                raise
+            self._stops.request(storage_stop(why))
 
     def _hand_back(self, state: _Attempt, permit: Permit) -> asyncio.Future[None]:
         """An admitted job goes back to the queue unsent (or sent with no answer known)."""
@@ -362,14 +417,3 @@ def _fail_code(exc: ApiError) -> str:
     if isinstance(exc, NotFound):
         return "MODEL_NOT_FOUND"
     return f"HTTP_{exc.status}"
-
-
-def _observe(fut: asyncio.Future[None]) -> None:
-    """A write queued and not awaited: its failure is told, never left unretrieved."""
-
-    def done(f: asyncio.Future[None]) -> None:
-        if not f.cancelled():
-            with contextlib.suppress(Exception):
-                f.exception()
-
-    fut.add_done_callback(done)

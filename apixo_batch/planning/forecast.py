@@ -2,7 +2,7 @@
 ``run`` predict the wall time with.
 
 A task holds one slot for its generation plus the time its end takes to be seen (half
-a poll step, :func:`~.scheduler.poll_step`), and costs a submit and the polls of its
+a poll step, :func:`~.completion.poll_step`), and costs a submit and the polls of its
 steps. Jobs start in admission order on the first slot free, no faster than the
 request rate allows; the campaign ends when its last task does. Times are APIXO's
 (unscaled) seconds; expected generations are the learned medians per clock key, the
@@ -121,7 +121,7 @@ def in_start_order(
 ) -> Iterable[TaskShape]:
     """Task shapes in the order admission starts them: ``runs`` are (kind, jobs in a row)
     in file order; ``longest`` sorts the kinds by expected generation, longest first,
-    file order between equals (as :meth:`~.journal.Ledger.queued_longest_first`)."""
+    file order between equals (as :meth:`~apixo_batch.journal.Ledger.queued_longest_first`)."""
     runs = list(runs)
     if order == "longest":
         totals: dict[str, tuple[Kind, int, int]] = {}

@@ -176,7 +176,10 @@ def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:
             )
     spent = summary.get("spent_usd", 0.0)
     unknown = summary.get("unknown_price_jobs", 0)
-    cost = f"  estimated spend ${spent:.2f}"
+    if spent is None:
+        cost = "  estimated spend unknown (the journal's totals could not be read)"
+    else:
+        cost = f"  estimated spend ${spent:.2f}"
     if unknown:
         cost += f" + {unknown} job(s) of unknown price"
     print(cost, file=out)

@@ -14,6 +14,7 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from apixo_batch.apixo.client import ApixoClient, parse_task_payload
+from apixo_batch.apixo.limits import Priority
 from apixo_batch.apixo.secret import ApiKey
 from apixo_batch.errors import (
     ApiError,
@@ -596,21 +597,25 @@ async def test_a_429_slows_the_bucket_before_it_is_raised(mock_api: aioresponses
     assert stats.episodes == 1
 
 
-async def test_before_send_can_keep_a_submit_from_leaving(mock_api: aioresponses) -> None:
-    """A before_send hook that raises means nothing is sent (the grant is spent)."""
-
-    class Stopped(Exception):
-        pass
-
-    async def refuse() -> None:
-        raise Stopped
-
+async def test_a_grant_handed_back_unused_sends_nothing(mock_api: aioresponses) -> None:
+    """A submit's grant taken, then handed back (the run stopped meanwhile): nothing is
+    sent, and the grant, spent on the bucket, is not counted as a request."""
     mock_api.post(SUBMIT_URL, payload=SUBMIT_OK)
     async with ApixoClient(ApiKey(KEY), BASE) as api:
-        with pytest.raises(Stopped):
-            await api.submit(MODEL, T2V_INPUT, before_send=refuse)
+        grant = await api.grant(Priority.SUBMIT)
+        api.unused(grant)
     assert _calls(mock_api, "POST", SUBMIT_URL) == []
     assert (api.bucket.statistics().granted, api.bucket.statistics().sent) == (1, 0)
+
+
+async def test_a_submit_spends_the_grant_it_was_given(mock_api: aioresponses) -> None:
+    """A submit given a grant takes no second one from the bucket."""
+    mock_api.post(SUBMIT_URL, payload=SUBMIT_OK)
+    async with ApixoClient(ApiKey(KEY), BASE) as api:
+        grant = await api.grant(Priority.SUBMIT)
+        await api.submit(MODEL, T2V_INPUT, grant=grant)
+    assert len(_calls(mock_api, "POST", SUBMIT_URL)) == 1
+    assert (api.bucket.statistics().granted, api.bucket.statistics().sent) == (1, 1)
 
 
 @pytest.mark.parametrize(

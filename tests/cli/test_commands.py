@@ -18,16 +18,15 @@ from typing import Any
 import pytest
 from e2e import (
     SIM_KEY,
-    CliResult,
     assert_byte_exact,
     cli_env,
     finish,
     kill_when,
     read_manifest,
     run_cli,
+    run_env,
     simple_jobs,
     start_cli,
-    start_with,
     write_campaign,
 )
 
@@ -50,11 +49,6 @@ def plain_env(sim: Simulator, *, key: str | None = SIM_KEY, **extra: str) -> dic
     env["TERM"] = "xterm-256color"
     env.update(extra)
     return env
-
-
-async def run_env(*args: str, env: dict[str, str], limit: float = 60.0) -> CliResult:
-    """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
-    return await finish(await start_with(env, *args), limit)
 
 
 async def run_on_terminal(*args: str, env: dict[str, str], limit: float = 60.0) -> tuple[int, str]:

@@ -9,8 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from e2e import SIM_KEY, cli_env, read_manifest, run_cli, simple_jobs, write_campaign
-from test_commands import run_env
+from e2e import SIM_KEY, cli_env, read_manifest, run_cli, run_env, simple_jobs, write_campaign
 
 pytestmark = pytest.mark.e2e
 

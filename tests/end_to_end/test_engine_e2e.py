@@ -246,6 +246,9 @@ async def test_insufficient_credits_stops_submits_but_follows_paid_work(
     job_file = write_campaign(tmp_path, simple_jobs(20))
     res = await run_cli(sim, "run", str(job_file), *FAST, "--max-concurrent", "3")
     assert res.code == 3, res.stderr
+    # Told once, though every submit on the wire after the fifth is refused.
+    [stopped] = [e for e in res.events if e["event"] == "stopped"]
+    assert stopped["reason"].startswith("the API refused a submit:")
     manifest = read_manifest(tmp_path / "out")
     done = [e for e in manifest if e["state"] == "done"]
     assert len(done) == 5
@@ -265,6 +268,9 @@ async def test_preflight_refuses_when_balance_is_short(simulator, tmp_path: Path
     assert res.code == 3
     assert sim.stats()["submits_accepted"] == 0
     assert "balance" in res.summary["stop_reason"]
+    [stopped] = [e for e in res.events if e["event"] == "stopped"]
+    assert list(stopped) == ["event", "at", "reason", "balance_usd"]
+    assert stopped["balance_usd"] == 1.0 and stopped["reason"] == res.summary["stop_reason"]
     partial = await run_cli(sim, "run", str(job_file), *FAST, "--allow-partial")
     assert partial.code == 3  # the money ran out part-way
     assert sim.stats()["submits_accepted"] == 3  # $0.30 each out of $1.00

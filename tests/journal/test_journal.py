@@ -18,12 +18,15 @@ from apixo_batch.errors import JournalError
 from apixo_batch.journal import (
     TRANSITIONS,
     AsyncJournal,
+    Change,
     JobRow,
     JobState,
     Journal,
     NewJob,
     SyncResult,
 )
+from apixo_batch.journal.rows import CHANGES, COLUMNS, SELECT
+from apixo_batch.journal.states import LEGAL_FROM_SQL
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -576,6 +579,78 @@ def test_requeue_failed(journal: Journal) -> None:
     assert journal.requeue_failed(NOW + 2) == 0
 
 
+def _forbid(monkeypatch: pytest.MonkeyPatch, old: JobState, new: JobState) -> None:
+    """Take ``old`` -> ``new`` out of the table, and out of the SQL derived from it."""
+    monkeypatch.setitem(TRANSITIONS, old, TRANSITIONS[old] - {new})
+    legal = ", ".join(f"'{s.value}'" for s in JobState if new in TRANSITIONS[s])
+    monkeypatch.setitem(LEGAL_FROM_SQL, new, legal)
+
+
+def _failed(j: Journal, job_id: str, code: str) -> None:
+    j.transition(job_id, S.SUBMITTING, NOW)
+    j.transition(job_id, S.FAILED, NOW, fail_code=code)
+
+
+_BULK = {
+    "recover_interrupted_submits": (
+        S.SUBMITTING,
+        lambda j: j.transition("job-0", S.SUBMITTING, NOW),
+    ),
+    "requeue_unanswered_submits": (S.FAILED, lambda j: _failed(j, "job-0", "SUBMIT_ERROR")),
+    "requeue_failed": (S.FAILED, lambda j: _failed(j, "job-0", "INPUT_REJECTED")),
+}
+
+
+@pytest.mark.parametrize("method", list(_BULK))
+def test_bulk_requeues_follow_the_transition_table(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """A bulk requeue moves rows only as TRANSITIONS allows: with the change taken out of
+    the table it is refused and leaves every row as it was."""
+    old, put = _BULK[method]
+    journal.sync([_job(0), _job(1)], NOW)
+    put(journal)
+    before = list(journal.iter_all())
+    _forbid(monkeypatch, old, S.QUEUED)
+    with pytest.raises(JournalError, match=f"illegal state change {old} -> queued"):
+        getattr(journal, method)(NOW + 1)
+    assert list(journal.iter_all()) == before
+    monkeypatch.undo()
+    assert getattr(journal, method)(NOW + 1) == 1
+
+
+def test_an_illegal_bulk_change_is_refused(journal: Journal) -> None:
+    """move_all refuses a change the table does not hold, before touching any row."""
+    journal.sync([_job(0)], NOW)
+    _submit(journal, "job-0", "t-0")
+    journal.transition("job-0", S.SUCCEEDED, NOW, result_urls=["u"])
+    journal.transition("job-0", S.DONE, NOW, files=["job-0.mp4"])
+    before = journal.get("job-0")
+    with pytest.raises(JournalError, match="illegal state change done -> queued"):
+        journal.move_all(S.DONE, S.QUEUED, NOW + 1, task_id=None)
+    assert journal.get("job-0") == before
+
+
+def test_sync_requeues_a_fixed_failed_input_through_the_table(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected input, fixed in the file, goes back to the queue as the table allows
+    (failed -> queued); without that change in the table the sync refuses."""
+    journal.sync([_job(0)], NOW)
+    _failed(journal, "job-0", "INPUT_REJECTED")
+    _forbid(monkeypatch, S.FAILED, S.QUEUED)
+    with pytest.raises(JournalError, match="illegal state change failed -> queued"):
+        journal.sync([_job(0, prompt="a better cat")], NOW + 1)
+    row = journal.get("job-0")
+    assert row is not None
+    assert (row.state, row.input["prompt"]) == (S.FAILED, "a cat, take 0")
+    monkeypatch.undo()
+    assert journal.sync([_job(0, prompt="a better cat")], NOW + 1).updated == 1
+    row = journal.get("job-0")
+    assert row is not None
+    assert (row.state, row.fail_code, row.input["prompt"]) == (S.QUEUED, None, "a better cat")
+
+
 # -- reads --------------------------------------------------------------------
 
 
@@ -679,6 +754,17 @@ def test_completions_are_recorded_newest_first(journal: Journal) -> None:
     assert journal.recent_completions("veo3:8s") == [54.0, 53.0, 52.0, 51.0, 50.0]
     assert journal.recent_completions("veo3:8s", limit=2) == [54.0, 53.0]
     assert journal.recent_completions("none") == []
+
+
+def test_the_schema_select_and_row_are_built_from_one_column_table(journal: Journal) -> None:
+    """The jobs table has the columns JobRow declares (then updated_at), with their SQL
+    types; the SELECT list reads them in order; a Change sets only columns."""
+    info = _raw(journal, "PRAGMA table_info(jobs)")
+    assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in COLUMNS]
+    assert [c.name for c in COLUMNS] == [*JobRow.__dataclass_fields__, "updated_at"]
+    assert SELECT.split(", ") == list(JobRow.__dataclass_fields__)
+    assert set(CHANGES) == Change.__optional_keys__
+    assert not {"id", "state", "updated_at"} & set(CHANGES)
 
 
 def test_jobrow_from_sql_parses_json_columns() -> None:
@@ -931,9 +1017,7 @@ async def test_async_integrity_error_fails_only_its_caller(
     leader, _ = await _blocked_leader(async_journal, gate)
     good = _caller(async_journal.transition("job-1", S.SUBMITTED, NOW, task_id="t-1"))
     # NOT NULL broken on purpose: an sqlite3.IntegrityError from inside the batch.
-    dup = _caller(
-        async_journal.transition("job-2", S.SUBMITTED, NOW, task_id="t-2", input_hash=None)
-    )
+    dup = _caller(async_journal.transition("job-2", S.SUBMITTED, NOW, task_id="t-2", attempts=None))
     await asyncio.sleep(0)
     gate.set()
     await leader

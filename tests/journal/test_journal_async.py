@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 from apixo_batch.errors import JournalError
-from apixo_batch.journal import AsyncJournal, JobState, Journal, NewJob
+from apixo_batch.journal import AsyncJournal, InlineJournal, JobState, Journal, NewJob, SyncResult
+from apixo_batch.outputs.paths import storage_failure
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -267,7 +268,7 @@ async def test_write_and_read_return_results(aj: AsyncJournal) -> None:
     """write() and read() hand back what the op returned."""
     assert await aj.write(lambda j: j.get_meta("schema")) == "1"
     assert await aj.read(lambda j: j.totals()["jobs"]) == 0.0
-    await aj.read(lambda j: j.sync([_job(1)], NOW))
+    await aj.write(lambda j: j.sync([_job(1)], NOW))
     await aj.transition("job-1", S.SUBMITTING, NOW)
     assert await aj.read(lambda j: j.counts()) == {"submitting": 1}
 
@@ -512,13 +513,77 @@ async def test_cancelled_future_still_commits(journal: Journal, aj: AsyncJournal
     assert await aj.read(_completions) == [1.0]
 
 
+# -- reads cannot write -----------------------------------------------------------
+
+
+@pytest.fixture(params=["thread", "inline"])
+async def executor(request: pytest.FixtureRequest, journal: Journal) -> AsyncIterator[Any]:
+    """Each way of running journal operations: on its thread, or inline (tests)."""
+    ex = AsyncJournal(journal) if request.param == "thread" else InlineJournal(journal)
+    yield ex
+    await ex.close()
+
+
+async def test_a_read_that_tries_to_write_fails_and_leaves_nothing(
+    journal: Journal, executor: AsyncJournal | InlineJournal
+) -> None:
+    """A read runs where the journal refuses writes: one that writes, or opens a
+    transaction, fails with a JournalError (not taken for a read-only disk), keeps
+    nothing; the journal goes on reading and writing."""
+    writes: list[Callable[[Journal], object]] = [
+        lambda j: j.record_completion("k", 1.0, NOW),
+        lambda j: j.learned_completions(),  # prunes in a transaction
+        lambda j: j.sync([_job(1)], NOW),
+    ]
+    for write in writes:
+        with pytest.raises(JournalError, match=r"a read of the journal .* tried to write") as err:
+            await executor.read(write)
+        assert storage_failure(err.value) is None
+    assert await executor.read(_completions) == []
+    assert await executor.read(lambda j: j.counts()) == {}
+    await executor.write(_complete(2))
+    assert await executor.read(_completions) == [2.0]
+
+
+async def test_an_op_written_alone_runs_once_though_a_batch_mate_fails(
+    journal: Journal, aj: AsyncJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write ``alone`` is a transaction of its own: an op that consumes an iterator is
+    not run again when another op of the same pass fails (ops that share a transaction
+    are, and would find the iterator empty)."""
+    spy = _Spy(journal, monkeypatch)
+    blocker = _Blocker()
+    held = await blocker.hold(aj)
+
+    def fail(j: Journal) -> None:
+        raise ValueError("boom")
+
+    jobs = (_job(i) for i in range(3))
+    futs = [
+        aj.write(fail),
+        aj.write(lambda j: j.sync(jobs, NOW), alone=True),
+        aj.write(_complete(1)),
+        aj.write(fail),
+    ]
+    blocker.gate.set()
+    await held
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert isinstance(results[0], ValueError)
+    assert isinstance(results[3], ValueError)
+    synced = results[1]
+    assert isinstance(synced, SyncResult)
+    assert synced.added == 3
+    assert journal.counts() == {"queued": 3}
+    assert spy.batches == [(1, True), (1, True), (1, True), (2, True)]
+
+
 # -- durability -------------------------------------------------------------------
 
 
 async def test_non_durable_batch_commits_with_synchronous_normal(
     journal: Journal, aj: AsyncJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only durable=False ops: NORMAL; one durable op in the batch: FULL; reads: FULL."""
+    """Only durable=False ops: NORMAL; one durable op in the batch: FULL."""
     journal.sync([_job(i) for i in range(3)], NOW)
     spy = _Spy(journal, monkeypatch)
     assert await aj.write(_synchronous, durable=False) == _NORMAL
@@ -541,7 +606,6 @@ async def test_non_durable_batch_commits_with_synchronous_normal(
     await held
     assert await asyncio.gather(*mixed) == [_FULL, None, _FULL]
     await aj.write(_synchronous, durable=False)
-    assert await aj.read(_synchronous) == _FULL  # a read (which may write) is durable
     assert spy.batches == [
         (1, False),
         (1, True),
@@ -562,12 +626,11 @@ async def test_synchronous_pragma_is_set_only_on_a_change(
     for durable in (False, False, True, True, False):
         await aj.write(lambda j: j.record_completion("k", 1.0, NOW), durable=durable)
     await aj.read(lambda j: j._db.set_trace_callback(None))
-    pragmas = [s for s in statements if s.startswith("PRAGMA")]
+    pragmas = [s for s in statements if s.startswith("PRAGMA synchronous")]
     assert pragmas == [
         "PRAGMA synchronous=NORMAL",
         "PRAGMA synchronous=FULL",
         "PRAGMA synchronous=NORMAL",
-        "PRAGMA synchronous=FULL",  # before the read
     ]
 
 

@@ -1,5 +1,6 @@
 """The output's destination: s3:// URLs parsed, the job file and --out, the journal's place,
-which keys a campaign owns, the part settings. No server (tests/test_s3_e2e.py has RGW)."""
+which keys a campaign owns, the part settings. No server (tests/end_to_end/test_s3_e2e.py
+has RGW)."""
 
 from __future__ import annotations
 

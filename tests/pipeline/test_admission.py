@@ -51,8 +51,8 @@ def _admission(
     spent: float = 0.0,
 ) -> tuple[Admission, BudgetMeter, _Rows, Stops, Recorder]:
     """Admission over the ledger's queued rows: the budget meter, then the slots."""
-    stops = stops or Stops()
     events = Recorder()
+    stops = stops or Stops(events.emitter(clock))
     rows = _Rows(ledger)
     meter = BudgetMeter(budget, spent, events.emitter(clock))
     admission = Admission(
@@ -60,7 +60,6 @@ def _admission(
         meters=[meter],
         slots=SlotMeter(slots),
         stops=stops,
-        emit=events.emitter(clock),
     )
     return admission, meter, rows, stops, events
 

@@ -50,10 +50,21 @@ def _follower(
         completions=CompletionModel(),
         time_scale=1.0,
         max_wait_min=max_wait_min,
-        submits_under_way=under_way,
+        submits=_UnderWay(under_way),
         turnaround=turnaround,
     )
     return follower, stops, events
+
+
+class _UnderWay:
+    """The submitter as the follower sees it: how many submits are under way."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    @property
+    def under_way(self) -> int:
+        return self._count()
 
 
 async def _task(api: FakeApi, ledger: Ledger, job_id: str, request_type: str = "async") -> JobRow:

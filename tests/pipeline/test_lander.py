@@ -1,15 +1,18 @@
-"""The lander alone, on a FakeClock: a fake file host in place of download_file."""
+"""The lander alone, on a FakeClock: a fake file host in place of download_file (and one
+whole run against the simulator, for what a bug in a landing does to it)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from e2e import SIM_KEY, simple_jobs, write_campaign
 from stagefakes import (
     Recorder,
     drive,
@@ -20,9 +23,10 @@ from stagefakes import (
     succeeded_row,
 )
 
+from apixo_batch import run_campaign
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import DownloadError, ResultExpired
-from apixo_batch.journal import JobState, Ledger
+from apixo_batch.journal import JobState, Landed, Ledger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
@@ -279,12 +283,13 @@ async def test_a_download_error_on_the_first_result_journals_no_files(
 
 
 async def test_one_results_trouble_does_not_stop_the_others(tmp_path: Path, host: FakeHost) -> None:
-    """An unexpected error in one job's landing: a warning; the other jobs still land."""
+    """The file host failing one job's result: that job is left for `download`; the other
+    jobs still land."""
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
     for i in range(3):
         await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
-    host.faults[_urls("job-1")[0]] = RuntimeError("boom")
+    host.faults[_urls("job-1")[0]] = DownloadError("gave up after 6 attempts (HTTP 503)")
     lander, events = _lander(ledger, clock, tmp_path, workers=1)
     await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(3)])
     assert [row(ledger, f"job-{i}").state for i in range(3)] == [
@@ -292,8 +297,32 @@ async def test_one_results_trouble_does_not_stop_the_others(tmp_path: Path, host
         JobState.SUCCEEDED,
         JobState.DONE,
     ]
-    [warning] = events.of("warning")
-    assert warning.job_id == "job-1" and "boom" in warning.data["message"]
+    [retried] = events.of("retried")
+    assert retried.job_id == "job-1" and "gave up" in retried.data["error"]
+
+
+async def test_a_bug_in_a_landing_ends_the_lander_instead_of_a_warning_per_job(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A programming error while landing (a TypeError here) is raised out of the lander,
+    where it ends the run once; no job gets a "download failed" warning for it, and no
+    other landing goes on as if nothing had happened."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(20)])
+    for i in range(20):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+
+    def broken(self: Landed, file: str, sha256: str, size: int) -> None:
+        raise TypeError("unsupported operand type(s) for +=: 'int' and 'str'")
+
+    monkeypatch.setattr(Landed, "add", broken)
+    lander, events = _lander(ledger, clock, tmp_path, workers=2)
+    with pytest.raises(ExceptionGroup) as caught:
+        await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(20)])
+    assert caught.group_contains(TypeError, match="unsupported operand")
+    assert events.of("warning") == [] and events.of("downloaded") == []
+    assert len(host.calls) <= 2  # the workers' first results, then the end
+    assert {row(ledger, f"job-{i}").state for i in range(20)} == {JobState.SUCCEEDED}
 
 
 async def test_the_lander_returns_when_both_senders_have_closed(
@@ -380,3 +409,32 @@ async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
         assert host.calls[-1][2] is False  # resumed, not started over
     else:
         assert events.of("retried") and outage.seen[_urls("job-0")[0]] < 5
+
+
+@pytest.mark.usefixtures("inline_run_journal")
+async def test_a_bug_in_a_landing_reaches_the_caller_of_a_run_not_exit_1(
+    simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole run whose landing has a bug: run_campaign raises it (the CLI then tells it
+    in one line, exit 70) instead of returning exit 1 after a warning per result."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(6))
+
+    async def broken(*args: Any, **kw: Any) -> Downloaded:
+        raise TypeError("download_file() got an unexpected keyword argument 'fresh'")
+
+    monkeypatch.setattr("apixo_batch.outputs.output.download_file", broken)
+    events = Recorder()
+    clock = FakeClock(wall_start=time.time())  # the simulator's wall time
+    run = run_campaign(
+        job_file,
+        api_key=SIM_KEY,
+        base_url=sim.base_url,
+        time_scale=0.01,
+        on_event=events,
+        clock=clock,
+    )
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(run, timeout=30)
+    assert caught.group_contains(TypeError, match="unexpected keyword", depth=None)
+    assert not [e for e in events.of("warning") if "download" in e.data.get("message", "")]

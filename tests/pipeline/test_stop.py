@@ -1,11 +1,16 @@
-"""Why a run stops: the levels stops reach, the reactions they start, the exit code."""
+"""Why a run stops: the levels stops reach, the reactions they start, the exit code, and
+the one `stopped` event each kind worth telling gets."""
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
+import pytest
+from stagefakes import Recorder
+
+from apixo_batch.clock import FakeClock
 from apixo_batch.exitcodes import ExitCode
-from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
+from apixo_batch.pipeline.stop import EXIT_PRECEDENCE, Level, Stop, StopKind, Stops
 
 BUDGET = Stop(StopKind.BUDGET, "--budget $1.00 reached")
 STRANDED = Stop(StopKind.STRANDED, "tasks past --max-wait hold every concurrency slot")
@@ -141,3 +146,121 @@ def test_fatal_is_the_first_api_refusal() -> None:
     stops.request(FATAL)
     stops.request(KEY_REFUSED)
     assert stops.fatal == "APIXO 402: no credits"
+
+
+#: The precedence the docs promise, written out on its own: the first row a stop of the
+#: pair belongs to gives the code; no row: the jobs' ends decide (0 or 1).
+PRECEDENCE = [
+    ({StopKind.INTERRUPTED}, ExitCode.INTERRUPTED),
+    ({StopKind.REFUSED, StopKind.FATAL, StopKind.KEY_REFUSED}, ExitCode.FATAL_API),
+    ({StopKind.STORAGE}, ExitCode.IO_ERROR),
+    ({StopKind.UNREACHABLE}, ExitCode.TEMP_FAIL),
+]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    list(itertools.permutations(StopKind, 2)),
+    ids=lambda kind: kind.label,
+)
+def test_two_stops_exit_with_the_code_of_the_higher_whatever_their_order(
+    first: StopKind, then: StopKind
+) -> None:
+    """Every pair of stop kinds, in both orders: the documented precedence decides."""
+    stops = Stops()
+    stops.request(Stop(first, "first"))
+    stops.request(Stop(then, "then"))
+    wins = next((code for kinds, code in PRECEDENCE if {first, then} & kinds), None)
+    assert stops.exit_code(all_done=True) is (wins or ExitCode.OK)
+    assert stops.exit_code(all_done=False) is (wins or ExitCode.FAILED_JOBS)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    list(itertools.permutations(StopKind, 2)),
+    ids=lambda kind: kind.label,
+)
+def test_the_reason_told_is_the_one_of_the_code_whatever_the_order(
+    first: StopKind, then: StopKind
+) -> None:
+    """The summary's reason goes with the exit code: the winning stop's, an interrupt aside."""
+    stops = Stops()
+    stops.request(Stop(first, first.label))
+    stops.request(Stop(then, then.label))
+    pair = [k for k in (first, then) if k is not StopKind.INTERRUPTED]
+    forced = [k for kinds, _ in PRECEDENCE for k in pair if k in kinds]
+    assert stops.reason == (forced or pair)[0].label
+
+
+def test_every_code_a_stop_forces_has_its_place_in_the_precedence() -> None:
+    """A new kind forcing a new code cannot be left out of the precedence unnoticed."""
+    forced = {kind.exit_code for kind in StopKind} - {None}
+    assert forced == set(EXIT_PRECEDENCE) == {code for _, code in PRECEDENCE}
+    assert list(EXIT_PRECEDENCE) == [code for _, code in PRECEDENCE]
+
+
+TOLD = [StopKind.BUDGET, StopKind.REFUSED, StopKind.FATAL, StopKind.UNREACHABLE, StopKind.STORAGE]
+
+
+def _told(clock: FakeClock) -> tuple[Stops, Recorder]:
+    events = Recorder()
+    return Stops(events.emitter(clock)), events
+
+
+@pytest.mark.parametrize("kind", TOLD, ids=lambda kind: kind.label)
+def test_a_stop_worth_telling_is_told_once_as_stopped(kind: StopKind) -> None:
+    """The first stop of a kind is told with its reason; the same kind again is not."""
+    stops, events = _told(FakeClock())
+    stops.request(Stop(kind, "why"))
+    stops.request(Stop(kind, "why"))
+    stops.request(Stop(kind, "another wording of the same trouble"))
+    assert [(e.kind, e.data) for e in events.events] == [("stopped", {"reason": "why"})]
+
+
+@pytest.mark.parametrize(
+    "kind", [StopKind.STRANDED, StopKind.KEY_REFUSED, StopKind.INTERRUPTED], ids=lambda k: k.label
+)
+def test_stranded_key_refused_and_interrupted_are_not_told(kind: StopKind) -> None:
+    """Told elsewhere (pending tasks, the summary's fatal, the signal): no stopped event."""
+    stops, events = _told(FakeClock())
+    stops.request(Stop(kind, "why"))
+    assert events.events == [] and [s.kind for s in stops.all] == [kind]
+
+
+def test_each_kind_of_trouble_is_told_even_after_another_stopped_submits() -> None:
+    """A refusal, then the disk: both told, in order, though the disk reaches no new level
+    (the person must fix both before the run can resume)."""
+    stops, events = _told(FakeClock())
+    stops.request(INTERRUPTED)
+    stops.request(FATAL)
+    stops.request(Stop(StopKind.STORAGE, "cannot write a.mp4: No space left on device"))
+    stops.request(FATAL)
+    assert [e.data["reason"] for e in events.of("stopped")] == [
+        FATAL.reason,
+        "cannot write a.mp4: No space left on device",
+    ]
+
+
+def test_a_preflight_refusal_is_told_with_the_balance() -> None:
+    """The balance read before the first submit goes with its refusal, as the JSON had it."""
+    stops, events = _told(FakeClock())
+    stops.request(Stop(StopKind.REFUSED, "balance $1.00 cannot cover", balance_usd=1.0))
+    [stopped] = events.of("stopped")
+    assert list(stopped.as_dict()) == ["event", "at", "reason", "balance_usd"]
+    assert stopped.data == {"reason": "balance $1.00 cannot cover", "balance_usd": 1.0}
+
+
+def test_a_stop_is_told_before_the_stages_react_to_it() -> None:
+    """The reason comes first: a reaction to the level already finds the event told."""
+    stops, events = _told(FakeClock())
+    seen: list[int] = []
+    stops.on(Level.SUBMITS, lambda: seen.append(len(events.of("stopped"))))
+    stops.request(FATAL)
+    assert seen == [1]
+
+
+def test_stops_without_an_emitter_tell_nothing_and_still_count() -> None:
+    """A Stops built without the run's emitter records and reacts as ever."""
+    stops = Stops()
+    assert stops.request(FATAL) is True
+    assert stops.exit_code(all_done=True) is ExitCode.FATAL_API

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections.abc import Coroutine
+from typing import Any
+
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 from stagefakes import FakeApi, Recorder, drive, memory_ledger, new_job, queued_rows, row
 
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
-from apixo_batch.errors import AuthError, InvalidRequest, ServerError, TransportError
+from apixo_batch.errors import (
+    AuthError,
+    InvalidRequest,
+    JournalError,
+    ServerError,
+    TransportError,
+)
 from apixo_batch.journal import JobState, Ledger
 from apixo_batch.pipeline.admission import Admitted, Permit
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
@@ -37,8 +49,8 @@ async def _run(
     api: FakeApi, ledger: Ledger, clock: FakeClock, n: int, stops: Stops | None = None
 ) -> tuple[Submitter, list[Submitted], Recorder, ConcurrencyLimit]:
     """Admit the first ``n`` queued jobs, run the submitter to its end, collect its output."""
-    stops = stops or Stops()
     events = Recorder()
+    stops = stops or Stops(events.emitter(clock))
     slots = ConcurrencyLimit(100)
     submitter = Submitter(
         api,  # type: ignore[arg-type]
@@ -127,11 +139,13 @@ async def test_a_fatal_answer_stops_submits_and_hands_every_unsent_job_back() ->
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(i) for i in range(4)])
     api = FakeApi(clock, submit_latency=1.0, submit_faults=[AuthError(401, "bad key")])
-    stops = Stops()
-    _, got, events, slots = await _run(api, ledger, clock, 4, stops)
+    told = Recorder()
+    stops = Stops(told.emitter(clock))
+    _, got, _, slots = await _run(api, ledger, clock, 4, stops)
     assert stops.reached(Level.SUBMITS) and stops.fatal is not None
     assert [s.kind for s in stops.all] == [StopKind.FATAL]
-    assert len(events.of("stopped")) == 1
+    [stopped] = told.of("stopped")
+    assert stopped.data == {"reason": "the API refused a submit: APIXO 401: bad key"}
     # Submits already on the wire when the refusal came are answered and journaled.
     assert {r.id for r in queued_rows(ledger)} | {s.row.id for s in got} == {
         f"job-{i}" for i in range(4)
@@ -229,3 +243,169 @@ async def test_a_refused_connection_is_retried_without_doubt() -> None:
     _, got, _, _ = await _run(api, ledger, clock, 1)
     assert len(got) == 1 and api.submits == 3
     assert not row(ledger, "job-0").possibly_duplicated
+
+
+async def _one_job_in_a_backoff(
+    ledger: Ledger, submitter: Submitter, clock: FakeClock, stops: Stops
+) -> tuple[Coroutine[Any, Any, None], ConcurrencyLimit, MemoryObjectReceiveStream[Submitted]]:
+    """The first queued job admitted; a coroutine that runs the submitter, lets its first
+    attempt be answered 503 (marked, then in a one-second backoff) and stops submits."""
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def stop_during_the_backoff() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(submitter.run(admitted_rx, out_tx))
+            await clock.sleep(0.5)
+            stops.request(Stop(StopKind.FATAL, "refused"))
+
+    return stop_during_the_backoff(), slots, out_rx
+
+
+def _failing_hand_back(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> list[str]:
+    handed_back: list[str] = []
+
+    def hand_back(job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        handed_back.append(job_id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(failure)
+        return fut
+
+    monkeypatch.setattr(ledger, "hand_back", hand_back)
+    return handed_back
+
+
+async def test_a_hand_back_the_journals_disk_refuses_is_the_storage_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit marked `submitting` and waiting out a backoff when submits stop goes back
+    to the queue; the journal's disk refusing that write is told as the storage stop (exit
+    74), not dropped with the job silently left `submitting`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    handed_back = _failing_hand_back(
+        ledger, monkeypatch, sqlite3.OperationalError("database or disk is full")
+    )
+    run, slots, out_rx = await _one_job_in_a_backoff(ledger, submitter, clock, stops)
+    with out_rx:
+        await drive(clock, run)
+    assert handed_back == ["job-0"] and api.submits == 1
+    assert [s.kind for s in stops.all] == [StopKind.FATAL, StopKind.STORAGE]
+    [storage] = stops.all[1:]
+    assert "journal cannot be written" in storage.reason and "full" in storage.reason
+    assert slots.in_flight == 0  # its slot is free all the same
+
+
+async def test_a_hand_back_the_journal_refuses_otherwise_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any other failure of the hand-back (a refused change: a bug) leaves the submitter,
+    in place of the cancel, and ends the run."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy")])
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    refusal = JournalError("job 'job-0': illegal state change submitted -> queued")
+    handed_back = _failing_hand_back(ledger, monkeypatch, refusal)
+    run, _, out_rx = await _one_job_in_a_backoff(ledger, submitter, clock, stops)
+    with out_rx, pytest.raises(ExceptionGroup) as caught:
+        await drive(clock, run)
+    assert handed_back == ["job-0"]
+    assert caught.group_contains(JournalError, match="illegal state change", depth=None)
+
+
+async def test_a_submit_whose_mark_never_landed_is_left_queued_by_its_hand_back() -> None:
+    """Submits stop while a job's `submitting` mark is on its way, and the mark never
+    lands: the hand-back finds the job still queued and leaves it so (nothing was sent),
+    instead of refusing "queued -> queued"."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock)
+    stops = Stops()
+    submitter = _submitter(api, ledger, clock, stops)
+    marks: list[asyncio.Future[None]] = []
+
+    def mark_submitting(job_id: str, attempts: int) -> asyncio.Future[None]:
+        marks.append(asyncio.get_running_loop().create_future())
+        return marks[-1]  # on its way: the journal has not answered yet
+
+    ledger.mark_submitting = mark_submitting  # type: ignore[method-assign]
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def stop_while_marking() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(submitter.run(admitted_rx, out_tx))
+            await clock.sleep(0.5)
+            assert len(marks) == 1
+            stops.request(Stop(StopKind.FATAL, "refused"))
+
+    with out_rx:
+        await drive(clock, stop_while_marking())
+    assert api.submits == 0 and row(ledger, "job-0").state is JobState.QUEUED
+    assert slots.in_flight == 0
+
+
+async def test_a_paid_id_whose_commit_fails_after_a_cancel_is_told() -> None:
+    """The run is cancelled while a task id's commit is on its way; the commit then fails
+    (the journal's disk is full): the warning that names the paid task still comes, as it
+    does when the commit fails before any cancel, so that nobody pays for it twice."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock)
+    events = Recorder()
+    submitter = Submitter(
+        api,  # type: ignore[arg-type]
+        ledger,
+        clock=clock,
+        stops=Stops(),
+        emit=events.emitter(clock),
+        backoff=FAST,
+        callback_url=None,
+    )
+    commits: list[asyncio.Future[None]] = []
+
+    def record_task_id(*args: object) -> asyncio.Future[None]:
+        commits.append(asyncio.get_running_loop().create_future())
+        return commits[-1]  # on its way: the journal has not answered yet
+
+    ledger.record_task_id = record_task_id  # type: ignore[method-assign]
+    slots = ConcurrencyLimit(1)
+    await slots.acquire()
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](1)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](1)
+    admitted_tx.send_nowait(Admitted(queued_rows(ledger)[0], Permit(slots)))
+    admitted_tx.close()
+
+    async def cancel_then_fail_the_commit() -> None:
+        run = asyncio.ensure_future(submitter.run(admitted_rx, out_tx))
+        await clock.sleep(0.5)
+        [commit] = commits
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert len(events.of("submitted")) == 1 and events.of("warning") == []
+        commit.set_exception(sqlite3.OperationalError("database or disk is full"))
+        await clock.settle()  # the commit's callbacks run
+
+    with out_rx:
+        await drive(clock, cancel_then_fail_the_commit())
+    [submitted] = events.of("submitted")
+    [warning] = events.of("warning")
+    assert warning.job_id == "job-0" and warning.data["task_id"] == submitted.data["task_id"]
+    assert "could not record it" in warning.data["message"]
+    assert "database or disk is full" in warning.data["message"]

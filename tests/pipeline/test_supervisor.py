@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,14 @@ from e2e import SIM_KEY, simple_jobs, write_campaign
 from apixo_batch import Event, ExitCode, FakeClock, RunResult, run_campaign
 from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.errors import AuthError
-from apixo_batch.journal import InlineJournal, Journal
-from apixo_batch.pipeline import lander, supervisor
+from apixo_batch.pipeline import lander
 
 #: The engine, the in-process simulator and every timeout share the loop's virtual
 #: time (looptime): it moves only when every task waits, so these runs of simulated
 #: minutes take milliseconds and no race is ordered by a real sleep.
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, pytest.mark.usefixtures("inline_run_journal")]
 
 JOBS = 30
-
-
-@pytest.fixture(autouse=True)
-def inline_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[InlineJournal]]:
-    """The run's journal answers on the loop's own thread, at once.
-
-    The journal thread's answers arrive from outside the loop: while the loop waits for
-    one it looks idle, and virtual time would jump to the next timer (a poll, a task's
-    end) at whatever moment the thread happens to be slow."""
-    made: list[InlineJournal] = []
-
-    def inline(journal: Journal, **_: Any) -> InlineJournal:
-        made.append(InlineJournal(journal))
-        return made[-1]
-
-    monkeypatch.setattr(supervisor, "AsyncJournal", inline)
-    yield made
-    assert made, "the run no longer builds its journal in supervisor.py: patch it there"
 
 
 async def _run(sim: Any, tmp_path: Path, *, prompt: str = "", **options: Any) -> RunResult:

@@ -1,0 +1,84 @@
+"""A run's end: what it learned kept for the next, the books closed (manifest, counts,
+spend), the :class:`RunResult`, the review page and the ``summary`` event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..apixo.limits import ConcurrencyLimit, RequestBucket
+from ..jobs import Campaign
+from ..journal import Ledger
+from ..outputs.output import Output
+from ..outputs.paths import storage_failure
+from .books import close_books, review_page
+from .learned import remember_rate
+from .options import RunResult, summary_dict
+from .startup import StartUp
+from .stop import Stops
+from .turnaround import Turnaround
+from .wiring import RunParts, Stages
+
+__all__ = ["finish"]
+
+
+async def finish(
+    ledger: Ledger,
+    parts: RunParts,
+    *,
+    campaign: Campaign,
+    output: Output,
+    bucket: RequestBucket,
+    account: str | None,
+    start: StartUp | None,
+    stages: Stages | None,
+    started: float,
+    storage_stop: Callable[[str], None],
+) -> RunResult:
+    """The result of the run, with the books closed as far as the disk allows."""
+    try:
+        await remember_rate(ledger, bucket, account)
+    except Exception as exc:
+        why = storage_failure(exc)
+        if why is None:
+            raise
+        storage_stop(why)
+    books = await close_books(ledger, output, storage_stop)
+    counts, totals, manifest = books.counts, books.totals, books.manifest
+    stops: Stops = parts.stops
+    slots: ConcurrencyLimit = parts.slots
+    turnaround: Turnaround = parts.turnaround
+    stats = bucket.statistics()
+    submitter = stages.submitter if stages is not None else None
+    result = RunResult(
+        exit_code=stops.exit_code(counts.get("done", 0) == sum(counts.values())),
+        counts=counts,
+        submitted=submitter.submitted if submitter else 0,
+        possibly_duplicated=totals.possibly_duplicated if totals else 0,
+        requests=stats.sent,
+        rate_limited=stats.rate_limited,
+        learned_rpm=stats.learned_rpm,
+        learned_slots=slots.cap if slots.statistics().shrinks else None,
+        slot_turnaround=turnaround.statistics(),
+        planned_wall_s=start.planned_wall_s if start else None,
+        retries=stages.retries if stages else 0,
+        wall_s=parts.clock.monotonic() - started,
+        spent_usd=totals.spent_known_usd if totals else None,  # unreadable: unknown
+        unknown_price_jobs=totals.spent_unknown_jobs if totals else 0,
+        fatal=stops.fatal,
+        stop_reason=stops.reason,
+        interrupted=stops.interrupted,
+        input_changed=list(start.synced.changed_after_submit or []) if start else [],
+        arrived=books.arrived,
+        fail_codes=books.fail_codes,
+        per_model=books.per_model,
+        never_submitted=books.never_submitted,
+        manifest=books.manifest_at if manifest else None,
+        output_dir=campaign.output_dir,
+    )
+    if parts.options.review and books.manifest is not None:
+        result.review = await review_page(
+            ledger, campaign, output, summary_dict(result), parts.emit
+        )
+    result.store_requests = output.requests()
+    parts.emit("summary", **summary_dict(result))
+    return result

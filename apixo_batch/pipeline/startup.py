@@ -1,0 +1,128 @@
+"""A run's start-up: the journal brought in line with the job file, what earlier runs
+learned, the forecast, and the ``started`` event with its warnings. Nothing is paid here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..apixo.limits import RequestBucket
+from ..errors import ApixoError
+from ..events import Emitter
+from ..jobs import Campaign
+from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
+from ..planning.completion import CompletionModel
+from ..planning.forecast import forecast_run
+from .learned import start_informed
+from .options import RunOptions
+
+__all__ = ["StartUp", "start_up"]
+
+S = JobState
+
+
+@dataclass(frozen=True, slots=True)
+class StartUp:
+    """What the journal held once reconciled: the work of this run."""
+
+    synced: SyncResult
+    #: tasks paid for by earlier runs and not yet ended: followed, never submitted again
+    in_flight: list[JobRow]
+    queued: int
+    queued_cost: float
+    unknown_price_jobs: int
+    #: spend journaled by earlier runs (known prices)
+    spent_before: float
+    #: results of earlier runs still to be fetched
+    to_download: int
+    #: the queued jobs' predicted wall time (this run's clock), when there are any to submit
+    planned_wall_s: float | None
+    #: this run submits (``run`` with queued jobs)
+    submit: bool
+
+    @property
+    def needs_api(self) -> bool:
+        return self.submit or bool(self.in_flight)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to submit, follow or fetch: the run makes no request at all."""
+        return not self.needs_api and self.to_download == 0
+
+
+async def start_up(
+    ledger: Ledger,
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    bucket: RequestBucket,
+    completions: CompletionModel,
+    account: str | None,
+    has_key: bool,
+    emit: Emitter,
+) -> StartUp:
+    """Reconcile, start informed, forecast; tell ``started`` and what needs a warning.
+
+    Raises :class:`ApixoError` before ``started`` when the work needs the API and no
+    key was given: a run that cannot start says only why."""
+    run_mode = options.mode == "run"
+    recovered, synced = await ledger.reconcile(
+        jobs_of(campaign), retry_failed=options.retry_failed and run_mode
+    )
+    spent_before = (await ledger.totals()).spent_known_usd
+    await start_informed(ledger, bucket, completions, account)
+    in_flight = await ledger.in_flight()
+    queued_cost, unknown, queued = await ledger.queued_cost()
+    counts = await ledger.counts()
+    planned_wall_s = None
+    if run_mode and queued:
+        planned_wall_s = forecast_run(
+            await ledger.queued_runs(),
+            completions,
+            order=options.order,
+            callback=options.callback_url is not None,
+            slots=options.max_concurrent,
+            rpm=min(float(options.rpm), bucket.rate_per_s * 60.0),
+            time_scale=options.time_scale,
+        )
+    start = StartUp(
+        synced=synced,
+        in_flight=in_flight,
+        queued=queued,
+        queued_cost=queued_cost,
+        unknown_price_jobs=unknown,
+        spent_before=spent_before,
+        to_download=counts.get(S.SUCCEEDED.value, 0),
+        planned_wall_s=planned_wall_s,
+        submit=run_mode and queued > 0,
+    )
+    if start.needs_api and not has_key:
+        raise ApixoError("APIXO_API_KEY is not set (or give --api-key-file)")
+    emit(
+        "started",
+        per_model=await ledger.counts_by_model(),
+        spent_usd=round(spent_before, 4),
+        jobs=sum(counts.values()),
+        queued=queued if run_mode else 0,
+        in_flight=len(in_flight),
+        to_download=start.to_download,
+        done=counts.get(S.DONE.value, 0),
+        estimated_cost_usd=round(queued_cost, 4),
+        unknown_price_jobs=unknown,
+        planned_wall_s=planned_wall_s and round(planned_wall_s, 1),
+    )
+    for job_id in synced.changed_after_submit or []:
+        emit(
+            "warning",
+            job_id,
+            message=(
+                f"job {job_id}: its input changed after it was submitted; the paid task "
+                "follows the submitted input. Give the job a new id to generate the new one."
+            ),
+        )
+    if recovered:
+        emit(
+            "warning",
+            message=f"{recovered} submit(s) were cut off by a crash and will be sent again "
+            "(counted as possibly duplicated)",
+        )
+    return start
