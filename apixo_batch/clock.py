@@ -3,7 +3,8 @@
 The scheduler, the request bucket, backoff and expiry all take a :class:`Clock`.
 Production code uses :class:`SystemClock`; tests use :class:`FakeClock`, which
 reads and sleeps on the event loop's virtual time (looptime), so a test "waits"
-minutes in milliseconds.
+minutes in milliseconds. :func:`human_duration` is how every message says how long
+something took or will take.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "sleep_or_wake", "wait_until"]
+__all__ = [
+    "Clock",
+    "FakeClock",
+    "SystemClock",
+    "human_duration",
+    "sleep_or_wake",
+    "wait_until",
+]
 
 
 class Clock(Protocol):
@@ -60,6 +68,33 @@ async def wait_until(clock: Clock, aws: set[asyncio.Future[Any]], deadline: floa
     finally:
         sleeper.cancel()
     return any(f.done() for f in aws)
+
+
+def human_duration(seconds: float, *, unit: Literal["h"] | None = None) -> str:
+    """How long, for people: ``4.2 s``, ``45 s``, ``2 min 5 s``, ``3 h 12 min``, ``2 d 3 h``.
+
+    Tenths under ten seconds, whole units above; two units at most, the second left out
+    when zero (``2 min``). ``unit="h"`` says it in hours with one decimal (``1.5 h``):
+    result expiries, which count in hours."""
+    if unit == "h":
+        return f"{seconds / 3600:.1f} h"
+    if seconds < 10:
+        return f"{seconds:.1f}".removesuffix(".0") + " s"
+    total = round(seconds)
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return _two(minutes, "min", secs, "s")
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return _two(hours, "h", minutes, "min")
+    days, hours = divmod(hours, 24)
+    return _two(days, "d", hours, "h")
+
+
+def _two(big: int, big_unit: str, small: int, small_unit: str) -> str:
+    return f"{big} {big_unit} {small} {small_unit}" if small else f"{big} {big_unit}"
 
 
 class SystemClock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .location import S3Location
-from .retry import Backoff
+from .retry import Backoff, Patience
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -13,6 +13,7 @@ __all__ = [
     "MAX_CONCURRENT",
     "MAX_WAIT_MIN",
     "ORDERS",
+    "PATIENCE",
     "RPM",
     "STATE_FILE",
     "STATE_FOLDER",
@@ -29,6 +30,9 @@ RPM = 9_000
 ORDERS = ("longest", "file")
 #: minutes one task is followed in a run before it is left pending for the next
 MAX_WAIT_MIN = 30.0
+#: --max-wait as a patience: a task followed, or an outage of the API or a file host
+#: waited through, for this long before the run leaves it
+PATIENCE = Patience.minutes(MAX_WAIT_MIN)
 #: the journal's file name in the output folder, unless --state says otherwise
 STATE_FILE = ".apixo-batch.sqlite"
 #: where the journal of a run to object storage lives: this folder beside the job file

@@ -3,6 +3,11 @@
 A value object; the caller sleeps on its own injected clock. ``time_scale``
 multiplies every delay (``--time-scale``), ``jitter`` spreads retries so a
 thousand tasks hit by the same 502 do not come back in the same millisecond.
+
+:class:`Patience` is the other way to stop, in the spirit of stamina's ``timeout=``:
+not a number of attempts but a span of time (``--max-wait``) that starts when an
+outage (or a wait) begins. The submitter, the follower, the lander and the API's
+breaker all read it through one :class:`Deadline`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-__all__ = ["MAX_RETRY_AFTER_S", "Backoff", "parse_retry_after"]
+from .clock import Clock
+
+__all__ = ["MAX_RETRY_AFTER_S", "Backoff", "Deadline", "Patience", "parse_retry_after"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,46 @@ class Backoff:
     def gives_up(self, attempt: int) -> bool:
         """True when ``attempt`` failures are enough to stop trying."""
         return attempt >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Patience:
+    """How long to keep trying while nothing gets through: a span, started per wait."""
+
+    seconds: float
+
+    @classmethod
+    def minutes(cls, minutes: float) -> Patience:
+        return cls(minutes * 60.0)
+
+    @property
+    def in_minutes(self) -> float:
+        return self.seconds / 60.0
+
+    def start(self, clock: Clock, since: float | None = None) -> Deadline:
+        """A wait that began ``since`` (monotonic seconds; now when None)."""
+        return Deadline(self, clock, clock.monotonic() if since is None else since)
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """One wait under a :class:`Patience`, from the moment it began."""
+
+    patience: Patience
+    clock: Clock = field(compare=False, repr=False)
+    #: monotonic seconds when the wait began
+    since: float
+
+    def waited(self) -> float:
+        return self.clock.monotonic() - self.since
+
+    def left(self) -> float:
+        """Seconds until the span has passed (0 from then on)."""
+        return max(0.0, self.patience.seconds - self.waited())
+
+    def expired(self) -> bool:
+        """Waited longer than the span: a wait of exactly ``--max-wait`` is still waited."""
+        return self.waited() > self.patience.seconds
 
 
 #: the longest Retry-After obeyed: a bigger one (a server's clock or a typo) would stall the

@@ -1,13 +1,15 @@
-"""FakeClock jumps instead of sleeping; SystemClock is the real thing."""
+"""FakeClock runs on the loop's virtual time; SystemClock is the real thing."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 
 import pytest
 
-from apixo_batch.clock import Clock, FakeClock, SystemClock
+from apixo_batch.clock import Clock, FakeClock, SystemClock, human_duration
+from apixo_batch.reports.manifest import render_summary
 
 pytestmark = pytest.mark.looptime
 
@@ -267,3 +269,35 @@ async def test_system_clock_non_positive_sleep_returns() -> None:
     await clock.sleep(0)
     await clock.sleep(-1)
     assert clock.monotonic() > 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (1.25, "1.2 s"),
+        (4.0, "4 s"),
+        (45.4, "45 s"),
+        (59.6, "1 min"),
+        (125.0, "2 min 5 s"),
+        (2 * 3600.0, "2 h"),
+        (3 * 3600 + 12 * 60 + 20.0, "3 h 12 min"),
+        (51 * 3600.0, "2 d 3 h"),
+        (48 * 3600.0, "2 d"),
+    ],
+)
+def test_human_duration_says_two_units_at_most(seconds: float, text: str) -> None:
+    """Tenths under ten seconds, whole units above, two at most, a zero second one dropped."""
+    assert human_duration(seconds) == text
+
+
+def test_human_duration_in_hours_for_expiries() -> None:
+    """Expiries count in hours, one decimal."""
+    assert human_duration(5_400.0, unit="h") == "1.5 h"
+
+
+def test_the_summary_says_took_and_planned_as_the_docs_quote() -> None:
+    """The summary a run ends with, as docs/commands.md quotes it: whole minutes say no
+    seconds ("41 min", not "41 min 0 s"), in the one voice plan and the progress line use."""
+    out = io.StringIO()
+    render_summary({"jobs": 3, "counts": {}, "wall_s": 41 * 60.0, "planned_wall_s": 39 * 60.0}, out)
+    assert "  took 41 min, planned 39 min\n" in out.getvalue()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from apixo_batch.retry import Backoff, parse_retry_after
+from apixo_batch.retry import Backoff, Patience, parse_retry_after
 
 
 def _seeded(**kwargs: Any) -> Backoff:
@@ -138,3 +138,34 @@ def test_parse_retry_after_reads_seconds_and_http_dates(
 ) -> None:
     """Both forms of the header; what is neither leaves the decision to backoff."""
     assert parse_retry_after(header, now=NOW) == seconds
+
+
+class _Clock:
+    """Monotonic time that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("a deadline never sleeps")
+
+
+def test_a_deadline_counts_from_its_start_and_expires_past_the_span() -> None:
+    """Patience as a span: a Deadline started now (or at a given moment) tells what is
+    left, and expires only once the span has passed, not at it."""
+    clock = _Clock()
+    patience = Patience.minutes(1.0)
+    deadline = patience.start(clock)
+    assert (deadline.left(), deadline.expired()) == (60.0, False)
+    clock.now += 60.0
+    assert (deadline.waited(), deadline.left(), deadline.expired()) == (60.0, 0.0, False)
+    clock.now += 0.5
+    assert (deadline.left(), deadline.expired()) == (0.0, True)
+    earlier = patience.start(clock, since=clock.now - 30.0)
+    assert (earlier.left(), patience.in_minutes) == (30.0, 1.0)

@@ -15,7 +15,9 @@ import asyncio
 from collections.abc import Callable
 
 from ..clock import Clock, sleep_or_wake
+from ..defaults import PATIENCE
 from ..errors import TransportError
+from ..retry import Deadline, Patience
 
 __all__ = ["Breaker"]
 
@@ -30,19 +32,20 @@ class Breaker:
         threshold: int = 5,
         base: float = 1.0,
         cap: float = 60.0,
-        patience: float = 30 * 60.0,
+        patience: Patience = PATIENCE,
         on_change: Callable[[bool, float], None] | None = None,
     ) -> None:
         self._clock = clock
         self._threshold = threshold
         self._base = base
         self._cap = cap
-        #: seconds without any answer after which a waiting call gives up (TransportError)
+        #: how long without any answer a waiting call waits before it gives up
+        #: (TransportError); the outage starts at the last answer, not when the breaker opens
         self.patience = patience
         #: called with (open, seconds since the last answer) when the breaker opens or closes
         self.on_change = on_change
         self._failures = 0
-        self._open_since: float | None = None
+        self._outage: Deadline | None = None  # while open
         self._last_answer = clock.monotonic()
         self._next_probe = 0.0
         self._delay = base
@@ -52,7 +55,7 @@ class Breaker:
 
     @property
     def open(self) -> bool:
-        return self._open_since is not None
+        return self._outage is not None
 
     def silent_for(self) -> float:
         """Seconds since the API last answered anything."""
@@ -62,18 +65,19 @@ class Breaker:
         """Wait until a call may go; True if it goes as the probe (report its outcome).
 
         Raises :class:`TransportError` (nothing sent) once the API has given no answer
-        for longer than ``patience``."""
-        while self._open_since is not None:
-            now = self._clock.monotonic()
-            if now - self._last_answer > self.patience:
+        for as long as ``patience``."""
+        while (outage := self._outage) is not None:
+            if outage.expired():
                 raise TransportError(
-                    f"the API gave no answer for {now - self._last_answer:.0f} s", sent=False
+                    f"the API gave no answer for {outage.waited():.0f} s", sent=False
                 )
+            now = self._clock.monotonic()
             if not self._probing and now >= self._next_probe:
                 self._probing = True
                 return True
             wake = self._next_probe if not self._probing else now + self._cap
-            wake = min(wake, self._last_answer + self.patience + 1e-3)
+            # Just past the end of the patience, so that the sleep surely reaches it.
+            wake = min(wake, now + outage.left() + 1e-3)
             await sleep_or_wake(self._clock, self._news, max(0.0, wake - now))
         return False
 
@@ -84,8 +88,8 @@ class Breaker:
         self._failures = 0
         if probe:
             self._probing = False
-        if self._open_since is not None:
-            self._open_since = None
+        if self._outage is not None:
+            self._outage = None
             self._delay = self._base
             self._tell()
             if self.on_change is not None:
@@ -95,10 +99,10 @@ class Breaker:
         """A call got no answer at all."""
         now = self._clock.monotonic()
         self._failures += 1
-        if self._open_since is None:
+        if self._outage is None:
             if self._failures < self._threshold:
                 return
-            self._open_since = now
+            self._outage = self.patience.start(self._clock, since=self._last_answer)
             self._delay = self._base
             if self.on_change is not None:
                 self.on_change(True, now - self._last_answer)

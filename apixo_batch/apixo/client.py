@@ -21,9 +21,9 @@ import aiohttp
 from yarl import URL
 
 from ..clock import SystemClock
-from ..defaults import DEFAULT_BASE_URL
+from ..defaults import DEFAULT_BASE_URL, PATIENCE
 from ..errors import ApiError, RateLimited, TransportError, api_error_for
-from ..retry import parse_retry_after
+from ..retry import Patience, parse_retry_after
 from .breaker import Breaker
 from .limits import RPM_CAP, Priority, RequestBucket
 from .secret import ApiKey, redact
@@ -138,7 +138,7 @@ class ApixoClient:
         timeout: float = 30.0,
         connections: int = 100,
         bucket: RequestBucket | None = None,
-        patience: float = 30 * 60.0,
+        patience: Patience = PATIENCE,
         on_outage: Callable[[bool, float], None] | None = None,
     ) -> None:
         self._key = api_key

@@ -16,6 +16,7 @@ from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
 from ..apixo.secret import ApiKey, load_api_key, redact
+from ..clock import human_duration
 from ..defaults import state_path
 from ..errors import ApixoError, JobFileError, StorageError
 from ..events import Event
@@ -281,10 +282,12 @@ def time_left(expires_at: float | None, now: float) -> str:
     """When a result URL expires, for people: a journal without the time says so."""
     if expires_at is None:
         return "expiry unknown"
-    hours = (expires_at - now) / 3600
-    if abs(hours) < 0.05:
-        return "expires now" if hours > 0 else "expired just now"
-    return f"expires in {hours:.1f} h" if hours > 0 else f"expired {-hours:.1f} h ago"
+    left = expires_at - now
+    if abs(left) < 180:  # it would say 0.0 h
+        return "expires now" if left > 0 else "expired just now"
+    if left > 0:
+        return f"expires in {human_duration(left, unit='h')}"
+    return f"expired {human_duration(-left, unit='h')} ago"
 
 
 def _status(args: argparse.Namespace, campaign: Campaign) -> int:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from ..clock import human_duration
 from ..errors import JobFileError
 from ..exitcodes import ExitCode
 from ..jobs import load_campaign
@@ -128,7 +129,7 @@ def _header_line(plan: Plan) -> str:
 
 def _summary_lines(plan: Plan) -> list[str]:
     lines = [
-        f"Output video:   {plan.output_seconds:,} s ({_duration(plan.output_seconds)})"
+        f"Output video:   {plan.output_seconds:,} s ({human_duration(plan.output_seconds)})"
         f" in {plan.jobs:,} files",
         f"Estimated cost: {_cost(plan)}",
     ]
@@ -141,13 +142,13 @@ def _summary_lines(plan: Plan) -> list[str]:
         "longest task": "the longest single task",
     }[plan.bound]
     lines += [
-        f"Estimated time: about {_duration(plan.wall_time_s)}, set by {reason}"
+        f"Estimated time: about {human_duration(plan.wall_time_s)}, set by {reason}"
         f" ({'longest generations first' if plan.order == 'longest' else 'file order'})",
-        f"  concurrency:  {_duration(plan.concurrency_bound_s)}"
+        f"  concurrency:  {human_duration(plan.concurrency_bound_s)}"
         f"  (task time / {plan.max_concurrent:,} in flight)",
-        f"  request rate: {_duration(plan.rate_bound_s)}"
-        f"  ({plan.requests:,} requests / {plan.rpm:,} per minute)",
-        f"  longest task: up to {_duration(plan.longest_task_s)}",
+        f"  request rate: {human_duration(plan.rate_bound_s)}"
+        f"  ({round(plan.requests):,} requests / {plan.rpm:,} per minute)",
+        f"  longest task: up to {human_duration(plan.longest_task_s)}",
         f"Output folder:  {plan.output_dir}"
         if isinstance(plan.output_dir, Path)
         else f"Output:         {plan.output_dir} (object storage)",
@@ -166,21 +167,6 @@ def _cost(plan: Plan) -> str:
 
 def _usd(value: float) -> str:
     return f"${value:,.2f}"
-
-
-def _duration(seconds: float) -> str:
-    """45 s, 2 min 5 s, 3 h 12 min, 2 d 3 h: precise enough for an estimate."""
-    total = round(seconds)
-    if total < 60:
-        return f"{total} s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def _shown(path: Path) -> str:

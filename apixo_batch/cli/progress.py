@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from ..clock import human_duration
 from ..events import Event
 
 if TYPE_CHECKING:
@@ -120,11 +121,8 @@ class Tally:
 
 
 def _fmt_eta(eta: float | None) -> str:
-    if eta is None:
-        return "ETA --"
-    m, s = divmod(int(eta), 60)
-    h, m = divmod(m, 60)
-    return f"ETA {h}:{m:02d}:{s:02d}" if h else f"ETA {m}:{s:02d}"
+    # Whole seconds: an estimate that changes every refresh has no use for tenths.
+    return "ETA --" if eta is None else f"ETA {human_duration(int(eta))}"
 
 
 def status_line(tally: Tally, stats: dict[str, Any]) -> str:

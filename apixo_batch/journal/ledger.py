@@ -23,11 +23,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import TypeVar, Unpack
 
 from ..clock import Clock
+from ..planning.kind import Kind
 from .reconcile import NewJob, SyncResult
-from .rows import Change, JobRow, clock_drives
+from .rows import Change, JobRow
 from .states import JobState
 from .store import Journal
 from .thread import JournalExecutor
@@ -182,20 +183,16 @@ class Ledger:
             )
         )  # fmt: skip
 
-    async def queued_longest_first(
-        self, expected_s: Callable[[str, dict[str, Any]], float], *, page: int
+    async def queued_by_kind(
+        self, order: Callable[[list[Kind]], Iterable[Kind]], *, page: int
     ) -> AsyncIterator[JobRow]:
-        """Queued file jobs, the longest expected generation first: kind by kind (model,
-        duration, resolution), by ``expected_s(model, {duration, resolution})`` from the
-        longest, in file order within a kind and between kinds of equal expectation.
+        """Queued file jobs kind by kind, the kinds as ``order`` ranks them (given in the
+        file order of each kind's first job: the start order is planning's,
+        :func:`~apixo_batch.planning.order.longest_first`), in file order within a kind.
         Read a page at a time (bounded memory)."""
         kinds = await self._j.read(Journal.queued_kinds)
 
-        def expectation(kind: tuple[str, Any, Any, int]) -> tuple[float, int]:
-            model, duration, resolution, first = kind
-            return (-expected_s(model, clock_drives(duration, resolution)), first)
-
-        def of_kind(kind: tuple[str, Any, Any]) -> _PageRead:
+        def of_kind(kind: Kind) -> _PageRead:
             def read(idx: int, job_id: str | None) -> Callable[[Journal], list[JobRow]]:
                 return partial(
                     Journal.queued_page_of_kind, kind=kind, after_idx=idx,
@@ -204,11 +201,11 @@ class Ledger:
 
             return read
 
-        for model, duration, resolution, _ in sorted(kinds, key=expectation):
-            async for row in self._paged(of_kind((model, duration, resolution))):
+        for kind in order(kinds):
+            async for row in self._paged(of_kind(kind)):
                 yield row
 
-    async def queued_runs(self) -> list[tuple[tuple[str, dict[str, Any]], int]]:
+    async def queued_runs(self) -> list[tuple[Kind, int]]:
         return await self._j.read(Journal.queued_runs)
 
     def by_task(self, task_id: str) -> asyncio.Future[JobRow | None]:

@@ -24,7 +24,6 @@ __all__ = [
     "Change",
     "Column",
     "JobRow",
-    "clock_drives",
     "jobs_table",
     "json_list",
 ]
@@ -161,9 +160,3 @@ class Change(TypedDict, total=False):
 CHANGES: dict[str, Callable[[Any], Any] | None] = {
     c.name: c.write for c in COLUMNS if c.name in Change.__optional_keys__
 }
-
-
-def clock_drives(duration: Any, resolution: Any) -> dict[str, Any]:
-    """The inputs a model's clock reads, as the journal's JSON holds them (absent: left out)."""
-    drives = {"duration": duration, "resolution": resolution}
-    return {k: v for k, v in drives.items() if v is not None}

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..planning.kind import Kind
 from .learned import LearnedClocks
 from .naming import hold_name
 from .reconcile import Reconcile
 from .rows import SELECT as _SELECT
-from .rows import JobRow, clock_drives, json_list
+from .rows import JobRow, json_list
 from .states import JobState
 
 __all__ = ["Journal"]
@@ -85,42 +86,41 @@ class Journal(Reconcile, LearnedClocks):
         ).fetchall()
         return [JobRow.from_sql(r) for r in rows]
 
-    def queued_kinds(self) -> list[tuple[str, Any, Any, int]]:
-        """The kinds of queued file jobs by what drives their generation time: (model,
-        duration, resolution, the file position of the first), in file order."""
+    def queued_kinds(self) -> list[Kind]:
+        """The kinds of queued file jobs, in the file order of each kind's first job."""
         rows = self._db.execute(
             "SELECT model, json_extract(input_json, '$.duration') AS d, "
-            "json_extract(input_json, '$.resolution') AS r, MIN(idx) FROM jobs "
+            "json_extract(input_json, '$.resolution') AS r FROM jobs "
             "WHERE state=? AND in_file=1 GROUP BY model, d, r ORDER BY MIN(idx)",
             (JobState.QUEUED.value,),
         ).fetchall()
-        return [(str(m), d, r, int(first)) for m, d, r, first in rows]
+        return [Kind(str(m), d, r) for m, d, r in rows]
 
-    def queued_runs(self) -> list[tuple[tuple[str, dict[str, Any]], int]]:
-        """Queued file jobs in file order as runs of one kind: ((model, {duration,
-        resolution}), jobs in a row). What a forecast needs, in little memory."""
-        runs: list[tuple[tuple[str, dict[str, Any]], int]] = []
+    def queued_runs(self) -> list[tuple[Kind, int]]:
+        """Queued file jobs in file order as runs of one kind: (kind, jobs in a row).
+        What a forecast needs, in little memory."""
+        runs: list[tuple[Kind, int]] = []
         last: tuple[Any, ...] | None = None
-        for model, duration, resolution in self._db.execute(
+        for drives in self._db.execute(
             "SELECT model, json_extract(input_json, '$.duration'), "
             "json_extract(input_json, '$.resolution') FROM jobs "
             "WHERE state=? AND in_file=1 ORDER BY idx, id",
             (JobState.QUEUED.value,),
         ):
-            kind = (model, duration, resolution)
-            if kind == last:
+            if drives == last:  # a Kind only per run: 100k queued jobs are a few runs
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
                 continue
-            last = kind
-            runs.append(((str(model), clock_drives(duration, resolution)), 1))
+            last = drives
+            model, duration, resolution = drives
+            runs.append((Kind(str(model), duration, resolution), 1))
         return runs
 
     def queued_page_of_kind(
-        self, kind: tuple[str, Any, Any], after_idx: int, after_id: str, limit: int
+        self, kind: Kind, after_idx: int, after_id: str, limit: int
     ) -> list[JobRow]:
         """Up to ``limit`` queued file jobs of one kind (``queued_kinds``), in file order,
         after (``after_idx``, ``after_id``)."""
-        model, duration, resolution = kind
+        model, duration, resolution = kind.model, kind.duration, kind.resolution
         rows = self._db.execute(
             f"SELECT {_SELECT} FROM jobs WHERE state=? AND in_file=1 AND model=? "
             "AND json_extract(input_json, '$.duration') IS ? "

@@ -25,6 +25,7 @@ from ..events import Emitter
 from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
+from ..planning.order import longest_first
 from .stop import Level, Stop, StopKind, Stops
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "Permit",
     "SlotMeter",
     "Verdict",
-    "in_start_order",
+    "queued_in_start_order",
 ]
 
 
@@ -43,14 +44,15 @@ __all__ = [
 ADMIT_PAGE = 500
 
 
-def in_start_order(
+def queued_in_start_order(
     ledger: Ledger, order: str, completions: CompletionModel
 ) -> AsyncIterator[JobRow]:
-    """Queued jobs in the order they should start (``--order``): the longest expected
-    generations first, or the job file's order."""
+    """Queued jobs in the order they should start (``--order``, :mod:`~apixo_batch.planning.order`):
+    the longest expected generations first, or the job file's order."""
     if order == "file":
         return ledger.rows(JobState.QUEUED, page=ADMIT_PAGE, file_only=True)
-    return ledger.queued_longest_first(partial(expected_generation_s, completions), page=ADMIT_PAGE)
+    expected = partial(expected_generation_s, completions)
+    return ledger.queued_by_kind(partial(longest_first, expected_s=expected), page=ADMIT_PAGE)
 
 
 class Permit:

@@ -28,10 +28,13 @@ from ..apixo.limits import ConcurrencyLimit
 from ..apixo.receiver import HandlerResult
 from ..catalog.models import RESULT_TTL_S, get_model
 from ..clock import Clock, wait_until
+from ..defaults import PATIENCE
 from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, JobState, Ledger
-from ..planning.completion import CompletionModel, clock_key
+from ..planning.completion import CompletionModel
+from ..planning.kind import Kind
+from ..retry import Patience
 from .admission import Permit
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
@@ -75,8 +78,8 @@ class Follower:
         slots: ConcurrencyLimit,
         completions: CompletionModel,
         time_scale: float,
-        max_wait_min: float,
         submits: SubmitsUnderWay | None = None,
+        patience: Patience = PATIENCE,
         turnaround: Turnaround | None = None,
     ) -> None:
         self._client = client
@@ -87,7 +90,8 @@ class Follower:
         self._slots = slots
         self.completions = completions
         self._time_scale = time_scale
-        self._max_wait_s = max_wait_min * 60.0
+        #: --max-wait: how long this run follows one task before leaving it pending
+        self._patience = patience
         self._submits = submits
         self._turnaround = turnaround or Turnaround()
         self.scheduler = PollScheduler(
@@ -186,10 +190,10 @@ class Follower:
             filename=row.filename,
             task_id=row.task_id,
             model=row.model,
-            clock_key=clock_key(row.model, inp),
+            clock_key=Kind.of(row.model, inp).key,
             model_clock=spec.clock(inp),
             submitted_at=now_mono - age,
-            followed_since=now_mono,
+            max_wait=self._patience.start(self._clock, since=now_mono),
             callback_mode=row.request_type == "callback" and not adopted,
         )
         self._permits[tracked.task_id] = permit
@@ -206,13 +210,13 @@ class Follower:
         """One poll of ``t``; True when it is no longer to be followed."""
         if self._halted or t.settled:
             return False  # no request: the run is ending, or a callback is settling it
-        if self._clock.monotonic() - t.followed_since > self._max_wait_s:
+        if t.max_wait.expired():
             self._emit(
                 "pending",
                 t.job_id,
                 task_id=t.task_id,
                 model=t.model,
-                message=f"still running after --max-wait {self._max_wait_s / 60:g} min; "
+                message=f"still running after --max-wait {self._patience.in_minutes:g} min; "
                 "left pending for the next run or `download`",
             )
             self._permits.pop(t.task_id).strand()

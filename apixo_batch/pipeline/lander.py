@@ -23,11 +23,12 @@ import aiohttp
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..clock import Clock
+from ..defaults import PATIENCE
 from ..errors import DownloadError, ResultExpired
 from ..events import Emitter
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, Output
-from ..retry import Backoff
+from ..retry import Backoff, Deadline, Patience
 from .stop import Stop, StopKind, Stops
 
 __all__ = ["Fetch", "Lander"]
@@ -63,7 +64,7 @@ class Lander:
         emit: Emitter,
         backoff: Backoff,
         workers: int,
-        patience_s: float = 30 * 60.0,
+        patience: Patience = PATIENCE,
         stops: Stops | None = None,
     ) -> None:
         self._ledger = ledger
@@ -75,8 +76,8 @@ class Lander:
         self._emit = emit
         self._backoff = backoff
         self._workers = workers
-        #: seconds a result whose host cannot be reached is tried again in this run
-        self._patience_s = patience_s
+        #: how long a result whose host cannot be reached is tried again in this run
+        self._patience = patience
         self._taken: set[str] = set()  # jobs fetched in this run: each once
         self._registry: FileRegistry | None = None
         self._registry_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
@@ -87,7 +88,7 @@ class Lander:
         """One file; while its host (or our object store) cannot even be reached (an
         outage), tried again in this run, every backoff cap, for as long as the run's
         patience lasts."""
-        unreachable_since: float | None = None
+        outage: Deadline | None = None
         while True:
             try:
                 return await self._output.land(
@@ -105,10 +106,9 @@ class Lander:
             except DownloadError as exc:
                 if not exc.unreachable:
                     raise
-                now = self._clock.monotonic()
-                if unreachable_since is None:
-                    unreachable_since = now
-                if now - unreachable_since >= self._patience_s:
+                if outage is None:
+                    outage = self._patience.start(self._clock)
+                if outage.expired():
                     raise
             fresh = False  # what arrived before the outage is resumed
             await self._clock.sleep(self._backoff.delay(self._backoff.max_attempts))

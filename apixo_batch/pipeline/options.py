@@ -11,6 +11,7 @@ from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
 from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
 from ..exitcodes import ExitCode
 from ..location import Destination
+from ..retry import Patience
 from .turnaround import TurnaroundStats
 
 __all__ = ["Mode", "Order", "RunOptions", "RunResult", "summary_dict"]
@@ -76,6 +77,11 @@ class RunOptions:
             raise ValueError(f"RunOptions.order: {self.order!r} is neither 'longest' nor 'file'")
         if self.mode not in ("run", "download"):
             raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
+
+    @property
+    def patience(self) -> Patience:
+        """``max_wait_min`` as what the stages wait through: a task, an outage."""
+        return Patience.minutes(self.max_wait_min)
 
 
 @dataclass

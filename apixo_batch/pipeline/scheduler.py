@@ -13,7 +13,7 @@ sees every timer, it can decide where the request budget goes:
   the interval, so each request is more likely to find a finished task and
   submits are not starved.
 
-Completion times are learned per clock key (model + duration/resolution) from
+Completion times are learned per kind (:attr:`~apixo_batch.planning.kind.Kind.key`) from
 ``costTime`` and observed completions; the engine persists them in the journal.
 """
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..catalog.models import Clock as ModelClock
 from ..clock import Clock, sleep_or_wake
 from ..planning.completion import CompletionModel, poll_step
+from ..retry import Deadline
 
 __all__ = ["PollScheduler", "SchedulerStats", "Tracked"]
 
@@ -40,10 +41,10 @@ class Tracked:
     job_id: str
     task_id: str
     model: str
-    clock_key: str
+    clock_key: str  # its kind's key (:attr:`~apixo_batch.planning.kind.Kind.key`)
     model_clock: ModelClock
     submitted_at: float  # monotonic, when the task was created (or adopted)
-    followed_since: float  # monotonic, when this run started following it
+    max_wait: Deadline  # --max-wait, from when this run started following it
     polls: int = 0
     filename: str = ""  # where its result goes, relative to the output dir
     callback_mode: bool = False

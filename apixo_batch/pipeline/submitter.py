@@ -27,11 +27,12 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from ..apixo.client import ApixoClient
 from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
+from ..defaults import PATIENCE
 from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
 from ..events import Emitter
 from ..journal import JobRow, Ledger
 from ..outputs.paths import storage_failure
-from ..retry import Backoff
+from ..retry import Backoff, Deadline, Patience
 from .admission import Admitted, Permit
 from .stop import Level, Stop, StopKind, Stops, storage_stop
 from .turnaround import Turnaround
@@ -67,7 +68,7 @@ class Submitter:
         emit: Emitter,
         backoff: Backoff,
         callback_url: str | None,
-        patience_s: float = 30 * 60.0,
+        patience: Patience = PATIENCE,
         turnaround: Turnaround | None = None,
     ) -> None:
         self._client = client
@@ -76,8 +77,8 @@ class Submitter:
         self._stops = stops
         self._emit = emit
         self._backoff = backoff
-        #: seconds without any answer from the API after which submits stop (exit 75)
-        self._patience_s = patience_s
+        #: how long a submit may get no answer at all before submits stop (exit 75)
+        self._patience = patience
         self._callback_url = callback_url
         self._turnaround = turnaround or Turnaround()
         self._request_type: RequestType = "callback" if callback_url else "async"
@@ -214,7 +215,7 @@ class Submitter:
                 # rate 429, which paces the next attempt; for the account's slot limit the
                 # submit waits in line until a slot frees.
                 state.on_wire = False
-                state.unanswered_since = None
+                state.outage = None
                 state.attempt += 1
                 self.retries += 1
                 self._emit("rate-limited", row.id, retry_after=exc.retry_after, slots=exc.slots)
@@ -231,7 +232,7 @@ class Submitter:
                 state.attempt += 1
                 self.retries += 1
                 if not isinstance(exc, TransportError):
-                    state.unanswered_since = None  # the API answered (an error)
+                    state.outage = None  # the API answered (an error)
                 if isinstance(exc, TransportError):
                     # No answer at all: the API (or the way there) is down. That is no
                     # reason of the job's own: it waits, with capped backoff, for as
@@ -257,14 +258,12 @@ class Submitter:
 
     def _unreachable(self, state: _Attempt) -> None:
         """Count this submit's time without an answer; past the patience, stop submits."""
-        now = self._clock.monotonic()
-        if state.unanswered_since is None:
-            state.unanswered_since = now
-        if now - state.unanswered_since < self._patience_s:
+        if state.outage is None:
+            state.outage = self._patience.start(self._clock)
+        if not state.outage.expired():
             return
-        minutes = self._patience_s / 60.0
         reason = (
-            f"the API gave no answer for {minutes:g} min; nothing was lost: "
+            f"the API gave no answer for {self._patience.in_minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
@@ -388,10 +387,10 @@ class _Attempt:
         "marked",
         "on_wire",
         "on_wire_before",
+        "outage",
         "recording",
         "row",
         "task_id",
-        "unanswered_since",
     )
 
     def __init__(self, row: JobRow) -> None:
@@ -404,7 +403,7 @@ class _Attempt:
         self.recording: asyncio.Future[None] | None = None  # the task id's commit
         self.task_id: str | None = None
         self.failed = False  # its failure is (being) journaled
-        self.unanswered_since: float | None = None  # first attempt of a run with no answer
+        self.outage: Deadline | None = None  # from its first attempt in a row with no answer
 
     @property
     def possibly_duplicated(self) -> bool:

@@ -26,7 +26,7 @@ from ..apixo.client import ApixoClient
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..apixo.receiver import callback_url_with_token
 from ..apixo.secret import ApiKey
-from ..clock import Clock, SystemClock
+from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
 from ..events import Emitter, EventSink
 from ..jobs import Campaign
@@ -34,7 +34,6 @@ from ..journal import AsyncJournal, Journal, Ledger
 from ..outputs.output import open_output
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
-from ..reports.manifest import human_duration
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
 from .callbacks import callback_token, listen
 from .learned import account_of
@@ -211,7 +210,7 @@ class Supervisor:
                 session=self._session,
                 connections=min(256, o.max_concurrent + 8),
                 bucket=self.bucket,
-                patience=o.max_wait_min * 60.0,
+                patience=o.patience,
                 on_outage=self._outage_news,
             )
             network.push_async_callback(client.close)

@@ -28,7 +28,7 @@ from ..events import Emitter
 from ..journal import JobRow, Ledger
 from ..outputs.output import Output
 from ..planning.completion import CompletionModel
-from .admission import Admission, Admitted, BudgetMeter, SlotMeter, in_start_order
+from .admission import Admission, Admitted, BudgetMeter, SlotMeter, queued_in_start_order
 from .follower import Follower
 from .lander import Fetch, Lander
 from .options import RunOptions
@@ -76,7 +76,7 @@ class Stages:
                 ledger,
                 backoff=SUBMIT_BACKOFF.scaled(o.time_scale),
                 callback_url=callback_url,
-                patience_s=o.max_wait_min * 60.0,
+                patience=o.patience,
                 turnaround=parts.turnaround,
                 clock=parts.clock,
                 stops=parts.stops,
@@ -88,7 +88,7 @@ class Stages:
                 slots=parts.slots,
                 completions=parts.completions,
                 time_scale=o.time_scale,
-                max_wait_min=o.max_wait_min,
+                patience=o.patience,
                 submits=self.submitter,
                 turnaround=parts.turnaround,
                 clock=parts.clock,
@@ -103,7 +103,7 @@ class Stages:
             emit=parts.emit,
             backoff=DOWNLOAD_BACKOFF.scaled(o.time_scale),
             workers=o.download_concurrency,
-            patience_s=o.max_wait_min * 60.0,
+            patience=o.patience,
             stops=parts.stops,
         )
         self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
@@ -163,7 +163,7 @@ class Stages:
                 fetch_tx.close()
             if submit and self.submitter is not None:
                 admission = Admission(
-                    in_start_order(self._ledger, o.order, parts.completions),
+                    queued_in_start_order(self._ledger, o.order, parts.completions),
                     meters=[BudgetMeter(o.budget, self._spent_before, parts.emit)],
                     slots=SlotMeter(parts.slots),
                     stops=parts.stops,

@@ -1,4 +1,5 @@
-"""How long a task takes, per clock key: the documented window first, learned times later.
+"""How long a task takes, per kind (:attr:`~.kind.Kind.key`): the documented window first,
+learned times later.
 
 The follower's poll timers (:mod:`apixo_batch.pipeline.scheduler`) and the forecast
 (:mod:`.forecast`) read the same model, so a plan and a run agree on what to expect.
@@ -8,17 +9,10 @@ from __future__ import annotations
 
 import bisect
 import collections
-from collections.abc import Mapping
-from typing import Any
 
 from ..catalog.models import Clock as ModelClock
 
-__all__ = ["CompletionModel", "clock_key", "poll_step"]
-
-
-def clock_key(model: str, inp: Mapping[str, Any]) -> str:
-    """Completion times are learned per model and what drives its clock."""
-    return f"{model}:{inp.get('duration', '')}:{inp.get('resolution', '')}"
+__all__ = ["CompletionModel", "poll_step"]
 
 
 def poll_step(width: float, interval: float) -> float:
@@ -33,7 +27,7 @@ def poll_step(width: float, interval: float) -> float:
 
 
 class CompletionModel:
-    """Completion times (unscaled seconds) per clock key: documented first, learned later."""
+    """Completion times (unscaled seconds) per kind's key: documented first, learned later."""
 
     def __init__(self, min_samples: int = 20, keep: int = 500) -> None:
         self._samples: dict[str, collections.deque[float]] = {}

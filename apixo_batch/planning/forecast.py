@@ -5,28 +5,28 @@ A task holds one slot for its generation plus the time its end takes to be seen 
 a poll step, :func:`~.completion.poll_step`), and costs a submit and the polls of its
 steps. Jobs start in admission order on the first slot free, no faster than the
 request rate allows; the campaign ends when its last task does. Times are APIXO's
-(unscaled) seconds; expected generations are the learned medians per clock key, the
+(unscaled) seconds; expected generations are the learned medians per kind, the
 catalog's window until enough is learned.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
-from ..catalog.models import get_model
-from .completion import CompletionModel, clock_key, poll_step
+from .completion import CompletionModel, poll_step
+from .kind import Kind
+from .order import longest_first
 
 __all__ = [
     "Forecast",
-    "Kind",
     "TaskShape",
     "expected_generation_s",
     "forecast",
     "forecast_run",
-    "in_start_order",
+    "shapes_in_start_order",
     "task_shape",
 ]
 
@@ -52,28 +52,22 @@ class Forecast:
     lower_bound_s: float
 
 
-def expected_generation_s(
-    completions: CompletionModel | None, model: str, inp: Mapping[str, Any]
-) -> float:
-    """The median generation time of a job with this input (0 for an unknown model)."""
-    spec = get_model(model)
-    if spec is None:
+def expected_generation_s(completions: CompletionModel | None, kind: Kind) -> float:
+    """The median generation time of a task of this kind (0 for an unknown model): the
+    catalog's window without ``completions``, the learned median once there are enough."""
+    clock = kind.clock()
+    if clock is None:
         return 0.0
-    clock = spec.clock(inp)
     if completions is None:
         return (clock.typical_min + clock.typical_max) / 2
-    return completions.quantile(clock_key(model, inp), 0.5, clock)
+    return completions.quantile(kind.key, 0.5, clock)
 
 
-def task_shape(
-    completions: CompletionModel | None, model: str, inp: Mapping[str, Any], *, callback: bool
-) -> TaskShape:
-    spec = get_model(model)
-    generation = expected_generation_s(completions, model, inp)
-    if spec is None:
-        return TaskShape(generation, 0.0, 1.0)
-    clock = spec.clock(inp)
-    if callback:
+def task_shape(completions: CompletionModel | None, kind: Kind, *, callback: bool) -> TaskShape:
+    """What one task of ``kind`` costs: ``plan`` and ``run``'s forecast both read it here."""
+    generation = expected_generation_s(completions, kind)
+    clock = kind.clock()
+    if clock is None or callback:
         return TaskShape(generation, 0.0, 1.0)
     width = clock.typical_max - clock.typical_min
     step = poll_step(width, clock.interval)
@@ -109,10 +103,7 @@ def forecast(
     return Forecast(end + startup_s, count, max(slot_seconds / slots, longest))
 
 
-Kind = tuple[str, Mapping[str, Any]]
-
-
-def in_start_order(
+def shapes_in_start_order(
     runs: Iterable[tuple[Kind, int]],
     completions: CompletionModel | None,
     *,
@@ -120,21 +111,16 @@ def in_start_order(
     callback: bool = False,
 ) -> Iterable[TaskShape]:
     """Task shapes in the order admission starts them: ``runs`` are (kind, jobs in a row)
-    in file order; ``longest`` sorts the kinds by expected generation, longest first,
-    file order between equals (as :meth:`~apixo_batch.journal.Ledger.queued_longest_first`)."""
+    in file order; ``longest`` takes the kinds in :func:`~.order.longest_first`'s order."""
     runs = list(runs)
     if order == "longest":
-        totals: dict[str, tuple[Kind, int, int]] = {}
-        for n, (kind, count) in enumerate(runs):
-            key = clock_key(*kind)
-            seen = totals.get(key)
-            totals[key] = (kind, n if seen is None else seen[1], count + (seen[2] if seen else 0))
-        ranked = sorted(
-            totals.values(), key=lambda v: (-expected_generation_s(completions, *v[0]), v[1])
-        )
-        runs = [(kind, count) for kind, _, count in ranked]
-    for (model, inp), count in runs:
-        shape = task_shape(completions, model, inp, callback=callback)
+        totals: dict[Kind, int] = {}  # in the file order of each kind's first job
+        for kind, count in runs:
+            totals[kind] = totals.get(kind, 0) + count
+        ranked = longest_first(totals, partial(expected_generation_s, completions))
+        runs = [(kind, totals[kind]) for kind in ranked]
+    for kind, count in runs:
+        shape = task_shape(completions, kind, callback=callback)
         for _ in range(count):
             yield shape
 
@@ -151,6 +137,6 @@ def forecast_run(
 ) -> float:
     """A run's queued jobs' wall time, in the run's own seconds: ``rpm`` is real requests
     a minute, and a run at ``time_scale`` sees every APIXO time shrunk by it."""
-    shapes = in_start_order(runs, completions, order=order, callback=callback)
+    shapes = shapes_in_start_order(runs, completions, order=order, callback=callback)
     told = forecast(shapes, slots=slots, rpm=rpm * time_scale, startup_s=0.0)
     return told.wall_s * time_scale

@@ -7,23 +7,22 @@ and time estimates; ``apixo-batch plan`` prints them (:mod:`apixo_batch.cli.plan
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..catalog.models import MODELS, Clock, PriceTable
+from ..catalog.models import MODELS, PriceTable
 from ..jobs import Campaign, JobGroup
 from ..location import Destination
-from .forecast import Kind, forecast, in_start_order
+from .forecast import forecast, shapes_in_start_order, task_shape
+from .kind import Kind
 
 __all__ = [
     "Plan",
     "PlanRow",
     "estimate_cost",
     "make_plan",
-    "requests_per_task",
 ]
 
 Bound = Literal["concurrency", "rate", "longest task"]
@@ -47,8 +46,9 @@ class PlanRow:
     mean_task_s: float
     #: the model's longest typical generation time for one task
     max_task_s: float
-    #: 1 submit + the polls from the first poll to the mean completion
-    requests_per_task: int
+    #: 1 submit + the polls until its end is seen, as the forecast counts them
+    #: (:func:`~.forecast.task_shape`): an expectation, so not always whole
+    requests_per_task: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class Plan:
     max_concurrent: int
     rpm: int
     #: estimated API requests of the whole run (submits and polls)
-    requests: int
+    requests: float
     #: total task time divided by the tasks allowed in flight
     concurrency_bound_s: float
     #: requests divided by the requests allowed per minute
@@ -109,7 +109,7 @@ class Plan:
                     "price_per_second": row.price_per_second,
                     "cost_usd": None if row.cost_usd is None else round(row.cost_usd, 4),
                     "mean_task_s": row.mean_task_s,
-                    "requests_per_task": row.requests_per_task,
+                    "requests_per_task": round(row.requests_per_task, 2),
                 }
                 for row in self.rows
             ],
@@ -119,19 +119,12 @@ class Plan:
                 "concurrency_bound_s": round(self.concurrency_bound_s, 1),
                 "rate_bound_s": round(self.rate_bound_s, 1),
                 "longest_task_s": self.longest_task_s,
-                "requests": self.requests,
+                "requests": round(self.requests),
                 "max_concurrent": self.max_concurrent,
                 "rpm": self.rpm,
                 "order": self.order,
             },
         }
-
-
-def requests_per_task(clock: Clock) -> int:
-    """API requests one task is expected to take: its submit, then polls until the mean finish."""
-    mean = (clock.typical_min + clock.typical_max) / 2
-    polls = 1 + math.ceil(max(0.0, mean - clock.first_poll) / clock.interval)
-    return 1 + polls
 
 
 def estimate_cost(campaign: Campaign) -> tuple[float, int]:
@@ -184,7 +177,7 @@ def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int, order: str =
         rate_bound_s=rate_s,
         longest_task_s=longest_s,
         wall_time_s=forecast(
-            in_start_order(_runs(campaign, order), None, order=order),
+            shapes_in_start_order(_runs(campaign, order), None, order=order),
             slots=max_concurrent,
             rpm=rpm,
         ).wall_s,
@@ -197,8 +190,8 @@ def _runs(campaign: Campaign, order: str) -> Iterable[tuple[Kind, int]]:
     """The campaign's jobs as (kind, jobs in a row) in file order: by group when the order
     does not depend on the file's (a group's jobs are alike), else job by job."""
     if order == "longest":
-        return [((g.model, g.sample_input), g.count) for g in campaign.groups]
-    return (((job.model, job.input), 1) for job in campaign.iter_jobs())
+        return [(Kind.of(g.model, g.sample_input), g.count) for g in campaign.groups]
+    return ((Kind.of(job.model, job.input), 1) for job in campaign.iter_jobs())
 
 
 def _catalog_order(groups: Iterable[JobGroup]) -> list[JobGroup]:
@@ -223,7 +216,8 @@ def _catalog_order(groups: Iterable[JobGroup]) -> list[JobGroup]:
 
 def _row(group: JobGroup, prices: PriceTable) -> PlanRow:
     spec = MODELS[group.model]
-    clock = group.clock
+    # The forecast's figures for one task, so the rows and the wall time say the same.
+    shape = task_shape(None, Kind.of(group.model, group.sample_input), callback=False)
     return PlanRow(
         model=group.model,
         mode=group.mode,
@@ -233,7 +227,7 @@ def _row(group: JobGroup, prices: PriceTable) -> PlanRow:
         output_seconds=group.duration * group.count,
         price_per_second=spec.price_per_second(group.sample_input, prices),
         cost_usd=_group_cost(group, prices),
-        mean_task_s=(clock.typical_min + clock.typical_max) / 2,
-        max_task_s=float(clock.typical_max),
-        requests_per_task=requests_per_task(clock),
+        mean_task_s=shape.generation_s,
+        max_task_s=float(group.clock.typical_max),
+        requests_per_task=shape.requests,
     )

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from ..clock import human_duration
 from ..events import Event
 from ..journal import JobRow, JobState
 
 __all__ = [
     "ManifestInfo",
-    "human_duration",
     "manifest_entry",
     "manifest_state",
     "render_summary",
@@ -115,17 +115,6 @@ def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
     return ManifestInfo(
         path, dict(counts), dict(arrived), dict(fails), {m: dict(c) for m, c in per_model.items()}
     )
-
-
-def human_duration(seconds: float) -> str:
-    """``2 h 5 min``, ``2 min 10 s``, ``45 s``, ``1.3 s``: for people."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes >= 60:
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def render_summary(summary: dict[str, Any], out: IO[str] | None = None) -> None:

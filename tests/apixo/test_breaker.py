@@ -9,6 +9,7 @@ import pytest
 from apixo_batch.apixo.breaker import Breaker
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import TransportError
+from apixo_batch.retry import Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -60,7 +61,7 @@ async def test_a_waiting_call_gives_up_past_the_patience() -> None:
     """No answer for longer than the patience: a waiting call raises (nothing sent), at
     the patience, not at the next probe."""
     clock = FakeClock()
-    breaker = Breaker(clock, threshold=1, base=100.0, cap=100.0, patience=30.0)
+    breaker = Breaker(clock, threshold=1, base=100.0, cap=100.0, patience=Patience(30.0))
     breaker.no_answer()
     waiting = asyncio.ensure_future(breaker.admit())
     await clock.advance(29.0)

@@ -14,10 +14,22 @@ from stagefakes import Recorder, drive, memory_ledger, new_job
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
 from apixo_batch.journal import JobRow, JobState, Ledger, NewJob
-from apixo_batch.pipeline.admission import Admission, Admitted, BudgetMeter, SlotMeter
+from apixo_batch.pipeline.admission import (
+    Admission,
+    Admitted,
+    BudgetMeter,
+    SlotMeter,
+    queued_in_start_order,
+)
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.planning.completion import CompletionModel
-from apixo_batch.planning.forecast import expected_generation_s
+from apixo_batch.planning.forecast import (
+    expected_generation_s,
+    shapes_in_start_order,
+    task_shape,
+)
+from apixo_batch.planning.kind import Kind
+from apixo_batch.planning.order import longest_first
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -320,7 +332,11 @@ def _kind_job(i: int, model: str, inp: dict[str, object]) -> NewJob:
     )
 
 
-async def test_queued_longest_first_is_by_expected_generation_and_stable_within_a_kind() -> None:
+def _longest_first(completions: CompletionModel) -> partial[list[Kind]]:
+    return partial(longest_first, expected_s=partial(expected_generation_s, completions))
+
+
+async def test_longest_first_is_by_expected_generation_and_stable_within_a_kind() -> None:
     """Kinds (model, duration, resolution) from the longest expected generation down, each in
     file order; kinds that expect the same keep their file order; pages do not lose any."""
     clock = FakeClock()
@@ -336,22 +352,12 @@ async def test_queued_longest_first_is_by_expected_generation_and_stable_within_
     ]
     ledger = await memory_ledger(clock, jobs)
     completions = CompletionModel()
-    rows = [
-        r.id
-        async for r in ledger.queued_longest_first(
-            partial(expected_generation_s, completions), page=1
-        )
-    ]
+    rows = [r.id async for r in ledger.queued_by_kind(_longest_first(completions), page=1)]
     assert rows == ["job-1", "job-5", "job-6", "job-3", "job-4", "job-0", "job-2"]
     # Learned times reorder the kinds: this account's kling-2-5 jobs take 200 s.
     for _ in range(completions.min_samples):
         completions.add("kling-2-5-turbo-pro:5:", 200.0)
-    rows = [
-        r.id
-        async for r in ledger.queued_longest_first(
-            partial(expected_generation_s, completions), page=2
-        )
-    ]
+    rows = [r.id async for r in ledger.queued_by_kind(_longest_first(completions), page=2)]
     assert rows[:2] == ["job-0", "job-2"]
 
 
@@ -367,7 +373,32 @@ async def test_queued_runs_give_the_file_order_in_runs_of_a_kind() -> None:
     ]
     ledger = await memory_ledger(clock, jobs)
     assert await ledger.queued_runs() == [
-        (("kling-2-5-turbo-pro", {"duration": 5}), 2),
-        (("wan-2-5", {"duration": 5, "resolution": "720p"}), 1),
-        (("kling-2-5-turbo-pro", {"duration": 5}), 1),
+        (Kind("kling-2-5-turbo-pro", 5), 2),
+        (Kind("wan-2-5", 5, "720p"), 1),
+        (Kind("kling-2-5-turbo-pro", 5), 1),
     ]
+
+
+@pytest.mark.parametrize("order", ["longest", "file"])
+async def test_admission_starts_jobs_in_the_order_the_forecast_assumes(order: str) -> None:
+    """One start order: the rows admission reads and the shapes the forecast lays on the
+    slots come kind for kind in the same order, learned times included."""
+    clock = FakeClock()
+    t2v = {"mode": "text-to-video"}
+    jobs = [
+        _kind_job(0, "kling-2-5-turbo-pro", {**t2v, "duration": 5}),
+        _kind_job(1, "wan-2-5", {**t2v, "duration": 5, "resolution": "720p"}),
+        _kind_job(2, "kling-2-6", {**t2v, "duration": 5, "sound": False}),
+        _kind_job(3, "kling-2-1", {"mode": "master-text-to-video", "duration": 10}),
+        _kind_job(4, "kling-2-5-turbo-pro", {**t2v, "duration": 5}),
+    ]
+    ledger = await memory_ledger(clock, jobs)
+    completions = CompletionModel()
+    for _ in range(completions.min_samples):
+        completions.add(Kind("kling-2-6", 5).key, 300.0)
+    rows = [r async for r in queued_in_start_order(ledger, order, completions)]
+    started = [task_shape(completions, Kind.of(r.model, r.input), callback=False) for r in rows]
+    runs = await ledger.queued_runs()
+    assert list(shapes_in_start_order(runs, completions, order=order)) == started
+    if order == "longest":
+        assert [r.id for r in rows] == ["job-2", "job-3", "job-1", "job-0", "job-4"]

@@ -23,6 +23,7 @@ from apixo_batch.pipeline.stop import Level, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted
 from apixo_batch.pipeline.turnaround import Turnaround
 from apixo_batch.planning.completion import CompletionModel
+from apixo_batch.retry import Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -49,7 +50,7 @@ def _follower(
         slots=slots,
         completions=CompletionModel(),
         time_scale=1.0,
-        max_wait_min=max_wait_min,
+        patience=Patience.minutes(max_wait_min),
         submits=_UnderWay(under_way),
         turnaround=turnaround,
     )

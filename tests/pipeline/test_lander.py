@@ -30,7 +30,7 @@ from apixo_batch.journal import JobState, Landed, Ledger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
-from apixo_batch.retry import Backoff
+from apixo_batch.retry import Backoff, Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -112,7 +112,7 @@ def _lander(
         emit=events.emitter(clock),
         backoff=FAST,
         workers=workers,
-        patience_s=patience_s,
+        patience=Patience(patience_s),
     )
     return lander, events
 
@@ -438,3 +438,19 @@ async def test_a_bug_in_a_landing_reaches_the_caller_of_a_run_not_exit_1(
         await asyncio.wait_for(run, timeout=30)
     assert caught.group_contains(TypeError, match="unexpected keyword", depth=None)
     assert not [e for e in events.of("warning") if "download" in e.data.get("message", "")]
+
+
+async def test_an_outage_exactly_as_long_as_the_patience_is_waited_through(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lander ends its patience where the breaker and the follower do, strictly past
+    it: refused at 1, 6 and 11 s (10 s of outage, a 10 s patience), it lands at 16 s."""
+    outage = _Outage(host, n=3)
+    monkeypatch.setattr("apixo_batch.outputs.output.download_file", outage)
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    lander, _ = _lander(ledger, clock, tmp_path, workers=1, patience_s=10.0)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert row(ledger, "job-0").state is JobState.DONE
+    assert outage.seen[_urls("job-0")[0]] == 4

@@ -15,6 +15,7 @@ from apixo_batch.catalog.models import Clock as ModelClock
 from apixo_batch.clock import FakeClock
 from apixo_batch.pipeline.scheduler import PollScheduler, SchedulerStats, Tracked
 from apixo_batch.planning.completion import CompletionModel
+from apixo_batch.retry import Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -105,7 +106,7 @@ def _task(
         clock_key=key,
         model_clock=model_clock,
         submitted_at=now if submitted_at is None else submitted_at,
-        followed_since=now,
+        max_wait=Patience(1800.0).start(clock),
         callback_mode=callback_mode,
     )
 

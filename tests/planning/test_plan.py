@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from apixo_batch.catalog.models import MODELS
 from apixo_batch.cli.entry import main
 from apixo_batch.cli.plan import format_text
 from apixo_batch.jobs import load_campaign
 from apixo_batch.planning.forecast import task_shape
-from apixo_batch.planning.plan import estimate_cost, make_plan, requests_per_task
+from apixo_batch.planning.kind import Kind
+from apixo_batch.planning.plan import estimate_cost, make_plan
 
 SMALL = """\
 name: small
@@ -60,10 +60,20 @@ def test_job_file_prices_fill_in_unknown_ones(small: Path) -> None:
     assert estimate_cost(load_campaign(small)) == (pytest.approx(2.40), 0)
 
 
-def test_requests_per_task_follow_the_clock() -> None:
-    """1 submit + polls from the first poll to the mean finish at the model's interval."""
-    clock = MODELS["kling-2-6"].clock({"duration": 5})  # first poll 50 s, mean 60 s, every 5 s
-    assert requests_per_task(clock) == 1 + 3
+def test_requests_per_task_are_the_forecasts(small: Path) -> None:
+    """One count of requests per task in one plan: the rows', the total's and the rate
+    bound's are the forecast's (kling-2-6 5 s: 1 submit + 3.5 polls on equal steps of
+    its 50-70 s window, not 1 + 3 from a second rule)."""
+    plan = make_plan(load_campaign(small), max_concurrent=900, rpm=60)
+    kinds = [Kind("kling-2-1", 5), Kind("kling-2-6", 5), Kind("wan-2-5", 10, "1080p")]
+    shapes = {kind.model: task_shape(None, kind, callback=False) for kind in kinds}
+    per_task = {row.model: row.requests_per_task for row in plan.rows}
+    assert per_task == {model: shape.requests for model, shape in shapes.items()}
+    assert per_task["kling-2-6"] == 4.5
+    assert plan.requests == pytest.approx(sum(s.requests for s in shapes.values()))
+    assert plan.rate_bound_s == pytest.approx(plan.requests)  # 60 requests a minute
+    groups = plan.to_dict()["groups"]
+    assert {g["model"]: g["requests_per_task"] for g in groups}["kling-2-6"] == 4.5
 
 
 @pytest.mark.parametrize(
@@ -88,9 +98,9 @@ def test_wall_time_is_the_forecast_of_jobs_on_their_slots(small: Path) -> None:
     a second of start-up; many slots: the slowest one's; one request a minute: each task's
     requests space the submits a minute each."""
     shapes = [
-        task_shape(None, "kling-2-6", {"duration": 5}, callback=False),
-        task_shape(None, "wan-2-5", {"duration": 10, "resolution": "1080p"}, callback=False),
-        task_shape(None, "kling-2-1", {"duration": 5}, callback=False),
+        task_shape(None, Kind("kling-2-6", 5), callback=False),
+        task_shape(None, Kind("wan-2-5", 10, "1080p"), callback=False),
+        task_shape(None, Kind("kling-2-1", 5), callback=False),
     ]
     campaign = load_campaign(small)
     one = make_plan(campaign, max_concurrent=1, rpm=9000)
@@ -125,8 +135,8 @@ def test_longest_first_ends_sooner_than_file_order_when_the_long_job_comes_last(
     campaign = load_campaign(path)
     longest = make_plan(campaign, max_concurrent=2, rpm=9000, order="longest")
     in_file = make_plan(campaign, max_concurrent=2, rpm=9000, order="file")
-    short = task_shape(None, "kling-2-5-turbo-pro", {"duration": 5}, callback=False).slot_s
-    long = task_shape(None, "kling-2-1", {"duration": 10}, callback=False).slot_s
+    short = task_shape(None, Kind("kling-2-5-turbo-pro", 5), callback=False).slot_s
+    long = task_shape(None, Kind("kling-2-1", 10), callback=False).slot_s
     assert longest.wall_time_s == pytest.approx(max(long, 2 * short) + 1.0, rel=1e-3)
     assert in_file.wall_time_s == pytest.approx(short + long + 1.0, rel=1e-3)
     assert longest.to_dict()["wall_time"]["order"] == "longest"
