@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +13,9 @@ import pytest
 from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
 from simfixture import *  # noqa: F403  (simulator factory fixture, tests/simfixture.py)
+
+from apixo_batch.journal import InlineJournal, Journal
+from apixo_batch.pipeline import supervisor
 
 
 class _StubStreamWriter:
@@ -53,6 +59,44 @@ def _compat_callback(callback: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return wrapped
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
+    """Close the loop looptime makes for a plain (not async) test.
+
+    looptime's plugin asks the loop policy for the test's loop even when the test is
+    not a coroutine, and on Python 3.11 that makes a loop nobody closes: its
+    ResourceWarning then fails whichever later test the garbage collector runs in."""
+    plain = pyfuncitem.get_closest_marker("asyncio") is None
+    try:
+        return (yield)
+    finally:
+        if plain:
+            with warnings.catch_warnings(), contextlib.suppress(RuntimeError):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # (RuntimeError: no loop, e.g. the test ran asyncio.run: nothing to close)
+                stray = asyncio.get_event_loop_policy().get_event_loop()
+                if not stray.is_running():
+                    stray.close()  # still the current loop: the next plain test reuses it
+
+
+@pytest.fixture
+def inline_run_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[InlineJournal]]:
+    """A whole run's journal answers on the loop's own thread, at once (runs on looptime).
+
+    The journal thread's answers arrive from outside the loop: while the loop waits for
+    one it looks idle, and virtual time would jump to the next timer (a poll, a task's
+    end) at whatever moment the thread happens to be slow."""
+    made: list[InlineJournal] = []
+
+    def inline(journal: Journal, **_: Any) -> InlineJournal:
+        made.append(InlineJournal(journal))
+        return made[-1]
+
+    monkeypatch.setattr(supervisor, "AsyncJournal", inline)
+    yield made
+    assert made, "the run no longer builds its journal in supervisor.py: patch it there"
 
 
 @pytest.fixture

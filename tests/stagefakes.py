@@ -4,8 +4,9 @@
   clock; tasks end after a set time; faults are queued per call.
 * :func:`memory_ledger`: a real :class:`Ledger` over an in-memory SQLite journal whose
   operations run inline (no thread: every answer is there at a known turn).
-* :func:`drive`: runs a coroutine to its end, jumping the clock whenever every task
-  waits, so a test "waits" minutes in milliseconds and then asserts on counters.
+* :func:`drive`: runs a coroutine to its end on the loop's virtual time (looptime: it
+  jumps whenever every task waits), so a test "waits" minutes in milliseconds and then
+  asserts on counters.
 * :func:`submitted_row`, :func:`succeeded_row`: a job journaled as the submitter, or
   the follower, leaves it (for the stages downstream).
 """
@@ -201,21 +202,14 @@ class Recorder:
 
 
 async def drive(clock: FakeClock, main: Coroutine[Any, Any, T], limit: float = 86_400.0) -> T:
-    """Run ``main`` to its end, jumping the clock to the next deadline whenever all wait."""
+    """Run ``main`` to its end; the loop's time jumps to the next deadline whenever all
+    wait. Fails if it has not ended ``limit`` seconds (of the clock) later: a stage that
+    waits on something that will never come gets there at once."""
     task = asyncio.ensure_future(main)
-    end = clock.monotonic() + limit
-    while not task.done():
-        await clock.run_until_idle(limit=0)  # let runnable tasks act first
-        if task.done():
-            break
-        deadline = clock.next_deadline()
-        if deadline is None or deadline > end:
-            # Nobody sleeps on the clock: what is left waits on something else (a stream).
-            for _ in range(50):
-                await asyncio.sleep(0)
-            if task.done() or clock.next_deadline() is not None:
-                continue
-            task.cancel()
-            raise AssertionError("stuck: nothing sleeps on the clock and the stage has not ended")
-        await clock.advance(deadline - clock.monotonic())
+    started = clock.monotonic()
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise AssertionError(f"stuck: the stage had not ended {clock.monotonic() - started:g} s on")
     return task.result()

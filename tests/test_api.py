@@ -13,9 +13,9 @@ from e2e import SIM_KEY, assert_byte_exact, read_manifest, simple_jobs, write_ca
 from apixo_batch import (
     ApiKey,
     ApixoError,
+    Engine,
     Event,
     JobFileError,
-    JournalError,
     RunOptions,
     RunResult,
     run_campaign,
@@ -131,25 +131,29 @@ async def test_leaving_stream_early_stops_cleanly_then_resumes(simulator, tmp_pa
         assert_byte_exact(sim, tmp_path / "out", entry)
 
 
-async def test_break_without_aclosing_still_stops_the_run(simulator, tmp_path: Path) -> None:
+async def test_break_without_aclosing_still_stops_the_run(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A plain `break` (the generator closed by the event loop) also stops the run soon."""
     sim = await simulator(time_scale=0.01, duration_override_s=(1.0, 1.5))
     job_file = write_campaign(tmp_path, simple_jobs(20))
+    ended = asyncio.Event()
+    real_run = Engine.run
+
+    async def run(self: Engine) -> RunResult:
+        try:
+            return await real_run(self)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(Engine, "run", run)
     async for event in stream_campaign(job_file, opts(sim, max_concurrent=5), api_key=SIM_KEY):
         if event.kind == "submitted":
             break
     # The event loop's async-generator finalizer closes the stream shortly: the run
-    # stops and lets go of its journal.
-    state = tmp_path / "out" / ".apixo-batch.sqlite"
-    for _ in range(500):
-        try:
-            Journal(state).close()
-            break
-        except JournalError:
-            await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the run did not stop after the loop was left")
-    await asyncio.sleep(0.05)
+    # stops, lets go of its journal and leaves its manifest.
+    await asyncio.wait_for(ended.wait(), timeout=30)
+    Journal(tmp_path / "out" / ".apixo-batch.sqlite").close()  # its lock is free
     assert (tmp_path / "out" / "manifest.jsonl").exists()
     assert sim.stats()["submits_accepted"] <= 5  # --max-concurrent 5, tasks take >= 1 s
     result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY)

@@ -1,4 +1,4 @@
-"""FakeClock jumps instead of sleeping; SystemClock is the real thing."""
+"""FakeClock runs on the loop's virtual time; SystemClock is the real thing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 import pytest
 
 from apixo_batch.clock import Clock, FakeClock, SystemClock, human_duration
+
+pytestmark = pytest.mark.looptime
 
 
 def test_fake_clock_starts_where_told() -> None:
@@ -165,6 +167,87 @@ async def test_run_until_idle_with_nobody_asleep_returns_at_once() -> None:
     clock = FakeClock(start=7.0)
     await clock.run_until_idle()
     assert clock.monotonic() == 7.0
+
+
+async def test_run_until_idle_follows_a_task_however_many_turns_it_takes() -> None:
+    """Idle means no task can run, not some count of loop turns: a task that hops through
+    many turns before it sleeps is still followed to its end."""
+    clock = FakeClock(start=0.0)
+
+    async def hops_then_sleeps() -> float:
+        for _ in range(100):
+            await asyncio.sleep(0)
+        await clock.sleep(10)
+        return clock.monotonic()
+
+    task = asyncio.create_task(hops_then_sleeps())
+    await clock.run_until_idle()
+    assert task.done()
+    assert await task == 10.0
+
+
+async def test_advance_returns_once_everyone_woken_has_run() -> None:
+    """A sleeper woken by advance runs up to its next wait, however many turns that takes,
+    before advance returns."""
+    clock = FakeClock(start=0.0)
+    steps: list[int] = []
+
+    async def wakes_then_hops() -> None:
+        await clock.sleep(5)
+        for n in range(100):
+            steps.append(n)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(wakes_then_hops())
+    await clock.advance(5)
+    assert task.done()
+    assert len(steps) == 100
+
+
+async def test_settle_lets_everyone_run_and_time_stand_still() -> None:
+    """settle returns once every task waits; it never moves time."""
+    clock = FakeClock(start=0.0)
+    hops = 0
+
+    async def hopper() -> None:
+        nonlocal hops
+        for _ in range(100):
+            hops += 1
+            await asyncio.sleep(0)
+        await clock.sleep(60)
+
+    task = asyncio.create_task(hopper())
+    await clock.settle()
+    assert (hops, clock.sleepers, clock.monotonic()) == (100, 1, 0.0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_clock_and_the_loop_share_one_time() -> None:
+    """The loop's own timeouts run on the same virtual time: a 30 s timeout around a 60 s
+    sleep on the clock fires when the clock reads 30 s later."""
+    clock = FakeClock(start=100.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(30):
+            await clock.sleep(60)
+    assert clock.monotonic() == 130.0
+    assert clock.sleepers == 0
+
+
+async def test_time_moves_by_itself_while_everyone_sleeps() -> None:
+    """Awaiting a sleeper is enough: the loop jumps to the deadline once all wait."""
+    clock = FakeClock(start=0.0, wall_start=50.0)
+    await asyncio.gather(clock.sleep(90), clock.sleep(30))
+    assert (clock.monotonic(), clock.wall()) == (90.0, 140.0)
+
+
+@pytest.mark.looptime(False)
+async def test_fake_clock_never_sleeps_for_real() -> None:
+    """On a loop whose time is real, a FakeClock refuses to sleep and its time stands still."""
+    clock = FakeClock(start=5.0)
+    with pytest.raises(RuntimeError, match="looptime"):
+        await clock.sleep(1)
+    assert clock.monotonic() == 5.0
 
 
 def test_system_clock_reads_real_time() -> None:

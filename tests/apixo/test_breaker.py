@@ -11,6 +11,9 @@ from apixo_batch.clock import FakeClock
 from apixo_batch.errors import TransportError
 from apixo_batch.retry import Patience
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 
 async def test_calls_go_until_the_threshold_then_wait_for_a_probe() -> None:
     """Five calls with no answer open it (told once); then calls wait, one probes after the

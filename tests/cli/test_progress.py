@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import looptime
 import pytest
 
 from apixo_batch import runtime
@@ -153,6 +154,13 @@ def test_the_tally_counts_each_model_from_the_events() -> None:
     assert tally.warnings == ["careful"]
 
 
+@pytest.fixture
+def virtual_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's own loop (runtime.run) on virtual time, so the FakeClock the stand-in
+    engine runs on moves only when the loop is idle."""
+    monkeypatch.setattr(runtime, "_factory", lambda: looptime.new_event_loop)
+
+
 class _Terminal(io.StringIO):
     """stderr as a terminal would be: rich draws its live view on it."""
 
@@ -218,6 +226,7 @@ def _run_with_view(
 
 
 @pytest.mark.parametrize("stderr", [_Terminal, io.StringIO], ids=["live", "plain"])
+@pytest.mark.usefixtures("virtual_loop")
 def test_the_view_reads_the_engines_statistics_on_the_loops_thread_only(
     monkeypatch: pytest.MonkeyPatch, stderr: type[io.StringIO]
 ) -> None:
@@ -231,6 +240,7 @@ def test_the_view_reads_the_engines_statistics_on_the_loops_thread_only(
     assert "7/600 rpm" in out.getvalue() and "spent ~$1.50" in out.getvalue()
 
 
+@pytest.mark.usefixtures("virtual_loop")
 def test_an_interrupt_ends_the_live_view_with_its_last_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -264,6 +274,7 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("ending", ["returns", "raises", "cancelled"])
+@pytest.mark.usefixtures("virtual_loop")
 def test_shown_stops_the_view_and_its_redraws_however_the_body_ends(ending: str) -> None:
     """Redraws come each interval of the clock; once the body ends, however it ends,
     the view stops once and no redraw task is left on the loop."""

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from apixo_batch.errors import DownloadError, IntegrityError, ResultExpired
 from apixo_batch.outputs.download import Downloaded, download_file
+from apixo_batch.outputs.partfile import PartFile
 from apixo_batch.retry import Backoff
 
 # A real-looking ftyp box (24 bytes: isom, minor 0x200, compatible isom+iso2).
@@ -663,16 +664,26 @@ async def test_cancelled_download_keeps_its_part(
     clock: RecordingClock,
     tmp_path: Path,
     fresh: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Cancelling mid-body (shutdown) keeps the bytes so far; nothing appears at dest."""
     files, url = host
     files.stall_at = 60_000
     dest = tmp_path / "video.mp4"
-    task = asyncio.create_task(_get(session, url, dest, clock, fresh=fresh))
     # All but the last partial batch is on disk once this much has landed.
     landed = 60_000 - CHUNK + 1
-    while not _part(dest).exists() or _part(dest).stat().st_size < landed:  # noqa: ASYNC110 (polls the disk)
-        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    on_disk = asyncio.Event()
+    real_write = PartFile.write
+
+    def write(self: PartFile, pieces: list[bytes]) -> None:  # in the sink's worker thread
+        real_write(self, pieces)
+        if _part(dest).stat().st_size >= landed:
+            loop.call_soon_threadsafe(on_disk.set)
+
+    monkeypatch.setattr(PartFile, "write", write)
+    task = asyncio.create_task(_get(session, url, dest, clock, fresh=fresh))
+    await asyncio.wait_for(on_disk.wait(), timeout=30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -31,6 +31,9 @@ from apixo_batch.planning.forecast import (
 from apixo_batch.planning.kind import Kind
 from apixo_batch.planning.order import longest_first
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 
 class _Rows:
     """The ledger's queued rows, a page of 2 at a time, telling whether it was closed."""

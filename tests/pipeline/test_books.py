@@ -7,6 +7,7 @@ import asyncio
 import errno
 import io
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from e2e import SIM_KEY, simple_jobs, write_campaign
 from stagefakes import Recorder, memory_ledger, new_job
 
-from apixo_batch import Event, run_campaign
+from apixo_batch import Event
+from apixo_batch.api import build_engine
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import JournalError
 from apixo_batch.exitcodes import ExitCode
@@ -69,6 +71,8 @@ async def test_a_bug_reading_the_books_is_raised_not_taken_for_unknown(
         await close_books(ledger, LocalOutput(tmp_path), [].append)
 
 
+@pytest.mark.looptime
+@pytest.mark.usefixtures("inline_run_journal")
 async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
     simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,12 +91,14 @@ async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
 
     monkeypatch.setattr(Ledger, "totals", unreadable_at_the_end)
     events: list[Event] = []
-    run = run_campaign(
+    clock = FakeClock(wall_start=time.time())  # the simulator's wall time
+    run = build_engine(
         job_file,
         RunOptions(base_url=sim.base_url, time_scale=0.01),
         api_key=SIM_KEY,
         on_event=events.append,
-    )
+        clock=clock,
+    ).run()
     result = await asyncio.wait_for(run, timeout=30)
     assert result.counts["done"] == 3 and result.spent_usd is None
     [summary] = [e for e in events if e.kind == "summary"]

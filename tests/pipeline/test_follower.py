@@ -25,6 +25,9 @@ from apixo_batch.pipeline.turnaround import Turnaround
 from apixo_batch.planning.completion import CompletionModel
 from apixo_batch.retry import Patience
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 
 def _follower(
     api: FakeApi,
@@ -502,8 +505,7 @@ async def test_a_tasks_slot_is_free_before_its_end_is_committed() -> None:
     async def while_writing(tg: asyncio.TaskGroup) -> None:
         assert r.task_id is not None
         answered = tg.create_task(follower.on_callback(api.answer(r.task_id)))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await clock.settle()  # the end is known, its write held
         assert slots.in_flight == 0 and not answered.done()
         turnaround.left(clock.monotonic() + 0.25)  # the next submit leaves
         held.set_result(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from stagefakes import (
     succeeded_row,
 )
 
-from apixo_batch import run_campaign
+from apixo_batch.api import build_engine
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import DownloadError, ResultExpired
 from apixo_batch.journal import JobState, Landed, Ledger
@@ -31,6 +32,9 @@ from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
 from apixo_batch.pipeline.options import RunOptions
 from apixo_batch.retry import Backoff, Patience
+
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
 
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
@@ -408,6 +412,7 @@ async def test_a_host_that_cannot_be_reached_is_tried_again_in_the_run(
         assert events.of("retried") and outage.seen[_urls("job-0")[0]] < 5
 
 
+@pytest.mark.usefixtures("inline_run_journal")
 async def test_a_bug_in_a_landing_reaches_the_caller_of_a_run_not_exit_1(
     simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -421,12 +426,14 @@ async def test_a_bug_in_a_landing_reaches_the_caller_of_a_run_not_exit_1(
 
     monkeypatch.setattr("apixo_batch.outputs.output.download_file", broken)
     events = Recorder()
-    run = run_campaign(
+    clock = FakeClock(wall_start=time.time())  # the simulator's wall time
+    run = build_engine(
         job_file,
         RunOptions(base_url=sim.base_url, time_scale=0.01),
         api_key=SIM_KEY,
         on_event=events,
-    )
+        clock=clock,
+    ).run()
     with pytest.raises(ExceptionGroup) as caught:
         await asyncio.wait_for(run, timeout=30)
     assert caught.group_contains(TypeError, match="unexpected keyword", depth=None)

@@ -17,6 +17,9 @@ from apixo_batch.pipeline.scheduler import PollScheduler, SchedulerStats, Tracke
 from apixo_batch.planning.completion import CompletionModel
 from apixo_batch.retry import Patience
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 START = 1_000.0
 MC = ModelClock(first_poll=30.0, interval=10.0, typical_min=40.0, typical_max=120.0)
 #: a window of no width: one poll at 30 s, then every 0.6 x interval (the loop's tests)
@@ -108,21 +111,16 @@ def _task(
     )
 
 
-async def _settle(rounds: int = 20) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
 async def _run_until(clock: FakeClock, done: Callable[[], bool], limit: float = 86_400.0) -> None:
     """Drive the clock deadline to deadline until ``done()`` (or ``limit`` seconds pass)."""
     end = clock.monotonic() + limit
     while not done() and clock.monotonic() < end:
-        await _settle()
+        await clock.settle()
         deadline = clock.next_deadline()
         if deadline is None or deadline > end:
             break
         await clock.advance(deadline - clock.monotonic())
-    await _settle()
+    await clock.settle()
 
 
 def _learned(model: CompletionModel, values: list[float], key: str = KEY) -> None:
@@ -285,7 +283,7 @@ async def test_adopted_task_is_polled_from_its_original_submit_time(
     sched = make_scheduler()
     sched.add(_task("old", clock, submitted_at=START - 100.0))  # overdue already
     sched.add(_task("recent", clock, submitted_at=START - 10.0))  # due in 20 s
-    await _settle()
+    await clock.settle()
     assert spy.times("task-old") == [START]
     await clock.advance(19.9)
     assert spy.times("task-recent") == []
@@ -396,7 +394,7 @@ async def test_poll_soon_polls_immediately(
     await clock.advance(5.0)
     sched.poll_soon("task-1")
     sched.poll_soon("nobody")
-    await _settle()
+    await clock.settle()
     assert spy.times("task-1") == [START + 5.0]
 
 
@@ -408,7 +406,7 @@ async def test_poll_soon_polls_immediately_even_when_tight(
     sched.add(_task(1, clock))
     await clock.advance(5.0)
     sched.poll_soon("task-1")
-    await _settle()
+    await clock.settle()
     assert spy.times("task-1") == [START + 5.0]
 
 
@@ -420,7 +418,7 @@ async def test_poll_soon_replaces_the_pending_timer(
     sched.add(_task(1, clock))  # due at +30
     await clock.advance(5.0)
     sched.poll_soon("task-1")  # polled at +5; the planned one at +30, then +36, +42, ...
-    await _settle()
+    await clock.settle()
     await clock.advance(60.0)
     times = spy.times("task-1")
     assert times == pytest.approx([START + 5.0] + [START + 30.0 + 6.0 * i for i in range(6)])
@@ -477,7 +475,7 @@ async def test_max_parallel_caps_polls_in_progress(
     assert sched.statistics().polls_in_progress == 3
     assert spy.running == 3
     spy.gate.set()
-    await _settle()
+    await clock.settle()
     assert sched.tracked == 0
     assert len(spy.calls) == 10
     assert spy.peak == 3
@@ -495,7 +493,7 @@ async def test_slow_poll_is_not_duplicated(
     await clock.advance(100.0)  # the poll hangs for 100 s
     assert len(spy.calls) == 1
     spy.gate.set()
-    await _settle()
+    await clock.settle()
     await clock.advance(5.9)
     assert len(spy.calls) == 1
     spy.gate = None
@@ -519,7 +517,7 @@ async def test_statistics_snapshot(
         tracked=2, polls=1, polls_in_progress=1, tight=False
     )
     spy.gate.set()
-    await _settle()
+    await clock.settle()
     assert sched.statistics().polls_in_progress == 0
 
 
@@ -529,7 +527,7 @@ async def test_close_ends_run(clock: FakeClock, spy: PollSpy) -> None:
     busy = PollScheduler(clock=clock, poll=spy, completions=CompletionModel())
     busy.add(_task(1, clock))
     runs = [asyncio.create_task(idle.run()), asyncio.create_task(busy.run())]
-    await _settle()
+    await clock.settle()
     assert not any(r.done() for r in runs)
     idle.close()
     busy.close()
@@ -545,10 +543,10 @@ async def test_close_waits_for_polls_in_progress(clock: FakeClock, spy: PollSpy)
     sched = PollScheduler(clock=clock, poll=spy, completions=CompletionModel())
     sched.add(_task(1, clock), due=START)
     run = asyncio.create_task(sched.run())
-    await _settle()
+    await clock.settle()
     assert spy.running == 1
     sched.close()
-    await _settle()
+    await clock.settle()
     assert not run.done()
     spy.gate.set()
     await run
@@ -624,7 +622,7 @@ async def test_poll_soon_is_not_held_back_by_the_round(
     assert spy.times("task-2") == []
     await clock.advance(2.0)
     sched.poll_soon("task-2")
-    await _settle()
+    await clock.settle()
     assert spy.times("task-2") == [START + 12.0]
 
 

@@ -27,6 +27,9 @@ from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted, Submitter
 from apixo_batch.retry import Backoff
 
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
 FAST = Backoff(base=1.0, cap=4.0, max_attempts=3, jitter=0.0)
 
 
@@ -397,7 +400,7 @@ async def test_a_paid_id_whose_commit_fails_after_a_cancel_is_told() -> None:
             await run
         assert len(events.of("submitted")) == 1 and events.of("warning") == []
         commit.set_exception(sqlite3.OperationalError("database or disk is full"))
-        await asyncio.sleep(0)  # the commit's callbacks run
+        await clock.settle()  # the commit's callbacks run
 
     with out_rx:
         await drive(clock, cancel_then_fail_the_commit())

@@ -10,17 +10,25 @@ run promptly (a stage left waiting would hang it until the timeout).
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e import SIM_KEY, simple_jobs, write_campaign
 
-from apixo_batch import Event, ExitCode, RunOptions, RunResult, run_campaign
+from apixo_batch import Event, ExitCode, FakeClock, RunOptions, RunResult
+from apixo_batch.api import build_engine
 from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.apixo.secret import ApiKey
+from apixo_batch.errors import AuthError
 from apixo_batch.jobs import load_campaign
 from apixo_batch.pipeline import RunStatistics, Supervisor, lander
+
+#: The engine, the in-process simulator and every timeout share the loop's virtual
+#: time (looptime): it moves only when every task waits, so these runs of simulated
+#: minutes take milliseconds and no race is ordered by a real sleep.
+pytestmark = [pytest.mark.looptime, pytest.mark.usefixtures("inline_run_journal")]
 
 JOBS = 30
 
@@ -32,10 +40,12 @@ async def _run(
     for job in jobs:
         job["input"]["prompt"] += prompt
     job_file = write_campaign(tmp_path, jobs)
+    # Wall time from now, as the simulator stamps its answers.
+    clock = FakeClock(wall_start=time.time())
     options = RunOptions(base_url=sim.base_url, time_scale=0.01, **fields)
-    run = run_campaign(job_file, options, api_key=SIM_KEY, on_event=on_event)
+    run = build_engine(job_file, options, api_key=SIM_KEY, on_event=on_event, clock=clock).run()
     # Simulated generations take about a second here: a run that has not ended after
-    # 30 s is waiting on something that will not come.
+    # 30 s (of loop time) is waiting on something that will not come.
     return await asyncio.wait_for(run, timeout=30)
 
 
@@ -88,19 +98,29 @@ async def test_a_run_whose_key_is_refused_ends_when_its_last_download_lands(
     """The key is refused while most tasks are still followed (they stay followed: no
     poll can end them) and a download is under way: its landing ends the run."""
     sim = await simulator(time_scale=0.01, duration_override_s=(0.05, 5.0))
-    real = lander.Lander._land
+    refused = asyncio.Event()  # a poll has heard the key refused
+    real_status, real_land = ApixoClient.status, lander.Lander._land
 
-    async def slow_download(self: lander.Lander, fetch: lander.Fetch) -> None:
-        await asyncio.sleep(0.5)
-        await real(self, fetch)
+    async def status(self: ApixoClient, model: str, task_id: str) -> Any:
+        try:
+            return await real_status(self, model, task_id)
+        except AuthError:
+            refused.set()
+            raise
 
-    monkeypatch.setattr(lander.Lander, "_land", slow_download)
+    async def land_once_refused(self: lander.Lander, fetch: lander.Fetch) -> None:
+        await refused.wait()
+        await real_land(self, fetch)
+
+    monkeypatch.setattr(ApixoClient, "status", status)
+    monkeypatch.setattr(lander.Lander, "_land", land_once_refused)
 
     def revoke_at_the_first_success(event: Event) -> None:
         if event.kind == "succeeded":
             sim.set_api_key("sim-some-other-key")
 
     result = await _run(sim, tmp_path, on_event=revoke_at_the_first_success)
+    assert refused.is_set()
     assert result.exit_code == 3
     assert result.counts["done"] >= 1 and result.counts["pending"] >= 20
 
@@ -113,13 +133,14 @@ async def test_a_run_whose_key_is_refused_ends_when_its_last_submit_returns(
     sim = await simulator(time_scale=0.01, duration_override_s=(5.0, 5.0))
     real = ApixoClient.submit
     last = f"scene number {JOBS - 1}"
+    revoked = asyncio.Event()
 
-    async def slow_last_submit(self: ApixoClient, model: str, inp: Any, **kw: Any) -> str:
+    async def last_submit_once_revoked(self: ApixoClient, model: str, inp: Any, **kw: Any) -> str:
         if inp.get("prompt") == last:
-            await asyncio.sleep(1.0)
+            await revoked.wait()
         return await real(self, model, inp, **kw)
 
-    monkeypatch.setattr(ApixoClient, "submit", slow_last_submit)
+    monkeypatch.setattr(ApixoClient, "submit", last_submit_once_revoked)
     submitted: list[str | None] = []
 
     def revoke_before_the_last_answer(event: Event) -> None:
@@ -127,6 +148,7 @@ async def test_a_run_whose_key_is_refused_ends_when_its_last_submit_returns(
             submitted.append(event.job_id)
             if len(submitted) == JOBS - 1:
                 sim.set_api_key("sim-some-other-key")
+                revoked.set()
 
     result = await _run(sim, tmp_path, on_event=revoke_before_the_last_answer)
     assert result.exit_code == 3
@@ -143,7 +165,11 @@ async def test_statistics_are_a_snapshot_of_the_run_under_way(simulator, tmp_pat
     options = RunOptions(base_url=sim.base_url, time_scale=0.01, max_concurrent=2, rpm=900)
     seen: list[RunStatistics] = []
     engine = Supervisor(
-        campaign, ApiKey(SIM_KEY), options, on_event=lambda _: seen.append(engine.statistics())
+        campaign,
+        ApiKey(SIM_KEY),
+        options,
+        clock=FakeClock(wall_start=time.time()),  # the simulator's wall time
+        on_event=lambda _: seen.append(engine.statistics()),
     )
     result = await asyncio.wait_for(engine.run(), timeout=30)
     last = engine.statistics()

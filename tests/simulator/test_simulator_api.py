@@ -16,6 +16,10 @@ from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.apixo.secret import ApiKey
 from apixo_batch.errors import AuthError, InsufficientBalance, InvalidRequest, NotFound
 
+#: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
+#: pass in no real time
+pytestmark = pytest.mark.looptime
+
 T2V = {
     "kling-2-5-turbo-pro": {"mode": "text-to-video", "prompt": "a drone shot", "duration": 5},
     "kling-2-1": {"mode": "master-text-to-video", "prompt": "a drone shot", "duration": 5},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,10 @@ from simfixture import SimulatorFactory, api_call, simulator_fixture  # noqa: F4
 
 from apixo_batch.apixo.client import parse_task_payload
 from apixo_batch.simulator import Simulator
+
+#: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
+#: pass in no real time
+pytestmark = pytest.mark.looptime
 
 INP = {"mode": "text-to-video", "prompt": "a lake", "duration": 5, "sound": True}
 
@@ -34,7 +37,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         n = len(self.bodies)
-        self.times.append(time.perf_counter())
+        self.times.append(asyncio.get_running_loop().time())
         self.bodies.append(json.loads(await request.read()))
         await asyncio.sleep(self.delays[min(n, len(self.delays) - 1)])
         return web.Response(status=self.script[min(n, len(self.script) - 1)])
@@ -225,7 +228,7 @@ async def test_delay_knob_holds_callbacks_back(
     sim = await simulator(time_scale=0.01, callback_delay_s=20.0, duration_override_s=(30.0, 30.0))
     rec = await receiver()
     task_id = await submit_callback(http, sim, rec.url)
-    ended = time.perf_counter()
+    ended = asyncio.get_running_loop().time()
     sim.finish_now(task_id)
     await sim.drain_callbacks()
     assert len(rec.bodies) == 1

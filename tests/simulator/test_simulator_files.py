@@ -17,6 +17,10 @@ from simfixture import SimulatorFactory, api_call, simulator_fixture  # noqa: F4
 from apixo_batch.simulator import Mp4Content, Simulator
 from apixo_batch.simulator.media import BLOCK, RangeNotSatisfiable, mp4_header, parse_range
 
+#: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
+#: pass in no real time
+pytestmark = pytest.mark.looptime
+
 INP = {"mode": "text-to-video", "prompt": "a lake", "duration": 5, "resolution": "720p"}
 
 

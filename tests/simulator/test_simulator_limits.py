@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +14,10 @@ from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.apixo.secret import ApiKey
 from apixo_batch.errors import RateLimited, TransportError
 from apixo_batch.simulator import Simulator
+
+#: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
+#: pass in no real time
+pytestmark = pytest.mark.looptime
 
 INP = {"mode": "text-to-video", "prompt": "a lake", "duration": 5, "sound": False}
 SLOW = (30.0, 30.0)
@@ -190,11 +193,12 @@ async def test_lost_submit_answer_creates_the_task(
 async def test_slow_answers_wait_before_answering(
     simulator: SimulatorFactory, http: aiohttp.ClientSession
 ) -> None:
-    """slow_rate delays the answer by slow_delay_s real seconds."""
+    """slow_rate delays the answer by slow_delay_s seconds (unscaled)."""
     sim = await simulator(slow_rate=1.0, slow_delay_s=0.2)
-    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     assert (await balance(http, sim))[0] == 200
-    assert time.perf_counter() - started >= 0.2
+    assert loop.time() - started >= 0.2
     assert sim.stats()["faults"] == {"slow": 1}
 
 

@@ -15,6 +15,10 @@ from simfixture import SimulatorFactory, api_call, simulator_fixture  # noqa: F4
 
 from apixo_batch.simulator import SimConfig, Simulator
 
+#: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
+#: pass in no real time
+pytestmark = pytest.mark.looptime
+
 A = {"mode": "text-to-video", "prompt": "a lake", "duration": 5, "sound": False}
 B = {"mode": "text-to-video", "prompt": "a forest", "duration": 10, "sound": True}
 
