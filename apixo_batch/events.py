@@ -58,7 +58,7 @@ EventKind = Literal[
     "rate-limited",  # a 429: the bucket slowed down
     "pending",  # a task still running past --max-wait: left for the next run
     "warning",  # something the operator should know (balance unread, input changed)
-    "stopped",  # submitting stopped: fatal answer to a submit, pre-flight refusal, budget
+    "stopped",  # submitting stopped: refusal, pre-flight, budget, API unreachable, our disk
     "summary",  # the final summary
 ]
 
@@ -271,7 +271,8 @@ class Warned(Event):
 
 @dataclass(frozen=True, slots=True)
 class Stopped(Event):
-    """Submitting stopped: a fatal answer, the budget reached, the balance too low."""
+    """Submitting stopped: a fatal answer, the budget reached, the balance too low, the API
+    unreachable past --max-wait, or our disk (journal or results) refusing."""
 
     kind: ClassVar[EventKind] = "stopped"
     _: KW_ONLY
@@ -293,7 +294,7 @@ class Summary(Event):
     counts: dict[str, int]
     jobs: int
     submitted: int
-    possibly_duplicated: int
+    possibly_duplicated: int | None
     requests: int
     requests_per_task: float | None
     rate_limited: int
@@ -306,7 +307,7 @@ class Summary(Event):
     planned_wall_s: float | None
     #: None when the journal's totals could not be read
     spent_usd: float | None
-    unknown_price_jobs: int
+    unknown_price_jobs: int | None
     fatal: str | None
     stop_reason: str | None
     interrupted: bool
@@ -316,7 +317,7 @@ class Summary(Event):
     fail_codes: dict[str, list[str]]
     fail_counts: dict[str, int]
     per_model: dict[str, dict[str, int]]
-    never_submitted: int
+    never_submitted: int | None
     manifest: str | None
     review: str | None
     output_dir: str | None

@@ -338,3 +338,11 @@ async def test_a_bug_in_a_run_left_early_still_reaches_the_consumer(
         ) as stream:
             async for _ in stream:
                 break
+
+
+def test_run_options_take_a_state_path_given_as_text() -> None:
+    """A journal path given as text is a path (the run used to crash on str.exists);
+    something that is no path at all is refused where the options are made."""
+    assert RunOptions(state_path="journal/x.sqlite").state_path == Path("journal/x.sqlite")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="state_path"):
+        RunOptions(state_path=42)  # type: ignore[arg-type]

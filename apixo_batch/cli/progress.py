@@ -14,6 +14,8 @@ to it, and died of it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -172,7 +174,9 @@ async def shown(view: View, clock: Clock) -> AsyncIterator[None]:
     """Show ``view`` while the body runs, redrawn on ``clock`` by a task of this loop.
 
     The view stops (its last frame drawn) however the body ends: done, interrupted,
-    failed or cancelled."""
+    failed or cancelled. A view that breaks (its terminal gone, a pipe closed, a bug of
+    its own) is told once the run is over and never changes the run's outcome: CI
+    scripts read the exit code, and the run's work is whole without its picture."""
     view.start()
     redraws = asyncio.create_task(_redraw(view, clock), name="progress")
     try:
@@ -180,11 +184,19 @@ async def shown(view: View, clock: Clock) -> AsyncIterator[None]:
     finally:
         redraws.cancel()
         await asyncio.wait({redraws})  # not `await redraws`: its cancellation is not ours
+        broke = None if redraws.cancelled() else redraws.exception()
         try:
             view.stop()
-        finally:
-            if not redraws.cancelled():
-                redraws.result()  # a view that broke mid-run says so once the run is over
+        except Exception as exc:
+            broke = broke or exc
+        if broke is not None:
+            _told(f"apixo-batch: warning: the progress view stopped: {broke!r}")
+
+
+def _told(line: str) -> None:
+    """One line on stderr, if stderr still takes it (the view's failure may be its own)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr)
 
 
 async def _redraw(view: View, clock: Clock) -> None:

@@ -43,7 +43,7 @@ class Books:
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     #: file jobs still queued: no task was ever asked for them
-    never_submitted: int = 0
+    never_submitted: int | None = None
     #: where the manifest is now (a path, or an ``s3://`` URL)
     manifest_at: Path | str | None = None
 

@@ -28,8 +28,9 @@ from ..errors import DownloadError, ResultExpired
 from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, Output
+from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
-from .stop import Stop, StopKind, Stops
+from .stop import Stop, StopKind, Stops, storage_stop
 
 __all__ = ["Fetch", "Lander"]
 
@@ -79,6 +80,8 @@ class Lander:
         #: how long a result whose host cannot be reached is tried again in this run
         self._patience = patience
         self._taken: set[str] = set()  # jobs fetched in this run: each once
+        #: the journal refused a landing: what comes next stays `succeeded` for `download`
+        self._journal_refused = False
         self._registry: FileRegistry | None = None
         self._registry_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
         self.busy = 0
@@ -130,17 +133,24 @@ class Lander:
     async def _worker(self, fetches: ObjectReceiveStream[Fetch]) -> None:
         async for fetch in fetches:
             # The feeder pages through `succeeded` rows while fresh successes arrive.
-            if fetch.id in self._taken:
-                continue
+            if fetch.id in self._taken or self._journal_refused:
+                continue  # taken already; or nothing landed now could be journaled
             self._taken.add(fetch.id)
             self.busy += 1
             try:
                 # One result's trouble (the host, the store, our disk: a DownloadError) is
                 # handled in _land and leaves it `succeeded` for `download` or the next run.
-                # Anything else is the run's: the journal failing (the supervisor makes it
-                # the storage stop) or a bug, which must end the run once, not be told as
-                # one "download failed" per result.
+                # The journal's disk failing is the storage stop: the result stays
+                # `succeeded`, and submits on the wire still get their answers (an
+                # exception here would cancel them). Anything else is a bug, which must end
+                # the run once, not be told as one "download failed" per result.
                 await self._land(fetch)
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                self._journal_refused = True
+                self._stops.request(storage_stop(why))
             finally:
                 self.busy -= 1
 

@@ -52,6 +52,12 @@ class RunOptions:
     review: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.state_path, str):
+            # A path given as text, as the old keyword options took it: still a path.
+            object.__setattr__(self, "state_path", Path(self.state_path))
+        elif self.state_path is not None and not isinstance(self.state_path, Path):
+            raise ValueError(f"RunOptions.state_path: {self.state_path!r} is not a path")
+
         def whole(name: str, low: int, high: int | None = None) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -122,7 +128,8 @@ class RunResult:
     exit_code: ExitCode
     counts: dict[str, int]
     submitted: int = 0
-    possibly_duplicated: int = 0
+    #: None (as the two below) when the journal's totals could not be read at the end
+    possibly_duplicated: int | None = 0
     requests: int = 0
     rate_limited: int = 0
     #: the request rate (a minute's worth) that last overshot the account's limit
@@ -137,7 +144,7 @@ class RunResult:
     wall_s: float = 0.0
     #: None when the journal's totals could not be read at the end: unknown, not $0
     spent_usd: float | None = 0.0
-    unknown_price_jobs: int = 0
+    unknown_price_jobs: int | None = 0
     fatal: str | None = None
     stop_reason: str | None = None
     interrupted: bool = False
@@ -146,7 +153,7 @@ class RunResult:
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     #: jobs still queued at the end (counted as pending): never submitted, `run` submits them
-    never_submitted: int = 0
+    never_submitted: int | None = 0
     #: a path, or an ``s3://`` URL when the output is object storage
     manifest: Path | str | None = None
     review: Path | str | None = None

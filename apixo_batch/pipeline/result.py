@@ -53,7 +53,8 @@ async def finish(
         exit_code=stops.exit_code(counts.get("done", 0) == sum(counts.values())),
         counts=counts,
         submitted=submitter.submitted if submitter else 0,
-        possibly_duplicated=totals.possibly_duplicated if totals else 0,
+        # The journal's totals unread at the end: unknown, never a reassuring zero.
+        possibly_duplicated=totals.possibly_duplicated if totals else None,
         requests=stats.sent,
         rate_limited=stats.rate_limited,
         learned_rpm=stats.learned_rpm,
@@ -62,8 +63,8 @@ async def finish(
         planned_wall_s=start.planned_wall_s if start else None,
         retries=stages.retries if stages else 0,
         wall_s=parts.clock.monotonic() - started,
-        spent_usd=totals.spent_known_usd if totals else None,  # unreadable: unknown
-        unknown_price_jobs=totals.spent_unknown_jobs if totals else 0,
+        spent_usd=totals.spent_known_usd if totals else None,
+        unknown_price_jobs=totals.spent_unknown_jobs if totals else None,
         fatal=stops.fatal,
         stop_reason=stops.reason,
         interrupted=stops.interrupted,

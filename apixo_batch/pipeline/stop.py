@@ -106,9 +106,19 @@ class Stop:
     balance_usd: float | None = None
 
 
-def storage_stop(why: str) -> Stop:
-    """Our disk failed (``why`` says where and how): no new work whose results need it."""
-    reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
+def storage_stop(why: str, *, paid_untold: bool = False) -> Stop:
+    """Our disk failed (``why`` says where and how): no new work whose results need it.
+
+    ``paid_untold``: a paid task's id could not be journaled, so the reason must not
+    promise that nothing paid is forgotten: the warning lines name those tasks."""
+    if paid_untold:
+        reason = (
+            f"{why}; a paid task id the journal could not keep is named in a warning line: "
+            "keep it (the next run submits that job again); the same command resumes once "
+            "the disk is fixed"
+        )
+    else:
+        reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
     return Stop(StopKind.STORAGE, reason)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from ..apixo.client import ApixoClient
+from ..apixo.client import ApixoClient, Grant
 from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..defaults import PATIENCE
@@ -145,7 +145,7 @@ class Submitter:
                     raise
                 # A stop, not an exception: the submits still on the wire get their
                 # answers (and their ids told) instead of being cancelled with this one.
-                self._stops.request(storage_stop(why))
+                self._stops.request(storage_stop(why, paid_untold=True))
                 permit.release()
                 return
             permit.running()
@@ -186,23 +186,13 @@ class Submitter:
             send: asyncio.Future[str] | None = None
             try:
                 grant = await self._client.grant(Priority.SUBMIT)
-                try:
-                    await self._ready_to_send(state, task)
-                except BaseException:
-                    self._client.unused(grant)  # nothing was sent
-                    raise
-                send = asyncio.ensure_future(
-                    self._client.submit(
-                        row.model,
-                        row.input,
-                        request_type=self._request_type,
-                        callback_url=self._callback_url,
-                        provider=row.provider,
-                        grant=grant,
-                    )
-                )
+                state.send_began = False
+                send = asyncio.ensure_future(self._send(state, task, grant))
                 task_id = await send
             except asyncio.CancelledError:
+                if send is not None and not state.send_began:
+                    # Cancelled before the send began: the grant was never spent.
+                    self._client.unused(grant)
                 if (
                     send is not None
                     and send.done()
@@ -270,6 +260,26 @@ class Submitter:
         )
         self._stops.request(Stop(StopKind.UNREACHABLE, reason))
         raise _NotSent()
+
+    async def _send(self, state: _Attempt, task: asyncio.Task[None], grant: Grant) -> str:
+        """The submit itself, once granted: marked, checked against the stops and sent in
+        one step of one task, so no stop can come between the last look and the request
+        leaving. The grant is handed back if it is not sent."""
+        state.send_began = True
+        try:
+            await self._ready_to_send(state, task)
+        except BaseException:
+            self._client.unused(grant)  # nothing was sent
+            raise
+        row = state.row
+        return await self._client.submit(
+            row.model,
+            row.input,
+            request_type=self._request_type,
+            callback_url=self._callback_url,
+            provider=row.provider,
+            grant=grant,
+        )
 
     async def _ready_to_send(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         """Granted by the bucket, about to leave: stopped means not sent; else mark it."""
@@ -348,7 +358,7 @@ class Submitter:
         self._unrecorded(row, task_id, failed)
         why = storage_failure(failed)
         if why is not None:
-            self._stops.request(storage_stop(why))
+            self._stops.request(storage_stop(why, paid_untold=True))
 
     async def _handed_back(self, state: _Attempt, permit: Permit) -> None:
         """The job back in the queue; that write's failure is told: the journal's disk
@@ -393,6 +403,7 @@ class _Attempt:
         "outage",
         "recording",
         "row",
+        "send_began",
         "task_id",
     )
 
@@ -405,6 +416,7 @@ class _Attempt:
         self.on_wire_before = False  # its first attempt left (a slot's turnaround ended)
         self.recording: asyncio.Future[None] | None = None  # the task id's commit
         self.task_id: str | None = None
+        self.send_began = False  # this attempt's send task ran (it hands its grant back)
         self.failed = False  # its failure is (being) journaled
         self.outage: Deadline | None = None  # from its first attempt in a row with no answer
 

@@ -171,7 +171,9 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     if unknown:
         cost += f" + {unknown} job(s) of unknown price"
     print(cost, file=out)
-    if summary.possibly_duplicated:
+    if summary.possibly_duplicated is None:
+        print("  possibly duplicated submits: unknown (the journal could not be read)", file=out)
+    elif summary.possibly_duplicated:
         print(
             f"  {summary.possibly_duplicated} job(s) possibly submitted twice "
             "(a submit was cut off before its answer was journaled)",

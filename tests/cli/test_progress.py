@@ -305,3 +305,30 @@ def test_shown_stops_the_view_and_its_redraws_however_the_body_ends(ending: str)
     assert left == []
     expected = {"returns": type(None), "raises": ApixoError, "cancelled": asyncio.CancelledError}
     assert type(outcome) is expected[ending]
+
+
+class _Broken(_Recorder):
+    """A view whose terminal went away after its first frame."""
+
+    def refresh(self) -> None:
+        super().refresh()
+        raise OSError(5, "Input/output error")
+
+
+@pytest.mark.usefixtures("virtual_loop")
+def test_a_view_that_breaks_is_told_and_leaves_the_runs_outcome_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The terminal goes away mid-run (EIO on a redraw): the run's own result comes back
+    as it was (a CI script reads its exit code), the view is still stopped, and one line
+    says the view stopped."""
+    view, clock = _Broken(), FakeClock()
+
+    async def body() -> str:
+        async with progress.shown(view, clock):
+            await clock.advance(1.0)
+            return "the run's result"
+
+    assert runtime.run(body()) == "the run's result"
+    assert view.calls == ["start", "refresh", "stop"]
+    assert "the progress view stopped" in capsys.readouterr().err

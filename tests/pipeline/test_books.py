@@ -106,6 +106,10 @@ async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
     text = io.StringIO()
     render_summary(result.summary(), text)
     assert "estimated spend unknown" in text.getvalue() and "$0.00" not in text.getvalue()
+    # What else comes from those totals is unknown too, never a reassuring zero.
+    assert (result.possibly_duplicated, result.unknown_price_jobs) == (None, None)
+    assert summary.data["possibly_duplicated"] is None
+    assert "possibly duplicated submits: unknown" in text.getvalue()
 
 
 def test_a_known_spend_is_shown_in_dollars() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
 from apixo_batch.pipeline.options import RunOptions
+from apixo_batch.pipeline.stop import StopKind, Stops
 from apixo_batch.retry import Backoff, Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
@@ -102,7 +104,12 @@ def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
 
 
 def _lander(
-    ledger: Ledger, clock: FakeClock, out: Path, workers: int = 2, patience_s: float = 1800.0
+    ledger: Ledger,
+    clock: FakeClock,
+    out: Path,
+    workers: int = 2,
+    patience_s: float = 1800.0,
+    stops: Stops | None = None,
 ) -> tuple[Lander, Recorder]:
     events = Recorder()
     lander = Lander(
@@ -114,6 +121,7 @@ def _lander(
         backoff=FAST,
         workers=workers,
         patience=Patience(patience_s),
+        stops=stops,
     )
     return lander, events
 
@@ -454,3 +462,29 @@ async def test_an_outage_exactly_as_long_as_the_patience_is_waited_through(
     await _land(lander, clock, [_fetch(ledger, "job-0")])
     assert row(ledger, "job-0").state is JobState.DONE
     assert outage.seen[_urls("job-0")[0]] == 4
+
+
+async def test_a_journal_that_refuses_a_landing_is_the_storage_stop_not_a_crash(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's disk fills while results land: the lander asks for the storage stop
+    (exit 74, submits on the wire still answered) instead of raising through the run's
+    task group, and lands nothing more, so what follows stays `succeeded` for download."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    for i in range(3):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+
+    def full(self: Ledger, job_id: str, landed: Any) -> asyncio.Future[None]:
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(sqlite3.OperationalError("database or disk is full"))
+        return failed
+
+    monkeypatch.setattr(Ledger, "record_done", full)
+    stops = Stops()
+    lander, _ = _lander(ledger, clock, tmp_path, workers=1, stops=stops)
+    await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(3)])
+    assert [s.kind for s in stops.all] == [StopKind.STORAGE]
+    assert "journal" in stops.all[0].reason or "full" in stops.all[0].reason
+    assert {row(ledger, f"job-{i}").state for i in range(3)} == {JobState.SUCCEEDED}
+    assert len(host.calls) == 1  # nothing more is fetched once nothing can be journaled

@@ -12,6 +12,7 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from stagefakes import FakeApi, Recorder, drive, memory_ledger, new_job, queued_rows, row
 
+from apixo_batch.apixo.client import Grant
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import (
@@ -409,3 +410,73 @@ async def test_a_paid_id_whose_commit_fails_after_a_cancel_is_told() -> None:
     assert warning.job_id == "job-0" and warning.data["task_id"] == submitted.data["task_id"]
     assert "could not record it" in warning.data["message"]
     assert "database or disk is full" in warning.data["message"]
+
+
+class _GatedApi(FakeApi):
+    """A fake API whose second grant waits for a barrier, and whose first submit is
+    answered by the test: a refusal and the next grant can land in one loop turn."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.second_grant = asyncio.Event()
+        self.first_answer: asyncio.Future[str] | None = None
+        self.granted = 0
+        self.unused_grants = 0
+        self.stops: Stops | None = None
+        self.left_after_stop: list[str] = []
+
+    async def grant(self, priority: int) -> Grant:
+        self.granted += 1
+        if self.granted == 2:
+            await self.second_grant.wait()
+        return Grant(probe=False, ticket=self.granted)
+
+    def unused(self, grant: Grant) -> None:
+        self.unused_grants += 1
+
+    async def submit(self, model: str, inp: dict[str, Any], **kw: Any) -> str:
+        assert self.stops is not None
+        if self.stops.reached(Level.SUBMITS):
+            self.left_after_stop.append(str(inp.get("prompt")))
+        if self.first_answer is None:
+            self.first_answer = asyncio.get_running_loop().create_future()
+            return await self.first_answer
+        return await super().submit(model, inp, grant=kw["grant"])
+
+
+async def test_a_request_granted_in_the_turn_submits_stop_never_leaves() -> None:
+    """The key is refused for one submit in the same loop turn another is granted: the
+    granted one looks at the stops in the step that sends it, so nothing leaves after
+    submits stopped, and its grant is handed back unspent."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(2)])
+    api = _GatedApi(clock)
+    events = Recorder()
+    stops = api.stops = Stops(events.emitter(clock))
+    slots = ConcurrencyLimit(10)
+    submitter = Submitter(
+        api,  # type: ignore[arg-type]
+        ledger,
+        clock=clock,
+        stops=stops,
+        emit=events.emitter(clock),
+        backoff=FAST,
+        callback_url=None,
+    )
+    admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](2)
+    out_tx, out_rx = anyio.create_memory_object_stream[Submitted](2)
+    for r in queued_rows(ledger):
+        await slots.acquire()
+        admitted_tx.send_nowait(Admitted(r, Permit(slots)))
+    admitted_tx.close()
+    run = asyncio.create_task(submitter.run(admitted_rx, out_tx))
+    await clock.settle()
+    assert api.first_answer is not None and api.granted == 2  # one on the wire, one waits
+    api.first_answer.set_exception(AuthError(401, "invalid key", endpoint="submit"))
+    api.second_grant.set()  # the refusal and the next grant in one turn
+    await run
+    out_rx.close()
+    assert [s.kind for s in stops.all] == [StopKind.FATAL]
+    assert api.left_after_stop == []
+    assert api.unused_grants == 1
+    assert {row(ledger, f"job-{i}").state for i in range(2)} == {JobState.QUEUED}
