@@ -20,6 +20,7 @@ Reads run where the journal refuses writes (see :mod:`.thread`).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -133,6 +134,15 @@ class Ledger:
 
     async def keep_output(self, where: str) -> None:
         await self._kept("output", where)
+
+    async def identity(self) -> str:
+        """The journal's identity: a random id made once, kept for every later run (an
+        output folder names the journal it belongs to by it)."""
+        return await self._kept("journal_id", uuid.uuid4().hex)
+
+    async def keep_campaign(self, name: str) -> str:
+        """The campaign this journal is for: the first run's name, kept."""
+        return await self._kept("campaign", name)
 
     async def _kept(self, key: str, new: str) -> str:
         value = await self._j.read(lambda j: j.get_meta(key))

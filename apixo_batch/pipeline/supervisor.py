@@ -31,12 +31,14 @@ from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
 from ..outputs.output import open_output
+from ..outputs.owner import FolderLock
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
 from .callbacks import callback_token, listen
 from .learned import account_of
 from .options import RunOptions, RunResult, RunStatistics
+from .owner import own_output
 from .preflight import preflight
 from .result import finish
 from .startup import StartUp, start_up
@@ -99,6 +101,7 @@ class Supervisor:
         self._start: StartUp | None = None
         self._stages: Stages | None = None
         self._interrupt = asyncio.Event()
+        self._folder: FolderLock | None = None
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -142,6 +145,8 @@ class Supervisor:
                 storage_stop=self._storage_stop,
             )
         finally:
+            if self._folder is not None:
+                self._folder.release()
             await self.output.close()
             try:
                 await ledger.close()
@@ -176,6 +181,10 @@ class Supervisor:
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> None:
         await same_output(ledger, self.output_dir, self.state_path)
+        # Before anything is sent: this journal's campaign, this journal's folder.
+        self._folder = await own_output(
+            ledger, self.campaign.name, self.output_dir, self.state_path
+        )
         self._start = start = await start_up(
             ledger,
             self.campaign,

@@ -1,0 +1,32 @@
+"""One journal, one campaign, one output folder: checked before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import PathError
+from ..journal import Ledger
+from ..location import Destination
+from ..outputs.owner import FolderLock, Owner, claim_folder
+
+__all__ = ["own_output"]
+
+
+async def own_output(
+    ledger: Ledger, campaign: str, where: Destination, journal: Path
+) -> FolderLock | None:
+    """The journal kept for ``campaign`` alone, and a local output folder bound to this
+    journal and campaign and locked for the run (None for object storage, which keeps
+    its own rule). Another campaign's journal, or a folder another journal or campaign
+    owns, is PathError: one line naming the owner and what to do."""
+    kept = await ledger.keep_campaign(campaign)
+    if kept != campaign:
+        raise PathError(
+            f"the journal {journal} is for the campaign '{kept}', not '{campaign}': give "
+            f"campaign '{campaign}' its own --state and --out (or output.dir), or run "
+            f"campaign '{kept}'"
+        )
+    if not isinstance(where, Path):
+        return None
+    me = Owner(await ledger.identity(), str(journal), campaign)
+    return claim_folder(where, me)

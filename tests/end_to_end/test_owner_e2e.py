@@ -1,0 +1,96 @@
+"""End to end: an output folder belongs to one journal and one campaign (issue 30)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e import read_manifest, run_cli, simple_jobs, write_campaign
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["--time-scale", "0.01"]
+OWNER = ".apixo-batch-owner.json"
+
+
+def _named(root: Path, file: str, name: str, jobs: list[dict[str, Any]]) -> Path:
+    doc = {"name": name, "output": {"dir": "out", "filename": "{id}.mp4"}, "jobs": jobs}
+    path = root / file
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+async def test_a_second_journal_on_an_owned_folder_is_refused_before_any_submit(
+    simulator: Any, tmp_path: Path
+) -> None:
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    first = await run_cli(sim, "run", str(job_file), *FAST)
+    assert first.code == 0, first.stderr
+    owner = json.loads((tmp_path / "out" / OWNER).read_text())
+    journal = tmp_path / "out" / ".apixo-batch.sqlite"
+    assert owner["journal"] == str(journal) and owner["campaign"] == "e2e"
+    assert owner["journal_id"]
+    paid = sim.stats()["submits_accepted"]
+    assert paid == 3
+
+    other = tmp_path / "other.sqlite"
+    second = await run_cli(sim, "run", str(job_file), "--state", str(other), *FAST)
+    assert second.code == 2, second.stderr
+    line = _one_line(second.stderr)
+    assert str(journal) in line and "'e2e'" in line and "--out" in line, line
+    assert f"--state {journal}" in line, line
+    assert sim.stats()["submits_accepted"] == paid  # nothing sent by the second journal
+    assert json.loads((tmp_path / "out" / OWNER).read_text()) == owner
+
+    # `download` with the other journal is refused the same way.
+    fetched = await run_cli(sim, "download", str(job_file), "--state", str(other), *FAST)
+    assert fetched.code == 2, fetched.stderr
+    assert str(journal) in _one_line(fetched.stderr)
+
+    # The owner's journal resumes as before: nothing paid again, every job done.
+    again = await run_cli(sim, "run", str(job_file), *FAST)
+    assert again.code == 0, again.stderr
+    assert sim.stats()["submits_accepted"] == paid
+    assert [e["state"] for e in read_manifest(tmp_path / "out")] == ["done"] * 3
+
+
+async def test_two_campaigns_on_one_folder_the_second_is_refused(
+    simulator: Any, tmp_path: Path
+) -> None:
+    sim = await simulator(time_scale=0.01)
+    a = _named(tmp_path, "a.yaml", "campaign-a", simple_jobs(2, prefix="a"))
+    hero = [{**simple_jobs(1)[0], "id": "hero"}]
+    b = _named(tmp_path, "b.yaml", "campaign-b", hero)
+    assert (await run_cli(sim, "run", str(a), *FAST)).code == 0
+    paid = sim.stats()["submits_accepted"]
+    assert paid == 2
+
+    # The same default journal: it is campaign-a's.
+    same = await run_cli(sim, "run", str(b), *FAST)
+    assert same.code == 2, same.stderr
+    line = _one_line(same.stderr)
+    assert "'campaign-a'" in line and "'campaign-b'" in line and ".apixo-batch.sqlite" in line
+    assert sim.stats()["submits_accepted"] == paid
+
+    # Its own journal, the same folder: the folder is campaign-a's.
+    own = await run_cli(sim, "run", str(b), "--state", str(tmp_path / "b.sqlite"), *FAST)
+    assert own.code == 2, own.stderr
+    line = _one_line(own.stderr)
+    assert "campaign 'campaign-a'" in line and "--out" in line, line
+    assert sim.stats()["submits_accepted"] == paid
+    assert [e["id"] for e in read_manifest(tmp_path / "out")] == ["a-0000", "a-0001"]
+
+    # Elsewhere, campaign-b runs.
+    moved = await run_cli(sim, "run", str(b), "--out", str(tmp_path / "b-out"), *FAST)
+    assert moved.code == 0, moved.stderr
+    assert [e["id"] for e in read_manifest(tmp_path / "b-out")] == ["hero"]

@@ -1,0 +1,86 @@
+"""The owner file of a local output folder: one journal, one campaign (issue 30)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from stagefakes import memory_ledger
+
+from apixo_batch.clock import FakeClock
+from apixo_batch.errors import PathError
+from apixo_batch.location import S3Location
+from apixo_batch.outputs.owner import OWNER_FILE, Owner, claim_folder, read_owner
+from apixo_batch.pipeline.owner import own_output
+
+ME = Owner("id-a", "/data/a.sqlite", "spring")
+
+
+def test_a_new_folder_is_bound_whole_to_its_first_run(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "deep"
+    lock = claim_folder(folder, ME)
+    try:
+        doc = json.loads((folder / OWNER_FILE).read_text())
+        assert doc == {"journal_id": "id-a", "journal": "/data/a.sqlite", "campaign": "spring"}
+        assert read_owner(folder) == ME
+        assert [p.name for p in folder.iterdir()] == [OWNER_FILE]  # no temporary left
+    finally:
+        lock.release()
+    # The same journal and campaign again: bound already, the file unchanged.
+    before = os.stat(folder / OWNER_FILE).st_ino
+    claim_folder(folder, ME).release()
+    assert os.stat(folder / OWNER_FILE).st_ino == before
+
+
+def test_an_unbound_folder_has_no_owner(tmp_path: Path) -> None:
+    assert read_owner(tmp_path) is None
+
+
+def test_another_journal_is_refused_naming_the_owner_and_what_to_do(tmp_path: Path) -> None:
+    claim_folder(tmp_path, ME).release()
+    with pytest.raises(PathError) as got:
+        claim_folder(tmp_path, Owner("id-b", "/data/b.sqlite", "spring"))
+    message = str(got.value)
+    assert "/data/a.sqlite" in message and "'spring'" in message
+    assert "--out" in message and "--state /data/a.sqlite" in message
+    assert read_owner(tmp_path) == ME  # never overwritten
+
+
+def test_another_campaign_is_refused(tmp_path: Path) -> None:
+    claim_folder(tmp_path, ME).release()
+    with pytest.raises(PathError, match="campaign 'spring'"):
+        claim_folder(tmp_path, Owner("id-a", "/data/a.sqlite", "autumn"))
+
+
+def test_a_folder_held_by_a_run_is_refused_while_held(tmp_path: Path) -> None:
+    held = claim_folder(tmp_path, ME)
+    try:
+        with pytest.raises(PathError, match="another apixo-batch run is using"):
+            claim_folder(tmp_path, ME)
+    finally:
+        held.release()
+    claim_folder(tmp_path, ME).release()  # freed with the run
+
+
+def test_a_damaged_owner_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / OWNER_FILE).write_text("{not json")
+    with pytest.raises(PathError, match="is damaged"):
+        claim_folder(tmp_path, ME)
+
+
+async def test_a_journal_keeps_one_campaign_and_one_identity(tmp_path: Path) -> None:
+    ledger = await memory_ledger(FakeClock())
+    journal = tmp_path / "j.sqlite"
+    lock = await own_output(ledger, "spring", tmp_path / "out", journal)
+    assert lock is not None
+    lock.release()
+    owner = read_owner(tmp_path / "out")
+    assert owner is not None and owner.journal_id == await ledger.identity()
+    assert owner.journal == str(journal) and owner.campaign == "spring"
+    with pytest.raises(PathError, match="is for the campaign 'spring', not 'autumn'"):
+        await own_output(ledger, "autumn", tmp_path / "other", journal)
+    assert not (tmp_path / "other").exists()
+    # Object storage keeps its own rule: no owner file, the campaign still checked.
+    assert await own_output(ledger, "spring", S3Location("b", "p/"), journal) is None
