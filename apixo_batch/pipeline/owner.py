@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import STATE_FILE
 from ..errors import PathError
 from ..journal import Ledger
 from ..location import Destination
-from ..outputs.owner import FolderLock, Owner, claim_folder
+from ..outputs.owner import FolderLock, Owner, claim_folder, read_owner
 
 __all__ = ["own_output"]
 
@@ -28,5 +29,13 @@ async def own_output(
         )
     if not isinstance(where, Path):
         return None
+    if read_owner(where) is None:
+        # A folder filled before owner files: its journal in it is its owner.
+        found = where / STATE_FILE
+        if found.exists() and found.resolve() != journal.resolve():
+            raise PathError(
+                f"the output folder {where} holds the journal {found}, not {journal}: give "
+                f"--out another folder, or --state {found} to go on with it"
+            )
     me = Owner(await ledger.identity(), str(journal), campaign)
     return claim_folder(where, me)

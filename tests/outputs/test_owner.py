@@ -84,3 +84,21 @@ async def test_a_journal_keeps_one_campaign_and_one_identity(tmp_path: Path) -> 
     assert not (tmp_path / "other").exists()
     # Object storage keeps its own rule: no owner file, the campaign still checked.
     assert await own_output(ledger, "spring", S3Location("b", "p/"), journal) is None
+
+
+async def test_a_folder_filled_before_owner_files_belongs_to_the_journal_in_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / ".apixo-batch.sqlite").write_bytes(b"")  # an earlier version's journal
+    ledger = await memory_ledger(FakeClock())
+    with pytest.raises(PathError, match=r"holds the journal .*\.apixo-batch\.sqlite"):
+        await own_output(ledger, "spring", folder, tmp_path / "other.sqlite")
+    assert read_owner(folder) is None
+    # That journal itself goes on, and binds the folder now.
+    lock = await own_output(ledger, "spring", folder, folder / ".apixo-batch.sqlite")
+    assert lock is not None
+    lock.release()
+    owner = read_owner(folder)
+    assert owner is not None and owner.journal == str(folder / ".apixo-batch.sqlite")
