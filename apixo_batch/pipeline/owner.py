@@ -29,6 +29,10 @@ async def own_output(
         )
     if not isinstance(where, Path):
         return None
+    return _bind(where, Owner(await ledger.identity(), str(journal), campaign), journal)
+
+
+def _bind(where: Path, me: Owner, journal: Path) -> FolderLock:
     if read_owner(where) is None:
         # A folder filled before owner files: its journal in it is its owner.
         found = where / STATE_FILE
@@ -37,5 +41,4 @@ async def own_output(
                 f"the output folder {where} holds the journal {found}, not {journal}: give "
                 f"--out another folder, or --state {found} to go on with it"
             )
-    me = Owner(await ledger.identity(), str(journal), campaign)
     return claim_folder(where, me)
