@@ -103,11 +103,13 @@ def refusal(folder: Path, owner: Owner, me: Owner) -> str:
     """The one line that refuses ``me`` a folder ``owner`` owns."""
     if owner.campaign != me.campaign:
         whose = f"the campaign '{owner.campaign}' (journal {owner.journal})"
+        mine = f"'{me.campaign}'"
         todo = f"give campaign '{me.campaign}' --out another folder"
     else:
         whose = f"the journal {owner.journal} (campaign '{owner.campaign}')"
+        mine = f"the journal {me.journal}"
         todo = f"give --out another folder, or --state {owner.journal} to go on with it"
-    return f"the output folder {folder} belongs to {whose}, not to this run: {todo}"
+    return f"the output folder {folder} belongs to {whose}, not to {mine}: {todo}"
 
 
 def _write_owner(path: Path, me: Owner) -> None:

@@ -45,12 +45,13 @@ def test_another_journal_is_refused_naming_the_owner_and_what_to_do(tmp_path: Pa
     message = str(got.value)
     assert "/data/a.sqlite" in message and "'spring'" in message
     assert "--out" in message and "--state /data/a.sqlite" in message
+    assert "not to the journal /data/b.sqlite" in message
     assert read_owner(tmp_path) == ME  # never overwritten
 
 
 def test_another_campaign_is_refused(tmp_path: Path) -> None:
     claim_folder(tmp_path, ME).release()
-    with pytest.raises(PathError, match="campaign 'spring'"):
+    with pytest.raises(PathError, match=r"campaign 'spring'.*not to 'autumn'"):
         claim_folder(tmp_path, Owner("id-a", "/data/a.sqlite", "autumn"))
 
 
