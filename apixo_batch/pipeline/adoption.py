@@ -43,7 +43,7 @@ async def adopt_unrecorded(ledger: Ledger, emit: Emitter, *, reserve: bool) -> i
                 f"adopted from {side.path}: followed, not submitted again",
             )
         )
-    if not reserve or not side.empty():
+    if side.path.exists() and (not reserve or not side.empty()):
         side.remove()  # its ids are journaled (durable writes, each awaited)
     if reserve:
         side.reserve()
