@@ -211,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
 
+    verify = sub.add_parser(
+        "verify", help="hash every done job's files against the journal; --fix refetches"
+    )
+    verify.add_argument("jobfile", help="the campaign's job file (YAML)")
+    verify.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    verify.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="move the jobs with a problem back to succeeded: the next download fetches them",
+    )
+
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument(
@@ -299,6 +313,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from ..simulator import simulate_command
 
         return simulate_command(args)
+    if command == "verify":
+        from .verify import verify_command
+
+        return verify_command(args)
     if command in ("run", "status", "download", "review"):
         from .commands import campaign_command
 

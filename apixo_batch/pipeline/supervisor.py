@@ -30,7 +30,7 @@ from ..defaults import state_path
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
-from ..outputs.output import open_output
+from ..outputs.output import LocalOutput, open_output
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
@@ -185,6 +185,7 @@ class Supervisor:
             account=self._account,
             has_key=self._key is not None,
             emit=self._emit,
+            folder=self.output.folder if isinstance(self.output, LocalOutput) else None,
         )
         if start.idle:
             return  # nothing to do: zero requests
