@@ -15,6 +15,7 @@ from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..outputs.ondisk import Problem, problems
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
+from .adoption import adopt_unrecorded
 from .learned import start_informed
 from .options import RunOptions
 
@@ -73,6 +74,9 @@ async def start_up(
     key was given: a run that cannot start says only why. ``folder``: the output folder
     whose ``done`` files are checked (a stat each, on the journal's thread)."""
     run_mode = options.mode == "run"
+    # Before reconcile: a job whose id was kept is still `submitting`, and adopted it is
+    # followed, not counted as a submit cut off by a crash (nor sent again).
+    await adopt_unrecorded(ledger, emit, reserve=run_mode)
     recovered, synced = await ledger.reconcile(
         jobs_of(campaign), retry_failed=options.retry_failed and run_mode
     )
