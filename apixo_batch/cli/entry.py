@@ -211,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
 
+    verify = sub.add_parser(
+        "verify", help="hash every done job's files against the journal; --fix refetches"
+    )
+    verify.add_argument("jobfile", help="the campaign's job file (YAML)")
+    verify.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    verify.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="move the jobs with a problem back to succeeded: the next download fetches them",
+    )
+
     adopt = sub.add_parser(
         "adopt", help="journal a paid task id as a job's task (no API call); run follows it"
     )
@@ -310,6 +324,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from ..simulator import simulate_command
 
         return simulate_command(args)
+    if command == "verify":
+        from .verify import verify_command
+
+        return verify_command(args)
     if command == "adopt":
         from .adopt import adopt_command
 

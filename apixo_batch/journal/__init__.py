@@ -24,13 +24,14 @@ from .naming import FileRegistry, hold_name, result_filename
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
 from .states import TRANSITIONS, JobState
-from .store import Journal
+from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
 
 __all__ = [
     "TRANSITIONS",
     "AsyncJournal",
     "Change",
+    "DoneFiles",
     "FileRegistry",
     "InlineJournal",
     "JobRow",

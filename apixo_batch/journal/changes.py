@@ -8,6 +8,7 @@ before any row is touched.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Unpack
 
 from ..errors import JournalError
@@ -54,6 +55,13 @@ class StateChanges(Connection):
         if cur.rowcount == 0:
             self._check_transition(job_id, new)
             raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
+
+    def refetch(self, job_ids: Iterable[str], now: float) -> None:
+        """``done`` jobs whose files are not on disk as journaled back to ``succeeded``,
+        their files forgotten: the lander fetches them again from their journaled URLs
+        (or journals them ``expired``). In the caller's transaction."""
+        for job_id in job_ids:
+            self.transition(job_id, S.SUCCEEDED, now, files=[], bytes=None, sha256=[])
 
     def move_all(
         self,

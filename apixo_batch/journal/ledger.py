@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, Unpack
@@ -31,7 +31,7 @@ from ..planning.kind import Kind
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .states import JobState
-from .store import Journal
+from .store import DoneFiles, Journal
 from .thread import JournalExecutor
 from .unrecorded import adopt_task
 
@@ -104,6 +104,18 @@ class Ledger:
         return await self._j.write(
             lambda j: j.reconcile(jobs, now, retry_failed=retry_failed), alone=True
         )
+
+    async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
+        """``consume(jobs)`` on the journal's thread over every ``done`` job's files, in
+        file order: how they are checked against the disk off the event loop."""
+        return await self._j.read(lambda j: consume(j.iter_done_files()))
+
+    async def refetch(self, job_ids: Sequence[str]) -> None:
+        """``done`` jobs whose files are not on disk as journaled go back to ``succeeded``
+        (files forgotten), in one durable transaction: the lander fetches them again."""
+        if job_ids:
+            now = self._clock.wall()
+            await self._j.write(lambda j: j.refetch(job_ids, now))
 
     async def totals(self) -> Totals:
         return Totals(await self._j.read(Journal.totals))

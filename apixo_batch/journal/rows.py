@@ -148,7 +148,7 @@ class Change(TypedDict, total=False):
     result_urls: Sequence[str]
     expires_at: float
     files: Sequence[str]
-    bytes: int
+    bytes: int | None
     sha256: Sequence[str]
     fail_code: str | None
     fail_msg: str | None

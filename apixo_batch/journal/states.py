@@ -2,16 +2,19 @@
 
 States (stored as text in the journal)::
 
-    queued ─▶ submitting ─▶ submitted ─▶ succeeded ─▶ done
+    queued ─▶ submitting ─▶ submitted ─▶ succeeded ◀─▶ done
                  │  │            │            └──────▶ expired
                  │  └─▶ queued   └──▶ failed ─(--retry-failed)─▶ queued
                  └─────▶ failed (input rejected)
 
 ``submitting`` marks the only window where a crash leaves doubt (request sent,
 answer not journaled): on restart those jobs go back to ``queued`` flagged
-*possibly duplicated*. The journal applies a change only from the states
-:data:`TRANSITIONS` allows: a job's, in the same UPDATE (:data:`LEGAL_FROM_SQL`);
-a bulk change's from-state, checked against the table first (:mod:`.changes`).
+*possibly duplicated*. ``done`` goes back to ``succeeded`` when its files are
+no longer on disk as journaled (gone, another size, another hash): the result is
+fetched again from its journaled URLs, never submitted again. The journal
+applies a change only from the states :data:`TRANSITIONS` allows: a job's, in
+the same UPDATE (:data:`LEGAL_FROM_SQL`); a bulk change's from-state, checked
+against the table first (:mod:`.changes`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.SUBMITTED: frozenset({S.SUBMITTED, S.SUCCEEDED, S.FAILED}),
     S.SUCCEEDED: frozenset({S.SUCCEEDED, S.DONE, S.EXPIRED}),
     S.FAILED: frozenset({S.QUEUED}),
-    S.DONE: frozenset(),
+    # A done job's files deleted or damaged after the run: fetched again, not paid again.
+    S.DONE: frozenset({S.SUCCEEDED}),
     S.EXPIRED: frozenset(),
 }
 

@@ -12,7 +12,7 @@ reads and spend accounting.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..planning.kind import Kind
 from .learned import LearnedClocks
@@ -22,9 +22,19 @@ from .rows import SELECT as _SELECT
 from .rows import JobRow, json_list
 from .states import JobState
 
-__all__ = ["Journal"]
+__all__ = ["DoneFiles", "Journal"]
 
 S = JobState
+
+
+class DoneFiles(NamedTuple):
+    """A ``done`` job's files as journaled (paths relative to the output folder)."""
+
+    id: str
+    files: tuple[str, ...]
+    #: the files' total size
+    bytes: int | None
+    sha256: tuple[str, ...]
 
 
 class Journal(Reconcile, LearnedClocks):
@@ -139,6 +149,15 @@ class Journal(Reconcile, LearnedClocks):
             tuple(s.value for s in states),
         ).fetchall()
         return [JobRow.from_sql(r) for r in rows]
+
+    def iter_done_files(self) -> Iterator[DoneFiles]:
+        """Every ``done`` job's journaled files, file jobs first, in file order: only the
+        columns a check of the disk needs (100k rows in a fraction of a second)."""
+        for job_id, files, size, sha256 in self._db.execute(
+            "SELECT id, files, bytes, sha256 FROM jobs WHERE state='done' "
+            "ORDER BY in_file DESC, idx, id"
+        ):
+            yield DoneFiles(job_id, json_list(files), size, json_list(sha256))
 
     def iter_all(self, batch: int = 2000) -> Iterator[JobRow]:
         """Every job, file jobs in file order first, then jobs no longer in the file."""

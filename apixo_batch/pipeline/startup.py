@@ -1,15 +1,18 @@
 """A run's start-up: the journal brought in line with the job file, what earlier runs
-learned, the forecast, and the ``started`` event with its warnings. Nothing is paid here."""
+learned, the files of ``done`` jobs checked on disk, the forecast, and the ``started``
+event with its warnings. Nothing is paid here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..apixo.limits import RequestBucket
 from ..errors import MissingApiKey
 from ..events import Emitter, Started, Warned
 from ..jobs import Campaign
 from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
+from ..outputs.ondisk import Problem, problems
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
 from .adoption import adopt_unrecorded
@@ -19,6 +22,9 @@ from .options import RunOptions
 __all__ = ["StartUp", "start_up"]
 
 S = JobState
+
+#: problems told one line each at start-up; the rest in one line with their count
+SHOWN_PROBLEMS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +66,13 @@ async def start_up(
     account: str | None,
     has_key: bool,
     emit: Emitter,
+    folder: Path | None = None,
 ) -> StartUp:
     """Reconcile, start informed, forecast; tell ``started`` and what needs a warning.
 
     Raises :class:`MissingApiKey` before ``started`` when the work needs the API and no
-    key was given: a run that cannot start says only why."""
+    key was given: a run that cannot start says only why. ``folder``: the output folder
+    whose ``done`` files are checked (a stat each, on the journal's thread)."""
     run_mode = options.mode == "run"
     # Before reconcile: a job whose id was kept is still `submitting`, and adopted it is
     # followed, not counted as a submit cut off by a crash (nor sent again).
@@ -72,6 +80,7 @@ async def start_up(
     recovered, synced = await ledger.reconcile(
         jobs_of(campaign), retry_failed=options.retry_failed and run_mode
     )
+    off_disk = [] if folder is None else await refetch_off_disk(ledger, folder)
     spent_before = (await ledger.totals()).spent_known_usd
     await start_informed(ledger, bucket, completions, account)
     in_flight = await ledger.in_flight()
@@ -125,6 +134,7 @@ async def start_up(
                 ),
             )
         )
+    _tell_off_disk(off_disk, emit)
     if recovered:
         emit(
             Warned(
@@ -133,3 +143,32 @@ async def start_up(
             )
         )
     return start
+
+
+async def refetch_off_disk(ledger: Ledger, folder: Path) -> list[Problem]:
+    """Every ``done`` job whose files in ``folder`` are gone or not of their journaled
+    size goes back to ``succeeded``: the lander fetches it again from its journaled
+    URLs (no new submit; an expired URL ends it ``expired``). The problems found."""
+    found = await ledger.read_done(lambda rows: list(problems(rows, folder)))
+    await ledger.refetch(list(dict.fromkeys(p.job_id for p in found)))
+    return found
+
+
+def _tell_off_disk(found: list[Problem], emit: Emitter) -> None:
+    shown = found[:SHOWN_PROBLEMS]
+    for p in shown:
+        emit(
+            Warned(
+                p.job_id,
+                message=f"job {p.job_id}: {p.path}: {p.detail} ({p.kind}); fetched again "
+                "from its journaled result URL(s), not submitted again",
+            )
+        )
+    rest = len({p.job_id for p in found} - {p.job_id for p in shown})
+    if rest:
+        emit(
+            Warned(
+                message=f"{rest} more done job(s) whose files are not on disk as journaled "
+                "are fetched again from their journaled result URLs",
+            )
+        )

@@ -31,7 +31,7 @@ from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
 from ..journal.unrecorded import SideFile
-from ..outputs.output import open_output
+from ..outputs.output import LocalOutput, open_output
 from ..outputs.owner import FolderLock
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
@@ -199,6 +199,7 @@ class Supervisor:
             account=self._account,
             has_key=self._key is not None,
             emit=self._emit,
+            folder=self.output.folder if isinstance(self.output, LocalOutput) else None,
         )
         if start.idle:
             return  # nothing to do: zero requests

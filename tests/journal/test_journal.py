@@ -329,7 +329,9 @@ def test_transition_table_is_what_the_docs_draw() -> None:
     assert TRANSITIONS[S.SUBMITTED] == {S.SUBMITTED, S.SUCCEEDED, S.FAILED}
     assert TRANSITIONS[S.SUCCEEDED] == {S.SUCCEEDED, S.DONE, S.EXPIRED}
     assert TRANSITIONS[S.FAILED] == {S.QUEUED}
-    assert TRANSITIONS[S.DONE] == TRANSITIONS[S.EXPIRED] == frozenset()
+    # done goes back only to be fetched again (its files gone or damaged on disk)
+    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED}
+    assert TRANSITIONS[S.EXPIRED] == frozenset()
     assert set(TRANSITIONS) == set(JobState)
 
 
