@@ -66,8 +66,11 @@ async def start_up(
     key was given: a run that cannot start says only why."""
     run_mode = options.mode == "run"
     recovered, synced = await ledger.reconcile(
-        jobs_of(campaign), retry_failed=options.retry_failed and run_mode
+        None if campaign.from_journal else jobs_of(campaign),
+        retry_failed=options.retry_failed and run_mode,
     )
+    if campaign.stamp and not campaign.from_journal:
+        await ledger.keep_file_stamp(campaign.stamp)  # `status` then needs no new look
     spent_before = (await ledger.totals()).spent_known_usd
     await start_informed(ledger, bucket, completions, account)
     in_flight = await ledger.in_flight()
