@@ -4,6 +4,7 @@ file cannot be read (invalid, or gone) while paid tasks are still in flight."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,19 @@ pytestmark = pytest.mark.e2e
 FAST = ["--time-scale", "0.01"]
 
 
-async def _interrupted(simulator, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Three jobs submitted and left in flight by a short --max-wait (exit 1)."""
+async def _interrupted(simulator, tmp_path: Path, *, rows: bool = False):  # type: ignore[no-untyped-def]
+    """Three jobs submitted and left in flight by a short --max-wait (exit 1); ``rows``:
+    the jobs in a ``jobs_file`` (JSONL) beside the job file."""
     sim = await simulator(time_scale=0.01, duration_override_s=(2.0, 2.0))
-    job_file = write_campaign(tmp_path, simple_jobs(3))
+    if rows:
+        lines = "".join(json.dumps(job) + "\n" for job in simple_jobs(3))
+        (tmp_path / "jobs.jsonl").write_text(lines, encoding="utf-8")
+        job_file = tmp_path / "campaign.yaml"
+        job_file.write_text(
+            "name: e2e\noutput: {dir: out}\njobs_file: jobs.jsonl\n", encoding="utf-8"
+        )
+    else:
+        job_file = write_campaign(tmp_path, simple_jobs(3))
     res = await run_cli(sim, "run", str(job_file), *FAST, "--json", "--max-wait", "0.005")
     assert res.code == 1, res.stderr
     manifest = read_manifest(tmp_path / "out")
@@ -81,6 +91,15 @@ async def test_missing_job_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+async def test_moved_jobs_file_status_download_review_from_journal(
+    simulator, tmp_path: Path
+) -> None:
+    """The jobs_file moved away with tasks in flight: the same, from the journal."""
+    sim, job_file = await _interrupted(simulator, tmp_path, rows=True)
+    (tmp_path / "jobs.jsonl").rename(tmp_path / "elsewhere.jsonl")
+    await _recover(sim, job_file, tmp_path)
+
+
 async def test_no_journal_beside_an_unreadable_job_file_says_so(simulator, tmp_path: Path) -> None:
     """No journal to work from: one line saying where it looked, exit 2, nothing sent."""
     sim = await simulator(time_scale=0.01)
@@ -97,8 +116,6 @@ async def test_status_tells_jobs_added_and_removed_since_the_last_run(
 ) -> None:
     """`status` says the file is unchanged after a run; once edited, how many jobs were
     added and removed, with their ids (at most 5 each), and sends no request."""
-    import json
-
     sim = await simulator(time_scale=0.01)
     jobs = simple_jobs(4)
     job_file = write_campaign(tmp_path, jobs)
@@ -125,3 +142,25 @@ async def test_status_tells_jobs_added_and_removed_since_the_last_run(
         "removed_ids": ["job-0000"],
     }
     assert sim.stats()["requests_total"] == before
+
+
+async def test_a_state_journal_elsewhere_needs_out_to_find_its_results(
+    simulator, tmp_path: Path
+) -> None:
+    """--state names the journal; kept apart from a local output, the output folder is
+    not known without the file: `review` asks for --out in one line (exit 2), then works."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    state = str(tmp_path / "journal.sqlite")
+    assert (await run_cli(sim, "run", str(job_file), *FAST, "--state", state)).code == 0
+    job_file.unlink()
+    status = await run_cli(sim, "status", str(job_file), "--state", state)
+    assert status.code == 0, status.stderr
+    assert f"working from the journal {state} alone" in status.stderr
+    review = await run_cli(sim, "review", str(job_file), "--state", state)
+    assert review.code == 2, review.stderr
+    assert "give --out" in review.stderr and len(review.stderr.strip().splitlines()) == 1
+    out = str(tmp_path / "out")
+    review = await run_cli(sim, "review", str(job_file), "--state", state, "--out", out)
+    assert review.code == 0, review.stderr
+    assert (tmp_path / "out" / "review.html").is_file()
