@@ -211,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
 
+    adopt = sub.add_parser(
+        "adopt", help="journal a paid task id as a job's task (no API call); run follows it"
+    )
+    adopt.add_argument("jobfile", help="the campaign's job file (YAML)")
+    adopt.add_argument("job_id", metavar="JOB_ID", help="the job, as the journal knows it")
+    adopt.add_argument("task_id", metavar="TASK_ID", help="the APIXO task id it was paid for")
+    adopt.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    adopt.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument(
@@ -299,6 +310,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from ..simulator import simulate_command
 
         return simulate_command(args)
+    if command == "adopt":
+        from .adopt import adopt_command
+
+        return adopt_command(args)
     if command in ("run", "status", "download", "review"):
         from .commands import campaign_command
 

@@ -32,6 +32,7 @@ from .rows import Change, JobRow
 from .states import JobState
 from .store import FILE_STAMP, Journal
 from .thread import JournalExecutor
+from .unrecorded import adopt_task
 
 __all__ = ["Landed", "Ledger", "Totals"]
 
@@ -240,6 +241,12 @@ class Ledger:
             fail_code=None,
             fail_msg=None,
         )
+
+    def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:
+        """A paid task id kept outside the journal, journaled (durable) as the job's task;
+        False if the job already has it (see :func:`~.unrecorded.adopt_task`)."""
+        now = self._clock.wall()
+        return self._j.write(lambda j: adopt_task(j, job_id, task_id, request_type, now))
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
         """A marked job goes back to the queue unsent (or sent with no task id known).

@@ -12,6 +12,7 @@ from ..jobs import Campaign
 from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
+from .adoption import adopt_unrecorded
 from .learned import start_informed
 from .options import RunOptions
 
@@ -65,6 +66,9 @@ async def start_up(
     Raises :class:`MissingApiKey` before ``started`` when the work needs the API and no
     key was given: a run that cannot start says only why."""
     run_mode = options.mode == "run"
+    # Before reconcile: a job whose id was kept is still `submitting`, and adopted it is
+    # followed, not counted as a submit cut off by a crash (nor sent again).
+    await adopt_unrecorded(ledger, emit, reserve=run_mode)
     recovered, synced = await ledger.reconcile(
         None if campaign.from_journal else jobs_of(campaign),
         retry_failed=options.retry_failed and run_mode,

@@ -32,6 +32,7 @@ from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerErro
 from ..events import Emitter, Failed, Retried, Throttled, Warned
 from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
+from ..journal.unrecorded import SideFile
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
 from .admission import Admitted, Permit
@@ -336,14 +337,26 @@ class Submitter:
         )
 
     def _unrecorded(self, row: JobRow, task_id: str, exc: BaseException) -> None:
-        """The journal refused a paid task's id (its disk is full): the one place it can
-        still be kept is the output, so that nobody pays for it twice."""
+        """The journal refused a paid task's id (its disk is full): kept in the side file
+        beside it (the next run adopts it: followed, never paid twice); should that fail
+        too, the warning is the one place left, and says so."""
+        side = SideFile(self._ledger.path)
+        try:
+            side.keep(row.id, task_id, self._request_type, self._clock.wall())
+        except OSError as kept_exc:
+            where = (
+                f"nor could {side.path} keep it ({kept_exc.strerror or kept_exc}); keep this "
+                f"line: the task is paid (`apixo-batch adopt JOBFILE {row.id} {task_id}` "
+                "journals it)"
+            )
+        else:
+            where = f"it is kept in {side.path}: the next run follows it"
         self._emit(
             Warned(
                 row.id,
                 task_id=task_id,
                 message=f"job {row.id}: task {task_id} was created, but the journal "
-                f"could not record it ({exc}); keep this line: the task is paid",
+                f"could not record it ({exc}); {where}",
             )
         )
 

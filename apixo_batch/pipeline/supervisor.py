@@ -30,6 +30,7 @@ from ..defaults import state_path
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
+from ..journal.unrecorded import SideFile
 from ..outputs.output import open_output
 from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
@@ -148,6 +149,10 @@ class Supervisor:
             except Exception as exc:
                 if storage_failure(exc) is None:
                     raise
+            unrecorded = SideFile(self.state_path)
+            if unrecorded.empty():  # reserved at start-up, and no id needed keeping
+                with contextlib.suppress(OSError):
+                    unrecorded.remove()
 
     def statistics(self) -> RunStatistics:
         """A snapshot for progress displays: requests, limits, in flight, spend."""

@@ -1,0 +1,163 @@
+"""Paid task ids the journal could not record, kept in a side file until it can.
+
+When the journal refuses a paid task's id (its disk full), the submitter appends
+one JSON line to ``<journal>.unrecorded`` (O_APPEND, fsync): job id, task id,
+request type, time. The file is created at a run's start-up, while there is room,
+so that keeping an id later needs only a few bytes. The next run's start-up
+adopts every kept id into the journal (the job becomes ``submitted`` with it:
+followed and downloaded, never submitted again), then removes the file once the
+journal holds them durably. A torn line (a crash mid-append) is ignored.
+
+:func:`adopt_task` is also what ``apixo-batch adopt`` does with a task id an
+operator holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import JournalError
+from .states import JobState
+from .store import Journal
+
+__all__ = ["AdoptRefused", "Kept", "SideFile", "adopt_task", "side_file_of"]
+
+S = JobState
+SUFFIX = ".unrecorded"
+
+
+class AdoptRefused(JournalError):
+    """A task id that cannot be adopted: the job is not in the journal, or has another."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """One paid task id kept outside the journal."""
+
+    job_id: str
+    task_id: str
+    request_type: str
+    at: float
+
+
+def side_file_of(journal: Path) -> Path:
+    """Where the ids a journal refused are kept: beside it, ``<journal>.unrecorded``."""
+    return journal.with_name(journal.name + SUFFIX)
+
+
+class SideFile:
+    """The side file of one journal (see the module docstring)."""
+
+    def __init__(self, journal: Path) -> None:
+        self.path = side_file_of(journal)
+        #: an in-memory journal (tests) has no side file: nothing is kept, nothing read
+        self.in_memory = journal.name == ":memory:"
+
+    def reserve(self) -> None:
+        """Create the file now, while there is room (best effort: a failure is no news)."""
+        if self.in_memory:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.close(fd)
+
+    def keep(self, job_id: str, task_id: str, request_type: str, at: float) -> None:
+        """Append one id, durably (fsync). Raises OSError if the disk refuses even that."""
+        line = json.dumps(
+            {"job_id": job_id, "task_id": task_id, "request_type": request_type, "at": at},
+            ensure_ascii=False,
+        )
+        # A leading newline ends a line torn by an earlier crash: this one stays whole.
+        data = ("\n" + line + "\n").encode()
+        if self.in_memory:
+            raise OSError(errno.ENOENT, "an in-memory journal has no side file", str(self.path))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[Kept]:
+        """Every whole line kept, in order; a torn or foreign line is skipped."""
+        if self.in_memory:
+            return []
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        kept: list[Kept] = []
+        for line in text.splitlines():
+            try:
+                raw = json.loads(line)
+                item = Kept(
+                    str(raw["job_id"]),
+                    str(raw["task_id"]),
+                    str(raw.get("request_type") or "async"),
+                    float(raw.get("at") or 0.0),
+                )
+            except (ValueError, TypeError, KeyError):
+                continue
+            if item.job_id and item.task_id:
+                kept.append(item)
+        return kept
+
+    def empty(self) -> bool:
+        if self.in_memory:
+            return False
+        try:
+            return self.path.stat().st_size == 0
+        except OSError:
+            return False
+
+    def remove(self) -> None:
+        """Gone (the journal holds its ids durably); its directory entry synced."""
+        if self.in_memory:
+            return
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def adopt_task(j: Journal, job_id: str, task_id: str, request_type: str, now: float) -> bool:
+    """Journal ``task_id`` as ``job_id``'s paid task (``submitted``), in the caller's
+    transaction. False if the job already has it; :class:`AdoptRefused` if the job is not
+    in the journal or already has another task id."""
+    row = j.get(job_id)
+    if row is None:
+        raise AdoptRefused(f"job {job_id!r} is not in the journal")
+    if row.task_id == task_id:
+        return False
+    if row.task_id is not None:
+        raise AdoptRefused(
+            f"job {job_id!r} already has task {row.task_id} ({row.state}); "
+            f"task {task_id} was not adopted"
+        )
+    # A job with no task id is queued, submitting, or failed before any task: through
+    # `submitting`, as a submit goes, so the task is also in task_history.
+    if row.state is S.FAILED:
+        j.transition(job_id, S.QUEUED, now, fail_code=None, fail_msg=None)
+    if row.state is not S.SUBMITTING:
+        j.transition(job_id, S.SUBMITTING, now)
+    j.transition(
+        job_id,
+        S.SUBMITTED,
+        now,
+        task_id=task_id,
+        submitted_at=now,
+        request_type=request_type,
+        fail_code=None,
+        fail_msg=None,
+    )
+    return True
