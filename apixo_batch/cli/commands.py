@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +19,13 @@ from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
 from ..apixo.secret import ApiKey, redact
 from ..clock import human_duration
-from ..defaults import state_path
+from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
 from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import JobRow, JobState, Journal
+from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
@@ -156,19 +157,104 @@ def _state_path(args: argparse.Namespace, campaign: Campaign) -> Path:
 
 
 def campaign_command(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        return _status_command(args)
     try:
         campaign = _load(args)
-    except JobFileError as exc:
-        _err(str(exc))
-        return ExitCode.INVALID
-    except OSError as exc:
-        _err(f"cannot read the job file: {exc}")
-        return ExitCode.INVALID
+    except (JobFileError, OSError) as exc:
+        if args.command in ("status", "download", "review"):
+            # Paid results are fetched, told and reviewed from the journal alone.
+            found = _from_journal(args, _why(exc))
+            if isinstance(found, int):
+                return found
+            campaign = found
+        elif isinstance(exc, JobFileError):
+            _err(str(exc))
+            return ExitCode.INVALID
+        else:
+            _err(f"cannot read the job file: {exc}")
+            return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
     if args.command == "review":
         return _review(args, campaign)
     return _run(args, campaign)
+
+
+def _why(exc: Exception) -> str:
+    """Why the job file cannot be read, in a few words on one line."""
+    if isinstance(exc, JobFileError) and exc.issues:
+        more = len(exc.issues) - 1
+        return f"{exc.issues[0]}" + (f", and {more} more problem(s)" if more else "")
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc).splitlines()[0]
+
+
+def _journal_beside(job_file: Path, out: str | None) -> list[Path]:
+    """The journals a job file's campaign may have, found without reading it: in --out,
+    in ``.apixo-batch/`` beside it, or in an output folder up to two levels below it."""
+    if out:
+        return [p for p in [Path(out).absolute() / STATE_FILE] if p.is_file()]
+    base = job_file.parent
+    found = sorted(base.glob(f"{STATE_FOLDER}/*.sqlite"))
+    found += sorted(base.glob(f"*/{STATE_FILE}")) + sorted(base.glob(f"*/*/{STATE_FILE}"))
+    return [p for p in found if p.is_file()]
+
+
+def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
+    """The campaign as its journal knows it (no jobs from the file), or the exit code when
+    no one journal is found; ``args.state`` is set to the journal found."""
+    job_file = Path(args.jobfile).absolute()
+    head = f"job file {args.jobfile} cannot be read ({why})"
+    if args.state:
+        state = Path(args.state).absolute()
+        if not state.is_file():
+            _err(f"{head}, and there is no journal at --state {state}")
+            return ExitCode.INVALID
+    else:
+        found = _journal_beside(job_file, args.out)
+        if not found:
+            where = args.out or f"{job_file.parent} ({STATE_FOLDER}/*.sqlite, */{STATE_FILE})"
+            _err(f"{head}, and no journal was found in {where}: fix the file or give --state")
+            return ExitCode.INVALID
+        if len(found) > 1:
+            listed = ", ".join(str(p) for p in found[:5])
+            _err(f"{head}, and {len(found)} journals were found ({listed}): give --state")
+            return ExitCode.INVALID
+        state = found[0]
+    output: Destination | None = Path(args.out).absolute() if args.out else None
+    if output is None:
+        try:
+            journal = Journal(state, lock=False)
+        except StorageError as exc:
+            _err(f"{head}, and its journal cannot be read: {exc}")
+            return ExitCode.IO_ERROR
+        try:
+            recorded = journal.get_meta("output")
+        finally:
+            journal.close()
+        if recorded is not None and is_s3(recorded):
+            output = parse_s3(recorded)
+        elif recorded is not None:
+            output = Path(recorded)
+        elif state.name == STATE_FILE:
+            output = state.parent
+        elif args.command != "status":
+            _err(f"{head}, and the journal {state} does not say where its results are: give --out")
+            return ExitCode.INVALID
+    _err(f"{head}: working from the journal {state} alone")
+    args.state = str(state)
+    name = state.stem if state.parent.name == STATE_FOLDER else job_file.stem
+    return Campaign(
+        name=name,
+        path=job_file,
+        output_dir=output if output is not None else state.parent,
+        filename_template="{id}.mp4",
+        prices={},
+        job_count=0,
+        from_journal=True,
+    )
 
 
 def _run(args: argparse.Namespace, campaign: Campaign) -> int:
@@ -299,7 +385,79 @@ def time_left(expires_at: float | None, now: float) -> str:
     return f"expired {human_duration(-left, unit='h')} ago"
 
 
-def _status(args: argparse.Namespace, campaign: Campaign) -> int:
+@dataclass(frozen=True)
+class _FileChanges:
+    """The job file against the journal's jobs: the same file as at the last sync, or the
+    jobs added to it and removed from it since (counts, and the first few ids)."""
+
+    unchanged: bool = True
+    added: int = 0
+    added_ids: tuple[str, ...] = ()
+    removed: int = 0
+    removed_ids: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "unchanged": self.unchanged,
+            "added": self.added,
+            "added_ids": list(self.added_ids),
+            "removed": self.removed,
+            "removed_ids": list(self.removed_ids),
+        }
+
+
+SHOWN_IDS = 5
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    """``status``: the settings read (the jobs only if the file changed since the last
+    run), else the journal alone."""
+    try:
+        settings = load_campaign(args.jobfile, out_dir=args.out, check_jobs=False)
+    except (JobFileError, OSError) as exc:
+        found = _from_journal(args, _why(exc))
+        return found if isinstance(found, int) else _status(args, found)
+    state = _state_path(args, settings)
+    changes = None
+    if state.is_file():
+        try:
+            changes = _file_changes(args, settings, state)
+        except StorageError:
+            pass  # _status tells it
+        except (JobFileError, OSError) as exc:
+            _err(
+                f"job file {args.jobfile} cannot be read ({_why(exc)}): "
+                f"working from the journal {state} alone"
+            )
+    return _status(args, settings, changes)
+
+
+def _file_changes(args: argparse.Namespace, settings: Campaign, state: Path) -> _FileChanges:
+    """Unchanged when the file's stamp is the one of the last sync (nothing read); else
+    the file validated and its ids compared with the journal's."""
+    journal = Journal(state, lock=False)
+    try:
+        if journal.file_stamp() == settings.stamp:
+            return _FileChanges()
+        known = journal.file_ids()
+    finally:
+        journal.close()
+    added: list[str] = []
+    n_added = 0
+    for job in load_campaign(args.jobfile, out_dir=args.out).iter_jobs():
+        if job.id in known:
+            known.discard(job.id)
+        else:
+            n_added += 1
+            if len(added) < SHOWN_IDS:
+                added.append(job.id)
+    removed = sorted(known)
+    return _FileChanges(False, n_added, tuple(added), len(removed), tuple(removed[:SHOWN_IDS]))
+
+
+def _status(
+    args: argparse.Namespace, campaign: Campaign, changes: _FileChanges | None = None
+) -> int:
     import json as _json
 
     state = _state_path(args, campaign)
@@ -339,6 +497,7 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
                     "journal": str(state),
                     "counts": counts,
                     "possibly_duplicated": int(totals["possibly_duplicated"]),
+                    "file_changes": changes.as_json() if changes else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
                     "not_downloaded": [
                         {
@@ -357,6 +516,8 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
     for st in JobState:
         if counts.get(st.value):
             print(f"  {st.value:<11} {counts[st.value]}")
+    if changes is not None:
+        print(f"  job file: {_told(changes)}")
     if in_flight:
         print(
             f"  {len(in_flight)} task(s) in flight at APIXO: `apixo-batch run` or `download` "
@@ -368,6 +529,22 @@ def _status(args: argparse.Namespace, campaign: Campaign) -> int:
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
     return ExitCode.OK
+
+
+def _told(changes: _FileChanges) -> str:
+    if changes.unchanged:
+        return "unchanged since the last run"
+    if not changes.added and not changes.removed:
+        return "no job added or removed since the last run"
+    parts = []
+    for n, ids, what in (
+        (changes.added, changes.added_ids, "added"),
+        (changes.removed, changes.removed_ids, "removed"),
+    ):
+        if n:
+            more = f", +{n - len(ids)} more" if n > len(ids) else ""
+            parts.append(f"{n} job(s) {what} ({', '.join(ids)}{more})")
+    return " and ".join(parts) + " since the last run: `run` syncs them"
 
 
 def _review(args: argparse.Namespace, campaign: Campaign) -> int:

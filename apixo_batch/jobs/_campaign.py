@@ -79,6 +79,12 @@ class Campaign:
     job_count: int
     #: job counts by model, mode, duration and price tier, in order of first appearance
     groups: tuple[JobGroup, ...] = ()
+    #: the job file could not be read: no jobs, the journal alone says what there is
+    #: (``status``, ``download``, ``review``); a run leaves the journal's jobs as they are
+    from_journal: bool = False
+    #: the job file and its jobs_file as they were read (sizes and modification times):
+    #: a journal synced from the same stamp holds the file's jobs without reading them
+    stamp: str = ""
     _source: _Source | None = field(default=None, repr=False, compare=False)
 
     def iter_jobs(self) -> Iterator[Job]:
@@ -112,17 +118,21 @@ class Campaign:
         return spec.cost(job.input, self.prices) if spec else None
 
 
-def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Campaign:
+def load_campaign(
+    path: str | Path, *, out_dir: str | Path | None = None, check_jobs: bool = True
+) -> Campaign:
     """Read and validate a job file and its jobs_file.
 
     Everything is checked before anything is returned: the file's shape,
     every job against its model, unique ids and output file names. Raises
     :class:`JobFileError` listing every problem found (the first 200, and
     how many more). ``out_dir`` overrides ``output.dir`` (relative to the
-    current directory, as on a command line).
+    current directory, as on a command line). ``check_jobs=False``: the settings only,
+    the jobs neither read nor counted (``job_count`` 0), for what needs no job.
     """
     job_file = Path(path).absolute()
     display = job_file.name
+    stamp = _stamp(job_file)
     issues = Issues()
     data, job_lines = read_yaml(job_file, display, issues)
     if issues:
@@ -159,7 +169,8 @@ def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Cam
         resolver=Resolver(defaults, matrix),
         template=template or DEFAULT_FILENAME,
     )
-    count, groups = _check_jobs(source, bool(template), issues)
+    stamp += "|" + _stamp(rows_path)
+    count, groups = _check_jobs(source, bool(template), issues) if check_jobs else (0, ())
     if issues:
         raise issues.error(display)
     return Campaign(
@@ -170,8 +181,20 @@ def load_campaign(path: str | Path, *, out_dir: str | Path | None = None) -> Cam
         prices=prices,
         job_count=count,
         groups=groups,
+        stamp=stamp,
         _source=source,
     )
+
+
+def _stamp(path: Path | None) -> str:
+    """A file's size and modification time (ns): changed, its content may have."""
+    if path is None:
+        return "-"
+    try:
+        st = path.stat()
+    except OSError:
+        return "?"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _check_jobs(

@@ -31,7 +31,7 @@ from ..planning.kind import Kind
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .states import JobState
-from .store import DoneFiles, Journal
+from .store import FILE_STAMP, DoneFiles, Journal
 from .thread import JournalExecutor
 from .unrecorded import adopt_task
 
@@ -96,10 +96,11 @@ class Ledger:
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob], *, retry_failed: bool
+        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
     ) -> tuple[int, SyncResult]:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
-        meanwhile is the one sent). Returns (submits cut off by a crash, the sync)."""
+        meanwhile is the one sent; None: no job file, the jobs left as they are). Returns
+        (submits cut off by a crash, the sync)."""
         now = self._clock.wall()
         return await self._j.write(
             lambda j: j.reconcile(jobs, now, retry_failed=retry_failed), alone=True
@@ -144,6 +145,10 @@ class Ledger:
     async def output(self) -> str | None:
         """Where this journal's results land, once a run found that output usable."""
         return await self._j.read(lambda j: j.get_meta("output"))
+
+    async def keep_file_stamp(self, stamp: str) -> None:
+        """The job file this journal was last synced from (``Campaign.stamp``)."""
+        await self._j.write(lambda j: j.set_meta_in_tx(FILE_STAMP, stamp))
 
     async def keep_output(self, where: str) -> None:
         await self._kept("output", where)

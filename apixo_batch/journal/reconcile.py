@@ -82,7 +82,7 @@ class Reconcile(StateChanges):
     """The journal's half that follows the job file (see the module docstring)."""
 
     def reconcile(
-        self, jobs: Iterable[NewJob], now: float, *, retry_failed: bool
+        self, jobs: Iterable[NewJob] | None, now: float, *, retry_failed: bool
     ) -> tuple[int, SyncResult]:
         """The start of a run, in one transaction: crash leftovers back to the queue, then
         the job file synced in (the input edited meanwhile is the one sent). Returns
@@ -92,6 +92,8 @@ class Reconcile(StateChanges):
             self.requeue_unanswered_submits(now)
             if retry_failed:
                 self.requeue_failed(now)
+            if jobs is None:  # no job file: the journal's jobs stay as they are
+                return recovered, SyncResult(changed_after_submit=[])
             return recovered, self.sync(jobs, now)
 
     # -- sync with the job file -----------------------------------------------

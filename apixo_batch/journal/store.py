@@ -22,9 +22,11 @@ from .rows import SELECT as _SELECT
 from .rows import JobRow, json_list
 from .states import JobState
 
-__all__ = ["DoneFiles", "Journal"]
+__all__ = ["FILE_STAMP", "DoneFiles", "Journal"]
 
 S = JobState
+#: the meta key of the job file's stamp at the last sync
+FILE_STAMP = "job_file_stamp"
 
 
 class DoneFiles(NamedTuple):
@@ -176,6 +178,14 @@ class Journal(Reconcile, LearnedClocks):
                 for r in rows:
                     yield JobRow.from_sql(r)
                 last_idx, last_id = int(rows[-1][1]), str(rows[-1][0])
+
+    def file_stamp(self) -> str | None:
+        """The stamp of the job file the journal was last synced from (``Campaign.stamp``)."""
+        return self.get_meta(FILE_STAMP)
+
+    def file_ids(self) -> set[str]:
+        """The ids of the jobs the job file held when last synced in."""
+        return {str(r[0]) for r in self._db.execute("SELECT id FROM jobs WHERE in_file=1")}
 
     def counts(self) -> dict[str, int]:
         return {

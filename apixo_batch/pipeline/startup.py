@@ -78,8 +78,11 @@ async def start_up(
     # followed, not counted as a submit cut off by a crash (nor sent again).
     await adopt_unrecorded(ledger, emit, reserve=run_mode)
     recovered, synced = await ledger.reconcile(
-        jobs_of(campaign), retry_failed=options.retry_failed and run_mode
+        None if campaign.from_journal else jobs_of(campaign),
+        retry_failed=options.retry_failed and run_mode,
     )
+    if campaign.stamp and not campaign.from_journal:
+        await ledger.keep_file_stamp(campaign.stamp)  # `status` then needs no new look
     off_disk = [] if folder is None else await refetch_off_disk(ledger, folder)
     spent_before = (await ledger.totals()).spent_known_usd
     await start_informed(ledger, bucket, completions, account)

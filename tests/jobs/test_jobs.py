@@ -687,3 +687,18 @@ def test_x_keys_at_the_top_hold_anchors_and_are_ignored(tmp_path: Path) -> None:
     with pytest.raises(JobFileError) as info:
         _load(tmp_path, text.replace("x-note", "y-note"))
     assert "y-note" in str(info.value) and "unknown top-level key" in str(info.value)
+
+
+def test_settings_only_and_a_stamp_that_follows_the_jobs_file(tmp_path: Path) -> None:
+    """check_jobs=False reads the settings, not the jobs (a bad row is not seen); the
+    stamp changes when the jobs_file does, and only then."""
+    text = "name: t\ndefaults: {model: kling-2-6}\njobs_file: prompts.csv\n"
+    rows = CSV_HEAD + "ok,text-to-video,fine,5\nbad,text-to-video,hi,abc\n"
+    path = _write(tmp_path, text, {"prompts.csv": rows})
+    settings = load_campaign(path, check_jobs=False)
+    assert (settings.name, settings.job_count) == ("t", 0)
+    assert settings.stamp == load_campaign(path, check_jobs=False).stamp
+    (tmp_path / "prompts.csv").write_text(rows + "more,text-to-video,x,5\n", encoding="utf-8")
+    assert load_campaign(path, check_jobs=False).stamp != settings.stamp
+    with pytest.raises(JobFileError):
+        load_campaign(path)

@@ -88,6 +88,26 @@ async def test_reconcile_is_one_durable_write_of_its_own_kept_across_a_reopen(
     assert (rows["job-2"].in_file, rows["job-3"].state) == (False, S.QUEUED)
 
 
+async def test_reconcile_without_a_job_file_leaves_the_jobs_as_they_are(
+    path: Path, reopen: Callable[[], Journal]
+) -> None:
+    """No job file (``status``/``download`` from the journal alone): crash leftovers are
+    requeued, but no job is marked dropped from the file; the file's stamp is kept."""
+    journal = Journal(path)
+    journal.sync([_job(i) for i in range(3)], NOW)
+    journal.transition("job-0", S.SUBMITTING, NOW)
+    ledger = Ledger(AsyncJournal(journal), FakeClock())
+    recovered, synced = await ledger.reconcile(None, retry_failed=False)
+    await ledger.keep_file_stamp("12:34|-")
+    await ledger.close()
+    assert recovered == 1
+    assert (synced.added, synced.dropped_from_file) == (0, 0)
+    again = reopen()
+    assert all(r.in_file for r in again.iter_all())
+    assert again.file_ids() == {"job-0", "job-1", "job-2"}
+    assert again.file_stamp() == "12:34|-"
+
+
 async def test_learned_values_are_writes_kept_across_a_reopen(
     path: Path, reopen: Callable[[], Journal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
