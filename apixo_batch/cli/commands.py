@@ -223,17 +223,17 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
             _err(f"{head}, and {len(found)} journals were found ({listed}): give --state")
             return ExitCode.INVALID
         state = found[0]
+    try:
+        journal = Journal(state, lock=False)
+    except StorageError as exc:
+        _err(f"{head}, and its journal cannot be read: {exc}")
+        return ExitCode.IO_ERROR
+    try:
+        recorded, kept_name = journal.get_meta("output"), journal.get_meta("campaign")
+    finally:
+        journal.close()
     output: Destination | None = Path(args.out).absolute() if args.out else None
     if output is None:
-        try:
-            journal = Journal(state, lock=False)
-        except StorageError as exc:
-            _err(f"{head}, and its journal cannot be read: {exc}")
-            return ExitCode.IO_ERROR
-        try:
-            recorded = journal.get_meta("output")
-        finally:
-            journal.close()
         if recorded is not None and is_s3(recorded):
             output = parse_s3(recorded)
         elif recorded is not None:
@@ -245,7 +245,9 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
             return ExitCode.INVALID
     _err(f"{head}: working from the journal {state} alone")
     args.state = str(state)
-    name = state.stem if state.parent.name == STATE_FOLDER else job_file.stem
+    # The campaign the journal is for (kept by its first run); older journals did not
+    # keep it: then the journal's own name, or the job file's.
+    name = kept_name or (state.stem if state.parent.name == STATE_FOLDER else job_file.stem)
     return Campaign(
         name=name,
         path=job_file,
