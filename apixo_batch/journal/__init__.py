@@ -19,6 +19,7 @@ module           what it holds
 
 from __future__ import annotations
 
+from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .ledger import Landed, Ledger, Totals
 from .naming import FileRegistry, hold_name, result_filename
 from .reconcile import NewJob, SyncResult, jobs_of
@@ -28,9 +29,11 @@ from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
 
 __all__ = [
+    "OUTPUT_EXISTS",
     "TRANSITIONS",
     "AsyncJournal",
     "Change",
+    "Clash",
     "DoneFiles",
     "FileRegistry",
     "InlineJournal",
@@ -45,5 +48,6 @@ __all__ = [
     "Totals",
     "hold_name",
     "jobs_of",
+    "output_clashes",
     "result_filename",
 ]

@@ -28,6 +28,7 @@ from typing import TypeVar, Unpack
 
 from ..clock import Clock
 from ..planning.kind import Kind
+from .clash import Clash, refuse_clashes
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .states import JobState
@@ -241,6 +242,14 @@ class Ledger:
 
     def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
         return self._j.read(Journal.file_owners)
+
+    def refuse_clashes(
+        self, exists: Callable[[str], bool] | None, shown: Callable[[str], str]
+    ) -> asyncio.Future[list[Clash]]:
+        """Queued jobs whose output name is taken, ended ``failed`` before any submit
+        (see :mod:`.clash`; ``exists`` runs on the journal's thread)."""
+        now = self._clock.wall()
+        return self._j.write(lambda j: refuse_clashes(j, exists, now, shown))
 
     # -- the submitter's writes ---------------------------------------------
     def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:

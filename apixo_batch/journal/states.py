@@ -36,7 +36,8 @@ class JobState(enum.StrEnum):
 
 S = JobState
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.QUEUED: frozenset({S.SUBMITTING}),
+    # Refused before its submit (its output name is taken: journal/clash.py): never paid.
+    S.QUEUED: frozenset({S.SUBMITTING, S.FAILED}),
     S.SUBMITTING: frozenset({S.SUBMITTED, S.QUEUED, S.FAILED}),
     S.SUBMITTED: frozenset({S.SUBMITTED, S.SUCCEEDED, S.FAILED}),
     S.SUCCEEDED: frozenset({S.SUCCEEDED, S.DONE, S.EXPIRED}),

@@ -69,6 +69,14 @@ class Journal(Reconcile, LearnedClocks):
                 hold_name(owners, name, job_id)
         return owners
 
+    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str]]:
+        """(id, filename, files as JSON, in_file, state) of every job, in file order."""
+        return iter(
+            self._db.execute(
+                "SELECT id, filename, files, in_file, state FROM jobs ORDER BY idx, id"
+            )
+        )
+
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
         return None if row is None else JobRow.from_sql(row)

@@ -17,6 +17,7 @@ to date here).
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,7 +28,7 @@ from ..defaults import PATIENCE
 from ..errors import DownloadError, ResultExpired
 from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
-from ..outputs.output import Incoming, LandedFile, Output
+from ..outputs.output import Incoming, LandedFile, LocalOutput, Output
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
 from .stop import Stop, StopKind, Stops, storage_stop
@@ -188,6 +189,32 @@ class Lander:
         await self._output.prepare(owners)
         return owners
 
+    async def _foreign(self, fetch: Fetch) -> bool:
+        """The last guard: a result that succeeded in this run never landed before, so a
+        file at one of its names in the output folder is no file of the journal (a
+        hand-made cut put there after the job was submitted). It is not written over:
+        the result stays ``succeeded``, told once. (Results fed from the journal are not
+        checked: after a crash their own file may be there, not yet journaled.)"""
+        if not isinstance(self._output, LocalOutput):
+            return False
+        folder = self._output.folder
+        names = [result_filename(fetch.filename, n) for n in range(len(fetch.result_urls))]
+        there = await asyncio.to_thread(lambda: [n for n in names if os.path.lexists(folder / n)])
+        if not there:
+            return False
+        self._emit(
+            Warned(
+                fetch.id,
+                message=(
+                    f"job {fetch.id}: {folder / there[0]} exists and was not written by this "
+                    "campaign; nothing was written over (the result stays succeeded). Move "
+                    "the file away, then run `apixo-batch download`: the result stays "
+                    "downloadable until its URLs expire"
+                ),
+            )
+        )
+        return True
+
     async def _land(self, fetch: Fetch) -> None:
         files = await self._files()
         clashes = files.clashes(fetch.id, fetch.filename, len(fetch.result_urls))
@@ -207,6 +234,8 @@ class Lander:
                     ),
                 )
             )
+            return
+        if fetch.fresh and await self._foreign(fetch):
             return
         landed = Landed()
         found = 0

@@ -4,6 +4,7 @@ event with its warnings. Nothing is paid here."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..apixo.limits import RequestBucket
 from ..errors import MissingApiKey
 from ..events import Emitter, Started, Warned
 from ..jobs import Campaign
-from ..journal import JobRow, JobState, Ledger, SyncResult, jobs_of
+from ..journal import Clash, JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..outputs.ondisk import Problem, problems
 from ..planning.completion import CompletionModel
 from ..planning.forecast import forecast_run
@@ -84,6 +85,7 @@ async def start_up(
     if campaign.stamp and not campaign.from_journal:
         await ledger.keep_file_stamp(campaign.stamp)  # `status` then needs no new look
     off_disk = [] if folder is None else await refetch_off_disk(ledger, folder)
+    clashes = await refuse_clashes(ledger, folder) if run_mode else []
     spent_before = (await ledger.totals()).spent_known_usd
     await start_informed(ledger, bucket, completions, account)
     in_flight = await ledger.in_flight()
@@ -138,6 +140,7 @@ async def start_up(
             )
         )
     _tell_off_disk(off_disk, emit)
+    _tell_clashes(clashes, folder, emit)
     if recovered:
         emit(
             Warned(
@@ -173,5 +176,30 @@ def _tell_off_disk(found: list[Problem], emit: Emitter) -> None:
             Warned(
                 message=f"{rest} more done job(s) whose files are not on disk as journaled "
                 "are fetched again from their journaled result URLs",
+            )
+        )
+
+
+async def refuse_clashes(ledger: Ledger, folder: Path | None) -> list[Clash]:
+    """Queued jobs whose output name is another job's file, or (``folder``) a file no job
+    of the journal wrote, ended ``failed`` (``OUTPUT_EXISTS``) before any submit: never
+    paid, nothing written over. One ``lexists`` per queued job, on the journal's thread."""
+    if folder is None:
+        return await ledger.refuse_clashes(None, str)
+    return await ledger.refuse_clashes(
+        lambda name: os.path.lexists(folder / name), lambda name: str(folder / name)
+    )
+
+
+def _tell_clashes(found: list[Clash], folder: Path | None, emit: Emitter) -> None:
+    for c in found[:SHOWN_PROBLEMS]:
+        emit(
+            Warned(c.job_id, message=c.message(str(c.name if folder is None else folder / c.name)))
+        )
+    if len(found) > SHOWN_PROBLEMS:
+        emit(
+            Warned(
+                message=f"{len(found) - SHOWN_PROBLEMS} more job(s) were not submitted: their "
+                "output name is taken (failed, OUTPUT_EXISTS; see the manifest)"
             )
         )

@@ -324,7 +324,7 @@ def test_sync_marks_removed_jobs_and_counts_them(journal: Journal) -> None:
 
 def test_transition_table_is_what_the_docs_draw() -> None:
     """queued → submitting → submitted → succeeded → done, side exits as documented."""
-    assert TRANSITIONS[S.QUEUED] == {S.SUBMITTING}
+    assert TRANSITIONS[S.QUEUED] == {S.SUBMITTING, S.FAILED}
     assert TRANSITIONS[S.SUBMITTING] == {S.SUBMITTED, S.QUEUED, S.FAILED}
     assert TRANSITIONS[S.SUBMITTED] == {S.SUBMITTED, S.SUCCEEDED, S.FAILED}
     assert TRANSITIONS[S.SUCCEEDED] == {S.SUCCEEDED, S.DONE, S.EXPIRED}

@@ -488,3 +488,25 @@ async def test_a_journal_that_refuses_a_landing_is_the_storage_stop_not_a_crash(
     assert "journal" in stops.all[0].reason or "full" in stops.all[0].reason
     assert {row(ledger, f"job-{i}").state for i in range(3)} == {JobState.SUCCEEDED}
     assert len(host.calls) == 1  # nothing more is fetched once nothing can be journaled
+
+
+async def test_a_file_no_job_wrote_is_not_written_over_by_a_fresh_result(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """The last guard: a result that succeeded in this run finds a file at its name that
+    no job landed (a hand-made cut put there after the submit): nothing is written over,
+    the job stays `succeeded` (its URLs journaled for `download`), one warning."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0), new_job(1)])
+    for i in range(2):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    (tmp_path / "job-0.mp4").write_bytes(b"my cut")
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0"), _fetch(ledger, "job-1")])
+    assert (tmp_path / "job-0.mp4").read_bytes() == b"my cut"
+    assert host.fetched(_urls("job-0")[0]) == 0
+    [warning] = events.of("warning")
+    assert warning.job_id == "job-0"
+    assert str(tmp_path / "job-0.mp4") in warning.data["message"]
+    assert row(ledger, "job-0").state is JobState.SUCCEEDED
+    assert row(ledger, "job-1").state is JobState.DONE

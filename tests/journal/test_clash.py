@@ -1,0 +1,109 @@
+"""Queued jobs whose output name is taken: found before the submit, refused unpaid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apixo_batch.journal import OUTPUT_EXISTS, Clash, JobState, Journal, NewJob, output_clashes
+from apixo_batch.journal.clash import refuse_clashes
+
+S = JobState
+NOW = 1_767_965_610.0
+
+
+def _job(n: int, *, idx: int | None = None, filename: str | None = None) -> NewJob:
+    text = json.dumps({"prompt": f"a cat, take {n}"}, sort_keys=True)
+    return NewJob(
+        id=f"job-{n}",
+        idx=n if idx is None else idx,
+        model="veo3-fast",
+        provider="google",
+        input_json=text,
+        input_hash=hashlib.sha256(text.encode()).hexdigest(),
+        filename=filename or f"job-{n}.mp4",
+        cost_usd=0.5,
+    )
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "state.db")
+    yield j
+    j.close()
+
+
+def _land(j: Journal, job_id: str, files: list[str]) -> None:
+    j.transition(job_id, S.SUBMITTING, NOW)
+    j.transition(job_id, S.SUBMITTED, NOW, task_id=f"t-{job_id}", submitted_at=NOW)
+    j.transition(job_id, S.SUCCEEDED, NOW, result_urls=["u"] * len(files))
+    j.transition(job_id, S.DONE, NOW, files=files)
+
+
+def test_a_file_no_job_wrote_is_a_clash_a_file_the_job_landed_is_not(journal: Journal) -> None:
+    """On disk and landed by no job: refused. Landed by a job: that job's, not foreign."""
+    journal.sync([_job(0), _job(1), _job(2)], NOW)
+    _land(journal, "job-2", ["job-2.mp4"])
+    on_disk = {"job-1.mp4", "job-2.mp4"}
+    assert output_clashes(journal, on_disk.__contains__) == [Clash("job-1", "job-1.mp4", None)]
+    # Without a look at the disk (object storage, a plan): the journal alone.
+    assert output_clashes(journal, None) == []
+
+
+def test_an_inserted_job_whose_index_name_another_job_landed_is_a_clash(
+    journal: Journal,
+) -> None:
+    """Names from {index}: a job inserted at the top takes clip-0.mp4, landed by the job
+    that was first; the shifted old jobs are done (they write nothing more)."""
+    journal.sync(
+        [_job(1, idx=0, filename="clip-0.mp4"), _job(2, idx=1, filename="clip-1.mp4")], NOW
+    )
+    _land(journal, "job-1", ["clip-0.mp4"])
+    _land(journal, "job-2", ["clip-1.mp4"])
+    journal.sync(
+        [
+            _job(0, idx=0, filename="clip-0.mp4"),
+            _job(1, idx=1, filename="clip-1.mp4"),
+            _job(2, idx=2, filename="clip-2.mp4"),
+        ],
+        NOW,
+    )
+    on_disk = {"clip-0.mp4", "clip-1.mp4"}
+    assert output_clashes(journal, on_disk.__contains__) == [Clash("job-0", "clip-0.mp4", "job-1")]
+
+
+def test_a_name_a_task_on_its_way_will_land_is_a_clash_case_folded(journal: Journal) -> None:
+    journal.sync([_job(0, filename="Hero.mp4")], NOW)
+    journal.transition("job-0", S.SUBMITTING, NOW)
+    journal.transition("job-0", S.SUBMITTED, NOW, task_id="t-0", submitted_at=NOW)
+    journal.sync([_job(1, filename="hero.MP4")], NOW)  # job-0 left the file, still paid
+    assert output_clashes(journal, None) == [Clash("job-1", "hero.MP4", "job-0")]
+
+
+def test_refused_jobs_end_failed_unpaid_the_others_stay_queued(journal: Journal) -> None:
+    journal.sync([_job(0), _job(1)], NOW)
+    found = refuse_clashes(journal, {"job-0.mp4"}.__contains__, NOW, lambda n: f"out/{n}")
+    assert [c.job_id for c in found] == ["job-0"]
+    row = journal.get("job-0")
+    assert row is not None and row.state is S.FAILED and row.task_id is None
+    assert row.fail_code == OUTPUT_EXISTS
+    assert row.fail_msg is not None and "out/job-0.mp4" in row.fail_msg
+    assert "Move the file away" in row.fail_msg
+    other = journal.get("job-1")
+    assert other is not None and other.state is S.QUEUED
+    assert journal.totals()["spent_known_usd"] == 0.0
+
+
+def test_a_refused_job_retried_once_the_file_is_moved_is_queued_and_not_refused(
+    journal: Journal,
+) -> None:
+    journal.sync([_job(0)], NOW)
+    refuse_clashes(journal, lambda _n: True, NOW, str)
+    journal.reconcile([_job(0)], NOW, retry_failed=True)
+    assert output_clashes(journal, lambda _n: False) == []
+    row = journal.get("job-0")
+    assert row is not None and row.state is S.QUEUED
