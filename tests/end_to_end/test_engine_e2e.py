@@ -83,8 +83,9 @@ async def test_new_jobs_file_never_overwrites_an_earlier_jobs_extra_result(
     simulator, tmp_path: Path
 ) -> None:
     """Job `take` landed `take-2.mp4` as its second result; job `take-2`, added to the
-    file later, would write its own result there: it waits instead, with a warning
-    naming both, and `take`'s paid file stays as it was."""
+    file later, would write its own result there: it is refused before it is paid
+    (failed, OUTPUT_EXISTS) with a warning naming both, and `take`'s paid file stays as
+    it was. Renamed, `run --retry-failed` submits and lands it."""
     sim = await simulator(time_scale=0.01, results_per_task=2)
     jobs = simple_jobs(1)
     jobs[0]["id"] = "take"
@@ -100,13 +101,18 @@ async def test_new_jobs_file_never_overwrites_an_earlier_jobs_extra_result(
     res = await run_cli(sim, "run", str(job_file), *FAST)
     assert res.code == 1, res.stderr
     assert (tmp_path / "out" / "take-2.mp4").read_bytes() == second_result
+    assert sim.stats()["submits_accepted"] == 1
     by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
-    assert by_id["take-2"]["state"] == "pending"
+    assert (by_id["take-2"]["state"], by_id["take-2"]["fail_code"]) == ("failed", "OUTPUT_EXISTS")
     assert_byte_exact(sim, tmp_path / "out", by_id["take"])
     [warning] = [e for e in res.events if e["event"] == "warning" and e.get("job") == "take-2"]
-    assert "take-2.mp4 (job take's file)" in warning["message"]
+    assert "take-2.mp4 is job take's file" in warning["message"]
 
-    by_id = await _rename_and_download(sim, tmp_path, jobs, job_file)
+    write_campaign(tmp_path, jobs, output={"dir": "out", "filename": "{id}_.mp4"})
+    again = await run_cli(sim, "run", str(job_file), "--retry-failed", *FAST)
+    assert again.code == 0, again.stderr
+    assert sim.stats()["submits_accepted"] == 2
+    by_id = {e["id"]: e for e in read_manifest(tmp_path / "out")}
     assert by_id["take-2"]["files"] == ["take-2_.mp4", "take-2_-2.mp4"]
     assert_byte_exact(sim, tmp_path / "out", by_id["take-2"])
     assert (tmp_path / "out" / "take-2.mp4").read_bytes() == second_result
