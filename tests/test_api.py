@@ -262,8 +262,8 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
 ) -> None:
     """Job x's first result lands, then its second URL expires (or its download gives
     up): x keeps the landed file journaled as its own, so a job that takes that name
-    later (template `{index}.mp4`, a job inserted above x) waits instead of writing
-    over a paid file."""
+    later (template `{index}.mp4`, a job inserted above x) is refused before it is
+    paid instead of writing over a paid file."""
     import apixo_batch.outputs.output as engine_module
     from apixo_batch.outputs.download import DownloadError
 
@@ -290,13 +290,15 @@ async def test_a_result_that_landed_before_a_later_one_went_wrong_stays_the_jobs
     paid = (tmp_path / "out" / "0.mp4").read_bytes()
 
     monkeypatch.setattr(engine_module, "download_file", real_download)
-    write_campaign(tmp_path, [{**simple_jobs(2)[1], "id": "new"}, x], output=out)
+    new = {**simple_jobs(2)[1], "id": "new"}
+    write_campaign(tmp_path, [new, x], output=out)
     seen: list[Event] = []
     second = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, on_event=seen.append)
     assert second.exit_code == 1
     assert (tmp_path / "out" / "0.mp4").read_bytes() == paid
     [warning] = [e for e in seen if e.kind == "warning" and e.job_id == "new"]
-    assert "0.mp4 (job x's file)" in warning.data["message"]
+    assert "0.mp4 is job x's file" in warning.data["message"]
+    assert sim.submits_for(new["model"], new["input"]) == 0
 
 
 async def test_a_stream_left_with_a_bare_break_still_writes_the_manifest(
