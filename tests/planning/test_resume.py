@@ -97,3 +97,15 @@ def test_a_journal_synced_from_this_file_is_read_alone(campaign: Campaign) -> No
     r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, synced=True, budget=1.0)
     assert (r.to_submit, r.to_submit_usd, r.to_submit_unknown) == (2, PRICE, 1)
     assert (r.done, r.new, r.orphaned, r.pay_again, r.fit_budget) == (1, 0, 1, 0, 1)
+
+
+def test_the_rich_table_carries_the_journal_lines(campaign: Campaign) -> None:
+    import io
+
+    from apixo_batch.cli.plan import _print_rich
+
+    r = resume_figures(campaign, [], journal="j.sqlite", spent_usd=0.0, budget=0.5)
+    stream = io.StringIO()
+    _print_rich(make_plan(campaign, max_concurrent=10, rpm=60), stream, r)
+    assert "Journal j.sqlite: run would now" in stream.getvalue()
+    assert "--budget $0.50: 1 of the 6 jobs fit" in stream.getvalue()
