@@ -3,9 +3,10 @@
 Generates the CSV (every model and mode mixed, jobs/make_large.py's generator)
 in a temporary folder, runs ``python -m apixo_batch plan`` on it in a fresh
 process, and reports wall time and the child's peak RSS against the targets
-(5 s, 500 MB). Exit status 1 when a target is missed.
+(5 s, 500 MB). Exit status 1 when a target is missed. ``--journal``: the campaign
+synced into a journal first (every job queued), so ``plan`` also reads it.
 
-    .venv/bin/python bench/plan_large.py [--rows 100000] [--runs 3]
+    .venv/bin/python bench/plan_large.py [--rows 100000] [--runs 3] [--journal]
 """
 
 from __future__ import annotations
@@ -59,10 +60,32 @@ def _plan(job_file: Path, *extra: str) -> tuple[float, str]:
     return elapsed, done.stdout
 
 
+def _journal(job_file: Path) -> None:
+    """The campaign synced into its journal (what a run's start does), every job queued."""
+    sys.path.insert(0, str(REPO))
+    from apixo_batch.defaults import state_path
+    from apixo_batch.jobs import load_campaign
+    from apixo_batch.journal import Journal
+    from apixo_batch.journal.reconcile import jobs_of
+    from apixo_batch.journal.store import FILE_STAMP
+
+    campaign = load_campaign(job_file)
+    assert isinstance(campaign.output_dir, Path)
+    campaign.output_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(state_path(campaign.output_dir, campaign.path, campaign.name))
+    try:
+        journal.sync(jobs_of(campaign), time.time())
+        with journal.transaction():
+            journal.set_meta_in_tx(FILE_STAMP, campaign.stamp)
+    finally:
+        journal.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--journal", action="store_true", help="plan beside a journal")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="apixo-bench-") as tmp:
@@ -78,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         _, out = _plan(job_file, "--json")
         jobs = json.loads(out)["jobs"]
         assert jobs == args.rows, f"plan saw {jobs} jobs, expected {args.rows}"
+        if args.journal:
+            _journal(job_file)
+            _, out = _plan(job_file, "--json")
+            queued = json.loads(out)["journal"]["to_submit"]["jobs"]
+            assert queued == args.rows, f"plan saw {queued} jobs to submit"
         times = []
         for run in range(1, args.runs + 1):
             elapsed, out = _plan(job_file)

@@ -184,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
     plan.add_argument("jobfile", help="the campaign's job file (YAML)")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    plan.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    plan.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+    plan.add_argument(
+        "--budget", type=_positive_float("--budget"), default=None, help="spend cap in USD"
+    )
+    plan.add_argument(
+        "--retry-failed", action="store_true", help="count failed jobs as submitted again"
+    )
     _add_limits(plan)
     _add_order(plan)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TextIO
 
 from ..clock import human_duration
-from ..errors import JobFileError
+from ..defaults import state_path
+from ..errors import JobFileError, StorageError
 from ..exitcodes import ExitCode
-from ..jobs import load_campaign
+from ..jobs import Campaign, load_campaign
 from ..planning.plan import Plan, make_plan
+from ..planning.resume import JournalJob, Resume, resume_figures
 
 __all__ = ["format_text", "plan_command"]
 
@@ -32,13 +34,55 @@ def plan_command(args: argparse.Namespace) -> int:
         rpm=args.rpm,
         order=getattr(args, "order", "longest"),
     )
+    try:
+        resume = _resume(args, campaign)
+    except StorageError as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.IO_ERROR
+    except JobFileError as exc:  # the file changed while it was read
+        print(exc, file=sys.stderr)
+        return ExitCode.INVALID
     if args.json:
-        print(json.dumps(plan.to_dict(), ensure_ascii=False))
+        data = plan.to_dict()
+        data["journal"] = None if resume is None else resume.to_dict()
+        print(json.dumps(data, ensure_ascii=False))
     elif sys.stdout.isatty():
-        _print_rich(plan, sys.stdout)
+        _print_rich(plan, sys.stdout, resume)
     else:
-        sys.stdout.write(format_text(plan))
+        sys.stdout.write(format_text(plan, resume))
     return ExitCode.OK
+
+
+def _resume(args: argparse.Namespace, campaign: Campaign) -> Resume | None:
+    """The journal's figures when the campaign has one (read-only, no run lock), else None."""
+    from ..journal import Journal
+
+    state = getattr(args, "state", None)
+    path = (
+        Path(state).resolve()
+        if state
+        else state_path(campaign.output_dir, campaign.path, campaign.name)
+    )
+    if not path.is_file():
+        return None
+    journal = Journal(path, lock=False)
+    try:
+        # The journal synced from this very file holds its jobs: the file is not read again.
+        synced = bool(campaign.stamp) and journal.file_stamp() == campaign.stamp
+        rows = [JournalJob(*row) for row in journal.plan_rows()]
+        spent = journal.totals()["spent_known_usd"]
+    finally:
+        journal.close()
+    return resume_figures(
+        campaign,
+        rows,
+        journal=str(path),
+        spent_usd=spent,
+        synced=synced,
+        retry_failed=getattr(args, "retry_failed", False),
+        budget=getattr(args, "budget", None),
+        order=getattr(args, "order", "longest"),
+    )
 
 
 _HEADERS = ("model", "mode", "duration", "tier", "jobs", "output", "price/s", "cost")
@@ -77,7 +121,7 @@ def _cells(plan: Plan) -> list[tuple[str, ...]]:
     return rows
 
 
-def format_text(plan: Plan) -> str:
+def format_text(plan: Plan, resume: Resume | None = None) -> str:
     """The plan as plain aligned text: no colour, no escape codes (for pipes and logs)."""
     table: list[tuple[str, ...]] = [tuple(h.upper() for h in _HEADERS), *_cells(plan)]
     widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
@@ -88,11 +132,11 @@ def format_text(plan: Plan) -> str:
             for cell, width, name in zip(line, widths, _HEADERS, strict=True)
         )
         lines.append("  ".join(cells).rstrip())
-    lines += ["", *_summary_lines(plan)]
+    lines += ["", *_summary_lines(plan), *_resume_lines(resume)]
     return "\n".join(lines) + "\n"
 
 
-def _print_rich(plan: Plan, stream: TextIO) -> None:
+def _print_rich(plan: Plan, stream: TextIO, resume: Resume | None = None) -> None:
     from rich import box
     from rich.console import Console
     from rich.measure import Measurement
@@ -116,10 +160,10 @@ def _print_rich(plan: Plan, stream: TextIO) -> None:
         > console.width
     ):
         # Too narrow for the table: plain columns read better than "standar…" cut short.
-        stream.write(format_text(plan))
+        stream.write(format_text(plan, resume))
         return
     console.print(table)
-    for text in _summary_lines(plan):
+    for text in [*_summary_lines(plan), *_resume_lines(resume)]:
         console.print(text, highlight=False, markup=False)
 
 
@@ -153,6 +197,46 @@ def _summary_lines(plan: Plan) -> list[str]:
         if isinstance(plan.output_dir, Path)
         else f"Output:         {plan.output_dir} (object storage)",
     ]
+    return lines
+
+
+def _resume_lines(resume: Resume | None) -> list[str]:
+    """What ``run`` would do now, from the journal (nothing without one)."""
+    if resume is None:
+        return []
+    r = resume
+    cost = _usd(r.to_submit_usd)
+    if r.to_submit_unknown:
+        cost = f"≥ {cost} + {r.to_submit_unknown:,} of unknown price"
+    new = f", {r.new:,} of them new in the file" if r.new else ""
+    lines = [
+        "",
+        f"Journal {r.journal}: run would now",
+        f"  submit        {r.to_submit:,} jobs for {cost}{new}",
+        f"  done          {r.done:,}",
+        f"  in flight     {r.in_flight:,} (followed, not paid again)",
+        f"  to download   {r.to_download:,} (not paid again)",
+    ]
+    if r.failed:
+        lines.append(f"  failed        {r.failed:,} (left failed; --retry-failed submits again)")
+    if r.expired:
+        lines.append(f"  expired       {r.expired:,}")
+    if r.orphaned:
+        lines.append(
+            f"  orphaned      {r.orphaned:,} in the journal, no longer in the job file"
+            f" ({r.orphaned_paid:,} paid for)"
+        )
+    if r.pay_again:
+        lines.append(
+            f"  WARNING: {r.new:,} new ids and {r.orphaned_paid:,} paid jobs gone from the file"
+            f" (renamed? a new top-level matrix?): run would pay for {r.pay_again:,} jobs"
+            f" again (about {_usd(r.pay_again_usd)})"
+        )
+    if r.budget is not None and r.fit_budget is not None:
+        lines.append(
+            f"  --budget {_usd(r.budget)}: {r.fit_budget:,} of the {r.to_submit:,} jobs fit"
+            f" ({_usd(r.fit_budget_usd or 0.0)}; {_usd(r.spent_usd)} spent before)"
+        )
     return lines
 
 

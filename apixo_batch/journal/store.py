@@ -195,6 +195,21 @@ class Journal(Reconcile, LearnedClocks):
         """The ids of the jobs the job file held when last synced in."""
         return {str(r[0]) for r in self._db.execute("SELECT id FROM jobs WHERE in_file=1")}
 
+    def plan_rows(self) -> Iterator[tuple[Any, ...]]:
+        """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
+        (id, state, input hash, has a task id, fail code, cost, in the file, kind)."""
+        kinds: dict[tuple[Any, ...], Kind] = {}
+        for jid, state, h, task, code, cost, in_file, *drives in self._db.execute(
+            "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
+            "model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution') FROM jobs ORDER BY in_file DESC, idx, id"
+        ):
+            key = tuple(drives)
+            kind = kinds.get(key)
+            if kind is None:
+                kind = kinds[key] = Kind(str(drives[0]), drives[1], drives[2])
+            yield str(jid), str(state), str(h), bool(task), code, cost, bool(in_file), kind
+
     def counts(self) -> dict[str, int]:
         return {
             str(state): int(n)

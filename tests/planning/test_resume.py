@@ -1,0 +1,111 @@
+"""plan's journal figures: what run would submit now, done, in flight, orphaned, renamed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apixo_batch.cli.plan import format_text
+from apixo_batch.jobs import Campaign, load_campaign
+from apixo_batch.planning.kind import Kind
+from apixo_batch.planning.plan import make_plan
+from apixo_batch.planning.resume import JournalJob, resume_figures
+
+JOBS = "\n".join(
+    f"  - id: j{i}\n    model: kling-2-6\n"
+    f"    input: {{mode: text-to-video, prompt: scene {i}, duration: 5, sound: false}}"
+    for i in range(6)
+)
+PRICE = 0.06 * 5  # kling-2-6 silent, 5 s
+
+
+@pytest.fixture
+def campaign(tmp_path: Path) -> Campaign:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: c\noutput: {{dir: out}}\njobs:\n{JOBS}\n", encoding="utf-8")
+    return load_campaign(path)
+
+
+def _rows(campaign: Campaign, states: dict[str, str]) -> list[JournalJob]:
+    hashes = {job.id: job.input_hash for job in campaign.iter_jobs()}
+    return [
+        JournalJob(jid, state, hashes.get(jid, "x"), state not in ("queued", "failed"), None)
+        for jid, state in states.items()
+    ]
+
+
+def test_each_state_counts_where_run_puts_it(campaign: Campaign) -> None:
+    rows = _rows(
+        campaign,
+        {"j0": "done", "j1": "submitted", "j2": "succeeded", "j3": "failed", "j4": "queued"},
+    )
+    r = resume_figures(campaign, rows, journal="j.sqlite", spent_usd=1.2)
+    # j4 queued and j5 new are submitted; j3 failed is left without --retry-failed.
+    assert (r.to_submit, r.new, r.done, r.in_flight, r.to_download, r.failed) == (2, 1, 1, 1, 1, 1)
+    assert r.to_submit_usd == pytest.approx(2 * PRICE)
+    assert (r.orphaned, r.pay_again) == (0, 0)
+    retry = resume_figures(campaign, rows, journal="j", spent_usd=0.0, retry_failed=True)
+    assert (retry.to_submit, retry.failed) == (3, 0)
+
+
+def test_a_submit_never_answered_or_a_fixed_input_is_queued_again(campaign: Campaign) -> None:
+    rows = [
+        JournalJob("j0", "failed", "x", False, "SUBMIT_ERROR"),
+        JournalJob("j1", "failed", "changed", False, "INVALID"),
+        JournalJob("j2", "submitting", "x", False, None),
+    ]
+    assert resume_figures(campaign, rows, journal="j", spent_usd=0.0).to_submit == 6
+
+
+def test_a_finished_campaign_submits_nothing(campaign: Campaign) -> None:
+    rows = _rows(campaign, {f"j{i}": "done" for i in range(6)})
+    r = resume_figures(campaign, rows, journal="j", spent_usd=6 * PRICE, budget=1.0)
+    assert (r.to_submit, r.to_submit_usd, r.done, r.fit_budget) == (0, 0.0, 6, 0)
+
+
+def test_renamed_jobs_are_new_and_orphaned_and_paid_again(campaign: Campaign) -> None:
+    rows = [JournalJob(f"old{i}", "done", "h", True, None) for i in range(6)]
+    rows.append(JournalJob("old-queued", "queued", "h", False, None))
+    r = resume_figures(campaign, rows, journal="j", spent_usd=6 * PRICE)
+    assert (r.to_submit, r.new, r.orphaned, r.orphaned_paid) == (6, 6, 7, 6)
+    assert (r.pay_again, r.pay_again_usd) == (6, pytest.approx(6 * PRICE))
+    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), r)
+    assert "run would pay for 6 jobs again (about $1.80)" in text
+    assert "orphaned      7 in the journal, no longer in the job file (6 paid for)" in text
+
+
+def test_the_budget_counts_what_was_spent_and_stops_at_the_first_job_over(
+    campaign: Campaign,
+) -> None:
+    r = resume_figures(campaign, [], journal="j", spent_usd=1.0, budget=1.0 + 2.5 * PRICE)
+    assert (r.to_submit, r.fit_budget, r.fit_budget_usd) == (6, 2, pytest.approx(2 * PRICE))
+    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), r)
+    assert "--budget $1.75: 2 of the 6 jobs fit ($0.60; $1.00 spent before)" in text
+    assert r.to_dict()["budget"] == {"usd": 1.75, "fit_jobs": 2, "fit_usd": 0.6}
+
+
+def test_a_journal_synced_from_this_file_is_read_alone(campaign: Campaign) -> None:
+    """Same stamp: the journal's file rows are the file's jobs, priced as synced."""
+    kind = Kind("kling-2-6", 5, None)
+    rows = [
+        JournalJob("a", "done", "h", True, None, PRICE, True, kind),
+        JournalJob("b", "queued", "h", False, None, PRICE, True, kind),
+        JournalJob("c", "queued", "h", False, None, None, True, kind),
+        JournalJob("gone", "done", "h", True, None, PRICE, False, kind),
+    ]
+    r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, synced=True, budget=1.0)
+    assert (r.to_submit, r.to_submit_usd, r.to_submit_unknown) == (2, PRICE, 1)
+    assert (r.done, r.new, r.orphaned, r.pay_again, r.fit_budget) == (1, 0, 1, 0, 1)
+
+
+def test_the_rich_table_carries_the_journal_lines(campaign: Campaign) -> None:
+    import io
+
+    from apixo_batch.cli.plan import _print_rich
+
+    r = resume_figures(campaign, [], journal="j.sqlite", spent_usd=0.0, budget=0.5)
+    stream = io.StringIO()
+    _print_rich(make_plan(campaign, max_concurrent=10, rpm=60), stream, r)
+    assert "Journal j.sqlite: run would now" in stream.getvalue()
+    assert "--budget $0.50: 1 of the 6 jobs fit" in stream.getvalue()
