@@ -454,15 +454,7 @@ async def test_a_request_granted_in_the_turn_submits_stop_never_leaves() -> None
     events = Recorder()
     stops = api.stops = Stops(events.emitter(clock))
     slots = ConcurrencyLimit(10)
-    submitter = Submitter(
-        api,  # type: ignore[arg-type]
-        ledger,
-        clock=clock,
-        stops=stops,
-        emit=events.emitter(clock),
-        backoff=FAST,
-        callback_url=None,
-    )
+    submitter = _submitter(api, ledger, clock, stops)
     admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](2)
     out_tx, out_rx = anyio.create_memory_object_stream[Submitted](2)
     for r in queued_rows(ledger):
