@@ -121,6 +121,11 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
             default=1.0,
             help="multiply the 48 h threshold of 'expires soon' (default 1.0)",
         )
+        p.add_argument(
+            "--check-files",
+            action="store_true",
+            help="also stat every done job's files: missing or resized ones are listed",
+        )
         return
     p.add_argument(
         "--json", action="store_true", help="JSON lines on stdout: every event, then a summary"
