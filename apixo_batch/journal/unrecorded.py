@@ -30,7 +30,15 @@ from ..errors import JournalError
 from .states import JobState
 from .store import Journal
 
-__all__ = ["RESERVED", "AdoptRefused", "Kept", "SideFile", "adopt_task", "side_file_of"]
+__all__ = [
+    "RESERVED",
+    "AdoptRefused",
+    "Kept",
+    "SideFile",
+    "adopt_task",
+    "adoptable",
+    "side_file_of",
+]
 
 S = JobState
 SUFFIX = ".unrecorded"
@@ -190,10 +198,10 @@ def _sync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def adopt_task(j: Journal, job_id: str, task_id: str, request_type: str, now: float) -> bool:
-    """Journal ``task_id`` as ``job_id``'s paid task (``submitted``), in the caller's
-    transaction. False if the job already has it; :class:`AdoptRefused` if the job is not
-    in the journal or already has another task id."""
+def adoptable(j: Journal, job_id: str, task_id: str) -> bool:
+    """True if ``task_id`` may be adopted as ``job_id``'s task, False if the job already
+    has it; :class:`AdoptRefused` if the job is not in the journal or already has another
+    task id."""
     row = j.get(job_id)
     if row is None:
         raise AdoptRefused(f"job {job_id!r} is not in the journal")
@@ -204,6 +212,17 @@ def adopt_task(j: Journal, job_id: str, task_id: str, request_type: str, now: fl
             f"job {job_id!r} already has task {row.task_id} ({row.state}); "
             f"task {task_id} was not adopted"
         )
+    return True
+
+
+def adopt_task(j: Journal, job_id: str, task_id: str, request_type: str, now: float) -> bool:
+    """Journal ``task_id`` as ``job_id``'s paid task (``submitted``), in the caller's
+    transaction. False if the job already has it; :class:`AdoptRefused` if the job is not
+    in the journal or already has another task id."""
+    if not adoptable(j, job_id, task_id):
+        return False
+    row = j.get(job_id)
+    assert row is not None
     # A job with no task id is queued, submitting, or failed before any task: through
     # `submitting`, as a submit goes, so the task is also in task_history.
     if row.state is S.FAILED:

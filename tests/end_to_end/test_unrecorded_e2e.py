@@ -116,9 +116,9 @@ async def test_a_disk_full_for_the_journal_and_the_side_file_loses_no_paid_id(
 async def test_an_adopted_task_is_followed_and_downloaded_never_submitted(
     simulator, tmp_path: Path
 ) -> None:
-    """A task paid outside the journal (created here straight on the API): `adopt` journals
-    it without a request, then `download` follows it and lands its file, and `run` submits
-    only the other job."""
+    """A task paid outside the journal (created here straight on the API): `adopt` asks
+    APIXO about it (one status request) and journals it, then `download` follows it and
+    lands its file, and `run` submits only the other job."""
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(2))
     state = tmp_path / "out" / ".apixo-batch.sqlite"
@@ -137,7 +137,7 @@ async def test_an_adopted_task_is_followed_and_downloaded_never_submitted(
     before = sim.stats()["requests_total"]
     adopted = await run_cli(sim, "adopt", str(job_file), "job-0000", task_id)
     assert adopted.code == 0, adopted.stderr
-    assert sim.stats()["requests_total"] == before  # no API call
+    assert sim.stats()["requests_total"] == before + 1  # its status, nothing submitted
     fetched = await run_cli(sim, "download", str(job_file), "--time-scale", "0.01")
     assert fetched.code == 1, fetched.stderr  # job-0001 was never submitted: not done
     assert (tmp_path / "out" / "job-0000.mp4").exists()
