@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, Unpack
@@ -158,6 +158,10 @@ class Ledger:
         """The journal's identity: a random id made once, kept for every later run (an
         output folder names the journal it belongs to by it)."""
         return await self._kept("journal_id", uuid.uuid4().hex)
+
+    async def known_task_ids(self, task_ids: Collection[str]) -> set[str]:
+        """Those of ``task_ids`` this journal holds (a job's task, now or before)."""
+        return await self._j.read(lambda j: j.known_task_ids(task_ids))
 
     async def keep_campaign(self, name: str) -> str:
         """The campaign this journal is for: the first run's name, kept."""
