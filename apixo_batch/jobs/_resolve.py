@@ -223,6 +223,24 @@ class Resolver:
         )
         return shared + own
 
+    @property
+    def has_matrix(self) -> bool:
+        return bool(self._matrix)
+
+    def model_problem(self, model: object) -> str | None:
+        """Why a job of ``model`` (None: the default's) has no id, as :meth:`resolve`
+        reports it: None when it has one, "" when it was reported already (a broken
+        ``defaults.model``)."""
+        if model is None:
+            model = self._defaults.model
+            if model is None:
+                return (
+                    "" if self._defaults.model_broken else "required (there is no defaults.model)"
+                )
+        if type(model) is not str or model not in MODELS:
+            return f"unknown model {short(model)} (known: {', '.join(MODELS)})"
+        return None
+
     def ids(self, raw: object, source: str, issues: Issues) -> list[str]:
         """The ids ``raw`` expands to, as :meth:`resolve` names them, its input unchecked:
         what ``status`` compares with the journal. A job :meth:`resolve` would drop for a
@@ -237,18 +255,12 @@ class Resolver:
             issues.add(source, "id", problem)
             return []
         model = raw.get("model")
-        if model is None:
-            model = self._defaults.model
-            if model is None:
-                if not self._defaults.model_broken:
-                    message = "required (there is no defaults.model)"
-                    issues.add(_at(job_id, source), "model", message)
-                return []
-        spec = MODELS.get(model) if type(model) is str else None
-        if spec is None:
-            message = f"unknown model {short(model)} (known: {', '.join(MODELS)})"
-            issues.add(_at(job_id, source), "model", message)
+        problem = self.model_problem(model)
+        if problem is not None:
+            if problem:
+                issues.add(_at(job_id, source), "model", problem)
             return []
+        spec = MODELS[str(model if model is not None else self._defaults.model)]
         own_raw = raw.get("matrix")
         if not self._matrix and own_raw is None:
             return [str(job_id)]  # the common case: no matrix, the id as written

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from ..catalog.models import MODELS, all_input_keys
-from ._base import Issues
+from ._base import Issues, check_id
 
-__all__ = ["ROW_SUFFIXES", "read_id_rows", "read_rows"]
+__all__ = ["ROW_SUFFIXES", "read_csv_ids", "read_id_rows", "read_rows"]
 
 #: jobs_file suffixes and their format
 ROW_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -148,6 +148,57 @@ def read_id_rows(path: Path, display: str, issues: Issues) -> Iterator[tuple[obj
                 yield from _csv_id_rows(fh, display, issues)
             else:
                 yield from _jsonl_rows(fh, display, issues)
+    except UnicodeDecodeError as exc:
+        issues.add(display, "", f"not UTF-8 text (bad byte at offset {exc.start})")
+    except OSError as exc:
+        issues.add(display, "", f"cannot read: {exc.strerror or exc}")
+    except csv.Error as exc:
+        issues.add(display, "", f"unreadable CSV: {exc}")
+
+
+def read_csv_ids(
+    path: Path, display: str, model_problem: Callable[[str | None], str | None], issues: Issues
+) -> Iterator[str]:
+    """The ids of a CSV jobs_file's rows, for a campaign without a matrix (each row is
+    one job, its id as written): the file's shape, each id and each row's model checked
+    (``model_problem``, as the resolver words it), nothing else read."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                issues.add(display, "", "empty file: a CSV jobs_file needs a header row")
+                return
+            names = [name.strip() for name in header]
+            if _columns(names, display, issues) is None:
+                return
+            id_at = names.index("id")
+            model_at = names.index("model") if "model" in names else None
+            width = len(names)
+            # A file has a handful of models: each is judged once.
+            judged: dict[str, str | None] = {}
+            for number, row in enumerate(reader, 2):
+                if not row or (not row[0].strip() and not "".join(row).strip()):
+                    continue
+                if len(row) != width:
+                    where = f"{display} row {number}"
+                    issues.add(where, "", f"{len(row)} cells, the header has {width}")
+                    continue
+                job_id = row[id_at].strip()
+                problem = check_id(job_id)
+                if problem is not None:
+                    issues.add(f"{display} row {number}", "id", problem)
+                    continue
+                model = row[model_at].strip() if model_at is not None else ""
+                if model in judged:
+                    problem = judged[model]
+                else:
+                    problem = judged[model] = model_problem(model or None)
+                if problem is not None:
+                    if problem:
+                        issues.add(f"job {job_id!r} ({display} row {number})", "model", problem)
+                    continue
+                yield job_id
     except UnicodeDecodeError as exc:
         issues.add(display, "", f"not UTF-8 text (bad byte at offset {exc.start})")
     except OSError as exc:

@@ -729,6 +729,10 @@ def test_iter_ids_names_the_jobs_as_iter_jobs_does(tmp_path: Path) -> None:
     want = [job.id for job in _jobs(campaign)]
     assert want[:4] == ["t-16x9-5", "t-16x9-10", "t-1x1-5", "t-1x1-10"]
     assert list(campaign.iter_ids()) == want
+    # Without a matrix, a CSV's ids are read on their own (one job per row, as written).
+    plain = _load(tmp_path, text.split("\n", 1)[1], {"rows.csv": rows})
+    assert list(plain.iter_ids()) == [job.id for job in _jobs(plain)]
+    assert [i for i in plain.iter_ids() if i.startswith("r")] == ["r1", "r2", "r3"]
 
     jsonl = "".join(
         json.dumps(line) + "\n"
