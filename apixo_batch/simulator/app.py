@@ -151,7 +151,7 @@ class Simulator:
             route = request.match_info.route.name or ""
             if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
                 self._stats.faults["403"] += 1
-                return _answer(403, "Forbidden: this API key has no access to this route")
+                return _answer(403, "API key lacks permission for this route")
             wait = self._window.admit(loop_time(), cfg.rpm_limit, cfg.rpm_window_s)
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
@@ -177,8 +177,14 @@ class Simulator:
 
         return gated
 
+    @property
+    def uptime(self) -> float:
+        """Seconds since this simulator started: what ``unavailable`` windows count from
+        (a test places a window from a moment it chose: ``(sim.uptime + 0.1, 0.5)``)."""
+        return loop_time() - self._started
+
     def _unavailable(self) -> bool:
-        since = loop_time() - self._started
+        since = self.uptime
         return any(start <= since < start + length for start, length in self.config.unavailable)
 
     # --- API handlers ------------------------------------------------------------------

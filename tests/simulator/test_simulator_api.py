@@ -241,7 +241,7 @@ async def test_forbidden_routes_answer_403_before_the_rate_limit(
     for _ in range(5):
         code, body, _ = await submit(http, sim.base_url, "kling-2-6", T2V["kling-2-6"])
         assert code == 403 and body["code"] == 403 and body["data"] is None
-        assert "no access" in body["message"]
+        assert body["message"] == "API key lacks permission for this route"
     code, _, _ = await api_call(http, "GET", f"{sim.base_url}/apikeys/current-balance")
     assert code == 403
     assert sim.tasks == {}
