@@ -112,6 +112,21 @@ async def test_a_500_is_retried_without_doubt() -> None:
     assert len(got) == 1 and not row(ledger, "job-0").possibly_duplicated
 
 
+async def test_a_503_is_retried_without_doubt_and_not_before_its_retry_after() -> None:
+    """A 503 (temporarily unavailable) created nothing: retried like a 502 but never
+    flagged as possibly paid twice, and not sooner than its Retry-After."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy", retry_after=40.0)])
+    started = clock.monotonic()
+    _, got, events, _ = await _run(api, ledger, clock, 1)
+    assert len(got) == 1 and api.submits == 2
+    assert not row(ledger, "job-0").possibly_duplicated
+    [retried] = events.of("retried")
+    assert retried.data["call"] == "submit"
+    assert clock.monotonic() - started >= 40.0
+
+
 async def test_a_submit_that_keeps_failing_gives_up_and_frees_its_slot() -> None:
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(0)])
