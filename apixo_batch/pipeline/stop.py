@@ -139,8 +139,8 @@ _ROUTES = {
 
 
 def no_access(endpoint: str, model: str | None = None) -> str:
-    """ "this key has no access to <route>": what a 403 on ``endpoint`` means (the route
-    named with its model, since keys and routes are granted per model)."""
+    """What a 403 on ``endpoint`` means, for people: "this key has no access to <route>",
+    the route named with its model (access is granted per key, route and model)."""
     route = _ROUTES.get(endpoint, endpoint).replace("{model}", model or "<model>")
     return f"this key has no access to {route}"
 

@@ -255,7 +255,7 @@ class Submitter:
                         # One route is closed to this key: say which, the fix is access.
                         reason = (
                             f"the API refused a submit: {no_access('submit', row.model)} "
-                            f"({exc}); grant it or drop those jobs, then run again"
+                            f"({exc}); get the key access to it, or drop those jobs, then run again"
                         )
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
                     raise _NotSent() from None

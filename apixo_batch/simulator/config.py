@@ -3,8 +3,9 @@
 Durations that describe the *service* (generation times, result expiry,
 callback timeout and retry delays) are given in APIXO seconds and multiplied
 by ``time_scale``. Durations that describe the *network or the account*
-(``rpm_window_s``, ``slow_delay_s``, ``duration_override_s``) are real seconds:
-a client's HTTP timeout and its request bucket are not scaled either.
+(``rpm_window_s``, ``slow_delay_s``, ``duration_override_s``, ``outages``,
+``unavailable``) are real seconds: a client's HTTP timeout and its request
+bucket are not scaled either.
 """
 
 from __future__ import annotations
