@@ -128,7 +128,7 @@ def resume_figures(
     ``synced``: the journal was last synced from this very job file (same stamp), so its
     ``in_file`` rows, in file order, are the file's jobs and the file is not read again."""
     known: dict[str, JournalJob] = {}
-    file_jobs: list[tuple[JournalJob | None, str, float | None, Kind]] = []
+    file_jobs: list[tuple[JournalJob | None, str, str, float | None, Kind]] = []
     if synced:
         for row in rows:
             if row.in_file:
