@@ -15,14 +15,14 @@ task brings is known once it succeeded (the lander still guards ``<stem>-2.mp4``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .rows import json_list
 from .states import JobState
 from .store import Journal
 
-__all__ = ["OUTPUT_EXISTS", "Clash", "output_clashes", "refuse_clashes"]
+__all__ = ["OUTPUT_EXISTS", "Clash", "clashes_in", "output_clashes", "refuse_clashes"]
 
 #: the fail code of a job refused because its output name is taken
 OUTPUT_EXISTS = "OUTPUT_EXISTS"
@@ -65,10 +65,18 @@ def output_clashes(j: Journal, exists: Callable[[str], bool] | None) -> list[Cla
     land there (names compared case-folded); or ``exists(name)`` (the output folder
     has it) and no job of the journal landed it. ``exists`` None: the journal alone
     (object storage, or a plan without looking at the disk)."""
+    return clashes_in(j.output_rows(), exists)
+
+
+def clashes_in(
+    rows: Iterable[tuple[str, str, str | None, int, str]], exists: Callable[[str], bool] | None
+) -> list[Clash]:
+    """:func:`output_clashes` over ``rows``: (id, filename, files as JSON, in the file,
+    state) of every job, in file order (what any journal backend can read)."""
     landed: dict[str, list[str]] = {}
     coming: dict[str, list[str]] = {}
     queued: list[tuple[str, str]] = []
-    for job_id, filename, files, in_file, state in j.output_rows():
+    for job_id, filename, files, in_file, state in rows:
         for name in json_list(files):
             landed.setdefault(str(name).casefold(), []).append(job_id)
         if state in _MAY_LAND:

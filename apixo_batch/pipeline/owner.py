@@ -19,7 +19,7 @@ SHOWN = 3
 
 
 async def own_output(
-    ledger: Ledger, campaign: str, where: Destination, journal: Path
+    ledger: Ledger, campaign: str, where: Destination, journal: Path | str
 ) -> FolderLock | None:
     """The journal kept for ``campaign`` alone, and a local output folder bound to this
     journal and campaign and locked for the run (None for object storage, which keeps
@@ -52,10 +52,11 @@ async def own_output(
     return claim_folder(where, me)
 
 
-def _journal_in(where: Path, journal: Path) -> None:
-    """A folder filled before owner files: its journal in it is its owner."""
+def _journal_in(where: Path, journal: Path | str) -> None:
+    """A folder filled before owner files: its journal in it is its owner (a journal in
+    a database is never the file in the folder)."""
     found = where / STATE_FILE
-    if found.exists() and found.resolve() != journal.resolve():
+    if found.exists() and (isinstance(journal, str) or found.resolve() != journal.resolve()):
         raise PathError(
             f"the output folder {where} holds the journal {found}, not {journal}: give "
             f"--out another folder, or --state {found} to go on with it"
@@ -84,7 +85,7 @@ def _manifest_tasks(path: Path) -> list[str]:
     return tasks
 
 
-def _foreign(where: Path, journal: Path, foreign: list[str]) -> str:
+def _foreign(where: Path, journal: Path | str, foreign: list[str]) -> str:
     more = len(foreign) - SHOWN
     shown = ", ".join(foreign[:SHOWN]) + (f" and {more} more" if more > 0 else "")
     return (
