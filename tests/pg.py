@@ -147,8 +147,9 @@ class Cluster:
         shutil.rmtree(self.data.parent, ignore_errors=True)
 
 
-def start_cluster(parent: Path | None = None) -> Cluster:
-    """initdb, then start, a cluster in a new folder under ``parent`` (a temp dir)."""
+def start_cluster(parent: Path | None = None, *, preload: str | None = None) -> Cluster:
+    """initdb, then start, a cluster in a new folder under ``parent`` (a temp dir);
+    ``preload``: its shared_preload_libraries (the bench's pg_stat_statements)."""
     binaries = _bin()
     assert binaries is not None, pg_missing()
     user = _user()
@@ -175,6 +176,8 @@ def start_cluster(parent: Path | None = None) -> Cluster:
         f"-p {cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
         "-c fsync=on -c max_connections=100"
     )
+    if preload:
+        options += f" -c shared_preload_libraries={preload}"
     cluster._run(
         str(binaries / "pg_ctl"),
         "-D",
