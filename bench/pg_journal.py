@@ -65,12 +65,19 @@ sys.exit(main(sys.argv[1:]))
 
 def _sqlite_counts(sim: Sim, job_file: Path, wd: Path) -> tuple[int, int, int]:
     counts = wd / "counts.txt"
-    env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url,
-           "APIXO_BENCH_COUNTS": str(counts)}  # fmt: skip
+    env = {
+        **os.environ,
+        "APIXO_API_KEY": KEY,
+        "APIXO_BASE_URL": sim.base_url,
+        "APIXO_BENCH_COUNTS": str(counts),
+    }
     subprocess.run(
         [sys.executable, "-c", _TRACED, "run", str(job_file), "--json", *FLAGS],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
     statements, commits, fsynced = (int(x) for x in counts.read_text().split())
     return statements, commits, fsynced
 
@@ -110,8 +117,9 @@ def main() -> None:
             for rep in range(args.repeat):
                 with workdir() as wd:
                     job_file = campaign(wd, n)
-                    with simulator(wd, time_scale=0.3, file_size=16 * 1024,
-                                   balance=n * 10.0) as sim:  # fmt: skip
+                    with simulator(
+                        wd, time_scale=0.3, file_size=16 * 1024, balance=n * 10.0
+                    ) as sim:
                         m = run_engine(sim, job_file, *FLAGS)
                         assert m.code == 0, m.summary
                         walls["sqlite"].append(m.wall_s)
@@ -134,8 +142,10 @@ def main() -> None:
                         after = _pg_stats(admin, db)
                         if rep == 0:
                             figures["postgresql"] = (
-                                after[0] - before[0], after[1] - before[1], after[2]
-                            )  # fmt: skip
+                                after[0] - before[0],
+                                after[1] - before[1],
+                                after[2],
+                            )
     finally:
         cluster.stop()
     print(f"pg_journal    {n} jobs, one runner, --max-concurrent 200, generations 15-21 s")

@@ -53,8 +53,14 @@ class _Clock:
         self.now += seconds
 
 
-def _job(n: int, *, prompt: str | None = None, filename: str | None = None,
-         model: str = "veo3-fast", duration: int | None = None) -> NewJob:  # fmt: skip
+def _job(
+    n: int,
+    *,
+    prompt: str | None = None,
+    filename: str | None = None,
+    model: str = "veo3-fast",
+    duration: int | None = None,
+) -> NewJob:
     body: dict[str, Any] = {"prompt": prompt or f"a cat, take {n}"}
     if duration is not None:
         body["duration"] = duration
@@ -109,10 +115,15 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     await ledger.record_task_id("job-3", "t-3", "async", False)
     clock.advance(2.0)
     await ledger.record_success(
-        "job-0", result_urls=["http://x/0.mp4"], completed_at=clock.wall(),
-        expires_at=clock.wall() + 86400, cost_time_ms=900, via="poll",
-        clock_key="veo3-fast|5|-", seconds=42.0,
-    )  # fmt: skip
+        "job-0",
+        result_urls=["http://x/0.mp4"],
+        completed_at=clock.wall(),
+        expires_at=clock.wall() + 86400,
+        cost_time_ms=900,
+        via="poll",
+        clock_key="veo3-fast|5|-",
+        seconds=42.0,
+    )
     await ledger.record_done("job-0", _landed("job-0.mp4"))
     seen.append(await _outcome(ledger.record_done("job-4", _landed("job-4.mp4"))))
     seen.append(await _outcome(ledger.mark_submitting("nope", 1)))
@@ -139,8 +150,13 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     # new and named like job-0's landed file (refused before any submit).
     await ledger.mark_submitting("job-1", 2)
     clock.advance(3.0)
-    edited = [_job(0, duration=5), _job(1, duration=10), _job(2, prompt="new"),
-              _job(3, prompt="edited"), _job(5, filename="JOB-0.mp4")]  # fmt: skip
+    edited = [
+        _job(0, duration=5),
+        _job(1, duration=10),
+        _job(2, prompt="new"),
+        _job(3, prompt="edited"),
+        _job(5, filename="JOB-0.mp4"),
+    ]
     recovered, sync = await ledger.reconcile(iter(edited), retry_failed=True)
     seen.append((recovered, vars(sync)))
     clashes = await ledger.refuse_clashes(None, lambda name: f"out/{name}")
@@ -154,7 +170,7 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
 
 
 @pytest.fixture
-async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Ledger, Ledger, _Clock, _Clock]]:  # fmt: skip
+async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Ledger, Ledger, _Clock, _Clock]]:
     lite_clock, pg_clock = _Clock(), _Clock()
     lite = SqliteLedger(AsyncJournal(Journal(tmp_path / "j.sqlite")), lite_clock)
     pg = await open_ledger(pg_url, "camp", pg_clock, anchor=tmp_path / "j.pg")
@@ -207,12 +223,13 @@ async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
     task.cancel()
     await ledger.close()
     with psycopg.connect(pg_url) as conn:
-        rows = conn.execute(
-            "SELECT id, state, task_id FROM jobs ORDER BY id"
-        ).fetchall()  # fmt: skip
+        rows = conn.execute("SELECT id, state, task_id FROM jobs ORDER BY id").fetchall()
         history = conn.execute("SELECT task_id FROM task_history ORDER BY 1").fetchall()
-    assert rows == [("job-0", "submitted", "t-0"), ("job-1", "queued", None),
-                    ("job-2", "submitted", "t-2")]  # fmt: skip
+    assert rows == [
+        ("job-0", "submitted", "t-0"),
+        ("job-1", "queued", None),
+        ("job-2", "submitted", "t-2"),
+    ]
     assert history == [("t-0",), ("t-2",)]
 
 
