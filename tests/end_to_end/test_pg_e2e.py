@@ -172,3 +172,42 @@ def test_no_driver_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apixo-batch[pg]" in lines[0] and "hunter2" not in lines[0]
+
+
+async def test_download_fetches_again_from_the_database(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """`download --state postgresql://…` fetches a deleted result again from its journaled
+    URL (the job is not submitted again)."""
+    sim = await simulator(time_scale=0.01, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    res = await run_cli(sim, "run", str(job_file), "--state", pg_url, *FAST)
+    assert res.code == 0, res.stderr
+    (tmp_path / "out" / "job-0001.mp4").unlink()
+    again = await run_cli(sim, "download", str(job_file), "--state", pg_url, *FAST)
+    assert again.code == 0, again.stderr
+    [entry] = [e for e in read_manifest(tmp_path / "out") if e["id"] == "job-0001"]
+    assert_byte_exact(sim, tmp_path / "out", entry)
+    assert sim.stats()["submits_accepted"] == 3
+
+
+async def test_database_restart_mid_run_loses_no_task_id(
+    simulator, tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """PostgreSQL restarted while a run submits: the run ends in one line (74: the journal
+    failed) or finishes; the next run ends every job done, and only submits whose task id
+    never reached the database are sent again, each flagged."""
+    sim = await simulator(time_scale=0.05, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(40))
+    proc = await start_cli(sim, "run", str(job_file), "--state", pg_url, *FAST)
+    await kill_when(proc, lambda: _task_ids(pg_url) >= 10, sig=0)
+    pg_cluster.restart()
+    first = await finish(proc)
+    assert first.code in (0, 74), first.stderr
+    assert "Traceback" not in first.stderr
+    res = await run_cli(sim, "run", str(job_file), "--state", pg_url, *FAST)
+    assert res.code == 0, res.stderr
+    manifest = read_manifest(tmp_path / "out")
+    assert len(manifest) == 40 and all(e["state"] == "done" for e in manifest)
+    flagged = sum(1 for e in manifest if e["possibly_duplicated"])
+    assert sim.stats()["submits_accepted"] - 40 <= flagged
