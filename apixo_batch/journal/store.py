@@ -69,11 +69,14 @@ class Journal(Reconcile, LearnedClocks):
                 hold_name(owners, name, job_id)
         return owners
 
-    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str]]:
-        """(id, filename, files as JSON, in_file, state) of every job, in file order."""
+    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
+        """(id, filename, files as JSON, in_file, state, how many result URLs the task
+        brought: None before it succeeded) of every job, in file order."""
         return iter(
             self._db.execute(
-                "SELECT id, filename, files, in_file, state FROM jobs ORDER BY idx, id"
+                "SELECT id, filename, files, in_file, state, "
+                "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
+                "ELSE json_array_length(result_urls) END FROM jobs ORDER BY idx, id"
             )
         )
 
