@@ -200,18 +200,38 @@ class Journal(Reconcile, LearnedClocks):
 
     def plan_rows(self) -> Iterator[tuple[Any, ...]]:
         """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
-        (id, state, input hash, has a task id, fail code, cost, in the file, kind)."""
-        kinds: dict[tuple[Any, ...], Kind] = {}
-        for jid, state, h, task, code, cost, in_file, *drives in self._db.execute(
+        (id, state, input hash, has a task id, fail code, cost, in the file, kind, filename,
+        the inputs price and clock read)."""
+        kinds: dict[tuple[Any, ...], tuple[Kind, dict[str, Any]]] = {}
+        for jid, state, h, task, code, cost, in_file, filename, *drives in self._db.execute(
             "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
-            "model, json_extract(input_json, '$.duration'), "
-            "json_extract(input_json, '$.resolution') FROM jobs ORDER BY in_file DESC, idx, id"
+            "filename, model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution'), json_extract(input_json, '$.mode'), "
+            "json_extract(input_json, '$.sound') FROM jobs ORDER BY in_file DESC, idx, id"
         ):
             key = tuple(drives)
-            kind = kinds.get(key)
-            if kind is None:
-                kind = kinds[key] = Kind(str(drives[0]), drives[1], drives[2])
-            yield str(jid), str(state), str(h), bool(task), code, cost, bool(in_file), kind
+            known = kinds.get(key)
+            if known is None:
+                model, duration, resolution, mode, sound = drives
+                kind = Kind(str(model), duration, resolution)
+                sample = dict(kind.drives)
+                if mode is not None:
+                    sample["mode"] = mode
+                if sound is not None:
+                    sample["sound"] = bool(sound)  # SQLite's JSON reads a boolean as 0 or 1
+                known = kinds[key] = (kind, sample)
+            yield (
+                str(jid),
+                str(state),
+                str(h),
+                bool(task),
+                code,
+                cost,
+                bool(in_file),
+                known[0],
+                str(filename),
+                known[1],
+            )
 
     def counts(self) -> dict[str, int]:
         return {
