@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -115,12 +116,12 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
     if not path.is_file():
         return None
     folder = campaign.output_dir if isinstance(campaign.output_dir, Path) else None
-    exists = None if folder is None else (lambda name: os.path.lexists(folder / name))
+    exists = None if folder is None else _exists_in(folder)
     clashes: list[Clash] = []
 
-    def refuse(candidates: list[tuple[str, str]]) -> set[str]:
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
         # The check `run` makes at its start, before any submit: the same rule.
-        clashes.extend(find_clashes(journal.output_rows(), candidates, exists))
+        clashes.extend(find_clashes(journal.output_rows(holders=True), candidates, exists))
         return {c.job_id for c in clashes}
 
     journal = Journal(path, lock=False)
@@ -144,6 +145,25 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
     finally:
         journal.close()
     return JournalView(resume, tuple(clashes), off_disk, folder)
+
+
+def _exists_in(folder: Path) -> Callable[[str], bool]:
+    """``os.path.lexists`` of a name in ``folder``, as ``run`` asks it, from one listing:
+    a name listed is there; a name listed only in another case is asked of the disk (a
+    case-insensitive one says it is there)."""
+    try:
+        listed = set(os.listdir(folder))
+    except OSError:
+        listed = set()
+    folded = {name.casefold() for name in listed}
+    base = str(folder)
+
+    def exists(name: str) -> bool:
+        if name in listed:
+            return True
+        return name.casefold() in folded and os.path.lexists(os.path.join(base, name))
+
+    return exists
 
 
 _HEADERS = ("model", "mode", "duration", "tier", "jobs", "output", "price/s", "cost")

@@ -102,13 +102,18 @@ def find_clashes(
     """Of ``candidates`` ((id, filename) of the jobs about to be submitted, in file order),
     those whose result names are taken, against the journal's ``rows``
     (:meth:`Journal.output_rows`): what ``run`` refuses, and what ``plan`` lists."""
-    landed: dict[str, list[str]] = {}
-    coming: dict[str, list[str]] = {}
+    # Who holds each name (case-folded): files landed, then names of tasks on their way,
+    # then the earlier candidates' names; and which names are landed files.
+    holders: dict[str, list[str]] = {}
+    landed: set[str] = set()
     on_way: list[tuple[str, str, str, int | None]] = []
     most = 1  # results a task has brought at most: the names a new task may take
     for job_id, filename, files, _, state, results in rows:
-        for name in json_list(files):
-            landed.setdefault(str(name).casefold(), []).append(job_id)
+        if files and files != "[]":
+            for name in json_list(files):
+                key = str(name).casefold()
+                landed.add(key)
+                holders.setdefault(key, []).append(job_id)
         if results:
             most = max(most, results)
         if state in _MAY_LAND:
@@ -116,39 +121,35 @@ def find_clashes(
     for job_id, filename, state, results in on_way:
         count = results if state == S.SUCCEEDED.value and results else most
         for name in result_names(filename, count):
-            coming.setdefault(name.casefold(), []).append(job_id)
-    claimed: dict[str, str] = {}
+            holders.setdefault(name.casefold(), []).append(job_id)
     found: list[Clash] = []
     for job_id, filename in candidates:
-        names = list(result_names(filename, most))
-        clash = _clash(job_id, names, landed, coming, claimed, exists)
+        names = (filename,) if most == 1 else tuple(result_names(filename, most))
+        clash = _clash(job_id, names, holders, landed, exists)
         if clash is not None:
             found.append(clash)
-            continue
-        for name in names:
-            claimed.setdefault(name.casefold(), job_id)
+        elif most > 1:
+            # One name each, the job file's names never meet (the loader refuses two
+            # alike); with several, job a's second may be job a-2's first.
+            for name in names:
+                holders.setdefault(name.casefold(), []).append(job_id)
     return found
 
 
 def _clash(
     job_id: str,
-    names: list[str],
-    landed: dict[str, list[str]],
-    coming: dict[str, list[str]],
-    claimed: dict[str, str],
+    names: tuple[str, ...],
+    holders: dict[str, list[str]],
+    landed: set[str],
     exists: Callable[[str], bool] | None,
 ) -> Clash | None:
     for n, name in enumerate(names, 1):
         key = name.casefold()
-        earlier = claimed.get(key)
-        holders = (
-            *landed.get(key, ()),
-            *coming.get(key, ()),
-            *(() if earlier is None else (earlier,)),
-        )
-        others = [o for o in holders if o != job_id]
-        if others:
-            return Clash(job_id, name, others[0], n)
+        held = holders.get(key)
+        if held is not None:
+            for other in held:
+                if other != job_id:
+                    return Clash(job_id, name, other, n)
         if key not in landed and exists is not None and exists(name):
             return Clash(job_id, name, None, n)
     return None

@@ -69,14 +69,25 @@ class Journal(Reconcile, LearnedClocks):
                 hold_name(owners, name, job_id)
         return owners
 
-    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
+    def output_rows(
+        self, *, holders: bool = False
+    ) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
         """(id, filename, files as JSON, in_file, state, how many result URLs the task
-        brought: None before it succeeded) of every job, in file order."""
+        brought: None before it succeeded) of every job, in file order. ``holders``: only
+        the jobs that may hold a name (files landed, a task on its way or that brought
+        results), what a check of other jobs' names needs."""
+        where = (
+            " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
+            "OR state IN ('submitting', 'submitted', 'succeeded') "
+            "OR (result_urls IS NOT NULL AND result_urls NOT IN ('', '[]'))"
+            if holders
+            else ""
+        )
         return iter(
             self._db.execute(
                 "SELECT id, filename, files, in_file, state, "
                 "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
-                "ELSE json_array_length(result_urls) END FROM jobs ORDER BY idx, id"
+                f"ELSE json_array_length(result_urls) END FROM jobs{where} ORDER BY idx, id"
             )
         )
 

@@ -151,7 +151,7 @@ def resume_figures(
     retry_failed: bool = False,
     budget: float | None = None,
     order: str = "longest",
-    refuse: Callable[[list[tuple[str, str]]], Collection[str]] | None = None,
+    refuse: Callable[[Iterable[tuple[str, str]]], Collection[str]] | None = None,
 ) -> Resume:
     """The figures for ``campaign`` against the journal ``rows`` (see the module docstring).
 
@@ -194,7 +194,7 @@ def resume_figures(
     new = len(new_ids)
     refused: Collection[str] = ()
     if refuse is not None and submit:
-        refused = refuse([(job.id, job.filename) for job in submit])
+        refused = refuse((job.id, job.filename) for job in submit)
         if refused:
             submit = [job for job in submit if job.id not in refused]
     orphaned = len(known)
@@ -270,23 +270,28 @@ def _figures(
 def _groups(submit: list[_Submit]) -> tuple[JobGroup, ...]:
     """The jobs by model, mode, duration and price tier, as the job file's loader groups
     them (first appearance first); a model the catalog does not know is left out."""
-    groups: dict[tuple[str, Any, Any, str], list[Any]] = {}
+    # Counted first by what decides the group (the kind, the mode, the sound toggle), a
+    # hashable key of few values: the price tier is then asked once per distinct one.
+    counted: dict[tuple[Kind, Any, Any], list[Any]] = {}
     for job in submit:
-        spec = MODELS.get(job.kind.model)
+        sample = job.sample
+        key = (job.kind, sample.get("mode"), sample.get("sound"))
+        seen = counted.get(key)
+        if seen is None:
+            counted[key] = [1, sample]
+        else:
+            seen[0] += 1
+    groups: dict[tuple[str, Any, Any, str], list[Any]] = {}
+    for (kind, mode, _), (n, sample) in counted.items():
+        spec = MODELS.get(kind.model)
         if spec is None:
             continue
-        sample = job.sample
-        key = (
-            job.kind.model,
-            sample.get("mode"),
-            sample.get("duration"),
-            spec.price_variant(sample),
-        )
-        group = groups.get(key)
+        group_key = (kind.model, mode, sample.get("duration"), spec.price_variant(sample))
+        group = groups.get(group_key)
         if group is None:
-            groups[key] = [1, sample]
+            groups[group_key] = [n, sample]
         else:
-            group[0] += 1
+            group[0] += n
     return tuple(
         JobGroup(model, str(mode), int(duration or 0), tier, MODELS[model].clock(sample), n, sample)
         for (model, mode, duration, tier), (n, sample) in groups.items()
@@ -296,11 +301,15 @@ def _groups(submit: list[_Submit]) -> tuple[JobGroup, ...]:
 def _runs(submit: list[_Submit]) -> tuple[tuple[Kind, int], ...]:
     """The jobs' kinds in file order, alike neighbours counted together."""
     runs: list[list[Any]] = []
+    last: Kind | None = None
     for job in submit:
-        if runs and runs[-1][0] == job.kind:
+        kind = job.kind
+        # Rows of a journal share their kinds: most neighbours are the same object.
+        if last is not None and (kind is last or kind == last):
             runs[-1][1] += 1
         else:
-            runs.append([job.kind, 1])
+            runs.append([kind, 1])
+            last = kind
     return tuple((kind, count) for kind, count in runs)
 
 

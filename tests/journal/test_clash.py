@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apixo_batch.journal import OUTPUT_EXISTS, Clash, JobState, Journal, NewJob, output_clashes
-from apixo_batch.journal.clash import refuse_clashes
+from apixo_batch.journal.clash import find_clashes, refuse_clashes
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -148,3 +148,15 @@ def test_two_queued_jobs_whose_names_would_meet_the_later_one_is_refused(
         Clash("job-2", "a-2.mp4", "job-1", 1),
         Clash("job-4", "c-2.mp4", "job-3", 1),
     ]
+
+
+def test_the_holders_rows_alone_find_the_same_clashes(journal: Journal) -> None:
+    """`plan` reads only the jobs that may hold a name: the same clashes as from all rows."""
+    journal.sync([_job(0), _job(1, filename="a.mp4"), _job(2, filename="b.mp4")], NOW)
+    _land(journal, "job-0", ["job-0.mp4", "b-2.mp4"])
+    journal.sync([_job(0), _job(1, filename="a.mp4"), _job(2, filename="b-2.mp4")], NOW)
+    candidates = [("job-1", "a.mp4"), ("job-2", "b-2.mp4")]
+    assert [r[0] for r in journal.output_rows(holders=True)] == ["job-0"]
+    every = find_clashes(journal.output_rows(), candidates, {"a-2.mp4"}.__contains__)
+    held = find_clashes(journal.output_rows(holders=True), candidates, {"a-2.mp4"}.__contains__)
+    assert every == held == [Clash("job-1", "a-2.mp4", None, 2), Clash("job-2", "b-2.mp4", "job-0")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -143,8 +144,8 @@ def test_jobs_run_would_refuse_are_not_counted_nor_priced(campaign: Campaign) ->
     counted as refused, left out of the cost, the groups and the budget's reach."""
     seen: list[list[tuple[str, str]]] = []
 
-    def refuse(candidates: list[tuple[str, str]]) -> set[str]:
-        seen.append(candidates)
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
+        seen.append(list(candidates))
         return {"j1", "j4"}
 
     r = resume_figures(campaign, [], journal="j", spent_usd=0.0, budget=10.0, refuse=refuse)
