@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..clock import human_duration
 from ..defaults import state_path
-from ..errors import JobFileError, StorageError
+from ..errors import JobFileError, PathError, StorageError
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..planning.plan import Plan, make_plan
@@ -39,6 +39,9 @@ def plan_command(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.IO_ERROR
+    except PathError as exc:
+        print(f"apixo-batch: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
     except JobFileError as exc:  # the file changed while it was read
         print(exc, file=sys.stderr)
         return ExitCode.INVALID
@@ -106,6 +109,7 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
     from ..journal import Journal
     from ..journal.clash import find_clashes
     from ..outputs.ondisk import problems
+    from ..pipeline.owner import other_campaign
 
     state = getattr(args, "state", None)
     path = (
@@ -126,6 +130,9 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
 
     journal = Journal(path, lock=False)
     try:
+        refused = other_campaign(path, journal.get_meta("campaign"), campaign.name)
+        if refused is not None:
+            raise PathError(refused)  # another campaign's jobs are not this one's plan
         # The journal synced from this very file holds its jobs: the file is not read again.
         synced = bool(campaign.stamp) and journal.file_stamp() == campaign.stamp
         rows = [JournalJob(*row) for row in journal.plan_rows()]

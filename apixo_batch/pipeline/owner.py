@@ -10,7 +10,21 @@ from ..journal import Ledger
 from ..location import Destination
 from ..outputs.owner import FolderLock, Owner, claim_folder, read_owner
 
-__all__ = ["own_output"]
+__all__ = ["other_campaign", "own_output"]
+
+
+def other_campaign(journal: Path, kept: str | None, campaign: str) -> str | None:
+    """The one line refusing ``campaign`` a journal kept for the campaign ``kept`` (None
+    when it is the same, or the journal keeps no name yet): what ``run`` and ``download``
+    say before anything is sent, and what ``status``, ``review``, ``plan`` and ``verify``
+    say instead of telling another campaign's jobs as this one's."""
+    if kept is None or kept == campaign:
+        return None
+    return (
+        f"the journal {journal} is for the campaign '{kept}', not '{campaign}': give "
+        f"campaign '{campaign}' its own --state and --out (or output.dir), or run "
+        f"campaign '{kept}'"
+    )
 
 
 async def own_output(
@@ -20,13 +34,9 @@ async def own_output(
     journal and campaign and locked for the run (None for object storage, which keeps
     its own rule). Another campaign's journal, or a folder another journal or campaign
     owns, is PathError: one line naming the owner and what to do."""
-    kept = await ledger.keep_campaign(campaign)
-    if kept != campaign:
-        raise PathError(
-            f"the journal {journal} is for the campaign '{kept}', not '{campaign}': give "
-            f"campaign '{campaign}' its own --state and --out (or output.dir), or run "
-            f"campaign '{kept}'"
-        )
+    refused = other_campaign(journal, await ledger.keep_campaign(campaign), campaign)
+    if refused is not None:
+        raise PathError(refused)
     if not isinstance(where, Path):
         return None
     return _bind(where, Owner(await ledger.identity(), str(journal), campaign), journal)
