@@ -84,6 +84,8 @@ class JournalView:
 
     def to_dict(self) -> dict[str, Any]:
         data = self.resume.to_dict()
+        if not self.resume.journal:
+            data["path"] = None  # no journal yet: the folder's files alone were checked
         data["clashes"] = [
             {"job": c.job_id, "file": self.shown(c.name), "holder": c.holder, "result": c.result}
             for c in self.clashes[:SHOWN_JSON]
@@ -117,9 +119,9 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
         if state
         else state_path(campaign.output_dir, campaign.path, campaign.name)
     )
-    if not path.is_file():
-        return None
     folder = campaign.output_dir if isinstance(campaign.output_dir, Path) else None
+    if not path.is_file():
+        return _first_run(campaign, folder, args)
     exists = None if folder is None else _exists_in(folder)
     clashes: list[Clash] = []
 
@@ -152,6 +154,35 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
     finally:
         journal.close()
     return JournalView(resume, tuple(clashes), off_disk, folder)
+
+
+def _first_run(
+    campaign: Campaign, folder: Path | None, args: argparse.Namespace
+) -> JournalView | None:
+    """No journal yet: None, unless files in the output folder are at names of the file's
+    jobs. The first run refuses those jobs before any submit (no job of a journal wrote
+    the files); the view then holds what it would do (``journal`` empty, no path)."""
+    from ..journal.clash import find_clashes
+
+    if folder is None or not folder.is_dir() or not any(os.scandir(folder)):
+        return None
+    exists = _exists_in(folder)
+    clashes: list[Clash] = []
+
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
+        clashes.extend(find_clashes((), candidates, exists))
+        return {c.job_id for c in clashes}
+
+    resume = resume_figures(
+        campaign,
+        (),
+        journal="",
+        spent_usd=0.0,
+        budget=getattr(args, "budget", None),
+        order=getattr(args, "order", "longest"),
+        refuse=refuse,
+    )
+    return JournalView(resume, tuple(clashes), (), folder) if clashes else None
 
 
 def _exists_in(folder: Path) -> Callable[[str], bool]:
@@ -259,7 +290,7 @@ def _header_line(plan: Plan) -> str:
     if plan.whole is not None:
         return (
             f"Campaign {plan.name!r}: {plan.jobs:,} jobs to submit now, of the "
-            f"{plan.whole.jobs:,} in {_shown(plan.job_file)} (after its journal)"
+            f"{plan.whole.jobs:,} in {_shown(plan.job_file)}"
         )
     return f"Campaign {plan.name!r}: {plan.jobs:,} jobs from {_shown(plan.job_file)}"
 
@@ -316,10 +347,12 @@ def _journal_lines(view: JournalView | None) -> list[str]:
         cost = f"≥ {cost} + {r.to_submit_unknown:,} of unknown price"
     lines = [
         "",
-        f"Journal {r.journal}: run would now",
+        f"Journal {r.journal}: run would now"
+        if r.journal
+        else "No journal yet, files in the output folder: run would now",
         f"  submit        {r.to_submit:,} jobs for {cost}",
     ]
-    if r.new:
+    if r.new and r.journal:
         lines.append(
             f"  new           {r.new:,} ids the journal does not know: {_ids(r.new_ids, r.new)}"
         )
@@ -331,6 +364,8 @@ def _journal_lines(view: JournalView | None) -> list[str]:
         lines += [f"    {_clash_line(c, view)}" for c in view.clashes[:SHOWN_LINES]]
         if len(view.clashes) > SHOWN_LINES:
             lines.append(f"    ... and {len(view.clashes) - SHOWN_LINES:,} more")
+    if not r.journal:
+        return lines
     lines += [
         f"  done          {r.done:,}",
         f"  in flight     {r.in_flight:,} (followed, not paid again)",

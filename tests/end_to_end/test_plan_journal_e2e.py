@@ -144,3 +144,31 @@ async def test_plan_after_a_new_matrix_tells_what_run_then_does(simulator, tmp_p
     by_id = {e["id"]: e for e in read_manifest(out)}
     assert by_id["job-0000-5"]["fail_code"] == "OUTPUT_EXISTS"
     assert by_id["job-0001"]["state"] == "done" and (out / "job-0001.mp4").is_file()
+
+
+async def test_plan_before_the_first_run_lists_a_hand_made_file_in_the_way(
+    simulator, tmp_path: Path
+) -> None:
+    """No journal yet, but out/hero.mp4 is the user's cut: `plan` says run would refuse
+    the job `hero` before its submit and prices the other two; `run` then does so."""
+    sim = await simulator(time_scale=0.01, results_per_task=1)
+    jobs = simple_jobs(3)
+    jobs[0]["id"] = "hero"
+    job_file = write_campaign(tmp_path, jobs)
+    out = tmp_path / "out"
+    out.mkdir()
+    cut = out / "hero.mp4"
+    cut.write_bytes(b"my hand-made cut")
+    res = await run_cli(sim, "plan", str(job_file), "--json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert (data["jobs"], data["file"]["jobs"]) == (2, 3)
+    journal = data["journal"]
+    assert journal["path"] is None and journal["refused"] == 1
+    assert journal["clashes"] == [{"job": "hero", "file": str(cut), "holder": None, "result": 1}]
+    text = (await run_cli(sim, "plan", str(job_file))).stdout
+    assert "No journal yet, files in the output folder: run would now" in text, text
+    assert f"job hero: {cut} is a file no job of this campaign wrote" in text, text
+    run = await run_cli(sim, "run", str(job_file), *FAST)
+    assert run.code == 1 and sim.stats()["submits_accepted"] == 2
+    assert cut.read_bytes() == b"my hand-made cut"
