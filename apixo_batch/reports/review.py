@@ -51,7 +51,7 @@ def _job(row: JobRow) -> dict[str, Any]:
         "task_id": row.task_id,
         "cost": row.cost_usd,
         "gen_ms": row.cost_time_ms,
-        "files": list(row.files),
+        "files": list(row.landed_files),
         "urls": len(row.result_urls),
         "expires_at": row.expires_at,
     }
