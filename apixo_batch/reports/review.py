@@ -37,9 +37,20 @@ __all__ = ["REVIEW_FILE", "WAITS", "write_review"]
 
 REVIEW_FILE = "review.html"
 
-# Inside <script>, "</script>" or "<!--" in a prompt would end or bend the block: the
-# JSON is ASCII, and these three are written as escapes JSON.parse reads back.
-_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+def _script_safe(text: str) -> str:
+    """JSON that cannot leave its <script> block."""
+    # "</script>" or "<!--" in a prompt would end or bend the block: the JSON is ASCII,
+    # and these three are written as escapes JSON.parse reads back. Most jobs hold none:
+    # a look first (str.translate with a table took a fifth of the writing at 100k jobs).
+    if "<" in text or ">" in text or "&" in text:
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text
+
+
+# No spaces after separators: 8% of the page's size at 100,000 jobs, and still the C
+# encoder (one encoder for every job: json.dumps with options builds one per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 #: why a pending job waits, as the page's data names it (the script words each)
 WAITS = {
@@ -180,7 +191,7 @@ def write_review(
                         unknown += 1
                     else:
                         spent += row.cost_usd
-                out.write(("" if first else ",") + json.dumps(job).translate(_SCRIPT_SAFE))
+                out.write(("" if first else ",") + _script_safe(_COMPACT.encode(job)))
                 first = False
             out.write("]</script>\n")
             if totals is not None:
@@ -201,7 +212,7 @@ def write_review(
                 "learned_slots": summary.learned_slots if summary else None,
             }
             out.write('<script id="meta" type="application/json">')
-            out.write(json.dumps(meta).translate(_SCRIPT_SAFE) + "</script>\n")
+            out.write(_script_safe(json.dumps(meta)) + "</script>\n")
             out.write(_TAIL)
         os.replace(tmp, path)
     except BaseException:

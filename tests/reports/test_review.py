@@ -51,7 +51,7 @@ async def test_review_command_and_run_write_the_page(simulator, tmp_path: Path) 
     again = await run_cli(sim, "review", job_file)
     assert again.code == 0 and again.stdout.strip() == str(out / "review.html")
     assert sim.stats()["requests_total"] == requests
-    assert '"id": "job-0001"' in (out / "review.html").read_text(encoding="utf-8")
+    assert '"id":"job-0001"' in (out / "review.html").read_text(encoding="utf-8")
 
 
 S = JobState
