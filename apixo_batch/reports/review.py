@@ -230,7 +230,8 @@ _HEAD = """<!doctype html>
 body { margin: 0; }
 header { padding: 16px 24px; background: #1d2330; color: #fff; }
 header h1 { margin: 0 0 6px; font-size: 20px; }
-header .facts span { margin-right: 18px; white-space: nowrap; }
+header .facts { display: flex; flex-wrap: wrap; gap: 2px 18px; }
+header .facts span { white-space: nowrap; }
 .controls { position: sticky; top: 0; z-index: 2; display: flex; flex-wrap: wrap; gap: 8px;
   padding: 10px 24px; background: #fff; border-bottom: 1px solid #d8dbe3; }
 .controls input[type=search] { flex: 1 1 240px; padding: 5px 8px; }
@@ -259,7 +260,7 @@ h2 { font-size: 16px; margin: 18px 0 8px; }
   font-size: 12px; }
 .card .sources { display: flex; flex-wrap: wrap; gap: 4px; margin: 6px 0 0; }
 .card .sources img { width: 64px; height: 64px; object-fit: cover; border-radius: 3px;
-  background: #eceef3; display: block; }
+  background: #eceef3; display: block; font-size: 10px; color: #5a6272; overflow: hidden; }
 #attention .group.expired { background: #fff6e5; border-color: #f0d39a; }
 #attention .group.download { background: #eef4ff; border-color: #bfd0f3; }
 #more { height: 40px; } #shown { color: #5a6272; }
