@@ -332,7 +332,7 @@ function why(job) {
   if (job.state === "expired") return line("expired", ["Expired: APIXO no longer holds the " +
     "video. Generating it again is a new task, charged again: ", command("retry_expired")]);
   if (job.state === "failed") return line("failed", ["To submit it again (charged again): ",
-    command("retry_failed")]);
+    command("retry_failed"), " (a refused input once it changed)."]);
   const dup = job.dup ? " A submit of it was cut off before its answer: it may have been " +
     "charged twice." : "";
   switch (job.wait) {
@@ -491,6 +491,10 @@ function attention() {
     const retry = el("p", {"data-kind": "failed"},
       "To submit the failed jobs again (each is charged again): ");
     retry.appendChild(command("retry_failed"));
+    // A refused input sent unchanged is refused (and paid) again: --retry-failed waits
+    // for it to change unless its code is named.
+    retry.append(". A job whose input APIXO refused is sent again once its input " +
+      "changed; --fail-code CODE narrows the retry to one code and sends those as they are.");
     box.appendChild(retry);
   }
   if (expired.length) {
