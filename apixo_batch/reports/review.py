@@ -452,8 +452,10 @@ function header() {
     add("last run " + when(work.ended_at) + " took " + human(work.wall_s) + ", " +
       work.submitted + " submitted", "last-run");
   }
-  if (latest && (!work || latest.ended_at > work.ended_at)) {
+  if (latest && work && latest.ended_at > work.ended_at) {
     add("run again " + when(latest.ended_at) + ": nothing to do", "latest-run");
+  } else if (latest && !work) {
+    add("last run " + when(latest.ended_at) + ": no job moved", "latest-run");
   }
   if (META.learned_rpm) add("account ~" + META.learned_rpm + " requests/min");
   if (META.learned_slots) add("account ~" + META.learned_slots + " tasks at once");

@@ -242,3 +242,33 @@ async def test_the_page_says_where_each_job_is_and_the_command_that_moves_it(
     assert await bad.locator("a").count() == 0
     assert await bad.inner_text() == "source image 1: javascript:alert(1)"
     assert page.dialogs == []
+
+
+async def test_a_queued_job_says_the_budget_or_the_stop_that_left_it(
+    tmp_path: Path, page: Any
+) -> None:
+    """After a run that stopped at its budget, a job never submitted says it did not fit
+    that budget; after one that was interrupted, that the run stopped submitting; before
+    any run kept, only that it was never submitted."""
+    journal = campaign_journal(tmp_path)
+    said = []
+    for record in (
+        None,
+        RunRecord(time.time(), 5.0, 2, 4, stops=("budget",), budget_usd=1.0),
+        RunRecord(time.time(), 5.0, 2, 4, stops=("interrupted",)),
+    ):
+        if record is not None:
+            keep_run(journal, record)
+        path = write_review(
+            journal.iter_all(), tmp_path, name="n", job_file="c.yaml", runs=last_runs(journal)
+        )
+        await page.goto(path.as_uri())
+        said.append(await page.locator('article[data-id="never"] .why').inner_text())
+    journal.close()
+    assert said == [
+        "Never submitted: apixo-batch run c.yaml submits it.",
+        "Not submitted: it did not fit the last run's budget ($1.00). A larger --budget, "
+        "or none: apixo-batch run c.yaml",
+        "Not submitted: the last run stopped submitting (interrupted). Once that is fixed, "
+        "apixo-batch run c.yaml goes on.",
+    ]
