@@ -24,7 +24,7 @@ from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
 from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
-from ..journal import DoneFiles, JobRow, JobState, Journal
+from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..reports.manifest import event_line, render_summary
@@ -648,7 +648,12 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         return ExitCode.INVALID
     try:
         path = write_review(
-            journal.iter_all(), output.local_dir, name=campaign.name, job_file=args.jobfile
+            journal.iter_all(),
+            output.local_dir,
+            name=campaign.name,
+            job_file=args.jobfile,
+            totals=Totals(journal.totals()),
+            runs=last_runs(journal),
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")
