@@ -31,6 +31,8 @@ __all__ = ["JournalJob", "Resume", "resume_figures"]
 
 #: ids listed by name (orphaned, new); the rest are counted
 SHOWN_IDS = 10
+#: ids of jobs that do not fit the budget named (the rest are counted)
+SHOWN_UNFIT = 5
 
 #: journal states whose task was (or may have been) paid for
 _PAID = frozenset({"submitting", "submitted", "succeeded", "done", "expired"})
@@ -98,6 +100,9 @@ class Resume:
     #: jobs of ``to_submit`` that fit the budget, in the start order (None: no budget)
     fit_budget: int | None = None
     fit_budget_usd: float | None = None
+    #: priced jobs of ``to_submit`` that do not fit it, and the first few of their ids
+    unfit_budget: int = 0
+    unfit_budget_ids: tuple[str, ...] = ()
     #: jobs ``run`` would refuse before their submit (their names are taken): not counted
     #: in ``to_submit``
     refused: int = 0
@@ -137,6 +142,8 @@ class Resume:
                 "usd": self.budget,
                 "fit_jobs": self.fit_budget,
                 "fit_usd": None if self.fit_budget_usd is None else round(self.fit_budget_usd, 4),
+                "unfit_jobs": self.unfit_budget,
+                "unfit_ids": list(self.unfit_budget_ids),
             },
         }
 
@@ -204,8 +211,9 @@ def resume_figures(
     priced_new = new - new_unknown
     pay_again_usd = new_usd / priced_new * min(pay_again, priced_new) if priced_new else 0.0
     fit = fit_usd = None
+    unfit: list[str] = []
     if budget is not None:
-        fit, fit_usd = _fit(submit, budget, spent_usd, order)
+        fit, fit_usd, unfit = _fit(submit, budget, spent_usd, order)
     return Resume(
         journal=journal,
         to_submit=len(submit),
@@ -226,6 +234,8 @@ def resume_figures(
         budget=budget,
         fit_budget=fit,
         fit_budget_usd=fit_usd,
+        unfit_budget=len(unfit),
+        unfit_budget_ids=tuple(unfit[:SHOWN_UNFIT]),
         refused=len(refused),
         groups=_groups(submit),
         runs=_runs(submit),
@@ -313,9 +323,12 @@ def _runs(submit: list[_Submit]) -> tuple[tuple[Kind, int], ...]:
     return tuple((kind, count) for kind, count in runs)
 
 
-def _fit(submit: list[_Submit], budget: float, spent: float, order: str) -> tuple[int, float]:
-    """The budget meter's rule: jobs in start order, the first that would take the spend
-    past the budget ends admission; jobs of unknown price are skipped."""
+def _fit(
+    submit: list[_Submit], budget: float, spent: float, order: str
+) -> tuple[int, float, list[str]]:
+    """The budget meter's rule: jobs in start order, each admitted when it fits what is left
+    of the budget and skipped when it does not (the next ones are still weighed); jobs of
+    unknown price are skipped. (jobs that fit, their USD, ids of the priced ones that do not)"""
     if order == "longest":
         ranked = longest_first(
             dict.fromkeys(job.kind for job in submit), partial(expected_generation_s, None)
@@ -323,12 +336,14 @@ def _fit(submit: list[_Submit], budget: float, spent: float, order: str) -> tupl
         rank = {kind: i for i, kind in enumerate(ranked)}
         submit = sorted(submit, key=lambda job: rank[job.kind])
     committed, jobs = spent, 0
+    unfit: list[str] = []
     for job in submit:
         cost = job.cost
         if cost is None:
             continue
         if committed + cost > budget + 1e-9:
-            break
+            unfit.append(job.id)
+            continue
         committed += cost
         jobs += 1
-    return jobs, committed - spent
+    return jobs, committed - spent, unfit
