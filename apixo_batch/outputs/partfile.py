@@ -60,6 +60,7 @@ class PartFile:
         # (a closed descriptor's number may already belong to another file).
         self._lock = threading.Lock()
         self._sealed = False  # committed or closed: no more writes
+        self._landed = False  # renamed to its final name: the path is no longer ours
         self._broken = False  # a write failed: the file may end mid-batch
 
     @classmethod
@@ -147,6 +148,7 @@ class PartFile:
                 self._fd = None
                 os.close(fd)
         os.replace(self.path, dest)
+        self._landed = True
         _fsync_dir(dest.parent)
 
     def _create(self) -> int:
@@ -203,22 +205,29 @@ class PartFile:
         """Land what is buffered and close, keeping it for a later resume.
 
         An empty file helps nobody: it is deleted (as is a ``.part`` left by
-        an earlier run that a fresh part never got to overwrite).
+        an earlier run that a fresh part never got to overwrite, and the one a
+        commit that failed left empty: a small file's only write is the commit's,
+        and a full disk refuses it after the file was created).
         """
         with self._lock:
             if self._sealed:
-                return  # committed (or committing) already
-            self._sealed = True
-            pieces = self.take()
-            try:
-                if pieces and not self._broken:
-                    self._write(self._fd if self._fd is not None else self._create(), pieces)
-            except OSError as exc:
-                # Keep the caller's exception; what is on disk is still a prefix.
-                log.debug("cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc)
-            finally:
-                self._close()
-            empty = self._written == 0
+                # Committed (or committing) already, or a commit that failed.
+                empty = not self._landed and self._fd is None and self._written == 0
+            else:
+                self._sealed = True
+                pieces = self.take()
+                try:
+                    if pieces and not self._broken:
+                        fd = self._fd if self._fd is not None else self._create()
+                        self._write(fd, pieces)
+                except OSError as exc:
+                    # Keep the caller's exception; what is on disk is still a prefix.
+                    log.debug(
+                        "cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc
+                    )
+                finally:
+                    self._close()
+                empty = self._written == 0
         if empty:
             self.path.unlink(missing_ok=True)
 

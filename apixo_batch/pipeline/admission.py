@@ -26,7 +26,7 @@ from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
 from ..planning.order import longest_first
-from .stop import Level, Stop, StopKind, Stops
+from .stop import BUDGET_STEP, Level, Stop, StopKind, Stops
 
 __all__ = [
     "Admission",
@@ -155,7 +155,7 @@ class BudgetMeter:
                 f"--budget ${self.budget:.2f} reached (estimated spend "
                 f"${self.committed:.2f}); the remaining jobs stay pending"
             )
-            return Verdict("end", Stop(StopKind.BUDGET, reason))
+            return Verdict("end", Stop(StopKind.BUDGET, reason, next_step=BUDGET_STEP))
         self.committed += row.cost_usd
         return ADMIT
 

@@ -38,7 +38,7 @@ from ..retry import Patience
 from .admission import Permit
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, refusal_step
 from .submitter import Submitted
 from .turnaround import Turnaround
 
@@ -246,7 +246,12 @@ class Follower:
         if exc.fatal:
             # Without a working key nothing more can be learned in this run.
             self._stops.request(
-                Stop(StopKind.KEY_REFUSED, f"the API refused a poll: {exc}", fatal=str(exc))
+                Stop(
+                    StopKind.KEY_REFUSED,
+                    f"the API refused a poll: {exc}",
+                    fatal=str(exc),
+                    next_step=refusal_step(exc),
+                )
             )
             return False
         if isinstance(exc, NotFound):

@@ -73,6 +73,8 @@ async def finish(
         fail_codes=books.fail_codes,
         per_model=books.per_model,
         never_submitted=books.never_submitted,
+        submit_cut_off=books.submit_cut_off,
+        next_step=stops.next_step,
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
     )
