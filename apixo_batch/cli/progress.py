@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -61,9 +61,12 @@ class _Row:
 
 #: Results that must end before an ETA is shown: one gives no pace, two a noisy one.
 ETA_AFTER = 3
-#: How far each new result moves the predicted end towards its own estimate: a burst of
-#: results (or a lull) nudges the ETA rather than throwing it.
-ETA_SMOOTHING = 0.2
+#: How far each new end moves the time left towards its own estimate, and by how much of
+#: itself at most: a burst of results (or a lull) nudges the ETA rather than throwing it.
+ETA_SMOOTHING = 0.3
+ETA_MAX_STEP = 0.25
+#: The pace is that of the last ends (this many), so a lull long past stops weighing on it.
+ETA_WINDOW = 20
 
 
 @dataclass
@@ -78,12 +81,12 @@ class Tally:
     clock: Clock = field(default_factory=SystemClock)
     first_done_at: float | None = None
     done_this_run: int = 0
-    #: jobs that ended this run (done, failed after a submit, expired): the pace
+    #: jobs that ended this run (done, failed after a submit, expired)
     ended_this_run: int = 0
-    first_end_at: float | None = None
+    #: when the last ends came (``clock.monotonic()``): the pace
+    ends: deque[float] = field(default_factory=lambda: deque(maxlen=ETA_WINDOW + 1))
     #: the predicted end (``clock.monotonic()``), once it can be estimated
     predicted_end: float | None = None
-    estimates: int = 0
     retries: int = 0
     rate_limited: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -137,26 +140,25 @@ class Tally:
                 self._ended()
 
     def _ended(self) -> None:
-        """A job ended: the pace since the first end predicts when the rest will."""
+        """A job ended: the pace of the last ends predicts when the rest will."""
         now = self.clock.monotonic()
         self.ended_this_run += 1
-        if self.first_end_at is None:
-            self.first_end_at = now
+        self.ends.append(now)
         # The pace between ends, not since the start: the first results come only after a
         # whole generation, and that wait says nothing about how fast the rest follow.
-        spent = now - self.first_end_at
-        if self.ended_this_run < ETA_AFTER or spent <= 0:
+        spent = now - self.ends[0]
+        if len(self.ends) < ETA_AFTER or spent <= 0:
             return
         t = self.total()
         left = t.queued + t.in_flight + t.downloading
-        estimate = now + left * spent / (self.ended_this_run - 1)
-        self.estimates += 1
-        if self.predicted_end is None:
-            self.predicted_end = estimate
-        else:
-            # The first estimates averaged (each is as good as the next), then smoothed.
-            weight = max(ETA_SMOOTHING, 1 / self.estimates)
-            self.predicted_end += (estimate - self.predicted_end) * weight
+        estimate = left * spent / (len(self.ends) - 1)
+        shown = None if self.predicted_end is None else self.predicted_end - now
+        if shown is None or shown <= 0:
+            self.predicted_end = now + estimate  # the first pace, or the last one overdue
+            return
+        moved = shown + (estimate - shown) * ETA_SMOOTHING
+        low, high = shown * (1 - ETA_MAX_STEP), shown * (1 + ETA_MAX_STEP)
+        self.predicted_end = now + min(max(moved, low), high)
 
     def total(self) -> _Row:
         out = _Row()

@@ -211,8 +211,10 @@ class PartFile:
         """
         with self._lock:
             if self._sealed:
-                # Committed (or committing) already, or a commit that failed.
-                empty = not self._landed and self._fd is None and self._written == 0
+                # Committed (or committing) already, or a commit that failed: that one's
+                # file is gone only if the disk took none of it (a piece cut short is on
+                # disk without being counted in ``_written``).
+                empty = not self._landed and self._fd is None and _empty(self.path)
             else:
                 self._sealed = True
                 pieces = self.take()
@@ -307,6 +309,13 @@ def _open_creating(path: Path, flags: int) -> int:
         # Cheaper than a mkdir before every file: folders are usually there already.
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o666)
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False  # not there, or not ours to judge: left as it is
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -27,6 +27,10 @@ FAST = ["--time-scale", "0.01"]
 RUN_SUBMITS_THEM = "`apixo-batch run` submits them"
 
 
+def _listed(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 async def test_each_download_that_gave_up_is_a_line_with_its_status_and_the_command(
     simulator, tmp_path: Path
 ) -> None:
@@ -53,7 +57,7 @@ async def test_a_key_refused_on_a_first_run_creates_nothing_and_says_fix_the_key
     job_file = str(write_campaign(tmp_path, simple_jobs(3)))
     res = await run_cli(sim, "run", job_file, *FAST, key="not-the-key")
     assert res.code == 3, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign.yaml"]
+    assert _listed(tmp_path) == ["campaign.yaml"]
     assert "next: fix the API key (APIXO_API_KEY or --api-key-file)" in res.stderr
     assert RUN_SUBMITS_THEM not in res.stderr
     assert "Traceback" not in res.stderr and "not-the-key" not in res.stderr
@@ -62,7 +66,7 @@ async def test_a_key_refused_on_a_first_run_creates_nothing_and_says_fix_the_key
     assert as_json.events[-1] == summary and summary["exit_code"] == 3
     assert summary["manifest"] is None and summary["never_submitted"] == 3
     assert summary["next_step"].startswith("fix the API key")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign.yaml"]
+    assert _listed(tmp_path) == ["campaign.yaml"]
     # The key fixed, the same command runs the campaign.
     assert (await run_cli(sim, "run", job_file, *FAST)).code == 0
 
@@ -160,7 +164,8 @@ async def test_an_interrupt_says_what_it_waits_for_and_tells_each_job_once(
     proc.send_signal(signal.SIGINT)
     res = await finish(proc, limit=30.0)
     assert res.code == 130, res.stderr
-    waiting = re.search(r"stopping: waiting up to 3 s for (\d+) submit\(s\) on the wire", res.stderr)
+    told = r"stopping: waiting up to 3 s for (\d+) submit\(s\) on the wire"
+    waiting = re.search(told, res.stderr)
     assert waiting, res.stderr
     cut = int(waiting.group(1))
     assert f"{cut} pending job(s) may have been submitted already" in res.stderr
