@@ -35,7 +35,8 @@ async def test_each_download_that_gave_up_is_a_line_with_its_status_and_the_comm
     simulator, tmp_path: Path
 ) -> None:
     """Every file request answered 5xx: the human output names each job whose download
-    gave up, with the HTTP status and `apixo-batch download` (not only --json)."""
+    gave up, with the HTTP status and `apixo-batch download` (not only --json), and the
+    summary's next step is that command."""
     sim = await simulator(time_scale=0.01, file_error_rate=1.0)
     job_file = str(write_campaign(tmp_path, simple_jobs(2)))
     res = await run_cli(sim, "run", job_file, *FAST)
@@ -45,6 +46,9 @@ async def test_each_download_that_gave_up_is_a_line_with_its_status_and_the_comm
         assert len(lines) == 1, res.stderr
         assert re.search(r"\(HTTP 50[023]\)", lines[0]) and "`apixo-batch download`" in lines[0]
     assert "2 pending" in res.stderr
+    assert "next: `apixo-batch download` fetches the 2 result(s) whose download gave up" in (
+        res.stderr
+    )
 
 
 async def test_a_key_refused_on_a_first_run_creates_nothing_and_says_fix_the_key(
