@@ -133,13 +133,23 @@ class _Printer:
                 if isinstance(event, Failed)
                 else (None, event.message)
             )
-            self._say(" ".join([f"{event.kind}: {event.job_id}", *filter(None, (why, msg))]))
+            line = " ".join([f"{event.kind}: {event.job_id}", *filter(None, (why, msg))])
+            hint = _FAIL_HINTS.get(event.fail_class or "") if isinstance(event, Failed) else None
+            self._say(f"{line} ({hint})" if hint else line)
         elif isinstance(event, Retried) and event.call == "download":
             # The only sign in the human output of why a job ends pending with its result
             # paid: the status it got and the command that fetches it later.
             self._say(f"download: {event.job_id}: {event.error}")
         elif isinstance(event, Pending) and not self.quiet:
             self._say(f"pending: {event.job_id}: {event.message}")
+
+
+#: what to do about a failed task, by its fail code's class (catalog/failcodes.py)
+_FAIL_HINTS = {
+    "input": "the input was refused: fix the job, then --retry-failed",
+    "content": "the content was flagged: change it, then --retry-failed",
+    "transient": "APIXO's provider was busy: --retry-failed may succeed, and pays again",
+}
 
 
 def ended_in_error(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..apixo.client import ApixoClient
-from ..errors import ApiError, ApixoError, TransportError
+from ..errors import ApiError, ApixoError, Forbidden, TransportError
 from ..events import Emitter, Preflight, Warned
-from .stop import Stop, StopKind, refusal_step
+from .stop import Stop, StopKind, no_access, refusal_step
 
 __all__ = ["preflight"]
 
@@ -19,17 +19,24 @@ async def preflight(
     queued: int,
     budget_left: float | None,
     allow_partial: bool,
-    balance: float | None = None,
+    read: float | ApixoError | None = None,
 ) -> Stop | None:
     """The stop that keeps every submit from leaving (told when the run requests it), or
     None to go on.
 
     ``cost`` is the estimated USD of the ``queued`` jobs of known price; ``budget_left``
-    caps what this run may spend; ``balance``, when given, was read already (before the
-    journal of a first run was created). A balance that cannot be read is said and ignored."""
+    caps what this run may spend; ``read``, when given, is the balance (or why it could not
+    be read) read already, before a first run created its journal: never asked twice. A
+    balance that cannot be read is said and ignored."""
     try:
-        if balance is None:
-            balance = await client.balance()
+        if isinstance(read, ApixoError):
+            raise read
+        balance = await client.balance() if read is None else read
+    except Forbidden as exc:
+        # The balance route alone may be closed to a key that can submit: the check is
+        # skipped, and a submit refused the same way stops the run then.
+        emit(Warned(message=f"{no_access('balance')} ({exc}); going on without the balance"))
+        return None
     except ApiError as exc:
         if exc.fatal:
             reason = f"the API refused: {exc}"

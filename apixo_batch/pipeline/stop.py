@@ -66,6 +66,7 @@ __all__ = [
     "Stop",
     "StopKind",
     "Stops",
+    "no_access",
     "refusal_step",
     "storage_stop",
 ]
@@ -152,10 +153,22 @@ def refusal_step(exc: ApiError) -> str:
         )
     if isinstance(exc, InsufficientBalance):
         return "top up the APIXO account, then run the same command: nothing was lost"
-    return (
-        "ask APIXO for this key's access to the model (or drop those jobs), then run the "
-        "same command"
-    )
+    return "get the key access to that route (or drop the jobs of that model), then run again"
+
+
+#: the API route of each client endpoint, as a person reads it in a stop line
+_ROUTES = {
+    "submit": "POST /generateTask/{model}",
+    "status": "GET /statusTask/{model}",
+    "balance": "GET /apikeys/current-balance",
+}
+
+
+def no_access(endpoint: str, model: str | None = None) -> str:
+    """What a 403 on ``endpoint`` means, for people: "this key has no access to <route>",
+    the route named with its model (access is granted per key, route and model)."""
+    route = _ROUTES.get(endpoint, endpoint).replace("{model}", model or "<model>")
+    return f"this key has no access to {route}"
 
 
 class Stops:

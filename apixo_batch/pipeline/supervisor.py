@@ -27,7 +27,7 @@ from ..apixo.receiver import callback_url_with_token
 from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
-from ..errors import ApiError, ApixoError
+from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
@@ -104,8 +104,9 @@ class Supervisor:
         self._stages: Stages | None = None
         self._interrupt = asyncio.Event()
         self._folder: FolderLock | None = None
-        #: the balance read before anything was created (a first run), for the pre-flight
-        self._balance: float | None = None
+        #: the balance read before anything was created (a first run), or why it could not
+        #: be: the pre-flight's, never asked twice
+        self._balance: float | ApixoError | None = None
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -167,8 +168,9 @@ class Supervisor:
                     unrecorded.remove()
 
     async def _refused_before_anything(self, started: float) -> RunResult | None:
-        """A first run whose key APIXO refuses: nothing created (no output folder, journal,
-        manifest or review page for a campaign that never started), the stop told, exit 3.
+        """A first run whose key (or balance) APIXO refuses: nothing created (no output
+        folder, journal, manifest or review page for a campaign that never started), the
+        stop told, exit 3.
 
         The balance is the read the pre-flight makes anyway, made before the journal is;
         read, it is kept for the pre-flight. Any other trouble is the pre-flight's."""
@@ -191,10 +193,13 @@ class Supervisor:
             self._balance = read.result()
             return None
         except ApiError as exc:
-            if not exc.fatal:
+            if not exc.fatal or isinstance(exc, Forbidden):
+                # A 403 may close the balance route alone: the pre-flight warns, goes on.
+                self._balance = exc
                 return None
             refusal = exc
-        except ApixoError:
+        except ApixoError as exc:
+            self._balance = exc
             return None
         finally:
             interrupted.cancel()
@@ -325,7 +330,7 @@ class Supervisor:
                 queued=start.queued,
                 budget_left=None if o.budget is None else o.budget - start.spent_before,
                 allow_partial=o.allow_partial,
-                balance=self._balance,
+                read=self._balance,
             )
             if stop is not None:
                 self.stops.request(stop)
