@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,12 +24,13 @@ from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
 from ..events import Event, Expired, Failed, Pending, Preflight, Retried, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
-from ..journal import JobRow, JobState, Journal
+from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
+from .terminal import note_when_stdout_closes, stop_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -330,6 +331,11 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics, engine.clock)
+    note_when_stdout_closes(
+        "stdout was closed (its reader went away): the run goes on, and every event still "
+        "reaches the journal, the files and the manifest (`apixo-batch status` tells where "
+        "it stands)"
+    )
     try:
         if args.command == "download":
             _warn_expiring(engine.state_path, args.time_scale)
@@ -381,7 +387,9 @@ def _engine(
 
 async def _drive(engine: Engine, view: View | None = None) -> RunResult:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    # SIGHUP too: an SSH session that drops must leave what SIGTERM leaves (answers on the
+    # wire journaled, the manifest written), not a run killed mid-submit.
+    signals = (signal.SIGINT, *stop_signals())
     # remove_signal_handler leaves SIG_DFL behind (SIGTERM would then kill the process
     # while the summary is printed): what was there before is put back instead.
     previous = {sig: signal.getsignal(sig) for sig in signals}
@@ -482,7 +490,8 @@ def _status_command(args: argparse.Namespace) -> int:
 
 def _file_changes(args: argparse.Namespace, settings: Campaign, state: Path) -> _FileChanges:
     """Unchanged when the file's stamp is the one of the last sync (nothing read); else
-    the file validated and its ids compared with the journal's."""
+    the file's ids (its shape, ids and models checked, its inputs not: ``run`` and
+    ``plan`` check those) compared with the journal's."""
     journal = Journal(state, lock=False)
     try:
         if journal.file_stamp() == settings.stamp:
@@ -492,13 +501,13 @@ def _file_changes(args: argparse.Namespace, settings: Campaign, state: Path) -> 
         journal.close()
     added: list[str] = []
     n_added = 0
-    for job in load_campaign(args.jobfile, out_dir=args.out).iter_jobs():
-        if job.id in known:
-            known.discard(job.id)
+    for job_id in settings.iter_ids():
+        if job_id in known:
+            known.discard(job_id)
         else:
             n_added += 1
             if len(added) < SHOWN_IDS:
-                added.append(job.id)
+                added.append(job_id)
     removed = sorted(known)
     return _FileChanges(False, n_added, tuple(added), len(removed), tuple(removed[:SHOWN_IDS]))
 
@@ -529,6 +538,7 @@ def _status(
         waiting = journal.in_states([JobState.SUCCEEDED])
         in_flight = journal.in_states([JobState.SUBMITTED])
         totals = journal.totals()
+        disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
     now = time.time()
@@ -546,6 +556,7 @@ def _status(
                     "counts": counts,
                     "possibly_duplicated": int(totals["possibly_duplicated"]),
                     "file_changes": changes.as_json() if changes else None,
+                    "disk": disk.as_json() if disk else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
                     "not_downloaded": [
                         {
@@ -566,6 +577,8 @@ def _status(
             print(f"  {st.value:<11} {counts[st.value]}")
     if changes is not None:
         print(f"  job file: {_told(changes)}")
+    if disk is not None:
+        print(f"  on disk: {disk.told()}")
     if in_flight:
         print(
             f"  {len(in_flight)} task(s) in flight at APIXO: `apixo-batch run` or `download` "
@@ -577,6 +590,61 @@ def _status(
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
     return ExitCode.OK
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """``status --check-files``: the ``done`` jobs' files against the journal (a stat
+    each: their presence and total size, not their bytes; ``verify`` hashes them)."""
+
+    checked: int
+    #: "<kind>: job <id>: <path>: <detail>" for each problem found (missing, size)
+    problems: tuple[str, ...] = ()
+    bad_jobs: int = 0
+    #: object storage: not checked
+    skipped: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "checked": self.checked,
+            "bad_jobs": self.bad_jobs,
+            "problems": list(self.problems[: SHOWN_IDS * 10]),
+            "skipped": self.skipped,
+        }
+
+    def told(self) -> str:
+        if self.skipped:
+            return f"not checked ({self.skipped})"
+        if not self.bad_jobs:
+            return f"the files of all {self.checked} done job(s) are there, with their sizes"
+        lines = "".join(f"\n    {line}" for line in self.problems[:SHOWN_IDS])
+        more = len(self.problems) - SHOWN_IDS
+        lines += f"\n    and {more} more" if more > 0 else ""
+        return (
+            f"{self.bad_jobs} of {self.checked} done job(s) not as journaled: `run` or "
+            f"`download` fetches them again while their URL lives{lines}"
+        )
+
+
+def _disk(journal: Journal, where: Destination) -> _Disk:
+    from ..outputs.ondisk import problems
+
+    if not isinstance(where, Path):
+        return _Disk(0, skipped="object storage")
+    checked = 0
+    bad: set[str] = set()
+    found: list[str] = []
+
+    def counted() -> Iterator[DoneFiles]:
+        nonlocal checked
+        for row in journal.iter_done_files():
+            checked += 1
+            yield row
+
+    for problem in problems(counted(), where):
+        bad.add(problem.job_id)
+        found.append(problem.line())
+    return _Disk(checked, tuple(found), len(bad))
 
 
 def _told(changes: _FileChanges) -> str:
@@ -616,7 +684,12 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         return ExitCode.INVALID
     try:
         path = write_review(
-            journal.iter_all(), output.local_dir, name=campaign.name, job_file=args.jobfile
+            journal.iter_all(),
+            output.local_dir,
+            name=campaign.name,
+            job_file=args.jobfile,
+            totals=Totals(journal.totals()),
+            runs=last_runs(journal),
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")

@@ -9,11 +9,12 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..defaults import ORDERS
 from ..exitcodes import ExitCode
+from .terminal import guarded_streams, stop_signals
 
 __all__ = ["build_parser", "main"]
 
@@ -120,6 +121,11 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
             type=_positive_float("--time-scale"),
             default=1.0,
             help="multiply the 48 h threshold of 'expires soon' (default 1.0)",
+        )
+        p.add_argument(
+            "--check-files",
+            action="store_true",
+            help="also stat every done job's files: missing or resized ones are listed",
         )
         return
     p.add_argument(
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     adopt = sub.add_parser(
-        "adopt", help="journal a paid task id as a job's task (no API call); run follows it"
+        "adopt", help="journal a paid task id as a job's task, once APIXO knows it; run follows it"
     )
     adopt.add_argument("jobfile", help="the campaign's job file (YAML)")
     adopt.add_argument("job_id", metavar="JOB_ID", help="the job, as the journal knows it")
@@ -245,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument(
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
+    _add_api(adopt)
 
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -274,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def _terminate_is_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, until a command installs its own.
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C, until a command installs
+    its own.
 
     A run installs handlers that stop submits and write the manifest; before that
     (imports, loading the job file, syncing the journal) nothing has been sent, and
@@ -283,24 +291,31 @@ def _terminate_is_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous: dict[signal.Signals, Any] = {}
     try:
+        for sig in stop_signals():
+            previous[sig] = signal.signal(sig, signal.default_int_handler)
         yield
     finally:
-        # None: the handler was not set from Python (an embedding host); leave ours.
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            # None: the handler was not set from Python (an embedding host); leave ours.
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with _terminate_is_interrupt():
-        try:
-            return _main(argv)
-        except KeyboardInterrupt:
+    # The try holds the handlers' context too: a SIGTERM that comes the very moment its
+    # handler is in place, before the body has begun, still ends in 130 and a message.
+    try:
+        with _terminate_is_interrupt(), guarded_streams():
+            try:
+                return _main(argv)
+            except Exception as exc:
+                return _unexpected(exc)
+    except KeyboardInterrupt:
+        with guarded_streams():
             print("apixo-batch: interrupted", file=sys.stderr)
-            return ExitCode.INTERRUPTED
-        except Exception as exc:
-            return _unexpected(exc)
+        return ExitCode.INTERRUPTED
 
 
 def _unexpected(exc: Exception) -> int:
