@@ -164,8 +164,11 @@ def _first_run(
     the files); the view then holds what it would do (``journal`` empty, no path)."""
     from ..journal.clash import find_clashes
 
-    if folder is None or not folder.is_dir() or not any(os.scandir(folder)):
+    if folder is None or not folder.is_dir():
         return None
+    with os.scandir(folder) as entries:
+        if not any(entries):
+            return None  # an empty folder: nothing in the way, the file is not read again
     exists = _exists_in(folder)
     clashes: list[Clash] = []
 
