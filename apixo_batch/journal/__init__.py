@@ -16,6 +16,7 @@ module           what it holds
 ``ledger``       :class:`Ledger`: what the stages of a run may ask, by name
 ``local``        :class:`SqliteLedger`: the ledger on the journal's thread
 ``pg``           the journal in PostgreSQL (``--state postgresql://…``)
+``runs``         the latest run and the latest that did work, for the review page
 ===============  ==========================================================
 """
 
@@ -31,6 +32,7 @@ from .naming import FileRegistry, hold_name, result_filename
 from .pg.url import is_database, needs_driver
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord, last_runs
 from .states import TRANSITIONS, JobState
 from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
@@ -49,13 +51,16 @@ __all__ = [
     "Journal",
     "JournalExecutor",
     "Landed",
+    "LastRuns",
     "Ledger",
     "NewJob",
+    "RunRecord",
     "SqliteLedger",
     "SyncResult",
     "Totals",
     "hold_name",
     "jobs_of",
+    "last_runs",
     "open_ledger",
     "output_clashes",
     "result_filename",

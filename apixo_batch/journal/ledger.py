@@ -36,6 +36,7 @@ from ..planning.kind import Kind
 from .clash import Clash
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord
 from .states import JobState
 from .store import DoneFiles
 
@@ -84,6 +85,10 @@ class Totals:
 class Ledger(Protocol):
     """Typed access to the journal for the stages of a run (see the module docstring)."""
 
+    #: job changes past the queue this run asked for (a task id, an end, a file): a run
+    #: that made none did no work, and the review page's "last run" skips it
+    changes: int
+
     @property
     def path(self) -> Path:
         """A local file the run keeps beside the journal: the side file of task ids the
@@ -114,7 +119,8 @@ class Ledger(Protocol):
 
     async def refetch(self, job_ids: Sequence[str]) -> None:
         """``done`` jobs whose files are not on disk as journaled go back to ``succeeded``
-        (files forgotten), in one durable transaction: the lander fetches them again."""
+        (names kept, sizes and hashes forgotten), in one durable transaction: the lander
+        fetches them again."""
         ...
 
     async def totals(self) -> Totals: ...
@@ -129,7 +135,17 @@ class Ledger(Protocol):
 
     async def queued_cost(self) -> tuple[float, int, int]: ...
 
+    async def keep_run(self, record: RunRecord) -> None:
+        """This run, kept for the review page (:mod:`.runs`)."""
+        ...
+
+    async def last_runs(self) -> LastRuns: ...
+
     async def counts(self) -> dict[str, int]: ...
+
+    async def queued_cut_off(self) -> int:
+        """Queued jobs whose last submit was cut off before its answer was journaled."""
+        ...
 
     async def counts_by_model(self) -> dict[str, dict[str, int]]: ...
 

@@ -23,6 +23,7 @@ from .clash import Clash, refuse_clashes
 from .ledger import Landed, Totals, landed_change
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord, keep_run, last_runs
 from .states import JobState
 from .store import FILE_STAMP, DoneFiles, Journal
 from .thread import JournalExecutor
@@ -43,6 +44,7 @@ class SqliteLedger:
     def __init__(self, executor: JournalExecutor, clock: Clock) -> None:
         self._j = executor
         self._clock = clock
+        self.changes = 0
 
     @property
     def path(self) -> Path:
@@ -93,8 +95,17 @@ class SqliteLedger:
     async def queued_cost(self) -> tuple[float, int, int]:
         return await self._j.read(Journal.queued_cost)
 
+    async def keep_run(self, record: RunRecord) -> None:
+        await self._j.write(lambda j: keep_run(j, record), durable=False)
+
+    async def last_runs(self) -> LastRuns:
+        return await self._j.read(last_runs)
+
     async def counts(self) -> dict[str, int]:
         return await self._j.read(Journal.counts)
+
+    async def queued_cut_off(self) -> int:
+        return await self._j.read(Journal.queued_cut_off)
 
     async def counts_by_model(self) -> dict[str, dict[str, int]]:
         return await self._j.read(Journal.counts_by_model)
@@ -241,6 +252,7 @@ class SqliteLedger:
         """A paid task id kept outside the journal, journaled (durable) as the job's task;
         False if the job already has it (see :func:`~.unrecorded.adopt_task`)."""
         now = self._clock.wall()
+        self.changes += 1
         return self._j.write(lambda j: adopt_task(j, job_id, task_id, request_type, now))
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
@@ -285,6 +297,7 @@ class SqliteLedger:
     ) -> asyncio.Future[None]:
         """Result URLs known, with the completion time learned (one transaction)."""
         now = self._clock.wall()
+        self.changes += 1
 
         def succeed(j: Journal) -> None:
             j.transition(
@@ -354,4 +367,6 @@ class SqliteLedger:
         **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
+        if new not in (S.SUBMITTING, S.QUEUED):
+            self.changes += 1
         return self._j.write(lambda j: j.transition(job_id, new, at, **change), durable=durable)

@@ -40,11 +40,12 @@ from psycopg_pool import AsyncConnectionPool
 from ...clock import Clock
 from ...errors import JournalError
 from ...planning.kind import Kind
-from ..clash import Clash, clashes_in
+from ..clash import OUTPUT_EXISTS, Clash, find_clashes
 from ..ledger import Landed, Totals, landed_change
 from ..naming import name_owners
 from ..reconcile import NewJob, SyncResult
 from ..rows import CHANGES, SELECT, Change, JobRow, json_list
+from ..runs import LAST_RUN, LAST_WORK_RUN, LastRuns, RunRecord
 from ..states import TRANSITIONS, JobState, illegal_change
 from ..store import FILE_STAMP, DoneFiles
 from ..unrecorded import AdoptRefused
@@ -73,7 +74,12 @@ _NEW_COLUMNS = (
     "filename",
     "cost_usd",
 )
-_OUTPUT_ROWS = "SELECT id, filename, files, in_file, state FROM jobs WHERE campaign=%s"
+#: Journal.output_rows: (id, filename, files, in the file, state, result URLs or None)
+_OUTPUT_ROWS = (
+    "SELECT id, filename, files, in_file, state, CASE WHEN result_urls IS NULL OR "
+    "result_urls = '' THEN NULL ELSE json_array_length(result_urls::json) END "
+    "FROM jobs WHERE campaign=%s"
+)
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
@@ -151,6 +157,7 @@ class PgLedger:
         self._c = campaign
         self._clock = clock
         self._anchor = anchor
+        self.changes = 0
 
     @property
     def path(self) -> Path:
@@ -259,6 +266,8 @@ class PgLedger:
         **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
+        if new not in (S.SUBMITTING, S.QUEUED):
+            self.changes += 1
 
         async def op(conn: PgConn) -> None:
             await self._transition(conn, job_id, new, at, **change)
@@ -462,9 +471,7 @@ class PgLedger:
 
         async def op(conn: PgConn) -> None:
             for job_id in job_ids:
-                await self._transition(
-                    conn, job_id, S.SUCCEEDED, now, files=[], bytes=None, sha256=[]
-                )
+                await self._transition(conn, job_id, S.SUCCEEDED, now, bytes=None, sha256=[])
 
         await self._write(op)
 
@@ -541,6 +548,30 @@ class PgLedger:
             )
             assert row is not None
             return float(row[0]), int(row[1]), int(row[2])
+
+        return await self._j.read(op)
+
+    async def keep_run(self, record: RunRecord) -> None:
+        text = record.to_json()
+        await self._set_meta(LAST_RUN, text, durable=False)
+        if record.did_work:
+            await self._set_meta(LAST_WORK_RUN, text, durable=False)
+
+    async def last_runs(self) -> LastRuns:
+        return LastRuns(
+            RunRecord.from_json(await self._get_meta(LAST_RUN)),
+            RunRecord.from_json(await self._get_meta(LAST_WORK_RUN)),
+        )
+
+    async def queued_cut_off(self) -> int:
+        async def op(conn: PgConn) -> int:
+            row = await self._one(
+                conn,
+                "SELECT count(*) FROM jobs WHERE campaign=%s AND state='queued' "
+                "AND possibly_duplicated AND (in_file OR task_id IS NOT NULL)",
+                (self._c,),
+            )
+            return 0 if row is None else int(row[0])
 
         return await self._j.read(op)
 
@@ -740,7 +771,8 @@ class PgLedger:
 
     def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
         async def op(conn: PgConn) -> dict[str, tuple[str, ...]]:
-            return name_owners(await self._all(conn, _OUTPUT_ROWS, (self._c,)))
+            rows = await self._all(conn, _OUTPUT_ROWS, (self._c,))
+            return name_owners(row[:5] for row in rows)
 
         return self._j.read(op)
 
@@ -750,16 +782,18 @@ class PgLedger:
         now = self._clock.wall()
 
         async def op(conn: PgConn) -> list[Clash]:
+            # clash.output_clashes, on the rows of Journal.output_rows.
             rows = await self._all(conn, _OUTPUT_ROWS + " ORDER BY idx, id", (self._c,))
+            queued = [(r[0], r[1]) for r in rows if r[4] == S.QUEUED.value and r[3]]
             # Off the loop: ``exists`` looks at the disk once per queued job.
-            found = await asyncio.to_thread(clashes_in, rows, exists)
+            found = await asyncio.to_thread(find_clashes, rows, queued, exists)
             for c in found:
                 await self._transition(
                     conn,
                     c.job_id,
                     S.FAILED,
                     now,
-                    fail_code="OUTPUT_EXISTS",
+                    fail_code=OUTPUT_EXISTS,
                     fail_msg=c.message(shown(c.name)),
                 )
             return found
@@ -788,6 +822,7 @@ class PgLedger:
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:
         now = self._clock.wall()
+        self.changes += 1
 
         async def op(conn: PgConn) -> bool:
             # unrecorded.adopt_task, step for step.
@@ -860,6 +895,7 @@ class PgLedger:
         seconds: float,
     ) -> asyncio.Future[None]:
         now = self._clock.wall()
+        self.changes += 1
 
         async def op(conn: PgConn) -> None:
             await self._transition(
