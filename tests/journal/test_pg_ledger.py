@@ -21,6 +21,7 @@ from apixo_batch.journal import (
     Landed,
     Ledger,
     NewJob,
+    RunRecord,
     SqliteLedger,
     Totals,
     open_ledger,
@@ -159,6 +160,11 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     ]
     recovered, sync = await ledger.reconcile(iter(edited), retry_failed=True)
     seen.append((recovered, vars(sync)))
+    seen.append(await ledger.queued_cut_off())
+    seen.append(ledger.changes)
+    await ledger.keep_run(RunRecord(ended_at=clock.wall(), wall_s=3.0, submitted=2, changed=4))
+    await ledger.keep_run(RunRecord(ended_at=clock.wall(), wall_s=0.1, submitted=0, changed=0))
+    seen.append(await ledger.last_runs())
     clashes = await ledger.refuse_clashes(None, lambda name: f"out/{name}")
     seen.append([(c.job_id, c.name, c.holder) for c in clashes])
     await ledger.refetch(["job-0"])
