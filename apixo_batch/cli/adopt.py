@@ -36,6 +36,8 @@ from ..jobs import load_campaign
 from ..journal import Journal
 from ..journal.unrecorded import AdoptRefused, adopt_task, adoptable
 from ..outputs.paths import storage_failure
+from .database import adopt as adopt_in_database
+from .database import database_of, shown_state, state_option
 from .environment import KEY_VAR, base_url, load_api_key
 
 __all__ = ["adopt_command"]
@@ -77,11 +79,14 @@ def adopt_command(args: argparse.Namespace) -> int:
         if args.state
         else state_path(campaign.output_dir, campaign.path, campaign.name)
     )
+    at = shown_state(args, state)
     if not state.exists():
-        _err(f"no journal at {state}: job {job_id!r} is not in the journal")
+        _err(f"no journal at {at}: job {job_id!r} is not in the journal")
         return ExitCode.INVALID
     try:
-        journal = Journal(state)  # locked: never beside a run of the same journal
+        # Locked: never beside a run of the same journal (a database's campaign is read
+        # from a copy, and locked when the task id is written).
+        journal = Journal(state, lock=database_of(args) is None)
     except StorageError as exc:  # unreadable
         _err(str(exc))
         return ExitCode.IO_ERROR
@@ -102,8 +107,11 @@ def adopt_command(args: argparse.Namespace) -> int:
                 )
                 return ExitCode.INVALID
             told = _ask(key, base_url(args.base_url), job_id, row.model, task_id)
-            with journal.transaction():  # durable
-                adopt_task(journal, job_id, task_id, "async", time.time())
+            if database_of(args) is not None:
+                adopt_in_database(args, campaign.name, job_id, task_id)
+            else:
+                with journal.transaction():  # durable
+                    adopt_task(journal, job_id, task_id, "async", time.time())
         except AdoptRefused as exc:
             _err(str(exc))
             return ExitCode.INVALID
@@ -112,13 +120,20 @@ def adopt_command(args: argparse.Namespace) -> int:
             return exc.code
         except (sqlite3.Error, OSError) as exc:
             why = storage_failure(exc)
-            _err(why or f"the journal {state} cannot be written: {exc}")
+            _err(why or f"the journal {at} cannot be written: {exc}")
             return ExitCode.IO_ERROR
+        except StorageError as exc:  # the database failed
+            _err(str(exc))
+            return ExitCode.IO_ERROR
+        except JournalError as exc:  # a run holds the database's campaign
+            _err(str(exc))
+            return ExitCode.INVALID
     finally:
         journal.close()
     print(
         f"job {job_id}: task {task_id} ({told.state} at APIXO) journaled as its paid task; "
-        "the next `apixo-batch run` or `download` follows it and downloads the result"
+        f"the next `apixo-batch run` or `download`{state_option(args)} follows it and "
+        "downloads the result"
     )
     return ExitCode.OK
 

@@ -30,6 +30,7 @@ from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
 from ..reports.manifest import event_line, render_summary
+from .database import database_of, shown_state, state_option
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
 from .terminal import note_when_stdout_closes, stop_signals
@@ -48,7 +49,7 @@ def _err(message: str) -> None:
     print(f"apixo-batch: {message}", file=sys.stderr)
 
 
-def _other_campaign(journal: Journal, state: Path, campaign: Campaign) -> str | None:
+def _other_campaign(journal: Journal, state: Path | str, campaign: Campaign) -> str | None:
     """The refusal of a journal kept for another campaign (the journal closed then), or
     None: its jobs are never told as this campaign's."""
     refused = other_campaign(state, journal.get_meta("campaign"), campaign.name)
@@ -212,7 +213,11 @@ def campaign_command(args: argparse.Namespace) -> int:
     try:
         campaign = _load(args)
     except (JobFileError, OSError) as exc:
-        if args.command in ("status", "download", "review") and not is_database(args.state):
+        if (
+            args.command in ("status", "download", "review")
+            and not is_database(args.state)
+            and database_of(args) is None
+        ):
             # Paid results are fetched, told and reviewed from the journal alone.
             found = _from_journal(args, _why(exc))
             if isinstance(found, int):
@@ -483,6 +488,10 @@ def _status_command(args: argparse.Namespace) -> int:
     try:
         settings = load_campaign(args.jobfile, out_dir=args.out, check_jobs=False)
     except (JobFileError, OSError) as exc:
+        if database_of(args) is not None:
+            # A database can hold several campaigns: the job file names the one to tell.
+            why = str(exc) if isinstance(exc, JobFileError) else f"cannot read the job file: {exc}"
+            return _refused(args, ExitCode.INVALID, why)
         found = _from_journal(args, _why(exc))
         return found if isinstance(found, int) else _status(args, found)
     state = _state_path(args, settings)
@@ -495,7 +504,7 @@ def _status_command(args: argparse.Namespace) -> int:
         except (JobFileError, OSError) as exc:
             _err(
                 f"job file {args.jobfile} cannot be read ({_why(exc)}): "
-                f"working from the journal {state} alone"
+                f"working from the journal {shown_state(args, state)} alone"
             )
     return _status(args, settings, changes)
 
@@ -530,8 +539,9 @@ def _status(
     import json as _json
 
     state = _state_path(args, campaign)
+    at = shown_state(args, state)
     if not state.exists():
-        message = f"no journal at {state}: this campaign has not run yet"
+        message = f"no journal at {at}: this campaign has not run yet"
         if args.json:
             # The same object as ever, on stdout: a script reads "nothing yet", not a gap.
             empty: dict[str, object] = {"journal": None, "counts": {}, "possibly_duplicated": 0}
@@ -542,13 +552,13 @@ def _status(
         journal = Journal(state, lock=False)
     except StorageError as exc:
         if args.json:
-            print(_json.dumps({"journal": str(state), "counts": {}, "error": str(exc)}))
+            print(_json.dumps({"journal": at, "counts": {}, "error": str(exc)}))
         _err(str(exc))
         return ExitCode.IO_ERROR
-    refused = _other_campaign(journal, state, campaign)
+    refused = _other_campaign(journal, at, campaign)
     if refused is not None:
         if args.json:
-            print(_json.dumps({"journal": str(state), "counts": {}, "error": refused}))
+            print(_json.dumps({"journal": at, "counts": {}, "error": refused}))
         _err(refused)
         return ExitCode.INVALID
     try:
@@ -570,7 +580,7 @@ def _status(
         print(
             _json.dumps(
                 {
-                    "journal": str(state),
+                    "journal": at,
                     "counts": counts,
                     "possibly_duplicated": int(totals["possibly_duplicated"]),
                     "file_changes": changes.as_json() if changes else None,
@@ -589,7 +599,7 @@ def _status(
             )
         )
         return ExitCode.OK
-    print(f"{campaign.name}: journal {state}")
+    print(f"{campaign.name}: journal {at}")
     for st in JobState:
         if counts.get(st.value):
             print(f"  {st.value:<11} {counts[st.value]}")
@@ -599,8 +609,8 @@ def _status(
         print(f"  on disk: {disk.told()}")
     if in_flight:
         print(
-            f"  {len(in_flight)} task(s) in flight at APIXO: `apixo-batch run` or `download` "
-            "follows them"
+            f"  {len(in_flight)} task(s) in flight at APIXO: `apixo-batch run` or `download`"
+            f"{state_option(args)} follows them"
         )
     if waiting:
         print(f"  {len(waiting)} result(s) not downloaded yet:")
@@ -686,15 +696,16 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     from ..reports.review import REVIEW_FILE, write_review
 
     state = _state_path(args, campaign)
+    at = shown_state(args, state)
     if not state.exists():
-        _err(f"no journal at {state}: this campaign has not run yet")
+        _err(f"no journal at {at}: this campaign has not run yet")
         return ExitCode.FAILED_JOBS
     try:
         journal = Journal(state, lock=False)
     except StorageError as exc:
         _err(str(exc))
         return ExitCode.IO_ERROR
-    refused = _other_campaign(journal, state, campaign)
+    refused = _other_campaign(journal, at, campaign)
     if refused is not None:
         _err(refused)
         return ExitCode.INVALID

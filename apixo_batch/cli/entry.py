@@ -115,7 +115,7 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
         "--state",
         default=None,
         help=f"journal path (default <out>/{STATE_FILE}), or a postgresql:// URL "
-        "(run, download) [APIXO_BATCH_STATE]",
+        "[APIXO_BATCH_STATE]",
     )
     if command == "status":
         p.add_argument("--json", action="store_true", help="the journal's state as one JSON object")
@@ -197,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     plan.add_argument("--out", default=None, help="output folder (overrides the job file)")
     plan.add_argument(
-        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+        "--state",
+        default=None,
+        help="journal path (default <out>/.apixo-batch.sqlite), or a postgresql:// URL "
+        "[APIXO_BATCH_STATE]",
     )
     plan.add_argument(
         "--budget", type=_positive_float("--budget"), default=None, help="spend cap in USD"
@@ -229,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("jobfile", help="the campaign's job file (YAML)")
     review.add_argument("--out", default=None, help="output folder (overrides the job file)")
     review.add_argument(
-        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+        "--state",
+        default=None,
+        help="journal path (default <out>/.apixo-batch.sqlite), or a postgresql:// URL "
+        "[APIXO_BATCH_STATE]",
     )
 
     verify = sub.add_parser(
@@ -238,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("jobfile", help="the campaign's job file (YAML)")
     verify.add_argument("--out", default=None, help="output folder (overrides the job file)")
     verify.add_argument(
-        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+        "--state",
+        default=None,
+        help="journal path (default <out>/.apixo-batch.sqlite), or a postgresql:// URL "
+        "[APIXO_BATCH_STATE]",
     )
     verify.add_argument(
         "--fix",
@@ -254,9 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("task_id", metavar="TASK_ID", help="the APIXO task id it was paid for")
     adopt.add_argument("--out", default=None, help="output folder (overrides the job file)")
     adopt.add_argument(
-        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+        "--state",
+        default=None,
+        help="journal path (default <out>/.apixo-batch.sqlite), or a postgresql:// URL "
+        "[APIXO_BATCH_STATE]",
     )
     _add_api(adopt)
+
+    journal = sub.add_parser("journal", help="move a campaign's journal into PostgreSQL")
+    journal_sub = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = journal_sub.add_parser(
+        "import",
+        help="copy a SQLite journal (task ids, history, learned limits, runs, file names) "
+        "into an empty PostgreSQL database; the file is left as it is",
+    )
+    imp.add_argument("source", metavar="OLD.sqlite", help="the SQLite journal to import")
+    imp.add_argument(
+        "--state",
+        default=None,
+        help="the postgresql:// URL of the database to import into [APIXO_BATCH_STATE]",
+    )
 
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -348,9 +374,8 @@ def _unexpected(exc: Exception) -> int:
     return ExitCode.SOFTWARE
 
 
-#: the commands that keep their journal in PostgreSQL as well as in a file (the others
-#: read a SQLite journal alone, for now)
-DATABASE_COMMANDS = ("run", "download")
+#: the commands that read a database's campaign from a local copy (cli.database)
+COPY_COMMANDS = ("status", "plan", "review", "verify", "adopt")
 
 
 def _state_of(args: argparse.Namespace) -> str | None:
@@ -359,7 +384,7 @@ def _state_of(args: argparse.Namespace) -> str | None:
     import os
 
     from ..errors import JournalError
-    from ..journal.pg import is_database, needs_driver, shown
+    from ..journal.pg import is_database, needs_driver
 
     if not hasattr(args, "state"):
         return None
@@ -367,11 +392,6 @@ def _state_of(args: argparse.Namespace) -> str | None:
         args.state = os.environ.get("APIXO_BATCH_STATE") or None
     if not is_database(args.state):
         return None
-    if args.command not in DATABASE_COMMANDS:
-        return (
-            f"apixo-batch {args.command}: --state {shown(args.state)}: this command reads a "
-            f"SQLite journal only so far ({', '.join(DATABASE_COMMANDS)} use PostgreSQL)"
-        )
     try:
         needs_driver(args.state)
     except JournalError as exc:
@@ -386,6 +406,22 @@ def _main(argv: Sequence[str] | None) -> int:
     if refused is not None:
         print(refused, file=sys.stderr)
         return ExitCode.INVALID
+    from ..journal.pg.url import is_database
+
+    if command in COPY_COMMANDS and is_database(args.state):
+        from .database import local_copy
+
+        with local_copy(args) as failed:
+            return failed if failed is not None else _command(args)
+    return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "journal":
+        from .database import journal_command
+
+        return journal_command(args)
     if command == "plan":
         from .plan import plan_command
 

@@ -112,6 +112,7 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
     from ..journal.clash import find_clashes
     from ..outputs.ondisk import problems
     from ..pipeline.owner import other_campaign
+    from .database import shown_state
 
     state = getattr(args, "state", None)
     path = (
@@ -132,7 +133,9 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
 
     journal = Journal(path, lock=False)
     try:
-        refused = other_campaign(path, journal.get_meta("campaign"), campaign.name)
+        refused = other_campaign(
+            shown_state(args, path), journal.get_meta("campaign"), campaign.name
+        )
         if refused is not None:
             raise PathError(refused)  # another campaign's jobs are not this one's plan
         # The journal synced from this very file holds its jobs: the file is not read again.
@@ -142,7 +145,7 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
         resume = resume_figures(
             campaign,
             rows,
-            journal=str(path),
+            journal=shown_state(args, path),
             spent_usd=spent,
             synced=synced,
             retry_failed=getattr(args, "retry_failed", False),

@@ -17,6 +17,7 @@ from ..journal import DoneFiles, Journal
 from ..location import S3Location
 from ..outputs.ondisk import Problem, problems
 from ..pipeline.owner import other_campaign
+from .database import database_of, refetch, shown_state, state_option
 
 __all__ = ["verify_command"]
 
@@ -43,19 +44,21 @@ def verify_command(args: argparse.Namespace) -> int:
         if args.state
         else state_path(folder, campaign.path, campaign.name)
     )
+    at = shown_state(args, state)
     if not state.exists():
-        _err(f"no journal at {state}: this campaign has not run yet")
+        _err(f"no journal at {at}: this campaign has not run yet")
         return ExitCode.FAILED_JOBS
     try:
-        # --fix writes: it holds the journal's lock (a run using it is refused, one line).
-        journal = Journal(state, lock=args.fix)
+        # --fix writes: it holds the journal's lock (a run using it is refused, one line);
+        # a database's campaign is read from a copy, and locked when it is written.
+        journal = Journal(state, lock=args.fix and database_of(args) is None)
     except StorageError as exc:
         _err(str(exc))
         return ExitCode.IO_ERROR
     except ApixoError as exc:
         _err(str(exc))
         return ExitCode.INVALID
-    refused = other_campaign(state, journal.get_meta("campaign"), campaign.name)
+    refused = other_campaign(at, journal.get_meta("campaign"), campaign.name)
     if refused is not None:
         journal.close()
         _err(refused)
@@ -72,18 +75,25 @@ def verify_command(args: argparse.Namespace) -> int:
             else f"verify: {len(rows)} done job(s), every file as journaled"
         )
         if jobs and args.fix:
-            now = time.time()
-            [moved] = journal.execute_batch([lambda j: j.refetch(jobs, now)])
-            if isinstance(moved, Exception):
-                raise moved
+            if database_of(args) is not None:
+                refetch(args, campaign.name, jobs)
+            else:
+                now = time.time()
+                [moved] = journal.execute_batch([lambda j: j.refetch(jobs, now)])
+                if isinstance(moved, Exception):
+                    raise moved
             print(
                 f"verify: {len(jobs)} job(s) moved back to succeeded: the next `apixo-batch "
-                "download` (or `run`) fetches them again from their journaled result URLs, "
-                "no new submit (a URL past its expiry ends the job expired)"
+                f"download{state_option(args)}` (or `run`) fetches them again from their "
+                "journaled result URLs, no new submit (a URL past its expiry ends the job "
+                "expired)"
             )
     except StorageError as exc:
         _err(str(exc))
         return ExitCode.IO_ERROR
+    except ApixoError as exc:  # the database's campaign held by a run
+        _err(str(exc))
+        return ExitCode.INVALID
     finally:
         journal.close()
     return ExitCode.FAILED_JOBS if found else ExitCode.OK

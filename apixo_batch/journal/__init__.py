@@ -61,6 +61,7 @@ __all__ = [
     "hold_name",
     "jobs_of",
     "last_runs",
+    "journal_exists",
     "open_ledger",
     "output_clashes",
     "result_filename",
@@ -80,3 +81,14 @@ async def open_ledger(
         return await open_pg_ledger(state, campaign, clock, anchor, commit_delay=commit_delay)
     journal = AsyncJournal(Journal(Path(state)), commit_delay=commit_delay)
     return SqliteLedger(journal, clock)
+
+
+async def journal_exists(state: Path | str) -> bool:
+    """True if ``state`` may hold a journal already (a file there, or a database with a
+    campaign in it, or one that cannot be asked): nothing is created to find out."""
+    if isinstance(state, str) and is_database(state):
+        needs_driver(state)
+        from .pg.transfer import holds_campaign
+
+        return await holds_campaign(state)
+    return Path(state).exists()

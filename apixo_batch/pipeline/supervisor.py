@@ -31,7 +31,7 @@ from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import Ledger, open_ledger
+from ..journal import Ledger, journal_exists, open_ledger
 from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
@@ -193,8 +193,9 @@ class Supervisor:
         o, key = self.options, self._key
         if key is None or o.mode != "run" or self.campaign.from_journal:
             return None
-        if not self.campaign.job_count or self.database is not None or self.state_path.exists():
-            # A journal (a database may hold one: it is not known before it is reached).
+        if not self.campaign.job_count:
+            return None
+        if await journal_exists(self.state_path if self.database is None else self.database):
             return None
         client = ApixoClient(key, o.base_url, session=self._session, bucket=self.bucket)
         read = asyncio.ensure_future(client.balance())
