@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,13 +191,69 @@ def cli_env(sim: Simulator, key: str = SIM_KEY) -> dict[str, str]:
     return env
 
 
+class Databases:
+    """The journal backend of an end-to-end test parametrised over both (the ``backend``
+    fixture of tests/end_to_end/conftest.py): with it, every command that reads or keeps
+    a journal and is given no ``--state`` gets ``--state`` naming a fresh database, one
+    per output folder (a SQLite journal's default place), the same on every later
+    command of that campaign."""
+
+    def __init__(self, new: Callable[[str], str], prefix: str) -> None:
+        self._new = new
+        self._prefix = prefix
+        self._by_out: dict[Path, str] = {}
+
+    def url_for(self, out: Path) -> str:
+        out = out.resolve()
+        if out not in self._by_out:
+            self._by_out[out] = self._new(f"{self._prefix}_{len(self._by_out)}")
+        return self._by_out[out]
+
+    def known(self, out: Path) -> str | None:
+        return self._by_out.get(out.resolve())
+
+    def folders(self) -> list[Path]:
+        return list(self._by_out)
+
+
+#: set by the ``backend`` fixture while a test runs on PostgreSQL; None: SQLite
+DATABASES: Databases | None = None
+_JOURNAL_COMMANDS = frozenset({"run", "download", "status", "plan", "review", "verify", "adopt"})
+
+
+def _out_of(args: tuple[str, ...]) -> Path:
+    """The output folder a command's arguments name: --out, else the job file's."""
+    if "--out" in args:
+        return Path(args[args.index("--out") + 1])
+    job_file = Path(args[1])
+    try:
+        doc = yaml.safe_load(job_file.read_text(encoding="utf-8"))
+        out = str(doc["output"]["dir"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        out = "out"
+    return job_file.parent / out
+
+
+def with_backend(args: tuple[str, ...], env: dict[str, str]) -> tuple[str, ...]:
+    """``args`` with ``--state`` naming the campaign's database, on the PostgreSQL param."""
+    if (
+        DATABASES is None
+        or len(args) < 2
+        or args[0] not in _JOURNAL_COMMANDS
+        or "--state" in args
+        or "APIXO_BATCH_STATE" in env
+    ):
+        return args
+    return (*args, "--state", DATABASES.url_for(_out_of(args)))
+
+
 async def start_with(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     """``apixo-batch ARGS`` with exactly ``env``, stdout and stderr piped."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "apixo_batch",
-        *args,
+        *with_backend(args, env),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -243,7 +300,22 @@ async def kill_when(
 
 
 def journaled_task_ids(out_dir: Path) -> int:
-    """How many jobs have a task id in the journal right now (read beside the running CLI)."""
+    """How many jobs have a task id in the journal right now (read beside the running CLI),
+    in the campaign's database on the PostgreSQL param."""
+    url = None if DATABASES is None else DATABASES.known(out_dir)
+    if url is not None:
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=2) as conn:
+                made = conn.execute("SELECT to_regclass('jobs') IS NOT NULL").fetchone()
+                if made is None or not made[0]:
+                    return 0
+                got = conn.execute("SELECT count(*) FROM jobs WHERE task_id IS NOT NULL")
+                one = got.fetchone()
+        except psycopg.Error:
+            return 0
+        return 0 if one is None else int(one[0])
     path = out_dir / ".apixo-batch.sqlite"
     if not path.exists():
         return 0

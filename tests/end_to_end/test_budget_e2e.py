@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from e2e import ALL_MODES, read_manifest, run_cli, simple_jobs, write_campaign
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01", "--json"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from e2e import assert_byte_exact, read_manifest, run_cli, sha256_of, simple_jobs, write_campaign
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01", "--json"]
 
@@ -109,6 +109,7 @@ async def test_every_result_name_of_a_new_job_is_checked_before_it_is_paid(
     assert (entry["state"], entry["fail_code"]) == ("failed", "OUTPUT_EXISTS")
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_after_a_crash_a_file_at_a_result_name_is_kept_unless_it_is_the_result(
     simulator, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from e2e import (
     write_campaign,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01", "--json"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from e2e import assert_byte_exact, read_manifest, run_cli, simple_jobs, write_campaign
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01"]
 
@@ -77,6 +77,7 @@ async def _recover(sim, job_file: Path, tmp_path: Path) -> None:  # type: ignore
     assert all(j["id"] in page for j in simple_jobs(3))
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_invalid_job_file_status_download_review_from_journal(
     simulator, tmp_path: Path
 ) -> None:
@@ -88,6 +89,7 @@ async def test_invalid_job_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_missing_job_file_status_download_review_from_journal(
     simulator, tmp_path: Path
 ) -> None:
@@ -97,6 +99,7 @@ async def test_missing_job_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 @pytest.mark.parametrize("rows", ["jobs.jsonl", "prompts.csv"])
 async def test_moved_jobs_file_status_download_review_from_journal(
     simulator, tmp_path: Path, rows: str
@@ -108,6 +111,7 @@ async def test_moved_jobs_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_no_journal_beside_an_unreadable_job_file_says_so(simulator, tmp_path: Path) -> None:
     """No journal to work from: one line saying where it looked, exit 2, nothing sent."""
     sim = await simulator(time_scale=0.01)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from e2e import assert_byte_exact, read_manifest, run_cli, simple_jobs, write_campaign
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01", "--json"]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from e2e import read_manifest, run_cli, simple_jobs, write_campaign
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 FAST = ["--time-scale", "0.01"]
 OWNER = ".apixo-batch-owner.json"
@@ -29,6 +29,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_a_second_journal_on_an_owned_folder_is_refused_before_any_submit(
     simulator: Any, tmp_path: Path
 ) -> None:
@@ -64,6 +65,7 @@ async def test_a_second_journal_on_an_owned_folder_is_refused_before_any_submit(
     assert [e["state"] for e in read_manifest(tmp_path / "out")] == ["done"] * 3
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_two_campaigns_on_one_folder_the_second_is_refused(
     simulator: Any, tmp_path: Path
 ) -> None:
@@ -96,6 +98,7 @@ async def test_two_campaigns_on_one_folder_the_second_is_refused(
     assert [e["id"] for e in read_manifest(tmp_path / "b-out")] == ["hero"]
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_campaign_b_is_never_told_campaign_a_s_results(
     simulator: Any, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from apixo_batch.journal import Journal, jobs_of
 from apixo_batch.journal.reconcile import Reconcile
 from apixo_batch.journal.unrecorded import SideFile
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("backend")]
 
 
 def opts(sim: Any, **fields: Any) -> RunOptions:
@@ -113,6 +113,7 @@ async def test_a_disk_full_for_the_journal_and_the_side_file_loses_no_paid_id(
     assert {by_id[w.job_id] for w in lost} == {w.data["task_id"] for w in lost}
 
 
+@pytest.mark.sqlite_only  # reads or names the SQLite journal file itself
 async def test_an_adopted_task_is_followed_and_downloaded_never_submitted(
     simulator, tmp_path: Path
 ) -> None:
