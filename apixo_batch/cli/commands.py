@@ -723,6 +723,7 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
             job_file=args.jobfile,
             totals=Totals(journal.totals()),
             runs=last_runs(journal),
+            state=at if database_of(args) else None,
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")

@@ -60,8 +60,8 @@ __all__ = [
     "Totals",
     "hold_name",
     "jobs_of",
-    "last_runs",
     "journal_exists",
+    "last_runs",
     "open_ledger",
     "output_clashes",
     "result_filename",
@@ -83,12 +83,10 @@ async def open_ledger(
     return SqliteLedger(journal, clock)
 
 
-async def journal_exists(state: Path | str) -> bool:
-    """True if ``state`` may hold a journal already (a file there, or a database with a
-    campaign in it, or one that cannot be asked): nothing is created to find out."""
-    if isinstance(state, str) and is_database(state):
-        needs_driver(state)
-        from .pg.transfer import holds_campaign
+async def journal_exists(url: str) -> bool:
+    """True if the database at ``url`` may hold a journal already (a campaign in it, or it
+    cannot be asked): nothing is created to find out."""
+    needs_driver(url)
+    from .pg.transfer import holds_campaign
 
-        return await holds_campaign(state)
-    return Path(state).exists()
+    return await holds_campaign(url)

@@ -12,6 +12,7 @@ from ..errors import ApixoError, DownloadError, JournalError, PathError
 from ..events import Emitter, Summary, Warned
 from ..jobs import Campaign
 from ..journal import JobState, Ledger, Totals
+from ..journal.pg import is_database
 from ..location import Destination, S3Location
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
@@ -130,6 +131,7 @@ async def review_page(
                 summary=summary,
                 totals=totals,
                 runs=runs,
+                state=ledger.where if is_database(ledger.where) else None,
             )
         )
     except Exception as exc:

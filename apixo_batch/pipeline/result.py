@@ -3,12 +3,14 @@ spend), the :class:`RunResult`, the review page and the ``summary`` event."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..errors import JournalError
 from ..jobs import Campaign
 from ..journal import Ledger, RunRecord
+from ..journal.pg import is_database
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
 from .books import close_books, review_page
@@ -94,7 +96,7 @@ async def finish(
         per_model=books.per_model,
         never_submitted=books.never_submitted,
         submit_cut_off=books.submit_cut_off,
-        next_step=stops.next_step or _fetch_later(stages),
+        next_step=stops.next_step or _fetch_later(stages, ledger.where),
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
     )
@@ -107,13 +109,15 @@ async def finish(
     return result
 
 
-def _fetch_later(stages: Stages | None) -> str | None:
+def _fetch_later(stages: Stages | None, journal: str) -> str | None:
     """Downloads that gave up in a run nothing stopped: their results are paid and their
-    URLs journaled, so fetching them later is the one thing left to do."""
+    URLs journaled, so fetching them later is the one thing left to do (with the
+    ``--state`` of a journal in a database, as shown)."""
     gave_up = stages.lander.retries if stages is not None else 0
     if not gave_up:
         return None
+    state = f" --state {shlex.quote(journal)}" if is_database(journal) else ""
     return (
-        f"`apixo-batch download` fetches the {gave_up} result(s) whose download gave up "
+        f"`apixo-batch download{state}` fetches the {gave_up} result(s) whose download gave up "
         "(paid already; their URLs stay valid until they expire)"
     )

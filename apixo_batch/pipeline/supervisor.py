@@ -195,7 +195,11 @@ class Supervisor:
             return None
         if not self.campaign.job_count:
             return None
-        if await journal_exists(self.state_path if self.database is None else self.database):
+        if self.database is None:
+            if self.state_path.exists():
+                return None
+        elif await journal_exists(self.database):
+            # A database with a campaign in it, read without writing: not a first run.
             return None
         client = ApixoClient(key, o.base_url, session=self._session, bucket=self.bucket)
         read = asyncio.ensure_future(client.balance())

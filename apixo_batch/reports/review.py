@@ -140,9 +140,10 @@ def _run(record: RunRecord | None) -> dict[str, Any] | None:
     }
 
 
-def _commands(job_file: str) -> dict[str, str]:
-    """The next step for each kind of job that needs attention, ready to paste."""
-    arg = shlex.quote(job_file)
+def _commands(job_file: str, state: str | None) -> dict[str, str]:
+    """The next step for each kind of job that needs attention, ready to paste (with the
+    ``--state`` of a journal in a database: its URL as shown, password masked)."""
+    arg = shlex.quote(job_file) + ("" if state is None else f" --state {shlex.quote(state)}")
     return {
         "retry_failed": f"apixo-batch run {arg} --retry-failed",
         "retry_expired": f"apixo-batch run {arg} --retry-expired",
@@ -160,12 +161,14 @@ def write_review(
     summary: Summary | None = None,
     totals: Totals | None = None,
     runs: LastRuns | None = None,
+    state: str | None = None,
 ) -> Path:
     """Write ``out_dir/review.html`` from the journal (atomically); returns its path.
 
     ``totals`` are the journal's (every paid task, retries included); without them the
     spend is added up from the rows' current tasks. ``runs`` are the runs the journal
-    kept: the header's "last run" and why queued jobs wait come from them."""
+    kept: the header's "last run" and why queued jobs wait come from them. ``state``: the
+    database a journal in PostgreSQL is in, as shown (the commands offered name it)."""
     path = out_dir / REVIEW_FILE
     tmp = out_dir / f".review-{secrets.token_hex(8)}.tmp"
     runs = runs or LastRuns()
@@ -199,7 +202,7 @@ def write_review(
             meta = {
                 "name": name,
                 "job_file": job_file,
-                "commands": _commands(job_file),
+                "commands": _commands(job_file, state),
                 "made_at": time.time(),
                 "counts": dict(counts),
                 "waits": dict(waits),

@@ -88,7 +88,10 @@ async def test_read_commands_say_the_same_on_both_backends(
         assert "Traceback" not in b.stderr
     status = json.loads((await run_cli(sim, "status", str(pg), "--json", "--state", url)).stdout)
     assert status["journal"] == url_shown and status["counts"] == {"done": 6}
-    assert (pg.parent / "out" / "review.html").is_file()
+    page = (pg.parent / "out" / "review.html").read_text(encoding="utf-8")
+    seen.append(page)
+    # The page's ready-to-paste commands name the database, password masked.
+    assert f"campaign.yaml --state '{url_shown}'\"" in page
     # verify --fix on the database: the damaged job goes back to be fetched; download
     # fetches it from its journaled URL, no new submit.
     fixed = await run_cli(sim, "verify", str(pg), "--fix", "--state", url)
