@@ -30,7 +30,7 @@ from ..catalog.models import get_model, validate_input
 from .callbacks import CallbackSender
 from .config import SimConfig
 from .files import OUTCOME, FileRoute, drop_connection
-from .gate import FaultPlan, RollingWindow, key_matches, retry_after_header
+from .gate import FaultPlan, RollingWindow, key_matches, rate_limit_headers
 from .media import Mp4Content
 from .stats import SimStats, input_key
 from .tasks import SimTask, TaskBook, loop_time
@@ -84,6 +84,7 @@ class Simulator:
         self._book = TaskBook(cfg, self._on_finish)
         self._callbacks = CallbackSender(cfg, self._stats)
         self._window = RollingWindow()
+        self._status_window = RollingWindow()
         self._faults = FaultPlan(cfg)
         self._files = FileRoute(cfg, self._stats, self._faults, self._book.tasks, self._book.settle)
         self._balance_micro = round(cfg.balance * 1e6)
@@ -139,11 +140,20 @@ class Simulator:
             if not key_matches(request.headers.get("Authorization"), self._key):
                 return _answer(401, "Invalid or missing API Key")
             cfg = self.config
-            wait = self._window.admit(loop_time(), cfg.rpm_limit, cfg.rpm_window_s)
+            window, limit = self._window, cfg.rpm_limit
+            if cfg.status_rpm_limit is not None and request.match_info.route.name == "status":
+                window, limit = self._status_window, cfg.status_rpm_limit
+            wait = window.admit(
+                loop_time(),
+                limit,
+                cfg.rpm_window_s,
+                fixed=cfg.rpm_window == "fixed",
+                count_refused=cfg.rpm_count_refused,
+            )
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
                 return _answer(
-                    429, "Rate limit exceeded", **{"Retry-After": retry_after_header(wait)}
+                    429, "Rate limit exceeded", **rate_limit_headers(wait, cfg.retry_after)
                 )
             if self._faults.slow():
                 self._stats.faults["slow"] += 1
@@ -191,7 +201,7 @@ class Simulator:
         self._book.settle()
         if self._book.running >= cfg.concurrency_limit:
             self._stats.rate_limited_concurrency += 1
-            return _answer(429, "Concurrent task limit exceeded")
+            return _answer(429, cfg.concurrency_message)
 
         request_type = body.get("request_type", "async")
         self._stats.note_source(body.get("source"))
