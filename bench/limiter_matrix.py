@@ -1,7 +1,7 @@
 """Every limiter kind the simulator plays against one campaign (issue 31). Asserts nothing.
 
 One campaign shape: ``--jobs`` short jobs (default 600, Kling 2.6 at ``--time-scale
-0.02``), the engine told its default ``--rpm`` (9,000) while the account allows 30 % of
+0.02``; 1,500 for 60 s windows, which hold more than 600 jobs' requests), the engine told its default ``--rpm`` (9,000) while the account allows 30 % of
 it (2,700 requests a minute, spread over the kind's window); and, with ``--told90``,
 the engine told 90 % of the account's limit instead. Per kind it prints:
 
@@ -45,9 +45,9 @@ SCALE = 0.02
 KINDS: dict[str, dict[str, Any]] = {
     "sliding-10s": {"rpm_window_s": 10.0},
     "sliding-1s": {"rpm_window_s": 1.0},
-    "sliding-60s": {"rpm_window_s": 60.0},
+    "sliding-60s": {"rpm_window_s": 60.0, "jobs": 1500},
     "fixed-10s": {"rpm_window_s": 10.0, "rpm_window": "fixed"},
-    "fixed-60s": {"rpm_window_s": 60.0, "rpm_window": "fixed"},
+    "fixed-60s": {"rpm_window_s": 60.0, "rpm_window": "fixed", "jobs": 1500},
     "counts-refused-10s-no-retry-after": {
         "rpm_window_s": 10.0,
         "rpm_count_refused": True,
@@ -57,6 +57,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "rpm_window_s": 60.0,
         "rpm_count_refused": True,
         "retry_after": "absent",
+        "jobs": 1500,
     },
     "retry-after-short-10s": {"rpm_window_s": 10.0, "retry_after": "short"},
     "fixed-10s-counts-refused-no-retry-after": {
@@ -73,6 +74,7 @@ def sim_settings(kind: str) -> tuple[dict[str, Any], float]:
     """The simulator's settings for ``kind`` and the account's rate (requests a second,
     for a separate status window: each route's)."""
     spec = dict(KINDS[kind])
+    spec.pop("jobs", None)
     per_route = spec.pop("per_route", False)
     window = float(spec["rpm_window_s"])
     if per_route:
@@ -112,6 +114,8 @@ def next_start(engine_env: dict[str, str], rpm: int, learned: float | None) -> f
 
 def one(kind: str, jobs: int, told90: bool, engine: str | None) -> str:
     spec, per_s = sim_settings(kind)
+    # A 60 s window holds 2,700 requests: the campaign must be longer than one window.
+    jobs = max(jobs, KINDS[kind].get("jobs", 0))
     per_route = "status_rpm_limit" in spec
     truth = per_s * 60.0 * (2 if per_route else 1)
     told = round(truth * 0.9) if told90 else 9_000
@@ -147,7 +151,7 @@ def one(kind: str, jobs: int, told90: bool, engine: str | None) -> str:
     else:
         accepted = requests - limited
     bound = accepted / per_s / m.wall_s
-    start = next_start(engine_env, 9_000, learned)
+    start = next_start(engine_env, told, learned)
     done = (m.summary.get("counts") or {}).get("done")
     learned_txt = "none" if learned is None else f"{learned:,.0f} ({learned / truth:.2f})"
     return (

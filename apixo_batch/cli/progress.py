@@ -67,6 +67,7 @@ class Tally:
     rows: dict[str, _Row] = field(default_factory=lambda: defaultdict(_Row))
     started_at: float = field(default_factory=time.monotonic)
     first_done_at: float | None = None
+    last_done_at: float | None = None
     done_this_run: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -102,8 +103,9 @@ class Tally:
                 row.downloading = max(0, row.downloading - 1)
                 row.done += 1
                 self.done_this_run += 1
+                self.last_done_at = time.monotonic()
                 if self.first_done_at is None:
-                    self.first_done_at = time.monotonic()
+                    self.first_done_at = self.last_done_at
             case Failed(model=model, task_id=task_id):
                 row = self.rows[model]
                 if task_id is not None:
@@ -123,16 +125,24 @@ class Tally:
                 setattr(out, name, getattr(out, name) + getattr(row, name))
         return out
 
-    def eta_s(self) -> float | None:
-        """Seconds left at the pace of this run so far, or None before the first result."""
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left at the pace of this run up to its last result, counted down since
+        then; None before the first results, and once the countdown ran out.
+
+        The pace is taken at the last result, not now: during a stall (a 429's pause, an
+        outage) a pace measured now falls every second and the estimate would grow with
+        every line; counted down, it stays honest until the stall outlasts it."""
         t = self.total()
         left = t.queued + t.in_flight + t.downloading
         if not left:
             return 0.0
-        if self.first_done_at is None or self.done_this_run < 3:
+        last = self.last_done_at
+        if last is None or self.done_this_run < 3:
             return None
-        rate = self.done_this_run / max(1e-6, time.monotonic() - self.started_at)
-        return left / rate
+        now = time.monotonic() if now is None else now
+        rate = self.done_this_run / max(1e-6, last - self.started_at)
+        eta = left / rate - max(0.0, now - last)
+        return eta if eta > 0 else None
 
 
 def _fmt_eta(eta: float | None) -> str:

@@ -332,3 +332,18 @@ def test_a_view_that_breaks_is_told_and_leaves_the_runs_outcome_alone(
     assert runtime.run(body()) == "the run's result"
     assert view.calls == ["start", "refresh", "stop"]
     assert "the progress view stopped" in capsys.readouterr().err
+
+
+def test_eta_counts_down_during_a_stall_instead_of_growing() -> None:
+    """Issue 31: during a stall (no result for a while) the ETA of each line is the one of
+    the last result counted down, never a larger one; once it ran out, it is unknown."""
+    from apixo_batch.cli.progress import Tally
+
+    tally = Tally(started_at=100.0)
+    tally.rows["m"].queued = 10
+    tally.done_this_run, tally.first_done_at, tally.last_done_at = 10, 101.0, 110.0
+    # 10 done in 10 s: 1 a second, 10 left -> 10 s at the last result
+    assert tally.eta_s(now=110.0) == pytest.approx(10.0)
+    stalled = [tally.eta_s(now=110.0 + s) for s in (1.0, 2.0, 5.0)]
+    assert stalled == pytest.approx([9.0, 8.0, 5.0])
+    assert tally.eta_s(now=125.0) is None

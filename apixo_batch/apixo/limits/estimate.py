@@ -66,9 +66,11 @@ class Fit:
         return self.limit / self.window_s
 
     def describe(self) -> str:
+        """``450 per 10 s, sliding window`` (and what else was learned of it)."""
         kind = "fixed" if self.fixed else "sliding"
-        refused = ", refused requests counted" if self.counts_refused else ""
-        return f"{self.limit:,} per {self.window_s:g} s ({kind}{refused})"
+        refused = " counting refused requests" if self.counts_refused else ""
+        route = f"{self.route} requests: " if self.route else ""
+        return f"{route}{self.limit:,} per {self.window_s:g} s, {kind} window{refused}"
 
 
 class AccountLimiter:
