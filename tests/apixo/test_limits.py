@@ -20,7 +20,9 @@ from apixo_batch.apixo.limits import (
     Priority,
     RequestBucket,
 )
+from apixo_batch.apixo.limits.estimate import AccountLimiter
 from apixo_batch.clock import FakeClock
+from apixo_batch.simulator.gate import RollingWindow, rate_limit_headers
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -767,3 +769,121 @@ async def test_last_minute_counts_what_the_account_counts_and_never_passes_rpm()
     assert max(seen) <= 600
     assert seen[-1] >= 0.95 * 600 * (bucket.statistics().effective_rpm / 600)
     assert seen[0] == len([t for t in stamps if t <= START + 5.0])  # all of the first 5 s
+
+
+# -- the account's limiter, inferred (issue 31) -------------------------------
+
+
+def test_estimate_is_what_the_account_accepted_over_its_window() -> None:
+    """An account of 120 requests a minute, a burst at 9,000 rpm: the 429 comes after
+    120 requests in under a second, its Retry-After says 59 s. The estimate is 120 a
+    minute over a 60 s window, not the rate allowed when the 429 came (~9,000)."""
+    account = AccountLimiter()
+    for i in range(120):
+        account.answered(START + i / 150.0, True, "submit")
+    account.answered(START + 0.8, False, "submit")
+    fit = account.refit(START + 0.85, retry_after=59.0)
+    assert fit is not None
+    assert (fit.window_s, fit.limit, fit.rate * 60) == (60.0, 120, pytest.approx(120.0))
+    assert account.room_at(fit, START + 0.85) == pytest.approx(START + 60.0)
+
+
+def test_estimate_rules_out_a_window_a_refusal_contradicts() -> None:
+    """Every window explains the first 429; the fastest is tried first. A later refusal
+    at a count that window would have accepted rules it out."""
+    account = AccountLimiter()
+    for i in range(450):  # 150 a second for 3 s
+        account.answered(START + i / 150.0, True, "status")
+    account.answered(START + 3.0, False, "status")
+    first = account.refit(START + 3.05)
+    assert first is not None and first.window_s < 10.0 and first.rate > 100.0
+    account.answered(START + 6.0, False, "status")  # 3 s later: still refused
+    second = account.refit(START + 6.05)
+    assert second is not None and second.window_s >= 10.0
+    assert second.rate * 60 == pytest.approx(2_700.0)
+    assert "450 per 10 s, sliding window" == second.describe()
+
+
+async def _against_account(
+    clock: FakeClock,
+    bucket: RequestBucket,
+    *,
+    window_s: float,
+    limit: int,
+    fixed: bool = False,
+    counted: bool = False,
+    retry_after: str = "truthful",
+    seconds: float,
+    rtt: float = 0.05,
+) -> tuple[list[float], list[float]]:
+    """Saturate ``bucket`` against an account limiting as the simulator does (its own
+    window, on the fake clock), answers ``rtt`` after sending: (accepted, refused) times."""
+    window = RollingWindow()
+    accepted: list[float] = []
+    refused: list[float] = []
+
+    async def body(_: int) -> None:
+        while True:
+            ticket = await bucket.acquire()
+            at = clock.monotonic()
+            wait = window.admit(at, limit, window_s, fixed=fixed, count_refused=counted)
+            await clock.sleep(rtt)
+            if wait is None:
+                accepted.append(at)
+                bucket.accepted(at, "status", ticket=ticket)
+                continue
+            refused.append(at)
+            header = rate_limit_headers(wait, retry_after).get("Retry-After")
+            ra = float(header) if header else None
+            bucket.rate_limited(ra, ticket=ticket, sent_at=at, route="status")
+
+    async with _workers(60, body):
+        await clock.advance(seconds)
+    return accepted, refused
+
+
+LIMITERS = {
+    "sliding-10s": {"window_s": 10.0},
+    "sliding-1s": {"window_s": 1.0},
+    "fixed-10s": {"window_s": 10.0, "fixed": True},
+    "counted-10s-no-retry-after": {"window_s": 10.0, "counted": True, "retry_after": "absent"},
+    "retry-after-short-10s": {"window_s": 10.0, "retry_after": "short"},
+    "counted-60s-no-retry-after": {"window_s": 60.0, "counted": True, "retry_after": "absent"},
+    "fixed-60s-counted": {"window_s": 60.0, "fixed": True, "counted": True},
+}
+
+
+@pytest.mark.parametrize("kind", list(LIMITERS))
+async def test_told_the_default_rpm_converges_under_every_limiter(kind: str) -> None:
+    """Told 9,000 rpm, the account allows 2,700 a minute (30 %): at least 0.85 of what the
+    account would accept over the run, at most 3 % of requests refused, and the rate
+    kept for the next run within 15 % of the truth (the next run starts there too)."""
+    spec: dict[str, Any] = LIMITERS[kind]
+    window_s = spec["window_s"]
+    limit = round(2_700 * window_s / 60.0)
+    seconds = 150.0 if window_s >= 60 else 60.0
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(9_000, clock, tick=0.1)
+    accepted, refused = await _against_account(
+        clock, bucket, limit=limit, seconds=seconds, **spec
+    )
+    bound = 2_700 / 60.0 * seconds
+    assert len(accepted) / bound >= 0.85
+    assert len(refused) / (len(accepted) + len(refused)) <= 0.03
+    learned = bucket.learned_rpm
+    assert learned is not None and learned == pytest.approx(2_700, rel=0.15)
+    following = RequestBucket(9_000, clock)
+    following.start_under(learned)
+    assert following.rate_per_s * 60 == pytest.approx(2_700, rel=0.15)
+
+
+@pytest.mark.parametrize("kind", list(LIMITERS))
+async def test_told_90_percent_of_the_limit_never_meets_it(kind: str) -> None:
+    spec: dict[str, Any] = LIMITERS[kind]
+    window_s = spec["window_s"]
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(2_430, clock, tick=0.1)
+    _, refused = await _against_account(
+        clock, bucket, limit=round(2_700 * window_s / 60.0), seconds=90.0, **spec
+    )
+    assert refused == []

@@ -293,7 +293,7 @@ class RequestBucket:
         fit = self.account.fit
         if self.control.congested(ticket, self._granted, now):
             self._dry_episodes += 1
-            fit = self.account.refit(now, retry_after)
+            fit = self.account.refit(now, retry_after, sent_at)
             if fit is None:
                 # Nothing explains the answers yet: what the account accepted just before
                 # it said no, never more than the rate that overshot.

@@ -93,13 +93,19 @@ class AccountLimiter:
             if not log.popleft()[1]:
                 self._refusals -= 1
 
-    def refit(self, now: float, retry_after: float | None = None) -> Fit | None:
+    def refit(
+        self, now: float, retry_after: float | None = None, refused_at: float | None = None
+    ) -> Fit | None:
         """The limiter that explains the log best (after a refusal); None until one does.
 
-        ``retry_after``: the refusal's Retry-After (a lower bound on when room comes)."""
+        ``retry_after``: the Retry-After of the refusal of the request sent at
+        ``refused_at`` (else ``now``): a lower bound on when room comes."""
         if not self._refusals:
             return self.fit
-        events = sorted(self._log)
+        # By send time; answers to requests sent at the same instant keep the order they
+        # came in (the server's, near enough): a refusal is not counted before the
+        # acceptances that preceded it.
+        events = sorted(self._log, key=lambda e: e[0])
         refused_routes = {route for _, ok, route in events if not ok}
         fits: list[Fit] = []
         scopes: list[str | None] = [None]
@@ -120,8 +126,11 @@ class AccountLimiter:
                         if fit is not None:
                             fits.append(fit)
         if retry_after is not None and fits:
-            # Room no sooner than Retry-After says (a second's rounding allowed).
-            late = [f for f in fits if self.room_at(f, now) >= now + retry_after - 1.0]
+            # Room no sooner than Retry-After says, counted from when the server answered
+            # (about when the request left): whole seconds rounded up, and our own count
+            # may be short of the requests still in flight: 1.5 s allowed.
+            at = now if refused_at is None else refused_at
+            late = [f for f in fits if self.room_at(f, at) >= at + retry_after - 1.5]
             fits = late or fits
         if not fits:
             return self.fit
