@@ -145,6 +145,8 @@ class RequestBucket:
         ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
         self.control = RateControl(self._base_drip, clock.monotonic(), ceiling=ceiling)
         self._limiter = _ClockedLimiter(self.burst, self.control.rate, clock)
+        if learned_rpm is not None:
+            self._fit_burst(learned_rpm / 60.0)
         #: seconds of drip an empty bucket waits for, so that grants come in groups
         self.tick = tick
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -218,7 +220,8 @@ class RequestBucket:
             # waits longer, but never past 0.8 of the bucket: drip beyond a full bucket is
             # lost, and a wake-up a little late must not reach it.
             drip = self._limiter.drip
-            await self._clock.sleep(max(1.0, min(self.tick * drip, 0.8 * self.burst)) / drip)
+            cap = 0.8 * self._limiter.max_rate
+            await self._clock.sleep(max(1.0, min(self.tick * drip, cap)) / drip)
 
     async def _await_probe(self) -> None:
         """Wait for the probe's answer, or PROBE_WAIT_S (an answer may never come: the
@@ -306,6 +309,7 @@ class RequestBucket:
                     # One route's window: the bucket, shared, may send that route's share.
                     rate /= max(0.2, self.account.share(fit.route, now))
                 self.control.settle(min(rate, self._base_drip), now)
+                self._fit_burst(rate)
                 self._learned = rate * 60.0
             self._limiter.drip = self.control.rate
             self._probing = True
@@ -336,6 +340,14 @@ class RequestBucket:
         self.control = RateControl(self._base_drip, self._clock.monotonic(), ceiling=ceiling)
         self._limiter.drip = self.control.rate
         self._learned = learned_rpm
+        if learned_rpm is not None:
+            self._fit_burst(learned_rpm / 60.0)
+
+    def _fit_burst(self, account_rate: float) -> None:
+        """A burst within the headroom the settled rate leaves (``1 - SETTLE`` of the
+        account's rate, here 3 %): one sized to ``--rpm`` would overfill an account's 1 s
+        window when the account allows much less."""
+        self._limiter.max_rate = max(1.0, min(self.burst, account_rate * 0.03))
 
     @property
     def learned_limit(self) -> str | None:
