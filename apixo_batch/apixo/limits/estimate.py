@@ -127,10 +127,10 @@ class AccountLimiter:
                             fits.append(fit)
         if retry_after is not None and fits:
             # Room no sooner than Retry-After says, counted from when the server answered
-            # (about when the request left): whole seconds rounded up, and our own count
-            # may be short of the requests still in flight: 1.5 s allowed.
+            # (about when the request left): whole seconds rounded up (the wait is over
+            # RA - 1), and a tenth of a second for the clocks' jitter.
             at = now if refused_at is None else refused_at
-            late = [f for f in fits if self.room_at(f, at) >= at + retry_after - 1.5]
+            late = [f for f in fits if self.room_at(f, at) >= at + retry_after - 1.1]
             fits = late or fits
         if not fits:
             return self.fit
