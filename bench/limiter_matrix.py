@@ -1,8 +1,9 @@
 """Every limiter kind the simulator plays against one campaign (issue 31). Asserts nothing.
 
 One campaign shape: ``--jobs`` short jobs (default 600, Kling 2.6 at ``--time-scale
-0.02``; 1,500 for 60 s windows, which hold more than 600 jobs' requests), the engine told its default ``--rpm`` (9,000) while the account allows 30 % of
-it (2,700 requests a minute, spread over the kind's window); and, with ``--told90``,
+0.02``; 1,500 for 60 s windows, which hold more than 600 jobs' requests), the
+engine told its default ``--rpm`` (9,000) while the account allows 30 % of it
+(2,700 requests a minute, spread over the kind's window); and, with ``--told90``,
 the engine told 90 % of the account's limit instead. Per kind it prints:
 
 * ``bound``: the fraction of the account's bound reached: requests the account

@@ -864,9 +864,7 @@ async def test_told_the_default_rpm_converges_under_every_limiter(kind: str) -> 
     seconds = 150.0 if window_s >= 60 else 60.0
     clock = FakeClock(start=START)
     bucket = RequestBucket(9_000, clock, tick=0.1)
-    accepted, refused = await _against_account(
-        clock, bucket, limit=limit, seconds=seconds, **spec
-    )
+    accepted, refused = await _against_account(clock, bucket, limit=limit, seconds=seconds, **spec)
     bound = 2_700 / 60.0 * seconds
     assert len(accepted) / bound >= 0.85
     assert len(refused) / (len(accepted) + len(refused)) <= 0.03

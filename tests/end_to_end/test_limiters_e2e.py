@@ -31,9 +31,7 @@ KINDS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("kind", list(KINDS))
 async def test_every_limiter_kind_converges(simulator, tmp_path: Path, kind: str) -> None:
-    sim = await simulator(
-        time_scale=0.01, duration_override_s=(0.05, 0.1), **WINDOW, **KINDS[kind]
-    )
+    sim = await simulator(time_scale=0.01, duration_override_s=(0.05, 0.1), **WINDOW, **KINDS[kind])
     job_file = write_campaign(tmp_path, simple_jobs(80))
     res = await run_cli(sim, "run", str(job_file), *FAST, limit=90)
     assert res.code == 0, res.stderr + res.stdout[-2000:]
@@ -41,7 +39,9 @@ async def test_every_limiter_kind_converges(simulator, tmp_path: Path, kind: str
     stats = sim.stats()
     assert stats["rate_limited"] <= 0.05 * stats["requests_total"], stats["requests"]
     # What the account accepted over its window, not the rate allowed when a 429 came.
-    assert res.summary["learned_rpm"] == pytest.approx(1_800, rel=0.15), res.summary["learned_limit"]
+    assert res.summary["learned_rpm"] == pytest.approx(1_800, rel=0.15), res.summary[
+        "learned_limit"
+    ]
     assert "per 2 s" in (res.summary["learned_limit"] or ""), res.summary["learned_limit"]
 
 

@@ -321,7 +321,9 @@ class RequestBucket:
         else:
             self._pause(now, retry_after, fit, blind=False)
 
-    def _pause(self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool) -> None:
+    def _pause(
+        self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool
+    ) -> None:
         """Pause every caller until the window has room (and at least the Retry-After)."""
         pause = retry_after or 0.0
         if fit is not None:

@@ -218,7 +218,11 @@ def _threshold(accepted: list[int], refused: list[int]) -> tuple[int, float] | N
 
 
 def _sliding(
-    times: Sequence[float], oks: Sequence[bool], window: float, counts_refused: bool, scope: str | None
+    times: Sequence[float],
+    oks: Sequence[bool],
+    window: float,
+    counts_refused: bool,
+    scope: str | None,
 ) -> Fit | None:
     accepted: list[int] = []
     refused: list[int] = []
