@@ -30,6 +30,7 @@ from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
+from .terminal import note_when_stdout_closes, stop_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -141,9 +142,19 @@ class _Printer:
                 if isinstance(event, Failed)
                 else (None, event.message)
             )
-            self._say(f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip())
+            hint = _FAIL_HINTS.get(event.fail_class or "") if isinstance(event, Failed) else None
+            line = f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip()
+            self._say(f"{line} ({hint})" if hint else line)
         elif isinstance(event, Pending) and not self.quiet:
             self._say(f"pending: {event.job_id}: {event.message}")
+
+
+#: what to do about a failed task, by its fail code's class (catalog/failcodes.py)
+_FAIL_HINTS = {
+    "input": "the input was refused: fix the job, then --retry-failed",
+    "content": "the content was flagged: change it, then --retry-failed",
+    "transient": "APIXO's provider was busy: --retry-failed may succeed, and pays again",
+}
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -284,6 +295,11 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics)
+    note_when_stdout_closes(
+        "stdout was closed (its reader went away): the run goes on, and every event still "
+        "reaches the journal, the files and the manifest (`apixo-batch status` tells where "
+        "it stands)"
+    )
     try:
         if args.command == "download":
             _warn_expiring(engine.state_path, args.time_scale)
@@ -335,7 +351,9 @@ def _engine(
 
 async def _drive(engine: Engine, view: View | None = None) -> RunResult:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    # SIGHUP too: an SSH session that drops must leave what SIGTERM leaves (answers on the
+    # wire journaled, the manifest written), not a run killed mid-submit.
+    signals = (signal.SIGINT, *stop_signals())
     # remove_signal_handler leaves SIG_DFL behind (SIGTERM would then kill the process
     # while the summary is printed): what was there before is put back instead.
     previous = {sig: signal.getsignal(sig) for sig in signals}

@@ -22,6 +22,9 @@ from .order import longest_first
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
+#: ids of jobs that do not fit the budget named (the rest are counted)
+SHOWN_UNFIT = 5
+
 #: journal states whose task was (or may have been) paid for
 _PAID = frozenset({"submitting", "submitted", "succeeded", "done", "expired"})
 
@@ -74,6 +77,9 @@ class Resume:
     #: jobs of ``to_submit`` that fit the budget, in the start order (None: no budget)
     fit_budget: int | None = None
     fit_budget_usd: float | None = None
+    #: priced jobs of ``to_submit`` that do not fit it, and the first few of their ids
+    unfit_budget: int = 0
+    unfit_budget_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +106,8 @@ class Resume:
                 "usd": self.budget,
                 "fit_jobs": self.fit_budget,
                 "fit_usd": None if self.fit_budget_usd is None else round(self.fit_budget_usd, 4),
+                "unfit_jobs": self.unfit_budget,
+                "unfit_ids": list(self.unfit_budget_ids),
             },
         }
 
@@ -120,12 +128,12 @@ def resume_figures(
     ``synced``: the journal was last synced from this very job file (same stamp), so its
     ``in_file`` rows, in file order, are the file's jobs and the file is not read again."""
     known: dict[str, JournalJob] = {}
-    file_jobs: list[tuple[JournalJob | None, str, float | None, Kind]] = []
+    file_jobs: list[tuple[JournalJob | None, str, str, float | None, Kind]] = []
     if synced:
         for row in rows:
             if row.in_file:
                 assert row.kind is not None
-                file_jobs.append((row, row.input_hash, row.cost_usd, row.kind))
+                file_jobs.append((row, row.id, row.input_hash, row.cost_usd, row.kind))
             else:
                 known[row.id] = row
         figures = _figures(file_jobs, retry_failed)
@@ -133,7 +141,13 @@ def resume_figures(
         known = {row.id: row for row in rows}
         figures = _figures(
             (
-                (known.pop(job.id, None), job.input_hash, campaign.cost(job), _kind_of(job))
+                (
+                    known.pop(job.id, None),
+                    job.id,
+                    job.input_hash,
+                    campaign.cost(job),
+                    _kind_of(job),
+                )
                 for job in campaign.iter_jobs()
             ),
             retry_failed,
@@ -146,13 +160,14 @@ def resume_figures(
     priced_new = new - new_unknown
     pay_again_usd = new_usd / priced_new * min(pay_again, priced_new) if priced_new else 0.0
     fit = fit_usd = None
+    unfit: list[str] = []
     if budget is not None:
-        fit, fit_usd = _fit(submit, budget, spent_usd, order)
+        fit, fit_usd, unfit = _fit(submit, budget, spent_usd, order)
     return Resume(
         journal=journal,
         to_submit=len(submit),
-        to_submit_usd=sum(cost for _, cost in submit if cost is not None),
-        to_submit_unknown=sum(1 for _, cost in submit if cost is None),
+        to_submit_usd=sum(cost for _, _, cost in submit if cost is not None),
+        to_submit_unknown=sum(1 for _, _, cost in submit if cost is None),
         new=new,
         done=counts["done"],
         in_flight=counts["submitted"],
@@ -168,6 +183,8 @@ def resume_figures(
         budget=budget,
         fit_budget=fit,
         fit_budget_usd=fit_usd,
+        unfit_budget=len(unfit),
+        unfit_budget_ids=tuple(unfit[:SHOWN_UNFIT]),
     )
 
 
@@ -176,22 +193,23 @@ def _kind_of(job: Job) -> Kind:
 
 
 def _figures(
-    file_jobs: Iterable[tuple[JournalJob | None, str, float | None, Kind]], retry_failed: bool
-) -> tuple[list[tuple[Kind, float | None]], dict[str, int], int, float, int]:
-    """(jobs to submit as (kind, cost) in file order, jobs per state left alone, new jobs,
+    file_jobs: Iterable[tuple[JournalJob | None, str, str, float | None, Kind]],
+    retry_failed: bool,
+) -> tuple[list[tuple[str, Kind, float | None]], dict[str, int], int, float, int]:
+    """(jobs to submit as (id, kind, cost) in file order, jobs per state left alone, new jobs,
     their known USD, new jobs of unknown price): the reconcile's rules, nothing written."""
-    submit: list[tuple[Kind, float | None]] = []
+    submit: list[tuple[str, Kind, float | None]] = []
     counts = dict.fromkeys(("done", "submitted", "succeeded", "failed", "expired"), 0)
     new = new_unknown = 0
     new_usd = 0.0
-    for row, input_hash, cost, kind in file_jobs:
+    for row, job_id, input_hash, cost, kind in file_jobs:
         if row is None:
             new += 1
             if cost is None:
                 new_unknown += 1
             else:
                 new_usd += cost
-            submit.append((kind, cost))
+            submit.append((job_id, kind, cost))
             continue
         state = row.state
         if (
@@ -201,29 +219,32 @@ def _figures(
         ):
             state = "queued"  # a submit never answered, or an input fixed: queued again
         if state in ("queued", "submitting") or (state == "failed" and retry_failed):
-            submit.append((kind, cost))
+            submit.append((job_id, kind, cost))
         elif state in counts:
             counts[state] += 1
     return submit, counts, new, new_usd, new_unknown
 
 
 def _fit(
-    submit: list[tuple[Kind, float | None]], budget: float, spent: float, order: str
-) -> tuple[int, float]:
-    """The budget meter's rule: jobs in start order, the first that would take the spend
-    past the budget ends admission; jobs of unknown price are skipped."""
+    submit: list[tuple[str, Kind, float | None]], budget: float, spent: float, order: str
+) -> tuple[int, float, list[str]]:
+    """The budget meter's rule: jobs in start order, each admitted when it fits what is left
+    of the budget and skipped when it does not (the next ones are still weighed); jobs of
+    unknown price are skipped. (jobs that fit, their USD, ids of the priced ones that do not)"""
     if order == "longest":
         ranked = longest_first(
-            dict.fromkeys(kind for kind, _ in submit), partial(expected_generation_s, None)
+            dict.fromkeys(kind for _, kind, _ in submit), partial(expected_generation_s, None)
         )
         rank = {kind: i for i, kind in enumerate(ranked)}
-        submit = sorted(submit, key=lambda item: rank[item[0]])
+        submit = sorted(submit, key=lambda item: rank[item[1]])
     committed, jobs = spent, 0
-    for _, cost in submit:
+    unfit: list[str] = []
+    for job_id, _, cost in submit:
         if cost is None:
             continue
         if committed + cost > budget + 1e-9:
-            break
+            unfit.append(job_id)
+            continue
         committed += cost
         jobs += 1
-    return jobs, committed - spent
+    return jobs, committed - spent, unfit
