@@ -306,8 +306,10 @@ class RequestBucket:
             else:
                 rate = fit.rate
                 if fit.route is not None:
-                    # One route's window: the bucket, shared, may send that route's share.
-                    rate /= max(0.2, self.account.share(fit.route, now))
+                    # One route's window: the bucket, shared, may send that route's share,
+                    # counted as half at least: shares move (polls follow submits), and
+                    # never more than twice the limited route's rate is a safe start.
+                    rate /= max(0.5, self.account.share(fit.route, now))
                 self.control.settle(min(rate, self._base_drip), now)
                 self._fit_burst(rate)
                 self._learned = rate * 60.0
