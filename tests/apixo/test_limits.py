@@ -850,6 +850,12 @@ LIMITERS = {
     "retry-after-short-10s": {"window_s": 10.0, "retry_after": "short"},
     "counted-60s-no-retry-after": {"window_s": 60.0, "counted": True, "retry_after": "absent"},
     "fixed-60s-counted": {"window_s": 60.0, "fixed": True, "counted": True},
+    "fixed-10s-counted-no-retry-after": {
+        "window_s": 10.0,
+        "fixed": True,
+        "counted": True,
+        "retry_after": "absent",
+    },
 }
 
 
@@ -868,6 +874,7 @@ async def test_told_the_default_rpm_converges_under_every_limiter(kind: str) -> 
     bound = 2_700 / 60.0 * seconds
     assert len(accepted) / bound >= 0.85
     assert len(refused) / (len(accepted) + len(refused)) <= 0.03
+    bucket.conclude()  # the run's end: what is kept for the next one
     learned = bucket.learned_rpm
     assert learned is not None and learned == pytest.approx(2_700, rel=0.15)
     following = RequestBucket(9_000, clock)
@@ -885,3 +892,26 @@ async def test_told_90_percent_of_the_limit_never_meets_it(kind: str) -> None:
         clock, bucket, limit=round(2_700 * window_s / 60.0), seconds=90.0, **spec
     )
     assert refused == []
+
+
+def test_the_run_keeps_the_slowest_rate_that_explains_its_answers() -> None:
+    """A fixed 60 s window whose boundary fell inside the first burst: 2,700 accepted,
+    refusals until the boundary, 2,700 accepted again. A fixed window of 30 s explains
+    that as well as one of 60 s; the run tries the faster, but keeps the slower for the
+    next run (a next run started at twice the account's rate would meet a 429 at once)."""
+    account = AccountLimiter()
+    t = START
+    for i in range(2_700):  # 150 a second from 18 s before the boundary
+        account.answered(t + i / 150.0, True, "submit")
+    boundary = t + 20.0
+    for k in range(5):
+        account.answered(t + 18.0 + k * 0.4, False, "submit")
+    for i in range(2_700):
+        account.answered(boundary + 0.01 + i / 150.0, True, "submit")
+    account.answered(boundary + 18.5, False, "submit")
+    now = boundary + 18.6
+    tried = account.refit(now, retry_after=42.0, refused_at=boundary + 18.5)
+    kept = account.refit(now, conclude=True)
+    assert tried is not None and kept is not None
+    assert kept.rate * 60 == pytest.approx(2_700, rel=0.15)
+    assert kept.rate <= tried.rate

@@ -338,6 +338,19 @@ class RequestBucket:
         if self._paused_until > now and blind is False:
             self._limiter.empty_until(self._paused_until)
 
+    def conclude(self) -> None:
+        """The run is over: keep the slowest rate that explains its answers as well as
+        the fastest (see ``AccountLimiter.refit``), if this run learned one."""
+        if self.account.fit is None:
+            return
+        now = self._clock.monotonic()
+        fit = self.account.refit(now, conclude=True)
+        if fit is not None:
+            rate = fit.rate
+            if fit.route is not None:
+                rate /= max(0.5, self.account.share(fit.route, now))
+            self._learned = rate * 60.0
+
     def start_under(self, learned_rpm: float | None) -> None:
         """Begin just under a rate an earlier run learned for this key (before any grant)."""
         ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0

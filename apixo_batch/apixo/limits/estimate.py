@@ -81,6 +81,8 @@ class AccountLimiter:
         self._log: collections.deque[tuple[float, bool, str]] = collections.deque()
         self.fit: Fit | None = None
         self._refusals = 0
+        # the last Retry-After, and when the request it answered left
+        self._last_retry: tuple[float, float] | None = None
 
     def answered(self, sent_at: float, accepted: bool, route: str) -> None:
         """A request that left at ``sent_at`` was accepted or refused (429) by the rate limit."""
@@ -94,12 +96,27 @@ class AccountLimiter:
                 self._refusals -= 1
 
     def refit(
-        self, now: float, retry_after: float | None = None, refused_at: float | None = None
+        self,
+        now: float,
+        retry_after: float | None = None,
+        refused_at: float | None = None,
+        *,
+        conclude: bool = False,
     ) -> Fit | None:
         """The limiter that explains the log best (after a refusal); None until one does.
 
         ``retry_after``: the Retry-After of the refusal of the request sent at
-        ``refused_at`` (else ``now``): a lower bound on when room comes."""
+        ``refused_at`` (else ``now``): a lower bound on when room comes.
+
+        ``conclude``: the run is over. While it went on the fastest fit was tried (the
+        next refusal rules it out if wrong); what is left undecided at its end (a fixed
+        window's boundary seen once: the same count fits a window half as long) should
+        not send the next run into a 429, so of the fits that explain the answers as
+        well with the same count, the one over the longest window is kept."""
+        if retry_after is not None:
+            self._last_retry = (retry_after, now if refused_at is None else refused_at)
+        elif conclude and self._last_retry is not None:
+            retry_after, refused_at = self._last_retry
         if not self._refusals:
             return self.fit
         # By send time; answers to requests sent at the same instant keep the order they
@@ -142,6 +159,19 @@ class AccountLimiter:
             fits = [f for f in fits if f.route is None or f.misfit < shared_best - TOLERANCE]
         best = min(f.misfit for f in fits)
         good = [f for f in fits if f.misfit <= best + TOLERANCE]
+        if conclude and self.fit is not None:
+            # Only the ambiguity of a window seen once: the same count over a longer window
+            # (the log keeps a minute: older answers cannot rule the slower ones out).
+            current = self.fit
+            same = [
+                f
+                for f in good
+                if f.misfit <= best + TOLERANCE / 10
+                and abs(f.limit - current.limit) <= 0.02 * current.limit
+                and f.window_s >= current.window_s
+            ]
+            self.fit = min(same, key=lambda f: (round(f.rate, 6), f.misfit), default=current)
+            return self.fit
         # The fastest of those that fit as well: the cheapest to try, and the next refusal
         # rules it out if wrong. Equal rates: the shorter window (its room comes sooner).
         self.fit = max(good, key=lambda f: (round(f.rate, 6), -f.window_s, -f.misfit))
@@ -154,13 +184,15 @@ class AccountLimiter:
             counted = sum(
                 1
                 for at, ok, route in self._log
-                if at >= start and (ok or fit.counts_refused) and _in(route, fit.route)
+                if start <= at <= now and (ok or fit.counts_refused) and _in(route, fit.route)
             )
             return now if counted < fit.limit else start + fit.window_s
         times = sorted(
             at
             for at, ok, route in self._log
-            if at > now - fit.window_s and (ok or fit.counts_refused) and _in(route, fit.route)
+            if now - fit.window_s < at <= now
+            and (ok or fit.counts_refused)
+            and _in(route, fit.route)
         )
         if len(times) < fit.limit:
             return now
