@@ -11,7 +11,7 @@ reads and spend accounting.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ..planning.kind import Kind
@@ -69,17 +69,47 @@ class Journal(Reconcile, LearnedClocks):
                 hold_name(owners, name, job_id)
         return owners
 
-    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str]]:
-        """(id, filename, files as JSON, in_file, state) of every job, in file order."""
+    def output_rows(
+        self, *, holders: bool = False
+    ) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
+        """(id, filename, files as JSON, in_file, state, how many result URLs the task
+        brought: None before it succeeded) of every job, in file order. ``holders``: only
+        the jobs that may hold a name (files landed, a task on its way or that brought
+        results), what a check of other jobs' names needs."""
+        where = (
+            " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
+            "OR state IN ('submitting', 'submitted', 'succeeded') "
+            "OR (result_urls IS NOT NULL AND result_urls NOT IN ('', '[]'))"
+            if holders
+            else ""
+        )
         return iter(
             self._db.execute(
-                "SELECT id, filename, files, in_file, state FROM jobs ORDER BY idx, id"
+                "SELECT id, filename, files, in_file, state, "
+                "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
+                f"ELSE json_array_length(result_urls) END FROM jobs{where} ORDER BY idx, id"
             )
         )
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
         return None if row is None else JobRow.from_sql(row)
+
+    def known_task_ids(self, task_ids: Collection[str]) -> set[str]:
+        """Those of ``task_ids`` this journal holds: a job's task, or one it had before
+        (``--retry-failed`` keeps a first task in ``task_history``)."""
+        known: set[str] = set()
+        ids = list(task_ids)
+        for start in range(0, len(ids), 400):
+            part = ids[start : start + 400]
+            marks = ",".join("?" * len(part))
+            for (task_id,) in self._db.execute(
+                f"SELECT task_id FROM task_history WHERE task_id IN ({marks}) "
+                f"UNION SELECT task_id FROM jobs WHERE task_id IN ({marks})",
+                (*part, *part),
+            ):
+                known.add(task_id)
+        return known
 
     def page(
         self,
@@ -197,18 +227,38 @@ class Journal(Reconcile, LearnedClocks):
 
     def plan_rows(self) -> Iterator[tuple[Any, ...]]:
         """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
-        (id, state, input hash, has a task id, fail code, cost, in the file, kind)."""
-        kinds: dict[tuple[Any, ...], Kind] = {}
-        for jid, state, h, task, code, cost, in_file, *drives in self._db.execute(
+        (id, state, input hash, has a task id, fail code, cost, in the file, kind, filename,
+        the inputs price and clock read)."""
+        kinds: dict[tuple[Any, ...], tuple[Kind, dict[str, Any]]] = {}
+        for jid, state, h, task, code, cost, in_file, filename, *drives in self._db.execute(
             "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
-            "model, json_extract(input_json, '$.duration'), "
-            "json_extract(input_json, '$.resolution') FROM jobs ORDER BY in_file DESC, idx, id"
+            "filename, model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution'), json_extract(input_json, '$.mode'), "
+            "json_extract(input_json, '$.sound') FROM jobs ORDER BY in_file DESC, idx, id"
         ):
             key = tuple(drives)
-            kind = kinds.get(key)
-            if kind is None:
-                kind = kinds[key] = Kind(str(drives[0]), drives[1], drives[2])
-            yield str(jid), str(state), str(h), bool(task), code, cost, bool(in_file), kind
+            known = kinds.get(key)
+            if known is None:
+                model, duration, resolution, mode, sound = drives
+                kind = Kind(str(model), duration, resolution)
+                sample = dict(kind.drives)
+                if mode is not None:
+                    sample["mode"] = mode
+                if sound is not None:
+                    sample["sound"] = bool(sound)  # SQLite's JSON reads a boolean as 0 or 1
+                known = kinds[key] = (kind, sample)
+            yield (
+                str(jid),
+                str(state),
+                str(h),
+                bool(task),
+                code,
+                cost,
+                bool(in_file),
+                known[0],
+                str(filename),
+                known[1],
+            )
 
     def counts(self) -> dict[str, int]:
         return {
@@ -218,6 +268,14 @@ class Journal(Reconcile, LearnedClocks):
                 "GROUP BY state"
             )
         }
+
+    def queued_cut_off(self) -> int:
+        """Queued file jobs flagged possibly duplicated: a submit of theirs was cut off."""
+        row = self._db.execute(
+            "SELECT count(*) FROM jobs WHERE state='queued' AND possibly_duplicated=1 "
+            "AND (in_file=1 OR task_id IS NOT NULL)"
+        ).fetchone()
+        return int(row[0])
 
     def counts_by_model(self) -> dict[str, dict[str, int]]:
         """Jobs per model and state (for progress rows)."""

@@ -15,16 +15,22 @@ pytestmark = pytest.mark.e2e
 FAST = ["--time-scale", "0.01"]
 
 
-async def _interrupted(simulator, tmp_path: Path, *, rows: bool = False):  # type: ignore[no-untyped-def]
+async def _interrupted(simulator, tmp_path: Path, *, rows: str | None = None):  # type: ignore[no-untyped-def]
     """Three jobs submitted and left in flight by a short --max-wait (exit 1); ``rows``:
-    the jobs in a ``jobs_file`` (JSONL) beside the job file."""
+    the jobs in a ``jobs_file`` of that name (``.jsonl`` or ``.csv``) beside the job file."""
     sim = await simulator(time_scale=0.01, duration_override_s=(2.0, 2.0))
     if rows:
-        lines = "".join(json.dumps(job) + "\n" for job in simple_jobs(3))
-        (tmp_path / "jobs.jsonl").write_text(lines, encoding="utf-8")
+        if rows.endswith(".csv"):
+            lines = "id,model,mode,prompt,duration,sound\n" + "".join(
+                f"{j['id']},{j['model']},text-to-video,{j['input']['prompt']},5,false\n"
+                for j in simple_jobs(3)
+            )
+        else:
+            lines = "".join(json.dumps(job) + "\n" for job in simple_jobs(3))
+        (tmp_path / rows).write_text(lines, encoding="utf-8")
         job_file = tmp_path / "campaign.yaml"
         job_file.write_text(
-            "name: e2e\noutput: {dir: out}\njobs_file: jobs.jsonl\n", encoding="utf-8"
+            f"name: e2e\noutput: {{dir: out}}\njobs_file: {rows}\n", encoding="utf-8"
         )
     else:
         job_file = write_campaign(tmp_path, simple_jobs(3))
@@ -91,12 +97,14 @@ async def test_missing_job_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+@pytest.mark.parametrize("rows", ["jobs.jsonl", "prompts.csv"])
 async def test_moved_jobs_file_status_download_review_from_journal(
-    simulator, tmp_path: Path
+    simulator, tmp_path: Path, rows: str
 ) -> None:
-    """The jobs_file moved away with tasks in flight: the same, from the journal."""
-    sim, job_file = await _interrupted(simulator, tmp_path, rows=True)
-    (tmp_path / "jobs.jsonl").rename(tmp_path / "elsewhere.jsonl")
+    """The jobs_file (JSONL, or a CSV) moved away with tasks in flight: the same, from
+    the journal."""
+    sim, job_file = await _interrupted(simulator, tmp_path, rows=rows)
+    (tmp_path / rows).rename(tmp_path / f"elsewhere-{rows}")
     await _recover(sim, job_file, tmp_path)
 
 
@@ -164,3 +172,37 @@ async def test_a_state_journal_elsewhere_needs_out_to_find_its_results(
     review = await run_cli(sim, "review", str(job_file), "--state", state, "--out", out)
     assert review.code == 0, review.stderr
     assert (tmp_path / "out" / "review.html").is_file()
+
+
+async def test_status_check_files_lists_done_files_gone_or_resized(
+    simulator, tmp_path: Path
+) -> None:
+    """`status --check-files` stats every done job's files: one deleted and one damaged
+    (8 bytes of garbage) are listed with the job id and what is wrong; without the option
+    `status` does not read the disk. No request either way."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    assert (await run_cli(sim, "run", str(job_file), *FAST)).code == 0
+    before = sim.stats()["requests_total"]
+    out = tmp_path / "out"
+    whole = await run_cli(sim, "status", str(job_file), "--check-files")
+    assert whole.code == 0, whole.stderr
+    assert "on disk: the files of all 3 done job(s) are there, with their sizes" in whole.stdout
+
+    (out / "job-0000.mp4").unlink()
+    (out / "job-0001.mp4").write_bytes(b"garbage!")
+    plain = await run_cli(sim, "status", str(job_file))
+    assert "on disk" not in plain.stdout, plain.stdout
+    told = await run_cli(sim, "status", str(job_file), "--check-files")
+    assert told.code == 0, told.stderr
+    assert "on disk: 2 of 3 done job(s) not as journaled" in told.stdout, told.stdout
+    assert f"missing: job job-0000: {out / 'job-0000.mp4'}: not on disk" in told.stdout
+    assert f"size: job job-0001: {out / 'job-0001.mp4'}: 8 bytes on disk" in told.stdout
+    doc = json.loads(
+        (await run_cli(sim, "status", str(job_file), "--check-files", "--json")).stdout
+    )
+    assert (doc["disk"]["checked"], doc["disk"]["bad_jobs"]) == (3, 2), doc["disk"]
+    assert doc["disk"]["problems"][0].startswith("missing: job job-0000"), doc["disk"]
+    no_check = json.loads((await run_cli(sim, "status", str(job_file), "--json")).stdout)
+    assert no_check["disk"] is None
+    assert sim.stats()["requests_total"] == before
