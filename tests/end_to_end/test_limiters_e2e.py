@@ -32,10 +32,12 @@ KINDS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("kind", list(KINDS))
 async def test_every_limiter_kind_converges(simulator, tmp_path: Path, kind: str) -> None:
     sim = await simulator(time_scale=0.01, duration_override_s=(0.05, 0.1), **WINDOW, **KINDS[kind])
-    job_file = write_campaign(tmp_path, simple_jobs(80))
-    res = await run_cli(sim, "run", str(job_file), *FAST, limit=90)
+    # Enough requests for several windows: a run of one or two cannot tell a window
+    # from one half or twice as long, and the rate kept would be that ambiguity's.
+    job_file = write_campaign(tmp_path, simple_jobs(200))
+    res = await run_cli(sim, "run", str(job_file), *FAST, limit=120)
     assert res.code == 0, res.stderr + res.stdout[-2000:]
-    assert res.summary["counts"]["done"] == 80
+    assert res.summary["counts"]["done"] == 200
     stats = sim.stats()
     assert stats["rate_limited"] <= 0.05 * stats["requests_total"], stats["requests"]
     # What the account accepted over its window, not the rate allowed when a 429 came.
@@ -76,4 +78,6 @@ async def test_slot_429s_that_do_not_name_concurrency(simulator, tmp_path: Path)
     assert res.summary["counts"]["done"] == 40
     assert res.summary["learned_slots"] == 5
     assert res.summary["learned_rpm"] is None  # the request rate was never to blame
-    assert sim.stats()["rate_limited_concurrency"] <= 0.5 * 40
+    # Fewer refusals than tasks (bench/limits_bench.py holds the 0.1-per-task target at
+    # 100 slots; with 5, slow start's first window of 10 alone is refused 5 times).
+    assert sim.stats()["rate_limited_concurrency"] < 40
