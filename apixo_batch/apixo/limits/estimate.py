@@ -39,6 +39,9 @@ HISTORY_S = 65.0
 MAX_EVENTS = 6_000
 #: fits within this much of the best one are as good (timing jitter at window edges)
 TOLERANCE = 0.05
+#: a route's own window is taken only when it explains the answers by this much better
+#: than every shared one: fewer answers (and a fixed window's phase) fit more easily
+ROUTE_MARGIN = 0.3
 #: a refusal at a count under this share of a candidate's limit rules the candidate out
 HARD = 0.98
 
@@ -156,7 +159,7 @@ class AccountLimiter:
         shared = [f for f in fits if f.route is None]
         if shared:
             shared_best = min(f.misfit for f in shared)
-            fits = [f for f in fits if f.route is None or f.misfit < shared_best - TOLERANCE]
+            fits = [f for f in fits if f.route is None or f.misfit < shared_best - ROUTE_MARGIN]
         best = min(f.misfit for f in fits)
         good = [f for f in fits if f.misfit <= best + TOLERANCE]
         if conclude and self.fit is not None:
