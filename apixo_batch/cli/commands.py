@@ -21,7 +21,7 @@ from ..apixo.secret import ApiKey, redact
 from ..clock import human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
-from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
+from ..events import Event, EventSink, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import DoneFiles, JobRow, JobState, Journal
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..outputs.output import Output
+    from ..telemetry import Telemetry
 
 __all__ = ["campaign_command"]
 
@@ -291,9 +292,38 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
             return ExitCode.INVALID
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
-        engine = _engine(args, campaign, key, printer, callback_url, listen_at)
-    except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
+        telemetry = _telemetry(args, campaign, key)
+    except (ApixoError, ValueError) as exc:  # a URL, a port, a path: nothing was sent
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    try:
+        return _run_with(args, campaign, key, printer, telemetry, callback_url, listen_at)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
+
+
+def _run_with(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    key: ApiKey | None,
+    printer: _Printer,
+    telemetry: Telemetry | None,
+    callback_url: str | None,
+    listen_at: tuple[str, int] | None,
+) -> int:
+    def ended_in_error(code: ExitCode, message: str) -> int:
+        printer.ended_in_error(code, message)
+        if telemetry is not None:
+            # Every run ends in a summary, one that could not go on too: to the receivers.
+            error = redact(message, key)
+            telemetry(replace(RunResult(code, counts={}).summary(), at=time.time(), error=error))
+        return code
+
+    sink: EventSink = printer if telemetry is None else _Both(printer, telemetry)
+    try:
+        engine = _engine(args, campaign, key, sink, callback_url, listen_at)
+    except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
+        return ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics)
     note_when_stdout_closes(
         "stdout was closed (its reader went away): the run goes on, and every event still "
@@ -303,30 +333,90 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         if args.command == "download":
             _warn_expiring(engine.state_path, args.time_scale)
-        result = runtime.run(_drive(engine, printer.view))
+        result = runtime.run(_drive(engine, printer.view, telemetry))
     except StorageError as exc:  # the journal unreadable
         printer.close()
-        return printer.ended_in_error(ExitCode.IO_ERROR, str(exc))
+        return ended_in_error(ExitCode.IO_ERROR, str(exc))
     except MissingApiKey:
         printer.close()
-        return printer.ended_in_error(
-            ExitCode.INVALID, f"{KEY_VAR} is not set (or give --api-key-file)"
-        )
+        return ended_in_error(ExitCode.INVALID, f"{KEY_VAR} is not set (or give --api-key-file)")
     except ApixoError as exc:  # the journal held by another run
         printer.close()
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+        return ended_in_error(ExitCode.INVALID, str(exc))
     finally:
         printer.close()
     if not args.json and not args.verbose:
         render_summary(result.summary())
+    if telemetry is not None and telemetry.metrics is not None:
+        telemetry.metrics.refresh(engine.statistics())
     return result.exit_code
+
+
+class _Both:
+    """The printer first (what the terminal shows), then the telemetry."""
+
+    __slots__ = ("_first", "_then")
+
+    def __init__(self, first: EventSink, then: EventSink) -> None:
+        self._first = first
+        self._then = then
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self._first(event)
+        finally:
+            self._then(event)
+
+
+def _telemetry(
+    args: argparse.Namespace, campaign: Campaign, key: ApiKey | None
+) -> Telemetry | None:
+    """The notifier and the metrics the options and the job file ask for (None: neither);
+    ValueError or ApixoError with one line naming what is wrong."""
+    from ..telemetry import RunMetrics, Telemetry, serve_metrics, write_textfile
+    from ..telemetry.notify import Notifier, parse_notify_on
+
+    on = parse_notify_on(args.notify_on)
+    try:
+        urls = [*campaign.notify_urls(os.environ), *args.notify]
+    except JobFileError as exc:
+        raise ValueError(str(exc)) from None
+    notifier = None
+    if urls:
+        notifier = Notifier(urls, campaign=campaign.name, on=on, key=key, warn=_err)
+    if args.metrics_port is None and args.metrics_textfile is None:
+        return Telemetry(notifier=notifier) if notifier else None
+    metrics = RunMetrics(campaign.name)
+    textfile = None
+    if args.metrics_textfile is not None:
+        textfile = Path(args.metrics_textfile).absolute()
+        try:
+            write_textfile(metrics, textfile)  # a path that cannot be written: said now
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-textfile {textfile}: cannot write it: {exc.strerror or exc}"
+            ) from None
+    server = None
+    if args.metrics_port is not None:
+        host = args.metrics_host
+        try:
+            server = serve_metrics(metrics, host, args.metrics_port)
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-port {args.metrics_port}: cannot listen on {host}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if args.metrics_port == 0:
+            bound_host, port = server.address
+            _err(f"metrics on http://{bound_host}:{port}/metrics")
+    return Telemetry(notifier=notifier, metrics=metrics, server=server, textfile=textfile)
 
 
 def _engine(
     args: argparse.Namespace,
     campaign: Campaign,
     key: ApiKey | None,
-    printer: _Printer,
+    sink: EventSink,
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
 ) -> Engine:
@@ -346,11 +436,16 @@ def _engine(
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
     )
-    return build_engine(campaign, options, api_key=key, on_event=printer)
+    return build_engine(campaign, options, api_key=key, on_event=sink)
 
 
-async def _drive(engine: Engine, view: View | None = None) -> RunResult:
+async def _drive(
+    engine: Engine, view: View | None = None, telemetry: Telemetry | None = None
+) -> RunResult:
     loop = asyncio.get_running_loop()
+    fresh = None
+    if telemetry is not None:
+        fresh = asyncio.create_task(telemetry.keep_fresh(engine.statistics))
     # SIGHUP too: an SSH session that drops must leave what SIGTERM leaves (answers on the
     # wire journaled, the manifest written), not a run killed mid-submit.
     signals = (signal.SIGINT, *stop_signals())
@@ -363,6 +458,10 @@ async def _drive(engine: Engine, view: View | None = None) -> RunResult:
         async with shown(view, engine.clock) if view else contextlib.nullcontext():
             return await engine.run()
     finally:
+        if fresh is not None:
+            fresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fresh
         for sig in signals:
             loop.remove_signal_handler(sig)
             handler = previous[sig]
