@@ -376,20 +376,26 @@ def _telemetry(
     from ..telemetry import RunMetrics, Telemetry, serve_metrics, write_textfile
     from ..telemetry.notify import Notifier, parse_notify_on
 
-    on = parse_notify_on(args.notify_on)
+    # getattr: an embedder's or a test's namespace may hold only the options it knew of.
+    on = parse_notify_on(getattr(args, "notify_on", None) or "end,stop")
+    given: list[str] = getattr(args, "notify", None) or []
+    port: int | None = getattr(args, "metrics_port", None)
+    textfile_arg: str | None = getattr(args, "metrics_textfile", None)
+    if not (given or getattr(campaign, "notify", ()) or port is not None or textfile_arg):
+        return None
     try:
-        urls = [*campaign.notify_urls(os.environ), *args.notify]
+        urls = [*campaign.notify_urls(os.environ), *given]
     except JobFileError as exc:
         raise ValueError(str(exc)) from None
     notifier = None
     if urls:
         notifier = Notifier(urls, campaign=campaign.name, on=on, key=key, warn=_err)
-    if args.metrics_port is None and args.metrics_textfile is None:
+    if port is None and textfile_arg is None:
         return Telemetry(notifier=notifier) if notifier else None
     metrics = RunMetrics(campaign.name)
     textfile = None
-    if args.metrics_textfile is not None:
-        textfile = Path(args.metrics_textfile).absolute()
+    if textfile_arg is not None:
+        textfile = Path(textfile_arg).absolute()
         try:
             write_textfile(metrics, textfile)  # a path that cannot be written: said now
         except OSError as exc:
@@ -397,16 +403,15 @@ def _telemetry(
                 f"--metrics-textfile {textfile}: cannot write it: {exc.strerror or exc}"
             ) from None
     server = None
-    if args.metrics_port is not None:
-        host = args.metrics_host
+    if port is not None:
+        host = getattr(args, "metrics_host", None) or "127.0.0.1"
         try:
-            server = serve_metrics(metrics, host, args.metrics_port)
+            server = serve_metrics(metrics, host, port)
         except OSError as exc:
             raise ValueError(
-                f"--metrics-port {args.metrics_port}: cannot listen on {host}: "
-                f"{exc.strerror or exc}"
+                f"--metrics-port {port}: cannot listen on {host}: {exc.strerror or exc}"
             ) from None
-        if args.metrics_port == 0:
+        if port == 0:
             bound_host, port = server.address
             _err(f"metrics on http://{bound_host}:{port}/metrics")
     return Telemetry(notifier=notifier, metrics=metrics, server=server, textfile=textfile)
