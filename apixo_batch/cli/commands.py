@@ -381,7 +381,7 @@ def _telemetry(
     given: list[str] = getattr(args, "notify", None) or []
     port: int | None = getattr(args, "metrics_port", None)
     textfile_arg: str | None = getattr(args, "metrics_textfile", None)
-    if not (given or getattr(campaign, "notify", ()) or port is not None or textfile_arg):
+    if not (given or getattr(campaign, "notify", None) or port is not None or textfile_arg):
         return None
     try:
         urls = [*campaign.notify_urls(os.environ), *given]

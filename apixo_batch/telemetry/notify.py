@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,14 @@ def _quote(text: str) -> str:
 def apprise_sender(urls: Sequence[str]) -> Sender:
     """A :data:`Sender` through Apprise, every URL checked now: ApixoError names the first
     one Apprise cannot read (by its place and scheme, never its text), or the extra missing."""
+    # Apprise imports modules Python deprecates (imghdr), some only when a URL is first
+    # read: its business, not a warning for our users (nor an error under -W error).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _apprise_sender(urls)
+
+
+def _apprise_sender(urls: Sequence[str]) -> Sender:
     try:
         import apprise
     except ImportError:
