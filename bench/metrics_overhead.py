@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
+from _harness import (
     Measured,
     campaign,
     engine_code,
@@ -37,7 +37,7 @@ from _harness import (  # noqa: E402
     simulator,
     workdir,
 )
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
 FLAGS = ("--max-concurrent", "999", "--rpm", "9999", "--time-scale", "0.3")
 
@@ -64,7 +64,7 @@ class Scraper(threading.Thread):
             took = time.perf_counter() - t0
             in_flight = 0.0
             for family in text_string_to_metric_families(text):
-                if family.name == "apixo_batch_tasks_in_flight":
+                if family.name == "apixo_batch_tasks_in_flight" and family.samples:
                     in_flight = family.samples[0].value
             self.answers.append((took, in_flight))
             self.stop.wait(self.every)

@@ -16,10 +16,12 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 from ..events import (
     Downloaded,
@@ -186,6 +188,20 @@ class RunMetrics:
             (*c, "kind"),
             registry=r,
         )
+        # Every series of the run shown from the first scrape, before the first refresh.
+        for gauge in (
+            self._rpm_granted,
+            self._rpm_limit,
+            self._rpm_effective,
+            self._in_flight,
+            self._window,
+            self._max_concurrent,
+            self._downloading,
+            self._spent,
+            self._start,
+            self._progress,
+        ):
+            gauge.labels(campaign)
         self._up.labels(campaign).set(1)
         self._exit.labels(campaign).set(float("nan"))
         self._rpm_learned.labels(campaign).set(float("nan"))
@@ -208,31 +224,41 @@ class RunMetrics:
         #: {(model, state): count}, kept so a move decrements one and increments another
         self._counts: dict[tuple[str, str], int] = {}
         self._polls_seen: dict[str, int] = {}
+        # A metric's labels() takes a lock and builds a key on every call: the children
+        # this run uses, kept at hand (an event costs a few microseconds, not tens).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _of(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric``'s child for this campaign and ``values``."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.campaign, *values)
+        return child
 
     # -- events ---------------------------------------------------------------
     def __call__(self, event: Event) -> None:
-        c = self.campaign
         if isinstance(event, _PROGRESS):
-            self._progress.labels(c).set(event.at)
+            self._of(self._progress).set(event.at)
         if isinstance(event, Started):
-            self._start.labels(c).set(event.at)
-            self._progress.labels(c).set(event.at)
+            self._of(self._start).set(event.at)
+            self._of(self._progress).set(event.at)
             for model, states in event.per_model.items():
                 for state, n in states.items():
                     self._set(model, state, n)
         elif isinstance(event, Submitted):
-            self._submits.labels(c, "accepted").inc()
+            self._of(self._submits, "accepted").inc()
             self._submitted_at[event.job_id] = event.at
             self._move(event.model, "queued", "submitted")
         elif isinstance(event, Succeeded):
             self._ended(event.job_id, event.model, event.at)
             self._known_at[event.job_id] = event.at
             if event.completed_at is not None:
-                self._detect.labels(c, event.model).observe(max(0.0, event.at - event.completed_at))
+                self._of(self._detect, event.model).observe(max(0.0, event.at - event.completed_at))
             self._move(event.model, "submitted", "succeeded")
         elif isinstance(event, Failed):
             if event.task_id is None:
-                self._submits.labels(c, "refused").inc()
+                self._of(self._submits, "refused").inc()
                 self._move(event.model, "queued", "failed")
             else:
                 self._ended(event.job_id, event.model, event.at)
@@ -240,33 +266,33 @@ class RunMetrics:
         elif isinstance(event, Downloaded):
             known = self._known_at.pop(event.job_id, None)
             if known is not None:
-                self._download.labels(c, event.model).observe(max(0.0, event.at - known))
-            self._downloads.labels(c, "found" if event.found else "landed").inc()
-            self._bytes.labels(c).inc(max(0, event.bytes))
+                self._of(self._download, event.model).observe(max(0.0, event.at - known))
+            self._of(self._downloads, "found" if event.found else "landed").inc()
+            self._of(self._bytes).inc(max(0, event.bytes))
             self._move(event.model, "succeeded", "done")
         elif isinstance(event, Expired):
             self._known_at.pop(event.job_id, None)
-            self._downloads.labels(c, "expired").inc()
+            self._of(self._downloads, "expired").inc()
             self._move(event.model, "succeeded", "expired")
         elif isinstance(event, Retried):
             if event.call == "submit":
-                self._submits.labels(c, "error").inc()
+                self._of(self._submits, "error").inc()
             elif event.call == "download":
-                self._downloads.labels(c, "error").inc()
+                self._of(self._downloads, "error").inc()
             # status: counted by refresh() from the follower's own tally
         elif isinstance(event, Throttled):
-            self._throttled.labels(c, "slots" if event.slots else "rate").inc()
+            self._of(self._throttled, "slots" if event.slots else "rate").inc()
             if event.slots is not None:  # a submit's 429 (a poll's says nothing of slots)
-                self._submits.labels(c, "slots_full" if event.slots else "rate_limited").inc()
+                self._of(self._submits, "slots_full" if event.slots else "rate_limited").inc()
         elif isinstance(event, Pending):
             self._submitted_at.pop(event.job_id, None)
         elif isinstance(event, Stopped):
-            self._stopped.labels(c, event.stop or "other").inc()
+            self._of(self._stopped, event.stop or "other").inc()
         elif isinstance(event, Summary):
-            self._up.labels(c).set(0)
-            self._exit.labels(c).set(event.exit_code)
+            self._of(self._up).set(0)
+            self._of(self._exit).set(event.exit_code)
             if event.spent_usd is not None:
-                self._spent.labels(c).set(event.spent_usd)
+                self._of(self._spent).set(event.spent_usd)
             for model, states in event.per_model.items():
                 for state, n in states.items():
                     self._set(model, state, n)
@@ -274,13 +300,13 @@ class RunMetrics:
     def _ended(self, job_id: str, model: str, at: float) -> None:
         submitted = self._submitted_at.pop(job_id, None)
         if submitted is not None:
-            self._generation.labels(self.campaign, model).observe(max(0.0, at - submitted))
+            self._of(self._generation, model).observe(max(0.0, at - submitted))
 
     def _set(self, model: str, state: str, n: int) -> None:
         if state not in _STATES:
             return  # "submitting" and the like: a moment, not a place a job stays
         self._counts[(model, state)] = n
-        self._jobs.labels(self.campaign, model, state).set(n)
+        self._of(self._jobs, model, state).set(n)
 
     def _move(self, model: str, old: str, new: str) -> None:
         # A job adopted from an earlier run may not be where this run thinks: never below 0.
@@ -290,23 +316,22 @@ class RunMetrics:
     # -- statistics -----------------------------------------------------------
     def refresh(self, stats: RunStatistics) -> None:
         """The gauges of the run's limits and spend, from a snapshot taken on its loop."""
-        c = self.campaign
-        self._rpm_granted.labels(c).set(stats.requests_last_minute)
-        self._rpm_limit.labels(c).set(stats.rpm_limit)
-        self._rpm_effective.labels(c).set(stats.effective_rpm)
-        self._rpm_learned.labels(c).set(
+        self._of(self._rpm_granted).set(stats.requests_last_minute)
+        self._of(self._rpm_limit).set(stats.rpm_limit)
+        self._of(self._rpm_effective).set(stats.effective_rpm)
+        self._of(self._rpm_learned).set(
             float("nan") if stats.learned_rpm is None else stats.learned_rpm
         )
-        self._in_flight.labels(c).set(stats.in_flight)
-        self._window.labels(c).set(stats.slot_window)
-        self._max_concurrent.labels(c).set(stats.max_concurrent)
-        self._downloading.labels(c).set(stats.downloading)
-        self._spent.labels(c).set(stats.spent_usd)
-        self._budget.labels(c).set(float("nan") if stats.budget_usd is None else stats.budget_usd)
+        self._of(self._in_flight).set(stats.in_flight)
+        self._of(self._window).set(stats.slot_window)
+        self._of(self._max_concurrent).set(stats.max_concurrent)
+        self._of(self._downloading).set(stats.downloading)
+        self._of(self._spent).set(stats.spent_usd)
+        self._of(self._budget).set(float("nan") if stats.budget_usd is None else stats.budget_usd)
         for outcome, n in stats.polls.items():
             new = n - self._polls_seen.get(outcome, 0)
             if new > 0:
-                self._polls.labels(c, outcome.replace("-", "_")).inc(new)
+                self._of(self._polls, outcome.replace("-", "_")).inc(new)
                 self._polls_seen[outcome] = n
 
     def text(self) -> bytes:
