@@ -259,3 +259,31 @@ async def test_an_unset_variable_in_notify_names_the_entry(simulator, tmp_path: 
     assert res.code == 2
     assert "notify[0]" in res.stderr and "${NO_SUCH_VAR_35} is not set" in res.stderr
     assert sim.stats()["submits_accepted"] == 0
+
+
+async def test_an_outage_is_told_as_a_stall_then_a_recovery(simulator, tmp_path: Path) -> None:
+    """Connections refused for 2.5 s mid-campaign with --notify-on stall,recover,end: one
+    stall, one recovery, one end (exit 0), in that order."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(0.4, 0.8), outages=[(0.0, 2.5)])
+    async with receiver() as hook:
+        job_file = write_campaign(tmp_path, simple_jobs(6))
+        res = await run_cli(
+            sim,
+            "run",
+            str(job_file),
+            *FAST,
+            "--notify",
+            hook.url,
+            "--notify-on",
+            "stall,recover,end",
+        )
+        assert res.code == 0, res.stderr
+        titles = [p["title"] for _, p in sorted(hook.posts, key=lambda tp: tp[0])]
+    assert sim.outages_seen == 1
+    assert titles == [
+        "apixo-batch e2e: stalled, API unreachable",
+        "apixo-batch e2e: recovered",
+        "apixo-batch e2e: exit 0, every job done",
+    ]
+    warned = [e.get("about") for e in res.events if e["event"] == "warning"]
+    assert warned.count("outage") == 1 and warned.count("recovered") == 1
