@@ -18,15 +18,26 @@ from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
 from ..apixo.secret import ApiKey, redact
-from ..clock import human_duration
+from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
-from ..events import Event, EventSink, Expired, Failed, Pending, Preflight, Stopped, Warned
+from ..events import (
+    Event,
+    EventSink,
+    Expired,
+    Failed,
+    Pending,
+    Preflight,
+    Retried,
+    Stopped,
+    Warned,
+)
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
-from ..journal import DoneFiles, JobRow, JobState, Journal
+from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
+from ..pipeline.owner import other_campaign
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
@@ -45,6 +56,15 @@ EXPIRY_WARN_S = 48 * 3600
 
 def _err(message: str) -> None:
     print(f"apixo-batch: {message}", file=sys.stderr)
+
+
+def _other_campaign(journal: Journal, state: Path, campaign: Campaign) -> str | None:
+    """The refusal of a journal kept for another campaign (the journal closed then), or
+    None: its jobs are never told as this campaign's."""
+    refused = other_campaign(state, journal.get_meta("campaign"), campaign.name)
+    if refused is not None:
+        journal.close()
+    return refused
 
 
 class _Printer:
@@ -66,8 +86,10 @@ class _Printer:
         self._console: Console | None = None
         self._flush_pending = False
 
-    def attach(self, stats: Callable[[], RunStatistics]) -> None:
-        """Make the progress view for an engine (its statistics() feed the rpm and spend)."""
+    def attach(self, stats: Callable[[], RunStatistics], clock: Clock) -> None:
+        """Make the progress view for an engine (its statistics() feed the rpm and spend,
+        its clock the ETA)."""
+        self.tally.clock = clock
         if self.json_mode or self.quiet or self.verbose:
             return
         if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
@@ -83,19 +105,9 @@ class _Printer:
         self.view = None
 
     def ended_in_error(self, code: ExitCode, message: str) -> ExitCode:
-        """A run that could not go on: one line on stderr, and with --json a summary as
-        the stream's last line (``exit_code`` and ``error``), as every run ends."""
-        message = redact(message, self.key)
-        summary = replace(RunResult(code, counts={}).summary(), at=time.time(), error=message)
-        line = event_line(summary)
-        if self.verbose and not self.json_mode:
-            sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
-            return code
-        _err(message)
-        if self.json_mode:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        return code
+        return ended_in_error(
+            code, message, json_mode=self.json_mode, verbose=self.verbose, key=self.key
+        )
 
     def _flush_soon(self) -> None:
         # Events of one loop turn leave in one write; a reader still gets each line
@@ -143,9 +155,13 @@ class _Printer:
                 if isinstance(event, Failed)
                 else (None, event.message)
             )
+            line = " ".join([f"{event.kind}: {event.job_id}", *filter(None, (why, msg))])
             hint = _FAIL_HINTS.get(event.fail_class or "") if isinstance(event, Failed) else None
-            line = f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip()
             self._say(f"{line} ({hint})" if hint else line)
+        elif isinstance(event, Retried) and event.call == "download":
+            # The only sign in the human output of why a job ends pending with its result
+            # paid: the status it got and the command that fetches it later.
+            self._say(f"download: {event.job_id}: {event.error}")
         elif isinstance(event, Pending) and not self.quiet:
             self._say(f"pending: {event.job_id}: {event.message}")
 
@@ -156,6 +172,38 @@ _FAIL_HINTS = {
     "content": "the content was flagged: change it, then --retry-failed",
     "transient": "APIXO's provider was busy: --retry-failed may succeed, and pays again",
 }
+
+
+def ended_in_error(
+    code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
+) -> ExitCode:
+    """A run that could not go on, or start: one line on stderr, and with --json a summary
+    as the stream's last line (``exit_code`` and ``error``), as every run ends."""
+    message = redact(message, key)
+    summary = replace(RunResult(code, counts={}).summary(), at=time.time(), error=message)
+    line = event_line(summary)
+    if verbose and not json_mode:
+        sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
+        return code
+    _err(message)
+    if json_mode:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def _refused(args: argparse.Namespace, code: ExitCode, message: str) -> ExitCode:
+    """``run`` or ``download`` refused before a key was read: told as every run ends."""
+    return ended_in_error(code, message, json_mode=args.json, verbose=args.verbose)
+
+
+def _fail(args: argparse.Namespace, code: ExitCode, message: str) -> ExitCode:
+    """A command that cannot start: ``download`` ends as a run does (--json: a summary
+    last), ``status`` and ``review`` with one line."""
+    if args.command == "download":
+        return _refused(args, code, message)
+    _err(message)
+    return code
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -181,11 +229,9 @@ def campaign_command(args: argparse.Namespace) -> int:
                 return found
             campaign = found
         elif isinstance(exc, JobFileError):
-            _err(str(exc))
-            return ExitCode.INVALID
+            return _refused(args, ExitCode.INVALID, str(exc))
         else:
-            _err(f"cannot read the job file: {exc}")
-            return ExitCode.INVALID
+            return _refused(args, ExitCode.INVALID, f"cannot read the job file: {exc}")
     if args.command == "status":
         return _status(args, campaign)
     if args.command == "review":
@@ -222,24 +268,30 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
     if args.state:
         state = Path(args.state).absolute()
         if not state.is_file():
-            _err(f"{head}, and there is no journal at --state {state}")
-            return ExitCode.INVALID
+            return _fail(
+                args, ExitCode.INVALID, f"{head}, and there is no journal at --state {state}"
+            )
     else:
         found = _journal_beside(job_file, args.out)
         if not found:
             where = args.out or f"{job_file.parent} ({STATE_FOLDER}/*.sqlite, */{STATE_FILE})"
-            _err(f"{head}, and no journal was found in {where}: fix the file or give --state")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and no journal was found in {where}: fix the file or give --state",
+            )
         if len(found) > 1:
             listed = ", ".join(str(p) for p in found[:5])
-            _err(f"{head}, and {len(found)} journals were found ({listed}): give --state")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and {len(found)} journals were found ({listed}): give --state",
+            )
         state = found[0]
     try:
         journal = Journal(state, lock=False)
     except StorageError as exc:
-        _err(f"{head}, and its journal cannot be read: {exc}")
-        return ExitCode.IO_ERROR
+        return _fail(args, ExitCode.IO_ERROR, f"{head}, and its journal cannot be read: {exc}")
     try:
         recorded, kept_name = journal.get_meta("output"), journal.get_meta("campaign")
     finally:
@@ -253,8 +305,11 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
         elif state.name == STATE_FILE:
             output = state.parent
         elif args.command != "status":
-            _err(f"{head}, and the journal {state} does not say where its results are: give --out")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and the journal {state} does not say where its results are: give --out",
+            )
     _err(f"{head}: working from the journal {state} alone")
     args.state = str(state)
     # The campaign the journal is for (kept by its first run); older journals did not
@@ -275,21 +330,22 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         key = load_api_key(args.api_key_file)
     except (OSError, ValueError) as exc:
-        _err(f"cannot read --api-key-file: {exc}")
-        return ExitCode.INVALID
+        return _refused(args, ExitCode.INVALID, f"cannot read --api-key-file: {exc}")
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
-        _err("callback mode needs both --callback-url (public URL) and --listen HOST:PORT")
-        return ExitCode.INVALID
+        return _refused(
+            args,
+            ExitCode.INVALID,
+            "callback mode needs both --callback-url (public URL) and --listen HOST:PORT",
+        )
     listen_at = None
     if listen and callback_url:
         try:
             listen_at = parse_listen(listen)
             callback_url_with_token(callback_url, new_token())  # validates the URL
         except ValueError as exc:
-            _err(str(exc))
-            return ExitCode.INVALID
+            return _refused(args, ExitCode.INVALID, str(exc))
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
         telemetry = _telemetry(args, campaign, key)
@@ -324,7 +380,7 @@ def _run_with(
         engine = _engine(args, campaign, key, sink, callback_url, listen_at)
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return ended_in_error(ExitCode.INVALID, str(exc))
-    printer.attach(engine.statistics)
+    printer.attach(engine.statistics, engine.clock)
     note_when_stdout_closes(
         "stdout was closed (its reader went away): the run goes on, and every event still "
         "reaches the journal, the files and the manifest (`apixo-batch status` tells where "
@@ -601,6 +657,12 @@ def _status(
             print(_json.dumps({"journal": str(state), "counts": {}, "error": str(exc)}))
         _err(str(exc))
         return ExitCode.IO_ERROR
+    refused = _other_campaign(journal, state, campaign)
+    if refused is not None:
+        if args.json:
+            print(_json.dumps({"journal": str(state), "counts": {}, "error": refused}))
+        _err(refused)
+        return ExitCode.INVALID
     try:
         counts = journal.counts()
         waiting = journal.in_states([JobState.SUCCEEDED])
@@ -744,6 +806,10 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     except StorageError as exc:
         _err(str(exc))
         return ExitCode.IO_ERROR
+    refused = _other_campaign(journal, state, campaign)
+    if refused is not None:
+        _err(refused)
+        return ExitCode.INVALID
     try:
         output = open_output(campaign.output_dir, state)
     except ApixoError as exc:  # the s3 extra missing
@@ -752,7 +818,12 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         return ExitCode.INVALID
     try:
         path = write_review(
-            journal.iter_all(), output.local_dir, name=campaign.name, job_file=args.jobfile
+            journal.iter_all(),
+            output.local_dir,
+            name=campaign.name,
+            job_file=args.jobfile,
+            totals=Totals(journal.totals()),
+            runs=last_runs(journal),
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")

@@ -31,6 +31,7 @@ from ..planning.kind import Kind
 from .clash import Clash, refuse_clashes
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord, keep_run, last_runs
 from .states import JobState
 from .store import FILE_STAMP, DoneFiles, Journal
 from .thread import JournalExecutor
@@ -87,6 +88,9 @@ class Ledger:
     def __init__(self, executor: JournalExecutor, clock: Clock) -> None:
         self._j = executor
         self._clock = clock
+        #: job changes past the queue this run asked for (a task id, an end, a file): a
+        #: run that made none did no work, and the review page's "last run" skips it
+        self.changes = 0
 
     @property
     def path(self) -> Path:
@@ -133,8 +137,19 @@ class Ledger:
     async def queued_cost(self) -> tuple[float, int, int]:
         return await self._j.read(Journal.queued_cost)
 
+    async def keep_run(self, record: RunRecord) -> None:
+        """This run, kept for the review page (:mod:`.runs`)."""
+        await self._j.write(lambda j: keep_run(j, record), durable=False)
+
+    async def last_runs(self) -> LastRuns:
+        return await self._j.read(last_runs)
+
     async def counts(self) -> dict[str, int]:
         return await self._j.read(Journal.counts)
+
+    async def queued_cut_off(self) -> int:
+        """Queued jobs whose last submit was cut off before its answer was journaled."""
+        return await self._j.read(Journal.queued_cut_off)
 
     async def counts_by_model(self) -> dict[str, dict[str, int]]:
         return await self._j.read(Journal.counts_by_model)
@@ -281,6 +296,7 @@ class Ledger:
         """A paid task id kept outside the journal, journaled (durable) as the job's task;
         False if the job already has it (see :func:`~.unrecorded.adopt_task`)."""
         now = self._clock.wall()
+        self.changes += 1
         return self._j.write(lambda j: adopt_task(j, job_id, task_id, request_type, now))
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
@@ -325,6 +341,7 @@ class Ledger:
     ) -> asyncio.Future[None]:
         """Result URLs known, with the completion time learned (one transaction)."""
         now = self._clock.wall()
+        self.changes += 1
 
         def succeed(j: Journal) -> None:
             j.transition(
@@ -390,4 +407,6 @@ class Ledger:
         **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
+        if new not in (S.SUBMITTING, S.QUEUED):
+            self.changes += 1
         return self._j.write(lambda j: j.transition(job_id, new, at, **change), durable=durable)

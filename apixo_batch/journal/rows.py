@@ -91,6 +91,15 @@ class JobRow:
     arrived_via: str | None = field(metadata=_sql("TEXT"))
 
     @property
+    def landed_files(self) -> tuple[str, ...]:
+        """The files on disk as journaled (what the manifest and the review page show): a
+        ``done`` job's, or those a partial landing journaled with their sizes. A job sent
+        back to be fetched again keeps its names (still its own) without claiming them."""
+        if self.state is JobState.DONE or self.bytes is not None:
+            return self.files
+        return ()
+
+    @property
     def input(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.input_json)
         return value

@@ -69,11 +69,25 @@ class Journal(Reconcile, LearnedClocks):
                 hold_name(owners, name, job_id)
         return owners
 
-    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str]]:
-        """(id, filename, files as JSON, in_file, state) of every job, in file order."""
+    def output_rows(
+        self, *, holders: bool = False
+    ) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
+        """(id, filename, files as JSON, in_file, state, how many result URLs the task
+        brought: None before it succeeded) of every job, in file order. ``holders``: only
+        the jobs that may hold a name (files landed, a task on its way or that brought
+        results), what a check of other jobs' names needs."""
+        where = (
+            " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
+            "OR state IN ('submitting', 'submitted', 'succeeded') "
+            "OR (result_urls IS NOT NULL AND result_urls NOT IN ('', '[]'))"
+            if holders
+            else ""
+        )
         return iter(
             self._db.execute(
-                "SELECT id, filename, files, in_file, state FROM jobs ORDER BY idx, id"
+                "SELECT id, filename, files, in_file, state, "
+                "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
+                f"ELSE json_array_length(result_urls) END FROM jobs{where} ORDER BY idx, id"
             )
         )
 
@@ -213,18 +227,38 @@ class Journal(Reconcile, LearnedClocks):
 
     def plan_rows(self) -> Iterator[tuple[Any, ...]]:
         """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
-        (id, state, input hash, has a task id, fail code, cost, in the file, kind)."""
-        kinds: dict[tuple[Any, ...], Kind] = {}
-        for jid, state, h, task, code, cost, in_file, *drives in self._db.execute(
+        (id, state, input hash, has a task id, fail code, cost, in the file, kind, filename,
+        the inputs price and clock read)."""
+        kinds: dict[tuple[Any, ...], tuple[Kind, dict[str, Any]]] = {}
+        for jid, state, h, task, code, cost, in_file, filename, *drives in self._db.execute(
             "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
-            "model, json_extract(input_json, '$.duration'), "
-            "json_extract(input_json, '$.resolution') FROM jobs ORDER BY in_file DESC, idx, id"
+            "filename, model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution'), json_extract(input_json, '$.mode'), "
+            "json_extract(input_json, '$.sound') FROM jobs ORDER BY in_file DESC, idx, id"
         ):
             key = tuple(drives)
-            kind = kinds.get(key)
-            if kind is None:
-                kind = kinds[key] = Kind(str(drives[0]), drives[1], drives[2])
-            yield str(jid), str(state), str(h), bool(task), code, cost, bool(in_file), kind
+            known = kinds.get(key)
+            if known is None:
+                model, duration, resolution, mode, sound = drives
+                kind = Kind(str(model), duration, resolution)
+                sample = dict(kind.drives)
+                if mode is not None:
+                    sample["mode"] = mode
+                if sound is not None:
+                    sample["sound"] = bool(sound)  # SQLite's JSON reads a boolean as 0 or 1
+                known = kinds[key] = (kind, sample)
+            yield (
+                str(jid),
+                str(state),
+                str(h),
+                bool(task),
+                code,
+                cost,
+                bool(in_file),
+                known[0],
+                str(filename),
+                known[1],
+            )
 
     def counts(self) -> dict[str, int]:
         return {
@@ -234,6 +268,14 @@ class Journal(Reconcile, LearnedClocks):
                 "GROUP BY state"
             )
         }
+
+    def queued_cut_off(self) -> int:
+        """Queued file jobs flagged possibly duplicated: a submit of theirs was cut off."""
+        row = self._db.execute(
+            "SELECT count(*) FROM jobs WHERE state='queued' AND possibly_duplicated=1 "
+            "AND (in_file=1 OR task_id IS NOT NULL)"
+        ).fetchone()
+        return int(row[0])
 
     def counts_by_model(self) -> dict[str, dict[str, int]]:
         """Jobs per model and state (for progress rows)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, OutputTaken
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -60,6 +60,7 @@ class PartFile:
         # (a closed descriptor's number may already belong to another file).
         self._lock = threading.Lock()
         self._sealed = False  # committed or closed: no more writes
+        self._landed = False  # renamed to its final name: the path is no longer ours
         self._broken = False  # a write failed: the file may end mid-batch
 
     @classmethod
@@ -130,8 +131,14 @@ class PartFile:
             if self._written - self._advised >= _WRITEBACK_EVERY:
                 self._start_writeback(fd)
 
-    def commit(self, dest: Path) -> None:
-        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking)."""
+    def commit(self, dest: Path, *, guard: bool = False) -> bool:
+        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking).
+
+        ``guard``: a file already at ``dest`` is not the journal's (it never recorded this
+        name as the job's), so it is replaced by nothing: the same bytes are the job's own
+        result renamed before a crash could journal it (kept, the ``.part`` dropped: True);
+        other bytes raise :class:`OutputTaken`, the whole ``.part`` kept for a later try.
+        False: the ``.part`` became ``dest``."""
         with self._lock:
             if self._sealed:
                 raise RuntimeError("the .part file is closed")
@@ -146,8 +153,18 @@ class PartFile:
             finally:
                 self._fd = None
                 os.close(fd)
+        if guard and os.path.lexists(dest):
+            if _same_bytes(dest, self.hexdigest, self.size):
+                self.path.unlink(missing_ok=True)
+                return True
+            raise OutputTaken(
+                f"{dest} exists and was not written by this campaign (other bytes than the "
+                "result); nothing was written over"
+            )
         os.replace(self.path, dest)
+        self._landed = True
         _fsync_dir(dest.parent)
+        return False
 
     def _create(self) -> int:
         # Lock held. A fresh part's file: whatever an earlier run left is overwritten.
@@ -203,22 +220,31 @@ class PartFile:
         """Land what is buffered and close, keeping it for a later resume.
 
         An empty file helps nobody: it is deleted (as is a ``.part`` left by
-        an earlier run that a fresh part never got to overwrite).
+        an earlier run that a fresh part never got to overwrite, and the one a
+        commit that failed left empty: a small file's only write is the commit's,
+        and a full disk refuses it after the file was created).
         """
         with self._lock:
             if self._sealed:
-                return  # committed (or committing) already
-            self._sealed = True
-            pieces = self.take()
-            try:
-                if pieces and not self._broken:
-                    self._write(self._fd if self._fd is not None else self._create(), pieces)
-            except OSError as exc:
-                # Keep the caller's exception; what is on disk is still a prefix.
-                log.debug("cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc)
-            finally:
-                self._close()
-            empty = self._written == 0
+                # Committed (or committing) already, or a commit that failed: that one's
+                # file is gone only if the disk took none of it (a piece cut short is on
+                # disk without being counted in ``_written``).
+                empty = not self._landed and self._fd is None and _empty(self.path)
+            else:
+                self._sealed = True
+                pieces = self.take()
+                try:
+                    if pieces and not self._broken:
+                        fd = self._fd if self._fd is not None else self._create()
+                        self._write(fd, pieces)
+                except OSError as exc:
+                    # Keep the caller's exception; what is on disk is still a prefix.
+                    log.debug(
+                        "cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc
+                    )
+                finally:
+                    self._close()
+                empty = self._written == 0
         if empty:
             self.path.unlink(missing_ok=True)
 
@@ -234,9 +260,12 @@ class FileSink:
     hashed in a worker thread, one in flight at most, so the event loop never hashes and
     memory stays at a few chunks; committed by one hop (last batch, fsync, rename)."""
 
-    def __init__(self, part: PartFile, dest: Path) -> None:
+    def __init__(self, part: PartFile, dest: Path, *, guard: bool = False) -> None:
         self._part = part
         self._dest = dest
+        self._guard = guard
+        #: committed onto the same bytes already at ``dest`` (see :meth:`PartFile.commit`)
+        self.found = False
         self._writing: asyncio.Future[None] | None = None
 
     @property
@@ -281,13 +310,24 @@ class FileSink:
 
     async def commit(self) -> None:
         # One hop: the last batch, fsync, rename, fsync of the folder.
-        await asyncio.to_thread(self._part.commit, self._dest)
+        self.found = await asyncio.to_thread(self._part.commit, self._dest, guard=self._guard)
 
     async def discard(self) -> None:
         self._part.discard()
 
     async def keep(self) -> None:
         self._part.close_keeping_bytes()
+
+
+def _same_bytes(path: Path, sha256: str, size: int) -> bool:
+    """``path`` is a regular file of ``size`` bytes whose SHA-256 is ``sha256`` (blocking)."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _open_creating(path: Path, flags: int) -> int:
@@ -298,6 +338,13 @@ def _open_creating(path: Path, flags: int) -> int:
         # Cheaper than a mkdir before every file: folders are usually there already.
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o666)
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False  # not there, or not ours to judge: left as it is
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
+from ..errors import JournalError
 from ..jobs import Campaign
-from ..journal import Ledger
+from ..journal import Ledger, RunRecord
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
 from .books import close_books, review_page
@@ -42,13 +43,32 @@ async def finish(
         if why is None:
             raise
         storage_stop(why)
+    submitter = stages.submitter if stages is not None else None
+    stops: Stops = parts.stops
+    # Kept before the books are closed: the review page written with them reads it.
+    record = RunRecord(
+        ended_at=parts.clock.wall(),
+        wall_s=round(parts.clock.monotonic() - started, 3),
+        submitted=submitter.submitted if submitter else 0,
+        changed=ledger.changes,
+        stops=tuple(s.kind.label for s in stops.all),
+        stop_reason=stops.reason,
+        budget_usd=parts.options.budget,
+    )
+    try:
+        await ledger.keep_run(record)
+    except Exception as exc:
+        # Unkept, the page shows an earlier run: the run itself goes on to its books.
+        why = storage_failure(exc)
+        if why is not None:
+            storage_stop(why)
+        elif not isinstance(exc, JournalError):
+            raise
     books = await close_books(ledger, output, storage_stop)
     counts, totals, manifest = books.counts, books.totals, books.manifest
-    stops: Stops = parts.stops
     slots: ConcurrencyLimit = parts.slots
     turnaround: Turnaround = parts.turnaround
     stats = bucket.statistics()
-    submitter = stages.submitter if stages is not None else None
     result = RunResult(
         exit_code=stops.exit_code(counts.get("done", 0) == sum(counts.values())),
         counts=counts,
@@ -73,11 +93,27 @@ async def finish(
         fail_codes=books.fail_codes,
         per_model=books.per_model,
         never_submitted=books.never_submitted,
+        submit_cut_off=books.submit_cut_off,
+        next_step=stops.next_step or _fetch_later(stages),
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
     )
     if parts.options.review and books.manifest is not None:
-        result.review = await review_page(ledger, campaign, output, result.summary(), parts.emit)
+        result.review = await review_page(
+            ledger, campaign, output, result.summary(), parts.emit, totals
+        )
     result.store_requests = output.requests()
     parts.emit(result.summary())
     return result
+
+
+def _fetch_later(stages: Stages | None) -> str | None:
+    """Downloads that gave up in a run nothing stopped: their results are paid and their
+    URLs journaled, so fetching them later is the one thing left to do."""
+    gave_up = stages.lander.retries if stages is not None else 0
+    if not gave_up:
+        return None
+    return (
+        f"`apixo-batch download` fetches the {gave_up} result(s) whose download gave up "
+        "(paid already; their URLs stay valid until they expire)"
+    )

@@ -6,22 +6,31 @@ the journal holds that the file no longer does (orphaned) and the file's new ids
 campaign whose ids all changed (a new top-level ``matrix``, a renamed ``id``) shows
 as N new and N orphaned: ``run`` would pay for those jobs again. The same rules as
 :mod:`apixo_batch.journal.reconcile` and the budget meter, read without writing.
+
+The jobs to submit are also grouped as the plan's table groups a job file
+(:attr:`Resume.groups`, :attr:`Resume.runs`), so the table, the cost and the time
+``plan`` prints are those of what ``run`` would do now. Jobs ``run`` would refuse
+before their submit (a name taken, :mod:`apixo_batch.journal.clash`) are left out
+of them, through the ``refuse`` callable the caller gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from ..jobs import Campaign, Job
+from ..catalog.models import MODELS
+from ..jobs import Campaign, JobGroup
 from .forecast import expected_generation_s
 from .kind import Kind
 from .order import longest_first
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
+#: ids listed by name (orphaned, new); the rest are counted
+SHOWN_IDS = 10
 #: ids of jobs that do not fit the budget named (the rest are counted)
 SHOWN_UNFIT = 5
 
@@ -43,6 +52,20 @@ class JournalJob(NamedTuple):
     #: the job file held it at the last sync
     in_file: bool = True
     kind: Kind | None = None
+    #: its output name, as journaled
+    filename: str = ""
+    #: the inputs its price and clock read (mode, duration, resolution, sound)
+    sample: Mapping[str, Any] | None = None
+
+
+class _Submit(NamedTuple):
+    """A job ``run`` would submit now."""
+
+    id: str
+    filename: str
+    kind: Kind
+    cost: float | None
+    sample: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +103,16 @@ class Resume:
     #: priced jobs of ``to_submit`` that do not fit it, and the first few of their ids
     unfit_budget: int = 0
     unfit_budget_ids: tuple[str, ...] = ()
+    #: jobs ``run`` would refuse before their submit (their names are taken): not counted
+    #: in ``to_submit``
+    refused: int = 0
+    #: the jobs to submit by model, mode, duration and price tier (the plan's table)
+    groups: tuple[JobGroup, ...] = ()
+    #: the jobs to submit as (kind, jobs in a row), in file order (the plan's forecast)
+    runs: tuple[tuple[Kind, int], ...] = ()
+    #: the first orphaned ids, and the first new ones
+    orphaned_ids: tuple[str, ...] = ()
+    new_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +122,10 @@ class Resume:
                 "known_usd": round(self.to_submit_usd, 4),
                 "unknown_jobs": self.to_submit_unknown,
                 "new": self.new,
+                "new_ids": list(self.new_ids),
             },
+            "refused": self.refused,
+            "orphaned_ids": list(self.orphaned_ids),
             "done": self.done,
             "in_flight": self.in_flight,
             "to_download": self.to_download,
@@ -122,18 +158,23 @@ def resume_figures(
     retry_failed: bool = False,
     budget: float | None = None,
     order: str = "longest",
+    refuse: Callable[[Iterable[tuple[str, str]]], Collection[str]] | None = None,
 ) -> Resume:
     """The figures for ``campaign`` against the journal ``rows`` (see the module docstring).
 
     ``synced``: the journal was last synced from this very job file (same stamp), so its
-    ``in_file`` rows, in file order, are the file's jobs and the file is not read again."""
+    ``in_file`` rows, in file order, are the file's jobs and the file is not read again.
+    ``refuse``: given the jobs to submit as (id, filename) in file order, the ids ``run``
+    would refuse before their submit."""
     known: dict[str, JournalJob] = {}
-    file_jobs: list[tuple[JournalJob | None, str, str, float | None, Kind]] = []
+    file_jobs: list[tuple[JournalJob | None, _Submit, str]] = []
     if synced:
         for row in rows:
             if row.in_file:
                 assert row.kind is not None
-                file_jobs.append((row, row.id, row.input_hash, row.cost_usd, row.kind))
+                sample = row.sample if row.sample is not None else row.kind.drives
+                job = _Submit(row.id, row.filename, row.kind, row.cost_usd, sample)
+                file_jobs.append((row, job, row.input_hash))
             else:
                 known[row.id] = row
         figures = _figures(file_jobs, retry_failed)
@@ -143,16 +184,26 @@ def resume_figures(
             (
                 (
                     known.pop(job.id, None),
-                    job.id,
+                    _Submit(
+                        job.id,
+                        job.filename,
+                        Kind.of(job.model, job.input),
+                        campaign.cost(job),
+                        job.input,
+                    ),
                     job.input_hash,
-                    campaign.cost(job),
-                    _kind_of(job),
                 )
                 for job in campaign.iter_jobs()
             ),
             retry_failed,
         )
-    submit, counts, new, new_usd, new_unknown = figures
+    submit, counts, new_ids, new_usd, new_unknown = figures
+    new = len(new_ids)
+    refused: Collection[str] = ()
+    if refuse is not None and submit:
+        refused = refuse((job.id, job.filename) for job in submit)
+        if refused:
+            submit = [job for job in submit if job.id not in refused]
     orphaned = len(known)
     orphaned_paid = sum(1 for row in known.values() if row.state in _PAID or row.has_task)
     pay_again = min(new, orphaned_paid)
@@ -166,8 +217,8 @@ def resume_figures(
     return Resume(
         journal=journal,
         to_submit=len(submit),
-        to_submit_usd=sum(cost for _, _, cost in submit if cost is not None),
-        to_submit_unknown=sum(1 for _, _, cost in submit if cost is None),
+        to_submit_usd=sum(job.cost for job in submit if job.cost is not None),
+        to_submit_unknown=sum(1 for job in submit if job.cost is None),
         new=new,
         done=counts["done"],
         in_flight=counts["submitted"],
@@ -185,31 +236,32 @@ def resume_figures(
         fit_budget_usd=fit_usd,
         unfit_budget=len(unfit),
         unfit_budget_ids=tuple(unfit[:SHOWN_UNFIT]),
+        refused=len(refused),
+        groups=_groups(submit),
+        runs=_runs(submit),
+        orphaned_ids=tuple(list(known)[:SHOWN_IDS]),
+        new_ids=tuple(new_ids[:SHOWN_IDS]),
     )
 
 
-def _kind_of(job: Job) -> Kind:
-    return Kind.of(job.model, job.input)
-
-
 def _figures(
-    file_jobs: Iterable[tuple[JournalJob | None, str, str, float | None, Kind]],
-    retry_failed: bool,
-) -> tuple[list[tuple[str, Kind, float | None]], dict[str, int], int, float, int]:
-    """(jobs to submit as (id, kind, cost) in file order, jobs per state left alone, new jobs,
-    their known USD, new jobs of unknown price): the reconcile's rules, nothing written."""
-    submit: list[tuple[str, Kind, float | None]] = []
+    file_jobs: Iterable[tuple[JournalJob | None, _Submit, str]], retry_failed: bool
+) -> tuple[list[_Submit], dict[str, int], list[str], float, int]:
+    """(jobs to submit in file order, jobs per state left alone, new ids, their known USD,
+    new jobs of unknown price): the reconcile's rules, nothing written."""
+    submit: list[_Submit] = []
     counts = dict.fromkeys(("done", "submitted", "succeeded", "failed", "expired"), 0)
-    new = new_unknown = 0
+    new_ids: list[str] = []
+    new_unknown = 0
     new_usd = 0.0
-    for row, job_id, input_hash, cost, kind in file_jobs:
+    for row, job, input_hash in file_jobs:
         if row is None:
-            new += 1
-            if cost is None:
+            new_ids.append(job.id)
+            if job.cost is None:
                 new_unknown += 1
             else:
-                new_usd += cost
-            submit.append((job_id, kind, cost))
+                new_usd += job.cost
+            submit.append(job)
             continue
         state = row.state
         if (
@@ -219,31 +271,78 @@ def _figures(
         ):
             state = "queued"  # a submit never answered, or an input fixed: queued again
         if state in ("queued", "submitting") or (state == "failed" and retry_failed):
-            submit.append((job_id, kind, cost))
+            submit.append(job)
         elif state in counts:
             counts[state] += 1
-    return submit, counts, new, new_usd, new_unknown
+    return submit, counts, new_ids, new_usd, new_unknown
+
+
+def _groups(submit: list[_Submit]) -> tuple[JobGroup, ...]:
+    """The jobs by model, mode, duration and price tier, as the job file's loader groups
+    them (first appearance first); a model the catalog does not know is left out."""
+    # Counted first by what decides the group (the kind, the mode, the sound toggle), a
+    # hashable key of few values: the price tier is then asked once per distinct one.
+    counted: dict[tuple[Kind, Any, Any], list[Any]] = {}
+    for job in submit:
+        sample = job.sample
+        key = (job.kind, sample.get("mode"), sample.get("sound"))
+        seen = counted.get(key)
+        if seen is None:
+            counted[key] = [1, sample]
+        else:
+            seen[0] += 1
+    groups: dict[tuple[str, Any, Any, str], list[Any]] = {}
+    for (kind, mode, _), (n, sample) in counted.items():
+        spec = MODELS.get(kind.model)
+        if spec is None:
+            continue
+        group_key = (kind.model, mode, sample.get("duration"), spec.price_variant(sample))
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = [n, sample]
+        else:
+            group[0] += n
+    return tuple(
+        JobGroup(model, str(mode), int(duration or 0), tier, MODELS[model].clock(sample), n, sample)
+        for (model, mode, duration, tier), (n, sample) in groups.items()
+    )
+
+
+def _runs(submit: list[_Submit]) -> tuple[tuple[Kind, int], ...]:
+    """The jobs' kinds in file order, alike neighbours counted together."""
+    runs: list[list[Any]] = []
+    last: Kind | None = None
+    for job in submit:
+        kind = job.kind
+        # Rows of a journal share their kinds: most neighbours are the same object.
+        if last is not None and (kind is last or kind == last):
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+            last = kind
+    return tuple((kind, count) for kind, count in runs)
 
 
 def _fit(
-    submit: list[tuple[str, Kind, float | None]], budget: float, spent: float, order: str
+    submit: list[_Submit], budget: float, spent: float, order: str
 ) -> tuple[int, float, list[str]]:
     """The budget meter's rule: jobs in start order, each admitted when it fits what is left
     of the budget and skipped when it does not (the next ones are still weighed); jobs of
     unknown price are skipped. (jobs that fit, their USD, ids of the priced ones that do not)"""
     if order == "longest":
         ranked = longest_first(
-            dict.fromkeys(kind for _, kind, _ in submit), partial(expected_generation_s, None)
+            dict.fromkeys(job.kind for job in submit), partial(expected_generation_s, None)
         )
         rank = {kind: i for i, kind in enumerate(ranked)}
-        submit = sorted(submit, key=lambda item: rank[item[1]])
+        submit = sorted(submit, key=lambda job: rank[job.kind])
     committed, jobs = spent, 0
     unfit: list[str] = []
-    for job_id, _, cost in submit:
+    for job in submit:
+        cost = job.cost
         if cost is None:
             continue
         if committed + cost > budget + 1e-9:
-            unfit.append(job_id)
+            unfit.append(job.id)
             continue
         committed += cost
         jobs += 1
