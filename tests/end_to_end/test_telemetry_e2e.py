@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ async def test_a_hanging_and_a_refusing_receiver_cost_a_warning_and_under_10_s(
     """One URL never answers, one refuses the connection: the run exits as it would
     without them, each told in one warning line, within 10 s of its summary."""
     sim = await simulator(time_scale=0.01)
-    with contextlib.closing(__import__("socket").socket()) as s:
+    with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]  # nothing listens once it is closed
     async with receiver(hang=True) as hook:
@@ -287,3 +288,17 @@ async def test_an_outage_is_told_as_a_stall_then_a_recovery(simulator, tmp_path:
     ]
     warned = [e.get("about") for e in res.events if e["event"] == "warning"]
     assert warned.count("outage") == 1 and warned.count("recovered") == 1
+
+
+async def test_a_metrics_port_in_use_is_one_line_and_exit_2(simulator, tmp_path: Path) -> None:
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(1))
+    with contextlib.closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = await run_cli(sim, "run", str(job_file), "--metrics-port", str(port))
+    assert res.code == 2, res.stderr
+    assert f"--metrics-port {port}: cannot listen on 127.0.0.1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sim.stats()["submits_accepted"] == 0
