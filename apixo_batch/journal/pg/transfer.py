@@ -56,8 +56,13 @@ def _copy_of(source: Path, into: Path) -> Path:
     if not source.is_file():
         raise JournalError(f"no journal at {source}")
     copy = into / "journal.sqlite"
+    # No write-ahead log beside it (the last run closed it): the file alone is the journal,
+    # read as immutable so that SQLite creates no log or index file beside it. (No run
+    # holds it: that was refused before.)
+    wal = source.with_name(source.name + "-wal").exists()
+    mode = "mode=ro" if wal else "mode=ro&immutable=1"
     try:
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?{mode}", uri=True)
         try:
             dst = sqlite3.connect(copy)
             try:
