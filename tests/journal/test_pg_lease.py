@@ -127,7 +127,8 @@ async def test_claims_are_disjoint_and_in_file_order(campaign: Any) -> None:
 async def test_only_the_owner_with_a_live_lease_marks_a_submit(campaign: Any) -> None:
     """The fence: another runner's row is refused (NotOwned); the owner's own row is
     refused once its lease is not live, locally first, and at the server when the local
-    fence is fooled; a renewal makes it live again. Nothing refused changes the row."""
+    fence is fooled; a renewal makes it live again. Nothing refused changes the row; a
+    hand-back by the owner frees it, flagged, for any runner."""
     clock, make, probe = campaign
     a, b = await make(2)
     (row,) = await a.claim(1)
@@ -146,6 +147,11 @@ async def test_only_the_owner_with_a_live_lease_marks_a_submit(campaign: Any) ->
     assert await a.renew()  # late but not adopted: the runner goes on
     await a.mark_submitting(row.id, 1, "acct")
     assert (await _rows(probe))[row.id][:2] == ("submitting", a.id)
+    await b.hand_back(row.id, True)  # not b's row: nothing changes
+    assert (await _rows(probe))[row.id][:2] == ("submitting", a.id)
+    await a.hand_back(row.id, True)  # the send timed out: free again, flagged
+    assert (await _rows(probe))[row.id][:4] == ("queued", None, None, True)
+    assert [r.id for r in await b.claim(1)] == [row.id]
 
 
 async def test_a_dead_runners_paid_tasks_are_followed_never_resubmitted(campaign: Any) -> None:
