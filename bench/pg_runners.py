@@ -11,7 +11,10 @@ durable, for its lease, claims and submits: ``journal/pg/lease.py``; one with
 slots taken from the account's pool up to the fair share, claims of up to 25 rows with
 SKIP LOCKED, a token from the shared GCRA row per submit, the fenced ``submitting``
 mark, the task id with its history, a generation of ``--gen`` s (a sleep: no API), then
-``succeeded`` and ``done``; a heartbeat per second. Then the same with one runner.
+``succeeded`` and ``done``; a heartbeat and an adoption sweep per second. Then the same
+with one runner. ``--kill``: runner 0 dies (its tasks and sessions dropped, no leave) at
+25 % of the jobs done, between a ``submitting`` mark and its task id; the adoptions are
+reported with their delay after the kill (lease 3 s + grace 2.5 s + the sweep's period).
 
 Reported per job: client statements (``pg_stat_statements`` calls in the database),
 commits (``xact_commit``) and WAL syncs (``pg_stat_wal.wal_sync``: the fsynced
@@ -83,6 +86,13 @@ class Shared:
         self.in_flight = 0
         self.claim_ms: list[float] = []
         self.samples: list[tuple[int, int]] = []  # (done, in flight)
+        self.kill_at: float | None = None  # --kill: share of the jobs done when runner 0 dies
+        self.killed: float | None = None  # perf_counter at the kill
+        self.adoptions: list[tuple[float, int, int, int]] = []  # (delay, followed, requeued, freed)
+
+
+class _Killed(Exception):
+    """Runner 0's kill -9 (--kill): it stops dead, between a mark and its task id."""
 
 
 async def _runner(i: int, url: str, args: argparse.Namespace, live: int, sh: Shared) -> None:
@@ -102,6 +112,21 @@ async def _runner(i: int, url: str, args: argparse.Namespace, live: int, sh: Sha
         while True:
             await asyncio.sleep(1.0)
             await lease.renew()
+            # The adoption sweep, every heartbeat: a dead runner's paid rows are followed
+            # (here: generated to the end), never submitted again.
+            adopted = await lease.adopt()
+            if adopted is None:
+                continue
+            nonlocal held, mine
+            delay = time.perf_counter() - sh.killed if sh.killed is not None else float("nan")
+            sh.adoptions.append((delay, len(adopted.followed), adopted.requeued, adopted.released))
+            for row in adopted.followed:
+                held += 1  # its slot moved with it
+                mine += 1
+                sh.in_flight += 1
+                task = asyncio.create_task(generate(row.id))
+                gens.add(task)
+                task.add_done_callback(gens.discard)
 
     async def generate(job_id: str) -> None:
         nonlocal mine
@@ -148,6 +173,8 @@ async def _runner(i: int, url: str, args: argparse.Namespace, live: int, sh: Sha
                     await asyncio.sleep(max(grant.wait_s, 0.01))
             for row in rows:
                 await lease.mark_submitting(row.id, 1, ACCOUNT)
+                if i == 0 and sh.kill_at is not None and sh.done >= sh.kill_at * sh.total:
+                    raise _Killed
                 await lease.record_task_id(row.id, f"task-{row.id}", "bench", 1, key_id=ACCOUNT)
                 mine += 1
                 sh.in_flight += 1
@@ -156,6 +183,9 @@ async def _runner(i: int, url: str, args: argparse.Namespace, live: int, sh: Sha
                 task.add_done_callback(gens.discard)
         await give_slots(side, me, ACCOUNT, held)
         await lease.leave()
+    except _Killed:
+        sh.killed = time.perf_counter()
+        sh.in_flight -= mine  # its tasks run on at the API; the adopter counts them again
     finally:
         beat.cancel()
         for task in list(gens):
@@ -196,6 +226,8 @@ async def _setup(url: str, args: argparse.Namespace) -> None:
 
 async def _campaign(url: str, args: argparse.Namespace, runners: int) -> Shared:
     sh = Shared(args.jobs)
+    if args.kill and runners > 1:
+        sh.kill_at = 0.25
     sampler = asyncio.create_task(_sample(sh))
     await asyncio.gather(*(_runner(i, url, args, runners, sh) for i in range(runners)))
     sampler.cancel()
@@ -215,6 +247,11 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=200)
     ap.add_argument("--rpm", type=float, default=60_000)
     ap.add_argument("--gen", type=float, default=1.0)
+    ap.add_argument(
+        "--kill",
+        action="store_true",
+        help="runner 0 dies at 25 %% of the jobs done, between a mark and its task id",
+    )
     args = ap.parse_args()
     why = pg_missing()
     if why is not None:
@@ -241,6 +278,20 @@ def main() -> None:
                     "SELECT (SELECT count(*) FROM jobs WHERE state = 'done'), "
                     "(SELECT granted FROM accounts)"
                 ).fetchone()
+            with psycopg.connect(url, autocommit=True) as c:
+                twice, flagged, attempts = c.execute(
+                    "SELECT (SELECT count(*) FROM (SELECT job_id FROM task_history "
+                    "GROUP BY job_id HAVING count(*) > 1) t), "
+                    "(SELECT count(*) FROM jobs WHERE possibly_duplicated), "
+                    "(SELECT count(*) FROM task_history)"
+                ).fetchone()
+            if sh.killed is not None:
+                print(
+                    f"kill at 25 %: adoptions (delay s, followed, requeued flagged, freed) "
+                    f"{[(round(d, 2), f, r, x) for d, f, r, x in sh.adoptions]}; "
+                    f"task ids {attempts} for {args.jobs} jobs, jobs with two task ids "
+                    f"{twice}, jobs flagged possibly_duplicated {flagged}"
+                )
             cl = sorted(sh.claim_ms)
             results[runners] = _busy(sh, args.slots)
             print(
