@@ -146,8 +146,12 @@ async def _runner(i: int, url: str, args: argparse.Namespace, live: int, sh: Sha
 
     beat = asyncio.create_task(heartbeat())
     try:
-        share = fair_share(args.slots, live)
         while True:
+            # The fair share as of the last renewal: a runner that joins, leaves or dies
+            # moves everybody's share; what is held beyond it and idle goes back.
+            share = fair_share(args.slots, lease.live_runners if lease.live_runners else live)
+            if held > share and held > mine:
+                held -= await give_slots(side, me, ACCOUNT, min(held - share, held - mine))
             while held < share:
                 got = await take_slots(side, me, ACCOUNT, min(BLOCK, share - held))
                 if not got:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def _job(n: int) -> NewJob:
     )
 
 
-Runners = Callable[[int], Awaitable[list[RunnerLease]]]
+Runners = Callable[..., Awaitable[list[RunnerLease]]]
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def campaign(
     await ledger.close()
     conns: list[psycopg.AsyncConnection[Any]] = []
 
-    async def make(n: int) -> list[RunnerLease]:
+    async def make(n: int, accounts: Sequence[str] = ()) -> list[RunnerLease]:
         made = []
         for i in range(n):
             conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
@@ -83,7 +83,7 @@ async def campaign(
                 margin_s=MARGIN,
                 db_now=clock.wall,
             )
-            await lease.register(f"host-{i}", 1000 + i, "test")
+            await lease.register(f"host-{i}", 1000 + i, "test", accounts)
             made.append(lease)
         return made
 
@@ -255,3 +255,24 @@ async def test_leaving_frees_claims_and_stays_while_others_hold_work(campaign: A
     granted = await (await probe.execute("SELECT granted FROM accounts")).fetchone()
     assert granted == (0,)
     assert a.fenced()
+
+
+async def test_the_fair_share_follows_runners_joining_and_leaving(campaign: Any) -> None:
+    """Each renewal reads the live runners sharing an account: a runner that joins
+    shrinks everybody's share at their next renewal, one that leaves or dies widens it,
+    and a runner of another account does not count."""
+    clock, make, probe = campaign
+    a, b, c, other = await make(4)
+    for lease, accounts in ((a, "{acct}"), (b, "{acct,second}"), (c, "{acct}"), (other, "{x}")):
+        await probe.execute("UPDATE runners SET accounts = %s WHERE id = %s", (accounts, lease.id))
+    await c.leave()
+    assert await a.renew() and a.live_runners == 2
+    assert await other.renew() and other.live_runners == 1
+    (late,) = await make(1)
+    await probe.execute("UPDATE runners SET accounts = '{second}' WHERE id = %s", (late.id,))
+    assert await b.renew() and b.live_runners == 3  # a, and late through the second account
+    clock.advance(LEASE + 0.1)  # a and late stop renewing: b alone
+    assert await b.renew() and b.live_runners == 1
+    # A runner that joins knows the share at once, before its first renewal.
+    (joined,) = await make(1, ["acct"])
+    assert joined.live_runners == 2  # b (through acct) and itself

@@ -145,6 +145,9 @@ class RunnerLease:
         self._renewed_sent: float | None = None
         #: the lease was taken over (adopted) or the runner stopped: never live again
         self.lost = False
+        #: live runners sharing an account with this one, itself included (at the last
+        #: renewal): the fair share of slots is the limit over this
+        self.live_runners = 1
         # One session: a statement of another task must not land inside a transaction.
         self._lock = asyncio.Lock()
 
@@ -174,23 +177,40 @@ class RunnerLease:
         assert row is not None
         self.id = int(row[0])
         self._renewed_sent = sent
+        self.live_runners = await self._live_runners()
         return self.id
+
+    async def _live_runners(self) -> int:
+        cur = await self._conn.execute(
+            "SELECT count(*) FROM runners o, runners m WHERE m.id = %(me)s AND "
+            "(o.id = m.id OR (o.accounts && m.accounts AND o.adopted_by IS NULL "
+            f"AND NOT o.stopped AND o.lease_until > {_NOW}))",
+            self._args(),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 1
 
     @_serial
     async def renew(self) -> bool:
         """Extend the lease; False once the runner was adopted or stopped (it is then
         fenced for good). A lease that ran out but was not adopted is renewed: a runner
-        that was only slow goes on (design: the global stall)."""
+        that was only slow goes on (design: the global stall). Also reads
+        :attr:`live_runners`, for the fair share of the account's slots."""
         sent = self._clock.monotonic()
         cur = await self._conn.execute(
             f"UPDATE runners SET lease_until = {_NOW} + make_interval(secs => %(lease)s) "
-            "WHERE id = %(me)s AND adopted_by IS NULL AND NOT stopped RETURNING id",
+            "WHERE id = %(me)s AND adopted_by IS NULL AND NOT stopped RETURNING "
+            "(SELECT count(*) FROM runners o WHERE o.id <> %(me)s AND o.accounts && "
+            "runners.accounts AND o.adopted_by IS NULL AND NOT o.stopped "
+            f"AND o.lease_until > {_NOW})",
             self._args(lease=self.lease_s),
         )
-        if await cur.fetchone() is None:
+        row = await cur.fetchone()
+        if row is None:
             self.lost = True
             return False
         self._renewed_sent = sent
+        self.live_runners = 1 + int(row[0])
         return True
 
     def fenced(self) -> bool:
