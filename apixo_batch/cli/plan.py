@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -15,8 +16,13 @@ from ..defaults import state_path
 from ..errors import JobFileError, StorageError
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
+from ..planning.forecast import expected_generation_s
+from ..planning.kind import Kind
+from ..planning.order import longest_first
 from ..planning.plan import Plan, make_plan
 from ..planning.resume import JournalJob, Resume, resume_figures
+from ..planning.selection import Again, Selection
+from .select import flat, selection_of, unmatched_only
 
 __all__ = ["format_text", "plan_command"]
 
@@ -28,8 +34,22 @@ def plan_command(args: argparse.Namespace) -> int:
     except JobFileError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.INVALID
+    if args.fail_code and not args.retry_failed:
+        print("apixo-batch: --fail-code narrows --retry-failed: give --retry-failed too",
+              file=sys.stderr)  # fmt: skip
+        return ExitCode.INVALID
+    selection = selection_of(args)
+    try:
+        refused = unmatched_only(args, (job.id for job in campaign.iter_jobs()))
+        shown = _planned(campaign, selection, getattr(args, "order", "longest"))
+    except JobFileError as exc:  # the file changed while it was read
+        print(exc, file=sys.stderr)
+        return ExitCode.INVALID
+    if refused is not None:
+        print(f"apixo-batch: {refused}", file=sys.stderr)
+        return ExitCode.INVALID
     plan = make_plan(
-        campaign,
+        shown,
         max_concurrent=args.max_concurrent,
         rpm=args.rpm,
         order=getattr(args, "order", "longest"),
@@ -51,6 +71,26 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_text(plan, resume))
     return ExitCode.OK
+
+
+def _planned(campaign: Campaign, selection: Selection, order: str) -> Campaign:
+    """The jobs the plan's table covers: those ``--only``/``--model`` pick, and of them
+    with ``--limit N`` the first N in the start order (``--order``)."""
+    if not selection.narrowed:
+        return campaign
+    picked = campaign.narrowed(selection.picks) if selection.filtered else campaign
+    if selection.limit is None or picked.job_count <= selection.limit:
+        return picked
+    jobs = [(Kind.of(job.model, job.input), job.index, job.id) for job in picked.iter_jobs()]
+    if order == "longest":
+        ranked = longest_first(
+            list(dict.fromkeys(kind for kind, _, _ in jobs)),
+            partial(expected_generation_s, None),
+        )
+        rank = {kind: i for i, kind in enumerate(ranked)}
+        jobs.sort(key=lambda job: (rank[job[0]], job[1]))
+    first = {job_id for _, _, job_id in jobs[: selection.limit]}
+    return campaign.narrowed(lambda job_id, model: job_id in first)
 
 
 def _resume(args: argparse.Namespace, campaign: Campaign) -> Resume | None:
@@ -79,9 +119,15 @@ def _resume(args: argparse.Namespace, campaign: Campaign) -> Resume | None:
         journal=str(path),
         spent_usd=spent,
         synced=synced,
-        retry_failed=getattr(args, "retry_failed", False),
         budget=getattr(args, "budget", None),
         order=getattr(args, "order", "longest"),
+        again=Again(
+            failed=args.retry_failed,
+            fail_codes=flat(args.fail_code),
+            expired=args.retry_expired,
+            reroll=args.reroll,
+            selection=selection_of(args),
+        ),
     )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .rows import json_list
 from .states import JobState
 from .store import Journal
 
@@ -69,7 +68,7 @@ def output_clashes(j: Journal, exists: Callable[[str], bool] | None) -> list[Cla
     coming: dict[str, list[str]] = {}
     queued: list[tuple[str, str]] = []
     for job_id, filename, files, in_file, state in j.output_rows():
-        for name in json_list(files):
+        for name in files:
             landed.setdefault(str(name).casefold(), []).append(job_id)
         if state in _MAY_LAND:
             coming.setdefault(filename.casefold(), []).append(job_id)

@@ -28,6 +28,7 @@ from typing import TypeVar, Unpack
 
 from ..clock import Clock
 from ..planning.kind import Kind
+from ..planning.selection import Again
 from .clash import Clash, refuse_clashes
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
@@ -97,14 +98,18 @@ class Ledger:
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
-        meanwhile is the one sent; None: no job file, the jobs left as they are). Returns
-        (submits cut off by a crash, the sync)."""
+        meanwhile is the one sent; None: no job file, the jobs left as they are), the ended
+        jobs ``again`` picks queued again. Returns (submits cut off by a crash, the sync)."""
         now = self._clock.wall()
         return await self._j.write(
-            lambda j: j.reconcile(jobs, now, retry_failed=retry_failed), alone=True
+            lambda j: j.reconcile(jobs, now, retry_failed=retry_failed, again=again), alone=True
         )
 
     async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:

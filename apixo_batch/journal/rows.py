@@ -24,8 +24,10 @@ __all__ = [
     "Change",
     "Column",
     "JobRow",
+    "added_columns",
     "jobs_table",
     "json_list",
+    "take_filename",
 ]
 
 
@@ -49,9 +51,22 @@ def _sql(
     decl: str,
     read: Callable[[Any], Any] | None = None,
     write: Callable[[Any], Any] | None = None,
+    since: int = 1,
 ) -> dict[str, Any]:
-    """A JobRow field's column: its SQL declaration, and converters where SQL differs."""
-    return {"decl": decl, "read": read, "write": write}
+    """A JobRow field's column: its SQL declaration, converters where SQL differs, and the
+    schema step that adds it (:mod:`.schema`)."""
+    return {"decl": decl, "read": read, "write": write, "since": since}
+
+
+def take_filename(filename: str, take: int) -> str:
+    """Where take number ``take`` lands: ``hero.mp4`` for the first, then
+    ``hero-take2.mp4``, ``hero-take3.mp4``... (a folder in the name stays the folder)."""
+    if take <= 1:
+        return filename
+    folder, slash, name = filename.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    named = f"{stem}-take{take}.{suffix}" if dot and stem else f"{name}-take{take}"
+    return f"{folder}{slash}{named}"
 
 
 _LIST = _sql("TEXT", json_list, _json_text)  # a JSON array of strings
@@ -89,6 +104,18 @@ class JobRow:
     fail_msg: str | None = field(metadata=_sql("TEXT"))
     cost_time_ms: int | None = field(metadata=_sql("INTEGER"))
     arrived_via: str | None = field(metadata=_sql("TEXT"))
+    # Added by schema step 2 (``since``): kept out of step 1's CREATE TABLE.
+    #: the take the job is on: 1, then one more per ``--reroll``
+    take: int = field(default=1, metadata=_sql("INTEGER NOT NULL DEFAULT 1", since=2))
+    #: the files of earlier takes, kept on disk and held by the job
+    earlier_files: tuple[str, ...] = field(
+        default=(), metadata={**_LIST, "decl": "TEXT NOT NULL DEFAULT '[]'", "since": 2}
+    )
+
+    @property
+    def out_name(self) -> str:
+        """The file name this take's first result lands at (see :func:`take_filename`)."""
+        return take_filename(self.filename, self.take)
 
     @property
     def input(self) -> dict[str, Any]:
@@ -116,6 +143,8 @@ class Column:
     read: Callable[[Any], Any] | None = None
     #: Python value -> SQL value, where they differ
     write: Callable[[Any], Any] | None = None
+    #: the schema step that adds the column (1: the CREATE TABLE)
+    since: int = 1
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -131,8 +160,16 @@ _READERS = tuple((i, c.read) for i, c in enumerate(COLUMNS) if c.read is not Non
 
 
 def jobs_table() -> str:
+    """Step 1's CREATE TABLE: the columns later steps add are left to them."""
     return "CREATE TABLE IF NOT EXISTS jobs ({})".format(
-        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS)
+        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS if c.since == 1)
+    )
+
+
+def added_columns(step: int) -> tuple[str, ...]:
+    """The ``ALTER TABLE`` statements of the columns schema step ``step`` adds."""
+    return tuple(
+        f"ALTER TABLE jobs ADD COLUMN {c.name} {c.decl}" for c in COLUMNS if c.since == step
     )
 
 
@@ -154,6 +191,8 @@ class Change(TypedDict, total=False):
     fail_msg: str | None
     cost_time_ms: int | None
     arrived_via: str
+    take: int
+    earlier_files: Sequence[str]
 
 
 #: every key of :class:`Change`, with how its column stores a value (None: as it is)

@@ -19,7 +19,7 @@ from .learned import LearnedClocks
 from .naming import hold_name
 from .reconcile import Reconcile
 from .rows import SELECT as _SELECT
-from .rows import JobRow, json_list
+from .rows import JobRow, json_list, take_filename
 from .states import JobState
 
 __all__ = ["FILE_STAMP", "DoneFiles", "Journal"]
@@ -60,22 +60,26 @@ class Journal(Reconcile, LearnedClocks):
         may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
         finished = (JobState.DONE.value, JobState.EXPIRED.value)
         owners: dict[str, tuple[str, ...]] = {}
-        for job_id, filename, files, in_file, state in self._db.execute(
-            "SELECT id, filename, files, in_file, state FROM jobs"
-        ):
+        for job_id, filename, files, in_file, state in self.output_rows(order=False):
             if state in may_land or (in_file and state not in finished):
                 hold_name(owners, filename, job_id)
-            for name in json_list(files):
+            for name in files:
                 hold_name(owners, name, job_id)
         return owners
 
-    def output_rows(self) -> Iterator[tuple[str, str, str | None, int, str]]:
-        """(id, filename, files as JSON, in_file, state) of every job, in file order."""
-        return iter(
-            self._db.execute(
-                "SELECT id, filename, files, in_file, state FROM jobs ORDER BY idx, id"
-            )
-        )
+    def output_rows(
+        self, *, order: bool = True
+    ) -> Iterator[tuple[str, str, tuple[str, ...], int, str]]:
+        """(id, the name its take lands at, its files with earlier takes', in_file, state)
+        of every job, in file order (``order``)."""
+        by = " ORDER BY idx, id" if order else ""
+        for job_id, filename, take, files, earlier, in_file, state in self._db.execute(
+            f"SELECT id, filename, take, files, earlier_files, in_file, state FROM jobs{by}"
+        ):
+            landed = json_list(files)
+            if earlier and earlier != "[]":
+                landed = (*json_list(earlier), *landed)
+            yield job_id, take_filename(filename, take), landed, in_file, state
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()

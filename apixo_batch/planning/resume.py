@@ -19,6 +19,7 @@ from ..jobs import Campaign, Job
 from .forecast import expected_generation_s
 from .kind import Kind
 from .order import longest_first
+from .selection import Again
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
@@ -114,31 +115,42 @@ def resume_figures(
     retry_failed: bool = False,
     budget: float | None = None,
     order: str = "longest",
+    again: Again | None = None,
 ) -> Resume:
     """The figures for ``campaign`` against the journal ``rows`` (see the module docstring).
 
     ``synced``: the journal was last synced from this very job file (same stamp), so its
-    ``in_file`` rows, in file order, are the file's jobs and the file is not read again."""
+    ``in_file`` rows, in file order, are the file's jobs and the file is not read again.
+    ``again``: the ended jobs sent again and the selection (``--only``, ``--model``,
+    ``--limit``); jobs outside it are neither submitted nor counted."""
+    if again is None:
+        again = Again(failed=retry_failed)
+    retry_failed = again.failed
     known: dict[str, JournalJob] = {}
-    file_jobs: list[tuple[JournalJob | None, str, float | None, Kind]] = []
+    file_jobs: list[_FileJob] = []
     if synced:
         for row in rows:
             if row.in_file:
                 assert row.kind is not None
-                file_jobs.append((row, row.input_hash, row.cost_usd, row.kind))
+                file_jobs.append((row.id, row, row.input_hash, row.cost_usd, row.kind))
             else:
                 known[row.id] = row
-        figures = _figures(file_jobs, retry_failed)
+        figures = _figures(file_jobs, again)
     else:
         known = {row.id: row for row in rows}
         figures = _figures(
             (
-                (known.pop(job.id, None), job.input_hash, campaign.cost(job), _kind_of(job))
+                (job.id, known.pop(job.id, None), job.input_hash, campaign.cost(job),
+                 _kind_of(job))
                 for job in campaign.iter_jobs()
             ),
-            retry_failed,
-        )
+            again,
+        )  # fmt: skip
     submit, counts, new, new_usd, new_unknown = figures
+    limit = again.selection.limit
+    if limit is not None and len(submit) > limit:
+        submit = _in_start_order(submit, order)[:limit]
+        new = min(new, limit)
     orphaned = len(known)
     orphaned_paid = sum(1 for row in known.values() if row.state in _PAID or row.has_task)
     pay_again = min(new, orphaned_paid)
@@ -175,8 +187,12 @@ def _kind_of(job: Job) -> Kind:
     return Kind.of(job.model, job.input)
 
 
+#: one job of the file: (id, its journal row if any, input hash, cost, kind)
+_FileJob = tuple[str, JournalJob | None, str, float | None, Kind]
+
+
 def _figures(
-    file_jobs: Iterable[tuple[JournalJob | None, str, float | None, Kind]], retry_failed: bool
+    file_jobs: Iterable[_FileJob], again: Again
 ) -> tuple[list[tuple[Kind, float | None]], dict[str, int], int, float, int]:
     """(jobs to submit as (kind, cost) in file order, jobs per state left alone, new jobs,
     their known USD, new jobs of unknown price): the reconcile's rules, nothing written."""
@@ -184,7 +200,10 @@ def _figures(
     counts = dict.fromkeys(("done", "submitted", "succeeded", "failed", "expired"), 0)
     new = new_unknown = 0
     new_usd = 0.0
-    for row, input_hash, cost, kind in file_jobs:
+    selection = again.selection
+    for job_id, row, input_hash, cost, kind in file_jobs:
+        if selection.filtered and not selection.picks(job_id, kind.model):
+            continue
         if row is None:
             new += 1
             if cost is None:
@@ -200,11 +219,30 @@ def _figures(
             and (row.fail_code == "SUBMIT_ERROR" or row.input_hash != input_hash)
         ):
             state = "queued"  # a submit never answered, or an input fixed: queued again
-        if state in ("queued", "submitting") or (state == "failed" and retry_failed):
+        elif state == "failed":
+            unchanged = row.input_hash == input_hash
+            if again.failed_again(job_id, kind.model, row.fail_code, unchanged) == "retry":
+                state = "queued"
+        elif again.picks(state, job_id, kind.model):
+            state = "queued"  # --reroll, --retry-expired
+        if state in ("queued", "submitting"):
             submit.append((kind, cost))
         elif state in counts:
             counts[state] += 1
     return submit, counts, new, new_usd, new_unknown
+
+
+def _in_start_order(
+    submit: list[tuple[Kind, float | None]], order: str
+) -> list[tuple[Kind, float | None]]:
+    """``submit`` (in file order) in the order ``run`` starts them (``--order``)."""
+    if order != "longest":
+        return submit
+    ranked = longest_first(
+        dict.fromkeys(kind for kind, _ in submit), partial(expected_generation_s, None)
+    )
+    rank = {kind: i for i, kind in enumerate(ranked)}
+    return sorted(submit, key=lambda item: rank[item[0]])
 
 
 def _fit(
@@ -212,12 +250,7 @@ def _fit(
 ) -> tuple[int, float]:
     """The budget meter's rule: jobs in start order, the first that would take the spend
     past the budget ends admission; jobs of unknown price are skipped."""
-    if order == "longest":
-        ranked = longest_first(
-            dict.fromkeys(kind for kind, _ in submit), partial(expected_generation_s, None)
-        )
-        rank = {kind: i for i, kind in enumerate(ranked)}
-        submit = sorted(submit, key=lambda item: rank[item[0]])
+    submit = _in_start_order(submit, order)
     committed, jobs = spent, 0
     for _, cost in submit:
         if cost is None:
