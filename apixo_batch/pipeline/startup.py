@@ -137,6 +137,16 @@ async def start_up(
         emit(Warned(job_id, message=_changed_advice(job_id, synced.ended.get(job_id), campaign)))
     if synced.refused_unchanged:
         emit(Warned(message=_refused_line(synced.refused_unchanged)))
+    expired = counts.get(S.EXPIRED.value, 0)
+    if run_mode and expired and not options.retry_expired:
+        # Before --retry-expired nothing could send them again, and nothing said so.
+        emit(
+            Warned(
+                message=f"{expired} expired job(s) (their results lapsed before the download) "
+                f"are not submitted again: `apixo-batch run {_shown(campaign)} "
+                "--retry-expired` submits them (a new task each, paid)"
+            )
+        )
     _tell_off_disk(off_disk, emit)
     _tell_clashes(clashes, folder, emit)
     if recovered:
