@@ -191,3 +191,21 @@ async def test_reroll_keeps_the_first_take_and_manifests_both(simulator, tmp_pat
     again = await run_cli(sim, "run", str(job_file), *FAST)
     assert again.code == 0 and sim.stats()["submits_accepted"] == 3
     assert yaml.safe_load(job_file.read_text())["jobs"] == jobs
+
+
+async def test_download_only_fetches_the_picked_jobs(simulator, tmp_path: Path) -> None:
+    """Two results deleted: `download --only job-0000` fetches that one; job-0001 waits
+    for a later download, which fetches it. Nothing is submitted."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    assert (await run_cli(sim, "run", str(job_file), *FAST)).code == 0
+    out = tmp_path / "out"
+    for i in (0, 1):
+        (out / f"job-000{i}.mp4").unlink()
+    res = await run_cli(sim, "download", str(job_file), *FAST, "--only", "job-0000")
+    assert res.code == 0, res.stderr
+    assert (out / "job-0000.mp4").is_file() and not (out / "job-0001.mp4").exists()
+    rest = await run_cli(sim, "download", str(job_file), *FAST)
+    assert rest.code == 0, rest.stderr
+    assert (out / "job-0001.mp4").is_file()
+    assert sim.stats()["submits_accepted"] == 3
