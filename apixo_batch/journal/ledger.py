@@ -239,6 +239,10 @@ class Ledger:
             async for row in self._paged(of_kind(kind)):
                 yield row
 
+    async def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order."""
+        return await self._j.read(Journal.queued_brief)
+
     async def queued_runs(self) -> list[tuple[Kind, int]]:
         return await self._j.read(Journal.queued_runs)
 

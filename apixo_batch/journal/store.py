@@ -139,6 +139,24 @@ class Journal(Reconcile, LearnedClocks):
             runs.append((Kind(str(model), duration, resolution), 1))
         return runs
 
+    def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order: what a selected
+        run's estimate needs (``--only``, ``--model``, ``--limit``)."""
+        kinds: dict[tuple[Any, ...], Kind] = {}
+        out: list[tuple[str, str, float | None, Kind]] = []
+        for job_id, model, cost, duration, resolution in self._db.execute(
+            "SELECT id, model, cost_usd, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution') FROM jobs "
+            "WHERE state=? AND in_file=1 ORDER BY idx, id",
+            (JobState.QUEUED.value,),
+        ):
+            key = (model, duration, resolution)
+            kind = kinds.get(key)
+            if kind is None:
+                kind = kinds[key] = Kind(str(model), duration, resolution)
+            out.append((str(job_id), str(model), cost, kind))
+        return out
+
     def queued_page_of_kind(
         self, kind: Kind, after_idx: int, after_id: str, limit: int
     ) -> list[JobRow]:

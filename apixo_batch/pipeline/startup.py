@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..apixo.limits import RequestBucket
@@ -15,7 +16,9 @@ from ..jobs import Campaign
 from ..journal import Clash, JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..outputs.ondisk import Problem, problems
 from ..planning.completion import CompletionModel
-from ..planning.forecast import forecast_run
+from ..planning.forecast import expected_generation_s, forecast_run
+from ..planning.kind import Kind
+from ..planning.order import longest_first
 from .adoption import adopt_unrecorded
 from .learned import start_informed
 from .options import RunOptions
@@ -93,12 +96,16 @@ async def start_up(
     if selection.filtered:
         # Outside the selection: left as it is, followed by a later run or `download`.
         in_flight = [r for r in in_flight if selection.picks(r.id, r.model)]
-    queued_cost, unknown, queued = await ledger.queued_cost()
+    if selection.narrowed and run_mode:
+        queued_cost, unknown, queued, runs = await _selected_queue(ledger, options, completions)
+    else:
+        queued_cost, unknown, queued = await ledger.queued_cost()
+        runs = None
     counts = await ledger.counts()
     planned_wall_s = None
     if run_mode and queued:
         planned_wall_s = forecast_run(
-            await ledger.queued_runs(),
+            runs if runs is not None else await ledger.queued_runs(),
             completions,
             order=options.order,
             callback=options.callback_url is not None,
@@ -157,6 +164,36 @@ async def start_up(
             )
         )
     return start
+
+
+async def _selected_queue(
+    ledger: Ledger, options: RunOptions, completions: CompletionModel
+) -> tuple[float, int, int, list[tuple[Kind, int]]]:
+    """(known USD, jobs of unknown price, jobs, runs of a kind in file order) of the queued
+    jobs this run may submit: those ``--only``/``--model`` pick, the first ``--limit`` of
+    them in the start order. What the balance check and the forecast weigh: a smoke test
+    of three jobs is not refused for the balance the whole night would need."""
+    selection = options.selection
+    picked = [q for q in await ledger.queued_brief() if selection.picks(q[0], q[1])]
+    if selection.limit is not None and len(picked) > selection.limit:
+        ranked = picked
+        if options.order == "longest":
+            kinds = longest_first(
+                dict.fromkeys(q[3] for q in picked), partial(expected_generation_s, completions)
+            )
+            rank = {kind: i for i, kind in enumerate(kinds)}
+            ranked = sorted(picked, key=lambda q: rank[q[3]])  # stable: file order within
+        first = {q[0] for q in ranked[: selection.limit]}
+        picked = [q for q in picked if q[0] in first]
+    runs: list[tuple[Kind, int]] = []
+    for _, _, _, kind in picked:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    known = sum(q[2] for q in picked if q[2] is not None)
+    unknown = sum(1 for q in picked if q[2] is None)
+    return known, unknown, len(picked), runs
 
 
 #: what generates the new input of a job whose task ended, by the state it ended in

@@ -209,3 +209,19 @@ async def test_download_only_fetches_the_picked_jobs(simulator, tmp_path: Path) 
     assert rest.code == 0, rest.stderr
     assert (out / "job-0001.mp4").is_file()
     assert sim.stats()["submits_accepted"] == 3
+
+
+async def test_a_smoke_test_is_weighed_against_the_balance_alone(simulator, tmp_path: Path) -> None:
+    """$1.00 of balance, ten $0.30 jobs: the whole run is refused before any submit, but
+    --limit 3 ($0.90) is checked for what it may submit, and goes."""
+    sim = await simulator(time_scale=0.01)
+    sim.balance = 1.0
+    job_file = write_campaign(tmp_path, simple_jobs(10))
+    whole = await run_cli(sim, "run", str(job_file), *FAST)
+    assert whole.code == 3 and sim.stats()["submits_accepted"] == 0
+    smoke = await run_cli(sim, "run", str(job_file), *FAST, "--limit", "3")
+    assert smoke.code == 0, smoke.stderr
+    assert sim.stats()["submits_accepted"] == 3
+    [started] = [e for e in smoke.events if e["event"] == "started"]
+    assert started["queued"] == 3
+    assert started["estimated_cost_usd"] == pytest.approx(0.9)
