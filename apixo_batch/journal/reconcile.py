@@ -92,6 +92,16 @@ def jobs_of(campaign: Campaign) -> Iterator[NewJob]:
         )
 
 
+def _take_json(j: NewJob, take: int) -> str:
+    """The input a job's take is sent with: the file's, with the take's own seed from the
+    second take on (:func:`~apixo_batch.catalog.again.take_input`). Its ``input_hash``
+    stays the file's: the file did not change, so no sync calls it changed."""
+    if take <= 1:
+        return j.input_json
+    inp = take_input(j.model, j.id, json.loads(j.input_json), take)
+    return json.dumps(inp, sort_keys=True, ensure_ascii=False)
+
+
 class Reconcile(StateChanges):
     """The journal's half that follows the job file (see the module docstring)."""
 
@@ -143,22 +153,23 @@ class Reconcile(StateChanges):
     ) -> None:
         db = self._db
         ids = [j.id for j in chunk]
-        known: dict[str, tuple[str, str, str | None, str | None]] = {}
+        known: dict[str, tuple[str, str, str | None, str | None, int]] = {}
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
-            for jid, h, state, task, code in db.execute(
-                f"SELECT id, input_hash, state, task_id, fail_code FROM jobs WHERE id IN ({marks})",
+            for jid, h, state, task, code, take in db.execute(
+                "SELECT id, input_hash, state, task_id, fail_code, take FROM jobs "
+                f"WHERE id IN ({marks})",
                 part,
             ):
-                known[jid] = (h, state, task, code)
+                known[jid] = (h, state, task, code, int(take))
         for j in chunk:
             old = known.get(j.id)
             if old is None:
                 db.execute(_INSERT, (*_new_values(j), now))
                 result.added += 1
                 continue
-            old_hash, state, task_id, code = old
+            old_hash, state, task_id, code, take = old
             if again.any and self._queued_again(
                 j, state, code, old_hash == j.input_hash, now, result, again
             ):
@@ -177,7 +188,7 @@ class Reconcile(StateChanges):
                     "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
                     "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, "
                     "fail_code=NULL, fail_msg=NULL, updated_at=? WHERE id=?",
-                    (j.idx, j.model, j.provider, j.input_json, j.input_hash, j.filename,
+                    (j.idx, j.model, j.provider, _take_json(j, take), j.input_hash, j.filename,
                      j.cost_usd, now, j.id),
                 )  # fmt: skip
                 if state == S.FAILED.value:
@@ -209,29 +220,22 @@ class Reconcile(StateChanges):
                 return False
         elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
             return False
-        take_sql = ""
-        input_json = j.input_json
+        take, files, earlier = self._db.execute(
+            "SELECT take, files, earlier_files FROM jobs WHERE id=?", (j.id,)
+        ).fetchone()
+        kept = json_list(earlier)
         if state == S.DONE.value:
             # A new take: the earlier take's files stay on disk, held by the job.
-            row = self._db.execute(
-                "SELECT take, files, earlier_files FROM jobs WHERE id=?", (j.id,)
-            ).fetchone()
-            take = int(row[0]) + 1
-            earlier = [*json_list(row[2]), *json_list(row[1])]
-            take_sql = f"take={take}, earlier_files=?, "
-            input_json = json.dumps(
-                take_input(j.model, j.id, json.loads(j.input_json), take),
-                sort_keys=True,
-                ensure_ascii=False,
-            )
+            take, kept = int(take) + 1, (*kept, *json_list(files))
         self._db.execute(
             "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
-            f"filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, {take_sql}"
-            "task_id=NULL, request_type=NULL, submitted_at=NULL, completed_at=NULL, "
-            "result_urls='[]', expires_at=NULL, files='[]', bytes=NULL, sha256='[]', "
-            "fail_code=NULL, fail_msg=NULL, cost_time_ms=NULL, arrived_via=NULL WHERE id=?",
-            (j.idx, j.model, j.provider, input_json, j.input_hash, j.filename, j.cost_usd,
-             *([json.dumps(earlier)] if take_sql else []), j.id),
+            "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, take=?, "
+            "earlier_files=?, task_id=NULL, request_type=NULL, submitted_at=NULL, "
+            "completed_at=NULL, result_urls='[]', expires_at=NULL, files='[]', bytes=NULL, "
+            "sha256='[]', fail_code=NULL, fail_msg=NULL, cost_time_ms=NULL, arrived_via=NULL "
+            "WHERE id=?",
+            (j.idx, j.model, j.provider, _take_json(j, int(take)), j.input_hash, j.filename,
+             j.cost_usd, take, json.dumps(list(kept)), j.id),
         )  # fmt: skip
         self.transition(j.id, S.QUEUED, now)
         result.again[state] = result.again.get(state, 0) + 1

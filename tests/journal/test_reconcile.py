@@ -157,3 +157,24 @@ def test_a_changed_ended_job_is_told_by_the_state_it_ended_in(journal: Journal) 
     _, synced = journal.reconcile([_job(0, prompt="x"), _job(1, prompt="y")], NOW + 1)
     assert synced.ended == {"job-0": "failed", "job-1": "done"}
     assert [_state(journal, n) for n in range(2)] == [S.FAILED, S.DONE]
+
+
+def test_a_failed_take_is_retried_as_the_same_take_with_its_seed(journal: Journal) -> None:
+    """Take 2 failed (a timeout): --retry-failed sends take 2 again, its seed and its
+    earlier files kept; an edited input keeps the take's seed too."""
+    journal.sync([_job(0)], NOW)
+    _done(journal, 0)
+    journal.reconcile([_job(0)], NOW + 1, again=Again(reroll=True))
+    first = journal.get("job-0")
+    assert first is not None
+    _submit(journal, "job-0", "t-0b")
+    journal.transition("job-0", S.FAILED, NOW, fail_code="Timeout")
+    journal.reconcile([_job(0)], NOW + 2, again=Again(failed=True))
+    row = journal.get("job-0")
+    assert row is not None
+    assert (row.state, row.take, row.earlier_files) == (S.QUEUED, 2, ("job-0.mp4",))
+    assert row.input["seed"] == first.input["seed"]
+    journal.reconcile([_job(0, prompt="a dog")], NOW + 3)  # queued, never paid: replaced
+    edited = journal.get("job-0")
+    assert edited is not None
+    assert (edited.input["prompt"], edited.input["seed"]) == ("a dog", first.input["seed"])
