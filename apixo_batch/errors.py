@@ -8,7 +8,7 @@
     │   ├── InvalidRequest      400: the input was rejected; the job fails, no retry
     │   ├── AuthError           401: bad or missing key            (fatal)
     │   ├── InsufficientBalance 402, or 400 "Insufficient credits"  (fatal)
-    │   ├── Forbidden           403: no access / content rejected   (fatal)
+    │   ├── Forbidden           403: no access (fatal) / content rejected
     │   ├── NotFound            404: unknown model or task
     │   ├── RateLimited         429: slow down; carries Retry-After (retryable)
     │   └── ServerError         5xx: server or upstream trouble     (retryable)
@@ -115,10 +115,20 @@ class InsufficientBalance(ApiError):
     fatal = True
 
 
-class Forbidden(ApiError):
-    """403: the key cannot use this model or route, or the content was rejected."""
+#: words of a 403 that refuses the content, not the key (kling-2-6's page: "Key or route
+#: cannot access the model, or content was rejected")
+_CONTENT_WORDS = ("content", "policy", "sensitive", "nsfw", "prohibited")
 
-    fatal = True
+
+class Forbidden(ApiError):
+    """403: the key cannot use this model or route (fatal: no submit of it can pass), or
+    the content was rejected (``content_rejected``: the job's own input, not fatal)."""
+
+    def __init__(self, status: int, message: str, *, endpoint: str = "") -> None:
+        super().__init__(status, message, endpoint=endpoint)
+        lowered = message.lower()
+        self.content_rejected = any(word in lowered for word in _CONTENT_WORDS)
+        self.fatal = not self.content_rejected
 
 
 class NotFound(ApiError):
@@ -140,9 +150,15 @@ class RateLimited(ApiError):
 
 
 class ServerError(ApiError):
-    """5xx: server or upstream provider trouble."""
+    """5xx: server or upstream provider trouble (a 503's Retry-After, if any, is kept)."""
 
     retryable = True
+
+    def __init__(
+        self, status: int, message: str, *, endpoint: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, message, endpoint=endpoint)
+        self.retry_after = retry_after
 
 
 class TransportError(ApixoError):
@@ -221,7 +237,7 @@ def api_error_for(
     if status == 404:
         return NotFound(status, message, endpoint=endpoint)
     if status >= 500:
-        return ServerError(status, message, endpoint=endpoint)
+        return ServerError(status, message, endpoint=endpoint, retry_after=retry_after)
     if 400 <= status < 500:
         return InvalidRequest(status, message, endpoint=endpoint)
     # A JSON code we do not know (e.g. 1xx/3xx): treat as server trouble, retryable.

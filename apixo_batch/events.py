@@ -206,6 +206,9 @@ class Failed(Event):
     model: str
     fail_code: str | None
     fail_msg: str | None
+    #: what the documented ``fail_code`` means (catalog/failcodes.py): "input" refused,
+    #: "content" flagged, or "transient" (--retry-failed may succeed); absent otherwise
+    fail_class: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)

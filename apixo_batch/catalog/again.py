@@ -8,34 +8,24 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from .failcodes import FailClass, classify
 from .models import get_model
 
-__all__ = ["REFUSED_INPUT_CODES", "input_refused", "take_input"]
+__all__ = ["INPUT_REJECTED", "input_refused", "take_input"]
 
-#: fail codes whose documented meaning is "this input was refused" (apixo-docs' tables
-#: of every model, and our own INPUT_REJECTED for a 400 on submit). Anything else
-#: (RateLimited, Timeout, an unknown code) may well pass on a second try.
-REFUSED_INPUT_CODES = frozenset(
-    {
-        "INPUT_REJECTED",
-        "CONTENT_VIOLATION",
-        "INVALID_IMAGE_URL",
-        "SensitiveContentDetected",
-        "InputOutputSensitiveContentDetected",
-        "NSFW",
-        "ProhibitedContentDetected",
-        "PromptLengthExceeded",
-        "PromptInvalid",
-        "ImageFormatIncorrect",
-        "Upload error",
-    }
-)
+#: our own code for a submit answered 400 (the request's input refused before any task)
+INPUT_REJECTED = "INPUT_REJECTED"
 
 
 def input_refused(fail_code: str | None) -> bool:
-    """The one rule for "the input itself was refused": the same input sent again is
-    refused again (and paid again), so ``--retry-failed`` skips it unless it changed."""
-    return fail_code in REFUSED_INPUT_CODES
+    """The one rule for "the input itself was refused": a code of the ``input`` or
+    ``content`` class (:mod:`.failcodes`: a bad image, a flagged prompt...) or a submit
+    answered 400. The same input sent again is refused again (and paid again), so
+    ``--retry-failed`` skips it unless it changed. A transient or undocumented code may
+    pass on a second try."""
+    if fail_code == INPUT_REJECTED:
+        return True
+    return classify(fail_code) in (FailClass.INPUT, FailClass.CONTENT)
 
 
 def take_input(model: str, job_id: str, inp: Mapping[str, Any], take: int) -> dict[str, Any]:

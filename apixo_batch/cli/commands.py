@@ -143,9 +143,19 @@ class _Printer:
                 if isinstance(event, Failed)
                 else (None, event.message)
             )
-            self._say(f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip())
+            hint = _FAIL_HINTS.get(event.fail_class or "") if isinstance(event, Failed) else None
+            line = f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip()
+            self._say(f"{line} ({hint})" if hint else line)
         elif isinstance(event, Pending) and not self.quiet:
             self._say(f"pending: {event.job_id}: {event.message}")
+
+
+#: what to do about a failed task, by its fail code's class (catalog/failcodes.py)
+_FAIL_HINTS = {
+    "input": "the input was refused: fix the job, then --retry-failed",
+    "content": "the content was flagged: change it, then --retry-failed",
+    "transient": "APIXO's provider was busy: --retry-failed may succeed, and pays again",
+}
 
 
 def _journal_ids(state: Path) -> Iterator[str]:

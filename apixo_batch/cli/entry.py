@@ -346,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="multiply every generation time and expiry (default: the config's, else 1.0)",
     )
-    sim.add_argument("--config", default=None, help="simulator settings (YAML)")
+    sim.add_argument(
+        "--config",
+        default=None,
+        help="simulator settings (YAML): limits, faults (error_rate_503, unavailable windows, "
+        "forbidden routes answered 403), fail codes, callbacks; see docs/simulate.md",
+    )
     sim.add_argument(
         "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"
     )

@@ -26,10 +26,19 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from ..apixo.client import ApixoClient, TaskStatus
 from ..apixo.limits import ConcurrencyLimit
 from ..apixo.receiver import HandlerResult
+from ..catalog.failcodes import classify
 from ..catalog.models import RESULT_TTL_S, get_model
 from ..clock import Clock, wait_until
 from ..defaults import PATIENCE
-from ..errors import ApiError, ApixoError, NotFound, RateLimited, ServerError, TransportError
+from ..errors import (
+    ApiError,
+    ApixoError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
 from ..events import Emitter, Failed, Pending, Retried, Running, Succeeded, Throttled
 from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
@@ -38,7 +47,7 @@ from ..retry import Patience
 from .admission import Permit
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
-from .stop import Level, Stop, StopKind, Stops
+from .stop import Level, Stop, StopKind, Stops, no_access
 from .submitter import Submitted
 from .turnaround import Turnaround
 
@@ -245,9 +254,10 @@ class Follower:
     async def _poll_refused(self, t: Tracked, exc: ApiError) -> bool:
         if exc.fatal:
             # Without a working key nothing more can be learned in this run.
-            self._stops.request(
-                Stop(StopKind.KEY_REFUSED, f"the API refused a poll: {exc}", fatal=str(exc))
-            )
+            reason = f"the API refused a poll: {exc}"
+            if isinstance(exc, Forbidden):
+                reason = f"the API refused a poll: {no_access('status', t.model)} ({exc})"
+            self._stops.request(Stop(StopKind.KEY_REFUSED, reason, fatal=str(exc)))
             return False
         if isinstance(exc, NotFound):
             t.not_found += 1
@@ -355,6 +365,7 @@ class Follower:
                     model=t.model,
                     fail_code=status.fail_code,
                     fail_msg=status.fail_msg,
+                    fail_class=_fail_class(status.fail_code),
                 )
             )
 
@@ -397,3 +408,8 @@ class Follower:
             # A callback after the follower ended (key refused, interrupt): the result is
             # journaled `succeeded`, for `download` or the next run.
             pass
+
+
+def _fail_class(code: str | None) -> str | None:
+    known = classify(code)
+    return known.value if known is not None else None

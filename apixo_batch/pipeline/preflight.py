@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..apixo.client import ApixoClient
-from ..errors import ApiError, ApixoError, TransportError
+from ..errors import ApiError, ApixoError, Forbidden, TransportError
 from ..events import Emitter, Preflight, Warned
-from .stop import Stop, StopKind
+from .stop import Stop, StopKind, no_access
 
 __all__ = ["preflight"]
 
@@ -27,6 +27,11 @@ async def preflight(
     caps what this run may spend. A balance that cannot be read is said and ignored."""
     try:
         balance = await client.balance()
+    except Forbidden as exc:
+        # The balance route alone may be closed to a key that can submit: the check is
+        # skipped, and a submit refused the same way stops the run then.
+        emit(Warned(message=f"{no_access('balance')} ({exc}); going on without the balance"))
+        return None
     except ApiError as exc:
         if exc.fatal:
             reason = f"the API refused: {exc}"

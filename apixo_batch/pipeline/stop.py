@@ -56,7 +56,15 @@ from dataclasses import dataclass
 from ..events import Emitter, Stopped
 from ..exitcodes import ExitCode
 
-__all__ = ["EXIT_PRECEDENCE", "Level", "Stop", "StopKind", "Stops", "storage_stop"]
+__all__ = [
+    "EXIT_PRECEDENCE",
+    "Level",
+    "Stop",
+    "StopKind",
+    "Stops",
+    "no_access",
+    "storage_stop",
+]
 
 
 class Level(enum.IntEnum):
@@ -120,6 +128,21 @@ def storage_stop(why: str, *, paid_untold: bool = False) -> Stop:
     else:
         reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
     return Stop(StopKind.STORAGE, reason)
+
+
+#: the API route of each client endpoint, as a person reads it in a stop line
+_ROUTES = {
+    "submit": "POST /generateTask/{model}",
+    "status": "GET /statusTask/{model}",
+    "balance": "GET /apikeys/current-balance",
+}
+
+
+def no_access(endpoint: str, model: str | None = None) -> str:
+    """What a 403 on ``endpoint`` means, for people: "this key has no access to <route>",
+    the route named with its model (access is granted per key, route and model)."""
+    route = _ROUTES.get(endpoint, endpoint).replace("{model}", model or "<model>")
+    return f"this key has no access to {route}"
 
 
 class Stops:

@@ -28,7 +28,15 @@ from ..apixo.client import ApixoClient, Grant
 from ..apixo.limits import Priority, SlotsClosed
 from ..clock import Clock, wait_until
 from ..defaults import PATIENCE
-from ..errors import ApiError, InvalidRequest, NotFound, RateLimited, ServerError, TransportError
+from ..errors import (
+    ApiError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
 from ..events import Emitter, Failed, Retried, Throttled, Warned
 from ..events import Submitted as Journaled
 from ..journal import JobRow, Ledger
@@ -36,7 +44,7 @@ from ..journal.unrecorded import SideFile
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops, storage_stop
+from .stop import Level, Stop, StopKind, Stops, no_access, storage_stop
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -236,12 +244,19 @@ class Submitter:
                     return None
                 self._emit(Retried(row.id, call="submit", attempt=state.attempt, error=str(exc)))
                 attempt = min(state.attempt, self._backoff.max_attempts)
-                await self._pause(task, self._backoff.delay(attempt))
+                after = exc.retry_after if isinstance(exc, ServerError) else None
+                await self._pause(task, self._backoff.delay(attempt, after))
                 continue
             except ApiError as exc:
                 state.on_wire = False
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
+                    if isinstance(exc, Forbidden):
+                        # One route is closed to this key: say which, the fix is access.
+                        reason = (
+                            f"the API refused a submit: {no_access('submit', row.model)} "
+                            f"({exc}); get the key access to it, or drop those jobs, then run again"
+                        )
                     self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)

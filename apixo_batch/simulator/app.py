@@ -6,6 +6,7 @@ status equal to ``code``):
 - ``POST /api/v1/generateTask/{model}``   submit
 - ``GET  /api/v1/statusTask/{model}?taskId=``   status
 - ``GET  /api/v1/apikeys/current-balance``   balance
+- any other ``/api/...`` path: 404 in the same JSON envelope
 - ``GET  /files/{task_id}/{n}.mp4``   result files (see :mod:`.files`)
 - ``GET  /_sim/stats``, ``POST /_sim/finish/{task_id}``, ``POST /_sim/expire/{task_id}``
 
@@ -14,7 +15,9 @@ is sent with HTTP 400 (its JSON code); an empty balance answers 402; a submit
 answered by a 5xx or a reset creates no task (``submit_lost_rate`` is the
 knob for "task created, answer lost"); a slow request whose client has gone
 by the time it is processed is dropped without effect; unknown top-level
-body keys are refused with 400, like unknown input keys.
+body keys are refused with 400, like unknown input keys; a route the key has no
+access to (``forbidden``) answers 403 after the key check and before the rate
+limit, as a gateway authorizes before it counts.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ _ROUTE_LABELS = {
     "status": "GET /statusTask",
     "balance": "GET /apikeys/current-balance",
     "api_other": "API /other",
+    "api_unknown": "API /other",
     "file": "GET /files",
     "stats": "GET /_sim/stats",
     "tasks": "GET /_sim/tasks",
@@ -57,6 +61,7 @@ _PROVIDERS = frozenset({"auto", "value", "official"})
 _FAULT_MESSAGES = {
     "500": "Internal server error",
     "502": "Bad gateway: upstream provider error",
+    "503": "Service temporarily unavailable",
     "504": "Gateway timeout: upstream provider did not answer",
 }
 
@@ -85,6 +90,8 @@ class Simulator:
         self._callbacks = CallbackSender(cfg, self._stats)
         self._window = RollingWindow()
         self._faults = FaultPlan(cfg)
+        #: loop time of the start, from which ``unavailable`` windows count
+        self._started = loop_time()
         self._files = FileRoute(cfg, self._stats, self._faults, self._book.tasks, self._book.settle)
         self._balance_micro = round(cfg.balance * 1e6)
         self._spent_micro = 0
@@ -108,6 +115,8 @@ class Simulator:
         add.add_get("/api/v1/statusTask/{model}", self._gated(self._status), name="status")
         add.add_get("/api/v1/apikeys/current-balance", self._gated(self._balance), name="balance")
         add.add_route("*", "/api/v1/{tail:.*}", self._gated(self._no_route), name="api_other")
+        # Every other /api/... path too: a client reading the envelope gets one.
+        add.add_route("*", r"/api{tail:(/.*)?}", self._gated(self._no_route), name="api_unknown")
         add.add_get("/files/{task_id}/{name}", self._files.handle, name="file")
         add.add_get("/_sim/stats", self._stats_route, name="stats")
         add.add_get("/_sim/tasks", self._tasks_route, name="tasks")
@@ -139,6 +148,10 @@ class Simulator:
             if not key_matches(request.headers.get("Authorization"), self._key):
                 return _answer(401, "Invalid or missing API Key")
             cfg = self.config
+            route = request.match_info.route.name or ""
+            if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
+                self._stats.faults["403"] += 1
+                return _answer(403, "API key lacks permission for this route")
             wait = self._window.admit(loop_time(), cfg.rpm_limit, cfg.rpm_window_s)
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
@@ -150,6 +163,9 @@ class Simulator:
                 await asyncio.sleep(self.config.slow_delay_s)
                 if request.transport is None or request.transport.is_closing():
                     return drop_connection(request, "client_gone", reset=False)
+            if cfg.unavailable and self._unavailable():
+                self._stats.faults["503"] += 1
+                return _answer(503, _FAULT_MESSAGES["503"])
             fault = self._faults.api_fault()
             if fault == "reset":
                 self._stats.faults["reset"] += 1
@@ -160,6 +176,16 @@ class Simulator:
             return await handler(request)
 
         return gated
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since this simulator started: what ``unavailable`` windows count from
+        (a test places a window from a moment it chose: ``(sim.uptime + 0.1, 0.5)``)."""
+        return loop_time() - self._started
+
+    def _unavailable(self) -> bool:
+        since = self.uptime
+        return any(start <= since < start + length for start, length in self.config.unavailable)
 
     # --- API handlers ------------------------------------------------------------------
 

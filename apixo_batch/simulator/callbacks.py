@@ -1,10 +1,11 @@
 """Callback delivery, as APIXO describes it, with knobs to make it misbehave.
 
 When a callback-mode task ends, the status-shaped payload is POSTed to its
-``callback_url``. The receiver must answer 2xx within ``callback_timeout_s``;
-otherwise the delivery is retried up to ``callback_retries`` times with growing
-delays (``callback_retry_base_s`` x 1, 3, 9 ...). Every wait is scaled by
-``time_scale``. ``callback_drop_rate`` loses a delivery outright,
+``callback_url``. The receiver must answer HTTP 200 within ``callback_timeout_s``
+(the webhooks page: any other status, 2xx included, is a failed delivery);
+otherwise the delivery is retried up to ``callback_retries`` times after the
+delays of ``callback_retry_delays_s`` (30 s first, as the page's table says). Every
+wait is scaled by ``time_scale``. ``callback_drop_rate`` loses a delivery outright,
 ``callback_duplicate_rate`` delivers it twice, ``callback_delay_s`` holds it back.
 """
 
@@ -48,7 +49,7 @@ class CallbackSender:
         self, url: str, payload: dict[str, Any], delivered: Callable[[], None] | None = None
     ) -> None:
         """Start delivering ``payload`` to ``url`` in the background; ``delivered`` is called
-        once a copy was answered 2xx."""
+        once a copy was answered 200."""
         if self._closed:
             return
         cfg = self._config
@@ -78,7 +79,7 @@ class CallbackSender:
         )
         for attempt in range(cfg.callback_retries + 1):
             if attempt:
-                await asyncio.sleep(cfg.scaled(cfg.callback_retry_base_s * 3 ** (attempt - 1)))
+                await asyncio.sleep(cfg.scaled(cfg.callback_retry_delay(attempt)))
             if await self._attempt(url, body, timeout):
                 self._stats.callbacks_delivered += 1
                 if delivered is not None:
@@ -97,7 +98,7 @@ class CallbackSender:
                     timeout=limit,
                 ) as resp:
                     await resp.read()
-                    return 200 <= resp.status < 300
+                    return resp.status == 200
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return False
 

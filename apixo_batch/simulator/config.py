@@ -3,8 +3,9 @@
 Durations that describe the *service* (generation times, result expiry,
 callback timeout and retry delays) are given in APIXO seconds and multiplied
 by ``time_scale``. Durations that describe the *network or the account*
-(``rpm_window_s``, ``slow_delay_s``, ``duration_override_s``) are real seconds:
-a client's HTTP timeout and its request bucket are not scaled either.
+(``rpm_window_s``, ``slow_delay_s``, ``duration_override_s``, ``outages``,
+``unavailable``) are real seconds: a client's HTTP timeout and its request
+bucket are not scaled either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DEFAULT_API_KEY", "SimConfig"]
+from ..catalog.failcodes import FAIL_CODES
+from ..catalog.models import get_model
+
+__all__ = ["DEFAULT_API_KEY", "FORBIDDEN_ROUTES", "SimConfig"]
+
+#: the routes ``forbidden`` may name
+FORBIDDEN_ROUTES = frozenset({"submit", "status", "balance"})
 
 DEFAULT_API_KEY = "sim-key"
 
@@ -56,13 +63,28 @@ class SimConfig(BaseModel):
     # --- task outcomes -----------------------------------------------------------------
     #: a prompt containing one of these (case-insensitive) ends failed
     fail_words: list[str] = Field(default_factory=lambda: ["forbidden-word", "nsfw"])
-    #: an image URL containing this ends failed with INVALID_IMAGE_URL
+    #: an image URL containing this ends failed with the model's image code
+    #: (kling-2-6: ImageFormatIncorrect; the others: INVALID_IMAGE_URL)
     bad_image_pattern: str = "unreachable"
+    #: a prompt containing a key ends failed with that failCode (any documented one,
+    #: see catalog/failcodes.py), e.g. ``{"too-long": "PromptLengthExceeded"}``
+    fail_codes: dict[str, str] = Field(default_factory=dict)
+    #: tasks that end failed with one of their model's transient codes (kling-2-6:
+    #: RateLimited or Timeout), whatever their input
+    task_fail_rate: Rate = 0.0
 
     # --- API faults (submit, status, balance; never /_sim/*) ---------------------------
     error_rate_500: Rate = 0.0
     error_rate_502: Rate = 0.0
     error_rate_504: Rate = 0.0
+    #: 503 "Service temporarily unavailable" (nothing is created)
+    error_rate_503: Rate = 0.0
+    #: (start, length) in real seconds from the simulator's start: meanwhile every API
+    #: request answers 503 (a model or the service temporarily unavailable)
+    unavailable: list[tuple[float, float]] = Field(default_factory=list)
+    #: routes this key has no access to: answered 403 (after the key check).
+    #: "submit", "status", "balance", or one of them with a model ("submit/kling-2-6")
+    forbidden: list[str] = Field(default_factory=list)
     #: requests whose connection is reset without an answer (no task is created)
     reset_rate: Rate = 0.0
     #: submits that create the task but whose answer is lost to a reset
@@ -90,18 +112,35 @@ class SimConfig(BaseModel):
     callback_duplicate_rate: Rate = 0.0
     #: extra wait before a callback is sent (scaled)
     callback_delay_s: float = Field(default=0.0, ge=0.0)
-    #: the receiver must answer within this (scaled; never below 0.2 real seconds)
+    #: the receiver must answer HTTP 200 within this (scaled; never below 0.2 real seconds)
     callback_timeout_s: float = Field(default=30.0, gt=0.0)
     callback_retries: int = Field(default=3, ge=0)
-    #: retry k (from 1) waits callback_retry_base_s * 3**(k-1) (scaled)
-    callback_retry_base_s: float = Field(default=5.0, ge=0.0)
+    #: retry k (from 1) waits the k-th delay (the last one past the list's end), scaled.
+    #: The webhooks page: "up to 3 times with increasing delays", the first after 30 s;
+    #: the later two are not published, doubling is our assumption
+    callback_retry_delays_s: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [30.0, 60.0, 120.0], min_length=1
+    )
     callback_concurrency: int = Field(default=64, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
         fault_sum = self.reset_rate + self.error_rate_500 + self.error_rate_502
-        if fault_sum + self.error_rate_504 > 1.0:
-            raise ValueError("reset_rate + error_rate_500/502/504 must not exceed 1")
+        if fault_sum + self.error_rate_503 + self.error_rate_504 > 1.0:
+            raise ValueError("reset_rate + error_rate_500/502/503/504 must not exceed 1")
+        unknown = sorted(code for code in self.fail_codes.values() if code not in FAIL_CODES)
+        if unknown:
+            raise ValueError(
+                f"fail_codes: {', '.join(unknown)} is not a documented fail code "
+                "(see docs/simulate.md)"
+            )
+        for route in self.forbidden:
+            name, _, model = route.partition("/")
+            if name not in FORBIDDEN_ROUTES or (model and get_model(model) is None):
+                raise ValueError(
+                    f"forbidden: {route!r} is not submit, status or balance, "
+                    "optionally /<model> (e.g. submit/kling-2-6)"
+                )
         if self.duration_override_s is not None:
             lo, hi = self.duration_override_s
             if not 0.0 <= lo <= hi:
@@ -127,3 +166,15 @@ class SimConfig(BaseModel):
     def scaled(self, seconds: float) -> float:
         """Real seconds for a duration of the simulated service."""
         return seconds * self.time_scale
+
+    def callback_retry_delay(self, retry: int) -> float:
+        """Unscaled seconds before callback retry number ``retry`` (from 1)."""
+        delays = self.callback_retry_delays_s
+        return delays[min(retry, len(delays)) - 1]
+
+    def forbids(self, route: str, model: str | None) -> bool:
+        """Whether this key has no access to ``route`` (for ``model``, if it names one)."""
+        return any(
+            entry == route or (model is not None and entry == f"{route}/{model}")
+            for entry in self.forbidden
+        )

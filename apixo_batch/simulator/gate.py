@@ -19,7 +19,7 @@ from .config import SimConfig
 
 __all__ = ["Fault", "FaultPlan", "RollingWindow", "key_matches", "retry_after_header"]
 
-Fault = Literal["reset", "500", "502", "504"]
+Fault = Literal["reset", "500", "502", "503", "504"]
 
 
 def key_matches(header: str | None, key: str) -> bool:
@@ -73,9 +73,10 @@ class FaultPlan:
         self._files = random.Random(f"{config.seed}:file-faults")
 
     def api_fault(self) -> Fault | None:
-        """reset, 500, 502, 504, or None for a normal answer."""
+        """reset, 500, 502, 503, 504, or None for a normal answer."""
         cfg = self._config
-        if not (cfg.reset_rate or cfg.error_rate_500 or cfg.error_rate_502 or cfg.error_rate_504):
+        rates = (cfg.reset_rate, cfg.error_rate_500, cfg.error_rate_502, cfg.error_rate_503)
+        if not (any(rates) or cfg.error_rate_504):
             return None
         draw = self._api.random()
         table: tuple[tuple[Fault, float], ...] = (
@@ -83,6 +84,8 @@ class FaultPlan:
             ("500", cfg.error_rate_500),
             ("502", cfg.error_rate_502),
             ("504", cfg.error_rate_504),
+            # Drawn last: a config without 503s draws every other fault as it always has.
+            ("503", cfg.error_rate_503),
         )
         for fault, rate in table:
             if draw < rate:

@@ -21,21 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..catalog.failcodes import codes_of, fail_message
 from ..catalog.models import get_model
 from .config import SimConfig
 
-__all__ = ["FAIL_MESSAGES", "SimTask", "TaskBook", "loop_time"]
+__all__ = ["SimTask", "TaskBook", "loop_time"]
 
 Outcome = Literal["success", "failed"]
-
-#: failMsg for each failCode the simulator produces (texts from apixo-docs)
-FAIL_MESSAGES = {
-    "CONTENT_VIOLATION": "Content does not meet safety guidelines",
-    "SensitiveContentDetected": (
-        "The input or output was flagged as sensitive. Please try again with different inputs."
-    ),
-    "INVALID_IMAGE_URL": "Cannot access provided image URL",
-}
 
 
 #: how early a timer may fire and still finish its task (seconds)
@@ -103,7 +95,7 @@ class SimTask:
             data["resultJson"] = json.dumps(result, separators=(",", ":"))
         elif state == "failed":
             data["failCode"] = self.fail_code
-            data["failMsg"] = FAIL_MESSAGES.get(self.fail_code or "", "Generation failed")
+            data["failMsg"] = fail_message(self.fail_code or "")
         data["createTime"] = self.create_ms
         if state in ("success", "failed"):
             complete = self.complete_ms if self.complete_ms is not None else wall_ms(self.ends_at)
@@ -126,6 +118,7 @@ class TaskBook:
         self.running = 0
         self._on_finish = on_finish
         self._rng = random.Random(f"{config.seed}:tasks")
+        self._fail_rng = random.Random(f"{config.seed}:task-fails")
         self._heap: list[tuple[float, int, SimTask]] = []
         self._seq = itertools.count()
         self._anchor: tuple[float, float] | None = None
@@ -150,14 +143,20 @@ class TaskBook:
         return self.config.scaled(self._rng.uniform(clock.typical_min, clock.typical_max))
 
     def _outcome(self, model: str, inp: Mapping[str, Any]) -> tuple[Outcome, str | None]:
-        pattern = self.config.bad_image_pattern
+        # Each model's own page names its codes (kling-2-6 has its own table).
+        cfg = self.config
+        codes = codes_of(model)
+        pattern = cfg.bad_image_pattern
         if pattern and any(pattern in str(url) for url in inp.get("image_urls") or ()):
-            return "failed", "INVALID_IMAGE_URL"
+            return "failed", codes.image
         prompt = str(inp.get("prompt", "")).lower()
-        if any(word and word.lower() in prompt for word in self.config.fail_words):
-            # kling-2-6's page documents its own code for the same thing.
-            code = "SensitiveContentDetected" if model == "kling-2-6" else "CONTENT_VIOLATION"
-            return "failed", code
+        for marker, code in cfg.fail_codes.items():
+            if marker and marker.lower() in prompt:
+                return "failed", code
+        if any(word and word.lower() in prompt for word in cfg.fail_words):
+            return "failed", codes.content
+        if cfg.task_fail_rate and self._fail_rng.random() < cfg.task_fail_rate:
+            return "failed", self._fail_rng.choice(codes.transient)
         return "success", None
 
     def _new_id(self) -> str:

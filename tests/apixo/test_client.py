@@ -382,6 +382,7 @@ async def test_insufficient_credits_body_is_insufficient_balance(
         (404, NotFound, False, False),
         (500, ServerError, False, True),
         (502, ServerError, False, True),
+        (503, ServerError, False, True),
         (504, ServerError, False, True),
     ],
 )
@@ -454,8 +455,51 @@ async def test_rate_limited_with_infinite_retry_after_is_ignored(
 
 
 @pytest.mark.parametrize(
+    ("message", "fatal"),
+    [
+        ("Forbidden: this API key has no access to this route", True),
+        ("API key lacks permission", True),
+        ("Content violates policy", False),
+        ("Prompt flagged as sensitive", False),
+    ],
+)
+async def test_a_403_is_fatal_unless_it_refuses_the_content(
+    client: ApixoClient, mock_api: aioresponses, message: str, fatal: bool
+) -> None:
+    """kling-2-6's page: 403 is "key or route cannot access the model, or content was
+    rejected". No access stops the run; refused content is the job's own failure."""
+    mock_api.post(SUBMIT_URL, status=403, payload={"code": 403, "message": message, "data": None})
+    with pytest.raises(Forbidden) as info:
+        await client.submit(MODEL, T2V_INPUT)
+    assert info.value.fatal is fatal
+    assert info.value.content_rejected is not fatal
+    assert not info.value.retryable
+
+
+@pytest.mark.parametrize("header", ["12", None])
+async def test_a_503_is_retryable_and_keeps_its_retry_after(
+    client: ApixoClient, mock_api: aioresponses, header: str | None
+) -> None:
+    """503 Service Unavailable: a ServerError like 502, retryable; its Retry-After is kept
+    for the backoff (never coming back before it says)."""
+    body = {"code": 503, "message": "Service temporarily unavailable", "data": None}
+    headers = {"Retry-After": header} if header else None
+    mock_api.post(SUBMIT_URL, status=503, payload=body, headers=headers)
+    with pytest.raises(ServerError) as info:
+        await client.submit(MODEL, T2V_INPUT)
+    assert info.value.status == 503 and info.value.retryable and not info.value.fatal
+    assert info.value.retry_after == (12.0 if header else None)
+
+
+@pytest.mark.parametrize(
     ("status", "leaf"),
-    [(502, ServerError), (504, ServerError), (403, Forbidden), (401, AuthError)],
+    [
+        (502, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+        (403, Forbidden),
+        (401, AuthError),
+    ],
 )
 async def test_html_error_page_maps_by_http_status(
     client: ApixoClient, mock_api: aioresponses, status: int, leaf: type[ApiError]

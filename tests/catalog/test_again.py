@@ -10,7 +10,7 @@ def test_refused_input_codes_are_the_documented_ones() -> None:
     for code in ("CONTENT_VIOLATION", "INVALID_IMAGE_URL", "SensitiveContentDetected", "NSFW",
                  "ImageFormatIncorrect", "INPUT_REJECTED"):  # fmt: skip
         assert input_refused(code), code
-    for code in ("Timeout", "RateLimited", "UNKNOWN", None, "HTTP_500"):
+    for code in ("Timeout", "RateLimited", "PROCESSING_TIMEOUT", "UNKNOWN", None, "HTTP_500"):
         assert not input_refused(code), code
 
 

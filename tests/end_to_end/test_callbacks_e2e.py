@@ -128,7 +128,7 @@ async def test_restart_while_callbacks_due_recovers_every_result(simulator, tmp_
         time_scale=0.01,
         duration_override_s=(0.5, 0.8),
         callback_retries=1,
-        callback_retry_base_s=1.0,
+        callback_retry_delays_s=[1.0],
     )
     port = free_port()
     job_file = write_campaign(tmp_path, simple_jobs(12))

@@ -107,7 +107,7 @@ async def test_retry_failed_skips_unchanged_refused_inputs_and_advises_the_edit(
     assert sim.stats()["submits_accepted"] == 3  # nothing paid again
     told = [line for line in again.stderr.splitlines() if "not submitted again" in line]
     assert len(told) == 1
-    assert "SensitiveContentDetected" in told[0] and "INVALID_IMAGE_URL" in told[0]
+    assert "SensitiveContentDetected" in told[0] and "ImageFormatIncorrect" in told[0]
     # The prompt fixed: a plain run says how to send it (not "give the job a new id").
     jobs[0] = _job("flagged", "a gentle scene")
     write_campaign(tmp_path, jobs)
@@ -122,22 +122,33 @@ async def test_retry_failed_skips_unchanged_refused_inputs_and_advises_the_edit(
 
 
 async def test_retry_failed_with_a_fail_code_sends_only_those(simulator, tmp_path: Path) -> None:
-    """--retry-failed --fail-code INVALID_IMAGE_URL: that job alone is sent again (the code
-    named, even with the same input); the content refusal is left alone."""
-    sim = await simulator(time_scale=0.01)
-    jobs = [_job("flagged", "nsfw thing"), _i2v("badimg", "https://example.com/unreachable.jpg")]
+    """--retry-failed --fail-code Timeout: the provider's timeout alone is sent again;
+    naming a refused input's code sends it again as it is; the content refusal stays."""
+    sim = await simulator(time_scale=0.01, fail_codes={"flaky": "Timeout"})
+    jobs = [
+        _job("flagged", "nsfw thing"),
+        _job("slow", "a flaky scene"),
+        _i2v("badimg", "https://example.com/unreachable.jpg"),
+    ]
     job_file = write_campaign(tmp_path, jobs)
-    await run_cli(sim, "run", str(job_file), *FAST)
-    assert sim.stats()["submits_accepted"] == 2
-    nope = await run_cli(sim, "run", str(job_file), *FAST, "--fail-code", "INVALID_IMAGE_URL")
+    first = await run_cli(sim, "run", str(job_file), *FAST)
+    assert {e["fail_code"] for e in read_manifest(tmp_path / "out")} == {
+        "SensitiveContentDetected", "Timeout", "ImageFormatIncorrect",
+    }  # fmt: skip
+    assert first.code == 1 and sim.stats()["submits_accepted"] == 3
+    nope = await run_cli(sim, "run", str(job_file), *FAST, "--fail-code", "Timeout")
     assert nope.code == 2 and "give --retry-failed too" in nope.stderr
-    res = await run_cli(
-        sim, "run", str(job_file), *FAST, "--retry-failed", "--fail-code", "INVALID_IMAGE_URL"
+    timeout = await run_cli(
+        sim, "run", str(job_file), *FAST, "--retry-failed", "--fail-code", "Timeout"
     )
-    assert sim.stats()["submits_accepted"] == 3
+    assert timeout.summary["submitted"] == 1
     assert sim.submits_for("kling-2-6", jobs[1]["input"]) == 2
+    image = await run_cli(
+        sim, "run", str(job_file), *FAST, "--retry-failed", "--fail-code", "ImageFormatIncorrect"
+    )
+    assert image.summary["submitted"] == 1
+    assert sim.submits_for("kling-2-6", jobs[2]["input"]) == 2
     assert sim.submits_for("kling-2-6", jobs[0]["input"]) == 1
-    assert res.summary["submitted"] == 1
 
 
 async def test_expired_jobs_are_said_and_retried_with_retry_expired(

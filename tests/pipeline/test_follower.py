@@ -14,7 +14,7 @@ from stagefakes import FakeApi, Recorder, drive, memory_ledger, new_job, row, su
 from apixo_batch.apixo.client import TaskStatus
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
-from apixo_batch.errors import AuthError
+from apixo_batch.errors import AuthError, Forbidden
 from apixo_batch.journal import JobRow, JobState, Ledger
 from apixo_batch.pipeline.admission import Permit
 from apixo_batch.pipeline.follower import EARLY_CALLBACK_WAIT_S, Follower
@@ -175,6 +175,36 @@ async def test_a_failed_task_is_journaled_failed_and_frees_its_slot() -> None:
     assert [f.id for f in fetches] == ["job-1"]
     assert [e.job_id for e in events.of("failed")] == ["job-0"]
     assert slots.in_flight == 0
+
+
+async def test_a_403_to_a_poll_names_the_status_route() -> None:
+    """A 403 to a poll: a KEY_REFUSED stop whose reason names the status route of the model."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    refusal = Forbidden(403, "API key lacks permission", endpoint="status")
+    api = FakeApi(clock, duration=10_000.0, status_faults=[refusal])
+    slots = ConcurrencyLimit(5)
+    follower, stops, _ = _follower(api, ledger, clock, slots)
+    await _follow(follower, clock, [await _handed(slots, await _task(api, ledger, "job-0"), clock)])
+    [stop] = stops.all
+    assert stop.kind is StopKind.KEY_REFUSED
+    assert stop.reason == (
+        "the API refused a poll: this key has no access to GET /statusTask/kling-2-6 "
+        "(APIXO 403 (status): API key lacks permission)"
+    )
+
+
+async def test_a_failed_event_says_what_its_documented_code_means() -> None:
+    """The failed event carries the fail code's class from the catalog (NSFW: content);
+    a code no page documents gets none."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0, prompt="forbidden fox")])
+    api = FakeApi(clock)
+    slots = ConcurrencyLimit(5)
+    follower, _, events = _follower(api, ledger, clock, slots)
+    await _follow(follower, clock, [await _handed(slots, await _task(api, ledger, "job-0"), clock)])
+    [failed] = events.of("failed")
+    assert failed.data["fail_code"] == "NSFW" and failed.data["fail_class"] == "content"
 
 
 async def test_a_task_past_max_wait_is_left_pending_with_its_slot_stranded() -> None:

@@ -17,6 +17,7 @@ from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import (
     AuthError,
+    Forbidden,
     InvalidRequest,
     JournalError,
     ServerError,
@@ -111,6 +112,21 @@ async def test_a_500_is_retried_without_doubt() -> None:
     assert len(got) == 1 and not row(ledger, "job-0").possibly_duplicated
 
 
+async def test_a_503_is_retried_without_doubt_and_not_before_its_retry_after() -> None:
+    """A 503 (temporarily unavailable) created nothing: retried like a 502 but never
+    flagged as possibly paid twice, and not sooner than its Retry-After."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock, submit_faults=[ServerError(503, "busy", retry_after=40.0)])
+    started = clock.monotonic()
+    _, got, events, _ = await _run(api, ledger, clock, 1)
+    assert len(got) == 1 and api.submits == 2
+    assert not row(ledger, "job-0").possibly_duplicated
+    [retried] = events.of("retried")
+    assert retried.data["call"] == "submit"
+    assert clock.monotonic() - started >= 40.0
+
+
 async def test_a_submit_that_keeps_failing_gives_up_and_frees_its_slot() -> None:
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(0)])
@@ -154,6 +170,37 @@ async def test_a_fatal_answer_stops_submits_and_hands_every_unsent_job_back() ->
     for r in queued_rows(ledger):
         assert not r.possibly_duplicated
     assert slots.in_flight == len(got)
+
+
+async def test_a_403_names_the_route_the_key_has_no_access_to() -> None:
+    """A 403 to a submit: the one stop line says which route this key cannot use."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    refusal = Forbidden(403, "Forbidden: API key lacks permission", endpoint="submit")
+    api = FakeApi(clock, submit_latency=1.0, submit_faults=[refusal])
+    told = Recorder()
+    stops = Stops(told.emitter(clock))
+    await _run(api, ledger, clock, 3, stops)
+    assert [s.kind for s in stops.all] == [StopKind.FATAL]
+    [stopped] = told.of("stopped")
+    reason = stopped.data["reason"]
+    assert reason.startswith(
+        "the API refused a submit: this key has no access to POST /generateTask/kling-2-6 "
+    )
+    assert "APIXO 403 (submit): Forbidden: API key lacks permission" in reason
+    assert "\n" not in reason
+
+
+async def test_a_403_refusing_the_content_fails_that_job_only() -> None:
+    """A 403 whose message refuses the content is the job's own: it fails, submits go on."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(2)])
+    api = FakeApi(clock, submit_faults=[Forbidden(403, "Content violates policy")])
+    stops = Stops()
+    _, got, _, _ = await _run(api, ledger, clock, 2, stops)
+    assert stops.all == []
+    assert [s.row.id for s in got] == ["job-1"]
+    assert row(ledger, "job-0").fail_code == "HTTP_403"
 
 
 async def test_a_stop_before_the_request_leaves_sends_nothing() -> None:

@@ -14,7 +14,9 @@ from simfixture import SIM_KEY, SimulatorFactory, api_call, simulator_fixture  #
 
 from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.apixo.secret import ApiKey
+from apixo_batch.catalog.failcodes import FAIL_CODES, MODEL_FAIL_CODES
 from apixo_batch.errors import AuthError, InsufficientBalance, InvalidRequest, NotFound
+from apixo_batch.simulator.config import SimConfig
 
 #: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
 #: pass in no real time
@@ -150,22 +152,117 @@ async def test_fail_word_ends_failed_with_documented_code(
     assert data["failMsg"] == expected_msg
 
 
-async def test_unreachable_image_fails_with_invalid_image_url(
+@pytest.mark.parametrize(
+    ("model", "inp", "fail_code", "fail_msg"),
+    [
+        (
+            "kling-2-5-turbo-pro",
+            {"mode": "image-to-video", "prompt": "animate", "duration": 5},
+            "INVALID_IMAGE_URL",
+            "Cannot access provided image URL",
+        ),
+        (
+            "kling-2-6",
+            {"mode": "image-to-video", "prompt": "animate", "duration": 5, "sound": False},
+            "ImageFormatIncorrect",
+            "A reference image could not be processed",
+        ),
+    ],
+)
+async def test_unreachable_image_fails_with_the_models_documented_code(
+    simulator: SimulatorFactory,
+    http: aiohttp.ClientSession,
+    model: str,
+    inp: dict[str, Any],
+    fail_code: str,
+    fail_msg: str,
+) -> None:
+    """An image URL matching the bad pattern ends failed with its model page's code:
+    kling-2-6's page lists ImageFormatIncorrect, the others INVALID_IMAGE_URL."""
+    sim = await simulator(duration_override_s=SLOW)
+    inp = {**inp, "image_urls": ["https://example.com/unreachable/start.jpg"]}
+    _, sub, _ = await submit(http, sim.base_url, model, inp)
+    sim.finish_now(sub["data"]["taskId"])
+    _, body, _ = await status(http, sim.base_url, model, sub["data"]["taskId"])
+    assert body["data"]["failCode"] == fail_code
+    assert body["data"]["failMsg"] == fail_msg
+
+
+@pytest.mark.parametrize("code", MODEL_FAIL_CODES["kling-2-6"].listed)
+async def test_every_documented_kling_2_6_code_can_be_played(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession, code: str
+) -> None:
+    """fail_codes maps a prompt marker to any code of kling-2-6's page, with its message."""
+    sim = await simulator(duration_override_s=SLOW, fail_codes={"[fail-here]": code})
+    inp = {**T2V["kling-2-6"], "prompt": "a lake [FAIL-HERE]"}
+    _, sub, _ = await submit(http, sim.base_url, "kling-2-6", inp)
+    sim.finish_now(sub["data"]["taskId"])
+    _, body, _ = await status(http, sim.base_url, "kling-2-6", sub["data"]["taskId"])
+    assert (body["data"]["state"], body["data"]["failCode"]) == ("failed", code)
+    assert body["data"]["failMsg"] == FAIL_CODES[code].message
+
+
+async def test_task_fail_rate_draws_the_models_transient_codes(
     simulator: SimulatorFactory, http: aiohttp.ClientSession
 ) -> None:
-    """An image URL matching the bad pattern ends failed with INVALID_IMAGE_URL."""
-    sim = await simulator(duration_override_s=SLOW)
-    inp = {
-        "mode": "image-to-video",
-        "prompt": "animate",
-        "duration": 5,
-        "image_urls": ["https://example.com/unreachable/start.jpg"],
-    }
-    _, sub, _ = await submit(http, sim.base_url, "kling-2-5-turbo-pro", inp)
-    sim.finish_now(sub["data"]["taskId"])
-    _, body, _ = await status(http, sim.base_url, "kling-2-5-turbo-pro", sub["data"]["taskId"])
-    assert body["data"]["failCode"] == "INVALID_IMAGE_URL"
-    assert body["data"]["failMsg"] == "Cannot access provided image URL"
+    """task_fail_rate fails tasks with their page's transient codes (kling-2-6: RateLimited,
+    Timeout; the others: the general page's PROCESSING_TIMEOUT), seeded."""
+    sim = await simulator(duration_override_s=SLOW, task_fail_rate=0.5, seed=4)
+    codes: dict[str, set[str | None]] = {"kling-2-6": set(), "wan-2-5": set()}
+    for model, seen in codes.items():
+        for _ in range(40):
+            _, sub, _ = await submit(http, sim.base_url, model, T2V[model])
+            task = sim.finish_now(sub["data"]["taskId"])
+            seen.add(task.fail_code)
+    assert codes["kling-2-6"] == {None, "RateLimited", "Timeout"}
+    assert codes["wan-2-5"] == {None, "PROCESSING_TIMEOUT"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "bad"),
+    [
+        ({"fail_codes": {"x": "NOT_A_CODE"}}, "NOT_A_CODE"),
+        ({"forbidden": ["download"]}, "download"),
+        ({"forbidden": ["submit/sora-9"]}, "submit/sora-9"),
+    ],
+)
+def test_fail_codes_and_forbidden_routes_are_checked(settings: dict[str, Any], bad: str) -> None:
+    with pytest.raises(ValueError, match=bad):
+        SimConfig(**settings)
+
+
+async def test_forbidden_routes_answer_403_before_the_rate_limit(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """A route the key has no access to answers 403 in the envelope, counts nothing against
+    the rate limit, creates nothing; the same route for another model and the other routes
+    still answer."""
+    sim = await simulator(forbidden=["submit/kling-2-6", "balance"], rpm_limit=3)
+    for _ in range(5):
+        code, body, _ = await submit(http, sim.base_url, "kling-2-6", T2V["kling-2-6"])
+        assert code == 403 and body["code"] == 403 and body["data"] is None
+        assert body["message"] == "API key lacks permission for this route"
+    code, _, _ = await api_call(http, "GET", f"{sim.base_url}/apikeys/current-balance")
+    assert code == 403
+    assert sim.tasks == {}
+    code, sub, _ = await submit(http, sim.base_url, "wan-2-5", T2V["wan-2-5"])
+    assert code == 200
+    assert (await status(http, sim.base_url, "wan-2-5", sub["data"]["taskId"]))[0] == 200
+    assert sim.stats()["faults"] == {"403": 6}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/v2/generateTask/kling-2-6"), ("POST", "/api/nothing"), ("GET", "/api")],
+)
+async def test_unknown_api_paths_answer_the_json_envelope(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    """Any /api/... path no route knows answers 404 as JSON {code, message, data}."""
+    sim = await simulator()
+    code, body, headers = await api_call(http, method, sim.url + path)
+    assert (code, body) == (404, {"code": 404, "message": "Not Found", "data": None})
+    assert headers["Content-Type"].startswith("application/json")
 
 
 async def test_task_moves_through_states_on_its_own(

@@ -159,12 +159,45 @@ async def test_gives_up_after_retries_with_growing_delays(
     await sim.drain_callbacks()
     assert len(rec.bodies) == 4
     gaps = [b - a for a, b in zip(rec.times, rec.times[1:], strict=False)]
-    # Scheduled waits are 5, 15, 45 APIXO seconds x 0.01: 0.05, 0.15, 0.45 s.
-    assert gaps[0] >= 0.05 and gaps[1] >= 0.15 and gaps[2] >= 0.45
+    # The webhooks page's first retry comes after 30 s, then 60 and 120 (x 0.01 here).
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6 and gaps[2] >= 1.2
     assert gaps[0] < gaps[1] < gaps[2]
     stats = sim.stats()
     assert (stats["callbacks_attempted"], stats["callbacks_failed"]) == (4, 1)
     assert stats["callbacks_delivered"] == 0
+
+
+@pytest.mark.parametrize("answer", [201, 202, 204, 299])
+async def test_only_http_200_counts_as_delivered(
+    simulator: SimulatorFactory, receiver: Any, http: aiohttp.ClientSession, answer: int
+) -> None:
+    """The webhooks page asks for HTTP 200: any other 2xx is a failed delivery, retried."""
+    sim = await simulator(time_scale=0.01, duration_override_s=(30.0, 30.0))
+    rec = await receiver(script=[answer, 200])
+    sim.finish_now(await submit_callback(http, sim, rec.url))
+    await sim.drain_callbacks()
+    assert len(rec.bodies) == 2
+    assert rec.times[1] - rec.times[0] >= 0.3  # the first retry: 30 s x 0.01
+    stats = sim.stats()
+    assert (stats["callbacks_attempted"], stats["callbacks_delivered"]) == (2, 1)
+
+
+async def test_retry_delays_are_a_setting_and_the_last_one_repeats(
+    simulator: SimulatorFactory, receiver: Any, http: aiohttp.ClientSession
+) -> None:
+    """callback_retry_delays_s gives each retry's wait; retries past its end reuse the last."""
+    sim = await simulator(
+        time_scale=0.01,
+        duration_override_s=(30.0, 30.0),
+        callback_retries=3,
+        callback_retry_delays_s=[10.0, 500.0],
+    )
+    rec = await receiver(script=[500])
+    sim.finish_now(await submit_callback(http, sim, rec.url))
+    await sim.drain_callbacks()
+    gaps = [round(b - a, 2) for a, b in zip(rec.times, rec.times[1:], strict=False)]
+    assert len(gaps) == 3
+    assert 0.1 <= gaps[0] < 0.2 and gaps[1] >= 5.0 and gaps[2] >= 5.0
 
 
 async def test_slow_receiver_times_out_and_is_retried(

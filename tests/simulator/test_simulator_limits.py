@@ -125,7 +125,7 @@ async def test_concurrency_frees_when_time_passes(
     assert sim.stats()["max_concurrent_tasks"] == 3
 
 
-@pytest.mark.parametrize("code", [500, 502, 504])
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
 async def test_server_error_faults_answer_in_error_shape_and_create_nothing(
     simulator: SimulatorFactory, http: aiohttp.ClientSession, code: int
 ) -> None:
@@ -246,3 +246,36 @@ async def test_knobs_can_change_on_a_running_simulator(
     assert sim.stats()["spent"] == pytest.approx(0.30)
     with pytest.raises(ValueError):
         sim.config.reset_rate = 2.0
+
+
+async def test_503_windows_answer_every_api_request_then_end(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """During an ``unavailable`` window every API request answers 503 and creates nothing;
+    before and after it, the service answers as usual."""
+    sim = await simulator(unavailable=[(10.0, 5.0)])
+    assert (await balance(http, sim))[0] == 200
+    await asyncio.sleep(11.0)
+    answer = await submit(http, sim)
+    assert answer[0] == 503
+    assert answer[1] == {"code": 503, "message": "Service temporarily unavailable", "data": None}
+    assert (await balance(http, sim))[0] == 503
+    assert sim.tasks == {}
+    await asyncio.sleep(5.0)
+    assert (await submit(http, sim))[0] == 200
+    assert sim.stats()["faults"] == {"503": 2}
+
+
+async def test_503_draws_leave_the_other_faults_draws_as_they_were(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """Adding error_rate_503 turns only some normal answers into 503s: a seeded drill of
+    500s and 502s keeps its sequence."""
+
+    async def sequence(**knobs: Any) -> list[int]:
+        sim = await simulator(seed=7, error_rate_500=0.2, error_rate_502=0.1, **knobs)
+        return [(await balance(http, sim))[0] for _ in range(200)]
+
+    plain, with_503 = await sequence(), await sequence(error_rate_503=0.3)
+    assert 503 in with_503
+    assert all(b == a or (a == 200 and b == 503) for a, b in zip(plain, with_503, strict=True))
