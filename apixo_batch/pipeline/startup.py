@@ -93,8 +93,11 @@ async def start_up(
     await start_informed(ledger, bucket, completions, account)
     in_flight = await ledger.in_flight()
     selection = options.selection
-    if selection.filtered:
-        # Outside the selection: left as it is, followed by a later run or `download`.
+    if selection.filtered and not run_mode:
+        # `download --only`: the other tasks are left for a later download. A run follows
+        # every task in flight whatever it selects: each holds one of the account's slots
+        # that its submits would otherwise count as free, and paid work is seen to its end
+        # (invariant 4), as its results are fetched.
         in_flight = [r for r in in_flight if selection.picks(r.id, r.model)]
     if selection.narrowed and run_mode:
         queued_cost, unknown, queued, runs = await _selected_queue(ledger, options, completions)

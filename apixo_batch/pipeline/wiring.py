@@ -113,7 +113,8 @@ class Stages:
             workers=o.download_concurrency,
             patience=o.patience,
             stops=parts.stops,
-            selection=o.selection,
+            # `download --only` fetches what it picks; a run finishes every paid result.
+            selection=o.selection if o.mode == "download" else None,
         )
         self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
 

@@ -2,8 +2,10 @@
 and which ended jobs ``run`` sends again (:class:`Again`: ``--retry-failed``,
 ``--fail-code``, ``--retry-expired``, ``--reroll``). Values only; no I/O.
 
-A job outside the selection is left as it is: not submitted, not followed, not
-fetched, not counted against the run's exit code. ``--limit N`` is applied where
+A job outside the selection is not submitted and not counted against the run's exit
+code; what is already paid for (a task in flight, a result to fetch) is still finished
+by ``run`` (a task in flight holds one of the account's slots), while ``download``
+follows and fetches only the jobs it picks. ``--limit N`` is applied where
 jobs start (the first N that ``run`` would submit, in its start order); ``--only``
 and ``--model`` wherever jobs are read.
 """
