@@ -15,7 +15,9 @@ of the class they match.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -44,6 +46,8 @@ __all__ = [
     "Throttled",
     "Warned",
 ]
+
+log = logging.getLogger("apixo_batch")
 
 EventKind = Literal[
     "started",  # the run began: counts of what is to do
@@ -333,17 +337,44 @@ EventSink = Callable[[Event], None]
 
 
 class Emitter:
-    """What the stages of a run call to tell: stamps each event with the run's clock."""
+    """What the stages of a run call to tell: stamps each event with the run's clock.
 
-    __slots__ = ("_clock", "_sink")
+    The sink is someone else's code (an embedder's ``on_event``, the command line's
+    printer), called from inside a stage: an exception it raises must not end the
+    stage, or a paid task would be left unfollowed for a bug in a progress bar. The
+    first one is told once (a ``warning`` event through the same sink, and the
+    ``apixo_batch`` logger with its traceback); later ones are only counted."""
+
+    __slots__ = ("_clock", "_sink", "sink_errors")
 
     def __init__(self, sink: EventSink | None, clock: Clock) -> None:
         self._sink = sink
         self._clock = clock
+        #: exceptions the sink raised (and that the run went on past)
+        self.sink_errors = 0
 
     def __call__(self, event: Event) -> None:
-        if self._sink is not None:
-            self._sink(dataclasses.replace(event, at=self._clock.wall()))
+        if self._sink is None:
+            return
+        stamped = dataclasses.replace(event, at=self._clock.wall())
+        try:
+            self._sink(stamped)
+        except Exception as exc:
+            self._sink_failed(stamped, exc)
+
+    def _sink_failed(self, event: Event, exc: Exception) -> None:
+        self.sink_errors += 1
+        if self.sink_errors > 1:
+            return
+        message = (
+            f"the on_event callback raised {type(exc).__name__}: {exc} on a {event.kind!r} "
+            "event; the run goes on without it for that event (its later errors are not told)"
+        )
+        log.warning("%s", message, exc_info=exc)
+        assert self._sink is not None
+        # The sink may fail on every event, this one included: the log has told it then.
+        with contextlib.suppress(Exception):
+            self._sink(Warned(message=message, at=self._clock.wall()))
 
 
 class QueueSink:

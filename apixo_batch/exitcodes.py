@@ -24,5 +24,5 @@ class ExitCode(enum.IntEnum):
     IO_ERROR = 74
     #: the API or the file host stayed unreachable past the run's patience (EX_TEMPFAIL)
     TEMP_FAIL = 75
-    #: interrupted (SIGINT/SIGTERM); resumable the same way
+    #: interrupted (SIGINT/SIGTERM, or SIGHUP: the terminal hung up); resumable the same way
     INTERRUPTED = 130

@@ -374,3 +374,30 @@ async def test_run_campaign_limit_submits_the_first_jobs(simulator, tmp_path: Pa
     assert result.exit_code == 0
     assert result.counts == {"done": 2, "failed": 0, "expired": 0, "pending": 3}
     assert [t.input["prompt"] for t in sim.tasks.values()] == ["scene number 0", "scene number 1"]
+
+
+async def test_an_on_event_callback_that_raises_does_not_abort_the_run(
+    simulator, tmp_path: Path
+) -> None:
+    """An embedder's callback that raises on every ``downloaded`` event: the run still ends
+    exit 0 with every file, the error is told once as a warning, and the events after it
+    (the summary included) still reach the callback."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(4))
+    seen: list[Event] = []
+
+    def dashboard(event: Event) -> None:
+        seen.append(event)
+        if event.kind == "downloaded":
+            raise ValueError(f"dashboard has no card for {event.job_id}")
+
+    result = await run_campaign(job_file, opts(sim), api_key=SIM_KEY, on_event=dashboard)
+    assert result.exit_code == 0
+    assert result.counts == {"done": 4, "failed": 0, "expired": 0, "pending": 0}
+    assert [e.kind for e in seen].count("downloaded") == 4
+    told = [e for e in seen if e.kind == "warning" and "on_event callback" in e.data["message"]]
+    assert len(told) == 1 and "ValueError: dashboard has no card" in told[0].data["message"]
+    assert seen[-1].kind == "summary" and seen[-1].data["exit_code"] == 0
+    for entry in read_manifest(tmp_path / "out"):
+        assert_byte_exact(sim, tmp_path / "out", entry)
+    assert sim.stats()["duplicate_submits"] == 0

@@ -205,6 +205,51 @@ def test_the_emitter_stamps_each_event_with_the_runs_clock() -> None:
     Emitter(None, clock)(built)  # no sink: nothing to tell, nothing raised
 
 
+def test_a_sink_that_raises_is_told_once_and_gets_the_later_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An embedder's on_event that raises does not reach the stage that emitted: the first
+    error is one ``warning`` event (through the same sink) and one log record with its
+    traceback; later errors are counted only, and every event is still offered."""
+    clock = FakeClock(wall_start=1_800_000_000.0)
+    seen: list[Event] = []
+
+    def fragile(event: Event) -> None:
+        seen.append(event)
+        if event.kind == "submitted":
+            raise KeyError("no row for this job")
+
+    emit = Emitter(fragile, clock)
+    with caplog.at_level("WARNING", logger="apixo_batch"):
+        for i in range(3):
+            emit(Submitted(f"j{i}", task_id=f"t{i}", model="m"))
+        emit(Warned(message="after"))
+    assert [e.kind for e in seen] == ["submitted", "warning", "submitted", "submitted", "warning"]
+    told = seen[1]
+    assert isinstance(told, Warned) and told.at == 1_800_000_000.0
+    assert told.message.startswith("the on_event callback raised KeyError")
+    assert "'submitted' event" in told.message and "the run goes on" in told.message
+    assert emit.sink_errors == 3
+    [record] = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+def test_a_sink_that_fails_on_everything_is_logged_and_never_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its own warning fails too: the log has told it, and the stage still goes on."""
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("dashboard down")
+
+    emit = Emitter(broken, FakeClock())
+    with caplog.at_level("WARNING", logger="apixo_batch"):
+        emit(Submitted("j", task_id="t", model="m"))
+        emit(Submitted("k", task_id="u", model="m"))
+    assert emit.sink_errors == 2
+    assert ["dashboard down" in r.getMessage() for r in caplog.records] == [True]
+
+
 def test_the_summary_of_a_run_result_is_its_json_line() -> None:
     """Figures rounded as the JSON shows them, five job ids per failure code with the
     counts beside, paths as strings; summary_dict is the same line without event and at."""

@@ -32,6 +32,7 @@ from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
 from .select import flat, selection_of, unmatched_only
+from .terminal import note_when_stdout_closes, stop_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -322,6 +323,11 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics)
+    note_when_stdout_closes(
+        "stdout was closed (its reader went away): the run goes on, and every event still "
+        "reaches the journal, the files and the manifest (`apixo-batch status` tells where "
+        "it stands)"
+    )
     try:
         if args.command == "download":
             _warn_expiring(engine.state_path, args.time_scale)
@@ -379,7 +385,9 @@ def _engine(
 
 async def _drive(engine: Engine, view: View | None = None) -> RunResult:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    # SIGHUP too: an SSH session that drops must leave what SIGTERM leaves (answers on the
+    # wire journaled, the manifest written), not a run killed mid-submit.
+    signals = (signal.SIGINT, *stop_signals())
     # remove_signal_handler leaves SIG_DFL behind (SIGTERM would then kill the process
     # while the summary is printed): what was there before is put back instead.
     previous = {sig: signal.getsignal(sig) for sig in signals}

@@ -283,6 +283,12 @@ def _resume_lines(resume: Resume | None) -> list[str]:
             f"  --budget {_usd(r.budget)}: {r.fit_budget:,} of the {r.to_submit:,} jobs fit"
             f" ({_usd(r.fit_budget_usd or 0.0)}; {_usd(r.spent_usd)} spent before)"
         )
+        if r.unfit_budget:
+            more = r.unfit_budget - len(r.unfit_budget_ids)
+            named = ", ".join(r.unfit_budget_ids) + (f" and {more:,} more" if more else "")
+            lines.append(
+                f"    {r.unfit_budget:,} do not fit what is left and stay pending: {named}"
+            )
     return lines
 
 

@@ -2,13 +2,15 @@
 
 Meters compose, aiometer-style: each job passes every meter in turn, and a
 meter may let it through, skip it, or end admission (what earlier meters
-granted it is then given back). The budget meter holds the estimated spend;
-the slot meter, always last, holds the concurrency permit, which
+granted it is then given back). The budget meter holds the estimated spend: a
+job that does not fit what is left of it is skipped and the next ones are still
+weighed. The slot meter, always last, holds the concurrency permit, which
 travels with the job through the submitter to the follower, who releases it
 when the task ends (or strands it when the task is left running past
-``--max-wait``). Admission ends when its rows run out, when a meter ends it,
-or when the run stops (the slots close and the wait for one ends); closing its
-stream ends the submitter.
+``--max-wait``). Admission ends when its rows run out (then each meter may tell
+why the jobs it skipped stay queued), when a meter ends it, or when the run
+stops (the slots close and the wait for one ends); closing its stream ends the
+submitter.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ __all__ = [
 
 #: queued jobs read from the journal per page
 ADMIT_PAGE = 500
+#: ids of jobs that did not fit the budget named in its stop (the rest are counted)
+SHOWN_UNFIT = 5
 
 
 def queued_in_start_order(
@@ -138,9 +142,18 @@ class Meter(Protocol):
         """Give back what :meth:`admit` granted ``row``: a later meter refused it."""
         ...
 
+    def finished(self) -> Stop | None:
+        """Every row has been weighed: why some stay queued (None: nothing to tell)."""
+        ...
+
 
 class BudgetMeter:
-    """``--budget``: admit nothing that would take the estimated spend past the cap.
+    """``--budget``: admit every job that fits what is left of the cap, skip the others.
+
+    Jobs come in start order; a job fits when the estimated spend plus its price stays
+    within the cap. One that does not fit is skipped (it stays queued) and the jobs after
+    it are still weighed: a $1.20 job first in line must not keep three $0.30 jobs out of
+    a $1.00 budget. Once the rows run out, :meth:`finished` names what did not fit.
 
     Spend counts every task the journal knows as paid, plus what was admitted in
     this run (a submit handed back is still counted: the estimate stays on the
@@ -151,6 +164,9 @@ class BudgetMeter:
         self.committed = spent
         self._emit = emit
         self._unknown = 0
+        #: jobs skipped because they did not fit: how many, and the first few ids
+        self.unfit = 0
+        self.unfit_ids: list[str] = []
 
     async def admit(self, row: JobRow) -> Verdict:
         if self.budget is None:
@@ -166,18 +182,29 @@ class BudgetMeter:
                 )
             return SKIP
         if self.committed + row.cost_usd > self.budget + 1e-9:
-            # Only admission stops: submits already admitted fit the budget.
-            reason = (
-                f"--budget ${self.budget:.2f} reached (estimated spend "
-                f"${self.committed:.2f}); the remaining jobs stay pending"
-            )
-            return Verdict("end", Stop(StopKind.BUDGET, reason))
+            self.unfit += 1
+            if len(self.unfit_ids) < SHOWN_UNFIT:
+                self.unfit_ids.append(f"{row.id} (${row.cost_usd:.2f})")
+            return SKIP
         self.committed += row.cost_usd
         return ADMIT
 
     def undo(self, row: JobRow) -> None:
         if self.budget is not None and row.cost_usd is not None:
             self.committed -= row.cost_usd
+
+    def finished(self) -> Stop | None:
+        """Every queued job weighed: the budget stop naming the jobs that did not fit."""
+        if self.budget is None or not self.unfit:
+            return None
+        more = self.unfit - len(self.unfit_ids)
+        named = ", ".join(self.unfit_ids) + (f" and {more:,} more" if more else "")
+        # Only admission stops: submits already admitted fit the budget.
+        reason = (
+            f"--budget ${self.budget:.2f} reached (estimated spend ${self.committed:.2f}); "
+            f"the remaining jobs stay pending: {self.unfit:,} did not fit: {named}"
+        )
+        return Stop(StopKind.BUDGET, reason)
 
 
 class LimitMeter:
@@ -200,6 +227,9 @@ class LimitMeter:
         if self.limit is not None:
             self.admitted -= 1
 
+    def finished(self) -> Stop | None:
+        return None  # the jobs past the limit wait for the next run: nothing went wrong
+
 
 class SlotMeter:
     """A concurrency slot per job: waits for one; ends admission once none can come."""
@@ -219,6 +249,9 @@ class SlotMeter:
 
     def undo(self, row: JobRow) -> None:
         self.slots.release()
+
+    def finished(self) -> Stop | None:
+        return None
 
     def permit(self) -> Permit:
         """The slot just granted, as the permit that travels with the job."""
@@ -252,6 +285,11 @@ class Admission:
                 async for row in self._rows:
                     if not await self._admit(row, out):
                         return
+                # Rows run out: a meter that skipped jobs tells why they stay queued.
+                for meter in self._meters:
+                    stop = meter.finished()
+                    if stop is not None:
+                        self._stops.request(stop)
             finally:
                 aclose = getattr(self._rows, "aclose", None)
                 if aclose is not None:

@@ -23,6 +23,9 @@ from .selection import Again
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
+#: ids of jobs that do not fit the budget named (the rest are counted)
+SHOWN_UNFIT = 5
+
 #: journal states whose task was (or may have been) paid for
 _PAID = frozenset({"submitting", "submitted", "succeeded", "done", "expired"})
 
@@ -75,6 +78,9 @@ class Resume:
     #: jobs of ``to_submit`` that fit the budget, in the start order (None: no budget)
     fit_budget: int | None = None
     fit_budget_usd: float | None = None
+    #: priced jobs of ``to_submit`` that do not fit it, and the first few of their ids
+    unfit_budget: int = 0
+    unfit_budget_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +107,8 @@ class Resume:
                 "usd": self.budget,
                 "fit_jobs": self.fit_budget,
                 "fit_usd": None if self.fit_budget_usd is None else round(self.fit_budget_usd, 4),
+                "unfit_jobs": self.unfit_budget,
+                "unfit_ids": list(self.unfit_budget_ids),
             },
         }
 
@@ -132,7 +140,7 @@ def resume_figures(
         for row in rows:
             if row.in_file:
                 assert row.kind is not None
-                file_jobs.append((row.id, row, row.input_hash, row.cost_usd, row.kind))
+                file_jobs.append((row, row.id, row.input_hash, row.cost_usd, row.kind))
             else:
                 known[row.id] = row
         figures = _figures(file_jobs, again)
@@ -140,16 +148,22 @@ def resume_figures(
         known = {row.id: row for row in rows}
         figures = _figures(
             (
-                (job.id, known.pop(job.id, None), job.input_hash, campaign.cost(job),
-                 _kind_of(job))
+                (
+                    known.pop(job.id, None),
+                    job.id,
+                    job.input_hash,
+                    campaign.cost(job),
+                    _kind_of(job),
+                )
                 for job in campaign.iter_jobs()
             ),
             again,
-        )  # fmt: skip
+        )
     submit, counts, new, new_usd, new_unknown = figures
     limit = again.selection.limit
     if limit is not None and len(submit) > limit:
-        submit = _in_start_order(submit, order)[:limit]
+        first = {job_id for job_id, _, _ in _in_start_order(submit, order)[:limit]}
+        submit = [item for item in submit if item[0] in first]
         new = min(new, limit)
     orphaned = len(known)
     orphaned_paid = sum(1 for row in known.values() if row.state in _PAID or row.has_task)
@@ -158,13 +172,14 @@ def resume_figures(
     priced_new = new - new_unknown
     pay_again_usd = new_usd / priced_new * min(pay_again, priced_new) if priced_new else 0.0
     fit = fit_usd = None
+    unfit: list[str] = []
     if budget is not None:
-        fit, fit_usd = _fit(submit, budget, spent_usd, order)
+        fit, fit_usd, unfit = _fit(submit, budget, spent_usd, order)
     return Resume(
         journal=journal,
         to_submit=len(submit),
-        to_submit_usd=sum(cost for _, cost in submit if cost is not None),
-        to_submit_unknown=sum(1 for _, cost in submit if cost is None),
+        to_submit_usd=sum(cost for _, _, cost in submit if cost is not None),
+        to_submit_unknown=sum(1 for _, _, cost in submit if cost is None),
         new=new,
         done=counts["done"],
         in_flight=counts["submitted"],
@@ -180,6 +195,8 @@ def resume_figures(
         budget=budget,
         fit_budget=fit,
         fit_budget_usd=fit_usd,
+        unfit_budget=len(unfit),
+        unfit_budget_ids=tuple(unfit[:SHOWN_UNFIT]),
     )
 
 
@@ -187,21 +204,21 @@ def _kind_of(job: Job) -> Kind:
     return Kind.of(job.model, job.input)
 
 
-#: one job of the file: (id, its journal row if any, input hash, cost, kind)
-_FileJob = tuple[str, JournalJob | None, str, float | None, Kind]
+#: one job of the file: (its journal row if any, id, input hash, cost, kind)
+_FileJob = tuple[JournalJob | None, str, str, float | None, Kind]
 
 
 def _figures(
     file_jobs: Iterable[_FileJob], again: Again
-) -> tuple[list[tuple[Kind, float | None]], dict[str, int], int, float, int]:
-    """(jobs to submit as (kind, cost) in file order, jobs per state left alone, new jobs,
+) -> tuple[list[tuple[str, Kind, float | None]], dict[str, int], int, float, int]:
+    """(jobs to submit as (id, kind, cost) in file order, jobs per state left alone, new jobs,
     their known USD, new jobs of unknown price): the reconcile's rules, nothing written."""
-    submit: list[tuple[Kind, float | None]] = []
+    submit: list[tuple[str, Kind, float | None]] = []
     counts = dict.fromkeys(("done", "submitted", "succeeded", "failed", "expired"), 0)
     new = new_unknown = 0
     new_usd = 0.0
     selection = again.selection
-    for job_id, row, input_hash, cost, kind in file_jobs:
+    for row, job_id, input_hash, cost, kind in file_jobs:
         if selection.filtered and not selection.picks(job_id, kind.model):
             continue
         if row is None:
@@ -210,7 +227,7 @@ def _figures(
                 new_unknown += 1
             else:
                 new_usd += cost
-            submit.append((kind, cost))
+            submit.append((job_id, kind, cost))
             continue
         state = row.state
         if (
@@ -226,37 +243,40 @@ def _figures(
         elif again.picks(state, job_id, kind.model):
             state = "queued"  # --reroll, --retry-expired
         if state in ("queued", "submitting"):
-            submit.append((kind, cost))
+            submit.append((job_id, kind, cost))
         elif state in counts:
             counts[state] += 1
     return submit, counts, new, new_usd, new_unknown
 
 
 def _in_start_order(
-    submit: list[tuple[Kind, float | None]], order: str
-) -> list[tuple[Kind, float | None]]:
+    submit: list[tuple[str, Kind, float | None]], order: str
+) -> list[tuple[str, Kind, float | None]]:
     """``submit`` (in file order) in the order ``run`` starts them (``--order``)."""
     if order != "longest":
         return submit
     ranked = longest_first(
-        dict.fromkeys(kind for kind, _ in submit), partial(expected_generation_s, None)
+        dict.fromkeys(kind for _, kind, _ in submit), partial(expected_generation_s, None)
     )
     rank = {kind: i for i, kind in enumerate(ranked)}
-    return sorted(submit, key=lambda item: rank[item[0]])
+    return sorted(submit, key=lambda item: rank[item[1]])
 
 
 def _fit(
-    submit: list[tuple[Kind, float | None]], budget: float, spent: float, order: str
-) -> tuple[int, float]:
-    """The budget meter's rule: jobs in start order, the first that would take the spend
-    past the budget ends admission; jobs of unknown price are skipped."""
+    submit: list[tuple[str, Kind, float | None]], budget: float, spent: float, order: str
+) -> tuple[int, float, list[str]]:
+    """The budget meter's rule: jobs in start order, each admitted when it fits what is left
+    of the budget and skipped when it does not (the next ones are still weighed); jobs of
+    unknown price are skipped. (jobs that fit, their USD, ids of the priced ones that do not)"""
     submit = _in_start_order(submit, order)
     committed, jobs = spent, 0
-    for _, cost in submit:
+    unfit: list[str] = []
+    for job_id, _, cost in submit:
         if cost is None:
             continue
         if committed + cost > budget + 1e-9:
-            break
+            unfit.append(job_id)
+            continue
         committed += cost
         jobs += 1
-    return jobs, committed - spent
+    return jobs, committed - spent, unfit

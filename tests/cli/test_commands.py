@@ -534,6 +534,27 @@ def test_main_puts_back_the_sigterm_handler_it_found(
     assert "interrupted" in capsys.readouterr().err
 
 
+def test_sighup_before_the_run_is_an_interrupt_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal that hangs up while the CLI starts: exit 130 and a message, as SIGTERM,
+    not death by SIGHUP (129); the handler found is back afterwards."""
+
+    def hung_up(args: object) -> int:
+        os.kill(os.getpid(), signal.SIGHUP)
+        signal.sigtimedwait([], 0)  # a no-op syscall: the handler runs before the next line
+        raise AssertionError("SIGHUP did not interrupt")
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        monkeypatch.setattr("apixo_batch.cli.commands.campaign_command", hung_up)
+        assert cli.main(["status", "jobs/campaign.yaml"]) == 130
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_a_run_puts_back_the_signal_handlers_it_found(monkeypatch: pytest.MonkeyPatch) -> None:
     """After the run's own handlers come off, SIGTERM is an interrupt again (exit 130 while
     the summary prints), not SIG_DFL (death by signal), which is what the loop leaves."""
@@ -569,14 +590,16 @@ def test_main_leaves_sigterm_alone_when_the_handler_it_found_is_not_pythons(
         real(signum, handler)  # type: ignore[arg-type]
         return None
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr("apixo_batch.cli.entry.signal.signal", fake)
     monkeypatch.setattr("apixo_batch.cli.commands.campaign_command", lambda args: 7)
     try:
         assert cli.main(["status", "jobs/campaign.yaml"]) == 7
-        assert calls == [signal.default_int_handler]
+        # SIGTERM and SIGHUP (the hangup of a terminal is a stop too), nothing put back
+        assert calls == [signal.default_int_handler] * 2
     finally:
-        real(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            real(sig, handler)
 
 
 @pytest.mark.parametrize(

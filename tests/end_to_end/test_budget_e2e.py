@@ -174,3 +174,31 @@ async def test_retry_failed_counts_the_first_paid_attempt(simulator, tmp_path: P
     )  # fmt: skip
     assert sim.stats()["spent"] == pytest.approx(0.9), "paid past the budget"
     assert retry.summary["spent_usd"] == pytest.approx(0.9)
+
+
+async def test_budget_buys_the_jobs_that_fit_when_a_dear_one_starts_first(
+    simulator, tmp_path: Path
+) -> None:
+    """$0.30, $0.30, $1.20, $0.30 under --budget 1.00: the $1.20 job starts first (the
+    longest) and does not fit; the three $0.30 jobs are still bought. The summary and plan
+    name the job left out, and plan's figures agree with the run's."""
+    sim = await simulator(time_scale=0.01)
+    jobs = simple_jobs(4)
+    jobs[2]["input"].update({"duration": 10, "sound": True})  # $0.12/s x 10 s
+    job_file = write_campaign(tmp_path, jobs)
+    res = await run_cli(sim, "run", str(job_file), *FAST, "--budget", "1.0")
+    assert res.code == 1, res.stderr
+    assert sim.stats()["submits_accepted"] == 3
+    assert sim.submits_for("kling-2-6", jobs[2]["input"]) == 0
+    assert res.summary["spent_usd"] == pytest.approx(0.9)
+    assert "1 did not fit: job-0002 ($1.20)" in res.summary["stop_reason"]
+    manifest = read_manifest(tmp_path / "out")
+    assert [e["state"] for e in manifest] == ["done", "done", "pending", "done"]
+    plan = await run_cli(sim, "plan", str(job_file), "--budget", "2.0")
+    assert plan.code == 0, plan.stderr
+    # $0.90 spent: $1.10 left, the $1.20 job still does not fit.
+    assert "--budget $2.00: 0 of the 1 jobs fit" in plan.stdout, plan.stdout
+    assert "1 do not fit what is left and stay pending: job-0002" in plan.stdout
+    plain = await run_cli(sim, "run", str(job_file), "--time-scale", "0.01", "--budget", "2.1")
+    assert plain.code == 0, plain.stderr
+    assert sim.stats()["submits_accepted"] == 4

@@ -143,7 +143,7 @@ async def test_the_budget_admits_up_to_its_cap_then_stops_admission(
     budget: float, spent: float, admitted: int
 ) -> None:
     """Jobs fit the cap (spend before counted; a sum that only float rounding takes past the
-    cap fits), then one BUDGET stop and one "stopped" event."""
+    cap fits), the others are skipped, then one BUDGET stop and one "stopped" event."""
     clock = FakeClock()
     ledger = await memory_ledger(clock, [new_job(i, cost=0.1) for i in range(6)])
     slots = ConcurrencyLimit(10)
@@ -159,6 +159,54 @@ async def test_the_budget_admits_up_to_its_cap_then_stops_admission(
     assert f"--budget ${budget:.2f} reached" in stopped.data["reason"]
     assert stops.reason == stopped.data["reason"]
     assert slots.in_flight == admitted and rows.closed
+
+
+async def test_a_job_over_the_budget_is_skipped_and_the_ones_that_fit_are_admitted() -> None:
+    """$0.30, $0.30, $1.20, $0.30 under --budget 1.00: the $1.20 job does not fit and is
+    skipped; the three $0.30 jobs are admitted; once every job is weighed, one BUDGET stop
+    names the job that did not fit."""
+    clock = FakeClock()
+    costs = [0.3, 1.2, 0.3, 0.3]  # the expensive one early in the start order
+    ledger = await memory_ledger(clock, [new_job(i, cost=c) for i, c in enumerate(costs)])
+    slots = ConcurrencyLimit(10)
+    admission, meter, rows, stops, events = _admission(ledger, clock, slots=slots, budget=1.0)
+    got = await _admit_all(admission, clock)
+    assert [a.row.id for a in got] == ["job-0", "job-2", "job-3"]
+    assert meter.committed == pytest.approx(0.9)
+    assert (meter.unfit, meter.unfit_ids) == (1, ["job-1 ($1.20)"])
+    [stop] = stops.all
+    assert stop.kind is StopKind.BUDGET
+    [stopped] = events.of("stopped")
+    assert stopped.data["reason"] == (
+        "--budget $1.00 reached (estimated spend $0.90); the remaining jobs stay pending: "
+        "1 did not fit: job-1 ($1.20)"
+    )
+    assert slots.in_flight == 3 and rows.closed
+
+
+async def test_jobs_that_do_not_fit_are_counted_past_the_few_named() -> None:
+    """Many jobs over the budget: the stop names the first few and counts the rest."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i, cost=0.4) for i in range(9)])
+    admission, meter, _, stops, _ = _admission(
+        ledger, clock, slots=ConcurrencyLimit(10), budget=1.0
+    )
+    assert [a.row.id for a in await _admit_all(admission, clock)] == ["job-0", "job-1"]
+    assert meter.unfit == 7
+    reason = stops.reason
+    assert reason is not None and "7 did not fit: job-2 ($0.40)" in reason
+    assert reason.endswith("job-6 ($0.40) and 2 more")
+
+
+async def test_a_budget_every_job_fits_tells_nothing() -> None:
+    """Every job fits (to the cent): no stop, no ``stopped`` event."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i, cost=0.25) for i in range(4)])
+    admission, _, _, stops, events = _admission(
+        ledger, clock, slots=ConcurrencyLimit(10), budget=1.0
+    )
+    assert len(await _admit_all(admission, clock)) == 4
+    assert stops.all == [] and events.of("stopped") == []
 
 
 async def test_a_budget_stop_closes_the_slots_for_good() -> None:

@@ -76,14 +76,48 @@ def test_renamed_jobs_are_new_and_orphaned_and_paid_again(campaign: Campaign) ->
     assert "orphaned      7 in the journal, no longer in the job file (6 paid for)" in text
 
 
-def test_the_budget_counts_what_was_spent_and_stops_at_the_first_job_over(
+def test_the_budget_counts_what_was_spent_and_names_the_jobs_that_do_not_fit(
     campaign: Campaign,
 ) -> None:
     r = resume_figures(campaign, [], journal="j", spent_usd=1.0, budget=1.0 + 2.5 * PRICE)
     assert (r.to_submit, r.fit_budget, r.fit_budget_usd) == (6, 2, pytest.approx(2 * PRICE))
     text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), r)
     assert "--budget $1.75: 2 of the 6 jobs fit ($0.60; $1.00 spent before)" in text
-    assert r.to_dict()["budget"] == {"usd": 1.75, "fit_jobs": 2, "fit_usd": 0.6}
+    assert "4 do not fit what is left and stay pending: j2, j3, j4, j5" in text
+    assert r.to_dict()["budget"] == {
+        "usd": 1.75,
+        "fit_jobs": 2,
+        "fit_usd": 0.6,
+        "unfit_jobs": 4,
+        "unfit_ids": ["j2", "j3", "j4", "j5"],
+    }
+
+
+def test_a_job_over_the_budget_is_skipped_and_the_cheaper_ones_after_it_fit(
+    tmp_path: Path,
+) -> None:
+    """$0.30, $0.30, $1.20 (first in the start order: the longest), $0.30 under $1.00: the
+    three $0.30 jobs fit and the $1.20 one is named, as admission does it."""
+    long_job = "{mode: text-to-video, prompt: long, duration: 10, sound: true}"
+    jobs = [
+        "  - id: a\n    model: kling-2-6\n    input: {mode: text-to-video, prompt: a, "
+        "duration: 5, sound: false}",
+        "  - id: b\n    model: kling-2-6\n    input: {mode: text-to-video, prompt: b, "
+        "duration: 5, sound: false}",
+        f"  - id: big\n    model: kling-2-6\n    input: {long_job}",
+        "  - id: c\n    model: kling-2-6\n    input: {mode: text-to-video, prompt: c, "
+        "duration: 5, sound: false}",
+    ]
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\noutput: {dir: out}\njobs:\n" + "\n".join(jobs) + "\n")
+    campaign = load_campaign(path)
+    assert [campaign.cost(j) for j in campaign.iter_jobs()] == pytest.approx(
+        [PRICE, PRICE, 1.2, PRICE]
+    )
+    for order in ("longest", "file"):
+        r = resume_figures(campaign, [], journal="j", spent_usd=0.0, budget=1.0, order=order)
+        assert (r.fit_budget, r.fit_budget_usd) == (3, pytest.approx(3 * PRICE)), order
+        assert (r.unfit_budget, r.unfit_budget_ids) == (1, ("big",)), order
 
 
 def test_a_journal_synced_from_this_file_is_read_alone(campaign: Campaign) -> None:
