@@ -3,11 +3,14 @@ Playwright (its own browsers are never downloaded: offline, the system's is used
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+from collections.abc import AsyncIterator
+from typing import Any
 
-__all__ = ["chromium_path", "why_no_browser"]
+__all__ = ["browser_page", "chromium_path", "why_no_browser"]
 
 
 def chromium_path() -> str | None:
@@ -25,3 +28,25 @@ def why_no_browser() -> str | None:
     if chromium_path() is None:
         return "no Chromium found (apt-get install chromium, or set APIXO_CHROMIUM)"
     return None
+
+
+@contextlib.asynccontextmanager
+async def browser_page() -> AsyncIterator[Any]:
+    """A fresh Chromium tab (1280x900) that records and dismisses every dialog in
+    ``tab.dialogs``: a script that a page runs by mistake shows there."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            tab = await browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.dialogs = []
+
+            async def dialog(d: Any) -> None:
+                tab.dialogs.append(d.message)
+                await d.dismiss()
+
+            tab.on("dialog", dialog)
+            yield tab
+        finally:
+            await browser.close()

@@ -279,3 +279,49 @@ def assert_byte_exact(sim: Simulator, out_dir: Path, entry: dict[str, Any]) -> N
         assert path.stat().st_size == sim.expected_size(url)
         assert sha256_of(path) == sim.expected_sha256(url) == digest
     assert not list(out_dir.glob("*.part"))
+
+
+def disk_full_for(path: Path, monkeypatch: Any) -> list[str]:
+    """The disk as full for ``path``: its blocks already given can be written over, no
+    write may grow it (ENOSPC), as a full file system does. Every other file writes as
+    ever. Returns the refusals made (a test that needed none proves nothing)."""
+    import errno
+    import fcntl
+
+    real_write, real_pwrite = os.write, os.pwrite
+    refused: list[str] = []
+    target = str(path)
+
+    def ours(fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}") == target
+        except OSError:
+            return False
+
+    def write(fd: int, data: Any) -> int:
+        if ours(fd):
+            size = os.fstat(fd).st_size
+            appends = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+            end = (size if appends else os.lseek(fd, 0, os.SEEK_CUR)) + len(data)
+            if end > size:
+                refused.append(f"write {len(data)} bytes")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if ours(fd) and offset + len(data) > os.fstat(fd).st_size:
+            refused.append(f"pwrite {len(data)} bytes at {offset}")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    def posix_fallocate(fd: int, offset: int, length: int) -> None:
+        if ours(fd) and offset + length > os.fstat(fd).st_size:
+            refused.append(f"fallocate {length} bytes at {offset}")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fallocate(fd, offset, length)
+
+    real_fallocate = os.posix_fallocate
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "posix_fallocate", posix_fallocate)
+    return refused

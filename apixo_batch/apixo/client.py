@@ -45,6 +45,9 @@ class TaskStatus:
     create_time_ms: int | None = None
     complete_time_ms: int | None = None
     cost_time_ms: int | None = None
+    #: the task's model, should the answer name it (the documented one does not: the
+    #: status route is per model, and APIXO answers 404 for another model's task)
+    model: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -117,6 +120,7 @@ def parse_task_payload(body: Mapping[str, Any], *, endpoint: str = "status") -> 
         create_time_ms=_int_or_none(data.get("createTime")),
         complete_time_ms=_int_or_none(data.get("completeTime")),
         cost_time_ms=_int_or_none(data.get("costTime")),
+        model=model if isinstance(model := data.get("model"), str) and model else None,
     )
 
 

@@ -24,7 +24,7 @@ from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
 from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
-from ..journal import JobRow, JobState, Journal
+from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..planning.selection import Selection
@@ -493,7 +493,8 @@ def _status_command(args: argparse.Namespace) -> int:
 
 def _file_changes(args: argparse.Namespace, settings: Campaign, state: Path) -> _FileChanges:
     """Unchanged when the file's stamp is the one of the last sync (nothing read); else
-    the file validated and its ids compared with the journal's."""
+    the file's ids (its shape, ids and models checked, its inputs not: ``run`` and
+    ``plan`` check those) compared with the journal's."""
     journal = Journal(state, lock=False)
     try:
         if journal.file_stamp() == settings.stamp:
@@ -503,13 +504,13 @@ def _file_changes(args: argparse.Namespace, settings: Campaign, state: Path) -> 
         journal.close()
     added: list[str] = []
     n_added = 0
-    for job in load_campaign(args.jobfile, out_dir=args.out).iter_jobs():
-        if job.id in known:
-            known.discard(job.id)
+    for job_id in settings.iter_ids():
+        if job_id in known:
+            known.discard(job_id)
         else:
             n_added += 1
             if len(added) < SHOWN_IDS:
-                added.append(job.id)
+                added.append(job_id)
     removed = sorted(known)
     return _FileChanges(False, n_added, tuple(added), len(removed), tuple(removed[:SHOWN_IDS]))
 
@@ -544,6 +545,7 @@ def _status(
             waiting = journal.in_states([JobState.SUCCEEDED])
             in_flight = journal.in_states([JobState.SUBMITTED])
             doubt = int(journal.totals()["possibly_duplicated"])
+        disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
     now = time.time()
@@ -561,6 +563,7 @@ def _status(
                     "counts": counts,
                     "possibly_duplicated": doubt,
                     "file_changes": changes.as_json() if changes else None,
+                    "disk": disk.as_json() if disk else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
                     "not_downloaded": [
                         {
@@ -581,6 +584,8 @@ def _status(
             print(f"  {st.value:<11} {counts[st.value]}")
     if changes is not None:
         print(f"  job file: {_told(changes)}")
+    if disk is not None:
+        print(f"  on disk: {disk.told()}")
     if in_flight:
         print(
             f"  {len(in_flight)} task(s) in flight at APIXO: `apixo-batch run` or `download` "
@@ -613,6 +618,61 @@ def _selected_status(
         elif r.state is JobState.SUBMITTED:
             in_flight.append(r)
     return counts, waiting, in_flight, doubt
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """``status --check-files``: the ``done`` jobs' files against the journal (a stat
+    each: their presence and total size, not their bytes; ``verify`` hashes them)."""
+
+    checked: int
+    #: "<kind>: job <id>: <path>: <detail>" for each problem found (missing, size)
+    problems: tuple[str, ...] = ()
+    bad_jobs: int = 0
+    #: object storage: not checked
+    skipped: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "checked": self.checked,
+            "bad_jobs": self.bad_jobs,
+            "problems": list(self.problems[: SHOWN_IDS * 10]),
+            "skipped": self.skipped,
+        }
+
+    def told(self) -> str:
+        if self.skipped:
+            return f"not checked ({self.skipped})"
+        if not self.bad_jobs:
+            return f"the files of all {self.checked} done job(s) are there, with their sizes"
+        lines = "".join(f"\n    {line}" for line in self.problems[:SHOWN_IDS])
+        more = len(self.problems) - SHOWN_IDS
+        lines += f"\n    and {more} more" if more > 0 else ""
+        return (
+            f"{self.bad_jobs} of {self.checked} done job(s) not as journaled: `run` or "
+            f"`download` fetches them again while their URL lives{lines}"
+        )
+
+
+def _disk(journal: Journal, where: Destination) -> _Disk:
+    from ..outputs.ondisk import problems
+
+    if not isinstance(where, Path):
+        return _Disk(0, skipped="object storage")
+    checked = 0
+    bad: set[str] = set()
+    found: list[str] = []
+
+    def counted() -> Iterator[DoneFiles]:
+        nonlocal checked
+        for row in journal.iter_done_files():
+            checked += 1
+            yield row
+
+    for problem in problems(counted(), where):
+        bad.add(problem.job_id)
+        found.append(problem.line())
+    return _Disk(checked, tuple(found), len(bad))
 
 
 def _told(changes: _FileChanges) -> str:
@@ -655,7 +715,14 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         rows = journal.iter_all()
         if selection.filtered:
             rows = (r for r in rows if selection.picks(r.id, r.model))
-        path = write_review(rows, output.local_dir, name=campaign.name, job_file=args.jobfile)
+        path = write_review(
+            rows,
+            output.local_dir,
+            name=campaign.name,
+            job_file=args.jobfile,
+            totals=Totals(journal.totals()),
+            runs=last_runs(journal),
+        )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")
         return ExitCode.IO_ERROR

@@ -207,6 +207,11 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
             default=1.0,
             help="multiply the 48 h threshold of 'expires soon' (default 1.0)",
         )
+        p.add_argument(
+            "--check-files",
+            action="store_true",
+            help="also stat every done job's files: missing or resized ones are listed",
+        )
         return
     p.add_argument(
         "--json", action="store_true", help="JSON lines on stdout: every event, then a summary"
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     adopt = sub.add_parser(
-        "adopt", help="journal a paid task id as a job's task (no API call); run follows it"
+        "adopt", help="journal a paid task id as a job's task, once APIXO knows it; run follows it"
     )
     adopt.add_argument("jobfile", help="the campaign's job file (YAML)")
     adopt.add_argument("job_id", metavar="JOB_ID", help="the job, as the journal knows it")
@@ -332,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument(
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
+    _add_api(adopt)
 
     sim = sub.add_parser("simulate", help="serve a local APIXO simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

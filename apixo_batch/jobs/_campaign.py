@@ -26,7 +26,7 @@ from ._base import (
     short,
 )
 from ._resolve import Defaults, Expanded, Matrix, Resolver, parse_matrix
-from ._rows import ROW_SUFFIXES, read_rows
+from ._rows import ROW_SUFFIXES, read_csv_ids, read_id_rows, read_rows
 from ._yamlfile import read_yaml
 
 __all__ = ["Campaign", "load_campaign"]
@@ -61,6 +61,22 @@ class _Source:
             for job in self.resolver.resolve(raw, source, issues):
                 yield index, job, template.format(id=job.id, model=job.model, index=index)
                 index += 1
+
+    def ids(self, issues: Issues) -> Iterator[str]:
+        """Every job's id in file order, the inputs of the jobs_file's rows unchecked."""
+        for raw, source in self.listed:
+            # The listed jobs are few and in memory already: checked whole.
+            for job in self.resolver.resolve(raw, source, issues):
+                yield job.id
+        if self.rows_path is None:
+            return
+        if ROW_SUFFIXES[self.rows_path.suffix.lower()] == "csv" and not self.resolver.has_matrix:
+            # One job per row, named as written: the ids alone (100,000 rows in ~0.15 s).
+            problem = self.resolver.model_problem
+            yield from read_csv_ids(self.rows_path, self.rows_display, problem, issues)
+            return
+        for raw, source in read_id_rows(self.rows_path, self.rows_display, issues):
+            yield from self.resolver.ids(raw, source, issues)
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,28 @@ class Campaign:
                 filename=filename,
                 source=job.source,
             )
+        if issues:
+            raise issues.error(self._source.display)
+
+    def iter_ids(self) -> Iterator[str]:
+        """Every job's id in file order, without validating the jobs_file's rows: the
+        file's shape, the ids (unique), the models and the matrix are checked, the inputs
+        are not (``load_campaign`` and :meth:`iter_jobs` check them). For ``status``, which
+        tells the jobs added and removed since the last run: a 100,000-row CSV in a
+        fraction of the time of :meth:`iter_jobs`.
+
+        Raises JobFileError listing the problems found.
+        """
+        if self._source is None:
+            return
+        issues = Issues()
+        seen: dict[str, None] = {}
+        for job_id in self._source.ids(issues):
+            if job_id in seen:
+                issues.add(f"job {job_id!r}", "id", "duplicate id")
+                continue
+            seen[job_id] = None
+            yield job_id
         if issues:
             raise issues.error(self._source.display)
 

@@ -178,17 +178,7 @@ class Resolver:
             return []
 
         default_mode = None if "mode" in nulls else self._default_mode
-        matrix = own
-        if self._matrix:
-            own_keys = {key for key, _ in own}
-            # With mode itself in the matrix, only the model can rule a key out up front.
-            hint = None if "mode" in self._matrix_keys else written.get("mode", default_mode)
-            shared = tuple(
-                (key, values)
-                for key, values in self._matrix
-                if key not in own_keys and key not in nulls and accepts(spec, _mode(hint), key)
-            )
-            matrix = shared + own
+        matrix = self._job_matrix(spec, written.get("mode", default_mode), nulls, own)
 
         clean = issues.total == before and id_problem is None
         out: list[Expanded] = []
@@ -214,6 +204,85 @@ class Resolver:
             if id_problem is None:
                 valid = clean and not problems
                 out.append(Expanded(full_id, spec.name, provider, normalized, source, valid))
+        return out
+
+    def _job_matrix(
+        self, spec: ModelSpec, mode: object, nulls: frozenset[str], own: Matrix
+    ) -> Matrix:
+        """The matrix one job expands by: the top-level one's keys its model (and mode)
+        take and it does not set to null, then its own."""
+        if not self._matrix:
+            return own
+        own_keys = {key for key, _ in own}
+        # With mode itself in the matrix, only the model can rule a key out up front.
+        hint = None if "mode" in self._matrix_keys else mode
+        shared = tuple(
+            (key, values)
+            for key, values in self._matrix
+            if key not in own_keys and key not in nulls and accepts(spec, _mode(hint), key)
+        )
+        return shared + own
+
+    @property
+    def has_matrix(self) -> bool:
+        return bool(self._matrix)
+
+    def model_problem(self, model: object) -> str | None:
+        """Why a job of ``model`` (None: the default's) has no id, as :meth:`resolve`
+        reports it: None when it has one, "" when it was reported already (a broken
+        ``defaults.model``)."""
+        if model is None:
+            model = self._defaults.model
+            if model is None:
+                return (
+                    "" if self._defaults.model_broken else "required (there is no defaults.model)"
+                )
+        if type(model) is not str or model not in MODELS:
+            return f"unknown model {short(model)} (known: {', '.join(MODELS)})"
+        return None
+
+    def ids(self, raw: object, source: str, issues: Issues) -> list[str]:
+        """The ids ``raw`` expands to, as :meth:`resolve` names them, its input unchecked:
+        what ``status`` compares with the journal. A job :meth:`resolve` would drop for a
+        bad id, model or input shape is dropped here too, with the problem in ``issues``."""
+        if not isinstance(raw, dict):
+            kind = type(raw).__name__
+            issues.add(source, "", f"a job must be a mapping (id, model, input, ...), got {kind}")
+            return []
+        job_id = raw.get("id")
+        problem = check_id(job_id)
+        if problem is not None:
+            issues.add(source, "id", problem)
+            return []
+        model = raw.get("model")
+        problem = self.model_problem(model)
+        if problem is not None:
+            if problem:
+                issues.add(_at(job_id, source), "model", problem)
+            return []
+        spec = MODELS[str(model if model is not None else self._defaults.model)]
+        own_raw = raw.get("matrix")
+        if not self._matrix and own_raw is None:
+            return [str(job_id)]  # the common case: no matrix, the id as written
+        value = raw.get("input")
+        if value is not None and not isinstance(value, dict):
+            issues.add(_at(job_id, source), "input", "must be a mapping of input keys to values")
+            return []
+        written = value or {}
+        nulls = frozenset(k for k, v in written.items() if v is None and k in self._known)
+        own: Matrix = ()
+        if own_raw is not None:
+            own = parse_matrix(own_raw, _at(job_id, source), "matrix", issues)
+        mode = written.get("mode")
+        if mode is None and "mode" not in nulls:
+            mode = self._default_mode
+        out = []
+        for suffix, _ in _combos(self._job_matrix(spec, mode, nulls, own)):
+            full_id = f"{job_id}{suffix}"
+            if suffix and len(full_id) > MAX_ID_LENGTH:
+                message = f"with its matrix suffix over {MAX_ID_LENGTH} characters"
+                issues.add(_at(full_id, source), "id", message)
+            out.append(full_id)
         return out
 
     def _defaults_for(self, spec: ModelSpec, mode: object) -> tuple[tuple[str, Any], ...]:

@@ -14,6 +14,7 @@ module           what it holds
 ``naming``       result file names and the registry of their owners
 ``thread``       :class:`AsyncJournal`: the thread that owns the connection
 ``ledger``       :class:`Ledger`: what the stages of a run may ask, by name
+``runs``         the latest run and the latest that did work, for the review page
 ===============  ==========================================================
 """
 
@@ -24,6 +25,7 @@ from .ledger import Landed, Ledger, Totals
 from .naming import FileRegistry, hold_name, result_filename
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord, last_runs
 from .states import TRANSITIONS, JobState
 from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
@@ -42,12 +44,15 @@ __all__ = [
     "Journal",
     "JournalExecutor",
     "Landed",
+    "LastRuns",
     "Ledger",
     "NewJob",
+    "RunRecord",
     "SyncResult",
     "Totals",
     "hold_name",
     "jobs_of",
+    "last_runs",
     "output_clashes",
     "result_filename",
 ]

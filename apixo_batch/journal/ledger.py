@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, Unpack
@@ -32,6 +32,7 @@ from ..planning.selection import Again
 from .clash import Clash, refuse_clashes
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
+from .runs import LastRuns, RunRecord, keep_run, last_runs
 from .states import JobState
 from .store import FILE_STAMP, DoneFiles, Journal
 from .thread import JournalExecutor
@@ -88,6 +89,9 @@ class Ledger:
     def __init__(self, executor: JournalExecutor, clock: Clock) -> None:
         self._j = executor
         self._clock = clock
+        #: job changes past the queue this run asked for (a task id, an end, a file): a
+        #: run that made none did no work, and the review page's "last run" skips it
+        self.changes = 0
 
     @property
     def path(self) -> Path:
@@ -138,6 +142,13 @@ class Ledger:
     async def queued_cost(self) -> tuple[float, int, int]:
         return await self._j.read(Journal.queued_cost)
 
+    async def keep_run(self, record: RunRecord) -> None:
+        """This run, kept for the review page (:mod:`.runs`)."""
+        await self._j.write(lambda j: keep_run(j, record), durable=False)
+
+    async def last_runs(self) -> LastRuns:
+        return await self._j.read(last_runs)
+
     async def counts(self) -> dict[str, int]:
         return await self._j.read(Journal.counts)
 
@@ -163,6 +174,10 @@ class Ledger:
         """The journal's identity: a random id made once, kept for every later run (an
         output folder names the journal it belongs to by it)."""
         return await self._kept("journal_id", uuid.uuid4().hex)
+
+    async def known_task_ids(self, task_ids: Collection[str]) -> set[str]:
+        """Those of ``task_ids`` this journal holds (a job's task, now or before)."""
+        return await self._j.read(lambda j: j.known_task_ids(task_ids))
 
     async def keep_campaign(self, name: str) -> str:
         """The campaign this journal is for: the first run's name, kept."""
@@ -286,6 +301,7 @@ class Ledger:
         """A paid task id kept outside the journal, journaled (durable) as the job's task;
         False if the job already has it (see :func:`~.unrecorded.adopt_task`)."""
         now = self._clock.wall()
+        self.changes += 1
         return self._j.write(lambda j: adopt_task(j, job_id, task_id, request_type, now))
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
@@ -330,6 +346,7 @@ class Ledger:
     ) -> asyncio.Future[None]:
         """Result URLs known, with the completion time learned (one transaction)."""
         now = self._clock.wall()
+        self.changes += 1
 
         def succeed(j: Journal) -> None:
             j.transition(
@@ -395,4 +412,6 @@ class Ledger:
         **change: Unpack[Change],
     ) -> asyncio.Future[None]:
         at = self._clock.wall() if now is None else now
+        if new not in (S.SUBMITTING, S.QUEUED):
+            self.changes += 1
         return self._j.write(lambda j: j.transition(job_id, new, at, **change), durable=durable)

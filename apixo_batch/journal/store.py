@@ -11,7 +11,7 @@ reads and spend accounting.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ..planning.kind import Kind
@@ -84,6 +84,22 @@ class Journal(Reconcile, LearnedClocks):
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
         return None if row is None else JobRow.from_sql(row)
+
+    def known_task_ids(self, task_ids: Collection[str]) -> set[str]:
+        """Those of ``task_ids`` this journal holds: a job's task, or one it had before
+        (``--retry-failed`` keeps a first task in ``task_history``)."""
+        known: set[str] = set()
+        ids = list(task_ids)
+        for start in range(0, len(ids), 400):
+            part = ids[start : start + 400]
+            marks = ",".join("?" * len(part))
+            for (task_id,) in self._db.execute(
+                f"SELECT task_id FROM task_history WHERE task_id IN ({marks}) "
+                f"UNION SELECT task_id FROM jobs WHERE task_id IN ({marks})",
+                (*part, *part),
+            ):
+                known.add(task_id)
+        return known
 
     def page(
         self,

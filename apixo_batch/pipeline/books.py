@@ -104,15 +104,27 @@ def _unless_unreadable() -> Iterator[None]:
 
 
 async def review_page(
-    ledger: Ledger, campaign: Campaign, output: Output, summary: Summary, emit: Emitter
+    ledger: Ledger,
+    campaign: Campaign,
+    output: Output,
+    summary: Summary,
+    emit: Emitter,
+    totals: Totals | None = None,
 ) -> Path | str | None:
     """The campaign's review page, written and published in the output; a failure to write
     or upload it costs a warning, not the run."""
     try:
         job_file = _shown(campaign.path)
+        runs = await ledger.last_runs()
         await ledger.read_rows(
             lambda rows: write_review(
-                rows, output.local_dir, name=campaign.name, job_file=job_file, summary=summary
+                rows,
+                output.local_dir,
+                name=campaign.name,
+                job_file=job_file,
+                summary=summary,
+                totals=totals,
+                runs=runs,
             )
         )
     except Exception as exc:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
+from ..errors import JournalError
 from ..jobs import Campaign
-from ..journal import JobRow, JobState, Ledger
+from ..journal import JobRow, JobState, Ledger, RunRecord
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
 from ..planning.selection import Selection
@@ -55,13 +56,32 @@ async def finish(
         if why is None:
             raise
         storage_stop(why)
+    submitter = stages.submitter if stages is not None else None
+    stops: Stops = parts.stops
+    # Kept before the books are closed: the review page written with them reads it.
+    record = RunRecord(
+        ended_at=parts.clock.wall(),
+        wall_s=round(parts.clock.monotonic() - started, 3),
+        submitted=submitter.submitted if submitter else 0,
+        changed=ledger.changes,
+        stops=tuple(s.kind.label for s in stops.all),
+        stop_reason=stops.reason,
+        budget_usd=parts.options.budget,
+    )
+    try:
+        await ledger.keep_run(record)
+    except Exception as exc:
+        # Unkept, the page shows an earlier run: the run itself goes on to its books.
+        why = storage_failure(exc)
+        if why is not None:
+            storage_stop(why)
+        elif not isinstance(exc, JournalError):
+            raise
     books = await close_books(ledger, output, storage_stop)
     counts, totals, manifest = books.counts, books.totals, books.manifest
-    stops: Stops = parts.stops
     slots: ConcurrencyLimit = parts.slots
     turnaround: Turnaround = parts.turnaround
     stats = bucket.statistics()
-    submitter = stages.submitter if stages is not None else None
     all_done = counts.get("done", 0) == sum(counts.values())
     selection = parts.options.selection
     if selection.narrowed and not all_done and books.manifest is not None:
@@ -94,7 +114,9 @@ async def finish(
         output_dir=campaign.output_dir,
     )
     if parts.options.review and books.manifest is not None:
-        result.review = await review_page(ledger, campaign, output, result.summary(), parts.emit)
+        result.review = await review_page(
+            ledger, campaign, output, result.summary(), parts.emit, totals
+        )
     result.store_requests = output.requests()
     parts.emit(result.summary())
     return result

@@ -164,3 +164,37 @@ async def test_a_state_journal_elsewhere_needs_out_to_find_its_results(
     review = await run_cli(sim, "review", str(job_file), "--state", state, "--out", out)
     assert review.code == 0, review.stderr
     assert (tmp_path / "out" / "review.html").is_file()
+
+
+async def test_status_check_files_lists_done_files_gone_or_resized(
+    simulator, tmp_path: Path
+) -> None:
+    """`status --check-files` stats every done job's files: one deleted and one damaged
+    (8 bytes of garbage) are listed with the job id and what is wrong; without the option
+    `status` does not read the disk. No request either way."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    assert (await run_cli(sim, "run", str(job_file), *FAST)).code == 0
+    before = sim.stats()["requests_total"]
+    out = tmp_path / "out"
+    whole = await run_cli(sim, "status", str(job_file), "--check-files")
+    assert whole.code == 0, whole.stderr
+    assert "on disk: the files of all 3 done job(s) are there, with their sizes" in whole.stdout
+
+    (out / "job-0000.mp4").unlink()
+    (out / "job-0001.mp4").write_bytes(b"garbage!")
+    plain = await run_cli(sim, "status", str(job_file))
+    assert "on disk" not in plain.stdout, plain.stdout
+    told = await run_cli(sim, "status", str(job_file), "--check-files")
+    assert told.code == 0, told.stderr
+    assert "on disk: 2 of 3 done job(s) not as journaled" in told.stdout, told.stdout
+    assert f"missing: job job-0000: {out / 'job-0000.mp4'}: not on disk" in told.stdout
+    assert f"size: job job-0001: {out / 'job-0001.mp4'}: 8 bytes on disk" in told.stdout
+    doc = json.loads(
+        (await run_cli(sim, "status", str(job_file), "--check-files", "--json")).stdout
+    )
+    assert (doc["disk"]["checked"], doc["disk"]["bad_jobs"]) == (3, 2), doc["disk"]
+    assert doc["disk"]["problems"][0].startswith("missing: job job-0000"), doc["disk"]
+    no_check = json.loads((await run_cli(sim, "status", str(job_file), "--json")).stdout)
+    assert no_check["disk"] is None
+    assert sim.stats()["requests_total"] == before

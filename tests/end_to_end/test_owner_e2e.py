@@ -94,3 +94,70 @@ async def test_two_campaigns_on_one_folder_the_second_is_refused(
     moved = await run_cli(sim, "run", str(b), "--out", str(tmp_path / "b-out"), *FAST)
     assert moved.code == 0, moved.stderr
     assert [e["id"] for e in read_manifest(tmp_path / "b-out")] == ["hero"]
+
+
+async def test_a_deleted_owner_file_leaves_the_folder_protected_and_its_journal_rebinds_it(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """The owner's journal lives outside the folder (`--state`), and the folder's owner
+    file was deleted by hand: the manifest still lists the owner's paid tasks, so another
+    journal is refused in one line before any submit (`run` and `download`), the folder
+    left as it was; the owner's journal runs on and writes its owner file again."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(3))
+    out = tmp_path / "out"
+    mine, other = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    first = await run_cli(sim, "run", str(job_file), "--state", str(mine), *FAST)
+    assert first.code == 0, first.stderr
+    owner = json.loads((out / OWNER).read_text())
+    paid = sim.stats()["submits_accepted"]
+    assert paid == 3 and owner["journal"] == str(mine)
+    (out / OWNER).unlink()
+    manifest = (out / "manifest.jsonl").read_bytes()
+    videos = {p.name: p.read_bytes() for p in out.glob("*.mp4")}
+
+    second = await run_cli(sim, "run", str(job_file), "--state", str(other), *FAST)
+    assert second.code == 2, second.stderr
+    line = _one_line(second.stderr)
+    assert f"the output folder {out} holds another journal's results" in line, line
+    assert "lists 3 paid task(s)" in line and OWNER in line and "--out" in line, line
+    assert str(other) in line, line
+    assert sim.stats()["submits_accepted"] == paid  # nothing paid twice
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+    assert {p.name: p.read_bytes() for p in out.glob("*.mp4")} == videos
+    assert not (out / OWNER).exists()  # not bound to the refused journal
+
+    fetched = await run_cli(sim, "download", str(job_file), "--state", str(other), *FAST)
+    assert fetched.code == 2, fetched.stderr
+    assert "holds another journal's results" in _one_line(fetched.stderr)
+
+    # The owner's journal: its own tasks, so its folder; the owner file is written again.
+    again = await run_cli(sim, "run", str(job_file), "--state", str(mine), *FAST)
+    assert again.code == 0, again.stderr
+    assert json.loads((out / OWNER).read_text()) == owner
+    assert sim.stats()["submits_accepted"] == paid
+    assert [e["state"] for e in read_manifest(out)] == ["done"] * 3
+
+    # And with the owner file back, the other journal meets the usual refusal.
+    third = await run_cli(sim, "run", str(job_file), "--state", str(other), *FAST)
+    assert third.code == 2 and f"belongs to the journal {mine}" in _one_line(third.stderr)
+    assert sim.stats()["submits_accepted"] == paid
+
+
+async def test_a_deleted_owner_file_in_a_folder_with_nothing_paid_binds_the_next_journal(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """No manifest (or one without a paid task) is no other journal's work: the folder
+    goes to the journal that runs on it, as a new folder does."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text(
+        json.dumps({"id": "job-0000", "state": "pending", "task_id": None}) + "\n",
+        encoding="utf-8",
+    )
+    ran = await run_cli(sim, "run", str(job_file), "--state", str(tmp_path / "b.sqlite"), *FAST)
+    assert ran.code == 0, ran.stderr
+    assert json.loads((out / OWNER).read_text())["journal"] == str(tmp_path / "b.sqlite")
+    assert sim.stats()["submits_accepted"] == 2

@@ -702,3 +702,82 @@ def test_settings_only_and_a_stamp_that_follows_the_jobs_file(tmp_path: Path) ->
     assert load_campaign(path, check_jobs=False).stamp != settings.stamp
     with pytest.raises(JobFileError):
         load_campaign(path)
+
+
+def test_iter_ids_names_the_jobs_as_iter_jobs_does(tmp_path: Path) -> None:
+    """The fast id pass of `status` gives the ids the validating pass gives, in order:
+    listed jobs, CSV and JSONL rows, a top-level matrix the model or mode rules keys out
+    of, a job's own matrix, a key set to null, models from a column and from defaults."""
+    text = 'matrix: {aspect_ratio: ["16:9", "1:1"]}\n' + HEAD.replace(
+        "jobs:\n", "jobs_file: rows.csv\njobs:\n"
+    )
+    text += _job("t", T2V, "    matrix: {duration: [5, 10]}\n")
+    text += _job("n", "{mode: text-to-video, prompt: x, aspect_ratio: null}")
+    text += _job(
+        "k",
+        "{mode: standard-image-to-video, prompt: x, image_urls: [https://e.com/a.jpg]}",
+        "    model: kling-2-1\n",
+    )
+    rows = (
+        "id,model,mode,prompt,image_urls,resolution\n"
+        "r1,,text-to-video,a,,\n"
+        "r2,kling-2-1,standard-image-to-video,b,https://e.com/a.jpg,\n"
+        "\n"
+        "r3,wan-2-5,text-to-video,c,,720p\n"
+    )
+    campaign = _load(tmp_path, text, {"rows.csv": rows})
+    want = [job.id for job in _jobs(campaign)]
+    assert want[:4] == ["t-16x9-5", "t-16x9-10", "t-1x1-5", "t-1x1-10"]
+    assert list(campaign.iter_ids()) == want
+    # Without a matrix, a CSV's ids are read on their own (one job per row, as written).
+    plain = _load(tmp_path, text.split("\n", 1)[1], {"rows.csv": rows})
+    assert list(plain.iter_ids()) == [job.id for job in _jobs(plain)]
+    assert [i for i in plain.iter_ids() if i.startswith("r")] == ["r1", "r2", "r3"]
+
+    jsonl = "".join(
+        json.dumps(line) + "\n"
+        for line in (
+            {"id": "j1", "input": {"mode": "text-to-video", "prompt": "x"}},
+            {
+                "id": "j2",
+                "input": {"mode": "text-to-video", "prompt": "y"},
+                "matrix": {"duration": [5, 10]},
+            },
+        )
+    )
+    text = HEAD.replace("jobs:\n", "jobs_file: rows.jsonl\n")
+    campaign = _load(tmp_path, text, {"rows.jsonl": jsonl})
+    assert (
+        list(campaign.iter_ids()) == [job.id for job in _jobs(campaign)] == ["j1", "j2-5", "j2-10"]
+    )
+
+
+def test_iter_ids_checks_the_ids_and_the_file_not_the_inputs(tmp_path: Path) -> None:
+    """Ids, models and the file's shape are checked (a duplicate, a bad id, an unknown
+    model, a short row are JobFileError naming the row); a bad input value is not (that
+    is `plan`'s and `run`'s to report)."""
+    text = HEAD.replace("jobs:\n", "jobs_file: rows.csv\n")
+    good = "id,mode,prompt,duration\nr1,text-to-video,a,5\nr2,text-to-video,b,5\n"
+    campaign = _load(tmp_path, text, {"rows.csv": good})
+    for rows, problem in (
+        (good + "r1,text-to-video,c,5\n", "job 'r1' field 'id': duplicate id"),
+        (good + "a/b,text-to-video,c,5\n", "rows.csv row 4 field 'id'"),
+        (good + "r3,text-to-video,c\n", "rows.csv row 4: 3 cells, the header has 4"),
+        ("mode,prompt\ntext-to-video,a\n", "rows.csv row 1 field 'id': no id column"),
+    ):
+        (tmp_path / "rows.csv").write_text(rows, encoding="utf-8")
+        with pytest.raises(JobFileError) as info:
+            list(campaign.iter_ids())
+        assert problem in str(info.value), (rows, str(info.value))
+    text = "defaults: {input: {duration: 5, sound: true}}\njobs_file: rows.csv\n"
+    campaign = _load(
+        tmp_path, text, {"rows.csv": "id,model,mode,prompt\nr1,kling-2-6,text-to-video,a\n"}
+    )
+    (tmp_path / "rows.csv").write_text("id,model,mode,prompt\nr1,veo-9,text-to-video,a\n")
+    with pytest.raises(JobFileError) as info:
+        list(campaign.iter_ids())
+    assert "job 'r1' (rows.csv row 2) field 'model': unknown model 'veo-9'" in str(info.value)
+    (tmp_path / "rows.csv").write_text(
+        "id,model,mode,prompt\nr1,kling-2-6,text-to-video,a\nr2,kling-2-6,text-to-video,\n"
+    )
+    assert list(campaign.iter_ids()) == ["r1", "r2"]  # r2's missing prompt: not read here

@@ -1055,3 +1055,19 @@ def test_sync_result_defaults() -> None:
     r = SyncResult()
     assert (r.added, r.unchanged, r.updated, r.dropped_from_file) == (0, 0, 0, 0)
     assert r.changed_after_submit is None
+
+
+def test_known_task_ids_are_the_jobs_tasks_now_and_before(journal: Journal) -> None:
+    """What the owner check asks of a journal: which of a manifest's task ids are its own,
+    a job's current task or an earlier one (--retry-failed clears the task id, not its
+    history)."""
+    journal.sync([_job(i) for i in range(3)], NOW)
+    _submit(journal, "job-0", "task-a")
+    _submit(journal, "job-1", "task-b")
+    journal.transition("job-1", S.FAILED, NOW, fail_code="X")
+    journal.transition("job-1", S.QUEUED, NOW, task_id=None)
+    row = journal.get("job-1")
+    assert row is not None and row.task_id is None
+    many = [f"task-x{i}" for i in range(1000)]  # past one query's worth of ids
+    assert journal.known_task_ids(["task-a", "task-b", "task-c", *many]) == {"task-a", "task-b"}
+    assert journal.known_task_ids([]) == set()

@@ -1,4 +1,4 @@
-"""review.html in a real browser (issue 23): Debian's Chromium driven by Playwright, on the
+"""review.html in a real browser (issues 23 and 32): Debian's Chromium driven by Playwright, on the
 page a finished simulator campaign leaves. Skipped, with the one-line reason in the run's
 header, where no Chromium is found."""
 
@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import chromium_path, why_no_browser
+from browser import browser_page, why_no_browser
 from e2e import ALL_MODES, read_manifest, run_cli, write_campaign
+from test_review import campaign_journal
 
-from apixo_batch.journal import Journal, NewJob
+from apixo_batch.journal import Journal, NewJob, RunRecord, Totals, last_runs
+from apixo_batch.journal.runs import keep_run
+from apixo_batch.reports.review import write_review
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,22 +59,8 @@ def _jobs() -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def page():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        try:
-            tab = await browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.dialogs = []  # type: ignore[attr-defined]
-
-            async def dialog(d: Any) -> None:
-                tab.dialogs.append(d.message)  # type: ignore[attr-defined]
-                await d.dismiss()
-
-            tab.on("dialog", dialog)
-            yield tab
-        finally:
-            await browser.close()
+    async with browser_page() as tab:
+        yield tab
 
 
 async def test_a_finished_campaign_reads_plays_filters_and_runs_no_script(
@@ -167,3 +156,119 @@ async def test_a_hundred_thousand_jobs_stay_one_usable_page(tmp_path: Path, page
     await page.wait_for_function(f"document.querySelectorAll('article.card').length > {drawn}")
     await page.fill("#search", "scene 99999")
     assert [await c.get_attribute("data-id") for c in await cards.all()] == ["job-099999"]
+
+
+async def _fact(page: Any, key: str) -> str:
+    return str(await page.locator(f'#facts [data-fact="{key}"]').inner_text())
+
+
+async def _card(page: Any, job_id: str) -> str:
+    return str(await page.locator(f'article[data-id="{job_id}"]').inner_text())
+
+
+async def test_the_page_says_where_each_job_is_and_the_command_that_moves_it(
+    tmp_path: Path, page: Any
+) -> None:
+    """What a person reads: an expired card says expired and the command that generates it
+    again (no hours left); Needs attention holds the failed, expired and given-up jobs,
+    each with its command; each pending card says why it waits; the spend is known prices
+    plus the jobs of unknown price; "last run" is the run that worked, not the rerun that
+    found nothing to do; sound, cfg_scale and linked, lazy source thumbnails, and a
+    javascript: URL never becomes a link."""
+    journal = campaign_journal(tmp_path)
+    keep_run(journal, RunRecord(time.time() - 120, 42.5, 6, 12))
+    keep_run(journal, RunRecord(time.time() - 60, 0.0, 0, 0))
+    path = write_review(
+        journal.iter_all(),
+        tmp_path,
+        name="night",
+        job_file="my jobs.yaml",
+        totals=Totals(journal.totals()),
+        runs=last_runs(journal),
+    )
+    journal.close()
+    await page.goto(path.as_uri())
+
+    expired = await _card(page, "expired")
+    assert "expired: its URL expired before it was downloaded" in expired
+    assert "apixo-batch run 'my jobs.yaml' --retry-expired" in expired
+    assert "h left" not in expired
+
+    attention = page.locator("#attention")
+    assert (await attention.locator("h2").inner_text()) == (
+        "Needs attention: 1 failed, 1 expired, 1 download given up"
+    )
+    assert "SensitiveContentDetected x1" in await attention.inner_text()
+    failed = await attention.locator('p[data-kind="failed"]').inner_text()
+    assert "apixo-batch run 'my jobs.yaml' --retry-failed" in failed
+    group = await attention.locator('[data-kind="expired"]').inner_text()
+    assert "expired x1" in group and "expired" in group.split("\n")[2]
+    assert "apixo-batch run 'my jobs.yaml' --retry-expired" in group
+    group = await attention.locator('[data-kind="download"]').inner_text()
+    assert "download given up x1" in group and "gaveup" in group
+    assert "h left before its URL expires" in group
+    assert "apixo-batch download 'my jobs.yaml'" in group
+
+    assert "Never submitted: apixo-batch run 'my jobs.yaml' submits it." in await _card(
+        page, "never"
+    )
+    flight = await _card(page, "flight")
+    assert "In flight: task t-flight is paid and followed on APIXO." in flight
+    gaveup = await _card(page, "gaveup")
+    assert "Paid, download given up: 7.1 h left before its URL expires." in gaveup
+    assert "apixo-batch download 'my jobs.yaml' fetches it, not charged again." in gaveup
+    assert [
+        await page.locator(f'article[data-id="{i}"]').get_attribute("data-wait")
+        for i in ("never", "flight", "gaveup", "done")
+    ] == ["never", "flight", "download", None]
+
+    assert await _fact(page, "spend") == "spent ~$1.50 at known prices + 1 job of unknown price"
+    assert (await _fact(page, "last-run")).endswith("took 42.5 s, 6 submitted")
+    assert (await _fact(page, "latest-run")).endswith(": nothing to do")
+
+    done = page.locator('article[data-id="done"]')
+    assert "sound\non\ncfg_scale\n0.5" in await done.locator("dl").inner_text()
+    never = page.locator('article[data-id="never"] dl')
+    assert "sound\noff\ncfg_scale\n0" in await never.inner_text()
+    link = done.locator(".sources a")
+    assert await link.get_attribute("href") == "https://i.test/a.jpg"
+    assert await link.get_attribute("target") == "_blank"
+    img = link.locator("img")
+    assert (await img.get_attribute("loading"), await img.get_attribute("src")) == (
+        "lazy",
+        "https://i.test/a.jpg",
+    )
+    bad = page.locator('article[data-id="flight"] .sources')
+    assert await bad.locator("a").count() == 0
+    assert await bad.inner_text() == "source image 1: javascript:alert(1)"
+    assert page.dialogs == []
+
+
+async def test_a_queued_job_says_the_budget_or_the_stop_that_left_it(
+    tmp_path: Path, page: Any
+) -> None:
+    """After a run that stopped at its budget, a job never submitted says it did not fit
+    that budget; after one that was interrupted, that the run stopped submitting; before
+    any run kept, only that it was never submitted."""
+    journal = campaign_journal(tmp_path)
+    said = []
+    for record in (
+        None,
+        RunRecord(time.time(), 5.0, 2, 4, stops=("budget",), budget_usd=1.0),
+        RunRecord(time.time(), 5.0, 2, 4, stops=("interrupted",)),
+    ):
+        if record is not None:
+            keep_run(journal, record)
+        path = write_review(
+            journal.iter_all(), tmp_path, name="n", job_file="c.yaml", runs=last_runs(journal)
+        )
+        await page.goto(path.as_uri())
+        said.append(await page.locator('article[data-id="never"] .why').inner_text())
+    journal.close()
+    assert said == [
+        "Never submitted: apixo-batch run c.yaml submits it.",
+        "Not submitted: it did not fit the last run's budget ($1.00). A larger --budget, "
+        "or none: apixo-batch run c.yaml",
+        "Not submitted: the last run stopped submitting (interrupted). Once that is fixed, "
+        "apixo-batch run c.yaml goes on.",
+    ]
