@@ -50,6 +50,7 @@ __all__ = [
     "StorageError",
     "TransportError",
     "api_error_for",
+    "connection_trouble",
 ]
 
 
@@ -242,3 +243,24 @@ def api_error_for(
         return InvalidRequest(status, message, endpoint=endpoint)
     # A JSON code we do not know (e.g. 1xx/3xx): treat as server trouble, retryable.
     return ServerError(status, message, endpoint=endpoint)
+
+
+def connection_trouble(exc: BaseException) -> str:
+    """A transport exception in plain words: a connection that could not be made says
+    ``cannot connect to HOST:PORT (connection refused)``, not aiohttp's
+    ``Cannot connect to host … ssl:default [Connect call failed (…)]``."""
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(host, str) and isinstance(os_error, OSError):
+        if isinstance(os_error, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(os_error, TimeoutError):
+            why = "timed out"
+        elif type(os_error).__name__ == "gaierror":  # socket's: the name did not resolve
+            why = "name not resolved"
+        else:
+            why = (os_error.strerror or type(os_error).__name__).lower()
+        where = f"{host}:{port}" if port is not None else host
+        return f"cannot connect to {where} ({why})"
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

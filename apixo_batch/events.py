@@ -329,6 +329,12 @@ class Summary(Event):
     review: str | None
     output_dir: str | None
     store_requests: dict[str, int] | None
+    #: the one thing to do next, from the stop that chose the exit code (None: nothing)
+    next_step: str | None = None
+    #: pending jobs whose submit was cut off before its answer was journaled: a task may
+    #: exist, the next run submits them again (in ``possibly_duplicated``, not in
+    #: ``never_submitted``)
+    submit_cut_off: int | None = None
     #: a run that could not start (the CLI's exit 2 and 74 before the engine ran)
     error: str | None = _optional()
 

@@ -144,3 +144,24 @@ def test_job_file_error_singular_without_source() -> None:
     """One problem reads '1 problem found', with no source prefix when none is given."""
     err = JobFileError([FieldIssue("job 'a'", "model", "unknown")])
     assert str(err).splitlines()[0] == "1 problem found"
+
+
+def test_a_connection_that_could_not_be_made_is_told_in_plain_words() -> None:
+    """aiohttp's "Cannot connect to host h:p ssl:default [Connect call failed (…)]"
+    becomes "cannot connect to h:p (connection refused)"; other errors keep their type."""
+    import socket
+
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from apixo_batch.errors import connection_trouble
+
+    key = ConnectionKey("127.0.0.1", 8799, False, True, None, None, None)
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
+    assert "ssl:default" in str(refused)  # what people read before
+    assert connection_trouble(refused) == "cannot connect to 127.0.0.1:8799 (connection refused)"
+    unknown = aiohttp.ClientConnectorError(key, socket.gaierror(-2, "Name or service not known"))
+    assert connection_trouble(unknown) == "cannot connect to 127.0.0.1:8799 (name not resolved)"
+    assert connection_trouble(TimeoutError()) == "TimeoutError"
+    reset = aiohttp.ClientConnectionError("Connection reset by peer")
+    assert connection_trouble(reset) == "ClientConnectionError: Connection reset by peer"

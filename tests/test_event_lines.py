@@ -135,6 +135,8 @@ SUMMARY_KEYS = [
     "review",
     "output_dir",
     "store_requests",
+    "next_step",
+    "submit_cut_off",
 ]
 
 
@@ -288,6 +290,8 @@ def test_the_summary_of_a_run_result_is_its_json_line() -> None:
         "review": "/o/review.html",
         "output_dir": None,
         "store_requests": {"put": 3},
+        "next_step": None,
+        "submit_cut_off": 0,
     }
     assert summary_dict(busy_result()) == {k: line[k] for k in SUMMARY_KEYS}
 
@@ -300,4 +304,4 @@ def test_an_empty_run_summarises_with_nulls_and_an_error_only_when_given() -> No
     assert summary.slot_turnaround_s is None and summary.store_requests is None
     assert "error" not in summary.as_dict()
     failed = dataclasses.replace(summary, error="APIXO_API_KEY is not set")
-    assert list(failed.as_dict())[-2:] == ["store_requests", "error"]
+    assert list(failed.as_dict())[-2:] == ["submit_cut_off", "error"]

@@ -188,14 +188,17 @@ async def test_rate_limits_and_faults_show_as_events_and_all_finish(
 
 
 async def test_stderr_may_talk_but_stdout_stays_json_on_errors(simulator, tmp_path: Path) -> None:
-    """An invalid job file under --json: exit 2, the message on stderr, stdout empty."""
+    """An invalid job file under --json: exit 2, the message on stderr, stdout JSON only:
+    one summary line that carries the exit code and the error (as every run ends)."""
     sim = await simulator(time_scale=0.01)
     jobs = simple_jobs(1)
     jobs[0]["input"]["duration"] = 7
     job_file = write_campaign(tmp_path, jobs)
     res = await run_cli(sim, "run", str(job_file), *FAST)
     assert res.code == 2
-    assert res.stdout == ""
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [e["event"] for e in lines] == ["summary"]
+    assert lines[0]["exit_code"] == 2 and "duration" in lines[0]["error"]
     assert "duration" in res.stderr
 
 

@@ -22,7 +22,7 @@ from yarl import URL
 
 from ..clock import SystemClock
 from ..defaults import DEFAULT_BASE_URL, PATIENCE
-from ..errors import ApiError, RateLimited, TransportError, api_error_for
+from ..errors import ApiError, RateLimited, TransportError, api_error_for, connection_trouble
 from ..retry import Patience, parse_retry_after
 from .breaker import Breaker
 from .limits import RPM_CAP, Priority, RequestBucket
@@ -274,10 +274,10 @@ class ApixoClient:
                 # Parsed only for an error answer (a 200 may carry an error code too).
                 retry_header = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            detail = redact(str(exc), self._key) or type(exc).__name__
+            detail = redact(connection_trouble(exc), self._key)
             # No connection was made (refused, no such host, TLS handshake): nothing left.
             sent = not isinstance(exc, aiohttp.ClientConnectorError)
-            raise TransportError(f"{endpoint}: {type(exc).__name__}: {detail}", sent=sent) from None
+            raise TransportError(f"{endpoint}: {detail}", sent=sent) from None
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:

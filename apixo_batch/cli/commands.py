@@ -18,10 +18,10 @@ from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
 from ..apixo.secret import ApiKey, redact
-from ..clock import human_duration
+from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
-from ..events import Event, Expired, Failed, Pending, Preflight, Stopped, Warned
+from ..events import Event, Expired, Failed, Pending, Preflight, Retried, Stopped, Warned
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
@@ -67,8 +67,10 @@ class _Printer:
         self._console: Console | None = None
         self._flush_pending = False
 
-    def attach(self, stats: Callable[[], RunStatistics]) -> None:
-        """Make the progress view for an engine (its statistics() feed the rpm and spend)."""
+    def attach(self, stats: Callable[[], RunStatistics], clock: Clock) -> None:
+        """Make the progress view for an engine (its statistics() feed the rpm and spend,
+        its clock the ETA)."""
+        self.tally.clock = clock
         if self.json_mode or self.quiet or self.verbose:
             return
         if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
@@ -84,19 +86,9 @@ class _Printer:
         self.view = None
 
     def ended_in_error(self, code: ExitCode, message: str) -> ExitCode:
-        """A run that could not go on: one line on stderr, and with --json a summary as
-        the stream's last line (``exit_code`` and ``error``), as every run ends."""
-        message = redact(message, self.key)
-        summary = replace(RunResult(code, counts={}).summary(), at=time.time(), error=message)
-        line = event_line(summary)
-        if self.verbose and not self.json_mode:
-            sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
-            return code
-        _err(message)
-        if self.json_mode:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        return code
+        return ended_in_error(
+            code, message, json_mode=self.json_mode, verbose=self.verbose, key=self.key
+        )
 
     def _flush_soon(self) -> None:
         # Events of one loop turn leave in one write; a reader still gets each line
@@ -144,9 +136,13 @@ class _Printer:
                 if isinstance(event, Failed)
                 else (None, event.message)
             )
+            line = " ".join([f"{event.kind}: {event.job_id}", *filter(None, (why, msg))])
             hint = _FAIL_HINTS.get(event.fail_class or "") if isinstance(event, Failed) else None
-            line = f"{event.kind}: {event.job_id} {why or ''} {msg or ''}".rstrip()
             self._say(f"{line} ({hint})" if hint else line)
+        elif isinstance(event, Retried) and event.call == "download":
+            # The only sign in the human output of why a job ends pending with its result
+            # paid: the status it got and the command that fetches it later.
+            self._say(f"download: {event.job_id}: {event.error}")
         elif isinstance(event, Pending) and not self.quiet:
             self._say(f"pending: {event.job_id}: {event.message}")
 
@@ -159,6 +155,21 @@ _FAIL_HINTS = {
 }
 
 
+def _selection_refused(args: argparse.Namespace, campaign: Campaign) -> str | None:
+    """The one line that refuses the selectors as given (``--fail-code`` without
+    ``--retry-failed``, an ``--only`` pattern that matches no job), or None."""
+    if getattr(args, "fail_code", None) and not args.retry_failed:
+        return "--fail-code narrows --retry-failed: give --retry-failed too"
+    if not getattr(args, "only", None):
+        return None
+    try:
+        if campaign.from_journal or args.command != "run":
+            return unmatched_only(args, _journal_ids(_state_path(args, campaign)))
+        return unmatched_only(args, (job.id for job in campaign.iter_jobs()))
+    except (JobFileError, StorageError) as exc:
+        return str(exc)
+
+
 def _journal_ids(state: Path) -> Iterator[str]:
     """Every job id a journal holds (a job removed from the file but paid for included)."""
     if not state.is_file():
@@ -168,6 +179,38 @@ def _journal_ids(state: Path) -> Iterator[str]:
         yield from (r.id for r in journal.iter_all())
     finally:
         journal.close()
+
+
+def ended_in_error(
+    code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
+) -> ExitCode:
+    """A run that could not go on, or start: one line on stderr, and with --json a summary
+    as the stream's last line (``exit_code`` and ``error``), as every run ends."""
+    message = redact(message, key)
+    summary = replace(RunResult(code, counts={}).summary(), at=time.time(), error=message)
+    line = event_line(summary)
+    if verbose and not json_mode:
+        sys.stderr.write(line + "\n")  # -v: the error is in its JSON summary
+        return code
+    _err(message)
+    if json_mode:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def _refused(args: argparse.Namespace, code: ExitCode, message: str) -> ExitCode:
+    """``run`` or ``download`` refused before a key was read: told as every run ends."""
+    return ended_in_error(code, message, json_mode=args.json, verbose=args.verbose)
+
+
+def _fail(args: argparse.Namespace, code: ExitCode, message: str) -> ExitCode:
+    """A command that cannot start: ``download`` ends as a run does (--json: a summary
+    last), ``status`` and ``review`` with one line."""
+    if args.command == "download":
+        return _refused(args, code, message)
+    _err(message)
+    return code
 
 
 def _load(args: argparse.Namespace) -> Campaign:
@@ -193,26 +236,15 @@ def campaign_command(args: argparse.Namespace) -> int:
                 return found
             campaign = found
         elif isinstance(exc, JobFileError):
-            _err(str(exc))
-            return ExitCode.INVALID
+            return _refused(args, ExitCode.INVALID, str(exc))
         else:
-            _err(f"cannot read the job file: {exc}")
-            return ExitCode.INVALID
-    if getattr(args, "fail_code", None) and not args.retry_failed:
-        _err("--fail-code narrows --retry-failed: give --retry-failed too")
+            return _refused(args, ExitCode.INVALID, f"cannot read the job file: {exc}")
+    refused = _selection_refused(args, campaign)
+    if refused is not None:
+        if args.command in ("run", "download"):
+            return _refused(args, ExitCode.INVALID, refused)
+        _err(refused)
         return ExitCode.INVALID
-    if getattr(args, "only", None):
-        try:
-            if campaign.from_journal or args.command != "run":
-                refused = unmatched_only(args, _journal_ids(_state_path(args, campaign)))
-            else:
-                refused = unmatched_only(args, (job.id for job in campaign.iter_jobs()))
-        except (JobFileError, StorageError) as exc:
-            _err(str(exc))
-            return ExitCode.INVALID
-        if refused is not None:
-            _err(refused)
-            return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
     if args.command == "review":
@@ -249,24 +281,30 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
     if args.state:
         state = Path(args.state).absolute()
         if not state.is_file():
-            _err(f"{head}, and there is no journal at --state {state}")
-            return ExitCode.INVALID
+            return _fail(
+                args, ExitCode.INVALID, f"{head}, and there is no journal at --state {state}"
+            )
     else:
         found = _journal_beside(job_file, args.out)
         if not found:
             where = args.out or f"{job_file.parent} ({STATE_FOLDER}/*.sqlite, */{STATE_FILE})"
-            _err(f"{head}, and no journal was found in {where}: fix the file or give --state")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and no journal was found in {where}: fix the file or give --state",
+            )
         if len(found) > 1:
             listed = ", ".join(str(p) for p in found[:5])
-            _err(f"{head}, and {len(found)} journals were found ({listed}): give --state")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and {len(found)} journals were found ({listed}): give --state",
+            )
         state = found[0]
     try:
         journal = Journal(state, lock=False)
     except StorageError as exc:
-        _err(f"{head}, and its journal cannot be read: {exc}")
-        return ExitCode.IO_ERROR
+        return _fail(args, ExitCode.IO_ERROR, f"{head}, and its journal cannot be read: {exc}")
     try:
         recorded, kept_name = journal.get_meta("output"), journal.get_meta("campaign")
     finally:
@@ -280,8 +318,11 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
         elif state.name == STATE_FILE:
             output = state.parent
         elif args.command != "status":
-            _err(f"{head}, and the journal {state} does not say where its results are: give --out")
-            return ExitCode.INVALID
+            return _fail(
+                args,
+                ExitCode.INVALID,
+                f"{head}, and the journal {state} does not say where its results are: give --out",
+            )
     _err(f"{head}: working from the journal {state} alone")
     args.state = str(state)
     # The campaign the journal is for (kept by its first run); older journals did not
@@ -302,27 +343,28 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         key = load_api_key(args.api_key_file)
     except (OSError, ValueError) as exc:
-        _err(f"cannot read --api-key-file: {exc}")
-        return ExitCode.INVALID
+        return _refused(args, ExitCode.INVALID, f"cannot read --api-key-file: {exc}")
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
-        _err("callback mode needs both --callback-url (public URL) and --listen HOST:PORT")
-        return ExitCode.INVALID
+        return _refused(
+            args,
+            ExitCode.INVALID,
+            "callback mode needs both --callback-url (public URL) and --listen HOST:PORT",
+        )
     listen_at = None
     if listen and callback_url:
         try:
             listen_at = parse_listen(listen)
             callback_url_with_token(callback_url, new_token())  # validates the URL
         except ValueError as exc:
-            _err(str(exc))
-            return ExitCode.INVALID
+            return _refused(args, ExitCode.INVALID, str(exc))
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
         engine = _engine(args, campaign, key, printer, callback_url, listen_at)
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
-    printer.attach(engine.statistics)
+    printer.attach(engine.statistics, engine.clock)
     note_when_stdout_closes(
         "stdout was closed (its reader went away): the run goes on, and every event still "
         "reaches the journal, the files and the manifest (`apixo-batch status` tells where "

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Protocol
 
-from ..clock import Clock, human_duration
+from ..clock import Clock, SystemClock, human_duration
 from ..events import (
     Downloaded,
     Event,
@@ -60,14 +59,34 @@ class _Row:
     pending: int = 0
 
 
+#: Results that must end before an ETA is shown: one gives no pace, two a noisy one.
+ETA_AFTER = 3
+#: How far each new end moves the time left towards its own estimate, and by how much of
+#: itself at most: a burst of results (or a lull) nudges the ETA rather than throwing it.
+ETA_SMOOTHING = 0.3
+ETA_MAX_STEP = 0.25
+#: The pace is that of the last ends (this many), so a lull long past stops weighing on it.
+ETA_WINDOW = 20
+
+
 @dataclass
 class Tally:
-    """Counts per model and overall, kept up to date from events."""
+    """Counts per model and overall, kept up to date from events.
+
+    The ETA is a predicted end on ``clock`` (the run's own: virtual in tests), moved only
+    when a job ends and counted down between ends: while submits take every request and
+    nothing ends, it counts down instead of growing with the wait."""
 
     rows: dict[str, _Row] = field(default_factory=lambda: defaultdict(_Row))
-    started_at: float = field(default_factory=time.monotonic)
+    clock: Clock = field(default_factory=SystemClock)
     first_done_at: float | None = None
     done_this_run: int = 0
+    #: jobs that ended this run (done, failed after a submit, expired)
+    ended_this_run: int = 0
+    #: when the last ends came (``clock.monotonic()``): the pace
+    ends: deque[float] = field(default_factory=lambda: deque(maxlen=ETA_WINDOW + 1))
+    #: the predicted end (``clock.monotonic()``), once it can be estimated
+    predicted_end: float | None = None
     retries: int = 0
     rate_limited: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -103,7 +122,8 @@ class Tally:
                 row.done += 1
                 self.done_this_run += 1
                 if self.first_done_at is None:
-                    self.first_done_at = time.monotonic()
+                    self.first_done_at = self.clock.monotonic()
+                self._ended()
             case Failed(model=model, task_id=task_id):
                 row = self.rows[model]
                 if task_id is not None:
@@ -111,10 +131,34 @@ class Tally:
                 else:
                     row.queued = max(0, row.queued - 1)
                 row.failed += 1
+                if task_id is not None:  # a refused submit ends at once: no pace of results
+                    self._ended()
             case Expired(model=model):
                 row = self.rows[model]
                 row.downloading = max(0, row.downloading - 1)
                 row.expired += 1
+                self._ended()
+
+    def _ended(self) -> None:
+        """A job ended: the pace of the last ends predicts when the rest will."""
+        now = self.clock.monotonic()
+        self.ended_this_run += 1
+        self.ends.append(now)
+        # The pace between ends, not since the start: the first results come only after a
+        # whole generation, and that wait says nothing about how fast the rest follow.
+        spent = now - self.ends[0]
+        if len(self.ends) < ETA_AFTER or spent <= 0:
+            return
+        t = self.total()
+        left = t.queued + t.in_flight + t.downloading
+        estimate = left * spent / (len(self.ends) - 1)
+        shown = None if self.predicted_end is None else self.predicted_end - now
+        if shown is None or shown <= 0:
+            self.predicted_end = now + estimate  # the first pace, or the last one overdue
+            return
+        moved = shown + (estimate - shown) * ETA_SMOOTHING
+        low, high = shown * (1 - ETA_MAX_STEP), shown * (1 + ETA_MAX_STEP)
+        self.predicted_end = now + min(max(moved, low), high)
 
     def total(self) -> _Row:
         out = _Row()
@@ -124,15 +168,17 @@ class Tally:
         return out
 
     def eta_s(self) -> float | None:
-        """Seconds left at the pace of this run so far, or None before the first result."""
+        """Seconds left at the pace of this run's ends, or None until it can be estimated
+        (fewer than :data:`ETA_AFTER` ends) and once the predicted end has passed."""
         t = self.total()
-        left = t.queued + t.in_flight + t.downloading
-        if not left:
+        if not self.rows:
+            return None  # nothing known yet: before ``started``
+        if not t.queued + t.in_flight + t.downloading:
             return 0.0
-        if self.first_done_at is None or self.done_this_run < 3:
+        if self.predicted_end is None:
             return None
-        rate = self.done_this_run / max(1e-6, time.monotonic() - self.started_at)
-        return left / rate
+        left = self.predicted_end - self.clock.monotonic()
+        return left if left > 0 else None
 
 
 def _fmt_eta(eta: float | None) -> str:

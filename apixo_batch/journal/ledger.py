@@ -152,6 +152,10 @@ class Ledger:
     async def counts(self) -> dict[str, int]:
         return await self._j.read(Journal.counts)
 
+    async def queued_cut_off(self) -> int:
+        """Queued jobs whose last submit was cut off before its answer was journaled."""
+        return await self._j.read(Journal.queued_cut_off)
+
     async def counts_by_model(self) -> dict[str, dict[str, int]]:
         return await self._j.read(Journal.counts_by_model)
 

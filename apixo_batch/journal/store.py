@@ -257,6 +257,14 @@ class Journal(Reconcile, LearnedClocks):
             )
         }
 
+    def queued_cut_off(self) -> int:
+        """Queued file jobs flagged possibly duplicated: a submit of theirs was cut off."""
+        row = self._db.execute(
+            "SELECT count(*) FROM jobs WHERE state='queued' AND possibly_duplicated=1 "
+            "AND (in_file=1 OR task_id IS NOT NULL)"
+        ).fetchone()
+        return int(row[0])
+
     def counts_by_model(self) -> dict[str, dict[str, int]]:
         """Jobs per model and state (for progress rows)."""
         out: dict[str, dict[str, int]] = {}

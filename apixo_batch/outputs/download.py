@@ -35,7 +35,7 @@ from yarl import URL
 
 from ..clock import Clock
 from ..defaults import DOWNLOAD_BACKOFF
-from ..errors import DownloadError, IntegrityError, ResultExpired
+from ..errors import DownloadError, IntegrityError, ResultExpired, connection_trouble
 from ..retry import Backoff, parse_retry_after
 from .partfile import FileSink, PartFile, ftyp_problem
 
@@ -271,7 +271,7 @@ class _Transfer:
         except aiohttp.InvalidURL:
             raise DownloadError(f"{self.where}: not a usable URL") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {_scrub(str(exc))}".rstrip(": ")
+            reason = _scrub(connection_trouble(exc))
             raise _Retry(
                 reason, unreachable=isinstance(exc, aiohttp.ClientConnectorError)
             ) from None

@@ -60,6 +60,7 @@ class PartFile:
         # (a closed descriptor's number may already belong to another file).
         self._lock = threading.Lock()
         self._sealed = False  # committed or closed: no more writes
+        self._landed = False  # renamed to its final name: the path is no longer ours
         self._broken = False  # a write failed: the file may end mid-batch
 
     @classmethod
@@ -147,6 +148,7 @@ class PartFile:
                 self._fd = None
                 os.close(fd)
         os.replace(self.path, dest)
+        self._landed = True
         _fsync_dir(dest.parent)
 
     def _create(self) -> int:
@@ -203,22 +205,31 @@ class PartFile:
         """Land what is buffered and close, keeping it for a later resume.
 
         An empty file helps nobody: it is deleted (as is a ``.part`` left by
-        an earlier run that a fresh part never got to overwrite).
+        an earlier run that a fresh part never got to overwrite, and the one a
+        commit that failed left empty: a small file's only write is the commit's,
+        and a full disk refuses it after the file was created).
         """
         with self._lock:
             if self._sealed:
-                return  # committed (or committing) already
-            self._sealed = True
-            pieces = self.take()
-            try:
-                if pieces and not self._broken:
-                    self._write(self._fd if self._fd is not None else self._create(), pieces)
-            except OSError as exc:
-                # Keep the caller's exception; what is on disk is still a prefix.
-                log.debug("cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc)
-            finally:
-                self._close()
-            empty = self._written == 0
+                # Committed (or committing) already, or a commit that failed: that one's
+                # file is gone only if the disk took none of it (a piece cut short is on
+                # disk without being counted in ``_written``).
+                empty = not self._landed and self._fd is None and _empty(self.path)
+            else:
+                self._sealed = True
+                pieces = self.take()
+                try:
+                    if pieces and not self._broken:
+                        fd = self._fd if self._fd is not None else self._create()
+                        self._write(fd, pieces)
+                except OSError as exc:
+                    # Keep the caller's exception; what is on disk is still a prefix.
+                    log.debug(
+                        "cannot keep the last %d bytes of %s: %s", len(pieces), self.path, exc
+                    )
+                finally:
+                    self._close()
+                empty = self._written == 0
         if empty:
             self.path.unlink(missing_ok=True)
 
@@ -298,6 +309,13 @@ def _open_creating(path: Path, flags: int) -> int:
         # Cheaper than a mkdir before every file: folders are usually there already.
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o666)
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False  # not there, or not ours to judge: left as it is
 
 
 def _fsync_dir(directory: Path) -> None:

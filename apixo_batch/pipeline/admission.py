@@ -29,7 +29,7 @@ from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
 from ..planning.order import longest_first
 from ..planning.selection import Selection
-from .stop import Level, Stop, StopKind, Stops
+from .stop import BUDGET_STEP, Level, Stop, StopKind, Stops
 
 __all__ = [
     "Admission",
@@ -204,7 +204,7 @@ class BudgetMeter:
             f"--budget ${self.budget:.2f} reached (estimated spend ${self.committed:.2f}); "
             f"the remaining jobs stay pending: {self.unfit:,} did not fit: {named}"
         )
-        return Stop(StopKind.BUDGET, reason)
+        return Stop(StopKind.BUDGET, reason, next_step=BUDGET_STEP)
 
 
 class LimitMeter:

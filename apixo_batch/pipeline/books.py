@@ -42,8 +42,10 @@ class Books:
     arrived: dict[str, int] = field(default_factory=dict)
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: file jobs still queued: no task was ever asked for them
+    #: file jobs still queued that no submit ever reached
     never_submitted: int | None = None
+    #: file jobs still queued whose submit was cut off on the wire (a task may exist)
+    submit_cut_off: int | None = None
     #: where the manifest is now (a path, or an ``s3://`` URL)
     manifest_at: Path | str | None = None
 
@@ -88,7 +90,10 @@ async def _count(ledger: Ledger, manifest_path: Path) -> Books:
     with _unless_unreadable():
         books.totals = await ledger.totals()
     with _unless_unreadable():
-        books.never_submitted = (await ledger.counts()).get(JobState.QUEUED.value, 0)
+        queued = (await ledger.counts()).get(JobState.QUEUED.value, 0)
+        # One job is told once: a cut-off submit is "possibly submitted", not "never".
+        books.submit_cut_off = await ledger.queued_cut_off()
+        books.never_submitted = queued - books.submit_cut_off
     return books
 
 

@@ -47,7 +47,7 @@ from ..retry import Patience
 from .admission import Permit
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
-from .stop import Level, Stop, StopKind, Stops, no_access
+from .stop import Level, Stop, StopKind, Stops, no_access, refusal_step
 from .submitter import Submitted
 from .turnaround import Turnaround
 
@@ -257,7 +257,9 @@ class Follower:
             reason = f"the API refused a poll: {exc}"
             if isinstance(exc, Forbidden):
                 reason = f"the API refused a poll: {no_access('status', t.model)} ({exc})"
-            self._stops.request(Stop(StopKind.KEY_REFUSED, reason, fatal=str(exc)))
+            self._stops.request(
+                Stop(StopKind.KEY_REFUSED, reason, fatal=str(exc), next_step=refusal_step(exc))
+            )
             return False
         if isinstance(exc, NotFound):
             t.not_found += 1

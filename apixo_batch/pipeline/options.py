@@ -196,8 +196,12 @@ class RunResult:
     arrived: dict[str, int] = field(default_factory=dict)
     fail_codes: dict[str, list[str]] = field(default_factory=dict)
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: jobs still queued at the end (counted as pending): never submitted, `run` submits them
+    #: jobs still queued at the end (counted as pending) that no submit ever reached
     never_submitted: int | None = 0
+    #: jobs still queued whose submit was cut off on the wire: a task may exist
+    submit_cut_off: int | None = 0
+    #: the one thing to do next (from the stop that chose the exit code)
+    next_step: str | None = None
     #: a path, or an ``s3://`` URL when the output is object storage
     manifest: Path | str | None = None
     review: Path | str | None = None
@@ -241,6 +245,8 @@ class RunResult:
             review=str(self.review) if self.review else None,
             output_dir=str(self.output_dir) if self.output_dir else None,
             store_requests=self.store_requests or None,
+            next_step=self.next_step,
+            submit_cut_off=self.submit_cut_off,
         )
 
 

@@ -110,6 +110,8 @@ async def finish(
         fail_codes=books.fail_codes,
         per_model=books.per_model,
         never_submitted=books.never_submitted,
+        submit_cut_off=books.submit_cut_off,
+        next_step=stops.next_step or _fetch_later(stages),
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
     )
@@ -120,3 +122,15 @@ async def finish(
     result.store_requests = output.requests()
     parts.emit(result.summary())
     return result
+
+
+def _fetch_later(stages: Stages | None) -> str | None:
+    """Downloads that gave up in a run nothing stopped: their results are paid and their
+    URLs journaled, so fetching them later is the one thing left to do."""
+    gave_up = stages.lander.retries if stages is not None else 0
+    if not gave_up:
+        return None
+    return (
+        f"`apixo-batch download` fetches the {gave_up} result(s) whose download gave up "
+        "(paid already; their URLs stay valid until they expire)"
+    )

@@ -53,16 +53,21 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import ApiError, AuthError, InsufficientBalance
 from ..events import Emitter, Stopped
 from ..exitcodes import ExitCode
 
 __all__ = [
+    "BUDGET_STEP",
     "EXIT_PRECEDENCE",
+    "INTERRUPTED_STEP",
+    "UNREACHABLE_STEP",
     "Level",
     "Stop",
     "StopKind",
     "Stops",
     "no_access",
+    "refusal_step",
     "storage_stop",
 ]
 
@@ -112,6 +117,8 @@ class Stop:
     fatal: str | None = None
     #: the balance read before the first submit, told with a pre-flight refusal
     balance_usd: float | None = None
+    #: what the operator does about it, in one sentence (the summary's ``next_step``)
+    next_step: str | None = None
 
 
 def storage_stop(why: str, *, paid_untold: bool = False) -> Stop:
@@ -127,7 +134,26 @@ def storage_stop(why: str, *, paid_untold: bool = False) -> Stop:
         )
     else:
         reason = f"{why}; nothing paid is forgotten: the same command resumes once it is fixed"
-    return Stop(StopKind.STORAGE, reason)
+    return Stop(StopKind.STORAGE, reason, next_step=STORAGE_STEP)
+
+
+#: What to do after each kind of stop whose remedy does not depend on the answer.
+STORAGE_STEP = "free or fix the disk (or bucket) named above, then run the same command"
+UNREACHABLE_STEP = "run the same command once APIXO answers again: it resumes where this run ended"
+BUDGET_STEP = "raise --budget (or leave it out) and run the same command to submit the rest"
+INTERRUPTED_STEP = "run the same command again to resume"
+
+
+def refusal_step(exc: ApiError) -> str:
+    """What to do after APIXO refused the account (401, 402, 403): one next step."""
+    if isinstance(exc, AuthError):
+        return (
+            "fix the API key (APIXO_API_KEY or --api-key-file), then run the same command: "
+            "nothing was lost"
+        )
+    if isinstance(exc, InsufficientBalance):
+        return "top up the APIXO account, then run the same command: nothing was lost"
+    return "get the key access to that route (or drop the jobs of that model), then run again"
 
 
 #: the API route of each client endpoint, as a person reads it in a stop line
@@ -187,16 +213,30 @@ class Stops:
     def interrupted(self) -> bool:
         return any(s.kind is StopKind.INTERRUPTED for s in self.all)
 
-    @property
-    def reason(self) -> str | None:
-        """Why submitting stopped, for people: the stop whose code the run exits with (the
-        first of equals; an interrupt needs no reason), else the budget or the slots."""
+    def _telling(self) -> Stop | None:
+        """The stop the summary tells: the one whose code the run exits with (the first of
+        equals; an interrupt needs no reason), else the budget or the slots."""
         stops = [s for s in self.all if s.kind is not StopKind.INTERRUPTED]
         for code in EXIT_PRECEDENCE:
             for s in stops:
                 if s.kind.exit_code is code:
-                    return s.reason
-        return stops[0].reason if stops else None
+                    return s
+        return stops[0] if stops else None
+
+    @property
+    def reason(self) -> str | None:
+        """Why submitting stopped, for people (see :meth:`_telling`)."""
+        told = self._telling()
+        return told.reason if told else None
+
+    @property
+    def next_step(self) -> str | None:
+        """The one thing to do next, from the same stop as :attr:`reason`: one remedy,
+        never two that disagree (an interrupt's "resume" only when nothing else stopped)."""
+        told = self._telling()
+        if told is not None and told.next_step is not None:
+            return told.next_step
+        return INTERRUPTED_STEP if self.interrupted else None
 
     @property
     def fatal(self) -> str | None:

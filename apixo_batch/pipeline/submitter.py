@@ -44,7 +44,16 @@ from ..journal.unrecorded import SideFile
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
 from .admission import Admitted, Permit
-from .stop import Level, Stop, StopKind, Stops, no_access, storage_stop
+from .stop import (
+    UNREACHABLE_STEP,
+    Level,
+    Stop,
+    StopKind,
+    Stops,
+    no_access,
+    refusal_step,
+    storage_stop,
+)
 from .turnaround import Turnaround
 
 __all__ = ["Submitted", "Submitter"]
@@ -125,6 +134,15 @@ class Submitter:
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds (injected clock) for the submits on the wire."""
         deadline = self._clock.monotonic() + grace
+        on_wire = sum(1 for t in self._sending if not t.done())
+        if on_wire:
+            # The run seems to hang after Ctrl-C otherwise: say what it waits for, and how long.
+            self._emit(
+                Warned(
+                    message=f"stopping: waiting up to {grace:g} s for {on_wire} submit(s) on "
+                    "the wire to be answered and journaled…"
+                )
+            )
         while True:
             # A task just done is still in the set until its done-callback has run.
             out: set[asyncio.Future[Any]] = {t for t in self._sending if not t.done()}
@@ -252,12 +270,14 @@ class Submitter:
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
                     if isinstance(exc, Forbidden):
-                        # One route is closed to this key: say which, the fix is access.
+                        # One route is closed to this key: say which (the next step says
+                        # what to do about it).
                         reason = (
-                            f"the API refused a submit: {no_access('submit', row.model)} "
-                            f"({exc}); get the key access to it, or drop those jobs, then run again"
+                            f"the API refused a submit: {no_access('submit', row.model)} ({exc})"
                         )
-                    self._stops.request(Stop(StopKind.FATAL, reason, fatal=str(exc)))
+                    self._stops.request(
+                        Stop(StopKind.FATAL, reason, fatal=str(exc), next_step=refusal_step(exc))
+                    )
                     raise _NotSent() from None
                 await self._fail(state, _fail_code(exc), exc.api_message)
                 return None
@@ -274,7 +294,7 @@ class Submitter:
             f"the API gave no answer for {self._patience.in_minutes:g} min; nothing was lost: "
             "the same command resumes"
         )
-        self._stops.request(Stop(StopKind.UNREACHABLE, reason))
+        self._stops.request(Stop(StopKind.UNREACHABLE, reason, next_step=UNREACHABLE_STEP))
         raise _NotSent()
 
     async def _send(self, state: _Attempt, task: asyncio.Task[None], grant: Grant) -> str:

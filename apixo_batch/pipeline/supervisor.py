@@ -27,6 +27,7 @@ from ..apixo.receiver import callback_url_with_token
 from ..apixo.secret import ApiKey
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
+from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
 from ..journal import AsyncJournal, Journal, Ledger
@@ -43,7 +44,7 @@ from .owner import own_output
 from .preflight import preflight
 from .result import finish
 from .startup import StartUp, start_up
-from .stop import Stop, StopKind, Stops, storage_stop
+from .stop import Stop, StopKind, Stops, refusal_step, storage_stop
 from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
@@ -103,6 +104,9 @@ class Supervisor:
         self._stages: Stages | None = None
         self._interrupt = asyncio.Event()
         self._folder: FolderLock | None = None
+        #: the balance read before anything was created (a first run), or why it could not
+        #: be: the pre-flight's, never asked twice
+        self._balance: float | ApixoError | None = None
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -113,6 +117,10 @@ class Supervisor:
     async def run(self) -> RunResult:
         """Run to the end; returns the result (the manifest is written either way)."""
         started = self.clock.monotonic()
+        refused = await self._refused_before_anything(started)
+        if refused is not None:
+            await self.output.close()
+            return refused
         journal = AsyncJournal(Journal(self.state_path), commit_delay=COMMIT_DELAY_S)
         ledger = Ledger(journal, self.clock)
         try:
@@ -158,6 +166,68 @@ class Supervisor:
             if unrecorded.empty():  # reserved at start-up, and no id needed keeping
                 with contextlib.suppress(OSError):
                     unrecorded.remove()
+
+    async def _refused_before_anything(self, started: float) -> RunResult | None:
+        """A first run whose key (or balance) APIXO refuses: nothing created (no output
+        folder, journal, manifest or review page for a campaign that never started), the
+        stop told, exit 3.
+
+        The balance is the read the pre-flight makes anyway, made before the journal is;
+        read, it is kept for the pre-flight. Any other trouble is the pre-flight's."""
+        o, key = self.options, self._key
+        if key is None or o.mode != "run" or self.campaign.from_journal:
+            return None
+        if not self.campaign.job_count or self.state_path.exists():
+            return None
+        client = ApixoClient(key, o.base_url, session=self._session, bucket=self.bucket)
+        read = asyncio.ensure_future(client.balance())
+        interrupted = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                # Interrupted while nothing exists yet: nothing to write, nothing to resume.
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ApixoError):
+                    await read
+                return self._ended_before_anything(started)
+            self._balance = read.result()
+            return None
+        except ApiError as exc:
+            if not exc.fatal or isinstance(exc, Forbidden):
+                # A 403 may close the balance route alone: the pre-flight warns, goes on.
+                self._balance = exc
+                return None
+            refusal = exc
+        except ApixoError as exc:
+            self._balance = exc
+            return None
+        finally:
+            interrupted.cancel()
+            await client.close()
+        reason = f"the API refused: {refusal}; nothing was created"
+        self.stops.request(
+            Stop(StopKind.FATAL, reason, fatal=str(refusal), next_step=refusal_step(refusal))
+        )
+        return self._ended_before_anything(started)
+
+    def _ended_before_anything(self, started: float) -> RunResult:
+        """The result of a first run that stopped before it created anything: every job
+        pending and never submitted, no manifest; the summary told."""
+        pending = self.campaign.job_count
+        stats = self.bucket.statistics()
+        result = RunResult(
+            exit_code=self.stops.exit_code(all_done=False),
+            counts={"done": 0, "failed": 0, "expired": 0, "pending": pending},
+            requests=stats.sent,
+            wall_s=self.clock.monotonic() - started,
+            fatal=self.stops.fatal,
+            stop_reason=self.stops.reason,
+            interrupted=self.stops.interrupted,
+            never_submitted=pending,
+            next_step=self.stops.next_step,
+        )
+        self._emit(result.summary())
+        return result
 
     def statistics(self) -> RunStatistics:
         """A snapshot for progress displays: requests, limits, in flight, spend."""
@@ -260,6 +330,7 @@ class Supervisor:
                 queued=start.queued,
                 budget_left=None if o.budget is None else o.budget - start.spent_before,
                 allow_partial=o.allow_partial,
+                read=self._balance,
             )
             if stop is not None:
                 self.stops.request(stop)

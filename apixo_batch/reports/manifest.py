@@ -127,11 +127,11 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     out = out or sys.stderr
     counts = summary.counts
     line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "failed", "expired", "pending"))
-    print(f"\napixo-batch: {summary.jobs} jobs: {line}", file=out)
+    print(f"\napixo-batch: {plural(summary.jobs, 'job')}: {line}", file=out)
     rpt = summary.requests_per_task
     print(
         f"  submitted {summary.submitted} this run, "
-        f"{summary.requests} API requests"
+        f"{plural(summary.requests, 'API request')}"
         + (f" ({rpt} per task)" if rpt is not None else "")
         + f", {summary.rate_limited} rate-limited, {summary.retries} retried",
         file=out,
@@ -176,12 +176,20 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     if unknown:
         cost += f" + {unknown} job(s) of unknown price"
     print(cost, file=out)
+    cut_off = summary.submit_cut_off or 0
     if summary.possibly_duplicated is None:
         print("  possibly duplicated submits: unknown (the journal could not be read)", file=out)
-    elif summary.possibly_duplicated:
+    elif summary.possibly_duplicated > cut_off:
         print(
-            f"  {summary.possibly_duplicated} job(s) possibly submitted twice "
+            f"  {summary.possibly_duplicated - cut_off} job(s) possibly submitted twice "
             "(a submit was cut off before its answer was journaled)",
+            file=out,
+        )
+    if cut_off:
+        # Pending, and a task of theirs may exist: neither "never submitted" nor "twice".
+        print(
+            f"  {cut_off} pending job(s) may have been submitted already (the answer was cut "
+            "off): the next run submits them again, possibly paying twice",
             file=out,
         )
     if summary.arrived:
@@ -196,17 +204,28 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     for job in summary.input_changed:
         print(f"  warning: job {job} changed after it was submitted", file=out)
     if summary.never_submitted:
-        print(
-            f"  {summary.never_submitted} pending job(s) were never submitted: "
-            "`apixo-batch run` submits them (`download` only fetches what was)",
-            file=out,
+        # After a stop, `run` would stop again until its cause is fixed: the next step says
+        # what to do, and this line only counts.
+        how = (
+            ""
+            if summary.next_step
+            else ": `apixo-batch run` submits them (`download` only fetches what was)"
         )
+        print(f"  {summary.never_submitted} pending job(s) were never submitted{how}", file=out)
     if summary.stop_reason:
         print(f"  stopped submitting: {summary.stop_reason}", file=out)
     if summary.interrupted:
-        print("  interrupted: run the same command again to resume", file=out)
+        resume = "" if summary.next_step else ": run the same command again to resume"
+        print(f"  interrupted{resume}", file=out)
     if summary.manifest:
         print(f"  files in {summary.output_dir}, manifest {summary.manifest}", file=out)
+    if summary.next_step:
+        print(f"  next: {summary.next_step}", file=out)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 job``, ``2 jobs``: a count with its noun as people write it."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 _EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)

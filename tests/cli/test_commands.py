@@ -651,10 +651,11 @@ def test_download_warning_names_the_scaled_threshold(
 def test_plain_lines_tell_people_what_went_wrong(
     quiet: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without --json: warnings, stops and failures always get a line; the balance
-    check and tasks left pending only when not -q."""
+    """Without --json: warnings, stops, failures and downloads given up always get a
+    line (one space between words); the balance check and tasks left pending only when
+    not -q. Retries of calls still being tried are no news."""
     from apixo_batch.cli.commands import _Printer
-    from apixo_batch.events import Expired, Failed, Pending, Preflight, Stopped, Warned
+    from apixo_batch.events import Expired, Failed, Pending, Preflight, Retried, Stopped, Warned
 
     printer = _Printer(json_mode=False, quiet=quiet, verbose=False, key=None)
     for event in [
@@ -667,6 +668,14 @@ def test_plain_lines_tell_people_what_went_wrong(
         Failed("k", task_id="t", model="m", fail_code=None, fail_msg=None),
         Expired("j", model="m", message="gone"),
         Pending("j", task_id="t", model="m", message="still running"),
+        Retried("j", call="status", error="reset"),
+        Retried("j", call="submit", attempt=2, error="reset"),
+        Retried(
+            "d",
+            call="download",
+            error="http://h/0.mp4: gave up after 6 attempts (HTTP 503); "
+            "left for `apixo-batch download`",
+        ),
     ]:
         printer(event)
     lines = capsys.readouterr().err.splitlines()
@@ -677,6 +686,8 @@ def test_plain_lines_tell_people_what_went_wrong(
         "apixo-batch: budget reached",
         "apixo-batch: failed: j E bad input",
         "apixo-batch: failed: k",
-        "apixo-batch: expired: j  gone",
+        "apixo-batch: expired: j gone",
         *(["apixo-batch: pending: j: still running"] if not quiet else []),
+        "apixo-batch: download: d: http://h/0.mp4: gave up after 6 attempts (HTTP 503); "
+        "left for `apixo-batch download`",
     ]

@@ -332,3 +332,79 @@ def test_a_view_that_breaks_is_told_and_leaves_the_runs_outcome_alone(
     assert runtime.run(body()) == "the run's result"
     assert view.calls == ["start", "refresh", "stop"]
     assert "the progress view stopped" in capsys.readouterr().err
+
+
+def _started(queued: int) -> Any:
+    from apixo_batch.events import Started
+
+    zero = dict.fromkeys(["spent_usd", "jobs", "queued", "in_flight", "to_download", "done"], 0)
+    return Started(
+        per_model={"m": {"queued": queued}},
+        **zero,
+        estimated_cost_usd=0.0,
+        unknown_price_jobs=0,
+        planned_wall_s=None,
+    )
+
+
+@pytest.mark.looptime
+async def test_the_eta_waits_for_a_pace_and_counts_down_while_nothing_ends() -> None:
+    """On the run's (virtual) clock: no ETA before ``started`` nor before three jobs have
+    ended; while submits take every request and nothing ends, it counts down instead of
+    growing with the wait (it was 9:50, then 19:40, then 4:51); at a steady pace it
+    lands near the truth without a jump."""
+    from apixo_batch.events import Downloaded, Submitted, Succeeded
+
+    clock = FakeClock()
+    tally = Tally(clock=clock)
+    assert tally.eta_s() is None  # nothing known yet: not "0 s"
+    tally(_started(60))
+    for i in range(60):
+        tally(Submitted(f"j{i}", task_id=f"t{i}", model="m"))
+
+    def end(i: int) -> None:
+        tally(Succeeded(f"j{i}", task_id=f"t{i}", model="m", via="poll", urls=1))
+        tally(Downloaded(f"j{i}", model="m", files=[f"j{i}.mp4"], bytes=1))
+
+    await clock.advance(300.0)  # the first generations take five minutes
+    for i in range(2):
+        end(i)
+        assert tally.eta_s() is None  # one or two ends give no pace
+        await clock.advance(10.0)
+    end(2)
+    first = tally.eta_s()
+    assert first is not None  # 57 left at one per 10 s: about 570 s
+    assert 500 <= first <= 640
+    readings = [first]
+    for _ in range(12):  # two minutes in which nothing ends
+        await clock.advance(10.0)
+        eta = tally.eta_s()
+        assert eta is not None and eta < readings[-1]  # it counts down, never up
+        readings.append(eta)
+    assert readings[-1] == pytest.approx(first - 120.0)
+    # Then one end every 10 s to the last: each end moves the ETA a little, and half-way
+    # the ETA is within a fifth of the time actually left.
+    for i in range(3, 60):
+        await clock.advance(10.0)
+        before = tally.eta_s()
+        end(i)
+        after = tally.eta_s()
+        if before is not None and after is not None and i < 59:  # the last end says 0
+            assert abs(after - before) <= 0.25 * before + 1e-6
+        if i == 30:
+            truth = (59 - i) * 10.0
+            assert after is not None and abs(after - truth) <= 0.2 * truth + 30.0
+    assert tally.eta_s() == 0.0  # all ended
+
+
+def test_the_eta_counts_only_the_run_clock_it_is_given() -> None:
+    """Tally reads the clock it was given (the engine's), never the process's own."""
+    clock = FakeClock(start=50.0)
+    tally = Tally(clock=clock)
+    tally(_started(10))
+    from apixo_batch.events import Downloaded
+
+    for i in range(3):
+        tally(Downloaded(f"j{i}", model="m", files=[], bytes=0))
+    # FakeClock off a virtual loop stands still: three ends at one instant give no pace.
+    assert tally.predicted_end is None and tally.eta_s() is None

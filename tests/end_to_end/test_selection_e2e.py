@@ -62,6 +62,7 @@ async def test_only_with_a_glob_acts_on_those_jobs_alone(simulator, tmp_path: Pa
     assert missing.code == 2
     assert "'nope-*' matches no job" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    assert missing.summary["exit_code"] == 2  # --json: a summary last, as every run ends
     assert sim.stats()["submits_accepted"] == 0 and not (tmp_path / "out").exists()
     res = await run_cli(sim, "run", str(job_file), *FAST, "--only", "hero-*", "--only", "extra-1")
     assert res.code == 0, res.stderr

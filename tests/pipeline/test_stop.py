@@ -264,3 +264,25 @@ def test_stops_without_an_emitter_tell_nothing_and_still_count() -> None:
     stops = Stops()
     assert stops.request(FATAL) is True
     assert stops.exit_code(all_done=True) is ExitCode.FATAL_API
+
+
+def test_the_next_step_comes_from_the_stop_that_chose_the_code() -> None:
+    """One next step, from the stop whose reason is told: a refused key's, not the
+    budget's that came first; an interrupt's "resume" only when nothing else stopped."""
+    from apixo_batch.errors import AuthError, Forbidden, InsufficientBalance
+    from apixo_batch.pipeline.stop import BUDGET_STEP, INTERRUPTED_STEP, refusal_step
+
+    key = refusal_step(AuthError(401, "Invalid or missing API Key"))
+    assert key.startswith("fix the API key")
+    assert refusal_step(InsufficientBalance(402, "no credits")).startswith("top up")
+    assert "access" in refusal_step(Forbidden(403, "no access"))
+    stops = Stops()
+    assert stops.next_step is None
+    stops.request(Stop(StopKind.BUDGET, "--budget reached", next_step=BUDGET_STEP))
+    assert stops.next_step == BUDGET_STEP
+    stops.request(INTERRUPTED)
+    stops.request(Stop(StopKind.FATAL, "the API refused", fatal="401", next_step=key))
+    assert stops.next_step == key and stops.exit_code(all_done=False) == ExitCode.INTERRUPTED
+    only = Stops()
+    only.request(INTERRUPTED)
+    assert only.next_step == INTERRUPTED_STEP

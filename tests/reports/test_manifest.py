@@ -89,3 +89,49 @@ def test_the_summary_says_took_and_planned_as_the_docs_quote() -> None:
     result = RunResult(ExitCode.OK, {}, wall_s=41 * 60.0, planned_wall_s=39 * 60.0)
     render_summary(result.summary(), out)
     assert "  took 41 min, planned 39 min\n" in out.getvalue()
+
+
+def test_one_job_one_request_and_one_next_step() -> None:
+    """ "1 job", "1 API request" (not "1 jobs"); after a stop, the next step is the one
+    remedy and the pending jobs are only counted ("`run` submits them" would contradict
+    it: the same run would be refused again)."""
+    result = RunResult(
+        ExitCode.FATAL_API,
+        {"pending": 1},
+        requests=1,
+        stop_reason="the API refused: APIXO 401 (balance): Invalid key",
+        never_submitted=1,
+        next_step="fix the API key (APIXO_API_KEY or --api-key-file), then run the same command",
+    )
+    out = io.StringIO()
+    render_summary(result.summary(), out)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "apixo-batch: 1 job: 0 done, 0 failed, 0 expired, 1 pending"
+    assert lines[2].startswith("  submitted 0 this run, 1 API request, ")
+    assert "  1 pending job(s) were never submitted" in lines
+    assert not any("submits them" in line for line in lines)
+    assert lines[-1] == (
+        "  next: fix the API key (APIXO_API_KEY or --api-key-file), then run the same command"
+    )
+
+
+def test_a_cut_off_submit_is_told_once_not_as_twice_and_never() -> None:
+    """Jobs whose submit was cut off on the wire are pending with a doubt: told as "may
+    have been submitted already", neither as "possibly submitted twice" nor as "never
+    submitted" (they were once counted in both)."""
+    result = RunResult(
+        ExitCode.INTERRUPTED,
+        {"pending": 5},
+        possibly_duplicated=3,
+        submit_cut_off=2,
+        never_submitted=3,
+        interrupted=True,
+        next_step="run the same command again to resume",
+    )
+    out = io.StringIO()
+    render_summary(result.summary(), out)
+    text = out.getvalue()
+    assert "  1 job(s) possibly submitted twice" in text  # the one not pending any more
+    assert "  2 pending job(s) may have been submitted already (the answer was cut off)" in text
+    assert "  3 pending job(s) were never submitted\n" in text
+    assert "  interrupted\n" in text and text.count("next: ") == 1
