@@ -43,6 +43,7 @@ __all__ = [
     "JournalUnreadable",
     "MissingApiKey",
     "NotFound",
+    "OutputTaken",
     "PathError",
     "RateLimited",
     "ResultExpired",
@@ -198,6 +199,14 @@ class ResultExpired(DownloadError):
 
 class IntegrityError(DownloadError):
     """The bytes received are not the promised file (short, too long, not an MP4)."""
+
+
+class OutputTaken(DownloadError):
+    """A file the journal did not record as this job's holds the result's final name, with
+    other bytes than the result: it is not written over (the whole result stays in its
+    ``.part`` for a later try)."""
+
+    retryable = False
 
 
 class JournalError(ApixoError):

@@ -44,8 +44,11 @@ def main() -> int:
     cli = [sys.executable, "-m", "apixo_batch"]
     job_file = ROOT / "jobs" / "campaign.yaml"
     out_dir = ROOT / "out" / "demo"
-    print(f"$ apixo-batch plan {job_file.relative_to(ROOT)}", flush=True)
-    subprocess.run([*cli, "plan", str(job_file)], check=True)
+    shown_out = out_dir.relative_to(ROOT)
+    # --out as the run gets it: the plan names the folder the run writes to, and reads
+    # its journal when an earlier demo left one.
+    print(f"$ apixo-batch plan {job_file.relative_to(ROOT)} --out {shown_out}", flush=True)
+    subprocess.run([*cli, "plan", str(job_file), "--out", str(out_dir)], check=True)
     sim = subprocess.Popen(
         [*cli, "simulate", "--port", str(port), "--time-scale", TIME_SCALE], env=env
     )
@@ -54,11 +57,12 @@ def main() -> int:
         env["APIXO_BASE_URL"] = f"http://127.0.0.1:{port}/api/v1"
         run = [*cli, "run", str(job_file), "--out", str(out_dir), "--time-scale", TIME_SCALE]
         print(
-            f"\n$ apixo-batch run {job_file.relative_to(ROOT)} --time-scale {TIME_SCALE}",
+            f"\n$ apixo-batch run {job_file.relative_to(ROOT)} --out {shown_out}"
+            f" --time-scale {TIME_SCALE}",
             flush=True,
         )
         code = subprocess.run(run, env=env).returncode
-        print(f"\n$ apixo-batch status {job_file.relative_to(ROOT)}", flush=True)
+        print(f"\n$ apixo-batch status {job_file.relative_to(ROOT)} --out {shown_out}", flush=True)
         subprocess.run([*cli, "status", str(job_file), "--out", str(out_dir)], env=env)
         print(
             "\n$ apixo-batch run ... (again: a finished campaign costs zero requests)", flush=True

@@ -27,6 +27,7 @@ from ..jobs import Campaign, load_campaign
 from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
+from ..pipeline.owner import other_campaign
 from ..planning.selection import Selection
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
@@ -46,6 +47,15 @@ EXPIRY_WARN_S = 48 * 3600
 
 def _err(message: str) -> None:
     print(f"apixo-batch: {message}", file=sys.stderr)
+
+
+def _other_campaign(journal: Journal, state: Path, campaign: Campaign) -> str | None:
+    """The refusal of a journal kept for another campaign (the journal closed then), or
+    None: its jobs are never told as this campaign's."""
+    refused = other_campaign(state, journal.get_meta("campaign"), campaign.name)
+    if refused is not None:
+        journal.close()
+    return refused
 
 
 class _Printer:
@@ -578,6 +588,12 @@ def _status(
             print(_json.dumps({"journal": str(state), "counts": {}, "error": str(exc)}))
         _err(str(exc))
         return ExitCode.IO_ERROR
+    refused = _other_campaign(journal, state, campaign)
+    if refused is not None:
+        if args.json:
+            print(_json.dumps({"journal": str(state), "counts": {}, "error": refused}))
+        _err(refused)
+        return ExitCode.INVALID
     selection = selection_of(args)
     try:
         if selection.filtered:
@@ -746,6 +762,10 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     except StorageError as exc:
         _err(str(exc))
         return ExitCode.IO_ERROR
+    refused = _other_campaign(journal, state, campaign)
+    if refused is not None:
+        _err(refused)
+        return ExitCode.INVALID
     try:
         output = open_output(campaign.output_dir, state)
     except ApixoError as exc:  # the s3 extra missing

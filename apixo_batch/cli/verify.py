@@ -16,6 +16,7 @@ from ..jobs import load_campaign
 from ..journal import DoneFiles, Journal
 from ..location import S3Location
 from ..outputs.ondisk import Problem, problems
+from ..pipeline.owner import other_campaign
 
 __all__ = ["verify_command"]
 
@@ -53,6 +54,11 @@ def verify_command(args: argparse.Namespace) -> int:
         return ExitCode.IO_ERROR
     except ApixoError as exc:
         _err(str(exc))
+        return ExitCode.INVALID
+    refused = other_campaign(state, journal.get_meta("campaign"), campaign.name)
+    if refused is not None:
+        journal.close()
+        _err(refused)
         return ExitCode.INVALID
     try:
         rows = list(journal.iter_done_files())

@@ -57,11 +57,14 @@ class StateChanges(Connection):
             raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
 
     def refetch(self, job_ids: Iterable[str], now: float) -> None:
-        """``done`` jobs whose files are not on disk as journaled back to ``succeeded``,
-        their files forgotten: the lander fetches them again from their journaled URLs
-        (or journals them ``expired``). In the caller's transaction."""
+        """``done`` jobs whose files are not on disk as journaled back to ``succeeded``:
+        the lander fetches them again from their journaled URLs (or journals them
+        ``expired``). Their names are kept, their sizes and hashes forgotten: the names
+        stay the job's own, so the lander writes over what is there (the damaged file
+        the journal wrote), and a row without ``bytes`` claims no file on disk
+        (:attr:`JobRow.landed_files`). In the caller's transaction."""
         for job_id in job_ids:
-            self.transition(job_id, S.SUCCEEDED, now, files=[], bytes=None, sha256=[])
+            self.transition(job_id, S.SUCCEEDED, now, bytes=None, sha256=[])
 
     def move_all(
         self,

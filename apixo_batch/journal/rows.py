@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
+from ..planning.selection import take_filename
 from .states import STATES, JobState
 
 __all__ = [
@@ -56,17 +57,6 @@ def _sql(
     """A JobRow field's column: its SQL declaration, converters where SQL differs, and the
     schema step that adds it (:mod:`.schema`)."""
     return {"decl": decl, "read": read, "write": write, "since": since}
-
-
-def take_filename(filename: str, take: int) -> str:
-    """Where take number ``take`` lands: ``hero.mp4`` for the first, then
-    ``hero-take2.mp4``, ``hero-take3.mp4``... (a folder in the name stays the folder)."""
-    if take <= 1:
-        return filename
-    folder, slash, name = filename.rpartition("/")
-    stem, dot, suffix = name.rpartition(".")
-    named = f"{stem}-take{take}.{suffix}" if dot and stem else f"{name}-take{take}"
-    return f"{folder}{slash}{named}"
 
 
 _LIST = _sql("TEXT", json_list, _json_text)  # a JSON array of strings
@@ -116,6 +106,15 @@ class JobRow:
     def out_name(self) -> str:
         """The file name this take's first result lands at (see :func:`take_filename`)."""
         return take_filename(self.filename, self.take)
+
+    @property
+    def landed_files(self) -> tuple[str, ...]:
+        """The files on disk as journaled (what the manifest and the review page show): a
+        ``done`` job's, or those a partial landing journaled with their sizes. A job sent
+        back to be fetched again keeps its names (still its own) without claiming them."""
+        if self.state is JobState.DONE or self.bytes is not None:
+            return self.files
+        return ()
 
     @property
     def input(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Journal(Reconcile, LearnedClocks):
         may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
         finished = (JobState.DONE.value, JobState.EXPIRED.value)
         owners: dict[str, tuple[str, ...]] = {}
-        for job_id, filename, files, in_file, state in self.output_rows(order=False):
+        for job_id, filename, files, in_file, state, _ in self.output_rows(order=False):
             if state in may_land or (in_file and state not in finished):
                 hold_name(owners, filename, job_id)
             for name in files:
@@ -68,18 +68,31 @@ class Journal(Reconcile, LearnedClocks):
         return owners
 
     def output_rows(
-        self, *, order: bool = True
-    ) -> Iterator[tuple[str, str, tuple[str, ...], int, str]]:
-        """(id, the name its take lands at, its files with earlier takes', in_file, state)
-        of every job, in file order (``order``)."""
+        self, *, order: bool = True, holders: bool = False
+    ) -> Iterator[tuple[str, str, tuple[str, ...], int, str, int | None]]:
+        """(id, the name its take lands at, its files with earlier takes', in_file, state,
+        how many result URLs the task brought: None before it succeeded) of every job, in
+        file order (``order``). ``holders``: only the jobs that may hold a name (files
+        landed now or by an earlier take, a task on its way or that brought results), what
+        a check of other jobs' names needs."""
+        where = (
+            " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
+            "OR (earlier_files IS NOT NULL AND earlier_files NOT IN ('', '[]')) "
+            "OR state IN ('submitting', 'submitted', 'succeeded') "
+            "OR (result_urls IS NOT NULL AND result_urls NOT IN ('', '[]'))"
+            if holders
+            else ""
+        )
         by = " ORDER BY idx, id" if order else ""
-        for job_id, filename, take, files, earlier, in_file, state in self._db.execute(
-            f"SELECT id, filename, take, files, earlier_files, in_file, state FROM jobs{by}"
+        for job_id, filename, take, files, earlier, in_file, state, results in self._db.execute(
+            "SELECT id, filename, take, files, earlier_files, in_file, state, "
+            "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
+            f"ELSE json_array_length(result_urls) END FROM jobs{where}{by}"
         ):
             landed = json_list(files)
             if earlier and earlier != "[]":
                 landed = (*json_list(earlier), *landed)
-            yield job_id, take_filename(filename, take), landed, in_file, state
+            yield job_id, take_filename(filename, take), landed, in_file, state, results
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
@@ -235,18 +248,39 @@ class Journal(Reconcile, LearnedClocks):
 
     def plan_rows(self) -> Iterator[tuple[Any, ...]]:
         """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
-        (id, state, input hash, has a task id, fail code, cost, in the file, kind)."""
-        kinds: dict[tuple[Any, ...], Kind] = {}
-        for jid, state, h, task, code, cost, in_file, *drives in self._db.execute(
+        (id, state, input hash, has a task id, fail code, cost, in the file, kind, filename,
+        the inputs price and clock read, take)."""
+        kinds: dict[tuple[Any, ...], tuple[Kind, dict[str, Any]]] = {}
+        for jid, state, h, task, code, cost, in_file, filename, take, *drives in self._db.execute(
             "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
-            "model, json_extract(input_json, '$.duration'), "
-            "json_extract(input_json, '$.resolution') FROM jobs ORDER BY in_file DESC, idx, id"
+            "filename, take, model, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution'), json_extract(input_json, '$.mode'), "
+            "json_extract(input_json, '$.sound') FROM jobs ORDER BY in_file DESC, idx, id"
         ):
             key = tuple(drives)
-            kind = kinds.get(key)
-            if kind is None:
-                kind = kinds[key] = Kind(str(drives[0]), drives[1], drives[2])
-            yield str(jid), str(state), str(h), bool(task), code, cost, bool(in_file), kind
+            known = kinds.get(key)
+            if known is None:
+                model, duration, resolution, mode, sound = drives
+                kind = Kind(str(model), duration, resolution)
+                sample = dict(kind.drives)
+                if mode is not None:
+                    sample["mode"] = mode
+                if sound is not None:
+                    sample["sound"] = bool(sound)  # SQLite's JSON reads a boolean as 0 or 1
+                known = kinds[key] = (kind, sample)
+            yield (
+                str(jid),
+                str(state),
+                str(h),
+                bool(task),
+                code,
+                cost,
+                bool(in_file),
+                known[0],
+                str(filename),
+                known[1],
+                int(take),
+            )
 
     def counts(self) -> dict[str, int]:
         return {

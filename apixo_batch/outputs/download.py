@@ -61,6 +61,8 @@ class Downloaded:
     bytes: int
     sha256: str
     resumed: int  # how many times a Range resume was used
+    #: ``guard``: the same bytes were at ``dest`` already (kept; nothing renamed)
+    found: bool = False
 
 
 class _Retry(Exception):
@@ -84,6 +86,7 @@ async def download_file(
     backoff: Backoff | None = None,
     chunk_size: int = 1 << 20,
     fresh: bool = False,
+    guard: bool = False,
 ) -> Downloaded:
     """Download ``url`` to ``dest`` through ``dest.part``; resume, verify, rename atomically.
 
@@ -98,17 +101,25 @@ async def download_file(
     ``fresh=True`` promises that no ``.part`` from an earlier run is worth
     resuming (the result was produced in this very run): nothing is read
     before the request, and a ``.part`` in the way is overwritten, not continued.
+
+    ``guard=True``: a file at ``dest`` that the caller cannot vouch for is replaced by
+    nothing. If it holds the very bytes downloaded it is kept (``found``); else
+    :class:`OutputTaken` is raised and the whole ``.part`` is kept (see
+    :meth:`PartFile.commit`).
     """
     _check_arguments(session, chunk_size)
     dest = Path(dest)
     try:
         path = dest.with_name(dest.name + ".part")
         part = PartFile.fresh(path, chunk_size) if fresh else await PartFile.open(path, chunk_size)
-        got = await _receive(session, url, FileSink(part, dest), clock, backoff, chunk_size)
+        sink = FileSink(part, dest, guard=guard)
+        got = await _receive(session, url, sink, clock, backoff, chunk_size)
     except OSError as exc:
         # Our own disk (full, read-only, permissions): the caller sees one error family.
         raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}", local=True) from None
-    return Downloaded(path=dest, bytes=got.bytes, sha256=got.sha256, resumed=got.resumed)
+    return Downloaded(
+        path=dest, bytes=got.bytes, sha256=got.sha256, resumed=got.resumed, found=sink.found
+    )
 
 
 async def download_to(

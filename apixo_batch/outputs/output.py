@@ -58,6 +58,9 @@ class Incoming:
     fresh: bool
     clock: Clock
     backoff: Backoff
+    #: a file at the name is not one the journal recorded as this job's: replace it only
+    #: by the same bytes (a landing a crash kept from the journal), never by others
+    guard: bool = False
 
 
 class Output(Protocol):
@@ -108,8 +111,15 @@ class LocalOutput:
     async def land(self, result: Incoming) -> LandedFile:
         r = result
         got = await download_file(
-            r.session, r.url, self.folder / r.name, clock=r.clock, backoff=r.backoff, fresh=r.fresh
+            r.session,
+            r.url,
+            self.folder / r.name,
+            clock=r.clock,
+            backoff=r.backoff,
+            fresh=r.fresh,
+            guard=r.guard,
         )
+        # Not `found` even when the same bytes were there: they were downloaded to know it.
         return LandedFile(got.bytes, got.sha256)
 
     async def publish(self, name: str, content_type: str) -> Path | str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, OutputTaken
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -131,8 +131,14 @@ class PartFile:
             if self._written - self._advised >= _WRITEBACK_EVERY:
                 self._start_writeback(fd)
 
-    def commit(self, dest: Path) -> None:
-        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking)."""
+    def commit(self, dest: Path, *, guard: bool = False) -> bool:
+        """Write what is buffered, fsync, rename over ``dest``, fsync the folder (blocking).
+
+        ``guard``: a file already at ``dest`` is not the journal's (it never recorded this
+        name as the job's), so it is replaced by nothing: the same bytes are the job's own
+        result renamed before a crash could journal it (kept, the ``.part`` dropped: True);
+        other bytes raise :class:`OutputTaken`, the whole ``.part`` kept for a later try.
+        False: the ``.part`` became ``dest``."""
         with self._lock:
             if self._sealed:
                 raise RuntimeError("the .part file is closed")
@@ -147,9 +153,18 @@ class PartFile:
             finally:
                 self._fd = None
                 os.close(fd)
+        if guard and os.path.lexists(dest):
+            if _same_bytes(dest, self.hexdigest, self.size):
+                self.path.unlink(missing_ok=True)
+                return True
+            raise OutputTaken(
+                f"{dest} exists and was not written by this campaign (other bytes than the "
+                "result); nothing was written over"
+            )
         os.replace(self.path, dest)
         self._landed = True
         _fsync_dir(dest.parent)
+        return False
 
     def _create(self) -> int:
         # Lock held. A fresh part's file: whatever an earlier run left is overwritten.
@@ -245,9 +260,12 @@ class FileSink:
     hashed in a worker thread, one in flight at most, so the event loop never hashes and
     memory stays at a few chunks; committed by one hop (last batch, fsync, rename)."""
 
-    def __init__(self, part: PartFile, dest: Path) -> None:
+    def __init__(self, part: PartFile, dest: Path, *, guard: bool = False) -> None:
         self._part = part
         self._dest = dest
+        self._guard = guard
+        #: committed onto the same bytes already at ``dest`` (see :meth:`PartFile.commit`)
+        self.found = False
         self._writing: asyncio.Future[None] | None = None
 
     @property
@@ -292,13 +310,24 @@ class FileSink:
 
     async def commit(self) -> None:
         # One hop: the last batch, fsync, rename, fsync of the folder.
-        await asyncio.to_thread(self._part.commit, self._dest)
+        self.found = await asyncio.to_thread(self._part.commit, self._dest, guard=self._guard)
 
     async def discard(self) -> None:
         self._part.discard()
 
     async def keep(self) -> None:
         self._part.close_keeping_bytes()
+
+
+def _same_bytes(path: Path, sha256: str, size: int) -> bool:
+    """``path`` is a regular file of ``size`` bytes whose SHA-256 is ``sha256`` (blocking)."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _open_creating(path: Path, flags: int) -> int:

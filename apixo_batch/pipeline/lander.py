@@ -11,7 +11,10 @@ API tokens: a file host is not the API. Where a file goes is the run's
 checked, fsynced and renamed) or object storage (a streamed upload that only
 completes whole). A file name another job holds is never written over (the one
 :class:`FileRegistry`, read from the journal at the first download and kept up
-to date here).
+to date here), nor a file the journal never recorded as this job's: a result
+produced in this run refuses it before downloading; a result an earlier run left
+(perhaps renamed into place just before a crash) replaces it by nothing, and is
+kept as landed only if the file holds its very bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..clock import Clock
 from ..defaults import PATIENCE
-from ..errors import DownloadError, ResultExpired
+from ..errors import DownloadError, OutputTaken, ResultExpired
 from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, LocalOutput, Output
@@ -52,6 +55,9 @@ class Fetch:
     #: succeeded in this run: no .part of an earlier run can be waiting for it
     fresh: bool = False
     task_id: str | None = None
+    #: the names the journal recorded as this job's files (an earlier, partial landing):
+    #: only these may be written over; a file at any other name must be the same bytes
+    landed: tuple[str, ...] = ()
 
 
 class Lander:
@@ -92,7 +98,9 @@ class Lander:
         self.busy = 0
         self.retries = 0
 
-    async def _download(self, fetch: Fetch, url: str, name: str, *, fresh: bool) -> LandedFile:
+    async def _download(
+        self, fetch: Fetch, url: str, name: str, *, fresh: bool, guard: bool
+    ) -> LandedFile:
         """One file; while its host (or our object store) cannot even be reached (an
         outage), tried again in this run, every backoff cap, for as long as the run's
         patience lasts."""
@@ -109,6 +117,7 @@ class Lander:
                         fresh,
                         self._clock,
                         self._backoff,
+                        guard,
                     )
                 )
             except DownloadError as exc:
@@ -129,7 +138,14 @@ class Lander:
                 if self._selection.filtered and not self._selection.picks(row.id, row.model):
                     continue  # outside --only/--model: left for a later download
                 await out.send(
-                    Fetch(row.id, row.model, row.out_name, row.result_urls, task_id=row.task_id)
+                    Fetch(
+                        row.id,
+                        row.model,
+                        row.out_name,
+                        row.result_urls,
+                        task_id=row.task_id,
+                        landed=row.files,
+                    )
                 )
 
     async def run(self, fetches: ObjectReceiveStream[Fetch]) -> None:
@@ -200,7 +216,8 @@ class Lander:
         file at one of its names in the output folder is no file of the journal (a
         hand-made cut put there after the job was submitted). It is not written over:
         the result stays ``succeeded``, told once. (Results fed from the journal are not
-        checked: after a crash their own file may be there, not yet journaled.)"""
+        refused here: after a crash their own file may be there, not yet journaled; their
+        downloads are guarded instead, see :meth:`_land`.)"""
         if not isinstance(self._output, LocalOutput):
             return False
         folder = self._output.folder
@@ -245,13 +262,33 @@ class Lander:
             return
         landed = Landed()
         found = 0
+        # After a crash (the machine's, between a rename and its journaling) a file at a
+        # name the journal never recorded as this job's may be its own result or someone
+        # else's: only the same bytes are kept, nothing is written over.
+        own = {name.casefold() for name in fetch.landed}
         try:
             for n, url in enumerate(fetch.result_urls):
                 name = result_filename(fetch.filename, n)
-                got = await self._download(fetch, url, name, fresh=fetch.fresh)
+                guard = name.casefold() not in own
+                got = await self._download(fetch, url, name, fresh=fetch.fresh, guard=guard)
                 landed.add(name, got.sha256, got.bytes)
                 found += got.found
                 files.hold(name.rpartition("/")[2], fetch.id)
+        except OutputTaken as exc:
+            partial = self._ledger.record_partial(fetch.id, landed)
+            if partial is not None:
+                await partial
+            self._emit(
+                Warned(
+                    fetch.id,
+                    message=(
+                        f"job {fetch.id}: {exc}; the result stays succeeded. Move the file "
+                        "away, then run `apixo-batch download`: the result stays downloadable "
+                        "until its URLs expire"
+                    ),
+                )
+            )
+            return
         except ResultExpired as exc:
             await self._ledger.record_expired(fetch.id, str(exc), landed)
             self._emit(Expired(fetch.id, model=fetch.model, message=str(exc)))

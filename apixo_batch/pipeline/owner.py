@@ -13,7 +13,22 @@ from ..location import Destination
 from ..outputs.owner import OWNER_FILE, FolderLock, Owner, claim_folder, read_owner
 from .books import MANIFEST
 
-__all__ = ["own_output"]
+__all__ = ["other_campaign", "own_output"]
+
+
+def other_campaign(journal: Path, kept: str | None, campaign: str) -> str | None:
+    """The one line refusing ``campaign`` a journal kept for the campaign ``kept`` (None
+    when it is the same, or the journal keeps no name yet): what ``run`` and ``download``
+    say before anything is sent, and what ``status``, ``review``, ``plan`` and ``verify``
+    say instead of telling another campaign's jobs as this one's."""
+    if kept is None or kept == campaign:
+        return None
+    return (
+        f"the journal {journal} is for the campaign '{kept}', not '{campaign}': give "
+        f"campaign '{campaign}' its own --state and --out (or output.dir), or run "
+        f"campaign '{kept}'"
+    )
+
 
 SHOWN = 3
 
@@ -30,13 +45,9 @@ async def own_output(
     another journal's when it holds that journal's file, or a manifest listing paid
     tasks this journal does not know; otherwise it is bound to this journal (the owner
     file written again, when it is this journal's folder)."""
-    kept = await ledger.keep_campaign(campaign)
-    if kept != campaign:
-        raise PathError(
-            f"the journal {journal} is for the campaign '{kept}', not '{campaign}': give "
-            f"campaign '{campaign}' its own --state and --out (or output.dir), or run "
-            f"campaign '{kept}'"
-        )
+    refused = other_campaign(journal, await ledger.keep_campaign(campaign), campaign)
+    if refused is not None:
+        raise PathError(refused)
     if not isinstance(where, Path):
         return None
     me = Owner(await ledger.identity(), str(journal), campaign)

@@ -3,11 +3,13 @@
 No network: everything comes from the job file and the catalog (clocks and
 prices). :func:`make_plan` holds the figures, so ``run`` can reuse its cost
 and time estimates; ``apixo-batch plan`` prints them (:mod:`apixo_batch.cli.plan`).
+Given the jobs a campaign's journal leaves to submit (:mod:`.resume`), the figures
+are those of what ``run`` would do now, the whole file's jobs and cost kept beside.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from .kind import Kind
 __all__ = [
     "Plan",
     "PlanRow",
+    "WholeFile",
     "estimate_cost",
     "make_plan",
 ]
@@ -49,6 +52,15 @@ class PlanRow:
     #: 1 submit + the polls until its end is seen, as the forecast counts them
     #: (:func:`~.forecast.task_shape`): an expectation, so not always whole
     requests_per_task: float
+
+
+@dataclass(frozen=True, slots=True)
+class WholeFile:
+    """The job file's jobs and cost, when a plan covers only what its journal leaves."""
+
+    jobs: int
+    known_cost_usd: float
+    unknown_cost_jobs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,9 @@ class Plan:
     #: the largest of the three bounds: what sets the wall time
     bound: Bound
     order: str = "longest"
+    #: the plan covers the jobs a journal leaves to submit; the whole file's figures
+    #: (None: the plan is the whole file's)
+    whole: WholeFile | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``plan --json`` prints)."""
@@ -91,6 +106,13 @@ class Plan:
             "job_file": str(self.job_file),
             "output_dir": str(self.output_dir),
             "jobs": self.jobs,
+            "file": None
+            if self.whole is None
+            else {
+                "jobs": self.whole.jobs,
+                "known_usd": round(self.whole.known_cost_usd, 4),
+                "unknown_jobs": self.whole.unknown_cost_jobs,
+            },
             "output_seconds": self.output_seconds,
             "cost": {
                 "known_usd": round(self.known_cost_usd, 4),
@@ -144,10 +166,25 @@ def _group_cost(group: JobGroup, prices: PriceTable) -> float | None:
     return None if cost is None else cost * group.count
 
 
-def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int, order: str = "longest") -> Plan:
+def make_plan(
+    campaign: Campaign,
+    *,
+    max_concurrent: int,
+    rpm: int,
+    order: str = "longest",
+    now: tuple[Sequence[JobGroup], Iterable[tuple[Kind, int]]] | None = None,
+) -> Plan:
     """The plan's figures for ``max_concurrent`` tasks in flight and ``rpm`` requests a minute,
-    jobs started in ``order`` (``longest`` or ``file``)."""
-    rows = tuple(_row(group, campaign.prices) for group in _catalog_order(campaign.groups))
+    jobs started in ``order`` (``longest`` or ``file``).
+
+    ``now``: (groups, runs in file order) of the jobs the journal leaves to submit
+    (:class:`~.resume.Resume`): the figures are theirs, the whole file's in ``whole``."""
+    groups: Sequence[JobGroup] = campaign.groups if now is None else now[0]
+    whole = None
+    if now is not None:
+        known, unknown = estimate_cost(campaign)
+        whole = WholeFile(campaign.job_count, known, unknown)
+    rows = tuple(_row(group, campaign.prices) for group in _catalog_order(groups))
     task_seconds = sum(row.mean_task_s * row.jobs for row in rows)
     requests = sum(row.requests_per_task * row.jobs for row in rows)
     concurrency_s = task_seconds / max_concurrent
@@ -164,7 +201,7 @@ def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int, order: str =
         name=campaign.name,
         job_file=campaign.path,
         output_dir=campaign.output_dir,
-        jobs=campaign.job_count,
+        jobs=campaign.job_count if now is None else sum(g.count for g in groups),
         rows=rows,
         output_seconds=sum(row.output_seconds for row in rows),
         known_cost_usd=sum(row.cost_usd for row in rows if row.cost_usd is not None),
@@ -177,12 +214,15 @@ def make_plan(campaign: Campaign, *, max_concurrent: int, rpm: int, order: str =
         rate_bound_s=rate_s,
         longest_task_s=longest_s,
         wall_time_s=forecast(
-            shapes_in_start_order(_runs(campaign, order), None, order=order),
+            shapes_in_start_order(
+                _runs(campaign, order) if now is None else now[1], None, order=order
+            ),
             slots=max_concurrent,
             rpm=rpm,
         ).wall_s,
         bound=bound,
         order=order,
+        whole=whole,
     )
 
 

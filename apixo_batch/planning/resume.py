@@ -6,23 +6,32 @@ the journal holds that the file no longer does (orphaned) and the file's new ids
 campaign whose ids all changed (a new top-level ``matrix``, a renamed ``id``) shows
 as N new and N orphaned: ``run`` would pay for those jobs again. The same rules as
 :mod:`apixo_batch.journal.reconcile` and the budget meter, read without writing.
+
+The jobs to submit are also grouped as the plan's table groups a job file
+(:attr:`Resume.groups`, :attr:`Resume.runs`), so the table, the cost and the time
+``plan`` prints are those of what ``run`` would do now. Jobs ``run`` would refuse
+before their submit (a name taken, :mod:`apixo_batch.journal.clash`) are left out
+of them, through the ``refuse`` callable the caller gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from ..jobs import Campaign, Job
+from ..catalog.models import MODELS
+from ..jobs import Campaign, JobGroup
 from .forecast import expected_generation_s
 from .kind import Kind
 from .order import longest_first
-from .selection import Again
+from .selection import Again, take_filename
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
+#: ids listed by name (orphaned, new); the rest are counted
+SHOWN_IDS = 10
 #: ids of jobs that do not fit the budget named (the rest are counted)
 SHOWN_UNFIT = 5
 
@@ -44,6 +53,22 @@ class JournalJob(NamedTuple):
     #: the job file held it at the last sync
     in_file: bool = True
     kind: Kind | None = None
+    #: its output name, as journaled
+    filename: str = ""
+    #: the inputs its price and clock read (mode, duration, resolution, sound)
+    sample: Mapping[str, Any] | None = None
+    #: the take it is on (a ``--reroll`` lands the next one at ``<stem>-take<N>.mp4``)
+    take: int = 1
+
+
+class _Submit(NamedTuple):
+    """A job ``run`` would submit now."""
+
+    id: str
+    filename: str
+    kind: Kind
+    cost: float | None
+    sample: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,16 @@ class Resume:
     #: priced jobs of ``to_submit`` that do not fit it, and the first few of their ids
     unfit_budget: int = 0
     unfit_budget_ids: tuple[str, ...] = ()
+    #: jobs ``run`` would refuse before their submit (their names are taken): not counted
+    #: in ``to_submit``
+    refused: int = 0
+    #: the jobs to submit by model, mode, duration and price tier (the plan's table)
+    groups: tuple[JobGroup, ...] = ()
+    #: the jobs to submit as (kind, jobs in a row), in file order (the plan's forecast)
+    runs: tuple[tuple[Kind, int], ...] = ()
+    #: the first orphaned ids, and the first new ones
+    orphaned_ids: tuple[str, ...] = ()
+    new_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +125,10 @@ class Resume:
                 "known_usd": round(self.to_submit_usd, 4),
                 "unknown_jobs": self.to_submit_unknown,
                 "new": self.new,
+                "new_ids": list(self.new_ids),
             },
+            "refused": self.refused,
+            "orphaned_ids": list(self.orphaned_ids),
             "done": self.done,
             "in_flight": self.in_flight,
             "to_download": self.to_download,
@@ -123,24 +161,29 @@ def resume_figures(
     retry_failed: bool = False,
     budget: float | None = None,
     order: str = "longest",
+    refuse: Callable[[Iterable[tuple[str, str]]], Collection[str]] | None = None,
     again: Again | None = None,
 ) -> Resume:
     """The figures for ``campaign`` against the journal ``rows`` (see the module docstring).
 
     ``synced``: the journal was last synced from this very job file (same stamp), so its
     ``in_file`` rows, in file order, are the file's jobs and the file is not read again.
+    ``refuse``: given the jobs to submit as (id, the name their take lands at) in file
+    order, the ids ``run`` would refuse before their submit.
     ``again``: the ended jobs sent again and the selection (``--only``, ``--model``,
     ``--limit``); jobs outside it are neither submitted nor counted."""
     if again is None:
         again = Again(failed=retry_failed)
     retry_failed = again.failed
     known: dict[str, JournalJob] = {}
-    file_jobs: list[_FileJob] = []
+    file_jobs: list[tuple[JournalJob | None, _Submit, str]] = []
     if synced:
         for row in rows:
             if row.in_file:
                 assert row.kind is not None
-                file_jobs.append((row, row.id, row.input_hash, row.cost_usd, row.kind))
+                sample = row.sample if row.sample is not None else row.kind.drives
+                job = _Submit(row.id, row.filename, row.kind, row.cost_usd, sample)
+                file_jobs.append((row, job, row.input_hash))
             else:
                 known[row.id] = row
         figures = _figures(file_jobs, again)
@@ -150,21 +193,38 @@ def resume_figures(
             (
                 (
                     known.pop(job.id, None),
-                    job.id,
+                    _Submit(
+                        job.id,
+                        job.filename,
+                        Kind.of(job.model, job.input),
+                        campaign.cost(job),
+                        job.input,
+                    ),
                     job.input_hash,
-                    campaign.cost(job),
-                    _kind_of(job),
                 )
                 for job in campaign.iter_jobs()
             ),
             again,
         )
-    submit, counts, new, new_usd, new_unknown = figures
+    submit, counts, new_ids, new_usd, new_unknown = figures
+    new = len(new_ids)
+    refused: Collection[str] = ()
+    if refuse is not None and submit:
+        refused = refuse((job.id, job.filename) for job in submit)
+        if refused:
+            submit = [job for job in submit if job.id not in refused]
+    # After the refusals, as in ``run``: they end before the first submit, the limit
+    # counts the jobs that start.
     limit = again.selection.limit
     if limit is not None and len(submit) > limit:
-        first = {job_id for job_id, _, _ in _in_start_order(submit, order)[:limit]}
-        submit = [item for item in submit if item[0] in first]
-        new = min(new, limit)
+        first = {job.id for job in _in_start_order(submit, order)[:limit]}
+        submit = [job for job in submit if job.id in first]
+        fresh = set(new_ids)
+        kept_new = [job for job in submit if job.id in fresh]
+        new_ids = [job.id for job in kept_new]
+        new = len(new_ids)
+        new_usd = sum(job.cost for job in kept_new if job.cost is not None)
+        new_unknown = sum(1 for job in kept_new if job.cost is None)
     orphaned = len(known)
     orphaned_paid = sum(1 for row in known.values() if row.state in _PAID or row.has_task)
     pay_again = min(new, orphaned_paid)
@@ -178,8 +238,8 @@ def resume_figures(
     return Resume(
         journal=journal,
         to_submit=len(submit),
-        to_submit_usd=sum(cost for _, _, cost in submit if cost is not None),
-        to_submit_unknown=sum(1 for _, _, cost in submit if cost is None),
+        to_submit_usd=sum(job.cost for job in submit if job.cost is not None),
+        to_submit_unknown=sum(1 for job in submit if job.cost is None),
         new=new,
         done=counts["done"],
         in_flight=counts["submitted"],
@@ -197,39 +257,37 @@ def resume_figures(
         fit_budget_usd=fit_usd,
         unfit_budget=len(unfit),
         unfit_budget_ids=tuple(unfit[:SHOWN_UNFIT]),
+        refused=len(refused),
+        groups=_groups(submit),
+        runs=_runs(submit),
+        orphaned_ids=tuple(list(known)[:SHOWN_IDS]),
+        new_ids=tuple(new_ids[:SHOWN_IDS]),
     )
 
 
-def _kind_of(job: Job) -> Kind:
-    return Kind.of(job.model, job.input)
-
-
-#: one job of the file: (its journal row if any, id, input hash, cost, kind)
-_FileJob = tuple[JournalJob | None, str, str, float | None, Kind]
-
-
 def _figures(
-    file_jobs: Iterable[_FileJob], again: Again
-) -> tuple[list[tuple[str, Kind, float | None]], dict[str, int], int, float, int]:
-    """(jobs to submit as (id, kind, cost) in file order, jobs per state left alone, new jobs,
-    their known USD, new jobs of unknown price): the reconcile's rules, nothing written."""
-    submit: list[tuple[str, Kind, float | None]] = []
+    file_jobs: Iterable[tuple[JournalJob | None, _Submit, str]], again: Again
+) -> tuple[list[_Submit], dict[str, int], list[str], float, int]:
+    """(jobs to submit in file order, jobs per state left alone, new ids, their known USD,
+    new jobs of unknown price): the reconcile's rules, nothing written."""
+    submit: list[_Submit] = []
     counts = dict.fromkeys(("done", "submitted", "succeeded", "failed", "expired"), 0)
-    new = new_unknown = 0
+    new_ids: list[str] = []
+    new_unknown = 0
     new_usd = 0.0
     selection = again.selection
-    for row, job_id, input_hash, cost, kind in file_jobs:
-        if selection.filtered and not selection.picks(job_id, kind.model):
+    for row, job, input_hash in file_jobs:
+        if selection.filtered and not selection.picks(job.id, job.kind.model):
             continue
         if row is None:
-            new += 1
-            if cost is None:
+            new_ids.append(job.id)
+            if job.cost is None:
                 new_unknown += 1
             else:
-                new_usd += cost
-            submit.append((job_id, kind, cost))
+                new_usd += job.cost
+            submit.append(job)
             continue
-        state = row.state
+        state, take = row.state, row.take
         if (
             state == "failed"
             and not row.has_task
@@ -238,32 +296,78 @@ def _figures(
             state = "queued"  # a submit never answered, or an input fixed: queued again
         elif state == "failed":
             unchanged = row.input_hash == input_hash
-            if again.failed_again(job_id, kind.model, row.fail_code, unchanged) == "retry":
+            if again.failed_again(job.id, job.kind.model, row.fail_code, unchanged) == "retry":
                 state = "queued"
-        elif again.picks(state, job_id, kind.model):
+        elif again.picks(state, job.id, job.kind.model):
+            if state == "done":
+                take += 1  # --reroll: a new take, landing at its own name
             state = "queued"  # --reroll, --retry-expired
         if state in ("queued", "submitting"):
-            submit.append((job_id, kind, cost))
+            submit.append(job._replace(filename=take_filename(job.filename, take)))
         elif state in counts:
             counts[state] += 1
-    return submit, counts, new, new_usd, new_unknown
+    return submit, counts, new_ids, new_usd, new_unknown
 
 
-def _in_start_order(
-    submit: list[tuple[str, Kind, float | None]], order: str
-) -> list[tuple[str, Kind, float | None]]:
+def _groups(submit: list[_Submit]) -> tuple[JobGroup, ...]:
+    """The jobs by model, mode, duration and price tier, as the job file's loader groups
+    them (first appearance first); a model the catalog does not know is left out."""
+    # Counted first by what decides the group (the kind, the mode, the sound toggle), a
+    # hashable key of few values: the price tier is then asked once per distinct one.
+    counted: dict[tuple[Kind, Any, Any], list[Any]] = {}
+    for job in submit:
+        sample = job.sample
+        key = (job.kind, sample.get("mode"), sample.get("sound"))
+        seen = counted.get(key)
+        if seen is None:
+            counted[key] = [1, sample]
+        else:
+            seen[0] += 1
+    groups: dict[tuple[str, Any, Any, str], list[Any]] = {}
+    for (kind, mode, _), (n, sample) in counted.items():
+        spec = MODELS.get(kind.model)
+        if spec is None:
+            continue
+        group_key = (kind.model, mode, sample.get("duration"), spec.price_variant(sample))
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = [n, sample]
+        else:
+            group[0] += n
+    return tuple(
+        JobGroup(model, str(mode), int(duration or 0), tier, MODELS[model].clock(sample), n, sample)
+        for (model, mode, duration, tier), (n, sample) in groups.items()
+    )
+
+
+def _runs(submit: list[_Submit]) -> tuple[tuple[Kind, int], ...]:
+    """The jobs' kinds in file order, alike neighbours counted together."""
+    runs: list[list[Any]] = []
+    last: Kind | None = None
+    for job in submit:
+        kind = job.kind
+        # Rows of a journal share their kinds: most neighbours are the same object.
+        if last is not None and (kind is last or kind == last):
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+            last = kind
+    return tuple((kind, count) for kind, count in runs)
+
+
+def _in_start_order(submit: list[_Submit], order: str) -> list[_Submit]:
     """``submit`` (in file order) in the order ``run`` starts them (``--order``)."""
     if order != "longest":
         return submit
     ranked = longest_first(
-        dict.fromkeys(kind for _, kind, _ in submit), partial(expected_generation_s, None)
+        dict.fromkeys(job.kind for job in submit), partial(expected_generation_s, None)
     )
     rank = {kind: i for i, kind in enumerate(ranked)}
-    return sorted(submit, key=lambda item: rank[item[1]])
+    return sorted(submit, key=lambda job: rank[job.kind])
 
 
 def _fit(
-    submit: list[tuple[str, Kind, float | None]], budget: float, spent: float, order: str
+    submit: list[_Submit], budget: float, spent: float, order: str
 ) -> tuple[int, float, list[str]]:
     """The budget meter's rule: jobs in start order, each admitted when it fits what is left
     of the budget and skipped when it does not (the next ones are still weighed); jobs of
@@ -271,11 +375,12 @@ def _fit(
     submit = _in_start_order(submit, order)
     committed, jobs = spent, 0
     unfit: list[str] = []
-    for job_id, _, cost in submit:
+    for job in submit:
+        cost = job.cost
         if cost is None:
             continue
         if committed + cost > budget + 1e-9:
-            unfit.append(job_id)
+            unfit.append(job.id)
             continue
         committed += cost
         jobs += 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..catalog.again import input_refused
 
-__all__ = ["Again", "Selection", "unmatched"]
+__all__ = ["Again", "Selection", "take_filename", "unmatched"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +95,15 @@ class Again:
         """A done or expired job is queued again."""
         wanted = (state == "done" and self.reroll) or (state == "expired" and self.expired)
         return wanted and self.selection.picks(job_id, model)
+
+
+def take_filename(filename: str, take: int) -> str:
+    """Where take number ``take`` lands: ``hero.mp4`` for the first, then
+    ``hero-take2.mp4``, ``hero-take3.mp4``... (a folder in the name stays the folder).
+    Here, below the journal, so that ``plan`` names a reroll's take as ``run`` will."""
+    if take <= 1:
+        return filename
+    folder, slash, name = filename.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    named = f"{stem}-take{take}.{suffix}" if dot and stem else f"{name}-take{take}"
+    return f"{folder}{slash}{named}"

@@ -52,7 +52,7 @@ def manifest_entry(row: JobRow) -> dict[str, Any]:
         "model": row.model,
         "state": manifest_state(row.state),
         "task_id": row.task_id,
-        "files": list(row.files),
+        "files": list(row.landed_files),
         "bytes": row.bytes,
         "sha256": list(row.sha256),
         "fail_code": row.fail_code,

@@ -15,16 +15,22 @@ pytestmark = pytest.mark.e2e
 FAST = ["--time-scale", "0.01"]
 
 
-async def _interrupted(simulator, tmp_path: Path, *, rows: bool = False):  # type: ignore[no-untyped-def]
+async def _interrupted(simulator, tmp_path: Path, *, rows: str | None = None):  # type: ignore[no-untyped-def]
     """Three jobs submitted and left in flight by a short --max-wait (exit 1); ``rows``:
-    the jobs in a ``jobs_file`` (JSONL) beside the job file."""
+    the jobs in a ``jobs_file`` of that name (``.jsonl`` or ``.csv``) beside the job file."""
     sim = await simulator(time_scale=0.01, duration_override_s=(2.0, 2.0))
     if rows:
-        lines = "".join(json.dumps(job) + "\n" for job in simple_jobs(3))
-        (tmp_path / "jobs.jsonl").write_text(lines, encoding="utf-8")
+        if rows.endswith(".csv"):
+            lines = "id,model,mode,prompt,duration,sound\n" + "".join(
+                f"{j['id']},{j['model']},text-to-video,{j['input']['prompt']},5,false\n"
+                for j in simple_jobs(3)
+            )
+        else:
+            lines = "".join(json.dumps(job) + "\n" for job in simple_jobs(3))
+        (tmp_path / rows).write_text(lines, encoding="utf-8")
         job_file = tmp_path / "campaign.yaml"
         job_file.write_text(
-            "name: e2e\noutput: {dir: out}\njobs_file: jobs.jsonl\n", encoding="utf-8"
+            f"name: e2e\noutput: {{dir: out}}\njobs_file: {rows}\n", encoding="utf-8"
         )
     else:
         job_file = write_campaign(tmp_path, simple_jobs(3))
@@ -91,12 +97,14 @@ async def test_missing_job_file_status_download_review_from_journal(
     await _recover(sim, job_file, tmp_path)
 
 
+@pytest.mark.parametrize("rows", ["jobs.jsonl", "prompts.csv"])
 async def test_moved_jobs_file_status_download_review_from_journal(
-    simulator, tmp_path: Path
+    simulator, tmp_path: Path, rows: str
 ) -> None:
-    """The jobs_file moved away with tasks in flight: the same, from the journal."""
-    sim, job_file = await _interrupted(simulator, tmp_path, rows=True)
-    (tmp_path / "jobs.jsonl").rename(tmp_path / "elsewhere.jsonl")
+    """The jobs_file (JSONL, or a CSV) moved away with tasks in flight: the same, from
+    the journal."""
+    sim, job_file = await _interrupted(simulator, tmp_path, rows=rows)
+    (tmp_path / rows).rename(tmp_path / f"elsewhere-{rows}")
     await _recover(sim, job_file, tmp_path)
 
 

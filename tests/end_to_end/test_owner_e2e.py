@@ -96,6 +96,41 @@ async def test_two_campaigns_on_one_folder_the_second_is_refused(
     assert [e["id"] for e in read_manifest(tmp_path / "b-out")] == ["hero"]
 
 
+async def test_campaign_b_is_never_told_campaign_a_s_results(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """Both campaigns have a job `hero`, one output folder, no --state: the default
+    journal is campaign-a's. B's `run` is refused (one line, exit 2, 0 submits), and so
+    are its `status`, `review`, `plan` and `verify`, which used to tell A's `hero` as
+    B's (done 1, nothing to submit). A's files and manifest stay A's."""
+    sim = await simulator(time_scale=0.01)
+    a = _named(tmp_path, "a.yaml", "campaign-a", [{**simple_jobs(1)[0], "id": "hero"}])
+    b = _named(tmp_path, "b.yaml", "campaign-b", [{**simple_jobs(2)[1], "id": "hero"}])
+    assert (await run_cli(sim, "run", str(a), *FAST)).code == 0
+    out = tmp_path / "out"
+    a_manifest = (out / "manifest.jsonl").read_bytes()
+    a_hero = (out / "hero.mp4").read_bytes()
+    journal = out / ".apixo-batch.sqlite"
+
+    for command in ("run", "download", "status", "review", "plan", "verify"):
+        extra = FAST if command in ("run", "download") else []
+        res = await run_cli(sim, command, str(b), *extra)
+        assert res.code == 2, (command, res.code, res.stdout, res.stderr)
+        line = _one_line(res.stderr)
+        assert f"the journal {journal} is for the campaign 'campaign-a', not 'campaign-b'" in (
+            line
+        ), (command, line)
+        assert "hero" not in res.stdout and "done" not in res.stdout, (command, res.stdout)
+    status = await run_cli(sim, "status", str(b), "--json")
+    assert status.code == 2 and json.loads(status.stdout)["counts"] == {}
+    assert sim.stats()["submits_accepted"] == 1
+    assert (out / "manifest.jsonl").read_bytes() == a_manifest
+    assert (out / "hero.mp4").read_bytes() == a_hero
+    assert not (out / "review.html").exists() or "campaign-b" not in (
+        out / "review.html"
+    ).read_text(encoding="utf-8")
+
+
 async def test_a_deleted_owner_file_leaves_the_folder_protected_and_its_journal_rebinds_it(
     simulator: Any, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apixo_batch.journal import OUTPUT_EXISTS, Clash, JobState, Journal, NewJob, output_clashes
-from apixo_batch.journal.clash import refuse_clashes
+from apixo_batch.journal.clash import find_clashes, refuse_clashes
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -107,3 +107,79 @@ def test_a_refused_job_retried_once_the_file_is_moved_is_queued_and_not_refused(
     assert output_clashes(journal, lambda _n: False) == []
     row = journal.get("job-0")
     assert row is not None and row.state is S.QUEUED
+
+
+def test_every_result_name_is_checked_once_tasks_bring_several(journal: Journal) -> None:
+    """Once a task brought two results, a new job's second name (`<stem>-2.mp4`) is
+    checked too: on disk and landed by no job, or landed by another job, it is refused
+    before the submit. One result a task so far: only the first name is checked."""
+    journal.sync([_job(0), _job(1, filename="a.mp4"), _job(2, filename="b.mp4")], NOW)
+    on_disk = {"a-2.mp4"}
+    assert output_clashes(journal, on_disk.__contains__) == []  # one result a task so far
+    _land(journal, "job-0", ["job-0.mp4", "b-2.mp4"])
+    assert output_clashes(journal, on_disk.__contains__) == [
+        Clash("job-1", "a-2.mp4", None, 2),
+        Clash("job-2", "b-2.mp4", "job-0", 2),
+    ]
+    message = Clash("job-1", "a-2.mp4", None, 2).message("out/a-2.mp4")
+    assert "its result 2 would land on out/a-2.mp4" in message and OUTPUT_EXISTS in message
+
+
+def test_two_queued_jobs_whose_names_would_meet_the_later_one_is_refused(
+    journal: Journal,
+) -> None:
+    """Tasks bring two results: job `a`'s second is `a-2.mp4`, job `a-2`'s first. In file
+    order the first keeps its names; a task on its way holds all the names it may bring."""
+    journal.sync([_job(0)], NOW)
+    _land(journal, "job-0", ["job-0.mp4", "job-0-2.mp4"])
+    journal.sync(
+        [
+            _job(0),
+            _job(1, filename="a.mp4"),
+            _job(2, filename="a-2.mp4"),
+            _job(3, filename="c.mp4"),
+            _job(4, filename="c-2.mp4"),
+        ],
+        NOW,
+    )
+    journal.transition("job-3", S.SUBMITTING, NOW)
+    journal.transition("job-3", S.SUBMITTED, NOW, task_id="t-3", submitted_at=NOW)
+    assert output_clashes(journal, None) == [
+        Clash("job-2", "a-2.mp4", "job-1", 1),
+        Clash("job-4", "c-2.mp4", "job-3", 1),
+    ]
+
+
+def test_the_holders_rows_alone_find_the_same_clashes(journal: Journal) -> None:
+    """`plan` reads only the jobs that may hold a name: the same clashes as from all rows."""
+    journal.sync([_job(0), _job(1, filename="a.mp4"), _job(2, filename="b.mp4")], NOW)
+    _land(journal, "job-0", ["job-0.mp4", "b-2.mp4"])
+    journal.sync([_job(0), _job(1, filename="a.mp4"), _job(2, filename="b-2.mp4")], NOW)
+    candidates = [("job-1", "a.mp4"), ("job-2", "b-2.mp4")]
+    assert [r[0] for r in journal.output_rows(holders=True)] == ["job-0"]
+    every = find_clashes(journal.output_rows(), candidates, {"a-2.mp4"}.__contains__)
+    held = find_clashes(journal.output_rows(holders=True), candidates, {"a-2.mp4"}.__contains__)
+    assert every == held == [Clash("job-1", "a-2.mp4", None, 2), Clash("job-2", "b-2.mp4", "job-0")]
+
+
+def test_a_rerolled_take_is_checked_at_its_name_and_its_earlier_files_stay_held(
+    journal: Journal,
+) -> None:
+    """--reroll: the queued take lands at job-0-take2.mp4, a name a hand-made file there
+    takes from it; its first take's file stays the job's own (never a clash for it, always
+    one for a job named after it). The holders' read keeps the job for its earlier file."""
+    from apixo_batch.planning.selection import Again
+
+    journal.sync([_job(0), _job(1)], NOW)
+    _land(journal, "job-0", ["job-0.mp4"])
+    journal.reconcile([_job(0), _job(1, filename="job-0.mp4")], NOW + 1, again=Again(reroll=True))
+    assert output_clashes(journal, {"job-0.mp4"}.__contains__) == [
+        Clash("job-1", "job-0.mp4", "job-0")
+    ]
+    assert output_clashes(journal, {"job-0-take2.mp4"}.__contains__) == [
+        Clash("job-0", "job-0-take2.mp4", None),
+        Clash("job-1", "job-0.mp4", "job-0"),
+    ]
+    held = list(journal.output_rows(holders=True))
+    assert [(r[0], r[1], r[2]) for r in held] == [("job-0", "job-0-take2.mp4", ("job-0.mp4",))]
+    assert find_clashes(held, [("new", "JOB-0.mp4")], None) == [Clash("new", "JOB-0.mp4", "job-0")]

@@ -28,6 +28,7 @@ from apixo_batch.journal import (
 from apixo_batch.journal.rows import CHANGES, COLUMNS, SELECT
 from apixo_batch.journal.schema import SCHEMA_VERSION
 from apixo_batch.journal.states import LEGAL_FROM_SQL
+from apixo_batch.planning.kind import Kind
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -1055,6 +1056,26 @@ def test_sync_result_defaults() -> None:
     r = SyncResult()
     assert (r.added, r.unchanged, r.updated, r.dropped_from_file) == (0, 0, 0, 0)
     assert r.changed_after_submit is None
+
+
+def test_plan_rows_carry_the_file_name_and_the_inputs_price_and_clock_read(
+    open_journal: Callable[..., Journal],
+) -> None:
+    """`plan` groups the jobs left to submit from these alone: mode, duration, resolution
+    and sound (a JSON boolean, read back as one), and the output name for its clash check."""
+    j = open_journal()
+    inp = {"mode": "text-to-video", "duration": 5, "sound": True, "prompt": "p"}
+    text = json.dumps(inp, sort_keys=True)
+    job = NewJob("a", 0, "kling-2-6", "auto", text, "h", "a.mp4", 0.6)
+    j.sync([job, _job(1)], NOW)
+    rows = list(j.plan_rows())
+    assert rows[0][7:] == (
+        Kind("kling-2-6", 5, None),
+        "a.mp4",
+        {"duration": 5, "mode": "text-to-video", "sound": True},
+        1,  # the take: a reroll's next one lands at its own name
+    )
+    assert rows[1][8:] == ("job-1.mp4", {"duration": 8}, 1)
 
 
 def test_known_task_ids_are_the_jobs_tasks_now_and_before(journal: Journal) -> None:

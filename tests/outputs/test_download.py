@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from apixo_batch.errors import DownloadError, IntegrityError, ResultExpired
+from apixo_batch.errors import DownloadError, IntegrityError, OutputTaken, ResultExpired
 from apixo_batch.outputs.download import Downloaded, download_file
 from apixo_batch.outputs.partfile import PartFile
 from apixo_batch.retry import Backoff
@@ -386,6 +386,47 @@ async def test_existing_complete_part_finishes_on_416(
     _assert_whole(result, dest)
     assert [h.get("Range") for h in files.seen] == [f"bytes={len(BODY)}-"]
     assert result.resumed == 0
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumable", "fresh"])
+async def test_guarded_dest_with_other_bytes_is_not_written_over(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+    fresh: bool,
+) -> None:
+    """``guard``: a file at dest with other bytes is left as it is (OutputTaken); the whole
+    verified result waits in its .part, and lands without a new body once dest is free."""
+    files, url = host
+    dest = tmp_path / "video.mp4"
+    dest.write_bytes(b"a hand-made cut")
+    with pytest.raises(OutputTaken, match="not written by this campaign"):
+        await download_file(
+            session, url, dest, clock=clock, backoff=BACKOFF, guard=True, fresh=fresh
+        )
+    assert dest.read_bytes() == b"a hand-made cut"
+    assert _part(dest).read_bytes() == BODY
+    dest.unlink()
+    result = await download_file(session, url, dest, clock=clock, backoff=BACKOFF, guard=True)
+    _assert_whole(result, dest)
+    assert files.seen[-1].get("Range") == f"bytes={len(BODY)}-"  # the .part was whole
+
+
+async def test_guarded_dest_with_the_same_bytes_is_kept_as_found(
+    host: tuple[FileHost, str],
+    session: aiohttp.ClientSession,
+    clock: RecordingClock,
+    tmp_path: Path,
+) -> None:
+    """``guard``: the very bytes already at dest (renamed before a crash kept it from the
+    journal) are the result: kept, ``found``, no .part left."""
+    _, url = host
+    dest = tmp_path / "video.mp4"
+    dest.write_bytes(BODY)
+    result = await download_file(session, url, dest, clock=clock, backoff=BACKOFF, guard=True)
+    _assert_whole(result, dest)
+    assert result.found
 
 
 async def test_existing_part_longer_than_file_starts_over(

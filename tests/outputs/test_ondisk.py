@@ -102,8 +102,9 @@ async def test_every_file_of_a_job_is_checked(tmp_path: Path) -> None:
 async def test_off_disk_jobs_go_back_to_succeeded_with_their_urls(
     ledger: Ledger, tmp_path: Path
 ) -> None:
-    """done -> succeeded (the table allows it), files forgotten, result URLs kept: the
-    lander's feeder finds them; the jobs whose files are there stay done."""
+    """done -> succeeded (the table allows it), sizes and hashes forgotten, names and
+    result URLs kept: the lander's feeder finds them and writes over what is at their
+    own names; no file is claimed meanwhile. The jobs whose files are there stay done."""
     (tmp_path / "job-0.mp4").unlink()
     (tmp_path / "job-1.mp4").write_bytes(b"garbage!")
     found = await refetch_off_disk(ledger, tmp_path)
@@ -111,7 +112,8 @@ async def test_off_disk_jobs_go_back_to_succeeded_with_their_urls(
     for job_id in ("job-0", "job-1"):
         r = row(ledger, job_id)
         assert r.state is S.SUCCEEDED
-        assert r.files == () and r.sha256 == () and r.bytes is None
+        assert r.files == (f"{job_id}.mp4",) and r.landed_files == ()
+        assert r.sha256 == () and r.bytes is None
         assert r.result_urls == (f"https://h/{job_id}/0",)
         assert r.task_id == f"t-{job_id}"
     assert row(ledger, "job-2").state is S.DONE

@@ -26,7 +26,7 @@ from stagefakes import (
 
 from apixo_batch.api import build_engine
 from apixo_batch.clock import FakeClock
-from apixo_batch.errors import DownloadError, ResultExpired
+from apixo_batch.errors import DownloadError, OutputTaken, ResultExpired
 from apixo_batch.journal import JobState, Landed, Ledger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
@@ -53,6 +53,10 @@ def _write(dest: Path, data: bytes) -> None:
     dest.write_bytes(data)  # a few bytes to a tmp_path: no need for a thread
 
 
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None  # a few bytes in a tmp_path
+
+
 def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -63,6 +67,8 @@ class FakeHost:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Path, bool]] = []
+        #: the urls fetched with ``guard`` (a file at the name may not be written over)
+        self.guarded: list[str] = []
         self.faults: dict[str, Exception] = {}
         self.busy = self.peak = 0
 
@@ -79,9 +85,13 @@ class FakeHost:
         backoff: Backoff | None = None,
         chunk_size: int = 1 << 20,
         fresh: bool = False,
+        guard: bool = False,
     ) -> Downloaded:
-        """``download_file``'s signature (a keyword it does not know would fail here too)."""
+        """``download_file``'s signature (a keyword it does not know would fail here too),
+        ``guard`` as it does: the same bytes are kept, other bytes are not written over."""
         self.calls.append((url, dest, fresh))
+        if guard:
+            self.guarded.append(url)
         self.busy += 1
         self.peak = max(self.peak, self.busy)
         try:
@@ -92,8 +102,14 @@ class FakeHost:
         if fault is not None:
             raise fault
         data = _content(url)
+        digest = hashlib.sha256(data).hexdigest()
+        there = _read(dest) if guard else None
+        if there is not None:
+            if there != data:
+                raise OutputTaken(f"{dest} exists and was not written by this campaign")
+            return Downloaded(dest, len(data), digest, resumed=0, found=True)
         _write(dest, data)
-        return Downloaded(dest, len(data), hashlib.sha256(data).hexdigest(), resumed=0)
+        return Downloaded(dest, len(data), digest, resumed=0)
 
 
 @pytest.fixture
@@ -137,7 +153,7 @@ async def _land(lander: Lander, clock: FakeClock, fetches: list[Fetch]) -> None:
 
 def _fetch(ledger: Ledger, job_id: str, *, fresh: bool = True) -> Fetch:
     r = row(ledger, job_id)
-    return Fetch(r.id, r.model, r.filename, r.result_urls, fresh=fresh)
+    return Fetch(r.id, r.model, r.filename, r.result_urls, fresh=fresh, landed=r.files)
 
 
 async def test_results_land_and_the_job_is_journaled_done(tmp_path: Path, host: FakeHost) -> None:
@@ -510,3 +526,45 @@ async def test_a_file_no_job_wrote_is_not_written_over_by_a_fresh_result(
     assert str(tmp_path / "job-0.mp4") in warning.data["message"]
     assert row(ledger, "job-0").state is JobState.SUCCEEDED
     assert row(ledger, "job-1").state is JobState.DONE
+
+
+async def test_after_a_crash_a_file_the_journal_did_not_record_is_kept_unless_identical(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """Results an earlier run left `succeeded` (a crash between a rename and its journaling):
+    at a name the journal never recorded as the job's, the same bytes are the job's own
+    file (kept, journaled done); other bytes are someone's file (not written over, the job
+    stays `succeeded`, one warning). A name the journal recorded as the job's is fetched
+    over as before."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    for i in range(3):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}", 2 if i == 2 else 1))
+    (tmp_path / "job-0.mp4").write_bytes(_content(_urls("job-0")[0]))  # renamed, not journaled
+    (tmp_path / "job-1.mp4").write_bytes(b"a hand-made cut")
+    # job-2's first file was journaled by an earlier landing; its second was not.
+    first, second = _urls("job-2", 2)
+    earlier = Landed()
+    earlier.add("job-2.mp4", hashlib.sha256(_content(first)).hexdigest(), len(_content(first)))
+    recorded = ledger.record_partial("job-2", earlier)
+    assert recorded is not None
+    await recorded
+    (tmp_path / "job-2.mp4").write_bytes(b"stale bytes of its own name")
+    (tmp_path / "job-2-2.mp4").write_bytes(b"someone's file")
+    lander, events = _lander(ledger, clock, tmp_path)
+    fed = [_fetch(ledger, f"job-{i}", fresh=False) for i in range(3)]
+    await _land(lander, clock, fed)
+
+    assert row(ledger, "job-0").state is JobState.DONE
+    assert (tmp_path / "job-0.mp4").read_bytes() == _content(_urls("job-0")[0])
+    assert (tmp_path / "job-1.mp4").read_bytes() == b"a hand-made cut"
+    assert row(ledger, "job-1").state is JobState.SUCCEEDED
+    assert (tmp_path / "job-2-2.mp4").read_bytes() == b"someone's file"
+    stored = row(ledger, "job-2")
+    assert (stored.state, stored.files) == (JobState.SUCCEEDED, ("job-2.mp4",))
+    assert (tmp_path / "job-2.mp4").read_bytes() == _content(first)  # its own name: fetched
+    assert first not in host.guarded and second in host.guarded
+    warned = {w.job_id: w.data["message"] for w in events.of("warning")}
+    assert set(warned) == {"job-1", "job-2"}
+    assert str(tmp_path / "job-1.mp4") in warned["job-1"] and "download" in warned["job-1"]
+    assert str(tmp_path / "job-2-2.mp4") in warned["job-2"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from apixo_batch.cli.plan import format_text
+from apixo_batch.cli.plan import JournalView, format_text
 from apixo_batch.jobs import Campaign, load_campaign
 from apixo_batch.planning.kind import Kind
 from apixo_batch.planning.plan import make_plan
@@ -71,7 +72,7 @@ def test_renamed_jobs_are_new_and_orphaned_and_paid_again(campaign: Campaign) ->
     r = resume_figures(campaign, rows, journal="j", spent_usd=6 * PRICE)
     assert (r.to_submit, r.new, r.orphaned, r.orphaned_paid) == (6, 6, 7, 6)
     assert (r.pay_again, r.pay_again_usd) == (6, pytest.approx(6 * PRICE))
-    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), r)
+    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), JournalView(r))
     assert "run would pay for 6 jobs again (about $1.80)" in text
     assert "orphaned      7 in the journal, no longer in the job file (6 paid for)" in text
 
@@ -81,7 +82,7 @@ def test_the_budget_counts_what_was_spent_and_names_the_jobs_that_do_not_fit(
 ) -> None:
     r = resume_figures(campaign, [], journal="j", spent_usd=1.0, budget=1.0 + 2.5 * PRICE)
     assert (r.to_submit, r.fit_budget, r.fit_budget_usd) == (6, 2, pytest.approx(2 * PRICE))
-    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), r)
+    text = format_text(make_plan(campaign, max_concurrent=10, rpm=60), JournalView(r))
     assert "--budget $1.75: 2 of the 6 jobs fit ($0.60; $1.00 spent before)" in text
     assert "4 do not fit what is left and stay pending: j2, j3, j4, j5" in text
     assert r.to_dict()["budget"] == {
@@ -141,7 +142,7 @@ def test_the_rich_table_carries_the_journal_lines(campaign: Campaign) -> None:
 
     r = resume_figures(campaign, [], journal="j.sqlite", spent_usd=0.0, budget=0.5)
     stream = io.StringIO()
-    _print_rich(make_plan(campaign, max_concurrent=10, rpm=60), stream, r)
+    _print_rich(make_plan(campaign, max_concurrent=10, rpm=60), stream, JournalView(r))
     assert "Journal j.sqlite: run would now" in stream.getvalue()
     assert "--budget $0.50: 1 of the 6 jobs fit" in stream.getvalue()
 
@@ -177,3 +178,87 @@ def test_plan_counts_rerolls_expired_retries_and_skips_refused_inputs(campaign: 
     assert submit(Again(failed=True, fail_codes=("SensitiveContentDetected",))) == 1
     assert submit(Again(expired=True)) == 1
     assert submit(Again(reroll=True, selection=Selection(only=("j0", "j4")))) == 2
+
+
+def test_the_plan_covers_what_run_would_submit_now(campaign: Campaign) -> None:
+    """The table, cost and time of the plan are the jobs left to submit (j3..j5), not the
+    file's six; the file's figures are kept beside them."""
+    rows = _rows(campaign, {"j0": "done", "j1": "submitted", "j2": "succeeded"})
+    r = resume_figures(campaign, rows, journal="j", spent_usd=3 * PRICE)
+    assert [(g.model, g.mode, g.duration, g.tier, g.count) for g in r.groups] == [
+        ("kling-2-6", "text-to-video", 5, "silent", 3)
+    ]
+    assert r.runs == ((Kind("kling-2-6", 5, None), 3),)
+    now = make_plan(campaign, max_concurrent=10, rpm=60, now=(r.groups, r.runs))
+    whole = make_plan(campaign, max_concurrent=10, rpm=60)
+    assert (now.jobs, now.known_cost_usd) == (3, pytest.approx(3 * PRICE))
+    assert now.whole is not None and (now.whole.jobs, now.whole.known_cost_usd) == (
+        6,
+        pytest.approx(6 * PRICE),
+    )
+    assert 0 < now.requests < whole.requests
+    nothing = resume_figures(
+        campaign, _rows(campaign, {f"j{i}": "done" for i in range(6)}), journal="j", spent_usd=0
+    )
+    empty = make_plan(campaign, max_concurrent=10, rpm=60, now=(nothing.groups, nothing.runs))
+    assert (empty.jobs, empty.known_cost_usd, empty.wall_time_s, empty.rows) == (0, 0, 0, ())
+    text = format_text(empty, JournalView(nothing))
+    assert "Nothing to submit: estimated cost $0.00" in text
+    assert "0 jobs to submit now, of the 6 in" in text
+
+
+def test_jobs_run_would_refuse_are_not_counted_nor_priced(campaign: Campaign) -> None:
+    """``refuse`` sees the jobs to submit (id, file name) in file order; those it names are
+    counted as refused, left out of the cost, the groups and the budget's reach."""
+    seen: list[list[tuple[str, str]]] = []
+
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
+        seen.append(list(candidates))
+        return {"j1", "j4"}
+
+    r = resume_figures(campaign, [], journal="j", spent_usd=0.0, budget=10.0, refuse=refuse)
+    assert seen == [[(f"j{i}", f"j{i}.mp4") for i in range(6)]]
+    assert (r.to_submit, r.refused, r.new, r.fit_budget) == (4, 2, 6, 4)
+    assert r.to_submit_usd == pytest.approx(4 * PRICE)
+    assert sum(g.count for g in r.groups) == 4
+
+
+def test_a_synced_journal_groups_by_the_journaled_inputs(campaign: Campaign) -> None:
+    """Synced, the rows' journaled inputs (mode, sound) give the price tier: a sound job
+    is its own group at the sound price."""
+    kind = Kind("kling-2-6", 5, None)
+    silent = {"mode": "text-to-video", "duration": 5, "sound": False}
+    sound = {**silent, "sound": True}
+    rows = [
+        JournalJob("a", "queued", "h", False, None, PRICE, True, kind, "a.mp4", silent),
+        JournalJob("b", "queued", "h", False, None, 2 * PRICE, True, kind, "b.mp4", sound),
+        JournalJob("c", "done", "h", True, None, PRICE, True, kind, "c.mp4", silent),
+    ]
+    r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, synced=True)
+    assert [(g.tier, g.count) for g in r.groups] == [("silent", 1), ("sound", 1)]
+    plan = make_plan(campaign, max_concurrent=10, rpm=60, now=(r.groups, r.runs))
+    assert plan.known_cost_usd == pytest.approx(3 * PRICE) == r.to_submit_usd
+
+
+def test_refusals_see_take_names_and_the_limit_counts_after_them(campaign: Campaign) -> None:
+    """A rerolled job is checked at its next take's name and a queued take at its own, as
+    ``run`` checks them; ``--limit`` counts the jobs that start, refusals left out first
+    (``run`` ends them before any submit)."""
+    hashes = {job.id: job.input_hash for job in campaign.iter_jobs()}
+    rows = [
+        JournalJob("j0", "done", hashes["j0"], True, None),
+        JournalJob("j1", "queued", hashes["j1"], False, None, take=2),
+        JournalJob("j2", "done", hashes["j2"], True, None, take=2),
+    ]
+    seen: list[list[tuple[str, str]]] = []
+
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
+        seen.append(list(candidates))
+        return {"j1"}
+
+    again = Again(reroll=True, selection=Selection(only=("j[0-3]",), limit=2))
+    r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, refuse=refuse, again=again)
+    assert seen == [
+        [("j0", "j0-take2.mp4"), ("j1", "j1-take2.mp4"), ("j2", "j2-take3.mp4"), ("j3", "j3.mp4")]
+    ]
+    assert (r.refused, r.to_submit, r.new, r.new_ids) == (1, 2, 0, ())
