@@ -4,6 +4,7 @@ narrowed by selection and fail code, refused inputs not paid again; --retry-expi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,34 @@ async def test_a_smoke_test_is_weighed_against_the_balance_alone(simulator, tmp_
     [started] = [e for e in smoke.events if e["event"] == "started"]
     assert started["queued"] == 3
     assert started["estimated_cost_usd"] == pytest.approx(0.9)
+
+
+async def test_plan_with_a_journal_covers_the_picked_reroll_and_its_take_name(
+    simulator, tmp_path: Path
+) -> None:
+    """After a first run, a hand-made file at wan-0000-take2.mp4: `plan --reroll --only
+    wan-0000` says run would refuse that take (its own name, checked as run checks it)
+    and prices nothing; `plan --reroll --only wan-0001` prices that one take alone, out of
+    the file's two. `run --reroll --only wan-0000` then refuses it unpaid."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2, model="wan-2-5", prefix="wan"))
+    assert (await run_cli(sim, "run", str(job_file), *FAST)).code == 0
+    out = tmp_path / "out"
+    cut = out / "wan-0000-take2.mp4"
+    cut.write_bytes(b"my hand-made cut")
+    refused = await run_cli(sim, "plan", str(job_file), "--json", "--reroll", "--only", "wan-0000")
+    assert refused.code == 0, refused.stderr
+    data = json.loads(refused.stdout)
+    assert (data["jobs"], data["file"]["jobs"]) == (0, 2)
+    journal = data["journal"]
+    assert (journal["refused"], journal["to_submit"]["jobs"], journal["done"]) == (1, 0, 0)
+    assert journal["clashes"] == [
+        {"job": "wan-0000", "file": str(cut), "holder": None, "result": 1}
+    ]
+    other = await run_cli(sim, "plan", str(job_file), "--json", "--reroll", "--only", "wan-0001")
+    journal = json.loads(other.stdout)["journal"]
+    assert (journal["refused"], journal["to_submit"]["jobs"], journal["clashes"]) == (0, 1, [])
+    run = await run_cli(sim, "run", str(job_file), *FAST, "--reroll", "--only", "wan-0000")
+    assert run.code == 1, run.stderr
+    assert sim.stats()["submits_accepted"] == 2
+    assert cut.read_bytes() == b"my hand-made cut"
