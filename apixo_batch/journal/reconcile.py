@@ -29,7 +29,7 @@ from .states import JobState
 if TYPE_CHECKING:
     from ..jobs import Campaign
 
-__all__ = ["NewJob", "Reconcile", "SyncResult", "jobs_of"]
+__all__ = ["NewJob", "Reconcile", "SyncResult", "jobs_of", "take_json"]
 
 S = JobState
 
@@ -92,7 +92,7 @@ def jobs_of(campaign: Campaign) -> Iterator[NewJob]:
         )
 
 
-def _take_json(j: NewJob, take: int) -> str:
+def take_json(j: NewJob, take: int) -> str:
     """The input a job's take is sent with: the file's, with the take's own seed from the
     second take on (:func:`~apixo_batch.catalog.again.take_input`). Its ``input_hash``
     stays the file's: the file did not change, so no sync calls it changed."""
@@ -188,7 +188,7 @@ class Reconcile(StateChanges):
                     "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
                     "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, "
                     "fail_code=NULL, fail_msg=NULL, updated_at=? WHERE id=?",
-                    (j.idx, j.model, j.provider, _take_json(j, take), j.input_hash, j.filename,
+                    (j.idx, j.model, j.provider, take_json(j, take), j.input_hash, j.filename,
                      j.cost_usd, now, j.id),
                 )  # fmt: skip
                 if state == S.FAILED.value:
@@ -234,7 +234,7 @@ class Reconcile(StateChanges):
             "completed_at=NULL, result_urls='[]', expires_at=NULL, files='[]', bytes=NULL, "
             "sha256='[]', fail_code=NULL, fail_msg=NULL, cost_time_ms=NULL, arrived_via=NULL "
             "WHERE id=?",
-            (j.idx, j.model, j.provider, _take_json(j, int(take)), j.input_hash, j.filename,
+            (j.idx, j.model, j.provider, take_json(j, int(take)), j.input_hash, j.filename,
              j.cost_usd, take, json.dumps(list(kept)), j.id),
         )  # fmt: skip
         self.transition(j.id, S.QUEUED, now)

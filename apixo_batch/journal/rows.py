@@ -25,9 +25,11 @@ __all__ = [
     "Change",
     "Column",
     "JobRow",
+    "OutputRow",
     "added_columns",
     "jobs_table",
     "json_list",
+    "output_row",
     "take_filename",
 ]
 
@@ -37,6 +39,40 @@ def json_list(text: str | None) -> tuple[str, ...]:
     if not text or text == "[]":
         return ()
     return tuple(json.loads(text))
+
+
+#: (id, the name its take lands at, its files with earlier takes', in the file (0/1),
+#: state, how many result URLs the task brought: None before it succeeded): one job as
+#: the check of names sees it (``Journal.output_rows``), the same from either backend
+OutputRow = tuple[str, str, tuple[str, ...], int, str, int | None]
+
+#: the columns :func:`output_row` takes, in order (the result count as each SQL spells it)
+OUTPUT_COLUMNS = "id, filename, take, files, earlier_files, in_file, state"
+
+
+def output_row(
+    job_id: str,
+    filename: str,
+    take: int,
+    files: str | None,
+    earlier: str | None,
+    in_file: Any,
+    state: str,
+    results: int | None,
+) -> OutputRow:
+    """One job's :data:`OutputRow` from its columns (:data:`OUTPUT_COLUMNS`, then the
+    result count)."""
+    landed = json_list(files)
+    if earlier and earlier != "[]":
+        landed = (*json_list(earlier), *landed)
+    return (
+        str(job_id),
+        take_filename(filename, int(take)),
+        landed,
+        int(in_file),
+        str(state),
+        None if results is None else int(results),
+    )
 
 
 def _json_text(values: Sequence[str]) -> str:

@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 
 from ..planning.kind import Kind
 from .learned import LearnedClocks
-from .naming import hold_name
+from .naming import name_owners
 from .reconcile import Reconcile
+from .rows import OUTPUT_COLUMNS, JobRow, OutputRow, json_list, output_row
 from .rows import SELECT as _SELECT
-from .rows import JobRow, json_list, take_filename
 from .states import JobState
 
 __all__ = ["FILE_STAMP", "DoneFiles", "Journal"]
@@ -57,24 +57,14 @@ class Journal(Reconcile, LearnedClocks):
         more: after a template change, their new name is free). A name held by two
         jobs lists both.
         """
-        may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
-        finished = (JobState.DONE.value, JobState.EXPIRED.value)
-        owners: dict[str, tuple[str, ...]] = {}
-        for job_id, filename, files, in_file, state, _ in self.output_rows(order=False):
-            if state in may_land or (in_file and state not in finished):
-                hold_name(owners, filename, job_id)
-            for name in files:
-                hold_name(owners, name, job_id)
-        return owners
+        return name_owners(self.output_rows(order=False))
 
-    def output_rows(
-        self, *, order: bool = True, holders: bool = False
-    ) -> Iterator[tuple[str, str, tuple[str, ...], int, str, int | None]]:
-        """(id, the name its take lands at, its files with earlier takes', in_file, state,
-        how many result URLs the task brought: None before it succeeded) of every job, in
-        file order (``order``). ``holders``: only the jobs that may hold a name (files
-        landed now or by an earlier take, a task on its way or that brought results), what
-        a check of other jobs' names needs."""
+    def output_rows(self, *, order: bool = True, holders: bool = False) -> Iterator[OutputRow]:
+        """Every job as the check of names sees it (:data:`~.rows.OutputRow`: the name its
+        take lands at, its files with earlier takes'), in file order (``order``).
+        ``holders``: only the jobs that may hold a name (files landed now or by an earlier
+        take, a task on its way or that brought results), what a check of other jobs'
+        names needs."""
         where = (
             " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
             "OR (earlier_files IS NOT NULL AND earlier_files NOT IN ('', '[]')) "
@@ -84,15 +74,11 @@ class Journal(Reconcile, LearnedClocks):
             else ""
         )
         by = " ORDER BY idx, id" if order else ""
-        for job_id, filename, take, files, earlier, in_file, state, results in self._db.execute(
-            "SELECT id, filename, take, files, earlier_files, in_file, state, "
-            "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
-            f"ELSE json_array_length(result_urls) END FROM jobs{where}{by}"
+        for values in self._db.execute(
+            f"SELECT {OUTPUT_COLUMNS}, CASE WHEN result_urls IS NULL OR result_urls = '' "
+            f"THEN NULL ELSE json_array_length(result_urls) END FROM jobs{where}{by}"
         ):
-            landed = json_list(files)
-            if earlier and earlier != "[]":
-                landed = (*json_list(earlier), *landed)
-            yield job_id, take_filename(filename, take), landed, in_file, state, results
+            yield output_row(*values)
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
