@@ -14,6 +14,7 @@ from ..events import Summary
 from ..exitcodes import ExitCode
 from ..journal.pg import is_database
 from ..location import Destination
+from ..planning.selection import Again, Selection
 from ..retry import Patience
 from .turnaround import TurnaroundStats
 
@@ -46,6 +47,19 @@ class RunOptions:
     allow_partial: bool = False
     max_wait_min: float = MAX_WAIT_MIN
     retry_failed: bool = False
+    #: with ``retry_failed``: only failed jobs of these fail codes, retried even when the
+    #: input was refused and is unchanged (``--fail-code``)
+    fail_codes: tuple[str, ...] = ()
+    #: submit expired jobs again (``--retry-expired``)
+    retry_expired: bool = False
+    #: a new take of done jobs, the earlier files kept (``--reroll``)
+    reroll: bool = False
+    #: act only on jobs whose id matches one of these shell-style patterns (``--only``)
+    only: tuple[str, ...] = ()
+    #: act only on jobs of these models (``--model``)
+    models: tuple[str, ...] = ()
+    #: submit at most this many jobs, the first in the start order (``--limit``)
+    limit: int | None = None
     download_concurrency: int = 16
     #: seconds an interrupted run waits for submit answers already on the wire
     stop_grace_s: float = 3.0
@@ -91,10 +105,40 @@ class RunOptions:
         positive("stop_grace_s", zero=True)
         if self.budget is not None:
             positive("budget")
+        if self.limit is not None:
+            whole("limit", 1)
+        for name in ("only", "models", "fail_codes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                # One pattern given as text, as a keyword argument would: still one.
+                object.__setattr__(self, name, (value,))
+            elif not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a tuple of names")
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if self.fail_codes and not self.retry_failed:
+            raise ValueError("RunOptions.fail_codes narrows retry_failed: set retry_failed too")
         if self.order not in ORDERS:
             raise ValueError(f"RunOptions.order: {self.order!r} is neither 'longest' nor 'file'")
         if self.mode not in ("run", "download"):
             raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
+
+    @property
+    def selection(self) -> Selection:
+        """The jobs this run acts on (``only``, ``models``, ``limit``)."""
+        return Selection(self.only, self.models, self.limit)
+
+    @property
+    def again(self) -> Again:
+        """The ended jobs this run queues again (only ``mode="run"`` does)."""
+        run = self.mode == "run"
+        return Again(
+            failed=self.retry_failed and run,
+            fail_codes=self.fail_codes,
+            expired=self.retry_expired and run,
+            reroll=self.reroll and run,
+            selection=self.selection,
+        )
 
     @property
     def patience(self) -> Patience:
@@ -115,7 +159,7 @@ class RunStatistics:
     rate_limited: int
     #: the rate the request bucket paces to now (below ``rpm_limit`` after 429s)
     effective_rpm: float
-    #: the request rate (a minute's worth) that last overshot the account's limit
+    #: the account's request rate (a minute's worth), as learned
     learned_rpm: float | None
     in_flight: int
     max_concurrent: int
@@ -144,8 +188,10 @@ class RunResult:
     possibly_duplicated: int | None = 0
     requests: int = 0
     rate_limited: int = 0
-    #: the request rate (a minute's worth) that last overshot the account's limit
+    #: the account's request rate (a minute's worth): what it accepted over its window
     learned_rpm: float | None = None
+    #: how it limits, when this run's answers told ("450 per 10 s (sliding)")
+    learned_limit: str | None = None
     #: the slot window the account allowed (a submit was refused for slots), if smaller
     learned_slots: int | None = None
     #: end known to the next submit leaving (seconds of the run's clock)
@@ -191,6 +237,7 @@ class RunResult:
             ),
             rate_limited=self.rate_limited,
             learned_rpm=round(self.learned_rpm) if self.learned_rpm is not None else None,
+            learned_limit=self.learned_limit,
             learned_slots=self.learned_slots,
             slot_turnaround_s=_turnaround(self.slot_turnaround),
             retries=self.retries,

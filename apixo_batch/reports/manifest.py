@@ -68,6 +68,11 @@ def manifest_entry(row: JobRow) -> dict[str, Any]:
         entry["in_job_file"] = False
     if row.changed_input_hash:
         entry["input_changed_after_submit"] = True
+    if row.take > 1:
+        # `run --reroll`: this take's files above; the earlier takes' files stay on disk.
+        entry["take"] = row.take
+        entry["earlier_files"] = list(row.earlier_files)
+        entry["seed"] = row.input.get("seed")
     return entry
 
 
@@ -142,8 +147,9 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
         )
     print(took, file=out)
     if summary.learned_rpm:
+        how = f" ({summary.learned_limit})" if summary.learned_limit else ""
         print(
-            f"  the account answered 429 above ~{summary.learned_rpm:,} requests/min: "
+            f"  the account accepted about {summary.learned_rpm:,} requests/min{how}: "
             "the next run starts just under it",
             file=out,
         )
