@@ -204,8 +204,16 @@ async def export_campaign(url: str, dest: Path) -> bool:
             if first is None:
                 return False
             campaign = str(first[0])
+            # A database of an older version lacks the newer columns until a run brings it
+            # up to date (a read does not): the copy gets their defaults.
             cur = await conn.execute(
-                f"SELECT {', '.join(_JOBS)} FROM jobs WHERE campaign=%s", (campaign,)
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'jobs'"
+            )
+            named = {str(r[0]) for r in await cur.fetchall()}
+            columns = [c for c in _JOBS if c in named]
+            cur = await conn.execute(
+                f"SELECT {', '.join(columns)} FROM jobs WHERE campaign=%s", (campaign,)
             )
             jobs = await cur.fetchall()
             cur = await conn.execute(
@@ -222,18 +230,18 @@ async def export_campaign(url: str, dest: Path) -> bool:
         raise database_failed(url, exc, "cannot be read") from None
     finally:
         await conn.close()
-    flags = [i for i, name in enumerate(_JOBS) if name in _FLAGS]
+    flags = [i for i, name in enumerate(columns) if name in _FLAGS]
     journal = Journal(dest, lock=False)
     try:
         with journal.transaction(durable=False) as db:
-            marks = ", ".join("?" for _ in _JOBS)
+            marks = ", ".join("?" for _ in columns)
             rows = []
             for row in jobs:
                 values = list(row)
                 for i in flags:
                     values[i] = int(values[i])
                 rows.append(values)
-            db.executemany(f"INSERT INTO jobs ({', '.join(_JOBS)}) VALUES ({marks})", rows)
+            db.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({marks})", rows)
             db.executemany(
                 "INSERT INTO task_history (task_id, job_id, input_hash, submitted_at) "
                 "VALUES (?, ?, ?, ?)",
