@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
-from ..apixo.secret import ApiKey, redact
+from ..apixo.secret import ApiKey, KeySpec, redact
 from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
@@ -29,7 +29,7 @@ from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
 from ..reports.manifest import event_line, render_summary
-from .environment import KEY_VAR, base_url, load_api_key
+from .environment import KEY_VAR, base_url, load_api_keys
 from .progress import LiveView, PlainView, Tally, View, shown
 from .terminal import note_when_stdout_closes, stop_signals
 
@@ -64,7 +64,9 @@ class _Printer:
     no escape codes. ``-q``: failures and the summary only. ``-v``: every event.
     """
 
-    def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool, key: ApiKey | None) -> None:
+    def __init__(
+        self, *, json_mode: bool, quiet: bool, verbose: bool, key: Sequence[ApiKey] | None
+    ) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
@@ -164,7 +166,12 @@ _FAIL_HINTS = {
 
 
 def ended_in_error(
-    code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
+    code: ExitCode,
+    message: str,
+    *,
+    json_mode: bool,
+    verbose: bool,
+    key: Sequence[ApiKey] | None = None,
 ) -> ExitCode:
     """A run that could not go on, or start: one line on stderr, and with --json a summary
     as the stream's last line (``exit_code`` and ``error``), as every run ends."""
@@ -317,9 +324,10 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
 
 def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
-        key = load_api_key(args.api_key_file)
+        keys = load_api_keys(args.api_key_file)
     except (OSError, ValueError) as exc:
         return _refused(args, ExitCode.INVALID, f"cannot read --api-key-file: {exc}")
+    key = [k.key for k in keys]
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
@@ -337,7 +345,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
             return _refused(args, ExitCode.INVALID, str(exc))
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
-        engine = _engine(args, campaign, key, printer, callback_url, listen_at)
+        engine = _engine(args, campaign, keys, printer, callback_url, listen_at)
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics, engine.clock)
@@ -371,7 +379,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
 def _engine(
     args: argparse.Namespace,
     campaign: Campaign,
-    key: ApiKey | None,
+    keys: Sequence[KeySpec],
     printer: _Printer,
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
@@ -392,7 +400,7 @@ def _engine(
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
     )
-    return build_engine(campaign, options, api_key=key, on_event=printer)
+    return build_engine(campaign, options, api_key=keys or None, on_event=printer)
 
 
 async def _drive(engine: Engine, view: View | None = None) -> RunResult:

@@ -89,6 +89,9 @@ class JobRow:
     fail_msg: str | None = field(metadata=_sql("TEXT"))
     cost_time_ms: int | None = field(metadata=_sql("INTEGER"))
     arrived_via: str | None = field(metadata=_sql("TEXT"))
+    #: the fingerprint of the key that created its task (None: the run's one key, as
+    #: every task was before key pools); added by schema step 2
+    key_fp: str | None = field(default=None, metadata=_sql("TEXT"))
 
     @property
     def landed_files(self) -> tuple[str, ...]:
@@ -127,10 +130,15 @@ class Column:
     write: Callable[[Any], Any] | None = None
 
 
+#: columns added by a later schema step (``ALTER TABLE``): not in step 1's table, and
+#: after ``updated_at`` in the table as step 2 leaves it
+LATER_COLUMNS = frozenset({"key_fp"})
+
 COLUMNS: tuple[Column, ...] = (
-    *(Column(f.name, **f.metadata) for f in fields(JobRow)),
+    *(Column(f.name, **f.metadata) for f in fields(JobRow) if f.name not in LATER_COLUMNS),
     # The journal's own: every change stamps it; nothing outside the journal reads it.
     Column("updated_at", "REAL NOT NULL"),
+    *(Column(f.name, **f.metadata) for f in fields(JobRow) if f.name in LATER_COLUMNS),
 )
 
 #: the SELECT list that :meth:`JobRow.from_sql` reads
@@ -141,7 +149,7 @@ _READERS = tuple((i, c.read) for i, c in enumerate(COLUMNS) if c.read is not Non
 
 def jobs_table() -> str:
     return "CREATE TABLE IF NOT EXISTS jobs ({})".format(
-        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS)
+        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS if c.name not in LATER_COLUMNS)
     )
 
 
@@ -163,6 +171,7 @@ class Change(TypedDict, total=False):
     fail_msg: str | None
     cost_time_ms: int | None
     arrived_via: str
+    key_fp: str | None
 
 
 #: every key of :class:`Change`, with how its column stores a value (None: as it is)

@@ -41,6 +41,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "seconds REAL NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS completions_key_idx ON completions (clock_key, at)",
     ),
+    # Key pools: the fingerprint of the key that created each task (only it reads it).
+    ("ALTER TABLE jobs ADD COLUMN key_fp TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -152,11 +152,11 @@ class Simulator:
 
         async def gated(request: web.Request) -> web.StreamResponse:
             account = self._account_of(request.headers.get("Authorization"))
-            if account is None:
+            route = request.match_info.route.name or ""
+            if account is None or (account.revoked and route == "submit"):
                 return _answer(401, "Invalid or missing API Key")
             request[ACCOUNT] = account
             cfg = self.config
-            route = request.match_info.route.name or ""
             if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
                 self._stats.faults["403"] += 1
                 return _answer(403, "API key lacks permission for this route")
@@ -304,7 +304,8 @@ class Simulator:
 
     async def _revoke_route(self, request: web.Request) -> web.StreamResponse:
         fingerprint = request.match_info["fingerprint"]
-        if not self.revoke_key(fingerprint):
+        reads = request.query.get("reads", "1") not in ("0", "false", "no")
+        if not self.revoke_key(fingerprint, reads=reads):
             return _answer(404, "no such key")
         return _answer(200, "success", {"revoked": fingerprint})
 
@@ -332,12 +333,14 @@ class Simulator:
         self._key = self._main.key = key
         self._accounts[key] = self._main
 
-    def revoke_key(self, key_or_fingerprint: str) -> bool:
-        """Refuse a key from now on (401), as a key revoked mid-run: by the key itself or
-        its fingerprint (the first 8 hex digits of its SHA-256). False: no such key."""
+    def revoke_key(self, key_or_fingerprint: str, *, reads: bool = True) -> bool:
+        """Refuse a key's submits from now on (401), as a key revoked mid-run: by the key
+        itself or its fingerprint (the first 8 hex digits of its SHA-256). ``reads``: its
+        status and balance reads still answer (an account closed to new work whose tasks
+        still finish); else every request of it answers 401. False: no such key."""
         for key in list(self._accounts):
             if key_or_fingerprint in (key, fingerprint_of(key)):
-                self._accounts[key].revoked = True
+                self._accounts[key].revoked = "submits" if reads else "all"
                 return True
         return False
 
@@ -347,7 +350,7 @@ class Simulator:
             return None
         scheme, _, given = header.partition(" ")
         account = self._accounts.get(given.strip()) if scheme.lower() == "bearer" else None
-        if account is None or account.revoked or not key_matches(header, account.key):
+        if account is None or account.revoked == "all" or not key_matches(header, account.key):
             return None
         return account
 
@@ -446,10 +449,6 @@ class Simulator:
         await self._callbacks.close()
 
 
-#: the request's account, set by the gate for the handlers
-ACCOUNT = web.RequestKey("account", object)
-
-
 def fingerprint_of(key: str) -> str:
     """How a key is named in stats and routes: the first 8 hex of its SHA-256."""
     return hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -483,7 +482,8 @@ class _Account:
         self.submits = 0
         self.rate_limited = 0
         self.peak = 0
-        self.revoked = False
+        #: "" live; "submits": refused for submits; "all": refused for every request
+        self.revoked = ""
 
     def snapshot(self, running: int) -> dict[str, Any]:
         return {
@@ -493,8 +493,12 @@ class _Account:
             "peak_running": self.peak,
             "balance": self.balance_micro / 1e6,
             "spent": self.spent_micro / 1e6,
-            "revoked": self.revoked,
+            "revoked": bool(self.revoked),
         }
+
+
+#: the request's account, set by the gate for the handlers
+ACCOUNT = web.RequestKey("account", _Account)
 
 
 def _check_body(body: Any) -> str | None:
