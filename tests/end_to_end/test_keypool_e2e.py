@@ -22,7 +22,7 @@ from e2e import (
     write_campaign,
 )
 
-from apixo_batch.simulator import Simulator, SimKey
+from apixo_batch.simulator import SimKey, Simulator
 
 pytestmark = pytest.mark.e2e
 

@@ -148,7 +148,8 @@ def test_migration_steps_apply_in_order_in_one_transaction(tmp_path: Path) -> No
         migrate(db, path, later)
         assert not db.in_transaction
         assert "note" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(len(later)),)
+        schema = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        assert schema == (str(len(later)),)
     finally:
         db.close()
     assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 1
