@@ -190,3 +190,28 @@ async def test_a_bad_key_file_line_is_one_line_naming_it(simulator: Any, tmp_pat
     assert res.code == 2
     assert f"{keys} line 3: unknown setting 'slots'" in res.stderr
     assert OTHER_KEY not in res.stderr and sim.stats()["api_requests_total"] == 0
+
+
+async def test_a_key_that_no_longer_reads_leaves_its_tasks_in_flight(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """A key revoked for reads too: its tasks stay in flight (told once, never sent again
+    with another key), the other key finishes the rest; the run ends with them pending."""
+    sim = await two_keys(simulator, limit=3, duration_override_s=(0.6, 0.8))
+    job_file = write_campaign(tmp_path, simple_jobs(16))
+    proc = await start_cli(sim, "run", str(job_file), *FAST, key=f"{SIM_KEY},{OTHER_KEY}")
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while sim.stats()["keys"][fp(OTHER_KEY)]["submits"] < 2:
+        assert loop.time() < end and proc.returncode is None, "the second key never submitted"
+        await asyncio.sleep(0.01)
+    sim.revoke_key(OTHER_KEY, reads=False)
+    res = await finish(proc)
+    stats = sim.stats()
+    assert stats["submits_accepted"] == 16 and stats["duplicate_submits"] == 0
+    left = [e for e in read_manifest(tmp_path / "out") if e["state"] != "done"]
+    assert left and all(e["key"] == fp(OTHER_KEY) and e["task_id"] for e in left)
+    assert res.summary["counts"]["pending"] == len(left)
+    told = [e for e in res.events if e["event"] == "warning" and "no longer reads" in e["message"]]
+    assert len(told) == 1 and told[0]["key"] == fp(OTHER_KEY)
+    assert res.code != 0
