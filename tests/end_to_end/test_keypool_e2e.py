@@ -151,7 +151,10 @@ async def test_revoked_key_told_in_plain_summary(simulator: Any, tmp_path: Path)
         sim, "run", str(job_file), "--time-scale", "0.01", key=f"{SIM_KEY},{OTHER_KEY}"
     )
     assert res.code == 0, res.stderr
-    assert f"key {fp(OTHER_KEY)}" in res.stderr and "retired" in res.stderr
+    summary_line = next(line for line in res.stderr.splitlines() if "; retired: " in line)
+    assert summary_line.strip().startswith(f"key {fp(OTHER_KEY)} retired: 0/")
+    assert summary_line.endswith("; retired: 401: Invalid or missing API Key")
+    assert f"key {fp(SIM_KEY)} active: 0/" in res.stderr
     assert sim.stats()["keys"][fp(OTHER_KEY)]["submits"] == 0
 
 
