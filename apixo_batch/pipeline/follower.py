@@ -284,6 +284,9 @@ class Follower:
         name = account.fingerprint if account is not None else str(fp)
         if name not in self._unreadable:
             self._unreadable.add(name)
+            if account is not None:
+                # Tasks it created now could not be followed either: it submits no more.
+                self._pool.retire(account, f"{exc.status}: {exc.api_message or exc}")
             self._emit(
                 Warned(
                     key=name,

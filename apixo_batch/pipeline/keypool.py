@@ -138,36 +138,44 @@ class KeyPool:
         for a in self.accounts:
             a.slots.close()
 
-    async def take(self, exclude: KeyAccount | None = None) -> KeyAccount:
+    async def take(self) -> KeyAccount:
         """A slot of the key with the most free capacity (waiting for one if all are full).
 
         Raises :class:`SlotsStranded` when tasks past ``--max-wait`` hold every slot of
         every key that may submit, :class:`NoKeyLeft` (a :class:`SlotsClosed`) when no key
         may submit or the pool is closed."""
+        # Keys whose slots are all held by tasks left unfollowed: none will free in this
+        # run, so they are passed over (not waited on again and again).
+        stranded: set[KeyAccount] = set()
         while True:
             if self._closed:
                 raise SlotsClosed()
-            live = [a for a in self.submitting() if a is not exclude]
+            live = [a for a in self.submitting() if a not in stranded]
             if not live:
+                if stranded:
+                    raise SlotsStranded()
                 raise NoKeyLeft()
             free = [a for a in live if a.slots.in_flight < a.slots.cap]
             if free:
                 best = max(free, key=lambda a: (a.free_share(), -a.bucket.utilization()))
                 try:
                     await best.slots.acquire()
+                except SlotsStranded:
+                    stranded.add(best)
+                    continue
                 except SlotsClosed:
                     continue  # retired meanwhile: another key
                 return best
-            if len(live) == 1:
-                await live[0].slots.acquire()  # raises SlotsClosed/Stranded when it must
-                return live[0]
-            won = await self._first_slot(live)
+            won = await self._first_slot(live, stranded)
             if won is not None:
                 return won
 
-    async def _first_slot(self, live: list[KeyAccount]) -> KeyAccount | None:
+    async def _first_slot(
+        self, live: list[KeyAccount], stranded: set[KeyAccount]
+    ) -> KeyAccount | None:
         """Wait on every key's slots at once: the first freed wins, the others are given
-        back. None when a key's wait ended without a slot (retired, stranded): look again."""
+        back. None when a key's wait ended without a slot (retired, or added to
+        ``stranded``): look again."""
         waits = {asyncio.ensure_future(a.slots.acquire()): a for a in live}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -179,7 +187,6 @@ class KeyPool:
                 with contextlib.suppress(asyncio.CancelledError, SlotsClosed):
                     await fut
         won: KeyAccount | None = None
-        stranded = 0
         for fut, account in waits.items():
             if fut.cancelled():
                 continue
@@ -190,9 +197,7 @@ class KeyPool:
                 else:
                     account.slots.release()  # a second slot in the same turn: not needed
             elif isinstance(exc, SlotsStranded):
-                stranded += 1
+                stranded.add(account)
             elif not isinstance(exc, SlotsClosed):
                 raise exc
-        if won is None and stranded == len(live):
-            raise SlotsStranded()
         return won

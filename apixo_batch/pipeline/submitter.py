@@ -300,7 +300,7 @@ class Submitter:
                 self.retries += 1
                 self._emit(Throttled(row.id, retry_after=exc.retry_after, slots=exc.slots))
                 if exc.slots:
-                    await self._wait_for_a_slot(task, state.permit)
+                    await self._wait_for_a_slot(state, task)
                 continue
             except (ServerError, TransportError) as exc:
                 # A reset or a gateway timeout may hide a created task; a refused
@@ -421,15 +421,19 @@ class Submitter:
             raise _NotSent()
         await self._clock.sleep(seconds)
 
-    async def _wait_for_a_slot(self, task: asyncio.Task[None], permit: Permit) -> None:
+    async def _wait_for_a_slot(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._waiting.add(task)
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
         try:
-            await permit.wait_for_a_slot()
+            await state.permit.wait_for_a_slot()
         except SlotsClosed:
-            raise _NotSent() from None
+            if self._pool is None or self._stops.reached(Level.SUBMITS):
+                raise _NotSent() from None
+            # This key will free no slot (retired, or its tasks are left unfollowed):
+            # the job goes to another key rather than back to the queue.
+            await self._other_key(state, task)
 
     def _record(self, state: _Attempt, task_id: str) -> None:
         # Queued at once and committed even if this task is cancelled (AsyncJournal); a

@@ -211,7 +211,8 @@ async def test_a_key_that_no_longer_reads_leaves_its_tasks_in_flight(
     sim.revoke_key(OTHER_KEY, reads=False)
     res = await finish(proc)
     stats = sim.stats()
-    assert stats["submits_accepted"] == 16 and stats["duplicate_submits"] == 0
+    assert stats["submits_accepted"] == 16, (res.summary, res.stderr)
+    assert stats["duplicate_submits"] == 0
     left = [e for e in read_manifest(tmp_path / "out") if e["state"] != "done"]
     assert left and all(e["key"] == fp(OTHER_KEY) and e["task_id"] for e in left)
     assert res.summary["counts"]["pending"] == len(left)

@@ -107,3 +107,19 @@ async def test_one_key_is_the_pool_and_is_not_pooled() -> None:
     assert not pool.pooled
     assert pool.get(None) is pool.main
     assert pool.get("00000000") is None
+
+
+async def test_a_key_whose_slots_are_all_stranded_is_passed_over() -> None:
+    """One key's only task left past --max-wait: jobs go to the other key, and a wait
+    for a slot is served by it (not spun on the stranded key)."""
+    pool = pool_of(1, 1)
+    first = await pool.take()
+    first.slots.running()
+    first.slots.strand()
+    other = await asyncio.wait_for(pool.take(), 1)
+    assert other is not first
+    waiting = asyncio.ensure_future(pool.take())
+    await asyncio.sleep(5)
+    assert not waiting.done()
+    other.slots.release()
+    assert await asyncio.wait_for(waiting, 1) is other
