@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 
@@ -31,7 +32,8 @@ from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import AsyncJournal, JobRow, Journal, Ledger
+from ..journal import JobRow, Ledger, open_ledger
+from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
 from ..outputs.owner import FolderLock
@@ -94,9 +96,18 @@ class Supervisor:
         self._account = None if self._key is None else account_of(self._key, options.base_url)
         self._session = session
         self.output_dir = campaign.output_dir
-        self.state_path = options.state_path or state_path(
-            self.output_dir, campaign.path, campaign.name
-        )
+        #: the journal in PostgreSQL, or None: a file at ``state_path``
+        self.database = options.state_url
+        local = state_path(self.output_dir, campaign.path, campaign.name)
+        if self.database is not None:
+            needs_driver(self.database)  # one line naming the extra, before anything
+            # No journal file: the side file of refused task ids (and an S3 output's
+            # staging) live where the file would have been.
+            self.state_path = local.with_suffix(".pg")
+            self.journal: Path | str = shown(self.database)
+        else:
+            self.state_path = options.state_path or local
+            self.journal = self.state_path
         # Before anything is created: a path that cannot exist is one line, not a traceback.
         self.output = open_output(self.output_dir, self.state_path)
         check_folder(self.output.local_dir, "output folder")
@@ -158,8 +169,13 @@ class Supervisor:
         if refused is not None:
             await self.output.close()
             return refused
-        journal = AsyncJournal(Journal(self.state_path), commit_delay=COMMIT_DELAY_S)
-        ledger = Ledger(journal, self.clock)
+        ledger = await open_ledger(
+            self.database or self.state_path,
+            self.campaign.name,
+            self.clock,
+            anchor=self.state_path,
+            commit_delay=COMMIT_DELAY_S,
+        )
         try:
             try:
                 await self._run(ledger)
@@ -216,7 +232,8 @@ class Supervisor:
             return None
         if self.pooled:
             return None  # one key refused retires that key: the pool's pre-flight reads all
-        if not self.campaign.job_count or self.state_path.exists():
+        if not self.campaign.job_count or self.database is not None or self.state_path.exists():
+            # A journal (a database may hold one: it is not known before it is reached).
             return None
         client = ApixoClient(key, o.base_url, session=self._session, bucket=self.bucket)
         read = asyncio.ensure_future(client.balance())
@@ -321,11 +338,9 @@ class Supervisor:
 
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> None:
-        await same_output(ledger, self.output_dir, self.state_path)
+        await same_output(ledger, self.output_dir, self.journal)
         # Before anything is sent: this journal's campaign, this journal's folder.
-        self._folder = await own_output(
-            ledger, self.campaign.name, self.output_dir, self.state_path
-        )
+        self._folder = await own_output(ledger, self.campaign.name, self.output_dir, self.journal)
         self._start = start = await start_up(
             ledger,
             self.campaign,
