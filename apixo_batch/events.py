@@ -184,6 +184,8 @@ class Succeeded(Event):
     via: str
     #: how many result URLs
     urls: int
+    #: when the task ended at APIXO (Unix s, its ``completeTime``), if it said
+    completed_at: float | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,9 @@ class Warned(Event):
     #: a paid task the journal could not record
     task_id: str | None = _optional()
     message: str
+    #: what the warning is about, for readers that act on it: ``outage`` (the API
+    #: stopped answering) or ``recovered`` (it answers again); absent otherwise
+    about: str | None = _optional()
     #: the fingerprint of the key it is about (a pool of keys only)
     key: str | None = _optional()
 
@@ -290,6 +295,8 @@ class Stopped(Event):
     reason: str
     #: when the pre-flight check refused
     balance_usd: float | None = _optional()
+    #: the kind of stop: ``budget``, ``refused``, ``fatal``, ``unreachable`` or ``storage``
+    stop: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +317,9 @@ class Summary(Event):
     requests_per_task: float | None
     rate_limited: int
     learned_rpm: int | None
+    #: how the account limits requests, when this run's answers told ("450 per 10 s
+    #: (sliding)"), else None
+    learned_limit: str | None
     learned_slots: int | None
     #: ``count``, ``p50``, ``p90``, ``max`` (seconds), or None before any slot was freed
     slot_turnaround_s: dict[str, float] | None

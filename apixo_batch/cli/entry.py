@@ -111,6 +111,45 @@ def _add_api(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_telemetry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send the run's end (and stops, see --notify-on) to this Apprise URL "
+        "(repeatable; adds to the job file's notify:; needs the notify extra)",
+    )
+    p.add_argument(
+        "--notify-on",
+        default="end,stop",
+        metavar="EVENTS",
+        help="what to notify, comma-separated: end, stop, stall (API unreachable), "
+        "recover [default: end,stop]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_bounded_int("--metrics-port", 0, 65535),
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics during the run "
+        "(0 picks a free port, told on stderr)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of --metrics-port (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--metrics-textfile",
+        default=None,
+        metavar="PATH",
+        help="write the metrics to PATH every 5 s and at the end, atomically "
+        "(node_exporter's textfile collector)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, command: str) -> None:
     from ..defaults import STATE_FILE  # here, not at the top: see _add_limits
 
@@ -196,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_order(run)
     _add_no_review(run)
+    _add_telemetry(run)
 
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
     plan.add_argument("jobfile", help="the campaign's job file (YAML)")
@@ -227,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
     )
     _add_no_review(download)
+    _add_telemetry(download)
 
     review = sub.add_parser(
         "review", help="write <out>/review.html: every job as a card, videos playable"
@@ -282,6 +323,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simulator settings (YAML): limits, faults (error_rate_503, unavailable windows, "
         "forbidden routes answered 403), fail codes, callbacks; see docs/simulate.md",
+    )
+    # The account's limiter, as gateways play it (docs/simulate.md); each overrides the
+    # config file's setting of the same name.
+    limiter = sim.add_argument_group("the account's limiter (default: APIXO's)")
+    limiter.add_argument(
+        "--rpm-limit",
+        type=_bounded_int("--rpm-limit", 1, 10_000_000),
+        default=None,
+        help="requests per window (rpm_limit, default 10000)",
+    )
+    limiter.add_argument(
+        "--rpm-window-s",
+        type=_positive_float("--rpm-window-s"),
+        default=None,
+        help="the window's length in real seconds (rpm_window_s, default 60)",
+    )
+    limiter.add_argument(
+        "--rpm-window",
+        choices=("sliding", "fixed"),
+        default=None,
+        help="sliding, or fixed windows that reset at once (default sliding)",
+    )
+    limiter.add_argument(
+        "--rpm-count-refused",
+        action="store_true",
+        default=None,
+        help="refused requests count against the window too",
+    )
+    limiter.add_argument(
+        "--retry-after",
+        choices=("truthful", "absent", "short"),
+        default=None,
+        help="the Retry-After of a rate 429 (default truthful; short: always 1 s)",
+    )
+    limiter.add_argument(
+        "--status-rpm-limit",
+        type=_bounded_int("--status-rpm-limit", 1, 10_000_000),
+        default=None,
+        help="status polls get their own window of this many requests",
+    )
+    limiter.add_argument(
+        "--concurrency-limit",
+        type=_bounded_int("--concurrency-limit", 1, 1_000_000),
+        default=None,
+        help="tasks pending or processing at once (default 1000)",
+    )
+    limiter.add_argument(
+        "--concurrency-message",
+        default=None,
+        help='the message of a slot 429 (default "Concurrent task limit exceeded")',
     )
     sim.add_argument(
         "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"

@@ -84,6 +84,7 @@ async def finish(
         requests=sum(k.requests for k in keys) if keys else stats.sent,
         rate_limited=sum(k.rate_limited for k in keys) if keys else stats.rate_limited,
         learned_rpm=stats.learned_rpm,
+        learned_limit=stats.learned_limit,
         learned_slots=slots.cap if slots.statistics().shrinks else None,
         slot_turnaround=turnaround.statistics(),
         planned_wall_s=start.planned_wall_s if start else None,

@@ -34,7 +34,7 @@ from ..catalog.models import get_model, validate_input
 from .callbacks import CallbackSender
 from .config import SimConfig
 from .files import OUTCOME, FileRoute, drop_connection
-from .gate import FaultPlan, RollingWindow, key_matches, retry_after_header
+from .gate import FaultPlan, RollingWindow, key_matches, rate_limit_headers
 from .media import Mp4Content
 from .stats import SimStats, input_key
 from .tasks import SimTask, TaskBook, loop_time
@@ -160,13 +160,22 @@ class Simulator:
             if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
                 self._stats.faults["403"] += 1
                 return _answer(403, "API key lacks permission for this route")
-            rpm_limit = account.rpm_limit or cfg.rpm_limit
-            wait = account.window.admit(loop_time(), rpm_limit, cfg.rpm_window_s)
+            # Each key's own windows: an account's limits are its own.
+            window, limit = account.window, account.rpm_limit or cfg.rpm_limit
+            if cfg.status_rpm_limit is not None and route == "status":
+                window, limit = account.status_window, cfg.status_rpm_limit
+            wait = window.admit(
+                loop_time(),
+                limit,
+                cfg.rpm_window_s,
+                fixed=cfg.rpm_window == "fixed",
+                count_refused=cfg.rpm_count_refused,
+            )
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
                 account.rate_limited += 1
                 return _answer(
-                    429, "Rate limit exceeded", **{"Retry-After": retry_after_header(wait)}
+                    429, "Rate limit exceeded", **rate_limit_headers(wait, cfg.retry_after)
                 )
             if self._faults.slow():
                 self._stats.faults["slow"] += 1
@@ -230,7 +239,7 @@ class Simulator:
         if running >= (account.concurrency_limit or cfg.concurrency_limit):
             self._stats.rate_limited_concurrency += 1
             account.rate_limited += 1
-            return _answer(429, "Concurrent task limit exceeded")
+            return _answer(429, cfg.concurrency_message)
 
         request_type = body.get("request_type", "async")
         self._stats.note_source(body.get("source"))
@@ -466,6 +475,7 @@ class _Account:
         "revoked",
         "rpm_limit",
         "spent_micro",
+        "status_window",
         "submits",
         "window",
     )
@@ -478,6 +488,7 @@ class _Account:
         self.rpm_limit = rpm_limit  # None: the config's
         self.concurrency_limit = concurrency_limit
         self.window = RollingWindow()
+        self.status_window = RollingWindow()
         self.spent_micro = 0
         self.submits = 0
         self.rate_limited = 0
