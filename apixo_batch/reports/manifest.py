@@ -68,6 +68,11 @@ def manifest_entry(row: JobRow) -> dict[str, Any]:
         entry["in_job_file"] = False
     if row.changed_input_hash:
         entry["input_changed_after_submit"] = True
+    if row.take > 1:
+        # `run --reroll`: this take's files above; the earlier takes' files stay on disk.
+        entry["take"] = row.take
+        entry["earlier_files"] = list(row.earlier_files)
+        entry["seed"] = row.input.get("seed")
     if row.key_fp is not None:
         # A pool's task: the fingerprint of the key that created it (only it reads it).
         entry["key"] = row.key_fp

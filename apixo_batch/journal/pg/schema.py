@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import psycopg
 
 from ...errors import JournalUnreadable
-from ..rows import COLUMNS, LATER_COLUMNS
+from ..rows import COLUMNS
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
@@ -46,6 +46,8 @@ def _column(name: str, decl: str) -> str:
         return 'id text COLLATE "C" NOT NULL'
     if name == "bytes":  # a result past 2 GiB
         return "bytes bigint"
+    if name == "take":  # a number, whatever the flags' declaration it shares
+        return "take integer NOT NULL DEFAULT 1"
     if name in _FLAGS:
         default = "true" if name == "in_file" else "false"
         return f"{name} boolean NOT NULL DEFAULT {default}"
@@ -53,8 +55,8 @@ def _column(name: str, decl: str) -> str:
 
 
 def _jobs_table() -> str:
-    # A column a later step adds (ALTER TABLE) is left out, as in SQLite's step 1.
-    columns = ", ".join(_column(c.name, c.decl) for c in COLUMNS if c.name not in LATER_COLUMNS)
+    # Step 1's columns: later steps add theirs (:func:`_added_columns`).
+    columns = ", ".join(_column(c.name, c.decl) for c in COLUMNS if c.since == 1)
     return (
         'CREATE TABLE jobs (campaign text COLLATE "C" NOT NULL REFERENCES campaigns, '
         f"{columns}, "
@@ -68,6 +70,14 @@ def _jobs_table() -> str:
         "owner bigint, key_id text, "
         "CHECK (state IN ('queued','submitting','submitted','succeeded','done','failed',"
         "'expired')), PRIMARY KEY (campaign, id))"
+    )
+
+
+def _added_columns(step: int) -> tuple[str, ...]:
+    """The ``ALTER TABLE`` statements of the job columns SQLite's schema step ``step``
+    adds (:func:`~..rows.added_columns`), as PostgreSQL spells them."""
+    return tuple(
+        f"ALTER TABLE jobs ADD COLUMN {_column(c.name, c.decl)}" for c in COLUMNS if c.since == step
     )
 
 
@@ -116,8 +126,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ceiling_at timestamptz, next_probe timestamptz, "
         "last_n integer NOT NULL DEFAULT 0, last_wait float8 NOT NULL DEFAULT 0)",
     ),
-    # Key pools: the fingerprint of the key that created each task (only it reads it).
-    ("ALTER TABLE jobs ADD COLUMN key_fp text",),
+    # 2: takes (``run --reroll``): the take a job is on, and the files of earlier takes.
+    _added_columns(2),
+    # 3: key pools: the fingerprint of the key that created each task (only it reads it).
+    _added_columns(3),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
