@@ -554,6 +554,7 @@ def _status(
         waiting = journal.in_states([JobState.SUCCEEDED])
         in_flight = journal.in_states([JobState.SUBMITTED])
         totals = journal.totals()
+        decided = journal.decision_counts()
         disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
@@ -571,6 +572,7 @@ def _status(
                     "journal": str(state),
                     "counts": counts,
                     "possibly_duplicated": int(totals["possibly_duplicated"]),
+                    "review": {"keep": decided.get("keep", 0), "reject": decided.get("reject", 0)},
                     "file_changes": changes.as_json() if changes else None,
                     "disk": disk.as_json() if disk else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
@@ -591,6 +593,9 @@ def _status(
     for st in JobState:
         if counts.get(st.value):
             print(f"  {st.value:<11} {counts[st.value]}")
+    if decided:
+        # What people decided on the review page (review --serve), beside the states.
+        print(f"  review      {decided.get('keep', 0)} kept, {decided.get('reject', 0)} rejected")
     if changes is not None:
         print(f"  job file: {_told(changes)}")
     if disk is not None:
@@ -683,10 +688,16 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     from ..outputs.output import open_output
     from ..reports.review import REVIEW_FILE, write_review
 
+    alone = [f"--{o}" for o in ("host", "port", "reviewer") if getattr(args, o) is not None]
+    if alone and not args.serve:
+        _err(f"review: {', '.join(alone)} go with --serve (the static page takes no decisions)")
+        return ExitCode.INVALID
     state = _state_path(args, campaign)
     if not state.exists():
         _err(f"no journal at {state}: this campaign has not run yet")
         return ExitCode.FAILED_JOBS
+    if args.serve:
+        return _serve_review(args, campaign, state)
     try:
         journal = Journal(state, lock=False)
     except StorageError as exc:
@@ -710,6 +721,7 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
             job_file=args.jobfile,
             totals=Totals(journal.totals()),
             runs=last_runs(journal),
+            decisions=journal.decisions(),
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")
@@ -721,6 +733,53 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     except ApixoError as exc:
         _err(f"{path} written, not uploaded: {exc}")
         return ExitCode.IO_ERROR
+    return ExitCode.OK
+
+
+def _serve_review(args: argparse.Namespace, campaign: Campaign, state: Path) -> int:
+    """``review --serve``: the live page until SIGINT or SIGTERM (0 then)."""
+    from ..reports.live import ReviewServer
+
+    try:
+        journal = Journal(state, lock=False)
+    except StorageError as exc:
+        _err(str(exc))
+        return ExitCode.IO_ERROR
+    try:
+        refused = _other_campaign(journal, state, campaign)
+    finally:
+        journal.close()
+    if refused is not None:
+        _err(refused)
+        return ExitCode.INVALID
+    out_dir = campaign.output_dir if isinstance(campaign.output_dir, Path) else None
+    server = ReviewServer(
+        state,
+        out_dir,
+        name=campaign.name,
+        job_file=args.jobfile,
+        reviewer=args.reviewer,
+        host=args.host or "127.0.0.1",
+        port=args.port or 0,
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, *stop_signals()):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            print(f"review page: {await server.start()}", flush=True)
+            _err("serving the live review page (Ctrl-C stops it)")
+            await stop.wait()
+        finally:
+            await server.close()
+
+    try:
+        runtime.run(serve())
+    except OSError as exc:
+        _err(f"review: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}")
+        return ExitCode.FAILED_JOBS
     return ExitCode.OK
 
 

@@ -226,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument(
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
+    review.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the page live from the journal (keep/reject decisions) until Ctrl-C",
+    )
+    review.add_argument(
+        "--host", default=None, help="with --serve: address to listen on (default 127.0.0.1)"
+    )
+    review.add_argument(
+        "--port",
+        type=_bounded_int("--port", 0, 65535),
+        default=None,
+        help="with --serve: port to listen on (default 0: a free one)",
+    )
+    review.add_argument(
+        "--reviewer", default=None, help="with --serve: the name kept with each decision"
+    )
 
     verify = sub.add_parser(
         "verify", help="hash every done job's files against the journal; --fix refetches"

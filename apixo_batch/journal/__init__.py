@@ -15,12 +15,14 @@ module           what it holds
 ``thread``       :class:`AsyncJournal`: the thread that owns the connection
 ``ledger``       :class:`Ledger`: what the stages of a run may ask, by name
 ``runs``         the latest run and the latest that did work, for the review page
+``decisions``    keep or reject from the review page, with a note, who and when
 ===============  ==========================================================
 """
 
 from __future__ import annotations
 
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
+from .decisions import KEEP, REJECT, Decision
 from .ledger import Landed, Ledger, Totals
 from .naming import FileRegistry, hold_name, result_filename
 from .reconcile import NewJob, SyncResult, jobs_of
@@ -31,11 +33,14 @@ from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
 
 __all__ = [
+    "KEEP",
     "OUTPUT_EXISTS",
+    "REJECT",
     "TRANSITIONS",
     "AsyncJournal",
     "Change",
     "Clash",
+    "Decision",
     "DoneFiles",
     "FileRegistry",
     "InlineJournal",

@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, Unpack
@@ -29,6 +37,7 @@ from typing import TypeVar, Unpack
 from ..clock import Clock
 from ..planning.kind import Kind
 from .clash import Clash, refuse_clashes
+from .decisions import Decision
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .runs import LastRuns, RunRecord, keep_run, last_runs
@@ -396,6 +405,13 @@ class Ledger:
         """``consume(rows)`` on the journal's thread, the rows in file order: how the
         manifest and the review page are written without a copy of the journal."""
         return await self._j.read(lambda j: consume(j.iter_all()))
+
+    async def read_reviewed(
+        self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
+    ) -> T:
+        """``consume(rows, decisions)``: :meth:`read_rows` with the review page's decisions
+        (only the decided jobs are held in memory)."""
+        return await self._j.read(lambda j: consume(j.iter_all(), j.decisions()))
 
     def _transition(
         self,
