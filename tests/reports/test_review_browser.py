@@ -132,7 +132,8 @@ async def test_a_finished_campaign_reads_plays_filters_and_runs_no_script(
 
 async def test_a_hundred_thousand_jobs_stay_one_usable_page(tmp_path: Path, page: Any) -> None:
     """100,000 jobs: the page draws only the cards near the screen (a window that moves as
-    the reader scrolls) rather than 100,000 at once, and search still reaches every job (bench/review_large.py times the writing)."""
+    the reader scrolls) rather than 100,000 at once, and search still reaches every job
+    (bench/review_large.py times the writing)."""
     from apixo_batch.reports.review import write_review
 
     journal = Journal(tmp_path / "j.sqlite", lock=False)
