@@ -44,6 +44,8 @@ T = TypeVar("T")
 OVERLAP_S = 2.0
 #: the cards the page asks for first, before every job
 FIRST_CARDS = 300
+#: what the cards play and show: the only files served from the output folder
+MEDIA = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".png", ".jpg", ".jpeg"})
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -241,7 +243,13 @@ class ReviewServer:
         if self.out_dir is None or any(p.startswith(".") for p in rel.split("/")):
             raise web.HTTPNotFound()
         path = (self.out_dir / rel).resolve()
-        if not path.is_relative_to(self.out_dir) or not path.is_file():
+        journal = self.state.resolve()
+        if (
+            not path.is_relative_to(self.out_dir)
+            or path.suffix.lower() not in MEDIA
+            or path.name.startswith(journal.name)  # a --state inside the folder, its WAL
+            or not path.is_file()
+        ):
             raise web.HTTPNotFound()
         return web.FileResponse(path)
 
