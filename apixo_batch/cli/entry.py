@@ -258,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the jobs with a problem back to succeeded: the next download fetches them",
     )
 
+    export = sub.add_parser(
+        "export", help="copy (hard-link) the takes kept on the review page into a folder"
+    )
+    export.add_argument("jobfile", help="the campaign's job file (YAML)")
+    export.add_argument(
+        "--kept",
+        required=True,
+        metavar="DIR",
+        help="the folder the kept takes go to, under their job ids, with export.jsonl",
+    )
+    export.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    export.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
+    )
+
     adopt = sub.add_parser(
         "adopt", help="journal a paid task id as a job's task, once APIXO knows it; run follows it"
     )
@@ -375,6 +390,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from .verify import verify_command
 
         return verify_command(args)
+    if command == "export":
+        from .export import export_command
+
+        return export_command(args)
     if command == "adopt":
         from .adopt import adopt_command
 
