@@ -26,6 +26,7 @@ from apixo_batch.journal import (
     SyncResult,
 )
 from apixo_batch.journal.rows import CHANGES, COLUMNS, SELECT
+from apixo_batch.journal.schema import SCHEMA_VERSION
 from apixo_batch.journal.states import LEGAL_FROM_SQL
 from apixo_batch.planning.kind import Kind
 
@@ -96,7 +97,7 @@ def test_schema_is_created(journal: Journal) -> None:
     tables = {r[0] for r in _raw(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"meta", "jobs", "task_history", "completions"} <= tables
     assert _raw(journal, "PRAGMA journal_mode")[0][0] == "wal"
-    assert journal.get_meta("schema") == "1"
+    assert journal.get_meta("schema") == str(SCHEMA_VERSION)
     assert journal.path.exists()
 
 
@@ -107,7 +108,7 @@ def test_opening_twice_keeps_the_data_and_schema(open_journal: Callable[..., Jou
     j.set_meta("campaign", "abc")
     j.close()
     j2 = open_journal()
-    assert j2.get_meta("schema") == "1"
+    assert j2.get_meta("schema") == str(SCHEMA_VERSION)
     assert j2.get_meta("campaign") == "abc"
     assert j2.get("job-1") is not None
 
@@ -127,7 +128,7 @@ def test_second_journal_on_same_path_is_refused(open_journal: Callable[..., Jour
         open_journal()
     first.close()
     second = open_journal()
-    assert second.get_meta("schema") == "1"
+    assert second.get_meta("schema") == str(SCHEMA_VERSION)
 
 
 def test_lock_file_names_the_holder(open_journal: Callable[..., Journal], tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_journal_without_lock_does_not_block(open_journal: Callable[..., Journal
     """lock=False (read-only tools) opens beside a locked journal."""
     open_journal()
     reader = open_journal(lock=False)
-    assert reader.get_meta("schema") == "1"
+    assert reader.get_meta("schema") == str(SCHEMA_VERSION)
 
 
 def test_close_is_safe_to_repeat(tmp_path: Path) -> None:
@@ -852,7 +853,7 @@ def test_execute_batch_runs_ops_in_one_transaction(journal: Journal) -> None:
     )
     assert results[0] is None
     assert isinstance(results[1], JournalError)
-    assert results[2] == "1"
+    assert results[2] == str(SCHEMA_VERSION)
     first = journal.get("job-1")
     assert first is not None
     assert first.state is S.SUBMITTING
@@ -913,7 +914,7 @@ def _missing() -> JobRow:
 
 async def test_async_write_returns_the_op_result(async_journal: AsyncJournal) -> None:
     """write() hands back what the op returned; read() runs on the same worker."""
-    assert await async_journal.write(lambda j: j.get_meta("schema")) == "1"
+    assert await async_journal.write(lambda j: j.get_meta("schema")) == str(SCHEMA_VERSION)
     assert await async_journal.read(lambda j: j.totals()["jobs"]) == 0.0
 
 
