@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import runtime
 from ..defaults import state_path
 from ..errors import ApixoError, JobFileError, StorageError
 from ..exitcodes import ExitCode
 from ..jobs import load_campaign
 from ..journal import KEEP, Decision, JobRow, Journal
-from ..location import S3Location
+from ..location import S3Location, is_s3, parse_s3
 from ..pipeline.owner import other_campaign
 
 __all__ = ["EXPORT_MANIFEST", "export_command"]
@@ -61,10 +62,10 @@ def export_command(args: argparse.Namespace) -> int:
         _err(f"cannot read the job file: {exc}")
         return ExitCode.INVALID
     folder = campaign.output_dir
-    if isinstance(folder, S3Location) or str(args.kept).startswith("s3://"):
+    if isinstance(folder, S3Location) != is_s3(str(args.kept)):
         _err(
-            "export --kept copies from and to a folder on this machine; s3:// outputs are "
-            "not exported yet"
+            f"--kept {args.kept}: a folder's kept takes export to another folder, an s3:// "
+            "output's to another s3:// prefix"
         )
         return ExitCode.INVALID
     state = (
@@ -92,6 +93,8 @@ def export_command(args: argparse.Namespace) -> int:
         rows = {d.job_id: journal.get(d.job_id) for d in kept}
     finally:
         journal.close()
+    if isinstance(folder, S3Location):
+        return _to_s3(kept, rows, folder, str(args.kept))
     target = Path(args.kept).absolute()
     if target.resolve() == folder.resolve():
         _err(f"--kept {target}: that is the output folder itself; name another folder")
@@ -110,12 +113,7 @@ def _export(
     lines: list[dict[str, Any]] = []
     missing: list[str] = []
     done = _Exported()
-
-    def file_order(d: Decision) -> tuple[int, str]:
-        row = rows[d.job_id]
-        return (row.idx if row is not None else -1, d.job_id)
-
-    order = sorted(kept, key=file_order)
+    order = sorted(kept, key=lambda d: _file_order(rows, d))
     before = _exported_before(target / EXPORT_MANIFEST)
     for decision in order:
         row = rows[decision.job_id]
@@ -134,31 +132,128 @@ def _export(
                 done.linked += 1
             else:
                 done.copied += 1
-            lines.append(
-                {
-                    "id": decision.job_id,
-                    "file": name,
-                    "source": rel,
-                    "how": how,
-                    "bytes": source.stat().st_size,
-                    "review": decision.as_json(),
-                }
-            )
+            lines.append(_line(decision, name, rel, how, source.stat().st_size))
     _write_manifest(target / EXPORT_MANIFEST, lines)
     # A job kept at the last export and not now (rejected, undone since) leaves DIR: what
     # is there is what is kept.
     for name in before - {line["file"] for line in lines}:
         (target / name).unlink(missing_ok=True)
+    return _told(lines, missing, str(target), str(target / EXPORT_MANIFEST), done.linked,
+                 done.copied)  # fmt: skip
+
+
+def _file_order(rows: dict[str, JobRow | None], d: Decision) -> tuple[int, str]:
+    row = rows[d.job_id]
+    return (row.idx if row is not None else -1, d.job_id)
+
+
+def _line(decision: Decision, name: str, source: str, how: str, size: int) -> dict[str, Any]:
+    return {
+        "id": decision.job_id,
+        "file": name,
+        "source": source,
+        "how": how,
+        "bytes": size,
+        "review": decision.as_json(),
+    }
+
+
+def _told(
+    lines: list[dict[str, Any]],
+    missing: list[str],
+    target: str,
+    manifest: str,
+    linked: int,
+    copied: int,
+) -> int:
     jobs = len({line["id"] for line in lines})
     print(
-        f"export: {jobs} kept job(s), {len(lines)} file(s) in {target} ({done.linked} hard-"
-        f"linked, {done.copied} copied); what was exported: {target / EXPORT_MANIFEST}"
+        f"export: {jobs} kept job(s), {len(lines)} file(s) in {target} ({linked} hard-"
+        f"linked, {copied} copied); what was exported: {manifest}"
     )
     for why in missing[:20]:
         _err(f"kept job not exported: {why}")
     if len(missing) > 20:
         _err(f"and {len(missing) - 20} more kept job(s) not exported")
     return ExitCode.FAILED_JOBS if missing else ExitCode.OK
+
+
+def _to_s3(
+    kept: list[Decision], rows: dict[str, JobRow | None], source: S3Location, kept_at: str
+) -> int:
+    try:
+        target = parse_s3(kept_at)
+    except ValueError as exc:
+        _err(f"--kept: {exc}")
+        return ExitCode.INVALID
+    if (target.bucket, target.prefix) == (source.bucket, source.prefix):
+        _err(f"--kept {target}: that is the output itself; name another prefix")
+        return ExitCode.INVALID
+    try:
+        return runtime.run(_export_s3(kept, rows, source, target))
+    except ApixoError as exc:  # the store refusing, unreachable, or the s3 extra missing
+        _err(f"export to {target}: {exc}")
+        return ExitCode.IO_ERROR
+
+
+async def _export_s3(
+    kept: list[Decision], rows: dict[str, JobRow | None], source: S3Location, target: S3Location
+) -> int:
+    """Each kept file copied inside the store (CopyObject: its bytes never come here) to
+    ``<prefix><job id>.<ext>``, then ``export.jsonl`` beside them; objects the last export
+    placed for jobs no longer kept are deleted."""
+    from ..outputs.s3 import S3Store
+
+    reading, store = S3Store(source), S3Store(target)
+    lines: list[dict[str, Any]] = []
+    missing: list[str] = []
+    try:
+        before = await _exported_before_s3(store, target)
+        for decision in sorted(kept, key=lambda d: _file_order(rows, d)):
+            row = rows[decision.job_id]
+            files = _files_of(row, decision) if row is not None else ()
+            if not files:
+                missing.append(f"{decision.job_id} (no file in the store: not downloaded)")
+                continue
+            for n, rel in enumerate(files, 1):
+                found = await reading.head(source.key(rel))
+                if found is None:
+                    missing.append(f"{decision.job_id} ({source.url(rel)}: not in the store)")
+                    continue
+                name = _name(decision.job_id, rel, n)
+                await store.call(
+                    "copy_object",
+                    key=target.key(name),
+                    CopySource={"Bucket": source.bucket, "Key": source.key(rel)},
+                )
+                lines.append(_line(decision, name, source.url(rel), "copy", found.size))
+        body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        await store.call(
+            "put_object",
+            key=target.key(EXPORT_MANIFEST),
+            Body=body,
+            ContentType="application/x-ndjson",
+        )
+        for name in before - {line["file"] for line in lines}:
+            await store.call("delete_object", key=target.key(name))
+    finally:
+        await reading.close()
+        await store.close()
+    return _told(lines, missing, target.url(), target.url(EXPORT_MANIFEST), 0, len(lines))
+
+
+async def _exported_before_s3(store: Any, target: S3Location) -> set[str]:
+    from ..outputs.s3 import StoreFailure
+
+    try:
+        got = await store.call("get_object", key=target.key(EXPORT_MANIFEST))
+        async with got["Body"] as stream:
+            text = (await stream.read()).decode("utf-8", "replace")
+    except StoreFailure as exc:
+        if exc.code in ("404", "NoSuchKey", "NotFound"):
+            return set()
+        raise
+    return _names_in(text)
 
 
 def _files_of(row: JobRow, decision: Decision) -> tuple[str, ...]:
@@ -201,11 +296,15 @@ def _place(source: Path, dest: Path) -> str:
 
 def _exported_before(path: Path) -> set[str]:
     """The file names the last export placed, as its manifest lists them (none if none)."""
-    names: set[str] = set()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return names
+        return set()
+    return _names_in(text)
+
+
+def _names_in(text: str) -> set[str]:
+    names: set[str] = set()
     for line in text.splitlines():
         try:
             name = json.loads(line).get("file")
