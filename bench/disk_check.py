@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from apixo_batch.clock import SystemClock
-from apixo_batch.journal import AsyncJournal, Journal, Ledger, NewJob
+from apixo_batch.journal import AsyncJournal, Journal, NewJob, SqliteLedger
 from apixo_batch.outputs.ondisk import problems
 from apixo_batch.pipeline.startup import refetch_off_disk
 
@@ -52,7 +52,7 @@ def _build(folder: Path, rows: int) -> Path:
 
 
 async def _check(path: Path, folder: Path) -> tuple[float, float, int]:
-    ledger = Ledger(AsyncJournal(Journal(path)), SystemClock())
+    ledger = SqliteLedger(AsyncJournal(Journal(path)), SystemClock())
     stall = 0.0
     done = False
 

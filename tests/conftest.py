@@ -14,8 +14,8 @@ from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
 from simfixture import *  # noqa: F403  (simulator factory fixture, tests/simfixture.py)
 
+import apixo_batch.journal as journal_package
 from apixo_batch.journal import InlineJournal, Journal
-from apixo_batch.pipeline import supervisor
 
 
 class _StubStreamWriter:
@@ -94,9 +94,9 @@ def inline_run_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[InlineJ
         made.append(InlineJournal(journal))
         return made[-1]
 
-    monkeypatch.setattr(supervisor, "AsyncJournal", inline)
+    monkeypatch.setattr(journal_package, "AsyncJournal", inline)
     yield made
-    assert made, "the run no longer builds its journal in supervisor.py: patch it there"
+    assert made, "the run no longer builds its journal in journal.open_ledger: patch it there"
 
 
 @pytest.fixture
@@ -106,12 +106,37 @@ def mock_api() -> Iterator[aioresponses]:
         yield mocked
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/pg.py); skips where none can
+    be had, with the line that says why."""
+    from pg import pg_missing, start_cluster
+
+    why = pg_missing()
+    if why is not None:
+        pytest.skip(f"PostgreSQL tests: {why}")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh database on the session's cluster, one per test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:55]
+    url: str = pg_cluster.new_database(name)
+    return url
+
+
 def _skipped_suites() -> list[str]:
     """One line for each suite that needs what this machine lacks."""
     from browser import why_no_browser
+    from pg import pg_missing
     from rgw import rgw_missing
 
     lines = []
+    if (why := pg_missing()) is not None:
+        lines.append(f"PostgreSQL journal tests: SKIPPED, {why}")
     if (why := why_no_browser()) is not None:
         lines.append(f"browser tests: SKIPPED, {why}")
     if (why := rgw_missing()) is not None:
@@ -123,6 +148,7 @@ def pytest_report_header(config: object) -> list[str]:
     """At the top of every run: whether the review page is tested in a browser, and the
     s3:// output against a real S3 server."""
     from browser import chromium_path, why_no_browser
+    from pg import pg_missing
     from rgw import rgw_missing
 
     lines = _skipped_suites()
@@ -130,6 +156,8 @@ def pytest_report_header(config: object) -> list[str]:
         lines.append(f"browser tests: Chromium at {chromium_path()}")
     if rgw_missing() is None:
         lines.append("S3 tests: Ceph RGW from this machine's packages")
+    if pg_missing() is None:
+        lines.append("PostgreSQL journal tests: a throwaway cluster from this machine's packages")
     return lines
 
 

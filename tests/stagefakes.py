@@ -24,7 +24,15 @@ from apixo_batch.apixo.client import Grant, TaskStatus
 from apixo_batch.apixo.limits import Priority, RequestBucket
 from apixo_batch.clock import FakeClock
 from apixo_batch.events import Emitter, Event
-from apixo_batch.journal import InlineJournal, JobRow, JobState, Journal, Ledger, NewJob
+from apixo_batch.journal import (
+    InlineJournal,
+    JobRow,
+    JobState,
+    Journal,
+    Ledger,
+    NewJob,
+    SqliteLedger,
+)
 
 T = TypeVar("T")
 
@@ -139,7 +147,7 @@ async def memory_ledger(clock: FakeClock, jobs: Iterable[NewJob] = ()) -> Ledger
     """A Ledger over an in-memory journal holding ``jobs`` (queued)."""
     journal = Journal(":memory:", lock=False)
     journal.sync(jobs, clock.wall())
-    return Ledger(InlineJournal(journal), clock)
+    return SqliteLedger(InlineJournal(journal), clock)
 
 
 def row(ledger: Ledger, job_id: str) -> JobRow:

@@ -25,6 +25,7 @@ from ..events import Event, Expired, Failed, Pending, Preflight, Retried, Stoppe
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
+from ..journal.pg import is_database
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
@@ -211,7 +212,7 @@ def campaign_command(args: argparse.Namespace) -> int:
     try:
         campaign = _load(args)
     except (JobFileError, OSError) as exc:
-        if args.command in ("status", "download", "review"):
+        if args.command in ("status", "download", "review") and not is_database(args.state):
             # Paid results are fetched, told and reviewed from the journal alone.
             found = _from_journal(args, _why(exc))
             if isinstance(found, int):
@@ -347,7 +348,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
         "it stands)"
     )
     try:
-        if args.command == "download":
+        if args.command == "download" and engine.database is None:
             _warn_expiring(engine.state_path, args.time_scale)
         result = runtime.run(_drive(engine, printer.view))
     except StorageError as exc:  # the journal unreadable
@@ -378,7 +379,8 @@ def _engine(
 ) -> Engine:
     options = RunOptions(
         base_url=base_url(args.base_url),
-        state_path=_state_path(args, campaign),
+        state_path=None if is_database(args.state) else _state_path(args, campaign),
+        state_url=args.state if is_database(args.state) else None,
         max_concurrent=args.max_concurrent,
         rpm=args.rpm,
         time_scale=args.time_scale,

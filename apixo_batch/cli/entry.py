@@ -111,7 +111,12 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
 
     p.add_argument("jobfile", help="the campaign's job file (YAML)")
     p.add_argument("--out", default=None, help="output folder (overrides the job file)")
-    p.add_argument("--state", default=None, help=f"journal path (default <out>/{STATE_FILE})")
+    p.add_argument(
+        "--state",
+        default=None,
+        help=f"journal path (default <out>/{STATE_FILE}), or a postgresql:// URL "
+        "(run, download) [APIXO_BATCH_STATE]",
+    )
     if command == "status":
         p.add_argument("--json", action="store_true", help="the journal's state as one JSON object")
         p.add_argument("-q", "--quiet", action="store_true", help="accepted; no effect on status")
@@ -375,9 +380,44 @@ def _unexpected(exc: Exception) -> int:
     return ExitCode.SOFTWARE
 
 
+#: the commands that keep their journal in PostgreSQL as well as in a file (the others
+#: read a SQLite journal alone, for now)
+DATABASE_COMMANDS = ("run", "download")
+
+
+def _state_of(args: argparse.Namespace) -> str | None:
+    """``--state`` defaults to ``APIXO_BATCH_STATE``; a database URL given to a command
+    that cannot use one, or without the ``pg`` extra: the one line that refuses it."""
+    import os
+
+    from ..errors import JournalError
+    from ..journal.pg import is_database, needs_driver, shown
+
+    if not hasattr(args, "state"):
+        return None
+    if not args.state:
+        args.state = os.environ.get("APIXO_BATCH_STATE") or None
+    if not is_database(args.state):
+        return None
+    if args.command not in DATABASE_COMMANDS:
+        return (
+            f"apixo-batch {args.command}: --state {shown(args.state)}: this command reads a "
+            f"SQLite journal only so far ({', '.join(DATABASE_COMMANDS)} use PostgreSQL)"
+        )
+    try:
+        needs_driver(args.state)
+    except JournalError as exc:
+        return f"apixo-batch: {exc}"
+    return None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
+    refused = _state_of(args)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return ExitCode.INVALID
     if command == "plan":
         from .plan import plan_command
 

@@ -14,6 +14,8 @@ module           what it holds
 ``naming``       result file names and the registry of their owners
 ``thread``       :class:`AsyncJournal`: the thread that owns the connection
 ``ledger``       :class:`Ledger`: what the stages of a run may ask, by name
+``local``        :class:`SqliteLedger`: the ledger on the journal's thread
+``pg``           the journal in PostgreSQL (``--state postgresql://…``)
 ``runs``         the latest run and the latest that did work, for the review page
 ``decisions``    keep or reject from the review page, with a note, who and when
 ===============  ==========================================================
@@ -21,10 +23,15 @@ module           what it holds
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..clock import Clock
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
 from .ledger import Landed, Ledger, Totals
+from .local import SqliteLedger
 from .naming import FileRegistry, hold_name, result_filename
+from .pg.url import is_database, needs_driver
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
 from .runs import LastRuns, RunRecord, last_runs
@@ -53,11 +60,28 @@ __all__ = [
     "Ledger",
     "NewJob",
     "RunRecord",
+    "SqliteLedger",
     "SyncResult",
     "Totals",
     "hold_name",
     "jobs_of",
     "last_runs",
+    "open_ledger",
     "output_clashes",
     "result_filename",
 ]
+
+
+async def open_ledger(
+    state: Path | str, campaign: str, clock: Clock, *, anchor: Path, commit_delay: float = 0.0
+) -> Ledger:
+    """The run's ledger: a ``postgresql://`` URL is a :class:`~.pg.ledger.PgLedger`
+    (``anchor``: the local path beside which its side file lives), a path a
+    :class:`SqliteLedger` on the journal's thread."""
+    if isinstance(state, str) and is_database(state):
+        needs_driver(state)
+        from .pg.ledger import open_pg_ledger  # psycopg: only with the pg extra
+
+        return await open_pg_ledger(state, campaign, clock, anchor, commit_delay=commit_delay)
+    journal = AsyncJournal(Journal(Path(state)), commit_delay=commit_delay)
+    return SqliteLedger(journal, clock)

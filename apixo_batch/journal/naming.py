@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["FileRegistry", "hold_name", "result_filename"]
+from .rows import json_list
+
+__all__ = ["FileRegistry", "hold_name", "name_owners", "result_filename"]
 
 
 def result_filename(filename: str, n: int) -> str:
@@ -27,6 +29,22 @@ def hold_name(owners: dict[str, tuple[str, ...]], name: str, job_id: str) -> Non
     have = owners.get(key, ())
     if job_id not in have:
         owners[key] = (*have, job_id)
+
+
+def name_owners(
+    rows: Iterable[tuple[str, str, str | None, object, str]],
+) -> dict[str, tuple[str, ...]]:
+    """{casefolded file name: the jobs it belongs to} from (id, filename, files as JSON, in
+    the file, state) of every job: see ``Journal.file_owners``."""
+    may_land = ("submitted", "succeeded")
+    finished = ("done", "expired")
+    owners: dict[str, tuple[str, ...]] = {}
+    for job_id, filename, files, in_file, state in rows:
+        if state in may_land or (in_file and state not in finished):
+            hold_name(owners, filename, job_id)
+        for name in json_list(files):
+            hold_name(owners, name, job_id)
+    return owners
 
 
 class FileRegistry:

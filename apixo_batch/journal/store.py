@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from ..planning.kind import Kind
 from .decisions import Decisions
 from .learned import LearnedClocks
-from .naming import hold_name
+from .naming import name_owners
 from .reconcile import Reconcile
 from .rows import SELECT as _SELECT
 from .rows import JobRow, json_list
@@ -58,17 +58,7 @@ class Journal(Reconcile, LearnedClocks, Decisions):
         more: after a template change, their new name is free). A name held by two
         jobs lists both.
         """
-        may_land = (JobState.SUBMITTED.value, JobState.SUCCEEDED.value)
-        finished = (JobState.DONE.value, JobState.EXPIRED.value)
-        owners: dict[str, tuple[str, ...]] = {}
-        for job_id, filename, files, in_file, state in self._db.execute(
-            "SELECT id, filename, files, in_file, state FROM jobs"
-        ):
-            if state in may_land or (in_file and state not in finished):
-                hold_name(owners, filename, job_id)
-            for name in json_list(files):
-                hold_name(owners, name, job_id)
-        return owners
+        return name_owners(self._db.execute("SELECT id, filename, files, in_file, state FROM jobs"))
 
     def output_rows(
         self, *, holders: bool = False

@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..errors import PathError
+from ..errors import PathError, StorageError
 
 __all__ = ["check_file", "check_folder", "storage_failure"]
 
@@ -67,6 +67,8 @@ def storage_failure(exc: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
+    if isinstance(exc, StorageError):  # the journal's database failed (journal/pg)
+        return str(exc)
     if isinstance(exc, sqlite3.OperationalError) and any(
         word in str(exc).lower() for word in ("full", "disk", "readonly", "read-only")
     ):

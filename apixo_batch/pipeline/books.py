@@ -154,7 +154,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-async def same_output(ledger: Ledger, where: Destination, journal: Path) -> None:
+async def same_output(ledger: Ledger, where: Destination, journal: Path | str) -> None:
     """A journal beside the job file (an ``s3://`` output) fills one output: another one
     with it would call done what was never put there (PathError, one line)."""
     if not isinstance(where, S3Location):

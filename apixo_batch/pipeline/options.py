@@ -12,6 +12,7 @@ from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
 from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
 from ..events import Summary
 from ..exitcodes import ExitCode
+from ..journal.pg import is_database
 from ..location import Destination
 from ..retry import Patience
 from .turnaround import TurnaroundStats
@@ -32,6 +33,9 @@ class RunOptions:
 
     base_url: str = DEFAULT_BASE_URL
     state_path: Path | None = None
+    #: the journal in PostgreSQL (``postgresql://…``) instead of a file; never shown with
+    #: its password (see journal/pg/url.py)
+    state_url: str | None = field(default=None, repr=False)
     max_concurrent: int = MAX_CONCURRENT
     rpm: int = RPM
     time_scale: float = 1.0
@@ -52,6 +56,12 @@ class RunOptions:
     review: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.state_path, str) and is_database(self.state_path):
+            # A database URL given where a path is expected: what it means is plain.
+            object.__setattr__(self, "state_url", self.state_path)
+            object.__setattr__(self, "state_path", None)
+        if self.state_url is not None and not is_database(self.state_url):
+            raise ValueError("RunOptions.state_url: a postgresql:// URL is needed")
         if isinstance(self.state_path, str):
             # A path given as text, as the old keyword options took it: still a path.
             object.__setattr__(self, "state_path", Path(self.state_path))

@@ -16,7 +16,7 @@ from .books import MANIFEST
 __all__ = ["other_campaign", "own_output"]
 
 
-def other_campaign(journal: Path, kept: str | None, campaign: str) -> str | None:
+def other_campaign(journal: Path | str, kept: str | None, campaign: str) -> str | None:
     """The one line refusing ``campaign`` a journal kept for the campaign ``kept`` (None
     when it is the same, or the journal keeps no name yet): what ``run`` and ``download``
     say before anything is sent, and what ``status``, ``review``, ``plan`` and ``verify``
@@ -34,7 +34,7 @@ SHOWN = 3
 
 
 async def own_output(
-    ledger: Ledger, campaign: str, where: Destination, journal: Path
+    ledger: Ledger, campaign: str, where: Destination, journal: Path | str
 ) -> FolderLock | None:
     """The journal kept for ``campaign`` alone, and a local output folder bound to this
     journal and campaign and locked for the run (None for object storage, which keeps
@@ -63,10 +63,11 @@ async def own_output(
     return claim_folder(where, me)
 
 
-def _journal_in(where: Path, journal: Path) -> None:
-    """A folder filled before owner files: its journal in it is its owner."""
+def _journal_in(where: Path, journal: Path | str) -> None:
+    """A folder filled before owner files: its journal in it is its owner (a journal in
+    a database is never the file in the folder)."""
     found = where / STATE_FILE
-    if found.exists() and found.resolve() != journal.resolve():
+    if found.exists() and (isinstance(journal, str) or found.resolve() != journal.resolve()):
         raise PathError(
             f"the output folder {where} holds the journal {found}, not {journal}: give "
             f"--out another folder, or --state {found} to go on with it"
@@ -95,7 +96,7 @@ def _manifest_tasks(path: Path) -> list[str]:
     return tasks
 
 
-def _foreign(where: Path, journal: Path, foreign: list[str]) -> str:
+def _foreign(where: Path, journal: Path | str, foreign: list[str]) -> str:
     more = len(foreign) - SHOWN
     shown = ", ".join(foreign[:SHOWN]) + (f" and {more} more" if more > 0 else "")
     return (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import aiohttp
 
@@ -30,7 +31,8 @@ from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import AsyncJournal, Journal, Ledger
+from ..journal import Ledger, open_ledger
+from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
 from ..outputs.owner import FolderLock
@@ -79,9 +81,18 @@ class Supervisor:
         self._account = None if api_key is None else account_of(api_key, options.base_url)
         self._session = session
         self.output_dir = campaign.output_dir
-        self.state_path = options.state_path or state_path(
-            self.output_dir, campaign.path, campaign.name
-        )
+        #: the journal in PostgreSQL, or None: a file at ``state_path``
+        self.database = options.state_url
+        local = state_path(self.output_dir, campaign.path, campaign.name)
+        if self.database is not None:
+            needs_driver(self.database)  # one line naming the extra, before anything
+            # No journal file: the side file of refused task ids (and an S3 output's
+            # staging) live where the file would have been.
+            self.state_path = local.with_suffix(".pg")
+            self.journal: Path | str = shown(self.database)
+        else:
+            self.state_path = options.state_path or local
+            self.journal = self.state_path
         # Before anything is created: a path that cannot exist is one line, not a traceback.
         self.output = open_output(self.output_dir, self.state_path)
         check_folder(self.output.local_dir, "output folder")
@@ -121,8 +132,13 @@ class Supervisor:
         if refused is not None:
             await self.output.close()
             return refused
-        journal = AsyncJournal(Journal(self.state_path), commit_delay=COMMIT_DELAY_S)
-        ledger = Ledger(journal, self.clock)
+        ledger = await open_ledger(
+            self.database or self.state_path,
+            self.campaign.name,
+            self.clock,
+            anchor=self.state_path,
+            commit_delay=COMMIT_DELAY_S,
+        )
         try:
             try:
                 await self._run(ledger)
@@ -177,7 +193,8 @@ class Supervisor:
         o, key = self.options, self._key
         if key is None or o.mode != "run" or self.campaign.from_journal:
             return None
-        if not self.campaign.job_count or self.state_path.exists():
+        if not self.campaign.job_count or self.database is not None or self.state_path.exists():
+            # A journal (a database may hold one: it is not known before it is reached).
             return None
         client = ApixoClient(key, o.base_url, session=self._session, bucket=self.bucket)
         read = asyncio.ensure_future(client.balance())
@@ -255,11 +272,9 @@ class Supervisor:
 
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> None:
-        await same_output(ledger, self.output_dir, self.state_path)
+        await same_output(ledger, self.output_dir, self.journal)
         # Before anything is sent: this journal's campaign, this journal's folder.
-        self._folder = await own_output(
-            ledger, self.campaign.name, self.output_dir, self.state_path
-        )
+        self._folder = await own_output(ledger, self.campaign.name, self.output_dir, self.journal)
         self._start = start = await start_up(
             ledger,
             self.campaign,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apixo_batch.clock import FakeClock
-from apixo_batch.journal import AsyncJournal, JobState, Journal, Ledger, NewJob
+from apixo_batch.journal import AsyncJournal, JobState, Journal, NewJob, SqliteLedger
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -75,7 +75,7 @@ async def test_reconcile_is_one_durable_write_of_its_own_kept_across_a_reopen(
     journal.transition("job-1", S.SUBMITTING, NOW)
     journal.transition("job-1", S.FAILED, NOW, fail_code="SUBMIT_ERROR")
     spy = _Spy(journal, monkeypatch)
-    ledger = Ledger(AsyncJournal(journal), FakeClock())
+    ledger = SqliteLedger(AsyncJournal(journal), FakeClock())
     recovered, synced = await ledger.reconcile((_job(i) for i in (0, 1, 3)), retry_failed=False)
     await ledger.close()
     assert spy.batches == [(1, True)]
@@ -96,7 +96,7 @@ async def test_reconcile_without_a_job_file_leaves_the_jobs_as_they_are(
     journal = Journal(path)
     journal.sync([_job(i) for i in range(3)], NOW)
     journal.transition("job-0", S.SUBMITTING, NOW)
-    ledger = Ledger(AsyncJournal(journal), FakeClock())
+    ledger = SqliteLedger(AsyncJournal(journal), FakeClock())
     recovered, synced = await ledger.reconcile(None, retry_failed=False)
     await ledger.keep_file_stamp("12:34|-")
     await ledger.close()
@@ -118,7 +118,7 @@ async def test_learned_values_are_writes_kept_across_a_reopen(
         for i in range(502):
             journal.record_completion("k", float(i), NOW + i)
     spy = _Spy(journal, monkeypatch)
-    ledger = Ledger(AsyncJournal(journal), FakeClock())
+    ledger = SqliteLedger(AsyncJournal(journal), FakeClock())
     learned = await ledger.learned_completions()
     await ledger.remember_rpm("account", 42.0)
     await ledger.close()

@@ -14,9 +14,9 @@ from apixo_batch.journal import (
     Journal,
     Landed,
     LastRuns,
-    Ledger,
     NewJob,
     RunRecord,
+    SqliteLedger,
     last_runs,
 )
 from apixo_batch.journal.runs import LAST_RUN, keep_run
@@ -65,7 +65,7 @@ async def test_the_ledger_counts_work_not_marks_and_hand_backs(tmp_path: Path) -
     keep_run writes through the ledger."""
     journal = Journal(tmp_path / "j.sqlite")
     journal.sync([_job(i) for i in range(2)], NOW)
-    ledger = Ledger(AsyncJournal(journal), FakeClock())
+    ledger = SqliteLedger(AsyncJournal(journal), FakeClock())
     await ledger.mark_submitting("job-0", 1)
     await ledger.hand_back("job-0", possibly_duplicated=False)
     assert ledger.changes == 0

@@ -14,7 +14,7 @@ from stagefakes import FakeApi, Recorder, drive, new_job, queued_rows
 
 from apixo_batch.apixo.limits import ConcurrencyLimit
 from apixo_batch.clock import FakeClock
-from apixo_batch.journal import InlineJournal, JobState, Journal, Ledger
+from apixo_batch.journal import InlineJournal, JobState, Journal, Ledger, SqliteLedger
 from apixo_batch.journal.unrecorded import SideFile
 from apixo_batch.pipeline.admission import Admitted, Permit
 from apixo_batch.pipeline.adoption import adopt_unrecorded
@@ -37,7 +37,7 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def _ledger(journal: Journal, clock: FakeClock) -> Ledger:
-    return Ledger(InlineJournal(journal), clock)
+    return SqliteLedger(InlineJournal(journal), clock)
 
 
 async def test_a_refused_id_is_kept_in_the_side_file_and_the_warning_says_where(

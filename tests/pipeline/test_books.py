@@ -21,7 +21,7 @@ from apixo_batch.clock import FakeClock
 from apixo_batch.errors import JournalError
 from apixo_batch.exitcodes import ExitCode
 from apixo_batch.jobs import load_campaign
-from apixo_batch.journal import Ledger, Totals
+from apixo_batch.journal import Ledger, SqliteLedger, Totals
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline import books
 from apixo_batch.pipeline.books import close_books, review_page
@@ -80,7 +80,7 @@ async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
     the JSON summary say `spent_usd: null`, the text summary says the spend is unknown."""
     sim = await simulator(time_scale=0.01)
     job_file = write_campaign(tmp_path, simple_jobs(3))
-    real = Ledger.totals
+    real = SqliteLedger.totals
     reads: list[int] = []
 
     async def unreadable_at_the_end(self: Ledger) -> Totals:
@@ -89,7 +89,7 @@ async def test_a_run_whose_totals_cannot_be_read_says_its_spend_is_unknown(
             raise sqlite3.OperationalError("disk I/O error")
         return await real(self)
 
-    monkeypatch.setattr(Ledger, "totals", unreadable_at_the_end)
+    monkeypatch.setattr(SqliteLedger, "totals", unreadable_at_the_end)
     events: list[Event] = []
     clock = FakeClock(wall_start=time.time())  # the simulator's wall time
     run = build_engine(

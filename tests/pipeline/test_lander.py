@@ -27,7 +27,7 @@ from stagefakes import (
 from apixo_batch.api import build_engine
 from apixo_batch.clock import FakeClock
 from apixo_batch.errors import DownloadError, OutputTaken, ResultExpired
-from apixo_batch.journal import JobState, Landed, Ledger
+from apixo_batch.journal import JobState, Landed, Ledger, SqliteLedger
 from apixo_batch.outputs.download import Downloaded
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
@@ -496,7 +496,7 @@ async def test_a_journal_that_refuses_a_landing_is_the_storage_stop_not_a_crash(
         failed.set_exception(sqlite3.OperationalError("database or disk is full"))
         return failed
 
-    monkeypatch.setattr(Ledger, "record_done", full)
+    monkeypatch.setattr(SqliteLedger, "record_done", full)
     stops = Stops()
     lander, _ = _lander(ledger, clock, tmp_path, workers=1, stops=stops)
     await _land(lander, clock, [_fetch(ledger, f"job-{i}") for i in range(3)])

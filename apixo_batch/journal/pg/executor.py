@@ -1,0 +1,271 @@
+"""The journal in PostgreSQL seen from the event loop: one task runs its operations in order.
+
+:class:`PgExecutor` keeps :class:`~..thread.AsyncJournal`'s contract, so that the
+ledger's invariants read the same on both backends:
+
+* an operation is queued when ``read``/``write`` is called (not at the first
+  await) and runs, and commits, even if its caller is cancelled;
+* operations run in the order they were queued, each read after the writes
+  queued before it (one connection at a time, one task);
+* the writes of one event-loop turn (and any queued while the previous batch
+  ran) share one transaction: one commit, one WAL flush (group commit). Should
+  one of them fail, the transaction is rolled back and they run again, each in
+  a savepoint, so that a failing write cannot undo another's task id;
+* a transaction made only of writes whose loss costs nothing (``durable=False``)
+  commits with ``synchronous_commit=off`` and may wait ``commit_delay`` for
+  company; a durable write, a read or the close never waits.
+
+The connection comes from a psycopg-pool pool, which replaces a broken one: a
+database that restarts costs the operations of that moment (each fails its
+caller with :class:`~apixo_batch.errors.StorageError`), not the run's journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from ...errors import JournalError, StorageError
+from .url import scrub, shown
+
+__all__ = ["DatabaseFailed", "Op", "PgConn", "PgExecutor", "database_failed"]
+
+T = TypeVar("T")
+PgConn = psycopg.AsyncConnection[tuple[Any, ...]]
+#: one operation on the database: its statements on the connection it is given
+Op = Callable[[PgConn], Awaitable[T]]
+
+_READ, _WRITE, _WRITE_ALONE = 0, 1, 2
+# (kind, op, the caller's future, durable)
+_Item = tuple[int, Op[Any], asyncio.Future[Any], bool]
+
+
+class DatabaseFailed(StorageError):
+    """PostgreSQL could not be reached, or failed a statement for a reason of its own
+    (not a refusal of the journal's): one line naming the database (no password)."""
+
+
+def database_failed(url: str, exc: psycopg.Error, doing: str = "failed") -> DatabaseFailed:
+    """One line for ``exc``, naming the database without its password."""
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    return DatabaseFailed(f"the journal {shown(url)} {doing}: {scrub(detail, url)}")
+
+
+class PgExecutor:
+    """Runs the ledger's operations on a pooled connection, in order (module docstring)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[PgConn],
+        url: str,
+        *,
+        commit_delay: float = 0.0,
+        max_batch: int = 1000,
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self.where = shown(url)
+        self._commit_delay = commit_delay
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[list[_Item] | None] = asyncio.Queue()
+        self._turn: list[_Item] = []
+        self._turn_hurries = False
+        self._hurry = asyncio.Event()
+        self._closing = False
+        self._worker = asyncio.get_running_loop().create_task(self._serve(), name="apixo-pg")
+        #: transactions committed, and of them durable (the bench's count)
+        self.commits = 0
+        self.durable_commits = 0
+
+    # -- the callers' side ----------------------------------------------------
+    def read(self, op: Op[T]) -> asyncio.Future[T]:
+        return self._submit(_READ, op, True)
+
+    def write(self, op: Op[T], *, durable: bool = True, alone: bool = False) -> asyncio.Future[T]:
+        return self._submit(_WRITE_ALONE if alone else _WRITE, op, durable)
+
+    def _submit(self, kind: int, op: Op[Any], durable: bool) -> asyncio.Future[Any]:
+        if self._closing or self._worker.done():
+            raise JournalError(f"the journal {self.where} is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._turn:
+            loop.call_soon(self._end_of_turn)
+        self._turn.append((kind, op, fut, durable))
+        if durable:
+            self._turn_hurries = True
+        return fut
+
+    def _end_of_turn(self) -> None:
+        if not self._turn:
+            return
+        turn, self._turn = self._turn, []
+        self._queue.put_nowait(turn)
+        if self._turn_hurries:
+            self._turn_hurries = False
+            self._hurry.set()
+
+    async def close(self) -> None:
+        """Run everything queued so far, then close the pool. Later calls raise."""
+        if not self._closing:
+            self._closing = True
+            self._end_of_turn()
+            self._queue.put_nowait(None)
+            self._hurry.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._worker)
+        await self._pool.close()
+
+    # -- the worker -------------------------------------------------------------
+    async def _serve(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            self._hurry.clear()
+            batch, closing = self._drain(first)
+            if (
+                self._commit_delay
+                and not closing
+                and not any(item[3] for item in batch)
+                and self._queue.empty()
+            ):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._commit_delay)
+                more, closing = self._drain([])
+                batch.extend(more)
+            await self._process(batch)
+            if closing:
+                return
+
+    def _drain(self, batch: list[_Item]) -> tuple[list[_Item], bool]:
+        while len(batch) < self._max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if more is None:
+                return batch, True
+            batch.extend(more)
+        return batch, False
+
+    async def _process(self, batch: list[_Item]) -> None:
+        writes: list[_Item] = []
+        for item in batch:
+            kind = item[0]
+            if kind == _WRITE:
+                writes.append(item)
+                continue
+            if writes:
+                await self._commit(writes)
+                writes = []
+            if kind == _WRITE_ALONE:
+                await self._commit([item])
+            else:
+                await self._read(item)
+        if writes:
+            await self._commit(writes)
+
+    async def _read(self, item: _Item) -> None:
+        _, op, fut, _ = item
+        try:
+            async with self._pool.connection() as conn:
+                result = await op(conn)
+        except psycopg.Error as exc:
+            _fail(fut, self._failed(exc))
+        except Exception as exc:
+            _fail(fut, exc)
+        else:
+            _settle(fut, result)
+
+    async def _commit(self, writes: list[_Item]) -> None:
+        durable = any(item[3] for item in writes)
+        try:
+            async with self._pool.connection() as conn:
+                results = await self._transaction(conn, writes, durable)
+        except psycopg.Error as exc:  # BEGIN, COMMIT or the connection failed: all did
+            error = self._failed(exc)
+            for _, _, fut, _ in writes:
+                _fail(fut, error)
+            return
+        for (_, _, fut, _), (ok, value) in zip(writes, results, strict=True):
+            if ok:
+                _settle(fut, value)
+            else:
+                _fail(fut, value)
+
+    async def _transaction(
+        self, conn: PgConn, writes: list[_Item], durable: bool
+    ) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        failed = False
+        async with conn.transaction() as tx:
+            await self._durability(conn, durable)
+            for _, op, _, _ in writes:
+                try:
+                    results.append((True, await op(conn)))
+                except Exception as exc:
+                    if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                        raise
+                    failed = True
+                    results.append((False, exc))
+                    break
+            if failed:
+                # Without savepoints, one failing op aborted the whole transaction: run
+                # them again, each alone (a savepoint), as SQLite's execute_batch does.
+                raise psycopg.Rollback(tx)
+        if not failed:
+            self._count(durable)
+            return results
+        if len(writes) == 1:
+            return [self._refusal(results[0])]
+        results = []
+        async with conn.transaction():
+            await self._durability(conn, durable)
+            for _, op, _, _ in writes:
+                try:
+                    async with conn.transaction():
+                        results.append((True, await op(conn)))
+                except Exception as exc:
+                    if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                        raise
+                    results.append(self._refusal((False, exc)))
+        self._count(durable)
+        return results
+
+    def _refusal(self, outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+        ok, value = outcome
+        if not ok and isinstance(value, psycopg.Error):
+            return False, self._failed(value)
+        return outcome
+
+    @staticmethod
+    async def _durability(conn: PgConn, durable: bool) -> None:
+        if not durable:
+            # Lost in a server crash at most like an aborted transaction: the task is
+            # polled, or the file fetched, again (see journal/ledger.py).
+            await conn.execute("SET LOCAL synchronous_commit = off")
+
+    def _count(self, durable: bool) -> None:
+        self.commits += 1
+        if durable:
+            self.durable_commits += 1
+
+    def _failed(self, exc: psycopg.Error) -> StorageError:
+        return database_failed(self._url, exc)
+
+
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

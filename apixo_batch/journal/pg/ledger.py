@@ -1,0 +1,990 @@
+"""The ledger on PostgreSQL: :class:`~..ledger.Ledger` for ``--state postgresql://…``.
+
+The same operations as :class:`~..local.SqliteLedger`, as SQL on the tables of
+:mod:`.schema`, run in order by :class:`~.executor.PgExecutor` with the same
+durability per write (``mark_submitting`` and ``record_task_id`` durable and never
+waiting; ``succeeded``/``done`` with ``synchronous_commit=off``). A state change
+checks its from-state in the same UPDATE, as :mod:`..changes` does; the task id of
+a submit and its ``task_history`` row commit in one transaction.
+
+One run holds a campaign at a time, as SQLite's file lock makes it: the run's own
+session holds a PostgreSQL advisory lock on the campaign for as long as it runs
+(released by the server when the session ends, a kill -9 included). The start of
+a run therefore requeues every ``submitting`` row as SQLite's does; the several
+runners of issue 33 will scope that to dead runners' rows.
+
+What consumes rows off the event loop (the manifest, the check of the disk) runs
+in a worker thread that reads the rows a page at a time through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
+from typing import Any, TypeVar, Unpack
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ...clock import Clock
+from ...errors import JournalError
+from ...planning.kind import Kind
+from ..clash import OUTPUT_EXISTS, Clash, find_clashes
+from ..decisions import Decision
+from ..ledger import Landed, Totals, landed_change
+from ..naming import name_owners
+from ..reconcile import NewJob, SyncResult
+from ..rows import CHANGES, SELECT, Change, JobRow, json_list
+from ..runs import LAST_RUN, LAST_WORK_RUN, LastRuns, RunRecord
+from ..states import TRANSITIONS, JobState, illegal_change
+from ..store import FILE_STAMP, DoneFiles
+from ..unrecorded import AdoptRefused
+from .executor import Op, PgConn, PgExecutor, database_failed
+from .schema import migrate
+from .url import shown
+
+__all__ = ["PgLedger", "open_pg_ledger"]
+
+S = JobState
+T = TypeVar("T")
+#: rows per page of the reads that stream (the manifest, the disk check, sync chunks)
+PAGE = 2000
+#: newest completion times kept per clock key (as SQLite's journal keeps)
+KEEP_COMPLETIONS = 500
+_LEGAL_FROM: dict[JobState, list[str]] = {
+    new: [old.value for old in JobState if new in TRANSITIONS[old]] for new in JobState
+}
+_NEW_COLUMNS = (
+    "id",
+    "idx",
+    "model",
+    "provider",
+    "input_json",
+    "input_hash",
+    "filename",
+    "cost_usd",
+)
+#: Journal.output_rows: (id, filename, files, in the file, state, result URLs or None)
+_OUTPUT_ROWS = (
+    "SELECT id, filename, files, in_file, state, CASE WHEN result_urls IS NULL OR "
+    "result_urls = '' THEN NULL ELSE json_array_length(result_urls::json) END "
+    "FROM jobs WHERE campaign=%s"
+)
+
+
+def _assignments(change: Change) -> tuple[str, list[Any]]:
+    sets = ["state=%s", "updated_at=%s"]
+    values: list[Any] = []
+    for key, value in change.items():
+        if key not in CHANGES:  # a caller mypy did not check
+            raise JournalError(f"unknown journal column {key!r}")
+        write = CHANGES[key]
+        sets.append(f"{key}=%s")
+        values.append(value if write is None or value is None else write(value))
+    return ", ".join(sets), values
+
+
+def _row(values: Sequence[Any] | None) -> JobRow | None:
+    return None if values is None else JobRow.from_sql(values)
+
+
+def _lock_key(campaign: str) -> str:
+    return f"apixo-batch:{campaign}"
+
+
+async def open_pg_ledger(
+    url: str, campaign: str, clock: Clock, anchor: Path, *, commit_delay: float = 0.0
+) -> PgLedger:
+    """The ledger of ``campaign`` in the database at ``url``: schema brought up to date,
+    the campaign's run lock taken (another run holding it is :class:`JournalError`), the
+    pool opened. ``anchor``: the local path of :attr:`PgLedger.path`. A database that
+    cannot be reached is :class:`~.executor.DatabaseFailed` (one line, no password)."""
+    where = shown(url)
+    try:
+        session: PgConn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise database_failed(url, exc, "cannot be reached") from None
+    try:
+        await migrate(session, where)
+        cur = await session.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(campaign),)
+        )
+        got = await cur.fetchone()
+        if got is None or not got[0]:
+            raise JournalError(
+                f"another apixo-batch run is using the journal {where} for campaign "
+                f"'{campaign}' (wait for it to finish, or stop it; a killed run frees the "
+                "lock itself)"
+            )
+        pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=2,
+            kwargs={"autocommit": True},
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            name="apixo-journal",
+        )
+        await pool.open(wait=True, timeout=30.0)
+    except psycopg.Error as exc:
+        await session.close()
+        raise database_failed(url, exc) from None
+    except BaseException:
+        await session.close()
+        raise
+    executor = PgExecutor(pool, url, commit_delay=commit_delay)
+    return PgLedger(executor, session, campaign, clock, anchor)
+
+
+class PgLedger:
+    """The :class:`~..ledger.Ledger` of a campaign in PostgreSQL (module docstring)."""
+
+    def __init__(
+        self, executor: PgExecutor, session: PgConn, campaign: str, clock: Clock, anchor: Path
+    ) -> None:
+        self._j = executor
+        self._session = session
+        self._c = campaign
+        self._clock = clock
+        self._anchor = anchor
+        self.changes = 0
+
+    @property
+    def path(self) -> Path:
+        return self._anchor
+
+    @property
+    def where(self) -> str:
+        return self._j.where
+
+    @property
+    def executor(self) -> PgExecutor:
+        return self._j
+
+    async def close(self) -> None:
+        try:
+            await self._j.close()
+        finally:
+            await self._session.close()  # the run lock goes with the session
+
+    # -- helpers ------------------------------------------------------------
+    async def _one(self, conn: PgConn, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
+        cur = await conn.execute(sql.encode(), args)
+        return await cur.fetchone()
+
+    async def _all(self, conn: PgConn, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur = await conn.execute(sql.encode(), args)
+        return await cur.fetchall()
+
+    async def _get(self, conn: PgConn, job_id: str) -> JobRow | None:
+        return _row(
+            await self._one(
+                conn, f"SELECT {SELECT} FROM jobs WHERE campaign=%s AND id=%s", (self._c, job_id)
+            )
+        )
+
+    async def _transition(
+        self, conn: PgConn, job_id: str, new: JobState, now: float, **change: Unpack[Change]
+    ) -> None:
+        """:meth:`~..changes.StateChanges.transition` in PostgreSQL: one UPDATE from the
+        legal states (for a submit's task id, its ``task_history`` row with it)."""
+        try:
+            assignments, values = _assignments(change)
+        except JournalError:
+            await self._check(conn, job_id, new)
+            raise
+        values = [new.value, now, *values]
+        if new is S.SUBMITTED and "task_id" in change:
+            cur = await conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state='submitting'",
+                (*values, self._c, job_id),
+            )
+            if cur.rowcount:
+                await conn.execute(
+                    "INSERT INTO task_history (task_id, campaign, job_id, input_hash, "
+                    "submitted_at) SELECT %s, campaign, id, input_hash, %s FROM jobs "
+                    "WHERE campaign=%s AND id=%s ON CONFLICT (task_id) DO NOTHING",
+                    (change["task_id"], now, self._c, job_id),
+                )
+                return
+        cur = await conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)",
+            (*values, self._c, job_id, _LEGAL_FROM[new]),
+        )
+        if cur.rowcount == 0:
+            await self._check(conn, job_id, new)
+            raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
+
+    async def _check(self, conn: PgConn, job_id: str, new: JobState) -> None:
+        row = await self._one(
+            conn, "SELECT state FROM jobs WHERE campaign=%s AND id=%s", (self._c, job_id)
+        )
+        if row is None:
+            raise JournalError(f"job {job_id!r} is not in the journal")
+        refusal = illegal_change(job_id, JobState(row[0]), new)
+        if refusal is not None:
+            raise JournalError(refusal)
+
+    async def _move_all(
+        self,
+        conn: PgConn,
+        old: JobState,
+        new: JobState,
+        now: float,
+        where: str = "true",
+        **change: Unpack[Change],
+    ) -> int:
+        if new not in TRANSITIONS[old]:
+            raise JournalError(f"illegal state change {old} -> {new} (of every {old} job)")
+        assignments, values = _assignments(change)
+        cur = await conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND state=%s AND ({where})",
+            (new.value, now, *values, self._c, old.value),
+        )
+        return cur.rowcount
+
+    def _write(self, op: Op[T], *, durable: bool = True, alone: bool = False) -> asyncio.Future[T]:
+        return self._j.write(op, durable=durable, alone=alone)
+
+    def _change(
+        self,
+        job_id: str,
+        new: JobState,
+        *,
+        now: float | None = None,
+        durable: bool = True,
+        **change: Unpack[Change],
+    ) -> asyncio.Future[None]:
+        at = self._clock.wall() if now is None else now
+        if new not in (S.SUBMITTING, S.QUEUED):
+            self.changes += 1
+
+        async def op(conn: PgConn) -> None:
+            await self._transition(conn, job_id, new, at, **change)
+
+        return self._write(op, durable=durable)
+
+    # -- the start of a run -------------------------------------------------
+    async def reconcile(
+        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+    ) -> tuple[int, SyncResult]:
+        now = self._clock.wall()
+
+        async def op(conn: PgConn) -> tuple[int, SyncResult]:
+            await self._campaign_row(conn)
+            recovered = await self._move_all(
+                conn, S.SUBMITTING, S.QUEUED, now, possibly_duplicated=True
+            )
+            await self._move_all(
+                conn,
+                S.FAILED,
+                S.QUEUED,
+                now,
+                "fail_code='SUBMIT_ERROR' AND task_id IS NULL",
+                fail_code=None,
+                fail_msg=None,
+            )
+            if retry_failed:
+                await self._move_all(
+                    conn,
+                    S.FAILED,
+                    S.QUEUED,
+                    now,
+                    "in_file",
+                    task_id=None,
+                    fail_code=None,
+                    fail_msg=None,
+                )
+            if jobs is None:
+                return recovered, SyncResult(changed_after_submit=[])
+            return recovered, await self._sync(conn, jobs, now)
+
+        return await self._write(op, alone=True)
+
+    async def _campaign_row(self, conn: PgConn) -> None:
+        await conn.execute(
+            "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (self._c,)
+        )
+
+    async def _sync(self, conn: PgConn, jobs: Iterable[NewJob], now: float) -> SyncResult:
+        result = SyncResult(changed_after_submit=[])
+        await conn.execute("UPDATE jobs SET in_file=false WHERE campaign=%s", (self._c,))
+        chunk: list[NewJob] = []
+        for job in jobs:
+            chunk.append(job)
+            if len(chunk) >= PAGE:
+                await self._sync_chunk(conn, chunk, now, result)
+                chunk = []
+        if chunk:
+            await self._sync_chunk(conn, chunk, now, result)
+        row = await self._one(
+            conn, "SELECT count(*) FROM jobs WHERE campaign=%s AND NOT in_file", (self._c,)
+        )
+        result.dropped_from_file = int(row[0]) if row else 0
+        return result
+
+    async def _sync_chunk(
+        self, conn: PgConn, chunk: list[NewJob], now: float, result: SyncResult
+    ) -> None:
+        known: dict[str, tuple[str, str, str | None]] = {
+            jid: (h, state, task)
+            for jid, h, state, task in await self._all(
+                conn,
+                "SELECT id, input_hash, state, task_id FROM jobs WHERE campaign=%s "
+                "AND id = ANY(%s)",
+                (self._c, [j.id for j in chunk]),
+            )
+        }
+        inserts: list[tuple[Any, ...]] = []
+        same: list[tuple[Any, ...]] = []
+        replaced: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []
+        assert result.changed_after_submit is not None
+        for j in chunk:
+            old = known.get(j.id)
+            if old is None:
+                inserts.append(
+                    (
+                        self._c,
+                        j.id,
+                        j.idx,
+                        j.model,
+                        j.provider,
+                        j.input_json,
+                        j.input_hash,
+                        j.filename,
+                        j.cost_usd,
+                        now,
+                    )
+                )
+                continue
+            old_hash, state, task_id = old
+            if old_hash == j.input_hash:
+                same.append((j.idx, j.filename, j.cost_usd, self._c, j.id))
+            elif task_id is None and state in (S.QUEUED.value, S.FAILED.value):
+                # Never paid for under the old input: the new input replaces it (and a
+                # failed one is queued again: an input the API rejected gets its chance).
+                replaced.append(
+                    (
+                        j.idx,
+                        j.model,
+                        j.provider,
+                        j.input_json,
+                        j.input_hash,
+                        j.filename,
+                        j.cost_usd,
+                        now,
+                        self._c,
+                        j.id,
+                    )
+                )
+            else:
+                # Paid (or possibly paid) under the old input: keep following that task.
+                kept.append((j.idx, j.filename, j.input_hash, self._c, j.id))
+                result.changed_after_submit.append(j.id)
+        result.added += len(inserts)
+        result.unchanged += len(same)
+        result.updated += len(replaced)
+        cur = conn.cursor()
+        if inserts:
+            await cur.executemany(
+                f"INSERT INTO jobs (campaign, {', '.join(_NEW_COLUMNS)}, in_file, state, "
+                f"updated_at) VALUES (%s, {'%s, ' * len(_NEW_COLUMNS)}true, "
+                f"'{S.QUEUED.value}', %s)",
+                inserts,
+            )
+        if same:
+            await cur.executemany(
+                "UPDATE jobs SET idx=%s, filename=%s, cost_usd=%s, in_file=true, "
+                "changed_input_hash=NULL WHERE campaign=%s AND id=%s",
+                same,
+            )
+        if replaced:
+            await cur.executemany(
+                "UPDATE jobs SET idx=%s, model=%s, provider=%s, input_json=%s, input_hash=%s, "
+                "filename=%s, cost_usd=%s, in_file=true, changed_input_hash=NULL, "
+                "fail_code=NULL, fail_msg=NULL, updated_at=%s, "
+                "state=CASE WHEN state='failed' THEN 'queued' ELSE state END "
+                "WHERE campaign=%s AND id=%s",
+                replaced,
+            )
+        if kept:
+            await cur.executemany(
+                "UPDATE jobs SET idx=%s, filename=%s, in_file=true, changed_input_hash=%s "
+                "WHERE campaign=%s AND id=%s",
+                kept,
+            )
+
+    async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
+        async def page(conn: PgConn, after: tuple[int, int, str]) -> list[tuple[Any, ...]]:
+            return await self._all(
+                conn,
+                "SELECT (NOT in_file)::int, idx, id, files, bytes, sha256 FROM jobs "
+                "WHERE campaign=%s AND state='done' AND ((NOT in_file)::int, idx, id) > "
+                "(%s, %s, %s) ORDER BY (NOT in_file)::int, idx, id LIMIT %s",
+                (self._c, *after, PAGE),
+            )
+
+        def rows(
+            fetch: Callable[[tuple[int, int, str]], list[tuple[Any, ...]]],
+        ) -> Iterator[DoneFiles]:
+            after = (-1, -1, "")
+            while batch := fetch(after):
+                for _dropped, _idx, job_id, files, size, sha256 in batch:
+                    yield DoneFiles(job_id, json_list(files), size, json_list(sha256))
+                after = (batch[-1][0], batch[-1][1], batch[-1][2])
+
+        return await self._off_loop(page, rows, consume)
+
+    async def read_reviewed(
+        self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
+    ) -> T:
+        # The review page's decisions live in a SQLite journal (review --serve reads and
+        # writes one): a PostgreSQL journal holds none yet.
+        return await self.read_rows(lambda rows: consume(rows, {}))
+
+    async def _off_loop(
+        self,
+        page: Callable[[PgConn, Any], Awaitable[list[tuple[Any, ...]]]],
+        rows: Callable[[Callable[[Any], list[tuple[Any, ...]]]], Iterator[Any]],
+        consume: Callable[[Iterator[Any]], T],
+    ) -> T:
+        """``consume(rows(fetch))`` in a worker thread; each ``fetch(after)`` is one
+        ``page`` read run on the event loop, in the executor's order."""
+        loop = asyncio.get_running_loop()
+
+        async def read(after: Any) -> list[tuple[Any, ...]]:
+            return await self._j.read(lambda conn: page(conn, after))
+
+        def fetch(after: Any) -> list[tuple[Any, ...]]:
+            return asyncio.run_coroutine_threadsafe(read(after), loop).result()
+
+        return await asyncio.to_thread(lambda: consume(rows(fetch)))
+
+    async def refetch(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        now = self._clock.wall()
+
+        async def op(conn: PgConn) -> None:
+            for job_id in job_ids:
+                await self._transition(conn, job_id, S.SUCCEEDED, now, bytes=None, sha256=[])
+
+        await self._write(op)
+
+    async def totals(self) -> Totals:
+        async def op(conn: PgConn) -> dict[str, float]:
+            row = await self._one(
+                conn,
+                "SELECT count(*), coalesce(sum(possibly_duplicated::int), 0) FROM jobs "
+                "WHERE campaign=%s",
+                (self._c,),
+            )
+            # Every task ever journaled was paid for (task_history), as in SQLite.
+            paid = await self._one(
+                conn,
+                "SELECT coalesce(sum(coalesce(j.cost_usd, 0)), 0), "
+                "count(DISTINCT CASE WHEN j.cost_usd IS NULL THEN j.id END) "
+                "FROM task_history h JOIN jobs j ON j.campaign = h.campaign AND j.id = h.job_id "
+                "WHERE h.campaign=%s",
+                (self._c,),
+            )
+            assert row is not None and paid is not None
+            return {
+                "jobs": float(row[0]),
+                "possibly_duplicated": float(row[1]),
+                "spent_known_usd": float(paid[0]),
+                "spent_unknown_jobs": float(paid[1]),
+            }
+
+        return Totals(await self._j.read(op))
+
+    async def learned_completions(self) -> dict[str, list[float]]:
+        async def op(conn: PgConn) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {}
+            keys = [
+                r[0]
+                for r in await self._all(conn, "SELECT DISTINCT clock_key FROM completions", ())
+            ]
+            for key in keys:
+                rows = await self._all(
+                    conn,
+                    "SELECT seconds, n FROM completions WHERE clock_key=%s "
+                    "ORDER BY at DESC, n DESC LIMIT %s",
+                    (key, KEEP_COMPLETIONS),
+                )
+                out[key] = [float(r[0]) for r in reversed(rows)]
+                if len(rows) == KEEP_COMPLETIONS:
+                    await conn.execute(
+                        "DELETE FROM completions WHERE clock_key=%s AND n < %s",
+                        (key, min(int(r[1]) for r in rows)),
+                    )
+            return out
+
+        return await self._write(op, durable=False)
+
+    async def in_flight(self) -> list[JobRow]:
+        async def op(conn: PgConn) -> list[JobRow]:
+            rows = await self._all(
+                conn,
+                f"SELECT {SELECT} FROM jobs WHERE campaign=%s AND state=%s "
+                "ORDER BY in_file DESC, idx",
+                (self._c, S.SUBMITTED.value),
+            )
+            return [JobRow.from_sql(r) for r in rows]
+
+        return await self._j.read(op)
+
+    async def queued_cost(self) -> tuple[float, int, int]:
+        async def op(conn: PgConn) -> tuple[float, int, int]:
+            row = await self._one(
+                conn,
+                "SELECT coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), "
+                "count(*) FROM jobs WHERE campaign=%s AND state=%s AND in_file",
+                (self._c, S.QUEUED.value),
+            )
+            assert row is not None
+            return float(row[0]), int(row[1]), int(row[2])
+
+        return await self._j.read(op)
+
+    async def keep_run(self, record: RunRecord) -> None:
+        text = record.to_json()
+        await self._set_meta(LAST_RUN, text, durable=False)
+        if record.did_work:
+            await self._set_meta(LAST_WORK_RUN, text, durable=False)
+
+    async def last_runs(self) -> LastRuns:
+        return LastRuns(
+            RunRecord.from_json(await self._get_meta(LAST_RUN)),
+            RunRecord.from_json(await self._get_meta(LAST_WORK_RUN)),
+        )
+
+    async def queued_cut_off(self) -> int:
+        async def op(conn: PgConn) -> int:
+            row = await self._one(
+                conn,
+                "SELECT count(*) FROM jobs WHERE campaign=%s AND state='queued' "
+                "AND possibly_duplicated AND (in_file OR task_id IS NOT NULL)",
+                (self._c,),
+            )
+            return 0 if row is None else int(row[0])
+
+        return await self._j.read(op)
+
+    async def counts(self) -> dict[str, int]:
+        async def op(conn: PgConn) -> dict[str, int]:
+            rows = await self._all(
+                conn,
+                "SELECT state, count(*) FROM jobs WHERE campaign=%s "
+                "AND (in_file OR task_id IS NOT NULL) GROUP BY state",
+                (self._c,),
+            )
+            return {str(s): int(n) for s, n in rows}
+
+        return await self._j.read(op)
+
+    async def counts_by_model(self) -> dict[str, dict[str, int]]:
+        async def op(conn: PgConn) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for model, state, n in await self._all(
+                conn,
+                "SELECT model, state, count(*) FROM jobs WHERE campaign=%s "
+                "AND (in_file OR task_id IS NOT NULL) GROUP BY model, state",
+                (self._c,),
+            ):
+                out.setdefault(str(model), {})[str(state)] = int(n)
+            return out
+
+        return await self._j.read(op)
+
+    # -- kept values (meta) -------------------------------------------------
+    def _get_meta(self, key: str) -> asyncio.Future[str | None]:
+        async def op(conn: PgConn) -> str | None:
+            row = await self._one(
+                conn, "SELECT value FROM meta WHERE campaign=%s AND key=%s", (self._c, key)
+            )
+            return None if row is None else str(row[0])
+
+        return self._j.read(op)
+
+    def _set_meta(
+        self, key: str, value: str | None, *, durable: bool = True
+    ) -> asyncio.Future[None]:
+        async def op(conn: PgConn) -> None:
+            if value is None:
+                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
+                return
+            await conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
+                (self._c, key, value),
+            )
+
+        return self._write(op, durable=durable)
+
+    async def _kept(self, key: str, new: str) -> str:
+        value = await self._get_meta(key)
+        if value is None:
+            await self._set_meta(key, new)
+            value = new
+        return value
+
+    async def callback_token(self, new: str) -> str:
+        return await self._kept("callback_token", new)
+
+    async def output(self) -> str | None:
+        return await self._get_meta("output")
+
+    async def keep_file_stamp(self, stamp: str) -> None:
+        await self._set_meta(FILE_STAMP, stamp)
+
+    async def keep_output(self, where: str) -> None:
+        await self._kept("output", where)
+
+    async def identity(self) -> str:
+        return await self._kept("journal_id", uuid.uuid4().hex)
+
+    async def known_task_ids(self, task_ids: Collection[str]) -> set[str]:
+        ids = list(task_ids)
+
+        async def op(conn: PgConn) -> set[str]:
+            rows = await self._all(
+                conn,
+                "SELECT task_id FROM task_history WHERE campaign=%s AND task_id = ANY(%s) "
+                "UNION SELECT task_id FROM jobs WHERE campaign=%s AND task_id = ANY(%s)",
+                (self._c, ids, self._c, ids),
+            )
+            return {str(r[0]) for r in rows}
+
+        return await self._j.read(op)
+
+    async def keep_campaign(self, name: str) -> str:
+        """The campaign this database's journal is for: the first run's, kept (one
+        database, one campaign, as one SQLite file)."""
+
+        async def op(conn: PgConn) -> str:
+            row = await self._one(
+                conn, "SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1", ()
+            )
+            if row is not None:
+                return str(row[0])
+            await conn.execute("INSERT INTO campaigns (id) VALUES (%s)", (name,))
+            return name
+
+        return await self._write(op)
+
+    async def learned_rpm(self, account: str) -> float | None:
+        value = await self._get_meta(f"learned_rpm:{account}")
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+    def remember_rpm(self, account: str, rpm: float | None) -> asyncio.Future[None]:
+        return self._set_meta(
+            f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}", durable=False
+        )
+
+    # -- reads during the run -----------------------------------------------
+    async def _paged(self, where: str, args: Sequence[Any], page: int) -> AsyncIterator[JobRow]:
+        after_idx, after_id = -1, ""
+        while True:
+            sql = (
+                f"SELECT {SELECT} FROM jobs WHERE campaign=%s AND {where} "
+                "AND (idx > %s OR (idx = %s AND id > %s)) ORDER BY idx, id LIMIT %s"
+            )
+            args_now = (self._c, *args, after_idx, after_idx, after_id, page)
+
+            async def op(
+                conn: PgConn, sql: str = sql, a: tuple[Any, ...] = args_now
+            ) -> list[JobRow]:
+                return [JobRow.from_sql(r) for r in await self._all(conn, sql, a)]
+
+            rows = await self._j.read(op)
+            if not rows:
+                return
+            for row in rows:
+                after_idx, after_id = row.idx, row.id
+                yield row
+
+    def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
+        where = "state=%s" + (" AND in_file" if file_only else "")
+        return self._paged(where, (state.value,), page)
+
+    async def queued_by_kind(
+        self, order: Callable[[list[Kind]], Iterable[Kind]], *, page: int
+    ) -> AsyncIterator[JobRow]:
+        async def kinds_op(conn: PgConn) -> list[Kind]:
+            rows = await self._all(
+                conn,
+                "SELECT model, kind_duration, kind_resolution FROM jobs WHERE campaign=%s "
+                "AND state=%s AND in_file GROUP BY model, kind_duration, kind_resolution "
+                "ORDER BY min(idx)",
+                (self._c, S.QUEUED.value),
+            )
+            return [Kind(str(m), d, r) for m, d, r in rows]
+
+        for kind in order(await self._j.read(kinds_op)):
+            where = (
+                "state=%s AND in_file AND model=%s AND kind_duration IS NOT DISTINCT FROM %s "
+                "AND kind_resolution IS NOT DISTINCT FROM %s"
+            )
+            args = (S.QUEUED.value, kind.model, _json(kind.duration), _json(kind.resolution))
+            async for row in self._paged(where, args, page):
+                yield row
+
+    async def queued_runs(self) -> list[tuple[Kind, int]]:
+        async def op(conn: PgConn) -> list[tuple[Kind, int]]:
+            runs: list[tuple[Kind, int]] = []
+            last: tuple[Any, ...] | None = None
+            for drives in await self._all(
+                conn,
+                "SELECT model, kind_duration, kind_resolution FROM jobs WHERE campaign=%s "
+                "AND state=%s AND in_file ORDER BY idx, id",
+                (self._c, S.QUEUED.value),
+            ):
+                if drives == last:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+                    continue
+                last = drives
+                model, duration, resolution = drives
+                runs.append((Kind(str(model), duration, resolution), 1))
+            return runs
+
+        return await self._j.read(op)
+
+    def by_task(self, task_id: str) -> asyncio.Future[JobRow | None]:
+        async def op(conn: PgConn) -> JobRow | None:
+            return _row(
+                await self._one(
+                    conn,
+                    f"SELECT {SELECT} FROM jobs WHERE campaign=%s AND task_id=%s LIMIT 1",
+                    (self._c, task_id),
+                )
+            )
+
+        return self._j.read(op)
+
+    def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
+        async def op(conn: PgConn) -> dict[str, tuple[str, ...]]:
+            rows = await self._all(conn, _OUTPUT_ROWS, (self._c,))
+            return name_owners(row[:5] for row in rows)
+
+        return self._j.read(op)
+
+    def refuse_clashes(
+        self, exists: Callable[[str], bool] | None, shown: Callable[[str], str]
+    ) -> asyncio.Future[list[Clash]]:
+        now = self._clock.wall()
+
+        async def op(conn: PgConn) -> list[Clash]:
+            # clash.output_clashes, on the rows of Journal.output_rows.
+            rows = await self._all(conn, _OUTPUT_ROWS + " ORDER BY idx, id", (self._c,))
+            queued = [(r[0], r[1]) for r in rows if r[4] == S.QUEUED.value and r[3]]
+            # Off the loop: ``exists`` looks at the disk once per queued job.
+            found = await asyncio.to_thread(find_clashes, rows, queued, exists)
+            for c in found:
+                await self._transition(
+                    conn,
+                    c.job_id,
+                    S.FAILED,
+                    now,
+                    fail_code=OUTPUT_EXISTS,
+                    fail_msg=c.message(shown(c.name)),
+                )
+            return found
+
+        return self._write(op)
+
+    # -- the submitter's writes ---------------------------------------------
+    def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._change(job_id, S.SUBMITTING, attempts=attempts)
+
+    def record_task_id(
+        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+    ) -> asyncio.Future[None]:
+        now = self._clock.wall()
+        return self._change(
+            job_id,
+            S.SUBMITTED,
+            now=now,
+            task_id=task_id,
+            submitted_at=now,
+            request_type=request_type,
+            possibly_duplicated=possibly_duplicated,
+            fail_code=None,
+            fail_msg=None,
+        )
+
+    def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:
+        now = self._clock.wall()
+        self.changes += 1
+
+        async def op(conn: PgConn) -> bool:
+            # unrecorded.adopt_task, step for step.
+            row = await self._get(conn, job_id)
+            if row is None:
+                raise AdoptRefused(f"job {job_id!r} is not in the journal")
+            if row.task_id == task_id:
+                return False
+            if row.task_id is not None:
+                raise AdoptRefused(
+                    f"job {job_id!r} already has task {row.task_id} ({row.state}); "
+                    f"task {task_id} was not adopted"
+                )
+            if row.state is S.FAILED:
+                await self._transition(conn, job_id, S.QUEUED, now, fail_code=None, fail_msg=None)
+            if row.state is not S.SUBMITTING:
+                await self._transition(conn, job_id, S.SUBMITTING, now)
+            await self._transition(
+                conn,
+                job_id,
+                S.SUBMITTED,
+                now,
+                task_id=task_id,
+                submitted_at=now,
+                request_type=request_type,
+                fail_code=None,
+                fail_msg=None,
+            )
+            return True
+
+        return self._write(op)
+
+    def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        now = self._clock.wall()
+
+        async def op(conn: PgConn) -> None:
+            row = await self._one(
+                conn, "SELECT state FROM jobs WHERE campaign=%s AND id=%s", (self._c, job_id)
+            )
+            if row is not None and row[0] == S.QUEUED.value:
+                return
+            await self._transition(
+                conn, job_id, S.QUEUED, now, possibly_duplicated=possibly_duplicated
+            )
+
+        return self._write(op)
+
+    def fail_submit(
+        self, job_id: str, code: str, message: str, possibly_duplicated: bool
+    ) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            S.FAILED,
+            fail_code=code,
+            fail_msg=message,
+            possibly_duplicated=possibly_duplicated,
+        )
+
+    # -- the follower's writes ----------------------------------------------
+    def record_success(
+        self,
+        job_id: str,
+        *,
+        result_urls: Sequence[str],
+        completed_at: float,
+        expires_at: float,
+        cost_time_ms: int | None,
+        via: str,
+        clock_key: str,
+        seconds: float,
+    ) -> asyncio.Future[None]:
+        now = self._clock.wall()
+        self.changes += 1
+
+        async def op(conn: PgConn) -> None:
+            await self._transition(
+                conn,
+                job_id,
+                S.SUCCEEDED,
+                now,
+                result_urls=list(result_urls),
+                completed_at=completed_at,
+                expires_at=expires_at,
+                cost_time_ms=cost_time_ms,
+                arrived_via=via,
+            )
+            await conn.execute(
+                "INSERT INTO completions (clock_key, seconds, at) VALUES (%s, %s, %s)",
+                (clock_key, seconds, now),
+            )
+
+        return self._write(op, durable=False)
+
+    def record_failure(
+        self, job_id: str, *, fail_code: str, fail_msg: str, completed_at: float, via: str
+    ) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            S.FAILED,
+            fail_code=fail_code,
+            fail_msg=fail_msg,
+            completed_at=completed_at,
+            arrived_via=via,
+        )
+
+    # -- the lander's writes ------------------------------------------------
+    def record_done(self, job_id: str, landed: Landed) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            S.DONE,
+            durable=False,
+            files=landed.files,
+            bytes=landed.bytes,
+            sha256=landed.sha256,
+        )
+
+    def record_partial(self, job_id: str, landed: Landed) -> asyncio.Future[None] | None:
+        if not landed.files:
+            return None
+        return self._change(job_id, S.SUCCEEDED, durable=False, **landed_change(landed))
+
+    def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
+        change: Change = {
+            "fail_code": "RESULT_EXPIRED",
+            "fail_msg": message,
+            **landed_change(landed),
+        }
+        return self._change(job_id, S.EXPIRED, **change)
+
+    # -- the end ------------------------------------------------------------
+    async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
+        async def page(conn: PgConn, after: tuple[int, int, str]) -> list[tuple[Any, ...]]:
+            return await self._all(
+                conn,
+                f"SELECT (NOT in_file)::int, {SELECT} FROM jobs WHERE campaign=%s "
+                "AND ((NOT in_file)::int, idx, id) > (%s, %s, %s) "
+                "ORDER BY (NOT in_file)::int, idx, id LIMIT %s",
+                (self._c, *after, PAGE),
+            )
+
+        def rows(
+            fetch: Callable[[tuple[int, int, str]], list[tuple[Any, ...]]],
+        ) -> Iterator[JobRow]:
+            after = (-1, -1, "")
+            while batch := fetch(after):
+                for values in batch:
+                    yield JobRow.from_sql(values[1:])
+                last = batch[-1]
+                after = (last[0], last[2], last[1])
+
+        return await self._off_loop(page, rows, consume)
+
+
+def _json(value: Any) -> Jsonb | None:
+    """A kind's value as its generated jsonb column holds it (None: no value)."""
+    return None if value is None else Jsonb(value)

@@ -1,0 +1,258 @@
+"""PgLedger against a real PostgreSQL (tests/pg.py): the same answers and rows as the
+SQLite ledger for the same operations on the same clock, and the journal's invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from apixo_batch.errors import JournalError
+from apixo_batch.journal import (
+    AsyncJournal,
+    JobState,
+    Journal,
+    Landed,
+    Ledger,
+    NewJob,
+    RunRecord,
+    SqliteLedger,
+    Totals,
+    open_ledger,
+)
+from apixo_batch.journal.pg.executor import DatabaseFailed
+from apixo_batch.journal.pg.ledger import PgLedger
+from apixo_batch.journal.unrecorded import AdoptRefused
+from apixo_batch.planning.kind import Kind
+
+S = JobState
+NOW = 1_767_965_610.0
+
+
+class _Clock:
+    """Wall time that moves only when told (the scenario's stamps, equal on both sides)."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the ledger never sleeps")
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _job(
+    n: int,
+    *,
+    prompt: str | None = None,
+    filename: str | None = None,
+    model: str = "veo3-fast",
+    duration: int | None = None,
+) -> NewJob:
+    body: dict[str, Any] = {"prompt": prompt or f"a cat, take {n}"}
+    if duration is not None:
+        body["duration"] = duration
+    text = json.dumps(body, sort_keys=True)
+    return NewJob(
+        id=f"job-{n}",
+        idx=n,
+        model=model,
+        provider="google",
+        input_json=text,
+        input_hash=hashlib.sha256(text.encode()).hexdigest(),
+        filename=filename or f"job-{n}.mp4",
+        cost_usd=None if n == 4 else 0.5,
+    )
+
+
+def _landed(name: str) -> Landed:
+    landed = Landed()
+    landed.add(name, "ab" * 32, 1234)
+    return landed
+
+
+async def _outcome(fut: Any) -> Any:
+    """What an operation answered, or the refusal it raised (type and message)."""
+    try:
+        return ("ok", await fut)
+    except (JournalError, AdoptRefused) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
+    """Every kind of operation of a run and of its restart, answers collected in order."""
+    seen: list[Any] = []
+    jobs = [_job(0, duration=5), _job(1, duration=10), _job(2), _job(3, duration=5), _job(4)]
+    seen.append(await ledger.keep_campaign("camp"))
+    seen.append(await ledger.keep_campaign("other"))
+    recovered, sync = await ledger.reconcile(iter(jobs), retry_failed=False)
+    seen.append((recovered, vars(sync)))
+    seen.append(await ledger.queued_runs())
+    order = [r.id async for r in ledger.queued_by_kind(lambda ks: reversed(ks), page=2)]
+    seen.append(order)
+    seen.append(await ledger.queued_cost())
+    clock.advance(1.0)
+    await ledger.mark_submitting("job-0", 1)
+    await ledger.record_task_id("job-0", "t-0", "async", False)
+    await ledger.mark_submitting("job-1", 1)
+    await ledger.hand_back("job-1", True)
+    seen.append(await _outcome(ledger.hand_back("job-1", False)))  # still queued: no-op
+    await ledger.mark_submitting("job-2", 1)
+    await ledger.fail_submit("job-2", "SUBMIT_ERROR", "no answer", True)
+    await ledger.mark_submitting("job-3", 1)
+    await ledger.record_task_id("job-3", "t-3", "async", False)
+    clock.advance(2.0)
+    await ledger.record_success(
+        "job-0",
+        result_urls=["http://x/0.mp4"],
+        completed_at=clock.wall(),
+        expires_at=clock.wall() + 86400,
+        cost_time_ms=900,
+        via="poll",
+        clock_key="veo3-fast|5|-",
+        seconds=42.0,
+    )
+    await ledger.record_done("job-0", _landed("job-0.mp4"))
+    seen.append(await _outcome(ledger.record_done("job-4", _landed("job-4.mp4"))))
+    seen.append(await _outcome(ledger.mark_submitting("nope", 1)))
+    seen.append(await _outcome(ledger.adopt("job-3", "t-other", "async")))
+    seen.append(await _outcome(ledger.adopt("job-3", "t-3", "async")))
+    seen.append(await _outcome(ledger.adopt("job-4", "t-4", "async")))
+    seen.append(await ledger.by_task("t-3"))
+    seen.append(await ledger.known_task_ids(["t-0", "t-3", "t-9"]))
+    seen.append(sorted((await ledger.file_owners()).items()))
+    seen.append(await ledger.counts())
+    seen.append(await ledger.counts_by_model())
+    totals = await ledger.totals()
+    seen.append([getattr(totals, k) for k in Totals.__slots__])
+    seen.append(await ledger.in_flight())
+    seen.append(await ledger.learned_completions())
+    await ledger.remember_rpm("acct", 123.4)
+    seen.append(await ledger.learned_rpm("acct"))
+    seen.append(await ledger.callback_token("tok"))
+    seen.append(await ledger.output())
+    await ledger.keep_output("s3://b/p")
+    seen.append(await ledger.output())
+    # The restart: job-1 marked (a crash cuts it off), the file edited: job-3's paid input
+    # changed (kept, told), job-2's unpaid input changed (replaced), job-4 gone, job-5
+    # new and named like job-0's landed file (refused before any submit).
+    await ledger.mark_submitting("job-1", 2)
+    clock.advance(3.0)
+    edited = [
+        _job(0, duration=5),
+        _job(1, duration=10),
+        _job(2, prompt="new"),
+        _job(3, prompt="edited"),
+        _job(5, filename="JOB-0.mp4"),
+    ]
+    recovered, sync = await ledger.reconcile(iter(edited), retry_failed=True)
+    seen.append((recovered, vars(sync)))
+    seen.append(await ledger.queued_cut_off())
+    seen.append(ledger.changes)
+    await ledger.keep_run(RunRecord(ended_at=clock.wall(), wall_s=3.0, submitted=2, changed=4))
+    await ledger.keep_run(RunRecord(ended_at=clock.wall(), wall_s=0.1, submitted=0, changed=0))
+    seen.append(await ledger.last_runs())
+    clashes = await ledger.refuse_clashes(None, lambda name: f"out/{name}")
+    seen.append([(c.job_id, c.name, c.holder) for c in clashes])
+    await ledger.refetch(["job-0"])
+    seen.append([r.id async for r in ledger.rows(S.QUEUED, page=2, file_only=True)])
+    seen.append([r.id async for r in ledger.rows(S.SUBMITTED, page=1, file_only=False)])
+    seen.append(await ledger.read_rows(list))
+    seen.append(await ledger.read_done(list))
+    return seen
+
+
+@pytest.fixture
+async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Ledger, Ledger, _Clock, _Clock]]:
+    lite_clock, pg_clock = _Clock(), _Clock()
+    lite = SqliteLedger(AsyncJournal(Journal(tmp_path / "j.sqlite")), lite_clock)
+    pg = await open_ledger(pg_url, "camp", pg_clock, anchor=tmp_path / "j.pg")
+    yield lite, pg, lite_clock, pg_clock
+    await lite.close()
+    await pg.close()
+
+
+async def test_same_answers_and_rows_as_sqlite(both: Any) -> None:
+    """One scenario (a run, refusals, adoption, a crash, an edited job file, clashes, a
+    refetch) gives the same answers and the same rows, field for field, on both backends."""
+    lite, pg, lite_clock, pg_clock = both
+    assert isinstance(pg, PgLedger)
+    want = await _scenario(lite, lite_clock)
+    got = await _scenario(pg, pg_clock)
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        assert b == a, f"step {i}"
+    rows = want[-2]
+    assert [r.id for r in rows] == ["job-0", "job-1", "job-2", "job-3", "job-5", "job-4"]
+    assert rows[3].changed_input_hash is not None and rows[1].possibly_duplicated
+    assert rows[4].state is S.FAILED and rows[0].state is S.SUCCEEDED  # clash; refetch
+    # The kinds were read from the jobs' inputs, as SQLite reads them.
+    assert want[3][0][0] == Kind("veo3-fast", 5, None)
+
+
+async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Writes of one turn share a transaction; one refused does not undo another's task id;
+    a caller cancelled after the call still gets its write committed (by the close)."""
+    clock = _Clock()
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
+    assert isinstance(ledger, PgLedger)
+    await ledger.keep_campaign("camp")
+    await ledger.reconcile(iter([_job(0), _job(1), _job(2)]), retry_failed=False)
+    await ledger.mark_submitting("job-0", 1)
+    await ledger.mark_submitting("job-2", 1)
+    before = ledger.executor.commits
+    ok = ledger.record_task_id("job-0", "t-0", "async", False)
+    bad = ledger.record_done("job-1", Landed())  # queued -> done: refused
+    assert (await _outcome(ok))[0] == "ok"
+    assert (await _outcome(bad))[0] == "JournalError"
+    assert ledger.executor.commits - before == 1  # the retry, each op in a savepoint
+
+    async def caller() -> None:
+        await ledger.record_task_id("job-2", "t-2", "async", False)
+
+    task = asyncio.get_running_loop().create_task(caller())
+    await asyncio.sleep(0)  # the write is queued once called
+    task.cancel()
+    await ledger.close()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT id, state, task_id FROM jobs ORDER BY id").fetchall()
+        history = conn.execute("SELECT task_id FROM task_history ORDER BY 1").fetchall()
+    assert rows == [
+        ("job-0", "submitted", "t-0"),
+        ("job-1", "queued", None),
+        ("job-2", "submitted", "t-2"),
+    ]
+    assert history == [("t-0",), ("t-2",)]
+
+
+async def test_one_run_per_campaign_and_no_password_in_errors(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """A second ledger on the campaign is refused while the first is open (and allowed
+    after its close); an unreachable database is one line without its password."""
+    clock = _Clock()
+    first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
+    with pytest.raises(JournalError, match="another apixo-batch run is using the journal"):
+        await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg")
+    await first.close()
+    again = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg")
+    await again.close()
+    url = pg_cluster.url("no_such_database", password="hunter2")
+    with pytest.raises(DatabaseFailed) as caught:
+        await open_ledger(url, "camp", clock, anchor=tmp_path / "d.pg")
+    message = str(caught.value)
+    assert "hunter2" not in message and "***" in message and "\n" not in message
