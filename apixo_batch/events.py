@@ -182,6 +182,8 @@ class Succeeded(Event):
     via: str
     #: how many result URLs
     urls: int
+    #: when the task ended at APIXO (Unix s, its ``completeTime``), if it said
+    completed_at: float | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,9 @@ class Warned(Event):
     #: a paid task the journal could not record
     task_id: str | None = _optional()
     message: str
+    #: what the warning is about, for readers that act on it: ``outage`` (the API
+    #: stopped answering) or ``recovered`` (it answers again); absent otherwise
+    about: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,8 @@ class Stopped(Event):
     reason: str
     #: when the pre-flight check refused
     balance_usd: float | None = _optional()
+    #: the kind of stop: ``budget``, ``refused``, ``fatal``, ``unreachable`` or ``storage``
+    stop: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExitCode"]
+__all__ = ["MEANINGS", "ExitCode"]
 
 
 class ExitCode(enum.IntEnum):
@@ -26,3 +26,16 @@ class ExitCode(enum.IntEnum):
     TEMP_FAIL = 75
     #: interrupted (SIGINT/SIGTERM, or SIGHUP: the terminal hung up); resumable the same way
     INTERRUPTED = 130
+
+
+#: each code in a few words, for a line a person reads away from the terminal (notifications)
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "every job done",
+    ExitCode.FAILED_JOBS: "some jobs failed, expired or are left pending",
+    ExitCode.INVALID: "invalid job file, command line or path; nothing was sent",
+    ExitCode.FATAL_API: "the API refused the account (key, balance or access): fix it, rerun",
+    ExitCode.SOFTWARE: "internal error (a bug)",
+    ExitCode.IO_ERROR: "the local disk or the journal failed",
+    ExitCode.TEMP_FAIL: "the API or the file host stayed unreachable: rerun later",
+    ExitCode.INTERRUPTED: "interrupted; the same command resumes",
+}

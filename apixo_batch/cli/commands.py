@@ -21,7 +21,17 @@ from ..apixo.secret import ApiKey, redact
 from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
-from ..events import Event, Expired, Failed, Pending, Preflight, Retried, Stopped, Warned
+from ..events import (
+    Event,
+    EventSink,
+    Expired,
+    Failed,
+    Pending,
+    Preflight,
+    Retried,
+    Stopped,
+    Warned,
+)
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
 from ..journal import DoneFiles, JobRow, JobState, Journal, Totals, last_runs
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..outputs.output import Output
+    from ..telemetry import Telemetry
 
 __all__ = ["campaign_command"]
 
@@ -338,9 +349,38 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
             return _refused(args, ExitCode.INVALID, str(exc))
     printer = _Printer(json_mode=args.json, quiet=args.quiet, verbose=args.verbose, key=key)
     try:
-        engine = _engine(args, campaign, key, printer, callback_url, listen_at)
-    except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
+        telemetry = _telemetry(args, campaign, key)
+    except (ApixoError, ValueError) as exc:  # a URL, a port, a path: nothing was sent
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
+    try:
+        return _run_with(args, campaign, key, printer, telemetry, callback_url, listen_at)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
+
+
+def _run_with(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    key: ApiKey | None,
+    printer: _Printer,
+    telemetry: Telemetry | None,
+    callback_url: str | None,
+    listen_at: tuple[str, int] | None,
+) -> int:
+    def ended_in_error(code: ExitCode, message: str) -> int:
+        printer.ended_in_error(code, message)
+        if telemetry is not None:
+            # Every run ends in a summary, one that could not go on too: to the receivers.
+            error = redact(message, key)
+            telemetry(replace(RunResult(code, counts={}).summary(), at=time.time(), error=error))
+        return code
+
+    sink: EventSink = printer if telemetry is None else _Both(printer, telemetry)
+    try:
+        engine = _engine(args, campaign, key, sink, callback_url, listen_at)
+    except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
+        return ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics, engine.clock)
     note_when_stdout_closes(
         "stdout was closed (its reader went away): the run goes on, and every event still "
@@ -350,30 +390,95 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
         if args.command == "download" and engine.database is None:
             _warn_expiring(engine.state_path, args.time_scale)
-        result = runtime.run(_drive(engine, printer.view))
+        result = runtime.run(_drive(engine, printer.view, telemetry))
     except StorageError as exc:  # the journal unreadable
         printer.close()
-        return printer.ended_in_error(ExitCode.IO_ERROR, str(exc))
+        return ended_in_error(ExitCode.IO_ERROR, str(exc))
     except MissingApiKey:
         printer.close()
-        return printer.ended_in_error(
-            ExitCode.INVALID, f"{KEY_VAR} is not set (or give --api-key-file)"
-        )
+        return ended_in_error(ExitCode.INVALID, f"{KEY_VAR} is not set (or give --api-key-file)")
     except ApixoError as exc:  # the journal held by another run
         printer.close()
-        return printer.ended_in_error(ExitCode.INVALID, str(exc))
+        return ended_in_error(ExitCode.INVALID, str(exc))
     finally:
         printer.close()
     if not args.json and not args.verbose:
         render_summary(result.summary())
+    if telemetry is not None and telemetry.metrics is not None:
+        telemetry.metrics.refresh(engine.statistics())
     return result.exit_code
+
+
+class _Both:
+    """The printer first (what the terminal shows), then the telemetry."""
+
+    __slots__ = ("_first", "_then")
+
+    def __init__(self, first: EventSink, then: EventSink) -> None:
+        self._first = first
+        self._then = then
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self._first(event)
+        finally:
+            self._then(event)
+
+
+def _telemetry(
+    args: argparse.Namespace, campaign: Campaign, key: ApiKey | None
+) -> Telemetry | None:
+    """The notifier and the metrics the options and the job file ask for (None: neither);
+    ValueError or ApixoError with one line naming what is wrong."""
+    from ..telemetry import RunMetrics, Telemetry, serve_metrics, write_textfile
+    from ..telemetry.notify import Notifier, parse_notify_on
+
+    # getattr: an embedder's or a test's namespace may hold only the options it knew of.
+    on = parse_notify_on(getattr(args, "notify_on", None) or "end,stop")
+    given: list[str] = getattr(args, "notify", None) or []
+    port: int | None = getattr(args, "metrics_port", None)
+    textfile_arg: str | None = getattr(args, "metrics_textfile", None)
+    if not (given or getattr(campaign, "notify", None) or port is not None or textfile_arg):
+        return None
+    try:
+        urls = [*campaign.notify_urls(os.environ), *given]
+    except JobFileError as exc:
+        raise ValueError(str(exc)) from None
+    notifier = None
+    if urls:
+        notifier = Notifier(urls, campaign=campaign.name, on=on, key=key, warn=_err)
+    if port is None and textfile_arg is None:
+        return Telemetry(notifier=notifier) if notifier else None
+    metrics = RunMetrics(campaign.name)
+    textfile = None
+    if textfile_arg is not None:
+        textfile = Path(textfile_arg).absolute()
+        try:
+            write_textfile(metrics, textfile)  # a path that cannot be written: said now
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-textfile {textfile}: cannot write it: {exc.strerror or exc}"
+            ) from None
+    server = None
+    if port is not None:
+        host = getattr(args, "metrics_host", None) or "127.0.0.1"
+        try:
+            server = serve_metrics(metrics, host, port)
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-port {port}: cannot listen on {host}: {exc.strerror or exc}"
+            ) from None
+        if port == 0:
+            bound_host, port = server.address
+            _err(f"metrics on http://{bound_host}:{port}/metrics")
+    return Telemetry(notifier=notifier, metrics=metrics, server=server, textfile=textfile)
 
 
 def _engine(
     args: argparse.Namespace,
     campaign: Campaign,
     key: ApiKey | None,
-    printer: _Printer,
+    sink: EventSink,
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
 ) -> Engine:
@@ -394,11 +499,16 @@ def _engine(
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
     )
-    return build_engine(campaign, options, api_key=key, on_event=printer)
+    return build_engine(campaign, options, api_key=key, on_event=sink)
 
 
-async def _drive(engine: Engine, view: View | None = None) -> RunResult:
+async def _drive(
+    engine: Engine, view: View | None = None, telemetry: Telemetry | None = None
+) -> RunResult:
     loop = asyncio.get_running_loop()
+    fresh = None
+    if telemetry is not None:
+        fresh = asyncio.create_task(telemetry.keep_fresh(engine.statistics))
     # SIGHUP too: an SSH session that drops must leave what SIGTERM leaves (answers on the
     # wire journaled, the manifest written), not a run killed mid-submit.
     signals = (signal.SIGINT, *stop_signals())
@@ -411,6 +521,10 @@ async def _drive(engine: Engine, view: View | None = None) -> RunResult:
         async with shown(view, engine.clock) if view else contextlib.nullcontext():
             return await engine.run()
     finally:
+        if fresh is not None:
+            fresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fresh
         for sig in signals:
             loop.remove_signal_handler(sig)
             handler = previous[sig]

@@ -106,6 +106,45 @@ def _add_api(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_telemetry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send the run's end (and stops, see --notify-on) to this Apprise URL "
+        "(repeatable; adds to the job file's notify:; needs the notify extra)",
+    )
+    p.add_argument(
+        "--notify-on",
+        default="end,stop",
+        metavar="EVENTS",
+        help="what to notify, comma-separated: end, stop, stall (API unreachable), "
+        "recover [default: end,stop]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_bounded_int("--metrics-port", 0, 65535),
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics during the run "
+        "(0 picks a free port, told on stderr)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of --metrics-port (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--metrics-textfile",
+        default=None,
+        metavar="PATH",
+        help="write the metrics to PATH every 5 s and at the end, atomically "
+        "(node_exporter's textfile collector)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, command: str) -> None:
     from ..defaults import STATE_FILE  # here, not at the top: see _add_limits
 
@@ -191,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_order(run)
     _add_no_review(run)
+    _add_telemetry(run)
 
     plan = sub.add_parser("plan", help="validate and estimate cost and time; no network")
     plan.add_argument("jobfile", help="the campaign's job file (YAML)")
@@ -222,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
     )
     _add_no_review(download)
+    _add_telemetry(download)
 
     review = sub.add_parser(
         "review", help="write <out>/review.html: every job as a card, videos playable"

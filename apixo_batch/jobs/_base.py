@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 PROVIDERS = ("auto", "value", "official")
-TOP_KEYS = ("name", "output", "defaults", "jobs", "jobs_file", "matrix", "prices")
+TOP_KEYS = ("name", "output", "defaults", "jobs", "jobs_file", "matrix", "prices", "notify")
 JOB_KEYS = ("id", "model", "provider", "input", "matrix")
 MAX_ID_LENGTH = 100
 #: problems listed in one JobFileError; the rest are counted (100k bad rows must not fill memory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class Campaign:
     #: the job file and its jobs_file as they were read (sizes and modification times):
     #: a journal synced from the same stamp holds the file's jobs without reading them
     stamp: str = ""
+    #: notification URLs (Apprise) as written, ``${VAR}`` not yet expanded: a secret read
+    #: from the environment only by the run that sends (:meth:`notify_urls`)
+    notify: tuple[str, ...] = ()
     _source: _Source | None = field(default=None, repr=False, compare=False)
 
     def iter_jobs(self) -> Iterator[Job]:
@@ -150,6 +154,27 @@ class Campaign:
         if issues:
             raise issues.error(self._source.display)
 
+    def notify_urls(self, environ: Mapping[str, str]) -> list[str]:
+        """The ``notify:`` URLs with every ``${VAR}`` replaced from ``environ``.
+
+        Raises JobFileError naming the entry and the variable when one is not set (an
+        empty value counts as not set: a URL with a hole in it would fail at the end of
+        the night, not now)."""
+        issues = Issues()
+        urls = []
+        for i, raw in enumerate(self.notify):
+
+            def value(m: re.Match[str], i: int = i) -> str:
+                found = environ.get(m.group(1), "")
+                if not found:
+                    issues.add(self.path.name, f"notify[{i}]", f"${{{m.group(1)}}} is not set")
+                return found
+
+            urls.append(_ENV_REF.sub(value, raw))
+        if issues:
+            raise issues.error(self.path.name)
+        return urls
+
     def cost(self, job: Job) -> float | None:
         """What ``job`` costs at the catalog's prices and this file's own (None: unknown)."""
         spec = MODELS.get(job.model)
@@ -195,6 +220,7 @@ def load_campaign(
     if data.get("matrix") is not None:
         matrix = parse_matrix(data["matrix"], display, "matrix", issues)
     prices = _prices(data.get("prices"), display, issues)
+    notify = _notify(data.get("notify"), display, issues)
     listed = _listed(data.get("jobs"), display, job_lines, issues)
     rows_path, rows_display = _rows_file(data.get("jobs_file"), base, display, issues)
 
@@ -220,8 +246,35 @@ def load_campaign(
         job_count=count,
         groups=groups,
         stamp=stamp,
+        notify=notify,
         _source=source,
     )
+
+
+#: ``${VAR}`` in a notify URL: a name as POSIX shells take it
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _notify(value: object, display: str, issues: Issues) -> tuple[str, ...]:
+    """``notify:``: one Apprise URL or a list of them (checked for shape here; the run
+    expands ``${VAR}`` and Apprise reads the URL)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        issues.add(display, "notify", "must be a URL or a list of URLs")
+        return ()
+    urls = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            issues.add(display, f"notify[{i}]", "must be a non-empty URL (text)")
+            continue
+        rest = _ENV_REF.sub("", item)
+        if "${" in rest:
+            issues.add(display, f"notify[{i}]", "a ${ is not closed: write ${NAME}")
+            continue
+        urls.append(item.strip())
+    return tuple(urls)
 
 
 def _stamp(path: Path | None) -> str:

@@ -55,6 +55,8 @@ __all__ = ["Follower"]
 
 #: consecutive 404s to a status call before a task counts as gone
 NOT_FOUND_GIVE_UP = 5
+#: what a poll can come to, as ``Follower.polls`` counts them (the metrics' outcomes)
+POLL_OUTCOMES = ("running", "finished", "rate-limited", "error", "refused")
 #: unscaled seconds between two rounds of polls: the scheduler wakes at most once per
 #: round and sends every poll due by then, plus those due within half a round. Polls
 #: land on a task's steps a few seconds apart, so a round of a second moves them by
@@ -123,6 +125,8 @@ class Follower:
         self._halted = False
         self._done = asyncio.Event()  # input closed and nothing followed, or halted
         self.retries = 0
+        #: polls answered so far, by outcome: running, finished, rate-limited, error, refused
+        self.polls: dict[str, int] = dict.fromkeys(POLL_OUTCOMES, 0)
         stops.on(Level.FOLLOW, self._halt)
 
     @property
@@ -235,15 +239,19 @@ class Follower:
         try:
             status = await self._client.status(t.model, t.task_id)
         except RateLimited as exc:
+            self.polls["rate-limited"] += 1
             self._emit(Throttled(t.job_id, retry_after=exc.retry_after))
             return False
         except (ServerError, TransportError) as exc:
+            self.polls["error"] += 1
             self.retries += 1
             self._emit(Retried(t.job_id, call="status", error=str(exc)))
             return False
         except ApiError as exc:
+            self.polls["refused"] += 1
             return await self._poll_refused(t, exc)
         t.not_found = 0
+        self.polls["finished" if status.finished else "running"] += 1
         if not status.finished:
             if t.job_id not in self._seen_running and status.state == "processing":
                 self._seen_running.add(t.job_id)
@@ -398,6 +406,7 @@ class Follower:
                 model=t.model,
                 via=via,
                 urls=len(status.result_urls),
+                completed_at=completed if status.complete_time_ms else None,
             )
         )
         assert self._out is not None

@@ -129,6 +129,8 @@ class RunStatistics:
     budget_usd: float | None
     #: why submitting stopped, once it has
     stop_reason: str | None
+    #: polls answered so far, by outcome (``follower.POLL_OUTCOMES``)
+    polls: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -196,7 +196,9 @@ class Stops:
         self.all.append(stop)
         if first_of_kind and stop.kind.told and self._emit is not None:
             # Told before the stages react: the reason comes first, its consequences after.
-            self._emit(Stopped(reason=stop.reason, balance_usd=stop.balance_usd))
+            self._emit(
+                Stopped(reason=stop.reason, balance_usd=stop.balance_usd, stop=stop.kind.label)
+            )
         if stop.kind.level <= self._level:
             return False
         self._level = stop.kind.level

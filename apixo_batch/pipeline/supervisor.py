@@ -268,6 +268,7 @@ class Supervisor:
             spent_usd=spent_before + (submitter.spent_usd if submitter else 0.0),
             budget_usd=self.options.budget,
             stop_reason=self.stops.reason,
+            polls=dict(stages.follower.polls) if stages and stages.follower else {},
         )
 
     # -- the run ------------------------------------------------------------
@@ -354,6 +355,7 @@ class Supervisor:
 
     def _outage_news(self, opened: bool, silent_s: float) -> None:
         """The API stopped, or resumed, answering: said once each, in plain words."""
+        about = "outage" if opened else "recovered"
         if opened:
             message = (
                 "API unreachable: no answer to the last calls; retrying with backoff "
@@ -361,7 +363,7 @@ class Supervisor:
             )
         else:
             message = f"API answering again after {human_duration(silent_s)} without an answer"
-        self._emit(Warned(message=message))
+        self._emit(Warned(message=message, about=about))
 
     def _storage_stop(self, why: str) -> None:
         self.stops.request(storage_stop(why))

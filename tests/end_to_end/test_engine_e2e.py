@@ -275,8 +275,9 @@ async def test_preflight_refuses_when_balance_is_short(simulator, tmp_path: Path
     assert sim.stats()["submits_accepted"] == 0
     assert "balance" in res.summary["stop_reason"]
     [stopped] = [e for e in res.events if e["event"] == "stopped"]
-    assert list(stopped) == ["event", "at", "reason", "balance_usd"]
+    assert list(stopped) == ["event", "at", "reason", "balance_usd", "stop"]
     assert stopped["balance_usd"] == 1.0 and stopped["reason"] == res.summary["stop_reason"]
+    assert stopped["stop"] == "refused"
     partial = await run_cli(sim, "run", str(job_file), *FAST, "--allow-partial")
     assert partial.code == 3  # the money ran out part-way
     assert sim.stats()["submits_accepted"] == 3  # $0.30 each out of $1.00

@@ -781,3 +781,40 @@ def test_iter_ids_checks_the_ids_and_the_file_not_the_inputs(tmp_path: Path) -> 
         "id,model,mode,prompt\nr1,kling-2-6,text-to-video,a\nr2,kling-2-6,text-to-video,\n"
     )
     assert list(campaign.iter_ids()) == ["r1", "r2"]  # r2's missing prompt: not read here
+
+
+# -- notify: ---------------------------------------------------------------------------
+
+
+def test_notify_takes_one_url_or_a_list_and_expands_env_only_when_asked(tmp_path: Path) -> None:
+    one = _load(tmp_path, "notify: json://h/${HOOK}\n" + HEAD + _job("a", T2V))
+    assert one.notify == ("json://h/${HOOK}",)
+    listed = _load(tmp_path, "notify: [json://a, 'slack://${T}/${B}/x']\n" + HEAD + _job("a", T2V))
+    assert listed.notify_urls({"T": "tok", "B": "chan"}) == ["json://a", "slack://tok/chan/x"]
+    assert _load(tmp_path, HEAD + _job("a", T2V)).notify == ()
+
+
+def test_notify_names_the_entry_whose_variable_is_unset(tmp_path: Path) -> None:
+    campaign = _load(
+        tmp_path, "notify: [json://a, 'json://${GONE}', 'x://${E}']\n" + HEAD + _job("a", T2V)
+    )
+    with pytest.raises(JobFileError) as info:
+        campaign.notify_urls({"E": ""})
+    text = str(info.value)
+    assert "notify[1]" in text and "${GONE} is not set" in text
+    assert "notify[2]" in text and "${E} is not set" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "says"),
+    [
+        ("{a: 1}", "notify", "must be a URL or a list of URLs"),
+        ("[json://a, 3]", "notify[1]", "must be a non-empty URL"),
+        ("['json://${OPEN']", "notify[0]", "a ${ is not closed"),
+    ],
+)
+def test_a_bad_notify_is_refused_naming_its_field(
+    tmp_path: Path, value: str, field: str, says: str
+) -> None:
+    text = _error(tmp_path, f"notify: {value}\n" + HEAD + _job("a", T2V))
+    assert field in text and says in text

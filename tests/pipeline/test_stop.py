@@ -209,12 +209,13 @@ def _told(clock: FakeClock) -> tuple[Stops, Recorder]:
 
 @pytest.mark.parametrize("kind", TOLD, ids=lambda kind: kind.label)
 def test_a_stop_worth_telling_is_told_once_as_stopped(kind: StopKind) -> None:
-    """The first stop of a kind is told with its reason; the same kind again is not."""
+    """The first stop of a kind is told with its reason and kind; the same kind again is not."""
     stops, events = _told(FakeClock())
     stops.request(Stop(kind, "why"))
     stops.request(Stop(kind, "why"))
     stops.request(Stop(kind, "another wording of the same trouble"))
-    assert [(e.kind, e.data) for e in events.events] == [("stopped", {"reason": "why"})]
+    told = [(e.kind, e.data) for e in events.events]
+    assert told == [("stopped", {"reason": "why", "stop": kind.label})]
 
 
 @pytest.mark.parametrize(
@@ -246,8 +247,12 @@ def test_a_preflight_refusal_is_told_with_the_balance() -> None:
     stops, events = _told(FakeClock())
     stops.request(Stop(StopKind.REFUSED, "balance $1.00 cannot cover", balance_usd=1.0))
     [stopped] = events.of("stopped")
-    assert list(stopped.as_dict()) == ["event", "at", "reason", "balance_usd"]
-    assert stopped.data == {"reason": "balance $1.00 cannot cover", "balance_usd": 1.0}
+    assert list(stopped.as_dict()) == ["event", "at", "reason", "balance_usd", "stop"]
+    assert stopped.data == {
+        "reason": "balance $1.00 cannot cover",
+        "balance_usd": 1.0,
+        "stop": "refused",
+    }
 
 
 def test_a_stop_is_told_before_the_stages_react_to_it() -> None:

@@ -162,7 +162,10 @@ async def test_a_fatal_answer_stops_submits_and_hands_every_unsent_job_back() ->
     assert stops.reached(Level.SUBMITS) and stops.fatal is not None
     assert [s.kind for s in stops.all] == [StopKind.FATAL]
     [stopped] = told.of("stopped")
-    assert stopped.data == {"reason": "the API refused a submit: APIXO 401: bad key"}
+    assert stopped.data == {
+        "reason": "the API refused a submit: APIXO 401: bad key",
+        "stop": "fatal",
+    }
     # Submits already on the wire when the refusal came are answered and journaled.
     assert {r.id for r in queued_rows(ledger)} | {s.row.id for s in got} == {
         f"job-{i}" for i in range(4)
