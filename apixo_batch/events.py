@@ -313,6 +313,9 @@ class Summary(Event):
     requests_per_task: float | None
     rate_limited: int
     learned_rpm: int | None
+    #: how the account limits requests, when this run's answers told ("450 per 10 s
+    #: (sliding)"), else None
+    learned_limit: str | None
     learned_slots: int | None
     #: ``count``, ``p50``, ``p90``, ``max`` (seconds), or None before any slot was freed
     slot_turnaround_s: dict[str, float] | None

@@ -17,6 +17,8 @@ Each case is a fresh simulator (its own account limits) and one `apixo-batch run
   (At 0.05 the polls of 100 slots come within a tenth of the default 9,000 requests a
   minute, a request budget that at real speed only 2,000 slots would need: the engine
   then rightly polls sparingly, and the case measures the request budget, not the slots.)
+* ``slots-lower-generic``: the same, the slot 429's message a bare "Too Many Requests"
+  (gateways that do not name concurrency, issue 31). Same targets.
 
 The account's bound for a rate case is its limit x the run's wall time (every request
 the run needed, at the account's pace); slots busy is the time-average of tasks running
@@ -61,6 +63,12 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "slots-lower": {
         "sim": {"concurrency_limit": 100},
+        "args": ["--max-concurrent", "900"],
+        "jobs": 1000,
+        "scale": 0.1,
+    },
+    "slots-lower-generic": {
+        "sim": {"concurrency_limit": 100, "concurrency_message": "Too Many Requests"},
         "args": ["--max-concurrent", "900"],
         "jobs": 1000,
         "scale": 0.1,

@@ -207,6 +207,7 @@ class ApixoClient:
         """A grant that will not be sent: if it was the probe, another call may probe."""
         if grant.probe:
             self.breaker.forget_probe()
+        self.bucket.unanswered(grant.ticket)  # a no-op once its answer was counted
 
     async def _call(
         self,
@@ -234,6 +235,7 @@ class ApixoClient:
         body: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         self.bucket.sent()
+        sent_at = self.bucket.clock.monotonic()
         try:
             answer = await self._send(method, url, endpoint=endpoint, body=body)
         except TransportError:
@@ -242,20 +244,34 @@ class ApixoClient:
         except ApiError as exc:
             self.breaker.answered(grant.probe)
             if isinstance(exc, RateLimited):
-                self._limited(exc, endpoint, grant.ticket)
+                self._limited(exc, endpoint, grant.ticket, sent_at)
+            elif exc.status != 401:  # a refused key is answered before any rate limit
+                self.bucket.accepted(sent_at, endpoint, ticket=grant.ticket)
             raise
         self.breaker.answered(grant.probe)
+        self.bucket.accepted(sent_at, endpoint, ticket=grant.ticket)
         return answer
 
-    def _limited(self, exc: RateLimited, endpoint: str, ticket: int) -> None:
+    def _limited(self, exc: RateLimited, endpoint: str, ticket: int, sent_at: float) -> None:
         """A 429: the request rate's, or (a submit's) the account's slots."""
         # A submit refused while requests run well under their limit is the account's
-        # slot limit speaking (whatever its message says): the rate is not to blame.
-        says_rate = "rate" in exc.api_message.lower()
-        if endpoint == "submit" and not says_rate and self.bucket.utilization() < 0.5:
+        # slot limit speaking, whatever its message says (gateways often answer a bare
+        # "Too Many Requests"): the rate is not to blame. A message naming concurrency
+        # settles it either way.
+        message = exc.api_message.lower()
+        names_slots = any(w in message for w in ("concurren", "slot", "in flight", "running"))
+        says_rate = "rate" in message and not names_slots
+        if endpoint == "submit" and (
+            names_slots or (not says_rate and self.bucket.utilization() < 0.5)
+        ):
             exc.slots = True
-        if not exc.slots:
-            self.bucket.rate_limited(exc.retry_after, ticket=ticket)
+        if exc.slots:
+            # Past the rate limit: the slots said no.
+            self.bucket.accepted(sent_at, endpoint, ticket=ticket)
+        else:
+            self.bucket.rate_limited(
+                exc.retry_after, ticket=ticket, sent_at=sent_at, route=endpoint
+            )
 
     async def _send(
         self,

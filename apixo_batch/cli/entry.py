@@ -351,6 +351,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulator settings (YAML): limits, faults (error_rate_503, unavailable windows, "
         "forbidden routes answered 403), fail codes, callbacks; see docs/simulate.md",
     )
+    # The account's limiter, as gateways play it (docs/simulate.md); each overrides the
+    # config file's setting of the same name.
+    limiter = sim.add_argument_group("the account's limiter (default: APIXO's)")
+    limiter.add_argument(
+        "--rpm-limit",
+        type=_bounded_int("--rpm-limit", 1, 10_000_000),
+        default=None,
+        help="requests per window (rpm_limit, default 10000)",
+    )
+    limiter.add_argument(
+        "--rpm-window-s",
+        type=_positive_float("--rpm-window-s"),
+        default=None,
+        help="the window's length in real seconds (rpm_window_s, default 60)",
+    )
+    limiter.add_argument(
+        "--rpm-window",
+        choices=("sliding", "fixed"),
+        default=None,
+        help="sliding, or fixed windows that reset at once (default sliding)",
+    )
+    limiter.add_argument(
+        "--rpm-count-refused",
+        action="store_true",
+        default=None,
+        help="refused requests count against the window too",
+    )
+    limiter.add_argument(
+        "--retry-after",
+        choices=("truthful", "absent", "short"),
+        default=None,
+        help="the Retry-After of a rate 429 (default truthful; short: always 1 s)",
+    )
+    limiter.add_argument(
+        "--status-rpm-limit",
+        type=_bounded_int("--status-rpm-limit", 1, 10_000_000),
+        default=None,
+        help="status polls get their own window of this many requests",
+    )
+    limiter.add_argument(
+        "--concurrency-limit",
+        type=_bounded_int("--concurrency-limit", 1, 1_000_000),
+        default=None,
+        help="tasks pending or processing at once (default 1000)",
+    )
+    limiter.add_argument(
+        "--concurrency-message",
+        default=None,
+        help='the message of a slot 429 (default "Concurrent task limit exceeded")',
+    )
     sim.add_argument(
         "--api-key", default=None, help="key the simulator accepts [APIXO_API_KEY, else sim-key]"
     )

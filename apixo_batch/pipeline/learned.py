@@ -36,6 +36,7 @@ async def remember_rate(ledger: Ledger, bucket: RequestBucket, account: str | No
     full rate leaves no ceiling behind)."""
     if account is None or not bucket.statistics().sent:
         return
+    bucket.conclude()
     control = bucket.control
     clear = control.episodes == 0 and control.rate >= control.top
     await ledger.remember_rpm(account, None if clear else bucket.learned_rpm)

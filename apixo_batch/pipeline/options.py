@@ -115,7 +115,7 @@ class RunStatistics:
     rate_limited: int
     #: the rate the request bucket paces to now (below ``rpm_limit`` after 429s)
     effective_rpm: float
-    #: the request rate (a minute's worth) that last overshot the account's limit
+    #: the account's request rate (a minute's worth), as learned
     learned_rpm: float | None
     in_flight: int
     max_concurrent: int
@@ -144,8 +144,10 @@ class RunResult:
     possibly_duplicated: int | None = 0
     requests: int = 0
     rate_limited: int = 0
-    #: the request rate (a minute's worth) that last overshot the account's limit
+    #: the account's request rate (a minute's worth): what it accepted over its window
     learned_rpm: float | None = None
+    #: how it limits, when this run's answers told ("450 per 10 s (sliding)")
+    learned_limit: str | None = None
     #: the slot window the account allowed (a submit was refused for slots), if smaller
     learned_slots: int | None = None
     #: end known to the next submit leaving (seconds of the run's clock)
@@ -191,6 +193,7 @@ class RunResult:
             ),
             rate_limited=self.rate_limited,
             learned_rpm=round(self.learned_rpm) if self.learned_rpm is not None else None,
+            learned_limit=self.learned_limit,
             learned_slots=self.learned_slots,
             slot_turnaround_s=_turnaround(self.slot_turnaround),
             retries=self.retries,

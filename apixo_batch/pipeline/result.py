@@ -78,6 +78,7 @@ async def finish(
         requests=stats.sent,
         rate_limited=stats.rate_limited,
         learned_rpm=stats.learned_rpm,
+        learned_limit=stats.learned_limit,
         learned_slots=slots.cap if slots.statistics().shrinks else None,
         slot_turnaround=turnaround.statistics(),
         planned_wall_s=start.planned_wall_s if start else None,

@@ -147,8 +147,9 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
         )
     print(took, file=out)
     if summary.learned_rpm:
+        how = f" ({summary.learned_limit})" if summary.learned_limit else ""
         print(
-            f"  the account answered 429 above ~{summary.learned_rpm:,} requests/min: "
+            f"  the account accepted about {summary.learned_rpm:,} requests/min{how}: "
             "the next run starts just under it",
             file=out,
         )

@@ -33,7 +33,7 @@ from ..catalog.models import get_model, validate_input
 from .callbacks import CallbackSender
 from .config import SimConfig
 from .files import OUTCOME, FileRoute, drop_connection
-from .gate import FaultPlan, RollingWindow, key_matches, retry_after_header
+from .gate import FaultPlan, RollingWindow, key_matches, rate_limit_headers
 from .media import Mp4Content
 from .stats import SimStats, input_key
 from .tasks import SimTask, TaskBook, loop_time
@@ -89,6 +89,7 @@ class Simulator:
         self._book = TaskBook(cfg, self._on_finish)
         self._callbacks = CallbackSender(cfg, self._stats)
         self._window = RollingWindow()
+        self._status_window = RollingWindow()
         self._faults = FaultPlan(cfg)
         #: loop time of the start, from which ``unavailable`` windows count
         self._started = loop_time()
@@ -152,11 +153,20 @@ class Simulator:
             if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
                 self._stats.faults["403"] += 1
                 return _answer(403, "API key lacks permission for this route")
-            wait = self._window.admit(loop_time(), cfg.rpm_limit, cfg.rpm_window_s)
+            window, limit = self._window, cfg.rpm_limit
+            if cfg.status_rpm_limit is not None and route == "status":
+                window, limit = self._status_window, cfg.status_rpm_limit
+            wait = window.admit(
+                loop_time(),
+                limit,
+                cfg.rpm_window_s,
+                fixed=cfg.rpm_window == "fixed",
+                count_refused=cfg.rpm_count_refused,
+            )
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
                 return _answer(
-                    429, "Rate limit exceeded", **{"Retry-After": retry_after_header(wait)}
+                    429, "Rate limit exceeded", **rate_limit_headers(wait, cfg.retry_after)
                 )
             if self._faults.slow():
                 self._stats.faults["slow"] += 1
@@ -217,7 +227,7 @@ class Simulator:
         self._book.settle()
         if self._book.running >= cfg.concurrency_limit:
             self._stats.rate_limited_concurrency += 1
-            return _answer(429, "Concurrent task limit exceeded")
+            return _answer(429, cfg.concurrency_message)
 
         request_type = body.get("request_type", "async")
         self._stats.note_source(body.get("source"))

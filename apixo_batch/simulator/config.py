@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,10 +55,25 @@ class SimConfig(BaseModel):
     duration_override_s: tuple[float, float] | None = None
 
     # --- limits (per key) --------------------------------------------------------------
+    #: requests per window (every API route shares it unless ``status_rpm_limit`` is set)
     rpm_limit: int = Field(default=10_000, ge=1)
     rpm_window_s: float = Field(default=60.0, gt=0.0)
+    #: "sliding": any rpm_window_s seconds; "fixed": windows aligned on multiples of it,
+    #: each starting empty (a burst at a boundary may see two windows' worth)
+    rpm_window: Literal["sliding", "fixed"] = "sliding"
+    #: refused requests count against the window too: a client that keeps asking while
+    #: refused keeps the window full
+    rpm_count_refused: bool = False
+    #: the Retry-After of a rate 429: "truthful" (when the window has room again),
+    #: "absent", or "short" (always 1 s)
+    retry_after: Literal["truthful", "absent", "short"] = "truthful"
+    #: status polls get their own window of this many requests (submits and balance
+    #: checks keep ``rpm_limit``); None: one window for every route
+    status_rpm_limit: int | None = Field(default=None, ge=1)
     #: tasks pending or processing at once; a submit over it gets 429
     concurrency_limit: int = Field(default=1_000, ge=1)
+    #: the message of that 429 (gateways may not name concurrency: "Too Many Requests")
+    concurrency_message: str = "Concurrent task limit exceeded"
 
     # --- task outcomes -----------------------------------------------------------------
     #: a prompt containing one of these (case-insensitive) ends failed

@@ -1,10 +1,15 @@
 """What stands in front of every API route: the key, the rate limit, the faults.
 
 Order, as a real gateway would do it: authenticate (a 401 does not count
-against the limit), count the request in the rolling window (429 with
-Retry-After when full; a refused request does not count, so Retry-After tells
-the truth), then maybe inject a fault. Faults are drawn from their own seeded
-generator, so turning one knob does not change the draws of another.
+against the limit), count the request in its route's window (429 when full),
+then maybe inject a fault. Faults are drawn from their own seeded generator,
+so turning one knob does not change the draws of another.
+
+The window plays the limiters gateways use (``SimConfig``): sliding (any
+``rpm_window_s`` seconds) or fixed (windows aligned on multiples of
+``rpm_window_s`` that reset at once); refused requests counted against the
+window or not; a Retry-After that tells the truth, is absent, or is too short.
+APIXO's defaults: sliding, refused requests not counted, truthful.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Literal
 
 from .config import SimConfig
 
-__all__ = ["Fault", "FaultPlan", "RollingWindow", "key_matches", "retry_after_header"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "RollingWindow",
+    "key_matches",
+    "rate_limit_headers",
+    "retry_after_header",
+]
 
 Fault = Literal["reset", "500", "502", "503", "504"]
 
@@ -33,33 +45,66 @@ def key_matches(header: str | None, key: str) -> bool:
 
 
 class RollingWindow:
-    """At most ``limit`` events in any ``window`` seconds: a deque of their times.
+    """At most ``limit`` counted requests per ``window`` seconds, sliding or fixed.
 
-    The limit and window are passed on every call, so a test may change them
+    The limit and the kind are passed on every call, so a test may change them
     on a running simulator's config.
     """
 
     def __init__(self) -> None:
         self._times: deque[float] = deque()
+        self._fixed_start = -math.inf
+        self._fixed_count = 0
 
-    def admit(self, now: float, limit: int, window: float) -> float | None:
-        """Record an event at ``now``; or, when full, return seconds until one slot frees."""
+    def admit(
+        self,
+        now: float,
+        limit: int,
+        window: float,
+        *,
+        fixed: bool = False,
+        count_refused: bool = False,
+    ) -> float | None:
+        """Count a request at ``now``; or, when full, return seconds until the window has
+        room again (if nothing else arrives meanwhile)."""
+        if fixed:
+            start = math.floor(now / window) * window
+            if start != self._fixed_start:
+                self._fixed_start, self._fixed_count = start, 0
+            full = self._fixed_count >= limit
+            if not full or count_refused:
+                self._fixed_count += 1
+            return start + window - now if full else None
         times = self._times
         horizon = now - window
         while times and times[0] <= horizon:
             times.popleft()
         if len(times) >= limit:
-            return times[0] - horizon
+            # Room comes back when all but limit - 1 of those counted have left the window.
+            wait = times[len(times) - limit] - horizon
+            if count_refused:
+                times.append(now)
+            return wait
         times.append(now)
         return None
 
     def __len__(self) -> int:
-        return len(self._times)
+        return len(self._times) if self._fixed_start == -math.inf else self._fixed_count
 
 
 def retry_after_header(wait: float) -> str:
     """Whole seconds, at least 1, never early."""
     return str(max(1, math.ceil(wait)))
+
+
+def rate_limit_headers(wait: float, retry_after: str) -> dict[str, str]:
+    """The headers of a rate 429 as the configured gateway sends them: a truthful
+    Retry-After, none, or one too short (1 s, whatever the wait)."""
+    if retry_after == "absent":
+        return {}
+    if retry_after == "short":
+        return {"Retry-After": "1"}
+    return {"Retry-After": retry_after_header(wait)}
 
 
 class FaultPlan:

@@ -72,6 +72,19 @@ async def _outages(
         await site.start()
 
 
+#: ``simulate`` flags named after the SimConfig setting they override
+_LIMITER_FLAGS = (
+    "rpm_limit",
+    "rpm_window_s",
+    "rpm_window",
+    "rpm_count_refused",
+    "retry_after",
+    "status_rpm_limit",
+    "concurrency_limit",
+    "concurrency_message",
+)
+
+
 def _load_config(args: argparse.Namespace) -> SimConfig:
     overrides: dict[str, object] = {}
     time_scale = getattr(args, "time_scale", None)
@@ -82,6 +95,10 @@ def _load_config(args: argparse.Namespace) -> SimConfig:
         overrides["time_scale"] = time_scale
     if getattr(args, "api_key", None):
         overrides["api_key"] = args.api_key
+    for name in _LIMITER_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
     if config_path:
         return SimConfig.from_yaml(config_path, **overrides)
     return SimConfig.model_validate(overrides)

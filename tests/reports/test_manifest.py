@@ -22,6 +22,7 @@ def test_the_summary_for_people_says_every_figure_a_run_has() -> None:
         requests=40,
         rate_limited=3,
         learned_rpm=587.6,
+        learned_limit="98 per 10 s, sliding window",
         learned_slots=12,
         slot_turnaround=TurnaroundStats(count=5, p50=0.01234, p90=0.5, max=1.0),
         planned_wall_s=3725.44,
@@ -47,7 +48,8 @@ def test_the_summary_for_people_says_every_figure_a_run_has() -> None:
         "  submitted 9 this run, 40 API requests (4.444 per task), 3 rate-limited, 4 retried",
         "  took 2 h 2 min, planned 1 h 2 min; a freed slot's next submit left after 0.012 s "
         "(p50), 0.500 s (p90)",
-        "  the account answered 429 above ~588 requests/min: the next run starts just under it",
+        "  the account accepted about 588 requests/min (98 per 10 s, sliding window): the next "
+        "run starts just under it",
         "  the account held about 12 tasks at once (submits over it were answered 429 and "
         "waited for a slot)",
         "  model         done   failed  expired  pending",

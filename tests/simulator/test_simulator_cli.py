@@ -110,3 +110,37 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     """A config path that does not exist raises OSError (the command exits 2)."""
     with pytest.raises(OSError):
         _load_config(_args(config=str(tmp_path / "nope.yaml")))
+
+
+def test_limiter_flags_override_the_config_file(tmp_path: Path) -> None:
+    """The limiter flags of ``simulate`` (parsed as the CLI parses them) set the account's
+    limiter; an unset flag leaves the file's setting, and the defaults are APIXO's."""
+    from apixo_batch.cli.entry import build_parser
+
+    config = tmp_path / "sim.yaml"
+    config.write_text("rpm_limit: 77\nrpm_window_s: 5\n", encoding="utf-8")
+    argv = [
+        "simulate",
+        "--config",
+        str(config),
+        "--rpm-window",
+        "fixed",
+        "--rpm-count-refused",
+        "--retry-after",
+        "absent",
+        "--status-rpm-limit",
+        "9",
+        "--concurrency-message",
+        "Too Many Requests",
+    ]
+    cfg = _load_config(build_parser().parse_args(argv))
+    assert (cfg.rpm_limit, cfg.rpm_window_s, cfg.rpm_window) == (77, 5.0, "fixed")
+    assert (cfg.rpm_count_refused, cfg.retry_after, cfg.status_rpm_limit) == (True, "absent", 9)
+    assert cfg.concurrency_message == "Too Many Requests"
+    default = _load_config(build_parser().parse_args(["simulate"]))
+    assert (default.rpm_limit, default.rpm_window_s, default.rpm_window) == (
+        10_000,
+        60.0,
+        "sliding",
+    )
+    assert (default.rpm_count_refused, default.retry_after) == (False, "truthful")

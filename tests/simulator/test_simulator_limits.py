@@ -279,3 +279,79 @@ async def test_503_draws_leave_the_other_faults_draws_as_they_were(
     plain, with_503 = await sequence(), await sequence(error_rate_503=0.3)
     assert 503 in with_503
     assert all(b == a or (a == 200 and b == 503) for a, b in zip(plain, with_503, strict=True))
+
+
+# --- the limiters gateways play (issue 31) ------------------------------------------------
+
+
+async def test_fixed_window_resets_at_its_boundary(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """A fixed window refuses until its boundary, then admits a whole limit at once."""
+    sim = await simulator(rpm_limit=3, rpm_window_s=10.0, rpm_window="fixed")
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(10.0 - loop.time() % 10.0 + 0.5)  # half a second into a window
+    assert [(await balance(http, sim))[0] for _ in range(4)] == [200, 200, 200, 429]
+    status, _, headers = await balance(http, sim)
+    assert status == 429 and headers["Retry-After"] == "10"  # 9.5 s left, rounded up
+    await asyncio.sleep(9.6)  # past the boundary: a full window again, not a sliding one
+    assert [(await balance(http, sim))[0] for _ in range(4)] == [200, 200, 200, 429]
+
+
+async def test_refused_requests_count_when_configured(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """Counting refused requests, a client that keeps asking keeps the window full."""
+    sim = await simulator(rpm_limit=2, rpm_window_s=1.0, rpm_count_refused=True)
+    assert [(await balance(http, sim))[0] for _ in range(3)] == [200, 200, 429]
+    await asyncio.sleep(0.6)
+    assert [(await balance(http, sim))[0] for _ in range(2)] == [429, 429]  # counted too
+    await asyncio.sleep(0.6)  # the two accepted left; the two refusals at 0.6 s remain
+    assert (await balance(http, sim))[0] == 429
+    await asyncio.sleep(1.1)  # quiet for a whole window: room again
+    assert (await balance(http, sim))[0] == 200
+
+
+async def test_refused_requests_do_not_count_by_default(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await simulator(rpm_limit=2, rpm_window_s=1.0)
+    assert [(await balance(http, sim))[0] for _ in range(3)] == [200, 200, 429]
+    await asyncio.sleep(0.6)
+    assert (await balance(http, sim))[0] == 429
+    await asyncio.sleep(0.6)
+    assert (await balance(http, sim))[0] == 200
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("absent", None), ("short", "1")])
+async def test_retry_after_absent_or_too_short(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession, kind: str, expected: str | None
+) -> None:
+    sim = await simulator(rpm_limit=1, rpm_window_s=30.0, retry_after=kind)
+    assert (await balance(http, sim))[0] == 200
+    status, body, headers = await balance(http, sim)
+    assert status == 429 and body["code"] == 429
+    assert headers.get("Retry-After") == expected
+
+
+async def test_status_polls_have_their_own_window(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await simulator(rpm_limit=1, status_rpm_limit=2, rpm_window_s=30.0)
+    status_url = f"{sim.base_url}/statusTask/kling-2-6"
+    polls = [(await api_call(http, "GET", status_url, params={"taskId": "x"}))[0] for _ in range(3)]
+    assert polls == [404, 404, 429]  # the status window: 2
+    assert (await balance(http, sim))[0] == 200  # the other routes' window is untouched
+    assert (await balance(http, sim))[0] == 429
+
+
+async def test_slot_429_message_is_a_setting(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await simulator(
+        concurrency_limit=1, duration_override_s=SLOW, concurrency_message="Too Many Requests"
+    )
+    assert (await submit(http, sim))[0] == 200
+    status, body, headers = await submit(http, sim)
+    assert (status, body["message"]) == (429, "Too Many Requests")
+    assert "Retry-After" not in headers

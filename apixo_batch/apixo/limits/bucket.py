@@ -3,19 +3,27 @@
 The bucket is *paced*: it holds at most ``burst`` requests and drips at the
 allowed rate, at most ``(rpm - burst - margin) / 60`` per second, so no
 sliding 60-second window can ever see more than ``rpm`` requests. The burst is
-half a second's worth (at most 50): an account that enforces its limit over
-windows as short as 5 s sees at most burst + 5 s of drip, which stays under
-its share even when the engine is told 90 % of the real limit. A bucket sized
-to a whole minute would let up to twice ``rpm`` through in its first minute.
+a tenth of a second's worth (at most 50): an account that enforces its limit
+over windows as short as 1 s sees at most burst + 1 s of drip, which stays
+under its share even when the engine is told 90 % of the real limit. A bucket
+sized to a whole minute would let up to twice ``rpm`` through in its first
+minute.
 The leaky-bucket arithmetic is aiolimiter's; only its time source is swapped
 for the injected clock, and waiting is done here so that waiters are served by
 priority (submits are never starved by polls, nor polls by submits: the caller
 picks the priority per call).
 
 The allowed rate is :class:`~.congestion.RateControl`'s: a 429 ends a
-congestion episode with one decrease, then the rate probes back up. A 429's
-Retry-After pauses every caller for that long (the server's own time: not
-multiplied by ``--time-scale``).
+congestion episode, then the rate probes back up. Each answer is logged
+(:class:`~.estimate.AccountLimiter`): at an episode the limiter that explains
+the answers says what the account accepts over its window; the rate settles
+just under that, and every caller pauses until that window has room again, or
+for the Retry-After if longer (a Retry-After may be too short; a limiter that
+counts refused requests must not be fed them while it is full). With nothing
+known yet and no Retry-After, the pause doubles from 1 s per episode that
+follows another with no request accepted between, up to 60 s, the longest
+window gateways use. Pauses are the account's time: never multiplied by
+``--time-scale``.
 
 With a ``tick``, a caller that finds the bucket empty waits for a tick's worth
 of tokens rather than one, so rate-bound requests leave in small groups and one
@@ -37,8 +45,14 @@ from aiolimiter import AsyncLimiter
 
 from ...clock import Clock
 from .congestion import BETA, RateControl
+from .estimate import AccountLimiter, Fit
 
 __all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
+
+#: after an episode, requests wait this long at most for the probe's answer
+PROBE_WAIT_S = 10.0
+#: probes go at most this often while the account keeps refusing them
+MIN_PROBE_S = 0.25
 
 
 class Limit(Protocol):
@@ -95,9 +109,11 @@ class BucketStats:
     waiting: int
     rate_limited: int
     paused_for: float
-    #: congestion episodes (one decrease each) and the rate that last overshot
+    #: congestion episodes (one decrease each) and the account's rate as learned
     episodes: int = 0
     learned_rpm: float | None = None
+    #: how the account limits, as learned ("2,700 per 60 s (sliding)"), if it is known
+    learned_limit: str | None = None
 
 
 class RequestBucket:
@@ -119,9 +135,9 @@ class RequestBucket:
         self._clock = clock
         #: multiplies the pause of a 429 that names no Retry-After (``--time-scale``)
         self.time_scale = time_scale
-        # Half a second of burst at most (and never more than 50 requests): enough to
-        # start quickly, small enough for limits enforced over 5 s windows (module doc).
-        self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 120.0))
+        # A tenth of a second of burst at most (and never more than 50 requests): enough
+        # to start quickly, small enough for limits enforced over 1 s windows (module doc).
+        self.burst = burst if burst is not None else max(1.0, min(50.0, rpm / 600.0))
         # Half a percent of headroom: a token is taken a moment before its request
         # leaves, and those moments jitter; the margin keeps any window under rpm.
         margin = max(1.0, rpm * 0.005)
@@ -129,6 +145,8 @@ class RequestBucket:
         ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
         self.control = RateControl(self._base_drip, clock.monotonic(), ceiling=ceiling)
         self._limiter = _ClockedLimiter(self.burst, self.control.rate, clock)
+        if learned_rpm is not None:
+            self._fit_burst(learned_rpm / 60.0)
         #: seconds of drip an empty bucket waits for, so that grants come in groups
         self.tick = tick
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -139,6 +157,16 @@ class RequestBucket:
         self._sent = 0
         self._rate_limited = 0
         self._learned: float | None = learned_rpm
+        #: the answers, and the limiter that explains them
+        self.account = AccountLimiter()
+        # episodes in a row with no request accepted between: the blind pause doubles
+        self._dry_episodes = 0
+        # After an episode one request goes alone (the probe, its ticket here) and the
+        # rest wait for its answer: a limiter that counts refused requests is not fed a
+        # stream of them while it is full.
+        self._probing = False
+        self._probe: int | None = None
+        self._probe_answered: asyncio.Event | None = None
         # grants per whole second over the last minute, for utilization() and last_minute()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
@@ -166,6 +194,8 @@ class RequestBucket:
             await self._limiter.acquire()
             self._granted += 1
             self._count_grant()
+            if self._probing:
+                self._probe = self._granted
             return self._granted
         finally:
             self._hand_over()
@@ -177,6 +207,9 @@ class RequestBucket:
             if now < self._paused_until:
                 await self._clock.sleep(self._paused_until - now)
                 continue
+            if self._probing and self._probe is not None:
+                await self._await_probe()
+                continue
             # The rate binds when callers wait for it: only then may it climb.
             bound = waited or bool(self._waiters)
             self._limiter.drip = self.control.current(now, bound=bound)
@@ -184,9 +217,40 @@ class RequestBucket:
                 return
             waited = True
             # Less than one token short: one token's drip time is always enough. A tick
-            # waits longer, but never past half the bucket: drip beyond a full bucket is lost.
+            # waits longer, but never past 0.8 of the bucket: drip beyond a full bucket is
+            # lost, and a wake-up a little late must not reach it.
             drip = self._limiter.drip
-            await self._clock.sleep(max(1.0, min(self.tick * drip, self.burst / 2)) / drip)
+            cap = 0.8 * self._limiter.max_rate
+            await self._clock.sleep(max(1.0, min(self.tick * drip, cap)) / drip)
+
+    async def _await_probe(self) -> None:
+        """Wait for the probe's answer, or PROBE_WAIT_S (an answer may never come: the
+        request may be lost; then another request probes)."""
+        if self._probe_answered is None or self._probe_answered.is_set():
+            self._probe_answered = asyncio.Event()
+        answered = asyncio.ensure_future(self._probe_answered.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(PROBE_WAIT_S))
+        try:
+            await asyncio.wait((answered, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            timer.cancel()
+        if not answered.done() or answered.cancelled():
+            self._probe = None  # no answer in time: let another request probe
+
+    def _probe_over(self, ticket: int | None, *, opened: bool) -> None:
+        """The probe (``ticket``) was answered: the gate opens if it was accepted."""
+        if ticket is None or ticket != self._probe:
+            return
+        self._probe = None
+        if opened:
+            self._probing = False
+        if self._probe_answered is not None:
+            self._probe_answered.set()
+
+    def unanswered(self, ticket: int) -> None:
+        """The request granted as ``ticket`` got no answer (or was never sent)."""
+        self._probe_over(ticket, opened=False)
 
     def _hand_over(self) -> None:
         while self._waiters:
@@ -203,36 +267,89 @@ class RequestBucket:
         """A granted request left (the client calls this): what request counts read."""
         self._sent += 1
 
+    def accepted(self, sent_at: float, route: str = "", *, ticket: int | None = None) -> None:
+        """A request that left at ``sent_at`` (clock time) got past the rate limit (any
+        answer but a rate 429); ``ticket``: its grant."""
+        self.account.answered(sent_at, True, route)
+        self._dry_episodes = 0
+        self._probe_over(ticket, opened=True)
+
     def rate_limited(
         self,
         retry_after: float | None,
         time_scale: float | None = None,
         *,
         ticket: int | None = None,
+        sent_at: float | None = None,
+        route: str = "",
     ) -> None:
-        """A 429 came back (to the request granted as ``ticket``): pause everyone for its
-        Retry-After, and, once per congestion episode, drip slower (see ``congestion``).
+        """A 429 came back (to the request granted as ``ticket``, which left at ``sent_at``):
+        pause everyone until the account's window has room again, and, once per
+        congestion episode, settle just under what the account accepts (see module doc).
 
-        Retry-After is the server's time and is obeyed as given; without one the pause
-        is one second x ``time_scale``. A ticket of None counts as a new episode."""
+        A ticket of None counts as a new episode. ``time_scale`` is accepted for callers
+        of old and ignored: the account's windows are real time."""
         now = self._clock.monotonic()
         self._rate_limited += 1
-        if retry_after is None:
-            pause = 1.0 * (self.time_scale if time_scale is None else time_scale)
-        else:
-            pause = retry_after
-        self._paused_until = max(self._paused_until, now + pause)
+        if sent_at is not None:
+            self.account.answered(sent_at, False, route)
+        fit = self.account.fit
         if self.control.congested(ticket, self._granted, now):
-            # What the account accepted just before it said no is a safer rate to start
-            # the next run under than the rate that overshot: over short windows a burst
-            # overshoots at a rate well above the account's.
-            accepted = self._recent_rpm(now)
-            overshot = self.control.rate / BETA * 60.0 + self.burst
-            self._learned = overshot if accepted is None else min(overshot, accepted)
+            self._dry_episodes += 1
+            fit = self.account.refit(now, retry_after, sent_at)
+            if fit is None:
+                # Nothing explains the answers yet: what the account accepted just before
+                # it said no, never more than the rate that overshot.
+                accepted = self._recent_rpm(now)
+                overshot = self.control.rate / BETA * 60.0 + self.burst
+                self._learned = overshot if accepted is None else min(overshot, accepted)
+            else:
+                rate = fit.rate
+                if fit.route is not None:
+                    # One route's window: the bucket, shared, may send that route's share,
+                    # counted as half at least: shares move (polls follow submits), and
+                    # never more than twice the limited route's rate is a safe start.
+                    rate /= max(0.5, self.account.share(fit.route, now))
+                self.control.settle(min(rate, self._base_drip), now)
+                self._fit_burst(rate)
+                self._learned = rate * 60.0
             self._limiter.drip = self.control.rate
+            self._probing = True
+            self._probe_over(self._probe, opened=False)
+            self._pause(now, retry_after, fit, blind=True)
             # No burst after an episode: the bucket starts full (no capacity) at the end
             # of the pause and drips from there, at the lower rate.
             self._limiter.empty_until(self._paused_until)
+        else:
+            self._pause(now, retry_after, fit, blind=False)
+
+    def _pause(
+        self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool
+    ) -> None:
+        """Pause every caller until the window has room (and at least the Retry-After)."""
+        pause = retry_after or 0.0
+        if fit is not None:
+            # A probe refused while the fit said there was room rules that fit out; the
+            # next may say room at once again: probe no faster than MIN_PROBE_S.
+            pause = max(pause, self.account.room_at(fit, now) - now, MIN_PROBE_S)
+        elif retry_after is None and blind:
+            pause = min(60.0, 2.0 ** (self._dry_episodes - 1))
+        self._paused_until = max(self._paused_until, now + pause)
+        if self._paused_until > now and blind is False:
+            self._limiter.empty_until(self._paused_until)
+
+    def conclude(self) -> None:
+        """The run is over: keep the slowest rate that explains its answers as well as
+        the fastest (see ``AccountLimiter.refit``), if this run learned one."""
+        if self.account.fit is None:
+            return
+        now = self._clock.monotonic()
+        fit = self.account.refit(now, conclude=True)
+        if fit is not None:
+            rate = fit.rate
+            if fit.route is not None:
+                rate /= max(0.5, self.account.share(fit.route, now))
+            self._learned = rate * 60.0
 
     def start_under(self, learned_rpm: float | None) -> None:
         """Begin just under a rate an earlier run learned for this key (before any grant)."""
@@ -240,11 +357,25 @@ class RequestBucket:
         self.control = RateControl(self._base_drip, self._clock.monotonic(), ceiling=ceiling)
         self._limiter.drip = self.control.rate
         self._learned = learned_rpm
+        if learned_rpm is not None:
+            self._fit_burst(learned_rpm / 60.0)
+
+    def _fit_burst(self, account_rate: float) -> None:
+        """A burst within the headroom the settled rate leaves (``1 - SETTLE`` of the
+        account's rate, here 3 %): one sized to ``--rpm`` would overfill an account's 1 s
+        window when the account allows much less."""
+        self._limiter.max_rate = max(1.0, min(self.burst, account_rate * 0.03))
+
+    @property
+    def learned_limit(self) -> str | None:
+        """How the account limits, as this run learned it; None if nothing explains it."""
+        fit = self.account.fit
+        return None if fit is None else fit.describe()
 
     @property
     def learned_rpm(self) -> float | None:
-        """The account's rate as learned (a minute's worth): what it accepted in the seconds
-        before this run's last 429, else what an earlier run learned; None if nothing is."""
+        """The account's rate as learned (a minute's worth): what it accepted over its window
+        (:mod:`.estimate`), else what an earlier run learned; None if nothing is."""
         return self._learned
 
     def _recent_rpm(self, now: float) -> float | None:
@@ -315,5 +446,6 @@ class RequestBucket:
             rate_limited=self._rate_limited,
             episodes=self.control.episodes,
             learned_rpm=self.learned_rpm,
+            learned_limit=self.learned_limit,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
         )

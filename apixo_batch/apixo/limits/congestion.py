@@ -10,10 +10,13 @@ TCP steers a window, with one twist from CUBIC:
 * **additive increase**, every second (network time: the account's windows are
   real time, whatever ``--time-scale`` says): fast (2 % of ``--rpm``) while
   well below the last rate that overshot, slow (0.3 % of it) near or above it
-  for half a minute, then fast again: the limit may have moved.
+  for half a minute, then 2 % of it a second: the limit may have moved.
 
-The rate that overshot (the *ceiling*) is what a later run starts just under.
-Time is the caller's (the bucket's injected clock).
+When the answers tell what the account's limiter is (:mod:`.estimate`), the
+episode does not just cut: the rate *settles* just under what the account was
+seen to accept (``SETTLE`` of it), which becomes the ceiling, and probes above
+it slowly. A later run starts just under the ceiling too. Time is the
+caller's (the bucket's injected clock).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ NEAR = 0.9
 MEMORY_S = 30.0
 #: the rate never drops below this share of the top rate
 FLOOR = 0.05
+#: after an episode whose limiter is known, and at the start of a run that learned it:
+#: this share of the account's rate
+SETTLE = 0.95
 
 
 class RateControl:
@@ -44,7 +50,7 @@ class RateControl:
         self.top = top
         #: the rate of the last overshoot, learned in this run or given by an earlier one
         self.ceiling = ceiling if ceiling is not None and ceiling < top else None
-        self.rate = top if self.ceiling is None else max(top * FLOOR, NEAR * self.ceiling)
+        self.rate = top if self.ceiling is None else max(top * FLOOR, SETTLE * self.ceiling)
         self._ceiling_at = now if self.ceiling is not None else -math.inf
         self._next_probe = now + PROBE_S
         self._episode_end = -1  # grant tickets up to this one belong to the last episode
@@ -62,6 +68,14 @@ class RateControl:
         self._next_probe = now + PROBE_S
         self.episodes += 1
         return True
+
+    def settle(self, account_rate: float, now: float) -> None:
+        """The account was seen to accept ``account_rate`` (per second) over its window:
+        run just under it, and probe above it slowly (it is the ceiling now)."""
+        self.ceiling = min(self.top, account_rate)
+        self._ceiling_at = now
+        self.rate = max(self.top * FLOOR, min(self.top, SETTLE * account_rate))
+        self._next_probe = now + PROBE_S
 
     def current(self, now: float, *, bound: bool = True) -> float:
         """The rate allowed now, after the probing steps due by ``now``.
@@ -81,6 +95,9 @@ class RateControl:
 
     def _step(self, at: float) -> float:
         c = self.ceiling
-        if c is not None and at - self._ceiling_at < MEMORY_S and self.rate >= NEAR * c:
-            return SLOW * c
+        if c is not None and self.rate >= NEAR * c:
+            # Near the ceiling: slowly while it is fresh, then a little faster (the limit
+            # may have moved), in steps of the ceiling, never of the top rate: above an
+            # account far under --rpm, a step of the top would overshoot at once.
+            return SLOW * c if at - self._ceiling_at < MEMORY_S else FAST * c
         return FAST * self.top
