@@ -39,9 +39,11 @@ from ..journal.pg import is_database
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
+from ..planning.selection import Selection
 from ..reports.manifest import event_line, render_summary
 from .environment import KEY_VAR, base_url, load_api_key
 from .progress import LiveView, PlainView, Tally, View, shown
+from .select import flat, selection_of, unmatched_only
 from .terminal import note_when_stdout_closes, stop_signals
 
 if TYPE_CHECKING:
@@ -175,6 +177,32 @@ _FAIL_HINTS = {
 }
 
 
+def _selection_refused(args: argparse.Namespace, campaign: Campaign) -> str | None:
+    """The one line that refuses the selectors as given (``--fail-code`` without
+    ``--retry-failed``, an ``--only`` pattern that matches no job), or None."""
+    if getattr(args, "fail_code", None) and not args.retry_failed:
+        return "--fail-code narrows --retry-failed: give --retry-failed too"
+    if not getattr(args, "only", None):
+        return None
+    try:
+        if campaign.from_journal or args.command != "run":
+            return unmatched_only(args, _journal_ids(_state_path(args, campaign)))
+        return unmatched_only(args, (job.id for job in campaign.iter_jobs()))
+    except (JobFileError, StorageError) as exc:
+        return str(exc)
+
+
+def _journal_ids(state: Path) -> Iterator[str]:
+    """Every job id a journal holds (a job removed from the file but paid for included)."""
+    if not state.is_file():
+        return
+    journal = Journal(state, lock=False)
+    try:
+        yield from (r.id for r in journal.iter_all())
+    finally:
+        journal.close()
+
+
 def ended_in_error(
     code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
 ) -> ExitCode:
@@ -233,6 +261,12 @@ def campaign_command(args: argparse.Namespace) -> int:
             return _refused(args, ExitCode.INVALID, str(exc))
         else:
             return _refused(args, ExitCode.INVALID, f"cannot read the job file: {exc}")
+    refused = _selection_refused(args, campaign)
+    if refused is not None:
+        if args.command in ("run", "download"):
+            return _refused(args, ExitCode.INVALID, refused)
+        _err(refused)
+        return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
     if args.command == "review":
@@ -495,6 +529,12 @@ def _engine(
         allow_partial=getattr(args, "allow_partial", False),
         max_wait_min=args.max_wait,
         retry_failed=getattr(args, "retry_failed", False),
+        fail_codes=flat(getattr(args, "fail_code", None)),
+        retry_expired=getattr(args, "retry_expired", False),
+        reroll=getattr(args, "reroll", False),
+        only=flat(getattr(args, "only", None)),
+        models=flat(getattr(args, "model", None)),
+        limit=getattr(args, "limit", None),
         order=getattr(args, "order", "longest"),
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
@@ -601,6 +641,11 @@ def _status_command(args: argparse.Namespace) -> int:
         return found if isinstance(found, int) else _status(args, found)
     state = _state_path(args, settings)
     changes = None
+    if state.is_file() and getattr(args, "only", None):
+        refused = unmatched_only(args, _journal_ids(state))
+        if refused is not None:
+            _err(refused)
+            return ExitCode.INVALID
     if state.is_file():
         try:
             changes = _file_changes(args, settings, state)
@@ -665,11 +710,15 @@ def _status(
             print(_json.dumps({"journal": str(state), "counts": {}, "error": refused}))
         _err(refused)
         return ExitCode.INVALID
+    selection = selection_of(args)
     try:
-        counts = journal.counts()
-        waiting = journal.in_states([JobState.SUCCEEDED])
-        in_flight = journal.in_states([JobState.SUBMITTED])
-        totals = journal.totals()
+        if selection.filtered:
+            counts, waiting, in_flight, doubt = _selected_status(journal, selection)
+        else:
+            counts = journal.counts()
+            waiting = journal.in_states([JobState.SUCCEEDED])
+            in_flight = journal.in_states([JobState.SUBMITTED])
+            doubt = int(journal.totals()["possibly_duplicated"])
         decided = journal.decision_counts()
         disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
@@ -687,7 +736,7 @@ def _status(
                 {
                     "journal": str(state),
                     "counts": counts,
-                    "possibly_duplicated": int(totals["possibly_duplicated"]),
+                    "possibly_duplicated": doubt,
                     "review": {"keep": decided.get("keep", 0), "reject": decided.get("reject", 0)},
                     "file_changes": changes.as_json() if changes else None,
                     "disk": disk.as_json() if disk else None,
@@ -727,6 +776,27 @@ def _status(
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
     return ExitCode.OK
+
+
+def _selected_status(
+    journal: Journal, selection: Selection
+) -> tuple[dict[str, int], list[JobRow], list[JobRow], int]:
+    """(counts by state, results not downloaded, tasks in flight, possibly duplicated) of
+    the jobs ``--only``/``--model`` pick: one pass over the journal."""
+    counts: dict[str, int] = {}
+    waiting: list[JobRow] = []
+    in_flight: list[JobRow] = []
+    doubt = 0
+    for r in journal.iter_all():
+        if not (r.in_file or r.task_id is not None) or not selection.picks(r.id, r.model):
+            continue
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        doubt += r.possibly_duplicated
+        if r.state is JobState.SUCCEEDED:
+            waiting.append(r)
+        elif r.state is JobState.SUBMITTED:
+            in_flight.append(r)
+    return counts, waiting, in_flight, doubt
 
 
 @dataclass(frozen=True)
@@ -830,8 +900,12 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         _err(str(exc))
         return ExitCode.INVALID
     try:
+        selection = selection_of(args)
+        rows = journal.iter_all()
+        if selection.filtered:
+            rows = (r for r in rows if selection.picks(r.id, r.model))
         path = write_review(
-            journal.iter_all(),
+            rows,
             output.local_dir,
             name=campaign.name,
             job_file=args.jobfile,

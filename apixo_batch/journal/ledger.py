@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..planning.kind import Kind
+from ..planning.selection import Again
 from .clash import Clash
 from .decisions import Decision
 from .reconcile import NewJob, SyncResult
@@ -114,11 +115,16 @@ class Ledger(Protocol):
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
-        meanwhile is the one sent; None: no job file, the jobs left as they are). Returns
-        (submits cut off by a crash, the sync)."""
+        meanwhile is the one sent; None: no job file, the jobs left as they are), the ended
+        jobs ``again`` picks queued again (a done one on a new take; ``retry_failed``
+        alone: every failed file job). Returns (submits cut off by a crash, the sync)."""
         ...
 
     async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
@@ -204,6 +210,11 @@ class Ledger(Protocol):
         """Queued file jobs kind by kind, the kinds as ``order`` ranks them (given in the
         file order of each kind's first job), in file order within a kind; a page at a
         time (bounded memory)."""
+        ...
+
+    async def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order: what a selected
+        run's estimate needs (``--only``, ``--model``, ``--limit``)."""
         ...
 
     async def queued_runs(self) -> list[tuple[Kind, int]]: ...

@@ -28,17 +28,20 @@ from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
 from ..planning.order import longest_first
+from ..planning.selection import Selection
 from .stop import BUDGET_STEP, Level, Stop, StopKind, Stops
 
 __all__ = [
     "Admission",
     "Admitted",
     "BudgetMeter",
+    "LimitMeter",
     "Meter",
     "Permit",
     "SlotMeter",
     "Verdict",
     "queued_in_start_order",
+    "selected",
 ]
 
 
@@ -57,6 +60,19 @@ def queued_in_start_order(
         return ledger.rows(JobState.QUEUED, page=ADMIT_PAGE, file_only=True)
     expected = partial(expected_generation_s, completions)
     return ledger.queued_by_kind(partial(longest_first, expected_s=expected), page=ADMIT_PAGE)
+
+
+async def selected(rows: AsyncIterator[JobRow], selection: Selection) -> AsyncIterator[JobRow]:
+    """The rows ``selection`` picks by id and model (``--only``, ``--model``); the rest are
+    left queued, untouched."""
+    try:
+        async for row in rows:
+            if selection.picks(row.id, row.model):
+                yield row
+    finally:
+        aclose = getattr(rows, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class Permit:
@@ -189,6 +205,30 @@ class BudgetMeter:
             f"the remaining jobs stay pending: {self.unfit:,} did not fit: {named}"
         )
         return Stop(StopKind.BUDGET, reason, next_step=BUDGET_STEP)
+
+
+class LimitMeter:
+    """``--limit N``: the first N jobs in the start order, then admission ends (the rest
+    stay queued for the next run, which is not a stop: nothing went wrong)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.admitted = 0
+
+    async def admit(self, row: JobRow) -> Verdict:
+        if self.limit is None:
+            return ADMIT
+        if self.admitted >= self.limit:
+            return Verdict("end")
+        self.admitted += 1
+        return ADMIT
+
+    def undo(self, row: JobRow) -> None:
+        if self.limit is not None:
+            self.admitted -= 1
+
+    def finished(self) -> Stop | None:
+        return None  # the jobs past the limit wait for the next run: nothing went wrong
 
 
 class SlotMeter:

@@ -200,7 +200,7 @@ class Follower:
         age = max(0.0, now_wall - (row.submitted_at or now_wall))
         tracked = Tracked(
             job_id=row.id,
-            filename=row.filename,
+            filename=row.out_name,
             task_id=row.task_id,
             model=row.model,
             clock_key=Kind.of(row.model, inp).key,

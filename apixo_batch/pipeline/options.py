@@ -14,6 +14,7 @@ from ..events import Summary
 from ..exitcodes import ExitCode
 from ..journal.pg import is_database
 from ..location import Destination
+from ..planning.selection import Again, Selection
 from ..retry import Patience
 from .turnaround import TurnaroundStats
 
@@ -46,6 +47,19 @@ class RunOptions:
     allow_partial: bool = False
     max_wait_min: float = MAX_WAIT_MIN
     retry_failed: bool = False
+    #: with ``retry_failed``: only failed jobs of these fail codes, retried even when the
+    #: input was refused and is unchanged (``--fail-code``)
+    fail_codes: tuple[str, ...] = ()
+    #: submit expired jobs again (``--retry-expired``)
+    retry_expired: bool = False
+    #: a new take of done jobs, the earlier files kept (``--reroll``)
+    reroll: bool = False
+    #: act only on jobs whose id matches one of these shell-style patterns (``--only``)
+    only: tuple[str, ...] = ()
+    #: act only on jobs of these models (``--model``)
+    models: tuple[str, ...] = ()
+    #: submit at most this many jobs, the first in the start order (``--limit``)
+    limit: int | None = None
     download_concurrency: int = 16
     #: seconds an interrupted run waits for submit answers already on the wire
     stop_grace_s: float = 3.0
@@ -91,10 +105,40 @@ class RunOptions:
         positive("stop_grace_s", zero=True)
         if self.budget is not None:
             positive("budget")
+        if self.limit is not None:
+            whole("limit", 1)
+        for name in ("only", "models", "fail_codes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                # One pattern given as text, as a keyword argument would: still one.
+                object.__setattr__(self, name, (value,))
+            elif not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a tuple of names")
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if self.fail_codes and not self.retry_failed:
+            raise ValueError("RunOptions.fail_codes narrows retry_failed: set retry_failed too")
         if self.order not in ORDERS:
             raise ValueError(f"RunOptions.order: {self.order!r} is neither 'longest' nor 'file'")
         if self.mode not in ("run", "download"):
             raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
+
+    @property
+    def selection(self) -> Selection:
+        """The jobs this run acts on (``only``, ``models``, ``limit``)."""
+        return Selection(self.only, self.models, self.limit)
+
+    @property
+    def again(self) -> Again:
+        """The ended jobs this run queues again (only ``mode="run"`` does)."""
+        run = self.mode == "run"
+        return Again(
+            failed=self.retry_failed and run,
+            fail_codes=self.fail_codes,
+            expired=self.retry_expired and run,
+            reroll=self.reroll and run,
+            selection=self.selection,
+        )
 
     @property
     def patience(self) -> Patience:

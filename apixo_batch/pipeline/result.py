@@ -3,14 +3,15 @@ spend), the :class:`RunResult`, the review page and the ``summary`` event."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..errors import JournalError
 from ..jobs import Campaign
-from ..journal import Ledger, RunRecord
+from ..journal import JobRow, JobState, Ledger, RunRecord
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
+from ..planning.selection import Selection
 from .books import close_books, review_page
 from .learned import remember_rate
 from .options import RunResult
@@ -20,6 +21,18 @@ from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
 __all__ = ["finish"]
+
+
+def _selected_done(rows: Iterable[JobRow], selection: Selection) -> bool:
+    """Every job the selection picked and this run could submit ended done: jobs left
+    queued (outside --only/--model, past --limit) are not this run's to finish."""
+    return all(
+        r.state is JobState.DONE
+        for r in rows
+        if r.state is not JobState.QUEUED
+        and (r.in_file or r.task_id is not None)
+        and selection.picks(r.id, r.model)
+    )
 
 
 async def finish(
@@ -69,8 +82,12 @@ async def finish(
     slots: ConcurrencyLimit = parts.slots
     turnaround: Turnaround = parts.turnaround
     stats = bucket.statistics()
+    all_done = counts.get("done", 0) == sum(counts.values())
+    selection = parts.options.selection
+    if selection.narrowed and not all_done and books.manifest is not None:
+        all_done = await ledger.read_rows(lambda rows: _selected_done(rows, selection))
     result = RunResult(
-        exit_code=stops.exit_code(counts.get("done", 0) == sum(counts.values())),
+        exit_code=stops.exit_code(all_done),
         counts=counts,
         submitted=submitter.submitted if submitter else 0,
         # The journal's totals unread at the end: unknown, never a reassuring zero.

@@ -28,7 +28,15 @@ from ..events import Emitter
 from ..journal import JobRow, Ledger
 from ..outputs.output import Output
 from ..planning.completion import CompletionModel
-from .admission import Admission, Admitted, BudgetMeter, SlotMeter, queued_in_start_order
+from .admission import (
+    Admission,
+    Admitted,
+    BudgetMeter,
+    LimitMeter,
+    SlotMeter,
+    queued_in_start_order,
+    selected,
+)
 from .follower import Follower
 from .lander import Fetch, Lander
 from .options import RunOptions
@@ -105,6 +113,8 @@ class Stages:
             workers=o.download_concurrency,
             patience=o.patience,
             stops=parts.stops,
+            # `download --only` fetches what it picks; a run finishes every paid result.
+            selection=o.selection if o.mode == "download" else None,
         )
         self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
 
@@ -162,9 +172,15 @@ class Stages:
                 submitted_rx.close()
                 fetch_tx.close()
             if submit and self.submitter is not None:
+                rows = queued_in_start_order(self._ledger, o.order, parts.completions)
+                if o.selection.filtered:
+                    rows = selected(rows, o.selection)
                 admission = Admission(
-                    queued_in_start_order(self._ledger, o.order, parts.completions),
-                    meters=[BudgetMeter(o.budget, self._spent_before, parts.emit)],
+                    rows,
+                    meters=[
+                        BudgetMeter(o.budget, self._spent_before, parts.emit),
+                        LimitMeter(o.limit),
+                    ],
                     slots=SlotMeter(parts.slots),
                     stops=parts.stops,
                 )

@@ -68,6 +68,11 @@ def manifest_entry(row: JobRow, decision: Decision | None = None) -> dict[str, A
         entry["in_job_file"] = False
     if row.changed_input_hash:
         entry["input_changed_after_submit"] = True
+    if row.take > 1:
+        # `run --reroll`: this take's files above; the earlier takes' files stay on disk.
+        entry["take"] = row.take
+        entry["earlier_files"] = list(row.earlier_files)
+        entry["seed"] = row.input.get("seed")
     if decision is not None and decision.decision is not None:
         # Only decided jobs carry it: an undone decision is no decision.
         entry["review"] = decision.as_json()

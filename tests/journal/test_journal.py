@@ -331,9 +331,10 @@ def test_transition_table_is_what_the_docs_draw() -> None:
     assert TRANSITIONS[S.SUBMITTED] == {S.SUBMITTED, S.SUCCEEDED, S.FAILED}
     assert TRANSITIONS[S.SUCCEEDED] == {S.SUCCEEDED, S.DONE, S.EXPIRED}
     assert TRANSITIONS[S.FAILED] == {S.QUEUED}
-    # done goes back only to be fetched again (its files gone or damaged on disk)
-    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED}
-    assert TRANSITIONS[S.EXPIRED] == frozenset()
+    # done goes back to be fetched again (its files gone or damaged on disk), or queued
+    # for a new take by --reroll; expired only by --retry-expired
+    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED, S.QUEUED}
+    assert TRANSITIONS[S.EXPIRED] == {S.QUEUED}
     assert set(TRANSITIONS) == set(JobState)
 
 
@@ -347,7 +348,6 @@ def test_transition_table_is_what_the_docs_draw() -> None:
         ([S.SUBMITTING, S.SUBMITTED], S.QUEUED),
         ([S.SUBMITTING, S.SUBMITTED], S.DONE),
         ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED], S.FAILED),
-        ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.DONE], S.QUEUED),
         ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.EXPIRED], S.SUCCEEDED),
         ([S.SUBMITTING, S.FAILED], S.SUBMITTING),
     ],
@@ -630,8 +630,8 @@ def test_an_illegal_bulk_change_is_refused(journal: Journal) -> None:
     journal.transition("job-0", S.SUCCEEDED, NOW, result_urls=["u"])
     journal.transition("job-0", S.DONE, NOW, files=["job-0.mp4"])
     before = journal.get("job-0")
-    with pytest.raises(JournalError, match="illegal state change done -> queued"):
-        journal.move_all(S.DONE, S.QUEUED, NOW + 1, task_id=None)
+    with pytest.raises(JournalError, match="illegal state change done -> failed"):
+        journal.move_all(S.DONE, S.FAILED, NOW + 1, task_id=None)
     assert journal.get("job-0") == before
 
 
@@ -764,8 +764,11 @@ def test_the_schema_select_and_row_are_built_from_one_column_table(journal: Jour
     """The jobs table has the columns JobRow declares (then updated_at), with their SQL
     types; the SELECT list reads them in order; a Change sets only columns."""
     info = _raw(journal, "PRAGMA table_info(jobs)")
-    assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in COLUMNS]
+    # The columns later schema steps add come after updated_at (ALTER TABLE appends).
+    ordered = sorted(COLUMNS, key=lambda c: c.since)
+    assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in ordered]
     assert [c.name for c in COLUMNS] == [*JobRow.__dataclass_fields__, "updated_at"]
+    assert [c.name for c in COLUMNS if c.since == 2] == ["take", "earlier_files"]
     assert SELECT.split(", ") == list(JobRow.__dataclass_fields__)
     assert set(CHANGES) == Change.__optional_keys__
     assert not {"id", "state", "updated_at"} & set(CHANGES)
@@ -800,9 +803,12 @@ def test_jobrow_from_sql_parses_json_columns() -> None:
         "fail_msg": None,
         "cost_time_ms": None,
         "arrived_via": "callback",
+        "take": 2,
+        "earlier_files": '["f.mp4"]',
     }
     row = JobRow.from_sql(list(values.values()))
     assert row.state is S.SUCCEEDED
+    assert (row.take, row.earlier_files, row.out_name) == (2, ("f.mp4",), "f-take2.mp4")
     assert (row.in_file, row.possibly_duplicated) == (True, False)
     assert (row.result_urls, row.files, row.sha256) == (("a", "b"), (), ())
     assert row.input == {"prompt": "x"}
@@ -1067,8 +1073,9 @@ def test_plan_rows_carry_the_file_name_and_the_inputs_price_and_clock_read(
         Kind("kling-2-6", 5, None),
         "a.mp4",
         {"duration": 5, "mode": "text-to-video", "sound": True},
+        1,  # the take: a reroll's next one lands at its own name
     )
-    assert rows[1][8:] == ("job-1.mp4", {"duration": 8})
+    assert rows[1][8:] == ("job-1.mp4", {"duration": 8}, 1)
 
 
 def test_known_task_ids_are_the_jobs_tasks_now_and_before(journal: Journal) -> None:
