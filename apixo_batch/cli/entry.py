@@ -178,9 +178,14 @@ def _add_again(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
     )
     p.add_argument(
         "--reroll",
-        action="store_true",
+        nargs="?",
+        const="done",
+        default=None,
+        choices=("done", "rejected"),
+        metavar="rejected",
         help=f"{verb} the done jobs as a new take (a new seed where the model takes one): "
-        "the earlier files stay, the new take lands as NAME-take2.mp4, -take3...",
+        "the earlier files stay, the new take lands as NAME-take2.mp4, -take3...; "
+        "'--reroll rejected': only the jobs rejected on the review page (review --serve)",
     )
 
 

@@ -90,8 +90,9 @@ class Decisions(Connection):
         return Decision(job_id, decision, note, reviewer, at, take, int(seq))
 
     def _take_of(self, job_id: str) -> int:
-        """The take the job is on now (1 where the journal keeps no takes)."""
-        return 1
+        """The take the job is on now (``run --reroll`` makes the next one)."""
+        row = self._db.execute("SELECT take FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return int(row[0]) if row is not None else 1
 
     def decisions(self) -> dict[str, Decision]:
         """Every job's latest decision, undone ones included (decision None)."""
@@ -107,11 +108,12 @@ class Decisions(Connection):
         return [_read(r) for r in rows]
 
     def decision_counts(self) -> dict[str, int]:
-        """{keep: n, reject: n} over the jobs whose decision is on their current take."""
+        """{keep: n, reject: n} over the jobs whose decision is on the take they are on (a
+        rerolled job is undecided again)."""
         return {
             str(d): int(n)
             for d, n in self._db.execute(
                 "SELECT d.decision, count(*) FROM decisions d JOIN jobs j ON j.id = d.job_id "
-                "WHERE d.decision IS NOT NULL GROUP BY d.decision"
+                "WHERE d.decision IS NOT NULL AND d.take = j.take GROUP BY d.decision"
             )
         }

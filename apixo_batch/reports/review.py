@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import secrets
 import shlex
 import time
@@ -107,6 +108,14 @@ def _images(inp: dict[str, Any]) -> list[str]:
     return found
 
 
+def _take_of(file: str, filename: str) -> int:
+    """The take an earlier file of a job is: ``NAME-takeN.ext`` (``-takeN-2.ext`` for a
+    second result) is take N, the job's own name take 1."""
+    stem = filename.rpartition("/")[2].rpartition(".")[0] or filename
+    found = re.search(re.escape(stem) + r"-take(\d+)(?:-\d+)?(?:\.[^./]*)?$", file)
+    return int(found.group(1)) if found else 1
+
+
 def review_json(decision: Decision | None) -> dict[str, Any] | None:
     """A job's review decision as the page's data (None: undecided)."""
     if decision is None or decision.decision is None:
@@ -142,6 +151,12 @@ def job_json(
         # Earlier takes (`run --reroll`) first: the card plays every take the job holds;
         # the current take's only once they are on disk as journaled.
         "files": [*row.earlier_files, *row.landed_files],
+        # Which take each file is (`run --reroll`): the earlier takes', then this one's.
+        "takes": [
+            *(_take_of(f, row.filename) for f in row.earlier_files),
+            *([row.take] * len(row.landed_files)),
+        ],
+        "take": row.take,
         "urls": len(row.result_urls),
         "expires_at": row.expires_at,
         "review": review_json(decision),
@@ -310,6 +325,8 @@ h2 { font-size: 16px; margin: 18px 0 8px; }
 #live { color: #5a6272; }
 .card .videos { display: flex; gap: 6px; }
 .card video { width: 100%; max-height: 240px; background: #000; border-radius: 4px; }
+.card figure.take { flex: 1; margin: 0; min-width: 0; } .card figcaption { font-size: 12px; }
+.card figure.chosen video { outline: 3px solid #2e9a55; }
 .card .none { flex: 1; display: flex; align-items: center; justify-content: center; height: 120px;
   background: #eceef3; border-radius: 4px; color: #5a6272; text-align: center; padding: 6px; }
 .card .id { font-weight: 600; }
@@ -394,7 +411,10 @@ function line(cls, parts) {
   for (const p of parts) node.append(p);
   return node;
 }
-function verdict(job) { return job.review ? job.review.decision : "undecided"; }
+// A decision is about the take it was made on: a job rerolled since is undecided again.
+function verdict(job) {
+  return job.review && job.review.take === (job.take || 1) ? job.review.decision : "undecided";
+}
 
 // What the video box says when there is no video.
 function missing(job) {
@@ -454,7 +474,9 @@ function sources(job) {
 function review(job) {
   const box = el("div", {"class": "review"});
   const r = job.review;
-  const said = !r ? "undecided" : (r.decision === "keep" ? "kept" : "rejected") +
+  const said = verdict(job) === "undecided" ? "undecided" + (r && r.decision ? " (take " +
+    r.take + " " + (r.decision === "keep" ? "kept" : "rejected") + ")" : "") :
+    (r.decision === "keep" ? "kept" : "rejected") +
     (r.reviewer ? " by " + r.reviewer : "") + (r.at ? ", " + when(r.at) : "");
   box.appendChild(el("span", {"class": "verdict " + verdict(job)}, said));
   if (LIVE) {
@@ -475,9 +497,20 @@ function card(job) {
   if (job.wait) c.setAttribute("data-wait", job.wait);
   const videos = el("div", {"class": "videos"});
   if (job.files.length) {
-    for (const f of job.files) {
-      videos.appendChild(el("video", {"controls": "", "preload": "metadata", "src": relative(f)}));
-    }
+    // Every take side by side, each labelled; the kept one is the chosen take.
+    const chosen = job.review && job.review.decision === "keep" ? job.review.take : null;
+    job.files.forEach((f, i) => {
+      const take = (job.takes || [])[i] || 1;
+      const box = el("figure", {"class": "take" + (take === chosen ? " chosen" : ""),
+        "data-take": String(take)});
+      box.appendChild(el("video", {"controls": "", "preload": "metadata", "src": relative(f)}));
+      if ((job.take || 1) > 1) {
+        box.appendChild(el("figcaption", {}, "take " + take + (take === chosen ? " (kept)" :
+          job.review && job.review.take === take && job.review.decision === "reject" ?
+          " (rejected)" : "")));
+      }
+      videos.appendChild(box);
+    });
   } else {
     videos.appendChild(el("div", {"class": "none"}, missing(job)));
   }
@@ -566,7 +599,8 @@ function header() {
   const counts = {}, decided = {keep: 0, reject: 0};
   for (const j of JOBS) {
     counts[j.state] = (counts[j.state] || 0) + 1;
-    if (j.review) decided[j.review.decision] += 1;
+    const v = verdict(j);
+    if (v !== "undecided") decided[v] += 1;
   }
   for (const s of ["done", "failed", "expired", "pending"]) add((counts[s] || 0) + " " + s);
   add(decided.keep + " kept, " + decided.reject + " rejected, " +

@@ -472,6 +472,8 @@ class PgLedger:
                 return False
         elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
             return False
+        elif state == S.DONE.value and again.rejected:
+            return False  # a PostgreSQL journal holds no review decisions: none is rejected
         kept = json_list(earlier)
         take = int(take)
         if state == S.DONE.value:
