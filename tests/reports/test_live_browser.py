@@ -58,7 +58,8 @@ async def test_decisions_made_live_during_a_run_persist_and_reach_manifest_and_s
 ) -> None:
     """While a run goes on, cards change state in the open page; 3 kept from the keyboard
     (j, y), 2 rejected with a note by the buttons, one more rejected and undone (u); a
-    reload shows the same; the run's manifest and `status` carry them."""
+    reload shows the same; `run --reroll rejected` submits exactly the 2 rejected jobs and
+    the page shows both takes of each; the manifest and `status` carry the decisions."""
     sim = await simulator(time_scale=0.01, duration_override_s=(0.6, 0.8))
     job_file = write_campaign(tmp_path, simple_jobs(12))
     out = tmp_path / "out"
@@ -129,6 +130,24 @@ async def test_decisions_made_live_during_a_run_persist_and_reach_manifest_and_s
         await page.wait_for_function(
             "() => document.querySelectorAll('article[data-state=\"done\"]').length === 12"
         )
+
+        # A new take of exactly the two rejected jobs; the page shows both takes of each.
+        created = sim.stats()["tasks_created"]
+        reroll = await run_cli(sim, "run", str(job_file), "--reroll", "rejected",
+                               "--time-scale", "0.01", "--json")  # fmt: skip
+        assert reroll.code == 0, reroll.stderr
+        assert sim.stats()["tasks_created"] - created == 2
+        for job_id in ("job-0003", "job-0004"):
+            takes = page.locator(f'article[data-id="{job_id}"] figure.take')
+            await page.wait_for_function(
+                f"() => document.querySelectorAll('article[data-id=\"{job_id}\"] video')"
+                ".length === 2"
+            )
+            assert [await t.get_attribute("data-take") for t in await takes.all()] == ["1", "2"]
+            assert await _review_of(page, job_id) == "undecided"  # take 2 is not decided yet
+            assert "take 1 (rejected)" in await takes.first.inner_text()
+        assert await _review_of(page, "job-0000") == "keep"
+        assert (out / "job-0003.mp4").exists() and (out / "job-0003-take2.mp4").exists()
     finally:
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
@@ -140,10 +159,13 @@ async def test_decisions_made_live_during_a_run_persist_and_reach_manifest_and_s
     assert entries["job-0000"]["review"]["reviewer"] == "tester"
     assert entries["job-0003"]["review"]["note"] == "too dark, job-0003"
     assert "review" not in entries["job-0005"] and "review" not in entries["job-0011"]
+    assert entries["job-0003"]["take"] == 2
+    assert entries["job-0003"]["review"]["take"] == 1
+    # The rejected takes were rerolled: their new takes are undecided.
     status = await run_cli(sim, "status", str(job_file), "--json")
-    assert json.loads(status.stdout)["review"] == {"keep": 3, "reject": 2}
+    assert json.loads(status.stdout)["review"] == {"keep": 3, "reject": 0}
     told = await run_cli(sim, "status", str(job_file))
-    assert "review      3 kept, 2 rejected" in told.stdout
+    assert "review      3 kept, 0 rejected" in told.stdout
     static = (out / "review.html").read_text(encoding="utf-8")
     assert '"review":{"decision":"reject","note":"too dark, job-0004"' in static
 
