@@ -35,6 +35,7 @@ from ..jobs import load_campaign
 from ..journal import KEEP, Decision, JobRow, Journal
 from ..location import S3Location, is_s3, parse_s3
 from ..pipeline.owner import other_campaign
+from ..reports.review import take_of as _take_of
 
 __all__ = ["EXPORT_MANIFEST", "export_command"]
 
@@ -257,8 +258,11 @@ async def _exported_before_s3(store: Any, target: S3Location) -> set[str]:
 
 
 def _files_of(row: JobRow, decision: Decision) -> tuple[str, ...]:
-    """The files of the take the decision was made on."""
-    return row.landed_files
+    """The files of the take the decision was made on: the job's current take's, or an
+    earlier take's kept beside them (``run --reroll``)."""
+    if decision.take == row.take:
+        return row.landed_files
+    return tuple(f for f in row.earlier_files if _take_of(f, row.filename) == decision.take)
 
 
 def _name(job_id: str, rel: str, n: int) -> str:

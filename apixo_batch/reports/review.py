@@ -41,6 +41,7 @@ __all__ = [
     "live_page",
     "page_meta",
     "queued_wait",
+    "take_of",
     "write_review",
 ]
 
@@ -108,7 +109,7 @@ def _images(inp: dict[str, Any]) -> list[str]:
     return found
 
 
-def _take_of(file: str, filename: str) -> int:
+def take_of(file: str, filename: str) -> int:
     """The take an earlier file of a job is: ``NAME-takeN.ext`` (``-takeN-2.ext`` for a
     second result) is take N, the job's own name take 1."""
     stem = filename.rpartition("/")[2].rpartition(".")[0] or filename
@@ -153,7 +154,7 @@ def job_json(
         "files": [*row.earlier_files, *row.landed_files],
         # Which take each file is (`run --reroll`): the earlier takes', then this one's.
         "takes": [
-            *(_take_of(f, row.filename) for f in row.earlier_files),
+            *(take_of(f, row.filename) for f in row.earlier_files),
             *([row.take] * len(row.landed_files)),
         ],
         "take": row.take,

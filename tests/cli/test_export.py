@@ -62,3 +62,22 @@ async def test_export_into_the_output_folder_itself_is_refused(simulator, tmp_pa
     assert (await run_cli(sim, "run", str(job_file), "--time-scale", "0.01")).code == 0
     res = await run_cli(sim, "export", str(job_file), "--kept", str(tmp_path / "out"))
     assert res.code == 2 and "the output folder itself" in res.stderr
+
+
+async def test_a_kept_take_is_exported_after_a_reroll_of_its_job(simulator, tmp_path: Path) -> None:
+    """The decision names its take: kept take 1, rerolled since, take 1's file is exported."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2))
+    assert (await run_cli(sim, "run", str(job_file), "--time-scale", "0.01")).code == 0
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    _decide(out / ".apixo-batch.sqlite", job_0000="keep")
+    again = await run_cli(
+        sim, "run", str(job_file), "--reroll", "--only", "job-0000", "--time-scale", "0.01"
+    )
+    assert again.code == 0, again.stderr
+    assert (out / "job-0000-take2.mp4").exists()
+    res = await run_cli(sim, "export", str(job_file), "--kept", str(kept))
+    assert res.code == 0, res.stderr
+    [line] = [json.loads(x) for x in (kept / "export.jsonl").read_text().splitlines()]
+    assert (line["source"], line["review"]["take"]) == ("job-0000.mp4", 1)
+    assert os.stat(kept / "job-0000.mp4").st_ino == os.stat(out / "job-0000.mp4").st_ino
