@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
-from ..apixo.secret import ApiKey, redact
+from ..apixo.secret import ApiKey, KeySpec, redact
 from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
@@ -41,7 +41,7 @@ from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
 from ..planning.selection import Selection
 from ..reports.manifest import event_line, render_summary
-from .environment import KEY_VAR, base_url, load_api_key
+from .environment import KEY_VAR, base_url, load_api_keys
 from .progress import LiveView, PlainView, Tally, View, shown
 from .select import flat, selection_of, unmatched_only
 from .terminal import note_when_stdout_closes, stop_signals
@@ -78,7 +78,9 @@ class _Printer:
     no escape codes. ``-q``: failures and the summary only. ``-v``: every event.
     """
 
-    def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool, key: ApiKey | None) -> None:
+    def __init__(
+        self, *, json_mode: bool, quiet: bool, verbose: bool, key: Sequence[ApiKey] | None
+    ) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
@@ -204,7 +206,12 @@ def _journal_ids(state: Path) -> Iterator[str]:
 
 
 def ended_in_error(
-    code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
+    code: ExitCode,
+    message: str,
+    *,
+    json_mode: bool,
+    verbose: bool,
+    key: Sequence[ApiKey] | None = None,
 ) -> ExitCode:
     """A run that could not go on, or start: one line on stderr, and with --json a summary
     as the stream's last line (``exit_code`` and ``error``), as every run ends."""
@@ -363,9 +370,10 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
 
 def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
-        key = load_api_key(args.api_key_file)
+        keys = load_api_keys(args.api_key_file)
     except (OSError, ValueError) as exc:
         return _refused(args, ExitCode.INVALID, f"cannot read --api-key-file: {exc}")
+    key = [k.key for k in keys]
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
@@ -387,7 +395,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except (ApixoError, ValueError) as exc:  # a URL, a port, a path: nothing was sent
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     try:
-        return _run_with(args, campaign, key, printer, telemetry, callback_url, listen_at)
+        return _run_with(args, campaign, keys, printer, telemetry, callback_url, listen_at)
     finally:
         if telemetry is not None:
             telemetry.close()
@@ -396,7 +404,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
 def _run_with(
     args: argparse.Namespace,
     campaign: Campaign,
-    key: ApiKey | None,
+    keys: Sequence[KeySpec],
     printer: _Printer,
     telemetry: Telemetry | None,
     callback_url: str | None,
@@ -406,13 +414,13 @@ def _run_with(
         printer.ended_in_error(code, message)
         if telemetry is not None:
             # Every run ends in a summary, one that could not go on too: to the receivers.
-            error = redact(message, key)
+            error = redact(message, [k.key for k in keys])
             telemetry(replace(RunResult(code, counts={}).summary(), at=time.time(), error=error))
         return code
 
     sink: EventSink = printer if telemetry is None else _Both(printer, telemetry)
     try:
-        engine = _engine(args, campaign, key, sink, callback_url, listen_at)
+        engine = _engine(args, campaign, keys, sink, callback_url, listen_at)
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics, engine.clock)
@@ -460,7 +468,7 @@ class _Both:
 
 
 def _telemetry(
-    args: argparse.Namespace, campaign: Campaign, key: ApiKey | None
+    args: argparse.Namespace, campaign: Campaign, key: Sequence[ApiKey] | None
 ) -> Telemetry | None:
     """The notifier and the metrics the options and the job file ask for (None: neither);
     ValueError or ApixoError with one line naming what is wrong."""
@@ -511,7 +519,7 @@ def _telemetry(
 def _engine(
     args: argparse.Namespace,
     campaign: Campaign,
-    key: ApiKey | None,
+    keys: Sequence[KeySpec],
     sink: EventSink,
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
@@ -540,7 +548,7 @@ def _engine(
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
     )
-    return build_engine(campaign, options, api_key=key, on_event=sink)
+    return build_engine(campaign, options, api_key=keys or None, on_event=sink)
 
 
 async def _drive(

@@ -192,7 +192,12 @@ def _add_again(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
 def _add_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="API base URL [APIXO_BASE_URL]")
     p.add_argument(
-        "--api-key-file", default=None, help="read the API key from this file [APIXO_API_KEY]"
+        "--api-key-file",
+        action="append",
+        default=None,
+        help="read the API key(s) from this file, one per line with optional "
+        "max_concurrent=N rpm=N; repeat for a pool of keys "
+        "[APIXO_API_KEY, comma-separated]",
     )
 
 

@@ -236,9 +236,15 @@ class Ledger(Protocol):
         ...
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
-        """The paid task's id: committed at once, alone if need be (invariant 1)."""
+        """The paid task's id: committed at once, alone if need be (invariant 1), with the
+        fingerprint of the key that created it (only that key reads it)."""
         ...
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:

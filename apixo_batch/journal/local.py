@@ -250,7 +250,12 @@ class SqliteLedger:
         return self._transition(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
         """The paid task's id: committed at once, alone if need be (invariant 1)."""
         now = self._clock.wall()
@@ -264,6 +269,7 @@ class SqliteLedger:
             possibly_duplicated=possibly_duplicated,
             fail_code=None,
             fail_msg=None,
+            key_fp=key_fp,
         )
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:

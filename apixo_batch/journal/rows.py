@@ -137,6 +137,10 @@ class JobRow:
     earlier_files: tuple[str, ...] = field(
         default=(), metadata={**_LIST, "decl": "TEXT NOT NULL DEFAULT '[]'", "since": 2}
     )
+    # Added by schema step 3.
+    #: the fingerprint of the key that created its task (None: the run's one key, as
+    #: every task was before key pools)
+    key_fp: str | None = field(default=None, metadata=_sql("TEXT", since=3))
 
     @property
     def out_name(self) -> str:
@@ -228,6 +232,7 @@ class Change(TypedDict, total=False):
     arrived_via: str
     take: int
     earlier_files: Sequence[str]
+    key_fp: str | None
 
 
 #: every key of :class:`Change`, with how its column stores a value (None: as it is)

@@ -54,7 +54,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: takes (``run --reroll``): the take a job is on, and the files of earlier takes.
     added_columns(2),
-    # 3: decisions of the review page (keep, reject, a note), and the index its cursor reads.
+    # 3: key pools: the fingerprint of the key that created each task (only it reads it).
+    added_columns(3),
+    # 4: decisions of the review page (keep, reject, a note), and the index its cursor reads.
     DECISIONS_TABLE,
 )
 

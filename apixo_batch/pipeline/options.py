@@ -153,6 +153,46 @@ class RunOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyStats:
+    """One key of a pool, named by its fingerprint: a snapshot for progress and summary."""
+
+    fingerprint: str
+    #: ``active``, ``cooling`` (paused after a 429) or ``retired`` (submits no more)
+    state: str
+    in_flight: int
+    max_concurrent: int
+    slot_window: int
+    requests: int
+    requests_last_minute: int
+    rpm_limit: int
+    rate_limited: int
+    learned_rpm: float | None
+    #: the slot window the account allowed once a submit was refused for slots
+    learned_slots: int | None
+    submitted: int
+    spent_usd: float
+    #: why it submits no more
+    retired: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.fingerprint,
+            "state": self.state,
+            "in_flight": self.in_flight,
+            "max_concurrent": self.max_concurrent,
+            "requests": self.requests,
+            "rpm": self.requests_last_minute,
+            "rpm_limit": self.rpm_limit,
+            "rate_limited": self.rate_limited,
+            "learned_rpm": round(self.learned_rpm) if self.learned_rpm is not None else None,
+            "learned_slots": self.learned_slots,
+            "submitted": self.submitted,
+            "spent_usd": round(self.spent_usd, 4),
+            "retired": self.retired,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RunStatistics:
     """A snapshot of a run under way, for progress displays (``Engine.statistics()``)."""
 
@@ -181,6 +221,8 @@ class RunStatistics:
     stop_reason: str | None
     #: polls answered so far, by outcome (``follower.POLL_OUTCOMES``)
     polls: dict[str, int] = field(default_factory=dict)
+    #: each key of a pool (empty with one key)
+    keys: tuple[KeyStats, ...] = ()
 
 
 @dataclass
@@ -228,6 +270,8 @@ class RunResult:
     output_dir: Destination | None = None
     #: requests made to the output's object store, by call (empty for a folder)
     store_requests: dict[str, int] = field(default_factory=dict)
+    #: each key of a pool, by fingerprint (empty with one key)
+    keys: list[KeyStats] = field(default_factory=list)
 
     def summary(self) -> Summary:
         """The final summary (the ``summary`` event), figures rounded as the JSON shows them."""
@@ -268,6 +312,7 @@ class RunResult:
             store_requests=self.store_requests or None,
             next_step=self.next_step,
             submit_cut_off=self.submit_cut_off,
+            keys=[k.as_dict() for k in self.keys] or None,
         )
 
 

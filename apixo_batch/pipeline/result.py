@@ -51,6 +51,10 @@ async def finish(
     """The result of the run, with the books closed as far as the disk allows."""
     try:
         await remember_rate(ledger, bucket, account)
+        if parts.pool is not None and parts.pool.pooled:
+            # Each key's learned rate, kept under its own digest (key and base URL).
+            for other in parts.pool.accounts[1:]:
+                await remember_rate(ledger, other.bucket, other.account)
     except Exception as exc:
         why = storage_failure(exc)
         if why is None:
@@ -86,14 +90,16 @@ async def finish(
     selection = parts.options.selection
     if selection.narrowed and not all_done and books.manifest is not None:
         all_done = await ledger.read_rows(lambda rows: _selected_done(rows, selection))
+    pool = parts.pool if parts.pool is not None and parts.pool.pooled else None
+    keys = [a.statistics() for a in pool.accounts] if pool else []
     result = RunResult(
         exit_code=stops.exit_code(all_done),
         counts=counts,
         submitted=submitter.submitted if submitter else 0,
         # The journal's totals unread at the end: unknown, never a reassuring zero.
         possibly_duplicated=totals.possibly_duplicated if totals else None,
-        requests=stats.sent,
-        rate_limited=stats.rate_limited,
+        requests=sum(k.requests for k in keys) if keys else stats.sent,
+        rate_limited=sum(k.rate_limited for k in keys) if keys else stats.rate_limited,
         learned_rpm=stats.learned_rpm,
         learned_limit=stats.learned_limit,
         learned_slots=slots.cap if slots.statistics().shrinks else None,
@@ -115,6 +121,7 @@ async def finish(
         next_step=stops.next_step or _fetch_later(stages),
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
+        keys=keys,
     )
     if parts.options.review and books.manifest is not None:
         result.review = await review_page(

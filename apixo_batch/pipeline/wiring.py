@@ -33,11 +33,13 @@ from .admission import (
     Admitted,
     BudgetMeter,
     LimitMeter,
+    PoolMeter,
     SlotMeter,
     queued_in_start_order,
     selected,
 )
 from .follower import Follower
+from .keypool import KeyPool
 from .lander import Fetch, Lander
 from .options import RunOptions
 from .stop import Stops
@@ -58,6 +60,8 @@ class RunParts:
     slots: ConcurrencyLimit
     completions: CompletionModel
     turnaround: Turnaround
+    #: the run's keys (one key: the pool is that key, and the stages work as without one)
+    pool: KeyPool | None = None
 
 
 class Stages:
@@ -89,6 +93,7 @@ class Stages:
                 clock=parts.clock,
                 stops=parts.stops,
                 emit=parts.emit,
+                pool=parts.pool,
             )
             self.follower = Follower(
                 client,
@@ -102,6 +107,7 @@ class Stages:
                 clock=parts.clock,
                 stops=parts.stops,
                 emit=parts.emit,
+                pool=parts.pool,
             )
         self.lander = Lander(
             ledger,
@@ -160,8 +166,10 @@ class Stages:
         """One task group; each stage closes its output stream as it returns."""
         parts, o = self._parts, self._parts.options
         admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](0)
+        pool = parts.pool
         # Bounded by the slots already: a submit never waits on the follower.
-        submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](o.max_concurrent)
+        room = sum(a.slots.limit for a in pool.accounts) if pool else o.max_concurrent
+        submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](room)
         fetch_tx, fetch_rx = anyio.create_memory_object_stream[Fetch](max(500, o.max_concurrent))
         self._fetches = fetch_rx
         feeder_tx = fetch_tx.clone()
@@ -181,7 +189,7 @@ class Stages:
                         BudgetMeter(o.budget, self._spent_before, parts.emit),
                         LimitMeter(o.limit),
                     ],
-                    slots=SlotMeter(parts.slots),
+                    slots=PoolMeter(pool) if pool and pool.pooled else SlotMeter(parts.slots),
                     stops=parts.stops,
                 )
                 tg.create_task(admission.run(admitted_tx))

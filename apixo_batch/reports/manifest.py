@@ -73,6 +73,9 @@ def manifest_entry(row: JobRow, decision: Decision | None = None) -> dict[str, A
         entry["take"] = row.take
         entry["earlier_files"] = list(row.earlier_files)
         entry["seed"] = row.input.get("seed")
+    if row.key_fp is not None:
+        # A pool's task: the fingerprint of the key that created it (only it reads it).
+        entry["key"] = row.key_fp
     if decision is not None and decision.decision is not None:
         # Only decided jobs carry it: an undone decision is no decision.
         entry["review"] = decision.as_json()
@@ -127,6 +130,26 @@ def write_manifest(
     )
 
 
+def key_line(key: Mapping[str, Any]) -> str:
+    """One key of a pool, by its fingerprint: state, tasks against its limit, requests,
+    what it learned, spend (and why it was retired)."""
+    learned = []
+    if key.get("learned_rpm"):
+        learned.append(f"~{key['learned_rpm']:,} rpm")
+    if key.get("learned_slots"):
+        learned.append(f"~{key['learned_slots']:,} slots")
+    line = (
+        f"key {key['key']} {key['state']}: {key['in_flight']}/{key['max_concurrent']} in "
+        f"flight, {key['rpm']:,}/{key['rpm_limit']:,} rpm, {key['submitted']} submitted, "
+        f"{key['rate_limited']} rate-limited, spent ~${key['spent_usd']:.2f}"
+    )
+    if learned:
+        line += f", learned {' and '.join(learned)}"
+    if key.get("retired"):
+        line += f"; retired: {key['retired']}"
+    return line
+
+
 def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     """The plain end-of-run summary for people (stderr)."""
     out = out or sys.stderr
@@ -174,6 +197,8 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
             print(
                 "  " + model.ljust(width) + "".join(f"{c.get(s, 0):>9}" for s in states), file=out
             )
+    for key in summary.keys or []:
+        print("  " + key_line(key), file=out)
     spent, unknown = summary.spent_usd, summary.unknown_price_jobs
     if spent is None:
         cost = "  estimated spend unknown (the journal's totals could not be read)"

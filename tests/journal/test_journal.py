@@ -769,6 +769,7 @@ def test_the_schema_select_and_row_are_built_from_one_column_table(journal: Jour
     assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in ordered]
     assert [c.name for c in COLUMNS] == [*JobRow.__dataclass_fields__, "updated_at"]
     assert [c.name for c in COLUMNS if c.since == 2] == ["take", "earlier_files"]
+    assert [c.name for c in COLUMNS if c.since == 3] == ["key_fp"]
     assert SELECT.split(", ") == list(JobRow.__dataclass_fields__)
     assert set(CHANGES) == Change.__optional_keys__
     assert not {"id", "state", "updated_at"} & set(CHANGES)

@@ -115,7 +115,8 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     await ledger.mark_submitting("job-2", 1)
     await ledger.fail_submit("job-2", "SUBMIT_ERROR", "no answer", True)
     await ledger.mark_submitting("job-3", 1)
-    await ledger.record_task_id("job-3", "t-3", "async", False)
+    # A key pool's task: journaled with the fingerprint of the key that created it.
+    await ledger.record_task_id("job-3", "t-3", "async", False, key_fp="1a2b3c4d")
     clock.advance(2.0)
     await ledger.record_success(
         "job-0",
@@ -291,6 +292,7 @@ async def test_same_answers_and_rows_as_sqlite(both: Any) -> None:
     rows = want[-2]
     assert [r.id for r in rows] == ["job-0", "job-1", "job-2", "job-3", "job-5", "job-4"]
     assert rows[3].changed_input_hash is not None and rows[1].possibly_duplicated
+    assert rows[3].key_fp == "1a2b3c4d" and rows[0].key_fp is None
     assert rows[4].state is S.FAILED and rows[0].state is S.SUCCEEDED  # clash; refetch
     # The kinds were read from the jobs' inputs, as SQLite reads them.
     assert want[3][0][0] == Kind("veo3-fast", 5, None)

@@ -896,7 +896,12 @@ class PgLedger:
         return self._change(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
         now = self._clock.wall()
         return self._change(
@@ -909,6 +914,7 @@ class PgLedger:
             possibly_duplicated=possibly_duplicated,
             fail_code=None,
             fail_msg=None,
+            key_fp=key_fp,
         )
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:

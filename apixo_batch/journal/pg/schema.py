@@ -128,6 +128,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: takes (``run --reroll``): the take a job is on, and the files of earlier takes.
     _added_columns(2),
+    # 3: key pools: the fingerprint of the key that created each task (only it reads it).
+    _added_columns(3),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
