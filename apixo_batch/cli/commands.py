@@ -544,7 +544,8 @@ def _engine(
         retry_failed=getattr(args, "retry_failed", False),
         fail_codes=flat(getattr(args, "fail_code", None)),
         retry_expired=getattr(args, "retry_expired", False),
-        reroll=getattr(args, "reroll", False),
+        reroll=getattr(args, "reroll", None) is not None,
+        reroll_rejected=getattr(args, "reroll", None) == "rejected",
         only=flat(getattr(args, "only", None)),
         models=flat(getattr(args, "model", None)),
         limit=getattr(args, "limit", None),
@@ -737,6 +738,7 @@ def _status(
             waiting = journal.in_states([JobState.SUCCEEDED])
             in_flight = journal.in_states([JobState.SUBMITTED])
             doubt = int(journal.totals()["possibly_duplicated"])
+        decided = journal.decision_counts()
         disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
@@ -754,6 +756,7 @@ def _status(
                     "journal": at,
                     "counts": counts,
                     "possibly_duplicated": doubt,
+                    "review": {"keep": decided.get("keep", 0), "reject": decided.get("reject", 0)},
                     "file_changes": changes.as_json() if changes else None,
                     "disk": disk.as_json() if disk else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
@@ -774,6 +777,9 @@ def _status(
     for st in JobState:
         if counts.get(st.value):
             print(f"  {st.value:<11} {counts[st.value]}")
+    if decided:
+        # What people decided on the review page (review --serve), beside the states.
+        print(f"  review      {decided.get('keep', 0)} kept, {decided.get('reject', 0)} rejected")
     if changes is not None:
         print(f"  job file: {_told(changes)}")
     if disk is not None:
@@ -887,11 +893,22 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     from ..outputs.output import open_output
     from ..reports.review import REVIEW_FILE, write_review
 
+    alone = [f"--{o}" for o in ("host", "port", "reviewer") if getattr(args, o) is not None]
+    if alone and not args.serve:
+        _err(f"review: {', '.join(alone)} go with --serve (the static page takes no decisions)")
+        return ExitCode.INVALID
     state = _state_path(args, campaign)
     at = shown_state(args, state)
     if not state.exists():
         _err(f"no journal at {at}: this campaign has not run yet")
         return ExitCode.FAILED_JOBS
+    if args.serve:
+        if database_of(args):
+            # The commands read a database through a local copy (cli/database.py):
+            # decisions written there would be lost with it.
+            _err(f"review --serve: decisions are kept in a SQLite journal only, not in {at}")
+            return ExitCode.INVALID
+        return _serve_review(args, campaign, state)
     try:
         journal = Journal(state, lock=False)
     except StorageError as exc:
@@ -920,6 +937,7 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
             totals=Totals(journal.totals()),
             runs=last_runs(journal),
             state=at if database_of(args) else None,
+            decisions=journal.decisions(),
         )
     except OSError as exc:
         _err(f"cannot write {output.local_dir / REVIEW_FILE}: {exc.strerror or exc}")
@@ -931,6 +949,53 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
     except ApixoError as exc:
         _err(f"{path} written, not uploaded: {exc}")
         return ExitCode.IO_ERROR
+    return ExitCode.OK
+
+
+def _serve_review(args: argparse.Namespace, campaign: Campaign, state: Path) -> int:
+    """``review --serve``: the live page until SIGINT or SIGTERM (0 then)."""
+    from ..reports.live import ReviewServer
+
+    try:
+        journal = Journal(state, lock=False)
+    except StorageError as exc:
+        _err(str(exc))
+        return ExitCode.IO_ERROR
+    try:
+        refused = _other_campaign(journal, state, campaign)
+    finally:
+        journal.close()
+    if refused is not None:
+        _err(refused)
+        return ExitCode.INVALID
+    out_dir = campaign.output_dir if isinstance(campaign.output_dir, Path) else None
+    server = ReviewServer(
+        state,
+        out_dir,
+        name=campaign.name,
+        job_file=args.jobfile,
+        reviewer=args.reviewer,
+        host=args.host or "127.0.0.1",
+        port=args.port or 0,
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, *stop_signals()):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            print(f"review page: {await server.start()}", flush=True)
+            _err("serving the live review page (Ctrl-C stops it)")
+            await stop.wait()
+        finally:
+            await server.close()
+
+    try:
+        runtime.run(serve())
+    except OSError as exc:
+        _err(f"review: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}")
+        return ExitCode.FAILED_JOBS
     return ExitCode.OK
 
 

@@ -178,9 +178,14 @@ def _add_again(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
     )
     p.add_argument(
         "--reroll",
-        action="store_true",
+        nargs="?",
+        const="done",
+        default=None,
+        choices=("done", "rejected"),
+        metavar="rejected",
         help=f"{verb} the done jobs as a new take (a new seed where the model takes one): "
-        "the earlier files stay, the new take lands as NAME-take2.mp4, -take3...",
+        "the earlier files stay, the new take lands as NAME-take2.mp4, -take3...; "
+        "'--reroll rejected': only the jobs rejected on the review page (review --serve)",
     )
 
 
@@ -368,6 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="journal path (default <out>/.apixo-batch.sqlite), or a postgresql:// URL "
         "[APIXO_BATCH_STATE]",
     )
+    review.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the page live from the journal (keep/reject decisions) until Ctrl-C",
+    )
+    review.add_argument(
+        "--host", default=None, help="with --serve: address to listen on (default 127.0.0.1)"
+    )
+    review.add_argument(
+        "--port",
+        type=_bounded_int("--port", 0, 65535),
+        default=None,
+        help="with --serve: port to listen on (default 0: a free one)",
+    )
+    review.add_argument(
+        "--reviewer", default=None, help="with --serve: the name kept with each decision"
+    )
     _add_selection(review, limit=False)
 
     verify = sub.add_parser(
@@ -385,6 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--fix",
         action="store_true",
         help="move the jobs with a problem back to succeeded: the next download fetches them",
+    )
+
+    export = sub.add_parser(
+        "export", help="copy (hard-link) the takes kept on the review page into a folder"
+    )
+    export.add_argument("jobfile", help="the campaign's job file (YAML)")
+    export.add_argument(
+        "--kept",
+        required=True,
+        metavar="DIR",
+        help="the folder the kept takes go to, under their job ids, with export.jsonl",
+    )
+    export.add_argument("--out", default=None, help="output folder (overrides the job file)")
+    export.add_argument(
+        "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
 
     adopt = sub.add_parser(
@@ -616,6 +653,10 @@ def _command(args: argparse.Namespace) -> int:
         from .verify import verify_command
 
         return verify_command(args)
+    if command == "export":
+        from .export import export_command
+
+        return export_command(args)
     if command == "adopt":
         from .adopt import adopt_command
 

@@ -237,7 +237,8 @@ def _again(args: argparse.Namespace) -> Again:
         failed=args.retry_failed,
         fail_codes=flat(args.fail_code),
         expired=args.retry_expired,
-        reroll=args.reroll,
+        reroll=args.reroll is not None,
+        rejected=args.reroll == "rejected",
         selection=selection_of(args),
     )
 

@@ -17,6 +17,7 @@ module           what it holds
 ``local``        :class:`SqliteLedger`: the ledger on the journal's thread
 ``pg``           the journal in PostgreSQL (``--state postgresql://…``)
 ``runs``         the latest run and the latest that did work, for the review page
+``decisions``    keep or reject from the review page, with a note, who and when
 ===============  ==========================================================
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ..clock import Clock
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
+from .decisions import KEEP, REJECT, Decision
 from .ledger import Landed, Ledger, Totals
 from .local import SqliteLedger
 from .naming import FileRegistry, hold_name, result_filename
@@ -38,11 +40,14 @@ from .store import DoneFiles, Journal
 from .thread import AsyncJournal, InlineJournal, JournalExecutor
 
 __all__ = [
+    "KEEP",
     "OUTPUT_EXISTS",
+    "REJECT",
     "TRANSITIONS",
     "AsyncJournal",
     "Change",
     "Clash",
+    "Decision",
     "DoneFiles",
     "FileRegistry",
     "InlineJournal",

@@ -28,13 +28,22 @@ journal's invariants the same way:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..planning.kind import Kind
 from ..planning.selection import Again
 from .clash import Clash
+from .decisions import Decision
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .runs import LastRuns, RunRecord
@@ -287,4 +296,11 @@ class Ledger(Protocol):
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
         """``consume(rows)`` off the event loop, the rows in file order (file jobs first):
         how the manifest and the review page are written without a copy of the journal."""
+        ...
+
+    async def read_reviewed(
+        self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
+    ) -> T:
+        """``consume(rows, decisions)``: :meth:`read_rows` with the review page's decisions
+        by job id (only the decided jobs are held in memory)."""
         ...

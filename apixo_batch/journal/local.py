@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, Unpack
@@ -21,6 +29,7 @@ from ..clock import Clock
 from ..planning.kind import Kind
 from ..planning.selection import Again
 from .clash import Clash, refuse_clashes
+from .decisions import Decision
 from .ledger import Landed, Totals, landed_change
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
@@ -371,6 +380,11 @@ class SqliteLedger:
         """``consume(rows)`` on the journal's thread, the rows in file order: how the
         manifest and the review page are written without a copy of the journal."""
         return await self._j.read(lambda j: consume(j.iter_all()))
+
+    async def read_reviewed(
+        self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
+    ) -> T:
+        return await self._j.read(lambda j: consume(j.iter_all(), j.decisions()))
 
     def _transition(
         self,

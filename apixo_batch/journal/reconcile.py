@@ -206,6 +206,15 @@ class Reconcile(StateChanges):
                 if state in (S.FAILED.value, S.DONE.value, S.EXPIRED.value):
                     result.ended[j.id] = state
 
+    def _rejected(self, job_id: str) -> bool:
+        """The job's take it is on was rejected on the review page (``--reroll rejected``)."""
+        row = self._db.execute(
+            "SELECT 1 FROM decisions d JOIN jobs j ON j.id = d.job_id "
+            "WHERE d.job_id=? AND d.decision='reject' AND d.take = j.take",
+            (job_id,),
+        ).fetchone()
+        return row is not None
+
     def _queued_again(
         self, j: NewJob, state: str, code: str | None, unchanged: bool, now: float,
         result: SyncResult, again: Again,
@@ -219,6 +228,8 @@ class Reconcile(StateChanges):
             if verdict != "retry":
                 return False
         elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
+            return False
+        elif state == S.DONE.value and again.rejected and not self._rejected(j.id):
             return False
         take, files, earlier = self._db.execute(
             "SELECT take, files, earlier_files FROM jobs WHERE id=?", (j.id,)

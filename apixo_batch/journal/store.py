@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ..planning.kind import Kind
+from .decisions import Decisions
 from .learned import LearnedClocks
 from .naming import name_owners
 from .reconcile import Reconcile
@@ -39,7 +40,7 @@ class DoneFiles(NamedTuple):
     sha256: tuple[str, ...]
 
 
-class Journal(Reconcile, LearnedClocks):
+class Journal(Reconcile, LearnedClocks, Decisions):
     """Synchronous journal on one SQLite connection. Not thread-safe: one thread uses it."""
 
     # -- reads ----------------------------------------------------------------
@@ -205,6 +206,21 @@ class Journal(Reconcile, LearnedClocks):
             "ORDER BY in_file DESC, idx, id"
         ):
             yield DoneFiles(job_id, json_list(files), size, json_list(sha256))
+
+    def changed_since(self, since: float) -> tuple[list[JobRow], float]:
+        """The jobs stamped at or after ``since`` (by the index on ``updated_at``), and the
+        latest stamp among them (``since`` when none): what a live page polls for."""
+        rows = self._db.execute(
+            f"SELECT {_SELECT}, updated_at FROM jobs WHERE updated_at >= ? ORDER BY idx, id",
+            (since,),
+        ).fetchall()
+        latest = max((float(r[-1]) for r in rows), default=since)
+        return [JobRow.from_sql(r[:-1]) for r in rows], latest
+
+    def last_change(self) -> float:
+        """The latest stamp of any job (0 for an empty journal)."""
+        row = self._db.execute("SELECT max(updated_at) FROM jobs").fetchone()
+        return float(row[0] or 0.0)
 
     def iter_all(self, batch: int = 2000) -> Iterator[JobRow]:
         """Every job, file jobs in file order first, then jobs no longer in the file."""

@@ -64,7 +64,7 @@ async def close_books(ledger: Ledger, output: Output, refused: Callable[[str], N
 
 async def write_manifest_from(ledger: Ledger, path: Path) -> ManifestInfo:
     """The manifest written from the journal's rows, on the journal's thread."""
-    return await ledger.read_rows(lambda rows: write_manifest(rows, path))
+    return await ledger.read_reviewed(lambda rows, decided: write_manifest(rows, path, decided))
 
 
 async def _count(ledger: Ledger, manifest_path: Path) -> Books:
@@ -122,8 +122,8 @@ async def review_page(
     try:
         job_file = _shown(campaign.path)
         runs = await ledger.last_runs()
-        await ledger.read_rows(
-            lambda rows: write_review(
+        await ledger.read_reviewed(
+            lambda rows, decided: write_review(
                 rows,
                 output.local_dir,
                 name=campaign.name,
@@ -132,6 +132,7 @@ async def review_page(
                 totals=totals,
                 runs=runs,
                 state=ledger.where if is_database(ledger.where) else None,
+                decisions=decided,
             )
         )
     except Exception as exc:

@@ -54,6 +54,9 @@ class RunOptions:
     retry_expired: bool = False
     #: a new take of done jobs, the earlier files kept (``--reroll``)
     reroll: bool = False
+    #: with ``reroll``: only the jobs whose decision on the review page is reject
+    #: (``--reroll rejected``)
+    reroll_rejected: bool = False
     #: act only on jobs whose id matches one of these shell-style patterns (``--only``)
     only: tuple[str, ...] = ()
     #: act only on jobs of these models (``--model``)
@@ -116,6 +119,8 @@ class RunOptions:
                 raise ValueError(f"RunOptions.{name}: {value!r} is not a tuple of names")
             else:
                 object.__setattr__(self, name, tuple(value))
+        if self.reroll_rejected and not self.reroll:
+            raise ValueError("RunOptions.reroll_rejected narrows reroll: set reroll too")
         if self.fail_codes and not self.retry_failed:
             raise ValueError("RunOptions.fail_codes narrows retry_failed: set retry_failed too")
         if self.order not in ORDERS:
@@ -137,6 +142,7 @@ class RunOptions:
             fail_codes=self.fail_codes,
             expired=self.retry_expired and run,
             reroll=self.reroll and run,
+            rejected=self.reroll_rejected,
             selection=self.selection,
         )
 

@@ -74,6 +74,9 @@ class Again:
     expired: bool = False
     #: done jobs: a new take, the earlier files kept (``--reroll``)
     reroll: bool = False
+    #: with ``reroll``: only the done jobs rejected on the review page, on the take they
+    #: are on (``--reroll rejected``; the journal knows the decisions)
+    rejected: bool = False
     selection: Selection = Selection()
 
     @property

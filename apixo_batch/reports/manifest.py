@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from ..clock import human_duration
 from ..events import Event, Summary
-from ..journal import JobRow, JobState
+from ..journal import Decision, JobRow, JobState
 
 __all__ = [
     "ManifestInfo",
@@ -45,8 +45,8 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def manifest_entry(row: JobRow) -> dict[str, Any]:
-    """One job's line in manifest.jsonl."""
+def manifest_entry(row: JobRow, decision: Decision | None = None) -> dict[str, Any]:
+    """One job's line in manifest.jsonl; ``decision``: the review page's, if any."""
     entry: dict[str, Any] = {
         "id": row.id,
         "model": row.model,
@@ -76,6 +76,9 @@ def manifest_entry(row: JobRow) -> dict[str, Any]:
     if row.key_fp is not None:
         # A pool's task: the fingerprint of the key that created it (only it reads it).
         entry["key"] = row.key_fp
+    if decision is not None and decision.decision is not None:
+        # Only decided jobs carry it: an undone decision is no decision.
+        entry["review"] = decision.as_json()
     return entry
 
 
@@ -88,9 +91,11 @@ class ManifestInfo:
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
-    """Write ``path`` atomically from the journal's rows (file order); returns counts for
-    the summary."""
+def write_manifest(
+    rows: Iterable[JobRow], path: Path, decisions: Mapping[str, Decision] | None = None
+) -> ManifestInfo:
+    """Write ``path`` atomically from the journal's rows (file order), each with its review
+    decision from ``decisions``; returns counts for the summary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter({"done": 0, "failed": 0, "expired": 0, "pending": 0})
     arrived: Counter[str] = Counter()
@@ -105,7 +110,7 @@ def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
             for row in rows:
                 if not row.in_file and row.task_id is None:
                     continue  # removed from the file before it cost anything
-                entry = manifest_entry(row)
+                entry = manifest_entry(row, decisions.get(row.id) if decisions else None)
                 # ASCII output keeps json on its C encoder (bench/scaling.py writes 100k rows).
                 out.write(json.dumps(entry) + "\n")
                 counts[entry["state"]] += 1

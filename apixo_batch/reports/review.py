@@ -21,19 +21,29 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import secrets
 import shlex
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..events import Summary
-from ..journal import JobRow, JobState, LastRuns, RunRecord, Totals
+from ..journal import Decision, JobRow, JobState, LastRuns, RunRecord, Totals
 from .manifest import manifest_state
 
-__all__ = ["REVIEW_FILE", "WAITS", "write_review"]
+__all__ = [
+    "REVIEW_FILE",
+    "WAITS",
+    "job_json",
+    "live_page",
+    "page_meta",
+    "queued_wait",
+    "take_of",
+    "write_review",
+]
 
 REVIEW_FILE = "review.html"
 
@@ -68,7 +78,7 @@ _SUBMIT_STOPS = frozenset(
 )
 
 
-def _queued_wait(latest: RunRecord | None) -> str | None:
+def queued_wait(latest: RunRecord | None) -> str | None:
     """Why the latest run left queued jobs unsubmitted, when a stop says so."""
     if latest is None:
         return None
@@ -99,7 +109,25 @@ def _images(inp: dict[str, Any]) -> list[str]:
     return found
 
 
-def _job(row: JobRow, queued_wait: str | None) -> dict[str, Any]:
+def take_of(file: str, filename: str) -> int:
+    """The take an earlier file of a job is: ``NAME-takeN.ext`` (``-takeN-2.ext`` for a
+    second result) is take N, the job's own name take 1."""
+    stem = filename.rpartition("/")[2].rpartition(".")[0] or filename
+    found = re.search(re.escape(stem) + r"-take(\d+)(?:-\d+)?(?:\.[^./]*)?$", file)
+    return int(found.group(1)) if found else 1
+
+
+def review_json(decision: Decision | None) -> dict[str, Any] | None:
+    """A job's review decision as the page's data (None: undecided)."""
+    if decision is None or decision.decision is None:
+        return None
+    return decision.as_json()
+
+
+def job_json(
+    row: JobRow, queued_wait: str | None, decision: Decision | None = None
+) -> dict[str, Any]:
+    """One job as the page's data: what its card shows."""
     inp = row.input
     return {
         "id": row.id,
@@ -124,8 +152,15 @@ def _job(row: JobRow, queued_wait: str | None) -> dict[str, Any]:
         # Earlier takes (`run --reroll`) first: the card plays every take the job holds;
         # the current take's only once they are on disk as journaled.
         "files": [*row.earlier_files, *row.landed_files],
+        # Which take each file is (`run --reroll`): the earlier takes', then this one's.
+        "takes": [
+            *(take_of(f, row.filename) for f in row.earlier_files),
+            *([row.take] * len(row.landed_files)),
+        ],
+        "take": row.take,
         "urls": len(row.result_urls),
         "expires_at": row.expires_at,
+        "review": review_json(decision),
     }
 
 
@@ -164,6 +199,7 @@ def write_review(
     totals: Totals | None = None,
     runs: LastRuns | None = None,
     state: str | None = None,
+    decisions: Mapping[str, Decision] | None = None,
 ) -> Path:
     """Write ``out_dir/review.html`` from the journal (atomically); returns its path.
 
@@ -174,10 +210,11 @@ def write_review(
     path = out_dir / REVIEW_FILE
     tmp = out_dir / f".review-{secrets.token_hex(8)}.tmp"
     runs = runs or LastRuns()
-    queued_wait = _queued_wait(runs.latest)
+    waiting = queued_wait(runs.latest)
     counts: Counter[str] = Counter()
     waits: Counter[str] = Counter()
     spent, unknown = 0.0, 0
+    decided = decisions or {}
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -187,7 +224,7 @@ def write_review(
             for row in rows:
                 if not row.in_file and row.task_id is None:
                     continue  # removed from the file before it cost anything
-                job = _job(row, queued_wait)
+                job = job_json(row, waiting, decided.get(row.id))
                 counts[job["state"]] += 1
                 if job["wait"]:
                     waits[job["wait"]] += 1
@@ -201,21 +238,11 @@ def write_review(
             out.write("]</script>\n")
             if totals is not None:
                 spent, unknown = totals.spent_known_usd, totals.spent_unknown_jobs
-            meta = {
-                "name": name,
-                "job_file": job_file,
-                "commands": _commands(job_file, state),
-                "made_at": time.time(),
-                "counts": dict(counts),
-                "waits": dict(waits),
-                "wait_words": WAITS,
-                "spent_usd": round(spent, 4),
-                "unknown_price_jobs": unknown,
-                "last_run": _run(runs.work),
-                "latest_run": _run(runs.latest),
-                "learned_rpm": summary.learned_rpm if summary else None,
-                "learned_slots": summary.learned_slots if summary else None,
-            }
+            meta = page_meta(
+                name, job_file, runs=runs, spent=spent, unknown=unknown, summary=summary,
+                state=state,
+            )
+            meta["counts"], meta["waits"] = dict(counts), dict(waits)
             out.write('<script id="meta" type="application/json">')
             out.write(_script_safe(json.dumps(meta)) + "</script>\n")
             out.write(_TAIL)
@@ -224,6 +251,51 @@ def write_review(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def page_meta(
+    name: str,
+    job_file: str,
+    *,
+    runs: LastRuns,
+    spent: float,
+    unknown: int,
+    summary: Summary | None = None,
+    live: dict[str, Any] | None = None,
+    state: str | None = None,
+) -> dict[str, Any]:
+    """The page's facts besides the jobs; ``live``: the live page's settings (``review
+    --serve``), None for the static file."""
+    return {
+        "name": name,
+        "job_file": job_file,
+        "commands": _commands(job_file, state),
+        "made_at": time.time(),
+        "counts": {},
+        "waits": {},
+        "wait_words": WAITS,
+        "spent_usd": round(spent, 4),
+        "unknown_price_jobs": unknown,
+        "last_run": _run(runs.work),
+        "latest_run": _run(runs.latest),
+        "learned_rpm": summary.learned_rpm if summary else None,
+        "learned_slots": summary.learned_slots if summary else None,
+        "live": live,
+    }
+
+
+def live_page(meta: dict[str, Any], nonce: str) -> str:
+    """The page ``review --serve`` answers: no jobs inside (its script asks the server for
+    them and for what changes), and its one script carrying the server's CSP nonce."""
+    title = html.escape(f"{meta['name']}: review")
+    return (
+        _HEAD.replace("__TITLE__", title)
+        + '<script id="jobs" type="application/json">[]</script>\n'
+        + '<script id="meta" type="application/json">'
+        + _script_safe(json.dumps(meta))
+        + "</script>\n"
+        + _TAIL.replace("<script>\n", f'<script nonce="{nonce}">\n', 1)
+    )
 
 
 _HEAD = """<!doctype html>
@@ -245,11 +317,22 @@ h2 { font-size: 16px; margin: 18px 0 8px; }
 #attention .group { background: #fff1f0; border: 1px solid #f3c2bd; border-radius: 6px;
   padding: 8px 12px; margin-bottom: 8px; }
 #attention code { background: #fff; padding: 2px 6px; border-radius: 4px; }
-#cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
+#cards { position: relative; }
+#window { display: grid; grid-auto-rows: 470px; gap: 12px; will-change: transform; }
 .card { background: #fff; border: 1px solid #d8dbe3; border-radius: 8px; padding: 10px;
-  overflow-wrap: anywhere; }
+  overflow-wrap: anywhere; overflow: auto; box-sizing: border-box; min-width: 0; }
+.card.current { outline: 3px solid #3b6fd8; }
+.card .review { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 6px 0 0;
+  font-size: 12px; }
+.card .review input { flex: 1 1 120px; font-size: 12px; padding: 2px 4px; }
+.card .review .note { flex-basis: 100%; font-style: italic; color: #3d4452; }
+.verdict { padding: 1px 8px; border-radius: 10px; background: #eceef3; }
+.verdict.keep { background: #cdeed6; } .verdict.reject { background: #f6cfca; }
+#live { color: #5a6272; }
 .card .videos { display: flex; gap: 6px; }
 .card video { width: 100%; max-height: 240px; background: #000; border-radius: 4px; }
+.card figure.take { flex: 1; margin: 0; min-width: 0; } .card figcaption { font-size: 12px; }
+.card figure.chosen video { outline: 3px solid #2e9a55; }
 .card .none { flex: 1; display: flex; align-items: center; justify-content: center; height: 120px;
   background: #eceef3; border-radius: 4px; color: #5a6272; text-align: center; padding: 6px; }
 .card .id { font-weight: 600; }
@@ -268,7 +351,7 @@ h2 { font-size: 16px; margin: 18px 0 8px; }
   background: #eceef3; display: block; font-size: 10px; color: #5a6272; overflow: hidden; }
 #attention .group.expired { background: #fff6e5; border-color: #f0d39a; }
 #attention .group.download { background: #eef4ff; border-color: #bfd0f3; }
-#more { height: 40px; } #shown { color: #5a6272; }
+#shown { color: #5a6272; }
 </style></head><body>
 """
 
@@ -276,24 +359,33 @@ _TAIL = r"""<header><h1 id="title"></h1><div class="facts" id="facts"></div></he
 <div class="controls">
   <label>state <select id="state"><option value="">all</option></select></label>
   <label>model <select id="model"><option value="">all</option></select></label>
+  <label>review <select id="decision"><option value="">all</option>
+    <option value="undecided">undecided</option><option value="keep">kept</option>
+    <option value="reject">rejected</option></select></label>
   <input type="search" id="search" placeholder="search prompts and ids">
   <label>sort <select id="sort"><option value="file">job-file order</option>
     <option value="gen-desc">time to generate, longest first</option>
     <option value="gen-asc">time to generate, shortest first</option></select></label>
-  <span id="shown"></span>
+  <span id="shown"></span><span id="live"></span>
 </div>
 <main>
   <section id="attention"></section>
   <h2>Jobs</h2>
-  <div id="cards"></div>
-  <div id="more"></div>
+  <div id="cards"><div id="window"></div></div>
 </main>
 <script>
 "use strict";
-const JOBS = JSON.parse(document.getElementById("jobs").textContent);
+let JOBS = JSON.parse(document.getElementById("jobs").textContent);
 const META = JSON.parse(document.getElementById("meta").textContent);
-const PAGE = 60;
-let view = JOBS, drawn = 0;
+const LIVE = META.live;
+// The token travels in the URL's fragment: never sent in a request line, a log or a Referer.
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+// Cards are one fixed height (a card scrolls inside), so the grid is a window on the list:
+// only the rows near the screen are in the page, whatever the number of jobs.
+const CARD_H = 470, GAP = 12, MIN_W = 320, OVERSCAN = 2, WHOLE = 120;
+let view = JOBS, cur = -1, cols = 1, drawnKey = "";
+const nodes = new Map();   // job id -> [job object drawn, its card]
+const undo = [];           // [job id, review before] of this page's decisions
 
 function el(tag, attrs, text) {
   const node = document.createElement(tag);
@@ -314,13 +406,20 @@ function urlLeft(at) {
   return h > 0 ? h.toFixed(1) + " h left before its URL expires"
     : "its URL has expired (a download now marks it expired)";
 }
-function relative(path) { return path.split("/").map(encodeURIComponent).join("/"); }
+function relative(path) {
+  const rel = path.split("/").map(encodeURIComponent).join("/");
+  return LIVE ? "files/" + rel + "?t=" + encodeURIComponent(TOKEN) : rel;
+}
 function command(key) { return el("code", {}, META.commands[key]); }
 function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
 function line(cls, parts) {
   const node = el("div", {"class": "why " + cls});
   for (const p of parts) node.append(p);
   return node;
+}
+// A decision is about the take it was made on: a job rerolled since is undecided again.
+function verdict(job) {
+  return job.review && job.review.take === (job.take || 1) ? job.review.decision : "undecided";
 }
 
 // What the video box says when there is no video.
@@ -377,14 +476,47 @@ function sources(job) {
   return box;
 }
 
+// The decision as the card tells it, and (live) the buttons and the note that change it.
+function review(job) {
+  const box = el("div", {"class": "review"});
+  const r = job.review;
+  const said = verdict(job) === "undecided" ? "undecided" + (r && r.decision ? " (take " +
+    r.take + " " + (r.decision === "keep" ? "kept" : "rejected") + ")" : "") :
+    (r.decision === "keep" ? "kept" : "rejected") +
+    (r.reviewer ? " by " + r.reviewer : "") + (r.at ? ", " + when(r.at) : "");
+  box.appendChild(el("span", {"class": "verdict " + verdict(job)}, said));
+  if (LIVE) {
+    box.appendChild(el("button", {"type": "button", "data-act": "keep"}, "keep (y)"));
+    box.appendChild(el("button", {"type": "button", "data-act": "reject"}, "reject (n)"));
+    const note = el("input", {"type": "text", "class": "note-input", "maxlength": "2000",
+      "placeholder": "note (Enter saves)"});
+    note.value = r && r.note ? r.note : "";
+    box.appendChild(note);
+  }
+  if (r && r.note) box.appendChild(el("div", {"class": "note"}, r.note));
+  return box;
+}
+
 function card(job) {
-  const c = el("article", {"class": "card", "data-id": job.id, "data-state": job.state});
+  const c = el("article", {"class": "card", "data-id": job.id, "data-state": job.state,
+    "data-review": verdict(job)});
   if (job.wait) c.setAttribute("data-wait", job.wait);
   const videos = el("div", {"class": "videos"});
   if (job.files.length) {
-    for (const f of job.files) {
-      videos.appendChild(el("video", {"controls": "", "preload": "metadata", "src": relative(f)}));
-    }
+    // Every take side by side, each labelled; the kept one is the chosen take.
+    const chosen = job.review && job.review.decision === "keep" ? job.review.take : null;
+    job.files.forEach((f, i) => {
+      const take = (job.takes || [])[i] || 1;
+      const box = el("figure", {"class": "take" + (take === chosen ? " chosen" : ""),
+        "data-take": String(take)});
+      box.appendChild(el("video", {"controls": "", "preload": "metadata", "src": relative(f)}));
+      if ((job.take || 1) > 1) {
+        box.appendChild(el("figcaption", {}, "take " + take + (take === chosen ? " (kept)" :
+          job.review && job.review.take === take && job.review.decision === "reject" ?
+          " (rejected)" : "")));
+      }
+      videos.appendChild(box);
+    });
   } else {
     videos.appendChild(el("div", {"class": "none"}, missing(job)));
   }
@@ -393,6 +525,7 @@ function card(job) {
   head.appendChild(el("span", {"class": "id"}, job.id));
   head.appendChild(el("span", {"class": "state " + job.state}, job.state));
   c.appendChild(head);
+  c.appendChild(review(job));
   const next = why(job);
   if (next) c.appendChild(next);
   c.appendChild(el("div", {"class": "prompt"}, job.prompt));
@@ -414,39 +547,70 @@ function card(job) {
   return c;
 }
 
-function drawMore() {
-  const box = document.getElementById("cards");
-  const stop = Math.min(view.length, drawn + PAGE);
-  const frag = document.createDocumentFragment();
-  for (; drawn < stop; drawn++) frag.appendChild(card(view[drawn]));
-  box.appendChild(frag);
-  document.getElementById("shown").textContent =
-    view.length + " of " + JOBS.length + " jobs (" + drawn + " drawn)";
+// Draws the rows of the view near the screen; a card whose job did not change is kept
+// as it is (a video playing in it goes on playing).
+function draw(force) {
+  const box = document.getElementById("cards"), win = document.getElementById("window");
+  cols = Math.max(1, Math.floor((box.clientWidth + GAP) / (MIN_W + GAP)));
+  const rows = Math.ceil(view.length / cols), rowH = CARD_H + GAP;
+  box.style.height = Math.max(0, rows * rowH - GAP) + "px";
+  const top = Math.max(0, -box.getBoundingClientRect().top);
+  // A small campaign is drawn whole: the browser's own find then sees every card.
+  const whole = view.length <= WHOLE;
+  const first = whole ? 0 : Math.max(0, Math.floor(top / rowH) - OVERSCAN);
+  const last = whole ? rows : Math.min(rows, Math.ceil((top + innerHeight) / rowH) + OVERSCAN);
+  const key = first + ":" + last + ":" + cols;
+  if (!force && key === drawnKey) return;
+  drawnKey = key;
+  win.style.transform = "translateY(" + first * rowH + "px)";
+  win.style.gridTemplateColumns = "repeat(" + cols + ", minmax(0, 1fr))";
+  const keep = new Map(), frag = document.createDocumentFragment();
+  for (let i = first * cols; i < Math.min(view.length, last * cols); i++) {
+    const job = view[i], had = nodes.get(job.id);
+    const node = had && had[0] === job ? had[1] : card(job);
+    node.classList.toggle("current", i === cur);
+    keep.set(job.id, [job, node]);
+    frag.appendChild(node);
+  }
+  nodes.clear();
+  for (const [id, pair] of keep) nodes.set(id, pair);
+  win.replaceChildren(frag);
+  document.getElementById("shown").textContent = view.length + " of " + JOBS.length + " jobs";
 }
 
 function apply() {
   const state = document.getElementById("state").value;
   const model = document.getElementById("model").value;
+  const decided = document.getElementById("decision").value;
   const words = document.getElementById("search").value.trim().toLowerCase();
   const sort = document.getElementById("sort").value;
+  const before = cur >= 0 && view[cur] ? view[cur].id : null;
   view = JOBS.filter(j => (!state || j.state === state) && (!model || j.model === model) &&
+    (!decided || verdict(j) === decided) &&
     (!words || j.id.toLowerCase().includes(words) ||
      String(j.prompt).toLowerCase().includes(words)));
   if (sort !== "file") {
     const sign = sort === "gen-desc" ? -1 : 1;
     view = view.slice().sort((a, b) => sign * ((a.gen_ms ?? -1) - (b.gen_ms ?? -1)));
   }
-  document.getElementById("cards").replaceChildren();
-  drawn = 0;
-  drawMore();
-  fill();
+  cur = before === null ? -1 : view.findIndex(j => j.id === before);
+  draw(true);
 }
 
 function header() {
   document.getElementById("title").textContent = META.name;
   const facts = document.getElementById("facts");
+  facts.replaceChildren();
   const add = (text, key) => facts.appendChild(el("span", key ? {"data-fact": key} : {}, text));
-  for (const s of ["done", "failed", "expired", "pending"]) add((META.counts[s] || 0) + " " + s);
+  const counts = {}, decided = {keep: 0, reject: 0};
+  for (const j of JOBS) {
+    counts[j.state] = (counts[j.state] || 0) + 1;
+    const v = verdict(j);
+    if (v !== "undecided") decided[v] += 1;
+  }
+  for (const s of ["done", "failed", "expired", "pending"]) add((counts[s] || 0) + " " + s);
+  add(decided.keep + " kept, " + decided.reject + " rejected, " +
+    (JOBS.length - decided.keep - decided.reject) + " undecided", "review");
   const unknown = META.unknown_price_jobs;
   add(unknown ? "spent ~$" + META.spent_usd.toFixed(2) + " at known prices + " +
     plural(unknown, "job") + " of unknown price" :
@@ -464,7 +628,7 @@ function header() {
   }
   if (META.learned_rpm) add("account ~" + META.learned_rpm + " requests/min");
   if (META.learned_slots) add("account ~" + META.learned_slots + " tasks at once");
-  add("made " + when(META.made_at));
+  add((LIVE ? "live since " : "made ") + when(META.made_at));
 }
 
 function ids(jobs) {
@@ -477,6 +641,7 @@ function attention() {
   const expired = JOBS.filter(j => j.state === "expired");
   const gaveUp = JOBS.filter(j => j.wait === "download");
   const box = document.getElementById("attention");
+  box.replaceChildren();
   const told = [[failed, "failed"], [expired, "expired"], [gaveUp, "download given up"]]
     .filter(([jobs]) => jobs.length).map(([jobs, what]) => jobs.length + " " + what);
   if (!told.length) return;
@@ -531,24 +696,154 @@ function attention() {
 
 function options(id, values) {
   const select = document.getElementById(id);
-  for (const v of values) select.appendChild(el("option", {"value": v}, v));
+  const had = new Set([...select.options].map(o => o.value));
+  for (const v of values) if (!had.has(v)) select.appendChild(el("option", {"value": v}, v));
+}
+function refreshAll() {
+  header();
+  attention();
+  options("state", ["done", "failed", "expired", "pending"]
+    .filter(s => JOBS.some(j => j.state === s)));
+  options("model", [...new Set(JOBS.map(j => j.model))].sort());
+  apply();
 }
 
-header();
-attention();
-options("state", ["done", "failed", "expired", "pending"].filter(s => META.counts[s]));
-options("model", [...new Set(JOBS.map(j => j.model))].sort());
-for (const id of ["state", "model", "sort"]) document.getElementById(id).onchange = apply;
-document.getElementById("search").oninput = apply;
-function fill() {
-  // Cards as the reader scrolls: draw while the end of the list is near the screen.
-  const more = document.getElementById("more");
-  while (drawn < view.length && more.getBoundingClientRect().top < innerHeight + 800) drawMore();
+// -- the live page (review --serve): the server's data, decisions, what changes ----------
+const byId = new Map();
+function index() { byId.clear(); JOBS.forEach((j, i) => byId.set(j.id, i)); }
+async function api(path, body) {
+  const init = {headers: {"X-Review-Token": TOKEN}, cache: "no-store"};
+  if (body !== undefined) {
+    init.method = "POST";
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(path, init);
+  const data = await res.json();
+  if (!res.ok) throw new Error(data.error || res.status);
+  return data;
 }
-new IntersectionObserver(fill, {rootMargin: "800px"}).observe(document.getElementById("more"));
-addEventListener("scroll", fill, {passive: true});
-apply();
-fill();
+function say(text) { document.getElementById("live").textContent = text; }
+// A job's new data (or review) replaces its object: its card is drawn again.
+function put(job) {
+  const at = byId.get(job.id);
+  if (at === undefined) { byId.set(job.id, JOBS.length); JOBS.push(job); return true; }
+  if (JSON.stringify(JOBS[at]) === JSON.stringify(job)) return false;
+  JOBS[at] = job;
+  return true;
+}
+function setReview(id, r) {
+  const at = byId.get(id);
+  if (at === undefined) return false;
+  return put({...JOBS[at], review: r});
+}
+async function decide(job, decision, note, remember) {
+  if (!job) return;
+  const before = job.review;
+  const started = performance.now();
+  try {
+    const got = await api("api/decide", {id: job.id, decision: decision, note: note});
+    window.lastDecisionMs = performance.now() - started;
+    if (remember) undo.push([job.id, before]);
+    setReview(got.id, got.review);
+    header();
+    apply();
+    say("saved " + (decision || "undo") + " of " + got.id);
+  } catch (err) {
+    say("not saved: " + err.message);
+  }
+}
+let cursor = 0, seq = 0;
+async function poll() {
+  try {
+    const got = await api("api/changes?since=" + cursor + "&seq=" + seq);
+    cursor = got.cursor;
+    seq = got.seq;
+    let changed = false;
+    for (const j of got.jobs) {
+      const at = byId.get(j.id);
+      j.review = at === undefined ? null : JOBS[at].review;
+      changed = put(j) || changed;
+    }
+    for (const d of got.decisions) changed = setReview(d.id, d.review) || changed;
+    if (changed) refreshAll();
+    say("live");
+  } catch (err) {
+    say("the server does not answer: " + err.message);
+  }
+  setTimeout(poll, LIVE.poll_ms);
+}
+async function load() {
+  say("loading");
+  const first = await api("api/jobs?limit=" + LIVE.first);
+  JOBS = first.jobs; cursor = first.cursor; seq = first.seq;
+  Object.assign(META, first.meta);
+  index();
+  refreshAll();
+  if (!first.complete) {
+    const all = await api("api/jobs");
+    JOBS = all.jobs; seq = Math.min(seq, all.seq);
+    Object.assign(META, all.meta);
+    index();
+    refreshAll();
+  }
+  setTimeout(poll, LIVE.poll_ms);
+}
+
+// -- moving and deciding from the keyboard ----------------------------------------------
+function focusOn(i) {
+  if (!view.length) return;
+  cur = Math.max(0, Math.min(view.length - 1, i));
+  const box = document.getElementById("cards"), rowH = CARD_H + GAP;
+  const y = box.getBoundingClientRect().top + scrollY + Math.floor(cur / cols) * rowH;
+  if (y < scrollY + 60 || y + CARD_H > scrollY + innerHeight) scrollTo(0, y - 80);
+  draw(true);
+}
+addEventListener("keydown", ev => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const t = ev.target.tagName;
+  if (t === "INPUT" || t === "SELECT" || t === "TEXTAREA") return;
+  const moves = {j: 1, k: -1, ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols};
+  if (ev.key in moves) {
+    ev.preventDefault();
+    focusOn(cur < 0 ? 0 : cur + moves[ev.key]);
+  } else if (LIVE && (ev.key === "y" || ev.key === "n") && view[cur]) {
+    const job = view[cur];
+    decide(job, ev.key === "y" ? "keep" : "reject", job.review ? job.review.note : null, true);
+  } else if (LIVE && ev.key === "u" && undo.length) {
+    const [id, before] = undo.pop();
+    const at = byId.get(id);
+    if (at !== undefined) decide(JOBS[at], before ? before.decision : null,
+      before ? before.note : null, false);
+  }
+});
+document.getElementById("cards").addEventListener("click", ev => {
+  const button = ev.target.closest("button[data-act]");
+  if (!LIVE || !button) return;
+  const c = button.closest("article"), at = byId.get(c.dataset.id);
+  cur = view.findIndex(j => j.id === c.dataset.id);
+  const note = c.querySelector(".note-input").value;
+  decide(JOBS[at], button.dataset.act, note, true);
+});
+document.getElementById("cards").addEventListener("keydown", ev => {
+  if (!LIVE || ev.key !== "Enter" || !ev.target.classList.contains("note-input")) return;
+  const c = ev.target.closest("article"), job = JOBS[byId.get(c.dataset.id)];
+  decide(job, job.review ? job.review.decision : "keep", ev.target.value, true);
+});
+
+for (const id of ["state", "model", "decision", "sort"]) {
+  document.getElementById(id).onchange = apply;
+}
+document.getElementById("search").oninput = apply;
+addEventListener("scroll", () => draw(false), {passive: true});
+addEventListener("resize", () => draw(true));
+if (LIVE) {
+  header();
+  load().catch(err => say("cannot load: " + err.message));
+} else {
+  index();
+  refreshAll();
+}
 </script>
 </body></html>
 """

@@ -343,3 +343,49 @@ async def test_an_output_that_cannot_take_results_costs_one_line_and_nothing_pai
     )
     assert down.code == 74, down.stderr
     assert "cannot reach the S3 endpoint" in down.stderr
+
+
+async def test_export_kept_copies_the_kept_takes_to_another_prefix_in_the_store(
+    simulator: Any, rgw: RGW, bucket: Bucket, tmp_path: Path
+) -> None:
+    """Issue 36: an s3:// output's kept takes go to another prefix, copied inside the store,
+    with export.jsonl; again after a change of mind, the one no longer kept leaves."""
+    from contextlib import closing
+
+    from apixo_batch.journal import Journal
+
+    sim = await simulator(time_scale=0.01)
+    job_file = campaign(tmp_path, bucket, 3)
+    env = s3_env(sim, rgw)
+    assert (await cli(env, "run", str(job_file), "--time-scale", "0.01")).code == 0
+    state = tmp_path / ".apixo-batch" / "e2e.sqlite"
+    with closing(Journal(state, lock=False)) as journal:
+        journal.decide("job-0000", "keep", note="yes", reviewer="ana", at=1.0)
+        journal.decide("job-0002", "keep", note=None, reviewer=None, at=2.0)
+        journal.decide("job-0001", "reject", note=None, reviewer=None, at=3.0)
+    kept = f"s3://{bucket.name}/kept/"
+    got = await cli(env, "export", str(job_file), "--kept", kept)
+    assert got.code == 0, got.stderr
+    assert [k for k in bucket.keys() if k.startswith("kept/")] == [
+        "kept/export.jsonl",
+        "kept/job-0000.mp4",
+        "kept/job-0002.mp4",
+    ]
+    assert bucket.read("kept/job-0000.mp4") == bucket.read("spring/job-0000.mp4")
+    lines = [json.loads(x) for x in bucket.read("kept/export.jsonl").decode().splitlines()]
+    assert [(x["id"], x["source"], x["review"]["note"]) for x in lines] == [
+        ("job-0000", f"s3://{bucket.name}/spring/job-0000.mp4", "yes"),
+        ("job-0002", f"s3://{bucket.name}/spring/job-0002.mp4", None),
+    ]
+    with closing(Journal(state, lock=False)) as journal:
+        journal.decide("job-0002", "reject", note=None, reviewer=None, at=4.0)
+    again = await cli(env, "export", str(job_file), "--kept", kept)
+    assert again.code == 0, again.stderr
+    assert [k for k in bucket.keys() if k.startswith("kept/")] == [
+        "kept/export.jsonl",
+        "kept/job-0000.mp4",
+    ]
+    local = await cli(env, "export", str(job_file), "--kept", str(tmp_path / "here"))
+    assert local.code == 2 and "another s3:// prefix" in local.stderr
+    for text in (got.stdout, got.stderr, again.stderr):
+        assert rgw.secret_key not in text

@@ -29,6 +29,7 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from pathlib import Path
@@ -43,6 +44,7 @@ from ...errors import JournalError
 from ...planning.kind import Kind
 from ...planning.selection import Again
 from ..clash import OUTPUT_EXISTS, Clash, find_clashes
+from ..decisions import Decision
 from ..ledger import Landed, Totals, landed_change
 from ..naming import name_owners
 from ..reconcile import NewJob, SyncResult, take_json
@@ -470,6 +472,8 @@ class PgLedger:
                 return False
         elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
             return False
+        elif state == S.DONE.value and again.rejected:
+            return False  # a PostgreSQL journal holds no review decisions: none is rejected
         kept = json_list(earlier)
         take = int(take)
         if state == S.DONE.value:
@@ -504,6 +508,13 @@ class PgLedger:
                 after = (batch[-1][0], batch[-1][1], batch[-1][2])
 
         return await self._off_loop(page, rows, consume)
+
+    async def read_reviewed(
+        self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
+    ) -> T:
+        # The review page's decisions live in a SQLite journal (review --serve reads and
+        # writes one): a PostgreSQL journal holds none yet.
+        return await self.read_rows(lambda rows: consume(rows, {}))
 
     async def _off_loop(
         self,
