@@ -239,7 +239,12 @@ def write_review(
             if totals is not None:
                 spent, unknown = totals.spent_known_usd, totals.spent_unknown_jobs
             meta = page_meta(
-                name, job_file, runs=runs, spent=spent, unknown=unknown, summary=summary,
+                name,
+                job_file,
+                runs=runs,
+                spent=spent,
+                unknown=unknown,
+                summary=summary,
                 state=state,
             )
             meta["counts"], meta["waits"] = dict(counts), dict(waits)
