@@ -915,3 +915,76 @@ def test_the_run_keeps_the_slowest_rate_that_explains_its_answers() -> None:
     assert tried is not None and kept is not None
     assert kept.rate * 60 == pytest.approx(2_700, rel=0.15)
     assert kept.rate <= tried.rate
+
+
+async def _against_routes(
+    clock: FakeClock, bucket: RequestBucket, limits: dict[int, int], *, seconds: float
+) -> dict[int, tuple[list[float], list[float]]]:
+    """Saturate ``bucket`` from two routes (by priority), each limited by the account in a
+    sliding 10 s window of its own (``limits``: priority -> requests per window), truthful
+    Retry-After: (accepted, refused) times per priority. 60 submitters and 20 pollers, each
+    at most a request a second: more than either route's limit, less than ``--rpm``."""
+    from apixo_batch.apixo.limits.bucket import ROUTE_OF
+
+    out: dict[int, tuple[list[float], list[float]]] = {p: ([], []) for p in limits}
+    windows = {p: RollingWindow() for p in limits}
+
+    def worker(priority: int) -> Callable[[int], Coroutine[Any, Any, None]]:
+        accepted, refused = out[priority]
+        route = ROUTE_OF[priority]
+
+        async def body(_: int) -> None:
+            while True:
+                ticket = await bucket.acquire(priority)
+                at = clock.monotonic()
+                wait = windows[priority].admit(at, limits[priority], 10.0)
+                await clock.sleep(0.05)
+                if wait is None:
+                    accepted.append(at)
+                    bucket.accepted(at, route, ticket=ticket)
+                else:
+                    refused.append(at)
+                    ra = float(rate_limit_headers(wait, "truthful")["Retry-After"])
+                    bucket.rate_limited(ra, ticket=ticket, sent_at=at, route=route)
+                # Each caller asks a request a second at most (as tasks do): the submits
+                # alone, above their limit, leave the shared bucket room for polls.
+                await clock.sleep(1.0)
+
+        return body
+
+    async with (
+        _workers(60, worker(Priority.SUBMIT)),
+        _workers(20, worker(Priority.STATUS)),
+    ):
+        await clock.advance(seconds)
+    return out
+
+
+async def test_a_route_limited_on_its_own_is_paced_on_its_own() -> None:
+    """Status polls limited to 450 a minute in a window of their own, submits to 2,700 in
+    theirs: each route reaches 0.85 of its own bound (one bucket pacing every route at
+    the polls' rate left submits at a fraction of theirs), at most 3 % refused, each
+    route's rate kept for the next run (which paces each within 15 % of its truth), and
+    the summary names the routes."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(9_000, clock, tick=0.1)
+    seconds = 90.0
+    limits = {Priority.SUBMIT: 450, Priority.STATUS: 75}
+    out = await _against_routes(clock, bucket, limits, seconds=seconds)
+    total = sum(len(a) + len(r) for a, r in out.values())
+    refused = sum(len(r) for _, r in out.values())
+    for priority, limit in limits.items():
+        accepted = out[priority][0]
+        assert len(accepted) / (limit / 10.0 * seconds) >= 0.85, priority
+    assert refused / total <= 0.03
+    bucket.conclude()
+    kept = bucket.learned_routes
+    assert kept["status"] == pytest.approx(450, rel=0.15)
+    assert kept.get("submit", 2_700) == pytest.approx(2_700, rel=0.15)
+    assert bucket.learned_limit is not None
+    assert "status polls: about 450/min over 10 s windows" in bucket.learned_limit
+    following = RequestBucket(9_000, clock)
+    following.start_under(bucket.learned_rpm)
+    following.start_routes(kept)
+    status = following.routes["status"].control.rate * 60
+    assert status == pytest.approx(450, rel=0.15)

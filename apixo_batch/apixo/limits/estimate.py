@@ -159,7 +159,24 @@ class AccountLimiter:
         shared = [f for f in fits if f.route is None]
         if shared:
             shared_best = min(f.misfit for f in shared)
-            fits = [f for f in fits if f.route is None or f.misfit < shared_best - ROUTE_MARGIN]
+            own = {
+                r: min((f.misfit for f in fits if f.route == r), default=math.inf)
+                for r in refused_routes
+            }
+            last = next((e[2] for e in reversed(self._log) if not e[1]), None)
+            if (
+                not conclude
+                and len(scopes) > 1
+                and last is not None
+                and max(own.values()) <= shared_best + TOLERANCE
+            ):
+                # Each refused route's own window explains its answers as well as one
+                # window they all share: the fastest reading (each route goes on at its
+                # own rate), and a refusal a route's window would have let through rules
+                # it out. The route just refused is the one to pace.
+                fits = [f for f in fits if f.route == last]
+            else:
+                fits = [f for f in fits if f.route is None or f.misfit < shared_best - ROUTE_MARGIN]
         best = min(f.misfit for f in fits)
         good = [f for f in fits if f.misfit <= best + TOLERANCE]
         if conclude and self.fit is not None:
