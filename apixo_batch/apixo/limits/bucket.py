@@ -366,7 +366,8 @@ class RequestBucket:
         before = self.control.snapshot()
         if self.control.congested(ticket, self._granted, now):
             self._dry_episodes += 1
-            fit = self.account.refit(now, retry_after, sent_at)
+            floor = self._floor()
+            fit = self.account.refit(now, retry_after, sent_at, floor=floor)
             if fit is not None and fit.route is not None:
                 # The route's own window: the other routes were not to blame, and keep
                 # the rate they had; the route is paced on its own from now on.
@@ -398,6 +399,11 @@ class RequestBucket:
             self._limiter.empty_until(self._paused_until)
         else:
             self._pause(now, retry_after, fit, blind=False)
+
+    def _floor(self) -> float:
+        """The least a window every route shares must allow (per second), by what the
+        routes paced on their own were seen to accept: their rates together."""
+        return sum(g.rate for g in self.routes.values())
 
     def _gate(self, fit: Fit, now: float) -> RouteGate:
         """Pace ``fit.route`` by its own window (learned as ``fit``), from when it has room."""
@@ -431,7 +437,7 @@ class RequestBucket:
         """A 429 on a route paced on its own: an episode of that route alone (the other
         routes go on), unless the answers now say a window every route shares."""
         if gate.control.congested(ticket, self._granted, now):
-            fit = self.account.refit(now, retry_after, sent_at)
+            fit = self.account.refit(now, retry_after, sent_at, floor=self._floor())
             if fit is not None and fit.route is None:
                 # A window every route shares after all: the shared bucket's episode.
                 self._dry_episodes += 1
@@ -469,7 +475,8 @@ class RequestBucket:
         if self.account.fit is None:
             return
         now = self._clock.monotonic()
-        fit = self.account.refit(now, conclude=True)
+        floor = self._floor()
+        fit = self.account.refit(now, conclude=True, floor=floor)
         if fit is not None and fit.route is not None and fit.route in self.routes:
             self.routes[fit.route].rate = fit.rate
             return

@@ -105,6 +105,7 @@ class AccountLimiter:
         refused_at: float | None = None,
         *,
         conclude: bool = False,
+        floor: float = 0.0,
     ) -> Fit | None:
         """The limiter that explains the log best (after a refusal); None until one does.
 
@@ -115,7 +116,11 @@ class AccountLimiter:
         next refusal rules it out if wrong); what is left undecided at its end (a fixed
         window's boundary seen once: the same count fits a window half as long) should
         not send the next run into a 429, so of the fits that explain the answers as
-        well with the same count, the one over the longest window is kept."""
+        well with the same count, the one over the longest window is kept.
+
+        ``floor``: a rate (per second) one route alone was seen to accept: a window every
+        route shares cannot allow less, so such a fit is out; the refused route's own
+        window is read instead."""
         if retry_after is not None:
             self._last_retry = (retry_after, now if refused_at is None else refused_at)
         elif conclude and self._last_retry is not None:
@@ -154,29 +159,19 @@ class AccountLimiter:
             fits = late or fits
         if not fits:
             return self.fit
+        if floor > 0.0:
+            fits = [f for f in fits if f.route is not None or f.rate >= (1 - TOLERANCE) * floor]
+            last = next((e[2] for e in reversed(events) if not e[1]), None)
+            if not any(f.route is None for f in fits):
+                fits = [f for f in fits if f.route == last]
+            if not fits:
+                return self.fit
         # One route's own window only when it explains the answers clearly better than a
         # window every route shares: fewer answers always fit more easily.
         shared = [f for f in fits if f.route is None]
         if shared:
             shared_best = min(f.misfit for f in shared)
-            own = {
-                r: min((f.misfit for f in fits if f.route == r), default=math.inf)
-                for r in refused_routes
-            }
-            last = next((e[2] for e in reversed(self._log) if not e[1]), None)
-            if (
-                not conclude
-                and len(scopes) > 1
-                and last is not None
-                and max(own.values()) <= shared_best + TOLERANCE
-            ):
-                # Each refused route's own window explains its answers as well as one
-                # window they all share: the fastest reading (each route goes on at its
-                # own rate), and a refusal a route's window would have let through rules
-                # it out. The route just refused is the one to pace.
-                fits = [f for f in fits if f.route == last]
-            else:
-                fits = [f for f in fits if f.route is None or f.misfit < shared_best - ROUTE_MARGIN]
+            fits = [f for f in fits if f.route is None or f.misfit < shared_best - ROUTE_MARGIN]
         best = min(f.misfit for f in fits)
         good = [f for f in fits if f.misfit <= best + TOLERANCE]
         if conclude and self.fit is not None:
