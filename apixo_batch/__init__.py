@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "make_plan": "planning.plan",
     "S3Location": "location",
     "ApiKey": "apixo.secret",
+    "KeySpec": "apixo.secret",
     "load_api_key": "cli.environment",
     "run_campaign": "api",
     "stream_campaign": "api",
@@ -84,6 +85,7 @@ __all__ = [
     "Job",
     "JobFileError",
     "JournalError",
+    "KeySpec",
     "MissingApiKey",
     "ModelSpec",
     "NotFound",
@@ -126,7 +128,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .api import run_campaign, stream_campaign
     from .apixo.client import DEFAULT_BASE_URL, ApixoClient, TaskStatus, parse_task_payload
-    from .apixo.secret import ApiKey
+    from .apixo.secret import ApiKey, KeySpec
     from .catalog.models import MODELS, ModelSpec, get_model, validate_input
     from .cli.environment import load_api_key
     from .clock import Clock, FakeClock, SystemClock

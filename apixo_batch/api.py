@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from .apixo.secret import ApiKey
+from .apixo.secret import ApiKey, KeySpec
 from .clock import Clock
 from .errors import ApixoError
 from .events import Event, EventSink, QueueSink
@@ -43,13 +43,15 @@ def build_engine(
     job_file: str | Path | Campaign,
     options: RunOptions | None = None,
     *,
-    api_key: ApiKey | str | None = None,
+    api_key: ApiKey | str | Sequence[KeySpec] | None = None,
     out_dir: str | Path | None = None,
     on_event: EventSink | None = None,
     clock: Clock | None = None,
 ) -> Engine:
     """An :class:`Engine` for ``job_file`` (a path, or a campaign already loaded; then
-    ``out_dir`` is not read), run with ``options`` (the defaults when None)."""
+    ``out_dir`` is not read), run with ``options`` (the defaults when None).
+
+    ``api_key``: one key, or a pool of them (:class:`KeySpec`, each with its limits)."""
     if isinstance(job_file, Campaign):
         campaign = job_file
     else:
@@ -62,7 +64,7 @@ async def run_campaign(
     job_file: str | Path,
     options: RunOptions | None = None,
     *,
-    api_key: ApiKey | str | None = None,
+    api_key: ApiKey | str | Sequence[KeySpec] | None = None,
     out_dir: str | Path | None = None,
     on_event: EventSink | None = None,
 ) -> RunResult:
@@ -75,7 +77,7 @@ async def stream_campaign(
     job_file: str | Path,
     options: RunOptions | None = None,
     *,
-    api_key: ApiKey | str | None = None,
+    api_key: ApiKey | str | Sequence[KeySpec] | None = None,
     out_dir: str | Path | None = None,
 ) -> AsyncIterator[Event]:
     """Run a campaign, yielding every event as it happens; the last is the ``summary``.

@@ -156,6 +156,8 @@ class Submitted(Event):
     _: KW_ONLY
     task_id: str
     model: str
+    #: the fingerprint of the key that created the task (a pool of keys only)
+    key: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,8 @@ class Warned(Event):
     #: what the warning is about, for readers that act on it: ``outage`` (the API
     #: stopped answering) or ``recovered`` (it answers again); absent otherwise
     about: str | None = _optional()
+    #: the fingerprint of the key it is about (a pool of keys only)
+    key: str | None = _optional()
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +351,8 @@ class Summary(Event):
     submit_cut_off: int | None = None
     #: a run that could not start (the CLI's exit 2 and 74 before the engine ran)
     error: str | None = _optional()
+    #: each key of a pool by fingerprint: in flight, limits, requests, spend, state
+    keys: list[dict[str, Any]] | None = field(default=None, metadata=_OMIT_NONE)
 
 
 EventSink = Callable[[Event], None]

@@ -350,6 +350,32 @@ def test_run_options_take_a_state_path_given_as_text() -> None:
         RunOptions(state_path=42)  # type: ignore[arg-type]
 
 
+def test_run_options_carry_the_selection_and_what_is_sent_again() -> None:
+    """only/models/limit and the retry fields make the selection and Again a run uses;
+    a bad limit, a non-text pattern or fail_codes without retry_failed are refused."""
+    o = RunOptions(only=("hero-*",), models=("wan-2-5",), limit=3, reroll=True)
+    assert o.selection.picks("hero-1", "wan-2-5") and not o.selection.picks("x", "wan-2-5")
+    assert o.selection.limit == 3 and o.again.reroll and not o.again.failed
+    assert RunOptions(only="hero-*").only == ("hero-*",)  # type: ignore[arg-type]
+    assert not RunOptions(mode="download", retry_failed=True).again.any
+    with pytest.raises(ValueError, match=r"RunOptions\.limit"):
+        RunOptions(limit=0)
+    with pytest.raises(ValueError, match=r"RunOptions\.only"):
+        RunOptions(only=(3,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fail_codes narrows retry_failed"):
+        RunOptions(fail_codes=("NSFW",))
+
+
+async def test_run_campaign_limit_submits_the_first_jobs(simulator, tmp_path: Path) -> None:
+    """The Python API takes the selectors too: limit=2 submits two, the rest stay queued."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(5))
+    result = await run_campaign(job_file, opts(sim, limit=2, order="file"), api_key=SIM_KEY)
+    assert result.exit_code == 0
+    assert result.counts == {"done": 2, "failed": 0, "expired": 0, "pending": 3}
+    assert [t.input["prompt"] for t in sim.tasks.values()] == ["scene number 0", "scene number 1"]
+
+
 async def test_an_on_event_callback_that_raises_does_not_abort_the_run(
     simulator, tmp_path: Path
 ) -> None:

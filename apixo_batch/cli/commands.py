@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import runtime
 from ..api import build_engine
 from ..apixo.receiver import callback_url_with_token, new_token, parse_listen
-from ..apixo.secret import ApiKey, redact
+from ..apixo.secret import ApiKey, KeySpec, redact
 from ..clock import Clock, human_duration
 from ..defaults import STATE_FILE, STATE_FOLDER, state_path
 from ..errors import ApixoError, JobFileError, MissingApiKey, StorageError
@@ -39,9 +39,11 @@ from ..journal.pg import is_database
 from ..location import Destination, is_s3, parse_s3
 from ..pipeline import Engine, RunOptions, RunResult, RunStatistics
 from ..pipeline.owner import other_campaign
+from ..planning.selection import Selection
 from ..reports.manifest import event_line, render_summary
-from .environment import KEY_VAR, base_url, load_api_key
+from .environment import KEY_VAR, base_url, load_api_keys
 from .progress import LiveView, PlainView, Tally, View, shown
+from .select import flat, selection_of, unmatched_only
 from .terminal import note_when_stdout_closes, stop_signals
 
 if TYPE_CHECKING:
@@ -76,7 +78,9 @@ class _Printer:
     no escape codes. ``-q``: failures and the summary only. ``-v``: every event.
     """
 
-    def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool, key: ApiKey | None) -> None:
+    def __init__(
+        self, *, json_mode: bool, quiet: bool, verbose: bool, key: Sequence[ApiKey] | None
+    ) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
@@ -175,8 +179,39 @@ _FAIL_HINTS = {
 }
 
 
+def _selection_refused(args: argparse.Namespace, campaign: Campaign) -> str | None:
+    """The one line that refuses the selectors as given (``--fail-code`` without
+    ``--retry-failed``, an ``--only`` pattern that matches no job), or None."""
+    if getattr(args, "fail_code", None) and not args.retry_failed:
+        return "--fail-code narrows --retry-failed: give --retry-failed too"
+    if not getattr(args, "only", None):
+        return None
+    try:
+        if campaign.from_journal or args.command != "run":
+            return unmatched_only(args, _journal_ids(_state_path(args, campaign)))
+        return unmatched_only(args, (job.id for job in campaign.iter_jobs()))
+    except (JobFileError, StorageError) as exc:
+        return str(exc)
+
+
+def _journal_ids(state: Path) -> Iterator[str]:
+    """Every job id a journal holds (a job removed from the file but paid for included)."""
+    if not state.is_file():
+        return
+    journal = Journal(state, lock=False)
+    try:
+        yield from (r.id for r in journal.iter_all())
+    finally:
+        journal.close()
+
+
 def ended_in_error(
-    code: ExitCode, message: str, *, json_mode: bool, verbose: bool, key: ApiKey | None = None
+    code: ExitCode,
+    message: str,
+    *,
+    json_mode: bool,
+    verbose: bool,
+    key: Sequence[ApiKey] | None = None,
 ) -> ExitCode:
     """A run that could not go on, or start: one line on stderr, and with --json a summary
     as the stream's last line (``exit_code`` and ``error``), as every run ends."""
@@ -233,6 +268,12 @@ def campaign_command(args: argparse.Namespace) -> int:
             return _refused(args, ExitCode.INVALID, str(exc))
         else:
             return _refused(args, ExitCode.INVALID, f"cannot read the job file: {exc}")
+    refused = _selection_refused(args, campaign)
+    if refused is not None:
+        if args.command in ("run", "download"):
+            return _refused(args, ExitCode.INVALID, refused)
+        _err(refused)
+        return ExitCode.INVALID
     if args.command == "status":
         return _status(args, campaign)
     if args.command == "review":
@@ -329,9 +370,10 @@ def _from_journal(args: argparse.Namespace, why: str) -> Campaign | int:
 
 def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     try:
-        key = load_api_key(args.api_key_file)
+        keys = load_api_keys(args.api_key_file)
     except (OSError, ValueError) as exc:
         return _refused(args, ExitCode.INVALID, f"cannot read --api-key-file: {exc}")
+    key = [k.key for k in keys]
     callback_url = getattr(args, "callback_url", None)
     listen = getattr(args, "listen", None)
     if bool(callback_url) != bool(listen):
@@ -353,7 +395,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
     except (ApixoError, ValueError) as exc:  # a URL, a port, a path: nothing was sent
         return printer.ended_in_error(ExitCode.INVALID, str(exc))
     try:
-        return _run_with(args, campaign, key, printer, telemetry, callback_url, listen_at)
+        return _run_with(args, campaign, keys, printer, telemetry, callback_url, listen_at)
     finally:
         if telemetry is not None:
             telemetry.close()
@@ -362,7 +404,7 @@ def _run(args: argparse.Namespace, campaign: Campaign) -> int:
 def _run_with(
     args: argparse.Namespace,
     campaign: Campaign,
-    key: ApiKey | None,
+    keys: Sequence[KeySpec],
     printer: _Printer,
     telemetry: Telemetry | None,
     callback_url: str | None,
@@ -372,13 +414,13 @@ def _run_with(
         printer.ended_in_error(code, message)
         if telemetry is not None:
             # Every run ends in a summary, one that could not go on too: to the receivers.
-            error = redact(message, key)
+            error = redact(message, [k.key for k in keys])
             telemetry(replace(RunResult(code, counts={}).summary(), at=time.time(), error=error))
         return code
 
     sink: EventSink = printer if telemetry is None else _Both(printer, telemetry)
     try:
-        engine = _engine(args, campaign, key, sink, callback_url, listen_at)
+        engine = _engine(args, campaign, keys, sink, callback_url, listen_at)
     except (ApixoError, ValueError) as exc:  # a path that cannot exist, options out of range
         return ended_in_error(ExitCode.INVALID, str(exc))
     printer.attach(engine.statistics, engine.clock)
@@ -426,7 +468,7 @@ class _Both:
 
 
 def _telemetry(
-    args: argparse.Namespace, campaign: Campaign, key: ApiKey | None
+    args: argparse.Namespace, campaign: Campaign, key: Sequence[ApiKey] | None
 ) -> Telemetry | None:
     """The notifier and the metrics the options and the job file ask for (None: neither);
     ValueError or ApixoError with one line naming what is wrong."""
@@ -477,7 +519,7 @@ def _telemetry(
 def _engine(
     args: argparse.Namespace,
     campaign: Campaign,
-    key: ApiKey | None,
+    keys: Sequence[KeySpec],
     sink: EventSink,
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
@@ -495,11 +537,17 @@ def _engine(
         allow_partial=getattr(args, "allow_partial", False),
         max_wait_min=args.max_wait,
         retry_failed=getattr(args, "retry_failed", False),
+        fail_codes=flat(getattr(args, "fail_code", None)),
+        retry_expired=getattr(args, "retry_expired", False),
+        reroll=getattr(args, "reroll", False),
+        only=flat(getattr(args, "only", None)),
+        models=flat(getattr(args, "model", None)),
+        limit=getattr(args, "limit", None),
         order=getattr(args, "order", "longest"),
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
     )
-    return build_engine(campaign, options, api_key=key, on_event=sink)
+    return build_engine(campaign, options, api_key=keys or None, on_event=sink)
 
 
 async def _drive(
@@ -601,6 +649,11 @@ def _status_command(args: argparse.Namespace) -> int:
         return found if isinstance(found, int) else _status(args, found)
     state = _state_path(args, settings)
     changes = None
+    if state.is_file() and getattr(args, "only", None):
+        refused = unmatched_only(args, _journal_ids(state))
+        if refused is not None:
+            _err(refused)
+            return ExitCode.INVALID
     if state.is_file():
         try:
             changes = _file_changes(args, settings, state)
@@ -665,11 +718,15 @@ def _status(
             print(_json.dumps({"journal": str(state), "counts": {}, "error": refused}))
         _err(refused)
         return ExitCode.INVALID
+    selection = selection_of(args)
     try:
-        counts = journal.counts()
-        waiting = journal.in_states([JobState.SUCCEEDED])
-        in_flight = journal.in_states([JobState.SUBMITTED])
-        totals = journal.totals()
+        if selection.filtered:
+            counts, waiting, in_flight, doubt = _selected_status(journal, selection)
+        else:
+            counts = journal.counts()
+            waiting = journal.in_states([JobState.SUCCEEDED])
+            in_flight = journal.in_states([JobState.SUBMITTED])
+            doubt = int(journal.totals()["possibly_duplicated"])
         disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
@@ -686,7 +743,7 @@ def _status(
                 {
                     "journal": str(state),
                     "counts": counts,
-                    "possibly_duplicated": int(totals["possibly_duplicated"]),
+                    "possibly_duplicated": doubt,
                     "file_changes": changes.as_json() if changes else None,
                     "disk": disk.as_json() if disk else None,
                     "in_flight": [{"id": r.id, "task_id": r.task_id} for r in in_flight],
@@ -722,6 +779,27 @@ def _status(
             flag = "  EXPIRES SOON" if soon(r) else ""
             print(f"    {r.id}: {time_left(r.expires_at, now)}{flag}")
     return ExitCode.OK
+
+
+def _selected_status(
+    journal: Journal, selection: Selection
+) -> tuple[dict[str, int], list[JobRow], list[JobRow], int]:
+    """(counts by state, results not downloaded, tasks in flight, possibly duplicated) of
+    the jobs ``--only``/``--model`` pick: one pass over the journal."""
+    counts: dict[str, int] = {}
+    waiting: list[JobRow] = []
+    in_flight: list[JobRow] = []
+    doubt = 0
+    for r in journal.iter_all():
+        if not (r.in_file or r.task_id is not None) or not selection.picks(r.id, r.model):
+            continue
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        doubt += r.possibly_duplicated
+        if r.state is JobState.SUCCEEDED:
+            waiting.append(r)
+        elif r.state is JobState.SUBMITTED:
+            in_flight.append(r)
+    return counts, waiting, in_flight, doubt
 
 
 @dataclass(frozen=True)
@@ -819,8 +897,12 @@ def _review(args: argparse.Namespace, campaign: Campaign) -> int:
         _err(str(exc))
         return ExitCode.INVALID
     try:
+        selection = selection_of(args)
+        rows = journal.iter_all()
+        if selection.filtered:
+            rows = (r for r in rows if selection.picks(r.id, r.model))
         path = write_review(
-            journal.iter_all(),
+            rows,
             output.local_dir,
             name=campaign.name,
             job_file=args.jobfile,

@@ -99,10 +99,100 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _names(text: str) -> list[str]:
+    """``a,b`` or ``a``: the names one option gives (the option may be repeated too)."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty name in {text!r}")
+    return names
+
+
+def _models(text: str) -> list[str]:
+    from ..catalog.models import MODELS  # here, not at the top: see _add_limits
+
+    names = _names(text)
+    for name in names:
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(
+                f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})"
+            )
+    return names
+
+
+_models.__name__ = "--model"
+
+
+def _add_selection(p: argparse.ArgumentParser, *, limit: bool) -> None:
+    """``--only``, ``--model`` (and ``--limit`` where jobs are submitted)."""
+    p.add_argument(
+        "--only",
+        action="append",
+        type=_names,
+        default=[],
+        metavar="ID[,ID...]",
+        help="act only on these job ids; shell-style patterns ('hero-*', 'shot-0[1-3]'); "
+        "repeatable. A pattern that matches no job is an error (exit 2)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        type=_models,
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="act only on jobs of this model; repeatable",
+    )
+    if limit:
+        p.add_argument(
+            "--limit",
+            type=_bounded_int("--limit", 1, 10**9),
+            default=None,
+            metavar="N",
+            help="submit at most N jobs: the first N that run would submit now, in its "
+            "start order (--order); the rest stay queued for the next run",
+        )
+
+
+def _add_again(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
+    """What ``run`` sends again: failed (by fail code), expired and done jobs."""
+    verb = "count as submitted again" if plan else "submit again (a new task, paid again)"
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help=f"{verb} the failed jobs (within --only/--model); a job whose input APIXO "
+        "refused (content violation, bad image...) is skipped unless its input changed "
+        "or --fail-code names its code",
+    )
+    p.add_argument(
+        "--fail-code",
+        action="append",
+        type=_names,
+        default=[],
+        metavar="CODE[,CODE...]",
+        help="with --retry-failed: only the failed jobs with one of these fail codes "
+        "(as the manifest's fail_code); named, a refused input is sent again as it is",
+    )
+    p.add_argument(
+        "--retry-expired",
+        action="store_true",
+        help=f"{verb} the expired jobs (their result URLs lapsed before the download)",
+    )
+    p.add_argument(
+        "--reroll",
+        action="store_true",
+        help=f"{verb} the done jobs as a new take (a new seed where the model takes one): "
+        "the earlier files stay, the new take lands as NAME-take2.mp4, -take3...",
+    )
+
+
 def _add_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="API base URL [APIXO_BASE_URL]")
     p.add_argument(
-        "--api-key-file", default=None, help="read the API key from this file [APIXO_API_KEY]"
+        "--api-key-file",
+        action="append",
+        default=None,
+        help="read the API key(s) from this file, one per line with optional "
+        "max_concurrent=N rpm=N; repeat for a pool of keys "
+        "[APIXO_API_KEY, comma-separated]",
     )
 
 
@@ -225,9 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="minutes to follow one task in this run before leaving it pending "
         f"(default {MAX_WAIT_MIN:g})",
     )
-    run.add_argument(
-        "--retry-failed", action="store_true", help="submit again jobs whose task failed"
-    )
+    _add_selection(run, limit=True)
+    _add_again(run)
     _add_order(run)
     _add_no_review(run)
     _add_telemetry(run)
@@ -242,14 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--budget", type=_positive_float("--budget"), default=None, help="spend cap in USD"
     )
-    plan.add_argument(
-        "--retry-failed", action="store_true", help="count failed jobs as submitted again"
-    )
+    _add_selection(plan, limit=True)
+    _add_again(plan, plan=True)
     _add_limits(plan)
     _add_order(plan)
 
     status = sub.add_parser("status", help="what the journal knows")
     _add_common(status, "status")
+    _add_selection(status, limit=False)
 
     download = sub.add_parser("download", help="fetch results not on disk yet")
     _add_common(download, "download")
@@ -261,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_WAIT_MIN,
         help=f"minutes to follow tasks still running (default {MAX_WAIT_MIN:g})",
     )
+    _add_selection(download, limit=False)
     _add_no_review(download)
     _add_telemetry(download)
 
@@ -272,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument(
         "--state", default=None, help="journal path (default <out>/.apixo-batch.sqlite)"
     )
+    _add_selection(review, limit=False)
 
     verify = sub.add_parser(
         "verify", help="hash every done job's files against the journal; --fix refetches"

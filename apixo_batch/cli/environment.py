@@ -7,23 +7,45 @@ run does what its code says whatever the process's environment holds.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..apixo.secret import ApiKey, redact
+from ..apixo.secret import ApiKey, KeySpec, parse_keys, redact, unique_keys
 from ..defaults import DEFAULT_BASE_URL
 
-__all__ = ["BASE_URL_VAR", "KEY_VAR", "base_url", "load_api_key", "redact_env"]
+__all__ = ["BASE_URL_VAR", "KEY_VAR", "base_url", "load_api_key", "load_api_keys", "redact_env"]
 
 KEY_VAR = "APIXO_API_KEY"
 BASE_URL_VAR = "APIXO_BASE_URL"
 
 
-def load_api_key(key_file: str | Path | None = None, env: str = KEY_VAR) -> ApiKey | None:
-    """The key from ``--api-key-file`` if given, else from the environment, else None."""
-    if key_file is not None:
-        return ApiKey(Path(key_file).read_text(encoding="utf-8"))
-    value = os.environ.get(env, "").strip()
-    return ApiKey(value) if value else None
+def load_api_key(
+    key_file: str | Path | Sequence[str | Path] | None = None, env: str = KEY_VAR
+) -> ApiKey | None:
+    """The (first) key from ``--api-key-file`` if given, else from the environment, else
+    None."""
+    keys = load_api_keys(key_file, env)
+    return keys[0].key if keys else None
+
+
+def load_api_keys(
+    key_files: str | Path | Sequence[str | Path] | None = None, env: str = KEY_VAR
+) -> list[KeySpec]:
+    """Every key of every ``--api-key-file`` (one per line, each with its optional
+    limits), else the comma-separated keys of the environment; a key given twice counts
+    once. Raises OSError or ValueError (naming the file and line, never a key)."""
+    if isinstance(key_files, str | Path):
+        key_files = [key_files]
+    if key_files:
+        found: list[KeySpec] = []
+        for path in key_files:
+            keys = parse_keys(Path(path).read_text(encoding="utf-8"), str(path))
+            if not keys:
+                raise ValueError(f"{path}: no API key in it (one per line; # starts a comment)")
+            found.extend(keys)
+        return unique_keys(found)
+    value = os.environ.get(env, "")
+    return unique_keys([KeySpec(ApiKey(part)) for part in value.split(",") if part.strip()])
 
 
 def base_url(flag: str | None) -> str:
@@ -34,7 +56,7 @@ def base_url(flag: str | None) -> str:
 def redact_env(text: str) -> str:
     """``text`` without the key of the environment (where no ApiKey is at hand)."""
     try:
-        key = load_api_key()
+        keys = load_api_keys()
     except (OSError, ValueError):
         return text
-    return redact(text, key)
+    return redact(text, [k.key for k in keys])

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -17,8 +18,13 @@ from ..defaults import state_path
 from ..errors import JobFileError, PathError, StorageError
 from ..exitcodes import ExitCode
 from ..jobs import Campaign, load_campaign
+from ..planning.forecast import expected_generation_s
+from ..planning.kind import Kind
+from ..planning.order import longest_first
 from ..planning.plan import Plan, make_plan
 from ..planning.resume import JournalJob, Resume, resume_figures
+from ..planning.selection import Again, Selection
+from .select import flat, selection_of, unmatched_only
 
 if TYPE_CHECKING:  # the journal is imported only when there is one to read
     from ..journal import Clash
@@ -34,8 +40,21 @@ def plan_command(args: argparse.Namespace) -> int:
     except JobFileError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.INVALID
+    if args.fail_code and not args.retry_failed:
+        print("apixo-batch: --fail-code narrows --retry-failed: give --retry-failed too",
+              file=sys.stderr)  # fmt: skip
+        return ExitCode.INVALID
+    selection = selection_of(args)
+    order = getattr(args, "order", "longest")
     try:
+        refused = unmatched_only(args, (job.id for job in campaign.iter_jobs()))
+        if refused is not None:
+            print(f"apixo-batch: {refused}", file=sys.stderr)
+            return ExitCode.INVALID
         view = _journal_view(args, campaign)
+        # With a journal the table is what it leaves to submit, selected; without, the
+        # file's jobs the selection picks.
+        shown = campaign if view is not None else _planned(campaign, selection, order)
     except StorageError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.IO_ERROR
@@ -46,7 +65,7 @@ def plan_command(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return ExitCode.INVALID
     plan = make_plan(
-        campaign,
+        shown,
         max_concurrent=args.max_concurrent,
         rpm=args.rpm,
         order=getattr(args, "order", "longest"),
@@ -61,6 +80,26 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_text(plan, view))
     return ExitCode.OK
+
+
+def _planned(campaign: Campaign, selection: Selection, order: str) -> Campaign:
+    """The jobs the plan's table covers: those ``--only``/``--model`` pick, and of them
+    with ``--limit N`` the first N in the start order (``--order``)."""
+    if not selection.narrowed:
+        return campaign
+    picked = campaign.narrowed(selection.picks) if selection.filtered else campaign
+    if selection.limit is None or picked.job_count <= selection.limit:
+        return picked
+    jobs = [(Kind.of(job.model, job.input), job.index, job.id) for job in picked.iter_jobs()]
+    if order == "longest":
+        ranked = longest_first(
+            list(dict.fromkeys(kind for kind, _, _ in jobs)),
+            partial(expected_generation_s, None),
+        )
+        rank = {kind: i for i, kind in enumerate(ranked)}
+        jobs.sort(key=lambda job: (rank[job[0]], job[1]))
+    first = {job_id for _, _, job_id in jobs[: selection.limit]}
+    return campaign.narrowed(lambda job_id, model: job_id in first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +184,10 @@ def _journal_view(args: argparse.Namespace, campaign: Campaign) -> JournalView |
             journal=str(path),
             spent_usd=spent,
             synced=synced,
-            retry_failed=getattr(args, "retry_failed", False),
             budget=getattr(args, "budget", None),
             order=getattr(args, "order", "longest"),
             refuse=refuse,
+            again=_again(args),
         )
         off_disk = () if folder is None else tuple(problems(journal.iter_done_files(), folder))
     finally:
@@ -184,8 +223,20 @@ def _first_run(
         budget=getattr(args, "budget", None),
         order=getattr(args, "order", "longest"),
         refuse=refuse,
+        again=Again(selection=selection_of(args)),
     )
     return JournalView(resume, tuple(clashes), (), folder) if clashes else None
+
+
+def _again(args: argparse.Namespace) -> Again:
+    """The ended jobs ``run`` would send again with these options, and its selection."""
+    return Again(
+        failed=args.retry_failed,
+        fail_codes=flat(args.fail_code),
+        expired=args.retry_expired,
+        reroll=args.reroll,
+        selection=selection_of(args),
+    )
 
 
 def _exists_in(folder: Path) -> Callable[[str], bool]:

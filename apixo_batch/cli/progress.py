@@ -199,8 +199,22 @@ def status_line(tally: Tally, stats: RunStatistics) -> str:
         f"done {t.done}, failed {t.failed + t.expired}, in flight {t.in_flight}{slots}, "
         f"downloading {t.downloading}, queued {t.queued} | {_fmt_eta(tally.eta_s())} | "
         f"{stats.requests_last_minute:,}/{stats.rpm_limit:,} rpm{account} | "
-        f"429s {stats.rate_limited} | spent ~${stats.spent_usd:,.2f}"
+        f"429s {stats.rate_limited} | spent ~${stats.spent_usd:,.2f}" + keys_part(stats)
     )
+
+
+def keys_part(stats: RunStatistics) -> str:
+    """A pool's keys, each by fingerprint: state, tasks in flight against its limit,
+    requests in the last minute against its own, learned limits, spend."""
+    parts = []
+    for k in stats.keys:
+        learned = f" ~{k.learned_rpm:,.0f}" if k.learned_rpm else ""
+        slots = f" of {k.slot_window:,}" if k.slot_window < k.max_concurrent else ""
+        parts.append(
+            f"{k.fingerprint} {k.state} {k.in_flight}/{k.max_concurrent}{slots} "
+            f"{k.requests_last_minute:,}/{k.rpm_limit:,}{learned} rpm ${k.spent_usd:,.2f}"
+        )
+    return " | keys: " + "; ".join(parts) if parts else ""
 
 
 class View(Protocol):

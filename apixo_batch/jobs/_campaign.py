@@ -6,8 +6,8 @@ import itertools
 import math
 import re
 import string
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -106,6 +106,33 @@ class Campaign:
     #: from the environment only by the run that sends (:meth:`notify_urls`)
     notify: tuple[str, ...] = ()
     _source: _Source | None = field(default=None, repr=False, compare=False)
+    #: (id, model) -> the job is one of this view's (see :meth:`narrowed`)
+    _pick: Callable[[str, str], bool] | None = field(default=None, repr=False, compare=False)
+
+    def narrowed(self, pick: Callable[[str, str], bool]) -> Campaign:
+        """A view of the jobs ``pick(id, model)`` keeps, counted and grouped again (one
+        pass over the file), their indexes and file names as in the whole campaign. For
+        figures (``plan --only``); a run syncs the whole file, never a view of it."""
+        view = replace(self, _pick=pick)
+        groups: dict[tuple[str, str, Any, str], list[Any]] = {}
+        count = 0
+        for job in view.iter_jobs():
+            count += 1
+            tier = MODELS[job.model].price_variant(job.input)
+            key = (job.model, job.input["mode"], job.input["duration"], tier)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [1, job.input]
+            else:
+                group[0] += 1
+        return replace(
+            view,
+            job_count=count,
+            groups=tuple(
+                JobGroup(model, mode, duration, tier, MODELS[model].clock(sample), n, sample)
+                for (model, mode, duration, tier), (n, sample) in groups.items()
+            ),
+        )
 
     def iter_jobs(self) -> Iterator[Job]:
         """Every job in file order, validated again as the jobs_file is read again.
@@ -119,6 +146,8 @@ class Campaign:
         for index, job, filename in self._source.expand(issues):
             if issues:
                 break
+            if self._pick is not None and not self._pick(job.id, job.model):
+                continue
             yield Job(
                 id=job.id,
                 index=index,

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .naming import result_names
-from .rows import json_list
 from .states import JobState
 from .store import Journal
 
@@ -95,7 +94,7 @@ def output_clashes(j: Journal, exists: Callable[[str], bool] | None) -> list[Cla
 
 
 def find_clashes(
-    rows: Iterable[tuple[str, str, str | None, int, str, int | None]],
+    rows: Iterable[tuple[str, str, tuple[str, ...], int, str, int | None]],
     candidates: Iterable[tuple[str, str]],
     exists: Callable[[str], bool] | None,
 ) -> list[Clash]:
@@ -109,11 +108,10 @@ def find_clashes(
     on_way: list[tuple[str, str, str, int | None]] = []
     most = 1  # results a task has brought at most: the names a new task may take
     for job_id, filename, files, _, state, results in rows:
-        if files and files != "[]":
-            for name in json_list(files):
-                key = str(name).casefold()
-                landed.add(key)
-                holders.setdefault(key, []).append(job_id)
+        for name in files:
+            key = str(name).casefold()
+            landed.add(key)
+            holders.setdefault(key, []).append(job_id)
         if results:
             most = max(most, results)
         if state in _MAY_LAND:

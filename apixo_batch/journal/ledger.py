@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..planning.kind import Kind
+from ..planning.selection import Again
 from .clash import Clash
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
@@ -105,11 +106,16 @@ class Ledger(Protocol):
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
-        meanwhile is the one sent; None: no job file, the jobs left as they are). Returns
-        (submits cut off by a crash, the sync)."""
+        meanwhile is the one sent; None: no job file, the jobs left as they are), the ended
+        jobs ``again`` picks queued again (a done one on a new take; ``retry_failed``
+        alone: every failed file job). Returns (submits cut off by a crash, the sync)."""
         ...
 
     async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
@@ -197,6 +203,11 @@ class Ledger(Protocol):
         time (bounded memory)."""
         ...
 
+    async def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order: what a selected
+        run's estimate needs (``--only``, ``--model``, ``--limit``)."""
+        ...
+
     async def queued_runs(self) -> list[tuple[Kind, int]]: ...
 
     def by_task(self, task_id: str) -> asyncio.Future[JobRow | None]: ...
@@ -216,9 +227,15 @@ class Ledger(Protocol):
         ...
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
-        """The paid task's id: committed at once, alone if need be (invariant 1)."""
+        """The paid task's id: committed at once, alone if need be (invariant 1), with the
+        fingerprint of the key that created it (only that key reads it)."""
         ...
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:

@@ -19,6 +19,7 @@ from typing import TypeVar, Unpack
 
 from ..clock import Clock
 from ..planning.kind import Kind
+from ..planning.selection import Again
 from .clash import Clash, refuse_clashes
 from .ledger import Landed, Totals, landed_change
 from .reconcile import NewJob, SyncResult
@@ -59,14 +60,18 @@ class SqliteLedger:
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         """Crash leftovers back to the queue, then the job file synced in (the input edited
-        meanwhile is the one sent; None: no job file, the jobs left as they are). Returns
-        (submits cut off by a crash, the sync)."""
+        meanwhile is the one sent; None: no job file, the jobs left as they are), the ended
+        jobs ``again`` picks queued again. Returns (submits cut off by a crash, the sync)."""
         now = self._clock.wall()
         return await self._j.write(
-            lambda j: j.reconcile(jobs, now, retry_failed=retry_failed), alone=True
+            lambda j: j.reconcile(jobs, now, retry_failed=retry_failed, again=again), alone=True
         )
 
     async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
@@ -209,6 +214,10 @@ class SqliteLedger:
             async for row in self._paged(of_kind(kind)):
                 yield row
 
+    async def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order."""
+        return await self._j.read(Journal.queued_brief)
+
     async def queued_runs(self) -> list[tuple[Kind, int]]:
         return await self._j.read(Journal.queued_runs)
 
@@ -232,7 +241,12 @@ class SqliteLedger:
         return self._transition(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
         """The paid task's id: committed at once, alone if need be (invariant 1)."""
         now = self._clock.wall()
@@ -246,6 +260,7 @@ class SqliteLedger:
             possibly_duplicated=possibly_duplicated,
             fail_code=None,
             fail_msg=None,
+            key_fp=key_fp,
         )
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .rows import json_list
+from .rows import OutputRow
 
 __all__ = ["FileRegistry", "hold_name", "name_owners", "result_filename"]
 
@@ -31,19 +31,18 @@ def hold_name(owners: dict[str, tuple[str, ...]], name: str, job_id: str) -> Non
         owners[key] = (*have, job_id)
 
 
-def name_owners(
-    rows: Iterable[tuple[str, str, str | None, object, str]],
-) -> dict[str, tuple[str, ...]]:
-    """{casefolded file name: the jobs it belongs to} from (id, filename, files as JSON, in
-    the file, state) of every job: see ``Journal.file_owners``."""
+def name_owners(rows: Iterable[OutputRow]) -> dict[str, tuple[str, ...]]:
+    """{casefolded file name: the jobs it belongs to} from every job's
+    :data:`~.rows.OutputRow` (its take's name, its files and earlier takes'): see
+    ``Journal.file_owners``."""
     may_land = ("submitted", "succeeded")
     finished = ("done", "expired")
     owners: dict[str, tuple[str, ...]] = {}
-    for job_id, filename, files, in_file, state in rows:
+    for job_id, name, files, in_file, state, _ in rows:
         if state in may_land or (in_file and state not in finished):
-            hold_name(owners, filename, job_id)
-        for name in json_list(files):
             hold_name(owners, name, job_id)
+        for landed in files:
+            hold_name(owners, landed, job_id)
     return owners
 
 

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from ..catalog.again import take_input
+from ..planning.selection import Again
 from .changes import StateChanges
+from .rows import json_list
 from .states import JobState
 
 if TYPE_CHECKING:
     from ..jobs import Campaign
 
-__all__ = ["NewJob", "Reconcile", "SyncResult", "jobs_of"]
+__all__ = ["NewJob", "Reconcile", "SyncResult", "jobs_of", "take_json"]
 
 S = JobState
 
@@ -46,6 +49,9 @@ class NewJob:
     cost_usd: float | None
 
 
+#: no ended job is queued again
+_NONE = Again()
+
 _NEW = tuple(f.name for f in fields(NewJob))
 _new_values = attrgetter(*_NEW)
 _INSERT = (
@@ -61,6 +67,14 @@ class SyncResult:
     updated: int = 0  # input changed before any submit: the new input is used
     changed_after_submit: list[str] | None = None  # ids whose paid task follows the old input
     dropped_from_file: int = 0
+    #: of ``changed_after_submit``: the jobs whose task had ended (id -> failed, done or
+    #: expired), which only ``--retry-failed``, ``--reroll`` or ``--retry-expired`` send
+    ended: dict[str, str] = field(default_factory=dict)
+    #: failed jobs --retry-failed left alone: their input was refused and has not changed
+    #: since (id -> fail code)
+    refused_unchanged: dict[str, str] = field(default_factory=dict)
+    #: ended jobs queued again by ``Again`` (state -> how many)
+    again: dict[str, int] = field(default_factory=dict)
 
 
 def jobs_of(campaign: Campaign) -> Iterator[NewJob]:
@@ -78,28 +92,47 @@ def jobs_of(campaign: Campaign) -> Iterator[NewJob]:
         )
 
 
+def take_json(j: NewJob, take: int) -> str:
+    """The input a job's take is sent with: the file's, with the take's own seed from the
+    second take on (:func:`~apixo_batch.catalog.again.take_input`). Its ``input_hash``
+    stays the file's: the file did not change, so no sync calls it changed."""
+    if take <= 1:
+        return j.input_json
+    inp = take_input(j.model, j.id, json.loads(j.input_json), take)
+    return json.dumps(inp, sort_keys=True, ensure_ascii=False)
+
+
 class Reconcile(StateChanges):
     """The journal's half that follows the job file (see the module docstring)."""
 
     def reconcile(
-        self, jobs: Iterable[NewJob] | None, now: float, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        now: float,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         """The start of a run, in one transaction: crash leftovers back to the queue, then
-        the job file synced in (the input edited meanwhile is the one sent). Returns
-        (submits cut off by a crash, the sync). Consumes ``jobs``: run it once."""
+        the job file synced in (the input edited meanwhile is the one sent), the ended jobs
+        ``again`` picks queued again as they are met (``retry_failed``: every failed job).
+        Returns (submits cut off by a crash, the sync). Consumes ``jobs``: run it once."""
+        if again is None:
+            again = Again(failed=retry_failed)
         with self.transaction():
             recovered = self.recover_interrupted_submits(now)
             self.requeue_unanswered_submits(now)
-            if retry_failed:
-                self.requeue_failed(now)
             if jobs is None:  # no job file: the journal's jobs stay as they are
                 return recovered, SyncResult(changed_after_submit=[])
-            return recovered, self.sync(jobs, now)
+            return recovered, self.sync(jobs, now, again=again)
 
     # -- sync with the job file -----------------------------------------------
-    def sync(self, jobs: Iterable[NewJob], now: float, batch: int = 2000) -> SyncResult:
+    def sync(
+        self, jobs: Iterable[NewJob], now: float, batch: int = 2000, *, again: Again = _NONE
+    ) -> SyncResult:
         """Bring the journal in line with the job file, in one transaction; the file is
-        read ``batch`` jobs at a time (bounded memory)."""
+        read ``batch`` jobs at a time (bounded memory). Ended jobs ``again`` picks are
+        queued again with the file's input (a new task: paid again)."""
         result = SyncResult(changed_after_submit=[])
         with self.transaction() as db:
             db.execute("UPDATE jobs SET in_file=0")
@@ -107,32 +140,40 @@ class Reconcile(StateChanges):
             for job in jobs:
                 chunk.append(job)
                 if len(chunk) >= batch:
-                    self._sync_chunk(chunk, now, result)
+                    self._sync_chunk(chunk, now, result, again)
                     chunk = []
             if chunk:
-                self._sync_chunk(chunk, now, result)
+                self._sync_chunk(chunk, now, result, again)
             row = db.execute("SELECT count(*) FROM jobs WHERE in_file=0").fetchone()
         result.dropped_from_file = int(row[0])
         return result
 
-    def _sync_chunk(self, chunk: list[NewJob], now: float, result: SyncResult) -> None:
+    def _sync_chunk(
+        self, chunk: list[NewJob], now: float, result: SyncResult, again: Again
+    ) -> None:
         db = self._db
         ids = [j.id for j in chunk]
-        known: dict[str, tuple[str, str, str | None]] = {}
+        known: dict[str, tuple[str, str, str | None, str | None, int]] = {}
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
-            for jid, h, state, task in db.execute(
-                f"SELECT id, input_hash, state, task_id FROM jobs WHERE id IN ({marks})", part
+            for jid, h, state, task, code, take in db.execute(
+                "SELECT id, input_hash, state, task_id, fail_code, take FROM jobs "
+                f"WHERE id IN ({marks})",
+                part,
             ):
-                known[jid] = (h, state, task)
+                known[jid] = (h, state, task, code, int(take))
         for j in chunk:
             old = known.get(j.id)
             if old is None:
                 db.execute(_INSERT, (*_new_values(j), now))
                 result.added += 1
                 continue
-            old_hash, state, task_id = old
+            old_hash, state, task_id, code, take = old
+            if again.any and self._queued_again(
+                j, state, code, old_hash == j.input_hash, now, result, again
+            ):
+                continue
             if old_hash == j.input_hash:
                 db.execute(
                     "UPDATE jobs SET idx=?, filename=?, cost_usd=?, in_file=1, "
@@ -147,7 +188,7 @@ class Reconcile(StateChanges):
                     "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
                     "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, "
                     "fail_code=NULL, fail_msg=NULL, updated_at=? WHERE id=?",
-                    (j.idx, j.model, j.provider, j.input_json, j.input_hash, j.filename,
+                    (j.idx, j.model, j.provider, take_json(j, take), j.input_hash, j.filename,
                      j.cost_usd, now, j.id),
                 )  # fmt: skip
                 if state == S.FAILED.value:
@@ -162,6 +203,43 @@ class Reconcile(StateChanges):
                 )
                 assert result.changed_after_submit is not None
                 result.changed_after_submit.append(j.id)
+                if state in (S.FAILED.value, S.DONE.value, S.EXPIRED.value):
+                    result.ended[j.id] = state
+
+    def _queued_again(
+        self, j: NewJob, state: str, code: str | None, unchanged: bool, now: float,
+        result: SyncResult, again: Again,
+    ) -> bool:  # fmt: skip
+        """An ended job ``again`` picks, queued again with the file's input (a new take
+        for a done one); True if it was."""
+        if state == S.FAILED.value:
+            verdict = again.failed_again(j.id, j.model, code, unchanged)
+            if verdict == "refused":
+                result.refused_unchanged[j.id] = code or ""
+            if verdict != "retry":
+                return False
+        elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
+            return False
+        take, files, earlier = self._db.execute(
+            "SELECT take, files, earlier_files FROM jobs WHERE id=?", (j.id,)
+        ).fetchone()
+        kept = json_list(earlier)
+        if state == S.DONE.value:
+            # A new take: the earlier take's files stay on disk, held by the job.
+            take, kept = int(take) + 1, (*kept, *json_list(files))
+        self._db.execute(
+            "UPDATE jobs SET idx=?, model=?, provider=?, input_json=?, input_hash=?, "
+            "filename=?, cost_usd=?, in_file=1, changed_input_hash=NULL, take=?, "
+            "earlier_files=?, task_id=NULL, request_type=NULL, submitted_at=NULL, "
+            "completed_at=NULL, result_urls='[]', expires_at=NULL, files='[]', bytes=NULL, "
+            "sha256='[]', fail_code=NULL, fail_msg=NULL, cost_time_ms=NULL, arrived_via=NULL "
+            "WHERE id=?",
+            (j.idx, j.model, j.provider, take_json(j, int(take)), j.input_hash, j.filename,
+             j.cost_usd, take, json.dumps(list(kept)), j.id),
+        )  # fmt: skip
+        self.transition(j.id, S.QUEUED, now)
+        result.again[state] = result.again.get(state, 0) + 1
+        return True
 
     # -- what earlier runs left ---------------------------------------------
     def requeue_unanswered_submits(self, now: float) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
+from ..planning.selection import take_filename
 from .states import STATES, JobState
 
 __all__ = [
@@ -24,8 +25,12 @@ __all__ = [
     "Change",
     "Column",
     "JobRow",
+    "OutputRow",
+    "added_columns",
     "jobs_table",
     "json_list",
+    "output_row",
+    "take_filename",
 ]
 
 
@@ -34,6 +39,40 @@ def json_list(text: str | None) -> tuple[str, ...]:
     if not text or text == "[]":
         return ()
     return tuple(json.loads(text))
+
+
+#: (id, the name its take lands at, its files with earlier takes', in the file (0/1),
+#: state, how many result URLs the task brought: None before it succeeded): one job as
+#: the check of names sees it (``Journal.output_rows``), the same from either backend
+OutputRow = tuple[str, str, tuple[str, ...], int, str, int | None]
+
+#: the columns :func:`output_row` takes, in order (the result count as each SQL spells it)
+OUTPUT_COLUMNS = "id, filename, take, files, earlier_files, in_file, state"
+
+
+def output_row(
+    job_id: str,
+    filename: str,
+    take: int,
+    files: str | None,
+    earlier: str | None,
+    in_file: Any,
+    state: str,
+    results: int | None,
+) -> OutputRow:
+    """One job's :data:`OutputRow` from its columns (:data:`OUTPUT_COLUMNS`, then the
+    result count)."""
+    landed = json_list(files)
+    if earlier and earlier != "[]":
+        landed = (*json_list(earlier), *landed)
+    return (
+        str(job_id),
+        take_filename(filename, int(take)),
+        landed,
+        int(in_file),
+        str(state),
+        None if results is None else int(results),
+    )
 
 
 def _json_text(values: Sequence[str]) -> str:
@@ -49,9 +88,11 @@ def _sql(
     decl: str,
     read: Callable[[Any], Any] | None = None,
     write: Callable[[Any], Any] | None = None,
+    since: int = 1,
 ) -> dict[str, Any]:
-    """A JobRow field's column: its SQL declaration, and converters where SQL differs."""
-    return {"decl": decl, "read": read, "write": write}
+    """A JobRow field's column: its SQL declaration, converters where SQL differs, and the
+    schema step that adds it (:mod:`.schema`)."""
+    return {"decl": decl, "read": read, "write": write, "since": since}
 
 
 _LIST = _sql("TEXT", json_list, _json_text)  # a JSON array of strings
@@ -89,6 +130,22 @@ class JobRow:
     fail_msg: str | None = field(metadata=_sql("TEXT"))
     cost_time_ms: int | None = field(metadata=_sql("INTEGER"))
     arrived_via: str | None = field(metadata=_sql("TEXT"))
+    # Added by schema step 2 (``since``): kept out of step 1's CREATE TABLE.
+    #: the take the job is on: 1, then one more per ``--reroll``
+    take: int = field(default=1, metadata=_sql("INTEGER NOT NULL DEFAULT 1", since=2))
+    #: the files of earlier takes, kept on disk and held by the job
+    earlier_files: tuple[str, ...] = field(
+        default=(), metadata={**_LIST, "decl": "TEXT NOT NULL DEFAULT '[]'", "since": 2}
+    )
+    # Added by schema step 3.
+    #: the fingerprint of the key that created its task (None: the run's one key, as
+    #: every task was before key pools)
+    key_fp: str | None = field(default=None, metadata=_sql("TEXT", since=3))
+
+    @property
+    def out_name(self) -> str:
+        """The file name this take's first result lands at (see :func:`take_filename`)."""
+        return take_filename(self.filename, self.take)
 
     @property
     def landed_files(self) -> tuple[str, ...]:
@@ -125,6 +182,8 @@ class Column:
     read: Callable[[Any], Any] | None = None
     #: Python value -> SQL value, where they differ
     write: Callable[[Any], Any] | None = None
+    #: the schema step that adds the column (1: the CREATE TABLE)
+    since: int = 1
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -140,8 +199,16 @@ _READERS = tuple((i, c.read) for i, c in enumerate(COLUMNS) if c.read is not Non
 
 
 def jobs_table() -> str:
+    """Step 1's CREATE TABLE: the columns later steps add are left to them."""
     return "CREATE TABLE IF NOT EXISTS jobs ({})".format(
-        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS)
+        ", ".join(f"{c.name} {c.decl}" for c in COLUMNS if c.since == 1)
+    )
+
+
+def added_columns(step: int) -> tuple[str, ...]:
+    """The ``ALTER TABLE`` statements of the columns schema step ``step`` adds."""
+    return tuple(
+        f"ALTER TABLE jobs ADD COLUMN {c.name} {c.decl}" for c in COLUMNS if c.since == step
     )
 
 
@@ -163,6 +230,9 @@ class Change(TypedDict, total=False):
     fail_msg: str | None
     cost_time_ms: int | None
     arrived_via: str
+    take: int
+    earlier_files: Sequence[str]
+    key_fp: str | None
 
 
 #: every key of :class:`Change`, with how its column stores a value (None: as it is)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import JournalUnreadable
-from .rows import jobs_table
+from .rows import added_columns, jobs_table
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
@@ -41,6 +41,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "seconds REAL NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS completions_key_idx ON completions (clock_key, at)",
     ),
+    # 2: takes (``run --reroll``): the take a job is on, and the files of earlier takes.
+    added_columns(2),
+    # 3: key pools: the fingerprint of the key that created each task (only it reads it).
+    added_columns(3),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,9 +3,9 @@
 States (stored as text in the journal)::
 
     queued ─▶ submitting ─▶ submitted ─▶ succeeded ◀─▶ done
-                 │  │            │            └──────▶ expired
+                 │  │            │            └──────▶ expired ─(--retry-expired)─▶ queued
                  │  └─▶ queued   └──▶ failed ─(--retry-failed)─▶ queued
-                 └─────▶ failed (input rejected)
+                 └─────▶ failed (input rejected)        done ─(--reroll)─▶ queued
 
 ``submitting`` marks the only window where a crash leaves doubt (request sent,
 answer not journaled): on restart those jobs go back to ``queued`` flagged
@@ -42,9 +42,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.SUBMITTED: frozenset({S.SUBMITTED, S.SUCCEEDED, S.FAILED}),
     S.SUCCEEDED: frozenset({S.SUCCEEDED, S.DONE, S.EXPIRED}),
     S.FAILED: frozenset({S.QUEUED}),
-    # A done job's files deleted or damaged after the run: fetched again, not paid again.
-    S.DONE: frozenset({S.SUCCEEDED}),
-    S.EXPIRED: frozenset(),
+    # A done job's files deleted or damaged after the run: fetched again, not paid again;
+    # queued again only by --reroll (a new take, its earlier files kept).
+    S.DONE: frozenset({S.SUCCEEDED, S.QUEUED}),
+    # Queued again only by --retry-expired: a new task (the old results are gone).
+    S.EXPIRED: frozenset({S.QUEUED}),
 }
 
 # The reverse of TRANSITIONS, as SQL: the states from which each state may be entered

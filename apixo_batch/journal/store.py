@@ -18,8 +18,8 @@ from ..planning.kind import Kind
 from .learned import LearnedClocks
 from .naming import name_owners
 from .reconcile import Reconcile
+from .rows import OUTPUT_COLUMNS, JobRow, OutputRow, json_list, output_row
 from .rows import SELECT as _SELECT
-from .rows import JobRow, json_list
 from .states import JobState
 
 __all__ = ["FILE_STAMP", "DoneFiles", "Journal"]
@@ -57,29 +57,28 @@ class Journal(Reconcile, LearnedClocks):
         more: after a template change, their new name is free). A name held by two
         jobs lists both.
         """
-        return name_owners(self._db.execute("SELECT id, filename, files, in_file, state FROM jobs"))
+        return name_owners(self.output_rows(order=False))
 
-    def output_rows(
-        self, *, holders: bool = False
-    ) -> Iterator[tuple[str, str, str | None, int, str, int | None]]:
-        """(id, filename, files as JSON, in_file, state, how many result URLs the task
-        brought: None before it succeeded) of every job, in file order. ``holders``: only
-        the jobs that may hold a name (files landed, a task on its way or that brought
-        results), what a check of other jobs' names needs."""
+    def output_rows(self, *, order: bool = True, holders: bool = False) -> Iterator[OutputRow]:
+        """Every job as the check of names sees it (:data:`~.rows.OutputRow`: the name its
+        take lands at, its files with earlier takes'), in file order (``order``).
+        ``holders``: only the jobs that may hold a name (files landed now or by an earlier
+        take, a task on its way or that brought results), what a check of other jobs'
+        names needs."""
         where = (
             " WHERE (files IS NOT NULL AND files NOT IN ('', '[]')) "
+            "OR (earlier_files IS NOT NULL AND earlier_files NOT IN ('', '[]')) "
             "OR state IN ('submitting', 'submitted', 'succeeded') "
             "OR (result_urls IS NOT NULL AND result_urls NOT IN ('', '[]'))"
             if holders
             else ""
         )
-        return iter(
-            self._db.execute(
-                "SELECT id, filename, files, in_file, state, "
-                "CASE WHEN result_urls IS NULL OR result_urls = '' THEN NULL "
-                f"ELSE json_array_length(result_urls) END FROM jobs{where} ORDER BY idx, id"
-            )
-        )
+        by = " ORDER BY idx, id" if order else ""
+        for values in self._db.execute(
+            f"SELECT {OUTPUT_COLUMNS}, CASE WHEN result_urls IS NULL OR result_urls = '' "
+            f"THEN NULL ELSE json_array_length(result_urls) END FROM jobs{where}{by}"
+        ):
+            yield output_row(*values)
 
     def by_task(self, task_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_SELECT} FROM jobs WHERE task_id=?", (task_id,)).fetchone()
@@ -155,6 +154,24 @@ class Journal(Reconcile, LearnedClocks):
             runs.append((Kind(str(model), duration, resolution), 1))
         return runs
 
+    def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        """(id, model, cost, kind) of every queued file job, in file order: what a selected
+        run's estimate needs (``--only``, ``--model``, ``--limit``)."""
+        kinds: dict[tuple[Any, ...], Kind] = {}
+        out: list[tuple[str, str, float | None, Kind]] = []
+        for job_id, model, cost, duration, resolution in self._db.execute(
+            "SELECT id, model, cost_usd, json_extract(input_json, '$.duration'), "
+            "json_extract(input_json, '$.resolution') FROM jobs "
+            "WHERE state=? AND in_file=1 ORDER BY idx, id",
+            (JobState.QUEUED.value,),
+        ):
+            key = (model, duration, resolution)
+            kind = kinds.get(key)
+            if kind is None:
+                kind = kinds[key] = Kind(str(model), duration, resolution)
+            out.append((str(job_id), str(model), cost, kind))
+        return out
+
     def queued_page_of_kind(
         self, kind: Kind, after_idx: int, after_id: str, limit: int
     ) -> list[JobRow]:
@@ -218,11 +235,11 @@ class Journal(Reconcile, LearnedClocks):
     def plan_rows(self) -> Iterator[tuple[Any, ...]]:
         """What ``plan`` compares with the job file, in one SELECT, file jobs in file order:
         (id, state, input hash, has a task id, fail code, cost, in the file, kind, filename,
-        the inputs price and clock read)."""
+        the inputs price and clock read, take)."""
         kinds: dict[tuple[Any, ...], tuple[Kind, dict[str, Any]]] = {}
-        for jid, state, h, task, code, cost, in_file, filename, *drives in self._db.execute(
+        for jid, state, h, task, code, cost, in_file, filename, take, *drives in self._db.execute(
             "SELECT id, state, input_hash, task_id IS NOT NULL, fail_code, cost_usd, in_file, "
-            "filename, model, json_extract(input_json, '$.duration'), "
+            "filename, take, model, json_extract(input_json, '$.duration'), "
             "json_extract(input_json, '$.resolution'), json_extract(input_json, '$.mode'), "
             "json_extract(input_json, '$.sound') FROM jobs ORDER BY in_file DESC, idx, id"
         ):
@@ -248,6 +265,7 @@ class Journal(Reconcile, LearnedClocks):
                 known[0],
                 str(filename),
                 known[1],
+                int(take),
             )
 
     def counts(self) -> dict[str, int]:

@@ -28,17 +28,22 @@ from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.forecast import expected_generation_s
 from ..planning.order import longest_first
+from ..planning.selection import Selection
+from .keypool import KeyAccount, KeyPool
 from .stop import BUDGET_STEP, Level, Stop, StopKind, Stops
 
 __all__ = [
     "Admission",
     "Admitted",
     "BudgetMeter",
+    "LimitMeter",
     "Meter",
     "Permit",
+    "PoolMeter",
     "SlotMeter",
     "Verdict",
     "queued_in_start_order",
+    "selected",
 ]
 
 
@@ -57,6 +62,19 @@ def queued_in_start_order(
         return ledger.rows(JobState.QUEUED, page=ADMIT_PAGE, file_only=True)
     expected = partial(expected_generation_s, completions)
     return ledger.queued_by_kind(partial(longest_first, expected_s=expected), page=ADMIT_PAGE)
+
+
+async def selected(rows: AsyncIterator[JobRow], selection: Selection) -> AsyncIterator[JobRow]:
+    """The rows ``selection`` picks by id and model (``--only``, ``--model``); the rest are
+    left queued, untouched."""
+    try:
+        async for row in rows:
+            if selection.picks(row.id, row.model):
+                yield row
+    finally:
+        aclose = getattr(rows, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class Permit:
@@ -96,10 +114,11 @@ class Permit:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A job allowed to start, with its slot."""
+    """A job allowed to start, with its slot (and, in a pool, the key whose slot it is)."""
 
     row: JobRow
     permit: Permit
+    account: KeyAccount | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +210,39 @@ class BudgetMeter:
         return Stop(StopKind.BUDGET, reason, next_step=BUDGET_STEP)
 
 
+class LimitMeter:
+    """``--limit N``: the first N jobs in the start order, then admission ends (the rest
+    stay queued for the next run, which is not a stop: nothing went wrong)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.admitted = 0
+
+    async def admit(self, row: JobRow) -> Verdict:
+        if self.limit is None:
+            return ADMIT
+        if self.admitted >= self.limit:
+            return Verdict("end")
+        self.admitted += 1
+        return ADMIT
+
+    def undo(self, row: JobRow) -> None:
+        if self.limit is not None:
+            self.admitted -= 1
+
+    def finished(self) -> Stop | None:
+        return None  # the jobs past the limit wait for the next run: nothing went wrong
+
+
 class SlotMeter:
     """A concurrency slot per job: waits for one; ends admission once none can come."""
 
     def __init__(self, slots: ConcurrencyLimit) -> None:
         self.slots = slots
+        self.account: KeyAccount | None = None
+
+    def close(self) -> None:
+        self.slots.close()
 
     async def admit(self, row: JobRow) -> Verdict:
         try:
@@ -218,6 +265,39 @@ class SlotMeter:
         return Permit(self.slots)
 
 
+class PoolMeter:
+    """A slot of one key of a pool per job: the key with the most free capacity; waits
+    when every key is full; ends admission once no key can submit."""
+
+    def __init__(self, pool: KeyPool) -> None:
+        self.pool = pool
+        self.account: KeyAccount | None = None  # the key of the slot just granted
+
+    def close(self) -> None:
+        self.pool.close()
+
+    async def admit(self, row: JobRow) -> Verdict:
+        try:
+            self.account = await self.pool.take()
+        except SlotsStranded:
+            reason = "tasks past --max-wait hold every concurrency slot of every key"
+            return Verdict("end", Stop(StopKind.STRANDED, reason))
+        except SlotsClosed:
+            return Verdict("end")  # stopping, or every key retired (its stop is told)
+        return ADMIT
+
+    def undo(self, row: JobRow) -> None:
+        if self.account is not None:
+            self.account.slots.release()
+
+    def finished(self) -> Stop | None:
+        return None
+
+    def permit(self) -> Permit:
+        assert self.account is not None
+        return Permit(self.account.slots)
+
+
 class Admission:
     """Turns ``rows`` (in start order) into :class:`Admitted` jobs on ``out``.
 
@@ -229,7 +309,7 @@ class Admission:
         rows: AsyncIterator[JobRow],
         *,
         meters: Sequence[Meter],
-        slots: SlotMeter,
+        slots: SlotMeter | PoolMeter,
         stops: Stops,
     ) -> None:
         self._rows = rows
@@ -237,7 +317,7 @@ class Admission:
         self._slots = slots
         self._stops = stops
         # A stop closes the slots: a wait for one ends at once, and no more are taken.
-        stops.on(Level.ADMISSION, slots.slots.close)
+        stops.on(Level.ADMISSION, slots.close)
 
     async def run(self, out: ObjectSendStream[Admitted]) -> None:
         async with out:
@@ -273,7 +353,7 @@ class Admission:
             return False
         permit = self._slots.permit()
         try:
-            await out.send(Admitted(row, permit))
+            await out.send(Admitted(row, permit, self._slots.account))
         except BaseException:
             permit.release()
             raise

@@ -39,12 +39,13 @@ from ..errors import (
     ServerError,
     TransportError,
 )
-from ..events import Emitter, Failed, Pending, Retried, Running, Succeeded, Throttled
+from ..events import Emitter, Failed, Pending, Retried, Running, Succeeded, Throttled, Warned
 from ..journal import JobRow, JobState, Ledger
 from ..planning.completion import CompletionModel
 from ..planning.kind import Kind
 from ..retry import Patience
 from .admission import Permit
+from .keypool import KeyPool
 from .lander import Fetch
 from .scheduler import PollScheduler, Tracked
 from .stop import Level, Stop, StopKind, Stops, no_access, refusal_step
@@ -92,8 +93,13 @@ class Follower:
         submits: SubmitsUnderWay | None = None,
         patience: Patience = PATIENCE,
         turnaround: Turnaround | None = None,
+        pool: KeyPool | None = None,
     ) -> None:
         self._client = client
+        #: several keys: each task is polled with the key that created it
+        self._pool = pool if pool is not None and pool.pooled else None
+        self._key_of: dict[str, str | None] = {}
+        self._unreadable: set[str] = set()  # pool keys that no longer read their tasks
         self._ledger = ledger
         self._clock = clock
         self._stops = stops
@@ -138,8 +144,14 @@ class Follower:
         the limit), the first poll as soon as each could plausibly be done."""
         now_wall, now_mono = self._clock.wall(), self._clock.monotonic()
         for row in rows:
-            self._slots.adopt()
-            self._track(row, Permit(self._slots, running=True), now_wall, now_mono, adopted=True)
+            slots = self._slots
+            if self._pool is not None:
+                account = self._pool.get(row.key_fp)
+                assert account is not None  # the start-up kept other keys' tasks out
+                account.adopted += 1
+                slots = account.slots
+            slots.adopt()
+            self._track(row, Permit(slots, running=True), now_wall, now_mono, adopted=True)
 
     async def run(
         self, submitted: ObjectReceiveStream[Submitted], out: ObjectSendStream[Fetch]
@@ -175,6 +187,9 @@ class Follower:
         # one per task ending, and the bucket serves submits first anyway).
         slots_bind = self._slots.in_flight >= self._slots.cap
         share = 0.9 if not self._input_open or slots_bind else 0.6
+        if self._pool is not None:
+            # Each key polls its own tasks through its own bucket: their rates add up.
+            return sum(a.bucket.rate_per_s for a in self._pool.accounts) * share
         return self._client.bucket.rate_per_s * share
 
     async def _take(self, item: Submitted) -> None:
@@ -200,7 +215,7 @@ class Follower:
         age = max(0.0, now_wall - (row.submitted_at or now_wall))
         tracked = Tracked(
             job_id=row.id,
-            filename=row.filename,
+            filename=row.out_name,
             task_id=row.task_id,
             model=row.model,
             clock_key=Kind.of(row.model, inp).key,
@@ -210,6 +225,8 @@ class Follower:
             callback_mode=row.request_type == "callback" and not adopted,
         )
         self._permits[tracked.task_id] = permit
+        if self._pool is not None:
+            self._key_of[tracked.task_id] = row.key_fp
         due = None
         if adopted:
             # Resuming: the first poll comes as soon as the task could plausibly be done.
@@ -237,7 +254,7 @@ class Follower:
             self._left.add(t.task_id)
             return True
         try:
-            status = await self._client.status(t.model, t.task_id)
+            status = await self._client_for(t).status(t.model, t.task_id)
         except RateLimited as exc:
             self.polls["rate-limited"] += 1
             self._emit(Throttled(t.job_id, retry_after=exc.retry_after))
@@ -259,7 +276,40 @@ class Follower:
             return False
         return await self._finished(t, status, via="poll")
 
+    def _client_for(self, t: Tracked) -> ApixoClient:
+        if self._pool is None:
+            return self._client
+        account = self._pool.get(self._key_of.get(t.task_id))
+        return account.client if account is not None and account.client else self._client
+
+    def _unread(self, t: Tracked, exc: ApiError) -> bool:
+        """A pool's key refuses to read its own task: the task is left pending (journaled
+        ``submitted``, never sent again: another key could not read it either), told
+        once per key; the other keys' tasks go on."""
+        assert self._pool is not None
+        fp = self._key_of.get(t.task_id)
+        account = self._pool.get(fp)
+        name = account.fingerprint if account is not None else str(fp)
+        if name not in self._unreadable:
+            self._unreadable.add(name)
+            if account is not None:
+                # Tasks it created now could not be followed either: it submits no more.
+                self._pool.retire(account, f"{exc.status}: {exc.api_message or exc}")
+            self._emit(
+                Warned(
+                    key=name,
+                    message=f"key {name} no longer reads its tasks ({exc.status}: "
+                    f"{exc.api_message or exc}); they stay in flight in the journal, never "
+                    "submitted again (a run with that key follows them)",
+                )
+            )
+        self._permits.pop(t.task_id).strand()
+        self._left.add(t.task_id)
+        return True
+
     async def _poll_refused(self, t: Tracked, exc: ApiError) -> bool:
+        if exc.fatal and self._pool is not None:
+            return self._unread(t, exc)
         if exc.fatal:
             # Without a working key nothing more can be learned in this run.
             reason = f"the API refused a poll: {exc}"

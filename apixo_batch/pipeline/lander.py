@@ -33,6 +33,7 @@ from ..events import Downloaded, Emitter, Expired, Retried, Warned
 from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, LocalOutput, Output
 from ..outputs.paths import storage_failure
+from ..planning.selection import Selection
 from ..retry import Backoff, Deadline, Patience
 from .stop import Stop, StopKind, Stops, storage_stop
 
@@ -74,8 +75,11 @@ class Lander:
         workers: int,
         patience: Patience = PATIENCE,
         stops: Stops | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self._ledger = ledger
+        #: results of earlier runs are fetched only for the jobs it picks
+        self._selection = selection or Selection()
         self._stops = stops or Stops(emit)
         self.left_for_disk = 0  # results not written because our disk refused them
         self._session = session
@@ -131,11 +135,13 @@ class Lander:
         async with out:
             rows = self._ledger.rows(JobState.SUCCEEDED, page=FEED_PAGE, file_only=False)
             async for row in rows:
+                if self._selection.filtered and not self._selection.picks(row.id, row.model):
+                    continue  # outside --only/--model: left for a later download
                 await out.send(
                     Fetch(
                         row.id,
                         row.model,
-                        row.filename,
+                        row.out_name,
                         row.result_urls,
                         task_id=row.task_id,
                         landed=row.files,

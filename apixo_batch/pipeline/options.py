@@ -14,6 +14,7 @@ from ..events import Summary
 from ..exitcodes import ExitCode
 from ..journal.pg import is_database
 from ..location import Destination
+from ..planning.selection import Again, Selection
 from ..retry import Patience
 from .turnaround import TurnaroundStats
 
@@ -46,6 +47,19 @@ class RunOptions:
     allow_partial: bool = False
     max_wait_min: float = MAX_WAIT_MIN
     retry_failed: bool = False
+    #: with ``retry_failed``: only failed jobs of these fail codes, retried even when the
+    #: input was refused and is unchanged (``--fail-code``)
+    fail_codes: tuple[str, ...] = ()
+    #: submit expired jobs again (``--retry-expired``)
+    retry_expired: bool = False
+    #: a new take of done jobs, the earlier files kept (``--reroll``)
+    reroll: bool = False
+    #: act only on jobs whose id matches one of these shell-style patterns (``--only``)
+    only: tuple[str, ...] = ()
+    #: act only on jobs of these models (``--model``)
+    models: tuple[str, ...] = ()
+    #: submit at most this many jobs, the first in the start order (``--limit``)
+    limit: int | None = None
     download_concurrency: int = 16
     #: seconds an interrupted run waits for submit answers already on the wire
     stop_grace_s: float = 3.0
@@ -91,15 +105,85 @@ class RunOptions:
         positive("stop_grace_s", zero=True)
         if self.budget is not None:
             positive("budget")
+        if self.limit is not None:
+            whole("limit", 1)
+        for name in ("only", "models", "fail_codes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                # One pattern given as text, as a keyword argument would: still one.
+                object.__setattr__(self, name, (value,))
+            elif not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"RunOptions.{name}: {value!r} is not a tuple of names")
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if self.fail_codes and not self.retry_failed:
+            raise ValueError("RunOptions.fail_codes narrows retry_failed: set retry_failed too")
         if self.order not in ORDERS:
             raise ValueError(f"RunOptions.order: {self.order!r} is neither 'longest' nor 'file'")
         if self.mode not in ("run", "download"):
             raise ValueError(f"RunOptions.mode: {self.mode!r} is neither 'run' nor 'download'")
 
     @property
+    def selection(self) -> Selection:
+        """The jobs this run acts on (``only``, ``models``, ``limit``)."""
+        return Selection(self.only, self.models, self.limit)
+
+    @property
+    def again(self) -> Again:
+        """The ended jobs this run queues again (only ``mode="run"`` does)."""
+        run = self.mode == "run"
+        return Again(
+            failed=self.retry_failed and run,
+            fail_codes=self.fail_codes,
+            expired=self.retry_expired and run,
+            reroll=self.reroll and run,
+            selection=self.selection,
+        )
+
+    @property
     def patience(self) -> Patience:
         """``max_wait_min`` as what the stages wait through: a task, an outage."""
         return Patience.minutes(self.max_wait_min)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """One key of a pool, named by its fingerprint: a snapshot for progress and summary."""
+
+    fingerprint: str
+    #: ``active``, ``cooling`` (paused after a 429) or ``retired`` (submits no more)
+    state: str
+    in_flight: int
+    max_concurrent: int
+    slot_window: int
+    requests: int
+    requests_last_minute: int
+    rpm_limit: int
+    rate_limited: int
+    learned_rpm: float | None
+    #: the slot window the account allowed once a submit was refused for slots
+    learned_slots: int | None
+    submitted: int
+    spent_usd: float
+    #: why it submits no more
+    retired: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.fingerprint,
+            "state": self.state,
+            "in_flight": self.in_flight,
+            "max_concurrent": self.max_concurrent,
+            "requests": self.requests,
+            "rpm": self.requests_last_minute,
+            "rpm_limit": self.rpm_limit,
+            "rate_limited": self.rate_limited,
+            "learned_rpm": round(self.learned_rpm) if self.learned_rpm is not None else None,
+            "learned_slots": self.learned_slots,
+            "submitted": self.submitted,
+            "spent_usd": round(self.spent_usd, 4),
+            "retired": self.retired,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +215,8 @@ class RunStatistics:
     stop_reason: str | None
     #: polls answered so far, by outcome (``follower.POLL_OUTCOMES``)
     polls: dict[str, int] = field(default_factory=dict)
+    #: each key of a pool (empty with one key)
+    keys: tuple[KeyStats, ...] = ()
 
 
 @dataclass
@@ -178,6 +264,8 @@ class RunResult:
     output_dir: Destination | None = None
     #: requests made to the output's object store, by call (empty for a folder)
     store_requests: dict[str, int] = field(default_factory=dict)
+    #: each key of a pool, by fingerprint (empty with one key)
+    keys: list[KeyStats] = field(default_factory=list)
 
     def summary(self) -> Summary:
         """The final summary (the ``summary`` event), figures rounded as the JSON shows them."""
@@ -218,6 +306,7 @@ class RunResult:
             store_requests=self.store_requests or None,
             next_step=self.next_step,
             submit_cut_off=self.submit_cut_off,
+            keys=[k.as_dict() for k in self.keys] or None,
         )
 
 

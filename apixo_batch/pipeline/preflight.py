@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..apixo.client import ApixoClient
 from ..errors import ApiError, ApixoError, Forbidden, TransportError
 from ..events import Emitter, Preflight, Warned
+from .keypool import KeyAccount, KeyPool
 from .stop import Stop, StopKind, no_access, refusal_step
 
-__all__ = ["preflight"]
+__all__ = ["preflight", "preflight_pool"]
 
 
 async def preflight(
@@ -68,3 +69,71 @@ async def preflight(
         )
     )
     return None
+
+
+async def preflight_pool(
+    pool: KeyPool,
+    emit: Emitter,
+    *,
+    cost: float,
+    unknown: int,
+    queued: int,
+    budget_left: float | None,
+    allow_partial: bool,
+) -> Stop | None:
+    """:func:`preflight` over a pool: each key's balance read; a key refused (401/403) or
+    with nothing left is retired with one line; the others' balances together must
+    cover the estimate. Stops only when no key can submit."""
+    total = 0.0
+    unread = False
+    for account in pool.accounts:
+        assert account.client is not None
+        fp = account.fingerprint
+        try:
+            balance = await account.client.balance()
+        except ApiError as exc:
+            if exc.fatal and not isinstance(exc, Forbidden):
+                _retire(pool, account, f"{exc.status}: {exc.api_message or exc}", emit)
+                continue
+            emit(Warned(key=fp, message=f"key {fp}: could not read its balance ({exc}); going on"))
+            unread = True
+            continue
+        except ApixoError as exc:
+            emit(Warned(key=fp, message=f"key {fp}: could not read its balance ({exc}); going on"))
+            unread = True
+            continue
+        if balance <= 0.0:
+            _retire(pool, account, f"balance ${balance:.2f}", emit)
+            continue
+        total += balance
+    if not pool.submitting():
+        reason = "every key of the pool was refused or has no balance left; nothing submitted"
+        step = "fix or top up the pool's keys (see the lines above), then run the same command"
+        return Stop(StopKind.FATAL, reason, fatal=reason, next_step=step)
+    if unread:
+        return None  # what the unread keys hold is unknown: the estimate is not weighed
+    main = pool.main.client
+    assert main is not None
+    # The pool's balances together, weighed as one account's (``read``: nothing asked).
+    return await preflight(
+        main,
+        emit,
+        cost=cost,
+        unknown=unknown,
+        queued=queued,
+        budget_left=budget_left,
+        allow_partial=allow_partial,
+        read=total,
+    )
+
+
+def _retire(pool: KeyPool, account: KeyAccount, why: str, emit: Emitter) -> None:
+    if pool.retire(account, why):
+        fp = account.fingerprint
+        emit(
+            Warned(
+                key=fp,
+                message=f"key {fp} retired from submitting before the first submit ({why}); "
+                f"{len(pool.submitting())} key(s) left",
+            )
+        )

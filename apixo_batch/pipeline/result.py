@@ -3,14 +3,15 @@ spend), the :class:`RunResult`, the review page and the ``summary`` event."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..errors import JournalError
 from ..jobs import Campaign
-from ..journal import Ledger, RunRecord
+from ..journal import JobRow, JobState, Ledger, RunRecord
 from ..outputs.output import Output
 from ..outputs.paths import storage_failure
+from ..planning.selection import Selection
 from .books import close_books, review_page
 from .learned import remember_rate
 from .options import RunResult
@@ -20,6 +21,18 @@ from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
 __all__ = ["finish"]
+
+
+def _selected_done(rows: Iterable[JobRow], selection: Selection) -> bool:
+    """Every job the selection picked and this run could submit ended done: jobs left
+    queued (outside --only/--model, past --limit) are not this run's to finish."""
+    return all(
+        r.state is JobState.DONE
+        for r in rows
+        if r.state is not JobState.QUEUED
+        and (r.in_file or r.task_id is not None)
+        and selection.picks(r.id, r.model)
+    )
 
 
 async def finish(
@@ -38,6 +51,10 @@ async def finish(
     """The result of the run, with the books closed as far as the disk allows."""
     try:
         await remember_rate(ledger, bucket, account)
+        if parts.pool is not None and parts.pool.pooled:
+            # Each key's learned rate, kept under its own digest (key and base URL).
+            for other in parts.pool.accounts[1:]:
+                await remember_rate(ledger, other.bucket, other.account)
     except Exception as exc:
         why = storage_failure(exc)
         if why is None:
@@ -69,14 +86,20 @@ async def finish(
     slots: ConcurrencyLimit = parts.slots
     turnaround: Turnaround = parts.turnaround
     stats = bucket.statistics()
+    all_done = counts.get("done", 0) == sum(counts.values())
+    selection = parts.options.selection
+    if selection.narrowed and not all_done and books.manifest is not None:
+        all_done = await ledger.read_rows(lambda rows: _selected_done(rows, selection))
+    pool = parts.pool if parts.pool is not None and parts.pool.pooled else None
+    keys = [a.statistics() for a in pool.accounts] if pool else []
     result = RunResult(
-        exit_code=stops.exit_code(counts.get("done", 0) == sum(counts.values())),
+        exit_code=stops.exit_code(all_done),
         counts=counts,
         submitted=submitter.submitted if submitter else 0,
         # The journal's totals unread at the end: unknown, never a reassuring zero.
         possibly_duplicated=totals.possibly_duplicated if totals else None,
-        requests=stats.sent,
-        rate_limited=stats.rate_limited,
+        requests=sum(k.requests for k in keys) if keys else stats.sent,
+        rate_limited=sum(k.rate_limited for k in keys) if keys else stats.rate_limited,
         learned_rpm=stats.learned_rpm,
         learned_limit=stats.learned_limit,
         learned_slots=slots.cap if slots.statistics().shrinks else None,
@@ -98,6 +121,7 @@ async def finish(
         next_step=stops.next_step or _fetch_later(stages),
         manifest=books.manifest_at if manifest else None,
         output_dir=campaign.output_dir,
+        keys=keys,
     )
     if parts.options.review and books.manifest is not None:
         result.review = await review_page(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..apixo.limits import RequestBucket
@@ -15,7 +16,9 @@ from ..jobs import Campaign
 from ..journal import Clash, JobRow, JobState, Ledger, SyncResult, jobs_of
 from ..outputs.ondisk import Problem, problems
 from ..planning.completion import CompletionModel
-from ..planning.forecast import forecast_run
+from ..planning.forecast import expected_generation_s, forecast_run
+from ..planning.kind import Kind
+from ..planning.order import longest_first
 from .adoption import adopt_unrecorded
 from .learned import start_informed
 from .options import RunOptions
@@ -80,7 +83,7 @@ async def start_up(
     await adopt_unrecorded(ledger, emit, reserve=run_mode)
     recovered, synced = await ledger.reconcile(
         None if campaign.from_journal else jobs_of(campaign),
-        retry_failed=options.retry_failed and run_mode,
+        again=options.again,
     )
     if campaign.stamp and not campaign.from_journal:
         await ledger.keep_file_stamp(campaign.stamp)  # `status` then needs no new look
@@ -89,12 +92,23 @@ async def start_up(
     spent_before = (await ledger.totals()).spent_known_usd
     await start_informed(ledger, bucket, completions, account)
     in_flight = await ledger.in_flight()
-    queued_cost, unknown, queued = await ledger.queued_cost()
+    selection = options.selection
+    if selection.filtered and not run_mode:
+        # `download --only`: the other tasks are left for a later download. A run follows
+        # every task in flight whatever it selects: each holds one of the account's slots
+        # that its submits would otherwise count as free, and paid work is seen to its end
+        # (invariant 4), as its results are fetched.
+        in_flight = [r for r in in_flight if selection.picks(r.id, r.model)]
+    if selection.narrowed and run_mode:
+        queued_cost, unknown, queued, runs = await _selected_queue(ledger, options, completions)
+    else:
+        queued_cost, unknown, queued = await ledger.queued_cost()
+        runs = None
     counts = await ledger.counts()
     planned_wall_s = None
     if run_mode and queued:
         planned_wall_s = forecast_run(
-            await ledger.queued_runs(),
+            runs if runs is not None else await ledger.queued_runs(),
             completions,
             order=options.order,
             callback=options.callback_url is not None,
@@ -130,13 +144,17 @@ async def start_up(
         )
     )
     for job_id in synced.changed_after_submit or []:
+        emit(Warned(job_id, message=_changed_advice(job_id, synced.ended.get(job_id), campaign)))
+    if synced.refused_unchanged:
+        emit(Warned(message=_refused_line(synced.refused_unchanged)))
+    expired = counts.get(S.EXPIRED.value, 0)
+    if run_mode and expired and not options.retry_expired:
+        # Before --retry-expired nothing could send them again, and nothing said so.
         emit(
             Warned(
-                job_id,
-                message=(
-                    f"job {job_id}: its input changed after it was submitted; the paid task "
-                    "follows the submitted input. Give the job a new id to generate the new one."
-                ),
+                message=f"{expired} expired job(s) (their results lapsed before the download) "
+                f"are not submitted again: `apixo-batch run {_shown(campaign)} "
+                "--retry-expired` submits them (a new task each, paid)"
             )
         )
     _tell_off_disk(off_disk, emit)
@@ -149,6 +167,86 @@ async def start_up(
             )
         )
     return start
+
+
+async def _selected_queue(
+    ledger: Ledger, options: RunOptions, completions: CompletionModel
+) -> tuple[float, int, int, list[tuple[Kind, int]]]:
+    """(known USD, jobs of unknown price, jobs, runs of a kind in file order) of the queued
+    jobs this run may submit: those ``--only``/``--model`` pick, the first ``--limit`` of
+    them in the start order. What the balance check and the forecast weigh: a smoke test
+    of three jobs is not refused for the balance the whole night would need."""
+    selection = options.selection
+    picked = [q for q in await ledger.queued_brief() if selection.picks(q[0], q[1])]
+    if selection.limit is not None and len(picked) > selection.limit:
+        ranked = picked
+        if options.order == "longest":
+            kinds = longest_first(
+                dict.fromkeys(q[3] for q in picked), partial(expected_generation_s, completions)
+            )
+            rank = {kind: i for i, kind in enumerate(kinds)}
+            ranked = sorted(picked, key=lambda q: rank[q[3]])  # stable: file order within
+        first = {q[0] for q in ranked[: selection.limit]}
+        picked = [q for q in picked if q[0] in first]
+    runs: list[tuple[Kind, int]] = []
+    for _, _, _, kind in picked:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    known = sum(q[2] for q in picked if q[2] is not None)
+    unknown = sum(1 for q in picked if q[2] is None)
+    return known, unknown, len(picked), runs
+
+
+#: what generates the new input of a job whose task ended, by the state it ended in
+_AGAIN_FLAG = {"failed": "--retry-failed", "done": "--reroll", "expired": "--retry-expired"}
+
+
+def _changed_advice(job_id: str, ended: str | None, campaign: Campaign) -> str:
+    """One line for a job whose input changed after its task was paid: what happens, and
+    the one command that generates the new input."""
+    if ended is None:
+        return (
+            f"job {job_id}: its input changed after it was submitted; the paid task follows "
+            "the submitted input. Once it ends, the new input is generated by `apixo-batch run "
+            f"{_shown(campaign)} --reroll --only {job_id}` (done) or `--retry-failed --only "
+            f"{job_id}` (failed)"
+        )
+    flag = _AGAIN_FLAG[ended]
+    return (
+        f"job {job_id}: its input changed after its task ended {ended}; nothing is sent for "
+        f"it unless asked: `apixo-batch run {_shown(campaign)} {flag} --only {job_id}` "
+        "submits the new input (a new task, paid)"
+    )
+
+
+def _shown(campaign: Campaign) -> str:
+    """The job file as a command should name it: relative to here when below it."""
+    try:
+        return str(campaign.path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(campaign.path)
+
+
+#: ids named in one line; the rest counted
+SHOWN_IDS = 5
+
+
+def _refused_line(refused: dict[str, str]) -> str:
+    """One line for the failed jobs --retry-failed left alone (their input was refused and
+    has not changed)."""
+    codes: dict[str, int] = {}
+    for code in refused.values():
+        codes[code] = codes.get(code, 0) + 1
+    told = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in sorted(codes.items()))
+    ids = list(refused)
+    more = f", +{len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+    return (
+        f"{len(ids)} failed job(s) not submitted again: APIXO refused their input ({told}) "
+        f"and it has not changed since ({', '.join(ids[:SHOWN_IDS])}{more}); edit the input, "
+        "or name the code with --fail-code to pay for the same input again"
+    )
 
 
 async def refetch_off_disk(ledger: Ledger, folder: Path) -> list[Problem]:

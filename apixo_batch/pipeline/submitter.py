@@ -44,6 +44,7 @@ from ..journal.unrecorded import SideFile
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
 from .admission import Admitted, Permit
+from .keypool import KeyAccount, KeyPool
 from .stop import (
     UNREACHABLE_STEP,
     Level,
@@ -89,8 +90,12 @@ class Submitter:
         callback_url: str | None,
         patience: Patience = PATIENCE,
         turnaround: Turnaround | None = None,
+        pool: KeyPool | None = None,
     ) -> None:
         self._client = client
+        #: several keys: each job is sent with the key admission gave it, and a refused
+        #: key hands its job to another
+        self._pool = pool if pool is not None and pool.pooled else None
         self._ledger = ledger
         self._clock = clock
         self._stops = stops
@@ -155,8 +160,10 @@ class Submitter:
         task = asyncio.current_task()
         assert task is not None
         state = _Attempt(row)
+        state.permit, state.account = permit, item.account
         try:
-            task_id = await self._send_until_answered(state, task, permit)
+            task_id = await self._send_until_answered(state, task)
+            permit = state.permit  # another key's, should its own have been refused
             if task_id is None:  # the job failed: its slot is free
                 permit.release()
                 return
@@ -177,7 +184,7 @@ class Submitter:
                 return
             permit.running()
         except _NotSent:
-            await self._handed_back(state, permit)
+            await self._handed_back(state, state.permit)
             return
         except asyncio.CancelledError:
             if state.recording is not None:
@@ -189,37 +196,91 @@ class Submitter:
             elif not state.failed:
                 # Awaited, so that its failure is told (see _handed_back); cancelled again
                 # meanwhile, the write still lands (the journal runs what was queued).
-                await self._handed_back(state, permit)
+                await self._handed_back(state, state.permit)
             raise
         self._announce(row, state)
         now = self._clock.wall()
-        fresh = replace(row, task_id=task_id, submitted_at=now, request_type=self._request_type)
+        fresh = replace(
+            row,
+            task_id=task_id,
+            submitted_at=now,
+            request_type=self._request_type,
+            key_fp=self._key_fp(state),
+        )
         await out.send(Submitted(fresh, permit, self._clock.monotonic()))
 
     def _announce(self, row: JobRow, state: _Attempt) -> None:
         self.submitted += 1
         self.spent_usd += row.cost_usd or 0.0
+        if state.account is not None:
+            state.account.submitted += 1
+            state.account.spent_usd += row.cost_usd or 0.0
         assert state.task_id is not None  # announced once its commit is queued
-        self._emit(Journaled(row.id, task_id=state.task_id, model=row.model))
+        self._emit(
+            Journaled(row.id, task_id=state.task_id, model=row.model, key=self._key_fp(state))
+        )
 
-    async def _send_until_answered(
-        self, state: _Attempt, task: asyncio.Task[None], permit: Permit
-    ) -> str | None:
+    def _key_fp(self, state: _Attempt) -> str | None:
+        """The fingerprint the task is journaled under: a pool's key (None: the one key)."""
+        if self._pool is None or state.account is None:
+            return None
+        return state.account.fingerprint
+
+    def _client_of(self, state: _Attempt) -> ApixoClient:
+        account = state.account
+        if self._pool is None or account is None or account.client is None:
+            return self._client
+        return account.client
+
+    def _retire(self, state: _Attempt, exc: ApiError) -> bool:
+        """A pool's key refused (401/403, no balance): retired from submitting, told once;
+        True when another key may take the job."""
+        account = state.account
+        if self._pool is None or account is None:
+            return False
+        why = f"{exc.status}: {exc.api_message or exc}"
+        if self._pool.retire(account, why):
+            self._emit(
+                Warned(
+                    key=account.fingerprint,
+                    message=f"key {account.fingerprint} retired from submitting ({why}); "
+                    f"its {account.slots.in_flight - 1} task(s) in flight are still followed, "
+                    f"the other keys go on ({len(self._pool.submitting())} left)",
+                )
+            )
+        return bool(self._pool.submitting())
+
+    async def _other_key(self, state: _Attempt, task: asyncio.Task[None]) -> None:
+        """The job's key was retired: its slot back, and a slot of another key taken."""
+        assert self._pool is not None
+        state.permit.release()
+        self._sending.discard(task)
+        self._waiting.add(task)
+        if self._stops.reached(Level.SUBMITS):
+            raise _NotSent()
+        try:
+            account = await self._pool.take()
+        except SlotsClosed:
+            raise _NotSent() from None
+        state.account, state.permit = account, Permit(account.slots)
+
+    async def _send_until_answered(self, state: _Attempt, task: asyncio.Task[None]) -> str | None:
         """The task id (its commit queued: ``state.recording``), or None once the job failed.
 
         Raises :class:`_NotSent` when submits have stopped and the job goes back."""
         row = state.row
         while True:
             send: asyncio.Future[str] | None = None
+            client = self._client_of(state)
             try:
-                grant = await self._client.grant(Priority.SUBMIT)
+                grant = await client.grant(Priority.SUBMIT)
                 state.send_began = False
-                send = asyncio.ensure_future(self._send(state, task, grant))
+                send = asyncio.ensure_future(self._send(state, task, grant, client))
                 task_id = await send
             except asyncio.CancelledError:
                 if send is not None and not state.send_began:
                     # Cancelled before the send began: the grant was never spent.
-                    self._client.unused(grant)
+                    client.unused(grant)
                 if (
                     send is not None
                     and send.done()
@@ -239,7 +300,7 @@ class Submitter:
                 self.retries += 1
                 self._emit(Throttled(row.id, retry_after=exc.retry_after, slots=exc.slots))
                 if exc.slots:
-                    await self._wait_for_a_slot(task, permit)
+                    await self._wait_for_a_slot(state, task)
                 continue
             except (ServerError, TransportError) as exc:
                 # A reset or a gateway timeout may hide a created task; a refused
@@ -267,8 +328,14 @@ class Submitter:
                 continue
             except ApiError as exc:
                 state.on_wire = False
+                if exc.fatal and self._retire(state, exc):
+                    # Nothing was created: the job goes to a key that may still submit.
+                    await self._other_key(state, task)
+                    continue
                 if exc.fatal:
                     reason = f"the API refused a submit: {exc}"
+                    if self._pool is not None:
+                        reason = f"every key is retired; the last refused a submit: {exc}"
                     if isinstance(exc, Forbidden):
                         # One route is closed to this key: say which (the next step says
                         # what to do about it).
@@ -297,7 +364,9 @@ class Submitter:
         self._stops.request(Stop(StopKind.UNREACHABLE, reason, next_step=UNREACHABLE_STEP))
         raise _NotSent()
 
-    async def _send(self, state: _Attempt, task: asyncio.Task[None], grant: Grant) -> str:
+    async def _send(
+        self, state: _Attempt, task: asyncio.Task[None], grant: Grant, client: ApixoClient
+    ) -> str:
         """The submit itself, once granted: marked, checked against the stops and sent in
         one step of one task, so no stop can come between the last look and the request
         leaving. The grant is handed back if it is not sent."""
@@ -305,10 +374,10 @@ class Submitter:
         try:
             await self._ready_to_send(state, task)
         except BaseException:
-            self._client.unused(grant)  # nothing was sent
+            client.unused(grant)  # nothing was sent
             raise
         row = state.row
-        return await self._client.submit(
+        return await client.submit(
             row.model,
             row.input,
             request_type=self._request_type,
@@ -352,15 +421,19 @@ class Submitter:
             raise _NotSent()
         await self._clock.sleep(seconds)
 
-    async def _wait_for_a_slot(self, task: asyncio.Task[None], permit: Permit) -> None:
+    async def _wait_for_a_slot(self, state: _Attempt, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._waiting.add(task)
         if self._stops.reached(Level.SUBMITS):
             raise _NotSent()
         try:
-            await permit.wait_for_a_slot()
+            await state.permit.wait_for_a_slot()
         except SlotsClosed:
-            raise _NotSent() from None
+            if self._pool is None or self._stops.reached(Level.SUBMITS):
+                raise _NotSent() from None
+            # This key will free no slot (retired, or its tasks are left unfollowed):
+            # the job goes to another key rather than back to the queue.
+            await self._other_key(state, task)
 
     def _record(self, state: _Attempt, task_id: str) -> None:
         # Queued at once and committed even if this task is cancelled (AsyncJournal); a
@@ -368,7 +441,11 @@ class Submitter:
         state.on_wire = False
         state.task_id = task_id
         state.recording = self._ledger.record_task_id(
-            state.row.id, task_id, self._request_type, state.possibly_duplicated
+            state.row.id,
+            task_id,
+            self._request_type,
+            state.possibly_duplicated,
+            self._key_fp(state),
         )
 
     def _unrecorded(self, row: JobRow, task_id: str, exc: BaseException) -> None:
@@ -442,6 +519,7 @@ class _Attempt:
     """What one job's submit has been through so far."""
 
     __slots__ = (
+        "account",
         "ambiguous",
         "attempt",
         "failed",
@@ -449,6 +527,7 @@ class _Attempt:
         "on_wire",
         "on_wire_before",
         "outage",
+        "permit",
         "recording",
         "row",
         "send_began",
@@ -467,6 +546,8 @@ class _Attempt:
         self.send_began = False  # this attempt's send task ran (it hands its grant back)
         self.failed = False  # its failure is (being) journaled
         self.outage: Deadline | None = None  # from its first attempt in a row with no answer
+        self.permit: Permit  # its slot (another key's, once its own key was retired)
+        self.account: KeyAccount | None = None  # the pool's key it is sent with
 
     @property
     def possibly_duplicated(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,13 +26,13 @@ import aiohttp
 from ..apixo.client import ApixoClient
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
 from ..apixo.receiver import callback_url_with_token
-from ..apixo.secret import ApiKey
+from ..apixo.secret import ApiKey, KeySpec
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import Ledger, open_ledger
+from ..journal import JobRow, Ledger, open_ledger
 from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
@@ -40,10 +41,11 @@ from ..outputs.paths import check_file, check_folder, storage_failure
 from ..planning.completion import CompletionModel
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
 from .callbacks import callback_token, listen
+from .keypool import KeyAccount, KeyPool
 from .learned import account_of
 from .options import RunOptions, RunResult, RunStatistics
 from .owner import own_output
-from .preflight import preflight
+from .preflight import preflight, preflight_pool
 from .result import finish
 from .startup import StartUp, start_up
 from .stop import Stop, StopKind, Stops, refusal_step, storage_stop
@@ -51,6 +53,18 @@ from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
 __all__ = ["Supervisor"]
+
+
+def _specs(api_key: ApiKey | str | Sequence[KeySpec] | None) -> list[KeySpec]:
+    """The run's keys, whatever form they were given in (one key, or a pool's)."""
+    if api_key is None:
+        return []
+    if isinstance(api_key, str):
+        return [KeySpec(ApiKey(api_key))]
+    if isinstance(api_key, ApiKey):
+        return [KeySpec(api_key)]
+    return list(api_key)
+
 
 #: real seconds of drip a rate-bound request waits for, so requests leave in groups: far
 #: fewer loop wake-ups per request, for at most this much more wait of one already queued
@@ -66,7 +80,7 @@ class Supervisor:
     def __init__(
         self,
         campaign: Campaign,
-        api_key: ApiKey | None,
+        api_key: ApiKey | str | Sequence[KeySpec] | None,
         options: RunOptions,
         *,
         clock: Clock | None = None,
@@ -77,8 +91,9 @@ class Supervisor:
         self.options = options
         self.clock = clock or SystemClock()
         self._emit = Emitter(on_event, self.clock)
-        self._key = api_key
-        self._account = None if api_key is None else account_of(api_key, options.base_url)
+        self._specs = _specs(api_key)
+        self._key = self._specs[0].key if self._specs else None
+        self._account = None if self._key is None else account_of(self._key, options.base_url)
         self._session = session
         self.output_dir = campaign.output_dir
         #: the journal in PostgreSQL, or None: a file at ``state_path``
@@ -98,10 +113,13 @@ class Supervisor:
         check_folder(self.output.local_dir, "output folder")
         check_file(self.state_path, "journal")
         self.stops = Stops(self._emit)
-        self.bucket = RequestBucket(
-            options.rpm, self.clock, tick=REQUEST_TICK_S, time_scale=options.time_scale
-        )
-        self.slots = ConcurrencyLimit(options.max_concurrent)
+        accounts = [self._key_account(spec) for spec in self._specs]
+        self.pool = KeyPool(accounts) if accounts else None
+        if accounts:
+            self.bucket, self.slots = accounts[0].bucket, accounts[0].slots
+        else:
+            self.bucket = self._bucket(options.rpm)
+            self.slots = ConcurrencyLimit(options.max_concurrent)
         self._parts = RunParts(
             options=options,
             clock=self.clock,
@@ -110,6 +128,7 @@ class Supervisor:
             slots=self.slots,
             completions=CompletionModel(),
             turnaround=Turnaround(),
+            pool=self.pool,
         )
         self._start: StartUp | None = None
         self._stages: Stages | None = None
@@ -118,6 +137,24 @@ class Supervisor:
         #: the balance read before anything was created (a first run), or why it could not
         #: be: the pre-flight's, never asked twice
         self._balance: float | ApixoError | None = None
+
+    def _bucket(self, rpm: int) -> RequestBucket:
+        o = self.options
+        return RequestBucket(rpm, self.clock, tick=REQUEST_TICK_S, time_scale=o.time_scale)
+
+    def _key_account(self, spec: KeySpec) -> KeyAccount:
+        """One key's account: its own bucket and slots, at its own limits or the options'."""
+        o = self.options
+        return KeyAccount(
+            spec,
+            bucket=self._bucket(spec.rpm or o.rpm),
+            slots=ConcurrencyLimit(spec.max_concurrent or o.max_concurrent),
+            account=account_of(spec.key, o.base_url),
+        )
+
+    @property
+    def pooled(self) -> bool:
+        return self.pool is not None and self.pool.pooled
 
     # -- public -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -193,6 +230,8 @@ class Supervisor:
         o, key = self.options, self._key
         if key is None or o.mode != "run" or self.campaign.from_journal:
             return None
+        if self.pooled:
+            return None  # one key refused retires that key: the pool's pre-flight reads all
         if not self.campaign.job_count or self.database is not None or self.state_path.exists():
             # A journal (a database may hold one: it is not known before it is reached).
             return None
@@ -253,6 +292,8 @@ class Supervisor:
         stages = self._stages
         submitter = stages.submitter if stages else None
         spent_before = self._start.spent_before if self._start else 0.0
+        if self.pool is not None and self.pool.pooled:
+            return self._pool_statistics(spent_before)
         return RunStatistics(
             requests=bucket.sent,
             requests_last_minute=self.bucket.last_minute(),
@@ -271,6 +312,32 @@ class Supervisor:
             polls=dict(stages.follower.polls) if stages and stages.follower else {},
         )
 
+    def _pool_statistics(self, spent_before: float) -> RunStatistics:
+        """The pool's figures summed over its keys, and each key's own."""
+        assert self.pool is not None
+        keys = tuple(a.statistics() for a in self.pool.accounts)
+        stages = self._stages
+        submitter = stages.submitter if stages else None
+        learned = [k.learned_rpm for k in keys if k.learned_rpm is not None]
+        return RunStatistics(
+            requests=sum(k.requests for k in keys),
+            requests_last_minute=sum(k.requests_last_minute for k in keys),
+            rpm_limit=sum(k.rpm_limit for k in keys),
+            rate_limited=sum(k.rate_limited for k in keys),
+            effective_rpm=sum(a.bucket.statistics().effective_rpm for a in self.pool.accounts),
+            learned_rpm=sum(learned) if learned else None,
+            in_flight=sum(k.in_flight for k in keys),
+            max_concurrent=sum(k.max_concurrent for k in keys),
+            slot_window=sum(k.slot_window for k in keys),
+            peak_in_flight=sum(a.slots.statistics().peak for a in self.pool.accounts),
+            downloading=stages.downloading if stages else 0,
+            spent_usd=spent_before + (submitter.spent_usd if submitter else 0.0),
+            budget_usd=self.options.budget,
+            stop_reason=self.stops.reason,
+            polls=dict(stages.follower.polls) if stages and stages.follower else {},
+            keys=keys,
+        )
+
     # -- the run ------------------------------------------------------------
     async def _run(self, ledger: Ledger) -> None:
         await same_output(ledger, self.output_dir, self.journal)
@@ -287,6 +354,9 @@ class Supervisor:
             emit=self._emit,
             folder=self.output.folder if isinstance(self.output, LocalOutput) else None,
         )
+        if self.pool is not None:
+            for other in self.pool.accounts[1:]:
+                other.bucket.start_under(await ledger.learned_rpm(other.account))
         if start.idle:
             return  # nothing to do: zero requests
         # Before anything is paid: an output that cannot take results is one line.
@@ -314,6 +384,19 @@ class Supervisor:
                 on_outage=self._outage_news,
             )
             network.push_async_callback(client.close)
+            if self.pool is not None:
+                self.pool.main.client = client
+                for other in self.pool.accounts[1:]:
+                    other.client = ApixoClient(
+                        other.spec.key,
+                        o.base_url,
+                        session=self._session,
+                        connections=min(256, other.slots.limit + 8),
+                        bucket=other.bucket,
+                        patience=o.patience,
+                        on_outage=self._outage_news,
+                    )
+                    network.push_async_callback(other.client.close)
         downloads = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
             connector=aiohttp.TCPConnector(limit=o.download_concurrency),
@@ -332,11 +415,25 @@ class Supervisor:
             callback_url=callback_url,
             spent_before=start.spent_before,
         )
-        stages.adopt(start.in_flight)
+        stages.adopt(self._ours(start.in_flight))
         if token is not None:
             # After the stages exist: a callback for an adopted task finds it followed.
             await listen(o, token, stages.on_callback, network)
-        if start.submit:
+        if start.submit and self.pooled:
+            assert self.pool is not None
+            stop = await preflight_pool(
+                self.pool,
+                self._emit,
+                cost=start.queued_cost,
+                unknown=start.unknown_price_jobs,
+                queued=start.queued,
+                budget_left=None if o.budget is None else o.budget - start.spent_before,
+                allow_partial=o.allow_partial,
+            )
+            if stop is not None:
+                self.stops.request(stop)
+                return
+        elif start.submit:
             assert client is not None
             stop = await preflight(
                 client,
@@ -352,6 +449,30 @@ class Supervisor:
                 self.stops.request(stop)
                 return
         await stages.run(submit=start.submit, interrupt=self._interrupt)
+
+    def _ours(self, in_flight: list[JobRow]) -> list[JobRow]:
+        """The tasks of earlier runs this run can follow: those of its keys. Another key's
+        tasks stay in flight in the journal (never submitted again: they are paid), told
+        in one line per key."""
+        if self.pool is None:
+            return in_flight
+        ours: list[JobRow] = []
+        foreign: dict[str, int] = {}
+        for row in in_flight:
+            if row.key_fp is None or row.key_fp in self.pool.by_fingerprint:
+                ours.append(row)
+            else:
+                foreign[row.key_fp] = foreign.get(row.key_fp, 0) + 1
+        for fp, count in foreign.items():
+            self._emit(
+                Warned(
+                    key=fp,
+                    message=f"{count} task(s) in flight belong to key {fp}, which this run "
+                    "was not given: they stay in flight in the journal and are never "
+                    "submitted again; a run given that key follows them",
+                )
+            )
+        return ours
 
     def _outage_news(self, opened: bool, silent_s: float) -> None:
         """The API stopped, or resumed, answering: said once each, in plain words."""

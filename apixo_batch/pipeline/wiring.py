@@ -28,8 +28,18 @@ from ..events import Emitter
 from ..journal import JobRow, Ledger
 from ..outputs.output import Output
 from ..planning.completion import CompletionModel
-from .admission import Admission, Admitted, BudgetMeter, SlotMeter, queued_in_start_order
+from .admission import (
+    Admission,
+    Admitted,
+    BudgetMeter,
+    LimitMeter,
+    PoolMeter,
+    SlotMeter,
+    queued_in_start_order,
+    selected,
+)
 from .follower import Follower
+from .keypool import KeyPool
 from .lander import Fetch, Lander
 from .options import RunOptions
 from .stop import Stops
@@ -50,6 +60,8 @@ class RunParts:
     slots: ConcurrencyLimit
     completions: CompletionModel
     turnaround: Turnaround
+    #: the run's keys (one key: the pool is that key, and the stages work as without one)
+    pool: KeyPool | None = None
 
 
 class Stages:
@@ -81,6 +93,7 @@ class Stages:
                 clock=parts.clock,
                 stops=parts.stops,
                 emit=parts.emit,
+                pool=parts.pool,
             )
             self.follower = Follower(
                 client,
@@ -94,6 +107,7 @@ class Stages:
                 clock=parts.clock,
                 stops=parts.stops,
                 emit=parts.emit,
+                pool=parts.pool,
             )
         self.lander = Lander(
             ledger,
@@ -105,6 +119,8 @@ class Stages:
             workers=o.download_concurrency,
             patience=o.patience,
             stops=parts.stops,
+            # `download --only` fetches what it picks; a run finishes every paid result.
+            selection=o.selection if o.mode == "download" else None,
         )
         self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
 
@@ -150,8 +166,10 @@ class Stages:
         """One task group; each stage closes its output stream as it returns."""
         parts, o = self._parts, self._parts.options
         admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](0)
+        pool = parts.pool
         # Bounded by the slots already: a submit never waits on the follower.
-        submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](o.max_concurrent)
+        room = sum(a.slots.limit for a in pool.accounts) if pool else o.max_concurrent
+        submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](room)
         fetch_tx, fetch_rx = anyio.create_memory_object_stream[Fetch](max(500, o.max_concurrent))
         self._fetches = fetch_rx
         feeder_tx = fetch_tx.clone()
@@ -162,10 +180,16 @@ class Stages:
                 submitted_rx.close()
                 fetch_tx.close()
             if submit and self.submitter is not None:
+                rows = queued_in_start_order(self._ledger, o.order, parts.completions)
+                if o.selection.filtered:
+                    rows = selected(rows, o.selection)
                 admission = Admission(
-                    queued_in_start_order(self._ledger, o.order, parts.completions),
-                    meters=[BudgetMeter(o.budget, self._spent_before, parts.emit)],
-                    slots=SlotMeter(parts.slots),
+                    rows,
+                    meters=[
+                        BudgetMeter(o.budget, self._spent_before, parts.emit),
+                        LimitMeter(o.limit),
+                    ],
+                    slots=PoolMeter(pool) if pool and pool.pooled else SlotMeter(parts.slots),
                     stops=parts.stops,
                 )
                 tg.create_task(admission.run(admitted_tx))

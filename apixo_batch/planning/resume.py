@@ -26,6 +26,7 @@ from ..jobs import Campaign, JobGroup
 from .forecast import expected_generation_s
 from .kind import Kind
 from .order import longest_first
+from .selection import Again, take_filename
 
 __all__ = ["JournalJob", "Resume", "resume_figures"]
 
@@ -56,6 +57,8 @@ class JournalJob(NamedTuple):
     filename: str = ""
     #: the inputs its price and clock read (mode, duration, resolution, sound)
     sample: Mapping[str, Any] | None = None
+    #: the take it is on (a ``--reroll`` lands the next one at ``<stem>-take<N>.mp4``)
+    take: int = 1
 
 
 class _Submit(NamedTuple):
@@ -159,13 +162,19 @@ def resume_figures(
     budget: float | None = None,
     order: str = "longest",
     refuse: Callable[[Iterable[tuple[str, str]]], Collection[str]] | None = None,
+    again: Again | None = None,
 ) -> Resume:
     """The figures for ``campaign`` against the journal ``rows`` (see the module docstring).
 
     ``synced``: the journal was last synced from this very job file (same stamp), so its
     ``in_file`` rows, in file order, are the file's jobs and the file is not read again.
-    ``refuse``: given the jobs to submit as (id, filename) in file order, the ids ``run``
-    would refuse before their submit."""
+    ``refuse``: given the jobs to submit as (id, the name their take lands at) in file
+    order, the ids ``run`` would refuse before their submit.
+    ``again``: the ended jobs sent again and the selection (``--only``, ``--model``,
+    ``--limit``); jobs outside it are neither submitted nor counted."""
+    if again is None:
+        again = Again(failed=retry_failed)
+    retry_failed = again.failed
     known: dict[str, JournalJob] = {}
     file_jobs: list[tuple[JournalJob | None, _Submit, str]] = []
     if synced:
@@ -177,7 +186,7 @@ def resume_figures(
                 file_jobs.append((row, job, row.input_hash))
             else:
                 known[row.id] = row
-        figures = _figures(file_jobs, retry_failed)
+        figures = _figures(file_jobs, again)
     else:
         known = {row.id: row for row in rows}
         figures = _figures(
@@ -195,7 +204,7 @@ def resume_figures(
                 )
                 for job in campaign.iter_jobs()
             ),
-            retry_failed,
+            again,
         )
     submit, counts, new_ids, new_usd, new_unknown = figures
     new = len(new_ids)
@@ -204,6 +213,18 @@ def resume_figures(
         refused = refuse((job.id, job.filename) for job in submit)
         if refused:
             submit = [job for job in submit if job.id not in refused]
+    # After the refusals, as in ``run``: they end before the first submit, the limit
+    # counts the jobs that start.
+    limit = again.selection.limit
+    if limit is not None and len(submit) > limit:
+        first = {job.id for job in _in_start_order(submit, order)[:limit]}
+        submit = [job for job in submit if job.id in first]
+        fresh = set(new_ids)
+        kept_new = [job for job in submit if job.id in fresh]
+        new_ids = [job.id for job in kept_new]
+        new = len(new_ids)
+        new_usd = sum(job.cost for job in kept_new if job.cost is not None)
+        new_unknown = sum(1 for job in kept_new if job.cost is None)
     orphaned = len(known)
     orphaned_paid = sum(1 for row in known.values() if row.state in _PAID or row.has_task)
     pay_again = min(new, orphaned_paid)
@@ -245,7 +266,7 @@ def resume_figures(
 
 
 def _figures(
-    file_jobs: Iterable[tuple[JournalJob | None, _Submit, str]], retry_failed: bool
+    file_jobs: Iterable[tuple[JournalJob | None, _Submit, str]], again: Again
 ) -> tuple[list[_Submit], dict[str, int], list[str], float, int]:
     """(jobs to submit in file order, jobs per state left alone, new ids, their known USD,
     new jobs of unknown price): the reconcile's rules, nothing written."""
@@ -254,7 +275,10 @@ def _figures(
     new_ids: list[str] = []
     new_unknown = 0
     new_usd = 0.0
+    selection = again.selection
     for row, job, input_hash in file_jobs:
+        if selection.filtered and not selection.picks(job.id, job.kind.model):
+            continue
         if row is None:
             new_ids.append(job.id)
             if job.cost is None:
@@ -263,15 +287,23 @@ def _figures(
                 new_usd += job.cost
             submit.append(job)
             continue
-        state = row.state
+        state, take = row.state, row.take
         if (
             state == "failed"
             and not row.has_task
             and (row.fail_code == "SUBMIT_ERROR" or row.input_hash != input_hash)
         ):
             state = "queued"  # a submit never answered, or an input fixed: queued again
-        if state in ("queued", "submitting") or (state == "failed" and retry_failed):
-            submit.append(job)
+        elif state == "failed":
+            unchanged = row.input_hash == input_hash
+            if again.failed_again(job.id, job.kind.model, row.fail_code, unchanged) == "retry":
+                state = "queued"
+        elif again.picks(state, job.id, job.kind.model):
+            if state == "done":
+                take += 1  # --reroll: a new take, landing at its own name
+            state = "queued"  # --reroll, --retry-expired
+        if state in ("queued", "submitting"):
+            submit.append(job._replace(filename=take_filename(job.filename, take)))
         elif state in counts:
             counts[state] += 1
     return submit, counts, new_ids, new_usd, new_unknown
@@ -323,18 +355,24 @@ def _runs(submit: list[_Submit]) -> tuple[tuple[Kind, int], ...]:
     return tuple((kind, count) for kind, count in runs)
 
 
+def _in_start_order(submit: list[_Submit], order: str) -> list[_Submit]:
+    """``submit`` (in file order) in the order ``run`` starts them (``--order``)."""
+    if order != "longest":
+        return submit
+    ranked = longest_first(
+        dict.fromkeys(job.kind for job in submit), partial(expected_generation_s, None)
+    )
+    rank = {kind: i for i, kind in enumerate(ranked)}
+    return sorted(submit, key=lambda job: rank[job.kind])
+
+
 def _fit(
     submit: list[_Submit], budget: float, spent: float, order: str
 ) -> tuple[int, float, list[str]]:
     """The budget meter's rule: jobs in start order, each admitted when it fits what is left
     of the budget and skipped when it does not (the next ones are still weighed); jobs of
     unknown price are skipped. (jobs that fit, their USD, ids of the priced ones that do not)"""
-    if order == "longest":
-        ranked = longest_first(
-            dict.fromkeys(job.kind for job in submit), partial(expected_generation_s, None)
-        )
-        rank = {kind: i for i, kind in enumerate(ranked)}
-        submit = sorted(submit, key=lambda job: rank[job.kind])
+    submit = _in_start_order(submit, order)
     committed, jobs = spent, 0
     unfit: list[str] = []
     for job in submit:

@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +68,14 @@ def manifest_entry(row: JobRow) -> dict[str, Any]:
         entry["in_job_file"] = False
     if row.changed_input_hash:
         entry["input_changed_after_submit"] = True
+    if row.take > 1:
+        # `run --reroll`: this take's files above; the earlier takes' files stay on disk.
+        entry["take"] = row.take
+        entry["earlier_files"] = list(row.earlier_files)
+        entry["seed"] = row.input.get("seed")
+    if row.key_fp is not None:
+        # A pool's task: the fingerprint of the key that created it (only it reads it).
+        entry["key"] = row.key_fp
     return entry
 
 
@@ -117,6 +125,26 @@ def write_manifest(rows: Iterable[JobRow], path: Path) -> ManifestInfo:
     )
 
 
+def key_line(key: Mapping[str, Any]) -> str:
+    """One key of a pool, by its fingerprint: state, tasks against its limit, requests,
+    what it learned, spend (and why it was retired)."""
+    learned = []
+    if key.get("learned_rpm"):
+        learned.append(f"~{key['learned_rpm']:,} rpm")
+    if key.get("learned_slots"):
+        learned.append(f"~{key['learned_slots']:,} slots")
+    line = (
+        f"key {key['key']} {key['state']}: {key['in_flight']}/{key['max_concurrent']} in "
+        f"flight, {key['rpm']:,}/{key['rpm_limit']:,} rpm, {key['submitted']} submitted, "
+        f"{key['rate_limited']} rate-limited, spent ~${key['spent_usd']:.2f}"
+    )
+    if learned:
+        line += f", learned {' and '.join(learned)}"
+    if key.get("retired"):
+        line += f"; retired: {key['retired']}"
+    return line
+
+
 def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
     """The plain end-of-run summary for people (stderr)."""
     out = out or sys.stderr
@@ -164,6 +192,8 @@ def render_summary(summary: Summary, out: IO[str] | None = None) -> None:
             print(
                 "  " + model.ljust(width) + "".join(f"{c.get(s, 0):>9}" for s in states), file=out
             )
+    for key in summary.keys or []:
+        print("  " + key_line(key), file=out)
     spent, unknown = summary.spent_usd, summary.unknown_price_jobs
     if spent is None:
         cost = "  estimated spend unknown (the journal's totals could not be read)"

@@ -121,7 +121,9 @@ def _job(row: JobRow, queued_wait: str | None) -> dict[str, Any]:
         "task_id": row.task_id,
         "cost": row.cost_usd,
         "gen_ms": row.cost_time_ms,
-        "files": list(row.landed_files),
+        # Earlier takes (`run --reroll`) first: the card plays every take the job holds;
+        # the current take's only once they are on disk as journaled.
+        "files": [*row.earlier_files, *row.landed_files],
         "urls": len(row.result_urls),
         "expires_at": row.expires_at,
     }

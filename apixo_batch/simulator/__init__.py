@@ -14,7 +14,7 @@ shapes), ``files`` (result downloads), ``media`` (deterministic MP4 bytes),
 """
 
 from .app import Simulator
-from .config import DEFAULT_API_KEY, SimConfig
+from .config import DEFAULT_API_KEY, SimConfig, SimKey
 from .media import Mp4Content
 from .server import run_simulator, simulate_command
 from .tasks import SimTask
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "Mp4Content",
     "SimConfig",
+    "SimKey",
     "SimTask",
     "Simulator",
     "run_simulator",

@@ -23,6 +23,7 @@ limit, as a gateway authorizes before it counts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -83,19 +84,22 @@ class Simulator:
         self.config = config if config is not None else SimConfig()
         cfg = self.config
         self._key = cfg.resolved_api_key()
+        self._main = _Account(self._key, cfg.balance, None, None)
+        #: every key served, each an account of its own: limits, balance, tasks
+        self._accounts: dict[str, _Account] = {self._key: self._main}
+        for extra in cfg.keys:
+            self._accounts[extra.key] = _Account(
+                extra.key, extra.balance, extra.rpm_limit, extra.concurrency_limit
+            )
         self._stats = SimStats()
         #: outage windows begun so far (``outages``)
         self.outages_seen = 0
         self._book = TaskBook(cfg, self._on_finish)
         self._callbacks = CallbackSender(cfg, self._stats)
-        self._window = RollingWindow()
-        self._status_window = RollingWindow()
         self._faults = FaultPlan(cfg)
         #: loop time of the start, from which ``unavailable`` windows count
         self._started = loop_time()
         self._files = FileRoute(cfg, self._stats, self._faults, self._book.tasks, self._book.settle)
-        self._balance_micro = round(cfg.balance * 1e6)
-        self._spent_micro = 0
         self.url = ""
         self.base_url = ""
         self.app = self._build_app()
@@ -123,6 +127,7 @@ class Simulator:
         add.add_get("/_sim/tasks", self._tasks_route, name="tasks")
         add.add_post("/_sim/finish/{task_id}", self._finish_route, name="finish")
         add.add_post("/_sim/expire/{task_id}", self._expire_route, name="expire")
+        add.add_post("/_sim/revoke/{fingerprint}", self._revoke_route, name="revoke")
         return app
 
     async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -146,16 +151,19 @@ class Simulator:
         """Wrap an API handler in auth, the rolling rate limit and fault injection."""
 
         async def gated(request: web.Request) -> web.StreamResponse:
-            if not key_matches(request.headers.get("Authorization"), self._key):
-                return _answer(401, "Invalid or missing API Key")
-            cfg = self.config
+            account = self._account_of(request.headers.get("Authorization"))
             route = request.match_info.route.name or ""
+            if account is None or (account.revoked and route == "submit"):
+                return _answer(401, "Invalid or missing API Key")
+            request[ACCOUNT] = account
+            cfg = self.config
             if cfg.forbidden and cfg.forbids(route, request.match_info.get("model")):
                 self._stats.faults["403"] += 1
                 return _answer(403, "API key lacks permission for this route")
-            window, limit = self._window, cfg.rpm_limit
+            # Each key's own windows: an account's limits are its own.
+            window, limit = account.window, account.rpm_limit or cfg.rpm_limit
             if cfg.status_rpm_limit is not None and route == "status":
-                window, limit = self._status_window, cfg.status_rpm_limit
+                window, limit = account.status_window, cfg.status_rpm_limit
             wait = window.admit(
                 loop_time(),
                 limit,
@@ -165,6 +173,7 @@ class Simulator:
             )
             if wait is not None:
                 self._stats.rate_limited_rpm += 1
+                account.rate_limited += 1
                 return _answer(
                     429, "Rate limit exceeded", **rate_limit_headers(wait, cfg.retry_after)
                 )
@@ -220,13 +229,16 @@ class Simulator:
             self._stats.submits_accepted >= cfg.insufficient_after
         ):
             return _answer(400, "Insufficient credits")
+        account: _Account = request[ACCOUNT]
         cost = self.price_of(model, inp)
         cost_micro = round(cost * 1e6)
-        if cost_micro > self._balance_micro:
+        if cost_micro > account.balance_micro:
             return _answer(402, "Insufficient balance")
         self._book.settle()
-        if self._book.running >= cfg.concurrency_limit:
+        running = self._book.running_by.get(account.key, 0)
+        if running >= (account.concurrency_limit or cfg.concurrency_limit):
             self._stats.rate_limited_concurrency += 1
+            account.rate_limited += 1
             return _answer(429, cfg.concurrency_message)
 
         request_type = body.get("request_type", "async")
@@ -239,9 +251,12 @@ class Simulator:
             provider=body.get("provider", "auto"),
             origin=f"{request.scheme}://{request.host}",
             cost=cost,
+            owner=account.key,
         )
-        self._balance_micro -= cost_micro
-        self._spent_micro += cost_micro
+        account.balance_micro -= cost_micro
+        account.spent_micro += cost_micro
+        account.submits += 1
+        account.peak = max(account.peak, running + 1)
         self._stats.note_submit(input_key(model, inp))
         self._stats.max_concurrent_tasks = max(self._stats.max_concurrent_tasks, self._book.running)
         if self._faults.lose_submit_answer():
@@ -258,7 +273,8 @@ class Simulator:
             return _answer(400, "taskId is required")
         self._book.settle()
         task = self._book.tasks.get(task_id)
-        if task is None or task.model != model:
+        # Another key's task answers as an unknown one: a task belongs to its creator.
+        if task is None or task.model != model or task.owner != request[ACCOUNT].key:
             return _answer(404, "task not found")
         now = loop_time()
         data = task.status_data(now, self._book.wall_ms)
@@ -267,7 +283,7 @@ class Simulator:
         return _answer(200, "success", data)
 
     async def _balance(self, request: web.Request) -> web.StreamResponse:
-        return _answer(200, "success", self.balance)
+        return _answer(200, "success", request[ACCOUNT].balance_micro / 1e6)
 
     async def _no_route(self, request: web.Request) -> web.StreamResponse:
         return _answer(404, "Not Found")
@@ -295,6 +311,13 @@ class Simulator:
         self.expire_now(task_id)
         return _answer(200, "success", {"taskId": task_id})
 
+    async def _revoke_route(self, request: web.Request) -> web.StreamResponse:
+        fingerprint = request.match_info["fingerprint"]
+        reads = request.query.get("reads", "1") not in ("0", "false", "no")
+        if not self.revoke_key(fingerprint, reads=reads):
+            return _answer(404, "no such key")
+        return _answer(200, "success", {"revoked": fingerprint})
+
     # --- task ends ---------------------------------------------------------------------
 
     def _on_finish(self, task: SimTask) -> None:
@@ -313,8 +336,32 @@ class Simulator:
     # --- in-process accessors ----------------------------------------------------------
 
     def set_api_key(self, key: str) -> None:
-        """Accept only ``key`` from now on (a key revoked or rotated mid-run)."""
-        self._key = key
+        """Accept ``key`` instead of the main one from now on (a key revoked or rotated
+        mid-run); the main account keeps its balance and tasks."""
+        self._accounts.pop(self._main.key, None)
+        self._key = self._main.key = key
+        self._accounts[key] = self._main
+
+    def revoke_key(self, key_or_fingerprint: str, *, reads: bool = True) -> bool:
+        """Refuse a key's submits from now on (401), as a key revoked mid-run: by the key
+        itself or its fingerprint (the first 8 hex digits of its SHA-256). ``reads``: its
+        status and balance reads still answer (an account closed to new work whose tasks
+        still finish); else every request of it answers 401. False: no such key."""
+        for key in list(self._accounts):
+            if key_or_fingerprint in (key, fingerprint_of(key)):
+                self._accounts[key].revoked = "submits" if reads else "all"
+                return True
+        return False
+
+    def _account_of(self, header: str | None) -> _Account | None:
+        """The live account whose key the Authorization header carries, or None."""
+        if not header:
+            return None
+        scheme, _, given = header.partition(" ")
+        account = self._accounts.get(given.strip()) if scheme.lower() == "bearer" else None
+        if account is None or account.revoked == "all" or not key_matches(header, account.key):
+            return None
+        return account
 
     @property
     def tasks(self) -> dict[str, SimTask]:
@@ -324,11 +371,17 @@ class Simulator:
     @property
     def balance(self) -> float:
         """Remaining balance in USD (assignable, to top up or drain an account mid-test)."""
-        return self._balance_micro / 1e6
+        return self._main.balance_micro / 1e6
 
     @balance.setter
     def balance(self, usd: float) -> None:
-        self._balance_micro = round(usd * 1e6)
+        self._main.balance_micro = round(usd * 1e6)
+
+    def set_balance(self, key_or_fingerprint: str, usd: float) -> None:
+        """One key's balance (to drain one account of a pool mid-test)."""
+        for key, account in self._accounts.items():
+            if key_or_fingerprint in (key, fingerprint_of(key)):
+                account.balance_micro = round(usd * 1e6)
 
     def price_of(self, model: str, inp: Mapping[str, Any]) -> float:
         """What one submit of this input costs here: catalog price, else the config's."""
@@ -346,7 +399,11 @@ class Simulator:
         return self._stats.snapshot(
             concurrent_tasks=self._book.running,
             balance=self.balance,
-            spent=self._spent_micro / 1e6,
+            spent=sum(a.spent_micro for a in self._accounts.values()) / 1e6,
+            keys={
+                fingerprint_of(a.key): a.snapshot(self._book.running_by.get(a.key, 0))
+                for a in self._accounts.values()
+            },
             callbacks_pending=self._callbacks.pending,
         )
 
@@ -399,6 +456,60 @@ class Simulator:
         """Stop timers and callback deliveries (the server is stopped by its runner)."""
         self._book.close()
         await self._callbacks.close()
+
+
+def fingerprint_of(key: str) -> str:
+    """How a key is named in stats and routes: the first 8 hex of its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class _Account:
+    """One key's account: its own window of requests, limits, balance and spend."""
+
+    __slots__ = (
+        "balance_micro",
+        "concurrency_limit",
+        "key",
+        "peak",
+        "rate_limited",
+        "revoked",
+        "rpm_limit",
+        "spent_micro",
+        "status_window",
+        "submits",
+        "window",
+    )
+
+    def __init__(
+        self, key: str, balance: float, rpm_limit: int | None, concurrency_limit: int | None
+    ) -> None:
+        self.key = key
+        self.balance_micro = round(balance * 1e6)
+        self.rpm_limit = rpm_limit  # None: the config's
+        self.concurrency_limit = concurrency_limit
+        self.window = RollingWindow()
+        self.status_window = RollingWindow()
+        self.spent_micro = 0
+        self.submits = 0
+        self.rate_limited = 0
+        self.peak = 0
+        #: "" live; "submits": refused for submits; "all": refused for every request
+        self.revoked = ""
+
+    def snapshot(self, running: int) -> dict[str, Any]:
+        return {
+            "submits": self.submits,
+            "rate_limited": self.rate_limited,
+            "running": running,
+            "peak_running": self.peak,
+            "balance": self.balance_micro / 1e6,
+            "spent": self.spent_micro / 1e6,
+            "revoked": bool(self.revoked),
+        }
+
+
+#: the request's account, set by the gate for the handlers
+ACCOUNT = web.RequestKey("account", _Account)
 
 
 def _check_body(body: Any) -> str | None:

@@ -31,6 +31,19 @@ DEFAULT_API_KEY = "sim-key"
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+class SimKey(BaseModel):
+    """One more key the simulator serves: an account of its own (limits, balance, tasks).
+
+    A limit left out is the main account's (``rpm_limit``, ``concurrency_limit``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    key: str = Field(min_length=1, repr=False)
+    balance: float = Field(default=1000.0, ge=0.0)
+    rpm_limit: int | None = Field(default=None, ge=1)
+    concurrency_limit: int | None = Field(default=None, ge=1)
+
+
 class SimConfig(BaseModel):
     """Settings of one simulated APIXO account and service (see ``docs/simulate.md``)."""
 
@@ -39,6 +52,9 @@ class SimConfig(BaseModel):
     # --- account -----------------------------------------------------------------------
     #: the one key accepted; None means $APIXO_API_KEY, else "sim-key"
     api_key: str | None = Field(default=None, repr=False)
+    #: more keys, each an account of its own (a key pool's campaign); the main key's
+    #: account keeps the settings below
+    keys: list[SimKey] = Field(default_factory=list)
     #: starting balance in USD; each accepted submit draws down its price
     balance: float = Field(default=1000.0, ge=0.0)
     #: per-output-second price for models whose price the docs do not publish

@@ -67,6 +67,8 @@ class SimTask:
     #: when the client first learned the end: a status answer that showed it, or the
     #: callback's delivery (benchmarks measure detection delay and slots busy from it)
     seen_at: float | None = None
+    #: the key that created it: only that key reads it (another answers "not found")
+    owner: str = field(default="", repr=False)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def state_at(self, now: float) -> str:
@@ -116,6 +118,8 @@ class TaskBook:
         self.config = config
         self.tasks: dict[str, SimTask] = {}
         self.running = 0
+        #: tasks still running per key that created them
+        self.running_by: dict[str, int] = {}
         self._on_finish = on_finish
         self._rng = random.Random(f"{config.seed}:tasks")
         self._fail_rng = random.Random(f"{config.seed}:task-fails")
@@ -179,6 +183,7 @@ class TaskBook:
         provider: str,
         origin: str,
         cost: float,
+        owner: str = "",
     ) -> SimTask:
         """A new task, pending from now, finishing after its model's typical time."""
         now = loop_time()
@@ -201,9 +206,11 @@ class TaskBook:
             fail_code=fail_code,
             create_ms=self.wall_ms(now),
             results=self.config.results_per_task,
+            owner=owner,
         )
         self.tasks[task.task_id] = task
         self.running += 1
+        self.running_by[owner] = self.running_by.get(owner, 0) + 1
         heapq.heappush(self._heap, (task.ends_at, next(self._seq), task))
         task.timer = asyncio.get_running_loop().call_at(task.ends_at, self.settle)
         return task
@@ -231,6 +238,7 @@ class TaskBook:
             task.timer.cancel()
             task.timer = None
         self.running -= 1
+        self.running_by[task.owner] -= 1
         self._on_finish(task)
 
     def finish_now(self, task_id: str) -> SimTask:

@@ -137,7 +137,7 @@ class Notifier:
         *,
         campaign: str,
         on: Iterable[str] = DEFAULT_NOTIFY_ON,
-        key: ApiKey | None,
+        key: ApiKey | Sequence[ApiKey] | None,
         warn: Callable[[str], None],
         send: Sender | None = None,
     ) -> None:

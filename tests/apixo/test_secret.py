@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import pickle
 
 import pytest
 
-from apixo_batch.apixo.secret import ApiKey, redact
+from apixo_batch.apixo.secret import ApiKey, KeySpec, parse_keys, redact, unique_keys
 
 KEY = "sk-live-QX7distinctive-never-print-4242"
 
@@ -105,3 +106,46 @@ def test_redact_replaces_every_occurrence() -> None:
 def test_redact_without_key_returns_text() -> None:
     """With no key there is nothing to hide."""
     assert redact("plain text", None) == "plain text"
+
+
+# --- key pools: a key file of several keys, each named by its fingerprint ------------------
+
+
+def test_a_key_file_holds_several_keys_with_comments_and_limits() -> None:
+    """One key per line, comments and blank lines skipped, per-key limits after it."""
+    text = (
+        "# team keys\n\nsk-one max_concurrent=200 rpm=3000\n  sk-two   # project B\nsk-3 rpm=60\n"
+    )
+    keys = parse_keys(text, "keys.txt")
+    assert [k.key.reveal() for k in keys] == ["sk-one", "sk-two", "sk-3"]
+    assert [(k.max_concurrent, k.rpm) for k in keys] == [(200, 3000), (None, None), (None, 60)]
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("sk-one slots=3", "keys.txt line 2: unknown setting 'slots'"),
+        ("sk-one rpm=0", "keys.txt line 2: rpm must be a whole number >= 1"),
+        ("sk-one max_concurrent=lots", "keys.txt line 2: max_concurrent must be a whole number"),
+    ],
+)
+def test_a_bad_key_file_line_is_named_never_the_key(line: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as caught:
+        parse_keys(f"# keys\n{line}\n", "keys.txt")
+    assert "sk-one" not in str(caught.value)
+
+
+def test_fingerprint_is_eight_hex_of_the_sha256_and_never_the_key() -> None:
+    spec = KeySpec(ApiKey("sk-secret-value"))
+    assert spec.fingerprint == hashlib.sha256(b"sk-secret-value").hexdigest()[:8]
+    assert "sk-secret" not in repr(spec)
+
+
+def test_a_key_given_twice_counts_once() -> None:
+    keys = parse_keys("sk-a rpm=10\nsk-b\nsk-a rpm=99\n", "k")
+    assert [(k.key.reveal(), k.rpm) for k in unique_keys(keys)] == [("sk-a", 10), ("sk-b", None)]
+
+
+def test_redact_masks_every_key_of_a_pool() -> None:
+    keys = [ApiKey("sk-one-secret"), ApiKey("sk-two-secret")]
+    assert redact("a sk-one-secret b sk-two-secret", keys) == "a *** b ***"

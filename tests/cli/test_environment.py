@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from apixo_batch.apixo.secret import ApiKey
-from apixo_batch.cli.environment import base_url, load_api_key, redact_env
+from apixo_batch.cli.environment import base_url, load_api_key, load_api_keys, redact_env
 from apixo_batch.defaults import DEFAULT_BASE_URL
 
 KEY = "sk-live-QX7distinctive-never-print-4242"
@@ -83,3 +83,40 @@ def test_redact_env_masks_the_environments_key(monkeypatch: pytest.MonkeyPatch) 
     assert redact_env(f"boom near {KEY}") == "boom near ***"
     monkeypatch.delenv("APIXO_API_KEY")
     assert redact_env(f"boom near {KEY}") == f"boom near {KEY}"
+
+
+# --- key pools ---------------------------------------------------------------------------
+
+
+def test_several_keys_from_the_environment_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APIXO_API_KEY", f"{KEY}, sk-second ,,{KEY}")
+    keys = load_api_keys()
+    assert [k.key.reveal() for k in keys] == [KEY, "sk-second"]
+    assert load_api_key() == ApiKey(KEY)  # the first: what one-key callers get
+
+
+def test_repeated_key_files_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every --api-key-file's keys, in order; the environment is then not read."""
+    monkeypatch.setenv("APIXO_API_KEY", "sk-from-env")
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(f"{KEY} max_concurrent=5\n", encoding="utf-8")
+    second.write_text("# project B\nsk-b rpm=100\n", encoding="utf-8")
+    keys = load_api_keys([first, second])
+    assert [(k.key.reveal(), k.max_concurrent, k.rpm) for k in keys] == [
+        (KEY, 5, None),
+        ("sk-b", None, 100),
+    ]
+
+
+def test_a_key_file_of_only_comments_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text("# none yet\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"keys.txt: no API key in it"):
+        load_api_keys(path)
+
+
+def test_redact_env_masks_every_key_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APIXO_API_KEY", f"{KEY},sk-second-secret")
+    assert redact_env(f"x {KEY} y sk-second-secret") == "x *** y ***"

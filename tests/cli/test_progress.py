@@ -24,6 +24,7 @@ from apixo_batch.clock import FakeClock
 from apixo_batch.errors import ApixoError
 from apixo_batch.exitcodes import ExitCode
 from apixo_batch.pipeline import RunResult, RunStatistics
+from apixo_batch.pipeline.options import KeyStats
 
 
 def _stats(**changes: Any) -> RunStatistics:
@@ -52,6 +53,39 @@ def test_the_progress_rate_is_the_last_minutes_count_not_an_average_since_the_st
     included) shows what the account counts: the requests of the last minute, not 610."""
     line = status_line(Tally(), _stats(requests=305, requests_last_minute=305))
     assert "305/600 rpm" in line
+
+
+def _key(fp: str, **changes: Any) -> KeyStats:
+    base = KeyStats(
+        fingerprint=fp,
+        state="active",
+        in_flight=3,
+        max_concurrent=4,
+        slot_window=4,
+        requests=100,
+        requests_last_minute=90,
+        rpm_limit=300,
+        rate_limited=0,
+        learned_rpm=None,
+        learned_slots=None,
+        submitted=10,
+        spent_usd=3.0,
+        retired=None,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_the_status_line_shows_each_key_of_a_pool_by_fingerprint() -> None:
+    """Per key: state, in flight against its limit (and learned window), rpm against its
+    own, a learned rate, spend; one key shows no key part at all."""
+    keys = (
+        _key("1a2b3c4d"),
+        _key("9f8e7d6c", state="retired", in_flight=1, slot_window=2, learned_rpm=212.4),
+    )
+    line = status_line(Tally(), _stats(keys=keys))
+    assert "keys: 1a2b3c4d active 3/4 90/300 rpm $3.00; " in line
+    assert "9f8e7d6c retired 1/4 of 2 90/300 ~212 rpm $3.00" in line
+    assert "keys:" not in status_line(Tally(), _stats())
 
 
 def test_the_status_line_names_what_the_account_taught() -> None:

@@ -168,7 +168,10 @@ async def test_retry_failed_counts_the_first_paid_attempt(simulator, tmp_path: P
     first = await run_cli(sim, "run", str(job_file), *FAST, "--budget", "0.9")
     assert first.code == 1
     assert sim.stats()["spent"] == pytest.approx(0.9)
-    retry = await run_cli(sim, "run", str(job_file), *FAST, "--budget", "0.9", "--retry-failed")
+    retry = await run_cli(
+        sim, "run", str(job_file), *FAST, "--budget", "0.9", "--retry-failed",
+        "--fail-code", "SensitiveContentDetected",
+    )  # fmt: skip
     assert sim.stats()["spent"] == pytest.approx(0.9), "paid past the budget"
     assert retry.summary["spent_usd"] == pytest.approx(0.9)
 

@@ -298,7 +298,20 @@ async def test_failed_tasks_recorded_and_not_resubmitted(simulator, tmp_path: Pa
     again = await run_cli(sim, "run", str(job_file), *FAST)
     assert again.code == 1
     assert sim.stats()["submits_accepted"] == 3
-    retry = await run_cli(sim, "run", str(job_file), *FAST, "--retry-failed")
+    # The same refused input is not paid again by --retry-failed (issue 32)...
+    skipped = await run_cli(sim, "run", str(job_file), *FAST, "--retry-failed")
+    assert skipped.code == 1
+    assert sim.stats()["submits_accepted"] == 3
+    # ...unless its code is named.
+    retry = await run_cli(
+        sim,
+        "run",
+        str(job_file),
+        *FAST,
+        "--retry-failed",
+        "--fail-code",
+        "SensitiveContentDetected",
+    )
     assert retry.code == 1
     assert sim.stats()["submits_accepted"] == 4
 

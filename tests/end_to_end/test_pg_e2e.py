@@ -211,3 +211,45 @@ async def test_database_restart_mid_run_loses_no_task_id(
     assert len(manifest) == 40 and all(e["state"] == "done" for e in manifest)
     flagged = sum(1 for e in manifest if e["possibly_duplicated"])
     assert sim.stats()["submits_accepted"] - 40 <= flagged
+
+
+async def test_reroll_keeps_the_first_take_on_postgresql(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """Issue 32's reroll with the journal in PostgreSQL: `run --reroll --only wan-0000`
+    sends one new task with a new seed; wan-0000.mp4 stays, the take lands as
+    wan-0000-take2.mp4, the manifest and the database name both; wan-0001 is untouched."""
+    sim = await simulator(time_scale=0.01)
+    job_file = write_campaign(tmp_path, simple_jobs(2, model="wan-2-5", prefix="wan"))
+    first = await run_cli(sim, "run", str(job_file), "--state", pg_url, *FAST)
+    assert first.code == 0, first.stderr
+    out = tmp_path / "out"
+    before = (out / "wan-0000.mp4").read_bytes()
+    res = await run_cli(
+        sim, "run", str(job_file), "--state", pg_url, *FAST, "--reroll", "--only", "wan-0000"
+    )
+    assert res.code == 0, res.stderr
+    assert sim.stats()["submits_accepted"] == 3
+    seeds = [
+        t.input.get("seed") for t in sim.tasks.values() if t.input["prompt"] == "scene number 0"
+    ]
+    assert seeds[0] is None and isinstance(seeds[1], int)
+    assert (out / "wan-0000.mp4").read_bytes() == before
+    entries = {e["id"]: e for e in read_manifest(out)}
+    take = entries["wan-0000"]
+    assert_byte_exact(sim, out, take)
+    assert (take["state"], take["files"], take["earlier_files"], take["take"]) == (
+        "done", ["wan-0000-take2.mp4"], ["wan-0000.mp4"], 2,
+    )  # fmt: skip
+    assert take["seed"] == seeds[1]
+    # A first take's entry names no take (as with SQLite).
+    assert "take" not in entries["wan-0001"] and entries["wan-0001"]["files"] == ["wan-0001.mp4"]
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT id, take, earlier_files, files FROM jobs ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("wan-0000", 2, '["wan-0000.mp4"]', '["wan-0000-take2.mp4"]'),
+        ("wan-0001", 1, "[]", '["wan-0001.mp4"]'),
+    ]
+    assert not (out / ".apixo-batch.sqlite").exists()

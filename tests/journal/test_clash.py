@@ -160,3 +160,26 @@ def test_the_holders_rows_alone_find_the_same_clashes(journal: Journal) -> None:
     every = find_clashes(journal.output_rows(), candidates, {"a-2.mp4"}.__contains__)
     held = find_clashes(journal.output_rows(holders=True), candidates, {"a-2.mp4"}.__contains__)
     assert every == held == [Clash("job-1", "a-2.mp4", None, 2), Clash("job-2", "b-2.mp4", "job-0")]
+
+
+def test_a_rerolled_take_is_checked_at_its_name_and_its_earlier_files_stay_held(
+    journal: Journal,
+) -> None:
+    """--reroll: the queued take lands at job-0-take2.mp4, a name a hand-made file there
+    takes from it; its first take's file stays the job's own (never a clash for it, always
+    one for a job named after it). The holders' read keeps the job for its earlier file."""
+    from apixo_batch.planning.selection import Again
+
+    journal.sync([_job(0), _job(1)], NOW)
+    _land(journal, "job-0", ["job-0.mp4"])
+    journal.reconcile([_job(0), _job(1, filename="job-0.mp4")], NOW + 1, again=Again(reroll=True))
+    assert output_clashes(journal, {"job-0.mp4"}.__contains__) == [
+        Clash("job-1", "job-0.mp4", "job-0")
+    ]
+    assert output_clashes(journal, {"job-0-take2.mp4"}.__contains__) == [
+        Clash("job-0", "job-0-take2.mp4", None),
+        Clash("job-1", "job-0.mp4", "job-0"),
+    ]
+    held = list(journal.output_rows(holders=True))
+    assert [(r[0], r[1], r[2]) for r in held] == [("job-0", "job-0-take2.mp4", ("job-0.mp4",))]
+    assert find_clashes(held, [("new", "JOB-0.mp4")], None) == [Clash("new", "JOB-0.mp4", "job-0")]

@@ -26,6 +26,7 @@ from apixo_batch.journal import (
     SyncResult,
 )
 from apixo_batch.journal.rows import CHANGES, COLUMNS, SELECT
+from apixo_batch.journal.schema import SCHEMA_VERSION
 from apixo_batch.journal.states import LEGAL_FROM_SQL
 from apixo_batch.planning.kind import Kind
 
@@ -96,7 +97,7 @@ def test_schema_is_created(journal: Journal) -> None:
     tables = {r[0] for r in _raw(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"meta", "jobs", "task_history", "completions"} <= tables
     assert _raw(journal, "PRAGMA journal_mode")[0][0] == "wal"
-    assert journal.get_meta("schema") == "1"
+    assert journal.get_meta("schema") == str(SCHEMA_VERSION)
     assert journal.path.exists()
 
 
@@ -107,7 +108,7 @@ def test_opening_twice_keeps_the_data_and_schema(open_journal: Callable[..., Jou
     j.set_meta("campaign", "abc")
     j.close()
     j2 = open_journal()
-    assert j2.get_meta("schema") == "1"
+    assert j2.get_meta("schema") == str(SCHEMA_VERSION)
     assert j2.get_meta("campaign") == "abc"
     assert j2.get("job-1") is not None
 
@@ -127,7 +128,7 @@ def test_second_journal_on_same_path_is_refused(open_journal: Callable[..., Jour
         open_journal()
     first.close()
     second = open_journal()
-    assert second.get_meta("schema") == "1"
+    assert second.get_meta("schema") == str(SCHEMA_VERSION)
 
 
 def test_lock_file_names_the_holder(open_journal: Callable[..., Journal], tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_journal_without_lock_does_not_block(open_journal: Callable[..., Journal
     """lock=False (read-only tools) opens beside a locked journal."""
     open_journal()
     reader = open_journal(lock=False)
-    assert reader.get_meta("schema") == "1"
+    assert reader.get_meta("schema") == str(SCHEMA_VERSION)
 
 
 def test_close_is_safe_to_repeat(tmp_path: Path) -> None:
@@ -330,9 +331,10 @@ def test_transition_table_is_what_the_docs_draw() -> None:
     assert TRANSITIONS[S.SUBMITTED] == {S.SUBMITTED, S.SUCCEEDED, S.FAILED}
     assert TRANSITIONS[S.SUCCEEDED] == {S.SUCCEEDED, S.DONE, S.EXPIRED}
     assert TRANSITIONS[S.FAILED] == {S.QUEUED}
-    # done goes back only to be fetched again (its files gone or damaged on disk)
-    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED}
-    assert TRANSITIONS[S.EXPIRED] == frozenset()
+    # done goes back to be fetched again (its files gone or damaged on disk), or queued
+    # for a new take by --reroll; expired only by --retry-expired
+    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED, S.QUEUED}
+    assert TRANSITIONS[S.EXPIRED] == {S.QUEUED}
     assert set(TRANSITIONS) == set(JobState)
 
 
@@ -346,7 +348,6 @@ def test_transition_table_is_what_the_docs_draw() -> None:
         ([S.SUBMITTING, S.SUBMITTED], S.QUEUED),
         ([S.SUBMITTING, S.SUBMITTED], S.DONE),
         ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED], S.FAILED),
-        ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.DONE], S.QUEUED),
         ([S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.EXPIRED], S.SUCCEEDED),
         ([S.SUBMITTING, S.FAILED], S.SUBMITTING),
     ],
@@ -629,8 +630,8 @@ def test_an_illegal_bulk_change_is_refused(journal: Journal) -> None:
     journal.transition("job-0", S.SUCCEEDED, NOW, result_urls=["u"])
     journal.transition("job-0", S.DONE, NOW, files=["job-0.mp4"])
     before = journal.get("job-0")
-    with pytest.raises(JournalError, match="illegal state change done -> queued"):
-        journal.move_all(S.DONE, S.QUEUED, NOW + 1, task_id=None)
+    with pytest.raises(JournalError, match="illegal state change done -> failed"):
+        journal.move_all(S.DONE, S.FAILED, NOW + 1, task_id=None)
     assert journal.get("job-0") == before
 
 
@@ -763,8 +764,12 @@ def test_the_schema_select_and_row_are_built_from_one_column_table(journal: Jour
     """The jobs table has the columns JobRow declares (then updated_at), with their SQL
     types; the SELECT list reads them in order; a Change sets only columns."""
     info = _raw(journal, "PRAGMA table_info(jobs)")
-    assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in COLUMNS]
+    # The columns later schema steps add come after updated_at (ALTER TABLE appends).
+    ordered = sorted(COLUMNS, key=lambda c: c.since)
+    assert [(r[1], r[2]) for r in info] == [(c.name, c.decl.split()[0]) for c in ordered]
     assert [c.name for c in COLUMNS] == [*JobRow.__dataclass_fields__, "updated_at"]
+    assert [c.name for c in COLUMNS if c.since == 2] == ["take", "earlier_files"]
+    assert [c.name for c in COLUMNS if c.since == 3] == ["key_fp"]
     assert SELECT.split(", ") == list(JobRow.__dataclass_fields__)
     assert set(CHANGES) == Change.__optional_keys__
     assert not {"id", "state", "updated_at"} & set(CHANGES)
@@ -799,9 +804,12 @@ def test_jobrow_from_sql_parses_json_columns() -> None:
         "fail_msg": None,
         "cost_time_ms": None,
         "arrived_via": "callback",
+        "take": 2,
+        "earlier_files": '["f.mp4"]',
     }
     row = JobRow.from_sql(list(values.values()))
     assert row.state is S.SUCCEEDED
+    assert (row.take, row.earlier_files, row.out_name) == (2, ("f.mp4",), "f-take2.mp4")
     assert (row.in_file, row.possibly_duplicated) == (True, False)
     assert (row.result_urls, row.files, row.sha256) == (("a", "b"), (), ())
     assert row.input == {"prompt": "x"}
@@ -852,7 +860,7 @@ def test_execute_batch_runs_ops_in_one_transaction(journal: Journal) -> None:
     )
     assert results[0] is None
     assert isinstance(results[1], JournalError)
-    assert results[2] == "1"
+    assert results[2] == str(SCHEMA_VERSION)
     first = journal.get("job-1")
     assert first is not None
     assert first.state is S.SUBMITTING
@@ -913,7 +921,7 @@ def _missing() -> JobRow:
 
 async def test_async_write_returns_the_op_result(async_journal: AsyncJournal) -> None:
     """write() hands back what the op returned; read() runs on the same worker."""
-    assert await async_journal.write(lambda j: j.get_meta("schema")) == "1"
+    assert await async_journal.write(lambda j: j.get_meta("schema")) == str(SCHEMA_VERSION)
     assert await async_journal.read(lambda j: j.totals()["jobs"]) == 0.0
 
 
@@ -1066,8 +1074,9 @@ def test_plan_rows_carry_the_file_name_and_the_inputs_price_and_clock_read(
         Kind("kling-2-6", 5, None),
         "a.mp4",
         {"duration": 5, "mode": "text-to-video", "sound": True},
+        1,  # the take: a reroll's next one lands at its own name
     )
-    assert rows[1][8:] == ("job-1.mp4", {"duration": 8})
+    assert rows[1][8:] == ("job-1.mp4", {"duration": 8}, 1)
 
 
 def test_known_task_ids_are_the_jobs_tasks_now_and_before(journal: Journal) -> None:

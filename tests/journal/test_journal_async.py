@@ -15,6 +15,7 @@ import pytest
 
 from apixo_batch.errors import JournalError
 from apixo_batch.journal import AsyncJournal, InlineJournal, JobState, Journal, NewJob, SyncResult
+from apixo_batch.journal.schema import SCHEMA_VERSION
 from apixo_batch.outputs.paths import storage_failure
 
 S = JobState
@@ -266,7 +267,7 @@ async def test_read_queued_after_writes_sees_them_and_order_is_kept(
 
 async def test_write_and_read_return_results(aj: AsyncJournal) -> None:
     """write() and read() hand back what the op returned."""
-    assert await aj.write(lambda j: j.get_meta("schema")) == "1"
+    assert await aj.write(lambda j: j.get_meta("schema")) == str(SCHEMA_VERSION)
     assert await aj.read(lambda j: j.totals()["jobs"]) == 0.0
     await aj.write(lambda j: j.sync([_job(1)], NOW))
     await aj.transition("job-1", S.SUBMITTING, NOW)

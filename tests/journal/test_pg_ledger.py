@@ -28,8 +28,10 @@ from apixo_batch.journal import (
 )
 from apixo_batch.journal.pg.executor import DatabaseFailed
 from apixo_batch.journal.pg.ledger import PgLedger
+from apixo_batch.journal.pg.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from apixo_batch.journal.unrecorded import AdoptRefused
 from apixo_batch.planning.kind import Kind
+from apixo_batch.planning.selection import Again, Selection
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -113,7 +115,8 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     await ledger.mark_submitting("job-2", 1)
     await ledger.fail_submit("job-2", "SUBMIT_ERROR", "no answer", True)
     await ledger.mark_submitting("job-3", 1)
-    await ledger.record_task_id("job-3", "t-3", "async", False)
+    # A key pool's task: journaled with the fingerprint of the key that created it.
+    await ledger.record_task_id("job-3", "t-3", "async", False, key_fp="1a2b3c4d")
     clock.advance(2.0)
     await ledger.record_success(
         "job-0",
@@ -175,6 +178,98 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     return seen
 
 
+async def _run_to_done(ledger: Ledger, clock: _Clock, job_id: str, task: str, name: str) -> None:
+    await ledger.mark_submitting(job_id, 1)
+    await ledger.record_task_id(job_id, task, "async", False)
+    await ledger.record_success(
+        job_id,
+        result_urls=[f"http://x/{task}.mp4"],
+        completed_at=clock.wall(),
+        expires_at=clock.wall() + 86400,
+        cost_time_ms=700,
+        via="callback",
+        clock_key="veo3-fast|-|-",
+        seconds=30.0,
+    )
+    await ledger.record_done(job_id, _landed(name))
+
+
+async def _again(ledger: Ledger, clock: _Clock) -> list[Any]:
+    """After :func:`_scenario`, on the same ledger: ended jobs sent again (issue 32) by a
+    narrowed ``--retry-failed`` (``--fail-code``, ``--only``), ``--retry-expired`` and
+    ``--reroll`` (takes: a new name, the earlier files held), then a plain retry that
+    skips an unchanged refused input, and a reroll narrowed by model (a new seed)."""
+    seen: list[Any] = []
+    clock.advance(10.0)
+    await ledger.record_done("job-0", _landed("job-0.mp4"))  # fetched again: done
+    await ledger.mark_submitting("job-1", 3)
+    await ledger.record_task_id("job-1", "t-1", "async", True)
+    await ledger.record_failure(
+        "job-1", fail_code="GENERATION_FAILED", fail_msg="try again", completed_at=1.0, via="poll"
+    )
+    await ledger.mark_submitting("job-2", 1)
+    await ledger.record_task_id("job-2", "t-2", "async", False)
+    await ledger.record_success(
+        "job-2",
+        result_urls=["http://x/2a.mp4", "http://x/2b.mp4"],
+        completed_at=clock.wall(),
+        expires_at=clock.wall() + 60,
+        cost_time_ms=None,
+        via="poll",
+        clock_key="veo3-fast|-|-",
+        seconds=50.0,
+    )
+    await ledger.record_expired("job-2", "the URLs lapsed", _landed("job-2.mp4"))
+    await ledger.record_failure(
+        "job-3", fail_code="NSFW", fail_msg="flagged", completed_at=2.0, via="poll"
+    )
+    clock.advance(1.0)
+    # job-3's input as it was first sent: its refusal would come again.
+    file = [
+        _job(0, duration=5),
+        _job(1, duration=10),
+        _job(2, prompt="new"),
+        _job(3, duration=5),
+        _job(5, filename="JOB-0.mp4"),
+        _job(6, model="wan-2-5"),
+    ]
+    narrowed = Again(
+        failed=True,
+        fail_codes=("GENERATION_FAILED",),
+        expired=True,
+        reroll=True,
+        selection=Selection(only=("job-[0-3]",)),
+    )
+    recovered, sync = await ledger.reconcile(iter(file), again=narrowed)
+    seen.append((recovered, vars(sync)))
+    seen.append(await ledger.queued_brief())
+    seen.append(sorted((await ledger.file_owners()).items()))
+    seen.append([(c.job_id, c.name, c.holder) for c in await ledger.refuse_clashes(None, str)])
+    clock.advance(1.0)
+    await _run_to_done(ledger, clock, "job-0", "t-0b", "job-0-take2.mp4")
+    await _run_to_done(ledger, clock, "job-6", "t-6", "job-6.mp4")
+    seen.append(sorted((await ledger.file_owners()).items()))
+    seen.append(await ledger.known_task_ids(["t-0", "t-0b", "t-2", "t-6"]))
+    clock.advance(1.0)
+    # A plain --retry-failed: job-3's refused input is unchanged (skipped, told); job-5's
+    # clash is no refusal of its input. job-0's input edited after its take ended: told.
+    file[0] = _job(0, prompt="a dog", duration=5)
+    recovered, sync = await ledger.reconcile(iter(file), retry_failed=True)
+    seen.append((recovered, vars(sync)))
+    clock.advance(1.0)
+    by_model = Again(reroll=True, selection=Selection(models=("wan-2-5",)))
+    recovered, sync = await ledger.reconcile(iter(file), again=by_model)
+    seen.append((recovered, vars(sync)))
+    # Take 2 not yet sent, its input edited: the new input, with the take's own seed.
+    file[5] = _job(6, model="wan-2-5", prompt="a wolf")
+    seen.append(vars((await ledger.reconcile(iter(file)))[1]))
+    seen.append(await ledger.counts())
+    seen.append(await ledger.queued_brief())
+    seen.append(sorted((await ledger.file_owners()).items()))
+    seen.append(await ledger.read_rows(list))
+    return seen
+
+
 @pytest.fixture
 async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Ledger, Ledger, _Clock, _Clock]]:
     lite_clock, pg_clock = _Clock(), _Clock()
@@ -197,9 +292,43 @@ async def test_same_answers_and_rows_as_sqlite(both: Any) -> None:
     rows = want[-2]
     assert [r.id for r in rows] == ["job-0", "job-1", "job-2", "job-3", "job-5", "job-4"]
     assert rows[3].changed_input_hash is not None and rows[1].possibly_duplicated
+    assert rows[3].key_fp == "1a2b3c4d" and rows[0].key_fp is None
     assert rows[4].state is S.FAILED and rows[0].state is S.SUCCEEDED  # clash; refetch
     # The kinds were read from the jobs' inputs, as SQLite reads them.
     assert want[3][0][0] == Kind("veo3-fast", 5, None)
+
+
+async def test_jobs_sent_again_same_rows_as_sqlite(both: Any) -> None:
+    """Ended jobs queued again (issue 32: a narrowed --retry-failed, --retry-expired,
+    --reroll's takes and their held earlier files, a refused input skipped) give the same
+    answers and rows, field for field, on both backends; the takes are as SQLite has them."""
+    lite, pg, lite_clock, pg_clock = both
+    await _scenario(lite, lite_clock)
+    await _scenario(pg, pg_clock)
+    want = await _again(lite, lite_clock)
+    got = await _again(pg, pg_clock)
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        assert b == a, f"step {i}"
+    narrowed, plain, by_model = want[0][1], want[6][1], want[7][1]
+    # --fail-code GENERATION_FAILED, --only job-[0-3]: job-3 (NSFW) and job-5 kept.
+    assert narrowed["again"] == {"done": 1, "failed": 1, "expired": 1}
+    assert plain["again"] == {"failed": 1} and plain["refused_unchanged"] == {"job-3": "NSFW"}
+    assert plain["ended"] == {"job-0": "done"}
+    assert by_model["again"] == {"done": 1}
+    assert [q[0] for q in want[1]] == ["job-0", "job-1", "job-2", "job-6"]
+    owners = dict(want[4])
+    # The earlier take's file stays job-0's (job-5, failed on it, still names it).
+    assert owners["job-0.mp4"] == ("job-0", "job-5")
+    assert owners["job-0-take2.mp4"] == ("job-0",)
+    rows = {r.id: r for r in want[-1]}
+    assert (rows["job-0"].take, rows["job-0"].earlier_files) == (2, ("job-0.mp4",))
+    assert rows["job-0"].files == ("job-0-take2.mp4",) and rows["job-0"].state is S.DONE
+    assert (rows["job-2"].state, rows["job-2"].take, rows["job-2"].files) == (S.QUEUED, 1, ())
+    assert rows["job-3"].state is S.FAILED and rows["job-5"].state is S.QUEUED
+    six = rows["job-6"]
+    assert (six.state, six.take, six.earlier_files) == (S.QUEUED, 2, ("job-6.mp4",))
+    assert six.input["prompt"] == "a wolf" and six.out_name == "job-6-take2.mp4"
+    assert isinstance(six.input["seed"], int) and want[8]["updated"] == 1
 
 
 async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
@@ -256,3 +385,30 @@ async def test_one_run_per_campaign_and_no_password_in_errors(
         await open_ledger(url, "camp", clock, anchor=tmp_path / "d.pg")
     message = str(caught.value)
     assert "hunter2" not in message and "***" in message and "\n" not in message
+
+
+async def test_a_journal_of_schema_1_gains_takes_on_open(tmp_path: Path, pg_url: str) -> None:
+    """A database an earlier apixo-batch wrote (schema 1: no takes) is brought to the
+    newest version on open: its jobs are on take 1 with no earlier files, and reroll."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await migrate(conn, "old", MIGRATIONS[:1])
+        await conn.execute("INSERT INTO campaigns (id) VALUES ('camp')")
+        await conn.execute(
+            "INSERT INTO jobs (campaign, id, idx, model, provider, input_json, input_hash, "
+            "filename, state, files, updated_at) VALUES ('camp', 'job-0', 0, 'veo3-fast', "
+            "'google', %s, %s, 'job-0.mp4', 'done', '[\"job-0.mp4\"]', 1.0)",
+            (_job(0).input_json, _job(0).input_hash),
+        )
+    clock = _Clock()
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
+    try:
+        before = await ledger.read_rows(list)
+        assert (before[0].take, before[0].earlier_files) == (1, ())
+        _, sync = await ledger.reconcile(iter([_job(0)]), again=Again(reroll=True))
+        assert sync.again == {"done": 1}
+        row = (await ledger.read_rows(list))[0]
+        assert (row.state, row.take, row.earlier_files) == (S.QUEUED, 2, ("job-0.mp4",))
+    finally:
+        await ledger.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM apixo_schema").fetchall() == [(SCHEMA_VERSION,)]

@@ -18,8 +18,10 @@ from apixo_batch.pipeline.admission import (
     Admission,
     Admitted,
     BudgetMeter,
+    LimitMeter,
     SlotMeter,
     queued_in_start_order,
+    selected,
 )
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.planning.completion import CompletionModel
@@ -30,6 +32,7 @@ from apixo_batch.planning.forecast import (
 )
 from apixo_batch.planning.kind import Kind
 from apixo_batch.planning.order import longest_first
+from apixo_batch.planning.selection import Selection
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
 pytestmark = pytest.mark.looptime
@@ -450,3 +453,50 @@ async def test_admission_starts_jobs_in_the_order_the_forecast_assumes(order: st
     assert list(shapes_in_start_order(runs, completions, order=order)) == started
     if order == "longest":
         assert [r.id for r in rows] == ["job-2", "job-3", "job-1", "job-0", "job-4"]
+
+
+async def test_limit_admits_the_first_n_in_start_order_and_is_no_stop() -> None:
+    """--limit 2: the first two jobs, then admission ends without a stop; the rest stay
+    queued, their slots never taken."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(5)])
+    slots = ConcurrencyLimit(10)
+    events = Recorder()
+    stops = Stops(events.emitter(clock))
+    rows = _Rows(ledger)
+    admission = Admission(rows, meters=[LimitMeter(2)], slots=SlotMeter(slots), stops=stops)
+    got = await _admit_all(admission, clock)
+    assert [a.row.id for a in got] == ["job-0", "job-1"]
+    assert stops.all == [] and events.of("stopped") == []
+    assert slots.in_flight == 2 and rows.closed
+
+
+async def test_a_limit_counts_only_jobs_the_budget_let_through() -> None:
+    """A job the budget skips (unknown price) does not use up the limit."""
+    clock = FakeClock()
+    jobs = [new_job(0, cost=None), new_job(1, cost=0.1), new_job(2, cost=0.1), new_job(3)]
+    ledger = await memory_ledger(clock, jobs)
+    events = Recorder()
+    stops = Stops(events.emitter(clock))
+    meters = [BudgetMeter(5.0, 0.0, events.emitter(clock)), LimitMeter(2)]
+    admission = Admission(
+        _Rows(ledger), meters=meters, slots=SlotMeter(ConcurrencyLimit(10)), stops=stops
+    )
+    got = await _admit_all(admission, clock)
+    assert [a.row.id for a in got] == ["job-1", "job-2"]
+
+
+async def test_selected_rows_leave_the_others_queued_and_close_the_source() -> None:
+    """--only job-[13]: admission sees job-1 and job-3 only; the source is closed."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(5)])
+    rows = _Rows(ledger)
+    admission = Admission(
+        selected(rows, Selection(only=("job-[13]",))),
+        meters=[],
+        slots=SlotMeter(ConcurrencyLimit(10)),
+        stops=Stops(Recorder().emitter(clock)),
+    )
+    got = await _admit_all(admission, clock)
+    assert [a.row.id for a in got] == ["job-1", "job-3"]
+    assert rows.closed

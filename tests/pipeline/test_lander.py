@@ -33,6 +33,7 @@ from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.lander import Fetch, Lander
 from apixo_batch.pipeline.options import RunOptions
 from apixo_batch.pipeline.stop import StopKind, Stops
+from apixo_batch.planning.selection import Again
 from apixo_batch.retry import Backoff, Patience
 
 #: the loop's time is virtual (looptime): FakeClock runs on it
@@ -568,3 +569,47 @@ async def test_after_a_crash_a_file_the_journal_did_not_record_is_kept_unless_id
     assert set(warned) == {"job-1", "job-2"}
     assert str(tmp_path / "job-1.mp4") in warned["job-1"] and "download" in warned["job-1"]
     assert str(tmp_path / "job-2-2.mp4") in warned["job-2"]
+
+
+async def test_after_a_crash_a_rerolled_take_is_guarded_at_its_own_name(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """A take 2 left `succeeded` by a crash is fed at job-N-take2.mp4: a file there the
+    journal never recorded is kept unless it holds the take's very bytes; the first take's
+    file is neither fetched nor touched."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(2)])
+    for i in range(2):
+        await succeeded_row(ledger, clock, f"job-{i}", _urls(f"job-{i}"))
+    first = _lander(ledger, clock, tmp_path)[0]
+    await _land(first, clock, [_fetch(ledger, f"job-{i}") for i in range(2)])
+    await ledger.reconcile([new_job(i) for i in range(2)], again=Again(reroll=True))
+    takes = {f"job-{i}": _urls(f"job-{i}-take2") for i in range(2)}
+    for job_id, urls in takes.items():
+        await succeeded_row(ledger, clock, job_id, urls)
+    # job-0's take was renamed into place, not journaled
+    (tmp_path / "job-0-take2.mp4").write_bytes(_content(takes["job-0"][0]))
+    (tmp_path / "job-1-take2.mp4").write_bytes(b"a hand-made cut")
+    host.calls.clear()
+    host.guarded.clear()
+    lander, events = _lander(ledger, clock, tmp_path)
+    tx, rx = anyio.create_memory_object_stream[Fetch](10)
+    await drive(clock, lander.feed(tx))
+    with rx:
+        fed = [f async for f in rx]
+    assert [(f.id, f.filename) for f in fed] == [
+        ("job-0", "job-0-take2.mp4"),
+        ("job-1", "job-1-take2.mp4"),
+    ]
+    await _land(lander, clock, fed)
+
+    taken = row(ledger, "job-0")
+    assert (taken.state, taken.files, taken.earlier_files) == (
+        JobState.DONE, ("job-0-take2.mp4",), ("job-0.mp4",),
+    )  # fmt: skip
+    assert row(ledger, "job-1").state is JobState.SUCCEEDED
+    assert (tmp_path / "job-1-take2.mp4").read_bytes() == b"a hand-made cut"
+    assert (tmp_path / "job-1.mp4").read_bytes() == _content(_urls("job-1")[0])
+    assert sorted(d.name for _, d, _ in host.calls) == ["job-0-take2.mp4", "job-1-take2.mp4"]
+    assert set(host.guarded) == {takes["job-0"][0], takes["job-1"][0]}
+    assert [w.job_id for w in events.of("warning")] == ["job-1"]

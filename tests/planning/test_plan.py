@@ -186,3 +186,28 @@ def test_format_text_rows_in_catalog_order(small: Path) -> None:
     lines = format_text(make_plan(load_campaign(small), max_concurrent=9, rpm=90)).splitlines()
     table = [line.split()[0] for line in lines[3:7]]
     assert table == ["kling-2-1", "kling-2-6", "wan-2-5", "total"]
+
+
+def test_plan_command_selects_jobs(small: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--only, --model and --limit narrow the plan to the jobs run would take."""
+
+    def groups(*args: str) -> list[tuple[str, int]]:
+        assert main(["plan", str(small), "--json", *args]) == 0
+        data = json.loads(capsys.readouterr().out)
+        return [(g["model"], g["jobs"]) for g in data["groups"]]
+
+    assert groups("--only", "l*") == [("wan-2-5", 1)]
+    assert groups("--model", "kling-2-1") == [("kling-2-1", 1)]
+    assert groups("--order", "file", "--limit", "1") == [("kling-2-6", 1)]
+    assert sorted(groups("--only", "neon,bottle")) == [("kling-2-1", 1), ("kling-2-6", 1)]
+
+
+def test_plan_command_refuses_a_pattern_matching_nothing(
+    small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line naming the pattern, exit 2; --fail-code alone too."""
+    assert main(["plan", str(small), "--only", "neon", "--only", "zz*"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"apixo-batch: --only 'zz*' matches no job of {small}"]
+    assert main(["plan", str(small), "--fail-code", "NSFW"]) == 2
+    assert "give --retry-failed too" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from apixo_batch.jobs import Campaign, load_campaign
 from apixo_batch.planning.kind import Kind
 from apixo_batch.planning.plan import make_plan
 from apixo_batch.planning.resume import JournalJob, resume_figures
+from apixo_batch.planning.selection import Again, Selection
 
 JOBS = "\n".join(
     f"  - id: j{i}\n    model: kling-2-6\n"
@@ -146,6 +147,39 @@ def test_the_rich_table_carries_the_journal_lines(campaign: Campaign) -> None:
     assert "--budget $0.50: 1 of the 6 jobs fit" in stream.getvalue()
 
 
+def test_the_selection_and_the_limit_bound_what_run_would_submit(campaign: Campaign) -> None:
+    """--only j[0-3] counts four of six new jobs; --limit 2 of them, two; no job left out
+    is counted orphaned (the journal keeps it)."""
+    rows = _rows(campaign, {"j0": "done"})
+    only = Again(selection=Selection(only=("j[0-3]",)))
+    r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, again=only)
+    assert (r.to_submit, r.done, r.orphaned) == (3, 1, 0)
+    limited = Again(selection=Selection(limit=2))
+    assert resume_figures(campaign, rows, journal="j", spent_usd=0.0, again=limited).to_submit == 2
+
+
+def test_plan_counts_rerolls_expired_retries_and_skips_refused_inputs(campaign: Campaign) -> None:
+    """--reroll counts done jobs, --retry-expired expired ones; --retry-failed leaves a
+    refused, unchanged input out unless --fail-code names its code."""
+    hashes = {job.id: job.input_hash for job in campaign.iter_jobs()}
+    rows = [
+        JournalJob("j0", "done", hashes["j0"], True, None),
+        JournalJob("j1", "expired", hashes["j1"], True, "RESULT_EXPIRED"),
+        JournalJob("j2", "failed", hashes["j2"], True, "SensitiveContentDetected"),
+        JournalJob("j3", "failed", hashes["j3"], True, "Timeout"),
+        *(JournalJob(f"j{i}", "done", hashes[f"j{i}"], True, None) for i in (4, 5)),
+    ]
+
+    def submit(again: Again) -> int:
+        return resume_figures(campaign, rows, journal="j", spent_usd=0.0, again=again).to_submit
+
+    assert submit(Again()) == 0
+    assert submit(Again(failed=True)) == 1  # the timeout only
+    assert submit(Again(failed=True, fail_codes=("SensitiveContentDetected",))) == 1
+    assert submit(Again(expired=True)) == 1
+    assert submit(Again(reroll=True, selection=Selection(only=("j0", "j4")))) == 2
+
+
 def test_the_plan_covers_what_run_would_submit_now(campaign: Campaign) -> None:
     """The table, cost and time of the plan are the jobs left to submit (j3..j5), not the
     file's six; the file's figures are kept beside them."""
@@ -204,3 +238,27 @@ def test_a_synced_journal_groups_by_the_journaled_inputs(campaign: Campaign) -> 
     assert [(g.tier, g.count) for g in r.groups] == [("silent", 1), ("sound", 1)]
     plan = make_plan(campaign, max_concurrent=10, rpm=60, now=(r.groups, r.runs))
     assert plan.known_cost_usd == pytest.approx(3 * PRICE) == r.to_submit_usd
+
+
+def test_refusals_see_take_names_and_the_limit_counts_after_them(campaign: Campaign) -> None:
+    """A rerolled job is checked at its next take's name and a queued take at its own, as
+    ``run`` checks them; ``--limit`` counts the jobs that start, refusals left out first
+    (``run`` ends them before any submit)."""
+    hashes = {job.id: job.input_hash for job in campaign.iter_jobs()}
+    rows = [
+        JournalJob("j0", "done", hashes["j0"], True, None),
+        JournalJob("j1", "queued", hashes["j1"], False, None, take=2),
+        JournalJob("j2", "done", hashes["j2"], True, None, take=2),
+    ]
+    seen: list[list[tuple[str, str]]] = []
+
+    def refuse(candidates: Iterable[tuple[str, str]]) -> set[str]:
+        seen.append(list(candidates))
+        return {"j1"}
+
+    again = Again(reroll=True, selection=Selection(only=("j[0-3]",), limit=2))
+    r = resume_figures(campaign, rows, journal="j", spent_usd=0.0, refuse=refuse, again=again)
+    assert seen == [
+        [("j0", "j0-take2.mp4"), ("j1", "j1-take2.mp4"), ("j2", "j2-take3.mp4"), ("j3", "j3.mp4")]
+    ]
+    assert (r.refused, r.to_submit, r.new, r.new_ids) == (1, 2, 0, ())

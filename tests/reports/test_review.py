@@ -12,6 +12,7 @@ from e2e import run_cli, simple_jobs, write_campaign
 
 from apixo_batch.journal import JobState, Journal, NewJob, RunRecord, Totals, last_runs
 from apixo_batch.journal.runs import keep_run
+from apixo_batch.planning.selection import Again, Selection
 from apixo_batch.reports.review import write_review
 
 NASTY = "</script><script>alert(1)</script> <!-- \"q\" & 'a' \u2028 é"
@@ -185,3 +186,21 @@ def test_cards_carry_sound_cfg_scale_and_source_images(tmp_path: Path) -> None:
     # The commands are pasted into a shell: a job file with a space is quoted.
     assert meta["commands"]["retry_expired"] == "apixo-batch run 'my jobs.yaml' --retry-expired"
     assert meta["commands"]["download"] == "apixo-batch download 'my jobs.yaml'"
+
+
+def test_a_rerolled_card_plays_every_take(tmp_path: Path) -> None:
+    """After --reroll and the new take landed, the card holds the first take's file and
+    the new one's, the first first."""
+
+    journal = campaign_journal(tmp_path)
+    again = Again(reroll=True, selection=Selection(only=("done",)))
+    jobs = [NewJob("done", 0, "kling-2-6", "auto", _input(sound=True, cfg_scale=0.5,
+            image_urls=["https://i.test/a.jpg"]), "h0", "done.mp4", 0.3)]  # fmt: skip
+    journal.sync(jobs, NOW, again=again)
+    journal.transition("done", S.SUBMITTING, NOW, attempts=1)
+    journal.transition("done", S.SUBMITTED, NOW, task_id="t-2", submitted_at=NOW)
+    journal.transition("done", S.SUCCEEDED, NOW, result_urls=["u"], expires_at=NOW + 9)
+    journal.transition("done", S.DONE, NOW, files=["done-take2.mp4"], bytes=1, sha256=["y"])
+    cards, _ = page_data(journal, tmp_path)
+    journal.close()
+    assert cards["done"]["files"] == ["done.mp4", "done-take2.mp4"]

@@ -16,7 +16,8 @@ from apixo_batch.apixo.client import ApixoClient
 from apixo_batch.apixo.secret import ApiKey
 from apixo_batch.catalog.failcodes import FAIL_CODES, MODEL_FAIL_CODES
 from apixo_batch.errors import AuthError, InsufficientBalance, InvalidRequest, NotFound
-from apixo_batch.simulator.config import SimConfig
+from apixo_batch.simulator.app import fingerprint_of
+from apixo_batch.simulator.config import SimConfig, SimKey
 
 #: the simulator runs on the loop's time, here virtual (looptime): simulated seconds
 #: pass in no real time
@@ -571,3 +572,73 @@ async def test_a_timer_that_fires_a_moment_early_still_ends_its_task(
     book.settle()
     assert ended == [task.task_id] and book.running == 0
     book.close()
+
+
+# --- several keys: each an account of its own ---------------------------------------------
+
+SECOND = "sim-second-key"
+
+
+async def test_each_key_has_its_own_slots_balance_and_tasks(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """The second key's slot limit and balance are its own; a task answers only to the key
+    that created it (another key gets "task not found", as for an unknown task)."""
+    sim = await simulator(
+        duration_override_s=SLOW,
+        concurrency_limit=5,
+        keys=[SimKey(key=SECOND, concurrency_limit=1, balance=2.0)],
+    )
+    base, model = sim.base_url, "kling-2-6"
+    url = f"{base}/generateTask/{model}"
+    body = {"request_type": "async", "input": T2V[model]}
+    code, first, _ = await api_call(http, "POST", url, key=SECOND, body=body)
+    assert code == 200
+    code, again, _ = await api_call(http, "POST", url, key=SECOND, body=body)
+    assert code == 429 and again["message"] == "Concurrent task limit exceeded"
+    code, _, _ = await submit(http, base, model, T2V[model])  # the main key: its own slots
+    assert code == 200
+    task_id = first["data"]["taskId"]
+    status_url = f"{base}/statusTask/{model}"
+    code, mine, _ = await api_call(http, "GET", status_url, key=SECOND, params={"taskId": task_id})
+    assert code == 200 and mine["data"]["taskId"] == task_id
+    code, other, _ = await status(http, base, model, task_id)
+    assert code == 404 and other["message"] == "task not found"
+    code, balance, _ = await api_call(http, "GET", f"{base}/apikeys/current-balance", key=SECOND)
+    assert balance["data"] == pytest.approx(2.0 - sim.tasks[task_id].cost)
+    keys = sim.stats()["keys"]
+    assert keys[fingerprint_of(SECOND)]["submits"] == 1
+    assert keys[fingerprint_of(SECOND)]["rate_limited"] == 1
+
+
+async def test_a_key_revoked_over_http_refuses_submits_and_may_keep_reading(
+    simulator: SimulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """POST /_sim/revoke/FINGERPRINT: the key's submits answer 401, its own task still
+    reads; with ?reads=0 every request of it answers 401. An unknown key: 404."""
+    sim = await simulator(duration_override_s=SLOW, keys=[SimKey(key=SECOND)])
+    base, model = sim.base_url, "kling-2-6"
+    url = f"{base}/generateTask/{model}"
+    body = {"request_type": "async", "input": T2V[model]}
+    _, made, _ = await api_call(http, "POST", url, key=SECOND, body=body)
+    task_id = made["data"]["taskId"]
+    admin = f"{sim.url}/_sim/revoke/{fingerprint_of(SECOND)}"
+    async with http.post(admin) as resp:
+        assert resp.status == 200
+    code, _, _ = await api_call(http, "POST", url, key=SECOND, body=body)
+    assert code == 401
+    params = {"taskId": task_id}
+    code, _, _ = await api_call(
+        http, "GET", f"{base}/statusTask/{model}", key=SECOND, params=params
+    )
+    assert code == 200
+    async with http.post(admin, params={"reads": "0"}) as resp:
+        assert resp.status == 200
+    code, _, _ = await api_call(
+        http, "GET", f"{base}/statusTask/{model}", key=SECOND, params=params
+    )
+    assert code == 401
+    code, _, _ = await submit(http, base, model, T2V[model])  # the main key goes on
+    assert code == 200
+    async with http.post(f"{sim.url}/_sim/revoke/00000000") as resp:
+        assert resp.status == 404

@@ -1,13 +1,15 @@
 """The journal in PostgreSQL (``--state postgresql://…``, the ``pg`` extra).
 
-===============  ==========================================================
-module           what it holds
-===============  ==========================================================
-``url``          a database URL told from a path, shown without its password
-``schema``       the tables, keyed for several runners, and their versions
-``executor``     :class:`PgExecutor`: operations in order, group commit
-``ledger``       :class:`PgLedger`: the :class:`~..ledger.Ledger` in SQL
-===============  ==========================================================
+================  ==========================================================
+module            what it holds
+================  ==========================================================
+``url``           a database URL told from a path, shown without its password
+``schema``        the tables, keyed for several runners, and their versions
+``executor``      :class:`PgExecutor`: operations in order, group commit
+``ledger``        :class:`PgLedger`: the :class:`~..ledger.Ledger` in SQL
+``lease``         several runners: leases, claims, the submit fence, adoption
+``shared_limits`` the account's slot pool and request bucket, shared
+================  ==========================================================
 
 Only ``url`` is imported without psycopg installed.
 """

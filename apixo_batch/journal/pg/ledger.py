@@ -20,6 +20,7 @@ in a worker thread that reads the rows a page at a time through the loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -40,11 +41,21 @@ from psycopg_pool import AsyncConnectionPool
 from ...clock import Clock
 from ...errors import JournalError
 from ...planning.kind import Kind
+from ...planning.selection import Again
 from ..clash import OUTPUT_EXISTS, Clash, find_clashes
 from ..ledger import Landed, Totals, landed_change
 from ..naming import name_owners
-from ..reconcile import NewJob, SyncResult
-from ..rows import CHANGES, SELECT, Change, JobRow, json_list
+from ..reconcile import NewJob, SyncResult, take_json
+from ..rows import (
+    CHANGES,
+    OUTPUT_COLUMNS,
+    SELECT,
+    Change,
+    JobRow,
+    OutputRow,
+    json_list,
+    output_row,
+)
 from ..runs import LAST_RUN, LAST_WORK_RUN, LastRuns, RunRecord
 from ..states import TRANSITIONS, JobState, illegal_change
 from ..store import FILE_STAMP, DoneFiles
@@ -74,11 +85,21 @@ _NEW_COLUMNS = (
     "filename",
     "cost_usd",
 )
-#: Journal.output_rows: (id, filename, files, in the file, state, result URLs or None)
+#: Journal.output_rows: the columns of rows.output_row, then the result URLs' count
 _OUTPUT_ROWS = (
-    "SELECT id, filename, files, in_file, state, CASE WHEN result_urls IS NULL OR "
+    f"SELECT {OUTPUT_COLUMNS}, CASE WHEN result_urls IS NULL OR "
     "result_urls = '' THEN NULL ELSE json_array_length(result_urls::json) END "
     "FROM jobs WHERE campaign=%s"
+)
+#: an ended job queued again (reconcile.Reconcile._queued_again): the file's input, a
+#: take, and nothing of the earlier task
+_QUEUED_AGAIN = (
+    "UPDATE jobs SET idx=%s, model=%s, provider=%s, input_json=%s, input_hash=%s, "
+    "filename=%s, cost_usd=%s, in_file=true, changed_input_hash=NULL, take=%s, "
+    "earlier_files=%s, task_id=NULL, request_type=NULL, submitted_at=NULL, "
+    "completed_at=NULL, result_urls='[]', expires_at=NULL, files='[]', bytes=NULL, "
+    "sha256='[]', fail_code=NULL, fail_msg=NULL, cost_time_ms=NULL, arrived_via=NULL "
+    "WHERE campaign=%s AND id=%s"
 )
 
 
@@ -276,9 +297,14 @@ class PgLedger:
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
-        self, jobs: Iterable[NewJob] | None, *, retry_failed: bool
+        self,
+        jobs: Iterable[NewJob] | None,
+        *,
+        retry_failed: bool = False,
+        again: Again | None = None,
     ) -> tuple[int, SyncResult]:
         now = self._clock.wall()
+        picks = Again(failed=retry_failed) if again is None else again
 
         async def op(conn: PgConn) -> tuple[int, SyncResult]:
             await self._campaign_row(conn)
@@ -294,20 +320,9 @@ class PgLedger:
                 fail_code=None,
                 fail_msg=None,
             )
-            if retry_failed:
-                await self._move_all(
-                    conn,
-                    S.FAILED,
-                    S.QUEUED,
-                    now,
-                    "in_file",
-                    task_id=None,
-                    fail_code=None,
-                    fail_msg=None,
-                )
             if jobs is None:
                 return recovered, SyncResult(changed_after_submit=[])
-            return recovered, await self._sync(conn, jobs, now)
+            return recovered, await self._sync(conn, jobs, now, picks)
 
         return await self._write(op, alone=True)
 
@@ -316,17 +331,19 @@ class PgLedger:
             "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (self._c,)
         )
 
-    async def _sync(self, conn: PgConn, jobs: Iterable[NewJob], now: float) -> SyncResult:
+    async def _sync(
+        self, conn: PgConn, jobs: Iterable[NewJob], now: float, again: Again
+    ) -> SyncResult:
         result = SyncResult(changed_after_submit=[])
         await conn.execute("UPDATE jobs SET in_file=false WHERE campaign=%s", (self._c,))
         chunk: list[NewJob] = []
         for job in jobs:
             chunk.append(job)
             if len(chunk) >= PAGE:
-                await self._sync_chunk(conn, chunk, now, result)
+                await self._sync_chunk(conn, chunk, now, result, again)
                 chunk = []
         if chunk:
-            await self._sync_chunk(conn, chunk, now, result)
+            await self._sync_chunk(conn, chunk, now, result, again)
         row = await self._one(
             conn, "SELECT count(*) FROM jobs WHERE campaign=%s AND NOT in_file", (self._c,)
         )
@@ -334,14 +351,14 @@ class PgLedger:
         return result
 
     async def _sync_chunk(
-        self, conn: PgConn, chunk: list[NewJob], now: float, result: SyncResult
+        self, conn: PgConn, chunk: list[NewJob], now: float, result: SyncResult, again: Again
     ) -> None:
-        known: dict[str, tuple[str, str, str | None]] = {
-            jid: (h, state, task)
-            for jid, h, state, task in await self._all(
+        known: dict[str, tuple[Any, ...]] = {
+            str(row[0]): row[1:]
+            for row in await self._all(
                 conn,
-                "SELECT id, input_hash, state, task_id FROM jobs WHERE campaign=%s "
-                "AND id = ANY(%s)",
+                "SELECT id, input_hash, state, task_id, fail_code, take, files, earlier_files "
+                "FROM jobs WHERE campaign=%s AND id = ANY(%s)",
                 (self._c, [j.id for j in chunk]),
             )
         }
@@ -368,7 +385,12 @@ class PgLedger:
                     )
                 )
                 continue
-            old_hash, state, task_id = old
+            old_hash, state, task_id, code, take, files, earlier = old
+            if again.any and await self._queued_again(
+                conn, j, (state, code, old_hash == j.input_hash, take, files, earlier), now,
+                result, again,
+            ):  # fmt: skip
+                continue
             if old_hash == j.input_hash:
                 same.append((j.idx, j.filename, j.cost_usd, self._c, j.id))
             elif task_id is None and state in (S.QUEUED.value, S.FAILED.value):
@@ -379,7 +401,7 @@ class PgLedger:
                         j.idx,
                         j.model,
                         j.provider,
-                        j.input_json,
+                        take_json(j, int(take)),
                         j.input_hash,
                         j.filename,
                         j.cost_usd,
@@ -392,6 +414,8 @@ class PgLedger:
                 # Paid (or possibly paid) under the old input: keep following that task.
                 kept.append((j.idx, j.filename, j.input_hash, self._c, j.id))
                 result.changed_after_submit.append(j.id)
+                if state in (S.FAILED.value, S.DONE.value, S.EXPIRED.value):
+                    result.ended[j.id] = state
         result.added += len(inserts)
         result.unchanged += len(same)
         result.updated += len(replaced)
@@ -424,6 +448,41 @@ class PgLedger:
                 "WHERE campaign=%s AND id=%s",
                 kept,
             )
+
+    async def _queued_again(
+        self,
+        conn: PgConn,
+        j: NewJob,
+        known: tuple[Any, ...],
+        now: float,
+        result: SyncResult,
+        again: Again,
+    ) -> bool:
+        """An ended job ``again`` picks, queued again with the file's input (a new take for
+        a done one), as :meth:`~..reconcile.Reconcile._queued_again`; True if it was.
+        ``known``: its (state, fail code, input unchanged, take, files, earlier files)."""
+        state, code, unchanged, take, files, earlier = known
+        if state == S.FAILED.value:
+            verdict = again.failed_again(j.id, j.model, code, unchanged)
+            if verdict == "refused":
+                result.refused_unchanged[j.id] = code or ""
+            if verdict != "retry":
+                return False
+        elif state not in (S.DONE.value, S.EXPIRED.value) or not again.picks(state, j.id, j.model):
+            return False
+        kept = json_list(earlier)
+        take = int(take)
+        if state == S.DONE.value:
+            # A new take: the earlier take's files stay on disk, held by the job.
+            take, kept = take + 1, (*kept, *json_list(files))
+        await conn.execute(
+            _QUEUED_AGAIN.encode(),
+            (j.idx, j.model, j.provider, take_json(j, take), j.input_hash, j.filename,
+             j.cost_usd, take, json.dumps(list(kept)), self._c, j.id),
+        )  # fmt: skip
+        await self._transition(conn, j.id, S.QUEUED, now)
+        result.again[state] = result.again.get(state, 0) + 1
+        return True
 
     async def read_done(self, consume: Callable[[Iterator[DoneFiles]], T]) -> T:
         async def page(conn: PgConn, after: tuple[int, int, str]) -> list[tuple[Any, ...]]:
@@ -737,6 +796,25 @@ class PgLedger:
             async for row in self._paged(where, args, page):
                 yield row
 
+    async def queued_brief(self) -> list[tuple[str, str, float | None, Kind]]:
+        async def op(conn: PgConn) -> list[tuple[str, str, float | None, Kind]]:
+            kinds: dict[tuple[Any, ...], Kind] = {}
+            out: list[tuple[str, str, float | None, Kind]] = []
+            for job_id, model, cost, duration, resolution in await self._all(
+                conn,
+                "SELECT id, model, cost_usd, kind_duration, kind_resolution FROM jobs "
+                "WHERE campaign=%s AND state=%s AND in_file ORDER BY idx, id",
+                (self._c, S.QUEUED.value),
+            ):
+                key = (model, _key(duration), _key(resolution))
+                kind = kinds.get(key)
+                if kind is None:
+                    kind = kinds[key] = Kind(str(model), duration, resolution)
+                out.append((str(job_id), str(model), cost, kind))
+            return out
+
+        return await self._j.read(op)
+
     async def queued_runs(self) -> list[tuple[Kind, int]]:
         async def op(conn: PgConn) -> list[tuple[Kind, int]]:
             runs: list[tuple[Kind, int]] = []
@@ -769,10 +847,12 @@ class PgLedger:
 
         return self._j.read(op)
 
+    async def _output_rows(self, conn: PgConn, order: str = "") -> list[OutputRow]:
+        return [output_row(*r) for r in await self._all(conn, _OUTPUT_ROWS + order, (self._c,))]
+
     def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
         async def op(conn: PgConn) -> dict[str, tuple[str, ...]]:
-            rows = await self._all(conn, _OUTPUT_ROWS, (self._c,))
-            return name_owners(row[:5] for row in rows)
+            return name_owners(await self._output_rows(conn))
 
         return self._j.read(op)
 
@@ -783,7 +863,7 @@ class PgLedger:
 
         async def op(conn: PgConn) -> list[Clash]:
             # clash.output_clashes, on the rows of Journal.output_rows.
-            rows = await self._all(conn, _OUTPUT_ROWS + " ORDER BY idx, id", (self._c,))
+            rows = await self._output_rows(conn, " ORDER BY idx, id")
             queued = [(r[0], r[1]) for r in rows if r[4] == S.QUEUED.value and r[3]]
             # Off the loop: ``exists`` looks at the disk once per queued job.
             found = await asyncio.to_thread(find_clashes, rows, queued, exists)
@@ -805,7 +885,12 @@ class PgLedger:
         return self._change(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
-        self, job_id: str, task_id: str, request_type: str, possibly_duplicated: bool
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        possibly_duplicated: bool,
+        key_fp: str | None = None,
     ) -> asyncio.Future[None]:
         now = self._clock.wall()
         return self._change(
@@ -818,6 +903,7 @@ class PgLedger:
             possibly_duplicated=possibly_duplicated,
             fail_code=None,
             fail_msg=None,
+            key_fp=key_fp,
         )
 
     def adopt(self, job_id: str, task_id: str, request_type: str) -> asyncio.Future[bool]:
@@ -974,6 +1060,11 @@ class PgLedger:
                 after = (last[0], last[2], last[1])
 
         return await self._off_loop(page, rows, consume)
+
+
+def _key(value: Any) -> str:
+    """A kind's value as a key (a jsonb column reads back as lists and dicts)."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _json(value: Any) -> Jsonb | None:

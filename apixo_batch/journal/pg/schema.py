@@ -46,6 +46,8 @@ def _column(name: str, decl: str) -> str:
         return 'id text COLLATE "C" NOT NULL'
     if name == "bytes":  # a result past 2 GiB
         return "bytes bigint"
+    if name == "take":  # a number, whatever the flags' declaration it shares
+        return "take integer NOT NULL DEFAULT 1"
     if name in _FLAGS:
         default = "true" if name == "in_file" else "false"
         return f"{name} boolean NOT NULL DEFAULT {default}"
@@ -53,7 +55,8 @@ def _column(name: str, decl: str) -> str:
 
 
 def _jobs_table() -> str:
-    columns = ", ".join(_column(c.name, c.decl) for c in COLUMNS)
+    # Step 1's columns: later steps add theirs (:func:`_added_columns`).
+    columns = ", ".join(_column(c.name, c.decl) for c in COLUMNS if c.since == 1)
     return (
         'CREATE TABLE jobs (campaign text COLLATE "C" NOT NULL REFERENCES campaigns, '
         f"{columns}, "
@@ -67,6 +70,14 @@ def _jobs_table() -> str:
         "owner bigint, key_id text, "
         "CHECK (state IN ('queued','submitting','submitted','succeeded','done','failed',"
         "'expired')), PRIMARY KEY (campaign, id))"
+    )
+
+
+def _added_columns(step: int) -> tuple[str, ...]:
+    """The ``ALTER TABLE`` statements of the job columns SQLite's schema step ``step``
+    adds (:func:`~..rows.added_columns`), as PostgreSQL spells them."""
+    return tuple(
+        f"ALTER TABLE jobs ADD COLUMN {_column(c.name, c.decl)}" for c in COLUMNS if c.since == step
     )
 
 
@@ -115,6 +126,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ceiling_at timestamptz, next_probe timestamptz, "
         "last_n integer NOT NULL DEFAULT 0, last_wait float8 NOT NULL DEFAULT 0)",
     ),
+    # 2: takes (``run --reroll``): the take a job is on, and the files of earlier takes.
+    _added_columns(2),
+    # 3: key pools: the fingerprint of the key that created each task (only it reads it).
+    _added_columns(3),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,516 @@
+"""Several runners on one campaign: a runner's lease, its claims, its fence, adoption.
+
+A runner is one ``runners`` row whose ``lease_until`` it renews (:meth:`RunnerLease.renew`).
+The rows of ``jobs`` a runner owns live and die with that lease
+(``docs/postgresql.md``, "Several runners"; the design in issue 33):
+
+- **Claims** take free ``queued`` rows with ``FOR UPDATE SKIP LOCKED``, so two runners
+  never wait on, nor take, the same row.
+- **The fence.** No submit is marked unless the lease is live twice over: locally
+  (:meth:`RunnerLease.fenced`, counted from when the last good renewal was *sent*,
+  because the server's lease runs from its later commit) and in the same UPDATE that
+  marks the row ``submitting``, which also requires the row to be the runner's own.
+- **Adoption** of a runner whose lease ran out more than ``grace_s`` ago, one at a time:
+  its paid rows (``submitted``/``succeeded``) become the adopter's, to follow and land,
+  **never to submit again**; its ``submitting`` rows are today's crash doubt and go back
+  to the queue flagged ``possibly_duplicated``; its unsent claims are freed. The adopter
+  must itself hold a live lease, checked under its own row lock, and the victim's lease
+  is re-read by the UPDATE after any lock wait, so two runners that stalled together
+  never adopt each other (design bug 3). Lock order: ``accounts`` → ``runners`` →
+  ``jobs`` (design bug 2); deadlocks and serialization failures are retried.
+
+Times the runners must agree on are the database's. Every statement takes the time
+from :attr:`RunnerLease.db_now` when it gives one (tests, on an injected clock), else
+``clock_timestamp()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ...clock import Clock
+from ...errors import JournalError
+from ..rows import SELECT, JobRow
+from .executor import PgConn
+
+__all__ = [
+    "Adoption",
+    "Fenced",
+    "NotOwned",
+    "RunnerLease",
+    "RunnerView",
+    "runners_of",
+]
+
+#: the database's time, or the injected one (seconds since the epoch)
+_NOW = "COALESCE(to_timestamp(%(now)s::float8), clock_timestamp())"
+#: the same, as the jobs table keeps times (seconds since the epoch)
+_EPOCH = f"extract(epoch FROM {_NOW})"
+#: a runner row that may act: not adopted, not stopped, lease not run out
+_LIVE = f"adopted_by IS NULL AND NOT stopped AND lease_until > {_NOW}"
+#: states a runner owns work in
+_OWNED = "('queued','submitting','submitted','succeeded')"
+#: how often a deadlock or serialization failure is tried again
+_RETRIES = 5
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serial(
+    method: Callable[Concatenate[RunnerLease, P], Awaitable[R]],
+) -> Callable[Concatenate[RunnerLease, P], Coroutine[Any, Any, R]]:
+    """One operation of a runner's session at a time (a transaction is the session's)."""
+
+    @functools.wraps(method)
+    async def run(self: RunnerLease, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._lock:
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
+class Fenced(JournalError):
+    """This runner's lease is not live (not renewed in time, or taken over): nothing is
+    sent. Past its term the run stops with exit 75: another runner took over."""
+
+
+class NotOwned(JournalError):
+    """The row is another runner's (or no longer queued): nothing is sent for it."""
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What one adoption took from one dead runner."""
+
+    dead: int
+    #: the paid rows now this runner's, to follow (submitted) or land (succeeded)
+    followed: list[JobRow]
+    #: its submits in doubt, back in the queue flagged possibly_duplicated
+    requeued: int
+    #: its claims that never reached a submit, free again
+    released: int
+
+
+@dataclass(frozen=True)
+class RunnerView:
+    """One runner of a campaign, as ``status`` shows it."""
+
+    id: int
+    host: str
+    pid: int
+    started_at: datetime
+    lease_until: datetime
+    live: bool
+    adopted_by: int | None
+    stopped: bool
+    jobs_owned: int
+
+
+class RunnerLease:
+    """One runner of ``campaign`` on ``conn`` (autocommit, its own session)."""
+
+    def __init__(
+        self,
+        conn: PgConn,
+        campaign: str,
+        clock: Clock,
+        *,
+        lease_s: float = 3.0,
+        grace_s: float = 2.5,
+        margin_s: float = 0.5,
+        db_now: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        if not 0 <= margin_s < lease_s:
+            raise ValueError("the fence margin must be shorter than the lease")
+        self._conn = conn
+        self.campaign = campaign
+        self._clock = clock
+        self.lease_s = lease_s
+        self.grace_s = grace_s
+        self.margin_s = margin_s
+        self.db_now = db_now
+        self.id: int | None = None
+        #: monotonic time the last renewal that came back was sent
+        self._renewed_sent: float | None = None
+        #: the lease was taken over (adopted) or the runner stopped: never live again
+        self.lost = False
+        #: live runners sharing an account with this one, itself included (at the last
+        #: renewal): the fair share of slots is the limit over this
+        self.live_runners = 1
+        # One session: a statement of another task must not land inside a transaction.
+        self._lock = asyncio.Lock()
+
+    # -- helpers ------------------------------------------------------------
+    def _args(self, **more: Any) -> dict[str, Any]:
+        return {"now": self.db_now(), "me": self.id, "c": self.campaign, **more}
+
+    @property
+    def me(self) -> int:
+        if self.id is None:
+            raise JournalError("the runner is not registered")
+        return self.id
+
+    # -- the lease ----------------------------------------------------------
+    @_serial
+    async def register(
+        self, host: str, pid: int, version: str, accounts: Sequence[str] = ()
+    ) -> int:
+        sent = self._clock.monotonic()
+        cur = await self._conn.execute(
+            "INSERT INTO runners (campaign, host, pid, version, accounts, started_at, "
+            f"lease_until) VALUES (%(c)s, %(host)s, %(pid)s, %(v)s, %(accts)s, {_NOW}, "
+            f"{_NOW} + make_interval(secs => %(lease)s)) RETURNING id",
+            self._args(host=host, pid=pid, v=version, accts=list(accounts), lease=self.lease_s),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        self.id = int(row[0])
+        self._renewed_sent = sent
+        self.live_runners = await self._live_runners()
+        return self.id
+
+    async def _live_runners(self) -> int:
+        cur = await self._conn.execute(
+            "SELECT count(*) FROM runners o, runners m WHERE m.id = %(me)s AND "
+            "(o.id = m.id OR (o.accounts && m.accounts AND o.adopted_by IS NULL "
+            f"AND NOT o.stopped AND o.lease_until > {_NOW}))",
+            self._args(),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 1
+
+    @_serial
+    async def renew(self) -> bool:
+        """Extend the lease; False once the runner was adopted or stopped (it is then
+        fenced for good). A lease that ran out but was not adopted is renewed: a runner
+        that was only slow goes on (design: the global stall). Also reads
+        :attr:`live_runners`, for the fair share of the account's slots."""
+        sent = self._clock.monotonic()
+        cur = await self._conn.execute(
+            f"UPDATE runners SET lease_until = {_NOW} + make_interval(secs => %(lease)s) "
+            "WHERE id = %(me)s AND adopted_by IS NULL AND NOT stopped RETURNING "
+            "(SELECT count(*) FROM runners o WHERE o.id <> %(me)s AND o.accounts && "
+            "runners.accounts AND o.adopted_by IS NULL AND NOT o.stopped "
+            f"AND o.lease_until > {_NOW})",
+            self._args(lease=self.lease_s),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            self.lost = True
+            return False
+        self._renewed_sent = sent
+        self.live_runners = 1 + int(row[0])
+        return True
+
+    def fenced(self) -> bool:
+        """True when no submit may leave: the lease was lost, or the last good renewal
+        was sent too long ago for the server's lease to be surely live."""
+        if self.lost or self._renewed_sent is None:
+            return True
+        age = self._clock.monotonic() - self._renewed_sent
+        return age >= self.lease_s - self.margin_s
+
+    def past_term(self) -> bool:
+        """The lease is lost for good, or ran out long enough ago that another runner
+        may have taken the work: the run stops (exit 75, nothing lost)."""
+        if self.lost:
+            return True
+        if self._renewed_sent is None:
+            return False
+        return self._clock.monotonic() - self._renewed_sent >= self.lease_s + self.grace_s
+
+    # -- claims and the submitter's writes ----------------------------------
+    @_serial
+    async def claim(self, n: int) -> list[JobRow]:
+        """Up to ``n`` free queued rows of the file, in file order, now this runner's."""
+        cur = await self._conn.execute(
+            f"UPDATE jobs j SET owner = %(me)s FROM (SELECT campaign AS fc, id AS fid "
+            "FROM jobs WHERE campaign = %(c)s AND state = 'queued' AND owner IS NULL "
+            "AND in_file ORDER BY idx, id LIMIT %(n)s FOR UPDATE SKIP LOCKED) f "
+            f"WHERE j.campaign = f.fc AND j.id = f.fid RETURNING {_qualified('j')}",
+            self._args(n=n),
+        )
+        rows = [JobRow.from_sql(r) for r in await cur.fetchall()]
+        rows.sort(key=lambda r: (r.idx, r.id))
+        return rows
+
+    @_serial
+    async def mark_submitting(self, job_id: str, attempts: int, key_id: str | None) -> None:
+        """The fence: the row becomes ``submitting`` only if it is this runner's, still
+        queued, and this runner's lease is live at the server at this moment. Else
+        :class:`Fenced` or :class:`NotOwned`, and nothing must be sent."""
+        if self.fenced():
+            raise Fenced(f"job {job_id!r}: this runner's lease is not live; nothing sent")
+        cur = await self._conn.execute(
+            "UPDATE jobs SET state = 'submitting', attempts = %(att)s, key_id = %(key)s, "
+            f"updated_at = {_EPOCH} "
+            "WHERE campaign = %(c)s AND id = %(id)s AND state = 'queued' AND owner = %(me)s "
+            f"AND EXISTS (SELECT 1 FROM runners WHERE id = %(me)s AND {_LIVE})",
+            self._args(id=job_id, att=attempts, key=key_id),
+        )
+        if cur.rowcount:
+            return
+        row = await (
+            await self._conn.execute(
+                "SELECT state, owner FROM jobs WHERE campaign = %(c)s AND id = %(id)s",
+                self._args(id=job_id),
+            )
+        ).fetchone()
+        if row is not None and row[0] == "queued" and row[1] == self.id:
+            raise Fenced(f"job {job_id!r}: this runner's lease ran out; nothing sent")
+        raise NotOwned(f"job {job_id!r} is not this runner's to submit; nothing sent")
+
+    @_serial
+    async def record_task_id(
+        self,
+        job_id: str,
+        task_id: str,
+        request_type: str,
+        attempts: int,
+        *,
+        key_id: str | None = None,
+        possibly_duplicated: bool = False,
+    ) -> bool:
+        """The paid task id, durable, history first, in one transaction; never fenced
+        away. False: the row was adopted meanwhile, so the id is kept in ``task_history``
+        only (a stray) and the job is flagged ``possibly_duplicated``."""
+        args = self._args(
+            id=job_id, t=task_id, rt=request_type, att=attempts, key=key_id, dup=possibly_duplicated
+        )
+        async with self._conn.transaction():
+            await self._conn.execute(
+                "INSERT INTO task_history (task_id, campaign, job_id, input_hash, submitted_at, "
+                f"runner, key_id) SELECT %(t)s, campaign, id, input_hash, {_EPOCH}, "
+                "%(me)s, %(key)s FROM jobs WHERE campaign = %(c)s AND id = %(id)s "
+                "ON CONFLICT (task_id) DO NOTHING",
+                args,
+            )
+            cur = await self._conn.execute(
+                "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
+                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, "
+                "possibly_duplicated = possibly_duplicated OR %(dup)s, fail_code = NULL, "
+                "fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s AND state = 'submitting' "
+                "AND owner = %(me)s AND attempts = %(att)s",
+                args,
+            )
+            if cur.rowcount:
+                return True
+            await self._conn.execute(
+                "UPDATE jobs SET possibly_duplicated = true WHERE campaign = %(c)s AND id = %(id)s",
+                args,
+            )
+            return False
+
+    @_serial
+    async def hand_back(self, job_id: str, possibly_duplicated: bool) -> None:
+        """No task id came back: the row is free again (flagged if the send may have
+        created a task)."""
+        await self._conn.execute(
+            "UPDATE jobs SET state = 'queued', owner = NULL, "
+            "possibly_duplicated = possibly_duplicated OR %(dup)s, "
+            f"updated_at = {_EPOCH} WHERE campaign = %(c)s AND id = %(id)s "
+            "AND state IN ('queued','submitting') AND owner = %(me)s",
+            self._args(id=job_id, dup=possibly_duplicated),
+        )
+
+    # -- adoption -----------------------------------------------------------
+    @_serial
+    async def adopt(self) -> Adoption | None:
+        """Adopt one dead runner (lease out for more than ``grace_s``), if any."""
+        for attempt in range(_RETRIES):
+            try:
+                return await self._adopt_once()
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+        return None
+
+    async def _adopt_once(self) -> Adoption | None:
+        me = self.me
+        conn = self._conn
+        async with conn.transaction():
+            accounts = await (
+                await conn.execute("SELECT accounts FROM runners WHERE id = %(me)s", self._args())
+            ).fetchone()
+            mine: list[str] = list(accounts[0]) if accounts else []
+            # Lock order: the account pools first, then runners rows, then jobs rows.
+            await conn.execute(
+                "SELECT granted FROM accounts WHERE id = ANY(%(accts)s) ORDER BY id FOR UPDATE",
+                self._args(accts=mine),
+            )
+            live = await (
+                await conn.execute(
+                    f"SELECT id FROM runners WHERE id = %(me)s AND {_LIVE} FOR UPDATE",
+                    self._args(),
+                )
+            ).fetchone()
+            if live is None:
+                return None  # only a live runner adopts: two stalled ones never swap
+            dead_row = await (
+                await conn.execute(
+                    "UPDATE runners SET adopted_by = %(me)s WHERE id = (SELECT r.id FROM "
+                    "runners r WHERE r.id <> %(me)s AND r.campaign = %(c)s AND r.lease_until < "
+                    f"{_NOW} - make_interval(secs => %(grace)s) AND (r.adopted_by IS NULL OR "
+                    "EXISTS (SELECT 1 FROM jobs j WHERE j.owner = r.id AND j.state IN "
+                    f"{_OWNED})) ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED) "
+                    # re-read after the lock wait: a renewal that committed meanwhile wins
+                    f"AND lease_until < {_NOW} - make_interval(secs => %(grace)s) RETURNING id",
+                    self._args(grace=self.grace_s),
+                )
+            ).fetchone()
+            if dead_row is None:
+                return None
+            dead = int(dead_row[0])
+            args = self._args(dead=dead, accts=mine)
+            requeued = (
+                await conn.execute(
+                    "UPDATE jobs SET state = 'queued', owner = NULL, possibly_duplicated = true "
+                    "WHERE (campaign, id) IN (SELECT campaign, id FROM jobs WHERE owner = "
+                    "%(dead)s AND state = 'submitting' FOR UPDATE SKIP LOCKED)",
+                    args,
+                )
+            ).rowcount
+            released = (
+                await conn.execute(
+                    "UPDATE jobs SET owner = NULL WHERE (campaign, id) IN (SELECT campaign, id "
+                    "FROM jobs WHERE owner = %(dead)s AND state = 'queued' "
+                    "FOR UPDATE SKIP LOCKED)",
+                    args,
+                )
+            ).rowcount
+            # Paid work: followed, never submitted again; only rows whose key this runner
+            # holds (a task is polled with the key that created it).
+            cur = await conn.execute(
+                f"UPDATE jobs SET owner = %(me)s WHERE (campaign, id) IN (SELECT campaign, id "
+                "FROM jobs WHERE owner = %(dead)s AND state IN ('submitted','succeeded') "
+                "AND (key_id IS NULL OR cardinality(%(accts)s::text[]) = 0 "
+                "OR key_id = ANY(%(accts)s)) FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {SELECT}",
+                args,
+            )
+            followed = [JobRow.from_sql(r) for r in await cur.fetchall()]
+            await self._take_slots_of(conn, dead, me)
+            followed.sort(key=lambda r: (r.idx, r.id))
+            return Adoption(dead, followed, requeued, released)
+
+    async def _take_slots_of(self, conn: PgConn, dead: int, me: int) -> None:
+        """The dead runner's slots: those of its running tasks move to the adopter (they
+        still run at APIXO), the rest go back to the account's pool."""
+        grants = await (
+            await conn.execute(
+                "SELECT account, held FROM slot_grants WHERE runner = %(dead)s AND held > 0 "
+                "ORDER BY account",
+                self._args(dead=dead),
+            )
+        ).fetchall()
+        for account, held in grants:
+            running = await (
+                await conn.execute(
+                    "SELECT count(*) FROM jobs WHERE owner = %(me)s AND state = 'submitted' "
+                    "AND key_id = %(a)s",
+                    self._args(a=account),
+                )
+            ).fetchone()
+            moved = min(int(held), int(running[0]) if running else 0)
+            await conn.execute(
+                "UPDATE accounts SET granted = granted - %(back)s WHERE id = %(a)s",
+                self._args(a=account, back=int(held) - moved),
+            )
+            await conn.execute(
+                "UPDATE slot_grants SET held = 0 WHERE runner = %(dead)s AND account = %(a)s",
+                self._args(dead=dead, a=account),
+            )
+            await conn.execute(
+                "INSERT INTO slot_grants (runner, account, held) VALUES (%(me)s, %(a)s, %(n)s) "
+                "ON CONFLICT (runner, account) DO UPDATE SET held = slot_grants.held + "
+                "EXCLUDED.held",
+                self._args(a=account, n=moved),
+            )
+
+    # -- the end --------------------------------------------------------------
+    @_serial
+    async def work_elsewhere(self) -> int:
+        """Unfinished rows owned by other runners: while any remain, this runner stays
+        (it may have to adopt them), unless told to leave early."""
+        row = await (
+            await self._conn.execute(
+                "SELECT count(*) FROM jobs WHERE campaign = %(c)s AND owner IS NOT NULL "
+                f"AND owner <> %(me)s AND state IN {_OWNED}",
+                self._args(),
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @_serial
+    async def leave(self) -> None:
+        """Unsent claims freed, slots given back, the runner row stopped (lock order:
+        accounts, runners, jobs)."""
+        if self.id is None:
+            return
+        conn = self._conn
+        with contextlib.suppress(psycopg.Error):
+            async with conn.transaction():
+                grants = await (
+                    await conn.execute(
+                        "SELECT account, held FROM slot_grants WHERE runner = %(me)s "
+                        "ORDER BY account",
+                        self._args(),
+                    )
+                ).fetchall()
+                for account, held in grants:
+                    await conn.execute(
+                        "UPDATE accounts SET granted = granted - %(n)s WHERE id = %(a)s",
+                        self._args(a=account, n=int(held)),
+                    )
+                await conn.execute(
+                    "UPDATE slot_grants SET held = 0 WHERE runner = %(me)s", self._args()
+                )
+                await conn.execute(
+                    "UPDATE runners SET stopped = true WHERE id = %(me)s AND adopted_by IS NULL",
+                    self._args(),
+                )
+                await conn.execute(
+                    "UPDATE jobs SET owner = NULL WHERE owner = %(me)s AND state = 'queued'",
+                    self._args(),
+                )
+        self.lost = True
+
+
+def _qualified(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in SELECT.split(","))
+
+
+async def runners_of(conn: PgConn, campaign: str, now: float | None = None) -> list[RunnerView]:
+    """The runners of ``campaign``, oldest first, with the rows each owns (``status``)."""
+    cur = await conn.execute(
+        "SELECT r.id, r.host, r.pid, r.started_at, r.lease_until, "
+        f"(r.adopted_by IS NULL AND NOT r.stopped AND r.lease_until > {_NOW}), "
+        "r.adopted_by, r.stopped, (SELECT count(*) FROM jobs j WHERE j.owner = r.id "
+        f"AND j.state IN {_OWNED}) FROM runners r WHERE r.campaign = %(c)s ORDER BY r.id",
+        {"now": now, "c": campaign},
+    )
+    return [
+        RunnerView(
+            id=int(i),
+            host=str(h),
+            pid=int(p),
+            started_at=s,
+            lease_until=lu,
+            live=bool(lv),
+            adopted_by=None if a is None else int(a),
+            stopped=bool(st),
+            jobs_owned=int(n),
+        )
+        for i, h, p, s, lu, lv, a, st, n in await cur.fetchall()
+    ]

@@ -1,0 +1,278 @@
+"""Several runners on one campaign (journal/pg/lease.py) against a real PostgreSQL
+(tests/pg.py): claims, the fence, adoption, the global stall, leaving. Every runner has
+its own session; the time of leases is one injected clock, never slept."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from apixo_batch.journal import JobState, NewJob, open_ledger
+from apixo_batch.journal.pg.lease import Fenced, NotOwned, RunnerLease, runners_of
+
+S = JobState
+NOW = 1_767_965_610.0
+LEASE, GRACE, MARGIN = 3.0, 2.5, 0.5
+
+
+class _Clock:
+    """Wall and monotonic time that move only when told; the database reads the same."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the lease never sleeps")
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _job(n: int) -> NewJob:
+    text = json.dumps({"prompt": f"a cat, take {n}"})
+    return NewJob(
+        id=f"job-{n:03d}",
+        idx=n,
+        model="veo3-fast",
+        provider="google",
+        input_json=text,
+        input_hash=hashlib.sha256(text.encode()).hexdigest(),
+        filename=f"job-{n:03d}.mp4",
+        cost_usd=0.5,
+    )
+
+
+Runners = Callable[..., Awaitable[list[RunnerLease]]]
+
+
+@pytest.fixture
+async def campaign(
+    tmp_path: Path, pg_url: str
+) -> AsyncIterator[tuple[_Clock, Runners, psycopg.AsyncConnection[Any]]]:
+    """A campaign of 40 queued jobs, a clock, and a maker of registered runners."""
+    clock = _Clock()
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "j.pg")
+    await ledger.reconcile([_job(n) for n in range(40)], retry_failed=False)
+    await ledger.close()
+    conns: list[psycopg.AsyncConnection[Any]] = []
+
+    async def make(n: int, accounts: Sequence[str] = ()) -> list[RunnerLease]:
+        made = []
+        for i in range(n):
+            conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+            conns.append(conn)
+            lease = RunnerLease(
+                conn,
+                "camp",
+                clock,
+                lease_s=LEASE,
+                grace_s=GRACE,
+                margin_s=MARGIN,
+                db_now=clock.wall,
+            )
+            await lease.register(f"host-{i}", 1000 + i, "test", accounts)
+            made.append(lease)
+        return made
+
+    probe = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+    yield clock, make, probe
+    await probe.close()
+    for conn in conns:
+        await conn.close()
+
+
+async def _rows(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[Any, ...]]:
+    cur = await conn.execute(
+        "SELECT id, state, owner, task_id, possibly_duplicated, attempts FROM jobs "
+        "WHERE campaign='camp'"
+    )
+    return {r[0]: r[1:] for r in await cur.fetchall()}
+
+
+async def _submit(lease: RunnerLease, job_id: str, task: str) -> None:
+    await lease.mark_submitting(job_id, 1, None)
+    assert await lease.record_task_id(job_id, task, "veo", 1)
+
+
+async def test_claims_are_disjoint_and_in_file_order(campaign: Any) -> None:
+    """Four runners claiming at once get disjoint rows (SKIP LOCKED), each in file
+    order, together every queued row once."""
+    _clock, make, probe = campaign
+    runners = await make(4)
+    got = await asyncio.gather(*(r.claim(7) for r in runners))
+    ids = [row.id for rows in got for row in rows]
+    assert len(ids) == len(set(ids)) == 28
+    for rows in got:
+        assert [r.idx for r in rows] == sorted(r.idx for r in rows)
+    more = await runners[0].claim(100)
+    assert len(more) == 12 and not set(r.id for r in more) & set(ids)
+    assert await runners[1].claim(5) == []
+    owners = {row[1] for row in (await _rows(probe)).values()}
+    assert owners == {r.id for r in runners}
+
+
+async def test_only_the_owner_with_a_live_lease_marks_a_submit(campaign: Any) -> None:
+    """The fence: another runner's row is refused (NotOwned); the owner's own row is
+    refused once its lease is not live, locally first, and at the server when the local
+    fence is fooled; a renewal makes it live again. Nothing refused changes the row; a
+    hand-back by the owner frees it, flagged, for any runner."""
+    clock, make, probe = campaign
+    a, b = await make(2)
+    (row,) = await a.claim(1)
+    with pytest.raises(NotOwned):
+        await b.mark_submitting(row.id, 1, None)
+    clock.advance(LEASE - MARGIN)
+    assert a.fenced()
+    with pytest.raises(Fenced):
+        await a.mark_submitting(row.id, 1, None)
+    a.margin_s = -1.0  # only the server's check stands: the lease ran out at the server
+    clock.advance(1.0)
+    with pytest.raises(Fenced, match="lease ran out"):
+        await a.mark_submitting(row.id, 1, None)
+    assert (await _rows(probe))[row.id][:2] == ("queued", a.id)
+    a.margin_s = MARGIN
+    assert await a.renew()  # late but not adopted: the runner goes on
+    await a.mark_submitting(row.id, 1, "acct")
+    assert (await _rows(probe))[row.id][:2] == ("submitting", a.id)
+    await b.hand_back(row.id, True)  # not b's row: nothing changes
+    assert (await _rows(probe))[row.id][:2] == ("submitting", a.id)
+    await a.hand_back(row.id, True)  # the send timed out: free again, flagged
+    assert (await _rows(probe))[row.id][:4] == ("queued", None, None, True)
+    assert [r.id for r in await b.claim(1)] == [row.id]
+
+
+async def test_a_dead_runners_paid_tasks_are_followed_never_resubmitted(campaign: Any) -> None:
+    """kill -9 of a runner: after lease + grace a live runner adopts it. Its journaled
+    tasks become the adopter's to follow (never queued again), its submit in doubt goes
+    back flagged, its unsent claims are freed; nothing is adopted before lease + grace."""
+    clock, make, probe = campaign
+    dead, live = await make(2)
+    claimed = await dead.claim(5)
+    for n, row in enumerate(claimed[:3]):
+        await _submit(dead, row.id, f"task-{n}")
+    await dead.mark_submitting(claimed[3].id, 1, None)  # killed with this send on the wire
+    clock.advance(LEASE + GRACE - 0.1)
+    assert await live.renew()
+    assert await live.adopt() is None  # not before lease + grace
+    clock.advance(0.2)
+    assert await live.renew()
+    adoption = await live.adopt()
+    assert adoption is not None and adoption.dead == dead.id
+    assert [r.task_id for r in adoption.followed] == ["task-0", "task-1", "task-2"]
+    assert all(r.state is S.SUBMITTED for r in adoption.followed)
+    assert (adoption.requeued, adoption.released) == (1, 1)
+    rows = await _rows(probe)
+    for row in claimed[:3]:
+        assert rows[row.id][:3] == ("submitted", live.id, rows[row.id][2])
+        assert rows[row.id][3] is not None
+    assert rows[claimed[3].id][:2] == ("queued", None) and rows[claimed[3].id][3]
+    assert rows[claimed[4].id][:2] == ("queued", None) and not rows[claimed[4].id][3]
+    # The dead runner wakes: it can neither renew nor mark, and its late task id is a stray.
+    assert not await dead.renew()
+    assert dead.fenced() and dead.past_term()
+    with pytest.raises(Fenced):
+        await dead.mark_submitting(claimed[4].id, 1, None)
+    assert not await dead.record_task_id(claimed[3].id, "task-late", "veo", 1)
+    history = await (
+        await probe.execute("SELECT task_id, job_id, runner FROM task_history ORDER BY task_id")
+    ).fetchall()
+    assert ("task-late", claimed[3].id, dead.id) in history
+    rows = await _rows(probe)
+    assert rows[claimed[3].id][:3] == ("queued", None, None) and rows[claimed[3].id][3]
+    # Requeued work is claimed again; a journaled task never is.
+    again = {r.id for r in await live.claim(100)}
+    assert claimed[3].id in again and not {r.id for r in claimed[:3]} & again
+    assert await live.adopt() is None  # adopted once, it owns nothing any more
+
+
+async def test_runners_that_stalled_together_never_adopt_each_other(campaign: Any) -> None:
+    """Every runner paused past lease + grace: whichever wakes first sees the others
+    expired but its own lease too, so it adopts nobody until it renews, and a renewal
+    that comes first keeps the other's rows. Then all go on, nothing moved."""
+    clock, make, probe = campaign
+    a, b = await make(2)
+    await _submit(a, (await a.claim(1))[0].id, "task-a")
+    await _submit(b, (await b.claim(1))[0].id, "task-b")
+    clock.advance(LEASE + GRACE + 2.0)
+    assert await a.adopt() is None and await b.adopt() is None  # neither is live
+    assert await a.renew()
+    assert await b.renew()  # b renewed before a's sweep: b is kept
+    assert await a.adopt() is None and await b.adopt() is None
+    rows = await _rows(probe)
+    assert sorted(r[1] for r in rows.values() if r[0] == "submitted") == sorted([a.id, b.id])
+    views = await runners_of(probe, "camp", clock.wall())
+    assert [(v.live, v.adopted_by, v.jobs_owned) for v in views] == [(True, None, 1)] * 2
+
+
+async def test_adopting_concurrently_takes_each_dead_runner_once(campaign: Any) -> None:
+    """Two dead runners, three live ones sweeping at once: each dead one is adopted by
+    exactly one runner, its rows by that runner only."""
+    clock, make, probe = campaign
+    runners = await make(5)
+    dead = runners[:2]
+    for d in dead:
+        for row in await d.claim(3):
+            await _submit(d, row.id, f"t-{row.id}")
+    clock.advance(LEASE + GRACE + 1.0)
+    live = runners[2:]
+    for r in live:
+        assert await r.renew()
+    got = [x for x in await asyncio.gather(*(r.adopt() for r in live * 2)) if x is not None]
+    assert sorted(x.dead for x in got) == sorted(d.id for d in dead)
+    assert all(len(x.followed) == 3 for x in got)
+    owners = {row[1] for row in (await _rows(probe)).values() if row[0] == "submitted"}
+    assert owners <= {r.id for r in live} and len(owners) == 2
+
+
+async def test_leaving_frees_claims_and_stays_while_others_hold_work(campaign: Any) -> None:
+    """A runner sees the work others hold (it must stay to adopt it if they die); on
+    leaving, its unsent claims go back and it is shown stopped; its slots go back."""
+    clock, make, probe = campaign
+    a, b = await make(2)
+    await probe.execute("INSERT INTO accounts (id, slots_limit, granted) VALUES ('acct', 10, 4)")
+    await probe.execute(f"INSERT INTO slot_grants VALUES ({a.id}, 'acct', 4)")
+    await a.claim(3)
+    await _submit(b, (await b.claim(1))[0].id, "task-b")
+    assert await a.work_elsewhere() == 1 and await b.work_elsewhere() == 3
+    await a.leave()
+    assert await b.work_elsewhere() == 0
+    views = {v.id: v for v in await runners_of(probe, "camp", clock.wall())}
+    assert views[a.id].stopped and not views[a.id].live and views[a.id].jobs_owned == 0
+    assert views[b.id].live and views[b.id].jobs_owned == 1
+    granted = await (await probe.execute("SELECT granted FROM accounts")).fetchone()
+    assert granted == (0,)
+    assert a.fenced()
+
+
+async def test_the_fair_share_follows_runners_joining_and_leaving(campaign: Any) -> None:
+    """Each renewal reads the live runners sharing an account: a runner that joins
+    shrinks everybody's share at their next renewal, one that leaves or dies widens it,
+    and a runner of another account does not count."""
+    clock, make, probe = campaign
+    a, b, c, other = await make(4)
+    for lease, accounts in ((a, "{acct}"), (b, "{acct,second}"), (c, "{acct}"), (other, "{x}")):
+        await probe.execute("UPDATE runners SET accounts = %s WHERE id = %s", (accounts, lease.id))
+    await c.leave()
+    assert await a.renew() and a.live_runners == 2
+    assert await other.renew() and other.live_runners == 1
+    (late,) = await make(1)
+    await probe.execute("UPDATE runners SET accounts = '{second}' WHERE id = %s", (late.id,))
+    assert await b.renew() and b.live_runners == 3  # a, and late through the second account
+    clock.advance(LEASE + 0.1)  # a and late stop renewing: b alone
+    assert await b.renew() and b.live_runners == 1
+    # A runner that joins knows the share at once, before its first renewal.
+    (joined,) = await make(1, ["acct"])
+    assert joined.live_runners == 2  # b (through acct) and itself
