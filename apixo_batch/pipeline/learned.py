@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 
 from ..apixo.limits import RequestBucket
-from ..apixo.limits.bucket import ROUTE_OF
 from ..apixo.secret import ApiKey
 from ..journal import Ledger
 from ..planning.completion import CompletionModel
@@ -27,12 +26,6 @@ async def start_informed(
     completion times earlier runs saw: today's first polls start informed."""
     if account is not None:
         bucket.start_under(await ledger.learned_rpm(account))
-        routes: dict[str, float] = {}
-        for route in ROUTE_OF.values():
-            rpm = await ledger.learned_rpm(_route_key(account, route))
-            if rpm is not None:
-                routes[route] = rpm
-        bucket.start_routes(routes)
     for key, samples in (await ledger.learned_completions()).items():
         for seconds in samples:
             completions.add(key, seconds)
@@ -47,12 +40,3 @@ async def remember_rate(ledger: Ledger, bucket: RequestBucket, account: str | No
     control = bucket.control
     clear = control.episodes == 0 and control.rate >= control.top
     await ledger.remember_rpm(account, None if clear else bucket.learned_rpm)
-    # A route limited in a window of its own keeps its rate under its own key (the
-    # account's digest and the route): the next run paces it on its own from the start.
-    routes = bucket.learned_routes
-    for route in ROUTE_OF.values():
-        await ledger.remember_rpm(_route_key(account, route), routes.get(route))
-
-
-def _route_key(account: str, route: str) -> str:
-    return f"{account}/{route}"

@@ -72,10 +72,6 @@ class Priority:
     STATUS = 2
 
 
-#: the route each priority's requests go to (what a route's own window counts)
-ROUTE_OF = {Priority.SUBMIT: "submit", Priority.STATUS: "status", Priority.CONTROL: "balance"}
-
-
 class _ClockedLimiter(AsyncLimiter):
     """aiolimiter's bucket with time read from our clock and an adjustable drip rate."""
 
@@ -118,60 +114,6 @@ class BucketStats:
     learned_rpm: float | None = None
     #: how the account limits, as learned ("2,700 per 60 s (sliding)"), if it is known
     learned_limit: str | None = None
-
-
-class RouteGate:
-    """A route the account limits in a window of its own (status polls, say): paced and
-    slowed on its own, so that the other routes keep the shared bucket's full rate."""
-
-    def __init__(self, route: str, rate: float, top: float, clock: Clock) -> None:
-        self.route = route
-        self._clock = clock
-        now = clock.monotonic()
-        self.control = RateControl(top, now)
-        self.control.settle(rate, now)
-        self.limiter = _ClockedLimiter(max(1.0, rate * 0.03), self.control.rate, clock)
-        #: the route's rate as learned (per second): what it was seen to accept
-        self.rate = rate
-        self.fit: Fit | None = None
-        self.paused_until = 0.0
-        self._lock = asyncio.Lock()
-
-    def settle(self, fit: Fit, now: float) -> None:
-        """The route was seen to accept ``fit.rate``: run just under it, no burst."""
-        self.fit = fit
-        self.rate = fit.rate
-        self.control.settle(fit.rate, now)
-        self.limiter.drip = self.control.rate
-        self.limiter.max_rate = max(1.0, fit.rate * 0.03)
-
-    def pause(self, until: float) -> None:
-        self.paused_until = max(self.paused_until, until)
-        self.limiter.empty_until(self.paused_until)
-
-    async def acquire(self) -> None:
-        """Wait for the route's own token (callers of the route go one at a time)."""
-        async with self._lock:
-            while True:
-                now = self._clock.monotonic()
-                if now < self.paused_until:
-                    await self._clock.sleep(self.paused_until - now)
-                    continue
-                self.limiter.drip = self.control.current(now)
-                if self.limiter.has_capacity():
-                    await self.limiter.acquire()
-                    return
-                await self._clock.sleep(1.0 / self.limiter.drip)
-
-    def describe(self) -> str:
-        """``status polls: about 1,350/min over 60 s windows``."""
-        label = ROUTE_LABEL.get(self.route, f"{self.route} requests")
-        over = "" if self.fit is None else f" over {self.fit.window_s:g} s windows"
-        return f"{label}: about {self.rate * 60.0:,.0f}/min{over}"
-
-
-#: how the summary names a route
-ROUTE_LABEL = {"status": "status polls", "submit": "submits", "balance": "balance checks"}
 
 
 class RequestBucket:
@@ -225,8 +167,6 @@ class RequestBucket:
         self._probing = False
         self._probe: int | None = None
         self._probe_answered: asyncio.Event | None = None
-        #: routes the account limits in windows of their own, each paced on its own
-        self.routes: dict[str, RouteGate] = {}
         # grants per whole second over the last minute, for utilization() and last_minute()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
@@ -238,11 +178,6 @@ class RequestBucket:
 
         Returns the grant's ticket (its number): a 429 to that request names it, so
         that the answers to one overshoot count as one congestion episode."""
-        gate = self.routes.get(ROUTE_OF.get(priority, ""))
-        if gate is not None:
-            # The route's own window first: its callers then queue for the shared bucket
-            # as any other, and never hold the shared turn while their route is paused.
-            await gate.acquire()
         if self._busy or self._waiters:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             heapq.heappush(self._waiters, (priority, next(self._seq), fut))
@@ -359,21 +294,9 @@ class RequestBucket:
         if sent_at is not None:
             self.account.answered(sent_at, False, route)
         fit = self.account.fit
-        gate = self.routes.get(route)
-        if gate is not None:
-            self._route_limited(gate, retry_after, ticket, sent_at, now)
-            return
-        before = self.control.snapshot()
         if self.control.congested(ticket, self._granted, now):
             self._dry_episodes += 1
-            floor = self._floor()
-            fit = self.account.refit(now, retry_after, sent_at, floor=floor)
-            if fit is not None and fit.route is not None:
-                # The route's own window: the other routes were not to blame, and keep
-                # the rate they had; the route is paced on its own from now on.
-                self.control.restore(before)
-                self._gate(fit, now)
-                return
+            fit = self.account.refit(now, retry_after, sent_at)
             if fit is None:
                 # Nothing explains the answers yet: what the account accepted just before
                 # it said no, never more than the rate that overshot.
@@ -400,60 +323,6 @@ class RequestBucket:
         else:
             self._pause(now, retry_after, fit, blind=False)
 
-    def _floor(self) -> float:
-        """The least a window every route shares must allow (per second), by what the
-        routes paced on their own were seen to accept: their rates together."""
-        return sum(g.rate for g in self.routes.values())
-
-    def _gate(self, fit: Fit, now: float) -> RouteGate:
-        """Pace ``fit.route`` by its own window (learned as ``fit``), from when it has room."""
-        assert fit.route is not None
-        gate = self.routes.get(fit.route)
-        if gate is None:
-            gate = RouteGate(fit.route, fit.rate, self._base_drip, self._clock)
-            self.routes[fit.route] = gate
-            # What earlier episodes settled the shared rate at was this route's window
-            # taken for everyone's (a share of it): the other routes start over at the top.
-            episodes = self.control.episodes
-            self.control = RateControl(self._base_drip, now)
-            self.control.episodes = episodes
-            self._limiter.drip = self.control.rate
-            self._limiter.max_rate = self.burst
-            self._learned = None
-            self._probing = False
-            self._probe_over(self._probe, opened=True)
-        gate.settle(fit, now)
-        gate.pause(max(now + MIN_PROBE_S, self.account.room_at(fit, now)))
-        return gate
-
-    def _route_limited(
-        self,
-        gate: RouteGate,
-        retry_after: float | None,
-        ticket: int | None,
-        sent_at: float | None,
-        now: float,
-    ) -> None:
-        """A 429 on a route paced on its own: an episode of that route alone (the other
-        routes go on), unless the answers now say a window every route shares."""
-        if gate.control.congested(ticket, self._granted, now):
-            fit = self.account.refit(now, retry_after, sent_at, floor=self._floor())
-            if fit is not None and fit.route is None:
-                # A window every route shares after all: the shared bucket's episode.
-                self._dry_episodes += 1
-                self.control.settle(min(fit.rate, self._base_drip), now)
-                self._fit_burst(fit.rate)
-                self._learned = fit.rate * 60.0
-                self._limiter.drip = self.control.rate
-                self._pause(now, retry_after, fit, blind=False)
-                return
-            if fit is not None and fit.route == gate.route:
-                self._gate(fit, now)
-                return
-        fit = gate.fit
-        room = now if fit is None else self.account.room_at(fit, now)
-        gate.pause(max(now + (retry_after or 0.0), room, now + MIN_PROBE_S))
-
     def _pause(
         self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool
     ) -> None:
@@ -475,11 +344,7 @@ class RequestBucket:
         if self.account.fit is None:
             return
         now = self._clock.monotonic()
-        floor = self._floor()
-        fit = self.account.refit(now, conclude=True, floor=floor)
-        if fit is not None and fit.route is not None and fit.route in self.routes:
-            self.routes[fit.route].rate = fit.rate
-            return
+        fit = self.account.refit(now, conclude=True)
         if fit is not None:
             rate = fit.rate
             if fit.route is not None:
@@ -495,17 +360,6 @@ class RequestBucket:
         if learned_rpm is not None:
             self._fit_burst(learned_rpm / 60.0)
 
-    def start_routes(self, learned: dict[str, float]) -> None:
-        """Pace each route an earlier run found limited on its own (requests a minute)
-        just under its rate, from the start."""
-        for route, rpm in learned.items():
-            self.routes[route] = RouteGate(route, rpm / 60.0, self._base_drip, self._clock)
-
-    @property
-    def learned_routes(self) -> dict[str, float]:
-        """Routes limited in windows of their own: each one's rate (requests a minute)."""
-        return {route: gate.rate * 60.0 for route, gate in self.routes.items()}
-
     def _fit_burst(self, account_rate: float) -> None:
         """A burst within the headroom the settled rate leaves (``1 - SETTLE`` of the
         account's rate, here 3 %): one sized to ``--rpm`` would overfill an account's 1 s
@@ -515,11 +369,8 @@ class RequestBucket:
     @property
     def learned_limit(self) -> str | None:
         """How the account limits, as this run learned it; None if nothing explains it."""
-        routes = [gate.describe() for _, gate in sorted(self.routes.items())]
         fit = self.account.fit
-        if fit is not None and fit.route is None:
-            routes.insert(0, fit.describe())
-        return "; ".join(routes) or None
+        return None if fit is None else fit.describe()
 
     @property
     def learned_rpm(self) -> float | None:

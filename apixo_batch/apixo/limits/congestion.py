@@ -69,14 +69,6 @@ class RateControl:
         self.episodes += 1
         return True
 
-    def snapshot(self) -> tuple[float, float | None, float]:
-        """The rate and ceiling now, to :meth:`restore` if an episode was another's."""
-        return (self.rate, self.ceiling, self._ceiling_at)
-
-    def restore(self, snapshot: tuple[float, float | None, float]) -> None:
-        """Undo an episode's decrease (it was a route limited on its own: not this rate's)."""
-        self.rate, self.ceiling, self._ceiling_at = snapshot
-
     def settle(self, account_rate: float, now: float) -> None:
         """The account was seen to accept ``account_rate`` (per second) over its window:
         run just under it, and probe above it slowly (it is the ceiling now)."""

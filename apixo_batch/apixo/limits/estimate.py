@@ -105,7 +105,6 @@ class AccountLimiter:
         refused_at: float | None = None,
         *,
         conclude: bool = False,
-        floor: float = 0.0,
     ) -> Fit | None:
         """The limiter that explains the log best (after a refusal); None until one does.
 
@@ -116,11 +115,7 @@ class AccountLimiter:
         next refusal rules it out if wrong); what is left undecided at its end (a fixed
         window's boundary seen once: the same count fits a window half as long) should
         not send the next run into a 429, so of the fits that explain the answers as
-        well with the same count, the one over the longest window is kept.
-
-        ``floor``: a rate (per second) one route alone was seen to accept: a window every
-        route shares cannot allow less, so such a fit is out; the refused route's own
-        window is read instead."""
+        well with the same count, the one over the longest window is kept."""
         if retry_after is not None:
             self._last_retry = (retry_after, now if refused_at is None else refused_at)
         elif conclude and self._last_retry is not None:
@@ -159,13 +154,6 @@ class AccountLimiter:
             fits = late or fits
         if not fits:
             return self.fit
-        if floor > 0.0:
-            fits = [f for f in fits if f.route is not None or f.rate >= (1 - TOLERANCE) * floor]
-            last = next((e[2] for e in reversed(events) if not e[1]), None)
-            if not any(f.route is None for f in fits):
-                fits = [f for f in fits if f.route == last]
-            if not fits:
-                return self.fit
         # One route's own window only when it explains the answers clearly better than a
         # window every route shares: fewer answers always fit more easily.
         shared = [f for f in fits if f.route is None]
