@@ -87,25 +87,37 @@ def sim_settings(kind: str) -> tuple[dict[str, Any], float]:
     return spec, spec["rpm_limit"] / window
 
 
-def kept_rpm(out: Path) -> float | None:
-    """The rate the run kept in its journal (``learned_rpm:<account>``)."""
+def kept_rpm(out: Path) -> tuple[float | None, dict[str, float]]:
+    """The rates the run kept in its journal: the account's (``learned_rpm:<account>``)
+    and each route's limited in a window of its own (``learned_rpm:<account>/<route>``)."""
     db = out / ".apixo-batch.sqlite"
     if not db.exists():
-        return None
+        return None, {}
     with sqlite3.connect(db) as con:
-        row = con.execute("SELECT value FROM meta WHERE key LIKE 'learned_rpm:%'").fetchone()
-    return None if row is None else float(row[0])
+        rows = con.execute("SELECT key, value FROM meta WHERE key LIKE 'learned_rpm:%'").fetchall()
+    shared = next((float(v) for k, v in rows if "/" not in k), None)
+    routes = {k.rsplit("/", 1)[1]: float(v) for k, v in rows if "/" in k}
+    return shared, routes
 
 
-def next_start(engine_env: dict[str, str], rpm: int, learned: float | None) -> float:
-    """Requests a minute a next run's bucket grants at its start, by the engine's code."""
+def next_start(
+    engine_env: dict[str, str], rpm: int, learned: float | None, routes: dict[str, float]
+) -> float:
+    """Requests a minute a next run's bucket grants at its start, by the engine's code:
+    with routes paced on their own, the sum of theirs (the shared bucket's at most)."""
     code = (
         "import sys\n"
         "from apixo_batch.apixo.limits import RequestBucket\n"
         "from apixo_batch.clock import SystemClock\n"
         f"b = RequestBucket({rpm}, SystemClock())\n"
         f"b.start_under({learned!r})\n"
-        "print(b.rate_per_s * 60)\n"
+        f"routes = {routes!r}\n"
+        "if routes:\n"
+        "    b.start_routes(routes)\n"
+        "    r = sum(g.control.rate * 60 for g in b.routes.values())\n"
+        "    print(min(r, b.rate_per_s * 60))\n"
+        "else:\n"
+        "    print(b.rate_per_s * 60)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=engine_env, capture_output=True, text=True, check=True
@@ -139,7 +151,9 @@ def one(kind: str, jobs: int, told90: bool, engine: str | None) -> str:
                 os.environ.clear()
                 os.environ.update(saved)
             stats = sim.stats()
-        learned = kept_rpm(wd / "out")
+        shared, routes = kept_rpm(wd / "out")
+    # Routes paced on their own: what they keep together (the account's, per route).
+    learned = sum(routes.values()) if routes else shared
     requests = stats["api_requests_total"]
     limited = stats["rate_limited"]
     by_route = stats["requests"]
@@ -152,7 +166,7 @@ def one(kind: str, jobs: int, told90: bool, engine: str | None) -> str:
     else:
         accepted = requests - limited
     bound = accepted / per_s / m.wall_s
-    start = next_start(engine_env, told, learned)
+    start = next_start(engine_env, told, shared, routes)
     done = (m.summary.get("counts") or {}).get("done")
     learned_txt = "none" if learned is None else f"{learned:,.0f} ({learned / truth:.2f})"
     return (
