@@ -28,6 +28,7 @@ journal's invariants the same way:
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -38,7 +39,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, Unpack
 
 from ..planning.kind import Kind
 from ..planning.selection import Again
@@ -50,7 +51,7 @@ from .runs import LastRuns, RunRecord
 from .states import JobState
 from .store import DoneFiles
 
-__all__ = ["Landed", "Ledger", "Totals", "landed_change"]
+__all__ = ["Landed", "Ledger", "StateWrites", "Totals", "landed_change"]
 
 T = TypeVar("T")
 
@@ -90,6 +91,65 @@ class Totals:
         self.possibly_duplicated = int(raw["possibly_duplicated"])
         self.spent_known_usd = raw["spent_known_usd"]
         self.spent_unknown_jobs = int(raw["spent_unknown_jobs"])
+
+
+class StateWrites(ABC):
+    """The writes that are one state change each, worded once for every backend: a
+    backend gives ``_change`` (one transition, in its own transaction)."""
+
+    changes: int
+
+    @abstractmethod
+    def _change(
+        self, job_id: str, new: JobState, *, durable: bool = True, **change: Unpack[Change]
+    ) -> asyncio.Future[None]: ...
+
+    def fail_submit(
+        self, job_id: str, code: str, message: str, possibly_duplicated: bool
+    ) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            JobState.FAILED,
+            fail_code=code,
+            fail_msg=message,
+            possibly_duplicated=possibly_duplicated,
+        )
+
+    def record_failure(
+        self, job_id: str, *, fail_code: str, fail_msg: str, completed_at: float, via: str
+    ) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            JobState.FAILED,
+            fail_code=fail_code,
+            fail_msg=fail_msg,
+            completed_at=completed_at,
+            arrived_via=via,
+        )
+
+    def record_done(self, job_id: str, landed: Landed) -> asyncio.Future[None]:
+        return self._change(
+            job_id,
+            JobState.DONE,
+            durable=False,
+            files=landed.files,
+            bytes=landed.bytes,
+            sha256=landed.sha256,
+        )
+
+    def record_partial(self, job_id: str, landed: Landed) -> asyncio.Future[None] | None:
+        """Some results landed, a later one did not (left for ``download``); None if none."""
+        if not landed.files:
+            return None
+        return self._change(job_id, JobState.SUCCEEDED, durable=False, **landed_change(landed))
+
+    def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
+        change: Change = {
+            "fail_code": "RESULT_EXPIRED",
+            "fail_msg": message,
+            **landed_change(landed),
+        }
+        return self._change(job_id, JobState.EXPIRED, **change)
 
 
 class Ledger(Protocol):

@@ -30,7 +30,7 @@ from ..planning.kind import Kind
 from ..planning.selection import Again
 from .clash import Clash, refuse_clashes
 from .decisions import Decision
-from .ledger import Landed, Totals, landed_change
+from .ledger import StateWrites, Totals
 from .reconcile import NewJob, SyncResult
 from .rows import Change, JobRow
 from .runs import LastRuns, RunRecord, keep_run, last_runs
@@ -48,7 +48,7 @@ S = JobState
 T = TypeVar("T")
 
 
-class SqliteLedger:
+class SqliteLedger(StateWrites):
     """The :class:`~.ledger.Ledger` of a SQLite journal (one file, one run at a time)."""
 
     def __init__(self, executor: JournalExecutor, clock: Clock) -> None:
@@ -247,7 +247,7 @@ class SqliteLedger:
     # -- the submitter's writes ---------------------------------------------
     def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:
         """The request is about to leave: from here a crash leaves doubt."""
-        return self._transition(job_id, S.SUBMITTING, attempts=attempts)
+        return self._change(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
         self,
@@ -259,7 +259,7 @@ class SqliteLedger:
     ) -> asyncio.Future[None]:
         """The paid task's id: committed at once, alone if need be (invariant 1)."""
         now = self._clock.wall()
-        return self._transition(
+        return self._change(
             job_id,
             S.SUBMITTED,
             now=now,
@@ -295,17 +295,6 @@ class SqliteLedger:
 
         return self._j.write(back)
 
-    def fail_submit(
-        self, job_id: str, code: str, message: str, possibly_duplicated: bool
-    ) -> asyncio.Future[None]:
-        return self._transition(
-            job_id,
-            S.FAILED,
-            fail_code=code,
-            fail_msg=message,
-            possibly_duplicated=possibly_duplicated,
-        )
-
     # -- the follower's writes ----------------------------------------------
     def record_success(
         self,
@@ -338,43 +327,6 @@ class SqliteLedger:
 
         return self._j.write(succeed, durable=False)
 
-    def record_failure(
-        self, job_id: str, *, fail_code: str, fail_msg: str, completed_at: float, via: str
-    ) -> asyncio.Future[None]:
-        return self._transition(
-            job_id,
-            S.FAILED,
-            fail_code=fail_code,
-            fail_msg=fail_msg,
-            completed_at=completed_at,
-            arrived_via=via,
-        )
-
-    # -- the lander's writes ------------------------------------------------
-    def record_done(self, job_id: str, landed: Landed) -> asyncio.Future[None]:
-        return self._transition(
-            job_id,
-            S.DONE,
-            durable=False,
-            files=landed.files,
-            bytes=landed.bytes,
-            sha256=landed.sha256,
-        )
-
-    def record_partial(self, job_id: str, landed: Landed) -> asyncio.Future[None] | None:
-        """Some results landed, a later one did not (left for ``download``); None if none."""
-        if not landed.files:
-            return None
-        return self._transition(job_id, S.SUCCEEDED, durable=False, **landed_change(landed))
-
-    def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
-        change: Change = {
-            "fail_code": "RESULT_EXPIRED",
-            "fail_msg": message,
-            **landed_change(landed),
-        }
-        return self._transition(job_id, S.EXPIRED, **change)
-
     # -- the end ------------------------------------------------------------
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
         """``consume(rows)`` on the journal's thread, the rows in file order: how the
@@ -386,7 +338,7 @@ class SqliteLedger:
     ) -> T:
         return await self._j.read(lambda j: consume(j.iter_all(), j.decisions()))
 
-    def _transition(
+    def _change(
         self,
         job_id: str,
         new: JobState,

@@ -45,7 +45,7 @@ from ...planning.kind import Kind
 from ...planning.selection import Again
 from ..clash import OUTPUT_EXISTS, Clash, find_clashes
 from ..decisions import Decision
-from ..ledger import Landed, Totals, landed_change
+from ..ledger import StateWrites, Totals
 from ..naming import name_owners
 from ..reconcile import NewJob, SyncResult, take_json
 from ..rows import (
@@ -169,7 +169,7 @@ async def open_pg_ledger(
     return PgLedger(executor, session, campaign, clock, anchor)
 
 
-class PgLedger:
+class PgLedger(StateWrites):
     """The :class:`~..ledger.Ledger` of a campaign in PostgreSQL (module docstring)."""
 
     def __init__(
@@ -967,17 +967,6 @@ class PgLedger:
 
         return self._write(op)
 
-    def fail_submit(
-        self, job_id: str, code: str, message: str, possibly_duplicated: bool
-    ) -> asyncio.Future[None]:
-        return self._change(
-            job_id,
-            S.FAILED,
-            fail_code=code,
-            fail_msg=message,
-            possibly_duplicated=possibly_duplicated,
-        )
-
     # -- the follower's writes ----------------------------------------------
     def record_success(
         self,
@@ -1012,42 +1001,6 @@ class PgLedger:
             )
 
         return self._write(op, durable=False)
-
-    def record_failure(
-        self, job_id: str, *, fail_code: str, fail_msg: str, completed_at: float, via: str
-    ) -> asyncio.Future[None]:
-        return self._change(
-            job_id,
-            S.FAILED,
-            fail_code=fail_code,
-            fail_msg=fail_msg,
-            completed_at=completed_at,
-            arrived_via=via,
-        )
-
-    # -- the lander's writes ------------------------------------------------
-    def record_done(self, job_id: str, landed: Landed) -> asyncio.Future[None]:
-        return self._change(
-            job_id,
-            S.DONE,
-            durable=False,
-            files=landed.files,
-            bytes=landed.bytes,
-            sha256=landed.sha256,
-        )
-
-    def record_partial(self, job_id: str, landed: Landed) -> asyncio.Future[None] | None:
-        if not landed.files:
-            return None
-        return self._change(job_id, S.SUCCEEDED, durable=False, **landed_change(landed))
-
-    def record_expired(self, job_id: str, message: str, landed: Landed) -> asyncio.Future[None]:
-        change: Change = {
-            "fail_code": "RESULT_EXPIRED",
-            "fail_msg": message,
-            **landed_change(landed),
-        }
-        return self._change(job_id, S.EXPIRED, **change)
 
     # -- the end ------------------------------------------------------------
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
