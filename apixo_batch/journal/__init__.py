@@ -28,7 +28,7 @@ from pathlib import Path
 from ..clock import Clock
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
-from .ledger import Landed, Ledger, Totals
+from .ledger import Landed, Ledger, MarkRefused, RunnerSpec, Totals
 from .local import SqliteLedger
 from .naming import FileRegistry, hold_name, result_filename
 from .pg.url import is_database, needs_driver
@@ -58,8 +58,10 @@ __all__ = [
     "Landed",
     "LastRuns",
     "Ledger",
+    "MarkRefused",
     "NewJob",
     "RunRecord",
+    "RunnerSpec",
     "SqliteLedger",
     "SyncResult",
     "Totals",
@@ -74,16 +76,25 @@ __all__ = [
 
 
 async def open_ledger(
-    state: Path | str, campaign: str, clock: Clock, *, anchor: Path, commit_delay: float = 0.0
+    state: Path | str,
+    campaign: str,
+    clock: Clock,
+    *,
+    anchor: Path,
+    commit_delay: float = 0.0,
+    runner: RunnerSpec | None = None,
 ) -> Ledger:
     """The run's ledger: a ``postgresql://`` URL is a :class:`~.pg.ledger.PgLedger`
-    (``anchor``: the local path beside which its side file lives), a path a
+    (``anchor``: the local path beside which its side file lives; ``runner``: this
+    process registered as one of the campaign's runners), a path a
     :class:`SqliteLedger` on the journal's thread."""
     if isinstance(state, str) and is_database(state):
         needs_driver(state)
         from .pg.ledger import open_pg_ledger  # psycopg: only with the pg extra
 
-        return await open_pg_ledger(state, campaign, clock, anchor, commit_delay=commit_delay)
+        return await open_pg_ledger(
+            state, campaign, clock, anchor, commit_delay=commit_delay, runner=runner
+        )
     journal = AsyncJournal(Journal(Path(state)), commit_delay=commit_delay)
     return SqliteLedger(journal, clock)
 

@@ -21,8 +21,10 @@ journal's invariants the same way:
 * a state change applies only from the states :data:`~.states.TRANSITIONS`
   allows, checked in the same statement, and is refused with
   :class:`~apixo_batch.errors.JournalError` otherwise;
-* one run at a time holds the journal (a file lock, or a PostgreSQL advisory
-  lock held by the run's session): a second one is refused before it reads.
+* one run at a time holds a SQLite journal (a file lock): a second one is refused
+  before it reads. A PostgreSQL journal takes several runs at once, each a *runner*
+  with a lease (:class:`RunnerSpec`): a runner marks only the rows it claimed, and
+  only while its lease is live (:class:`MarkRefused` otherwise: nothing is sent).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, Unpack
+from typing import TYPE_CHECKING, Protocol, TypeVar, Unpack
 
+from ..errors import JournalError
 from ..planning.kind import Kind
 from ..planning.selection import Again
 from .clash import Clash
@@ -51,9 +55,43 @@ from .runs import LastRuns, RunRecord
 from .states import JobState
 from .store import DoneFiles
 
-__all__ = ["Landed", "Ledger", "StateWrites", "Totals", "landed_change"]
+if TYPE_CHECKING:
+    from .pg.lease import RunnerLease
+
+__all__ = [
+    "Landed",
+    "Ledger",
+    "MarkRefused",
+    "RunnerSpec",
+    "StateWrites",
+    "Totals",
+    "landed_change",
+]
 
 T = TypeVar("T")
+
+
+class MarkRefused(JournalError):
+    """A submit may not leave: the row is not this runner's (another runner took it), or
+    this runner's lease is not live. Nothing was sent; the run goes on."""
+
+    #: True when the refusal may lift (the lease renews, the database answers again): the
+    #: same mark is worth trying later; False: the row is someone else's, drop it
+    retry = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSpec:
+    """One ``run`` process as a runner of a shared (PostgreSQL) campaign: its lease is
+    renewed every ``lease_s / 3``; a runner silent for ``lease_s + grace_s`` is adopted."""
+
+    lease_s: float
+    grace_s: float
+    host: str
+    pid: int
+    version: str
+    #: where a pid means this process: host, boot and pid namespace (None: unknown)
+    node: str | None = None
 
 
 def landed_change(landed: Landed) -> Change:
@@ -169,6 +207,12 @@ class Ledger(Protocol):
     @property
     def where(self) -> str:
         """The journal as messages name it (a database URL without its password)."""
+        ...
+
+    @property
+    def runner(self) -> RunnerLease | None:
+        """This run as one of several runners of a shared campaign (its lease), or None:
+        the only run of its journal (SQLite, or a database opened without a runner)."""
         ...
 
     async def close(self) -> None: ...
