@@ -28,7 +28,7 @@ from pathlib import Path
 from ..clock import Clock
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
-from .ledger import Landed, Ledger, MarkRefused, RunnerSpec, Totals
+from .ledger import Adoption, Landed, Lease, Ledger, MarkRefused, RunnerSpec, Totals, this_node
 from .local import SqliteLedger
 from .naming import FileRegistry, hold_name, result_filename
 from .pg.url import is_database, needs_driver
@@ -44,6 +44,7 @@ __all__ = [
     "OUTPUT_EXISTS",
     "REJECT",
     "TRANSITIONS",
+    "Adoption",
     "AsyncJournal",
     "Change",
     "Clash",
@@ -57,6 +58,7 @@ __all__ = [
     "JournalExecutor",
     "Landed",
     "LastRuns",
+    "Lease",
     "Ledger",
     "MarkRefused",
     "NewJob",
@@ -72,6 +74,7 @@ __all__ = [
     "open_ledger",
     "output_clashes",
     "result_filename",
+    "this_node",
 ]
 
 

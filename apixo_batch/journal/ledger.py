@@ -30,6 +30,8 @@ journal's invariants the same way:
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
@@ -42,7 +44,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar, Unpack
+from typing import Protocol, TypeVar, Unpack
 
 from ..errors import JournalError
 from ..planning.kind import Kind
@@ -55,17 +57,17 @@ from .runs import LastRuns, RunRecord
 from .states import JobState
 from .store import DoneFiles
 
-if TYPE_CHECKING:
-    from .pg.lease import RunnerLease
-
 __all__ = [
+    "Adoption",
     "Landed",
+    "Lease",
     "Ledger",
     "MarkRefused",
     "RunnerSpec",
     "StateWrites",
     "Totals",
     "landed_change",
+    "this_node",
 ]
 
 T = TypeVar("T")
@@ -92,6 +94,52 @@ class RunnerSpec:
     version: str
     #: where a pid means this process: host, boot and pid namespace (None: unknown)
     node: str | None = None
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What one adoption took from one dead runner."""
+
+    dead: int
+    #: the paid rows now this runner's, to follow (submitted) or land (succeeded)
+    followed: list[JobRow]
+    #: its submits in doubt, back in the queue flagged possibly_duplicated
+    requeued: int
+    #: its claims that never reached a submit, free again
+    released: int
+
+
+class Lease(Protocol):
+    """A runner's lease as the run keeps it (:class:`~.pg.lease.RunnerLease`)."""
+
+    lease_s: float
+    grace_s: float
+    #: the lease was taken over, or given up: never live again
+    lost: bool
+
+    async def renew(self) -> bool: ...
+
+    def past_term(self) -> bool: ...
+
+    async def adopt(self) -> Adoption | None: ...
+
+    async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]: ...
+
+    async def remaining(self) -> tuple[int, int]: ...
+
+    async def leave(self) -> None: ...
+
+
+def this_node() -> str | None:
+    """Where a pid names this process: the host, its boot and the pid namespace (two
+    containers of one host name differ). None when the system does not tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot}/{pid_ns}"
 
 
 def landed_change(landed: Landed) -> Change:
@@ -210,7 +258,7 @@ class Ledger(Protocol):
         ...
 
     @property
-    def runner(self) -> RunnerLease | None:
+    def runner(self) -> Lease | None:
         """This run as one of several runners of a shared campaign (its lease), or None:
         the only run of its journal (SQLite, or a database opened without a runner)."""
         ...

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +40,7 @@ from psycopg import errors as pg_errors
 
 from ...clock import Clock
 from ...errors import JournalError
-from ..ledger import MarkRefused
+from ..ledger import Adoption, MarkRefused
 from ..rows import SELECT, JobRow
 from .executor import PgConn
 
@@ -52,7 +51,6 @@ __all__ = [
     "RunnerLease",
     "RunnerView",
     "runners_of",
-    "this_node",
 ]
 
 #: the database's time, or the injected one (seconds since the epoch)
@@ -69,18 +67,6 @@ _OWNED = "('queued','submitting','submitted','succeeded')"
 _RETRIES = 5
 #: seconds between tries of a paid task id's write while the database does not answer
 _RECORD_PAUSE_S = 0.5
-
-
-def this_node() -> str | None:
-    """Where a pid names this process: the host, its boot and the pid namespace (two
-    containers of one host name differ). None when the system does not tell."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        pid_ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    return f"{socket.gethostname()}/{boot}/{pid_ns}"
 
 
 def _gone(pid: int) -> bool:
@@ -122,19 +108,6 @@ class Fenced(MarkRefused):
 
 class NotOwned(MarkRefused):
     """The row is another runner's (or no longer queued): nothing is sent for it."""
-
-
-@dataclass(frozen=True)
-class Adoption:
-    """What one adoption took from one dead runner."""
-
-    dead: int
-    #: the paid rows now this runner's, to follow (submitted) or land (succeeded)
-    followed: list[JobRow]
-    #: its submits in doubt, back in the queue flagged possibly_duplicated
-    requeued: int
-    #: its claims that never reached a submit, free again
-    released: int
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ KEEP_COMPLETIONS = 500
 _LEGAL_FROM: dict[JobState, list[str]] = {
     new: [old.value for old in JobState if new in TRANSITIONS[old]] for new in JobState
 }
+#: the states a job ends in
+_ENDS = frozenset({S.DONE, S.FAILED, S.EXPIRED})
 _NEW_COLUMNS = (
     "id",
     "idx",
@@ -158,10 +160,7 @@ async def open_pg_ledger(
     lease = None
     try:
         await migrate(session, where)
-        if runner is not None:
-            await session.execute(
-                "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (campaign,)
-            )
+        if runner is not None and await _campaign_of(session, campaign) == campaign:
             lease = RunnerLease(
                 session,
                 campaign,
@@ -192,6 +191,21 @@ async def open_pg_ledger(
         raise
     executor = PgExecutor(pool, url, commit_delay=commit_delay)
     return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
+
+
+async def _campaign_of(session: PgConn, campaign: str) -> str:
+    """The campaign the database keeps (the first one's), ``campaign`` made it if none:
+    a runner registers only for it (another campaign is refused before anything)."""
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    if row is not None:
+        return str(row[0])
+    await session.execute(
+        "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (campaign,)
+    )
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    return campaign if row is None else str(row[0])
 
 
 class PgLedger(StateWrites):
@@ -271,6 +285,10 @@ class PgLedger(StateWrites):
             await self._check(conn, job_id, new)
             raise
         values = [new.value, now, *values]
+        if new in _ENDS:
+            # An ended job is nobody's: should it be queued (or fetched) again, any
+            # runner may claim it.
+            assignments += ", owner=NULL"
         if new is S.SUBMITTED and "task_id" in change:
             cur = await conn.execute(
                 f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state='submitting'",
