@@ -18,7 +18,7 @@ ledger's invariants read the same on both backends:
 The connection comes from a psycopg-pool pool, which replaces a broken one: a
 database that restarts costs the operations of that moment (each fails its
 caller with :class:`~apixo_batch.errors.StorageError`), not the run's journal.
-With ``ride_out`` (a runner of a shared campaign: as long as its lease) a batch
+With ``ride_out`` (a runner of a shared campaign: its lease and grace) a batch
 whose connection failed *before* its commit was asked for (nothing of it can have
 committed) is run again on a fresh connection until the database answers or that
 time has passed; reads likewise. A failure during the commit is never retried: it

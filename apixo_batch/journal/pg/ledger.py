@@ -189,11 +189,11 @@ async def open_pg_ledger(
     except BaseException:
         await session.close()
         raise
-    # A runner rides out a database away for less than its lease (a restart): its
-    # submits pause meanwhile (no mark lands), its other writes wait their turn.
-    executor = PgExecutor(
-        pool, url, commit_delay=commit_delay, ride_out=0.0 if lease is None else lease.lease_s
-    )
+    # A runner rides out a database away for as long as its work may still be its own
+    # (lease + grace; past that it stops, exit 75): its submits pause meanwhile (no
+    # mark lands), its other writes wait their turn.
+    ride_out = 0.0 if lease is None else lease.lease_s + lease.grace_s
+    executor = PgExecutor(pool, url, commit_delay=commit_delay, ride_out=ride_out)
     return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
 
 
