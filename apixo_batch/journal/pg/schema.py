@@ -141,6 +141,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE uploads (upload_id text PRIMARY KEY, campaign text NOT NULL, "
         "s3_key text NOT NULL, runner bigint, "
         "started_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        # A job's own name, found without a scan when a runner checks a name it lands.
+        "CREATE INDEX jobs_filename_idx ON jobs (campaign, lower(filename))",
     ),
 )
 
