@@ -30,7 +30,7 @@ from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
 from .ledger import Landed, Ledger, Totals
 from .local import SqliteLedger
-from .naming import FileRegistry, hold_name, result_filename
+from .naming import FileRegistry, NameBook, hold_name, result_filename
 from .pg.url import is_database, needs_driver
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
@@ -58,6 +58,7 @@ __all__ = [
     "Landed",
     "LastRuns",
     "Ledger",
+    "NameBook",
     "NewJob",
     "RunRecord",
     "SqliteLedger",

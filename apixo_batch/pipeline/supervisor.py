@@ -420,6 +420,10 @@ class Supervisor:
             callback_url=callback_url,
             spent_before=start.spent_before,
         )
+        if self.database is not None:
+            from .shared import share_outputs
+
+            share_outputs(ledger, stages.lander, self.output)
         stages.adopt(self._ours(start.in_flight))
         if token is not None:
             # After the stages exist: a callback for an adopted task finds it followed.

@@ -98,8 +98,10 @@ class SharedNames:
         self._c = campaign
 
     async def reserve(self, job_id: str, names: Iterable[str]) -> list[tuple[str, str]]:
-        """Hold ``names`` for ``job_id`` before its results land on them: (name, holder)
-        of each name another job holds, and then none is kept (nothing may land)."""
+        """Hold ``names`` (the job's own name first, then its other results') for
+        ``job_id`` before its results land on them: (name, holder) of each name another
+        job holds, and then none is kept (nothing may land). One statement for a job of
+        one result; one more read for the names of its other results."""
         names = list(names)
         keys = list(dict.fromkeys(n.casefold() for n in names))
         if not keys:
@@ -107,37 +109,38 @@ class SharedNames:
         c = self._c
 
         async def hold(conn: PgConn) -> tuple[list[str], list[tuple[str, str]]]:
-            # Committed before the jobs are read (a separate operation below): a runner
-            # syncing a new job with one of these names either sees this reservation, or
-            # its job is seen here (see test_a_new_jobs_name_is_seen_before_landing).
+            # DO UPDATE, not DO NOTHING: it waits for, locks and returns the holder a
+            # concurrent runner committed, which this statement's snapshot cannot see.
             cur = await conn.execute(
-                "INSERT INTO file_names (campaign, name_cf, job_id) SELECT %s, n, %s "
-                "FROM unnest(%s::text[]) n ON CONFLICT DO NOTHING RETURNING name_cf",
-                (c, job_id, keys),
+                "WITH r AS (INSERT INTO file_names (campaign, name_cf, job_id) "
+                "SELECT %(c)s, n, %(j)s FROM unnest(%(k)s::text[]) n "
+                "ON CONFLICT (campaign, name_cf) DO UPDATE SET job_id = file_names.job_id "
+                "RETURNING name_cf, job_id) "
+                f"SELECT r.name_cf, r.job_id, {_HOLDER} FROM r LEFT JOIN jobs j "
+                "ON j.campaign = %(c)s AND j.id = r.job_id",
+                {"c": c, "j": job_id, "k": keys},
             )
-            got = [str(r[0]) for r in await cur.fetchall()]
-            # A new statement: it sees a reservation another runner committed meanwhile.
-            cur = await conn.execute(
-                f"SELECT f.name_cf, f.job_id, {_HOLDER} FROM file_names f LEFT JOIN jobs j "
-                "ON j.campaign = f.campaign AND j.id = f.job_id WHERE f.campaign = %s "
-                "AND f.name_cf = ANY(%s) AND f.job_id <> %s FOR UPDATE OF f",
-                (c, keys, job_id),
-            )
+            got: list[str] = []
             taken: list[tuple[str, str]] = []
             for name, holder_id, *holder in await cur.fetchall():
-                if _holds(str(name), holder):
+                if holder_id == job_id:
+                    got.append(str(name))
+                elif _holds(str(name), holder):
                     taken.append((str(name), str(holder_id)))
-                    continue
-                await conn.execute(
-                    "UPDATE file_names SET job_id = %s WHERE campaign = %s AND name_cf = %s",
-                    (job_id, c, name),
-                )
-                got.append(str(name))
+                else:  # stale: its job no longer holds it
+                    await conn.execute(
+                        "UPDATE file_names SET job_id = %s WHERE campaign = %s AND name_cf = %s",
+                        (job_id, c, name),
+                    )
+                    got.append(str(name))
             return got, taken
 
-        held, taken = await self._ops.write(hold)
-        if not taken:
-            taken = await self._ops.read(lambda conn: self._named_jobs(conn, job_id, keys))
+        held, taken = await self._ops.write(hold, durable=False)
+        if not taken and len(keys) > 1:
+            # The other results' names may be a job's own, synced by another runner a
+            # moment ago. Read after the reservation committed: that runner's check of
+            # names before its submits sees the reservation, or this read sees its job.
+            taken = await self._ops.read(lambda conn: self._named_jobs(conn, job_id, keys[1:]))
         if taken and held:
             await self._ops.write(lambda conn: self._release(conn, job_id, held), durable=False)
         return [(next(n for n in names if n.casefold() == k), h) for k, h in taken]
