@@ -421,7 +421,7 @@ class Supervisor:
             spent_before=start.spent_before,
         )
         if self.database is not None:
-            from .shared import share_outputs
+            from .multirunner import share_outputs
 
             share_outputs(ledger, stages.lander, self.output)
         stages.adopt(self._ours(start.in_flight))
