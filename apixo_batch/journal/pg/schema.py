@@ -130,7 +130,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _added_columns(2),
     # 3: key pools: the fingerprint of the key that created each task (only it reads it).
     _added_columns(3),
-    # 4: outputs across runners (journal/pg/outputs.py): the file names reserved by
+    # 4: several runners: where a runner's pid means its process (host, boot, pid
+    # namespace), so a runner on the same node whose process is gone is adopted at once.
+    ("ALTER TABLE runners ADD COLUMN node text",),
+    # 5: outputs across runners (journal/pg/outputs.py): the file names reserved by
     # each job, so that a runner sees the names another one lands before it submits
     # or lands; and the multipart uploads each runner has open, so that a start-up
     # sweep aborts only a dead runner's.
