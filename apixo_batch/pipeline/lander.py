@@ -261,7 +261,11 @@ class Lander:
         if clashes:
             self._tell_taken(fetch, clashes)
             return
-        if self.names is not None:
+        if self.names is not None and len(fetch.result_urls) > 1:
+            # A task of one result lands on its job's own name, which its journal row
+            # holds for every runner already (a name another runner reserves is checked
+            # against the jobs' own names, and the check before submits reads the
+            # reservations): only the names of further results need reserving.
             wanted = [result_filename(fetch.filename, n) for n in range(len(fetch.result_urls))]
             taken = await self.names.reserve(fetch.id, wanted)
             if taken:

@@ -662,3 +662,16 @@ async def test_a_name_another_runner_landed_is_never_written(
     assert "a-2.mp4 (job job-9's file)" in warning.data["message"]
     assert host.calls == [] and _listing(tmp_path) == []
     assert row(ledger, "job-0").state is JobState.SUCCEEDED
+
+
+async def test_a_task_of_one_result_reserves_nothing(tmp_path: Path, host: FakeHost) -> None:
+    """A task of one result lands on its job's own name, which the journal's row holds
+    for every runner: no reservation is asked for (no statement per job)."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0", 1))
+    lander, _events = _lander(ledger, clock, tmp_path)
+    lander.names = names = _Names({})
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert names.asked == []
+    assert row(ledger, "job-0").state is JobState.DONE
