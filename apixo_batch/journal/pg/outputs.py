@@ -197,7 +197,9 @@ class PgUploads:
                 {"u": upload_id, "c": self._c, "k": key, "r": self._runner(), "now": None},
             )
 
-        await self._ops.write(op)
+        # Not durable: a record a server crash loses leaves the upload unrecorded, swept
+        # only once every runner live when it began is gone.
+        await self._ops.write(op, durable=False)
 
     async def closed(self, upload_id: str) -> None:
         """An upload was completed or aborted: nothing of it is left to sweep."""
