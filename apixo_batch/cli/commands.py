@@ -754,7 +754,7 @@ def _status(
     url = database_of(args)
     runners = None
     if url is not None:
-        from .runners import runners_of_database
+        from .roster import runners_of_database
 
         runners = runners_of_database(url)
     now = time.time()
@@ -800,7 +800,7 @@ def _status(
         # What people decided on the review page (review --serve), beside the states.
         print(f"  review      {decided.get('keep', 0)} kept, {decided.get('reject', 0)} rejected")
     if runners is not None:
-        from .runners import runner_lines
+        from .roster import runner_lines
 
         for line in runner_lines(runners):
             print(line)

@@ -1,10 +1,10 @@
-"""``status``'s lines for the runners of a database's campaign (cli/runners.py)."""
+"""``status``'s lines for the runners of a database's campaign (cli/roster.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from apixo_batch.cli.runners import runner_lines
+from apixo_batch.cli.roster import runner_lines
 from apixo_batch.journal.pg.roster import RunnerState
 
 T0 = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
