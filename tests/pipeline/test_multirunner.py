@@ -19,7 +19,7 @@ import pytest
 from apixo_batch.apixo.client import TaskStatus
 from apixo_batch.apixo.receiver import HandlerResult
 from apixo_batch.clock import SystemClock
-from apixo_batch.errors import PathError
+from apixo_batch.errors import PathError, StorageError
 from apixo_batch.journal import Ledger, NewJob, RunnerSpec, open_ledger
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.multirunner import (
@@ -150,3 +150,20 @@ async def test_a_local_folder_is_refused_once_another_host_runs_the_campaign(
     line = str(refused.value)
     assert "\n" not in line and "beta" in line and "--shared-out" in line
     await refuse_second_host(a, out, "alpha", shared=True)
+
+
+async def test_a_database_that_fails_leaves_the_callback_to_the_follower(
+    two: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner cannot be looked up (the database failing): the callback is the
+    follower's, answered as it says (the owner's polls settle its task)."""
+    _url, _a, b = two
+    handler = _Handler("duplicate")
+    beta = CallbackRelay(b, handler, follows=lambda t: False)
+
+    def failing(op: Any) -> Any:
+        raise StorageError("the journal postgresql://… cannot be reached")
+
+    monkeypatch.setattr(b.executor, "read", failing)
+    assert await beta.handle(TaskStatus("t-a", "success")) == "duplicate"
+    assert [s.task_id for s in handler.got] == ["t-a"] and beta.passed_on == 0
