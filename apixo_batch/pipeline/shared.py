@@ -257,6 +257,10 @@ class SharedLimits:
         if self._own_lease:
             await self.runner.renew()
         me, now = self.runner.me, self._now()
+        if self._own_lease:
+            # The campaign's run lock makes this the one live runner of the journal: a
+            # runner row whose lease ran out is a run that died holding slots.
+            await sql.reclaim_expired(self._conn, me, self._accounts, now=now)
         self.live = await sql.live_runners(self._conn, me, self._accounts, now=now)
         for share in self.shares:
             slots = share.key.slots
@@ -265,6 +269,11 @@ class SharedLimits:
             keep = max(fair, slots.in_flight) if not slots.closed else slots.in_flight
             if share.held > keep:
                 share.held -= await sql.give_slots(self._conn, me, share.account, share.held - keep)
+            elif share.held < slots.in_flight:
+                # Tasks of an earlier run (or of an adopted runner) hold the account's
+                # slots: the pool must count them.
+                want = slots.in_flight - share.held
+                share.held += await sql.take_slots(self._conn, me, share.account, want)
             elif share.held < fair and not slots.closed:
                 want = fair - share.held if share.held == 0 else min(fair - share.held, BLOCK)
                 if share.held == 0 or slots.short:

@@ -43,6 +43,7 @@ __all__ = [
     "open_session",
     "pool_state",
     "probe_up",
+    "reclaim_expired",
     "slots_refused",
     "take_slots",
     "take_tokens",
@@ -334,3 +335,22 @@ async def live_runners(
     )
     row = await cur.fetchone()
     return max(1, int(row[0])) if row else 1
+
+
+async def reclaim_expired(
+    conn: PgConn, runner: int, accounts: list[str], *, now: float | None = None
+) -> int:
+    """The slots held by runners of these accounts whose lease has run out, back to the
+    pools; how many. Only for a runner that knows it is the one live runner (the
+    campaign's run lock): with several, adoption moves a dead runner's slots."""
+    cur = await conn.execute(
+        "SELECT g.runner, g.account, g.held FROM slot_grants g JOIN runners r ON r.id = g.runner "
+        f"WHERE g.held > 0 AND g.account = ANY(%(accts)s) AND r.id <> %(me)s AND "
+        f"(r.lease_until <= {_NOW} OR r.stopped OR r.adopted_by IS NOT NULL) "
+        "ORDER BY g.account, g.runner",
+        {"me": runner, "accts": accounts, "now": now},
+    )
+    back = 0
+    for dead, account, held in await cur.fetchall():
+        back += await give_slots(conn, int(dead), str(account), int(held))
+    return back
