@@ -123,9 +123,7 @@ async def test_one_runner_sends_what_the_bucket_alone_sends() -> None:
     assert len(source.takes) <= 0.5 * len(stamps)
 
 
-async def test_a_source_that_grants_nothing_is_asked_again_after_its_wait_and_never_sooner_than_the_floor() -> (
-    None
-):
+async def test_an_empty_source_is_asked_again_after_its_wait_never_before_the_floor() -> None:
     """A row that says "none for 0.01 s" is asked again only after ASK_S; one that says
     "none for 0.5 s" after 0.5 s."""
     clock = FakeClock()
