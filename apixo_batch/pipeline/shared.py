@@ -157,7 +157,11 @@ class SharedLimits:
         async with self._lock:
             for share in self.shares:
                 await self._ensure(share)
-            await self._beat()
+            await sql.declare_accounts(self._conn, self.runner.me, self._accounts)
+            with contextlib.suppress(psycopg.errors.DeadlockDetected):
+                # An adoption of this runner's, under way, holds the pools (the heartbeat
+                # takes the first grants then).
+                await self._beat()
         for share in self.shares:
             share.key.slots.source = share
             share.key.bucket.share(share)
@@ -301,7 +305,7 @@ async def share_limits(
     lease_conn: PgConn | None = None
     try:
         # Several runners on one campaign: the journal registered this runner.
-        runner: RunnerLease | None = getattr(ledger, "runner", None)
+        runner = ledger.runner
         if runner is None:
             lease_conn = await sql.open_session(url)
             runner = RunnerLease(lease_conn, ledger.campaign_id, clock)
