@@ -205,11 +205,12 @@ class SharedLimits:
         while True:
             await self._wait()
             try:
-                async with self._lock:
-                    await self._session()
-                    await self._answer()
-                    if self._clock.monotonic() >= self._next_beat:
-                        await self._beat()
+                if self._clock.monotonic() >= self._next_beat:
+                    await self.beat()
+                else:
+                    async with self._lock:
+                        await self._session()
+                        await self._answer()
             except (psycopg.Error, OSError):
                 # An outage: the next beat tries again.
                 self._next_beat = self._clock.monotonic() + self.heartbeat_s
@@ -244,6 +245,13 @@ class SharedLimits:
                 share.held = min(share.held, max(0, slots.in_flight))
                 slots.resize(share.held)
             await self._top_up(share)
+
+    async def beat(self) -> None:
+        """One heartbeat now, after what the sources noted (the loop's step)."""
+        async with self._lock:
+            await self._session()
+            await self._answer()
+            await self._beat()
 
     async def _top_up(self, share: AccountShare) -> None:
         slots = share.key.slots
