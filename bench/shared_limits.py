@@ -7,11 +7,14 @@ the simulator's request budget, seed 19; ``run`` polling) on a fresh simulator e
 time, three ways:
 
 * **sqlite**: one ``run`` with the journal in a SQLite file (today's default);
-* **pg, 1 runner**: one ``run`` with ``--state postgresql://…`` on a fresh database of a
+* **pg 1 runner**: one ``run`` with ``--state postgresql://…`` on a fresh database of a
   throwaway cluster (tests/pg.py): the slots and the request budget are the database's
   rows (``pipeline/shared.py``);
-* **pg, 3 runners**: three ``run`` processes of the same command at once, each told
-  ``--max-concurrent 50``: together they share the account's 50 slots.
+* **pg 3 runners**: three ``run`` processes of the same command, started a second
+  apart, each told ``--max-concurrent 50``: together they share the account's 50 slots.
+
+``--sides`` picks some; the engine run is the one on ``PYTHONPATH`` (another checkout's,
+to compare engines on one side).
 
 Printed for each: slots busy in steady state (the simulator's task lives over the
 account's 50 slots), lower bound / wall time, requests per task, the simulator's
@@ -43,16 +46,24 @@ from _harness import KEY, busy_and_bound, mixed_campaign, simulator, task_timing
 from compare import RPM, SCALE, SLOTS, _fmt  # noqa: E402
 from pg import pg_missing, start_cluster  # noqa: E402
 
-SIDES = ("sqlite", "pg, 1 runner", "pg, 3 runners")
+SIDES = ("sqlite", "pg 1 runner", "pg 3 runners")
+
+
+#: seconds between the starts of the runners of one side (as machines start them)
+STAGGER_S = 1.0
 
 
 def _runs(cmd: list[str], env: dict[str, str], n: int) -> tuple[float, list[int]]:
-    """``n`` copies of ``cmd`` at once; the wall time until the last exits, exit codes."""
+    """``n`` copies of ``cmd``, STAGGER_S apart; the wall time from the first start until
+    the last exits, and the exit codes."""
     t0 = time.monotonic()
-    procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(n)
-    ]
+    procs = []
+    for i in range(n):
+        if i:
+            time.sleep(STAGGER_S)
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
     codes = [p.wait() for p in procs]
     return time.monotonic() - t0, codes
 
@@ -107,7 +118,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=800)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help="which of: " + "; ".join(SIDES) + " (comma)"
+    )
     args = parser.parse_args()
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    assert sides and set(sides) <= set(SIDES), sides
     why = pg_missing()
     if why is not None:
         raise SystemExit(why)
@@ -116,11 +132,11 @@ def main() -> None:
         f"time_scale {SCALE}, polling, {args.repeat} run(s) each side; {load()}\n"
     )
     cluster = start_cluster(Path(tempfile.gettempdir()))
-    results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     try:
         seq = 0
         for _ in range(args.repeat):
-            for side in SIDES:  # in turn, so that a neighbour's load lands on all alike
+            for side in sides:  # in turn, so that a neighbour's load lands on all alike
                 seq += 1
                 results[side].append(one(side, args.jobs, cluster, seq))
     finally:
@@ -128,10 +144,12 @@ def main() -> None:
     head = ["journal", *(label for _, label, _ in KEYS)]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for side in SIDES:
+    for side in sides:
         row = [side, *(_fmt([r[k] for r in results[side]], fmt) for k, _, fmt in KEYS)]
         print("| " + " | ".join(row) + " |")
-    for side in SIDES[1:]:
+    for side in sides if "sqlite" in sides else []:
+        if side == "sqlite":
+            continue
         ratios = [f"{side} / sqlite"]
         for k, _, _ in KEYS:
             a = [r[k] for r in results["sqlite"]]
