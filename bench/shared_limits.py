@@ -157,7 +157,8 @@ def main() -> None:
             base = statistics.median(a)
             ratios.append(f"{statistics.median(b) / base:.3f}" if base else "-")
         print("| " + " | ".join(ratios) + " |")
-    print(f"\nexit codes: { ({s: [r['codes'] for r in results[s]] for s in SIDES}) }; {load()}")
+    codes = {side: [r["codes"] for r in results[side]] for side in sides}
+    print(f"\nexit codes: {codes}; {load()}")
     print("Wall in real seconds until the last run of a side exits.")
     print("Reproduce: .venv/bin/python bench/shared_limits.py", *sys.argv[1:])
 
