@@ -79,6 +79,8 @@ class PgExecutor:
         self._pool = pool
         #: seconds a connection failure before the commit is ridden out (module docstring)
         self.ride_out = ride_out
+        #: while this says so (None: always): a runner whose lease is lost stops riding
+        self.riding: Callable[[], bool] | None = None
         self._url = url
         self.where = shown(url)
         self._commit_delay = commit_delay
@@ -204,6 +206,8 @@ class PgExecutor:
     async def _again(self, deadline: float) -> bool:
         """After a connection failure: wait a moment and say whether to try again."""
         if asyncio.get_running_loop().time() >= deadline:
+            return False
+        if self.riding is not None and not self.riding():
             return False
         await asyncio.sleep(_RIDE_PAUSE_S)
         return True

@@ -194,6 +194,8 @@ async def open_pg_ledger(
     # mark lands), its other writes wait their turn.
     ride_out = 0.0 if lease is None else lease.lease_s + lease.grace_s
     executor = PgExecutor(pool, url, commit_delay=commit_delay, ride_out=ride_out)
+    if lease is not None:
+        executor.riding = lambda: not lease.past_term()
     return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
 
 
