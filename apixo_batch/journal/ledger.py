@@ -42,13 +42,13 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar, Unpack
 
 from ..errors import JournalError
 from ..planning.kind import Kind
-from ..planning.selection import Again
+from ..planning.selection import Again, Selection
 from .clash import Clash
 from .decisions import Decision
 from .reconcile import NewJob, SyncResult
@@ -94,6 +94,10 @@ class RunnerSpec:
     version: str
     #: where a pid means this process: host, boot and pid namespace (None: unknown)
     node: str | None = None
+    #: the jobs it may submit (``--only``, ``--model``): it claims no other
+    selection: Selection = field(default_factory=Selection)
+    #: the accounts (``learned.account_of`` digests, never keys) of the keys it holds
+    accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ class Lease(Protocol):
     async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]: ...
 
     async def remaining(self) -> tuple[int, int]: ...
+
+    async def release(self, job_ids: Sequence[str]) -> None: ...
 
     async def leave(self) -> None: ...
 

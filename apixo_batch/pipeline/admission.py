@@ -15,7 +15,7 @@ submitter.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, Protocol
@@ -311,8 +311,12 @@ class Admission:
         meters: Sequence[Meter],
         slots: SlotMeter | PoolMeter,
         stops: Stops,
+        unclaim: Callable[[JobRow], Awaitable[None]] | None = None,
     ) -> None:
         self._rows = rows
+        #: gives back a claimed row admission ended on (several runners): another
+        #: runner may send it, this one never will
+        self._unclaim = unclaim
         self._meters = [*meters, slots]
         self._slots = slots
         self._stops = stops
@@ -350,6 +354,8 @@ class Admission:
                 return True
             if verdict.stop is not None:
                 self._stops.request(verdict.stop)
+            if self._unclaim is not None:
+                await self._unclaim(row)
             return False
         permit = self._slots.permit()
         try:

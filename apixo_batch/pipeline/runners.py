@@ -95,6 +95,12 @@ class Runner:
                 await self.lease.leave()
 
     # -- claims ---------------------------------------------------------------
+    async def release(self, row: JobRow) -> None:
+        """A claimed row this run will not send after all (``--limit`` reached, admission
+        ended on it): free again for any runner now, not when this one leaves."""
+        with contextlib.suppress(Exception):
+            await self.lease.release([row.id])
+
     async def claims(self, queued: Callable[[], AsyncIterator[JobRow]]) -> AsyncIterator[JobRow]:
         """The rows of ``queued()`` (each call claims what is free now), again and again
         while other runners hold unfinished work, until the campaign has nothing left

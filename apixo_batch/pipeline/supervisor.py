@@ -196,6 +196,10 @@ class Supervisor:
                 pid=os.getpid(),
                 version=_version(),
                 node=this_node(),
+                selection=o.selection,
+                accounts=tuple(sorted({a.account for a in self.pool.accounts}))
+                if self.pool is not None
+                else (),
             )
         ledger = await open_ledger(
             self.database or self.state_path,

@@ -212,6 +212,7 @@ class Stages:
                     ],
                     slots=PoolMeter(pool) if pool and pool.pooled else SlotMeter(parts.slots),
                     stops=parts.stops,
+                    unclaim=runner.release if runner is not None else None,
                 )
                 tg.create_task(admission.run(admitted_tx))
                 tg.create_task(self.submitter.run(admitted_rx, submitted_tx))

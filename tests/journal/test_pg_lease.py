@@ -5,6 +5,7 @@ its own session; the time of leases is one injected clock, never slept."""
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import json
 import os
@@ -18,7 +19,8 @@ import psycopg
 import pytest
 
 from apixo_batch.journal import JobState, NewJob, open_ledger
-from apixo_batch.journal.pg.lease import Fenced, NotOwned, RunnerLease, runners_of
+from apixo_batch.journal.pg.lease import Fenced, NotOwned, RunnerLease, glob_regex, runners_of
+from apixo_batch.planning.selection import Selection
 
 S = JobState
 NOW = 1_767_965_610.0
@@ -424,3 +426,58 @@ async def test_a_sweep_takes_each_dead_runner_once_though_one_keeps_a_row_locked
     # The lock gone, the next sweep takes the row that was skipped.
     rows = await runner._take_over()
     assert [r.id for r in rows] == [locked] and adopted[-1] == first.id
+
+
+async def test_a_runner_with_a_selection_claims_and_waits_on_only_what_it_picks(
+    campaign: Any,
+) -> None:
+    """``--only``/``--model``: a runner claims only the rows its selection picks (the
+    rest stay free for the others), and the queued rows it may not take never keep it
+    waiting: alone on the campaign, it leaves once its own are done."""
+    _clock, make, probe = campaign
+    picky, other = await make(2)
+    picky.selection = Selection(only=("job-00[0-4]", "job-01?"))
+    got = await picky.claim(100)
+    assert [r.id for r in got] == [f"job-{n:03d}" for n in [*range(5), *range(10, 20)]]
+    assert await picky.claim(100) == []
+    rows = await _rows(probe)
+    assert {i for i, r in rows.items() if r[1] is None} == {
+        f"job-{n:03d}" for n in [*range(5, 10), *range(20, 40)]
+    }
+    assert await picky.remaining() == (0, 0)  # 25 queued rows, none of them its to do
+    assert await other.remaining() == (40, 25)
+    (late,) = await make(1)
+    late.selection = Selection(only=("job-01*",), models=("veo3-fast",))
+    assert await late.claim(100) == [] and await late.remaining() == (10, 0)
+    await picky.leave()
+    assert await late.remaining() == (10, 10)
+    assert len(await late.claim(100)) == 10 and await late.remaining() == (0, 0)
+    late.selection = Selection(models=("no-such-model",))
+    assert await late.claim(100) == [] and await late.remaining() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "job-00?",
+        "job-0[0-1]*",
+        "job-0[!0-2]5",
+        "*[]]*",
+        "job-[z-a]*",
+        "job-[!z-a]01",
+        "x[",
+        "job.*",
+        "j?b-00[5-]",
+        "*1",
+    ],
+)
+async def test_globs_match_in_sql_as_fnmatch_does(campaign: Any, pattern: str) -> None:
+    """The ids a glob picks in SQL are the ids ``fnmatch.fnmatchcase`` picks."""
+    _clock, _make, probe = campaign
+    ids = [f"job-{n:03d}" for n in range(40)] + ["x[", "job.1", "a]b", "job-00-"]
+    regex = glob_regex(pattern)
+    found = set()
+    if regex is not None:
+        cur = await probe.execute("SELECT i FROM unnest(%s::text[]) i WHERE i ~ %s", (ids, regex))
+        found = {r[0] for r in await cur.fetchall()}
+    assert found == {i for i in ids if fnmatch.fnmatchcase(i, pattern)}

@@ -500,3 +500,26 @@ async def test_selected_rows_leave_the_others_queued_and_close_the_source() -> N
     got = await _admit_all(admission, clock)
     assert [a.row.id for a in got] == ["job-1", "job-3"]
     assert rows.closed
+
+
+async def test_the_row_a_limit_ends_on_is_given_back_at_once() -> None:
+    """Several runners: --limit 2 ends admission on the third row, which this runner
+    claimed and will never send: it is given back then (another runner may send it),
+    not when this runner leaves; the rows admitted are not."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(5)])
+    given_back: list[str] = []
+
+    async def unclaim(row: JobRow) -> None:
+        given_back.append(row.id)
+
+    admission = Admission(
+        _Rows(ledger),
+        meters=[LimitMeter(2)],
+        slots=SlotMeter(ConcurrencyLimit(10)),
+        stops=Stops(Recorder().emitter(clock)),
+        unclaim=unclaim,
+    )
+    got = await _admit_all(admission, clock)
+    assert [a.row.id for a in got] == ["job-0", "job-1"]
+    assert given_back == ["job-2"]

@@ -40,6 +40,7 @@ from psycopg import errors as pg_errors
 
 from ...clock import Clock
 from ...errors import JournalError
+from ...planning.selection import Selection
 from ..ledger import Adoption, MarkRefused
 from ..rows import SELECT, JobRow
 from .executor import PgConn
@@ -50,6 +51,7 @@ __all__ = [
     "NotOwned",
     "RunnerLease",
     "RunnerView",
+    "glob_regex",
     "runners_of",
 ]
 
@@ -78,6 +80,78 @@ def _gone(pid: int) -> bool:
     except OSError:
         return False
     return False
+
+
+def _char(c: str) -> str:
+    """One character as a PostgreSQL regular expression matches it literally (a
+    character-entry escape, valid inside and outside a bracket expression)."""
+    return c if c.isascii() and c.isalnum() else f"\\U{ord(c):08x}"
+
+
+def glob_regex(pattern: str) -> str | None:
+    """``pattern`` (an ``fnmatch`` glob, as ``--only`` takes) as an anchored PostgreSQL
+    regular expression matching the same ids (``fnmatch.fnmatchcase``); None: it can
+    match no id (an empty set such as ``[z-a]``)."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if not out or out[-1] != ".*":
+                out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(_char("["))  # no closing bracket: fnmatch takes it literally
+                continue
+            stuff, i = pattern[i:j], j + 1
+            negate = stuff.startswith("!")
+            if negate:
+                stuff = stuff[1:]
+            items: list[str] = []
+            k = 0
+            while k < len(stuff):
+                if k + 2 < len(stuff) and stuff[k + 1] == "-":
+                    lo, hi = stuff[k], stuff[k + 2]
+                    if lo <= hi:  # a reversed range matches nothing, as in fnmatch
+                        items.append(f"{_char(lo)}-{_char(hi)}")
+                    k += 3
+                else:
+                    items.append(_char(stuff[k]))
+                    k += 1
+            if not items:
+                if not negate:
+                    return None
+                out.append(".")
+                continue
+            out.append(("[^" if negate else "[") + "".join(items) + "]")
+        else:
+            out.append(_char(c))
+    return "^" + "".join(out) + "$"
+
+
+def _picked(selection: Selection, alias: str = "") -> tuple[str, dict[str, Any]]:
+    """The SQL condition (and its arguments) of the rows ``selection`` picks by id and
+    model (``--only``, ``--model``); empty when it picks every row."""
+    where: list[str] = []
+    args: dict[str, Any] = {}
+    if selection.models:
+        where.append(f"{alias}model = ANY(%(sel_models)s)")
+        args["sel_models"] = list(selection.models)
+    if selection.only:
+        globs = [g for g in (glob_regex(p) for p in selection.only) if g is not None]
+        where.append(f"{alias}id ~ ANY(%(sel_ids)s)" if globs else "false")
+        args["sel_ids"] = globs
+    return " AND ".join(where), args
 
 
 P = ParamSpec("P")
@@ -143,6 +217,7 @@ class RunnerLease:
         db_now: Callable[[], float | None] = lambda: None,
         connect: Callable[[], Awaitable[PgConn]] | None = None,
         node: str | None = None,
+        selection: Selection | None = None,
     ) -> None:
         if not 0 <= margin_s < lease_s:
             raise ValueError("the fence margin must be shorter than the lease")
@@ -156,6 +231,9 @@ class RunnerLease:
         #: a new session when the last one broke (the database restarted): None, none
         self._connect = connect
         self.node = node
+        #: the jobs this runner may submit (``--only``, ``--model``): it claims no other,
+        #: and the queued rows it may not take never keep it from leaving
+        self.selection = selection or Selection()
         self.id: int | None = None
         #: monotonic time the last renewal that came back was sent
         self._renewed_sent: float | None = None
@@ -278,6 +356,12 @@ class RunnerLease:
                 "AND kind_resolution IS NOT DISTINCT FROM %(kr)s "
             )
             more = {"model": kind[0], "kd": kind[1], "kr": kind[2]}
+        # Only rows the selection picks: a row claimed and never sent would be held from
+        # every other runner until this one leaves.
+        picked, sel_args = _picked(self.selection)
+        if picked:
+            where += f"AND {picked} "
+            more.update(sel_args)
         cur = await self._conn.execute(
             f"UPDATE jobs j SET owner = %(me)s FROM (SELECT campaign AS fc, id AS fid "
             "FROM jobs WHERE campaign = %(c)s AND state = 'queued' AND owner IS NULL "
@@ -578,17 +662,22 @@ class RunnerLease:
 
     @_serial
     async def remaining(self) -> tuple[int, int]:
-        """(unfinished rows not this runner's, of them those no live runner owns: free
-        or a dead runner's). This runner leaves once the first is 0, or with
-        ``--leave-early`` once the second is."""
+        """(unfinished rows not this runner's that it could come to do, of them those no
+        live runner owns: free or a dead runner's). This runner leaves once the first is
+        0, or with ``--leave-early`` once the second is. Rows to submit outside its
+        selection (``--only``, ``--model``) are not its to do; nor are paid rows of a key
+        it lacks (:meth:`foreign_paid`)."""
+        picked, sel_args = _picked(self.selection, "j.")
+        unsent = "j.state IN ('queued','submitting')"
+        mine = f"(NOT {unsent} OR ({picked}))" if picked else "true"
         row = await (
             await self._conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE j.owner IS NULL OR NOT EXISTS "
                 f"(SELECT 1 FROM runners r WHERE r.id = j.owner AND {_LIVE_R})) "
                 "FROM jobs j WHERE j.campaign = %(c)s AND j.state IN "
                 f"{_OWNED} AND (j.owner IS NULL OR j.owner <> %(me)s) "
-                "AND (j.in_file OR j.state <> 'queued')",
-                self._args(),
+                f"AND (j.in_file OR j.state <> 'queued') AND {mine}",
+                self._args(**sel_args),
             )
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -28,6 +28,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -172,8 +173,9 @@ async def open_pg_ledger(
                 margin_s=runner.lease_s / 6,
                 connect=connect,
                 node=runner.node,
+                selection=runner.selection,
             )
-            await lease.register(runner.host, runner.pid, runner.version)
+            await lease.register(runner.host, runner.pid, runner.version, runner.accounts)
         pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -988,7 +990,7 @@ class PgLedger(StateWrites):
 
     async def _claimed(
         self, lease: RunnerLease, kind: Kind | None, batch: int
-    ) -> AsyncIterator[JobRow]:
+    ) -> AsyncGenerator[JobRow, None]:
         """Free queued file rows claimed ``batch`` at a time as they are asked for, until
         none is free; those claimed and never asked for are given back."""
         drives = None
@@ -1029,8 +1031,12 @@ class PgLedger(StateWrites):
 
         for kind in order(await self._j.read(kinds_op)):
             if self._lease is not None:
-                async for row in self._claimed(self._lease, kind, min(page, CLAIM)):
-                    yield row
+                # Closed with this generator: its unasked claims given back now.
+                async with contextlib.aclosing(
+                    self._claimed(self._lease, kind, min(page, CLAIM))
+                ) as claimed:
+                    async for row in claimed:
+                        yield row
                 continue
             where = (
                 "state=%s AND in_file AND model=%s AND kind_duration IS NOT DISTINCT FROM %s "
