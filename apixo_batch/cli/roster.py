@@ -69,6 +69,9 @@ def runner_lines(shown: list[RunnerState]) -> list[str]:
         else:
             how = f"lease {r.lease()}, not adopted yet"
         owns = ", ".join(f"{n} {state}" for state, n in r.owned.items())
+        if owns and not r.live and r.adopted_by is not None:
+            # Adopted, yet still owning rows: paid tasks of a key its adopter lacks.
+            owns += " (created with a key no live runner holds: waiting for one given it)"
         lines.append(
             f"    #{r.id} {r.host} pid {r.pid}: {how}" + (f"; owns {owns}" if owns else "")
         )

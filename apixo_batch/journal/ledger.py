@@ -96,8 +96,9 @@ class RunnerSpec:
     node: str | None = None
     #: the jobs it may submit (``--only``, ``--model``): it claims no other
     selection: Selection = field(default_factory=Selection)
-    #: the accounts (``learned.account_of`` digests, never keys) of the keys it holds
-    accounts: tuple[str, ...] = ()
+    #: the account (``learned.account_of`` digest, never the key) of each key it holds, by
+    #: the fingerprint its tasks are journaled under (None: the run's one key)
+    accounts: Mapping[str | None, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class Lease(Protocol):
     async def remaining(self) -> tuple[int, int]: ...
 
     async def release(self, job_ids: Sequence[str]) -> None: ...
+
+    async def foreign_paid(self) -> int: ...
 
     async def leave(self) -> None: ...
 

@@ -128,9 +128,21 @@ class Runner:
     async def _nothing_left(self) -> bool:
         try:
             elsewhere, unheld = await self.lease.remaining()
+            if not (elsewhere == 0 or (self._leave_early and unheld == 0)):
+                return False
+            waiting = await self.lease.foreign_paid()
         except Exception:
             return False  # the database is away: look again a period later
-        return elsewhere == 0 or (self._leave_early and unheld == 0)
+        if waiting:
+            # Leaving is right (this run cannot poll them), but they are paid: say where.
+            self._emit(
+                Warned(
+                    message=f"{waiting} paid task(s) were created with a key this runner "
+                    "was not given: they wait in the journal (never submitted again) "
+                    "for a runner given that key"
+                )
+            )
+        return True
 
     # -- adoption -------------------------------------------------------------
     async def adopting(

@@ -197,9 +197,7 @@ class Supervisor:
                 version=_version(),
                 node=this_node(),
                 selection=o.selection,
-                accounts=tuple(sorted({a.account for a in self.pool.accounts}))
-                if self.pool is not None
-                else (),
+                accounts=self._key_accounts(),
             )
         ledger = await open_ledger(
             self.database or self.state_path,
@@ -541,6 +539,15 @@ class Supervisor:
             shared = await share_limits(self.database, ledger, self.pool, self.clock, rpm=o.rpm)
             network.push_async_callback(shared.close)
         await stages.run(submit=start.submit, interrupt=self._interrupt)
+
+    def _key_accounts(self) -> dict[str | None, str]:
+        """Each key's account by the fingerprint its tasks are journaled under (None:
+        a run of one key journals none)."""
+        if self.pool is None:
+            return {}
+        keys: dict[str | None, str] = {None: self.pool.main.account}
+        keys.update((a.fingerprint, a.account) for a in self.pool.accounts)
+        return keys
 
     def _ours(self, in_flight: list[JobRow]) -> list[JobRow]:
         """The tasks of earlier runs this run can follow: those of its keys. Another key's

@@ -481,3 +481,77 @@ async def test_globs_match_in_sql_as_fnmatch_does(campaign: Any, pattern: str) -
         cur = await probe.execute("SELECT i FROM unnest(%s::text[]) i WHERE i ~ %s", (ids, regex))
         found = {r[0] for r in await cur.fetchall()}
     assert found == {i for i in ids if fnmatch.fnmatchcase(i, pattern)}
+
+
+async def _grant(probe: psycopg.AsyncConnection[Any], runner: int, account: str, n: int) -> None:
+    await probe.execute(
+        "INSERT INTO accounts (id, slots_limit, granted) VALUES (%s, 100, 0) "
+        "ON CONFLICT (id) DO NOTHING",
+        (account,),
+    )
+    await probe.execute("UPDATE accounts SET granted = granted + %s WHERE id = %s", (n, account))
+    await probe.execute(
+        "INSERT INTO slot_grants (runner, account, held) VALUES (%s, %s, %s)",
+        (runner, account, n),
+    )
+
+
+async def _slots(probe: psycopg.AsyncConnection[Any]) -> dict[Any, int]:
+    got: dict[Any, int] = {}
+    for a, g in await (await probe.execute("SELECT id, granted FROM accounts")).fetchall():
+        got[a] = int(g)
+    for r, a, h in await (
+        await probe.execute("SELECT runner, account, held FROM slot_grants")
+    ).fetchall():
+        got[(r, a)] = int(h)
+    return got
+
+
+async def test_adoption_takes_only_tasks_of_its_keys_and_their_slots_move_with_them(
+    campaign: Any,
+) -> None:
+    """A task is recorded with the account of the key that created it (never the key);
+    an adopter takes only the tasks of its keys, and the slots of those (still running
+    at APIXO) move to it; the tasks of a key it lacks stay the dead runner's, slots
+    with them, until a runner given that key adopts them; the rest go back to the pool.
+    A runner with nothing left of its own does not wait on them, and counts them."""
+    clock, make, probe = campaign
+    (dead,) = await make(1, ["acct-a", "acct-b"])
+    (only_a,) = await make(1, ["acct-a"])
+    claimed = await dead.claim(5)
+    keys = ["acct-a", "acct-a", "acct-b", "acct-b"]
+    for n, (row, acct) in enumerate(zip(claimed[:4], keys, strict=True)):
+        await dead.mark_submitting(row.id, 1, None)
+        assert await dead.record_task_id(row.id, f"task-{n}", "veo", 1, key_id=acct, key_fp="fp")
+    keys = await (
+        await probe.execute("SELECT task_id, key_id FROM task_history ORDER BY task_id")
+    ).fetchall()
+    assert keys == [("task-0", "acct-a"), ("task-1", "acct-a"), ("task-2", "acct-b"),
+                    ("task-3", "acct-b")]  # fmt: skip
+    await _grant(probe, dead.me, "acct-a", 10)
+    await _grant(probe, dead.me, "acct-b", 10)
+    clock.advance(LEASE + GRACE + 0.1)
+    assert await only_a.renew()
+    adoption = await only_a.adopt()
+    assert adoption is not None
+    assert [r.task_id for r in adoption.followed] == ["task-0", "task-1"]
+    rows = await _rows(probe)
+    assert [rows[r.id][1] for r in claimed[:4]] == [only_a.id, only_a.id, dead.id, dead.id]
+    slots = await _slots(probe)
+    assert slots[(only_a.me, "acct-a")] == 2 and slots[(dead.me, "acct-a")] == 0
+    assert slots["acct-a"] == 2  # 8 unused slots back to the pool
+    assert slots[(dead.me, "acct-b")] == 2 and slots["acct-b"] == 2  # its 2 tasks still run
+    # Not b's to poll: neither claimed nor waited on, but counted.
+    assert await only_a.claim_paid(["submitted"], mine_too=False) == []
+    await only_a.claim(100)
+    assert await only_a.remaining() == (0, 0)
+    assert await only_a.foreign_paid() == 2
+    # A runner given key b joins: it adopts the rest, with their slots.
+    (with_b,) = await make(1, ["acct-b"])
+    adoption = await with_b.adopt()
+    assert adoption is not None and adoption.dead == dead.id
+    assert [r.task_id for r in adoption.followed] == ["task-2", "task-3"]
+    slots = await _slots(probe)
+    assert slots[(with_b.me, "acct-b")] == 2 and slots[(dead.me, "acct-b")] == 0
+    assert slots["acct-b"] == 2
+    assert await only_a.foreign_paid() == 0

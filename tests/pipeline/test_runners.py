@@ -72,6 +72,8 @@ class FakeLease:
         self.orphans: list[JobRow] = []
         self.left: list[tuple[int, int]] = []  # remaining(), answer after answer
         self.gone = False
+        self.released: list[str] = []
+        self.foreign = 0  # paid rows of a key this runner lacks
 
     async def renew(self) -> bool:
         self.renewals.append(self._clock.monotonic())
@@ -97,6 +99,12 @@ class FakeLease:
 
     async def leave(self) -> None:
         self.gone = True
+
+    async def release(self, job_ids: Sequence[str]) -> None:
+        self.released.extend(job_ids)
+
+    async def foreign_paid(self) -> int:
+        return self.foreign
 
 
 def _runner(clock: FakeClock, lease: FakeLease, *, leave_early: bool = False) -> tuple[
@@ -260,3 +268,21 @@ async def test_leaving_gives_back_unless_the_lease_was_lost() -> None:
     lease.lost = False
     await runner.leave()
     assert lease.gone
+
+
+async def test_a_runner_leaves_without_paid_tasks_of_a_key_it_lacks_and_says_so() -> None:
+    """Nothing this runner can do is left, but paid tasks of another key wait for a
+    runner given it: it leaves (it cannot poll them) and tells how many wait."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    lease.left = [(0, 0)]
+    lease.foreign = 3
+
+    async def queued() -> AsyncIterator[JobRow]:
+        for row in ():
+            yield row
+
+    runner, _, events = _runner(clock, lease)
+    assert await drive(clock, _collect(runner.claims(queued))) == []
+    (warned,) = [e for e in events.of("warning") if "key this runner" in getattr(e, "message", "")]
+    assert getattr(warned, "message", "").startswith("3 paid task(s)")

@@ -65,6 +65,11 @@ _LIVE = f"adopted_by IS NULL AND NOT stopped AND lease_until > {_NOW}"
 _LIVE_R = f"r.adopted_by IS NULL AND NOT r.stopped AND r.lease_until > {_NOW}"
 #: states a runner owns work in
 _OWNED = "('queued','submitting','submitted','succeeded')"
+#: the paid row ``j`` can be polled with a key runner ``%(me)s`` holds (a task is polled
+#: with the key that created it; a row of no recorded account, from before, is anyone's)
+_KEY_HELD = (
+    "(j.key_id IS NULL OR j.key_id IN (SELECT unnest(accounts) FROM runners WHERE id = %(me)s))"
+)
 #: how often a deadlock or serialization failure is tried again
 _RETRIES = 5
 #: seconds between tries of a paid task id's write while the database does not answer
@@ -390,8 +395,8 @@ class RunnerLease:
         file order."""
         mine = "OR owner = %(me)s " if mine_too else ""
         cur = await self._conn.execute(
-            "UPDATE jobs SET owner = %(me)s WHERE campaign = %(c)s AND state = ANY(%(st)s) "
-            f"AND (owner IS NULL {mine}) RETURNING {SELECT}",
+            "UPDATE jobs j SET owner = %(me)s WHERE campaign = %(c)s AND state = ANY(%(st)s) "
+            f"AND (owner IS NULL {mine}) AND {_KEY_HELD} RETURNING {_qualified('j')}",
             self._args(st=list(states)),
         )
         rows = [JobRow.from_sql(r) for r in await cur.fetchall()]
@@ -445,13 +450,22 @@ class RunnerLease:
         attempts: int,
         *,
         key_id: str | None = None,
+        key_fp: str | None = None,
         possibly_duplicated: bool = False,
     ) -> bool:
         """The paid task id, durable, history first, in one transaction; never fenced
-        away. False: the row was adopted meanwhile, so the id is kept in ``task_history``
-        only (a stray) and the job is flagged ``possibly_duplicated``."""
+        away, with the account that created it (``key_id``: every poll, and so adoption,
+        needs that key) and the key's fingerprint (``key_fp``, the manifest's). False:
+        the row was adopted meanwhile, so the id is kept in ``task_history`` only (a
+        stray) and the job is flagged ``possibly_duplicated``."""
         args = self._args(
-            id=job_id, t=task_id, rt=request_type, att=attempts, key=key_id, dup=possibly_duplicated
+            id=job_id,
+            t=task_id,
+            rt=request_type,
+            att=attempts,
+            key=key_id,
+            fp=key_fp,
+            dup=possibly_duplicated,
         )
         # Paid: tried again while the database comes back, for as long as the lease may
         # still be this runner's; past that the caller keeps the id in the side file.
@@ -477,7 +491,8 @@ class RunnerLease:
             )
             cur = await self._conn.execute(
                 "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
-                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(key)s, "
+                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(fp)s, "
+                "key_id = %(key)s, "
                 "possibly_duplicated = possibly_duplicated OR %(dup)s, fail_code = NULL, "
                 "fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s AND state = 'submitting' "
                 "AND owner = %(me)s AND attempts = %(att)s",
@@ -602,19 +617,22 @@ class RunnerLease:
             cur = await conn.execute(
                 f"UPDATE jobs SET owner = %(me)s WHERE (campaign, id) IN (SELECT campaign, id "
                 "FROM jobs WHERE owner = %(dead)s AND state IN ('submitted','succeeded') "
-                "AND (key_id IS NULL OR cardinality(%(accts)s::text[]) = 0 "
-                "OR key_id = ANY(%(accts)s)) FOR UPDATE SKIP LOCKED) "
+                "AND (key_id IS NULL OR key_id = ANY(%(accts)s)) FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {SELECT}",
                 args,
             )
             followed = [JobRow.from_sql(r) for r in await cur.fetchall()]
-            await self._take_slots_of(conn, dead, me)
+            await self._take_slots_of(conn, dead, me, followed)
             followed.sort(key=lambda r: (r.idx, r.id))
             return Adoption(dead, followed, requeued, released)
 
-    async def _take_slots_of(self, conn: PgConn, dead: int, me: int) -> None:
-        """The dead runner's slots: those of its running tasks move to the adopter (they
-        still run at APIXO), the rest go back to the account's pool."""
+    async def _take_slots_of(
+        self, conn: PgConn, dead: int, me: int, adopted: Sequence[JobRow]
+    ) -> None:
+        """The dead runner's slots: those of its running tasks stay taken (they still run
+        at APIXO): moved to the adopter for the tasks it took over, kept on the dead
+        runner for those it still owns (a key the adopter lacks, a row held elsewhere:
+        whoever adopts them later moves them); the rest go back to the account's pool."""
         grants = await (
             await conn.execute(
                 "SELECT account, held FROM slot_grants WHERE runner = %(dead)s AND held > 0 "
@@ -623,21 +641,30 @@ class RunnerLease:
             )
         ).fetchall()
         for account, held in grants:
-            running = await (
+            left = await (
                 await conn.execute(
-                    "SELECT count(*) FROM jobs WHERE owner = %(me)s AND state = 'submitted' "
+                    "SELECT count(*) FROM jobs WHERE owner = %(dead)s AND state = 'submitted' "
                     "AND key_id = %(a)s",
-                    self._args(a=account),
+                    self._args(dead=dead, a=account),
                 )
             ).fetchone()
-            moved = min(int(held), int(running[0]) if running else 0)
+            keep = min(int(held), int(left[0]) if left else 0)
+            taken = await (
+                await conn.execute(
+                    "SELECT count(*) FROM jobs WHERE campaign = %(c)s AND id = ANY(%(ids)s) "
+                    "AND state = 'submitted' AND key_id = %(a)s",
+                    self._args(a=account, ids=[r.id for r in adopted]),
+                )
+            ).fetchone()
+            moved = min(int(held) - keep, int(taken[0]) if taken else 0)
             await conn.execute(
                 "UPDATE accounts SET granted = granted - %(back)s WHERE id = %(a)s",
-                self._args(a=account, back=int(held) - moved),
+                self._args(a=account, back=int(held) - keep - moved),
             )
             await conn.execute(
-                "UPDATE slot_grants SET held = 0 WHERE runner = %(dead)s AND account = %(a)s",
-                self._args(dead=dead, a=account),
+                "UPDATE slot_grants SET held = %(keep)s WHERE runner = %(dead)s "
+                "AND account = %(a)s",
+                self._args(dead=dead, a=account, keep=keep),
             )
             await conn.execute(
                 "INSERT INTO slot_grants (runner, account, held) VALUES (%(me)s, %(a)s, %(n)s) "
@@ -669,7 +696,7 @@ class RunnerLease:
         it lacks (:meth:`foreign_paid`)."""
         picked, sel_args = _picked(self.selection, "j.")
         unsent = "j.state IN ('queued','submitting')"
-        mine = f"(NOT {unsent} OR ({picked}))" if picked else "true"
+        mine = f"({unsent} AND {picked or 'true'} OR NOT {unsent} AND {_KEY_HELD})"
         row = await (
             await self._conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE j.owner IS NULL OR NOT EXISTS "
@@ -681,6 +708,22 @@ class RunnerLease:
             )
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    @_serial
+    async def foreign_paid(self) -> int:
+        """Paid rows no live runner follows whose task was created with a key this runner
+        lacks: they wait (owned by their dead runner, or by nobody) for a runner given
+        that key; this one cannot poll them and leaves without them."""
+        row = await (
+            await self._conn.execute(
+                "SELECT count(*) FROM jobs j WHERE j.campaign = %(c)s AND j.state IN "
+                "('submitted','succeeded') AND NOT "
+                f"{_KEY_HELD} AND (j.owner IS NULL OR NOT EXISTS (SELECT 1 FROM runners r "
+                f"WHERE r.id = j.owner AND {_LIVE_R}))",
+                self._args(),
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     @_serial
     async def leave(self) -> None:

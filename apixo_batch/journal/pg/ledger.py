@@ -175,7 +175,9 @@ async def open_pg_ledger(
                 node=runner.node,
                 selection=runner.selection,
             )
-            await lease.register(runner.host, runner.pid, runner.version, runner.accounts)
+            await lease.register(
+                runner.host, runner.pid, runner.version, sorted(set(runner.accounts.values()))
+            )
         pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -199,7 +201,15 @@ async def open_pg_ledger(
     executor = PgExecutor(pool, url, commit_delay=commit_delay, ride_out=ride_out)
     if lease is not None:
         executor.riding = lambda: not lease.past_term()
-    return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
+    return PgLedger(
+        executor,
+        session,
+        campaign,
+        clock,
+        anchor,
+        lease=lease,
+        accounts=runner.accounts if runner is not None else None,
+    )
 
 
 async def _campaign_of(session: PgConn, campaign: str) -> str:
@@ -229,8 +239,11 @@ class PgLedger(StateWrites):
         anchor: Path,
         *,
         lease: RunnerLease | None = None,
+        accounts: Mapping[str | None, str] | None = None,
     ) -> None:
         self._j = executor
+        #: a key's account by its fingerprint: what a runner's task ids are recorded with
+        self._accounts = dict(accounts or {})
         self._session = session
         self._c = campaign
         self._clock = clock
@@ -1171,7 +1184,8 @@ class PgLedger(StateWrites):
                         task_id,
                         request_type,
                         attempts,
-                        key_id=key_fp,
+                        key_id=self._accounts.get(key_fp),
+                        key_fp=key_fp,
                         possibly_duplicated=possibly_duplicated,
                     )
                 )
