@@ -44,7 +44,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar, Unpack
+from typing import Any, Protocol, TypeVar, Unpack
 
 from ..errors import JournalError
 from ..planning.kind import Kind
@@ -138,6 +138,12 @@ class Lease(Protocol):
 
     async def foreign_paid(self) -> int: ...
 
+    async def strays(self) -> list[tuple[str, str, str, str | None]]: ...
+
+    async def settle_stray(
+        self, task_id: str, state: str, result_urls: Sequence[str], fail_code: str | None
+    ) -> None: ...
+
     async def leave(self) -> None: ...
 
 
@@ -195,6 +201,11 @@ class StateWrites(ABC):
     backend gives ``_change`` (one transition, in its own transaction)."""
 
     changes: int
+
+    async def strays(self) -> dict[str, list[dict[str, Any]]]:
+        """Stray tasks by job: task ids that came back to a runner after its row was
+        adopted (several runners on PostgreSQL only; a journal file has none)."""
+        return {}
 
     @abstractmethod
     def _change(
@@ -255,6 +266,8 @@ class Ledger(Protocol):
     #: job changes past the queue this run asked for (a task id, an end, a file): a run
     #: that made none did no work, and the review page's "last run" skips it
     changes: int
+
+    async def strays(self) -> dict[str, list[dict[str, Any]]]: ...
 
     @property
     def path(self) -> Path:

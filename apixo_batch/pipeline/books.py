@@ -64,7 +64,10 @@ async def close_books(ledger: Ledger, output: Output, refused: Callable[[str], N
 
 async def write_manifest_from(ledger: Ledger, path: Path) -> ManifestInfo:
     """The manifest written from the journal's rows, on the journal's thread."""
-    return await ledger.read_reviewed(lambda rows, decided: write_manifest(rows, path, decided))
+    strays = await ledger.strays()
+    return await ledger.read_reviewed(
+        lambda rows, decided: write_manifest(rows, path, decided, strays)
+    )
 
 
 async def _count(ledger: Ledger, manifest_path: Path) -> Books:

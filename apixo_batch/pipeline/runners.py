@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from anyio.abc import ObjectSendStream
 
+from ..apixo.client import TaskStatus
 from ..clock import Clock, wait_until
 from ..events import Emitter, Warned
 from ..journal import JobRow, JobState, Lease
 from .lander import Fetch, fetch_of
 from .stop import Level, Stop, StopKind, Stops
 
-__all__ = ["FENCED_REASON", "Runner"]
+__all__ = ["FENCED_REASON", "Poll", "Runner"]
+
+#: one status read of a task: (model, task id, key fingerprint; None: the run's key)
+Poll = Callable[[str, str, str | None], Awaitable[TaskStatus]]
 
 FENCED_REASON = "another runner took over; nothing lost"
 FENCED_STEP = (
@@ -66,6 +70,8 @@ class Runner:
         #: rows of dead runners this run took over, and submits of theirs it requeued
         self.adopted = 0
         self.requeued = 0
+        #: stray tasks followed to their end here (their results listed in the manifest)
+        self.strays_settled = 0
 
     async def _nap(self, event: asyncio.Event) -> None:
         """One period on the run's clock, or less should ``event`` be set meanwhile."""
@@ -149,9 +155,11 @@ class Runner:
         self,
         follow: Callable[[list[JobRow]], None],
         land: ObjectSendStream[Fetch],
+        poll: Poll | None = None,
     ) -> None:
         """Every ``lease/3`` until admission is over: dead runners' paid rows, and paid
-        rows nobody owns, taken over (``follow`` the submitted, ``land`` the succeeded)."""
+        rows nobody owns, taken over (``follow`` the submitted, ``land`` the succeeded);
+        stray tasks of its jobs read (``poll``) until they end."""
         async with land:
             while not self.admission_over.is_set():
                 await self._nap(self.admission_over)
@@ -165,6 +173,28 @@ class Runner:
                 for row in rows:
                     if row.state is JobState.SUCCEEDED:
                         await land.send(fetch_of(row))
+                if poll is not None:
+                    await self.follow_strays(poll)
+
+    async def follow_strays(self, poll: Poll) -> None:
+        """One read of each stray task this runner may follow (a task id that came back to
+        a runner cut off while its row was adopted: paid, never the job's): once it has
+        ended, its end and result URLs are kept for the manifest. Failures wait for the
+        next period."""
+        try:
+            strays = await self.lease.strays()
+        except Exception:
+            return
+        for task_id, _job, model, key_fp in strays:
+            try:
+                status = await poll(model, task_id, key_fp)
+                if status.finished:
+                    await self.lease.settle_stray(
+                        task_id, status.state, status.result_urls, status.fail_code
+                    )
+                    self.strays_settled += 1
+            except Exception:
+                continue
 
     async def _take_over(self) -> list[JobRow]:
         rows: list[JobRow] = []

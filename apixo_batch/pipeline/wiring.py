@@ -89,6 +89,7 @@ class Stages:
         #: of tasks taken over from other runners, those this run's keys can follow
         self._ours = ours
         self._spent_before = spent_before
+        self._client = client
         self.submitter: Submitter | None = None
         self.follower: Follower | None = None
         if client is not None:
@@ -137,6 +138,16 @@ class Stages:
         """Tasks of other runners (dead, or gone with their work unfinished): followed to
         their end, never submitted again."""
         self.adopt(self._ours(rows))
+
+    async def _poll_stray(self, model: str, task_id: str, key_fp: str | None) -> TaskStatus:
+        """A stray task's status, read with the key that created it (paced by its bucket)."""
+        assert self._client is not None
+        client = self._client
+        pool = self._parts.pool
+        account = pool.get(key_fp) if pool is not None else None
+        if account is not None and account.client is not None:
+            client = account.client
+        return await client.status(model, task_id)
 
     def adopt(self, in_flight: list[JobRow]) -> None:
         """Tasks paid for by earlier runs: followed to their end, never submitted again."""
@@ -195,7 +206,7 @@ class Stages:
                 fetch_tx.close()
             runner = self._runner
             if runner is not None and self.follower is not None and submit:
-                tg.create_task(runner.adopting(self._take_over, fetch_tx.clone()))
+                tg.create_task(runner.adopting(self._take_over, fetch_tx.clone(), self._poll_stray))
             if submit and self.submitter is not None:
                 rows = queued_in_start_order(self._ledger, o.order, parts.completions)
                 if runner is not None:

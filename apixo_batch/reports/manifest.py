@@ -45,8 +45,11 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def manifest_entry(row: JobRow, decision: Decision | None = None) -> dict[str, Any]:
-    """One job's line in manifest.jsonl; ``decision``: the review page's, if any."""
+def manifest_entry(
+    row: JobRow, decision: Decision | None = None, strays: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One job's line in manifest.jsonl; ``decision``: the review page's, if any;
+    ``strays``: its stray tasks (several runners), if any."""
     entry: dict[str, Any] = {
         "id": row.id,
         "model": row.model,
@@ -79,6 +82,10 @@ def manifest_entry(row: JobRow, decision: Decision | None = None) -> dict[str, A
     if decision is not None and decision.decision is not None:
         # Only decided jobs carry it: an undone decision is no decision.
         entry["review"] = decision.as_json()
+    if strays:
+        # Paid tasks of this job besides its own (a runner cut off while its row was
+        # adopted): their results are the user's too, fetched from these URLs.
+        entry["stray_tasks"] = strays
     return entry
 
 
@@ -92,7 +99,10 @@ class ManifestInfo:
 
 
 def write_manifest(
-    rows: Iterable[JobRow], path: Path, decisions: Mapping[str, Decision] | None = None
+    rows: Iterable[JobRow],
+    path: Path,
+    decisions: Mapping[str, Decision] | None = None,
+    strays: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> ManifestInfo:
     """Write ``path`` atomically from the journal's rows (file order), each with its review
     decision from ``decisions``; returns counts for the summary."""
@@ -110,7 +120,11 @@ def write_manifest(
             for row in rows:
                 if not row.in_file and row.task_id is None:
                     continue  # removed from the file before it cost anything
-                entry = manifest_entry(row, decisions.get(row.id) if decisions else None)
+                entry = manifest_entry(
+                    row,
+                    decisions.get(row.id) if decisions else None,
+                    strays.get(row.id) if strays else None,
+                )
                 # ASCII output keeps json on its C encoder (bench/scaling.py writes 100k rows).
                 out.write(json.dumps(entry) + "\n")
                 counts[entry["state"]] += 1

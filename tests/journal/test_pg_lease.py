@@ -555,3 +555,40 @@ async def test_adoption_takes_only_tasks_of_its_keys_and_their_slots_move_with_t
     assert slots[(with_b.me, "acct-b")] == 2 and slots[(dead.me, "acct-b")] == 0
     assert slots["acct-b"] == 2
     assert await only_a.foreign_paid() == 0
+
+
+async def test_a_stray_task_is_followed_by_the_jobs_owner_and_listed_with_its_job(
+    campaign: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """A runner cut off while its row was adopted gets its task id back too late: the
+    id is a stray, kept with its key, to be followed by the job's owner (a runner of
+    that key); once it has ended its result URLs are listed with its job."""
+    clock, make, _probe = campaign
+    (late,) = await make(1, ["acct-a"])
+    (owner,) = await make(1, ["acct-a"])
+    (other_key,) = await make(1, ["acct-b"])
+    (row,) = await late.claim(1)
+    await late.mark_submitting(row.id, 1, None)
+    clock.advance(LEASE + GRACE + 0.1)
+    assert await owner.renew() and await other_key.renew()
+    assert await owner.adopt() is not None  # the submit in doubt: queued again
+    assert not await late.record_task_id(row.id, "task-stray", "veo", 1, key_id="acct-a",
+                                         key_fp="fp-a")  # fmt: skip
+    assert await other_key.strays() == []  # not its key: it could not read the task
+    assert await owner.strays() == [("task-stray", row.id, "veo3-fast", "fp-a")]
+    await owner.settle_stray("task-stray", "success", ["https://r/1.mp4"], None)
+    assert await owner.strays() == []
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "j.pg")
+    try:
+        assert await ledger.strays() == {
+            row.id: [
+                {
+                    "task_id": "task-stray",
+                    "state": "success",
+                    "result_urls": ["https://r/1.mp4"],
+                    "fail_code": None,
+                }
+            ]
+        }
+    finally:
+        await ledger.close()

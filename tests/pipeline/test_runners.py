@@ -12,6 +12,7 @@ import anyio
 import pytest
 from stagefakes import Recorder, drive
 
+from apixo_batch.apixo.client import TaskStatus
 from apixo_batch.clock import FakeClock
 from apixo_batch.exitcodes import ExitCode
 from apixo_batch.journal import Adoption, JobRow, JobState
@@ -74,6 +75,8 @@ class FakeLease:
         self.gone = False
         self.released: list[str] = []
         self.foreign = 0  # paid rows of a key this runner lacks
+        self.stray_tasks: list[tuple[str, str, str, str | None]] = []
+        self.settled: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     async def renew(self) -> bool:
         self.renewals.append(self._clock.monotonic())
@@ -105,6 +108,14 @@ class FakeLease:
 
     async def foreign_paid(self) -> int:
         return self.foreign
+
+    async def strays(self) -> list[tuple[str, str, str, str | None]]:
+        return [s for s in self.stray_tasks if s[0] not in self.settled]
+
+    async def settle_stray(
+        self, task_id: str, state: str, result_urls: Sequence[str], fail_code: str | None
+    ) -> None:
+        self.settled[task_id] = (state, tuple(result_urls))
 
 
 def _runner(clock: FakeClock, lease: FakeLease, *, leave_early: bool = False) -> tuple[
@@ -286,3 +297,32 @@ async def test_a_runner_leaves_without_paid_tasks_of_a_key_it_lacks_and_says_so(
     assert await drive(clock, _collect(runner.claims(queued))) == []
     (warned,) = [e for e in events.of("warning") if "key this runner" in getattr(e, "message", "")]
     assert getattr(warned, "message", "").startswith("3 paid task(s)")
+
+
+async def test_stray_tasks_are_read_until_they_end_and_their_results_kept() -> None:
+    """A stray task (a late task id of a runner whose row was adopted) is paid: the job's
+    owner reads it with the key that created it until it ends, then keeps its end and
+    result URLs for the manifest; a read that fails waits for the next period."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    lease.stray_tasks = [("task-s", "job-1", "veo3-fast", "fp-b")]
+    answers: list[TaskStatus | Exception] = [
+        TaskStatus("task-s", "processing"),
+        OSError("the API does not answer"),
+        TaskStatus("task-s", "success", result_urls=("https://r/1.mp4",)),
+    ]
+    asked: list[tuple[str, str, str | None]] = []
+
+    async def poll(model: str, task_id: str, key_fp: str | None) -> TaskStatus:
+        asked.append((model, task_id, key_fp))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    runner, _, _ = _runner(clock, lease)
+    for _ in range(4):
+        await runner.follow_strays(poll)
+    assert asked == [("veo3-fast", "task-s", "fp-b")] * 3
+    assert lease.settled == {"task-s": ("success", ("https://r/1.mp4",))}
+    assert runner.strays_settled == 1

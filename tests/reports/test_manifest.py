@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from apixo_batch.exitcodes import ExitCode
+from apixo_batch.journal import JobRow, JobState
 from apixo_batch.pipeline import RunResult
 from apixo_batch.pipeline.turnaround import TurnaroundStats
-from apixo_batch.reports.manifest import render_summary
+from apixo_batch.reports.manifest import manifest_entry, render_summary, write_manifest
 
 
 def test_the_summary_for_people_says_every_figure_a_run_has() -> None:
@@ -137,3 +139,48 @@ def test_a_cut_off_submit_is_told_once_not_as_twice_and_never() -> None:
     assert "  2 pending job(s) may have been submitted already (the answer was cut off)" in text
     assert "  3 pending job(s) were never submitted\n" in text
     assert "  interrupted\n" in text and text.count("next: ") == 1
+
+
+def test_a_jobs_stray_tasks_are_listed_with_it(tmp_path: Path) -> None:
+    """Several runners: a paid task of a job besides its own (a stray) is listed with
+    its job, task id, end and result URLs; a job without one carries no such key."""
+    rows = [_done_row(0), _done_row(1)]
+    stray = {"task_id": "t-s", "state": "success", "result_urls": ["https://r/s.mp4"],
+             "fail_code": None}  # fmt: skip
+    path = tmp_path / "manifest.jsonl"
+    write_manifest(rows, path, None, {"job-1": [stray]})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert "stray_tasks" not in lines[0]
+    assert lines[1]["stray_tasks"] == [stray]
+    assert manifest_entry(rows[0])["task_id"] == "task-0"
+
+
+def _done_row(n: int) -> JobRow:
+    return JobRow(
+        id=f"job-{n}",
+        idx=n,
+        model="veo3-fast",
+        provider="google",
+        input_json='{"prompt": "a cat"}',
+        input_hash="h",
+        filename=f"job-{n}.mp4",
+        cost_usd=0.5,
+        in_file=True,
+        state=JobState.DONE,
+        task_id=f"task-{n}",
+        request_type=None,
+        attempts=1,
+        possibly_duplicated=False,
+        changed_input_hash=None,
+        submitted_at=None,
+        completed_at=None,
+        result_urls=(),
+        expires_at=None,
+        files=(),
+        bytes=None,
+        sha256=(),
+        fail_code=None,
+        fail_msg=None,
+        cost_time_ms=None,
+        arrived_via=None,
+    )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ _OWNED = "('queued','submitting','submitted','succeeded')"
 _KEY_HELD = (
     "(j.key_id IS NULL OR j.key_id IN (SELECT unnest(accounts) FROM runners WHERE id = %(me)s))"
 )
+#: the meta key of a stray task (``record_task_id``), before its task id
+STRAY = "stray:"
 #: how often a deadlock or serialization failure is tried again
 _RETRIES = 5
 #: seconds between tries of a paid task id's write while the database does not answer
@@ -511,7 +514,53 @@ class RunnerLease:
                 "UPDATE jobs SET possibly_duplicated = true WHERE campaign = %(c)s AND id = %(id)s",
                 args,
             )
+            # A stray: paid, so the job's owner follows it too and the manifest lists it.
+            await self._conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%(c)s, %(stray)s, "
+                "%(info)s) ON CONFLICT (campaign, key) DO NOTHING",
+                {
+                    **args,
+                    "stray": STRAY + args["t"],
+                    "info": json.dumps(
+                        {"job": args["id"], "key_id": args["key"], "key_fp": args["fp"]}
+                    ),
+                },
+            )
             return False
+
+    @_serial
+    async def strays(self) -> list[tuple[str, str, str, str | None]]:
+        """Stray tasks still to follow that this runner may: (task id, job id, model, key
+        fingerprint) of those created with a key it holds, whose job is its own or no live
+        runner's."""
+        cur = await self._conn.execute(
+            "SELECT substr(m.key, length(%(pre)s) + 1), j.id, j.model, "
+            "m.value::jsonb ->> 'key_fp' FROM meta m JOIN jobs j ON j.campaign = m.campaign "
+            "AND j.id = m.value::jsonb ->> 'job' WHERE m.campaign = %(c)s "
+            "AND m.key LIKE %(pre)s || '%%' AND NOT m.value::jsonb ? 'state' "
+            "AND (m.value::jsonb ->> 'key_id' IS NULL OR m.value::jsonb ->> 'key_id' IN "
+            "(SELECT unnest(accounts) FROM runners WHERE id = %(me)s)) AND (j.owner IS NULL "
+            f"OR j.owner = %(me)s OR NOT EXISTS (SELECT 1 FROM runners r WHERE r.id = j.owner "
+            f"AND {_LIVE_R})) ORDER BY j.idx, m.key",
+            self._args(pre=STRAY),
+        )
+        return [(str(t), str(j), str(m), fp) for t, j, m, fp in await cur.fetchall()]
+
+    @_serial
+    async def settle_stray(
+        self, task_id: str, state: str, result_urls: Sequence[str], fail_code: str | None
+    ) -> None:
+        """A stray task ended: its end and result URLs kept for the manifest."""
+        await self._conn.execute(
+            "UPDATE meta SET value = (value::jsonb || %(end)s::jsonb)::text "
+            "WHERE campaign = %(c)s AND key = %(k)s",
+            self._args(
+                k=STRAY + task_id,
+                end=json.dumps(
+                    {"state": state, "result_urls": list(result_urls), "fail_code": fail_code}
+                ),
+            ),
+        )
 
     @_serial
     async def hand_back(self, job_id: str, possibly_duplicated: bool) -> None:

@@ -69,7 +69,7 @@ from ..states import TRANSITIONS, JobState, illegal_change
 from ..store import FILE_STAMP, DoneFiles
 from ..unrecorded import AdoptRefused
 from .executor import Op, PgConn, PgExecutor, database_failed
-from .lease import RunnerLease
+from .lease import STRAY, RunnerLease
 from .outputs import reserved_rows
 from .schema import migrate
 from .url import shown
@@ -656,6 +656,30 @@ class PgLedger(StateWrites):
                 after = (batch[-1][0], batch[-1][1], batch[-1][2])
 
         return await self._off_loop(page, rows, consume)
+
+    async def strays(self) -> dict[str, list[dict[str, Any]]]:
+        """Stray tasks by job (several runners): a runner's task id that came back after
+        its row was adopted, paid and kept, with its end and result URLs once followed."""
+
+        async def op(conn: PgConn) -> dict[str, list[dict[str, Any]]]:
+            found: dict[str, list[dict[str, Any]]] = {}
+            for key, value in await self._all(
+                conn,
+                "SELECT key, value FROM meta WHERE campaign=%s AND key LIKE %s ORDER BY key",
+                (self._c, STRAY + "%"),
+            ):
+                info = json.loads(value)
+                found.setdefault(str(info["job"]), []).append(
+                    {
+                        "task_id": str(key)[len(STRAY) :],
+                        "state": info.get("state", "pending"),
+                        "result_urls": list(info.get("result_urls") or ()),
+                        "fail_code": info.get("fail_code"),
+                    }
+                )
+            return found
+
+        return await self._j.read(op)
 
     async def read_reviewed(
         self, consume: Callable[[Iterable[JobRow], Mapping[str, Decision]], T]
