@@ -214,3 +214,30 @@ async def test_a_runner_stalled_past_its_lease_stops_with_75_nothing_lost(
     assert all(submits[job_id] == 1 for job_id in journaled)
     flagged = {e["id"] for e in manifest if e["possibly_duplicated"]}
     assert {job_id for job_id, n in submits.items() if n > 1} <= flagged
+
+
+async def test_a_runner_with_only_leaves_the_other_jobs_to_the_other_runners(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """A runner given --only claims only the jobs it picks: a runner joining later
+    (told to leave early) finds the others free and does them, rather than leaving them
+    held by a runner that will never send them; both exit, every job done once."""
+    sim = await simulator(time_scale=0.02, results_per_task=1)
+    jobs = simple_jobs(40)
+    job_file = write_campaign(tmp_path, jobs)
+    picky = await start_with(
+        _env(sim), "run", str(job_file), "--state", pg_url, "--only", "job-003*",
+        "--leave-early", *ARGS,
+    )  # fmt: skip
+    await kill_when(picky, lambda: bool(_query(pg_url, _A_TASK)), sig=0)
+    other = await start_with(
+        _env(sim), "run", str(job_file), "--state", pg_url, "--leave-early", *ARGS
+    )
+    results = await asyncio.gather(finish(picky, 120.0), finish(other, 120.0))
+    for res in results:
+        assert "Traceback" not in res.stderr
+    assert results[0].code == 0, results[0].stderr
+    assert results[0].summary["submitted"] == 10
+    assert results[1].summary["submitted"] == 30
+    _all_done_byte_exact(sim, tmp_path / "out", 40)
+    assert set(_submits(sim, jobs).values()) == {1}
