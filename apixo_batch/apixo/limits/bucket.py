@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import heapq
 import itertools
 from dataclasses import dataclass
@@ -47,12 +48,19 @@ from ...clock import Clock
 from .congestion import BETA, RateControl
 from .estimate import AccountLimiter, Fit
 
-__all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
+__all__ = ["ROUTES", "BucketStats", "Limit", "Priority", "RequestBucket"]
 
 #: after an episode, requests wait this long at most for the probe's answer
 PROBE_WAIT_S = 10.0
 #: probes go at most this often while the account keeps refusing them
 MIN_PROBE_S = 0.25
+#: the routes an account may limit in windows of their own (each may get its gate)
+ROUTES = ("submit", "status")
+#: a request of another route sent this soon after a refusal meets a full window, if the
+#: window is one both routes share (and the window as fitted stays full this long yet)
+TEST_SPAN_S = 0.25
+#: what acquire()'s waiters are woken with: the turn; a route test to try; start over
+_TURN, _TEST, _AGAIN = 0, 1, 2
 
 
 class Limit(Protocol):
@@ -72,6 +80,12 @@ class Priority:
     STATUS = 2
 
 
+#: the route each priority's requests go to (what a route's own window counts)
+ROUTE_OF = {Priority.SUBMIT: "submit", Priority.STATUS: "status", Priority.CONTROL: "balance"}
+#: how the summary names a route
+ROUTE_LABEL = {"submit": "submits", "status": "status polls"}
+
+
 class _ClockedLimiter(AsyncLimiter):
     """aiolimiter's bucket with time read from our clock and an adjustable drip rate."""
 
@@ -86,6 +100,10 @@ class _ClockedLimiter(AsyncLimiter):
         if self._level and now > self._last_check:
             self._level = max(self._level - (now - self._last_check) * self.drip, 0.0)
         self._last_check = max(now, self._last_check)
+
+    def reopen(self, now: float) -> None:
+        """An emptied bucket's pause is called off: tokens drip from ``now``."""
+        self._last_check = min(self._last_check, now)
 
     def empty_until(self, when: float) -> None:
         """No capacity until ``when``; then tokens drip from an empty bucket."""
@@ -116,8 +134,36 @@ class BucketStats:
     learned_limit: str | None = None
 
 
+@dataclass(slots=True)
+class _RouteTest:
+    """An episode whose refusals came on one route alone: is that window the route's own?
+
+    The window is full (the refusals say so): a request of another route sent before
+    ``until`` meets it full too if both routes share it, and is accepted if not."""
+
+    #: the refused route
+    route: str
+    until: float
+    #: the shared rate's control, rate and fit before the episode: the other routes go
+    #: on from there if the window was the route's own
+    control: RateControl
+    learned: float | None
+    fit: Fit | None
+    #: the test request's grant, once one left
+    ticket: int | None = None
+
+
 class RequestBucket:
-    """Paced request bucket shared by every API call (submit, status, balance)."""
+    """Paced request bucket shared by every API call (submit, status, balance).
+
+    A route the account limits in a window of its own (status polls, say: APIXO's
+    limits "vary by account, API key and route") gets a gate of its own: a bucket of
+    the same kind that paces that route alone, its episodes, pauses and probe its own,
+    while the other routes keep this bucket's rate. A route's window is taken for its
+    own only when a request of another route, sent while that window was full, was
+    accepted (the first refusals cannot tell a submit-only window from a shared one:
+    they fit both); one refused means a shared window, and any gates go.
+    """
 
     def __init__(
         self,
@@ -128,10 +174,13 @@ class RequestBucket:
         tick: float = 0.0,
         time_scale: float = 1.0,
         learned_rpm: float | None = None,
+        route: str | None = None,
     ) -> None:
         if rpm < 1:
             raise ValueError("rpm must be at least 1")
         self.rpm = rpm
+        #: the route this bucket is the gate of (None: every route's bucket)
+        self.route = route
         self._clock = clock
         #: multiplies the pause of a 429 that names no Retry-After (``--time-scale``)
         self.time_scale = time_scale
@@ -149,7 +198,7 @@ class RequestBucket:
             self._fit_burst(learned_rpm / 60.0)
         #: seconds of drip an empty bucket waits for, so that grants come in groups
         self.tick = tick
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[int], str]] = []
         self._seq = itertools.count()
         self._busy = False
         self._paused_until = 0.0
@@ -167,6 +216,12 @@ class RequestBucket:
         self._probing = False
         self._probe: int | None = None
         self._probe_answered: asyncio.Event | None = None
+        #: routes the account limits in windows of their own, each paced by its gate
+        self.routes: dict[str, RequestBucket] = {}
+        # this bucket's ticket -> the gate and the gate's ticket of the same request
+        self._gated: dict[int, tuple[RequestBucket, int]] = {}
+        self._test: _RouteTest | None = None
+        self._unpaused: asyncio.Event | None = None
         # grants per whole second over the last minute, for utilization() and last_minute()
         self._recent: collections.deque[list[float]] = collections.deque()
         # (second, window) -> grants in the window: only whole past seconds count, so the
@@ -178,19 +233,48 @@ class RequestBucket:
 
         Returns the grant's ticket (its number): a 429 to that request names it, so
         that the answers to one overshoot count as one congestion episode."""
-        if self._busy or self._waiters:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        route = ROUTE_OF.get(priority, "")
+        while True:
+            gate = self.routes.get(route)
+            # The route's own window first: its callers then queue here as any other, and
+            # never hold this bucket's turn while their route is paused.
+            inner = None if gate is None else await gate.acquire(priority)
             try:
-                await fut
+                ticket = await self._acquire(priority, route, gated=gate is not None)
+            except BaseException:
+                if gate is not None and inner is not None:
+                    gate.unanswered(inner)
+                raise
+            if ticket is None:
+                continue  # the route got a gate while its caller waited: through it
+            if gate is not None and inner is not None:
+                self._gated[ticket] = (gate, inner)
+            return ticket
+
+    async def _acquire(self, priority: int, route: str, *, gated: bool) -> int | None:
+        while True:
+            ticket = self._try_test(route)
+            if ticket is not None:
+                return ticket
+            if not (self._busy or self._waiters):
+                self._busy = True
+                break
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (priority, next(self._seq), fut, route))
+            try:
+                woken = await fut
             except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
+                if fut.done() and not fut.cancelled() and fut.result() == _TURN:
                     self._hand_over()  # we were handed the turn: pass it on
                 raise
-        else:
-            self._busy = True
+            if woken == _TURN:
+                break
+            if woken == _AGAIN:
+                return None
         try:
             await self._wait_for_capacity()
+            if not gated and route in self.routes:
+                return None  # its route got a gate during the pause: through it
             await self._limiter.acquire()
             self._granted += 1
             self._count_grant()
@@ -205,7 +289,7 @@ class RequestBucket:
         while True:
             now = self._clock.monotonic()
             if now < self._paused_until:
-                await self._clock.sleep(self._paused_until - now)
+                await self._sleep_paused(self._paused_until - now)
                 continue
             if self._probing and self._probe is not None:
                 await self._await_probe()
@@ -222,6 +306,18 @@ class RequestBucket:
             drip = self._limiter.drip
             cap = 0.8 * self._limiter.max_rate
             await self._clock.sleep(max(1.0, min(self.tick * drip, cap)) / drip)
+
+    async def _sleep_paused(self, seconds: float) -> None:
+        """Sleep through a pause, or until it is called off (see :meth:`_split`)."""
+        if self._unpaused is None or self._unpaused.is_set():
+            self._unpaused = asyncio.Event()
+        called_off = asyncio.ensure_future(self._unpaused.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait((called_off, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            called_off.cancel()
+            timer.cancel()
 
     async def _await_probe(self) -> None:
         """Wait for the probe's answer, or PROBE_WAIT_S (an answer may never come: the
@@ -250,15 +346,49 @@ class RequestBucket:
 
     def unanswered(self, ticket: int) -> None:
         """The request granted as ``ticket`` got no answer (or was never sent)."""
+        gated = self._gated.pop(ticket, None)
+        if gated is not None:
+            gated[0].unanswered(gated[1])
+        if self._test is not None and self._test.ticket == ticket:
+            self._test.ticket = None  # another request may test
         self._probe_over(ticket, opened=False)
+
+    def _gate_of(self, ticket: int | None, route: str) -> tuple[RequestBucket | None, int | None]:
+        """The gate that paced the request granted as ``ticket`` (and its ticket there);
+        a request of a gated route granted before its gate was: the gate, no ticket."""
+        gated = None if ticket is None else self._gated.pop(ticket, None)
+        if gated is not None and self.routes.get(route) is gated[0]:
+            return gated
+        return self.routes.get(route), None
 
     def _hand_over(self) -> None:
         while self._waiters:
-            _, _, fut = heapq.heappop(self._waiters)
+            _, _, fut, _ = heapq.heappop(self._waiters)
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(_TURN)
                 return
         self._busy = False
+
+    def _wake(self, route: str, how: int, *, first: bool) -> None:
+        """Wake the waiters of ``route`` (the first only, with ``first``) with ``how``."""
+        for _, _, fut, of in sorted(self._waiters, key=lambda w: (w[0], w[1])):
+            if of == route and not fut.done():
+                fut.set_result(how)
+                if first:
+                    return
+
+    def _try_test(self, route: str) -> int | None:
+        """Grant the route test's request now, through the pause, if ``route`` may be it."""
+        test = self._test
+        if test is None or test.ticket is not None or route == test.route or route not in ROUTES:
+            return None
+        if self._clock.monotonic() >= test.until:
+            self._test = None  # the window may have room by now: the answer would prove nothing
+            return None
+        self._granted += 1
+        self._count_grant()
+        test.ticket = self._granted
+        return self._granted
 
     def release(self) -> None:
         """Requests are spent, not returned: nothing to do."""
@@ -270,7 +400,19 @@ class RequestBucket:
     def accepted(self, sent_at: float, route: str = "", *, ticket: int | None = None) -> None:
         """A request that left at ``sent_at`` (clock time) got past the rate limit (any
         answer but a rate 429); ``ticket``: its grant."""
-        self.account.answered(sent_at, True, route)
+        gate, inner = self._gate_of(ticket, route)
+        if gate is not None:
+            if inner is None:
+                gate.account.answered(sent_at, True, route)
+            else:
+                gate.accepted(sent_at, route, ticket=inner)
+        else:
+            self.account.answered(sent_at, True, route)
+        test = self._test
+        if test is not None and ticket is not None and ticket == test.ticket:
+            self._test = None
+            if sent_at < test.until:
+                self._split(test)
         self._dry_episodes = 0
         self._probe_over(ticket, opened=True)
 
@@ -291,9 +433,34 @@ class RequestBucket:
         of old and ignored: the account's windows are real time."""
         now = self._clock.monotonic()
         self._rate_limited += 1
+        gate, inner = self._gate_of(ticket, route)
+        test = self._test
+        if test is not None:
+            if ticket is not None and ticket == test.ticket:
+                # Another route refused while the refused one's window was full: a window
+                # both share. Whatever gates there are were a misreading.
+                self._test = None
+                self._join()
+                if sent_at is not None:
+                    self.account.answered(sent_at, False, route)
+                self._settle_shared(now, retry_after, sent_at)
+                return
+            if route == test.route and sent_at is not None and test.ticket is None:
+                # An echo: the window was still full when this one left.
+                test.until = max(test.until, self._test_until(now, retry_after, sent_at))
+            elif route != test.route:
+                self._test = None  # both routes refused: the test would tell nothing
+        if gate is not None:
+            if inner is None:
+                if sent_at is not None:
+                    gate.account.answered(sent_at, False, route)
+            else:
+                gate.rate_limited(retry_after, ticket=inner, sent_at=sent_at, route=route)
+            return
         if sent_at is not None:
             self.account.answered(sent_at, False, route)
         fit = self.account.fit
+        before = (copy.copy(self.control), self._learned, fit)
         if self.control.congested(ticket, self._granted, now):
             self._dry_episodes += 1
             fit = self.account.refit(now, retry_after, sent_at)
@@ -320,8 +487,104 @@ class RequestBucket:
             # No burst after an episode: the bucket starts full (no capacity) at the end
             # of the pause and drips from there, at the lower rate.
             self._limiter.empty_until(self._paused_until)
+            if sent_at is not None:
+                self._begin_test(route, now, retry_after, sent_at, before)
         else:
             self._pause(now, retry_after, fit, blind=False)
+
+    def _test_until(self, now: float, retry_after: float | None, sent_at: float) -> float:
+        """Until when a request of another route would meet the window full, if shared:
+        a Retry-After's whole seconds (less one, and the clocks' jitter), else a moment;
+        never past when the window as fitted has room."""
+        until = sent_at + max(TEST_SPAN_S, (retry_after or 0.0) - 1.1)
+        fit = self.account.fit
+        if fit is not None:
+            until = min(until, self.account.room_at(fit, now) - TEST_SPAN_S)
+        return until
+
+    def _begin_test(
+        self,
+        route: str,
+        now: float,
+        retry_after: float | None,
+        sent_at: float,
+        before: tuple[RateControl, float | None, Fit | None],
+    ) -> None:
+        """An episode refused on ``route``: let one request of another route through the
+        pause, while the window is full, to tell whose window it is."""
+        if self.route is not None or route not in ROUTES or self._test is not None:
+            return
+        until = self._test_until(now, retry_after, sent_at)
+        if until <= now:
+            return
+        control, learned, fit = before
+        self._test = _RouteTest(route, until, control, learned, fit)
+        for other in ROUTES:
+            if other != route:
+                self._wake(other, _TEST, first=True)
+
+    def _split(self, test: _RouteTest) -> None:
+        """``test.route``'s window is its own: a gate paces it from now on, and the other
+        routes go on as before the episode (it was not theirs)."""
+        now = self._clock.monotonic()
+        route = test.route
+        own = self.account.split(route)
+        fit = own.refit(now)
+        if fit is None:  # nothing to pace it by (cannot be: it was refused)
+            self.account.join(own)
+            return
+        gate = RequestBucket(
+            self.rpm, self._clock, tick=self.tick, time_scale=self.time_scale, route=route
+        )
+        gate.account = own
+        gate.hold(fit, now)
+        self.routes[route] = gate
+        episodes = self.control.episodes
+        self.control = test.control
+        self.control.episodes = episodes
+        self._learned = test.learned
+        self.account.fit = test.fit
+        self._limiter.drip = self.control.rate
+        self._limiter.max_rate = self.burst
+        if self._learned is not None:
+            self._fit_burst(self._learned / 60.0)
+        self._paused_until = now
+        if self._unpaused is not None:
+            self._unpaused.set()
+        self._limiter.reopen(now)
+        self._probing = False
+        self._probe_over(self._probe, opened=True)
+        self._dry_episodes = 0
+        # The route's callers waiting here go through the gate now.
+        self._wake(route, _AGAIN, first=False)
+
+    def _join(self) -> None:
+        """The routes' windows were one shared window after all: no more gates."""
+        for gate in self.routes.values():
+            self.account.join(gate.account)
+        self.routes.clear()
+
+    def _settle_shared(self, now: float, retry_after: float | None, sent_at: float | None) -> None:
+        """The episode's window is every route's: settle under it, paused until room."""
+        fit = self.account.refit(now, retry_after, sent_at)
+        if fit is not None and fit.route is None:
+            self.control.settle(min(fit.rate, self._base_drip), now)
+            self._fit_burst(fit.rate)
+            self._learned = fit.rate * 60.0
+            self._limiter.drip = self.control.rate
+        self._pause(now, retry_after, fit, blind=False)
+
+    def hold(self, fit: Fit, now: float) -> None:
+        """Settle just under ``fit`` (what this gate's route was seen to accept), paused
+        until its window has room, then one request probes."""
+        self.account.fit = fit
+        self.control.settle(min(fit.rate, self._base_drip), now)
+        self._fit_burst(fit.rate)
+        self._learned = fit.rate * 60.0
+        self._limiter.drip = self.control.rate
+        self._probing = True
+        self._pause(now, None, fit, blind=True)
+        self._limiter.empty_until(self._paused_until)
 
     def _pause(
         self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool
@@ -341,6 +604,8 @@ class RequestBucket:
     def conclude(self) -> None:
         """The run is over: keep the slowest rate that explains its answers as well as
         the fastest (see ``AccountLimiter.refit``), if this run learned one."""
+        for gate in self.routes.values():
+            gate.conclude()
         if self.account.fit is None:
             return
         now = self._clock.monotonic()
@@ -360,6 +625,29 @@ class RequestBucket:
         if learned_rpm is not None:
             self._fit_burst(learned_rpm / 60.0)
 
+    def start_routes(self, learned: dict[str, float]) -> None:
+        """Pace each route an earlier run found limited in a window of its own (requests a
+        minute) by a gate of its own, just under that rate, from the start."""
+        for route, rpm in learned.items():
+            self.routes[route] = RequestBucket(
+                self.rpm,
+                self._clock,
+                tick=self.tick,
+                time_scale=self.time_scale,
+                learned_rpm=rpm,
+                route=route,
+            )
+
+    @property
+    def learned_routes(self) -> dict[str, float]:
+        """The routes limited in windows of their own, each one's rate as learned (a
+        minute's worth): what the journal keeps for them."""
+        return {
+            route: gate.learned_rpm
+            for route, gate in self.routes.items()
+            if gate.learned_rpm is not None
+        }
+
     def _fit_burst(self, account_rate: float) -> None:
         """A burst within the headroom the settled rate leaves (``1 - SETTLE`` of the
         account's rate, here 3 %): one sized to ``--rpm`` would overfill an account's 1 s
@@ -368,9 +656,16 @@ class RequestBucket:
 
     @property
     def learned_limit(self) -> str | None:
-        """How the account limits, as this run learned it; None if nothing explains it."""
-        fit = self.account.fit
-        return None if fit is None else fit.describe()
+        """How the account limits, as this run learned it; None if nothing explains it.
+        Routes limited on their own are named: ``status polls: 225 per 10 s, ...``."""
+        parts = [] if self.account.fit is None else [self.account.fit.describe()]
+        for route, gate in sorted(self.routes.items()):
+            how = gate.learned_limit
+            if how is None and gate.learned_rpm is not None:
+                how = f"about {gate.learned_rpm:,.0f}/min"
+            if how is not None:
+                parts.append(f"{ROUTE_LABEL.get(route, route)} on their own: {how}")
+        return "; ".join(parts) or None
 
     @property
     def learned_rpm(self) -> float | None:
@@ -433,10 +728,25 @@ class RequestBucket:
         return used / (self._limiter.drip * window_s)
 
     def is_tight(self) -> bool:
-        """True when requests, not tasks, are the bottleneck: polls should be sparing."""
+        """True when requests, not tasks, are the bottleneck: polls should be sparing.
+        A status window of its own binds polls as much."""
+        gate = self.routes.get("status")
+        if gate is not None and gate.is_tight():
+            return True
         return self.backlog_s() > 1.0 or self.utilization() > 0.9
 
+    def route_rate_per_s(self, route: str) -> float:
+        """Requests a second ``route`` may have now: its gate's rate if it has one."""
+        gate = self.routes.get(route)
+        own = self.rate_per_s
+        return own if gate is None else min(own, gate.rate_per_s)
+
     def statistics(self) -> BucketStats:
+        learned = self.learned_rpm
+        routes = self.learned_routes
+        if routes:
+            # What the account accepts over every route: the gated ones' and the rest's.
+            learned = (learned or 0.0) + sum(routes.values())
         return BucketStats(
             rpm=self.rpm,
             effective_rpm=self.rate_per_s * 60.0,
@@ -445,7 +755,7 @@ class RequestBucket:
             waiting=len(self._waiters),
             rate_limited=self._rate_limited,
             episodes=self.control.episodes,
-            learned_rpm=self.learned_rpm,
+            learned_rpm=learned,
             learned_limit=self.learned_limit,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
         )
