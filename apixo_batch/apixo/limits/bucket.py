@@ -149,6 +149,9 @@ class _RouteTest:
     control: RateControl
     learned: float | None
     fit: Fit | None
+    #: the refusal's Retry-After and when its request left: what the route's fit obeys
+    retry_after: float | None
+    refused_at: float
     #: the test request's grant, once one left
     ticket: int | None = None
 
@@ -511,14 +514,23 @@ class RequestBucket:
         before: tuple[RateControl, float | None, Fit | None],
     ) -> None:
         """An episode refused on ``route``: let one request of another route through the
-        pause, while the window is full, to tell whose window it is."""
+        pause, while the window is full, to tell whose window it is.
+
+        With another route already paced by its gate (a test told it had a window of its
+        own), this one's is taken for its own too: the other route's request may not
+        come while this window is full (its gate may be paused), and the episode, read as
+        a shared window, would slow that route to this one's rate."""
         if self.route is not None or route not in ROUTES or self._test is not None:
             return
-        until = self._test_until(now, retry_after, sent_at)
-        if until <= now:
-            return
         control, learned, fit = before
-        self._test = _RouteTest(route, until, control, learned, fit)
+        test = _RouteTest(route, now, control, learned, fit, retry_after, sent_at)
+        if self.routes:
+            self._split(test)
+            return
+        test.until = self._test_until(now, retry_after, sent_at)
+        if test.until <= now:
+            return
+        self._test = test
         for other in ROUTES:
             if other != route:
                 self._wake(other, _TEST, first=True)
@@ -529,7 +541,7 @@ class RequestBucket:
         now = self._clock.monotonic()
         route = test.route
         own = self.account.split(route)
-        fit = own.refit(now)
+        fit = own.refit(now, test.retry_after, test.refused_at)
         if fit is None:  # nothing to pace it by (cannot be: it was refused)
             self.account.join(own)
             return
@@ -651,8 +663,16 @@ class RequestBucket:
     def _fit_burst(self, account_rate: float) -> None:
         """A burst within the headroom the settled rate leaves (``1 - SETTLE`` of the
         account's rate, here 3 %): one sized to ``--rpm`` would overfill an account's 1 s
-        window when the account allows much less."""
-        self._limiter.max_rate = max(1.0, min(self.burst, account_rate * 0.03))
+        window when the account allows much less.
+
+        A route's gate knows its window (the fit it was opened for): its headroom is
+        that window's. A bucket of one request loses every late wake-up, and a gate
+        paces one route, at a fraction of what the shared bucket does."""
+        headroom = account_rate * 0.03
+        fit = self.account.fit
+        if self.route is not None and fit is not None:
+            headroom *= fit.window_s
+        self._limiter.max_rate = max(1.0, min(self.burst, headroom))
 
     @property
     def learned_limit(self) -> str | None:
