@@ -197,6 +197,8 @@ class RequestBucket:
         ceiling = None if learned_rpm is None else max(1.0, learned_rpm - self.burst) / 60.0
         self.control = RateControl(self._base_drip, clock.monotonic(), ceiling=ceiling)
         self._limiter = _ClockedLimiter(self.burst, self.control.rate, clock)
+        #: the answers, and the limiter that explains them
+        self.account = AccountLimiter()
         if learned_rpm is not None:
             self._fit_burst(learned_rpm / 60.0)
         #: seconds of drip an empty bucket waits for, so that grants come in groups
@@ -209,8 +211,6 @@ class RequestBucket:
         self._sent = 0
         self._rate_limited = 0
         self._learned: float | None = learned_rpm
-        #: the answers, and the limiter that explains them
-        self.account = AccountLimiter()
         # episodes in a row with no request accepted between: the blind pause doubles
         self._dry_episodes = 0
         # After an episode one request goes alone (the probe, its ticket here) and the
