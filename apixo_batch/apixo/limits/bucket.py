@@ -414,7 +414,9 @@ class RequestBucket:
         test = self._test
         if test is not None and ticket is not None and ticket == test.ticket:
             self._test = None
-            if sent_at < test.until:
+            # Answered before the window could have room: the request left before it did,
+            # but may have waited for a connection (and the network) on its way.
+            if self._clock.monotonic() < test.until:
                 self._split(test)
         self._dry_episodes = 0
         self._probe_over(ticket, opened=True)
@@ -443,10 +445,14 @@ class RequestBucket:
                 # Another route refused while the refused one's window was full: a window
                 # both share. Whatever gates there are were a misreading.
                 self._test = None
-                self._join()
                 if sent_at is not None:
                     self.account.answered(sent_at, False, route)
-                self._settle_shared(now, retry_after, sent_at)
+                if self.routes:
+                    self._join()
+                    self._settle_shared(now, retry_after, sent_at)
+                else:
+                    # What the episode settled at stands; the window is full a while yet.
+                    self._pause(now, retry_after, self.account.fit, blind=False)
                 return
             if route == test.route and sent_at is not None and test.ticket is None:
                 # An echo: the window was still full when this one left.
