@@ -45,7 +45,7 @@ from typing import Protocol
 from aiolimiter import AsyncLimiter
 
 from ...clock import Clock
-from .congestion import BETA, RateControl
+from .congestion import BETA, FLOOR, RateControl
 from .estimate import AccountLimiter, Fit
 
 __all__ = ["ROUTES", "BucketStats", "Limit", "Priority", "RequestBucket"]
@@ -558,7 +558,16 @@ class RequestBucket:
         gate.hold(fit, now)
         self.routes[route] = gate
         episodes = self.control.episodes
-        self.control = test.control
+        if all(r in self.routes for r in ROUTES):
+            # Every route paced by its gate: this bucket holds nothing back of its own.
+            self.control = RateControl(self._base_drip, now)
+        else:
+            # The other routes were not to blame: they go on from the rate they had, but
+            # no faster than this one's to begin with (one account's routes have limits of
+            # one order, more often than not), and climb from there: from --rpm, the first
+            # overshoot of their own windows would be answered by a volley of 429s.
+            self.control = test.control
+            self.control.rate = min(self.control.rate, max(fit.rate, FLOOR * self._base_drip))
         self.control.episodes = episodes
         self._learned = test.learned
         self.account.fit = test.fit
