@@ -770,6 +770,15 @@ class RequestBucket:
             return True
         return self.backlog_s() > 1.0 or self.utilization() > 0.9
 
+    def window_full(self, at: float, route: str) -> bool:
+        """Whether the window of ``route`` (its gate's, else this bucket's), as learned, was
+        full when a request left at ``at``; False while no window is known."""
+        gate = self.routes.get(route)
+        if gate is not None:
+            return gate.window_full(at, route)
+        fit = self.account.fit
+        return fit is not None and self.account.room_at(fit, at) > at
+
     def route_rate_per_s(self, route: str) -> float:
         """Requests a second ``route`` may have now: its gate's rate if it has one."""
         gate = self.routes.get(route)
