@@ -1013,3 +1013,22 @@ async def test_a_shared_window_refuses_the_other_routes_test_and_gets_no_gate() 
     bucket.conclude()
     assert bucket.learned_rpm == pytest.approx(2_700, rel=0.15)
     assert bucket.learned_routes == {}
+
+
+def test_a_routes_answers_split_off_and_joined_back() -> None:
+    """A route's own window: its answers leave the shared log (they say nothing of the
+    others' window) and make one of their own, which fits that route's window alone;
+    joined back, the log is whole again, in the order the requests left."""
+    account = AccountLimiter()
+    for i in range(225):  # submits: 150 a second, then refused
+        account.answered(START + i / 150.0, True, "submit")
+    account.answered(START + 1.5, False, "submit")
+    for i in range(50):  # polls, accepted all along
+        account.answered(START + 1.6 + i / 50.0, True, "status")
+    own = account.split("submit")
+    fit = own.refit(START + 2.7, retry_after=9.0, refused_at=START + 1.5)
+    assert fit is not None and (fit.window_s, fit.limit) == (10.0, 225)
+    assert account.refit(START + 2.7) is None  # nothing refused is left in the shared log
+    account.join(own)
+    again = account.refit(START + 2.7, retry_after=9.0, refused_at=START + 1.5)
+    assert again is not None and again.limit == 225
