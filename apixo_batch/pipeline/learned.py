@@ -10,7 +10,7 @@ from ..apixo.secret import ApiKey
 from ..journal import Ledger
 from ..planning.completion import CompletionModel
 
-__all__ = ["account_of", "remember_rate", "start_informed"]
+__all__ = ["account_of", "remember_rate", "start_informed", "start_rate"]
 
 
 def account_of(key: ApiKey, base_url: str) -> str:
@@ -25,16 +25,22 @@ async def start_informed(
     """Start just under the rate an earlier run found for this account, and with the
     completion times earlier runs saw: today's first polls start informed."""
     if account is not None:
-        bucket.start_under(await ledger.learned_rpm(account))
-        routes = {}
-        for route in ROUTES:
-            rpm = await ledger.learned_rpm(_route_key(account, route))
-            if rpm is not None:
-                routes[route] = rpm
-        bucket.start_routes(routes)
+        await start_rate(ledger, bucket, account)
     for key, samples in (await ledger.learned_completions()).items():
         for seconds in samples:
             completions.add(key, seconds)
+
+
+async def start_rate(ledger: Ledger, bucket: RequestBucket, account: str) -> None:
+    """Start just under the rates an earlier run learned for this account: the shared
+    one, and each route's that the account limits in a window of its own."""
+    bucket.start_under(await ledger.learned_rpm(account))
+    routes = {}
+    for route in ROUTES:
+        rpm = await ledger.learned_rpm(_route_key(account, route))
+        if rpm is not None:
+            routes[route] = rpm
+    bucket.start_routes(routes)
 
 
 async def remember_rate(ledger: Ledger, bucket: RequestBucket, account: str | None) -> None:
