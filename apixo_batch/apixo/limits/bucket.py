@@ -565,9 +565,11 @@ class RequestBucket:
             # The other routes were not to blame: they go on from the rate they had, but
             # no faster than this one's to begin with (one account's routes have limits of
             # one order, more often than not), and climb from there: from --rpm, the first
-            # overshoot of their own windows would be answered by a volley of 429s.
+            # overshoot of their own windows would be answered by a volley of 429s. The
+            # gated route's requests pass this bucket too: its rate, and as much again.
             self.control = test.control
-            self.control.rate = min(self.control.rate, max(fit.rate, FLOOR * self._base_drip))
+            start = max(2.0 * fit.rate, FLOOR * self._base_drip)
+            self.control.rate = min(self.control.rate, start)
         self.control.episodes = episodes
         self._learned = test.learned
         self.account.fit = test.fit
