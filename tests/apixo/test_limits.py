@@ -1032,3 +1032,16 @@ def test_a_routes_answers_split_off_and_joined_back() -> None:
     account.join(own)
     again = account.refit(START + 2.7, retry_after=9.0, refused_at=START + 1.5)
     assert again is not None and again.limit == 225
+
+
+async def test_a_pause_float_rounding_leaves_is_over() -> None:
+    """A pause that ends 1e-13 s from now (float rounding of a window's room) is over: a
+    virtual clock cannot sleep through it, and waiting for it spun the loop."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(600, clock)
+    bucket.rate_limited(1.0, ticket=None, sent_at=START, route="submit")
+    await clock.advance(1.0)
+    bucket._paused_until = clock.monotonic() + 2.3e-13  # the rounding's leftover
+    granted = asyncio.ensure_future(bucket.acquire())
+    await clock.advance(5.0)
+    assert granted.done()

@@ -165,7 +165,8 @@ class RequestBucket:
     while the other routes keep this bucket's rate. A route's window is taken for its
     own only when a request of another route, sent while that window was full, was
     accepted (the first refusals cannot tell a submit-only window from a shared one:
-    they fit both); one refused means a shared window, and any gates go.
+    they fit both); one refused means a shared window. Once one route has a gate, the
+    other's first episode gives it one too (see :meth:`_begin_test`).
     """
 
     def __init__(
@@ -291,7 +292,9 @@ class RequestBucket:
         waited = False
         while True:
             now = self._clock.monotonic()
-            if now < self._paused_until:
+            # Under a microsecond is over: float rounding may leave a pause of 1e-13 s,
+            # which a virtual clock cannot sleep through.
+            if self._paused_until - now > 1e-6:
                 await self._sleep_paused(self._paused_until - now)
                 continue
             if self._probing and self._probe is not None:
@@ -443,16 +446,11 @@ class RequestBucket:
         if test is not None:
             if ticket is not None and ticket == test.ticket:
                 # Another route refused while the refused one's window was full: a window
-                # both share. Whatever gates there are were a misreading.
+                # both share. What the episode settled at stands; it is full a while yet.
                 self._test = None
                 if sent_at is not None:
                     self.account.answered(sent_at, False, route)
-                if self.routes:
-                    self._join()
-                    self._settle_shared(now, retry_after, sent_at)
-                else:
-                    # What the episode settled at stands; the window is full a while yet.
-                    self._pause(now, retry_after, self.account.fit, blind=False)
+                self._pause(now, retry_after, self.account.fit, blind=False)
                 return
             if route == test.route and sent_at is not None and test.ticket is None:
                 # An echo: the window was still full when this one left.
@@ -526,8 +524,11 @@ class RequestBucket:
         own), this one's is taken for its own too: the other route's request may not
         come while this window is full (its gate may be paused), and the episode, read as
         a shared window, would slow that route to this one's rate."""
-        if self.route is not None or route not in ROUTES or self._test is not None:
+        if self.route is not None or route not in ROUTES:
             return
+        pending = self._test
+        if pending is not None and (pending.ticket is not None or now < pending.until):
+            return  # one test at a time (an expired one no request took is void)
         control, learned, fit = before
         test = _RouteTest(route, now, control, learned, fit, retry_after, sent_at)
         if self.routes:
@@ -586,22 +587,6 @@ class RequestBucket:
         self._dry_episodes = 0
         # The route's callers waiting here go through the gate now.
         self._wake(route, _AGAIN, first=False)
-
-    def _join(self) -> None:
-        """The routes' windows were one shared window after all: no more gates."""
-        for gate in self.routes.values():
-            self.account.join(gate.account)
-        self.routes.clear()
-
-    def _settle_shared(self, now: float, retry_after: float | None, sent_at: float | None) -> None:
-        """The episode's window is every route's: settle under it, paused until room."""
-        fit = self.account.refit(now, retry_after, sent_at)
-        if fit is not None and fit.route is None:
-            self.control.settle(min(fit.rate, self._base_drip), now)
-            self._fit_burst(fit.rate)
-            self._learned = fit.rate * 60.0
-            self._limiter.drip = self.control.rate
-        self._pause(now, retry_after, fit, blind=False)
 
     def hold(self, fit: Fit, now: float) -> None:
         """Settle just under ``fit`` (what this gate's route was seen to accept), paused
