@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
 
 from ..apixo.client import ApixoClient
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
-from ..apixo.receiver import callback_url_with_token
+from ..apixo.receiver import CallbackHandler, callback_url_with_token
 from ..apixo.secret import ApiKey, KeySpec
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import JobRow, Ledger, journal_exists, open_ledger
+from ..journal import JobRow, Ledger, RunnerSpec, journal_exists, open_ledger, this_node
 from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
@@ -47,8 +50,9 @@ from .options import RunOptions, RunResult, RunStatistics
 from .owner import own_output
 from .preflight import preflight, preflight_pool
 from .result import finish
+from .runners import Runner
 from .startup import StartUp, start_up
-from .stop import Stop, StopKind, Stops, refusal_step, storage_stop
+from .stop import Level, Stop, StopKind, Stops, refusal_step, storage_stop
 from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
@@ -72,6 +76,14 @@ REQUEST_TICK_S = 0.1
 #: real seconds the journal thread lets writes whose loss costs nothing (``succeeded``,
 #: ``done``) gather before it commits them together; durable ones never wait
 COMMIT_DELAY_S = 0.02
+
+
+def _version() -> str:
+    """This apixo-batch's version, as the runners table shows it."""
+    try:
+        return metadata.version("apixo-batch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Supervisor:
@@ -133,6 +145,11 @@ class Supervisor:
         self._start: StartUp | None = None
         self._stages: Stages | None = None
         self._interrupt = asyncio.Event()
+        # A lost lease (several runners) ends the run as an interrupt does: the submits on
+        # the wire answered and journaled, the rest cancelled.
+        self.stops.on(Level.ALL, self._interrupt.set)
+        #: this run as one of the runners of a PostgreSQL campaign (None: the only run)
+        self._runner: Runner | None = None
         self._folder: FolderLock | None = None
         #: the balance read before anything was created (a first run), or why it could not
         #: be: the pre-flight's, never asked twice
@@ -169,15 +186,42 @@ class Supervisor:
         if refused is not None:
             await self.output.close()
             return refused
+        o = self.options
+        spec = None
+        if self.database is not None:
+            spec = RunnerSpec(
+                lease_s=o.lease_s,
+                grace_s=o.grace_s,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=_version(),
+                node=this_node(),
+            )
         ledger = await open_ledger(
             self.database or self.state_path,
             self.campaign.name,
             self.clock,
             anchor=self.state_path,
             commit_delay=COMMIT_DELAY_S,
+            runner=spec,
         )
+        heartbeat: asyncio.Future[None] | None = None
+        if ledger.runner is not None:
+            self._runner = Runner(
+                ledger.runner,
+                clock=self.clock,
+                stops=self.stops,
+                emit=self._emit,
+                leave_early=o.leave_early,
+            )
+            heartbeat = asyncio.ensure_future(self._runner.heartbeat())
         try:
             try:
+                if spec is not None:
+                    from .multirunner import refuse_second_host
+
+                    # Before anything is sent: a local folder is one host's.
+                    await refuse_second_host(ledger, self.output, spec.host, o.shared_out)
                 await self._run(ledger)
             except Exception as exc:
                 why = storage_failure(exc)
@@ -210,6 +254,12 @@ class Supervisor:
             if self._folder is not None:
                 self._folder.release()
             await self.output.close()
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            if self._runner is not None:
+                await self._runner.leave()
             try:
                 await ledger.close()
             except Exception as exc:
@@ -219,6 +269,27 @@ class Supervisor:
             if unrecorded.empty():  # reserved at start-up, and no id needed keeping
                 with contextlib.suppress(OSError):
                     unrecorded.remove()
+
+    async def _relayed(
+        self, ledger: Ledger, stages: Stages, network: contextlib.AsyncExitStack
+    ) -> CallbackHandler:
+        """The receiver's handler: with several runners, callbacks of other runners'
+        tasks are passed on to them, and theirs for this one's tasks taken in."""
+        if self.database is None or ledger.runner is None:
+            return stages.on_callback
+        from .multirunner import CallbackRelay, listen_for_relayed, runner_id
+
+        me = runner_id(ledger)()
+        if me is None:
+            return stages.on_callback
+        follower = stages.follower
+
+        def follows(task_id: str) -> bool:
+            return follower is not None and follower.scheduler.get(task_id) is not None
+
+        relay = CallbackRelay(ledger, stages.on_callback, follows)
+        await listen_for_relayed(self.database, me, relay, self.clock, network)
+        return relay.handle
 
     async def _refused_before_anything(self, started: float) -> RunResult | None:
         """A first run whose key (or balance) APIXO refuses: nothing created (no output
@@ -419,11 +490,17 @@ class Supervisor:
             output=self.output,
             callback_url=callback_url,
             spent_before=start.spent_before,
+            runner=self._runner,
+            ours=self._ours,
         )
+        if self.database is not None:
+            from .multirunner import share_outputs
+
+            share_outputs(ledger, stages.lander, self.output)
         stages.adopt(self._ours(start.in_flight))
         if token is not None:
             # After the stages exist: a callback for an adopted task finds it followed.
-            await listen(o, token, stages.on_callback, network)
+            await listen(o, token, await self._relayed(ledger, stages, network), network)
         if start.submit and self.pooled:
             assert self.pool is not None
             stop = await preflight_pool(
@@ -453,6 +530,12 @@ class Supervisor:
             if stop is not None:
                 self.stops.request(stop)
                 return
+        if self.database is not None and self.pool is not None and start.needs_api:
+            # The account's limits are the database's: this runner uses its share.
+            from .shared import share_limits
+
+            shared = await share_limits(self.database, ledger, self.pool, self.clock, rpm=o.rpm)
+            network.push_async_callback(shared.close)
         await stages.run(submit=start.submit, interrupt=self._interrupt)
 
     def _ours(self, in_flight: list[JobRow]) -> list[JobRow]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,14 @@ import pytest
 from apixo_batch.errors import JournalError
 from apixo_batch.journal import (
     AsyncJournal,
+    JobRow,
     JobState,
     Journal,
     Landed,
     Ledger,
+    MarkRefused,
     NewJob,
+    RunnerSpec,
     RunRecord,
     SqliteLedger,
     Totals,
@@ -368,18 +374,21 @@ async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
     assert history == [("t-0",), ("t-2",)]
 
 
-async def test_one_run_per_campaign_and_no_password_in_errors(
+async def test_runners_share_a_campaign_and_no_password_in_errors(
     tmp_path: Path, pg_url: str, pg_cluster: Any
 ) -> None:
-    """A second ledger on the campaign is refused while the first is open (and allowed
-    after its close); an unreachable database is one line without its password."""
+    """Two runners open one campaign at once, each with a lease of its own; a ledger
+    opened without a runner has none; an unreachable database is one line without its
+    password."""
     clock = _Clock()
-    first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
-    with pytest.raises(JournalError, match="another apixo-batch run is using the journal"):
-        await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg")
-    await first.close()
-    again = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg")
-    await again.close()
+    spec = RunnerSpec(lease_s=30.0, grace_s=35.0, host="h", pid=1, version="t")
+    first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=spec)
+    second = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=spec)
+    plain = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg")
+    assert first.runner is not None and second.runner is not None
+    assert first.runner.id != second.runner.id and plain.runner is None
+    for ledger in (first, second, plain):
+        await ledger.close()
     url = pg_cluster.url("no_such_database", password="hunter2")
     with pytest.raises(DatabaseFailed) as caught:
         await open_ledger(url, "camp", clock, anchor=tmp_path / "d.pg")
@@ -412,3 +421,124 @@ async def test_a_journal_of_schema_1_gains_takes_on_open(tmp_path: Path, pg_url:
         await ledger.close()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT version FROM apixo_schema").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def _spec(pid: int | None = None) -> RunnerSpec:
+    return RunnerSpec(
+        lease_s=30.0,
+        grace_s=35.0,
+        host="h",
+        pid=os.getpid() if pid is None else pid,
+        version="t",
+        node="node-test",
+    )
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def _first(rows: AsyncIterator[JobRow], n: int) -> list[JobRow]:
+    """The first ``n`` rows of a claiming iterator, which is then closed (the claims it
+    made and did not hand out are given back)."""
+    got = [await anext(rows) for _ in range(n)]
+    await rows.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+async def test_runners_sync_once_and_requeue_only_dead_runners_submits(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two runners reconciling one job file at once insert every job once. A runner
+    starting later leaves a live runner's submit alone and requeues (flagged, counted)
+    only that of a runner whose process is gone; it follows only what is its own or
+    nobody's, and its follower's write on another runner's row changes nothing."""
+    clock = _Clock()
+    jobs = [_job(n) for n in range(30)]
+    a = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
+    b = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=_spec())
+    (_, sa), (_, sb) = await asyncio.gather(a.reconcile(jobs), b.reconcile(jobs))
+    assert sorted([sa.added, sb.added]) == [0, 30] and (await a.counts()) == {"queued": 30}
+    await b.close()
+    dead = await open_ledger(
+        pg_url, "camp", clock, anchor=tmp_path / "d.pg", runner=_spec(_dead_pid())
+    )
+    (mine,) = await _first(a.rows(S.QUEUED, page=500, file_only=True), 1)
+    (theirs,) = await _first(dead.rows(S.QUEUED, page=500, file_only=True), 1)
+    await a.mark_submitting(mine.id, 1)
+    await dead.mark_submitting(theirs.id, 1)
+    await a.record_task_id(mine.id, "task-a", "async", False)
+    await dead.close()  # its lease stays: as after a kill -9
+    c = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg", runner=_spec())
+    recovered, _ = await c.reconcile(jobs)
+    assert recovered == 1
+    rows = {r.id: r for r in await c.in_flight()}
+    assert rows == {}  # task-a is a's, alive
+    assert [r.task_id for r in await a.in_flight()] == ["task-a"]
+    back = await c.by_task("task-a")
+    assert back is not None and back.state is S.SUBMITTED
+    again = await _first(c.rows(S.QUEUED, page=500, file_only=True), 1)
+    assert again[0].id == theirs.id and again[0].possibly_duplicated
+    # c's follower, wrongly told task-a's end, journals nothing on a's row.
+    await c.record_success(
+        mine.id, result_urls=["u"], completed_at=NOW, expires_at=NOW + 1, cost_time_ms=1,
+        via="poll", clock_key="k", seconds=1.0,
+    )  # fmt: skip
+    still = await a.by_task("task-a")
+    assert still is not None and still.state is S.SUBMITTED
+    assert c.runner is not None and a.runner is not None
+    for ledger in (a, c):
+        await ledger.close()
+
+
+async def test_a_runner_rides_out_a_database_restart(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """PostgreSQL restarted under a runner's reads, claims, marks and task ids: each
+    waits for the database (within the lease) instead of failing, and every task id
+    acknowledged is there afterwards."""
+    clock = _Clock()
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
+    await ledger.reconcile([_job(n) for n in range(40)])
+    restart = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart))
+    recorded: list[str] = []
+    while not restart.done() or not recorded:
+        await ledger.counts()
+        claimed = await _first(ledger.rows(S.QUEUED, page=500, file_only=True), 1)
+        for row in claimed:  # none while the database is away: nothing claimed then
+            try:
+                await ledger.mark_submitting(row.id, 1)
+            except MarkRefused:
+                continue  # fenced while away: nothing would be sent
+            await ledger.record_task_id(row.id, f"task-{row.id}", "async", False)
+            recorded.append(row.id)
+    await restart
+    rows = {r.id: r for r in await ledger.in_flight()}
+    assert sorted(rows) == sorted(recorded)
+    assert all(rows[i].task_id == f"task-{i}" for i in recorded)
+    await ledger.close()
+
+
+async def test_the_learned_rate_is_kept_on_the_accounts_row(tmp_path: Path, pg_url: str) -> None:
+    """Once the account has its row (a run shared its limits), the rate a run learned is
+    kept there, where the next run of any campaign on the account starts from it; before,
+    the campaign's own value is read, as SQLite keeps it."""
+    from apixo_batch.journal.pg.shared_limits import ensure_account
+
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg")
+    try:
+        await ledger.remember_rpm("acct", 321.0)
+        assert await ledger.learned_rpm("acct") == 321.0  # no row yet: the campaign's
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await ensure_account(conn, "acct", slots=10, rpm=600.0, burst=1.0)
+            assert await ledger.learned_rpm("acct") is None  # the account's row rules
+            await ledger.remember_rpm("acct", 4321.0)
+            row = await (await conn.execute("SELECT learned_rpm FROM accounts")).fetchone()
+            assert row == (4321.0,)
+            assert await ledger.learned_rpm("acct") == 4321.0
+            await ledger.remember_rpm("acct", None)  # a run that met no limit clears it
+            assert await ledger.learned_rpm("acct") is None
+    finally:
+        await ledger.close()

@@ -7,11 +7,15 @@ waiting; ``succeeded``/``done`` with ``synchronous_commit=off``). A state change
 checks its from-state in the same UPDATE, as :mod:`..changes` does; the task id of
 a submit and its ``task_history`` row commit in one transaction.
 
-One run holds a campaign at a time, as SQLite's file lock makes it: the run's own
-session holds a PostgreSQL advisory lock on the campaign for as long as it runs
-(released by the server when the session ends, a kill -9 included). The start of
-a run therefore requeues every ``submitting`` row as SQLite's does; the several
-runners of issue 33 will scope that to dead runners' rows.
+Several runs may share a campaign. Each ``run`` opens the ledger as a *runner*
+(:class:`~..ledger.RunnerSpec`): its own session holds a lease row
+(:class:`~.lease.RunnerLease`, :attr:`PgLedger.runner`), queued rows are claimed
+before they are admitted, a submit is marked only on a row the runner owns while
+its lease is live, and it follows and lands only the rows it owns. Its start-up
+syncs the job file under the campaign row's lock (one syncer at a time) and
+requeues only the ``submitting`` rows of dead runners (adoption), never a live
+one's. Opened without a runner (``verify --fix``, ``adopt``, tests), the ledger
+claims nothing and sees every row, as one run did.
 
 What consumes rows off the event loop (the manifest, the check of the disk) runs
 in a worker thread that reads the rows a page at a time through the loop.
@@ -20,6 +24,7 @@ in a worker thread that reads the rows a page at a time through the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import (
@@ -33,7 +38,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -45,7 +50,7 @@ from ...planning.kind import Kind
 from ...planning.selection import Again
 from ..clash import OUTPUT_EXISTS, Clash, find_clashes
 from ..decisions import Decision
-from ..ledger import StateWrites, Totals
+from ..ledger import RunnerSpec, StateWrites, Totals
 from ..naming import name_owners
 from ..reconcile import NewJob, SyncResult, take_json
 from ..rows import (
@@ -63,6 +68,8 @@ from ..states import TRANSITIONS, JobState, illegal_change
 from ..store import FILE_STAMP, DoneFiles
 from ..unrecorded import AdoptRefused
 from .executor import Op, PgConn, PgExecutor, database_failed
+from .lease import RunnerLease
+from .outputs import reserved_rows
 from .schema import migrate
 from .url import shown
 
@@ -77,6 +84,8 @@ KEEP_COMPLETIONS = 500
 _LEGAL_FROM: dict[JobState, list[str]] = {
     new: [old.value for old in JobState if new in TRANSITIONS[old]] for new in JobState
 }
+#: the states a job ends in
+_ENDS = frozenset({S.DONE, S.FAILED, S.EXPIRED})
 _NEW_COLUMNS = (
     "id",
     "idx",
@@ -121,34 +130,50 @@ def _row(values: Sequence[Any] | None) -> JobRow | None:
     return None if values is None else JobRow.from_sql(values)
 
 
-def _lock_key(campaign: str) -> str:
-    return f"apixo-batch:{campaign}"
+#: rows per claim of queued rows: what admission asks for at a time, so a runner holds
+#: few rows it has no slot for yet (the others may take the rest)
+CLAIM = 10
 
 
 async def open_pg_ledger(
-    url: str, campaign: str, clock: Clock, anchor: Path, *, commit_delay: float = 0.0
+    url: str,
+    campaign: str,
+    clock: Clock,
+    anchor: Path,
+    *,
+    commit_delay: float = 0.0,
+    runner: RunnerSpec | None = None,
 ) -> PgLedger:
     """The ledger of ``campaign`` in the database at ``url``: schema brought up to date,
-    the campaign's run lock taken (another run holding it is :class:`JournalError`), the
-    pool opened. ``anchor``: the local path of :attr:`PgLedger.path`. A database that
-    cannot be reached is :class:`~.executor.DatabaseFailed` (one line, no password)."""
+    the pool opened, and with ``runner`` this process registered as one of the
+    campaign's runners (its lease live from here; renewing it is the caller's).
+    ``anchor``: the local path of :attr:`PgLedger.path`. A database that cannot be
+    reached is :class:`~.executor.DatabaseFailed` (one line, no password)."""
     where = shown(url)
+
+    async def connect() -> PgConn:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
     try:
-        session: PgConn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        session: PgConn = await connect()
     except psycopg.Error as exc:
         raise database_failed(url, exc, "cannot be reached") from None
+    lease = None
     try:
         await migrate(session, where)
-        cur = await session.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(campaign),)
-        )
-        got = await cur.fetchone()
-        if got is None or not got[0]:
-            raise JournalError(
-                f"another apixo-batch run is using the journal {where} for campaign "
-                f"'{campaign}' (wait for it to finish, or stop it; a killed run frees the "
-                "lock itself)"
+        if runner is not None and await _campaign_of(session, campaign) == campaign:
+            lease = RunnerLease(
+                session,
+                campaign,
+                clock,
+                lease_s=runner.lease_s,
+                grace_s=runner.grace_s,
+                # a renewal every lease/3: the fence keeps one missed renewal's margin
+                margin_s=runner.lease_s / 6,
+                connect=connect,
+                node=runner.node,
             )
+            await lease.register(runner.host, runner.pid, runner.version)
         pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -165,22 +190,59 @@ async def open_pg_ledger(
     except BaseException:
         await session.close()
         raise
-    executor = PgExecutor(pool, url, commit_delay=commit_delay)
-    return PgLedger(executor, session, campaign, clock, anchor)
+    # A runner rides out a database away for as long as its work may still be its own
+    # (lease + grace; past that it stops, exit 75): its submits pause meanwhile (no
+    # mark lands), its other writes wait their turn.
+    ride_out = 0.0 if lease is None else lease.lease_s + lease.grace_s
+    executor = PgExecutor(pool, url, commit_delay=commit_delay, ride_out=ride_out)
+    if lease is not None:
+        executor.riding = lambda: not lease.past_term()
+    return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
+
+
+async def _campaign_of(session: PgConn, campaign: str) -> str:
+    """The campaign the database keeps (the first one's), ``campaign`` made it if none:
+    a runner registers only for it (another campaign is refused before anything)."""
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    if row is not None:
+        return str(row[0])
+    await session.execute(
+        "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (campaign,)
+    )
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    return campaign if row is None else str(row[0])
 
 
 class PgLedger(StateWrites):
     """The :class:`~..ledger.Ledger` of a campaign in PostgreSQL (module docstring)."""
 
     def __init__(
-        self, executor: PgExecutor, session: PgConn, campaign: str, clock: Clock, anchor: Path
+        self,
+        executor: PgExecutor,
+        session: PgConn,
+        campaign: str,
+        clock: Clock,
+        anchor: Path,
+        *,
+        lease: RunnerLease | None = None,
     ) -> None:
         self._j = executor
         self._session = session
         self._c = campaign
         self._clock = clock
         self._anchor = anchor
+        self._lease = lease
+        #: the attempt each job was marked with, which its task id's write must match
+        self._marked: dict[str, int] = {}
         self.changes = 0
+
+    @property
+    def runner(self) -> RunnerLease | None:
+        """This process as a runner of the campaign (its lease), or None when the ledger
+        was opened without one."""
+        return self._lease
 
     @property
     def path(self) -> Path:
@@ -194,11 +256,19 @@ class PgLedger(StateWrites):
     def executor(self) -> PgExecutor:
         return self._j
 
+    @property
+    def campaign(self) -> str:
+        """The campaign's row in ``campaigns`` (every runner of it names the same)."""
+        return self._c
+
     async def close(self) -> None:
         try:
             await self._j.close()
         finally:
-            await self._session.close()  # the run lock goes with the session
+            if self._lease is not None:
+                await self._lease.close()  # its session may be a newer one
+            else:
+                await self._session.close()
 
     # -- helpers ------------------------------------------------------------
     async def _one(self, conn: PgConn, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -217,16 +287,30 @@ class PgLedger(StateWrites):
         )
 
     async def _transition(
-        self, conn: PgConn, job_id: str, new: JobState, now: float, **change: Unpack[Change]
+        self,
+        conn: PgConn,
+        job_id: str,
+        new: JobState,
+        now: float,
+        *,
+        owner: Literal["mine", "free", "any"] = "free",
+        **change: Unpack[Change],
     ) -> None:
         """:meth:`~..changes.StateChanges.transition` in PostgreSQL: one UPDATE from the
-        legal states (for a submit's task id, its ``task_history`` row with it)."""
+        legal states (for a submit's task id, its ``task_history`` row with it). A runner
+        changes only a row it owns (``owner="mine"``: its follower's and lander's
+        writes), or that nobody owns (``"free"``); a row another runner took over is that
+        runner's to journal, and a stalled runner's late answer must not undo it."""
         try:
             assignments, values = _assignments(change)
         except JournalError:
             await self._check(conn, job_id, new)
             raise
         values = [new.value, now, *values]
+        if new in _ENDS:
+            # An ended job is nobody's: should it be queued (or fetched) again, any
+            # runner may claim it.
+            assignments += ", owner=NULL"
         if new is S.SUBMITTED and "task_id" in change:
             cur = await conn.execute(
                 f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state='submitting'",
@@ -240,9 +324,16 @@ class PgLedger(StateWrites):
                     (change["task_id"], now, self._c, job_id),
                 )
                 return
+        whose = ""
+        me: tuple[int | None, ...] = ()
+        if self._lease is not None and owner == "free":
+            whose, me = " AND (owner IS NULL OR owner=%s)", (self._lease.id,)
+        elif self._lease is not None and owner == "mine":
+            whose, me = " AND owner=%s", (self._lease.id,)
         cur = await conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)",
-            (*values, self._c, job_id, _LEGAL_FROM[new]),
+            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)"
+            + whose,
+            (*values, self._c, job_id, _LEGAL_FROM[new], *me),
         )
         if cur.rowcount == 0:
             await self._check(conn, job_id, new)
@@ -292,10 +383,25 @@ class PgLedger(StateWrites):
         if new not in (S.SUBMITTING, S.QUEUED):
             self.changes += 1
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> None:
-            await self._transition(conn, job_id, new, at, **change)
+            try:
+                await self._transition(conn, job_id, new, at, owner="mine", **change)
+            except JournalError:
+                if lease is None or await self._mine(conn, job_id, lease):
+                    raise
+                # Another runner's row now: it adopted this runner's work while this one
+                # was cut off or stalled (and this one is fenced), or it ended the job
+                # first. Its owner journals it; nothing is lost.
 
         return self._write(op, durable=durable)
+
+    async def _mine(self, conn: PgConn, job_id: str, lease: RunnerLease) -> bool:
+        row = await self._one(
+            conn, "SELECT owner FROM jobs WHERE campaign=%s AND id=%s", (self._c, job_id)
+        )
+        return row is not None and row[0] == lease.id
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
@@ -308,10 +414,20 @@ class PgLedger(StateWrites):
         now = self._clock.wall()
         picks = Again(failed=retry_failed) if again is None else again
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> tuple[int, SyncResult]:
             await self._campaign_row(conn)
+            orphans = "true"
+            if lease is not None:
+                # One syncer at a time: a runner starting meanwhile waits here, then
+                # finds the rows this one inserted (nothing inserted twice).
+                await conn.execute("SELECT id FROM campaigns WHERE id=%s FOR UPDATE", (self._c,))
+                # A live runner's submits are its own; a dead one's are adoption's. Only
+                # a submit nobody owns (an earlier single run's) is a crash leftover here.
+                orphans = "owner IS NULL"
             recovered = await self._move_all(
-                conn, S.SUBMITTING, S.QUEUED, now, possibly_duplicated=True
+                conn, S.SUBMITTING, S.QUEUED, now, orphans, possibly_duplicated=True
             )
             await self._move_all(
                 conn,
@@ -326,7 +442,13 @@ class PgLedger(StateWrites):
                 return recovered, SyncResult(changed_after_submit=[])
             return recovered, await self._sync(conn, jobs, now, picks)
 
-        return await self._write(op, alone=True)
+        recovered, synced = await self._write(op, alone=True)
+        if lease is not None:
+            # Dead runners' work: paid rows this runner's to follow and land, their
+            # submits in doubt back in the queue (flagged), as a crash's are.
+            while (taken := await lease.adopt()) is not None:
+                recovered += taken.requeued
+        return recovered, synced
 
     async def _campaign_row(self, conn: PgConn) -> None:
         await conn.execute(
@@ -337,15 +459,22 @@ class PgLedger(StateWrites):
         self, conn: PgConn, jobs: Iterable[NewJob], now: float, again: Again
     ) -> SyncResult:
         result = SyncResult(changed_after_submit=[])
-        await conn.execute("UPDATE jobs SET in_file=false WHERE campaign=%s", (self._c,))
+        # Only rows that change are written (and so locked): a runner joining a campaign
+        # others are running holds none of their rows while it syncs.
+        seen: list[str] = []
         chunk: list[NewJob] = []
         for job in jobs:
+            seen.append(job.id)
             chunk.append(job)
             if len(chunk) >= PAGE:
                 await self._sync_chunk(conn, chunk, now, result, again)
                 chunk = []
         if chunk:
             await self._sync_chunk(conn, chunk, now, result, again)
+        await conn.execute(
+            "UPDATE jobs SET in_file=false WHERE campaign=%s AND in_file AND NOT (id = ANY(%s))",
+            (self._c, seen),
+        )
         row = await self._one(
             conn, "SELECT count(*) FROM jobs WHERE campaign=%s AND NOT in_file", (self._c,)
         )
@@ -432,8 +561,10 @@ class PgLedger(StateWrites):
         if same:
             await cur.executemany(
                 "UPDATE jobs SET idx=%s, filename=%s, cost_usd=%s, in_file=true, "
-                "changed_input_hash=NULL WHERE campaign=%s AND id=%s",
-                same,
+                "changed_input_hash=NULL WHERE campaign=%s AND id=%s AND (idx IS DISTINCT "
+                "FROM %s OR filename IS DISTINCT FROM %s OR cost_usd IS DISTINCT FROM %s "
+                "OR NOT in_file OR changed_input_hash IS NOT NULL)",
+                [(*row, *row[:3]) for row in same],
             )
         if replaced:
             await cur.executemany(
@@ -597,6 +728,11 @@ class PgLedger(StateWrites):
         return await self._write(op, durable=False)
 
     async def in_flight(self) -> list[JobRow]:
+        if self._lease is not None:
+            # Its own (adopted from dead runners included) and those nobody owns; never
+            # a live runner's.
+            return await self._leased(self._lease.claim_paid([S.SUBMITTED.value]))
+
         async def op(conn: PgConn) -> list[JobRow]:
             rows = await self._all(
                 conn,
@@ -697,11 +833,21 @@ class PgLedger(StateWrites):
         return self._write(op, durable=durable)
 
     async def _kept(self, key: str, new: str) -> str:
-        value = await self._get_meta(key)
-        if value is None:
-            await self._set_meta(key, new)
-            value = new
-        return value
+        """The value kept under ``key``, ``new`` made it if none: one for every runner,
+        however many ask at once (the first insert wins, the others read it)."""
+
+        async def op(conn: PgConn) -> str:
+            await conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (campaign, key) DO NOTHING",
+                (self._c, key, new),
+            )
+            row = await self._one(
+                conn, "SELECT value FROM meta WHERE campaign=%s AND key=%s", (self._c, key)
+            )
+            return new if row is None else str(row[0])
+
+        return await self._write(op)
 
     async def callback_token(self, new: str) -> str:
         return await self._kept("callback_token", new)
@@ -742,12 +888,29 @@ class PgLedger(StateWrites):
             )
             if row is not None:
                 return str(row[0])
-            await conn.execute("INSERT INTO campaigns (id) VALUES (%s)", (name,))
-            return name
+            await conn.execute(
+                "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (name,)
+            )
+            row = await self._one(
+                conn, "SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1", ()
+            )
+            return name if row is None else str(row[0])
 
         return await self._write(op)
 
     async def learned_rpm(self, account: str) -> float | None:
+        """The account's row (shared by its runners and campaigns) once it has one;
+        before, what this campaign kept."""
+
+        async def op(conn: PgConn) -> tuple[bool, float | None]:
+            row = await self._one(conn, "SELECT learned_rpm FROM accounts WHERE id=%s", (account,))
+            if row is None:
+                return False, None
+            return True, None if row[0] is None else float(row[0])
+
+        shared, rpm = await self._j.read(op)
+        if shared:
+            return rpm
         value = await self._get_meta(f"learned_rpm:{account}")
         try:
             return None if value is None else float(value)
@@ -755,9 +918,28 @@ class PgLedger(StateWrites):
             return None
 
     def remember_rpm(self, account: str, rpm: float | None) -> asyncio.Future[None]:
-        return self._set_meta(
-            f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}", durable=False
-        )
+        key, value = f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}"
+
+        async def op(conn: PgConn) -> None:
+            await conn.execute(
+                "UPDATE accounts SET learned_rpm=%s WHERE id=%s",
+                (None if rpm is None else round(rpm, 1), account),
+            )
+            if value is None:
+                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
+                return
+            await conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
+                (self._c, key, value),
+            )
+
+        return self._write(op, durable=False)
+
+    @property
+    def campaign_id(self) -> str:
+        """The campaign's row (``campaigns.id``): what a runner registers under."""
+        return self._c
 
     # -- reads during the run -----------------------------------------------
     async def _paged(self, where: str, args: Sequence[Any], page: int) -> AsyncIterator[JobRow]:
@@ -782,8 +964,53 @@ class PgLedger(StateWrites):
                 yield row
 
     def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
+        if self._lease is not None and state is S.QUEUED and file_only:
+            return self._claimed(self._lease, None, min(page, CLAIM))
+        if self._lease is not None and state in (S.SUBMITTED, S.SUCCEEDED):
+            return self._paid(self._lease, state)
         where = "state=%s" + (" AND in_file" if file_only else "")
         return self._paged(where, (state.value,), page)
+
+    async def _paid(self, lease: RunnerLease, state: JobState) -> AsyncIterator[JobRow]:
+        """A runner's rows in ``state``, with those nobody owns made its own."""
+        for row in await self._leased(lease.claim_paid([state.value])):
+            yield row
+
+    async def _leased(self, call: Awaitable[T]) -> T:
+        """A call on the runner's own session; the database failing it is told as the
+        journal's failure (one line, no password), as the executor's are."""
+        try:
+            return await call
+        except psycopg.Error as exc:
+            raise self._j.failure(exc) from None
+
+    async def _claimed(
+        self, lease: RunnerLease, kind: Kind | None, batch: int
+    ) -> AsyncIterator[JobRow]:
+        """Free queued file rows claimed ``batch`` at a time as they are asked for, until
+        none is free; those claimed and never asked for are given back."""
+        drives = None
+        if kind is not None:
+            drives = (kind.model, _json(kind.duration), _json(kind.resolution))
+        left: list[JobRow] = []
+        try:
+            while True:
+                try:
+                    left = await lease.claim(batch, drives)
+                except psycopg.Error:
+                    # The database is away: nothing claimed now; the caller asks again
+                    # later (runners.Runner.claims), meanwhile submits pause.
+                    return
+                if not left:
+                    return
+                while left:
+                    yield left.pop(0)
+        finally:
+            if left:
+                # Not given back now (the database is away): leaving, or adoption,
+                # frees them.
+                with contextlib.suppress(psycopg.Error):
+                    await lease.release([r.id for r in left])
 
     async def queued_by_kind(
         self, order: Callable[[list[Kind]], Iterable[Kind]], *, page: int
@@ -799,6 +1026,10 @@ class PgLedger(StateWrites):
             return [Kind(str(m), d, r) for m, d, r in rows]
 
         for kind in order(await self._j.read(kinds_op)):
+            if self._lease is not None:
+                async for row in self._claimed(self._lease, kind, min(page, CLAIM)):
+                    yield row
+                continue
             where = (
                 "state=%s AND in_file AND model=%s AND kind_duration IS NOT DISTINCT FROM %s "
                 "AND kind_resolution IS NOT DISTINCT FROM %s"
@@ -859,11 +1090,16 @@ class PgLedger(StateWrites):
         return self._j.read(op)
 
     async def _output_rows(self, conn: PgConn, order: str = "") -> list[OutputRow]:
-        return [output_row(*r) for r in await self._all(conn, _OUTPUT_ROWS + order, (self._c,))]
+        rows = [output_row(*r) for r in await self._all(conn, _OUTPUT_ROWS + order, (self._c,))]
+        # Names other runners reserved for results they land (outputs.SharedNames): held,
+        # as the files they become.
+        return rows + await reserved_rows(conn, self._c)
 
     def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
         async def op(conn: PgConn) -> dict[str, tuple[str, ...]]:
-            return name_owners(await self._output_rows(conn))
+            # In file order: the heap's order moves with updates (an index on the name
+            # makes them non-HOT), and SQLite lists a name's holders in the order they came.
+            return name_owners(await self._output_rows(conn, " ORDER BY idx, id"))
 
         return self._j.read(op)
 
@@ -878,21 +1114,31 @@ class PgLedger(StateWrites):
             queued = [(r[0], r[1]) for r in rows if r[4] == S.QUEUED.value and r[3]]
             # Off the loop: ``exists`` looks at the disk once per queued job.
             found = await asyncio.to_thread(find_clashes, rows, queued, exists)
+            refused: list[Clash] = []
             for c in found:
-                await self._transition(
-                    conn,
-                    c.job_id,
-                    S.FAILED,
-                    now,
-                    fail_code=OUTPUT_EXISTS,
-                    fail_msg=c.message(shown(c.name)),
-                )
-            return found
+                try:
+                    await self._transition(
+                        conn,
+                        c.job_id,
+                        S.FAILED,
+                        now,
+                        fail_code=OUTPUT_EXISTS,
+                        fail_msg=c.message(shown(c.name)),
+                    )
+                except JournalError:
+                    if self._lease is None:
+                        raise
+                    continue  # another runner took it meanwhile: its name is its own
+                refused.append(c)
+            return refused
 
         return self._write(op)
 
     # -- the submitter's writes ---------------------------------------------
     def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:
+        if self._lease is not None:
+            self._marked[job_id] = attempts
+            return asyncio.ensure_future(self._lease.mark_submitting(job_id, attempts, None))
         return self._change(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
@@ -903,6 +1149,26 @@ class PgLedger(StateWrites):
         possibly_duplicated: bool,
         key_fp: str | None = None,
     ) -> asyncio.Future[None]:
+        lease = self._lease
+        if lease is not None:
+            self.changes += 1
+            attempts = self._marked.pop(job_id, 0)
+
+            async def record() -> None:
+                # False: the row was adopted while this runner was cut off; the id is in
+                # task_history, the job flagged, and this runner is fenced for good.
+                await self._leased(
+                    lease.record_task_id(
+                        job_id,
+                        task_id,
+                        request_type,
+                        attempts,
+                        key_id=key_fp,
+                        possibly_duplicated=possibly_duplicated,
+                    )
+                )
+
+            return asyncio.ensure_future(record())
         now = self._clock.wall()
         return self._change(
             job_id,
@@ -934,25 +1200,45 @@ class PgLedger(StateWrites):
                     f"task {task_id} was not adopted"
                 )
             if row.state is S.FAILED:
-                await self._transition(conn, job_id, S.QUEUED, now, fail_code=None, fail_msg=None)
+                await self._transition(
+                    conn, job_id, S.QUEUED, now, owner="any", fail_code=None, fail_msg=None
+                )
             if row.state is not S.SUBMITTING:
-                await self._transition(conn, job_id, S.SUBMITTING, now)
+                await self._transition(conn, job_id, S.SUBMITTING, now, owner="any")
             await self._transition(
                 conn,
                 job_id,
                 S.SUBMITTED,
                 now,
+                owner="any",
                 task_id=task_id,
                 submitted_at=now,
                 request_type=request_type,
                 fail_code=None,
                 fail_msg=None,
             )
+            # Whichever runner claims it follows it (the one that owned the row may
+            # have let it go).
+            await conn.execute(
+                "UPDATE jobs SET owner=NULL WHERE campaign=%s AND id=%s", (self._c, job_id)
+            )
             return True
 
         return self._write(op)
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        lease = self._lease
+        if lease is not None:
+            self._marked.pop(job_id, None)
+
+            async def back() -> None:
+                # Not written (the database is away, or the row was adopted): a marked
+                # row stays `submitting`, this runner's, and whoever adopts it requeues
+                # it flagged; an unmarked one is freed when this runner leaves.
+                with contextlib.suppress(psycopg.Error):
+                    await lease.hand_back(job_id, possibly_duplicated)
+
+            return asyncio.ensure_future(back())
         now = self._clock.wall()
 
         async def op(conn: PgConn) -> None:
@@ -983,18 +1269,26 @@ class PgLedger(StateWrites):
         now = self._clock.wall()
         self.changes += 1
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> None:
-            await self._transition(
-                conn,
-                job_id,
-                S.SUCCEEDED,
-                now,
-                result_urls=list(result_urls),
-                completed_at=completed_at,
-                expires_at=expires_at,
-                cost_time_ms=cost_time_ms,
-                arrived_via=via,
-            )
+            try:
+                await self._transition(
+                    conn,
+                    job_id,
+                    S.SUCCEEDED,
+                    now,
+                    owner="mine",
+                    result_urls=list(result_urls),
+                    completed_at=completed_at,
+                    expires_at=expires_at,
+                    cost_time_ms=cost_time_ms,
+                    arrived_via=via,
+                )
+            except JournalError:
+                if lease is None or await self._mine(conn, job_id, lease):
+                    raise
+                return  # another runner's now (see _change): its owner journals it
             await conn.execute(
                 "INSERT INTO completions (clock_key, seconds, at) VALUES (%s, %s, %s)",
                 (clock_key, seconds, now),
