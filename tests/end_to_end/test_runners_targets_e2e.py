@@ -1,0 +1,244 @@
+"""Issue 33's targets for several runners, end to end: N real ``apixo-batch run`` processes
+on one campaign in a real PostgreSQL (tests/pg.py), one simulator on 127.0.0.1, leases
+shortened for tests (tests/runners.py). Scaled to run in well under a minute each on a
+2-core machine; bench/pg_runners_cli.py runs the same at the issue's sizes.
+
+- a runner killed with ``kill -9`` at 25 %: every job done byte-exact, extra submits
+  only for tasks created but never journaled (each flagged), 0 jobs submitted again
+  after their task id was journaled, the dead runner's tasks adopted after its lease
+  and grace (never before: it might have been alive), within a sweep period of them;
+- every runner stopped (SIGSTOP) past its lease, then resumed: no two adopt each other,
+  0 unflagged duplicates, all done, each exits 0 or 75 with its one line;
+- PostgreSQL restarted mid-campaign: the runners pause and resume, every task id
+  acknowledged before the restart is there after it, all done;
+- the account's limits shared: the simulator's in-flight peak never above
+  ``--max-concurrent``; told 90 % of the simulator's rate, 0 answers 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from e2e import CliResult, assert_byte_exact, read_manifest, simple_jobs, write_campaign
+from runners import (
+    GRACE_S,
+    LEASE_S,
+    TAKEN_OVER,
+    Fleet,
+    Outcome,
+    adoption_of,
+    counts,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+FAST = ["--time-scale", "0.01", "--json"]
+#: generations of 0.4-1.2 real seconds: several waves of tasks per runner
+GEN = (0.4, 1.2)
+
+
+def _exits_clean(results: list[CliResult], allowed: set[int]) -> None:
+    for res in results:
+        assert res.code in allowed, (res.code, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+def _byte_exact(sim: Any, out: Path, n: int) -> None:
+    """The manifest left by the last runner lists all ``n`` jobs, each done byte-exact."""
+    manifest = read_manifest(out)
+    assert len(manifest) == n
+    for entry in manifest:
+        assert_byte_exact(sim, out, entry)
+
+
+async def _busiest_runner(url: str) -> int:
+    """The pid of the runner with the most tasks running now (a death that leaves
+    paid work to adopt)."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            "SELECT r.pid FROM jobs j JOIN runners r ON r.id = j.owner "
+            "WHERE j.state = 'submitted' AND NOT r.stopped GROUP BY r.pid "
+            "ORDER BY count(*) DESC LIMIT 1"
+        )
+        row = await cur.fetchone()
+    assert row is not None, "no runner owns a running task"
+    return int(row[0])
+
+
+async def _last_beat(url: str, pid: int) -> float:
+    """When the runner of ``pid`` last renewed its lease (lease_until - lease)."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            "SELECT extract(epoch FROM lease_until)::float8 FROM runners WHERE pid = %s "
+            "ORDER BY id DESC LIMIT 1",
+            (pid,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return float(row[0]) - LEASE_S
+
+
+async def test_kill_9_of_one_of_four_runners_at_25_percent(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """4 runners, 200 jobs, the busiest killed with kill -9 at 25 % done: every job done
+    byte-exact; extra submits only for tasks never journaled, each flagged; 0 jobs
+    submitted after their task id was journaled; the dead runner's tasks adopted once
+    its lease and grace ran out, within a sweep period (and the machine's lag)."""
+    n = 200
+    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "40"])
+    await fleet.start(4)
+    await wait_for(
+        "25 % of the jobs done",
+        lambda: _at_least(pg_url, n // 4),
+        limit=90,
+        alive=fleet.alive,
+    )
+    victim = await _busiest_runner(pg_url)
+    i = fleet.pids.index(victim)
+    beat = await _last_beat(pg_url, victim)
+    fleet.signal(i, signal.SIGKILL)
+    killed = fleet.killed_at[i]
+    seen, adopter = await adoption_of(pg_url, victim, limit=60)
+    results = await fleet.finish()
+    assert results[i].code == -signal.SIGKILL
+    _exits_clean([r for k, r in enumerate(results) if k != i], {0})
+
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once()
+    _byte_exact(sim, tmp_path / "out", n)
+    dead = outcome.runner_of_pid(victim)
+    assert dead["adopted_by"] == adopter != dead["id"]
+    # Never before its lease and grace ran out (it might have been alive), and within a
+    # sweep period of them, plus what a loaded 2-core machine adds to a heartbeat.
+    assert seen >= beat + LEASE_S + GRACE_S
+    delay = seen - killed
+    assert delay <= LEASE_S + GRACE_S + LEASE_S / 3 + 3.0, delay
+    # The dead runner's paid work was followed by the others: none of it is still its.
+    assert not [j for j, r in outcome.jobs.items() if r["owner"] == dead["id"]]
+
+
+async def _at_least(url: str, done: int) -> bool:
+    return (await counts(url)).done >= done
+
+
+async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg_url: str) -> None:
+    """3 runners SIGSTOPped together for lease + grace + 2 s, then resumed: no two adopt
+    each other, 0 unflagged duplicates, every job done byte-exact; each runner exits 0,
+    or 75 with its one line when another took its lease over."""
+    n = 150
+    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "30"])
+    await fleet.start(3)
+    await wait_for(
+        "30 % of the jobs done", lambda: _at_least(pg_url, n * 3 // 10), limit=90, alive=fleet.alive
+    )
+    fleet.stop_all()
+    await asyncio.sleep(LEASE_S + GRACE_S + 2.0)  # real processes, stopped: nothing to inject
+    fleet.cont_all()
+    results = await fleet.finish()
+    _exits_clean(results, {0, 75})
+    assert any(r.code == 0 for r in results)
+    for res in results:
+        if res.code == 75:
+            lines = [line for line in res.stderr.splitlines() if line.strip()]
+            assert any(TAKEN_OVER in line for line in lines), res.stderr[-2000:]
+
+    outcome = await Outcome.read(sim, pg_url)
+    assert not outcome.mutual_adoptions(), outcome.runners
+    outcome.assert_paid_once()
+    _byte_exact(sim, tmp_path / "out", n)
+
+
+async def test_database_restart_mid_campaign(
+    simulator, tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """PostgreSQL restarted (fast) while 3 runners submit: they pause and resume (exit
+    0); every task id journaled before the restart is there after it; all done
+    byte-exact, with the paid-once rules."""
+    n = 150
+    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "30"])
+    await fleet.start(3)
+    await wait_for(
+        "30 % of the jobs done", lambda: _at_least(pg_url, n * 3 // 10), limit=90, alive=fleet.alive
+    )
+    acknowledged = await _task_ids(pg_url)
+    # Off the loop: the simulator serves from this loop while pg_ctl waits.
+    await asyncio.to_thread(pg_cluster.restart)
+    results = await fleet.finish()
+    _exits_clean(results, {0})
+
+    after = await _task_ids(pg_url)
+    assert acknowledged and acknowledged <= after, acknowledged - after
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once()
+    _byte_exact(sim, tmp_path / "out", n)
+
+
+async def _task_ids(url: str) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT task_id FROM task_history")
+        return {str(r[0]) for r in await cur.fetchall()}
+
+
+async def test_shared_slots_never_exceed_max_concurrent(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """4 runners told --max-concurrent 20 against an account of 20 concurrent tasks: the
+    simulator's in-flight peak never above 20, 0 slot 429s, all done once each."""
+    n = 120
+    sim = await simulator(
+        time_scale=0.01, duration_override_s=GEN, results_per_task=1, concurrency_limit=20
+    )
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "20"])
+    await fleet.start(4)
+    results = await fleet.finish()
+    _exits_clean(results, {0})
+    stats = sim.stats()
+    assert stats["max_concurrent_tasks"] <= 20, stats["max_concurrent_tasks"]
+    assert stats["rate_limited_concurrency"] == 0
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once()
+    assert outcome.extra_submits == 0
+    # Every runner took part: the pool is shared, not first come, all served.
+    worked = {h.runner for hs in outcome.history.values() for h in hs}
+    assert len(worked) == 4, worked
+
+
+async def test_shared_rate_at_90_percent_gets_no_429(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """4 runners told --rpm 540 against an account of 100 requests per 10 s (600 a
+    minute): together they keep under it, 0 answers 429 (four unshared buckets would
+    send four times that)."""
+    n = 60
+    started = time.monotonic()
+    sim = await simulator(
+        time_scale=0.01,
+        duration_override_s=(0.2, 0.5),
+        results_per_task=1,
+        rpm_limit=100,
+        rpm_window_s=10.0,
+    )
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--rpm", "540"])
+    await fleet.start(4)
+    results = await fleet.finish(limit=120)
+    _exits_clean(results, {0})
+    stats = sim.stats()
+    assert stats["rate_limited_rpm"] == 0, (stats["requests"], time.monotonic() - started)
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once()
