@@ -127,7 +127,10 @@ class Cluster:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.url(name)
 
-    def restart(self) -> None:
+    def restart(self, mode: str = "fast") -> None:
+        """Stop and start the server: ``fast`` (sessions ended, a checkpoint) or
+        ``immediate`` (as a crash: no checkpoint, recovery from the WAL at start, and the
+        UNLOGGED tables come back empty)."""
         # -l: the server's output to its log, not to our pipe (which would never close).
         self._run(
             str(self.bin / "pg_ctl"),
@@ -136,7 +139,7 @@ class Cluster:
             "-l",
             str(self.data.parent / "log"),
             "-m",
-            "fast",
+            mode,
             "-w",
             "restart",
         )

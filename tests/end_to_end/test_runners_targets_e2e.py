@@ -156,16 +156,20 @@ async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg
 
     outcome = await Outcome.read(sim, pg_url)
     assert not outcome.mutual_adoptions(), outcome.runners
-    outcome.assert_paid_once()
+    # A runner stopped with a submit on the wire may be adopted: its answer, read after
+    # SIGCONT, is a stray (kept in task_history, the job flagged), paid twice by design.
+    outcome.assert_paid_once(strays_ok=True)
     _byte_exact(sim, tmp_path / "out", n)
 
 
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_restart_mid_campaign(
-    simulator, tmp_path: Path, pg_url: str, pg_cluster: Any
+    simulator, tmp_path: Path, pg_url: str, pg_cluster: Any, mode: str
 ) -> None:
-    """PostgreSQL restarted (fast) while 3 runners submit: they pause and resume (exit
-    0); every task id journaled before the restart is there after it; all done
-    byte-exact, with the paid-once rules."""
+    """PostgreSQL restarted while 3 runners submit (``fast``: sessions ended;
+    ``immediate``: as a crash, recovery from the WAL, the UNLOGGED rate row gone): the
+    runners pause and resume (exit 0); every task id journaled before the restart is
+    there after it; all done byte-exact, with the paid-once rules."""
     n = 150
     sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
     job_file = write_campaign(tmp_path, simple_jobs(n))
@@ -176,7 +180,7 @@ async def test_database_restart_mid_campaign(
     )
     acknowledged = await _task_ids(pg_url)
     # Off the loop: the simulator serves from this loop while pg_ctl waits.
-    await asyncio.to_thread(pg_cluster.restart)
+    await asyncio.to_thread(pg_cluster.restart, mode)
     results = await fleet.finish()
     _exits_clean(results, {0})
 
