@@ -10,6 +10,8 @@ from .retry import Backoff, Patience
 __all__ = [
     "DEFAULT_BASE_URL",
     "DOWNLOAD_BACKOFF",
+    "GRACE_S",
+    "LEASE_S",
     "MAX_CONCURRENT",
     "MAX_WAIT_MIN",
     "ORDERS",
@@ -33,6 +35,12 @@ MAX_WAIT_MIN = 30.0
 #: --max-wait as a patience: a task followed, or an outage of the API or a file host
 #: waited through, for this long before the run leaves it
 PATIENCE = Patience.minutes(MAX_WAIT_MIN)
+#: several runners on one PostgreSQL campaign: a runner's lease (renewed every third of
+#: it), and the grace a silent runner gets before its work is adopted: longer than a
+#: submit's HTTP timeout (30 s) and an interrupt's grace (3 s), so that whatever it had
+#: on the wire is answered or timed out by then
+LEASE_S = 30.0
+GRACE_S = 35.0
 #: the journal's file name in the output folder, unless --state says otherwise
 STATE_FILE = ".apixo-batch.sqlite"
 #: where the journal of a run to object storage lives: this folder beside the job file

@@ -42,7 +42,7 @@ from ..pipeline.owner import other_campaign
 from ..planning.selection import Selection
 from ..reports.manifest import event_line, render_summary
 from .database import database_of, shown_state, state_option
-from .environment import KEY_VAR, base_url, load_api_keys
+from .environment import KEY_VAR, base_url, load_api_keys, runner_lease
 from .progress import LiveView, PlainView, Tally, View, shown
 from .select import flat, selection_of, unmatched_only
 from .terminal import note_when_stdout_closes, stop_signals
@@ -533,6 +533,7 @@ def _engine(
     callback_url: str | None,
     listen_at: tuple[str, int] | None,
 ) -> Engine:
+    lease_s, grace_s = runner_lease()
     options = RunOptions(
         base_url=base_url(args.base_url),
         state_path=None if is_database(args.state) else _state_path(args, campaign),
@@ -556,6 +557,9 @@ def _engine(
         order=getattr(args, "order", "longest"),
         review=getattr(args, "review", True),
         mode="download" if args.command == "download" else "run",
+        lease_s=lease_s,
+        grace_s=grace_s,
+        leave_early=getattr(args, "leave_early", False),
     )
     return build_engine(campaign, options, api_key=keys or None, on_event=sink)
 

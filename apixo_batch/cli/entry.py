@@ -320,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="minutes to follow one task in this run before leaving it pending "
         f"(default {MAX_WAIT_MIN:g})",
     )
+    run.add_argument(
+        "--leave-early",
+        action="store_true",
+        help="with several runners on one postgresql:// journal: leave once every "
+        "unfinished job is another live runner's (default: stay to adopt their work "
+        "should they die)",
+    )
     _add_selection(run, limit=True)
     _add_again(run)
     _add_order(run)

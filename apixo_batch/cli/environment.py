@@ -1,4 +1,5 @@
-"""What the command line reads from the environment: the API key and the API's URL.
+"""What the command line reads from the environment: the API key, the API's URL, and
+the lease of a runner on a shared (PostgreSQL) campaign.
 
 Only the CLI reads them; the Python API takes both as arguments, so an embedder's
 run does what its code says whatever the process's environment holds.
@@ -11,12 +12,50 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..apixo.secret import ApiKey, KeySpec, parse_keys, redact, unique_keys
-from ..defaults import DEFAULT_BASE_URL
+from ..defaults import DEFAULT_BASE_URL, GRACE_S, LEASE_S
 
-__all__ = ["BASE_URL_VAR", "KEY_VAR", "base_url", "load_api_key", "load_api_keys", "redact_env"]
+__all__ = [
+    "BASE_URL_VAR",
+    "GRACE_VAR",
+    "KEY_VAR",
+    "LEASE_VAR",
+    "base_url",
+    "load_api_key",
+    "load_api_keys",
+    "redact_env",
+    "runner_lease",
+]
 
 KEY_VAR = "APIXO_API_KEY"
 BASE_URL_VAR = "APIXO_BASE_URL"
+LEASE_VAR = "APIXO_BATCH_LEASE_S"
+GRACE_VAR = "APIXO_BATCH_GRACE_S"
+
+
+def runner_lease() -> tuple[float, float]:
+    """(lease, grace) in seconds of a runner on a PostgreSQL campaign: the defaults, or
+    ``$APIXO_BATCH_LEASE_S`` (the grace then scales with it, unless
+    ``$APIXO_BATCH_GRACE_S`` says). Short leases are for tests: a dead runner's work is
+    adopted sooner, and a runner stalled longer than its lease stops (exit 75).
+    ValueError naming the variable."""
+
+    def seconds(var: str) -> float | None:
+        text = os.environ.get(var, "").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"${var}: {text!r} is not a number of seconds above zero")
+        return value
+
+    lease = seconds(LEASE_VAR)
+    grace = seconds(GRACE_VAR)
+    if lease is None:
+        return LEASE_S, GRACE_S if grace is None else grace
+    return lease, lease * GRACE_S / LEASE_S if grace is None else grace
 
 
 def load_api_key(

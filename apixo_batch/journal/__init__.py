@@ -28,7 +28,7 @@ from pathlib import Path
 from ..clock import Clock
 from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
-from .ledger import Landed, Ledger, Totals
+from .ledger import Adoption, Landed, Lease, Ledger, MarkRefused, RunnerSpec, Totals, this_node
 from .local import SqliteLedger
 from .naming import FileRegistry, hold_name, result_filename
 from .pg.url import is_database, needs_driver
@@ -44,6 +44,7 @@ __all__ = [
     "OUTPUT_EXISTS",
     "REJECT",
     "TRANSITIONS",
+    "Adoption",
     "AsyncJournal",
     "Change",
     "Clash",
@@ -57,9 +58,12 @@ __all__ = [
     "JournalExecutor",
     "Landed",
     "LastRuns",
+    "Lease",
     "Ledger",
+    "MarkRefused",
     "NewJob",
     "RunRecord",
+    "RunnerSpec",
     "SqliteLedger",
     "SyncResult",
     "Totals",
@@ -70,20 +74,30 @@ __all__ = [
     "open_ledger",
     "output_clashes",
     "result_filename",
+    "this_node",
 ]
 
 
 async def open_ledger(
-    state: Path | str, campaign: str, clock: Clock, *, anchor: Path, commit_delay: float = 0.0
+    state: Path | str,
+    campaign: str,
+    clock: Clock,
+    *,
+    anchor: Path,
+    commit_delay: float = 0.0,
+    runner: RunnerSpec | None = None,
 ) -> Ledger:
     """The run's ledger: a ``postgresql://`` URL is a :class:`~.pg.ledger.PgLedger`
-    (``anchor``: the local path beside which its side file lives), a path a
+    (``anchor``: the local path beside which its side file lives; ``runner``: this
+    process registered as one of the campaign's runners), a path a
     :class:`SqliteLedger` on the journal's thread."""
     if isinstance(state, str) and is_database(state):
         needs_driver(state)
         from .pg.ledger import open_pg_ledger  # psycopg: only with the pg extra
 
-        return await open_pg_ledger(state, campaign, clock, anchor, commit_delay=commit_delay)
+        return await open_pg_ledger(
+            state, campaign, clock, anchor, commit_delay=commit_delay, runner=runner
+        )
     journal = AsyncJournal(Journal(Path(state)), commit_delay=commit_delay)
     return SqliteLedger(journal, clock)
 

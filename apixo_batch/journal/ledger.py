@@ -21,13 +21,17 @@ journal's invariants the same way:
 * a state change applies only from the states :data:`~.states.TRANSITIONS`
   allows, checked in the same statement, and is refused with
   :class:`~apixo_batch.errors.JournalError` otherwise;
-* one run at a time holds the journal (a file lock, or a PostgreSQL advisory
-  lock held by the run's session): a second one is refused before it reads.
+* one run at a time holds a SQLite journal (a file lock): a second one is refused
+  before it reads. A PostgreSQL journal takes several runs at once, each a *runner*
+  with a lease (:class:`RunnerSpec`): a runner marks only the rows it claimed, and
+  only while its lease is live (:class:`MarkRefused` otherwise: nothing is sent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
@@ -38,9 +42,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar, Unpack
 
+from ..errors import JournalError
 from ..planning.kind import Kind
 from ..planning.selection import Again
 from .clash import Clash
@@ -51,9 +57,89 @@ from .runs import LastRuns, RunRecord
 from .states import JobState
 from .store import DoneFiles
 
-__all__ = ["Landed", "Ledger", "StateWrites", "Totals", "landed_change"]
+__all__ = [
+    "Adoption",
+    "Landed",
+    "Lease",
+    "Ledger",
+    "MarkRefused",
+    "RunnerSpec",
+    "StateWrites",
+    "Totals",
+    "landed_change",
+    "this_node",
+]
 
 T = TypeVar("T")
+
+
+class MarkRefused(JournalError):
+    """A submit may not leave: the row is not this runner's (another runner took it), or
+    this runner's lease is not live. Nothing was sent; the run goes on."""
+
+    #: True when the refusal may lift (the lease renews, the database answers again): the
+    #: same mark is worth trying later; False: the row is someone else's, drop it
+    retry = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSpec:
+    """One ``run`` process as a runner of a shared (PostgreSQL) campaign: its lease is
+    renewed every ``lease_s / 3``; a runner silent for ``lease_s + grace_s`` is adopted."""
+
+    lease_s: float
+    grace_s: float
+    host: str
+    pid: int
+    version: str
+    #: where a pid means this process: host, boot and pid namespace (None: unknown)
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What one adoption took from one dead runner."""
+
+    dead: int
+    #: the paid rows now this runner's, to follow (submitted) or land (succeeded)
+    followed: list[JobRow]
+    #: its submits in doubt, back in the queue flagged possibly_duplicated
+    requeued: int
+    #: its claims that never reached a submit, free again
+    released: int
+
+
+class Lease(Protocol):
+    """A runner's lease as the run keeps it (:class:`~.pg.lease.RunnerLease`)."""
+
+    lease_s: float
+    grace_s: float
+    #: the lease was taken over, or given up: never live again
+    lost: bool
+
+    async def renew(self) -> bool: ...
+
+    def past_term(self) -> bool: ...
+
+    async def adopt(self) -> Adoption | None: ...
+
+    async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]: ...
+
+    async def remaining(self) -> tuple[int, int]: ...
+
+    async def leave(self) -> None: ...
+
+
+def this_node() -> str | None:
+    """Where a pid names this process: the host, its boot and the pid namespace (two
+    containers of one host name differ). None when the system does not tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot}/{pid_ns}"
 
 
 def landed_change(landed: Landed) -> Change:
@@ -169,6 +255,12 @@ class Ledger(Protocol):
     @property
     def where(self) -> str:
         """The journal as messages name it (a database URL without its password)."""
+        ...
+
+    @property
+    def runner(self) -> Lease | None:
+        """This run as one of several runners of a shared campaign (its lease), or None:
+        the only run of its journal (SQLite, or a database opened without a runner)."""
         ...
 
     async def close(self) -> None: ...

@@ -57,6 +57,10 @@ class SqliteLedger(StateWrites):
         self.changes = 0
 
     @property
+    def runner(self) -> None:
+        return None  # one run at a time holds a SQLite journal
+
+    @property
     def path(self) -> Path:
         return self._j.sync.path
 

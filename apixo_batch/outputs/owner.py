@@ -71,10 +71,11 @@ class FolderLock:
             self._fd = None
 
 
-def claim_folder(folder: Path, me: Owner) -> FolderLock:
+def claim_folder(folder: Path, me: Owner, *, shared: bool = False) -> FolderLock:
     """The folder bound to ``me`` if no one owns it yet, and locked while the caller
     holds it; PathError (one line: the owner, and what to do) if it belongs to another
-    journal or campaign, or another run holds it."""
+    journal or campaign, or another run holds it. ``shared``: the runners of one shared
+    (PostgreSQL) campaign hold it together; a single run still holds it alone."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / OWNER_FILE
     if not path.exists():
@@ -82,7 +83,7 @@ def claim_folder(folder: Path, me: Owner) -> FolderLock:
     fd = os.open(path, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = read_owner(folder)
             held = f" (journal {owner.journal}, campaign '{owner.campaign}')" if owner else ""

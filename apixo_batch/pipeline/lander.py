@@ -30,14 +30,14 @@ from ..clock import Clock
 from ..defaults import PATIENCE
 from ..errors import DownloadError, OutputTaken, ResultExpired
 from ..events import Downloaded, Emitter, Expired, Retried, Warned
-from ..journal import FileRegistry, JobState, Landed, Ledger, result_filename
+from ..journal import FileRegistry, JobRow, JobState, Landed, Ledger, result_filename
 from ..outputs.output import Incoming, LandedFile, LocalOutput, Output
 from ..outputs.paths import storage_failure
 from ..planning.selection import Selection
 from ..retry import Backoff, Deadline, Patience
 from .stop import Stop, StopKind, Stops, storage_stop
 
-__all__ = ["Fetch", "Lander"]
+__all__ = ["Fetch", "Lander", "fetch_of"]
 
 #: journal rows read per page by the feeder; the stream's bound keeps it ahead of
 #: the workers by at most that much
@@ -58,6 +58,13 @@ class Fetch:
     #: the names the journal recorded as this job's files (an earlier, partial landing):
     #: only these may be written over; a file at any other name must be the same bytes
     landed: tuple[str, ...] = ()
+
+
+def fetch_of(row: JobRow) -> Fetch:
+    """The fetch of a ``succeeded`` row's results, as the journal holds them."""
+    return Fetch(
+        row.id, row.model, row.out_name, row.result_urls, task_id=row.task_id, landed=row.files
+    )
 
 
 class Lander:
@@ -137,16 +144,7 @@ class Lander:
             async for row in rows:
                 if self._selection.filtered and not self._selection.picks(row.id, row.model):
                     continue  # outside --only/--model: left for a later download
-                await out.send(
-                    Fetch(
-                        row.id,
-                        row.model,
-                        row.out_name,
-                        row.result_urls,
-                        task_id=row.task_id,
-                        landed=row.files,
-                    )
-                )
+                await out.send(fetch_of(row))
 
     async def run(self, fetches: ObjectReceiveStream[Fetch]) -> None:
         async with fetches, asyncio.TaskGroup() as tg:

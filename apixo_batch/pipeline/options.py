@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..apixo.limits import MAX_CONCURRENT_CAP, RPM_CAP
-from ..defaults import DEFAULT_BASE_URL, MAX_CONCURRENT, MAX_WAIT_MIN, ORDERS, RPM
+from ..defaults import (
+    DEFAULT_BASE_URL,
+    GRACE_S,
+    LEASE_S,
+    MAX_CONCURRENT,
+    MAX_WAIT_MIN,
+    ORDERS,
+    RPM,
+)
 from ..events import Summary
 from ..exitcodes import ExitCode
 from ..journal.pg import is_database
@@ -71,6 +79,13 @@ class RunOptions:
     order: Order = "longest"
     #: write ``<out>/review.html`` at the end (``--no-review`` turns it off)
     review: bool = True
+    #: several runners on one PostgreSQL campaign: seconds a runner's lease lasts (it is
+    #: renewed every third of it), and how much longer a silent runner is given before
+    #: another adopts its work (``APIXO_BATCH_LEASE_S``, ``APIXO_BATCH_GRACE_S``)
+    lease_s: float = LEASE_S
+    grace_s: float = GRACE_S
+    #: leave once every unfinished job is another live runner's (``--leave-early``)
+    leave_early: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.state_path, str) and is_database(self.state_path):
@@ -106,6 +121,8 @@ class RunOptions:
         positive("time_scale")
         positive("max_wait_min")
         positive("stop_grace_s", zero=True)
+        positive("lease_s")
+        positive("grace_s", zero=True)
         if self.budget is not None:
             positive("budget")
         if self.limit is not None:

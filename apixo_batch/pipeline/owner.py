@@ -60,7 +60,8 @@ async def own_output(
             foreign = [task for task in paid if task not in known]
             if foreign:
                 raise PathError(_foreign(where, journal, foreign))
-    return claim_folder(where, me)
+    # The runners of a PostgreSQL campaign on one host share its folder.
+    return claim_folder(where, me, shared=ledger.runner is not None)
 
 
 def _journal_in(where: Path, journal: Path | str) -> None:

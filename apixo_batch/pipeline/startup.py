@@ -116,6 +116,12 @@ async def start_up(
             rpm=min(float(options.rpm), bucket.rate_per_s * 60.0),
             time_scale=options.time_scale,
         )
+    submit = run_mode and queued > 0
+    if run_mode and not submit and ledger.runner is not None:
+        # Nothing free, but other runners hold unfinished work: this runner stays to
+        # adopt it should they die (or to claim what they give back).
+        elsewhere, _ = await ledger.runner.remaining()
+        submit = elsewhere > 0
     start = StartUp(
         synced=synced,
         in_flight=in_flight,
@@ -125,7 +131,7 @@ async def start_up(
         spent_before=spent_before,
         to_download=counts.get(S.SUCCEEDED.value, 0),
         planned_wall_s=planned_wall_s,
-        submit=run_mode and queued > 0,
+        submit=submit,
     )
     if start.needs_api and not has_key:
         raise MissingApiKey("no API key was given (api_key=), and this run has API work")

@@ -12,7 +12,8 @@ level          what halts                                             kinds
                                                                       unreachable,
                                                                       storage
 ``FOLLOW``     and polls stop (tasks are left pending)                key-refused
-``ALL``        and, after the grace, everything else (downloads)      interrupted
+``ALL``        and, after the grace, everything else (downloads)      interrupted,
+                                                                      fenced
 =============  =====================================================  ==========
 
 Fatal answers stop submits, never the polls and downloads of paid work
@@ -36,6 +37,10 @@ code  stop kinds                           why it outranks what follows
                                            sent SIGTERM expects it
 3     refused, fatal, key-refused          the account (key, balance, access) must be
                                            fixed by a person: no retry gets past it
+75    fenced                               this runner's lease was lost (several runners
+                                           on one PostgreSQL campaign): its journal
+                                           writes may fail with it, which is no disk to
+                                           fix; another runner goes on with the work
 74    storage                              our disk (or bucket) must be fixed, often by
                                            housekeeping a script can do
 75    unreachable                          nothing to fix: the same command, later
@@ -43,7 +48,8 @@ code  stop kinds                           why it outranks what follows
 ====  ===================================  ============================================
 
 So for any two stops, in either order: 130 with an interrupt; else 3 with a
-refusal; else 74 with storage; else 75 with unreachable; else 0 or 1. The
+refusal; else 75 when fenced; else 74 with storage; else 75 with unreachable; else
+0 or 1. The
 reason the summary tells is the reason of the stop that chose the code.
 """
 
@@ -92,6 +98,8 @@ class StopKind(enum.Enum):
     STORAGE = ("storage", Level.SUBMITS, ExitCode.IO_ERROR, True)
     KEY_REFUSED = ("key-refused", Level.FOLLOW, ExitCode.FATAL_API, False)
     INTERRUPTED = ("interrupted", Level.ALL, ExitCode.INTERRUPTED, False)
+    #: this runner's lease is lost past its term: another runner may have its work
+    FENCED = ("fenced", Level.ALL, ExitCode.TEMP_FAIL, True)
 
     def __init__(self, label: str, level: Level, exit_code: ExitCode | None, told: bool) -> None:
         self.label = label
@@ -220,6 +228,10 @@ class Stops:
         equals; an interrupt needs no reason), else the budget or the slots."""
         stops = [s for s in self.all if s.kind is not StopKind.INTERRUPTED]
         for code in EXIT_PRECEDENCE:
+            if code is ExitCode.IO_ERROR:
+                fenced = [s for s in stops if s.kind is StopKind.FENCED]
+                if fenced:
+                    return fenced[0]
             for s in stops:
                 if s.kind.exit_code is code:
                     return s
@@ -248,7 +260,10 @@ class Stops:
         """The first code of :data:`EXIT_PRECEDENCE` a stop forces, whatever the order the
         stops came in; without one, from the jobs' ends."""
         forced = {s.kind.exit_code for s in self.all}
+        fenced = any(s.kind is StopKind.FENCED for s in self.all)
         for code in EXIT_PRECEDENCE:
+            if code is ExitCode.IO_ERROR and fenced:
+                return ExitCode.TEMP_FAIL  # the lease lost, the journal with it: no disk
             if code in forced:
                 return code
         return ExitCode.OK if all_done else ExitCode.FAILED_JOBS

@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..events import Emitter, Failed, Retried, Throttled, Warned
 from ..events import Submitted as Journaled
-from ..journal import JobRow, Ledger
+from ..journal import JobRow, Ledger, MarkRefused
 from ..journal.unrecorded import SideFile
 from ..outputs.paths import storage_failure
 from ..retry import Backoff, Deadline, Patience
@@ -73,6 +73,16 @@ class Submitted:
 
 class _NotSent(Exception):
     """Raised before a request leaves, when submits have stopped: nothing was sent."""
+
+
+class _Refused(Exception):
+    """The journal refused the mark (several runners): nothing was sent. ``retry``: this
+    runner's lease is not live now (the mark is tried again once it may be); else the
+    row is another runner's, and this one drops it."""
+
+    def __init__(self, retry: bool) -> None:
+        super().__init__()
+        self.retry = retry
 
 
 class Submitter:
@@ -186,6 +196,9 @@ class Submitter:
         except _NotSent:
             await self._handed_back(state, state.permit)
             return
+        except _Refused:
+            state.permit.release()  # another runner's row: nothing sent, nothing to undo
+            return
         except asyncio.CancelledError:
             if state.recording is not None:
                 # The id is paid and its commit queued (it lands even now): say so, and
@@ -290,6 +303,13 @@ class Submitter:
                     # The answer came in the same turn as the cancel: keep the paid id.
                     self._record(state, send.result())
                 raise
+            except _Refused as exc:
+                if not exc.retry:
+                    raise
+                # This runner's lease is not live (the database is away, or slow to
+                # renew): nothing was sent; the same mark once it may be live again.
+                await self._pause(task, self._backoff.delay(1))
+                continue
             except RateLimited as exc:
                 # Nothing was created. The client has slowed and paused the bucket for a
                 # rate 429, which paces the next attempt; for the account's slot limit the
@@ -396,6 +416,9 @@ class Submitter:
             state.marked = True
             try:
                 await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except MarkRefused as exc:
+                state.marked = False  # refused in the same statement: still queued
+                raise _Refused(exc.retry) from None
             except Exception as exc:
                 why = storage_failure(exc)
                 if why is None:

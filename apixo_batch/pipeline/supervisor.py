@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +35,7 @@ from ..defaults import state_path
 from ..errors import ApiError, ApixoError, Forbidden
 from ..events import Emitter, EventSink, Warned
 from ..jobs import Campaign
-from ..journal import JobRow, Ledger, journal_exists, open_ledger
+from ..journal import JobRow, Ledger, RunnerSpec, journal_exists, open_ledger, this_node
 from ..journal.pg import needs_driver, shown
 from ..journal.unrecorded import SideFile
 from ..outputs.output import LocalOutput, open_output
@@ -47,8 +50,9 @@ from .options import RunOptions, RunResult, RunStatistics
 from .owner import own_output
 from .preflight import preflight, preflight_pool
 from .result import finish
+from .runners import Runner
 from .startup import StartUp, start_up
-from .stop import Stop, StopKind, Stops, refusal_step, storage_stop
+from .stop import Level, Stop, StopKind, Stops, refusal_step, storage_stop
 from .turnaround import Turnaround
 from .wiring import RunParts, Stages
 
@@ -72,6 +76,14 @@ REQUEST_TICK_S = 0.1
 #: real seconds the journal thread lets writes whose loss costs nothing (``succeeded``,
 #: ``done``) gather before it commits them together; durable ones never wait
 COMMIT_DELAY_S = 0.02
+
+
+def _version() -> str:
+    """This apixo-batch's version, as the runners table shows it."""
+    try:
+        return metadata.version("apixo-batch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Supervisor:
@@ -133,6 +145,11 @@ class Supervisor:
         self._start: StartUp | None = None
         self._stages: Stages | None = None
         self._interrupt = asyncio.Event()
+        # A lost lease (several runners) ends the run as an interrupt does: the submits on
+        # the wire answered and journaled, the rest cancelled.
+        self.stops.on(Level.ALL, self._interrupt.set)
+        #: this run as one of the runners of a PostgreSQL campaign (None: the only run)
+        self._runner: Runner | None = None
         self._folder: FolderLock | None = None
         #: the balance read before anything was created (a first run), or why it could not
         #: be: the pre-flight's, never asked twice
@@ -169,13 +186,35 @@ class Supervisor:
         if refused is not None:
             await self.output.close()
             return refused
+        o = self.options
+        spec = None
+        if self.database is not None:
+            spec = RunnerSpec(
+                lease_s=o.lease_s,
+                grace_s=o.grace_s,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=_version(),
+                node=this_node(),
+            )
         ledger = await open_ledger(
             self.database or self.state_path,
             self.campaign.name,
             self.clock,
             anchor=self.state_path,
             commit_delay=COMMIT_DELAY_S,
+            runner=spec,
         )
+        heartbeat: asyncio.Future[None] | None = None
+        if ledger.runner is not None:
+            self._runner = Runner(
+                ledger.runner,
+                clock=self.clock,
+                stops=self.stops,
+                emit=self._emit,
+                leave_early=o.leave_early,
+            )
+            heartbeat = asyncio.ensure_future(self._runner.heartbeat())
         try:
             try:
                 await self._run(ledger)
@@ -210,6 +249,12 @@ class Supervisor:
             if self._folder is not None:
                 self._folder.release()
             await self.output.close()
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            if self._runner is not None:
+                await self._runner.leave()
             try:
                 await ledger.close()
             except Exception as exc:
@@ -419,6 +464,8 @@ class Supervisor:
             output=self.output,
             callback_url=callback_url,
             spent_before=start.spent_before,
+            runner=self._runner,
+            ours=self._ours,
         )
         stages.adopt(self._ours(start.in_flight))
         if token is not None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 import anyio
@@ -42,6 +44,7 @@ from .follower import Follower
 from .keypool import KeyPool
 from .lander import Fetch, Lander
 from .options import RunOptions
+from .runners import Runner
 from .stop import Stops
 from .submitter import Submitted, Submitter
 from .turnaround import Turnaround
@@ -77,8 +80,14 @@ class Stages:
         output: Output,
         callback_url: str | None,
         spent_before: float,
+        runner: Runner | None = None,
+        ours: Callable[[list[JobRow]], list[JobRow]] = lambda rows: rows,
     ) -> None:
         o, self._parts, self._ledger = parts.options, parts, ledger
+        #: this run as one of several runners of the campaign (PostgreSQL), or None
+        self._runner = runner
+        #: of tasks taken over from other runners, those this run's keys can follow
+        self._ours = ours
         self._spent_before = spent_before
         self.submitter: Submitter | None = None
         self.follower: Follower | None = None
@@ -123,6 +132,11 @@ class Stages:
             selection=o.selection if o.mode == "download" else None,
         )
         self._fetches: MemoryObjectReceiveStream[Fetch] | None = None
+
+    def _take_over(self, rows: list[JobRow]) -> None:
+        """Tasks of other runners (dead, or gone with their work unfinished): followed to
+        their end, never submitted again."""
+        self.adopt(self._ours(rows))
 
     def adopt(self, in_flight: list[JobRow]) -> None:
         """Tasks paid for by earlier runs: followed to their end, never submitted again."""
@@ -179,8 +193,15 @@ class Stages:
             else:
                 submitted_rx.close()
                 fetch_tx.close()
+            runner = self._runner
+            if runner is not None and self.follower is not None and submit:
+                tg.create_task(runner.adopting(self._take_over, fetch_tx.clone()))
             if submit and self.submitter is not None:
                 rows = queued_in_start_order(self._ledger, o.order, parts.completions)
+                if runner is not None:
+                    rows = runner.claims(
+                        partial(queued_in_start_order, self._ledger, o.order, parts.completions)
+                    )
                 if o.selection.filtered:
                     rows = selected(rows, o.selection)
                 admission = Admission(

@@ -21,6 +21,7 @@ from apixo_batch.journal import (
     Landed,
     Ledger,
     NewJob,
+    RunnerSpec,
     RunRecord,
     SqliteLedger,
     Totals,
@@ -368,18 +369,21 @@ async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
     assert history == [("t-0",), ("t-2",)]
 
 
-async def test_one_run_per_campaign_and_no_password_in_errors(
+async def test_runners_share_a_campaign_and_no_password_in_errors(
     tmp_path: Path, pg_url: str, pg_cluster: Any
 ) -> None:
-    """A second ledger on the campaign is refused while the first is open (and allowed
-    after its close); an unreachable database is one line without its password."""
+    """Two runners open one campaign at once, each with a lease of its own; a ledger
+    opened without a runner has none; an unreachable database is one line without its
+    password."""
     clock = _Clock()
-    first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
-    with pytest.raises(JournalError, match="another apixo-batch run is using the journal"):
-        await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg")
-    await first.close()
-    again = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg")
-    await again.close()
+    spec = RunnerSpec(lease_s=30.0, grace_s=35.0, host="h", pid=1, version="t")
+    first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=spec)
+    second = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=spec)
+    plain = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg")
+    assert first.runner is not None and second.runner is not None
+    assert first.runner.id != second.runner.id and plain.runner is None
+    for ledger in (first, second, plain):
+        await ledger.close()
     url = pg_cluster.url("no_such_database", password="hunter2")
     with pytest.raises(DatabaseFailed) as caught:
         await open_ledger(url, "camp", clock, anchor=tmp_path / "d.pg")

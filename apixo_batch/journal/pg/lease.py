@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ from psycopg import errors as pg_errors
 
 from ...clock import Clock
 from ...errors import JournalError
+from ..ledger import Adoption, MarkRefused
 from ..rows import SELECT, JobRow
 from .executor import PgConn
 
@@ -57,10 +59,25 @@ _NOW = "COALESCE(to_timestamp(%(now)s::float8), clock_timestamp())"
 _EPOCH = f"extract(epoch FROM {_NOW})"
 #: a runner row that may act: not adopted, not stopped, lease not run out
 _LIVE = f"adopted_by IS NULL AND NOT stopped AND lease_until > {_NOW}"
+#: the same, of the runners row ``r``
+_LIVE_R = f"r.adopted_by IS NULL AND NOT r.stopped AND r.lease_until > {_NOW}"
 #: states a runner owns work in
 _OWNED = "('queued','submitting','submitted','succeeded')"
 #: how often a deadlock or serialization failure is tried again
 _RETRIES = 5
+#: seconds between tries of a paid task id's write while the database does not answer
+_RECORD_PAUSE_S = 0.5
+
+
+def _gone(pid: int) -> bool:
+    """The process ``pid`` of this node no longer exists (a pid in use by anyone is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 P = ParamSpec("P")
@@ -75,31 +92,22 @@ def _serial(
     @functools.wraps(method)
     async def run(self: RunnerLease, /, *args: P.args, **kwargs: P.kwargs) -> R:
         async with self._lock:
+            await self._ready()
             return await method(self, *args, **kwargs)
 
     return run
 
 
-class Fenced(JournalError):
-    """This runner's lease is not live (not renewed in time, or taken over): nothing is
-    sent. Past its term the run stops with exit 75: another runner took over."""
+class Fenced(MarkRefused):
+    """This runner's lease is not live (not renewed in time, or taken over), or the
+    database does not answer: nothing is sent. Past its term the run stops with exit 75:
+    another runner took over."""
+
+    retry = True
 
 
-class NotOwned(JournalError):
+class NotOwned(MarkRefused):
     """The row is another runner's (or no longer queued): nothing is sent for it."""
-
-
-@dataclass(frozen=True)
-class Adoption:
-    """What one adoption took from one dead runner."""
-
-    dead: int
-    #: the paid rows now this runner's, to follow (submitted) or land (succeeded)
-    followed: list[JobRow]
-    #: its submits in doubt, back in the queue flagged possibly_duplicated
-    requeued: int
-    #: its claims that never reached a submit, free again
-    released: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,8 @@ class RunnerLease:
         grace_s: float = 2.5,
         margin_s: float = 0.5,
         db_now: Callable[[], float | None] = lambda: None,
+        connect: Callable[[], Awaitable[PgConn]] | None = None,
+        node: str | None = None,
     ) -> None:
         if not 0 <= margin_s < lease_s:
             raise ValueError("the fence margin must be shorter than the lease")
@@ -140,6 +150,9 @@ class RunnerLease:
         self.grace_s = grace_s
         self.margin_s = margin_s
         self.db_now = db_now
+        #: a new session when the last one broke (the database restarted): None, none
+        self._connect = connect
+        self.node = node
         self.id: int | None = None
         #: monotonic time the last renewal that came back was sent
         self._renewed_sent: float | None = None
@@ -152,6 +165,19 @@ class RunnerLease:
         self._lock = asyncio.Lock()
 
     # -- helpers ------------------------------------------------------------
+    async def _ready(self) -> None:
+        """A broken session replaced before the next statement (a restarted database)."""
+        if not self._conn.closed or self._connect is None:
+            return
+        old, self._conn = self._conn, await self._connect()
+        with contextlib.suppress(psycopg.Error):
+            await old.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+
     def _args(self, **more: Any) -> dict[str, Any]:
         return {"now": self.db_now(), "me": self.id, "c": self.campaign, **more}
 
@@ -169,9 +195,16 @@ class RunnerLease:
         sent = self._clock.monotonic()
         cur = await self._conn.execute(
             "INSERT INTO runners (campaign, host, pid, version, accounts, started_at, "
-            f"lease_until) VALUES (%(c)s, %(host)s, %(pid)s, %(v)s, %(accts)s, {_NOW}, "
-            f"{_NOW} + make_interval(secs => %(lease)s)) RETURNING id",
-            self._args(host=host, pid=pid, v=version, accts=list(accounts), lease=self.lease_s),
+            f"lease_until, node) VALUES (%(c)s, %(host)s, %(pid)s, %(v)s, %(accts)s, {_NOW}, "
+            f"{_NOW} + make_interval(secs => %(lease)s), %(node)s) RETURNING id",
+            self._args(
+                host=host,
+                pid=pid,
+                v=version,
+                accts=list(accounts),
+                lease=self.lease_s,
+                node=self.node,
+            ),
         )
         row = await cur.fetchone()
         assert row is not None
@@ -232,17 +265,50 @@ class RunnerLease:
 
     # -- claims and the submitter's writes ----------------------------------
     @_serial
-    async def claim(self, n: int) -> list[JobRow]:
-        """Up to ``n`` free queued rows of the file, in file order, now this runner's."""
+    async def claim(self, n: int, kind: tuple[str, Any, Any] | None = None) -> list[JobRow]:
+        """Up to ``n`` free queued rows of the file, in file order, now this runner's
+        (``kind``: only rows of that model, duration and resolution, as jsonb values)."""
+        where, more = "", {}
+        if kind is not None:
+            where = (
+                "AND model = %(model)s AND kind_duration IS NOT DISTINCT FROM %(kd)s "
+                "AND kind_resolution IS NOT DISTINCT FROM %(kr)s "
+            )
+            more = {"model": kind[0], "kd": kind[1], "kr": kind[2]}
         cur = await self._conn.execute(
             f"UPDATE jobs j SET owner = %(me)s FROM (SELECT campaign AS fc, id AS fid "
             "FROM jobs WHERE campaign = %(c)s AND state = 'queued' AND owner IS NULL "
-            "AND in_file ORDER BY idx, id LIMIT %(n)s FOR UPDATE SKIP LOCKED) f "
+            f"AND in_file {where}ORDER BY idx, id LIMIT %(n)s FOR UPDATE SKIP LOCKED) f "
             f"WHERE j.campaign = f.fc AND j.id = f.fid RETURNING {_qualified('j')}",
-            self._args(n=n),
+            self._args(n=n, **more),
         )
         rows = [JobRow.from_sql(r) for r in await cur.fetchall()]
         rows.sort(key=lambda r: (r.idx, r.id))
+        return rows
+
+    @_serial
+    async def release(self, job_ids: Sequence[str]) -> None:
+        """Claims never admitted, free again for any runner."""
+        await self._conn.execute(
+            "UPDATE jobs SET owner = NULL WHERE campaign = %(c)s AND id = ANY(%(ids)s) "
+            "AND owner = %(me)s AND state = 'queued'",
+            self._args(ids=list(job_ids)),
+        )
+
+    @_serial
+    async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]:
+        """The rows in ``states`` nobody owns (an earlier single run's, a runner's that
+        left, a task adopted by hand), now this runner's, with those it owns already
+        (``mine_too``): paid work to follow or land, never to submit. File jobs first, in
+        file order."""
+        mine = "OR owner = %(me)s " if mine_too else ""
+        cur = await self._conn.execute(
+            "UPDATE jobs SET owner = %(me)s WHERE campaign = %(c)s AND state = ANY(%(st)s) "
+            f"AND (owner IS NULL {mine}) RETURNING {SELECT}",
+            self._args(st=list(states)),
+        )
+        rows = [JobRow.from_sql(r) for r in await cur.fetchall()]
+        rows.sort(key=lambda r: (not r.in_file, r.idx, r.id))
         return rows
 
     @_serial
@@ -252,23 +318,35 @@ class RunnerLease:
         :class:`Fenced` or :class:`NotOwned`, and nothing must be sent."""
         if self.fenced():
             raise Fenced(f"job {job_id!r}: this runner's lease is not live; nothing sent")
-        cur = await self._conn.execute(
-            "UPDATE jobs SET state = 'submitting', attempts = %(att)s, key_id = %(key)s, "
-            f"updated_at = {_EPOCH} "
-            "WHERE campaign = %(c)s AND id = %(id)s AND state = 'queued' AND owner = %(me)s "
-            f"AND EXISTS (SELECT 1 FROM runners WHERE id = %(me)s AND {_LIVE})",
-            self._args(id=job_id, att=attempts, key=key_id),
-        )
-        if cur.rowcount:
-            return
-        row = await (
-            await self._conn.execute(
-                "SELECT state, owner FROM jobs WHERE campaign = %(c)s AND id = %(id)s",
-                self._args(id=job_id),
+        try:
+            cur = await self._conn.execute(
+                "UPDATE jobs SET state = 'submitting', attempts = %(att)s, key_id = %(key)s, "
+                f"updated_at = {_EPOCH} "
+                "WHERE campaign = %(c)s AND id = %(id)s AND state = 'queued' "
+                f"AND owner = %(me)s AND EXISTS (SELECT 1 FROM runners WHERE id = %(me)s "
+                f"AND {_LIVE})",
+                self._args(id=job_id, att=attempts, key=key_id),
             )
-        ).fetchone()
-        if row is not None and row[0] == "queued" and row[1] == self.id:
-            raise Fenced(f"job {job_id!r}: this runner's lease ran out; nothing sent")
+            if cur.rowcount:
+                return
+            row = await (
+                await self._conn.execute(
+                    "SELECT state, owner, attempts FROM jobs WHERE campaign = %(c)s "
+                    "AND id = %(id)s",
+                    self._args(id=job_id),
+                )
+            ).fetchone()
+        except psycopg.Error as exc:
+            # Unknown whether it landed: a later try finds the row marked (just below).
+            raise Fenced(
+                f"job {job_id!r}: the journal's database did not answer ({type(exc).__name__}); "
+                "nothing sent"
+            ) from None
+        if row is not None and row[1] == self.id:
+            if row[0] == "queued":
+                raise Fenced(f"job {job_id!r}: this runner's lease ran out; nothing sent")
+            if row[0] == "submitting" and row[2] == attempts:
+                return  # an earlier try landed, its answer was lost with the connection
         raise NotOwned(f"job {job_id!r} is not this runner's to submit; nothing sent")
 
     @_serial
@@ -288,6 +366,20 @@ class RunnerLease:
         args = self._args(
             id=job_id, t=task_id, rt=request_type, att=attempts, key=key_id, dup=possibly_duplicated
         )
+        # Paid: tried again while the database comes back, for as long as the lease may
+        # still be this runner's; past that the caller keeps the id in the side file.
+        deadline = self._clock.monotonic() + self.lease_s + self.grace_s
+        while True:
+            try:
+                return await self._record(args)
+            except psycopg.OperationalError:
+                if self._clock.monotonic() >= deadline or self._connect is None:
+                    raise
+            await asyncio.sleep(_RECORD_PAUSE_S)
+            with contextlib.suppress(psycopg.Error):
+                await self._ready()
+
+    async def _record(self, args: dict[str, Any]) -> bool:
         async with self._conn.transaction():
             await self._conn.execute(
                 "INSERT INTO task_history (task_id, campaign, job_id, input_hash, submitted_at, "
@@ -298,7 +390,7 @@ class RunnerLease:
             )
             cur = await self._conn.execute(
                 "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
-                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, "
+                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(key)s, "
                 "possibly_duplicated = possibly_duplicated OR %(dup)s, fail_code = NULL, "
                 "fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s AND state = 'submitting' "
                 "AND owner = %(me)s AND attempts = %(att)s",
@@ -306,6 +398,13 @@ class RunnerLease:
             )
             if cur.rowcount:
                 return True
+            found = await (
+                await self._conn.execute(
+                    "SELECT task_id FROM jobs WHERE campaign = %(c)s AND id = %(id)s", args
+                )
+            ).fetchone()
+            if found is not None and found[0] == args["t"]:
+                return True  # an earlier try committed; its answer was lost
             await self._conn.execute(
                 "UPDATE jobs SET possibly_duplicated = true WHERE campaign = %(c)s AND id = %(id)s",
                 args,
@@ -327,16 +426,32 @@ class RunnerLease:
     # -- adoption -----------------------------------------------------------
     @_serial
     async def adopt(self) -> Adoption | None:
-        """Adopt one dead runner (lease out for more than ``grace_s``), if any."""
+        """Adopt one dead runner (lease out for more than ``grace_s``, or on this node with
+        its process gone: nothing of it can be on the wire), if any."""
+        gone = await self._gone_here()
         for attempt in range(_RETRIES):
             try:
-                return await self._adopt_once()
+                return await self._adopt_once(gone)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
         return None
 
-    async def _adopt_once(self) -> Adoption | None:
+    async def _gone_here(self) -> list[int]:
+        """Runners of this campaign on this node whose process no longer exists."""
+        if self.node is None:
+            return []
+        rows = await (
+            await self._conn.execute(
+                "SELECT id, pid FROM runners WHERE campaign = %(c)s AND node = %(node)s "
+                "AND id <> %(me)s AND (adopted_by IS NULL OR EXISTS (SELECT 1 FROM jobs j "
+                f"WHERE j.owner = runners.id AND j.state IN {_OWNED}))",
+                self._args(node=self.node),
+            )
+        ).fetchall()
+        return [int(i) for i, pid in rows if _gone(int(pid))]
+
+    async def _adopt_once(self, gone: Sequence[int] = ()) -> Adoption | None:
         me = self.me
         conn = self._conn
         async with conn.transaction():
@@ -360,13 +475,14 @@ class RunnerLease:
             dead_row = await (
                 await conn.execute(
                     "UPDATE runners SET adopted_by = %(me)s WHERE id = (SELECT r.id FROM "
-                    "runners r WHERE r.id <> %(me)s AND r.campaign = %(c)s AND r.lease_until < "
-                    f"{_NOW} - make_interval(secs => %(grace)s) AND (r.adopted_by IS NULL OR "
-                    "EXISTS (SELECT 1 FROM jobs j WHERE j.owner = r.id AND j.state IN "
-                    f"{_OWNED})) ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED) "
+                    "runners r WHERE r.id <> %(me)s AND r.campaign = %(c)s AND (r.lease_until < "
+                    f"{_NOW} - make_interval(secs => %(grace)s) OR r.id = ANY(%(gone)s)) AND "
+                    "(r.adopted_by IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.owner = r.id "
+                    f"AND j.state IN {_OWNED})) ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP "
                     # re-read after the lock wait: a renewal that committed meanwhile wins
-                    f"AND lease_until < {_NOW} - make_interval(secs => %(grace)s) RETURNING id",
-                    self._args(grace=self.grace_s),
+                    f"LOCKED) AND (lease_until < {_NOW} - make_interval(secs => %(grace)s) "
+                    "OR id = ANY(%(gone)s)) RETURNING id",
+                    self._args(grace=self.grace_s, gone=list(gone)),
                 )
             ).fetchone()
             if dead_row is None:
@@ -453,9 +569,28 @@ class RunnerLease:
         return int(row[0]) if row else 0
 
     @_serial
+    async def remaining(self) -> tuple[int, int]:
+        """(unfinished rows not this runner's, of them those no live runner owns: free
+        or a dead runner's). This runner leaves once the first is 0, or with
+        ``--leave-early`` once the second is."""
+        row = await (
+            await self._conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE j.owner IS NULL OR NOT EXISTS "
+                f"(SELECT 1 FROM runners r WHERE r.id = j.owner AND {_LIVE_R})) "
+                "FROM jobs j WHERE j.campaign = %(c)s AND j.state IN "
+                f"{_OWNED} AND (j.owner IS NULL OR j.owner <> %(me)s) "
+                "AND (j.in_file OR j.state <> 'queued')",
+                self._args(),
+            )
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    @_serial
     async def leave(self) -> None:
-        """Unsent claims freed, slots given back, the runner row stopped (lock order:
-        accounts, runners, jobs)."""
+        """Unsent claims freed, submits cut off requeued flagged (in doubt), paid rows
+        left for any runner to follow or land, slots given back, the runner row stopped
+        (lock order: accounts, runners, jobs). Nothing of a runner already adopted is
+        touched: its rows are its adopter's."""
         if self.id is None:
             return
         conn = self._conn
@@ -476,14 +611,21 @@ class RunnerLease:
                 await conn.execute(
                     "UPDATE slot_grants SET held = 0 WHERE runner = %(me)s", self._args()
                 )
-                await conn.execute(
+                mine = await conn.execute(
                     "UPDATE runners SET stopped = true WHERE id = %(me)s AND adopted_by IS NULL",
                     self._args(),
                 )
-                await conn.execute(
-                    "UPDATE jobs SET owner = NULL WHERE owner = %(me)s AND state = 'queued'",
-                    self._args(),
-                )
+                if mine.rowcount:
+                    await conn.execute(
+                        "UPDATE jobs SET state = 'queued', owner = NULL, possibly_duplicated "
+                        "= true WHERE owner = %(me)s AND state = 'submitting'",
+                        self._args(),
+                    )
+                    await conn.execute(
+                        "UPDATE jobs SET owner = NULL WHERE owner = %(me)s AND state IN "
+                        "('queued','submitted','succeeded')",
+                        self._args(),
+                    )
         self.lost = True
 
 

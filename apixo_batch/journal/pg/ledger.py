@@ -7,11 +7,15 @@ waiting; ``succeeded``/``done`` with ``synchronous_commit=off``). A state change
 checks its from-state in the same UPDATE, as :mod:`..changes` does; the task id of
 a submit and its ``task_history`` row commit in one transaction.
 
-One run holds a campaign at a time, as SQLite's file lock makes it: the run's own
-session holds a PostgreSQL advisory lock on the campaign for as long as it runs
-(released by the server when the session ends, a kill -9 included). The start of
-a run therefore requeues every ``submitting`` row as SQLite's does; the several
-runners of issue 33 will scope that to dead runners' rows.
+Several runs may share a campaign. Each ``run`` opens the ledger as a *runner*
+(:class:`~..ledger.RunnerSpec`): its own session holds a lease row
+(:class:`~.lease.RunnerLease`, :attr:`PgLedger.runner`), queued rows are claimed
+before they are admitted, a submit is marked only on a row the runner owns while
+its lease is live, and it follows and lands only the rows it owns. Its start-up
+syncs the job file under the campaign row's lock (one syncer at a time) and
+requeues only the ``submitting`` rows of dead runners (adoption), never a live
+one's. Opened without a runner (``verify --fix``, ``adopt``, tests), the ledger
+claims nothing and sees every row, as one run did.
 
 What consumes rows off the event loop (the manifest, the check of the disk) runs
 in a worker thread that reads the rows a page at a time through the loop.
@@ -20,6 +24,7 @@ in a worker thread that reads the rows a page at a time through the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import (
@@ -45,7 +50,7 @@ from ...planning.kind import Kind
 from ...planning.selection import Again
 from ..clash import OUTPUT_EXISTS, Clash, find_clashes
 from ..decisions import Decision
-from ..ledger import StateWrites, Totals
+from ..ledger import RunnerSpec, StateWrites, Totals
 from ..naming import name_owners
 from ..reconcile import NewJob, SyncResult, take_json
 from ..rows import (
@@ -63,6 +68,7 @@ from ..states import TRANSITIONS, JobState, illegal_change
 from ..store import FILE_STAMP, DoneFiles
 from ..unrecorded import AdoptRefused
 from .executor import Op, PgConn, PgExecutor, database_failed
+from .lease import RunnerLease
 from .schema import migrate
 from .url import shown
 
@@ -77,6 +83,8 @@ KEEP_COMPLETIONS = 500
 _LEGAL_FROM: dict[JobState, list[str]] = {
     new: [old.value for old in JobState if new in TRANSITIONS[old]] for new in JobState
 }
+#: the states a job ends in
+_ENDS = frozenset({S.DONE, S.FAILED, S.EXPIRED})
 _NEW_COLUMNS = (
     "id",
     "idx",
@@ -121,34 +129,50 @@ def _row(values: Sequence[Any] | None) -> JobRow | None:
     return None if values is None else JobRow.from_sql(values)
 
 
-def _lock_key(campaign: str) -> str:
-    return f"apixo-batch:{campaign}"
+#: rows per claim of queued rows: what admission asks for at a time, so a runner holds
+#: few rows it has no slot for yet (the others may take the rest)
+CLAIM = 10
 
 
 async def open_pg_ledger(
-    url: str, campaign: str, clock: Clock, anchor: Path, *, commit_delay: float = 0.0
+    url: str,
+    campaign: str,
+    clock: Clock,
+    anchor: Path,
+    *,
+    commit_delay: float = 0.0,
+    runner: RunnerSpec | None = None,
 ) -> PgLedger:
     """The ledger of ``campaign`` in the database at ``url``: schema brought up to date,
-    the campaign's run lock taken (another run holding it is :class:`JournalError`), the
-    pool opened. ``anchor``: the local path of :attr:`PgLedger.path`. A database that
-    cannot be reached is :class:`~.executor.DatabaseFailed` (one line, no password)."""
+    the pool opened, and with ``runner`` this process registered as one of the
+    campaign's runners (its lease live from here; renewing it is the caller's).
+    ``anchor``: the local path of :attr:`PgLedger.path`. A database that cannot be
+    reached is :class:`~.executor.DatabaseFailed` (one line, no password)."""
     where = shown(url)
+
+    async def connect() -> PgConn:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
     try:
-        session: PgConn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        session: PgConn = await connect()
     except psycopg.Error as exc:
         raise database_failed(url, exc, "cannot be reached") from None
+    lease = None
     try:
         await migrate(session, where)
-        cur = await session.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(campaign),)
-        )
-        got = await cur.fetchone()
-        if got is None or not got[0]:
-            raise JournalError(
-                f"another apixo-batch run is using the journal {where} for campaign "
-                f"'{campaign}' (wait for it to finish, or stop it; a killed run frees the "
-                "lock itself)"
+        if runner is not None and await _campaign_of(session, campaign) == campaign:
+            lease = RunnerLease(
+                session,
+                campaign,
+                clock,
+                lease_s=runner.lease_s,
+                grace_s=runner.grace_s,
+                # a renewal every lease/3: the fence keeps one missed renewal's margin
+                margin_s=runner.lease_s / 6,
+                connect=connect,
+                node=runner.node,
             )
+            await lease.register(runner.host, runner.pid, runner.version)
         pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -166,21 +190,52 @@ async def open_pg_ledger(
         await session.close()
         raise
     executor = PgExecutor(pool, url, commit_delay=commit_delay)
-    return PgLedger(executor, session, campaign, clock, anchor)
+    return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
+
+
+async def _campaign_of(session: PgConn, campaign: str) -> str:
+    """The campaign the database keeps (the first one's), ``campaign`` made it if none:
+    a runner registers only for it (another campaign is refused before anything)."""
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    if row is not None:
+        return str(row[0])
+    await session.execute(
+        "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (campaign,)
+    )
+    cur = await session.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
+    row = await cur.fetchone()
+    return campaign if row is None else str(row[0])
 
 
 class PgLedger(StateWrites):
     """The :class:`~..ledger.Ledger` of a campaign in PostgreSQL (module docstring)."""
 
     def __init__(
-        self, executor: PgExecutor, session: PgConn, campaign: str, clock: Clock, anchor: Path
+        self,
+        executor: PgExecutor,
+        session: PgConn,
+        campaign: str,
+        clock: Clock,
+        anchor: Path,
+        *,
+        lease: RunnerLease | None = None,
     ) -> None:
         self._j = executor
         self._session = session
         self._c = campaign
         self._clock = clock
         self._anchor = anchor
+        self._lease = lease
+        #: the attempt each job was marked with, which its task id's write must match
+        self._marked: dict[str, int] = {}
         self.changes = 0
+
+    @property
+    def runner(self) -> RunnerLease | None:
+        """This process as a runner of the campaign (its lease), or None when the ledger
+        was opened without one."""
+        return self._lease
 
     @property
     def path(self) -> Path:
@@ -198,7 +253,10 @@ class PgLedger(StateWrites):
         try:
             await self._j.close()
         finally:
-            await self._session.close()  # the run lock goes with the session
+            if self._lease is not None:
+                await self._lease.close()  # its session may be a newer one
+            else:
+                await self._session.close()
 
     # -- helpers ------------------------------------------------------------
     async def _one(self, conn: PgConn, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -227,6 +285,10 @@ class PgLedger(StateWrites):
             await self._check(conn, job_id, new)
             raise
         values = [new.value, now, *values]
+        if new in _ENDS:
+            # An ended job is nobody's: should it be queued (or fetched) again, any
+            # runner may claim it.
+            assignments += ", owner=NULL"
         if new is S.SUBMITTED and "task_id" in change:
             cur = await conn.execute(
                 f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state='submitting'",
@@ -308,10 +370,20 @@ class PgLedger(StateWrites):
         now = self._clock.wall()
         picks = Again(failed=retry_failed) if again is None else again
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> tuple[int, SyncResult]:
             await self._campaign_row(conn)
+            orphans = "true"
+            if lease is not None:
+                # One syncer at a time: a runner starting meanwhile waits here, then
+                # finds the rows this one inserted (nothing inserted twice).
+                await conn.execute("SELECT id FROM campaigns WHERE id=%s FOR UPDATE", (self._c,))
+                # A live runner's submits are its own; a dead one's are adoption's. Only
+                # a submit nobody owns (an earlier single run's) is a crash leftover here.
+                orphans = "owner IS NULL"
             recovered = await self._move_all(
-                conn, S.SUBMITTING, S.QUEUED, now, possibly_duplicated=True
+                conn, S.SUBMITTING, S.QUEUED, now, orphans, possibly_duplicated=True
             )
             await self._move_all(
                 conn,
@@ -326,7 +398,13 @@ class PgLedger(StateWrites):
                 return recovered, SyncResult(changed_after_submit=[])
             return recovered, await self._sync(conn, jobs, now, picks)
 
-        return await self._write(op, alone=True)
+        recovered, synced = await self._write(op, alone=True)
+        if lease is not None:
+            # Dead runners' work: paid rows this runner's to follow and land, their
+            # submits in doubt back in the queue (flagged), as a crash's are.
+            while (taken := await lease.adopt()) is not None:
+                recovered += taken.requeued
+        return recovered, synced
 
     async def _campaign_row(self, conn: PgConn) -> None:
         await conn.execute(
@@ -337,15 +415,22 @@ class PgLedger(StateWrites):
         self, conn: PgConn, jobs: Iterable[NewJob], now: float, again: Again
     ) -> SyncResult:
         result = SyncResult(changed_after_submit=[])
-        await conn.execute("UPDATE jobs SET in_file=false WHERE campaign=%s", (self._c,))
+        # Only rows that change are written (and so locked): a runner joining a campaign
+        # others are running holds none of their rows while it syncs.
+        seen: list[str] = []
         chunk: list[NewJob] = []
         for job in jobs:
+            seen.append(job.id)
             chunk.append(job)
             if len(chunk) >= PAGE:
                 await self._sync_chunk(conn, chunk, now, result, again)
                 chunk = []
         if chunk:
             await self._sync_chunk(conn, chunk, now, result, again)
+        await conn.execute(
+            "UPDATE jobs SET in_file=false WHERE campaign=%s AND in_file AND NOT (id = ANY(%s))",
+            (self._c, seen),
+        )
         row = await self._one(
             conn, "SELECT count(*) FROM jobs WHERE campaign=%s AND NOT in_file", (self._c,)
         )
@@ -432,8 +517,10 @@ class PgLedger(StateWrites):
         if same:
             await cur.executemany(
                 "UPDATE jobs SET idx=%s, filename=%s, cost_usd=%s, in_file=true, "
-                "changed_input_hash=NULL WHERE campaign=%s AND id=%s",
-                same,
+                "changed_input_hash=NULL WHERE campaign=%s AND id=%s AND (idx IS DISTINCT "
+                "FROM %s OR filename IS DISTINCT FROM %s OR cost_usd IS DISTINCT FROM %s "
+                "OR NOT in_file OR changed_input_hash IS NOT NULL)",
+                [(*row, *row[:3]) for row in same],
             )
         if replaced:
             await cur.executemany(
@@ -597,6 +684,11 @@ class PgLedger(StateWrites):
         return await self._write(op, durable=False)
 
     async def in_flight(self) -> list[JobRow]:
+        if self._lease is not None:
+            # Its own (adopted from dead runners included) and those nobody owns; never
+            # a live runner's.
+            return await self._lease.claim_paid([S.SUBMITTED.value])
+
         async def op(conn: PgConn) -> list[JobRow]:
             rows = await self._all(
                 conn,
@@ -782,8 +874,37 @@ class PgLedger(StateWrites):
                 yield row
 
     def rows(self, state: JobState, *, page: int, file_only: bool) -> AsyncIterator[JobRow]:
+        if self._lease is not None and state is S.QUEUED and file_only:
+            return self._claimed(self._lease, None, min(page, CLAIM))
+        if self._lease is not None and state in (S.SUBMITTED, S.SUCCEEDED):
+            return self._paid(self._lease, state)
         where = "state=%s" + (" AND in_file" if file_only else "")
         return self._paged(where, (state.value,), page)
+
+    async def _paid(self, lease: RunnerLease, state: JobState) -> AsyncIterator[JobRow]:
+        """A runner's rows in ``state``, with those nobody owns made its own."""
+        for row in await lease.claim_paid([state.value]):
+            yield row
+
+    async def _claimed(
+        self, lease: RunnerLease, kind: Kind | None, batch: int
+    ) -> AsyncIterator[JobRow]:
+        """Free queued file rows claimed ``batch`` at a time as they are asked for, until
+        none is free; those claimed and never asked for are given back."""
+        drives = None
+        if kind is not None:
+            drives = (kind.model, _json(kind.duration), _json(kind.resolution))
+        left: list[JobRow] = []
+        try:
+            while True:
+                left = await lease.claim(batch, drives)
+                if not left:
+                    return
+                while left:
+                    yield left.pop(0)
+        finally:
+            if left:
+                await lease.release([r.id for r in left])
 
     async def queued_by_kind(
         self, order: Callable[[list[Kind]], Iterable[Kind]], *, page: int
@@ -799,6 +920,10 @@ class PgLedger(StateWrites):
             return [Kind(str(m), d, r) for m, d, r in rows]
 
         for kind in order(await self._j.read(kinds_op)):
+            if self._lease is not None:
+                async for row in self._claimed(self._lease, kind, min(page, CLAIM)):
+                    yield row
+                continue
             where = (
                 "state=%s AND in_file AND model=%s AND kind_duration IS NOT DISTINCT FROM %s "
                 "AND kind_resolution IS NOT DISTINCT FROM %s"
@@ -893,6 +1018,9 @@ class PgLedger(StateWrites):
 
     # -- the submitter's writes ---------------------------------------------
     def mark_submitting(self, job_id: str, attempts: int) -> asyncio.Future[None]:
+        if self._lease is not None:
+            self._marked[job_id] = attempts
+            return asyncio.ensure_future(self._lease.mark_submitting(job_id, attempts, None))
         return self._change(job_id, S.SUBMITTING, attempts=attempts)
 
     def record_task_id(
@@ -903,6 +1031,24 @@ class PgLedger(StateWrites):
         possibly_duplicated: bool,
         key_fp: str | None = None,
     ) -> asyncio.Future[None]:
+        lease = self._lease
+        if lease is not None:
+            self.changes += 1
+            attempts = self._marked.pop(job_id, 0)
+
+            async def record() -> None:
+                # False: the row was adopted while this runner was cut off; the id is in
+                # task_history, the job flagged, and this runner is fenced for good.
+                await lease.record_task_id(
+                    job_id,
+                    task_id,
+                    request_type,
+                    attempts,
+                    key_id=key_fp,
+                    possibly_duplicated=possibly_duplicated,
+                )
+
+            return asyncio.ensure_future(record())
         now = self._clock.wall()
         return self._change(
             job_id,
@@ -948,11 +1094,28 @@ class PgLedger(StateWrites):
                 fail_code=None,
                 fail_msg=None,
             )
+            # Whichever runner claims it follows it (the one that owned the row may
+            # have let it go).
+            await conn.execute(
+                "UPDATE jobs SET owner=NULL WHERE campaign=%s AND id=%s", (self._c, job_id)
+            )
             return True
 
         return self._write(op)
 
     def hand_back(self, job_id: str, possibly_duplicated: bool) -> asyncio.Future[None]:
+        lease = self._lease
+        if lease is not None:
+            self._marked.pop(job_id, None)
+
+            async def back() -> None:
+                # Not written (the database is away, or the row was adopted): a marked
+                # row stays `submitting`, this runner's, and whoever adopts it requeues
+                # it flagged; an unmarked one is freed when this runner leaves.
+                with contextlib.suppress(psycopg.Error):
+                    await lease.hand_back(job_id, possibly_duplicated)
+
+            return asyncio.ensure_future(back())
         now = self._clock.wall()
 
         async def op(conn: PgConn) -> None:

@@ -130,6 +130,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _added_columns(2),
     # 3: key pools: the fingerprint of the key that created each task (only it reads it).
     _added_columns(3),
+    # 4: several runners: where a runner's pid means its process (host, boot, pid
+    # namespace), so a runner on the same node whose process is gone is adopted at once.
+    ("ALTER TABLE runners ADD COLUMN node text",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
