@@ -15,12 +15,21 @@ and the database (``jobs``, ``task_history``, ``runners``).
 
 A runner's lease and grace are shortened for tests through the environment the core
 reads (:data:`LEASE_ENV`), so an adoption comes seconds, not a minute, after a death.
+
+``Fleet(..., hosts=True)`` starts each runner in a PID namespace of its own
+(``unshare --pid --fork``): to the runners they are on different machines, so a dead
+one is found by its lease alone (on one machine a runner sees at once that another's
+process is gone). :func:`hosts_missing` says where that cannot be had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -29,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from e2e import CliResult, cli_env, finish, start_with
+from e2e import CliResult, cli_env, finish
 
 from apixo_batch.simulator import Simulator
 
@@ -39,6 +48,7 @@ __all__ = [
     "Fleet",
     "Outcome",
     "counts",
+    "hosts_missing",
     "job_of_prompt",
     "wait_for",
 ]
@@ -109,6 +119,19 @@ async def wait_for(
     return loop.time()
 
 
+_UNSHARE = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+def hosts_missing() -> str | None:
+    """One line saying why runners cannot be put on "other machines" here, or None."""
+    if shutil.which("unshare") is None:
+        return "no unshare (util-linux) to give each runner a PID namespace of its own"
+    done = subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=30, check=False)
+    if done.returncode != 0:
+        return f"unshare --pid refused here: {done.stderr.decode().strip()[:200]}"
+    return None
+
+
 @dataclass
 class Fleet:
     """N runner processes of one campaign: started, signalled, and waited for."""
@@ -118,52 +141,79 @@ class Fleet:
     url: str
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    #: each runner in a PID namespace of its own: a machine of its own to the runners
+    hosts: bool = False
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
     #: wall time (time.time) of each SIGKILL sent, by runner index
     killed_at: dict[int, float] = field(default_factory=dict)
+    _runner_pids: list[int] = field(default_factory=list)
+    _pid_ns: list[int] = field(default_factory=list)
 
     async def start(self, n: int) -> None:
         """Start ``n`` more runners (they register, sync the job file and claim)."""
         env = {**cli_env(self.sim), **LEASE_ENV, **self.env}
+        argv = [sys.executable, "-m", "apixo_batch", "run", str(self.job_file)]
+        argv += ["--state", self.url, *self.args]
         for _ in range(n):
-            self.procs.append(
-                await start_with(env, "run", str(self.job_file), "--state", self.url, *self.args)
+            proc = await asyncio.create_subprocess_exec(
+                *(_UNSHARE if self.hosts else ()),
+                *argv,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
             )
+            self.procs.append(proc)
+            pid = await self._runner_pid(proc) if self.hosts else proc.pid
+            self._runner_pids.append(pid)
+            self._pid_ns.append(os.stat(f"/proc/{pid}/ns/pid").st_ino)
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+    @staticmethod
+    async def _runner_pid(proc: asyncio.subprocess.Process) -> int:
+        """The runner under ``unshare --fork``: its one child, by the pid we see."""
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        for _ in range(500):
+            found = children.read_text().split()  # noqa: ASYNC240 (procfs: no disk I/O)
+            if found:
+                return int(found[0])
+            await asyncio.sleep(0.01)
+        raise AssertionError("unshare started no runner")
 
     def alive(self) -> bool:
         return any(p.returncode is None for p in self.procs)
 
     def signal(self, i: int, sig: int) -> None:
-        self.procs[i].send_signal(sig)
+        """``sig`` to runner ``i`` itself (not to an unshare around it)."""
+        if self.procs[i].returncode is None:
+            os.kill(self._runner_pids[i], sig)
         if sig == signal.SIGKILL:
             self.killed_at[i] = time.time()
 
     def stop_all(self) -> None:
-        """SIGSTOP every runner still running (a machine-wide stall)."""
-        for p in self.procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGSTOP)
+        """SIGSTOP every runner still running (a stall of every machine at once)."""
+        for i in range(len(self.procs)):
+            self.signal(i, signal.SIGSTOP)
 
     def cont_all(self) -> None:
-        for p in self.procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGCONT)
+        for i in range(len(self.procs)):
+            self.signal(i, signal.SIGCONT)
 
-    async def kill_when(self, i: int, ready: Callable[[Counts], bool], limit: float = 60.0) -> None:
-        """``kill -9`` runner ``i`` once ``ready(counts)`` holds (the campaign's rows)."""
-
-        async def check() -> bool:
-            return ready(await counts(self.url))
-
-        await wait_for(f"the moment to kill runner {i}", check, limit=limit, alive=self.alive)
-        self.signal(i, signal.SIGKILL)
+    async def index_of(self, runner_id: int) -> int:
+        """Which of our processes is the ``runners`` row ``runner_id``."""
+        async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            cur = await conn.execute("SELECT pid, node FROM runners WHERE id = %s", (runner_id,))
+            row = await cur.fetchone()
+        assert row is not None, runner_id
+        pid, node = int(row[0]), str(row[1] or "")
+        for i, ns in enumerate(self._pid_ns):
+            if (self.hosts and node.endswith(f"/{ns}")) or (
+                not self.hosts and pid == self._runner_pids[i]
+            ):
+                return i
+        raise AssertionError(f"runner {runner_id} (pid {pid}, node {node}) is none of ours")
 
     async def finish(self, limit: float = 90.0) -> list[CliResult]:
-        """Every runner's result (a killed one's too: exit -9), in start order."""
+        """Every runner's result (a killed one's too), in start order."""
         return list(await asyncio.gather(*(finish(p, limit) for p in self.procs)))
 
 
@@ -300,8 +350,8 @@ class Outcome:
             and by_id.get(r["adopted_by"], {}).get("adopted_by") == r["id"]
         )
 
-    def runner_of_pid(self, pid: int) -> dict[str, Any]:
-        [row] = [r for r in self.runners if r["pid"] == pid]
+    def runner(self, runner_id: int) -> dict[str, Any]:
+        [row] = [r for r in self.runners if r["id"] == runner_id]
         return row
 
     def assert_paid_once(self, *, strays_ok: bool = False) -> None:
@@ -322,16 +372,15 @@ class Outcome:
         assert not self.unflagged_duplicates(), self.unflagged_duplicates()
 
 
-async def adoption_of(url: str, pid: int, *, limit: float = 60.0) -> tuple[float, int]:
-    """Wait until the runner of ``pid`` is adopted; (wall time seen, adopter's id)."""
+async def adoption_of(url: str, runner_id: int, *, limit: float = 60.0) -> tuple[float, int]:
+    """Wait until runner ``runner_id`` is adopted; (wall time seen, adopter's id)."""
     found: list[int] = []
 
     async def adopted() -> bool:
         try:
             async with await psycopg.AsyncConnection.connect(url, connect_timeout=2) as conn:
                 cur = await conn.execute(
-                    "SELECT adopted_by FROM runners WHERE pid = %s ORDER BY id DESC LIMIT 1",
-                    (pid,),
+                    "SELECT adopted_by FROM runners WHERE id = %s", (runner_id,)
                 )
                 row = await cur.fetchone()
         except psycopg.Error:
@@ -341,5 +390,5 @@ async def adoption_of(url: str, pid: int, *, limit: float = 60.0) -> tuple[float
         found.append(int(row[0]))
         return True
 
-    await wait_for(f"adoption of runner pid {pid}", adopted, limit=limit, every=0.05)
+    await wait_for(f"adoption of runner {runner_id}", adopted, limit=limit, every=0.02)
     return time.time(), found[0]

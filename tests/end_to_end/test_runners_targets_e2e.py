@@ -34,6 +34,7 @@ from runners import (
     Outcome,
     adoption_of,
     counts,
+    hosts_missing,
     wait_for,
 )
 
@@ -59,43 +60,47 @@ def _byte_exact(sim: Any, out: Path, n: int) -> None:
 
 
 async def _busiest_runner(url: str) -> int:
-    """The pid of the runner with the most tasks running now (a death that leaves
-    paid work to adopt)."""
+    """The ``runners`` id of the runner with the most tasks running now (a death that
+    leaves paid work to adopt)."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute(
-            "SELECT r.pid FROM jobs j JOIN runners r ON r.id = j.owner "
-            "WHERE j.state = 'submitted' AND NOT r.stopped GROUP BY r.pid "
-            "ORDER BY count(*) DESC LIMIT 1"
+            "SELECT owner FROM jobs WHERE state = 'submitted' AND owner IS NOT NULL "
+            "GROUP BY owner ORDER BY count(*) DESC LIMIT 1"
         )
         row = await cur.fetchone()
     assert row is not None, "no runner owns a running task"
     return int(row[0])
 
 
-async def _last_beat(url: str, pid: int) -> float:
-    """When the runner of ``pid`` last renewed its lease (lease_until - lease)."""
+async def _last_beat(url: str, runner_id: int) -> float:
+    """When runner ``runner_id`` last renewed its lease (lease_until - lease)."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute(
-            "SELECT extract(epoch FROM lease_until)::float8 FROM runners WHERE pid = %s "
-            "ORDER BY id DESC LIMIT 1",
-            (pid,),
+            "SELECT extract(epoch FROM lease_until)::float8 FROM runners WHERE id = %s",
+            (runner_id,),
         )
         row = await cur.fetchone()
     assert row is not None
     return float(row[0]) - LEASE_S
 
 
+@pytest.mark.parametrize("where", ["one-host", "hosts"])
 async def test_kill_9_of_one_of_four_runners_at_25_percent(
-    simulator, tmp_path: Path, pg_url: str
+    simulator, tmp_path: Path, pg_url: str, where: str
 ) -> None:
     """4 runners, 200 jobs, the busiest killed with kill -9 at 25 % done: every job done
     byte-exact; extra submits only for tasks never journaled, each flagged; 0 jobs
-    submitted after their task id was journaled; the dead runner's tasks adopted once
-    its lease and grace ran out, within a sweep period (and the machine's lag)."""
+    submitted after their task id was journaled; the dead runner's tasks adopted within
+    its lease and grace and a sweep period. ``hosts``: each runner in a PID namespace of
+    its own (another machine, to them): the death is known by the lease alone, so the
+    adoption never comes before the lease and grace ran out (it might have been alive);
+    ``one-host``: the others see its process gone, and adopt at their next sweep."""
+    if where == "hosts" and (why := hosts_missing()) is not None:
+        pytest.skip(why)
     n = 200
     sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
     job_file = write_campaign(tmp_path, simple_jobs(n))
-    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "40"])
+    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "40"], hosts=where == "hosts")
     await fleet.start(4)
     await wait_for(
         "25 % of the jobs done",
@@ -104,27 +109,30 @@ async def test_kill_9_of_one_of_four_runners_at_25_percent(
         alive=fleet.alive,
     )
     victim = await _busiest_runner(pg_url)
-    i = fleet.pids.index(victim)
+    i = await fleet.index_of(victim)
     beat = await _last_beat(pg_url, victim)
     fleet.signal(i, signal.SIGKILL)
     killed = fleet.killed_at[i]
     seen, adopter = await adoption_of(pg_url, victim, limit=60)
     results = await fleet.finish()
-    assert results[i].code == -signal.SIGKILL
+    # (under unshare, its wrapper's status: unshare reports a killed child its own way)
+    assert results[i].code == -signal.SIGKILL or (where == "hosts" and results[i].code != 0)
     _exits_clean([r for k, r in enumerate(results) if k != i], {0})
 
     outcome = await Outcome.read(sim, pg_url)
     outcome.assert_paid_once()
     _byte_exact(sim, tmp_path / "out", n)
-    dead = outcome.runner_of_pid(victim)
-    assert dead["adopted_by"] == adopter != dead["id"]
-    # Never before its lease and grace ran out (it might have been alive), and within a
-    # sweep period of them, plus what a loaded 2-core machine adds to a heartbeat.
-    assert seen >= beat + LEASE_S + GRACE_S
-    delay = seen - killed
-    assert delay <= LEASE_S + GRACE_S + LEASE_S / 3 + 3.0, delay
+    assert outcome.runner(victim)["adopted_by"] == adopter != victim
+    # Within a sweep period of the moment it could be known dead, plus what a loaded
+    # 2-core machine adds to a heartbeat (bench/pg_runners_cli.py measures the delay).
+    sweep, lag = LEASE_S / 3, 3.0
+    if where == "hosts":
+        assert seen >= beat + LEASE_S + GRACE_S
+        assert seen - killed <= LEASE_S + GRACE_S + sweep + lag, seen - killed
+    else:
+        assert seen - killed <= sweep + lag, seen - killed
     # The dead runner's paid work was followed by the others: none of it is still its.
-    assert not [j for j, r in outcome.jobs.items() if r["owner"] == dead["id"]]
+    assert not [j for j, r in outcome.jobs.items() if r["owner"] == victim]
 
 
 async def _at_least(url: str, done: int) -> bool:
