@@ -789,11 +789,23 @@ class PgLedger(StateWrites):
         return self._write(op, durable=durable)
 
     async def _kept(self, key: str, new: str) -> str:
+        """The value kept under ``key``; ``new`` if none was. Runners that start together
+        all read the one that won: a read-then-write gave each its own journal id (the
+        output folder then refused all but one) and its own callback token."""
         value = await self._get_meta(key)
-        if value is None:
-            await self._set_meta(key, new)
-            value = new
-        return value
+        if value is not None:
+            return value
+
+        async def op(conn: PgConn) -> None:
+            await conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (campaign, key) DO NOTHING",
+                (self._c, key, new),
+            )
+
+        await self._write(op, durable=True)
+        value = await self._get_meta(key)
+        return new if value is None else value
 
     async def callback_token(self, new: str) -> str:
         return await self._kept("callback_token", new)
