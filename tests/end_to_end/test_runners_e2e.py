@@ -1,0 +1,148 @@
+"""Several runners on one PostgreSQL campaign (issue 33), end to end: the real CLI
+started N times on one job file and one database, the real simulator, a real cluster
+(tests/pg.py). The simulator's count of submits per input is the ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from e2e import (
+    CliResult,
+    assert_byte_exact,
+    cli_env,
+    finish,
+    read_manifest,
+    simple_jobs,
+    start_with,
+    write_campaign,
+)
+
+pytestmark = pytest.mark.e2e
+
+#: a short lease, so that a killed runner's work is adopted within a few seconds
+LEASE_S = "2"
+ARGS = ["--time-scale", "0.02", "--json", "--max-concurrent", "8"]
+
+
+def _env(sim: Any) -> dict[str, str]:
+    return {**cli_env(sim), "APIXO_BATCH_LEASE_S": LEASE_S}
+
+
+async def _start(sim: Any, job_file: Path, url: str) -> asyncio.subprocess.Process:
+    return await start_with(_env(sim), "run", str(job_file), "--state", url, *ARGS)
+
+
+def _query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        made = conn.execute("SELECT to_regclass('runners') IS NOT NULL").fetchone()
+        if made is None or not made[0]:
+            return []
+        return conn.execute(sql, args).fetchall()
+
+
+def _runner_of(url: str, pid: int) -> int | None:
+    rows = _query(url, "SELECT id FROM runners WHERE pid = %s", pid)
+    return int(rows[0][0]) if rows else None
+
+
+def _submits(sim: Any, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    return {j["id"]: sim.submits_for(j["model"], j["input"]) for j in jobs}
+
+
+def _all_done_byte_exact(sim: Any, out: Path, n: int) -> list[dict[str, Any]]:
+    manifest = read_manifest(out)
+    assert len(manifest) == n and all(e["state"] == "done" for e in manifest)
+    for entry in manifest:
+        assert_byte_exact(sim, out, entry)
+    return manifest
+
+
+async def test_three_runners_finish_one_campaign_each_job_submitted_once(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """Three runs of one campaign at once: every job done byte-exact, each submitted
+    exactly once, the work spread over the three, each exiting 0."""
+    sim = await simulator(time_scale=0.02, results_per_task=1)
+    jobs = simple_jobs(90)
+    job_file = write_campaign(tmp_path, jobs)
+    procs = [await _start(sim, job_file, pg_url) for _ in range(3)]
+    results: list[CliResult] = await asyncio.gather(*(finish(p, 120.0) for p in procs))
+    for res in results:
+        assert res.code == 0, res.stderr
+        assert "Traceback" not in res.stderr
+    _all_done_byte_exact(sim, tmp_path / "out", 90)
+    assert set(_submits(sim, jobs).values()) == {1}
+    assert sim.stats()["submits_accepted"] == 90
+    submitted = [res.summary["submitted"] for res in results]
+    assert sum(submitted) == 90
+    assert all(n > 0 for n in submitted), submitted  # every runner did a share
+    # Each left: nothing owned, every lease given up.
+    left = _query(pg_url, "SELECT count(*) FROM runners WHERE NOT stopped")
+    owned = _query(pg_url, "SELECT count(*) FROM jobs WHERE owner IS NOT NULL")
+    assert left == [(0,)] and owned == [(0,)]
+
+
+async def test_a_runner_killed_mid_campaign_is_adopted_never_resubmitted(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """One of three runners killed with kill -9 while its tasks run: the others adopt
+    them (followed, not sent again) and finish the campaign byte-exact. No job whose
+    task id was journaled is submitted again; the only extra submits are of jobs
+    flagged possibly duplicated (a submit cut off on the wire)."""
+    sim = await simulator(time_scale=0.05, results_per_task=1)
+    jobs = simple_jobs(120)
+    job_file = write_campaign(tmp_path, jobs)
+    victim, *others = [await _start(sim, job_file, pg_url) for _ in range(3)]
+
+    def victim_runs_tasks() -> bool:
+        me = _runner_of(pg_url, victim.pid)
+        if me is None:
+            return False
+        rows = _query(
+            pg_url, "SELECT count(*) FROM jobs WHERE owner = %s AND state = 'submitted'", me
+        )
+        return bool(rows) and int(rows[0][0]) >= 3
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60.0
+    while not victim_runs_tasks():
+        assert loop.time() < end and victim.returncode is None, "the victim never ran tasks"
+        await asyncio.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    await victim.wait()
+    dead = _runner_of(pg_url, victim.pid)
+    journaled = {
+        str(job_id) for (job_id,) in _query(pg_url, "SELECT id FROM jobs WHERE task_id IS NOT NULL")
+    }
+    held = {
+        str(job_id): str(task)
+        for job_id, task in _query(
+            pg_url,
+            "SELECT id, task_id FROM jobs WHERE owner = %s AND state = 'submitted'",
+            dead,
+        )
+    }
+    assert held  # the moment chosen: the victim had tasks running
+    results = await asyncio.gather(*(finish(p, 120.0) for p in others))
+    for res in results:
+        assert res.code == 0, res.stderr
+        assert "Traceback" not in res.stderr
+    manifest = _all_done_byte_exact(sim, tmp_path / "out", 120)
+    submits = _submits(sim, jobs)
+    # Paid once: a job whose task id reached the journal is never sent again.
+    assert all(submits[job_id] == 1 for job_id in journaled)
+    flagged = {e["id"] for e in manifest if e["possibly_duplicated"]}
+    assert {job_id for job_id, n in submits.items() if n > 1} <= flagged
+    assert all(n >= 1 for n in submits.values())
+    # The victim's running tasks were adopted and followed to their end, same task ids.
+    by_id = {e["id"]: e for e in manifest}
+    assert all(by_id[job_id]["task_id"] == task for job_id, task in held.items())
+    adopted = _query(pg_url, "SELECT adopted_by FROM runners WHERE id = %s", dead)
+    assert adopted and adopted[0][0] is not None
+    told = "\n".join(res.stdout for res in results)
+    assert f"runner {dead} stopped renewing its lease" in told
