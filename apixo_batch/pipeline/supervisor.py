@@ -500,6 +500,12 @@ class Supervisor:
             if stop is not None:
                 self.stops.request(stop)
                 return
+        if self.database is not None and self.pool is not None and start.needs_api:
+            # The account's limits are the database's: this runner uses its share.
+            from .shared import share_limits
+
+            shared = await share_limits(self.database, ledger, self.pool, self.clock, rpm=o.rpm)
+            network.push_async_callback(shared.close)
         await stages.run(submit=start.submit, interrupt=self._interrupt)
 
     def _ours(self, in_flight: list[JobRow]) -> list[JobRow]:

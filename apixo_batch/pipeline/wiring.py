@@ -182,7 +182,7 @@ class Stages:
         admitted_tx, admitted_rx = anyio.create_memory_object_stream[Admitted](0)
         pool = parts.pool
         # Bounded by the slots already: a submit never waits on the follower.
-        room = sum(a.slots.limit for a in pool.accounts) if pool else o.max_concurrent
+        room = sum(a.slots.top for a in pool.accounts) if pool else o.max_concurrent
         submitted_tx, submitted_rx = anyio.create_memory_object_stream[Submitted](room)
         fetch_tx, fetch_rx = anyio.create_memory_object_stream[Fetch](max(500, o.max_concurrent))
         self._fetches = fetch_rx

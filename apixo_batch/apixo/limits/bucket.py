@@ -46,6 +46,7 @@ from aiolimiter import AsyncLimiter
 from ...clock import Clock
 from .congestion import BETA, RateControl
 from .estimate import AccountLimiter, Fit
+from .shared import ASK_S, MAX_ASK, TOKEN_TTL_S, TokenSource
 
 __all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
 
@@ -53,6 +54,8 @@ __all__ = ["BucketStats", "Limit", "Priority", "RequestBucket"]
 PROBE_WAIT_S = 10.0
 #: probes go at most this often while the account keeps refusing them
 MIN_PROBE_S = 0.25
+#: local tickets whose global ticket is remembered (a 429 names the local one)
+_TICKETS_KEPT = 4096
 
 
 class Limit(Protocol):
@@ -98,6 +101,11 @@ class _ClockedLimiter(AsyncLimiter):
         # token's drip time; without the epsilon that costs a second full wait.
         return self._level + amount <= self.max_rate + 1e-9
 
+    def room(self) -> int:
+        """Whole requests that may leave now."""
+        self._leak()
+        return int(self.max_rate - self._level + 1e-9)
+
 
 @dataclass(frozen=True, slots=True)
 class BucketStats:
@@ -114,6 +122,8 @@ class BucketStats:
     learned_rpm: float | None = None
     #: how the account limits, as learned ("2,700 per 60 s (sliding)"), if it is known
     learned_limit: str | None = None
+    #: shared tokens (a token source) dropped unused past their time to live
+    tokens_dropped: int = 0
 
 
 class RequestBucket:
@@ -172,6 +182,18 @@ class RequestBucket:
         # (second, window) -> grants in the window: only whole past seconds count, so the
         # sum is fixed until the second changes, and polls ask for it several times a task
         self._used: tuple[int, int, float] = (-1, 0, 0.0)
+        #: the account's shared budget (several runners), or None: this bucket alone
+        self.source: TokenSource | None = None
+        # shared tokens in hand: (global ticket, when granted), oldest first
+        self._tokens: collections.deque[tuple[int, float]] = collections.deque()
+        # local ticket -> global ticket, for the 429s the source must hear of
+        self._global: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._dropped = 0
+
+    def share(self, source: TokenSource) -> None:
+        """Take every grant's token from ``source`` too (before the first grant): the
+        account's budget is shared with other runners (see :mod:`.shared`)."""
+        self.source = source
 
     async def acquire(self, priority: int = Priority.STATUS) -> int:
         """Wait for one request's worth of budget; lower ``priority`` values are served first.
@@ -193,6 +215,8 @@ class RequestBucket:
             await self._wait_for_capacity()
             await self._limiter.acquire()
             self._granted += 1
+            if self.source is not None:
+                self._spend_token()
             self._count_grant()
             if self._probing:
                 self._probe = self._granted
@@ -214,7 +238,12 @@ class RequestBucket:
             bound = waited or bool(self._waiters)
             self._limiter.drip = self.control.current(now, bound=bound)
             if self._limiter.has_capacity():
-                return
+                if self.source is None or self._fresh_token(now):
+                    return
+                if await self._ask_source():
+                    continue  # time passed while asking: look at the pause and the bucket again
+                waited = True
+                continue
             waited = True
             # Less than one token short: one token's drip time is always enough. A tick
             # waits longer, but never past 0.8 of the bucket: drip beyond a full bucket is
@@ -222,6 +251,32 @@ class RequestBucket:
             drip = self._limiter.drip
             cap = 0.8 * self._limiter.max_rate
             await self._clock.sleep(max(1.0, min(self.tick * drip, cap)) / drip)
+
+    def _fresh_token(self, now: float) -> bool:
+        """A shared token in hand that may still be sent (older ones are dropped)."""
+        while self._tokens and now - self._tokens[0][1] > TOKEN_TTL_S:
+            self._tokens.popleft()
+            self._dropped += 1
+        return bool(self._tokens)
+
+    async def _ask_source(self) -> bool:
+        """Ask the source for as many tokens as there are callers (no more than the local
+        bucket lets leave now); True if some came, else wait as told (at least ASK_S)."""
+        assert self.source is not None
+        want = max(1, min(MAX_ASK, 1 + len(self._waiters), self._limiter.room()))
+        grant = await self.source.take(want)
+        if grant.n > 0:
+            at = self._clock.monotonic()
+            self._tokens.extend((grant.first_ticket + i, at) for i in range(grant.n))
+            return True
+        await self._clock.sleep(max(grant.wait_s, ASK_S))
+        return False
+
+    def _spend_token(self) -> None:
+        ticket, _ = self._tokens.popleft()
+        self._global[self._granted] = ticket
+        if len(self._global) > _TICKETS_KEPT:
+            self._global.popitem(last=False)
 
     async def _await_probe(self) -> None:
         """Wait for the probe's answer, or PROBE_WAIT_S (an answer may never come: the
@@ -322,6 +377,10 @@ class RequestBucket:
             self._limiter.empty_until(self._paused_until)
         else:
             self._pause(now, retry_after, fit, blind=False)
+        if self.source is not None:
+            # Every runner of the account pauses as long, and slows once per episode.
+            shared = None if ticket is None else self._global.get(ticket)
+            self.source.rate_limited(shared or 0, max(0.0, self._paused_until - now))
 
     def _pause(
         self, now: float, retry_after: float | None, fit: Fit | None, *, blind: bool
@@ -448,4 +507,5 @@ class RequestBucket:
             learned_rpm=self.learned_rpm,
             learned_limit=self.learned_limit,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
+            tokens_dropped=self._dropped,
         )

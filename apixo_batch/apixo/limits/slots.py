@@ -6,6 +6,8 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
+from .shared import SlotSource
+
 __all__ = ["SLOW_START", "ConcurrencyLimit", "ConcurrencyStats", "SlotsClosed", "SlotsStranded"]
 
 #: the slot window a run starts with, before tasks are created
@@ -40,12 +42,20 @@ class ConcurrencyLimit:
     A permit whose task is left running (``--max-wait``) is *stranded*: it stays
     taken (the task still runs at APIXO), and once every permit is stranded no
     waiter can ever be served, so they are told (:class:`SlotsStranded`).
+
+    With a :class:`~.shared.SlotSource` (the account's slots shared by several runners)
+    ``limit`` is the slots this runner holds, changed by :meth:`resize` (0 until the
+    first grant), while ``top`` stays the account's figure; the learned window is the
+    account's and keeps its meaning.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, source: SlotSource | None = None) -> None:
         if limit < 1:
             raise ValueError("the concurrency limit must be at least 1")
         self.limit = limit
+        #: the account's slots (``--max-concurrent``): the most ``limit`` may become
+        self.top = limit
+        self.source = source
         #: the account's real slot limit as learned (a 429 on submit), at most ``limit``;
         #: it starts small and grows by one per task created (doubling per round trip,
         #: TCP's slow start), so an account that holds fewer slots refuses few submits
@@ -72,6 +82,8 @@ class ConcurrencyLimit:
             raise SlotsStranded()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        if self.source is not None and self._in_flight >= self.limit:
+            self.source.short()
         try:
             await fut
         except asyncio.CancelledError:
@@ -85,7 +97,29 @@ class ConcurrencyLimit:
         """Count a task already in flight (from an earlier run), even past the limit."""
         self._take()
         self._running += 1
-        self._window = min(float(self.limit), max(self._window, float(self._running)))
+        self._window = min(float(self.top), max(self._window, float(self._running)))
+
+    def resize(self, limit: int) -> None:
+        """Use at most ``limit`` permits from now on (the slots held: 0 is allowed);
+        permits in use over it are kept until their tasks end."""
+        if limit < 0:
+            raise ValueError("a slot limit cannot be negative")
+        self.limit = min(limit, self.top)
+        self._serve()
+
+    @property
+    def short(self) -> bool:
+        """Permits are waited for, and the held limit (not the window) is what binds."""
+        return bool(self._waiters) and self._in_flight >= self.limit and self.limit < self.top
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def closed(self) -> bool:
+        """No permit will be handed out any more (admission has ended)."""
+        return self._closed is not None
 
     def close(self) -> None:
         """Hand out no more permits: every waiter, and every later acquire, raises."""
@@ -103,12 +137,15 @@ class ConcurrencyLimit:
             self._fail_waiters(SlotsStranded())
 
     def _hopeless(self) -> bool:
-        return self._in_flight >= self.cap and self._stranded >= self._in_flight
+        # No permit in flight: a limit of 0 (shared slots not granted yet) is not hopeless.
+        return 0 < self._in_flight >= self.cap and self._stranded >= self._in_flight
 
     @property
     def cap(self) -> int:
-        """Permits handed out at most now: the configured limit, or the learned window."""
-        return max(1, int(self._window))
+        """Permits handed out at most now: the limit (the slots held), or the learned
+        window if smaller."""
+        window = max(1, int(self._window))
+        return window if self.source is None else min(self.limit, window)
 
     def running(self) -> None:
         """A permit's task now exists at APIXO (its submit was answered with a task id)."""
@@ -119,7 +156,7 @@ class ConcurrencyLimit:
         # window's worth of tasks created: probing past the account's limit costs one
         # 429 per window.
         step = 1.0 if self._slow_start else 1.0 / self._window
-        self._window = min(float(self.limit), self._window + step)
+        self._window = min(float(self.top), self._window + step)
         self._serve()
 
     def full(self) -> None:
@@ -128,6 +165,8 @@ class ConcurrencyLimit:
         self._window = float(max(1, self._running))
         self._slow_start = False
         self._shrinks += 1
+        if self.source is not None:
+            self.source.refused()
 
     async def freed(self) -> None:
         """Wait for the next task to end (a refused submit keeps its permit meanwhile, and

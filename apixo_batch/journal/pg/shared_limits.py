@@ -36,8 +36,15 @@ __all__ = [
     "ensure_account",
     "fair_share",
     "give_slots",
+    "keep_learned_rpm",
+    "learned_rpm",
+    "live_runners",
     "on_rate_limited",
+    "open_session",
+    "pool_state",
     "probe_up",
+    "reclaim_expired",
+    "slots_refused",
     "take_slots",
     "take_tokens",
 ]
@@ -55,6 +62,8 @@ PROBE_S = 10.0
 PROBE_STEP = 0.95
 #: the rpm kept below the account's figure, as a share of it
 RPM_MARGIN = 0.005
+#: a runner granted nothing asks again after this at the soonest (apixo.limits.shared.ASK_S)
+ASK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,9 +75,13 @@ class RateRow:
     row_burst: int
 
     @classmethod
-    def of(cls, rpm: float, burst: int) -> RateRow:
+    def of(cls, rpm: float, burst: float) -> RateRow:
         drip = max(1e-6, (rpm - burst - RPM_MARGIN * rpm) / 60.0)
-        row_burst = max(1, math.floor(burst - drip * TOKEN_TTL_S))
+        # Design rule 1 (the burst pays for tokens sent up to TOKEN_TTL_S late), but never
+        # under one ask's drip: the engine's local burst is only 0.1 s of drip (the
+        # experiment's was 0.3 s), and a row holding less than what drips while a runner
+        # waits ASK_S would lose the rest, capping the rate near one token per ask.
+        row_burst = max(1, math.floor(burst - drip * TOKEN_TTL_S), math.ceil(drip * ASK_S))
         interval = 1.0 / drip
         return cls(interval_s=interval, tau_s=(row_burst - 1) * interval, row_burst=row_burst)
 
@@ -84,7 +97,7 @@ class Grant:
 
 
 async def ensure_account(
-    conn: PgConn, account: str, *, slots: int, rpm: float, burst: int, now: float | None = None
+    conn: PgConn, account: str, *, slots: int, rpm: float, burst: float, now: float | None = None
 ) -> None:
     """The account's rows, created by the first runner; a later runner's figures update
     the slot limit (never below what is granted) and the top rate."""
@@ -235,3 +248,109 @@ async def probe_up(conn: PgConn, account: str, *, now: float | None = None) -> b
         {"a": account, "step": PROBE_STEP, "probe": PROBE_S, "ceil": CEILING_S, "now": now},
     )
     return cur.rowcount > 0
+
+
+async def pool_state(conn: PgConn, runner: int, account: str) -> tuple[int, int]:
+    """The account's slot limit now (lowered by slot 429s), and the slots ``runner``
+    holds (an adopter may have moved some to itself, a refusal taken some back)."""
+    cur = await conn.execute(
+        "SELECT a.slots_limit, coalesce((SELECT held FROM slot_grants g WHERE g.account = a.id "
+        "AND g.runner = %(me)s), 0) FROM accounts a WHERE a.id = %(a)s",
+        {"a": account, "me": runner},
+    )
+    row = await cur.fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+async def slots_refused(conn: PgConn, runner: int, account: str, in_use: int) -> int:
+    """The account refused a submit of ``runner`` for its slots while it had ``in_use``
+    tasks: what it holds beyond them goes back, and the account's limit comes down to
+    what is granted, at least 1 (every runner's fair share shrinks with it; each gives
+    back what it holds beyond at its next heartbeat). The new limit."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT g.held FROM accounts a LEFT JOIN slot_grants g ON g.account = a.id "
+            "AND g.runner = %(me)s WHERE a.id = %(a)s FOR UPDATE OF a",
+            {"a": account, "me": runner},
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return 0
+        back = max(0, int(row[0] or 0) - max(0, in_use))
+        args = {"a": account, "me": runner, "n": back}
+        if back:
+            await conn.execute(
+                "UPDATE slot_grants SET held = held - %(n)s WHERE runner = %(me)s "
+                "AND account = %(a)s",
+                args,
+            )
+        cur = await conn.execute(
+            "UPDATE accounts SET granted = granted - %(n)s, "
+            "slots_limit = greatest(1, granted - %(n)s) WHERE id = %(a)s RETURNING slots_limit",
+            args,
+        )
+        got = await cur.fetchone()
+        return int(got[0]) if got else 0
+
+
+async def learned_rpm(conn: PgConn, account: str) -> float | None:
+    """The account's rate as the last run that learned one left it (shared by every
+    runner and campaign of the account)."""
+    cur = await conn.execute("SELECT learned_rpm FROM accounts WHERE id = %(a)s", {"a": account})
+    row = await cur.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def keep_learned_rpm(conn: PgConn, account: str, rpm: float | None) -> None:
+    """Keep what a run learned of the account's rate (None: it met no limit)."""
+    await conn.execute(
+        "UPDATE accounts SET learned_rpm = %(r)s WHERE id = %(a)s", {"a": account, "r": rpm}
+    )
+
+
+async def open_session(url: str) -> PgConn:
+    """A session of its own for the limits' statements (autocommit): a transaction of
+    the journal's must never hold a limit's row, nor wait behind one."""
+    import psycopg
+
+    from .executor import database_failed
+
+    try:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise database_failed(url, exc, "cannot be reached") from None
+
+
+async def live_runners(
+    conn: PgConn, runner: int, accounts: list[str], *, now: float | None = None
+) -> int:
+    """Live runners sharing an account with ``runner`` (itself included): the fair
+    share's divisor. A runner registered without its accounts counts by campaign."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM runners o, runners m WHERE m.id = %(me)s AND (o.id = m.id OR "
+        "((o.accounts && %(accts)s::text[] OR (cardinality(o.accounts) = 0 "
+        "AND o.campaign = m.campaign)) AND o.adopted_by IS NULL AND NOT o.stopped "
+        f"AND o.lease_until > {_NOW}))",
+        {"me": runner, "accts": accounts, "now": now},
+    )
+    row = await cur.fetchone()
+    return max(1, int(row[0])) if row else 1
+
+
+async def reclaim_expired(
+    conn: PgConn, runner: int, accounts: list[str], *, now: float | None = None
+) -> int:
+    """The slots held by runners of these accounts whose lease has run out, back to the
+    pools; how many. Only for a runner that knows it is the one live runner (the
+    campaign's run lock): with several, adoption moves a dead runner's slots."""
+    cur = await conn.execute(
+        "SELECT g.runner, g.account, g.held FROM slot_grants g JOIN runners r ON r.id = g.runner "
+        f"WHERE g.held > 0 AND g.account = ANY(%(accts)s) AND r.id <> %(me)s AND "
+        f"(r.lease_until <= {_NOW} OR r.stopped OR r.adopted_by IS NOT NULL) "
+        "ORDER BY g.account, g.runner",
+        {"me": runner, "accts": accounts, "now": now},
+    )
+    back = 0
+    for dead, account, held in await cur.fetchall():
+        back += await give_slots(conn, int(dead), str(account), int(held))
+    return back

@@ -1,0 +1,255 @@
+"""The limits' seams for an account shared by several runners (apixo/limits/shared.py):
+a RequestBucket whose grants also take a token of a source, a ConcurrencyLimit resized
+to the slots held. The sources here are in-memory fakes on the injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from apixo_batch.apixo.limits import ConcurrencyLimit, Priority, RequestBucket
+from apixo_batch.apixo.limits.shared import ASK_S, TOKEN_TTL_S, TokenGrant
+from apixo_batch.clock import FakeClock
+
+pytestmark = pytest.mark.looptime
+
+
+class GcraSource:
+    """The shared GCRA row, in memory: ``burst`` tokens at most, one per ``1/drip`` s; global
+    tickets; every take, 429 report and grant time recorded."""
+
+    def __init__(self, clock: FakeClock, drip: float, burst: int) -> None:
+        self.clock = clock
+        self.interval = 1.0 / drip
+        self.tau = (burst - 1) * self.interval
+        self.tat = clock.monotonic()
+        self.granted = 0
+        self.takes: list[tuple[float, int, int]] = []  # (time, want, n)
+        self.reports: list[tuple[int, float]] = []
+
+    async def take(self, want: int) -> TokenGrant:
+        now = self.clock.monotonic()
+        base = max(self.tat, now)
+        n = max(0, min(want, math.floor((now - base + self.tau) / self.interval) + 1))
+        self.tat = base + n * self.interval
+        first = self.granted + 1
+        self.granted += n
+        self.takes.append((now, want, n))
+        wait = 0.0 if n else max(0.0, base - now - self.tau)
+        return TokenGrant(n, first, wait)
+
+    def rate_limited(self, ticket: int, pause_s: float) -> None:
+        self.reports.append((ticket, pause_s))
+
+
+class Slots:
+    """A slot source that only counts what it is told."""
+
+    def __init__(self) -> None:
+        self.shorts = 0
+        self.refusals = 0
+
+    def short(self) -> None:
+        self.shorts += 1
+
+    def refused(self) -> None:
+        self.refusals += 1
+
+
+async def _hammer(bucket: RequestBucket, stamps: list[float], workers: int, until: float) -> None:
+    """``workers`` callers acquiring back to back until ``until``; grant times recorded."""
+
+    async def one() -> None:
+        while bucket.clock.monotonic() < until:
+            await bucket.acquire(Priority.SUBMIT)
+            bucket.sent()
+            stamps.append(bucket.clock.monotonic())
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(workers)]
+    try:
+        await bucket.clock.sleep(until - bucket.clock.monotonic())
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_buckets_sharing_a_source_keep_its_rate_together() -> None:
+    """Two runners' buckets, each allowed the whole rpm, sharing one row: together they
+    send the row's rate (not twice it), neither starved, and no 10-s window exceeds the
+    row's bound (burst + drip x (10 s + TTL))."""
+    clock = FakeClock()
+    rpm = 600
+    a = RequestBucket(rpm, clock, tick=0.1)
+    b = RequestBucket(rpm, clock, tick=0.1)
+    drip = (rpm - a.burst - rpm * 0.005) / 60.0
+    source = GcraSource(clock, drip, burst=math.ceil(drip * ASK_S))
+    a.share(source)
+    b.share(source)
+    sa: list[float] = []
+    sb: list[float] = []
+    end = clock.monotonic() + 60.0
+    await asyncio.gather(_hammer(a, sa, 8, end), _hammer(b, sb, 8, end))
+    together = sorted(sa + sb)
+    assert len(together) <= drip * 60.0 + 2
+    assert len(together) >= 0.97 * drip * 60.0
+    # Shares are uneven (whoever asks first after credit accrues wins: the design's
+    # "uneven shares", tuning), but neither runner starves.
+    assert 0.25 < len(sa) / len(together) < 0.75
+    bound = math.ceil(drip * ASK_S) + drip * (10.0 + TOKEN_TTL_S)
+    for i, t in enumerate(together):
+        in_window = sum(1 for u in together[i:] if u < t + 10.0)
+        assert in_window <= bound
+
+
+async def test_one_runner_sends_what_the_bucket_alone_sends() -> None:
+    """With one runner, the row (at the bucket's own drip) costs no rate: a minute of
+    back-to-back requests sends at least 0.98 of what the same bucket sends alone."""
+    clock = FakeClock()
+    rpm = 3000
+    alone = RequestBucket(rpm, clock, tick=0.1)
+    stamps_alone: list[float] = []
+    await _hammer(alone, stamps_alone, 16, clock.monotonic() + 60.0)
+    shared = RequestBucket(rpm, clock, tick=0.1)
+    drip = (rpm - shared.burst - rpm * 0.005) / 60.0
+    source = GcraSource(clock, drip, burst=max(math.ceil(drip * ASK_S), 1))
+    shared.share(source)
+    stamps: list[float] = []
+    await _hammer(shared, stamps, 16, clock.monotonic() + 60.0)
+    assert len(stamps) >= 0.98 * len(stamps_alone)
+    # Tokens are asked for in groups: far fewer statements than requests.
+    assert len(source.takes) <= 0.5 * len(stamps)
+
+
+async def test_an_empty_source_is_asked_again_after_its_wait_never_before_the_floor() -> None:
+    """A row that says "none for 0.01 s" is asked again only after ASK_S; one that says
+    "none for 0.5 s" after 0.5 s."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+
+    class Dry:
+        def __init__(self, wait: float) -> None:
+            self.wait = wait
+            self.asked: list[float] = []
+
+        async def take(self, want: int) -> TokenGrant:
+            self.asked.append(clock.monotonic())
+            if len(self.asked) < 3:
+                return TokenGrant(0, 1, self.wait)
+            return TokenGrant(1, 1, 0.0)
+
+        def rate_limited(self, ticket: int, pause_s: float) -> None:
+            raise AssertionError("no 429 here")
+
+    for wait, gap in ((0.01, ASK_S), (0.5, 0.5)):
+        dry = Dry(wait)
+        bucket.share(dry)
+        await bucket.acquire()
+        gaps = [b - a for a, b in zip(dry.asked, dry.asked[1:], strict=False)]
+        assert gaps == pytest.approx([gap, gap])
+
+
+async def test_a_429_is_told_to_the_source_with_its_global_ticket_and_the_pause() -> None:
+    """The 429 of a request names its local ticket; the source hears the global ticket of
+    the token that request used, and the pause every runner should keep."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    source = GcraSource(clock, drip=9.0, burst=3)
+    source.granted = 500  # other runners took 500 tokens before
+    bucket.share(source)
+    tickets = [await bucket.acquire() for _ in range(3)]
+    bucket.rate_limited(2.0, ticket=tickets[1], sent_at=clock.monotonic())
+    assert len(source.reports) == 1
+    ticket, pause = source.reports[0]
+    assert ticket == 502
+    assert pause >= 2.0
+
+
+async def test_a_token_not_used_within_its_time_to_live_is_dropped() -> None:
+    """Tokens asked for callers who then left, held while a 429's pause runs: older than
+    the TTL when it ends, dropped, never sent; the next grant uses a fresh token."""
+    clock = FakeClock()
+    bucket = RequestBucket(6000, clock)
+    source = GcraSource(clock, drip=90.0, burst=10)
+    real_take = source.take
+
+    async def slow_take(want: int) -> TokenGrant:
+        await clock.sleep(0.002)  # the database's round trip
+        return await real_take(want)
+
+    source.take = slow_take  # type: ignore[method-assign]
+    bucket.share(source)
+    callers = [asyncio.ensure_future(bucket.acquire()) for _ in range(5)]
+    await asyncio.sleep(0)
+    for c in callers[2:]:
+        c.cancel()  # three leave while the first asks for five
+    first, _ = await asyncio.gather(*callers[:2])
+    await asyncio.gather(*callers[2:], return_exceptions=True)
+    assert source.granted == 5
+    bucket.rate_limited(1.0, ticket=first, sent_at=clock.monotonic())
+    await bucket.acquire()
+    assert bucket.statistics().tokens_dropped == 3
+    assert source.granted > 5  # the grant after the pause used a fresh token
+    assert clock.monotonic() >= 1_000.0 + 1.0
+
+
+async def test_slots_wait_at_the_number_held_and_tell_the_source() -> None:
+    """Resized to 0, a permit waits and the source hears it is short; resized to 2, two
+    permits go; shrunk to 1 with 2 in flight, a released permit is not handed on."""
+    slots = ConcurrencyLimit(20)
+    source = Slots()
+    slots.source = source
+    slots.resize(0)
+    waiter = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done() and source.shorts == 1 and slots.short
+    slots.resize(2)
+    await asyncio.sleep(0)
+    assert waiter.done()
+    await slots.acquire()  # within the window of 10 and the 2 held
+    third = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    assert not third.done() and source.shorts == 2
+    slots.resize(1)
+    slots.release()
+    await asyncio.sleep(0)
+    assert not third.done()  # 1 in flight, 1 held
+    slots.release()
+    await asyncio.sleep(0)
+    assert third.done()
+    assert slots.statistics().peak == 2
+    third.result()
+
+
+async def test_held_slots_bound_the_window_and_the_window_still_learns() -> None:
+    """The learned window is the account's (it may grow past the slots held, up to the
+    account's figure); the cap is the smaller; a refusal is told to the source."""
+    slots = ConcurrencyLimit(50)
+    source = Slots()
+    slots.source = source
+    slots.resize(12)
+    for _ in range(12):
+        await slots.acquire()
+        slots.running()
+    assert slots.cap == 12  # held binds, the window (10 + 12) does not
+    slots.resize(30)
+    assert slots.cap == 22  # now the window binds
+    slots.full()
+    assert source.refusals == 1 and slots.cap == 12
+    with pytest.raises(ValueError):
+        slots.resize(-1)
+    slots.resize(80)
+    assert slots.limit == 50  # never past the account's figure
+
+
+async def test_no_source_keeps_the_one_runner_limit() -> None:
+    """Without a source the limit is what it always was: the window alone is the cap
+    (adopted tasks past the limit included), and nobody is told anything."""
+    slots = ConcurrencyLimit(3)
+    for _ in range(5):
+        slots.adopt()
+    slots.full()
+    assert slots.cap == 5
+    assert slots.top == slots.limit == 3
