@@ -3,6 +3,7 @@ asserts nothing.
 
     python bench/pg_runners_cli.py [--jobs 2000] [--kill-runners 4] [--runners 8]
                                    [--slots 100] [--scale 0.05] [--only kill,stats,one]
+                                   [--hosts] [--top]
 
 The same targets as tests/end_to_end/test_runners_targets_e2e.py at the issue's sizes:
 ``apixo-batch run JOBFILE --state postgresql://…`` started N times (processes) against one
@@ -28,6 +29,11 @@ and simulator:
   state (bench/_harness.py ``busy_and_bound``: tasks running at the simulator over the
   slots, from the slots-th task created to the last);
 * ``one``: one runner on the same campaign: slots busy, for the ratio N runners / one.
+
+``--hosts`` starts each runner in a PID namespace of its own (``unshare``, root): to each
+other they are on different machines, so a dead one is found by its lease alone (on one
+machine a runner sees at once that another's process is gone). ``--top`` lists the ten
+statements called most, per job.
 """
 
 from __future__ import annotations
@@ -121,6 +127,16 @@ def _counters(admin: Any, db: str) -> tuple[int, int, int]:
     return int(calls), int(commits), int(syncs)
 
 
+def _child(pid: int) -> int:
+    """The one child of ``unshare --fork`` (the runner), once it has started."""
+    for _ in range(1000):
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.01)
+    raise RuntimeError("unshare started no runner")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -155,26 +171,41 @@ def campaign(
     before = _counters(admin, name)
     t0 = time.monotonic()
     procs = []
+    wrap = ["unshare", "--pid", "--fork", "--kill-child"] if args.hosts else []
     for i in range(runners):
         with (work / f"r{i}.out").open("wb") as out, (work / f"r{i}.err").open("wb") as err:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err))
+            procs.append(subprocess.Popen([*wrap, *cmd], env=env, stdout=out, stderr=err))
+    # The runner itself (under unshare, its child) and its PID namespace: how its
+    # runners row (node) names it.
+    inner = [_child(p.pid) if args.hosts else p.pid for p in procs]
+    spaces = {os.stat(f"/proc/{pid}/ns/pid").st_ino: pid for pid in inner}
     killed: dict[str, Any] = {}
     if kill:
         while _done(url) < args.jobs // 4:
             time.sleep(0.05)
-        [(pid, owned)] = _rows(
+        [(rid, pid, node, owned)] = _rows(
             url,
-            "SELECT r.pid, count(*) FROM jobs j JOIN runners r ON r.id = j.owner "
-            "WHERE j.state = 'submitted' GROUP BY r.pid ORDER BY 2 DESC LIMIT 1",
+            "SELECT r.id, r.pid, r.node, count(*) FROM jobs j JOIN runners r ON r.id = j.owner "
+            "WHERE j.state = 'submitted' GROUP BY r.id ORDER BY 4 DESC LIMIT 1",
+        )
+        if args.hosts:
+            pid = spaces[int(str(node).rsplit("/", 1)[1])]
+        [(until,)] = _rows(
+            url, "SELECT extract(epoch FROM lease_until)::float8 FROM runners WHERE id = %s", rid
         )
         os.kill(pid, signal.SIGKILL)
         at = time.time()
         while True:
-            [(adopter,)] = _rows(url, "SELECT adopted_by FROM runners WHERE pid = %s", pid)
+            [(adopter,)] = _rows(url, "SELECT adopted_by FROM runners WHERE id = %s", rid)
             if adopter is not None:
                 break
             time.sleep(0.02)
-        killed = {"pid": pid, "running": owned, "adopted_after_s": time.time() - at}
+        seen = time.time()
+        killed = {
+            "running": owned,
+            "adopted_after_s": seen - at,
+            "after_lease_end_s": seen - float(until),
+        }
     cpu = 0.0
     codes = []
     for p in procs:
@@ -184,6 +215,11 @@ def campaign(
         cpu += usage.ru_utime + usage.ru_stime
     wall = time.monotonic() - t0
     calls, commits, syncs = (b - a for a, b in zip(before, _counters(admin, name), strict=True))
+    top = admin.execute(
+        "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements s "
+        "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC LIMIT 10",
+        (name,),
+    ).fetchall()
     with log.open("rb") as f:
         f.seek(log_from)
         claims = [float(m.group(1)) for m in _CLAIM.finditer(f.read().decode(errors="replace"))]
@@ -213,6 +249,7 @@ def campaign(
         "wall": wall,
         "cpu": cpu,
         "killed": killed,
+        "top": [(int(c) / args.jobs, str(q)) for c, q in top],
     }
 
 
@@ -224,6 +261,13 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=100)
     ap.add_argument("--scale", type=float, default=0.05)
     ap.add_argument("--only", default="kill,stats,one")
+    ap.add_argument("--top", action="store_true", help="the 10 most called statements")
+    ap.add_argument(
+        "--hosts",
+        action="store_true",
+        help="each runner in a PID namespace of its own (another machine to the others): "
+        "a dead runner is then found by its lease alone",
+    )
     args = ap.parse_args()
     why = pg_missing()
     if why is not None:
@@ -236,7 +280,8 @@ def main() -> None:
         admin.execute("SELECT pg_reload_conf()")
         print(
             f"## {args.jobs} wan-2-5 jobs, {args.slots} slots, scale {args.scale}, "
-            f"lease {LEASE_ENV}; {load()}\n"
+            f"lease {LEASE_ENV}, {'one PID namespace per runner' if args.hosts else 'one host'}; "
+            f"{load()}\n"
         )
         head = (
             "campaign | exit codes | done | submits (extra) | not journaled (unflagged) | "
@@ -258,8 +303,8 @@ def main() -> None:
             busy[name] = r["busy"]
             k = r["killed"]
             kill_txt = (
-                f"pid {k['pid']} with {k['running']} running, adopted after "
-                f"{k['adopted_after_s']:.2f} s"
+                f"{k['running']} running; adopted {k['adopted_after_s']:.2f} s after the kill, "
+                f"{k['after_lease_end_s']:.2f} s after its lease ran out"
                 if k
                 else "-"
             )
@@ -281,6 +326,9 @@ def main() -> None:
                 kill_txt,
             ]
             print("| " + " | ".join(cells) + " |", flush=True)
+            if args.top:
+                for per_job, query in r["top"]:
+                    print(f"    {per_job:6.2f} / job  {query}")
         if "one" in busy:
             for name in ("kill", "stats"):
                 if name in busy:
