@@ -28,7 +28,8 @@ and simulator:
   set ``owner``; pool waits on the runner are not in it), and slots busy in steady
   state (bench/_harness.py ``busy_and_bound``: tasks running at the simulator over the
   slots, from the slots-th task created to the last);
-* ``one``: one runner on the same campaign: slots busy, for the ratio N runners / one.
+* ``one``: one runner on the same campaign: slots busy, for the ratio N runners / one;
+* ``sqlite``: the same campaign in a SQLite journal (``--only ...,sqlite``): the baseline.
 
 ``--hosts`` starts each runner in a PID namespace of its own (``unshare``, root): to each
 other they are on different machines, so a dead one is found by its lease alone (on one
@@ -145,6 +146,7 @@ def _pct(values: list[float], q: float) -> float:
 def campaign(
     cluster: Any, admin: Any, name: str, runners: int, args: argparse.Namespace, kill: bool
 ) -> dict[str, Any]:
+    lite = name.endswith("sqlite")
     url = cluster.new_database(name)
     config = SimConfig(
         api_key=SIM_KEY,
@@ -162,7 +164,9 @@ def campaign(
     assert sim is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIXO_")}
     env.update({"APIXO_API_KEY": SIM_KEY, "APIXO_BASE_URL": sim.base_url, **LEASE_ENV})
-    cmd = [sys.executable, "-m", "apixo_batch", "run", str(job_file), "--state", url]
+    cmd = [sys.executable, "-m", "apixo_batch", "run", str(job_file)]
+    if not lite:
+        cmd += ["--state", url]
     cmd += ["--time-scale", str(args.scale), "--max-concurrent", str(args.slots), "--json"]
     log = cluster.data.parent / "log"
     log_from = log.stat().st_size
@@ -225,6 +229,9 @@ def campaign(
         claims = [float(m.group(1)) for m in _CLAIM.finditer(f.read().decode(errors="replace"))]
     timings = sim_thread.call(lambda s: s._book.timings())
     stats = sim_thread.call(lambda s: s.stats())
+    if lite:
+        sim_thread.close()
+        return _lite(work / "out", sim, runners, codes, stats, timings, args, wall, cpu)
     outcome = asyncio.run(Outcome.read(sim, url))
     sim_thread.close()
     lost = outcome.not_journaled()
@@ -250,6 +257,49 @@ def campaign(
         "cpu": cpu,
         "killed": killed,
         "top": [(int(c) / args.jobs, str(q)) for c, q in top],
+    }
+
+
+def _lite(
+    out: Path,
+    sim: Simulator,
+    runners: int,
+    codes: list[int],
+    stats: dict[str, Any],
+    timings: dict[str, Any],
+    args: argparse.Namespace,
+    wall: float,
+    cpu: float,
+) -> dict[str, Any]:
+    """The figures of a campaign kept in SQLite (the baseline of one runner)."""
+    import json
+
+    done = sum(
+        1
+        for line in (out / "manifest.jsonl").read_text().splitlines()
+        if json.loads(line)["state"] == "done"
+    )
+    nan = float("nan")
+    return {
+        "runners": runners,
+        "codes": codes,
+        "done": done,
+        "submits": stats["submits_accepted"],
+        "extra": stats["submits_accepted"] - args.jobs,
+        "not_journaled": "-",
+        "not_journaled_unflagged": "-",
+        "flagged": "-",
+        "resubmitted_after_journaled": "-",
+        "unflagged_duplicates": stats["duplicate_submits"],
+        "peak": stats["max_concurrent_tasks"],
+        "429": stats["rate_limited"],
+        "per_job": (nan, nan, nan),
+        "claims": (0, nan, nan),
+        "busy": busy_and_bound(timings, args.slots, args.scale)["busy"],
+        "wall": wall,
+        "cpu": cpu,
+        "killed": {},
+        "top": [],
     }
 
 
@@ -295,6 +345,7 @@ def main() -> None:
             ("kill", args.kill_runners, True),
             ("stats", args.runners, False),
             ("one", 1, False),
+            ("sqlite", 1, False),
         ]
         for name, runners, kill in plan:
             if name not in args.only.split(","):
