@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -115,17 +116,18 @@ def _done(url: str) -> int:
         return 0
 
 
-def _counters(admin: Any, db: str) -> tuple[int, int, int]:
-    calls = admin.execute(
-        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d "
+def _counters(admin: Any, db: str) -> tuple[int, int, int, int]:
+    calls, bare = admin.execute(
+        "SELECT coalesce(sum(calls), 0), coalesce(sum(calls) FILTER (WHERE query NOT IN "
+        "('BEGIN', 'COMMIT', 'ROLLBACK')), 0) FROM pg_stat_statements s JOIN pg_database d "
         "ON d.oid = s.dbid WHERE d.datname = %s",
         (db,),
-    ).fetchone()[0]
+    ).fetchone()
     commits = admin.execute(
         "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (db,)
     ).fetchone()[0]
     syncs = admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0]
-    return int(calls), int(commits), int(syncs)
+    return int(calls), int(bare), int(commits), int(syncs)
 
 
 def _child(pid: int) -> int:
@@ -218,7 +220,9 @@ def campaign(
         codes.append(p.returncode)
         cpu += usage.ru_utime + usage.ru_stime
     wall = time.monotonic() - t0
-    calls, commits, syncs = (b - a for a, b in zip(before, _counters(admin, name), strict=True))
+    calls, bare, commits, syncs = (
+        b - a for a, b in zip(before, _counters(admin, name), strict=True)
+    )
     top = admin.execute(
         "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements s "
         "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC LIMIT 10",
@@ -250,7 +254,7 @@ def campaign(
         "unflagged_duplicates": len(outcome.unflagged_duplicates()),
         "peak": stats["max_concurrent_tasks"],
         "429": stats["rate_limited"],
-        "per_job": (calls / args.jobs, commits / args.jobs, syncs / args.jobs),
+        "per_job": (calls / args.jobs, bare / args.jobs, commits / args.jobs, syncs / args.jobs),
         "claims": (len(claims), _pct(claims, 0.5), _pct(claims, 0.99)),
         "busy": busy_and_bound(timings, args.slots, args.scale)["busy"],
         "wall": wall,
@@ -293,7 +297,7 @@ def _lite(
         "unflagged_duplicates": stats["duplicate_submits"],
         "peak": stats["max_concurrent_tasks"],
         "429": stats["rate_limited"],
-        "per_job": (nan, nan, nan),
+        "per_job": (nan, nan, nan, nan),
         "claims": (0, nan, nan),
         "busy": busy_and_bound(timings, args.slots, args.scale)["busy"],
         "wall": wall,
@@ -322,6 +326,8 @@ def main() -> None:
     why = pg_missing()
     if why is not None:
         sys.exit(f"pg_runners_cli: {why}")
+    # A killed runner's downloads end mid-answer: the simulator's server logs each one.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     cluster = start_cluster(Path(tempfile.gettempdir()), preload="pg_stat_statements")
     try:
         admin = psycopg.connect(cluster.url(), autocommit=True)
@@ -336,7 +342,8 @@ def main() -> None:
         head = (
             "campaign | exit codes | done | submits (extra) | not journaled (unflagged) | "
             "resubmitted after journaled | unflagged dups | peak / slots | 429s | "
-            "statements / commits / fsyncs per job | claims, p50 / p99 ms | slots busy | "
+            "statements (without BEGIN/COMMIT) / commits / fsyncs per job | "
+            "claims, p50 / p99 ms | slots busy | "
             "wall s | CPU s (runners) | kill"
         )
         print("| " + head + " |\n|" + "---|" * (head.count("|") + 1))
@@ -369,7 +376,7 @@ def main() -> None:
                 str(r["unflagged_duplicates"]),
                 f"{r['peak']} / {args.slots}",
                 str(r["429"]),
-                " / ".join(f"{v:.2f}" for v in r["per_job"]),
+                "{:.2f} ({:.2f}) / {:.2f} / {:.2f}".format(*r["per_job"]),
                 f"{r['claims'][0]}, {r['claims'][1]:.2f} / {r['claims'][2]:.2f}",
                 f"{r['busy']:.3f}",
                 f"{r['wall']:.1f}",
