@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -276,3 +279,103 @@ async def test_the_fair_share_follows_runners_joining_and_leaving(campaign: Any)
     # A runner that joins knows the share at once, before its first renewal.
     (joined,) = await make(1, ["acct"])
     assert joined.live_runners == 2  # b (through acct) and itself
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_a_runner_of_this_node_whose_process_is_gone_is_adopted_at_once(
+    campaign: Any, pg_url: str
+) -> None:
+    """On the same node, a runner whose pid no longer exists is adopted without waiting
+    for its lease (nothing of it can be on the wire); one whose process lives, or that
+    runs elsewhere, only after lease + grace."""
+    clock, _make, _probe = campaign
+    leases = []
+    for host, pid in (("here", _dead_pid()), ("here", os.getpid()), ("there", _dead_pid())):
+        conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        node = f"node-{host}"
+        lease = RunnerLease(
+            conn, "camp", clock, lease_s=LEASE, grace_s=GRACE, margin_s=MARGIN,
+            db_now=clock.wall, node=node,
+        )  # fmt: skip
+        await lease.register(host, pid, "test")
+        await _submit(lease, (await lease.claim(1))[0].id, f"task-{len(leases)}")
+        leases.append(lease)
+    gone, alive, elsewhere = leases
+    conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+    me = RunnerLease(
+        conn, "camp", clock, lease_s=LEASE, grace_s=GRACE, margin_s=MARGIN,
+        db_now=clock.wall, node="node-here",
+    )  # fmt: skip
+    await me.register("here", os.getpid(), "test")
+    adoption = await me.adopt()
+    assert adoption is not None and adoption.dead == gone.id
+    assert [r.task_id for r in adoption.followed] == ["task-0"]
+    assert await me.adopt() is None  # the living one, and the other node's, wait
+    clock.advance(LEASE + GRACE + 0.1)
+    assert await me.renew()
+    assert {x.dead for x in [await me.adopt(), await me.adopt()] if x} == {alive.id, elsewhere.id}
+    for lease in (*leases, me):
+        await lease.close()
+
+
+async def test_claims_by_kind_release_and_paid_rows_nobody_owns(campaign: Any, pg_url: str) -> None:
+    """A claim of one kind takes only that kind; claims given back are free again; paid
+    rows nobody owns are taken with one's own, never another runner's."""
+    _clock, make, probe = campaign
+    await probe.execute("UPDATE jobs SET model = 'kling-2-6' WHERE idx % 2 = 1")
+    a, b = await make(2)
+    kling = await a.claim(3, ("kling-2-6", None, None))
+    assert [r.idx for r in kling] == [1, 3, 5] and {r.model for r in kling} == {"kling-2-6"}
+    await a.release([r.id for r in kling[1:]])
+    assert [r.idx for r in await b.claim(2, ("kling-2-6", None, None))] == [3, 5]
+    await _submit(a, kling[0].id, "task-a")
+    (mine,) = await b.claim(1)
+    await _submit(b, mine.id, "task-b")
+    await probe.execute("UPDATE jobs SET owner = NULL WHERE task_id = 'task-a'")
+    # File order: b's own claim was the first free row (idx 0), a's was idx 1.
+    assert [r.task_id for r in await b.claim_paid(["submitted"])] == ["task-b", "task-a"]
+    assert await a.claim_paid(["submitted"]) == []  # both are b's now
+    assert await b.claim_paid(["submitted"], mine_too=False) == []
+
+
+async def test_remaining_work_and_what_leaving_leaves(campaign: Any) -> None:
+    """What is left elsewhere (and of it, what no live runner holds) decides when a runner
+    leaves; leaving requeues its submit in doubt flagged and leaves its paid rows to
+    whoever claims them next."""
+    _clock, make, probe = campaign
+    a, b = await make(2)
+    claimed = await a.claim(3)
+    await _submit(a, claimed[0].id, "task-0")
+    await a.mark_submitting(claimed[1].id, 1, None)
+    assert await b.remaining() == (40, 37)  # a's 3 are held by a live runner
+    await a.leave()
+    assert await b.remaining() == (40, 40)
+    rows = await _rows(probe)
+    assert rows[claimed[0].id][:3] == ("submitted", None, "task-0")
+    assert rows[claimed[1].id][:2] == ("queued", None) and rows[claimed[1].id][3]
+    assert rows[claimed[2].id][:2] == ("queued", None) and not rows[claimed[2].id][3]
+    assert [r.task_id for r in await b.claim_paid(["submitted"], mine_too=False)] == ["task-0"]
+    assert await b.remaining() == (39, 39)
+
+
+async def test_a_write_whose_answer_was_lost_is_found_done_on_the_next_try(
+    campaign: Any,
+) -> None:
+    """A mark or a task id that committed but whose answer was lost (the connection
+    broke) is recognised when tried again: the mark goes on, the task id is not a stray."""
+    _clock, make, probe = campaign
+    (a,) = await make(1)
+    (row,) = await a.claim(1)
+    await a.mark_submitting(row.id, 1, None)
+    await a.mark_submitting(row.id, 1, None)  # the same attempt: already marked
+    with pytest.raises(NotOwned):
+        await a.mark_submitting(row.id, 2, None)  # another attempt: not queued
+    assert await a.record_task_id(row.id, "task-x", "veo", 1)
+    assert await a.record_task_id(row.id, "task-x", "veo", 1)
+    assert (await _rows(probe))[row.id][:5] == ("submitted", a.id, "task-x", False, 1)

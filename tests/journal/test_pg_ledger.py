@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 from apixo_batch.errors import JournalError
 from apixo_batch.journal import (
     AsyncJournal,
+    JobRow,
     JobState,
     Journal,
     Landed,
@@ -441,3 +445,73 @@ async def test_a_journal_of_schema_1_gains_takes_on_open(tmp_path: Path, pg_url:
         await ledger.close()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT version FROM apixo_schema").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def _spec(pid: int | None = None) -> RunnerSpec:
+    return RunnerSpec(
+        lease_s=30.0,
+        grace_s=35.0,
+        host="h",
+        pid=os.getpid() if pid is None else pid,
+        version="t",
+        node="node-test",
+    )
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def _first(rows: AsyncIterator[JobRow], n: int) -> list[JobRow]:
+    """The first ``n`` rows of a claiming iterator, which is then closed (the claims it
+    made and did not hand out are given back)."""
+    got = [await anext(rows) for _ in range(n)]
+    await rows.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+async def test_runners_sync_once_and_requeue_only_dead_runners_submits(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two runners reconciling one job file at once insert every job once. A runner
+    starting later leaves a live runner's submit alone and requeues (flagged, counted)
+    only that of a runner whose process is gone; it follows only what is its own or
+    nobody's, and its follower's write on another runner's row changes nothing."""
+    clock = _Clock()
+    jobs = [_job(n) for n in range(30)]
+    a = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
+    b = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=_spec())
+    (_, sa), (_, sb) = await asyncio.gather(a.reconcile(jobs), b.reconcile(jobs))
+    assert sorted([sa.added, sb.added]) == [0, 30] and (await a.counts()) == {"queued": 30}
+    await b.close()
+    dead = await open_ledger(
+        pg_url, "camp", clock, anchor=tmp_path / "d.pg", runner=_spec(_dead_pid())
+    )
+    (mine,) = await _first(a.rows(S.QUEUED, page=500, file_only=True), 1)
+    (theirs,) = await _first(dead.rows(S.QUEUED, page=500, file_only=True), 1)
+    await a.mark_submitting(mine.id, 1)
+    await dead.mark_submitting(theirs.id, 1)
+    await a.record_task_id(mine.id, "task-a", "async", False)
+    await dead.close()  # its lease stays: as after a kill -9
+    c = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "c.pg", runner=_spec())
+    recovered, _ = await c.reconcile(jobs)
+    assert recovered == 1
+    rows = {r.id: r for r in await c.in_flight()}
+    assert rows == {}  # task-a is a's, alive
+    assert [r.task_id for r in await a.in_flight()] == ["task-a"]
+    back = await c.by_task("task-a")
+    assert back is not None and back.state is S.SUBMITTED
+    again = await _first(c.rows(S.QUEUED, page=500, file_only=True), 1)
+    assert again[0].id == theirs.id and again[0].possibly_duplicated
+    # c's follower, wrongly told task-a's end, journals nothing on a's row.
+    await c.record_success(
+        mine.id, result_urls=["u"], completed_at=NOW, expires_at=NOW + 1, cost_time_ms=1,
+        via="poll", clock_key="k", seconds=1.0,
+    )  # fmt: skip
+    still = await a.by_task("task-a")
+    assert still is not None and still.state is S.SUBMITTED
+    assert c.runner is not None and a.runner is not None
+    for ledger in (a, c):
+        await ledger.close()

@@ -38,7 +38,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -275,10 +275,20 @@ class PgLedger(StateWrites):
         )
 
     async def _transition(
-        self, conn: PgConn, job_id: str, new: JobState, now: float, **change: Unpack[Change]
+        self,
+        conn: PgConn,
+        job_id: str,
+        new: JobState,
+        now: float,
+        *,
+        owner: Literal["mine", "free", "any"] = "free",
+        **change: Unpack[Change],
     ) -> None:
         """:meth:`~..changes.StateChanges.transition` in PostgreSQL: one UPDATE from the
-        legal states (for a submit's task id, its ``task_history`` row with it)."""
+        legal states (for a submit's task id, its ``task_history`` row with it). A runner
+        changes only a row it owns (``owner="mine"``: its follower's and lander's
+        writes), or that nobody owns (``"free"``); a row another runner took over is that
+        runner's to journal, and a stalled runner's late answer must not undo it."""
         try:
             assignments, values = _assignments(change)
         except JournalError:
@@ -302,9 +312,16 @@ class PgLedger(StateWrites):
                     (change["task_id"], now, self._c, job_id),
                 )
                 return
+        whose = ""
+        me: tuple[int | None, ...] = ()
+        if self._lease is not None and owner == "free":
+            whose, me = " AND (owner IS NULL OR owner=%s)", (self._lease.id,)
+        elif self._lease is not None and owner == "mine":
+            whose, me = " AND owner=%s", (self._lease.id,)
         cur = await conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)",
-            (*values, self._c, job_id, _LEGAL_FROM[new]),
+            f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)"
+            + whose,
+            (*values, self._c, job_id, _LEGAL_FROM[new], *me),
         )
         if cur.rowcount == 0:
             await self._check(conn, job_id, new)
@@ -354,10 +371,25 @@ class PgLedger(StateWrites):
         if new not in (S.SUBMITTING, S.QUEUED):
             self.changes += 1
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> None:
-            await self._transition(conn, job_id, new, at, **change)
+            try:
+                await self._transition(conn, job_id, new, at, owner="mine", **change)
+            except JournalError:
+                if lease is None or await self._mine(conn, job_id, lease):
+                    raise
+                # Another runner's row now: it adopted this runner's work while this one
+                # was cut off or stalled (and this one is fenced), or it ended the job
+                # first. Its owner journals it; nothing is lost.
 
         return self._write(op, durable=durable)
+
+    async def _mine(self, conn: PgConn, job_id: str, lease: RunnerLease) -> bool:
+        row = await self._one(
+            conn, "SELECT owner FROM jobs WHERE campaign=%s AND id=%s", (self._c, job_id)
+        )
+        return row is not None and row[0] == lease.id
 
     # -- the start of a run -------------------------------------------------
     async def reconcile(
@@ -789,23 +821,21 @@ class PgLedger(StateWrites):
         return self._write(op, durable=durable)
 
     async def _kept(self, key: str, new: str) -> str:
-        """The value kept under ``key``; ``new`` if none was. Runners that start together
-        all read the one that won: a read-then-write gave each its own journal id (the
-        output folder then refused all but one) and its own callback token."""
-        value = await self._get_meta(key)
-        if value is not None:
-            return value
+        """The value kept under ``key``, ``new`` made it if none: one for every runner,
+        however many ask at once (the first insert wins, the others read it)."""
 
-        async def op(conn: PgConn) -> None:
+        async def op(conn: PgConn) -> str:
             await conn.execute(
                 "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
                 "ON CONFLICT (campaign, key) DO NOTHING",
                 (self._c, key, new),
             )
+            row = await self._one(
+                conn, "SELECT value FROM meta WHERE campaign=%s AND key=%s", (self._c, key)
+            )
+            return new if row is None else str(row[0])
 
-        await self._write(op, durable=True)
-        value = await self._get_meta(key)
-        return new if value is None else value
+        return await self._write(op)
 
     async def callback_token(self, new: str) -> str:
         return await self._kept("callback_token", new)
@@ -846,24 +876,17 @@ class PgLedger(StateWrites):
             )
             if row is not None:
                 return str(row[0])
-            await conn.execute("INSERT INTO campaigns (id) VALUES (%s)", (name,))
-            return name
+            await conn.execute(
+                "INSERT INTO campaigns (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (name,)
+            )
+            row = await self._one(
+                conn, "SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1", ()
+            )
+            return name if row is None else str(row[0])
 
         return await self._write(op)
 
     async def learned_rpm(self, account: str) -> float | None:
-        """The account's row (shared by its runners and campaigns) once it has one;
-        before, what this campaign kept."""
-
-        async def op(conn: PgConn) -> tuple[bool, float | None]:
-            row = await self._one(conn, "SELECT learned_rpm FROM accounts WHERE id=%s", (account,))
-            if row is None:
-                return False, None
-            return True, None if row[0] is None else float(row[0])
-
-        shared, rpm = await self._j.read(op)
-        if shared:
-            return rpm
         value = await self._get_meta(f"learned_rpm:{account}")
         try:
             return None if value is None else float(value)
@@ -871,28 +894,9 @@ class PgLedger(StateWrites):
             return None
 
     def remember_rpm(self, account: str, rpm: float | None) -> asyncio.Future[None]:
-        key, value = f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}"
-
-        async def op(conn: PgConn) -> None:
-            await conn.execute(
-                "UPDATE accounts SET learned_rpm=%s WHERE id=%s",
-                (None if rpm is None else round(rpm, 1), account),
-            )
-            if value is None:
-                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
-                return
-            await conn.execute(
-                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
-                (self._c, key, value),
-            )
-
-        return self._write(op, durable=False)
-
-    @property
-    def campaign_id(self) -> str:
-        """The campaign's row (``campaigns.id``): what a runner registers under."""
-        return self._c
+        return self._set_meta(
+            f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}", durable=False
+        )
 
     # -- reads during the run -----------------------------------------------
     async def _paged(self, where: str, args: Sequence[Any], page: int) -> AsyncIterator[JobRow]:
@@ -1046,16 +1050,23 @@ class PgLedger(StateWrites):
             queued = [(r[0], r[1]) for r in rows if r[4] == S.QUEUED.value and r[3]]
             # Off the loop: ``exists`` looks at the disk once per queued job.
             found = await asyncio.to_thread(find_clashes, rows, queued, exists)
+            refused: list[Clash] = []
             for c in found:
-                await self._transition(
-                    conn,
-                    c.job_id,
-                    S.FAILED,
-                    now,
-                    fail_code=OUTPUT_EXISTS,
-                    fail_msg=c.message(shown(c.name)),
-                )
-            return found
+                try:
+                    await self._transition(
+                        conn,
+                        c.job_id,
+                        S.FAILED,
+                        now,
+                        fail_code=OUTPUT_EXISTS,
+                        fail_msg=c.message(shown(c.name)),
+                    )
+                except JournalError:
+                    if self._lease is None:
+                        raise
+                    continue  # another runner took it meanwhile: its name is its own
+                refused.append(c)
+            return refused
 
         return self._write(op)
 
@@ -1123,14 +1134,17 @@ class PgLedger(StateWrites):
                     f"task {task_id} was not adopted"
                 )
             if row.state is S.FAILED:
-                await self._transition(conn, job_id, S.QUEUED, now, fail_code=None, fail_msg=None)
+                await self._transition(
+                    conn, job_id, S.QUEUED, now, owner="any", fail_code=None, fail_msg=None
+                )
             if row.state is not S.SUBMITTING:
-                await self._transition(conn, job_id, S.SUBMITTING, now)
+                await self._transition(conn, job_id, S.SUBMITTING, now, owner="any")
             await self._transition(
                 conn,
                 job_id,
                 S.SUBMITTED,
                 now,
+                owner="any",
                 task_id=task_id,
                 submitted_at=now,
                 request_type=request_type,
@@ -1189,18 +1203,26 @@ class PgLedger(StateWrites):
         now = self._clock.wall()
         self.changes += 1
 
+        lease = self._lease
+
         async def op(conn: PgConn) -> None:
-            await self._transition(
-                conn,
-                job_id,
-                S.SUCCEEDED,
-                now,
-                result_urls=list(result_urls),
-                completed_at=completed_at,
-                expires_at=expires_at,
-                cost_time_ms=cost_time_ms,
-                arrived_via=via,
-            )
+            try:
+                await self._transition(
+                    conn,
+                    job_id,
+                    S.SUCCEEDED,
+                    now,
+                    owner="mine",
+                    result_urls=list(result_urls),
+                    completed_at=completed_at,
+                    expires_at=expires_at,
+                    cost_time_ms=cost_time_ms,
+                    arrived_via=via,
+                )
+            except JournalError:
+                if lease is None or await self._mine(conn, job_id, lease):
+                    raise
+                return  # another runner's now (see _change): its owner journals it
             await conn.execute(
                 "INSERT INTO completions (clock_key, seconds, at) VALUES (%s, %s, %s)",
                 (clock_key, seconds, now),
