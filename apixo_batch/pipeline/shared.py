@@ -157,7 +157,11 @@ class SharedLimits:
         async with self._lock:
             for share in self.shares:
                 await self._ensure(share)
-            await self._beat()
+            await sql.declare_accounts(self._conn, self.runner.me, self._accounts)
+            with contextlib.suppress(psycopg.errors.DeadlockDetected):
+                # An adoption of this runner's, under way, holds the pools (the heartbeat
+                # takes the first grants then).
+                await self._beat()
         for share in self.shares:
             share.key.slots.source = share
             share.key.bucket.share(share)
@@ -201,11 +205,12 @@ class SharedLimits:
         while True:
             await self._wait()
             try:
-                async with self._lock:
-                    await self._session()
-                    await self._answer()
-                    if self._clock.monotonic() >= self._next_beat:
-                        await self._beat()
+                if self._clock.monotonic() >= self._next_beat:
+                    await self.beat()
+                else:
+                    async with self._lock:
+                        await self._session()
+                        await self._answer()
             except (psycopg.Error, OSError):
                 # An outage: the next beat tries again.
                 self._next_beat = self._clock.monotonic() + self.heartbeat_s
@@ -240,6 +245,13 @@ class SharedLimits:
                 share.held = min(share.held, max(0, slots.in_flight))
                 slots.resize(share.held)
             await self._top_up(share)
+
+    async def beat(self) -> None:
+        """One heartbeat now, after what the sources noted (the loop's step)."""
+        async with self._lock:
+            await self._session()
+            await self._answer()
+            await self._beat()
 
     async def _top_up(self, share: AccountShare) -> None:
         slots = share.key.slots
@@ -301,7 +313,7 @@ async def share_limits(
     lease_conn: PgConn | None = None
     try:
         # Several runners on one campaign: the journal registered this runner.
-        runner: RunnerLease | None = getattr(ledger, "runner", None)
+        runner = ledger.runner
         if runner is None:
             lease_conn = await sql.open_session(url)
             runner = RunnerLease(lease_conn, ledger.campaign_id, clock)

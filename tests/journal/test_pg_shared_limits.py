@@ -18,11 +18,16 @@ from apixo_batch.journal.pg.shared_limits import (
     DECREASE,
     PROBE_S,
     RateRow,
+    declare_accounts,
     ensure_account,
     fair_share,
     give_slots,
+    live_runners,
     on_rate_limited,
+    pool_state,
     probe_up,
+    reclaim_expired,
+    slots_refused,
     take_slots,
     take_tokens,
 )
@@ -141,3 +146,56 @@ async def test_a_429_seen_by_one_runner_pauses_and_slows_all(db: Any) -> None:
     assert not await probe_up(a, "acct", now=later + 1.2)  # not before PROBE_S
     assert await probe_up(a, "acct", now=later + 1.2 + PROBE_S)
     assert not await probe_up(b, "acct", now=later + 1.3 + PROBE_S)  # once for all
+
+
+def test_the_rows_burst_pays_for_late_tokens_but_holds_one_asks_drip() -> None:
+    """Design rule 1 (the burst less 0.15 s of drip) where the local burst allows it;
+    never under what drips while a runner waits its 0.1 s between asks (the engine's
+    local burst, 0.1 s of drip, would otherwise leave a row of one token)."""
+    assert RateRow.of(3_000.0, 25).row_burst == 17  # 25 - 49.25 x 0.15
+    drip = (9_000.0 - 15 - 45) / 60.0
+    assert RateRow.of(9_000.0, 15).row_burst == math.ceil(drip * 0.1)
+
+
+async def test_pool_state_and_a_refusal_shared(db: Any) -> None:
+    """A runner refused for slots while 4 of its 10 are in use keeps 4; the account's
+    limit comes down to what is granted (its 4 and another runner's 10): every fair
+    share shrinks with it."""
+    conns = db
+    assert await take_slots(conns[0], 1, "acct", 10) == 10
+    assert await take_slots(conns[1], 2, "acct", 10) == 10
+    assert await pool_state(conns[0], 1, "acct") == (200, 10)
+    assert await slots_refused(conns[0], 1, "acct", 4) == 14
+    assert await pool_state(conns[0], 1, "acct") == (14, 4)
+    assert await pool_state(conns[1], 2, "acct") == (14, 10)
+    assert await pool_state(conns[1], 9, "acct") == (14, 0)  # holds nothing yet
+    # The next runner's figures bring the limit back (a new run relearns its window).
+    await ensure_account(conns[2], "acct", slots=200, rpm=RPM, burst=BURST, now=T0)
+    assert (await pool_state(conns[2], 1, "acct"))[0] == 200
+
+
+async def test_live_runners_count_by_account_and_by_campaign(db: Any) -> None:
+    """Runners that declared the account count, and so do runners of the campaign that
+    declared none; stopped ones and those whose lease ran out do not."""
+    conns = db
+    assert await live_runners(conns[0], 1, ["acct"]) == 8  # none declared: the campaign's
+    await declare_accounts(conns[0], 1, ["acct"])
+    await declare_accounts(conns[0], 2, ["other"])
+    await conns[0].execute("UPDATE runners SET stopped = true WHERE id = 3")
+    await conns[0].execute("UPDATE runners SET lease_until = now() - interval '1 s' WHERE id = 4")
+    assert await live_runners(conns[0], 1, ["acct"]) == 5  # 1, 5, 6, 7, 8
+    assert await live_runners(conns[0], 2, ["other"]) == 5  # 2, 5, 6, 7, 8
+
+
+async def test_expired_runners_slots_are_reclaimed_live_ones_kept(db: Any) -> None:
+    """A runner alone on its journal takes back what runners whose lease ran out (or
+    that stopped) hold; a live runner's slots stay its own."""
+    conns = db
+    for runner in (2, 3, 4):
+        assert await take_slots(conns[0], runner, "acct", 10) == 10
+    await conns[0].execute("UPDATE runners SET lease_until = now() - interval '1 s' WHERE id = 2")
+    await conns[0].execute("UPDATE runners SET stopped = true WHERE id = 3")
+    assert await reclaim_expired(conns[0], 1, ["acct"]) == 20
+    assert await pool_state(conns[0], 4, "acct") == (200, 10)
+    row = await (await conns[0].execute("SELECT granted FROM accounts")).fetchone()
+    assert row == (10,)

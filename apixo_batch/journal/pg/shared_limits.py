@@ -33,6 +33,7 @@ __all__ = [
     "TOKEN_TTL_S",
     "Grant",
     "RateRow",
+    "declare_accounts",
     "ensure_account",
     "fair_share",
     "give_slots",
@@ -354,3 +355,13 @@ async def reclaim_expired(
     for dead, account, held in await cur.fetchall():
         back += await give_slots(conn, int(dead), str(account), int(held))
     return back
+
+
+async def declare_accounts(conn: PgConn, runner: int, accounts: list[str]) -> None:
+    """Record the accounts ``runner`` holds keys of: fair shares count the live runners
+    of an account, and adoption locks their pools first (the lock order)."""
+    await conn.execute(
+        "UPDATE runners SET accounts = ARRAY(SELECT DISTINCT a FROM "
+        "unnest(accounts || %(accts)s::text[]) a ORDER BY a) WHERE id = %(me)s",
+        {"me": runner, "accts": accounts},
+    )
