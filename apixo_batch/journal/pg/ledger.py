@@ -887,6 +887,18 @@ class PgLedger(StateWrites):
         return await self._write(op)
 
     async def learned_rpm(self, account: str) -> float | None:
+        """The account's row (shared by its runners and campaigns) once it has one;
+        before, what this campaign kept."""
+
+        async def op(conn: PgConn) -> tuple[bool, float | None]:
+            row = await self._one(conn, "SELECT learned_rpm FROM accounts WHERE id=%s", (account,))
+            if row is None:
+                return False, None
+            return True, None if row[0] is None else float(row[0])
+
+        shared, rpm = await self._j.read(op)
+        if shared:
+            return rpm
         value = await self._get_meta(f"learned_rpm:{account}")
         try:
             return None if value is None else float(value)
@@ -894,9 +906,28 @@ class PgLedger(StateWrites):
             return None
 
     def remember_rpm(self, account: str, rpm: float | None) -> asyncio.Future[None]:
-        return self._set_meta(
-            f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}", durable=False
-        )
+        key, value = f"learned_rpm:{account}", None if rpm is None else f"{rpm:.1f}"
+
+        async def op(conn: PgConn) -> None:
+            await conn.execute(
+                "UPDATE accounts SET learned_rpm=%s WHERE id=%s",
+                (None if rpm is None else round(rpm, 1), account),
+            )
+            if value is None:
+                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
+                return
+            await conn.execute(
+                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
+                (self._c, key, value),
+            )
+
+        return self._write(op, durable=False)
+
+    @property
+    def campaign_id(self) -> str:
+        """The campaign's row (``campaigns.id``): what a runner registers under."""
+        return self._c
 
     # -- reads during the run -----------------------------------------------
     async def _paged(self, where: str, args: Sequence[Any], page: int) -> AsyncIterator[JobRow]:
