@@ -360,9 +360,7 @@ async def test_input_changed_after_submit_is_reported_not_resubmitted(
     assert any(e["event"] == "warning" and "job-0000" in e.get("message", "") for e in res.events)
 
 
-async def test_second_run_on_same_journal_refuses(
-    simulator, tmp_path: Path, backend: str
-) -> None:
+async def test_second_run_on_same_journal_refuses(simulator, tmp_path: Path, backend: str) -> None:
     """A second process on the same SQLite journal refuses to start with a clear message.
     On a PostgreSQL journal it is a second runner of the campaign instead: it sends
     nothing twice, waits for the first's tasks (it would adopt them should the first
