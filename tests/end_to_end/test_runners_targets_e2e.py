@@ -172,14 +172,23 @@ async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg
     _byte_exact(sim, tmp_path / "out", n)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 33 target not met yet (i33-core): a database down for 1 s ends runners "
+    "with exit 74 ('the journal ... cannot be reached'), now and then 70 (an "
+    "OperationalError from the claim's lease session, journal/pg/lease.py _ready), "
+    "instead of pausing and resuming; nothing paid is lost (a rerun finishes)",
+)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_restart_mid_campaign(
     simulator, tmp_path: Path, pg_url: str, pg_cluster: Any, mode: str
 ) -> None:
-    """PostgreSQL restarted while 3 runners submit (``fast``: sessions ended;
-    ``immediate``: as a crash, recovery from the WAL, the UNLOGGED rate row gone): the
-    runners pause and resume (exit 0); every task id journaled before the restart is
-    there after it; all done byte-exact, with the paid-once rules."""
+    """PostgreSQL stopped while 3 runners submit (``fast``: sessions ended;
+    ``immediate``: as a crash, recovery from the WAL, the UNLOGGED rate row gone), down
+    for 1 s (half a lease: every runner meets the outage), then started: the runners
+    pause and resume (exit 0); every task id journaled before the restart is there after
+    it; all done byte-exact, with the paid-once rules."""
     n = 150
     sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
     job_file = write_campaign(tmp_path, simple_jobs(n))
@@ -190,7 +199,7 @@ async def test_database_restart_mid_campaign(
     )
     acknowledged = await _task_ids(pg_url)
     # Off the loop: the simulator serves from this loop while pg_ctl waits.
-    await asyncio.to_thread(pg_cluster.restart, mode)
+    await asyncio.to_thread(pg_cluster.restart, mode, LEASE_S / 2)
     results = await fleet.finish()
     _exits_clean(results, {0})
 
