@@ -22,7 +22,9 @@ class ExitCode(enum.IntEnum):
     SOFTWARE = 70
     #: the local disk or the journal failed during the run (sysexits' EX_IOERR)
     IO_ERROR = 74
-    #: the API or the file host stayed unreachable past the run's patience (EX_TEMPFAIL)
+    #: the API or the file host stayed unreachable past the run's patience (EX_TEMPFAIL);
+    #: or, with several runners on one PostgreSQL campaign, this runner's lease was lost
+    #: ("another runner took over; nothing lost")
     TEMP_FAIL = 75
     #: interrupted (SIGINT/SIGTERM, or SIGHUP: the terminal hung up); resumable the same way
     INTERRUPTED = 130
@@ -36,6 +38,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.FATAL_API: "the API refused the account (key, balance or access): fix it, rerun",
     ExitCode.SOFTWARE: "internal error (a bug)",
     ExitCode.IO_ERROR: "the local disk or the journal failed",
-    ExitCode.TEMP_FAIL: "the API or the file host stayed unreachable: rerun later",
+    ExitCode.TEMP_FAIL: "the API or the file host stayed unreachable (or another runner took "
+    "over): rerun later",
     ExitCode.INTERRUPTED: "interrupted; the same command resumes",
 }

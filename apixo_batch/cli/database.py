@@ -4,7 +4,9 @@
 campaign from a copy in a SQLite file of their own (:func:`local_copy`), made in
 one read-only snapshot of the database: the same code then reads it as it reads a
 journal file, so both backends say the same. What they write (``verify --fix``,
-``adopt``) goes to the database, under the campaign's run lock.
+``adopt``) goes to the database at once, on rows that are then nobody's: runners
+of the campaign running meanwhile take them over (fetch, follow) within a third of
+a lease, or the next run does.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def local_copy(args: argparse.Namespace) -> Iterator[int | None]:
 
 
 def refetch(args: argparse.Namespace, campaign: str, job_ids: list[str]) -> None:
-    """``verify --fix`` on a database: ``job_ids`` back to ``succeeded``, under the run lock."""
+    """``verify --fix`` on a database: ``job_ids`` back to ``succeeded`` (for any runner)."""
     url = database_of(args)
     assert url is not None
 
@@ -99,7 +101,7 @@ def refetch(args: argparse.Namespace, campaign: str, job_ids: list[str]) -> None
 
 
 def adopt(args: argparse.Namespace, campaign: str, job_id: str, task_id: str) -> bool:
-    """``adopt`` on a database: the task journaled (durable), under the run lock."""
+    """``adopt`` on a database: the task journaled (durable), for any runner to follow."""
     url = database_of(args)
     assert url is not None
 

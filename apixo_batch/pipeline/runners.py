@@ -80,10 +80,10 @@ class Runner:
         """Renew until cancelled; stop the run once the lease is lost for good."""
         while True:
             await self._clock.sleep(self.period)
-            try:
+            # A renewal that fails (the database away) is one missed: the fence holds the
+            # submits meanwhile, and the term below decides when to give up.
+            with contextlib.suppress(Exception):
                 await self.lease.renew()
-            except Exception:
-                pass
             if self.lease.past_term():
                 self._stops.request(Stop(StopKind.FENCED, FENCED_REASON, next_step=FENCED_STEP))
                 return
@@ -123,7 +123,7 @@ class Runner:
         try:
             elsewhere, unheld = await self.lease.remaining()
         except Exception:
-            return False
+            return False  # the database is away: look again a period later
         return elsewhere == 0 or (self._leave_early and unheld == 0)
 
     # -- adoption -------------------------------------------------------------
@@ -142,7 +142,7 @@ class Runner:
                 try:
                     rows = await self._take_over()
                 except Exception:
-                    continue
+                    continue  # the database is away: nothing taken over; next period
                 follow([r for r in rows if r.state is JobState.SUBMITTED])
                 for row in rows:
                     if row.state is JobState.SUCCEEDED:

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from apixo_batch.apixo.secret import ApiKey
-from apixo_batch.cli.environment import base_url, load_api_key, load_api_keys, redact_env
+from apixo_batch.cli.environment import (
+    GRACE_VAR,
+    LEASE_VAR,
+    base_url,
+    load_api_key,
+    load_api_keys,
+    redact_env,
+    runner_lease,
+)
 from apixo_batch.defaults import DEFAULT_BASE_URL
 
 KEY = "sk-live-QX7distinctive-never-print-4242"
@@ -120,3 +128,20 @@ def test_a_key_file_of_only_comments_names_the_file(tmp_path: Path) -> None:
 def test_redact_env_masks_every_key_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APIXO_API_KEY", f"{KEY},sk-second-secret")
     assert redact_env(f"x {KEY} y sk-second-secret") == "x *** y ***"
+
+
+def test_a_runners_lease_defaults_and_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 s lease, 35 s grace; $APIXO_BATCH_LEASE_S scales the grace with it unless
+    $APIXO_BATCH_GRACE_S says; a value that is no number of seconds is one ValueError
+    naming the variable."""
+    monkeypatch.delenv(LEASE_VAR, raising=False)
+    monkeypatch.delenv(GRACE_VAR, raising=False)
+    assert runner_lease() == (30.0, 35.0)
+    monkeypatch.setenv(LEASE_VAR, "3")
+    assert runner_lease() == pytest.approx((3.0, 3.5))
+    monkeypatch.setenv(GRACE_VAR, "1.5")
+    assert runner_lease() == (3.0, 1.5)
+    for bad in ("0", "-2", "soon", "inf", "nan"):
+        monkeypatch.setenv(LEASE_VAR, bad)
+        with pytest.raises(ValueError, match=r"\$APIXO_BATCH_LEASE_S"):
+            runner_lease()

@@ -16,7 +16,9 @@ from e2e import (
     assert_byte_exact,
     cli_env,
     finish,
+    kill_when,
     read_manifest,
+    run_env,
     simple_jobs,
     start_with,
     write_campaign,
@@ -45,6 +47,10 @@ def _query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
 
 
+#: a job with a task id: the runners are under way
+_A_TASK = "SELECT 1 FROM jobs WHERE task_id IS NOT NULL LIMIT 1"
+
+
 def _runner_of(url: str, pid: int) -> int | None:
     rows = _query(url, "SELECT id FROM runners WHERE pid = %s", pid)
     return int(rows[0][0]) if rows else None
@@ -71,6 +77,10 @@ async def test_three_runners_finish_one_campaign_each_job_submitted_once(
     jobs = simple_jobs(90)
     job_file = write_campaign(tmp_path, jobs)
     procs = [await _start(sim, job_file, pg_url) for _ in range(3)]
+    # Read-only commands work while the runners run.
+    await kill_when(procs[0], lambda: bool(_query(pg_url, _A_TASK)), sig=0)
+    status = await run_env("status", str(job_file), "--state", pg_url, env=_env(sim))
+    assert status.code == 0, status.stderr
     results: list[CliResult] = await asyncio.gather(*(finish(p, 120.0) for p in procs))
     for res in results:
         assert res.code == 0, res.stderr

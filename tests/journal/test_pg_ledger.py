@@ -24,6 +24,7 @@ from apixo_batch.journal import (
     Journal,
     Landed,
     Ledger,
+    MarkRefused,
     NewJob,
     RunnerSpec,
     RunRecord,
@@ -515,3 +516,31 @@ async def test_runners_sync_once_and_requeue_only_dead_runners_submits(
     assert c.runner is not None and a.runner is not None
     for ledger in (a, c):
         await ledger.close()
+
+
+async def test_a_runner_rides_out_a_database_restart(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """PostgreSQL restarted under a runner's reads, claims, marks and task ids: each
+    waits for the database (within the lease) instead of failing, and every task id
+    acknowledged is there afterwards."""
+    clock = _Clock()
+    ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
+    await ledger.reconcile([_job(n) for n in range(40)])
+    restart = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart))
+    recorded: list[str] = []
+    while not restart.done() or not recorded:
+        await ledger.counts()
+        claimed = await _first(ledger.rows(S.QUEUED, page=500, file_only=True), 1)
+        for row in claimed:  # none while the database is away: nothing claimed then
+            try:
+                await ledger.mark_submitting(row.id, 1)
+            except MarkRefused:
+                continue  # fenced while away: nothing would be sent
+            await ledger.record_task_id(row.id, f"task-{row.id}", "async", False)
+            recorded.append(row.id)
+    await restart
+    rows = {r.id: r for r in await ledger.in_flight()}
+    assert sorted(rows) == sorted(recorded)
+    assert all(rows[i].task_id == f"task-{i}" for i in recorded)
+    await ledger.close()

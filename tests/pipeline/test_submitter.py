@@ -23,7 +23,7 @@ from apixo_batch.errors import (
     ServerError,
     TransportError,
 )
-from apixo_batch.journal import JobState, Ledger
+from apixo_batch.journal import JobState, Ledger, MarkRefused
 from apixo_batch.pipeline.admission import Admitted, Permit
 from apixo_batch.pipeline.stop import Level, Stop, StopKind, Stops
 from apixo_batch.pipeline.submitter import Submitted, Submitter
@@ -522,3 +522,58 @@ async def test_a_request_granted_in_the_turn_submits_stop_never_leaves() -> None
     assert api.left_after_stop == []
     assert api.unused_grants == 1
     assert {row(ledger, f"job-{i}").state for i in range(2)} == {JobState.QUEUED}
+
+
+class _Fenced(MarkRefused):
+    retry = True
+
+
+def _refusing_marks(
+    ledger: Ledger, refusals: dict[str, list[MarkRefused]]
+) -> list[tuple[str, int]]:
+    """``ledger``'s marks refused as a runner's journal refuses them: each job's listed
+    refusals first, then the real mark. Returns every mark asked for."""
+    real = ledger.mark_submitting
+    asked: list[tuple[str, int]] = []
+
+    def mark_submitting(job_id: str, attempts: int) -> asyncio.Future[None]:
+        asked.append((job_id, attempts))
+        left = refusals.get(job_id)
+        if left:
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(left.pop(0))
+            return refused
+        return real(job_id, attempts)
+
+    ledger.mark_submitting = mark_submitting  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_row_another_runner_holds_is_skipped_without_sending() -> None:
+    """Several runners: a mark refused because the job is another runner's sends nothing
+    for it, frees its slot and ends nothing; the other jobs go on."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(i) for i in range(3)])
+    api = FakeApi(clock)
+    _refusing_marks(ledger, {"job-1": [MarkRefused("job 'job-1' is not this runner's")]})
+    _, got, events, slots = await _run(api, ledger, clock, 3)
+    assert [s.row.id for s in got] == ["job-0", "job-2"] and api.submits == 2
+    assert row(ledger, "job-1").state is JobState.QUEUED
+    assert slots.in_flight == 2 and not events.of("stopped")
+
+
+async def test_a_mark_fenced_while_the_lease_is_not_live_waits_then_sends_once() -> None:
+    """Several runners: this runner's lease is not live (the database is away, or a
+    renewal is late): the submit sends nothing, waits, and tries the mark again; once it
+    lands, the job is sent exactly once."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    api = FakeApi(clock)
+    fenced = [_Fenced("lease not live"), _Fenced("database away")]
+    asked = _refusing_marks(ledger, {"job-0": fenced})
+    started = clock.monotonic()
+    _, got, _, slots = await _run(api, ledger, clock, 1)
+    assert [s.row.id for s in got] == ["job-0"] and api.submits == 1
+    assert asked == [("job-0", 1)] * 3
+    assert clock.monotonic() - started >= 2 * FAST.delay(1)  # it waited between tries
+    assert slots.in_flight == 1

@@ -18,6 +18,11 @@ ledger's invariants read the same on both backends:
 The connection comes from a psycopg-pool pool, which replaces a broken one: a
 database that restarts costs the operations of that moment (each fails its
 caller with :class:`~apixo_batch.errors.StorageError`), not the run's journal.
+With ``ride_out`` (a runner of a shared campaign: its lease and grace) a batch
+whose connection failed *before* its commit was asked for (nothing of it can have
+committed) is run again on a fresh connection until the database answers or that
+time has passed; reads likewise. A failure during the commit is never retried: it
+may have landed.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ PgConn = psycopg.AsyncConnection[tuple[Any, ...]]
 Op = Callable[[PgConn], Awaitable[T]]
 
 _READ, _WRITE, _WRITE_ALONE = 0, 1, 2
+#: seconds between tries while a connection failure is ridden out
+_RIDE_PAUSE_S = 0.25
 # (kind, op, the caller's future, durable)
 _Item = tuple[int, Op[Any], asyncio.Future[Any], bool]
 
@@ -67,8 +74,13 @@ class PgExecutor:
         *,
         commit_delay: float = 0.0,
         max_batch: int = 1000,
+        ride_out: float = 0.0,
     ) -> None:
         self._pool = pool
+        #: seconds a connection failure before the commit is ridden out (module docstring)
+        self.ride_out = ride_out
+        #: while this says so (None: always): a runner whose lease is lost stops riding
+        self.riding: Callable[[], bool] | None = None
         self._url = url
         self.where = shown(url)
         self._commit_delay = commit_delay
@@ -174,9 +186,16 @@ class PgExecutor:
 
     async def _read(self, item: _Item) -> None:
         _, op, fut, _ = item
+        deadline = asyncio.get_running_loop().time() + self.ride_out
         try:
-            async with self._pool.connection() as conn:
-                result = await op(conn)
+            while True:
+                try:
+                    async with self._pool.connection() as conn:
+                        result = await op(conn)
+                    break
+                except psycopg.OperationalError:
+                    if not await self._again(deadline):
+                        raise
         except psycopg.Error as exc:
             _fail(fut, self._failed(exc))
         except Exception as exc:
@@ -184,11 +203,29 @@ class PgExecutor:
         else:
             _settle(fut, result)
 
+    async def _again(self, deadline: float) -> bool:
+        """After a connection failure: wait a moment and say whether to try again."""
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        if self.riding is not None and not self.riding():
+            return False
+        await asyncio.sleep(_RIDE_PAUSE_S)
+        return True
+
     async def _commit(self, writes: list[_Item]) -> None:
         durable = any(item[3] for item in writes)
+        deadline = asyncio.get_running_loop().time() + self.ride_out
         try:
-            async with self._pool.connection() as conn:
-                results = await self._transaction(conn, writes, durable)
+            while True:
+                committing: list[bool] = []
+                try:
+                    async with self._pool.connection() as conn:
+                        results = await self._transaction(conn, writes, durable, committing)
+                    break
+                except psycopg.OperationalError:
+                    # Before the commit was asked for, nothing of the batch landed.
+                    if committing or not await self._again(deadline):
+                        raise
         except psycopg.Error as exc:  # BEGIN, COMMIT or the connection failed: all did
             error = self._failed(exc)
             for _, _, fut, _ in writes:
@@ -201,8 +238,10 @@ class PgExecutor:
                 _fail(fut, value)
 
     async def _transaction(
-        self, conn: PgConn, writes: list[_Item], durable: bool
+        self, conn: PgConn, writes: list[_Item], durable: bool, committing: list[bool]
     ) -> list[tuple[bool, Any]]:
+        """The batch in one transaction (each alone, in savepoints, should one fail);
+        ``committing`` gains an item once a commit was asked for."""
         results: list[tuple[bool, Any]] = []
         failed = False
         async with conn.transaction() as tx:
@@ -220,6 +259,7 @@ class PgExecutor:
                 # Without savepoints, one failing op aborted the whole transaction: run
                 # them again, each alone (a savepoint), as SQLite's execute_batch does.
                 raise psycopg.Rollback(tx)
+            committing.append(True)
         if not failed:
             self._count(durable)
             return results
@@ -236,6 +276,7 @@ class PgExecutor:
                     if isinstance(exc, psycopg.OperationalError) and conn.closed:
                         raise
                     results.append(self._refusal((False, exc)))
+            committing.append(True)
         self._count(durable)
         return results
 
@@ -259,6 +300,10 @@ class PgExecutor:
 
     def _failed(self, exc: psycopg.Error) -> StorageError:
         return database_failed(self._url, exc)
+
+    def failure(self, exc: psycopg.Error) -> StorageError:
+        """``exc`` as the journal's failure: one line naming the database, no password."""
+        return self._failed(exc)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:

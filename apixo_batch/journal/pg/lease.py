@@ -92,7 +92,10 @@ def _serial(
     @functools.wraps(method)
     async def run(self: RunnerLease, /, *args: P.args, **kwargs: P.kwargs) -> R:
         async with self._lock:
-            await self._ready()
+            # Still away: the method's first statement fails on the closed session, and
+            # each method says what that means (a mark: fenced; a task id: tried again).
+            with contextlib.suppress(psycopg.Error):
+                await self._ready()
             return await method(self, *args, **kwargs)
 
     return run

@@ -189,7 +189,13 @@ async def open_pg_ledger(
     except BaseException:
         await session.close()
         raise
-    executor = PgExecutor(pool, url, commit_delay=commit_delay)
+    # A runner rides out a database away for as long as its work may still be its own
+    # (lease + grace; past that it stops, exit 75): its submits pause meanwhile (no
+    # mark lands), its other writes wait their turn.
+    ride_out = 0.0 if lease is None else lease.lease_s + lease.grace_s
+    executor = PgExecutor(pool, url, commit_delay=commit_delay, ride_out=ride_out)
+    if lease is not None:
+        executor.riding = lambda: not lease.past_term()
     return PgLedger(executor, session, campaign, clock, anchor, lease=lease)
 
 
@@ -719,7 +725,7 @@ class PgLedger(StateWrites):
         if self._lease is not None:
             # Its own (adopted from dead runners included) and those nobody owns; never
             # a live runner's.
-            return await self._lease.claim_paid([S.SUBMITTED.value])
+            return await self._leased(self._lease.claim_paid([S.SUBMITTED.value]))
 
         async def op(conn: PgConn) -> list[JobRow]:
             rows = await self._all(
@@ -961,8 +967,16 @@ class PgLedger(StateWrites):
 
     async def _paid(self, lease: RunnerLease, state: JobState) -> AsyncIterator[JobRow]:
         """A runner's rows in ``state``, with those nobody owns made its own."""
-        for row in await lease.claim_paid([state.value]):
+        for row in await self._leased(lease.claim_paid([state.value])):
             yield row
+
+    async def _leased(self, call: Awaitable[T]) -> T:
+        """A call on the runner's own session; the database failing it is told as the
+        journal's failure (one line, no password), as the executor's are."""
+        try:
+            return await call
+        except psycopg.Error as exc:
+            raise self._j.failure(exc) from None
 
     async def _claimed(
         self, lease: RunnerLease, kind: Kind | None, batch: int
@@ -975,14 +989,22 @@ class PgLedger(StateWrites):
         left: list[JobRow] = []
         try:
             while True:
-                left = await lease.claim(batch, drives)
+                try:
+                    left = await lease.claim(batch, drives)
+                except psycopg.Error:
+                    # The database is away: nothing claimed now; the caller asks again
+                    # later (runners.Runner.claims), meanwhile submits pause.
+                    return
                 if not left:
                     return
                 while left:
                     yield left.pop(0)
         finally:
             if left:
-                await lease.release([r.id for r in left])
+                # Not given back now (the database is away): leaving, or adoption,
+                # frees them.
+                with contextlib.suppress(psycopg.Error):
+                    await lease.release([r.id for r in left])
 
     async def queued_by_kind(
         self, order: Callable[[list[Kind]], Iterable[Kind]], *, page: int
@@ -1124,13 +1146,15 @@ class PgLedger(StateWrites):
             async def record() -> None:
                 # False: the row was adopted while this runner was cut off; the id is in
                 # task_history, the job flagged, and this runner is fenced for good.
-                await lease.record_task_id(
-                    job_id,
-                    task_id,
-                    request_type,
-                    attempts,
-                    key_id=key_fp,
-                    possibly_duplicated=possibly_duplicated,
+                await self._leased(
+                    lease.record_task_id(
+                        job_id,
+                        task_id,
+                        request_type,
+                        attempts,
+                        key_id=key_fp,
+                        possibly_duplicated=possibly_duplicated,
+                    )
                 )
 
             return asyncio.ensure_future(record())

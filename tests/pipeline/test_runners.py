@@ -1,0 +1,262 @@
+"""This run as one runner of a shared campaign (pipeline/runners.py), on a FakeClock and
+a lease played by the test: the heartbeat and its stop, claims that wait for others'
+work, adoption handed to the follower and the lander."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import anyio
+import pytest
+from stagefakes import Recorder, drive
+
+from apixo_batch.clock import FakeClock
+from apixo_batch.exitcodes import ExitCode
+from apixo_batch.journal import Adoption, JobRow, JobState
+from apixo_batch.pipeline.lander import Fetch
+from apixo_batch.pipeline.runners import FENCED_REASON, Runner
+from apixo_batch.pipeline.stop import Stop, StopKind, Stops
+
+#: the loop's time is virtual (looptime): FakeClock runs on it
+pytestmark = pytest.mark.looptime
+
+LEASE = 3.0
+
+
+def _row(n: int, state: JobState = JobState.QUEUED) -> JobRow:
+    return JobRow(
+        id=f"job-{n}",
+        idx=n,
+        model="veo3-fast",
+        provider="google",
+        input_json='{"prompt": "a cat"}',
+        input_hash="h",
+        filename=f"job-{n}.mp4",
+        cost_usd=0.5,
+        in_file=True,
+        state=state,
+        task_id=None if state is JobState.QUEUED else f"task-{n}",
+        request_type=None,
+        attempts=0,
+        possibly_duplicated=False,
+        changed_input_hash=None,
+        submitted_at=None,
+        completed_at=None,
+        result_urls=("https://r/1.mp4",) if state is JobState.SUCCEEDED else (),
+        expires_at=None,
+        files=(),
+        bytes=None,
+        sha256=(),
+        fail_code=None,
+        fail_msg=None,
+        cost_time_ms=None,
+        arrived_via=None,
+    )
+
+
+class FakeLease:
+    """A lease whose answers the test sets: renewals that fail, runners to adopt, what
+    remains elsewhere. Keeps the clock's time of every call it gets."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.lease_s = LEASE
+        self.grace_s = 2.0
+        self.lost = False
+        self._clock = clock
+        self._renewed = clock.monotonic()
+        self.down = False  # the database does not answer
+        self.renewals: list[float] = []
+        self.adoptions: list[Adoption] = []
+        self.orphans: list[JobRow] = []
+        self.left: list[tuple[int, int]] = []  # remaining(), answer after answer
+        self.gone = False
+
+    async def renew(self) -> bool:
+        self.renewals.append(self._clock.monotonic())
+        if self.down:
+            raise OSError("the database does not answer")
+        if self.lost:
+            return False
+        self._renewed = self._clock.monotonic()
+        return True
+
+    def past_term(self) -> bool:
+        return self.lost or self._clock.monotonic() - self._renewed >= LEASE + self.grace_s
+
+    async def adopt(self) -> Adoption | None:
+        return self.adoptions.pop(0) if self.adoptions else None
+
+    async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]:
+        got, self.orphans = self.orphans, []
+        return got
+
+    async def remaining(self) -> tuple[int, int]:
+        return self.left.pop(0) if len(self.left) > 1 else self.left[0]
+
+    async def leave(self) -> None:
+        self.gone = True
+
+
+def _runner(clock: FakeClock, lease: FakeLease, *, leave_early: bool = False) -> tuple[
+    Runner, Stops, Recorder
+]:  # fmt: skip
+    events = Recorder()
+    stops = Stops(events.emitter(clock))
+    return (
+        Runner(
+            lease, clock=clock, stops=stops, emit=events.emitter(clock), leave_early=leave_early
+        ),
+        stops,
+        events,
+    )
+
+
+async def test_the_heartbeat_renews_every_third_of_a_lease_through_a_short_outage() -> None:
+    """Renewals every lease/3; a database away for less than lease + grace stops nothing."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    runner, stops, _ = _runner(clock, lease)
+    beat = asyncio.ensure_future(runner.heartbeat())
+    await clock.advance(3.5)
+    lease.down = True
+    await clock.advance(3.0)  # 4 s since the last renewal: under 5
+    lease.down = False
+    await clock.advance(3.0)
+    assert not beat.done() and stops.all == []
+    assert [round(t - lease.renewals[0], 6) for t in lease.renewals] == list(range(9))
+    beat.cancel()
+
+
+@pytest.mark.parametrize("how", ["adopted", "silent"])
+async def test_a_lease_lost_past_its_term_stops_the_run_with_75(how: str) -> None:
+    """Taken over (the renewal says so), or not renewed for lease + grace: the run stops
+    at once, every level, exit 75, "another runner took over; nothing lost"."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    runner, stops, events = _runner(clock, lease)
+    if how == "adopted":
+        lease.lost = True
+    else:
+        lease.down = True
+    await drive(clock, runner.heartbeat())
+    assert [s.kind for s in stops.all] == [StopKind.FENCED]
+    assert stops.exit_code(all_done=True) is ExitCode.TEMP_FAIL
+    assert stops.reason == FENCED_REASON
+    assert [e.data["reason"] for e in events.of("stopped")] == [FENCED_REASON]
+    assert clock.monotonic() - 1000.0 <= (1 if how == "adopted" else LEASE + 2.0 + 1)
+
+
+async def test_a_fenced_stop_outranks_the_journal_failing_with_it() -> None:
+    """The journal failing once the lease is lost is no disk to fix: still 75."""
+    stops = Stops()
+    stops.request(Stop(StopKind.STORAGE, "the journal failed"))
+    stops.request(Stop(StopKind.FENCED, FENCED_REASON))
+    assert stops.exit_code(all_done=False) is ExitCode.TEMP_FAIL
+    assert stops.reason == FENCED_REASON
+
+
+async def _collect(rows: AsyncIterator[JobRow]) -> list[str]:
+    return [r.id async for r in rows]
+
+
+async def test_claims_wait_while_others_hold_work_and_end_when_none_is_left() -> None:
+    """Rows come as claimed; once none is free the runner looks again every period while
+    other runners hold unfinished work (claims of theirs may come back), and ends when
+    the campaign has nothing left for it."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    batches = [[_row(0), _row(1)], [], [_row(2)], [], []]
+    lease.left = [(3, 0), (1, 1), (0, 0)]
+    asked: list[float] = []
+
+    async def queued() -> AsyncIterator[JobRow]:
+        asked.append(clock.monotonic())
+        for row in batches.pop(0):
+            yield row
+
+    runner, _, _ = _runner(clock, lease)
+    got = await drive(clock, _collect(runner.claims(queued)))
+    assert got == ["job-0", "job-1", "job-2"]
+    assert [round(t - asked[0], 6) for t in asked] == [0, 0, 1, 1, 2]
+    assert runner.admission_over.is_set()
+
+
+async def test_leave_early_ends_claims_once_all_that_remains_is_held_by_live_runners() -> None:
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    lease.left = [(5, 0)]
+
+    async def queued() -> AsyncIterator[JobRow]:
+        for row in ():
+            yield row
+
+    runner, _, _ = _runner(clock, lease, leave_early=True)
+    assert await drive(clock, _collect(runner.claims(queued))) == []
+    assert clock.monotonic() == 1000.0  # no wait: nothing free, nothing to adopt
+
+
+async def test_claims_end_when_admission_stops() -> None:
+    """A stop of admission (budget, a fatal answer) ends the wait for others' work."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    lease.left = [(5, 5)]
+
+    async def queued() -> AsyncIterator[JobRow]:
+        for row in ():
+            yield row
+
+    runner, stops, _ = _runner(clock, lease)
+    claims = asyncio.ensure_future(_collect(runner.claims(queued)))
+    await clock.advance(10.0)
+    assert not claims.done()
+    stops.request(Stop(StopKind.BUDGET, "budget"))
+    assert await drive(clock, claims) == []
+
+
+async def test_adoption_hands_paid_rows_to_the_follower_and_the_lander() -> None:
+    """A dead runner's running tasks go to the follower, its results to the lander, and
+    paid rows nobody owns the same way; told in one line; the loop ends with admission."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    running, landed = _row(1, JobState.SUBMITTED), _row(2, JobState.SUCCEEDED)
+    lease.adoptions = [Adoption(dead=7, followed=[running, landed], requeued=2, released=1)]
+    lease.orphans = [replace(_row(3, JobState.SUBMITTED), task_id="task-3")]
+    runner, _, events = _runner(clock, lease)
+    followed: list[str] = []
+    land_tx, land_rx = anyio.create_memory_object_stream[Fetch](10)
+
+    async def end_admission() -> None:
+        await clock.sleep(2.5)
+        runner.admission_over.set()
+
+    async def both() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                runner.adopting(lambda rows: followed.extend(r.id for r in rows), land_tx)
+            )
+            tg.create_task(end_admission())
+
+    await drive(clock, both())
+    with land_rx:
+        fetches = [f async for f in land_rx]
+    assert followed == ["job-1", "job-3"]
+    assert [(f.id, f.task_id, f.result_urls) for f in fetches] == [
+        ("job-2", "task-2", ("https://r/1.mp4",))
+    ]
+    assert runner.adopted == 2 and runner.requeued == 2
+    [told] = events.of("warning")
+    assert "runner 7 stopped renewing its lease" in told.data["message"]
+
+
+async def test_leaving_gives_back_unless_the_lease_was_lost() -> None:
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    runner, _, _ = _runner(clock, lease)
+    lease.lost = True
+    await runner.leave()
+    assert not lease.gone
+    lease.lost = False
+    await runner.leave()
+    assert lease.gone
