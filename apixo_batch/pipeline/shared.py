@@ -40,13 +40,15 @@ from ..apixo.limits.shared import ASK_S, TokenGrant
 from ..clock import Clock
 from ..journal import Ledger
 from ..journal.pg import shared_limits as sql
-from ..journal.pg.executor import PgConn
+from ..journal.pg.executor import DatabaseFailed, PgConn
 from ..journal.pg.lease import RunnerLease
 from ..journal.pg.ledger import PgLedger
 from .keypool import KeyAccount, KeyPool
 
 __all__ = ["BLOCK", "HEARTBEAT_S", "AccountShare", "SharedLimits", "share_limits"]
 
+#: what a database that cannot be reached raises (the session is opened again later)
+_DOWN = (psycopg.Error, OSError, DatabaseFailed)
 #: slots taken at once at least, when admission waits at the number held
 BLOCK = 10
 #: seconds between two heartbeats: fair shares, give-backs, the rate's probe, the lease
@@ -147,7 +149,7 @@ class SharedLimits:
                     # The row is gone (UNLOGGED: emptied by a server crash): made again.
                     await self._ensure(share)
                     grant = await sql.take_tokens(conn, share.account, want, now=self._now())
-        except (psycopg.Error, OSError):
+        except _DOWN:
             return TokenGrant(0, 0, self.heartbeat_s)
         return TokenGrant(grant.n, grant.first_ticket, max(grant.wait_s, ASK_S))
 
@@ -184,7 +186,7 @@ class SharedLimits:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(psycopg.Error, OSError):
+        with contextlib.suppress(*_DOWN):
             async with self._lock:
                 conn = await self._session()
                 for share in self.shares:
@@ -193,7 +195,7 @@ class SharedLimits:
                             conn, self.runner.me, share.account, share.held
                         )
         if self._lease_conn is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
+            with contextlib.suppress(*_DOWN):
                 await self.runner.leave()
             await self._lease_conn.close()
         await self._conn.close()
@@ -211,7 +213,7 @@ class SharedLimits:
                     async with self._lock:
                         await self._session()
                         await self._answer()
-            except (psycopg.Error, OSError):
+            except _DOWN:
                 # An outage: the next beat tries again.
                 self._next_beat = self._clock.monotonic() + self.heartbeat_s
 

@@ -544,3 +544,26 @@ async def test_a_runner_rides_out_a_database_restart(
     assert sorted(rows) == sorted(recorded)
     assert all(rows[i].task_id == f"task-{i}" for i in recorded)
     await ledger.close()
+
+
+async def test_the_learned_rate_is_kept_on_the_accounts_row(tmp_path: Path, pg_url: str) -> None:
+    """Once the account has its row (a run shared its limits), the rate a run learned is
+    kept there, where the next run of any campaign on the account starts from it; before,
+    the campaign's own value is read, as SQLite keeps it."""
+    from apixo_batch.journal.pg.shared_limits import ensure_account
+
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg")
+    try:
+        await ledger.remember_rpm("acct", 321.0)
+        assert await ledger.learned_rpm("acct") == 321.0  # no row yet: the campaign's
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await ensure_account(conn, "acct", slots=10, rpm=600.0, burst=1.0)
+            assert await ledger.learned_rpm("acct") is None  # the account's row rules
+            await ledger.remember_rpm("acct", 4321.0)
+            row = await (await conn.execute("SELECT learned_rpm FROM accounts")).fetchone()
+            assert row == (4321.0,)
+            assert await ledger.learned_rpm("acct") == 4321.0
+            await ledger.remember_rpm("acct", None)  # a run that met no limit clears it
+            assert await ledger.learned_rpm("acct") is None
+    finally:
+        await ledger.close()

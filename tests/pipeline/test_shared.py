@@ -206,8 +206,10 @@ async def test_a_run_alone_takes_back_the_slots_of_a_run_that_died_holding_them(
         "UPDATE runners SET lease_until = now() - interval '1 minute' WHERE id = %s",
         (dead.runner.me,),
     )
-    dead._lease_conn = None  # killed: it never leaves  # type: ignore[assignment]
-    dead._task.cancel()  # type: ignore[union-attr]
+    # Killed: it never leaves (its session is closed without a word).
+    lease_conn, dead._lease_conn = dead._lease_conn, None
+    assert lease_conn is not None
+    await lease_conn.close()
     a = await runners(slots=20)
     assert a.shares[0].key.slots.limit == 20
     assert await _granted(runners.admin) == (20, 20, 20)
