@@ -10,8 +10,7 @@ shortened for tests (tests/runners.py). Scaled to run in well under a minute eac
 - every runner stopped (SIGSTOP) past its lease, then resumed: no two adopt each other,
   0 unflagged duplicates, all done, each exits 0 or 75 with its one line;
 - PostgreSQL restarted mid-campaign: every task id acknowledged before the restart is
-  there after it and the campaign ends done; the runners pause and resume (xfail: not
-  yet);
+  there after it and the campaign ends done; the runners pause and resume, quietly;
 - the account's limits shared: the simulator's in-flight peak never above
   ``--max-concurrent``; told 90 % of the simulator's rate, 0 answers 429.
 """
@@ -213,14 +212,6 @@ async def test_database_restart_keeps_every_acknowledged_task_id(
     _byte_exact(sim, tmp_path / "out", n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 33 target not met yet (i33-core): a database down for 1 s ends runners "
-    "with exit 74 ('the journal ... cannot be reached'), 75, now and then 70 (an "
-    "OperationalError from the claim's lease session, journal/pg/lease.py _ready), with "
-    "tracebacks on stderr, instead of pausing and resuming",
-)
 async def test_database_restart_runners_pause_and_resume(
     simulator, tmp_path: Path, pg_url: str, pg_cluster: Any
 ) -> None:
