@@ -38,6 +38,7 @@ import asyncio
 import collections
 import heapq
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -263,7 +264,12 @@ class RequestBucket:
         """Ask the source for as many tokens as there are callers (no more than the local
         bucket lets leave now); True if some came, else wait as told (at least ASK_S)."""
         assert self.source is not None
-        want = max(1, min(MAX_ASK, 1 + len(self._waiters), self._limiter.room()))
+        # For the callers waiting, and for those the recent rate says will come within
+        # half a token's life: a request arriving alone then rarely waits on the source
+        # (a round trip to the database); a token it does not use expires unsent.
+        recent = self._recent_rpm(self._clock.monotonic())
+        coming = 0 if recent is None else math.ceil(recent / 60.0 * TOKEN_TTL_S / 2)
+        want = max(1, min(MAX_ASK, max(1 + len(self._waiters), coming), self._limiter.room()))
         grant = await self.source.take(want)
         if grant.n > 0:
             at = self._clock.monotonic()
