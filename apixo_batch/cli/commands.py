@@ -560,6 +560,7 @@ def _engine(
         lease_s=lease_s,
         grace_s=grace_s,
         leave_early=getattr(args, "leave_early", False),
+        shared_out=getattr(args, "shared_out", False) or campaign.shared_out,
     )
     return build_engine(campaign, options, api_key=keys or None, on_event=sink)
 
@@ -750,6 +751,12 @@ def _status(
         disk = _disk(journal, campaign.output_dir) if getattr(args, "check_files", False) else None
     finally:
         journal.close()
+    url = database_of(args)
+    runners = None
+    if url is not None:
+        from .roster import runners_of_database
+
+        runners = runners_of_database(url)
     now = time.time()
     # The same threshold as `download`'s warning, so the two agree on what is in danger.
     warn_s = EXPIRY_WARN_S * args.time_scale
@@ -758,6 +765,9 @@ def _status(
         return r.expires_at is not None and r.expires_at - now < warn_s
 
     if args.json:
+        extra: dict[str, object] = {}
+        if url is not None:  # a journal file has no runners: its object is as it was
+            extra["runners"] = None if runners is None else [r.as_json() for r in runners]
         print(
             _json.dumps(
                 {
@@ -777,6 +787,7 @@ def _status(
                         }
                         for r in waiting
                     ],
+                    **extra,
                 }
             )
         )
@@ -788,6 +799,11 @@ def _status(
     if decided:
         # What people decided on the review page (review --serve), beside the states.
         print(f"  review      {decided.get('keep', 0)} kept, {decided.get('reject', 0)} rejected")
+    if runners is not None:
+        from .roster import runner_lines
+
+        for line in runner_lines(runners):
+            print(line)
     if changes is not None:
         print(f"  job file: {_told(changes)}")
     if disk is not None:

@@ -327,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         "unfinished job is another live runner's (default: stay to adopt their work "
         "should they die)",
     )
+    run.add_argument(
+        "--shared-out",
+        action="store_true",
+        help="with runners on several hosts (postgresql:// journal): the local --out is "
+        "one mount every runner writes to (default: refused once a second host joins; "
+        "use s3://); job file: output.shared",
+    )
     _add_selection(run, limit=True)
     _add_again(run)
     _add_order(run)

@@ -105,6 +105,9 @@ class Campaign:
     #: notification URLs (Apprise) as written, ``${VAR}`` not yet expanded: a secret read
     #: from the environment only by the run that sends (:meth:`notify_urls`)
     notify: tuple[str, ...] = ()
+    #: ``output.shared``: the output folder is one mount every runner of the campaign
+    #: writes to (several runners on several hosts may then use a local folder)
+    shared_out: bool = False
     _source: _Source | None = field(default=None, repr=False, compare=False)
     #: (id, model) -> the job is one of this view's (see :meth:`narrowed`)
     _pick: Callable[[str, str], bool] | None = field(default=None, repr=False, compare=False)
@@ -240,7 +243,11 @@ def load_campaign(
             issues.add(display, str(key), f"unknown top-level key (allowed: {', '.join(TOP_KEYS)})")
     name = _name(data, job_file, display, issues)
     base = job_file.parent
-    output = _mapping(data.get("output"), display, "output", ("dir", "filename"), issues)
+    output = _mapping(data.get("output"), display, "output", ("dir", "filename", "shared"), issues)
+    shared_out = output.get("shared", False)
+    if not isinstance(shared_out, bool):
+        issues.add(display, "output.shared", "must be true or false")
+        shared_out = False
     out_text = _text(output.get("dir"), display, "output.dir", issues) or f"out/{name}"
     output_dir = _destination(out_text, out_dir, base, display, issues)
     template = _template(output.get("filename", DEFAULT_FILENAME), display, issues)
@@ -276,6 +283,7 @@ def load_campaign(
         groups=groups,
         stamp=stamp,
         notify=notify,
+        shared_out=shared_out,
         _source=source,
     )
 

@@ -30,7 +30,7 @@ from .clash import OUTPUT_EXISTS, Clash, output_clashes
 from .decisions import KEEP, REJECT, Decision
 from .ledger import Adoption, Landed, Lease, Ledger, MarkRefused, RunnerSpec, Totals, this_node
 from .local import SqliteLedger
-from .naming import FileRegistry, hold_name, result_filename
+from .naming import FileRegistry, NameBook, hold_name, result_filename
 from .pg.url import is_database, needs_driver
 from .reconcile import NewJob, SyncResult, jobs_of
 from .rows import Change, JobRow
@@ -61,6 +61,7 @@ __all__ = [
     "Lease",
     "Ledger",
     "MarkRefused",
+    "NameBook",
     "NewJob",
     "RunRecord",
     "RunnerSpec",

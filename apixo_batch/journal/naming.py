@@ -9,10 +9,11 @@ written over: that would lose a paid result.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from .rows import OutputRow
 
-__all__ = ["FileRegistry", "hold_name", "name_owners", "result_filename"]
+__all__ = ["FileRegistry", "NameBook", "hold_name", "name_owners", "result_filename"]
 
 
 def result_filename(filename: str, n: int) -> str:
@@ -68,6 +69,16 @@ class FileRegistry:
             if others:
                 found.append((name, others[0]))
         return found
+
+
+class NameBook(Protocol):
+    """Names reserved where every runner of a campaign sees them (several runners on a
+    journal in PostgreSQL: ``journal/pg/outputs.SharedNames``)."""
+
+    async def reserve(self, job_id: str, names: Iterable[str]) -> list[tuple[str, str]]:
+        """Hold ``names`` (the job's own first) for ``job_id``: (name, holder) of each
+        one another job holds, and then none is kept."""
+        ...
 
 
 def result_names(filename: str, results: int) -> Iterable[str]:

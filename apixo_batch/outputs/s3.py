@@ -21,10 +21,11 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -33,7 +34,15 @@ from ..errors import DownloadError, PathError, StorageError
 from ..location import S3Location
 from .budget import ByteBudget
 
-__all__ = ["META_JOB", "META_SHA256", "META_TASK", "ObjectInfo", "S3Store", "StoreFailure"]
+__all__ = [
+    "META_JOB",
+    "META_SHA256",
+    "META_TASK",
+    "ObjectInfo",
+    "S3Store",
+    "StoreFailure",
+    "UploadBook",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,24 @@ class ObjectInfo:
     task: str | None
 
 
+class UploadBook(Protocol):
+    """Where the multipart uploads of several runners of one campaign are recorded, each
+    with its runner (``journal/pg/outputs.PgUploads``): the start-up sweep then aborts
+    only uploads of runners that are gone, not the live uploads of the others."""
+
+    async def opened(self, upload_id: str, key: str) -> None: ...
+
+    async def closed(self, upload_id: str) -> None: ...
+
+    async def sweepable(self, found: Sequence[tuple[str, str, datetime | None]]) -> set[str]:
+        """Of ``found`` ((UploadId, key, Initiated)), the uploads to abort."""
+        ...
+
+
+#: calls that begin or end a multipart upload (what an :class:`UploadBook` records)
+_OPENS, _CLOSES = "create_multipart_upload", ("complete_multipart_upload", "abort_multipart_upload")
+
+
 class S3Store:
     """One client for the run, opened at its first request; counts its requests by call."""
 
@@ -109,6 +136,8 @@ class S3Store:
         self._context: Any = None
         self._opening: asyncio.Lock | None = None
         self.requests: Counter[str] = Counter()
+        #: several runners: their uploads recorded, and swept only when theirs is gone
+        self.uploads: UploadBook | None = None
 
     # -- the client -----------------------------------------------------------
     async def _open(self) -> Any:
@@ -145,9 +174,27 @@ class S3Store:
             raise _failure(exc, self.location, key) from None
         self.requests[op] += 1
         try:
-            return await getattr(client, op)(Bucket=self.location.bucket, **params)
+            got = await getattr(client, op)(Bucket=self.location.bucket, **params)
         except _store_errors() as exc:
             raise _failure(exc, self.location, key) from None
+        if self.uploads is not None and (op == _OPENS or op in _CLOSES):
+            await self._record(op, key or "", params.get("UploadId") or got.get("UploadId"))
+        return got
+
+    async def _record(self, op: str, key: str, upload_id: str | None) -> None:
+        """The upload in the book of uploads. The journal failing to record it is told in
+        the log only: an unrecorded upload is swept once every runner live at its start
+        is gone, and the journal's failure is the run's own concern."""
+        assert self.uploads is not None
+        if not upload_id:
+            return
+        try:
+            if op == _OPENS:
+                await self.uploads.opened(upload_id, key)
+            else:
+                await self.uploads.closed(upload_id)
+        except StorageError as exc:
+            log.warning("cannot record the upload of %s: %s", key, exc)
 
     # -- what the run asks ------------------------------------------------------
     async def check(self) -> None:
@@ -191,14 +238,23 @@ class S3Store:
             except StoreFailure as exc:
                 log.warning("cannot list incomplete uploads: %s", exc)
                 return aborted
-            for upload in page.get("Uploads") or ():
-                key = upload.get("Key", "")
-                if ours(key):
-                    with contextlib.suppress(StoreFailure):
-                        await self.call(
-                            "abort_multipart_upload", key=key, UploadId=upload["UploadId"]
-                        )
-                        aborted += 1
+            found = [
+                (str(u["UploadId"]), str(u.get("Key", "")), u.get("Initiated"))
+                for u in page.get("Uploads") or ()
+                if ours(u.get("Key", ""))
+            ]
+            if found and self.uploads is not None:
+                # Several runners: the others' uploads are live, not leftovers.
+                try:
+                    gone = await self.uploads.sweepable(found)
+                except StorageError as exc:
+                    log.warning("cannot tell whose incomplete uploads these are: %s", exc)
+                    return aborted
+                found = [f for f in found if f[0] in gone]
+            for upload_id, key, _ in found:
+                with contextlib.suppress(StoreFailure):
+                    await self.call("abort_multipart_upload", key=key, UploadId=upload_id)
+                    aborted += 1
             if not page.get("IsTruncated"):
                 return aborted
             marker = {

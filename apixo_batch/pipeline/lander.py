@@ -30,7 +30,7 @@ from ..clock import Clock
 from ..defaults import PATIENCE
 from ..errors import DownloadError, OutputTaken, ResultExpired
 from ..events import Downloaded, Emitter, Expired, Retried, Warned
-from ..journal import FileRegistry, JobRow, JobState, Landed, Ledger, result_filename
+from ..journal import FileRegistry, JobRow, JobState, Landed, Ledger, NameBook, result_filename
 from ..outputs.output import Incoming, LandedFile, LocalOutput, Output
 from ..outputs.paths import storage_failure
 from ..planning.selection import Selection
@@ -101,6 +101,8 @@ class Lander:
         #: the journal refused a landing: what comes next stays `succeeded` for `download`
         self._journal_refused = False
         self._registry: FileRegistry | None = None
+        #: names reserved where other runners of the campaign see them (several runners)
+        self.names: NameBook | None = None
         self._registry_read: asyncio.Future[dict[str, tuple[str, ...]]] | None = None
         self.busy = 0
         self.retries = 0
@@ -236,26 +238,39 @@ class Lander:
         )
         return True
 
+    def _tell_taken(self, fetch: Fetch, clashes: list[tuple[str, str]]) -> None:
+        # Overwriting would lose a paid result: this one waits, with its URLs journaled,
+        # until the user renames one of the two.
+        named = ", ".join(f"{name} (job {owner}'s file)" for name, owner in clashes)
+        self._emit(
+            Warned(
+                fetch.id,
+                message=(
+                    f"job {fetch.id}: its results would be written over {named}; nothing "
+                    "was downloaded. Change output.filename so the names differ (e.g. "
+                    "'{id}_.mp4'; a job gone from the job file keeps its names until it "
+                    "is back in it), then run `apixo-batch download`: the result stays "
+                    "downloadable until its URLs expire"
+                ),
+            )
+        )
+
     async def _land(self, fetch: Fetch) -> None:
         files = await self._files()
         clashes = files.clashes(fetch.id, fetch.filename, len(fetch.result_urls))
         if clashes:
-            # Overwriting would lose a paid result: this one waits, with its URLs journaled,
-            # until the user renames one of the two.
-            named = ", ".join(f"{name} (job {owner}'s file)" for name, owner in clashes)
-            self._emit(
-                Warned(
-                    fetch.id,
-                    message=(
-                        f"job {fetch.id}: its results would be written over {named}; nothing "
-                        "was downloaded. Change output.filename so the names differ (e.g. "
-                        "'{id}_.mp4'; a job gone from the job file keeps its names until it "
-                        "is back in it), then run `apixo-batch download`: the result stays "
-                        "downloadable until its URLs expire"
-                    ),
-                )
-            )
+            self._tell_taken(fetch, clashes)
             return
+        if self.names is not None and len(fetch.result_urls) > 1:
+            # A task of one result lands on its job's own name, which its journal row
+            # holds for every runner already (a name another runner reserves is checked
+            # against the jobs' own names, and the check before submits reads the
+            # reservations): only the names of further results need reserving.
+            wanted = [result_filename(fetch.filename, n) for n in range(len(fetch.result_urls))]
+            taken = await self.names.reserve(fetch.id, wanted)
+            if taken:
+                self._tell_taken(fetch, taken)
+                return
         if fetch.fresh and await self._foreign(fetch):
             return
         landed = Landed()

@@ -86,6 +86,9 @@ class RunOptions:
     grace_s: float = GRACE_S
     #: leave once every unfinished job is another live runner's (``--leave-early``)
     leave_early: bool = False
+    #: the local output folder is one mount shared by every runner (``--shared-out``):
+    #: runners on several hosts may write to it (else a second host is refused)
+    shared_out: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.state_path, str) and is_database(self.state_path):

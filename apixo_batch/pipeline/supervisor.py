@@ -28,7 +28,7 @@ import aiohttp
 
 from ..apixo.client import ApixoClient
 from ..apixo.limits import ConcurrencyLimit, RequestBucket
-from ..apixo.receiver import callback_url_with_token
+from ..apixo.receiver import CallbackHandler, callback_url_with_token
 from ..apixo.secret import ApiKey, KeySpec
 from ..clock import Clock, SystemClock, human_duration
 from ..defaults import state_path
@@ -217,6 +217,11 @@ class Supervisor:
             heartbeat = asyncio.ensure_future(self._runner.heartbeat())
         try:
             try:
+                if spec is not None:
+                    from .multirunner import refuse_second_host
+
+                    # Before anything is sent: a local folder is one host's.
+                    await refuse_second_host(ledger, self.output, spec.host, o.shared_out)
                 await self._run(ledger)
             except Exception as exc:
                 why = storage_failure(exc)
@@ -264,6 +269,27 @@ class Supervisor:
             if unrecorded.empty():  # reserved at start-up, and no id needed keeping
                 with contextlib.suppress(OSError):
                     unrecorded.remove()
+
+    async def _relayed(
+        self, ledger: Ledger, stages: Stages, network: contextlib.AsyncExitStack
+    ) -> CallbackHandler:
+        """The receiver's handler: with several runners, callbacks of other runners'
+        tasks are passed on to them, and theirs for this one's tasks taken in."""
+        if self.database is None or ledger.runner is None:
+            return stages.on_callback
+        from .multirunner import CallbackRelay, listen_for_relayed, runner_id
+
+        me = runner_id(ledger)()
+        if me is None:
+            return stages.on_callback
+        follower = stages.follower
+
+        def follows(task_id: str) -> bool:
+            return follower is not None and follower.scheduler.get(task_id) is not None
+
+        relay = CallbackRelay(ledger, stages.on_callback, follows)
+        await listen_for_relayed(self.database, me, relay, self.clock, network)
+        return relay.handle
 
     async def _refused_before_anything(self, started: float) -> RunResult | None:
         """A first run whose key (or balance) APIXO refuses: nothing created (no output
@@ -467,10 +493,14 @@ class Supervisor:
             runner=self._runner,
             ours=self._ours,
         )
+        if self.database is not None:
+            from .multirunner import share_outputs
+
+            share_outputs(ledger, stages.lander, self.output)
         stages.adopt(self._ours(start.in_flight))
         if token is not None:
             # After the stages exist: a callback for an adopted task finds it followed.
-            await listen(o, token, stages.on_callback, network)
+            await listen(o, token, await self._relayed(ledger, stages, network), network)
         if start.submit and self.pooled:
             assert self.pool is not None
             stop = await preflight_pool(

@@ -389,3 +389,45 @@ async def test_export_kept_copies_the_kept_takes_to_another_prefix_in_the_store(
     assert local.code == 2 and "another s3:// prefix" in local.stderr
     for text in (got.stdout, got.stderr, again.stderr):
         assert rgw.secret_key not in text
+
+
+async def test_a_runner_starting_aborts_only_dead_runners_uploads(
+    simulator: Any, rgw: RGW, bucket: Bucket, tmp_path: Path, pg_url: str
+) -> None:
+    """Several runners on one campaign in PostgreSQL, one bucket: a runner that starts
+    finds two incomplete uploads of the campaign's names, one recorded by a live runner
+    (still uploading), one by a runner whose lease is long gone. Its start-up sweep aborts
+    only the dead runner's; the campaign ends done, each object the manifest's bytes."""
+    import psycopg
+
+    sim = await simulator(time_scale=0.01)
+    env = s3_env(sim, rgw)
+    args = ("--state", pg_url, "--time-scale", "0.01", "--json", "--leave-early")
+    first = await cli(env, "run", str(campaign(tmp_path, bucket, 2)), *args)
+    assert first.code == 0, first.stderr
+    job_file = campaign(tmp_path, bucket, 4)
+    live = bucket.s3.create_multipart_upload(Bucket=bucket.name, Key="spring/job-0002.mp4")
+    dead = bucket.s3.create_multipart_upload(Bucket=bucket.name, Key="spring/job-0003.mp4")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for upload, lease in ((live, "1 hour"), (dead, "-1 hour")):
+            row = conn.execute(
+                "INSERT INTO runners (campaign, host, pid, version, lease_until) VALUES "
+                "('e2e', 'render-b', 7, 'x', clock_timestamp() + %s::interval) RETURNING id",
+                (lease,),
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "INSERT INTO uploads (upload_id, campaign, s3_key, runner) VALUES "
+                "(%s, 'e2e', %s, %s)",
+                (upload["UploadId"], upload["Key"], row[0]),
+            )
+    joined = await cli(env, "run", str(job_file), *args)
+    assert joined.code == 0, joined.stderr
+    requests = joined.summary["store_requests"]
+    assert requests["list_multipart_uploads"] == 1
+    assert requests.get("abort_multipart_upload", 0) == 1
+    assert bucket.incomplete() == ["spring/job-0002.mp4"]  # the live runner's, untouched
+    assert sim.stats()["submits_accepted"] == 4
+    manifest = manifest_of(bucket, "spring/")
+    assert [e["state"] for e in manifest] == ["done"] * 4
+    assert_results_in_bucket(sim, bucket, "spring/", manifest)

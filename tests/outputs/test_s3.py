@@ -4,6 +4,8 @@ become (StoreFailure, one line), and that a bug is not one of them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -176,3 +178,90 @@ async def test_cancelling_a_store_call_is_not_a_store_failure(
     store, _ = _store(monkeypatch, asyncio.CancelledError())
     with pytest.raises(asyncio.CancelledError):
         await store.call("head_bucket")
+
+
+class AnsweringClient:
+    """aiobotocore's client answering the multipart calls as S3 does; calls recorded."""
+
+    def __init__(self, incomplete: list[dict[str, Any]]) -> None:
+        self.incomplete = incomplete
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, op: str) -> Any:
+        async def call(**params: Any) -> Any:
+            self.calls.append((op, params))
+            if op == "create_multipart_upload":
+                return {"UploadId": f"up-{len(self.calls)}"}
+            if op == "list_multipart_uploads":
+                return {"Uploads": self.incomplete, "IsTruncated": False}
+            return {}
+
+        return call
+
+
+class FakeBook:
+    """The journal's book of uploads (several runners): ``gone`` are dead runners'."""
+
+    def __init__(self, gone: set[str]) -> None:
+        self.gone = gone
+        self.begun: list[tuple[str, str]] = []
+        self.ended: list[str] = []
+        self.asked: list[list[str]] = []
+
+    async def opened(self, upload_id: str, key: str) -> None:
+        self.begun.append((upload_id, key))
+
+    async def closed(self, upload_id: str) -> None:
+        self.ended.append(upload_id)
+
+    async def sweepable(self, found: Sequence[tuple[str, str, datetime | None]]) -> set[str]:
+        self.asked.append([u for u, _, _ in found])
+        return {u for u, _, _ in found if u in self.gone}
+
+
+def _booked(monkeypatch: pytest.MonkeyPatch, client: AnsweringClient, book: FakeBook) -> S3Store:
+    monkeypatch.setattr(s3, "_client_context", lambda parts: FakeContext(client))  # type: ignore[arg-type]
+    store = S3Store(WHERE)
+    store.uploads = book
+    return store
+
+
+async def test_uploads_begun_and_ended_are_recorded_in_the_book(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several runners: an upload is recorded with its id when S3 gives it, and forgotten
+    once completed or aborted; other calls record nothing."""
+    client, book = AnsweringClient([]), FakeBook(set())
+    store = _booked(monkeypatch, client, book)
+    got = await store.call("create_multipart_upload", key="spring/a.mp4")
+    await store.call("upload_part", key="spring/a.mp4", UploadId=got["UploadId"], PartNumber=1)
+    await store.call("complete_multipart_upload", key="spring/a.mp4", UploadId=got["UploadId"])
+    await store.call("abort_multipart_upload", key="spring/b.mp4", UploadId="up-old")
+    assert book.begun == [(got["UploadId"], "spring/a.mp4")]
+    assert book.ended == [got["UploadId"], "up-old"]
+
+
+async def test_the_sweep_aborts_only_what_the_book_says_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start-up sweep with several runners: of our incomplete uploads, only those the
+    book says belong to dead runners are aborted; keys not ours are not even asked about.
+    Without a book (a journal file, one run), every one of ours is aborted, as ever."""
+    when = datetime(2026, 12, 5, tzinfo=UTC)
+    incomplete = [
+        {"Key": "spring/a.mp4", "UploadId": "live", "Initiated": when},
+        {"Key": "spring/b-2.mp4", "UploadId": "dead", "Initiated": when},
+        {"Key": "spring/c.mp4", "UploadId": "other", "Initiated": when},
+    ]
+    ours = s3.owned_by(WHERE, ["a.mp4", "b.mp4"])
+    client, book = AnsweringClient(incomplete), FakeBook({"dead"})
+    store = _booked(monkeypatch, client, book)
+    assert await store.sweep(ours) == 1
+    assert book.asked == [["live", "dead"]]
+    aborted = [p["UploadId"] for op, p in client.calls if op == "abort_multipart_upload"]
+    assert aborted == ["dead"] and book.ended == ["dead"]
+    alone = AnsweringClient(incomplete)
+    monkeypatch.setattr(s3, "_client_context", lambda parts: FakeContext(alone))  # type: ignore[arg-type]
+    assert await S3Store(WHERE).sweep(ours) == 2
+    aborted = [p["UploadId"] for op, p in alone.calls if op == "abort_multipart_upload"]
+    assert aborted == ["live", "dead"]

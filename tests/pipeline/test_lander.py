@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -613,3 +614,64 @@ async def test_after_a_crash_a_rerolled_take_is_guarded_at_its_own_name(
     assert sorted(d.name for _, d, _ in host.calls) == ["job-0-take2.mp4", "job-1-take2.mp4"]
     assert set(host.guarded) == {takes["job-0"][0], takes["job-1"][0]}
     assert [w.job_id for w in events.of("warning")] == ["job-1"]
+
+
+class _Names:
+    """The shared reservations of several runners (a NameBook): ``held`` names another
+    runner's job holds; every request is recorded."""
+
+    def __init__(self, held: dict[str, str]) -> None:
+        self.held = held
+        self.asked: list[tuple[str, list[str]]] = []
+
+    async def reserve(self, job_id: str, names: Iterable[str]) -> list[tuple[str, str]]:
+        wanted = list(names)
+        self.asked.append((job_id, wanted))
+        return [(n, self.held[n.casefold()]) for n in wanted if n.casefold() in self.held]
+
+
+async def test_names_are_reserved_where_other_runners_see_them_before_landing(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """With several runners, each result's names are reserved in the shared journal
+    before anything lands (the job's own name first): a free one lands as ever."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0", 2))
+    lander, events = _lander(ledger, clock, tmp_path)
+    lander.names = names = _Names({})
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    first = row(ledger, "job-0").filename
+    assert names.asked == [("job-0", [first, first.replace(".mp4", "-2.mp4")])]
+    assert row(ledger, "job-0").state is JobState.DONE
+    assert len(events.of("downloaded")) == 1
+
+
+async def test_a_name_another_runner_landed_is_never_written(
+    tmp_path: Path, host: FakeHost
+) -> None:
+    """A name that another runner's job holds (it landed it after this runner read the
+    names): nothing lands, one warning names the holder, the job stays `succeeded`."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [dataclasses.replace(new_job(0), filename="a.mp4")])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0", 2))
+    lander, events = _lander(ledger, clock, tmp_path)
+    lander.names = _Names({"a-2.mp4": "job-9"})
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    [warning] = events.of("warning")
+    assert "a-2.mp4 (job job-9's file)" in warning.data["message"]
+    assert host.calls == [] and _listing(tmp_path) == []
+    assert row(ledger, "job-0").state is JobState.SUCCEEDED
+
+
+async def test_a_task_of_one_result_reserves_nothing(tmp_path: Path, host: FakeHost) -> None:
+    """A task of one result lands on its job's own name, which the journal's row holds
+    for every runner: no reservation is asked for (no statement per job)."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0", 1))
+    lander, _events = _lander(ledger, clock, tmp_path)
+    lander.names = names = _Names({})
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert names.asked == []
+    assert row(ledger, "job-0").state is JobState.DONE

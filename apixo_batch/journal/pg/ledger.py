@@ -69,6 +69,7 @@ from ..store import FILE_STAMP, DoneFiles
 from ..unrecorded import AdoptRefused
 from .executor import Op, PgConn, PgExecutor, database_failed
 from .lease import RunnerLease
+from .outputs import reserved_rows
 from .schema import migrate
 from .url import shown
 
@@ -254,6 +255,11 @@ class PgLedger(StateWrites):
     @property
     def executor(self) -> PgExecutor:
         return self._j
+
+    @property
+    def campaign(self) -> str:
+        """The campaign's row in ``campaigns`` (every runner of it names the same)."""
+        return self._c
 
     async def close(self) -> None:
         try:
@@ -1084,11 +1090,16 @@ class PgLedger(StateWrites):
         return self._j.read(op)
 
     async def _output_rows(self, conn: PgConn, order: str = "") -> list[OutputRow]:
-        return [output_row(*r) for r in await self._all(conn, _OUTPUT_ROWS + order, (self._c,))]
+        rows = [output_row(*r) for r in await self._all(conn, _OUTPUT_ROWS + order, (self._c,))]
+        # Names other runners reserved for results they land (outputs.SharedNames): held,
+        # as the files they become.
+        return rows + await reserved_rows(conn, self._c)
 
     def file_owners(self) -> asyncio.Future[dict[str, tuple[str, ...]]]:
         async def op(conn: PgConn) -> dict[str, tuple[str, ...]]:
-            return name_owners(await self._output_rows(conn))
+            # In file order: the heap's order moves with updates (an index on the name
+            # makes them non-HOT), and SQLite lists a name's holders in the order they came.
+            return name_owners(await self._output_rows(conn, " ORDER BY idx, id"))
 
         return self._j.read(op)
 

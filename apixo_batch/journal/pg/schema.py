@@ -133,6 +133,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: several runners: where a runner's pid means its process (host, boot, pid
     # namespace), so a runner on the same node whose process is gone is adopted at once.
     ("ALTER TABLE runners ADD COLUMN node text",),
+    # 5: outputs across runners (journal/pg/outputs.py): the file names reserved by
+    # each job, so that a runner sees the names another one lands before it submits
+    # or lands; and the multipart uploads each runner has open, so that a start-up
+    # sweep aborts only a dead runner's.
+    (
+        'CREATE TABLE file_names (campaign text COLLATE "C" NOT NULL, '
+        'name_cf text COLLATE "C" NOT NULL, job_id text COLLATE "C" NOT NULL, '
+        "PRIMARY KEY (campaign, name_cf))",
+        "CREATE TABLE uploads (upload_id text PRIMARY KEY, campaign text NOT NULL, "
+        "s3_key text NOT NULL, runner bigint, "
+        "started_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        # A job's own name, found without a scan when a runner checks a name it lands.
+        "CREATE INDEX jobs_filename_idx ON jobs (campaign, lower(filename))",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
