@@ -123,6 +123,9 @@ async def test_kill_9_of_one_of_four_runners_at_25_percent(
     outcome = await Outcome.read(sim, pg_url)
     outcome.assert_paid_once()
     _byte_exact(sim, tmp_path / "out", n)
+    # The account's 40 slots held across the death: the dead runner's running tasks
+    # keep theirs until they end (the simulator allows 1,000: only the runners limit).
+    assert sim.stats()["max_concurrent_tasks"] <= 40, sim.stats()["max_concurrent_tasks"]
     assert outcome.runner(victim)["adopted_by"] == adopter != victim
     # Within a sweep period of the moment it could be known dead, plus what a loaded
     # 2-core machine adds to a heartbeat (bench/pg_runners_cli.py measures the delay).
