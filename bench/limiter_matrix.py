@@ -130,13 +130,13 @@ def next_start(
     return float(out.stdout.strip())
 
 
-def one(kind: str, jobs: int, told90: bool, engine: str | None) -> str:
+def one(kind: str, jobs: int, told90: bool, engine: str | None, told_rpm: int | None = None) -> str:
     spec, per_s = sim_settings(kind)
     # A 60 s window holds 2,700 requests: the campaign must be longer than one window.
     jobs = max(jobs, KINDS[kind].get("jobs", 0))
     per_route = "status_rpm_limit" in spec
     truth = per_s * 60.0 * (2 if per_route else 1)
-    told = round(truth * 0.9) if told90 else 9_000
+    told = told_rpm or (round(truth * 0.9) if told90 else 9_000)
     cfg = {"time_scale": SCALE, "balance": 1e9, "file_size": 16 << 10, **spec}
     engine_env = dict(os.environ)
     if engine:
@@ -188,6 +188,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("kinds", nargs="*", help=f"of: {', '.join(KINDS)}")
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--told90", action="store_true", help="told 90 %% of the account's rate")
+    parser.add_argument(
+        "--told", type=int, default=None, help="told this rate (e.g. 90 %% of one route's)"
+    )
     parser.add_argument("--engine", default=None, help="PYTHONPATH of the engine's code")
     args = parser.parse_args(argv)
     print(f"engine: {args.engine or 'this checkout'}; account {ACCOUNT_RPM:,} requests/min")
@@ -197,7 +200,7 @@ def main(argv: list[str]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind in args.kinds or list(KINDS):
-        print(one(kind, args.jobs, args.told90, args.engine), flush=True)
+        print(one(kind, args.jobs, args.told90, args.engine, args.told), flush=True)
 
 
 if __name__ == "__main__":
