@@ -263,3 +263,27 @@ async def test_an_unreachable_database_grants_the_fair_share_to_pace_by(
     a._url = pg_url
     back = await a.tokens(share, 1)
     assert back.fallback_per_s is None and back.n == 1
+
+
+async def test_a_bucket_goes_on_while_the_server_is_down_and_back_to_the_row(
+    runners: Any, pg_cluster: Any
+) -> None:
+    """The server stopped for two seconds under a runner whose bucket is in use: grants
+    go on, paced locally (none needs the database), and once the server is back the
+    bucket takes the row's tokens again."""
+    a = await runners(rpm=600)
+    a.heartbeat_s = 0.5  # how soon an unreachable row is asked again
+    bucket = a.shares[0].key.bucket
+    outage = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart, "fast", 2.0))
+    while not outage.done():
+        await bucket.acquire()
+        bucket.sent()
+    await outage
+    assert bucket.statistics().unshared > 0
+    taken = a.shares[0].granted
+    for _ in range(200):
+        await bucket.acquire()
+        bucket.sent()
+        if a.shares[0].granted > taken:
+            break
+    assert a.shares[0].granted > taken
