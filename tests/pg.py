@@ -94,6 +94,8 @@ class Cluster:
     port: int
     user: pwd.struct_passwd | None
     superuser: str
+    #: the server's command-line options (``pg_ctl -o``), for a start after a stop
+    options: str = ""
     stopped: bool = False
 
     def url(self, database: str = "postgres", password: str | None = None) -> str:
@@ -127,19 +129,19 @@ class Cluster:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.url(name)
 
-    def restart(self) -> None:
+    def restart(self, mode: str = "fast", down_s: float = 0.0) -> None:
+        """Stop and start the server: ``fast`` (sessions ended, a checkpoint) or
+        ``immediate`` (as a crash: no checkpoint, recovery from the WAL at start, and the
+        UNLOGGED tables come back empty); ``down_s``: seconds it stays down between."""
         # -l: the server's output to its log, not to our pipe (which would never close).
-        self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.data.parent / "log"),
-            "-m",
-            "fast",
-            "-w",
-            "restart",
-        )
+        log = ("-l", str(self.data.parent / "log"))
+        pg_ctl = (str(self.bin / "pg_ctl"), "-D", str(self.data))
+        if down_s <= 0:
+            self._run(*pg_ctl, *log, "-m", mode, "-w", "restart")
+            return
+        self._run(*pg_ctl, "-m", mode, "-w", "stop")
+        time.sleep(down_s)
+        self._run(*pg_ctl, "-o", self.options, *log, "-w", "-t", "30", "start")
 
     def stop(self) -> None:
         if self.stopped:
@@ -189,6 +191,7 @@ def start_cluster(parent: Path | None = None, *, preload: str | None = None) -> 
     )
     if preload:
         options += f" -c shared_preload_libraries={preload}"
+    cluster.options = options
     cluster._run(
         str(binaries / "pg_ctl"),
         "-D",

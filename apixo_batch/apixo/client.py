@@ -258,11 +258,17 @@ class ApixoClient:
         # slot limit speaking, whatever its message says (gateways often answer a bare
         # "Too Many Requests"): the rate is not to blame. A message naming concurrency
         # settles it either way.
+        # A bare one (a "Too Many Requests" that names neither) with no Retry-After, while
+        # no window the engine knows of was full, is the slots too: requests running fast
+        # do not make it the rate's, and read as the rate's it would slow every request.
         message = exc.api_message.lower()
         names_slots = any(w in message for w in ("concurren", "slot", "in flight", "running"))
         says_rate = "rate" in message and not names_slots
+        bare = not (names_slots or says_rate)
         if endpoint == "submit" and (
-            names_slots or (not says_rate and self.bucket.utilization() < 0.5)
+            names_slots
+            or (bare and self.bucket.utilization() < 0.5)
+            or (bare and exc.retry_after is None and not self.bucket.window_full(sent_at, endpoint))
         ):
             exc.slots = True
         if exc.slots:

@@ -45,7 +45,7 @@ from ..planning.completion import CompletionModel
 from .books import MANIFEST, bind_output, same_output, write_manifest_from
 from .callbacks import callback_token, listen
 from .keypool import KeyAccount, KeyPool
-from .learned import account_of
+from .learned import account_of, start_rate
 from .options import RunOptions, RunResult, RunStatistics
 from .owner import own_output
 from .preflight import preflight, preflight_pool
@@ -434,7 +434,7 @@ class Supervisor:
         )
         if self.pool is not None:
             for other in self.pool.accounts[1:]:
-                other.bucket.start_under(await ledger.learned_rpm(other.account))
+                await start_rate(ledger, other.bucket, other.account)
         if start.idle:
             return  # nothing to do: zero requests
         # Before anything is paid: an output that cannot take results is one line.

@@ -695,3 +695,42 @@ async def test_a_refused_connection_says_nothing_was_sent() -> None:
             await api.submit(MODEL, T2V_INPUT)
     assert info.value.sent is False
     assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "window_full", "slots"),
+    [(None, False, True), ("5", False, False), (None, True, False)],
+)
+async def test_a_bare_submit_429_while_requests_run_fast_is_the_slots_unless_a_window_says_no(
+    mock_api: aioresponses,
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: str | None,
+    window_full: bool,
+    slots: bool,
+) -> None:
+    """A bare "Too Many Requests" on a submit while requests use most of their rate: with
+    no Retry-After and no window the engine knows of full, the slots (issue 31: read as
+    the rate's, it slowed every request of a run with no rate limit near); with a
+    Retry-After, or while the learned window is full, the rate."""
+    from apixo_batch.apixo.limits import RequestBucket
+    from apixo_batch.clock import FakeClock
+
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    now = clock.monotonic()
+    for i in range(100):  # a burst in the last second
+        bucket.accepted(now - 1.0 + i / 100.0, "submit")
+    monkeypatch.setattr(bucket, "utilization", lambda window_s=10: 0.9)
+    if window_full:  # 100 per 10 s learned from a refusal (no pause: the test does not wait)
+        bucket.account.answered(now - 0.005, False, "submit")
+        fit = bucket.account.refit(now, retry_after=9.0, refused_at=now - 0.005)
+        assert fit is not None and fit.window_s == 10.0
+    body = {"code": 429, "message": "Too Many Requests", "data": None}
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    mock_api.post(SUBMIT_URL, status=429, payload=body, headers=headers)
+    episodes = bucket.statistics().episodes
+    async with ApixoClient(ApiKey(KEY), BASE, bucket=bucket) as api:
+        with pytest.raises(RateLimited) as info:
+            await api.submit(MODEL, T2V_INPUT)
+    assert info.value.slots is slots
+    assert bucket.statistics().episodes == episodes + (0 if slots else 1)

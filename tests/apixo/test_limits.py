@@ -915,3 +915,133 @@ def test_the_run_keeps_the_slowest_rate_that_explains_its_answers() -> None:
     assert tried is not None and kept is not None
     assert kept.rate * 60 == pytest.approx(2_700, rel=0.15)
     assert kept.rate <= tried.rate
+
+
+# -- a window per route (issue 31) ----------------------------------------------
+
+
+async def _against_routes(
+    clock: FakeClock,
+    bucket: RequestBucket,
+    *,
+    window_s: float,
+    limit: int,
+    per_route: bool,
+    seconds: float,
+    workers: tuple[int, int] = (30, 30),
+    rtt: float = 0.05,
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Saturate ``bucket`` with submits and status polls against an account that limits
+    each route in its own window of ``limit`` (``per_route``) or both in one window of
+    twice that: each route's (accepted, refused) times."""
+    shared = RollingWindow()
+    windows = {"submit": RollingWindow(), "status": RollingWindow()} if per_route else {}
+    seen: dict[str, tuple[list[float], list[float]]] = {"submit": ([], []), "status": ([], [])}
+
+    def body(route: str, priority: int) -> Callable[[int], Coroutine[Any, Any, None]]:
+        async def run(_: int) -> None:
+            while True:
+                ticket = await bucket.acquire(priority)
+                at = clock.monotonic()
+                window = windows.get(route, shared)
+                wait = window.admit(at, limit if per_route else 2 * limit, window_s)
+                await clock.sleep(rtt)
+                if wait is None:
+                    seen[route][0].append(at)
+                    bucket.accepted(at, route, ticket=ticket)
+                    continue
+                seen[route][1].append(at)
+                ra = float(rate_limit_headers(wait, "truthful")["Retry-After"])
+                bucket.rate_limited(ra, ticket=ticket, sent_at=at, route=route)
+                bucket.unanswered(ticket)
+
+        return run
+
+    async with (
+        _workers(workers[0], body("submit", Priority.SUBMIT)),
+        _workers(workers[1], body("status", Priority.STATUS)),
+    ):
+        await clock.advance(seconds)
+    return seen
+
+
+async def test_a_window_per_route_gets_a_gate_per_route() -> None:
+    """Submits and polls each limited to 1,350 a minute over 10 s windows, the engine
+    told 9,000: a request of the other route sent while the refused route's window is full
+    is accepted, so each route is paced by its own gate, and together they reach at least
+    0.85 of what the two windows allow, with at most 3 % refused. The rates kept start
+    the next run just under each route's."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(9_000, clock, tick=0.1)
+    seen = await _against_routes(
+        clock, bucket, window_s=10.0, limit=225, per_route=True, seconds=60.0
+    )
+    accepted = {route: len(ok) for route, (ok, _) in seen.items()}
+    refused = sum(len(no) for _, no in seen.values())
+    assert set(bucket.routes) == {"submit", "status"}
+    for route in ("submit", "status"):
+        assert accepted[route] / (22.5 * 60.0) >= 0.85, (route, accepted)
+    assert refused / (sum(accepted.values()) + refused) <= 0.03
+    bucket.conclude()
+    kept = bucket.learned_routes
+    each = pytest.approx(1_350, rel=0.15)
+    assert kept == {"submit": each, "status": each}
+    assert bucket.statistics().learned_rpm == pytest.approx(2_700, rel=0.15)
+    assert "status polls on their own: 225 per 10 s" in (bucket.learned_limit or "")
+    following = RequestBucket(9_000, clock)
+    following.start_under(bucket.learned_rpm)
+    following.start_routes(kept)
+    assert sum(g.control.rate * 60 for g in following.routes.values()) == pytest.approx(
+        2_700, rel=0.15
+    )
+
+
+async def test_a_shared_window_refuses_the_other_routes_test_and_gets_no_gate() -> None:
+    """One window of 450 per 10 s for both routes: the other route's test request meets it
+    full and is refused, so no route gets a gate of its own, and the targets hold as for
+    a single route."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(9_000, clock, tick=0.1)
+    seen = await _against_routes(
+        clock, bucket, window_s=10.0, limit=225, per_route=False, seconds=60.0
+    )
+    accepted = sum(len(ok) for ok, _ in seen.values())
+    refused = sum(len(no) for _, no in seen.values())
+    assert bucket.routes == {}
+    assert accepted / (45.0 * 60.0) >= 0.85
+    assert refused / (accepted + refused) <= 0.03
+    bucket.conclude()
+    assert bucket.learned_rpm == pytest.approx(2_700, rel=0.15)
+    assert bucket.learned_routes == {}
+
+
+def test_a_routes_answers_split_off_and_joined_back() -> None:
+    """A route's own window: its answers leave the shared log (they say nothing of the
+    others' window) and make one of their own, which fits that route's window alone;
+    joined back, the log is whole again, in the order the requests left."""
+    account = AccountLimiter()
+    for i in range(225):  # submits: 150 a second, then refused
+        account.answered(START + i / 150.0, True, "submit")
+    account.answered(START + 1.5, False, "submit")
+    for i in range(50):  # polls, accepted all along
+        account.answered(START + 1.6 + i / 50.0, True, "status")
+    own = account.split("submit")
+    fit = own.refit(START + 2.7, retry_after=9.0, refused_at=START + 1.5)
+    assert fit is not None and (fit.window_s, fit.limit) == (10.0, 225)
+    assert account.refit(START + 2.7) is None  # nothing refused is left in the shared log
+    account.join(own)
+    again = account.refit(START + 2.7, retry_after=9.0, refused_at=START + 1.5)
+    assert again is not None and again.limit == 225
+
+
+async def test_a_pause_float_rounding_leaves_is_over() -> None:
+    """A pause that ends 1e-13 s from now (float rounding of a window's room) is over: a
+    virtual clock cannot sleep through it, and waiting for it spun the loop."""
+    clock = FakeClock(start=START)
+    bucket = RequestBucket(600, clock)
+    bucket.rate_limited(1.0, ticket=None, sent_at=START, route="submit")
+    await clock.advance(1.0)
+    bucket._paused_until = clock.monotonic() + 2.3e-13  # the rounding's leftover
+    granted = asyncio.ensure_future(bucket.acquire())
+    await clock.advance(5.0)
+    assert granted.done()

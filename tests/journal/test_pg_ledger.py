@@ -396,6 +396,31 @@ async def test_runners_share_a_campaign_and_no_password_in_errors(
     assert "hunter2" not in message and "***" in message and "\n" not in message
 
 
+async def test_runners_starting_together_keep_one_identity_and_token(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Runners that open a new campaign at once all read the journal id and callback
+    token the first kept (each kept its own before, and the output folder refused all
+    runners but one: "belongs to the journal X, not to the journal X")."""
+    clock = _Clock()
+    spec = RunnerSpec(lease_s=30.0, grace_s=35.0, host="h", pid=1, version="t")
+    ledgers = [
+        await open_ledger(pg_url, "camp", clock, anchor=tmp_path / f"{i}.pg", runner=spec)
+        for i in range(4)
+    ]
+    try:
+        for ledger in ledgers:
+            await ledger.keep_campaign("camp")
+        ids = await asyncio.gather(*(ledger.identity() for ledger in ledgers))
+        tokens = await asyncio.gather(
+            *(one.callback_token(f"tok-{i}") for i, one in enumerate(ledgers))
+        )
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+    assert len(set(ids)) == 1 and len(set(tokens)) == 1, (ids, tokens)
+
+
 async def test_a_journal_of_schema_1_gains_takes_on_open(tmp_path: Path, pg_url: str) -> None:
     """A database an earlier apixo-batch wrote (schema 1: no takes) is brought to the
     newest version on open: its jobs are on take 1 with no earlier files, and reroll."""

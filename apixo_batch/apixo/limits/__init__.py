@@ -8,7 +8,7 @@ small interface (``acquire`` / ``release`` / ``statistics``), aiometer-style.
 
 from __future__ import annotations
 
-from .bucket import BucketStats, Limit, Priority, RequestBucket
+from .bucket import ROUTES, BucketStats, Limit, Priority, RequestBucket
 from .congestion import RateControl
 from .slots import ConcurrencyLimit, ConcurrencyStats, SlotsClosed, SlotsStranded
 
@@ -18,6 +18,7 @@ RPM_CAP = 9_999
 
 __all__ = [
     "MAX_CONCURRENT_CAP",
+    "ROUTES",
     "RPM_CAP",
     "BucketStats",
     "ConcurrencyLimit",

@@ -98,6 +98,28 @@ class AccountLimiter:
             if not log.popleft()[1]:
                 self._refusals -= 1
 
+    def split(self, route: str) -> AccountLimiter:
+        """The answers of ``route``, taken out of this log into one of their own: the
+        route is limited in a window of its own, and its answers no longer say anything
+        about the others' (nor theirs about it)."""
+        own = AccountLimiter()
+        kept: collections.deque[tuple[float, bool, str]] = collections.deque()
+        for event in self._log:
+            if event[2] == route:
+                own.answered(*event)
+            else:
+                kept.append(event)
+        self._log = kept
+        self._refusals = sum(1 for _, ok, _ in kept if not ok)
+        own._last_retry = self._last_retry
+        return own
+
+    def join(self, other: AccountLimiter) -> None:
+        """Take ``other``'s answers back (a route's own window was a shared one after all)."""
+        merged = sorted([*self._log, *other._log], key=lambda e: e[0])
+        self._log = collections.deque(merged[-MAX_EVENTS:])
+        self._refusals = sum(1 for _, ok, _ in self._log if not ok)
+
     def refit(
         self,
         now: float,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -50,6 +51,11 @@ _READ, _WRITE, _WRITE_ALONE = 0, 1, 2
 _RIDE_PAUSE_S = 0.25
 # (kind, op, the caller's future, durable)
 _Item = tuple[int, Op[Any], asyncio.Future[Any], bool]
+
+# The pool warns of each failed connection attempt and each connection it discards; with
+# no handler configured, logging's last resort prints those to stderr all through an
+# outage the run rides out (and says in its own one line if it cannot).
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 class DatabaseFailed(StorageError):
