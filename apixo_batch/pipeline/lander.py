@@ -255,7 +255,24 @@ class Lander:
             )
         )
 
+    async def _held(self) -> bool:
+        """False once this runner's lease is lost for good: its rows are its adopter's,
+        who lands them (a late landing here would write over the adopter's file, with
+        another task's bytes when this runner's task id came too late to be the job's).
+        While the lease is only not live (a renewal late, the database away) landings
+        wait for it."""
+        lease = self._ledger.runner
+        if lease is None:
+            return True
+        while lease.fenced():
+            if lease.past_term():
+                return False
+            await self._clock.sleep(lease.lease_s / 6)
+        return True
+
     async def _land(self, fetch: Fetch) -> None:
+        if not await self._held():
+            return  # the run stops (exit 75): the result is another runner's to land
         files = await self._files()
         clashes = files.clashes(fetch.id, fetch.filename, len(fetch.result_urls))
         if clashes:

@@ -150,9 +150,13 @@ class Runner:
 
     async def _take_over(self) -> list[JobRow]:
         rows: list[JobRow] = []
-        while (taken := await self.lease.adopt()) is not None:
+        swept: list[int] = []
+        while (taken := await self.lease.adopt(swept)) is not None:
+            swept.append(taken.dead)
             self.adopted += len(taken.followed)
             self.requeued += taken.requeued
+            if not (taken.followed or taken.requeued or taken.released):
+                continue  # nothing of it left to take (it left, or its rows are held)
             self._emit(
                 Warned(
                     message=f"runner {taken.dead} stopped renewing its lease: "

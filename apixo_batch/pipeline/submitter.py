@@ -428,6 +428,22 @@ class Submitter:
                 raise _NotSent() from None
             if self._stops.reached(Level.SUBMITS):
                 raise _NotSent()  # stopped while the mark was written: nothing sent yet
+        elif self._ledger.runner is not None:
+            # A resend (the last try got no usable answer), maybe long after the mark: it
+            # too leaves only under a live lease and for a row still this runner's, or an
+            # adopter's requeue of the row and this resend would both be paid.
+            try:
+                await self._ledger.mark_submitting(state.row.id, state.row.attempts + 1)
+            except MarkRefused as exc:
+                raise _Refused(exc.retry) from None
+            except Exception as exc:
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                self._stops.request(storage_stop(why))
+                raise _NotSent() from None
+            if self._stops.reached(Level.SUBMITS):
+                raise _NotSent()
         # From here the request is on the wire: a stop waits for its answer.
         if not state.on_wire_before:
             state.on_wire_before = True

@@ -379,3 +379,48 @@ async def test_a_write_whose_answer_was_lost_is_found_done_on_the_next_try(
     assert await a.record_task_id(row.id, "task-x", "veo", 1)
     assert await a.record_task_id(row.id, "task-x", "veo", 1)
     assert (await _rows(probe))[row.id][:5] == ("submitted", a.id, "task-x", False, 1)
+
+
+async def test_a_sweep_takes_each_dead_runner_once_though_one_keeps_a_row_locked(
+    campaign: Any, pg_url: str
+) -> None:
+    """A runner stopped (SIGSTOP) inside a transaction keeps one of its rows locked past
+    lease + grace: adoption skips that row (SKIP LOCKED), so the runner still owns
+    something and may be adopted again. One sweep (Runner's, and the start-up's) still
+    adopts it once and goes on to the next dead runner, instead of taking the first over
+    and over while the lock lasts."""
+    from apixo_batch.pipeline.runners import Runner
+    from apixo_batch.pipeline.stop import Stops
+
+    clock, make, probe = campaign
+    first, second, live = await make(3)
+    for d in (first, second):
+        for row in await d.claim(2):
+            await _submit(d, row.id, f"t-{row.id}")
+    held = (await _rows(probe)).items()
+    locked = min(job for job, r in held if r[1] == first.id)
+    stuck = await psycopg.AsyncConnection.connect(pg_url)  # a transaction left open
+    try:
+        await stuck.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (locked,))
+        clock.advance(LEASE + GRACE + 1.0)
+        assert await live.renew()
+        adopted: list[int] = []
+        real = live.adopt
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            taken = await real(*args, **kwargs)
+            if taken is not None:
+                adopted.append(taken.dead)
+                assert len(adopted) <= 4, f"the sweep keeps adopting: {adopted}"
+            return taken
+
+        live.adopt = counted  # type: ignore[method-assign]
+        runner = Runner(live, clock=clock, stops=Stops(lambda _e: None), emit=lambda _e: None)  # type: ignore[arg-type]
+        rows = await runner._take_over()
+        assert sorted(adopted) == [first.id, second.id]
+        assert len(rows) == 3 and locked not in {r.id for r in rows}
+    finally:
+        await stuck.close()
+    # The lock gone, the next sweep takes the row that was skipped.
+    rows = await runner._take_over()
+    assert [r.id for r in rows] == [locked] and adopted[-1] == first.id

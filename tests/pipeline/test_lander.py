@@ -675,3 +675,61 @@ async def test_a_task_of_one_result_reserves_nothing(tmp_path: Path, host: FakeH
     await _land(lander, clock, [_fetch(ledger, "job-0")])
     assert names.asked == []
     assert row(ledger, "job-0").state is JobState.DONE
+
+
+class _Lease:
+    """A runner's lease as the lander reads it: not live until ``live_at`` (fake time),
+    or lost for good (taken over)."""
+
+    lease_s = 3.0
+    grace_s = 2.5
+
+    def __init__(self, clock: FakeClock, *, live_at: float | None) -> None:
+        self._clock = clock
+        self._live_at = live_at
+        self.lost = live_at is None
+
+    def fenced(self) -> bool:
+        return self._live_at is None or self._clock.monotonic() < self._live_at
+
+    def past_term(self) -> bool:
+        return self.lost
+
+
+def _as_runner(ledger: Ledger, lease: _Lease, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(ledger), "runner", property(lambda _self: lease))
+
+
+async def test_a_runner_whose_lease_was_taken_over_lands_nothing(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several runners: a runner adopted while it stalled (or whose task id came too late
+    to be the job's) has a success it followed; the row is its adopter's, who lands it.
+    This runner writes nothing (landed first, its file, another task's bytes when its
+    id came too late, would stand in the way of the adopter's, or replace its object in
+    a bucket) and journals nothing."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    _as_runner(ledger, _Lease(clock, live_at=None), monkeypatch)
+    lander, events = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert host.calls == [] and not events.of("downloaded")
+    assert _listing(tmp_path) == []
+    assert row(ledger, "job-0").state is JobState.SUCCEEDED
+
+
+async def test_a_runner_lands_once_its_lease_is_live_again(
+    tmp_path: Path, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several runners: while the lease is not live (a renewal late, the database away)
+    a landing waits; once renewed, the result lands as usual."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    await succeeded_row(ledger, clock, "job-0", _urls("job-0"))
+    live_at = clock.monotonic() + 2.0
+    _as_runner(ledger, _Lease(clock, live_at=live_at), monkeypatch)
+    lander, _ = _lander(ledger, clock, tmp_path)
+    await _land(lander, clock, [_fetch(ledger, "job-0")])
+    assert row(ledger, "job-0").state is JobState.DONE and len(host.calls) == 1
+    assert clock.monotonic() >= live_at + 1.0  # the download began once live

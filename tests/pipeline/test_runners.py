@@ -85,7 +85,7 @@ class FakeLease:
     def past_term(self) -> bool:
         return self.lost or self._clock.monotonic() - self._renewed >= LEASE + self.grace_s
 
-    async def adopt(self) -> Adoption | None:
+    async def adopt(self, skip: Sequence[int] = ()) -> Adoption | None:
         return self.adoptions.pop(0) if self.adoptions else None
 
     async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]:

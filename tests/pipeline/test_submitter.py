@@ -577,3 +577,66 @@ async def test_a_mark_fenced_while_the_lease_is_not_live_waits_then_sends_once()
     assert asked == [("job-0", 1)] * 3
     assert clock.monotonic() - started >= 2 * FAST.delay(1)  # it waited between tries
     assert slots.in_flight == 1
+
+
+class _LeaseHeld:
+    """A runner's lease as the submitter sees it: present (the journal is shared)."""
+
+
+def _as_runner(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger`` answers as a runner's journal does: it has a lease."""
+    monkeypatch.setattr(type(ledger), "runner", property(lambda _self: _LeaseHeld()))
+
+
+def _remarks_refused(ledger: Ledger, refusals: list[MarkRefused]) -> list[tuple[str, int]]:
+    """The first mark lands for real; each later one (a resend's) is refused in turn,
+    then answered as a runner's journal answers a row already marked by it."""
+    real = ledger.mark_submitting
+    asked: list[tuple[str, int]] = []
+
+    def mark_submitting(job_id: str, attempts: int) -> asyncio.Future[None]:
+        asked.append((job_id, attempts))
+        if len(asked) == 1:
+            return real(job_id, attempts)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if refusals:
+            done.set_exception(refusals.pop(0))
+        else:
+            done.set_result(None)
+        return done
+
+    ledger.mark_submitting = mark_submitting  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_runner_resends_nothing_for_a_row_taken_over_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several runners: a submit whose answer was lost is sent again only under a live
+    lease, for a row still this runner's. Its row adopted meanwhile (requeued for another
+    runner to send), the resend does not leave: one job, one task sent by this runner."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    _as_runner(ledger, monkeypatch)
+    api = FakeApi(clock, submit_faults=[TransportError("submit: reset", sent=True)])
+    asked = _remarks_refused(ledger, [MarkRefused("job 'job-0' is not this runner's")])
+    _, got, _, slots = await _run(api, ledger, clock, 1)
+    assert got == [] and api.submits == 1
+    assert asked == [("job-0", 1), ("job-0", 1)]
+    assert slots.in_flight == 0
+
+
+async def test_a_runner_resends_only_once_its_lease_is_live_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several runners: the resend of a submit waits while the lease is not live, then
+    leaves once (the row still this runner's, still marked with the same attempt)."""
+    clock = FakeClock()
+    ledger = await memory_ledger(clock, [new_job(0)])
+    _as_runner(ledger, monkeypatch)
+    api = FakeApi(clock, submit_faults=[TransportError("submit: reset", sent=True)])
+    asked = _remarks_refused(ledger, [_Fenced("lease not live")])
+    _, got, _, _ = await _run(api, ledger, clock, 1)
+    assert [s.row.id for s in got] == ["job-0"] and api.submits == 2
+    assert asked == [("job-0", 1)] * 3
+    assert row(ledger, "job-0").possibly_duplicated

@@ -428,13 +428,15 @@ class RunnerLease:
 
     # -- adoption -----------------------------------------------------------
     @_serial
-    async def adopt(self) -> Adoption | None:
+    async def adopt(self, skip: Sequence[int] = ()) -> Adoption | None:
         """Adopt one dead runner (lease out for more than ``grace_s``, or on this node with
-        its process gone: nothing of it can be on the wire), if any."""
+        its process gone: nothing of it can be on the wire), if any, but none of ``skip``:
+        a sweep passes those it adopted already, as a row another transaction holds is
+        skipped and leaves its runner adoptable again (the next sweep takes the row)."""
         gone = await self._gone_here()
         for attempt in range(_RETRIES):
             try:
-                return await self._adopt_once(gone)
+                return await self._adopt_once(gone, skip)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
@@ -454,7 +456,9 @@ class RunnerLease:
         ).fetchall()
         return [int(i) for i, pid in rows if _gone(int(pid))]
 
-    async def _adopt_once(self, gone: Sequence[int] = ()) -> Adoption | None:
+    async def _adopt_once(
+        self, gone: Sequence[int] = (), skip: Sequence[int] = ()
+    ) -> Adoption | None:
         me = self.me
         conn = self._conn
         async with conn.transaction():
@@ -478,14 +482,15 @@ class RunnerLease:
             dead_row = await (
                 await conn.execute(
                     "UPDATE runners SET adopted_by = %(me)s WHERE id = (SELECT r.id FROM "
-                    "runners r WHERE r.id <> %(me)s AND r.campaign = %(c)s AND (r.lease_until < "
+                    "runners r WHERE r.id <> %(me)s AND r.id <> ALL(%(skip)s::bigint[]) "
+                    "AND r.campaign = %(c)s AND (r.lease_until < "
                     f"{_NOW} - make_interval(secs => %(grace)s) OR r.id = ANY(%(gone)s)) AND "
                     "(r.adopted_by IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.owner = r.id "
                     f"AND j.state IN {_OWNED})) ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP "
                     # re-read after the lock wait: a renewal that committed meanwhile wins
                     f"LOCKED) AND (lease_until < {_NOW} - make_interval(secs => %(grace)s) "
                     "OR id = ANY(%(gone)s)) RETURNING id",
-                    self._args(grace=self.grace_s, gone=list(gone)),
+                    self._args(grace=self.grace_s, gone=list(gone), skip=list(skip)),
                 )
             ).fetchone()
             if dead_row is None:

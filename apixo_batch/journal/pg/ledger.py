@@ -463,7 +463,9 @@ class PgLedger(StateWrites):
         if lease is not None:
             # Dead runners' work: paid rows this runner's to follow and land, their
             # submits in doubt back in the queue (flagged), as a crash's are.
-            while (taken := await lease.adopt()) is not None:
+            swept: list[int] = []
+            while (taken := await lease.adopt(swept)) is not None:
+                swept.append(taken.dead)
                 recovered += taken.requeued
         return recovered, synced
 
