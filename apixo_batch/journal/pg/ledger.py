@@ -464,9 +464,14 @@ class PgLedger(StateWrites):
             # Dead runners' work: paid rows this runner's to follow and land, their
             # submits in doubt back in the queue (flagged), as a crash's are.
             swept: list[int] = []
-            while (taken := await lease.adopt(swept)) is not None:
-                swept.append(taken.dead)
-                recovered += taken.requeued
+            try:
+                while (taken := await lease.adopt(swept)) is not None:
+                    swept.append(taken.dead)
+                    recovered += taken.requeued
+            except psycopg.OperationalError:
+                # The runner's session is away (and could not reconnect): nothing adopted
+                # now; the run's sweep every lease/3 takes them once the database answers.
+                pass
         return recovered, synced
 
     async def _campaign_row(self, conn: PgConn) -> None:
