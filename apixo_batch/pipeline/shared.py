@@ -17,7 +17,10 @@ and the slot source of its slot limit (``apixo/limits/shared.py``):
 - **requests**: every grant of the local bucket also takes a token of the shared
   GCRA row, asked for as many callers as wait; a 429 seen here pauses every
   runner and, once per episode, slows the shared rate; the heartbeat probes it
-  back up (at most once per ``PROBE_S`` for all runners together).
+  back up (at most once per ``PROBE_S`` for all runners together). While the
+  database cannot be reached the bucket paces this runner alone at its fair share
+  (``rpm / live runners`` last seen, or less: what it was granted of late), so polls
+  and downloads of paid tasks go on; it goes back to the row once the row answers.
 
 The runner is the journal's (``PgLedger.runner``, several runners on one campaign)
 when it has one, else one registered here, on its own session, renewed by the
@@ -139,8 +142,11 @@ class SharedLimits:
         self._wake.set()
 
     async def tokens(self, share: AccountShare, want: int) -> TokenGrant:
-        """Tokens of the shared row; none while the database cannot be reached (the
-        account's rate is the promise: no runner may go on alone meanwhile)."""
+        """Tokens of the shared row. While the database cannot be reached, none, but this
+        runner's fair share of the row's top rate (``rpm / live runners`` as last seen):
+        its bucket paces itself at that (or less, what it was granted of late), so that
+        polls of paid tasks go on while submits wait behind the fence; every runner
+        doing the same keeps the account's total under its rpm."""
         try:
             async with self._lock:
                 conn = await self._session()
@@ -150,8 +156,13 @@ class SharedLimits:
                     await self._ensure(share)
                     grant = await sql.take_tokens(conn, share.account, want, now=self._now())
         except _DOWN:
-            return TokenGrant(0, 0, self.heartbeat_s)
+            return TokenGrant(0, 0, self.heartbeat_s, fallback_per_s=self.fair_per_s(share))
         return TokenGrant(grant.n, grant.first_ticket, max(grant.wait_s, ASK_S))
+
+    def fair_per_s(self, share: AccountShare) -> float:
+        """Requests a second that are this runner's share of the account's top rate."""
+        row = sql.RateRow.of(share.rpm, share.key.bucket.burst)
+        return 1.0 / row.interval_s / max(1, self.live)
 
     # -- the lifetime -----------------------------------------------------------
     async def start(self) -> None:

@@ -253,3 +253,152 @@ async def test_no_source_keeps_the_one_runner_limit() -> None:
     slots.full()
     assert slots.cap == 5
     assert slots.top == slots.limit == 3
+
+
+# -- route gates with a shared source, and a source that cannot be reached ----------
+
+
+async def test_a_gated_routes_429_is_told_to_the_source_with_its_ticket_and_pause() -> None:
+    """Status polls paced by a gate of their own: a 429 on a poll is told to the source
+    as any other (its global ticket, the gate's pause), so every runner slows on it."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    bucket.start_routes({"status": 300.0})
+    source = GcraSource(clock, drip=9.0, burst=3)
+    source.granted = 40
+    bucket.share(source)
+    polls = [await bucket.acquire(Priority.STATUS) for _ in range(2)]
+    assert source.granted == 42  # a gated request takes a token as any other
+    bucket.rate_limited(4.0, ticket=polls[1], sent_at=clock.monotonic(), route="status")
+    assert len(source.reports) == 1
+    ticket, pause = source.reports[0]
+    assert ticket == 42
+    assert pause >= 4.0
+    assert bucket.routes["status"].statistics().paused_for >= 4.0
+
+
+async def test_the_route_tests_request_takes_a_token_and_its_429_is_told() -> None:
+    """A submit refused: a poll goes through the pause to tell whose window it was. It
+    takes a token of the source (the test is a request as any: the account's shared rate
+    binds it), and its 429 is told with that token's ticket."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    source = GcraSource(clock, drip=9.0, burst=5)
+    bucket.share(source)
+    submit = await bucket.acquire(Priority.SUBMIT)
+    bucket.rate_limited(3.0, ticket=submit, sent_at=clock.monotonic(), route="submit")
+    taken = source.granted
+    poll = asyncio.ensure_future(bucket.acquire(Priority.STATUS))
+    await clock.advance(0.01)
+    assert poll.done()  # through the 3 s pause: the test
+    assert source.granted > taken
+    bucket.rate_limited(3.0, ticket=poll.result(), sent_at=clock.monotonic(), route="status")
+    assert [t for t, _ in source.reports] == [1, 2]
+    assert bucket.routes == {}  # refused: a shared window
+
+
+async def test_no_token_no_route_test_and_the_source_is_not_hammered() -> None:
+    """The account's row has no token through the pause (it was told of the 429 too):
+    the poll does not go as the test; it waits for the pause like any request, and the
+    source is asked for the test's token at most once per ASK_S, however many callers."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    source = GcraSource(clock, drip=9.0, burst=5)
+    bucket.share(source)
+    submit = await bucket.acquire(Priority.SUBMIT)
+    start = clock.monotonic()
+    bucket.rate_limited(3.0, ticket=submit, sent_at=start, route="submit")
+    source.tat = start + 3.0 + source.tau  # the row paused as long
+    takes = len(source.takes)
+    polls = [asyncio.ensure_future(bucket.acquire(Priority.STATUS)) for _ in range(20)]
+    await clock.advance(1.0)
+    assert not any(p.done() for p in polls)
+    assert len(source.takes) - takes <= 1.0 / ASK_S + 1
+    await clock.advance(2.5)
+    # The pause over, a poll goes (the probe: the rest wait for its answer).
+    assert any(p.done() for p in polls)
+    assert bucket.routes == {}
+    for p in polls:
+        p.cancel()
+    await asyncio.gather(*polls, return_exceptions=True)
+
+
+class Flaky:
+    """The shared row behind a database that may be away: while ``down``, no tokens but
+    the fair share to pace by, and a wait of ``retry_s`` before the next ask."""
+
+    def __init__(self, row: GcraSource, fair_per_s: float, retry_s: float = 1.0) -> None:
+        self.row = row
+        self.fair = fair_per_s
+        self.retry_s = retry_s
+        self.down = False
+        self.asked_down: list[float] = []
+
+    async def take(self, want: int) -> TokenGrant:
+        if self.down:
+            self.asked_down.append(self.row.clock.monotonic())
+            return TokenGrant(0, 0, self.retry_s, fallback_per_s=self.fair)
+        return await self.row.take(want)
+
+    def rate_limited(self, ticket: int, pause_s: float) -> None:
+        self.row.rate_limited(ticket, pause_s)
+
+
+async def test_an_unreachable_source_paces_locally_at_the_fair_share_then_returns() -> None:
+    """Polls go on while the database is away: at the fair share named (not the bucket's
+    own rate, not nothing), the source asked again about once per its wait, never per
+    request; once it answers, the row paces again."""
+    clock = FakeClock()
+    rpm = 600
+    bucket = RequestBucket(rpm, clock, tick=0.1)
+    drip = (rpm - bucket.burst - rpm * 0.005) / 60.0
+    row = GcraSource(clock, drip, burst=math.ceil(drip * ASK_S))
+    fair = drip / 4  # four live runners last seen
+    source = Flaky(row, fair)
+    bucket.share(source)
+    before: list[float] = []
+    await _hammer(bucket, before, 8, clock.monotonic() + 10.0)
+    source.down = True
+    away: list[float] = []
+    start = clock.monotonic()
+    await _hammer(bucket, away, 8, start + 20.0)
+    assert fair * 20.0 * 0.9 <= len(away) <= fair * 20.0 + bucket.burst + 1
+    assert bucket.statistics().unshared == len(away)
+    assert len(source.asked_down) <= 20.0 / source.retry_s + 2
+    source.down = False
+    granted = row.granted
+    after: list[float] = []
+    await _hammer(bucket, after, 8, clock.monotonic() + 10.0)
+    assert len(after) >= 0.9 * drip * 10.0  # the row's rate again, not the fair share
+    # Until the next ask finds the row (one wait at most), the local pace went on.
+    late = bucket.statistics().unshared - len(away)
+    assert late <= fair * source.retry_s + bucket.burst + 1
+    assert row.granted - granted >= len(after) - late
+
+
+async def test_the_local_pace_is_no_more_than_was_granted_of_late() -> None:
+    """A runner that was sending 2 requests a second (the row slowed by 429s, or little
+    to do) goes on at that while the source is away, not at a larger fair share."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    row = GcraSource(clock, drip=2.0, burst=1)
+    source = Flaky(row, fair_per_s=6.0)
+    bucket.share(source)
+    await _hammer(bucket, [], 4, clock.monotonic() + 10.0)
+    source.down = True
+    away: list[float] = []
+    await _hammer(bucket, away, 4, clock.monotonic() + 20.0)
+    assert 2.0 * 20.0 * 0.85 <= len(away) <= 2.0 * 20.0 + 2
+
+
+async def test_a_429_while_the_source_is_away_is_told_with_no_ticket() -> None:
+    """A request paced locally took no token: its 429 is told with ticket 0 (a pause for
+    every runner once the database is back, never a second decrease of an episode)."""
+    clock = FakeClock()
+    bucket = RequestBucket(600, clock)
+    source = Flaky(GcraSource(clock, drip=9.0, burst=3), fair_per_s=5.0)
+    source.down = True
+    bucket.share(source)
+    ticket = await bucket.acquire()
+    bucket.rate_limited(2.0, ticket=ticket, sent_at=clock.monotonic())
+    assert source.row.reports[0][0] == 0

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from apixo_batch.apixo.limits import ConcurrencyLimit, RequestBucket
+from apixo_batch.apixo.limits import ConcurrencyLimit, Priority, RequestBucket
 from apixo_batch.apixo.secret import ApiKey, KeySpec
 from apixo_batch.clock import SystemClock
 from apixo_batch.journal.pg import shared_limits as sql
@@ -227,3 +227,63 @@ async def test_the_learned_rate_is_the_accounts(pg_url: str, runners: Any) -> No
         assert await sql.learned_rpm(conn, "another") is None
     finally:
         await conn.close()
+
+
+async def test_a_429_on_a_gated_route_pauses_the_other_runner(runners: Any) -> None:
+    """Status polls paced by a gate of their own on one runner: a 429 on a poll reaches
+    the shared row as any other, so the other runner is paused too."""
+    a = await runners(rpm=600)
+    b = await runners(rpm=600)
+    bucket = a.shares[0].key.bucket
+    bucket.start_routes({"status": 300.0})
+    ticket = await bucket.acquire(Priority.STATUS)
+    bucket.rate_limited(5.0, ticket=ticket, sent_at=bucket.clock.monotonic(), route="status")
+    await a.beat()
+    grant = await b.tokens(b.shares[0], 5)
+    assert grant.n == 0 and grant.wait_s >= 4.0
+
+
+async def test_an_unreachable_database_grants_the_fair_share_to_pace_by(
+    runners: Any, pg_url: str
+) -> None:
+    """The limits' session gone and the server unreachable: no tokens, but this runner's
+    fair share of the row's rate (two live runners: half) to pace by, and a wait of a
+    heartbeat; once the server answers again, tokens of the row."""
+    a = await runners(rpm=600)
+    await runners(rpm=600)
+    await a.beat()
+    assert a.live == 2
+    share = a.shares[0]
+    await a._conn.close()
+    a._url = "postgresql://apixo@127.0.0.1:1/none?connect_timeout=2"
+    away = await a.tokens(share, 5)
+    row = sql.RateRow.of(600, share.key.bucket.burst)
+    assert away.n == 0 and away.fallback_per_s == pytest.approx(0.5 / row.interval_s)
+    assert away.wait_s == a.heartbeat_s
+    a._url = pg_url
+    back = await a.tokens(share, 1)
+    assert back.fallback_per_s is None and back.n == 1
+
+
+async def test_a_bucket_goes_on_while_the_server_is_down_and_back_to_the_row(
+    runners: Any, pg_cluster: Any
+) -> None:
+    """The server stopped for two seconds under a runner whose bucket is in use: grants
+    go on, paced locally (none needs the database), and once the server is back the
+    bucket takes the row's tokens again."""
+    a = await runners(rpm=600)
+    a.heartbeat_s = 0.5  # how soon an unreachable row is asked again
+    bucket = a.shares[0].key.bucket
+    outage = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart, "fast", 2.0))
+    while not outage.done():
+        await bucket.acquire()
+        bucket.sent()
+    await outage
+    assert bucket.statistics().unshared > 0
+    taken = a.shares[0].granted
+    for _ in range(200):
+        await bucket.acquire()
+        bucket.sent()
+        if a.shares[0].granted > taken:
+            break
+    assert a.shares[0].granted > taken

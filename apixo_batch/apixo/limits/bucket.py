@@ -30,6 +30,16 @@ of tokens rather than one, so rate-bound requests leave in small groups and one
 loop wake-up serves several of them (bench/request_cost.py measures the cost
 of a request sent alone and in a group). The tick only lengthens waits; no
 grant exceeds the bucket, so the window bound holds.
+
+With a token source (the account shared by several runners, :mod:`.shared`), every
+grant also takes one of its tokens: a route's gate paces its route, and its requests
+then pass this bucket and take a token like any other (the route test's request
+included), so no split learned by one runner sends past the account's shared rate.
+A 429 on any route is told to the source, so every runner pauses and slows (the
+source paces the account's total: a route's episode slows the other routes of the
+other runners too, which costs rate, never a result). While the source cannot be
+reached, the bucket paces this runner alone at the fair share it names (never more
+than the rate granted of late), and goes back to the source once it answers.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from aiolimiter import AsyncLimiter
 from ...clock import Clock
 from .congestion import BETA, FLOOR, RateControl
 from .estimate import AccountLimiter, Fit
-from .shared import ASK_S, MAX_ASK, TOKEN_TTL_S, TokenSource
+from .shared import ASK_S, MAX_ASK, TOKEN_TTL_S, TokenGrant, TokenSource
 
 __all__ = ["ROUTES", "BucketStats", "Limit", "Priority", "RequestBucket"]
 
@@ -65,6 +75,9 @@ TEST_SPAN_S = 0.25
 _TURN, _TEST, _AGAIN = 0, 1, 2
 #: local tickets whose global ticket is remembered (a 429 names the local one)
 _TICKETS_KEPT = 4096
+#: an unreachable source: this runner paces itself at the rate granted of late, but no
+#: less than this share of its fair share (a runner that was idle still polls)
+FALLBACK_FLOOR = 0.1
 
 
 class Limit(Protocol):
@@ -125,6 +138,17 @@ class _ClockedLimiter(AsyncLimiter):
         self._leak()
         return int(self.max_rate - self._level + 1e-9)
 
+    def take(self) -> None:
+        """One request's capacity, found there by :meth:`has_capacity` just before."""
+        self._leak()
+        self._level += 1
+
+    def wait_s(self) -> float:
+        """Seconds until one request's capacity (a microsecond at least: a virtual clock
+        cannot sleep through less)."""
+        self._leak()
+        return max(1e-6, (self._level + 1 - self.max_rate) / self.drip)
+
 
 @dataclass(frozen=True, slots=True)
 class BucketStats:
@@ -143,6 +167,8 @@ class BucketStats:
     learned_limit: str | None = None
     #: shared tokens (a token source) dropped unused past their time to live
     tokens_dropped: int = 0
+    #: requests granted on local pacing while the token source could not be reached
+    unshared: int = 0
 
 
 @dataclass(slots=True)
@@ -165,6 +191,8 @@ class _RouteTest:
     refused_at: float
     #: the test request's grant, once one left
     ticket: int | None = None
+    #: when the source was last asked for the test's token (a token source)
+    asked: float = -math.inf
 
 
 class RequestBucket:
@@ -249,6 +277,12 @@ class RequestBucket:
         # local ticket -> global ticket, for the 429s the source must hear of
         self._global: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._dropped = 0
+        # The source unreachable: this runner's own pacing meanwhile (None: the source
+        # answers), when to ask it again, and that ask, under way in the background.
+        self._fallback: _ClockedLimiter | None = None
+        self._retry_at = 0.0
+        self._retrying: asyncio.Task[None] | None = None
+        self._unshared = 0
 
     def share(self, source: TokenSource) -> None:
         """Take every grant's token from ``source`` too (before the first grant): the
@@ -281,6 +315,9 @@ class RequestBucket:
     async def _acquire(self, priority: int, route: str, *, gated: bool) -> int | None:
         while True:
             ticket = self._try_test(route)
+            if ticket is None and self._test_wants_token(route):
+                await self._ask_for_test()
+                ticket = self._try_test(route)
             if ticket is not None:
                 return ticket
             if not (self._busy or self._waiters):
@@ -303,9 +340,12 @@ class RequestBucket:
             if not gated and route in self.routes:
                 return None  # its route got a gate during the pause: through it
             await self._limiter.acquire()
+            shared = None if self.source is None else self._take_shared(self._clock.monotonic())
+            # _wait_for_capacity found the token (or the local capacity) with no wait since
+            assert self.source is None or shared is not None
             self._granted += 1
-            if self.source is not None:
-                self._spend_token()
+            if shared:
+                self._note_global(self._granted, shared)
             self._count_grant()
             if self._probing:
                 self._probe = self._granted
@@ -331,6 +371,14 @@ class RequestBucket:
             if self._limiter.has_capacity():
                 if self.source is None or self._fresh_token(now):
                     return
+                if self._fallback is not None:
+                    # The source unreachable: paced here, at this runner's fair share.
+                    self._look_again(now)
+                    if self._fallback.has_capacity():
+                        return
+                    waited = True
+                    await self._clock.sleep(self._fallback.wait_s())
+                    continue
                 if await self._ask_source():
                     continue  # time passed while asking: look at the pause and the bucket again
                 waited = True
@@ -373,18 +421,75 @@ class RequestBucket:
         coming = 0 if recent is None else math.ceil(recent / 60.0 * TOKEN_TTL_S / 2)
         want = max(1, min(MAX_ASK, max(1 + len(self._waiters), coming), self._limiter.room()))
         grant = await self.source.take(want)
-        if grant.n > 0:
-            at = self._clock.monotonic()
-            self._tokens.extend((grant.first_ticket + i, at) for i in range(grant.n))
+        if self._took(grant):
             return True
         await self._clock.sleep(max(grant.wait_s, ASK_S))
         return False
 
-    def _spend_token(self) -> None:
-        ticket, _ = self._tokens.popleft()
-        self._global[self._granted] = ticket
+    def _took(self, grant: TokenGrant) -> bool:
+        """Keep what the source answered; True if requests may go (tokens came, or the
+        source is unreachable and this runner paces itself)."""
+        now = self._clock.monotonic()
+        if grant.fallback_per_s is not None:
+            if self._fallback is None:
+                self._fallback = self._local_pacing(grant.fallback_per_s, now)
+            self._retry_at = now + max(grant.wait_s, ASK_S)
+            return True
+        self._fallback = None  # it answers: the account's row paces again
+        if grant.n > 0:
+            self._tokens.extend((grant.first_ticket + i, now) for i in range(grant.n))
+            return True
+        return False
+
+    def _local_pacing(self, fair_per_s: float, now: float) -> _ClockedLimiter:
+        """The pacing of a runner whose source is away: the rate granted of late (the
+        shared row's, slowed by every runner's 429s), never above the fair share, and
+        never under FALLBACK_FLOOR of it."""
+        recent = self._recent_rpm(now)
+        rate = fair_per_s
+        if recent is not None:
+            rate = min(fair_per_s, max(recent / 60.0, FALLBACK_FLOOR * fair_per_s))
+        rate = max(rate, 1e-3)
+        return _ClockedLimiter(max(1.0, min(self.burst, rate * ASK_S)), rate, self._clock)
+
+    def _look_again(self, now: float) -> None:
+        """Ask the unreachable source again, once its wait is over, in the background:
+        requests meanwhile go on at the local pace, and never wait on the database."""
+        if now < self._retry_at or self._retrying is not None:
+            return
+        self._retrying = asyncio.ensure_future(self._ask_again())
+
+    async def _ask_again(self) -> None:
+        assert self.source is not None
+        try:
+            grant = await self.source.take(1 + len(self._waiters))
+        finally:
+            self._retrying = None
+        self._took(grant)
+
+    def _take_shared(self, now: float) -> int | None:
+        """One request's share: a fresh token's global ticket, or 0 when paced locally
+        (the source unreachable); None when neither is there."""
+        if self._fresh_token(now):
+            ticket, _ = self._tokens.popleft()
+            return ticket
+        if self._fallback is not None and self._fallback.has_capacity():
+            self._fallback.take()
+            self._unshared += 1
+            return 0
+        return None
+
+    def _note_global(self, local: int, shared: int) -> None:
+        self._global[local] = shared
         if len(self._global) > _TICKETS_KEPT:
             self._global.popitem(last=False)
+
+    def _tell_source(self, ticket: int | None, pause_s: float) -> None:
+        """A 429 (on any route, gated or not): every runner of the account pauses as
+        long, and slows once per episode."""
+        if self.source is not None:
+            shared = None if ticket is None else self._global.get(ticket)
+            self.source.rate_limited(shared or 0, max(0.0, pause_s))
 
     async def _await_probe(self) -> None:
         """Wait for the probe's answer, or PROBE_WAIT_S (an answer may never come: the
@@ -444,18 +549,46 @@ class RequestBucket:
                 if first:
                     return
 
-    def _try_test(self, route: str) -> int | None:
-        """Grant the route test's request now, through the pause, if ``route`` may be it."""
+    def _open_test(self, route: str) -> _RouteTest | None:
+        """The route test ``route``'s request may be now, if any."""
         test = self._test
         if test is None or test.ticket is not None or route == test.route or route not in ROUTES:
             return None
         if self._clock.monotonic() >= test.until:
             self._test = None  # the window may have room by now: the answer would prove nothing
             return None
+        return test
+
+    def _try_test(self, route: str) -> int | None:
+        """Grant the route test's request now, through the pause, if ``route`` may be it
+        (and, with a token source, a token is in hand: the test is a request as any)."""
+        test = self._open_test(route)
+        if test is None:
+            return None
+        shared = None if self.source is None else self._take_shared(self._clock.monotonic())
+        if self.source is not None and shared is None:
+            return None
         self._granted += 1
+        if shared:
+            self._note_global(self._granted, shared)
         self._count_grant()
         test.ticket = self._granted
         return self._granted
+
+    def _test_wants_token(self, route: str) -> bool:
+        """A test ``route`` may be, short of only a token (asked at most once per ASK_S)."""
+        if self.source is None or self._fallback is not None:
+            return False
+        test = self._open_test(route)
+        return test is not None and self._clock.monotonic() >= test.asked + ASK_S
+
+    async def _ask_for_test(self) -> None:
+        """One token for the route test's request: the account's row may have one through
+        this runner's pause (it may not: the row was told to pause too; the test then
+        lapses, and the episode counts as the shared window's)."""
+        assert self.source is not None and self._test is not None
+        self._test.asked = self._clock.monotonic()
+        self._took(await self.source.take(1))
 
     def release(self) -> None:
         """Requests are spent, not returned: nothing to do."""
@@ -512,6 +645,7 @@ class RequestBucket:
                 if sent_at is not None:
                     self.account.answered(sent_at, False, route)
                 self._pause(now, retry_after, self.account.fit, blind=False)
+                self._tell_source(ticket, self._paused_until - now)
                 return
             if route == test.route and sent_at is not None and test.ticket is None:
                 # An echo: the window was still full when this one left.
@@ -524,6 +658,9 @@ class RequestBucket:
                     gate.account.answered(sent_at, False, route)
             else:
                 gate.rate_limited(retry_after, ticket=inner, sent_at=sent_at, route=route)
+            # The request took this bucket's token: the other runners hear of it as of
+            # any 429 (their requests of this route meet the same window).
+            self._tell_source(ticket, max(retry_after or 0.0, gate._paused_until - now))
             return
         if sent_at is not None:
             self.account.answered(sent_at, False, route)
@@ -559,10 +696,7 @@ class RequestBucket:
                 self._begin_test(route, now, retry_after, sent_at, before)
         else:
             self._pause(now, retry_after, fit, blind=False)
-        if self.source is not None:
-            # Every runner of the account pauses as long, and slows once per episode.
-            shared = None if ticket is None else self._global.get(ticket)
-            self.source.rate_limited(shared or 0, max(0.0, self._paused_until - now))
+        self._tell_source(ticket, self._paused_until - now)
 
     def _test_until(self, now: float, retry_after: float | None, sent_at: float) -> float:
         """Until when a request of another route would meet the window full, if shared:
@@ -685,6 +819,8 @@ class RequestBucket:
         the fastest (see ``AccountLimiter.refit``), if this run learned one."""
         for gate in self.routes.values():
             gate.conclude()
+        if self._retrying is not None:
+            self._retrying.cancel()
         if self.account.fit is None:
             return
         now = self._clock.monotonic()
@@ -855,4 +991,5 @@ class RequestBucket:
             learned_limit=self.learned_limit,
             paused_for=max(0.0, self._paused_until - self._clock.monotonic()),
             tokens_dropped=self._dropped,
+            unshared=self._unshared,
         )

@@ -11,6 +11,10 @@ that implements these small protocols (``pipeline/shared.py``, over
   Tokens carry a global ticket (the account's grant number), so that the 429s of
   one overshoot count as one episode across runners, and a token not used within
   :data:`TOKEN_TTL_S` of its grant is dropped (a late token would overshoot a window).
+  A source that cannot be reached (the database is away) says so with a
+  ``fallback_per_s``: until it answers again the bucket paces this runner alone, at
+  no more than that (its fair share), so that polls of paid tasks go on; it asks the
+  source again after the grant's wait, in the background.
 - :class:`SlotSource`: told when the slot limit is short of permits (a waiter
   queued at the held limit) and when the account refused a submit for its slots;
   it answers by resizing the limit (:meth:`~.slots.ConcurrencyLimit.resize`).
@@ -34,11 +38,14 @@ MAX_ASK = 50
 @dataclass(frozen=True, slots=True)
 class TokenGrant:
     """Tokens granted: how many, the first one's global ticket, and (none granted) the
-    seconds until the source expects one."""
+    seconds until the source expects one (or, unreachable, until it is asked again)."""
 
     n: int
     first_ticket: int
     wait_s: float
+    #: the source cannot be reached: requests a second this runner may send meanwhile
+    #: (its fair share of the account's rate), paced locally; None: it answered
+    fallback_per_s: float | None = None
 
 
 class TokenSource(Protocol):
@@ -47,8 +54,10 @@ class TokenSource(Protocol):
         ...
 
     def rate_limited(self, ticket: int, pause_s: float) -> None:
-        """A 429 answered the request of global ``ticket``: every holder of the account
-        should pause ``pause_s`` and, once per episode, slow down. Must not block."""
+        """A 429 answered the request of global ``ticket`` (0: a request sent on no
+        token of the source's, while it was unreachable), on any route: every holder of
+        the account should pause ``pause_s`` and, once per episode, slow down. Must not
+        block."""
         ...
 
 
