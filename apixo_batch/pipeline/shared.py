@@ -134,7 +134,7 @@ class SharedLimits:
     async def _session(self) -> PgConn:
         """The limits' session, opened again if the server dropped it (a restart)."""
         if self._conn.closed or self._conn.broken:
-            self._conn = await sql.open_session(self._url)
+            self._conn = await sql.open_session(self._url, lazy=True)
         return self._conn
 
     # -- the sources' calls ---------------------------------------------------
@@ -322,7 +322,7 @@ async def share_limits(
     The runner is the journal's when it registers one; else one is registered here."""
     if not isinstance(ledger, PgLedger):
         raise TypeError("the limits are shared through a PostgreSQL journal only")
-    conn = await sql.open_session(url)
+    conn = await sql.open_session(url, lazy=True)
     lease_conn: PgConn | None = None
     try:
         # Several runners on one campaign: the journal registered this runner.

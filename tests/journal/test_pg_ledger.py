@@ -465,10 +465,18 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+async def _upto(rows: AsyncIterator[JobRow], n: int) -> AsyncIterator[JobRow]:
+    for _ in range(n):
+        try:
+            yield await anext(rows)
+        except StopAsyncIteration:
+            return  # fewer left: a restart that outlasts the queue claims none then
+
+
 async def _first(rows: AsyncIterator[JobRow], n: int) -> list[JobRow]:
     """The first ``n`` rows of a claiming iterator, which is then closed (the claims it
     made and did not hand out are given back)."""
-    got = [await anext(rows) for _ in range(n)]
+    got = [row async for row in _upto(rows, n)]
     await rows.aclose()  # type: ignore[attr-defined]
     return got
 
@@ -526,7 +534,7 @@ async def test_a_runner_rides_out_a_database_restart(
     acknowledged is there afterwards."""
     clock = _Clock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
-    await ledger.reconcile([_job(n) for n in range(40)])
+    await ledger.reconcile([_job(n) for n in range(400)])
     restart = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart))
     recorded: list[str] = []
     while not restart.done() or not recorded:
@@ -567,3 +575,34 @@ async def test_the_learned_rate_is_kept_on_the_accounts_row(tmp_path: Path, pg_u
             assert await ledger.learned_rpm("acct") is None
     finally:
         await ledger.close()
+
+
+async def test_a_runner_whose_session_cannot_reconnect_pauses_and_resumes(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's own session broke and reconnecting fails (the database still away):
+    a start-up sync leaves adoption to the run's next sweep instead of raising the
+    driver's error (a traceback, exit 70), claims take nothing, a mark is refused
+    (nothing sent); once the database answers again, claims and marks resume."""
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg", runner=_spec())
+    lease = ledger.runner
+    assert lease is not None
+    await ledger.reconcile([_job(n) for n in range(3)])
+    connect = lease._connect
+
+    async def refused() -> Any:
+        raise psycopg.OperationalError("connection refused (the test's outage)")
+
+    monkeypatch.setattr(lease, "_connect", refused)
+    await lease._conn.close()
+    recovered, synced = await ledger.reconcile([_job(n) for n in range(4)])
+    assert (recovered, synced.added) == (0, 1)
+    assert await _first(ledger.rows(S.QUEUED, page=500, file_only=True), 1) == []
+    with pytest.raises(MarkRefused):
+        await ledger.mark_submitting(_job(0).id, 1)
+    monkeypatch.setattr(lease, "_connect", connect)
+    (row,) = await _first(ledger.rows(S.QUEUED, page=500, file_only=True), 1)
+    await ledger.mark_submitting(row.id, 1)
+    await ledger.record_task_id(row.id, "task-back", "async", False)
+    assert [r.task_id for r in await ledger.in_flight()] == ["task-back"]
+    await ledger.close()

@@ -24,6 +24,7 @@ from apixo_batch.journal.pg.shared_limits import (
     give_slots,
     live_runners,
     on_rate_limited,
+    open_session,
     pool_state,
     probe_up,
     reclaim_expired,
@@ -199,3 +200,31 @@ async def test_expired_runners_slots_are_reclaimed_live_ones_kept(db: Any) -> No
     assert await pool_state(conns[0], 4, "acct") == (200, 10)
     row = await (await conns[0].execute("SELECT granted FROM accounts")).fetchone()
     assert row == (10,)
+
+
+async def test_the_limits_session_commits_lazily_but_keeps_the_accounts_rows(
+    db: Any, pg_url: str
+) -> None:
+    """Slot grants commit without waiting for the WAL's flush (design 3.3: lazy); the
+    account's rows and a runner's accounts are written durably on that same session,
+    and the session stays lazy after them."""
+    conn = await open_session(pg_url, lazy=True)
+    try:
+
+        async def setting() -> str:
+            row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+            assert row is not None
+            return str(row[0])
+
+        assert await setting() == "off"
+        await ensure_account(conn, "other", slots=5, rpm=RPM, burst=BURST, now=T0)
+        me = (await (await conn.execute("SELECT min(id) FROM runners")).fetchone() or [0])[0]
+        await declare_accounts(conn, me, ["other"])
+        assert await setting() == "off"
+        assert await take_slots(conn, me, "other", 3) == 3
+        row = await (
+            await conn.execute("SELECT slots_limit, granted FROM accounts WHERE id='other'")
+        ).fetchone()
+        assert row == (5, 3)
+    finally:
+        await conn.close()

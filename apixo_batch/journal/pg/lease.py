@@ -484,28 +484,27 @@ class RunnerLease:
                 await self._ready()
 
     async def _record(self, args: dict[str, Any]) -> bool:
+        # History and row in one statement (one commit, no BEGIN/COMMIT round trips):
+        # the history row is written even when the row is no longer this runner's.
+        cur = await self._conn.execute(
+            "WITH history AS (INSERT INTO task_history (task_id, campaign, job_id, "
+            f"input_hash, submitted_at, runner, key_id) SELECT %(t)s, campaign, id, "
+            f"input_hash, {_EPOCH}, %(me)s, %(key)s FROM jobs WHERE campaign = %(c)s "
+            "AND id = %(id)s ON CONFLICT (task_id) DO NOTHING) "
+            "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
+            f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(fp)s, "
+            "key_id = %(key)s, possibly_duplicated = possibly_duplicated OR %(dup)s, "
+            "fail_code = NULL, fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s "
+            "AND state = 'submitting' AND owner = %(me)s AND attempts = %(att)s",
+            args,
+        )
+        if cur.rowcount:
+            return True
         async with self._conn.transaction():
-            await self._conn.execute(
-                "INSERT INTO task_history (task_id, campaign, job_id, input_hash, submitted_at, "
-                f"runner, key_id) SELECT %(t)s, campaign, id, input_hash, {_EPOCH}, "
-                "%(me)s, %(key)s FROM jobs WHERE campaign = %(c)s AND id = %(id)s "
-                "ON CONFLICT (task_id) DO NOTHING",
-                args,
-            )
-            cur = await self._conn.execute(
-                "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
-                f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(fp)s, "
-                "key_id = %(key)s, "
-                "possibly_duplicated = possibly_duplicated OR %(dup)s, fail_code = NULL, "
-                "fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s AND state = 'submitting' "
-                "AND owner = %(me)s AND attempts = %(att)s",
-                args,
-            )
-            if cur.rowcount:
-                return True
             found = await (
                 await self._conn.execute(
-                    "SELECT task_id FROM jobs WHERE campaign = %(c)s AND id = %(id)s", args
+                    "SELECT task_id FROM jobs WHERE campaign = %(c)s AND id = %(id)s FOR UPDATE",
+                    args,
                 )
             ).fetchone()
             if found is not None and found[0] == args["t"]:

@@ -103,6 +103,23 @@ _OUTPUT_ROWS = (
     "result_urls = '' THEN NULL ELSE json_array_length(result_urls::json) END "
     "FROM jobs WHERE campaign=%s"
 )
+#: one chunk of the job file's new rows, as column arrays: one statement for them all
+_INSERT_NEW = (
+    f"INSERT INTO jobs (campaign, {', '.join(_NEW_COLUMNS)}, in_file, state, updated_at) "
+    f"SELECT %s, v.*, true, '{S.QUEUED.value}', %s FROM unnest(%s::text[], %s::integer[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::double precision[]) "
+    f"AS v({', '.join(_NEW_COLUMNS)})"
+)
+#: one chunk of known rows whose input is unchanged: the file's order, name and cost,
+#: written only where they differ (a joining runner whose file matches writes nothing)
+_UPDATE_SAME = (
+    "UPDATE jobs SET idx=v.idx, filename=v.filename, cost_usd=v.cost_usd, in_file=true, "
+    "changed_input_hash=NULL FROM unnest(%s::text[], %s::integer[], %s::text[], "
+    "%s::double precision[]) AS v(id, idx, filename, cost_usd) "
+    "WHERE jobs.campaign=%s AND jobs.id=v.id AND (jobs.idx IS DISTINCT FROM v.idx "
+    "OR jobs.filename IS DISTINCT FROM v.filename OR jobs.cost_usd IS DISTINCT FROM "
+    "v.cost_usd OR NOT jobs.in_file OR jobs.changed_input_hash IS NOT NULL)"
+)
 #: an ended job queued again (reconcile.Reconcile._queued_again): the file's input, a
 #: take, and nothing of the earlier task
 _QUEUED_AGAIN = (
@@ -462,9 +479,14 @@ class PgLedger(StateWrites):
             # Dead runners' work: paid rows this runner's to follow and land, their
             # submits in doubt back in the queue (flagged), as a crash's are.
             swept: list[int] = []
-            while (taken := await lease.adopt(swept)) is not None:
-                swept.append(taken.dead)
-                recovered += taken.requeued
+            try:
+                while (taken := await lease.adopt(swept)) is not None:
+                    swept.append(taken.dead)
+                    recovered += taken.requeued
+            except psycopg.OperationalError:
+                # The runner's session is away (and could not reconnect): nothing adopted
+                # now; the run's sweep every lease/3 takes them once the database answers.
+                pass
         return recovered, synced
 
     async def _campaign_row(self, conn: PgConn) -> None:
@@ -520,7 +542,6 @@ class PgLedger(StateWrites):
             if old is None:
                 inserts.append(
                     (
-                        self._c,
                         j.id,
                         j.idx,
                         j.model,
@@ -529,7 +550,6 @@ class PgLedger(StateWrites):
                         j.input_hash,
                         j.filename,
                         j.cost_usd,
-                        now,
                     )
                 )
                 continue
@@ -540,7 +560,7 @@ class PgLedger(StateWrites):
             ):  # fmt: skip
                 continue
             if old_hash == j.input_hash:
-                same.append((j.idx, j.filename, j.cost_usd, self._c, j.id))
+                same.append((j.id, j.idx, j.filename, j.cost_usd))
             elif task_id is None and state in (S.QUEUED.value, S.FAILED.value):
                 # Never paid for under the old input: the new input replaces it (and a
                 # failed one is queued again: an input the API rejected gets its chance).
@@ -567,22 +587,16 @@ class PgLedger(StateWrites):
         result.added += len(inserts)
         result.unchanged += len(same)
         result.updated += len(replaced)
-        cur = conn.cursor()
+        # Set-based: one statement per chunk whatever its size, so a runner joining a
+        # campaign whose file matches the journal costs a handful of statements, and
+        # the guard of _UPDATE_SAME writes (and locks) only the rows that differ.
         if inserts:
-            await cur.executemany(
-                f"INSERT INTO jobs (campaign, {', '.join(_NEW_COLUMNS)}, in_file, state, "
-                f"updated_at) VALUES (%s, {'%s, ' * len(_NEW_COLUMNS)}true, "
-                f"'{S.QUEUED.value}', %s)",
-                inserts,
+            await conn.execute(
+                _INSERT_NEW, (self._c, now, *(list(c) for c in zip(*inserts, strict=True)))
             )
         if same:
-            await cur.executemany(
-                "UPDATE jobs SET idx=%s, filename=%s, cost_usd=%s, in_file=true, "
-                "changed_input_hash=NULL WHERE campaign=%s AND id=%s AND (idx IS DISTINCT "
-                "FROM %s OR filename IS DISTINCT FROM %s OR cost_usd IS DISTINCT FROM %s "
-                "OR NOT in_file OR changed_input_hash IS NOT NULL)",
-                [(*row, *row[:3]) for row in same],
-            )
+            await conn.execute(_UPDATE_SAME, (*(list(c) for c in zip(*same, strict=True)), self._c))
+        cur = conn.cursor()
         if replaced:
             await cur.executemany(
                 "UPDATE jobs SET idx=%s, model=%s, provider=%s, input_json=%s, input_hash=%s, "

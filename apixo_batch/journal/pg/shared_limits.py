@@ -97,6 +97,10 @@ class Grant:
     wait_s: float
 
 
+#: a transaction of a lazy session that must survive a server crash
+_DURABLE = "SET LOCAL synchronous_commit = on"
+
+
 async def ensure_account(
     conn: PgConn, account: str, *, slots: int, rpm: float, burst: float, now: float | None = None
 ) -> None:
@@ -110,19 +114,22 @@ async def ensure_account(
         "iv": rate.interval_s,
         "tau": rate.tau_s,
     }
-    await conn.execute(
-        "INSERT INTO accounts (id, slots_limit) VALUES (%(a)s, %(slots)s) "
-        "ON CONFLICT (id) DO UPDATE SET slots_limit = greatest(EXCLUDED.slots_limit, "
-        "accounts.granted)",
-        args,
-    )
-    await conn.execute(
-        "INSERT INTO account_rate (account, tat, interval_s, top_interval_s, tau_s) "
-        f"VALUES (%(a)s, {_NOW}, %(iv)s, %(iv)s, %(tau)s) ON CONFLICT (account) DO UPDATE "
-        "SET top_interval_s = EXCLUDED.top_interval_s, tau_s = EXCLUDED.tau_s, "
-        "interval_s = greatest(account_rate.interval_s, EXCLUDED.top_interval_s)",
-        args,
-    )
+    async with conn.transaction():
+        # Durable even on the limits' lazy session: without its row, no slot is granted.
+        await conn.execute(_DURABLE)
+        await conn.execute(
+            "INSERT INTO accounts (id, slots_limit) VALUES (%(a)s, %(slots)s) "
+            "ON CONFLICT (id) DO UPDATE SET slots_limit = greatest(EXCLUDED.slots_limit, "
+            "accounts.granted)",
+            args,
+        )
+        await conn.execute(
+            "INSERT INTO account_rate (account, tat, interval_s, top_interval_s, tau_s) "
+            f"VALUES (%(a)s, {_NOW}, %(iv)s, %(iv)s, %(tau)s) ON CONFLICT (account) DO UPDATE "
+            "SET top_interval_s = EXCLUDED.top_interval_s, tau_s = EXCLUDED.tau_s, "
+            "interval_s = greatest(account_rate.interval_s, EXCLUDED.top_interval_s)",
+            args,
+        )
 
 
 def fair_share(limit: int, live_runners: int) -> int:
@@ -309,15 +316,21 @@ async def keep_learned_rpm(conn: PgConn, account: str, rpm: float | None) -> Non
     )
 
 
-async def open_session(url: str) -> PgConn:
+async def open_session(url: str, *, lazy: bool = False) -> PgConn:
     """A session of its own for the limits' statements (autocommit): a transaction of
-    the journal's must never hold a limit's row, nor wait behind one."""
+    the journal's must never hold a limit's row, nor wait behind one. ``lazy``: its
+    commits do not wait for the WAL's flush (design 3.3: slot grants and the bucket
+    row; a server crash loses at most the last few, like transactions that aborted:
+    the account's rows are made again, grants re-shared at the next heartbeat)."""
     import psycopg
 
     from .executor import database_failed
 
     try:
-        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        if lazy:
+            await conn.execute("SET synchronous_commit = off")
+        return conn
     except psycopg.Error as exc:
         raise database_failed(url, exc, "cannot be reached") from None
 
@@ -360,8 +373,11 @@ async def reclaim_expired(
 async def declare_accounts(conn: PgConn, runner: int, accounts: list[str]) -> None:
     """Record the accounts ``runner`` holds keys of: fair shares count the live runners
     of an account, and adoption locks their pools first (the lock order)."""
-    await conn.execute(
-        "UPDATE runners SET accounts = ARRAY(SELECT DISTINCT a FROM "
-        "unnest(accounts || %(accts)s::text[]) a ORDER BY a) WHERE id = %(me)s",
-        {"me": runner, "accts": accounts},
-    )
+    async with conn.transaction():
+        # Durable (once a run): adoption's lock order and the fair share rest on it.
+        await conn.execute(_DURABLE)
+        await conn.execute(
+            "UPDATE runners SET accounts = ARRAY(SELECT DISTINCT a FROM "
+            "unnest(accounts || %(accts)s::text[]) a ORDER BY a) WHERE id = %(me)s",
+            {"me": runner, "accts": accounts},
+        )
