@@ -186,8 +186,19 @@ class Runner:
         except Exception:
             return
         for task_id, _job, model, key_fp in strays:
+            if self.admission_over.is_set():
+                return
+            # At most a period each: a read held up (a paused bucket, retries) must not
+            # hold up adoption, nor the end of the run.
+            read = asyncio.ensure_future(poll(model, task_id, key_fp))
+            await wait_until(self._clock, {read}, self._clock.monotonic() + self.period)
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(BaseException):
+                    await read
+                continue
             try:
-                status = await poll(model, task_id, key_fp)
+                status = read.result()
                 if status.finished:
                     await self.lease.settle_stray(
                         task_id, status.state, status.result_urls, status.fail_code
