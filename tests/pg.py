@@ -23,6 +23,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -33,7 +35,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cluster", "pg_missing", "start_cluster"]
+from apixo_batch.journal import NewJob
+
+__all__ = ["Cluster", "StillClock", "pg_job", "pg_missing", "start_cluster"]
 
 _INSTALL = "apt-get install postgresql"
 _USERS = ("postgres", "nobody")
@@ -221,3 +225,42 @@ if __name__ == "__main__":
             time.sleep(3600)
     except KeyboardInterrupt:
         c.stop()
+
+
+#: the wall time the journal tests' clocks start at
+NOW = 1_767_965_610.0
+
+
+class StillClock:
+    """Wall and monotonic time that move only when told (the database reads the same
+    through the statements' ``now``); nothing on it may sleep."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("nothing here sleeps")
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def pg_job(n: int, subject: str = "an owl") -> NewJob:
+    """Job ``n`` of a journal test's campaign: ``job-NN``, one veo3-fast result."""
+    text = json.dumps({"prompt": f"{subject}, take {n}"})
+    return NewJob(
+        id=f"job-{n:02d}",
+        idx=n,
+        model="veo3-fast",
+        provider="google",
+        input_json=text,
+        input_hash=hashlib.sha256(text.encode()).hexdigest(),
+        filename=f"job-{n:02d}.mp4",
+        cost_usd=0.5,
+    )

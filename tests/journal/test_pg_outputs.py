@@ -6,8 +6,6 @@ is gone; the hosts of live runners."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,8 +13,9 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from pg import NOW, StillClock, pg_job
 
-from apixo_batch.journal import NewJob, open_ledger
+from apixo_batch.journal import open_ledger
 from apixo_batch.journal.pg.lease import RunnerLease
 from apixo_batch.journal.pg.outputs import (
     PgUploads,
@@ -27,22 +26,7 @@ from apixo_batch.journal.pg.outputs import (
 )
 
 T = TypeVar("T")
-NOW = 1_767_965_610.0
 Conn = psycopg.AsyncConnection[Any]
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("nothing here sleeps")
 
 
 class _Direct:
@@ -61,28 +45,14 @@ class _Direct:
             return await op(self.conn)
 
 
-def _job(n: int) -> NewJob:
-    text = json.dumps({"prompt": f"a fox, take {n}"})
-    return NewJob(
-        id=f"job-{n:02d}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json=text,
-        input_hash=hashlib.sha256(text.encode()).hexdigest(),
-        filename=f"job-{n:02d}.mp4",
-        cost_usd=0.5,
-    )
-
-
 Connect = Callable[[], Awaitable[Conn]]
 
 
 @pytest.fixture
 async def db(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Connect, Conn]]:
     """A campaign 'camp' of 10 queued jobs; a maker of runner connections, and a probe."""
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg")
-    await ledger.reconcile([_job(n) for n in range(10)], retry_failed=False)
+    ledger = await open_ledger(pg_url, "camp", StillClock(), anchor=tmp_path / "j.pg")
+    await ledger.reconcile([pg_job(n, "a fox") for n in range(10)], retry_failed=False)
     await ledger.close()
     conns: list[Conn] = []
 
@@ -191,7 +161,7 @@ async def test_only_a_dead_runners_uploads_are_swept(db: Any) -> None:
     the grace) are swept, and so are unrecorded ones begun before every live runner
     started; a completed upload is forgotten."""
     connect, probe = db
-    clock = _Clock()
+    clock = StillClock()
     leases = []
     for host in ("alpha", "beta", "gamma"):
         lease = RunnerLease(
@@ -231,7 +201,7 @@ async def test_other_host_names_a_live_runner_elsewhere(db: Any) -> None:
     """Runners on this host are no other host; a live one elsewhere is, until it leaves;
     the refusal names both hosts and the way out."""
     connect, _ = db
-    clock = _Clock()
+    clock = StillClock()
     runners = []
     for host in ("alpha", "alpha", "beta"):
         lease = RunnerLease(await connect(), "camp", clock, db_now=clock.wall)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,43 +14,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from pg import StillClock, pg_job
 
 from apixo_batch.clock import SystemClock
-from apixo_batch.journal import NewJob, open_ledger
+from apixo_batch.journal import open_ledger
 from apixo_batch.journal.pg.lease import RunnerLease
 from apixo_batch.journal.pg.relay import MAX_PAYLOAD, Listener, channel, pass_on, payload
 
-NOW = 1_767_965_610.0
 #: a guard against a hang, never a measure: every wait below ends on an event
 GUARD_S = 30.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("nothing here sleeps")
-
-
-def _job(n: int) -> NewJob:
-    text = json.dumps({"prompt": f"an owl, take {n}"})
-    return NewJob(
-        id=f"job-{n:02d}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json=text,
-        input_hash=hashlib.sha256(text.encode()).hexdigest(),
-        filename=f"job-{n:02d}.mp4",
-        cost_usd=0.5,
-    )
 
 
 @pytest.fixture
@@ -59,9 +30,9 @@ async def owners(
     tmp_path: Path, pg_url: str
 ) -> AsyncIterator[tuple[str, RunnerLease, RunnerLease, psycopg.AsyncConnection[Any]]]:
     """Two runners; runner a owns task t-a (job-00), runner b task t-b (job-01)."""
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "j.pg")
-    await ledger.reconcile([_job(n) for n in range(4)], retry_failed=False)
+    await ledger.reconcile([pg_job(n) for n in range(4)], retry_failed=False)
     await ledger.close()
     conns = []
     leases = []

@@ -4,58 +4,27 @@ adopted whom, the live hosts."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from pg import StillClock, pg_job
 
-from apixo_batch.journal import NewJob, open_ledger
+from apixo_batch.journal import open_ledger
 from apixo_batch.journal.pg.lease import RunnerLease
 from apixo_batch.journal.pg.roster import first_campaign, hosts_of, roster
-
-NOW = 1_767_965_610.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("nothing here sleeps")
-
-
-def _job(n: int) -> NewJob:
-    text = json.dumps({"prompt": f"a dog, take {n}"})
-    return NewJob(
-        id=f"job-{n:02d}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json=text,
-        input_hash=hashlib.sha256(text.encode()).hexdigest(),
-        filename=f"job-{n:02d}.mp4",
-        cost_usd=0.5,
-    )
 
 
 @pytest.fixture
 async def fleet(
     tmp_path: Path, pg_url: str
-) -> AsyncIterator[tuple[_Clock, list[RunnerLease], psycopg.AsyncConnection[Any]]]:
+) -> AsyncIterator[tuple[StillClock, list[RunnerLease], psycopg.AsyncConnection[Any]]]:
     """A campaign of 10 queued jobs and three registered runners on two hosts."""
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "j.pg")
-    await ledger.reconcile([_job(n) for n in range(10)], retry_failed=False)
+    await ledger.reconcile([pg_job(n, "a dog") for n in range(10)], retry_failed=False)
     await ledger.close()
     conns = []
     runners = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,12 +14,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from pg import pg_job
 
 from apixo_batch.apixo.client import TaskStatus
 from apixo_batch.apixo.receiver import HandlerResult
 from apixo_batch.clock import SystemClock
 from apixo_batch.errors import PathError, StorageError
-from apixo_batch.journal import Ledger, NewJob, RunnerSpec, open_ledger
+from apixo_batch.journal import Ledger, RunnerSpec, open_ledger
 from apixo_batch.outputs.output import LocalOutput
 from apixo_batch.pipeline.multirunner import (
     CallbackRelay,
@@ -32,20 +32,6 @@ from apixo_batch.pipeline.multirunner import (
 )
 
 GUARD_S = 30.0  # a guard against a hang: every wait ends on an event
-
-
-def _job(n: int) -> NewJob:
-    text = json.dumps({"prompt": f"a heron, take {n}"})
-    return NewJob(
-        id=f"job-{n:02d}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json=text,
-        input_hash=hashlib.sha256(text.encode()).hexdigest(),
-        filename=f"job-{n:02d}.mp4",
-        cost_usd=0.5,
-    )
 
 
 class _Handler:
@@ -75,7 +61,7 @@ async def two(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[str, Ledger, L
         )
         ledgers.append(ledger)
     a, b = ledgers
-    await a.reconcile([_job(n) for n in range(3)], retry_failed=False)
+    await a.reconcile([pg_job(n, "a heron") for n in range(3)], retry_failed=False)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         for job, task, led in (("job-00", "t-a", a), ("job-01", "t-b", b)):
             conn.execute(
