@@ -402,3 +402,27 @@ async def test_a_429_while_the_source_is_away_is_told_with_no_ticket() -> None:
     ticket = await bucket.acquire()
     bucket.rate_limited(2.0, ticket=ticket, sent_at=clock.monotonic())
     assert source.row.reports[0][0] == 0
+
+
+async def test_a_token_that_expires_before_the_local_turn_is_replaced_never_sent() -> None:
+    """The process stalls (SIGSTOP, a loaded loop) between finding a fresh shared token and
+    its local turn: the token is past its time to live; the grant waits for another one
+    instead of failing (it was an assertion: a runner resumed after SIGSTOP ended with 70)."""
+    clock = FakeClock()
+    bucket = RequestBucket(6000, clock)
+    source = GcraSource(clock, drip=90.0, burst=10)
+    bucket.share(source)
+    limiter = bucket._limiter
+    real_acquire = limiter.acquire
+    stalls = [1.0]
+
+    async def stalled_acquire(amount: float = 1) -> None:
+        if stalls:
+            await clock.sleep(stalls.pop())  # the process stopped here
+        await real_acquire(amount)
+
+    limiter.acquire = stalled_acquire  # type: ignore[method-assign]
+    ticket = await bucket.acquire()
+    assert ticket == 1
+    assert bucket.statistics().tokens_dropped >= 1
+    assert source.granted >= 2  # the grant's token was asked for after the stall

@@ -336,13 +336,19 @@ class RequestBucket:
             if woken == _AGAIN:
                 return None
         try:
-            await self._wait_for_capacity()
-            if not gated and route in self.routes:
-                return None  # its route got a gate during the pause: through it
-            await self._limiter.acquire()
-            shared = None if self.source is None else self._take_shared(self._clock.monotonic())
-            # _wait_for_capacity found the token (or the local capacity) with no wait since
-            assert self.source is None or shared is not None
+            while True:
+                await self._wait_for_capacity()
+                if not gated and route in self.routes:
+                    return None  # its route got a gate during the pause: through it
+                await self._limiter.acquire()
+                if self.source is None:
+                    shared = None
+                    break
+                shared = self._take_shared(self._clock.monotonic())
+                if shared is not None:
+                    break
+                # The shared token expired between the wait and the local turn (a process
+                # stopped, or a loop stalled, past its 0.15 s): another one, never unshared.
             self._granted += 1
             if shared:
                 self._note_global(self._granted, shared)
