@@ -876,16 +876,20 @@ class PgLedger(StateWrites):
         self, key: str, value: str | None, *, durable: bool = True
     ) -> asyncio.Future[None]:
         async def op(conn: PgConn) -> None:
-            if value is None:
-                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
-                return
-            await conn.execute(
-                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
-                (self._c, key, value),
-            )
+            await self._put_meta(conn, key, value)
 
         return self._write(op, durable=durable)
+
+    async def _put_meta(self, conn: PgConn, key: str, value: str | None) -> None:
+        """``key`` set to ``value`` (None: removed), in the caller's transaction."""
+        if value is None:
+            await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
+            return
+        await conn.execute(
+            "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
+            "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
+            (self._c, key, value),
+        )
 
     async def _kept(self, key: str, new: str) -> str:
         """The value kept under ``key``, ``new`` made it if none: one for every runner,
@@ -980,14 +984,7 @@ class PgLedger(StateWrites):
                 "UPDATE accounts SET learned_rpm=%s WHERE id=%s",
                 (None if rpm is None else round(rpm, 1), account),
             )
-            if value is None:
-                await conn.execute("DELETE FROM meta WHERE campaign=%s AND key=%s", (self._c, key))
-                return
-            await conn.execute(
-                "INSERT INTO meta (campaign, key, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (campaign, key) DO UPDATE SET value = EXCLUDED.value",
-                (self._c, key, value),
-            )
+            await self._put_meta(conn, key, value)
 
         return self._write(op, durable=False)
 
