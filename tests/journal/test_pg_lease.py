@@ -17,33 +17,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from pg import StillClock
 
 from apixo_batch.journal import JobState, NewJob, open_ledger
 from apixo_batch.journal.pg.lease import Fenced, NotOwned, RunnerLease, glob_regex, runners_of
 from apixo_batch.planning.selection import Selection
 
 S = JobState
-NOW = 1_767_965_610.0
+
 LEASE, GRACE, MARGIN = 3.0, 2.5, 0.5
-
-
-class _Clock:
-    """Wall and monotonic time that move only when told; the database reads the same."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("the lease never sleeps")
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _job(n: int) -> NewJob:
@@ -66,9 +48,9 @@ Runners = Callable[..., Awaitable[list[RunnerLease]]]
 @pytest.fixture
 async def campaign(
     tmp_path: Path, pg_url: str
-) -> AsyncIterator[tuple[_Clock, Runners, psycopg.AsyncConnection[Any]]]:
+) -> AsyncIterator[tuple[StillClock, Runners, psycopg.AsyncConnection[Any]]]:
     """A campaign of 40 queued jobs, a clock, and a maker of registered runners."""
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "j.pg")
     await ledger.reconcile([_job(n) for n in range(40)], retry_failed=False)
     await ledger.close()
