@@ -25,7 +25,7 @@ demo: pyc
 	$(BIN)/python scripts/demo.py
 
 test: pyc
-	$(BIN)/python -m pytest -q -n 6
+	$(BIN)/python -m pytest -q -n 6 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check apixo_batch tests bench

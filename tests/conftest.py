@@ -106,6 +106,22 @@ def mock_api() -> Iterator[aioresponses]:
         yield mocked
 
 
+#: fixtures of tests that wait on real processes or real time (a cluster, a browser)
+_SLOW_FIXTURES = frozenset({"pg_cluster", "page", "rgw"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run real processes in real time first: with pytest-xdist's work
+    stealing the quick unit tests then fill the workers' gaps and the run ends with
+    them, not with one worker alone on a 30 s campaign (a longest-first schedule)."""
+
+    def slow(item: pytest.Item) -> bool:
+        names = getattr(item, "fixturenames", ())
+        return item.get_closest_marker("e2e") is not None or not _SLOW_FIXTURES.isdisjoint(names)
+
+    items.sort(key=lambda item: not slow(item))
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """A throwaway PostgreSQL cluster for the session (tests/pg.py); skips where none can
@@ -115,7 +131,11 @@ def pg_cluster() -> Iterator[Any]:
     why = pg_missing()
     if why is not None:
         pytest.skip(f"PostgreSQL tests: {why}")
-    cluster = start_cluster()
+    # Without fsync: a server crash (``pg_ctl -m immediate``, what the tests do) keeps
+    # all that reached the OS, so no test's outcome changes, while six workers' clusters
+    # flushing the one disk at every commit made every PostgreSQL test wait on it. The
+    # bench keeps fsync: it counts WAL flushes.
+    cluster = start_cluster(fsync=False)
     yield cluster
     cluster.stop()
 

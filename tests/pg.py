@@ -164,7 +164,9 @@ class Cluster:
         shutil.rmtree(self.data.parent, ignore_errors=True)
 
 
-def start_cluster(parent: Path | None = None, *, preload: str | None = None) -> Cluster:
+def start_cluster(
+    parent: Path | None = None, *, preload: str | None = None, fsync: bool = True
+) -> Cluster:
     """initdb, then start, a cluster in a new folder under ``parent`` (a temp dir);
     ``preload``: its shared_preload_libraries (the bench's pg_stat_statements)."""
     binaries = _bin()
@@ -191,7 +193,7 @@ def start_cluster(parent: Path | None = None, *, preload: str | None = None) -> 
     )
     options = (
         f"-p {cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
-        "-c fsync=on -c max_connections=100"
+        f"-c fsync={'on' if fsync else 'off'} -c max_connections=100"
     )
     if preload:
         options += f" -c shared_preload_libraries={preload}"

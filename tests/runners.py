@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from e2e import CliResult, cli_env, finish
+from e2e import CliResult, cli_env
 
 from apixo_batch.simulator import Simulator
 
@@ -213,8 +214,73 @@ class Fleet:
         raise AssertionError(f"runner {runner_id} (pid {pid}, node {node}) is none of ours")
 
     async def finish(self, limit: float = 90.0) -> list[CliResult]:
-        """Every runner's result (a killed one's too), in start order."""
-        return list(await asyncio.gather(*(finish(p, limit) for p in self.procs)))
+        """Every runner's result (a killed one's too), in start order. A runner still
+        running after ``limit`` seconds fails the test with what it and the database
+        said at that moment (the last events, the rows of runners, jobs and slots)."""
+        reads = [
+            (asyncio.ensure_future(_drain(p.stdout)), asyncio.ensure_future(_drain(p.stderr)))
+            for p in self.procs
+        ]
+        waits = [asyncio.ensure_future(p.wait()) for p in self.procs]
+        _, pending = await asyncio.wait(waits, timeout=limit)
+        stuck = [i for i, w in enumerate(waits) if w in pending]
+        said = await self._database_said() if stuck else ""
+        for i in stuck:
+            # SIGINT first: an interrupted run says what it still waits for.
+            self.signal(i, signal.SIGINT)
+        if stuck:
+            await asyncio.wait(waits, timeout=5.0)
+            for i in stuck:
+                self.signal(i, signal.SIGKILL)
+        await asyncio.gather(*waits)
+        outs = [(await out, await err) for out, err in reads]
+        codes = [await w for w in waits]
+        results = [CliResult(c, out, err) for c, (out, err) in zip(codes, outs, strict=True)]
+        if stuck:
+            lines = [
+                f"runners {stuck} did not finish in {limit:g} s (exits {codes}, pids "
+                f"{self._runner_pids}); the database said:",
+                said,
+            ]
+            for i in stuck:
+                tail = "\n".join(results[i].stdout.splitlines()[-6:])
+                lines += [f"--- runner {i} stdout (last lines):", tail]
+                lines += [f"--- runner {i} stderr:", results[i].stderr[-2000:]]
+            lines.append("--- the events of jobs not done, by runner:")
+            for job in sorted(set(re.findall(r"'(job-[^']+)', '(?!done)", said))):
+                for i, res in enumerate(results):
+                    lines += [f"{i}: {e}" for e in res.events if e.get("job") == job]
+            raise AssertionError("\n".join(lines))
+        return results
+
+    async def _database_said(self) -> str:
+        """The rows that tell where a campaign is stuck (for a failure's message)."""
+        queries = {
+            "runners": "SELECT id, pid, stopped, adopted_by, lease_until - clock_timestamp() "
+            "FROM runners ORDER BY id",
+            "jobs by state and owner": "SELECT state, owner, count(*) FROM jobs "
+            "GROUP BY 1, 2 ORDER BY 1, 2",
+            "jobs not done": "SELECT id, state, owner, task_id, attempts FROM jobs "
+            "WHERE state <> 'done' ORDER BY id LIMIT 20",
+            "accounts": "SELECT id, slots_limit, granted FROM accounts",
+            "slot_grants": "SELECT runner, account, held FROM slot_grants ORDER BY 1",
+        }
+        lines = []
+        try:
+            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                for name, query in queries.items():
+                    try:
+                        cur = await conn.execute(query)
+                        lines.append(f"{name}: {await cur.fetchall()}")
+                    except psycopg.Error as exc:
+                        lines.append(f"{name}: {exc}")
+        except psycopg.Error as exc:
+            lines.append(f"the database: {exc}")
+        return "\n".join(lines)
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> str:
+    return "" if stream is None else (await stream.read()).decode()
 
 
 @dataclass(frozen=True)

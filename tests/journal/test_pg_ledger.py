@@ -606,3 +606,108 @@ async def test_a_runner_whose_session_cannot_reconnect_pauses_and_resumes(
     await ledger.record_task_id(row.id, "task-back", "async", False)
     assert [r.task_id for r in await ledger.in_flight()] == ["task-back"]
     await ledger.close()
+
+
+async def _submitted(ledger: Ledger, n: int) -> list[str]:
+    """``n`` jobs claimed, marked and given task ids by this runner: paid, running."""
+    await ledger.reconcile([_job(i) for i in range(n)])
+    ids = [row.id for row in await _first(ledger.rows(S.QUEUED, page=n, file_only=True), n)]
+    for job_id in ids:
+        await ledger.mark_submitting(job_id, 1)
+        await ledger.record_task_id(job_id, f"task-{job_id}", "async", False)
+    return ids
+
+
+def _success(ledger: Ledger, job_id: str) -> asyncio.Future[None]:
+    return ledger.record_success(
+        job_id,
+        result_urls=[f"https://r/{job_id}.mp4"],
+        completed_at=NOW,
+        expires_at=NOW + 3600,
+        cost_time_ms=1000,
+        via="poll",
+        clock_key="k",
+        seconds=1.0,
+    )
+
+
+async def _as_a_crash_left(url: str, state: JobState, owner: int, *job_ids: str) -> None:
+    """The rows as a server crash leaves them when it lost their last lazy commits."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE jobs SET state = %s, owner = %s WHERE id = ANY(%s)",
+            (state.value, owner, list(job_ids)),
+        )
+
+
+async def _states(url: str) -> dict[str, tuple[str, int | None]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT id, state, owner FROM jobs")
+        return {str(r[0]): (str(r[1]), r[2]) for r in await cur.fetchall()}
+
+
+async def test_lazy_marks_a_server_crash_lost_are_written_again_on_its_return(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """A server crash loses the last lazy commits while the runner lives on, sure it
+    made them (it would wait for ever for tasks it already saw end). On the first
+    connection to the restarted server they are written again, in order, each only
+    where its row is still behind: a success lost is journaled again, a success and
+    its landing both lost are both, a row that moved on meanwhile is left alone."""
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
+    assert isinstance(ledger, PgLedger) and ledger.runner is not None
+    ledger.executor.lazy_window_s = 3600.0  # no durable commit flushes them meanwhile
+    me = ledger.runner.me
+    try:
+        a, b, c, d = await _submitted(ledger, 4)
+        await _success(ledger, a)
+        await _success(ledger, b)
+        await ledger.record_done(b, _landed(f"{b}.mp4"))
+        await _success(ledger, c)
+        # The crash: a's success and b's success and landing lost; c moved on (another
+        # runner's now: its owner journals it).
+        await _as_a_crash_left(pg_url, S.SUBMITTED, me, a, b)
+        await _as_a_crash_left(pg_url, S.SUBMITTED, me + 1000, c)
+        await asyncio.to_thread(pg_cluster.restart, "fast")
+        counts = await ledger.counts()  # the first statement after the restart
+        states = await _states(pg_url)
+        assert states[a] == (S.SUCCEEDED.value, me)
+        assert states[b] == (S.DONE.value, None)
+        assert states[c] == (S.SUBMITTED.value, me + 1000)
+        assert states[d] == (S.SUBMITTED.value, me)
+        assert counts[S.DONE.value] == 1  # read after the replay, not before
+        row = await ledger.by_task(f"task-{a}")
+        assert row is not None and row.result_urls == (f"https://r/{a}.mp4",)
+        assert ledger.executor.replayed == 4
+    finally:
+        await ledger.close()
+
+
+async def test_a_durable_commit_ends_the_lazy_marks_doubt(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """Once a durable commit came after them (the WAL is flushed in order), lazy marks
+    are no longer written again after a restart; a restart that lost nothing (a clean
+    stop) changes no row either."""
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
+    assert isinstance(ledger, PgLedger) and ledger.runner is not None
+    ledger.executor.lazy_window_s = 3600.0
+    me = ledger.runner.me
+    try:
+        a, b, c = await _submitted(ledger, 3)
+        await _success(ledger, a)
+        await ledger.record_failure(c, fail_code="X", fail_msg="x", completed_at=NOW, via="poll")
+        await _success(ledger, b)
+        await ledger.record_done(b, _landed(f"{b}.mp4"))
+        # Only a's row is set back (by hand: a lazy commit a durable one followed is
+        # never lost); b's lazy marks are replayed onto rows already past them.
+        await _as_a_crash_left(pg_url, S.SUBMITTED, me, a)
+        await asyncio.to_thread(pg_cluster.restart, "fast")
+        await ledger.counts()
+        states = await _states(pg_url)
+        assert states[a] == (S.SUBMITTED.value, me)
+        assert states[b] == (S.DONE.value, None)
+        assert states[c] == (S.FAILED.value, None)
+        assert ledger.executor.replayed == 2
+    finally:
+        await ledger.close()

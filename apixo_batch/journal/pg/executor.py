@@ -13,7 +13,15 @@ ledger's invariants read the same on both backends:
   a savepoint, so that a failing write cannot undo another's task id;
 * a transaction made only of writes whose loss costs nothing (``durable=False``)
   commits with ``synchronous_commit=off`` and may wait ``commit_delay`` for
-  company; a durable write, a read or the close never waits.
+  company; a durable write, a read or the close never waits;
+* a lazy write may come with its **replay**: the same change, applied only to a row
+  still behind it. A server crash loses the lazy commits of its last moments while
+  this process lives on and believes them (a runner that forgot a task it saw end
+  waits for it forever: the row says it is still running). So until a durable
+  commit has flushed the WAL past them (every commit flushes all before it; one
+  is made durable when the oldest lazy one is :data:`LAZY_WINDOW_S` old), their
+  replays are kept, and on a connection to a server started since (a restart:
+  ``pg_postmaster_start_time()`` changed) they run first, before anything else.
 
 The connection comes from a psycopg-pool pool, which replaces a broken one: a
 database that restarts costs the operations of that moment (each fails its
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -49,8 +58,11 @@ Op = Callable[[PgConn], Awaitable[T]]
 _READ, _WRITE, _WRITE_ALONE = 0, 1, 2
 #: seconds between tries while a connection failure is ridden out
 _RIDE_PAUSE_S = 0.25
-# (kind, op, the caller's future, durable)
-_Item = tuple[int, Op[Any], asyncio.Future[Any], bool]
+#: seconds the oldest lazy commit may wait for a durable one to flush it (and drop its
+#: replay): one fsync a second at most, the replays of one second's lazy writes kept
+LAZY_WINDOW_S = 1.0
+# (kind, op, the caller's future, durable, its replay should a crash lose it)
+_Item = tuple[int, Op[Any], asyncio.Future[Any], bool, Op[Any] | None]
 
 # The pool warns of each failed connection attempt and each connection it discards; with
 # no handler configured, logging's last resort prints those to stderr all through an
@@ -97,25 +109,40 @@ class PgExecutor:
         self._hurry = asyncio.Event()
         self._closing = False
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name="apixo-pg")
+        #: :data:`LAZY_WINDOW_S` (tests wait longer)
+        self.lazy_window_s = LAZY_WINDOW_S
         #: transactions committed, and of them durable (the bench's count)
         self.commits = 0
         self.durable_commits = 0
+        # The replays of lazy commits not yet flushed for sure, and when the first came.
+        self._unflushed: list[Op[Any]] = []
+        self._unflushed_since = 0.0
+        #: the server's start time (a restart changes it), read on each new connection
+        self._started: object = None
+        self._known: weakref.WeakSet[PgConn] = weakref.WeakSet()
+        #: lazy writes written again after a server restart (most found already there)
+        self.replayed = 0
 
     # -- the callers' side ----------------------------------------------------
     def read(self, op: Op[T]) -> asyncio.Future[T]:
         return self._submit(_READ, op, True)
 
-    def write(self, op: Op[T], *, durable: bool = True, alone: bool = False) -> asyncio.Future[T]:
-        return self._submit(_WRITE_ALONE if alone else _WRITE, op, durable)
+    def write(
+        self, op: Op[T], *, durable: bool = True, alone: bool = False, replay: Op[Any] | None = None
+    ) -> asyncio.Future[T]:
+        """``replay`` (a lazy write's): see the module docstring."""
+        return self._submit(_WRITE_ALONE if alone else _WRITE, op, durable, replay)
 
-    def _submit(self, kind: int, op: Op[Any], durable: bool) -> asyncio.Future[Any]:
+    def _submit(
+        self, kind: int, op: Op[Any], durable: bool, replay: Op[Any] | None = None
+    ) -> asyncio.Future[Any]:
         if self._closing or self._worker.done():
             raise JournalError(f"the journal {self.where} is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._turn:
             loop.call_soon(self._end_of_turn)
-        self._turn.append((kind, op, fut, durable))
+        self._turn.append((kind, op, fut, durable, replay))
         if durable:
             self._turn_hurries = True
         return fut
@@ -191,12 +218,13 @@ class PgExecutor:
             await self._commit(writes)
 
     async def _read(self, item: _Item) -> None:
-        _, op, fut, _ = item
+        _, op, fut, _, _ = item
         deadline = asyncio.get_running_loop().time() + self.ride_out
         try:
             while True:
                 try:
                     async with self._pool.connection() as conn:
+                        await self._same_server(conn)
                         result = await op(conn)
                     break
                 except psycopg.OperationalError:
@@ -219,13 +247,14 @@ class PgExecutor:
         return True
 
     async def _commit(self, writes: list[_Item]) -> None:
-        durable = any(item[3] for item in writes)
+        durable = any(item[3] for item in writes) or self._flush_due()
         deadline = asyncio.get_running_loop().time() + self.ride_out
         try:
             while True:
                 committing: list[bool] = []
                 try:
                     async with self._pool.connection() as conn:
+                        await self._same_server(conn)
                         results = await self._transaction(conn, writes, durable, committing)
                     break
                 except psycopg.OperationalError:
@@ -234,14 +263,54 @@ class PgExecutor:
                         raise
         except psycopg.Error as exc:  # BEGIN, COMMIT or the connection failed: all did
             error = self._failed(exc)
-            for _, _, fut, _ in writes:
+            for _, _, fut, _, _ in writes:
                 _fail(fut, error)
             return
-        for (_, _, fut, _), (ok, value) in zip(writes, results, strict=True):
+        if durable:
+            self._unflushed.clear()  # all committed before this one is flushed with it
+        for (_, _, fut, _, replay), (ok, value) in zip(writes, results, strict=True):
             if ok:
+                if replay is not None and not durable:
+                    self._keep_replay(replay)
                 _settle(fut, value)
             else:
                 _fail(fut, value)
+
+    # -- lazy commits a crash may lose ------------------------------------------
+    def _flush_due(self) -> bool:
+        return bool(self._unflushed) and (
+            asyncio.get_running_loop().time() - self._unflushed_since >= self.lazy_window_s
+        )
+
+    def _keep_replay(self, replay: Op[Any]) -> None:
+        if not self._unflushed:
+            self._unflushed_since = asyncio.get_running_loop().time()
+        self._unflushed.append(replay)
+
+    async def _same_server(self, conn: PgConn) -> None:
+        """On a connection not seen before: if the server started since the last one (it
+        restarted, maybe as a crash), the lazy writes not known flushed are written again
+        first, in their order, each applied only where its row is still behind."""
+        if conn in self._known:
+            return
+        cur = await conn.execute("SELECT pg_postmaster_start_time()")
+        row = await cur.fetchone()
+        started = row[0] if row else None
+        if self._started is not None and started != self._started and self._unflushed:
+            replays = list(self._unflushed)
+            async with conn.transaction():
+                for replay in replays:
+                    try:
+                        async with conn.transaction():
+                            await replay(conn)
+                    except Exception as exc:
+                        if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                            raise
+                        # The row moved on (another runner's now, or already past it).
+            del self._unflushed[: len(replays)]
+            self.replayed += len(replays)
+        self._started = started
+        self._known.add(conn)
 
     async def _transaction(
         self, conn: PgConn, writes: list[_Item], durable: bool, committing: list[bool]
@@ -252,7 +321,7 @@ class PgExecutor:
         failed = False
         async with conn.transaction() as tx:
             await self._durability(conn, durable)
-            for _, op, _, _ in writes:
+            for _, op, _, _, _ in writes:
                 try:
                     results.append((True, await op(conn)))
                 except Exception as exc:
@@ -274,7 +343,7 @@ class PgExecutor:
         results = []
         async with conn.transaction():
             await self._durability(conn, durable)
-            for _, op, _, _ in writes:
+            for _, op, _, _, _ in writes:
                 try:
                     async with conn.transaction():
                         results.append((True, await op(conn)))

@@ -87,6 +87,13 @@ _LEGAL_FROM: dict[JobState, list[str]] = {
 }
 #: the states a job ends in
 _ENDS = frozenset({S.DONE, S.FAILED, S.EXPIRED})
+#: the states a lazy mark, written again after a server crash (executor.py), still
+#: applies to: those just before it. A row found anywhere else moved on (or was never
+#: this far: the mark before it is written again first, in order).
+_BEHIND: dict[JobState, list[str]] = {
+    S.SUCCEEDED: [S.SUBMITTED.value],
+    S.DONE: [S.SUCCEEDED.value],
+}
 _NEW_COLUMNS = (
     "id",
     "idx",
@@ -326,13 +333,15 @@ class PgLedger(StateWrites):
         now: float,
         *,
         owner: Literal["mine", "free", "any"] = "free",
+        since: Sequence[str] | None = None,
         **change: Unpack[Change],
     ) -> None:
         """:meth:`~..changes.StateChanges.transition` in PostgreSQL: one UPDATE from the
         legal states (for a submit's task id, its ``task_history`` row with it). A runner
         changes only a row it owns (``owner="mine"``: its follower's and lander's
         writes), or that nobody owns (``"free"``); a row another runner took over is that
-        runner's to journal, and a stalled runner's late answer must not undo it."""
+        runner's to journal, and a stalled runner's late answer must not undo it.
+        ``since``: only from these states (not every legal one)."""
         try:
             assignments, values = _assignments(change)
         except JournalError:
@@ -365,7 +374,7 @@ class PgLedger(StateWrites):
         cur = await conn.execute(
             f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)"
             + whose,
-            (*values, self._c, job_id, _LEGAL_FROM[new], *me),
+            (*values, self._c, job_id, _LEGAL_FROM[new] if since is None else since, *me),
         )
         if cur.rowcount == 0:
             await self._check(conn, job_id, new)
@@ -399,8 +408,21 @@ class PgLedger(StateWrites):
         )
         return cur.rowcount
 
-    def _write(self, op: Op[T], *, durable: bool = True, alone: bool = False) -> asyncio.Future[T]:
-        return self._j.write(op, durable=durable, alone=alone)
+    def _write(
+        self, op: Op[T], *, durable: bool = True, alone: bool = False, replay: Op[Any] | None = None
+    ) -> asyncio.Future[T]:
+        return self._j.write(op, durable=durable, alone=alone, replay=replay)
+
+    def _replay(self, job_id: str, new: JobState, at: float, change: Change) -> Op[None]:
+        """A lazy mark's replay after a server crash (executor.py): the same change, to a
+        row of this runner's still just behind it."""
+        since = _BEHIND[new]
+
+        async def replay(conn: PgConn) -> None:
+            with contextlib.suppress(JournalError):
+                await self._transition(conn, job_id, new, at, owner="mine", since=since, **change)
+
+        return replay
 
     def _change(
         self,
@@ -427,7 +449,9 @@ class PgLedger(StateWrites):
                 # was cut off or stalled (and this one is fenced), or it ended the job
                 # first. Its owner journals it; nothing is lost.
 
-        return self._write(op, durable=durable)
+        # A partial result's files need none: the row stays succeeded, for `download`.
+        replay = self._replay(job_id, new, at, change) if new is S.DONE and not durable else None
+        return self._write(op, durable=durable, replay=replay)
 
     async def _mine(self, conn: PgConn, job_id: str, lease: RunnerLease) -> bool:
         row = await self._one(
@@ -1325,23 +1349,18 @@ class PgLedger(StateWrites):
     ) -> asyncio.Future[None]:
         now = self._clock.wall()
         self.changes += 1
-
+        change: Change = {
+            "result_urls": list(result_urls),
+            "completed_at": completed_at,
+            "expires_at": expires_at,
+            "cost_time_ms": cost_time_ms,
+            "arrived_via": via,
+        }
         lease = self._lease
 
         async def op(conn: PgConn) -> None:
             try:
-                await self._transition(
-                    conn,
-                    job_id,
-                    S.SUCCEEDED,
-                    now,
-                    owner="mine",
-                    result_urls=list(result_urls),
-                    completed_at=completed_at,
-                    expires_at=expires_at,
-                    cost_time_ms=cost_time_ms,
-                    arrived_via=via,
-                )
+                await self._transition(conn, job_id, S.SUCCEEDED, now, owner="mine", **change)
             except JournalError:
                 if lease is None or await self._mine(conn, job_id, lease):
                     raise
@@ -1351,7 +1370,7 @@ class PgLedger(StateWrites):
                 (clock_key, seconds, now),
             )
 
-        return self._write(op, durable=False)
+        return self._write(op, durable=False, replay=self._replay(job_id, S.SUCCEEDED, now, change))
 
     # -- the end ------------------------------------------------------------
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
