@@ -30,6 +30,8 @@ pytestmark = pytest.mark.e2e
 #: a short lease, so that a killed runner's work is adopted within a few seconds
 LEASE_S = "2"
 ARGS = ["--time-scale", "0.02", "--json", "--max-concurrent", "8"]
+#: generations of 0.4-1.2 real seconds: several waves of tasks per runner, in seconds
+GEN = (0.4, 1.2)
 
 
 def _env(sim: Any) -> dict[str, str]:
@@ -85,7 +87,7 @@ async def test_three_runners_finish_one_campaign_each_job_submitted_once(
 ) -> None:
     """Three runs of one campaign at once: every job done byte-exact, each submitted
     exactly once, the work spread over the three, each exiting 0."""
-    sim = await simulator(time_scale=0.02, results_per_task=1)
+    sim = await simulator(time_scale=0.02, duration_override_s=GEN, results_per_task=1)
     jobs = simple_jobs(90)
     job_file = write_campaign(tmp_path, jobs)
     procs = [await _start(sim, job_file, pg_url) for _ in range(3)]
@@ -116,7 +118,7 @@ async def test_a_runner_killed_mid_campaign_is_adopted_never_resubmitted(
     them (followed, not sent again) and finish the campaign byte-exact. No job whose
     task id was journaled is submitted again; the only extra submits are of jobs
     flagged possibly duplicated (a submit cut off on the wire)."""
-    sim = await simulator(time_scale=0.05, results_per_task=1)
+    sim = await simulator(time_scale=0.02, duration_override_s=GEN, results_per_task=1)
     jobs = simple_jobs(120)
     job_file = write_campaign(tmp_path, jobs)
     victim, *others = [await _start(sim, job_file, pg_url) for _ in range(3)]
@@ -176,7 +178,7 @@ async def test_a_runner_stalled_past_its_lease_stops_with_75_nothing_lost(
     work; resumed, it learns its lease is lost and stops at once, exit 75, one line
     ("another runner took over; nothing lost"). The other finishes every job, none
     whose task id was journaled submitted again."""
-    sim = await simulator(time_scale=0.05, results_per_task=1)
+    sim = await simulator(time_scale=0.02, duration_override_s=GEN, results_per_task=1)
     jobs = simple_jobs(60)
     job_file = write_campaign(tmp_path, jobs)
     stalled, other = [await _start(sim, job_file, pg_url) for _ in range(2)]
