@@ -484,48 +484,43 @@ class RunnerLease:
                 await self._ready()
 
     async def _record(self, args: dict[str, Any]) -> bool:
-        # History and row in one statement (one commit, no BEGIN/COMMIT round trips):
-        # the history row is written even when the row is no longer this runner's.
+        # One statement, so one commit (and no BEGIN/COMMIT round trips): the history row,
+        # written even when the row is no longer this runner's, and then either the row's
+        # task id or, refused, the job flagged and the stray kept for its owner to follow.
+        # A refusal in a second transaction would leave, after a crash between the two, a
+        # paid task in the history that nobody follows.
         cur = await self._conn.execute(
             "WITH history AS (INSERT INTO task_history (task_id, campaign, job_id, "
             f"input_hash, submitted_at, runner, key_id) SELECT %(t)s, campaign, id, "
             f"input_hash, {_EPOCH}, %(me)s, %(key)s FROM jobs WHERE campaign = %(c)s "
-            "AND id = %(id)s ON CONFLICT (task_id) DO NOTHING) "
-            "UPDATE jobs SET state = 'submitted', task_id = %(t)s, request_type = %(rt)s, "
-            f"submitted_at = {_EPOCH}, updated_at = {_EPOCH}, key_fp = %(fp)s, "
-            "key_id = %(key)s, possibly_duplicated = possibly_duplicated OR %(dup)s, "
-            "fail_code = NULL, fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s "
-            "AND state = 'submitting' AND owner = %(me)s AND attempts = %(att)s",
-            args,
+            "AND id = %(id)s ON CONFLICT (task_id) DO NOTHING), "
+            "mine AS (UPDATE jobs SET state = 'submitted', task_id = %(t)s, "
+            f"request_type = %(rt)s, submitted_at = {_EPOCH}, updated_at = {_EPOCH}, "
+            "key_fp = %(fp)s, key_id = %(key)s, "
+            "possibly_duplicated = possibly_duplicated OR %(dup)s, fail_code = NULL, "
+            "fail_msg = NULL WHERE campaign = %(c)s AND id = %(id)s "
+            "AND state = 'submitting' AND owner = %(me)s AND attempts = %(att)s RETURNING 1), "
+            # An earlier try committed and its answer was lost: the row holds the id.
+            "kept AS (SELECT 1 FROM jobs WHERE campaign = %(c)s AND id = %(id)s "
+            "AND task_id = %(t)s), "
+            "flag AS (UPDATE jobs SET possibly_duplicated = true WHERE campaign = %(c)s "
+            "AND id = %(id)s AND task_id IS DISTINCT FROM %(t)s "
+            "AND NOT EXISTS (SELECT 1 FROM mine) RETURNING 1), "
+            "stray AS (INSERT INTO meta (campaign, key, value) SELECT %(c)s, %(stray)s, "
+            "%(info)s WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS "
+            "(SELECT 1 FROM kept) ON CONFLICT (campaign, key) DO NOTHING RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM mine) OR EXISTS (SELECT 1 FROM kept), "
+            "(SELECT count(*) FROM flag) + (SELECT count(*) FROM stray)",
+            {
+                **args,
+                "stray": STRAY + args["t"],
+                "info": json.dumps(
+                    {"job": args["id"], "key_id": args["key"], "key_fp": args["fp"]}
+                ),
+            },
         )
-        if cur.rowcount:
-            return True
-        async with self._conn.transaction():
-            found = await (
-                await self._conn.execute(
-                    "SELECT task_id FROM jobs WHERE campaign = %(c)s AND id = %(id)s FOR UPDATE",
-                    args,
-                )
-            ).fetchone()
-            if found is not None and found[0] == args["t"]:
-                return True  # an earlier try committed; its answer was lost
-            await self._conn.execute(
-                "UPDATE jobs SET possibly_duplicated = true WHERE campaign = %(c)s AND id = %(id)s",
-                args,
-            )
-            # A stray: paid, so the job's owner follows it too and the manifest lists it.
-            await self._conn.execute(
-                "INSERT INTO meta (campaign, key, value) VALUES (%(c)s, %(stray)s, "
-                "%(info)s) ON CONFLICT (campaign, key) DO NOTHING",
-                {
-                    **args,
-                    "stray": STRAY + args["t"],
-                    "info": json.dumps(
-                        {"job": args["id"], "key_id": args["key"], "key_fp": args["fp"]}
-                    ),
-                },
-            )
-            return False
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     @_serial
     async def strays(self) -> list[tuple[str, str, str, str | None]]:
