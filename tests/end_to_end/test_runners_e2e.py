@@ -243,3 +243,27 @@ async def test_a_runner_with_only_leaves_the_other_jobs_to_the_other_runners(
     assert results[1].summary["submitted"] == 30
     _all_done_byte_exact(sim, tmp_path / "out", 40)
     assert set(_submits(sim, jobs).values()) == {1}
+
+
+async def test_a_runner_leaving_early_exits_0_when_the_rest_is_live_runners_work(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """Every job held by a live runner (its tasks running), a runner told --leave-early
+    joins: it leaves at once, sends nothing, and exits 0 (the jobs it left are the other
+    runner's, not pending for it: a Kubernetes pod of a Job ends succeeded, not retried);
+    the first runner finishes them all."""
+    sim = await simulator(time_scale=0.02, duration_override_s=(2.0, 3.0), results_per_task=1)
+    jobs = simple_jobs(8)
+    job_file = write_campaign(tmp_path, jobs)
+    first = await _start(sim, job_file, pg_url)
+    all_sent = "SELECT 1 FROM jobs HAVING count(*) FILTER (WHERE task_id IS NULL) = 0"
+    await kill_when(first, lambda: bool(_query(pg_url, all_sent)), sig=0)
+    late = await run_env(
+        "run", str(job_file), "--state", pg_url, "--leave-early", *ARGS, env=_env(sim)
+    )
+    assert late.code == 0, late.stderr
+    assert late.summary["submitted"] == 0 and late.summary["counts"]["done"] < 8
+    done = await finish(first, 60.0)
+    assert done.code == 0, done.stderr
+    _all_done_byte_exact(sim, tmp_path / "out", 8)
+    assert set(_submits(sim, jobs).values()) == {1}
