@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,11 @@ def _write_owner(path: Path, me: Owner) -> None:
     reader never sees half of it, and of two runs racing, one owner wins (the other
     finds the file there and is checked against it)."""
     doc = {"journal_id": me.journal_id, "journal": me.journal, "campaign": me.campaign}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # A name of its own (not the pid's: runners in containers sharing a mount all run as
+    # pid 1, and one's O_TRUNC would empty another's file before it is linked).
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    os.fchmod(fd, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(doc, indent=1) + "\n")

@@ -34,6 +34,33 @@ def test_a_new_folder_is_bound_whole_to_its_first_run(tmp_path: Path) -> None:
     assert os.stat(folder / OWNER_FILE).st_ino == before
 
 
+def test_runners_of_one_pid_racing_for_a_new_folder_bind_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runners in containers sharing a mount all run as pid 1: a second one binding the
+    folder while the first is between writing its file and linking it must not empty
+    or take away the first one's file (it did: a temporary named by the pid, truncated
+    by the other, linked empty: "owner file damaged", exit 2, 3 of 8 runners)."""
+    folder = tmp_path / "out"
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    real_link = os.link
+    raced: list[bool] = []
+
+    def link(src: str | Path, dst: str | Path) -> None:
+        if not raced:
+            raced.append(True)
+            # The other runner, pid 1 too, opens its temporary as a pid-named one would be.
+            os.close(os.open(other, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        real_link(src, dst)
+
+    other = folder / f"{OWNER_FILE}.1.tmp"
+    monkeypatch.setattr(os, "link", link)
+    claim_folder(folder, ME, shared=True).release()
+    other.unlink(missing_ok=True)  # the other runner's, gone with it
+    assert raced and read_owner(folder) == ME
+    assert [p.name for p in folder.iterdir()] == [OWNER_FILE]
+
+
 def test_an_unbound_folder_has_no_owner(tmp_path: Path) -> None:
     assert read_owner(tmp_path) is None
 

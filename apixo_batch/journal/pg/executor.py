@@ -59,8 +59,8 @@ _READ, _WRITE, _WRITE_ALONE = 0, 1, 2
 #: seconds between tries while a connection failure is ridden out
 _RIDE_PAUSE_S = 0.25
 #: seconds the oldest lazy commit may wait for a durable one to flush it (and drop its
-#: replay): one fsync a second at most, the replays of one second's lazy writes kept
-LAZY_WINDOW_S = 1.0
+#: replay): one fsync in 5 s at most, the replays of 5 s of lazy writes kept
+LAZY_WINDOW_S = 5.0
 # (kind, op, the caller's future, durable, its replay should a crash lose it)
 _Item = tuple[int, Op[Any], asyncio.Future[Any], bool, Op[Any] | None]
 
