@@ -28,6 +28,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -146,6 +147,21 @@ class Cluster:
         self._run(*pg_ctl, "-m", mode, "-w", "stop")
         time.sleep(down_s)
         self._run(*pg_ctl, "-o", self.options, *log, "-w", "-t", "30", "start")
+
+    def kill_postmaster(self, down_s: float = 1.0) -> None:
+        """``kill -9`` of the postmaster (its backends die as they notice), ``down_s``
+        seconds, then a start: recovery from the WAL, the UNLOGGED tables empty. The
+        start is tried again while the dying backends still hold the shared memory."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(down_s)
+        start = (str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", self.options)
+        log = ("-l", str(self.data.parent / "log"))
+        for _ in range(50):
+            if self._run(*start, *log, "-w", "-t", "30", "start", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError("the cluster did not start again after its postmaster was killed")
 
     def stop(self) -> None:
         if self.stopped:

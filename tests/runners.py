@@ -48,6 +48,7 @@ __all__ = [
     "Counts",
     "Fleet",
     "Outcome",
+    "Partition",
     "counts",
     "hosts_missing",
     "job_of_prompt",
@@ -118,6 +119,73 @@ async def wait_for(
             raise AssertionError(f"{what}: never came")
         await asyncio.sleep(every)
     return loop.time()
+
+
+class Partition:
+    """A TCP relay to the database that the test can cut: the runners given
+    :meth:`url` lose it (their connections reset, new ones refused) while the others
+    and the API do not, as a network partition of one machine.
+
+    ::
+
+        async with Partition(url) as part:
+            runner = Fleet(sim, job_file, part.url(url), FAST)
+            ...
+            part.cut(); ...; part.heal()
+    """
+
+    def __init__(self, url: str) -> None:
+        self._target = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.cut_off = False
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Partition:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+    def url(self, url: str) -> str:
+        return url.replace(f":{self._target}/", f":{self.port}/")
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    def heal(self) -> None:
+        self.cut_off = False
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._open -= {writer, up_writer}
 
 
 _UNSHARE = ("unshare", "--pid", "--fork", "--kill-child")

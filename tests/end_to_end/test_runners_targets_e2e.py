@@ -32,6 +32,7 @@ from runners import (
     TAKEN_OVER,
     Fleet,
     Outcome,
+    Partition,
     adoption_of,
     counts,
     hosts_missing,
@@ -175,6 +176,52 @@ async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg
     _byte_exact(sim, tmp_path / "out", n)
 
 
+async def test_a_runner_cut_off_from_the_database_is_taken_over_and_stops_75(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """One of three runners loses the database (its connections reset, new ones
+    refused) past its lease and grace while the API still answers it: the others adopt
+    its paid tasks; it sends nothing it cannot journal, and once it reaches the database
+    again (or its term is over) it stops, exit 75 and its one line. Every job done
+    byte-exact; only the submits it had on the wire at the cut may be paid twice, each
+    kept as a stray with its job flagged."""
+    n = 150
+    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    args = [*FAST, "--max-concurrent", "30"]
+    async with Partition(pg_url) as part:
+        cut = Fleet(sim, job_file, part.url(pg_url), args)
+        others = Fleet(sim, job_file, pg_url, args)
+        await cut.start(1)
+        await others.start(2)
+        await wait_for(
+            "30 % of the jobs done", lambda: _at_least(pg_url, n * 3 // 10), limit=90,
+            alive=others.alive,
+        )  # fmt: skip
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            pid = cut._runner_pids[0]
+            row = await (
+                await conn.execute("SELECT id FROM runners WHERE pid = %s", (pid,))
+            ).fetchone()
+        assert row is not None
+        part.cut()
+        cut_at = time.time()
+        seen, _ = await adoption_of(pg_url, int(row[0]), limit=30)
+        assert seen - cut_at >= LEASE_S  # never while its lease may still be live
+        await asyncio.sleep(0.5)
+        part.heal()
+        [alone] = await cut.finish()
+        results = await others.finish()
+    _exits_clean(results, {0})
+    assert alone.code == 75, (alone.code, alone.stderr[-1500:])
+    said = [e.get("reason") for e in alone.events if e.get("event") == "stopped"]
+    assert TAKEN_OVER in alone.stderr or TAKEN_OVER in said, (alone.stderr, said)
+    assert "Traceback" not in alone.stderr
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once(strays_ok=True)
+    _byte_exact(sim, tmp_path / "out", n)
+
+
 async def _restarted(
     simulator: Any, tmp_path: Path, url: str, cluster: Any, mode: str
 ) -> tuple[Any, Path, list[CliResult], set[str]]:
@@ -191,16 +238,20 @@ async def _restarted(
     )
     acknowledged = await _task_ids(url)
     # Off the loop: the simulator serves from this loop while pg_ctl waits.
-    await asyncio.to_thread(cluster.restart, mode, LEASE_S / 2)
+    if mode == "kill-9":
+        await asyncio.to_thread(cluster.kill_postmaster, LEASE_S / 2)
+    else:
+        await asyncio.to_thread(cluster.restart, mode, LEASE_S / 2)
     return sim, job_file, await fleet.finish(), acknowledged
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize("mode", ["fast", "immediate", "kill-9"])
 async def test_database_restart_keeps_every_acknowledged_task_id(
     simulator, tmp_path: Path, pg_url: str, pg_cluster: Any, mode: str
 ) -> None:
     """PostgreSQL stopped mid-campaign (``fast``: sessions ended; ``immediate``: as a
-    crash, recovery from the WAL, the UNLOGGED rate row gone) and started 1 s later:
+    crash, recovery from the WAL, the UNLOGGED rate row gone; ``kill-9``: the postmaster
+    killed, its backends dying as they notice) and started 1 s later:
     every task id journaled before is there after; whatever the runners did meanwhile,
     the same command then ends every job done byte-exact, with the paid-once rules."""
     n = 150
