@@ -287,6 +287,58 @@ async def _task_ids(url: str) -> set[str]:
         return {str(r[0]) for r in await cur.fetchall()}
 
 
+async def test_a_runner_joining_gets_its_fair_share_of_the_slots(
+    simulator, tmp_path: Path, pg_url: str
+) -> None:
+    """One runner holds all 20 of the account's slots; a second joins mid-campaign: the
+    first gives back what is beyond its fair share at its next beats, so the second soon
+    holds about half; together they never hold more than 20 nor run more at the
+    simulator, no submit is refused for slots, and both do a share of the jobs."""
+    n = 160
+    sim = await simulator(
+        time_scale=0.01, duration_override_s=GEN, results_per_task=1, concurrency_limit=20
+    )
+    job_file = write_campaign(tmp_path, simple_jobs(n))
+    args = [*FAST, "--max-concurrent", "20"]
+    first = Fleet(sim, job_file, pg_url, args)
+    await first.start(1)
+
+    async def grants() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            try:
+                cur = await conn.execute("SELECT held FROM slot_grants ORDER BY runner")
+            except psycopg.errors.UndefinedTable:
+                return []  # the first runner has not made the schema yet
+            return [int(r[0]) for r in await cur.fetchall()]
+
+    async def first_holds_all() -> bool:
+        return sum(await grants()) == 20
+
+    await wait_for("the first runner holds the 20 slots", first_holds_all, alive=first.alive)
+    joined = Fleet(sim, job_file, pg_url, args)
+    await joined.start(1)
+    held: list[list[int]] = []
+
+    async def shared() -> bool:
+        now = await grants()
+        held.append(now)
+        return len(now) == 2 and min(now) >= 8
+
+    # A few of the first runner's beats (one a second), the joiner's start-up included.
+    await wait_for("the slots shared between the two", shared, limit=15, alive=joined.alive)
+    assert all(sum(h) <= 20 for h in held), held
+    results = [*await first.finish(), *await joined.finish()]
+    _exits_clean(results, {0})
+    stats = sim.stats()
+    assert stats["max_concurrent_tasks"] <= 20 and stats["rate_limited_concurrency"] == 0
+    outcome = await Outcome.read(sim, pg_url)
+    outcome.assert_paid_once()
+    assert outcome.extra_submits == 0
+    sent = [r.summary["submitted"] for r in results]
+    assert sum(sent) == n and min(sent) >= n // 5, sent
+    _byte_exact(sim, tmp_path / "out", n)
+
+
 async def test_shared_slots_never_exceed_max_concurrent(
     simulator, tmp_path: Path, pg_url: str
 ) -> None:
