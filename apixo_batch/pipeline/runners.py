@@ -39,6 +39,9 @@ __all__ = ["FENCED_REASON", "Poll", "Runner"]
 Poll = Callable[[str, str, str | None], Awaitable[TaskStatus]]
 
 FENCED_REASON = "another runner took over; nothing lost"
+#: a sweep wakes this long after another runner's lease and grace ran out (the database's
+#: clock and ours agree on a duration, not on this side of an instant)
+_PAST_DUE_S = 0.02
 FENCED_STEP = (
     "nothing to do: the runners still running finish the campaign (or run the same "
     "command again to join it)"
@@ -73,11 +76,13 @@ class Runner:
         #: stray tasks followed to their end here (their results listed in the manifest)
         self.strays_settled = 0
 
-    async def _nap(self, event: asyncio.Event) -> None:
-        """One period on the run's clock, or less should ``event`` be set meanwhile."""
+    async def _nap(self, event: asyncio.Event, seconds: float | None = None) -> None:
+        """One period (or ``seconds``) on the run's clock, or less should ``event`` be
+        set meanwhile."""
         waiter = asyncio.ensure_future(event.wait())
+        nap = self.period if seconds is None else seconds
         try:
-            await wait_until(self._clock, {waiter}, self._clock.monotonic() + self.period)
+            await wait_until(self._clock, {waiter}, self._clock.monotonic() + nap)
         finally:
             waiter.cancel()
 
@@ -161,12 +166,15 @@ class Runner:
         rows nobody owns, taken over (``follow`` the submitted, ``land`` the succeeded);
         stray tasks of its jobs read (``poll``) until they end."""
         async with land:
+            nap = self.period
             while not self.admission_over.is_set():
-                await self._nap(self.admission_over)
+                await self._nap(self.admission_over, nap)
                 if self.admission_over.is_set() or self._stops.reached(Level.FOLLOW):
                     return
+                nap = self.period
                 try:
                     rows = await self._take_over()
+                    nap = await self._next_sweep()
                 except Exception:
                     continue  # the database is away: nothing taken over; next period
                 follow([r for r in rows if r.state is JobState.SUBMITTED])
@@ -175,6 +183,16 @@ class Runner:
                         await land.send(fetch_of(row))
                 if poll is not None:
                     await self.follow_strays(poll)
+
+    async def _next_sweep(self) -> float:
+        """Seconds to the next sweep: a period, or less when another runner's lease and
+        grace run out sooner (it is adopted then, not up to a period later: a runner
+        killed just after it renewed is adopted within lease + grace of its death)."""
+        due = await self.lease.next_adoption_s()
+        if due is None:
+            return self.period
+        # Never a spin: a runner due but not taken (another adopter holds it) waits a bit.
+        return min(self.period, max(self.period / 10, due + _PAST_DUE_S))
 
     async def follow_strays(self, poll: Poll) -> None:
         """One read of each stray task this runner may follow (a task id that came back to

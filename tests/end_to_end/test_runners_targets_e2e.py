@@ -128,12 +128,14 @@ async def test_kill_9_of_one_of_four_runners_at_25_percent(
     # keep theirs until they end (the simulator allows 1,000: only the runners limit).
     assert sim.stats()["max_concurrent_tasks"] <= 40, sim.stats()["max_concurrent_tasks"]
     assert outcome.runner(victim)["adopted_by"] == adopter != victim
-    # Within a sweep period of the moment it could be known dead, plus what a loaded
-    # 2-core machine adds to a heartbeat (bench/pg_runners_cli.py measures the delay).
+    # Across hosts: within lease + grace of the death (a sweep wakes when the lease and
+    # grace run out), plus what a loaded 2-core machine adds to a heartbeat
+    # (bench/pg_runners_cli.py measures the delay). On one host: within a sweep period
+    # of the death (the process is seen gone).
     sweep, lag = LEASE_S / 3, 3.0
     if where == "hosts":
         assert seen >= beat + LEASE_S + GRACE_S
-        assert seen - killed <= LEASE_S + GRACE_S + sweep + lag, seen - killed
+        assert seen - killed <= LEASE_S + GRACE_S + lag, seen - killed
     else:
         assert seen - killed <= sweep + lag, seen - killed
     # The dead runner's paid work was followed by the others: none of it is still its.

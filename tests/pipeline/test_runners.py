@@ -77,6 +77,9 @@ class FakeLease:
         self.foreign = 0  # paid rows of a key this runner lacks
         self.stray_tasks: list[tuple[str, str, str, str | None]] = []
         self.settled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: another runner's lease and grace run out at this clock time (None: no other)
+        self.others_due: float | None = None
+        self.sweeps: list[float] = []
 
     async def renew(self) -> bool:
         self.renewals.append(self._clock.monotonic())
@@ -91,7 +94,14 @@ class FakeLease:
         return self.lost or self._clock.monotonic() - self._renewed >= LEASE + self.grace_s
 
     async def adopt(self, skip: Sequence[int] = ()) -> Adoption | None:
+        if not skip:
+            self.sweeps.append(self._clock.monotonic())
         return self.adoptions.pop(0) if self.adoptions else None
+
+    async def next_adoption_s(self) -> float | None:
+        if self.others_due is None:
+            return None
+        return max(0.0, self.others_due - self._clock.monotonic())
 
     async def claim_paid(self, states: Sequence[str], *, mine_too: bool = True) -> list[JobRow]:
         got, self.orphans = self.orphans, []
@@ -267,6 +277,35 @@ async def test_adoption_hands_paid_rows_to_the_follower_and_the_lander() -> None
     assert runner.adopted == 2 and runner.requeued == 2
     [told] = events.of("warning")
     assert "runner 7 stopped renewing its lease" in told.data["message"]
+
+
+async def test_the_sweep_wakes_when_another_runners_lease_and_grace_run_out() -> None:
+    """Sweeps come every third of a lease, and one comes right when another runner's
+    lease and grace run out (not up to a period later): a runner killed just after it
+    renewed is adopted within lease + grace of its death. One already due but not taken
+    is looked at again after a tenth of a period, not in a spin."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    start = clock.monotonic()
+    lease.others_due = start + 2.5  # the other's lease + grace, as the database says
+    runner, _, _ = _runner(clock, lease)
+    land_tx, _land_rx = anyio.create_memory_object_stream[Fetch](10)
+
+    async def end_admission() -> None:
+        await clock.sleep(2.9)
+        runner.admission_over.set()
+
+    async def both() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(runner.adopting(lambda rows: None, land_tx))
+            tg.create_task(end_admission())
+
+    await drive(clock, both())
+    at = [round(t - start, 3) for t in lease.sweeps]
+    period = LEASE / 3
+    assert at[:3] == [period, 2.0, 2.52], at  # a period, a period, then the other's end
+    assert at[3] == round(2.52 + period / 10, 3), at  # still due: a tenth of a period
+    _land_rx.close()
 
 
 async def test_leaving_gives_back_unless_the_lease_was_lost() -> None:

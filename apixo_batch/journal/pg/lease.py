@@ -598,6 +598,20 @@ class RunnerLease:
         ).fetchall()
         return [int(i) for i, pid in rows if _gone(int(pid))]
 
+    @_serial
+    async def next_adoption_s(self) -> float | None:
+        """Seconds until the first of the campaign's other live runners may be adopted
+        should it renew no more (its lease and grace run out); None: there is none."""
+        row = await (
+            await self._conn.execute(
+                "SELECT extract(epoch FROM min(lease_until) + make_interval(secs => "
+                f"%(grace)s) - {_NOW}) FROM runners WHERE campaign = %(c)s AND id <> %(me)s "
+                "AND adopted_by IS NULL AND NOT stopped",
+                self._args(grace=self.grace_s),
+            )
+        ).fetchone()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
     async def _adopt_once(
         self, gone: Sequence[int] = (), skip: Sequence[int] = ()
     ) -> Adoption | None:
