@@ -88,16 +88,31 @@ class Runner:
 
     # -- the lease ------------------------------------------------------------
     async def heartbeat(self) -> None:
-        """Renew until cancelled; stop the run once the lease is lost for good."""
-        while True:
-            await self._clock.sleep(self.period)
-            # A renewal that fails (the database away) is one missed: the fence holds the
-            # submits meanwhile, and the term below decides when to give up.
-            with contextlib.suppress(Exception):
-                await self.lease.renew()
-            if self.lease.past_term():
-                self._stops.request(Stop(StopKind.FENCED, FENCED_REASON, next_step=FENCED_STEP))
-                return
+        """Renew until cancelled; stop the run once the lease is lost for good. A renewal
+        that hangs (a link that drops packets rather than refusing them) delays no beat:
+        the term is checked every period whether or not it came back."""
+        renewing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                await self._clock.sleep(self.period)
+                if renewing is None or renewing.done():
+                    renewing = asyncio.ensure_future(self._renew())
+                    # The term is read once it came back, or half a period on.
+                    await wait_until(
+                        self._clock, {renewing}, self._clock.monotonic() + self.period / 2
+                    )
+                if self.lease.past_term():
+                    self._stops.request(Stop(StopKind.FENCED, FENCED_REASON, next_step=FENCED_STEP))
+                    return
+        finally:
+            if renewing is not None:
+                renewing.cancel()
+
+    async def _renew(self) -> None:
+        # A renewal that fails (the database away) is one missed: the fence holds the
+        # submits meanwhile, and the term decides when to give up.
+        with contextlib.suppress(Exception):
+            await self.lease.renew()
 
     async def leave(self) -> None:
         """Claims, submits in doubt and paid rows given back, the runner shown stopped."""

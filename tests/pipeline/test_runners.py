@@ -68,6 +68,7 @@ class FakeLease:
         self._clock = clock
         self._renewed = clock.monotonic()
         self.down = False  # the database does not answer
+        self.hangs = False  # a renewal never comes back (a link dropping packets)
         self.renewals: list[float] = []
         self.adoptions: list[Adoption] = []
         self.orphans: list[JobRow] = []
@@ -83,6 +84,8 @@ class FakeLease:
 
     async def renew(self) -> bool:
         self.renewals.append(self._clock.monotonic())
+        if self.hangs:
+            await asyncio.Event().wait()
         if self.down:
             raise OSError("the database does not answer")
         if self.lost:
@@ -158,17 +161,20 @@ async def test_the_heartbeat_renews_every_third_of_a_lease_through_a_short_outag
     beat.cancel()
 
 
-@pytest.mark.parametrize("how", ["adopted", "silent"])
+@pytest.mark.parametrize("how", ["adopted", "silent", "hanging"])
 async def test_a_lease_lost_past_its_term_stops_the_run_with_75(how: str) -> None:
-    """Taken over (the renewal says so), or not renewed for lease + grace: the run stops
-    at once, every level, exit 75, "another runner took over; nothing lost"."""
+    """Taken over (the renewal says so), or not renewed for lease + grace (the database
+    refuses, or a renewal never comes back): the run stops at once, every level, exit
+    75, "another runner took over; nothing lost"."""
     clock = FakeClock()
     lease = FakeLease(clock)
     runner, stops, events = _runner(clock, lease)
     if how == "adopted":
         lease.lost = True
-    else:
+    elif how == "silent":
         lease.down = True
+    else:
+        lease.hangs = True
     await drive(clock, runner.heartbeat())
     assert [s.kind for s in stops.all] == [StopKind.FENCED]
     assert stops.exit_code(all_done=True) is ExitCode.TEMP_FAIL
