@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +121,8 @@ def _write_owner(path: Path, me: Owner) -> None:
     doc = {"journal_id": me.journal_id, "journal": me.journal, "campaign": me.campaign}
     # A name of its own (not the pid's: runners in containers sharing a mount all run as
     # pid 1, and one's O_TRUNC would empty another's file before it is linked).
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    os.fchmod(fd, 0o644)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(doc, indent=1) + "\n")

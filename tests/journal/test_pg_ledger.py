@@ -711,3 +711,41 @@ async def test_a_durable_commit_ends_the_lazy_marks_doubt(
         assert ledger.executor.replayed == 2
     finally:
         await ledger.close()
+
+
+async def test_lazy_marks_stay_in_doubt_past_a_refused_write_and_never_touch_a_later_task(
+    tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    """A durable write that was refused committed nothing, so it flushed nothing: the lazy
+    marks before it are still written again after a crash. And a mark is written again
+    only onto the task it was made on: a job sent again since (a reroll: a new task id)
+    is left as it is."""
+    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
+    assert isinstance(ledger, PgLedger) and ledger.runner is not None
+    ledger.executor.lazy_window_s = 3600.0
+    me = ledger.runner.me
+    try:
+        a, b = await _submitted(ledger, 2)
+        await _success(ledger, a)
+        await _success(ledger, b)
+        await ledger.record_done(b, _landed(f"{b}.mp4"))
+        with pytest.raises(JournalError):  # a succeeded job cannot fail: refused
+            await ledger.record_failure(
+                a, fail_code="X", fail_msg="x", completed_at=NOW, via="poll"
+            )
+        await _as_a_crash_left(pg_url, S.SUBMITTED, me, a)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute(  # b rerolled and sent again by this runner: a new task
+                "UPDATE jobs SET state = 'submitted', owner = %s, task_id = 'task-new' "
+                "WHERE id = %s",
+                (me, b),
+            )
+        await asyncio.to_thread(pg_cluster.restart, "fast")
+        await ledger.counts()
+        states = await _states(pg_url)
+        assert states[a] == (S.SUCCEEDED.value, me)
+        assert states[b] == (S.SUBMITTED.value, me)
+        row = await ledger.by_task("task-new")
+        assert row is not None and row.id == b and row.state is S.SUBMITTED
+    finally:
+        await ledger.close()

@@ -18,10 +18,12 @@ ledger's invariants read the same on both backends:
   still behind it. A server crash loses the lazy commits of its last moments while
   this process lives on and believes them (a runner that forgot a task it saw end
   waits for it forever: the row says it is still running). So until a durable
-  commit has flushed the WAL past them (every commit flushes all before it; one
-  is made durable when the oldest lazy one is :data:`LAZY_WINDOW_S` old), their
-  replays are kept, and on a connection to a server started since (a restart:
-  ``pg_postmaster_start_time()`` changed) they run first, before anything else.
+  commit has flushed the WAL past them, their replays are kept (a commit flushes
+  all the WAL before it, once it wrote any: the transaction is given an id; one
+  is made durable when the oldest lazy one is :data:`LAZY_WINDOW_S` old), and on
+  every new connection (a crash ends them all; the pool opens new ones) they run
+  first, before the operation it was opened for. Where they find their rows
+  already past them they change nothing.
 
 The connection comes from a psycopg-pool pool, which replaces a broken one: a
 database that restarts costs the operations of that moment (each fails its
@@ -117,8 +119,7 @@ class PgExecutor:
         # The replays of lazy commits not yet flushed for sure, and when the first came.
         self._unflushed: list[Op[Any]] = []
         self._unflushed_since = 0.0
-        #: the server's start time (a restart changes it), read on each new connection
-        self._started: object = None
+        #: connections the replays were run on (or none was kept when it opened)
         self._known: weakref.WeakSet[PgConn] = weakref.WeakSet()
         #: lazy writes written again after a server restart (most found already there)
         self.replayed = 0
@@ -224,7 +225,7 @@ class PgExecutor:
             while True:
                 try:
                     async with self._pool.connection() as conn:
-                        await self._same_server(conn)
+                        await self._replay_on_new(conn)
                         result = await op(conn)
                     break
                 except psycopg.OperationalError:
@@ -254,7 +255,8 @@ class PgExecutor:
                 committing: list[bool] = []
                 try:
                     async with self._pool.connection() as conn:
-                        await self._same_server(conn)
+                        await self._replay_on_new(conn)
+                        flushing = len(self._unflushed) if durable else 0
                         results = await self._transaction(conn, writes, durable, committing)
                     break
                 except psycopg.OperationalError:
@@ -266,8 +268,10 @@ class PgExecutor:
             for _, _, fut, _, _ in writes:
                 _fail(fut, error)
             return
-        if durable:
-            self._unflushed.clear()  # all committed before this one is flushed with it
+        if committing:
+            # A durable commit that wrote (given an id) flushed the WAL of every commit
+            # before it: their replays are done with. (A refused write committed nothing.)
+            del self._unflushed[:flushing]
         for (_, _, fut, _, replay), (ok, value) in zip(writes, results, strict=True):
             if ok:
                 if replay is not None and not durable:
@@ -287,29 +291,29 @@ class PgExecutor:
             self._unflushed_since = asyncio.get_running_loop().time()
         self._unflushed.append(replay)
 
-    async def _same_server(self, conn: PgConn) -> None:
-        """On a connection not seen before: if the server started since the last one (it
-        restarted, maybe as a crash), the lazy writes not known flushed are written again
-        first, in their order, each applied only where its row is still behind."""
+    async def _replay_on_new(self, conn: PgConn) -> None:
+        """On a connection not seen before (the server may have crashed since the last
+        one: its connections all ended), the lazy writes not known flushed are written
+        again first, in their order, each only where its row is still behind, in one
+        durable transaction. One that fails for a passing reason (a lock or statement
+        timeout, a deadlock) is kept for the next time."""
         if conn in self._known:
             return
-        cur = await conn.execute("SELECT pg_postmaster_start_time()")
-        row = await cur.fetchone()
-        started = row[0] if row else None
-        if self._started is not None and started != self._started and self._unflushed:
+        if self._unflushed:
             replays = list(self._unflushed)
+            failed: list[Op[Any]] = []
             async with conn.transaction():
+                await conn.execute("SELECT txid_current()")  # the commit flushes the WAL
                 for replay in replays:
                     try:
                         async with conn.transaction():
                             await replay(conn)
-                    except Exception as exc:
+                    except psycopg.Error as exc:
                         if isinstance(exc, psycopg.OperationalError) and conn.closed:
                             raise
-                        # The row moved on (another runner's now, or already past it).
-            del self._unflushed[: len(replays)]
-            self.replayed += len(replays)
-        self._started = started
+                        failed.append(replay)
+            self._unflushed[: len(replays)] = failed
+            self.replayed += len(replays) - len(failed)
         self._known.add(conn)
 
     async def _transaction(
@@ -361,12 +365,16 @@ class PgExecutor:
             return False, self._failed(value)
         return outcome
 
-    @staticmethod
-    async def _durability(conn: PgConn, durable: bool) -> None:
+    async def _durability(self, conn: PgConn, durable: bool) -> None:
         if not durable:
-            # Lost in a server crash at most like an aborted transaction: the task is
-            # polled, or the file fetched, again (see journal/ledger.py).
+            # Lost in a server crash at most like an aborted transaction: written again
+            # by its replay (module docstring), or the next run polls the task, or
+            # fetches the file, again (see journal/ledger.py).
             await conn.execute("SET LOCAL synchronous_commit = off")
+        elif self._unflushed:
+            # A commit that wrote nothing has no id and flushes nothing: give it one, so
+            # that it flushes the lazy commits before it and their replays can go.
+            await conn.execute("SELECT txid_current()")
 
     def _count(self, durable: bool) -> None:
         self.commits += 1

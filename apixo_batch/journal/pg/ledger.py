@@ -334,14 +334,16 @@ class PgLedger(StateWrites):
         *,
         owner: Literal["mine", "free", "any"] = "free",
         since: Sequence[str] | None = None,
+        task: str | None = None,
         **change: Unpack[Change],
-    ) -> None:
+    ) -> str | None:
         """:meth:`~..changes.StateChanges.transition` in PostgreSQL: one UPDATE from the
         legal states (for a submit's task id, its ``task_history`` row with it). A runner
         changes only a row it owns (``owner="mine"``: its follower's and lander's
         writes), or that nobody owns (``"free"``); a row another runner took over is that
         runner's to journal, and a stalled runner's late answer must not undo it.
-        ``since``: only from these states (not every legal one)."""
+        ``since``: only from these states (not every legal one); ``task``: only while the
+        row holds that task id. The row's task id after the change."""
         try:
             assignments, values = _assignments(change)
         except JournalError:
@@ -364,21 +366,26 @@ class PgLedger(StateWrites):
                     "WHERE campaign=%s AND id=%s ON CONFLICT (task_id) DO NOTHING",
                     (change["task_id"], now, self._c, job_id),
                 )
-                return
+                return change["task_id"]
         whose = ""
-        me: tuple[int | None, ...] = ()
+        me: tuple[int | str | None, ...] = ()
         if self._lease is not None and owner == "free":
             whose, me = " AND (owner IS NULL OR owner=%s)", (self._lease.id,)
         elif self._lease is not None and owner == "mine":
             whose, me = " AND owner=%s", (self._lease.id,)
+        if task is not None:
+            whose, me = whose + " AND task_id=%s", (*me, task)
         cur = await conn.execute(
             f"UPDATE jobs SET {assignments} WHERE campaign=%s AND id=%s AND state = ANY(%s)"
-            + whose,
+            + whose
+            + " RETURNING task_id",
             (*values, self._c, job_id, _LEGAL_FROM[new] if since is None else since, *me),
         )
-        if cur.rowcount == 0:
+        row = await cur.fetchone()
+        if row is None:
             await self._check(conn, job_id, new)
             raise JournalError(f"job {job_id!r}: the change to {new} did not apply")
+        return None if row[0] is None else str(row[0])
 
     async def _check(self, conn: PgConn, job_id: str, new: JobState) -> None:
         row = await self._one(
@@ -413,14 +420,23 @@ class PgLedger(StateWrites):
     ) -> asyncio.Future[T]:
         return self._j.write(op, durable=durable, alone=alone, replay=replay)
 
-    def _replay(self, job_id: str, new: JobState, at: float, change: Change) -> Op[None]:
+    def _replay(
+        self, job_id: str, new: JobState, at: float, change: Change, wrote: dict[str, str]
+    ) -> Op[None]:
         """A lazy mark's replay after a server crash (executor.py): the same change, to a
-        row of this runner's still just behind it."""
+        row of this runner's still just behind it and on the same task (``wrote``: the
+        task id the mark was written on, once it was; a job sent again since, a reroll,
+        is left alone)."""
         since = _BEHIND[new]
 
         async def replay(conn: PgConn) -> None:
+            task = wrote.get("task")
+            if task is None:
+                return  # the mark changed nothing (another runner's row): nothing to redo
             with contextlib.suppress(JournalError):
-                await self._transition(conn, job_id, new, at, owner="mine", since=since, **change)
+                await self._transition(
+                    conn, job_id, new, at, owner="mine", since=since, task=task, **change
+                )
 
         return replay
 
@@ -438,19 +454,25 @@ class PgLedger(StateWrites):
             self.changes += 1
 
         lease = self._lease
+        wrote: dict[str, str] = {}
 
         async def op(conn: PgConn) -> None:
             try:
-                await self._transition(conn, job_id, new, at, owner="mine", **change)
+                task = await self._transition(conn, job_id, new, at, owner="mine", **change)
             except JournalError:
                 if lease is None or await self._mine(conn, job_id, lease):
                     raise
                 # Another runner's row now: it adopted this runner's work while this one
                 # was cut off or stalled (and this one is fenced), or it ended the job
                 # first. Its owner journals it; nothing is lost.
+                return
+            if task is not None:
+                wrote["task"] = task
 
         # A partial result's files need none: the row stays succeeded, for `download`.
-        replay = self._replay(job_id, new, at, change) if new is S.DONE and not durable else None
+        replay = None
+        if new is S.DONE and not durable:
+            replay = self._replay(job_id, new, at, change, wrote)
         return self._write(op, durable=durable, replay=replay)
 
     async def _mine(self, conn: PgConn, job_id: str, lease: RunnerLease) -> bool:
@@ -1357,20 +1379,26 @@ class PgLedger(StateWrites):
             "arrived_via": via,
         }
         lease = self._lease
+        wrote: dict[str, str] = {}
 
         async def op(conn: PgConn) -> None:
             try:
-                await self._transition(conn, job_id, S.SUCCEEDED, now, owner="mine", **change)
+                task = await self._transition(
+                    conn, job_id, S.SUCCEEDED, now, owner="mine", **change
+                )
             except JournalError:
                 if lease is None or await self._mine(conn, job_id, lease):
                     raise
                 return  # another runner's now (see _change): its owner journals it
+            if task is not None:
+                wrote["task"] = task
             await conn.execute(
                 "INSERT INTO completions (clock_key, seconds, at) VALUES (%s, %s, %s)",
                 (clock_key, seconds, now),
             )
 
-        return self._write(op, durable=False, replay=self._replay(job_id, S.SUCCEEDED, now, change))
+        replay = self._replay(job_id, S.SUCCEEDED, now, change, wrote)
+        return self._write(op, durable=False, replay=replay)
 
     # -- the end ------------------------------------------------------------
     async def read_rows(self, consume: Callable[[Iterable[JobRow]], T]) -> T:
