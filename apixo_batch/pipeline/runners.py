@@ -176,10 +176,27 @@ class Runner:
         follow: Callable[[list[JobRow]], None],
         land: ObjectSendStream[Fetch],
         poll: Poll | None = None,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         """Every ``lease/3`` until admission is over: dead runners' paid rows, and paid
         rows nobody owns, taken over (``follow`` the submitted, ``land`` the succeeded);
-        stray tasks of its jobs read (``poll``) until they end."""
+        stray tasks of its jobs read (``poll``) until they end: after admission too,
+        while the run still follows tasks (``busy``), and once more as it ends."""
+        await self._sweeps(follow, land, poll)
+        if poll is None:
+            return
+        while busy() and not self._stops.reached(Level.FOLLOW):
+            await self.follow_strays(poll, after_admission=True)
+            await self._clock.sleep(self.period)
+        if not self._stops.reached(Level.FOLLOW):
+            await self.follow_strays(poll, after_admission=True)
+
+    async def _sweeps(
+        self,
+        follow: Callable[[list[JobRow]], None],
+        land: ObjectSendStream[Fetch],
+        poll: Poll | None,
+    ) -> None:
         async with land:
             nap = self.period
             while not self.admission_over.is_set():
@@ -209,17 +226,21 @@ class Runner:
         # Never a spin: a runner due but not taken (another adopter holds it) waits a bit.
         return min(self.period, max(self.period / 10, due + _PAST_DUE_S))
 
-    async def follow_strays(self, poll: Poll) -> None:
+    async def follow_strays(self, poll: Poll, *, after_admission: bool = False) -> None:
         """One read of each stray task this runner may follow (a task id that came back to
         a runner cut off while its row was adopted: paid, never the job's): once it has
         ended, its end and result URLs are kept for the manifest. Failures wait for the
-        next period."""
+        next period. Cut short once admission is over (``after_admission``: once a
+        period has gone by), so that no read holds up the end of the run."""
         try:
             strays = await self.lease.strays()
         except Exception:
             return
+        end = self._clock.monotonic() + self.period
         for task_id, _job, model, key_fp in strays:
-            if self.admission_over.is_set():
+            if self.admission_over.is_set() and (
+                not after_admission or self._clock.monotonic() >= end
+            ):
                 return
             # At most a period each: a read held up (a paused bucket, retries) must not
             # hold up adoption, nor the end of the run.

@@ -206,7 +206,15 @@ class Stages:
                 fetch_tx.close()
             runner = self._runner
             if runner is not None and self.follower is not None and submit:
-                tg.create_task(runner.adopting(self._take_over, fetch_tx.clone(), self._poll_stray))
+                follower = self.follower
+                tg.create_task(
+                    runner.adopting(
+                        self._take_over,
+                        fetch_tx.clone(),
+                        self._poll_stray,
+                        busy=lambda: follower.tracked > 0,
+                    )
+                )
             if submit and self.submitter is not None:
                 rows = queued_in_start_order(self._ledger, o.order, parts.completions)
                 if runner is not None:

@@ -371,3 +371,35 @@ async def test_stray_tasks_are_read_until_they_end_and_their_results_kept() -> N
     assert asked == [("veo3-fast", "task-s", "fp-b")] * 3
     assert lease.settled == {"task-s": ("success", ("https://r/1.mp4",))}
     assert runner.strays_settled == 1
+
+
+async def test_strays_are_read_after_admission_while_the_run_follows_tasks() -> None:
+    """Admission over early (nothing left to claim), the run still follows its tasks for
+    a while: a stray is read every period until it ends (its URLs kept), not left
+    "pending" in the manifest for want of a read; once the run has nothing to follow,
+    one last read, and the loop ends."""
+    clock = FakeClock()
+    lease = FakeLease(clock)
+    lease.stray_tasks = [("task-s", "job-1", "veo3-fast", None)]
+    reads: list[float] = []
+
+    async def poll(model: str, task_id: str, key_fp: str | None) -> TaskStatus:
+        reads.append(clock.monotonic())
+        if len(reads) < 3:
+            return TaskStatus(task_id, "processing")
+        return TaskStatus(task_id, "success", result_urls=("https://r/s.mp4",))
+
+    runner, _, _ = _runner(clock, lease)
+    runner.admission_over.set()
+    land_tx, land_rx = anyio.create_memory_object_stream[Fetch](10)
+    following_until = clock.monotonic() + 10.0
+    await drive(
+        clock,
+        runner.adopting(
+            lambda rows: None, land_tx, poll, busy=lambda: clock.monotonic() < following_until
+        ),
+    )
+    land_rx.close()
+    assert len(reads) == 3
+    assert lease.settled == {"task-s": ("success", ("https://r/s.mp4",))}
+    assert clock.monotonic() <= following_until + LEASE / 3  # ends with the following
