@@ -37,17 +37,16 @@ def _selected_done(rows: Iterable[JobRow], selection: Selection) -> bool:
     )
 
 
-async def _rest_held_by_others(ledger: Ledger, counts: dict[str, int]) -> bool:
+async def _rest_held_by_others(ledger: Ledger) -> bool:
     """A runner told ``--leave-early`` left the jobs live runners hold to them: done when
     those are all that is not done (a Kubernetes Job's pod, say, ends succeeded)."""
     lease = ledger.runner
     if lease is None:
         return False
     try:
-        elsewhere, unheld = await lease.remaining()
+        return await lease.not_done_unheld() == 0
     except Exception:
         return False  # unknown: not all done, as counted
-    return counts.get("done", 0) + (elsewhere - unheld) == sum(counts.values())
 
 
 async def finish(
@@ -106,7 +105,7 @@ async def finish(
     if selection.narrowed and not all_done and books.manifest is not None:
         all_done = await ledger.read_rows(lambda rows: _selected_done(rows, selection))
     if not all_done and parts.options.leave_early:
-        all_done = await _rest_held_by_others(ledger, counts)
+        all_done = await _rest_held_by_others(ledger)
     pool = parts.pool if parts.pool is not None and parts.pool.pooled else None
     keys = [a.statistics() for a in pool.accounts] if pool else []
     result = RunResult(

@@ -122,6 +122,9 @@ class FakeLease:
     async def foreign_paid(self) -> int:
         return self.foreign
 
+    async def not_done_unheld(self) -> int:
+        return 0
+
     async def strays(self) -> list[tuple[str, str, str, str | None]]:
         return [s for s in self.stray_tasks if s[0] not in self.settled]
 

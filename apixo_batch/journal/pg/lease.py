@@ -767,6 +767,22 @@ class RunnerLease:
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     @_serial
+    async def not_done_unheld(self) -> int:
+        """The campaign's jobs not done that no other live runner holds (whatever this
+        runner's selection and keys): 0 when all this runner left is other runners'
+        work under way."""
+        row = await (
+            await self._conn.execute(
+                "SELECT count(*) FROM jobs j WHERE j.campaign = %(c)s AND j.state <> 'done' "
+                "AND (j.in_file OR j.task_id IS NOT NULL) AND NOT (j.state IN "
+                f"{_OWNED} AND j.owner <> %(me)s AND EXISTS (SELECT 1 FROM runners r "
+                f"WHERE r.id = j.owner AND {_LIVE_R}))",
+                self._args(),
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @_serial
     async def foreign_paid(self) -> int:
         """Paid rows no live runner follows whose task was created with a key this runner
         lacks: they wait (owned by their dead runner, or by nobody) for a runner given
