@@ -631,6 +631,15 @@ def _success(ledger: Ledger, job_id: str) -> asyncio.Future[None]:
     )
 
 
+async def _lazy_runner(tmp_path: Path, url: str) -> tuple[PgLedger, int]:
+    """A runner's ledger whose lazy marks no durable commit flushes until told (their
+    replays all kept), and its runner id."""
+    ledger = await open_ledger(url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
+    assert isinstance(ledger, PgLedger) and ledger.runner is not None
+    ledger.executor.lazy_window_s = 3600.0
+    return ledger, ledger.runner.me
+
+
 async def _as_a_crash_left(url: str, state: JobState, owner: int, *job_ids: str) -> None:
     """The rows as a server crash leaves them when it lost their last lazy commits."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -654,10 +663,7 @@ async def test_lazy_marks_a_server_crash_lost_are_written_again_on_its_return(
     connection to the restarted server they are written again, in order, each only
     where its row is still behind: a success lost is journaled again, a success and
     its landing both lost are both, a row that moved on meanwhile is left alone."""
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
-    assert isinstance(ledger, PgLedger) and ledger.runner is not None
-    ledger.executor.lazy_window_s = 3600.0  # no durable commit flushes them meanwhile
-    me = ledger.runner.me
+    ledger, me = await _lazy_runner(tmp_path, pg_url)
     try:
         a, b, c, d = await _submitted(ledger, 4)
         await _success(ledger, a)
@@ -689,10 +695,7 @@ async def test_a_durable_commit_ends_the_lazy_marks_doubt(
     """Once a durable commit came after them (the WAL is flushed in order), lazy marks
     are no longer written again after a restart; a restart that lost nothing (a clean
     stop) changes no row either."""
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
-    assert isinstance(ledger, PgLedger) and ledger.runner is not None
-    ledger.executor.lazy_window_s = 3600.0
-    me = ledger.runner.me
+    ledger, me = await _lazy_runner(tmp_path, pg_url)
     try:
         a, b, c = await _submitted(ledger, 3)
         await _success(ledger, a)
@@ -720,10 +723,7 @@ async def test_lazy_marks_stay_in_doubt_past_a_refused_write_and_never_touch_a_l
     marks before it are still written again after a crash. And a mark is written again
     only onto the task it was made on: a job sent again since (a reroll: a new task id)
     is left as it is."""
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
-    assert isinstance(ledger, PgLedger) and ledger.runner is not None
-    ledger.executor.lazy_window_s = 3600.0
-    me = ledger.runner.me
+    ledger, me = await _lazy_runner(tmp_path, pg_url)
     try:
         a, b = await _submitted(ledger, 2)
         await _success(ledger, a)
