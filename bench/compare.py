@@ -51,20 +51,21 @@ SLOTS = 50
 #: 10,000 requests a minute for 1,000 slots, for 50 slots at 0.05 of real time
 RPM = round(10_000 * SLOTS / 1_000 / SCALE)
 SIDES = ("polling", "callback", "recipe")
+#: the simulator of every side (bench/shared_limits.py's too)
+SIM_CONFIG: dict[str, Any] = {
+    "time_scale": SCALE,
+    "balance": 1e9,
+    "file_size": 64 << 10,
+    "concurrency_limit": SLOTS,
+    "rpm_limit": RPM,
+    "seed": 19,
+}
 
 
 def one(side: str, jobs: int) -> dict[str, Any]:
-    cfg = {
-        "time_scale": SCALE,
-        "balance": 1e9,
-        "file_size": 64 << 10,
-        "concurrency_limit": SLOTS,
-        "rpm_limit": RPM,
-        "seed": 19,
-    }
     with workdir() as wd:
         job_file, recipe_rows = mixed_campaign(wd, jobs)
-        with simulator(wd, **cfg) as sim:
+        with simulator(wd, **SIM_CONFIG) as sim:
             env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
             if side == "recipe":
                 cmd = [sys.executable, str(HERE / "recipe_baseline.py"), "--base-url"]

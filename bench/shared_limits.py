@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _common import engine_cmd, load  # noqa: E402
 from _harness import KEY, busy_and_bound, mixed_campaign, simulator, task_timings, workdir  # noqa: E402
-from compare import RPM, SCALE, SLOTS, _fmt  # noqa: E402
+from compare import RPM, SCALE, SIM_CONFIG, SLOTS, _fmt  # noqa: E402
 from pg import pg_missing, start_cluster  # noqa: E402
 
 SIDES = ("sqlite", "pg 1 runner", "pg 3 runners")
@@ -69,17 +69,9 @@ def _runs(cmd: list[str], env: dict[str, str], n: int) -> tuple[float, list[int]
 
 
 def one(side: str, jobs: int, cluster: Any, seq: int) -> dict[str, Any]:
-    cfg = {
-        "time_scale": SCALE,
-        "balance": 1e9,
-        "file_size": 64 << 10,
-        "concurrency_limit": SLOTS,
-        "rpm_limit": RPM,
-        "seed": 19,
-    }
     with workdir() as wd:
         job_file, _ = mixed_campaign(wd, jobs)
-        with simulator(wd, **cfg) as sim:
+        with simulator(wd, **SIM_CONFIG) as sim:
             env = {**os.environ, "APIXO_API_KEY": KEY, "APIXO_BASE_URL": sim.base_url}
             cmd = engine_cmd(job_file, "--max-concurrent", str(SLOTS))
             cmd += ["--time-scale", str(SCALE)]

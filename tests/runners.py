@@ -267,6 +267,19 @@ class Fleet:
         for i in range(len(self.procs)):
             self.signal(i, signal.SIGCONT)
 
+    async def runner_id(self, i: int) -> int:
+        """The ``runners`` row of our process ``i`` (by its pid, or its PID namespace)."""
+        where, arg = (
+            ("node LIKE %s", f"%/{self._pid_ns[i]}")
+            if self.hosts
+            else ("pid = %s", self._runner_pids[i])
+        )
+        async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            cur = await conn.execute(f"SELECT id FROM runners WHERE {where}", (arg,))
+            row = await cur.fetchone()
+        assert row is not None, f"runner {i} is not registered"
+        return int(row[0])
+
     async def index_of(self, runner_id: int) -> int:
         """Which of our processes is the ``runners`` row ``runner_id``."""
         async with await psycopg.AsyncConnection.connect(self.url) as conn:

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from apixo_batch.apixo.client import Grant, TaskStatus
@@ -148,6 +148,41 @@ async def memory_ledger(clock: FakeClock, jobs: Iterable[NewJob] = ()) -> Ledger
     journal = Journal(":memory:", lock=False)
     journal.sync(jobs, clock.wall())
     return SqliteLedger(InlineJournal(journal), clock)
+
+
+def job_row(n: int, state: JobState = JobState.QUEUED, **changes: Any) -> JobRow:
+    """Job ``n`` as a journal row in ``state``, built by hand (no journal): a task id once
+    paid, a result URL once succeeded; ``changes`` set any other field."""
+    paid = state is not JobState.QUEUED
+    made = JobRow(
+        id=f"job-{n}",
+        idx=n,
+        model="veo3-fast",
+        provider="google",
+        input_json='{"prompt": "a cat"}',
+        input_hash="h",
+        filename=f"job-{n}.mp4",
+        cost_usd=0.5,
+        in_file=True,
+        state=state,
+        task_id=f"task-{n}" if paid else None,
+        request_type=None,
+        attempts=1 if paid else 0,
+        possibly_duplicated=False,
+        changed_input_hash=None,
+        submitted_at=None,
+        completed_at=None,
+        result_urls=("https://r/1.mp4",) if state is JobState.SUCCEEDED else (),
+        expires_at=None,
+        files=(),
+        bytes=None,
+        sha256=(),
+        fail_code=None,
+        fail_msg=None,
+        cost_time_ms=None,
+        arrived_via=None,
+    )
+    return replace(made, **changes) if changes else made
 
 
 def row(ledger: Ledger, job_id: str) -> JobRow:

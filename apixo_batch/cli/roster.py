@@ -26,6 +26,7 @@ def runners_of_database(url: str) -> list[RunnerState] | None:
     import psycopg
 
     from ..journal.pg.roster import first_campaign, roster
+    from ..journal.pg.schema import has_table
 
     async def read() -> list[RunnerState] | None:
         try:
@@ -36,9 +37,7 @@ def runners_of_database(url: str) -> list[RunnerState] | None:
             campaign = await first_campaign(conn)
             if campaign is None:
                 return None
-            cur = await conn.execute("SELECT to_regclass('runners') IS NOT NULL")
-            present = await cur.fetchone()
-            if present is None or not present[0]:
+            if not await has_table(conn, "runners"):
                 return []
             return await roster(conn, campaign)
         except psycopg.Error:

@@ -100,8 +100,7 @@ async def test_kill_9_of_one_of_four_runners_at_25_percent(
     if where == "hosts" and (why := hosts_missing()) is not None:
         pytest.skip(why)
     n = 200
-    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
-    job_file = write_campaign(tmp_path, simple_jobs(n))
+    sim, job_file = await _campaign(simulator, tmp_path, n)
     fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "40"], hosts=where == "hosts")
     await fleet.start(4)
     await wait_for(
@@ -146,18 +145,31 @@ async def _at_least(url: str, done: int) -> bool:
     return (await counts(url)).done >= done
 
 
+#: the three-runner campaigns' jobs, and each runner's --max-concurrent
+THREE_N = 150
+THREE_ARGS = [*FAST, "--max-concurrent", "30"]
+
+
+async def _campaign(simulator: Any, tmp_path: Path, n: int = THREE_N) -> tuple[Any, Path]:
+    """A simulator of short generations and a job file of ``n`` jobs."""
+    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
+    return sim, write_campaign(tmp_path, simple_jobs(n))
+
+
+async def _thirty_percent_done(url: str, alive: Any, n: int = THREE_N) -> None:
+    await wait_for(
+        "30 % of the jobs done", lambda: _at_least(url, n * 3 // 10), limit=90, alive=alive
+    )
+
+
 async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg_url: str) -> None:
     """3 runners SIGSTOPped together for lease + grace + 2 s, then resumed: no two adopt
     each other, 0 unflagged duplicates, every job done byte-exact; each runner exits 0,
     or 75 with its one line when another took its lease over."""
-    n = 150
-    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
-    job_file = write_campaign(tmp_path, simple_jobs(n))
-    fleet = Fleet(sim, job_file, pg_url, [*FAST, "--max-concurrent", "30"])
+    sim, job_file = await _campaign(simulator, tmp_path)
+    fleet = Fleet(sim, job_file, pg_url, THREE_ARGS)
     await fleet.start(3)
-    await wait_for(
-        "30 % of the jobs done", lambda: _at_least(pg_url, n * 3 // 10), limit=90, alive=fleet.alive
-    )
+    await _thirty_percent_done(pg_url, fleet.alive)
     fleet.stop_all()
     await asyncio.sleep(LEASE_S + GRACE_S + 2.0)  # real processes, stopped: nothing to inject
     fleet.cont_all()
@@ -175,7 +187,7 @@ async def test_every_runner_stopped_past_its_lease(simulator, tmp_path: Path, pg
     # A runner stopped with a submit on the wire may be adopted: its answer, read after
     # SIGCONT, is a stray (kept in task_history, the job flagged), paid twice by design.
     outcome.assert_paid_once(strays_ok=True)
-    _byte_exact(sim, tmp_path / "out", n)
+    _byte_exact(sim, tmp_path / "out", THREE_N)
 
 
 async def test_a_runner_cut_off_from_the_database_is_taken_over_and_stops_75(
@@ -187,28 +199,17 @@ async def test_a_runner_cut_off_from_the_database_is_taken_over_and_stops_75(
     again (or its term is over) it stops, exit 75 and its one line. Every job done
     byte-exact; only the submits it had on the wire at the cut may be paid twice, each
     kept as a stray with its job flagged."""
-    n = 150
-    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
-    job_file = write_campaign(tmp_path, simple_jobs(n))
-    args = [*FAST, "--max-concurrent", "30"]
+    sim, job_file = await _campaign(simulator, tmp_path)
     async with Partition(pg_url) as part:
-        cut = Fleet(sim, job_file, part.url(pg_url), args)
-        others = Fleet(sim, job_file, pg_url, args)
+        cut = Fleet(sim, job_file, part.url(pg_url), THREE_ARGS)
+        others = Fleet(sim, job_file, pg_url, THREE_ARGS)
         await cut.start(1)
         await others.start(2)
-        await wait_for(
-            "30 % of the jobs done", lambda: _at_least(pg_url, n * 3 // 10), limit=90,
-            alive=others.alive,
-        )  # fmt: skip
-        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
-            pid = cut._runner_pids[0]
-            row = await (
-                await conn.execute("SELECT id FROM runners WHERE pid = %s", (pid,))
-            ).fetchone()
-        assert row is not None
+        await _thirty_percent_done(pg_url, others.alive)
+        runner_id = await cut.runner_id(0)
         part.cut()
         cut_at = time.time()
-        seen, _ = await adoption_of(pg_url, int(row[0]), limit=30)
+        seen, _ = await adoption_of(pg_url, runner_id, limit=30)
         assert seen - cut_at >= LEASE_S  # never while its lease may still be live
         await asyncio.sleep(0.5)
         part.heal()
@@ -221,7 +222,7 @@ async def test_a_runner_cut_off_from_the_database_is_taken_over_and_stops_75(
     assert "Traceback" not in alone.stderr
     outcome = await Outcome.read(sim, pg_url)
     outcome.assert_paid_once(strays_ok=True)
-    _byte_exact(sim, tmp_path / "out", n)
+    _byte_exact(sim, tmp_path / "out", THREE_N)
 
 
 async def _restarted(
@@ -230,14 +231,10 @@ async def _restarted(
     """3 runners on 150 jobs; at 30 % done PostgreSQL is stopped (``mode``), kept down
     1 s (half a lease: every runner meets the outage) and started. The simulator, the
     job file, the runners' results and the task ids journaled before the stop."""
-    n = 150
-    sim = await simulator(time_scale=0.01, duration_override_s=GEN, results_per_task=1)
-    job_file = write_campaign(tmp_path, simple_jobs(n))
-    fleet = Fleet(sim, job_file, url, [*FAST, "--max-concurrent", "30"])
+    sim, job_file = await _campaign(simulator, tmp_path)
+    fleet = Fleet(sim, job_file, url, THREE_ARGS)
     await fleet.start(3)
-    await wait_for(
-        "30 % of the jobs done", lambda: _at_least(url, n * 3 // 10), limit=90, alive=fleet.alive
-    )
+    await _thirty_percent_done(url, fleet.alive)
     acknowledged = await _task_ids(url)
     # Off the loop: the simulator serves from this loop while pg_ctl waits.
     if mode == "kill-9":
@@ -256,7 +253,6 @@ async def test_database_restart_keeps_every_acknowledged_task_id(
     killed, its backends dying as they notice) and started 1 s later:
     every task id journaled before is there after; whatever the runners did meanwhile,
     the same command then ends every job done byte-exact, with the paid-once rules."""
-    n = 150
     sim, job_file, _, acknowledged = await _restarted(simulator, tmp_path, pg_url, pg_cluster, mode)
     after = await _task_ids(pg_url)
     assert acknowledged and acknowledged <= after, acknowledged - after
@@ -265,7 +261,7 @@ async def test_database_restart_keeps_every_acknowledged_task_id(
     _exits_clean(await again.finish(), {0})
     outcome = await Outcome.read(sim, pg_url)
     outcome.assert_paid_once()
-    _byte_exact(sim, tmp_path / "out", n)
+    _byte_exact(sim, tmp_path / "out", THREE_N)
 
 
 async def test_database_restart_runners_pause_and_resume(
@@ -273,14 +269,13 @@ async def test_database_restart_runners_pause_and_resume(
 ) -> None:
     """PostgreSQL down for 1 s (a fast stop, then a start) while 3 runners work: they
     pause and resume, every one exits 0 and says nothing on stderr; all done byte-exact."""
-    n = 150
     sim, _, results, _ = await _restarted(simulator, tmp_path, pg_url, pg_cluster, "fast")
     _exits_clean(results, {0})
     said = [r.stderr for r in results if r.stderr.strip()]
     assert not said, said
     outcome = await Outcome.read(sim, pg_url)
     outcome.assert_paid_once()
-    _byte_exact(sim, tmp_path / "out", n)
+    _byte_exact(sim, tmp_path / "out", THREE_N)
 
 
 async def _task_ids(url: str) -> set[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pg import NOW, StillClock
 
 from apixo_batch.errors import JournalError
 from apixo_batch.journal import (
@@ -40,26 +41,6 @@ from apixo_batch.planning.kind import Kind
 from apixo_batch.planning.selection import Again, Selection
 
 S = JobState
-NOW = 1_767_965_610.0
-
-
-class _Clock:
-    """Wall time that moves only when told (the scenario's stamps, equal on both sides)."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("the ledger never sleeps")
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _job(
@@ -100,7 +81,7 @@ async def _outcome(fut: Any) -> Any:
         return (type(exc).__name__, str(exc))
 
 
-async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
+async def _scenario(ledger: Ledger, clock: StillClock) -> list[Any]:
     """Every kind of operation of a run and of its restart, answers collected in order."""
     seen: list[Any] = []
     jobs = [_job(0, duration=5), _job(1, duration=10), _job(2), _job(3, duration=5), _job(4)]
@@ -184,7 +165,9 @@ async def _scenario(ledger: Ledger, clock: _Clock) -> list[Any]:
     return seen
 
 
-async def _run_to_done(ledger: Ledger, clock: _Clock, job_id: str, task: str, name: str) -> None:
+async def _run_to_done(
+    ledger: Ledger, clock: StillClock, job_id: str, task: str, name: str
+) -> None:
     await ledger.mark_submitting(job_id, 1)
     await ledger.record_task_id(job_id, task, "async", False)
     await ledger.record_success(
@@ -200,7 +183,7 @@ async def _run_to_done(ledger: Ledger, clock: _Clock, job_id: str, task: str, na
     await ledger.record_done(job_id, _landed(name))
 
 
-async def _again(ledger: Ledger, clock: _Clock) -> list[Any]:
+async def _again(ledger: Ledger, clock: StillClock) -> list[Any]:
     """After :func:`_scenario`, on the same ledger: ended jobs sent again (issue 32) by a
     narrowed ``--retry-failed`` (``--fail-code``, ``--only``), ``--retry-expired`` and
     ``--reroll`` (takes: a new name, the earlier files held), then a plain retry that
@@ -277,8 +260,10 @@ async def _again(ledger: Ledger, clock: _Clock) -> list[Any]:
 
 
 @pytest.fixture
-async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Ledger, Ledger, _Clock, _Clock]]:
-    lite_clock, pg_clock = _Clock(), _Clock()
+async def both(
+    tmp_path: Path, pg_url: str
+) -> AsyncIterator[tuple[Ledger, Ledger, StillClock, StillClock]]:
+    lite_clock, pg_clock = StillClock(), StillClock()
     lite = SqliteLedger(AsyncJournal(Journal(tmp_path / "j.sqlite")), lite_clock)
     pg = await open_ledger(pg_url, "camp", pg_clock, anchor=tmp_path / "j.pg")
     yield lite, pg, lite_clock, pg_clock
@@ -342,7 +327,7 @@ async def test_task_id_survives_a_failing_companion_and_a_cancelled_caller(
 ) -> None:
     """Writes of one turn share a transaction; one refused does not undo another's task id;
     a caller cancelled after the call still gets its write committed (by the close)."""
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
     assert isinstance(ledger, PgLedger)
     await ledger.keep_campaign("camp")
@@ -380,7 +365,7 @@ async def test_runners_share_a_campaign_and_no_password_in_errors(
     """Two runners open one campaign at once, each with a lease of its own; a ledger
     opened without a runner has none; an unreachable database is one line without its
     password."""
-    clock = _Clock()
+    clock = StillClock()
     spec = RunnerSpec(lease_s=30.0, grace_s=35.0, host="h", pid=1, version="t")
     first = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=spec)
     second = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=spec)
@@ -402,7 +387,7 @@ async def test_runners_starting_together_keep_one_identity_and_token(
     """Runners that open a new campaign at once all read the journal id and callback
     token the first kept (each kept its own before, and the output folder refused all
     runners but one: "belongs to the journal X, not to the journal X")."""
-    clock = _Clock()
+    clock = StillClock()
     spec = RunnerSpec(lease_s=30.0, grace_s=35.0, host="h", pid=1, version="t")
     ledgers = [
         await open_ledger(pg_url, "camp", clock, anchor=tmp_path / f"{i}.pg", runner=spec)
@@ -433,7 +418,7 @@ async def test_a_journal_of_schema_1_gains_takes_on_open(tmp_path: Path, pg_url:
             "'google', %s, %s, 'job-0.mp4', 'done', '[\"job-0.mp4\"]', 1.0)",
             (_job(0).input_json, _job(0).input_hash),
         )
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg")
     try:
         before = await ledger.read_rows(list)
@@ -488,7 +473,7 @@ async def test_runners_sync_once_and_requeue_only_dead_runners_submits(
     starting later leaves a live runner's submit alone and requeues (flagged, counted)
     only that of a runner whose process is gone; it follows only what is its own or
     nobody's, and its follower's write on another runner's row changes nothing."""
-    clock = _Clock()
+    clock = StillClock()
     jobs = [_job(n) for n in range(30)]
     a = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
     b = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "b.pg", runner=_spec())
@@ -532,7 +517,7 @@ async def test_a_runner_rides_out_a_database_restart(
     """PostgreSQL restarted under a runner's reads, claims, marks and task ids: each
     waits for the database (within the lease) instead of failing, and every task id
     acknowledged is there afterwards."""
-    clock = _Clock()
+    clock = StillClock()
     ledger = await open_ledger(pg_url, "camp", clock, anchor=tmp_path / "a.pg", runner=_spec())
     await ledger.reconcile([_job(n) for n in range(400)])
     restart = asyncio.ensure_future(asyncio.to_thread(pg_cluster.restart))
@@ -560,7 +545,7 @@ async def test_the_learned_rate_is_kept_on_the_accounts_row(tmp_path: Path, pg_u
     the campaign's own value is read, as SQLite keeps it."""
     from apixo_batch.journal.pg.shared_limits import ensure_account
 
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg")
+    ledger = await open_ledger(pg_url, "camp", StillClock(), anchor=tmp_path / "j.pg")
     try:
         await ledger.remember_rpm("acct", 321.0)
         assert await ledger.learned_rpm("acct") == 321.0  # no row yet: the campaign's
@@ -584,7 +569,9 @@ async def test_a_runner_whose_session_cannot_reconnect_pauses_and_resumes(
     a start-up sync leaves adoption to the run's next sweep instead of raising the
     driver's error (a traceback, exit 70), claims take nothing, a mark is refused
     (nothing sent); once the database answers again, claims and marks resume."""
-    ledger = await open_ledger(pg_url, "camp", _Clock(), anchor=tmp_path / "j.pg", runner=_spec())
+    ledger = await open_ledger(
+        pg_url, "camp", StillClock(), anchor=tmp_path / "j.pg", runner=_spec()
+    )
     lease = ledger.runner
     assert lease is not None
     await ledger.reconcile([_job(n) for n in range(3)])
@@ -634,7 +621,7 @@ def _success(ledger: Ledger, job_id: str) -> asyncio.Future[None]:
 async def _lazy_runner(tmp_path: Path, url: str) -> tuple[PgLedger, int]:
     """A runner's ledger whose lazy marks no durable commit flushes until told (their
     replays all kept), and its runner id."""
-    ledger = await open_ledger(url, "camp", _Clock(), anchor=tmp_path / "a.pg", runner=_spec())
+    ledger = await open_ledger(url, "camp", StillClock(), anchor=tmp_path / "a.pg", runner=_spec())
     assert isinstance(ledger, PgLedger) and ledger.runner is not None
     ledger.executor.lazy_window_s = 3600.0
     return ledger, ledger.runner.me

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import anyio
 import pytest
-from stagefakes import Recorder, drive
+from stagefakes import Recorder, drive, job_row
 
 from apixo_batch.apixo.client import TaskStatus
 from apixo_batch.clock import FakeClock
@@ -27,34 +27,7 @@ LEASE = 3.0
 
 
 def _row(n: int, state: JobState = JobState.QUEUED) -> JobRow:
-    return JobRow(
-        id=f"job-{n}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json='{"prompt": "a cat"}',
-        input_hash="h",
-        filename=f"job-{n}.mp4",
-        cost_usd=0.5,
-        in_file=True,
-        state=state,
-        task_id=None if state is JobState.QUEUED else f"task-{n}",
-        request_type=None,
-        attempts=0,
-        possibly_duplicated=False,
-        changed_input_hash=None,
-        submitted_at=None,
-        completed_at=None,
-        result_urls=("https://r/1.mp4",) if state is JobState.SUCCEEDED else (),
-        expires_at=None,
-        files=(),
-        bytes=None,
-        sha256=(),
-        fail_code=None,
-        fail_msg=None,
-        cost_time_ms=None,
-        arrived_via=None,
-    )
+    return job_row(n, state, attempts=0)
 
 
 class FakeLease:

@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+from stagefakes import job_row
+
 from apixo_batch.exitcodes import ExitCode
 from apixo_batch.journal import JobRow, JobState
 from apixo_batch.pipeline import RunResult
@@ -156,31 +158,4 @@ def test_a_jobs_stray_tasks_are_listed_with_it(tmp_path: Path) -> None:
 
 
 def _done_row(n: int) -> JobRow:
-    return JobRow(
-        id=f"job-{n}",
-        idx=n,
-        model="veo3-fast",
-        provider="google",
-        input_json='{"prompt": "a cat"}',
-        input_hash="h",
-        filename=f"job-{n}.mp4",
-        cost_usd=0.5,
-        in_file=True,
-        state=JobState.DONE,
-        task_id=f"task-{n}",
-        request_type=None,
-        attempts=1,
-        possibly_duplicated=False,
-        changed_input_hash=None,
-        submitted_at=None,
-        completed_at=None,
-        result_urls=(),
-        expires_at=None,
-        files=(),
-        bytes=None,
-        sha256=(),
-        fail_code=None,
-        fail_msg=None,
-        cost_time_ms=None,
-        arrived_via=None,
-    )
+    return job_row(n, JobState.DONE)

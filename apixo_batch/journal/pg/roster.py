@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .executor import PgConn
+from .schema import has_table
 
 __all__ = ["RunnerState", "first_campaign", "hosts_of", "roster"]
 
@@ -76,9 +77,7 @@ def _seconds(s: float) -> str:
 async def first_campaign(conn: PgConn) -> str | None:
     """The campaign the database's read commands tell (the first made, as
     :func:`~.transfer.export_campaign` copies); None when it holds none yet."""
-    cur = await conn.execute("SELECT to_regclass('campaigns') IS NOT NULL")
-    present = await cur.fetchone()
-    if present is None or not present[0]:
+    if not await has_table(conn, "campaigns"):
         return None
     cur = await conn.execute("SELECT id FROM campaigns ORDER BY created_at, id LIMIT 1")
     row = await cur.fetchone()

@@ -27,7 +27,7 @@ import psycopg
 from ...errors import JournalUnreadable
 from ..rows import COLUMNS
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "has_table", "migrate", "schema_version"]
 
 # SQLite's declarations, as PostgreSQL spells them: REAL is a double there, and the
 # two flags are booleans. Lists stay JSON text, read by the same JobRow converters.
@@ -162,12 +162,12 @@ async def migrate(
     """Bring the database (``conn``, autocommit) to the newest version; a newer one is
     :class:`JournalUnreadable`, naming both versions."""
     newest = len(migrations)
-    if await _version(conn, where, newest) == newest:
+    if await schema_version(conn, where, newest) == newest:
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         await conn.execute("CREATE TABLE IF NOT EXISTS apixo_schema (version integer NOT NULL)")
-        found = await _version(conn, where, newest)
+        found = await schema_version(conn, where, newest)
         for step in migrations[found:]:
             for statement in step:
                 await conn.execute(statement.encode())
@@ -175,12 +175,19 @@ async def migrate(
         await conn.execute("INSERT INTO apixo_schema (version) VALUES (%s)", (newest,))
 
 
-async def _version(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], where: str, newest: int
-) -> int:
-    cur = await conn.execute("SELECT to_regclass('apixo_schema') IS NOT NULL")
+async def has_table(conn: psycopg.AsyncConnection[tuple[object, ...]], name: str) -> bool:
+    """Whether the database has table ``name`` yet (a run makes them; a read does not)."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
     row = await cur.fetchone()
-    if row is None or not row[0]:
+    return row is not None and bool(row[0])
+
+
+async def schema_version(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], where: str, newest: int = SCHEMA_VERSION
+) -> int:
+    """The database's schema version (0: no journal yet); one newer than ``newest`` is
+    :class:`JournalUnreadable`, naming both versions."""
+    if not await has_table(conn, "apixo_schema"):
         return 0
     cur = await conn.execute("SELECT max(version) FROM apixo_schema")
     got = await cur.fetchone()

@@ -28,7 +28,7 @@ from ...errors import JournalError, JournalUnreadable
 from ..rows import COLUMNS
 from ..store import Journal
 from .executor import database_failed
-from .schema import SCHEMA_VERSION, migrate
+from .schema import has_table, migrate, schema_version
 from .url import shown
 
 __all__ = ["Imported", "export_campaign", "holds_campaign", "import_campaign"]
@@ -184,18 +184,8 @@ async def export_campaign(url: str, dest: Path) -> bool:
     except psycopg.Error as exc:
         raise database_failed(url, exc, "cannot be reached") from None
     try:
-        cur = await conn.execute("SELECT to_regclass('apixo_schema') IS NOT NULL")
-        present = await cur.fetchone()
-        if present is None or not present[0]:
+        if await schema_version(conn, where) == 0:
             return False
-        cur = await conn.execute("SELECT max(version) FROM apixo_schema")
-        got = await cur.fetchone()
-        version = 0 if got is None or got[0] is None else int(str(got[0]))
-        if version > SCHEMA_VERSION:
-            raise JournalUnreadable(
-                f"the journal {where} was written by a newer apixo-batch (schema version "
-                f"{version}; this one knows up to {SCHEMA_VERSION}): upgrade apixo-batch"
-            )
         # One snapshot of every table, as a run may be writing meanwhile.
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -268,9 +258,7 @@ async def holds_campaign(url: str) -> bool:
     except psycopg.Error:
         return True
     try:
-        cur = await conn.execute("SELECT to_regclass('campaigns') IS NOT NULL")
-        present = await cur.fetchone()
-        if present is None or not present[0]:
+        if not await has_table(conn, "campaigns"):
             return False
         cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM campaigns)")
         found = await cur.fetchone()
